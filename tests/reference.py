@@ -1,0 +1,94 @@
+"""Independent brute-force references: token-level masks straight from DESIGN's definitions.
+
+Deliberately naive (Python/NumPy loops over token pairs): the point is to share no code with the
+package's interval/segment arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def token_layout(geom):
+    """Per token: is_text, video index v (−1 for text)."""
+    n = geom.num_tokens
+    is_text = np.zeros(n, dtype=bool)
+    if geom.text_position == "prefix":
+        is_text[: geom.text_tokens] = True
+    else:
+        is_text[geom.video_tokens:] = True
+    v = np.full(n, -1, dtype=np.int64)
+    v[~is_text] = np.arange(geom.video_tokens)
+    return is_text, v
+
+
+def token_mask(name, params, geom):
+    """Token-level keep mask [N, N] by DESIGN's definitions (vertical_stripe is block-defined)."""
+    is_text, v = token_layout(geom)
+    n, s, w_ = geom.num_tokens, geom.frame_size, geom.width
+    vi, vj = v[:, None], v[None, :]
+    if name == "dense":
+        keep = np.ones((n, n), dtype=bool)
+    elif name == "skip":
+        return np.zeros((n, n), dtype=bool)
+    elif name == "diagonal":
+        w = math.ceil(params["rows"] * w_)
+        keep = np.abs(vi - vj) <= w
+    elif name == "multi_diagonal":
+        w = math.ceil(params["rows"] * w_)
+        k = geom.frames - 1 if params.get("frames") is None else params["frames"]
+        keep = np.zeros((n, n), dtype=bool)
+        for m in range(-k, k + 1):
+            keep |= np.abs((vi - vj) - m * s) <= w
+    elif name == "energy_decay":
+        B = params["_block_size"]
+        f, p = np.divmod(np.maximum(v, 0), s)
+        d = np.abs(f[:, None] - f[None, :])
+        dp = np.abs(p[:, None] - p[None, :])
+        keep = d == 0
+        for dist in range(1, geom.frames):
+            r = int(math.floor(math.log2(dist)))
+            c = params["decay"] * s / 2**r
+            if c >= B:
+                band = dp < c
+            else:
+                band = (dp < B) & (dist % math.ceil(B / c) == 0)
+            keep |= (d == dist) & band
+        if params.get("sink"):
+            keep |= (f == 0)[None, :]
+    else:
+        raise ValueError(name)
+    video = (~is_text)[:, None] & (~is_text)[None, :]
+    keep &= video
+    keep |= is_text[:, None] | is_text[None, :]
+    return keep
+
+
+def round_to_blocks(keep, block_size):
+    """Block (bq, bk) kept iff any token pair in it is kept."""
+    n = keep.shape[0]
+    nb = math.ceil(n / block_size)
+    out = np.zeros((nb, nb), dtype=bool)
+    for a in range(nb):
+        for b in range(nb):
+            out[a, b] = keep[a * block_size:(a + 1) * block_size, b * block_size:(b + 1) * block_size].any()
+    return out
+
+
+def vertical_stripe_blocks(params, geom, block_size):
+    """vertical_stripe straight from its block-level definition."""
+    n = geom.num_tokens
+    nb = math.ceil(n / block_size)
+    out = np.zeros((nb, nb), dtype=bool)
+    out[:, params["key_blocks"]] = True
+    np.fill_diagonal(out, True)
+    if params.get("rows", 0) > 0:
+        out |= round_to_blocks(token_mask("diagonal", {"rows": params["rows"]}, geom), block_size)
+    return out | round_to_blocks(_text_any(geom), block_size)
+
+
+def _text_any(geom):
+    is_text, _ = token_layout(geom)
+    return is_text[:, None] | is_text[None, :]
