@@ -1,0 +1,156 @@
+"""The candidate grid a profile measures, and the block masks of every candidate.
+
+Data-independent families (diagonal, multi_diagonal, energy_decay) take their grid from the
+pattern modules and their masks depend only on (geometry, block size): they are built once and
+shared by every head, layer and step. vertical_stripe is data-dependent: which key blocks are the
+stripes is a property of the head, so its candidates are the top-k key blocks by measured column
+mass, built per head from the profile's own sample.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from .geometry import Geometry
+from .patterns import PATTERNS, PatternError, block_layout, block_mask, normalize_params, params_key
+
+DEFAULT_STRIPE_TOP_K = (1, 2, 4, 8, 16, 32)
+DEFAULT_STRIPE_ROWS = (0.0, 1.0)
+#: Families measured by default: the four structured ones plus the two ends of the scale.
+DEFAULT_FAMILIES = ("dense", "diagonal", "multi_diagonal", "vertical_stripe", "energy_decay", "skip")
+
+
+@dataclass(frozen=True)
+class CandidateGrid:
+    """What a profile measures. ``fixed`` lists explicit params per data-independent family
+    (None: the family's default grid for the geometry); vertical_stripe candidates are the
+    top-k key blocks for each k in ``stripe_top_k``, with each band width in ``stripe_rows``."""
+
+    families: tuple[str, ...] = DEFAULT_FAMILIES
+    fixed: tuple[tuple[str, str], ...] = ()  # (family, JSON list of params) overrides
+    stripe_top_k: tuple[int, ...] = DEFAULT_STRIPE_TOP_K
+    stripe_rows: tuple[float, ...] = DEFAULT_STRIPE_ROWS
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CandidateGrid:
+        """``{"families": [...], "diagonal": [{"rows": 1}, ...], "vertical_stripe": {"top_k": [...],
+        "rows": [...]}}`` — the form the CLI's ``--grid FILE.json`` takes."""
+        families = tuple(data.get("families", DEFAULT_FAMILIES))
+        for name in families:
+            if name not in PATTERNS:
+                raise PatternError(f"grid.families: unknown pattern {name!r} (known: {', '.join(PATTERNS)})")
+        fixed = []
+        for name, value in data.items():
+            if name in ("families", "vertical_stripe"):
+                continue
+            if name not in PATTERNS:
+                raise PatternError(f"grid: unknown key {name!r}")
+            if not isinstance(value, list):
+                raise PatternError(f"grid.{name} must be a list of params objects")
+            fixed.append((name, json.dumps(value)))
+        stripe = data.get("vertical_stripe", {})
+        top_k = tuple(int(k) for k in stripe.get("top_k", DEFAULT_STRIPE_TOP_K))
+        if any(k < 1 for k in top_k):
+            raise PatternError("grid.vertical_stripe.top_k must hold positive integers")
+        rows = tuple(float(r) for r in stripe.get("rows", DEFAULT_STRIPE_ROWS))
+        return cls(families, tuple(fixed), top_k, rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"families": list(self.families)}
+        out.update({name: json.loads(value) for name, value in self.fixed})
+        out["vertical_stripe"] = {"top_k": list(self.stripe_top_k), "rows": list(self.stripe_rows)}
+        return out
+
+    def params_for(self, family: str, geometry: Geometry, block_size: int) -> list[dict[str, Any]]:
+        """Normalized params of a data-independent family's candidates."""
+        override = dict(self.fixed).get(family)
+        raw = json.loads(override) if override is not None else PATTERNS[family].grid(geometry, block_size)
+        return [normalize_params(family, p, geometry, block_size) for p in raw]
+
+
+@dataclass(frozen=True)
+class StaticCandidates:
+    """The data-independent candidates of one (geometry, block size, grid): names, params and the
+    stacked masks [C, nb, nb]."""
+
+    patterns: tuple[str, ...]
+    params: tuple[str, ...]  # canonical JSON
+    masks: torch.Tensor = field(repr=False)
+    density: torch.Tensor = field(repr=False)  # [C] float64
+
+
+@lru_cache(maxsize=16)
+def static_candidates(geometry: Geometry, block_size: int, grid: CandidateGrid) -> StaticCandidates:
+    names, params, masks = [], [], []
+    for family in grid.families:
+        if family == "vertical_stripe":
+            continue
+        seen: list[torch.Tensor] = []
+        for p in grid.params_for(family, geometry, block_size):
+            mask = block_mask(family, p, geometry, block_size)
+            # On small geometries several params round to the same blocks: the runtime cannot tell
+            # them apart, so only the first (the grid lists the narrowest first) is measured.
+            if any(torch.equal(mask, other) for other in seen):
+                continue
+            seen.append(mask)
+            names.append(family)
+            params.append(params_key(p))
+            masks.append(mask)
+    stacked = torch.stack(masks) if masks else torch.zeros(0, 0, 0, dtype=torch.bool)
+    return StaticCandidates(tuple(names), tuple(params), stacked, stacked.flatten(1).double().mean(1))
+
+
+@lru_cache(maxsize=16)
+def _stripe_base(geometry: Geometry, block_size: int, rows: float) -> torch.Tensor:
+    """vertical_stripe with no key blocks: own block, band, text. Stripes are OR-ed in per head."""
+    return block_mask("vertical_stripe", {"key_blocks": [], "rows": rows}, geometry, block_size)
+
+
+def stripe_candidates(column_mass: torch.Tensor, geometry: Geometry, block_size: int,
+                      grid: CandidateGrid) -> list[tuple[list[tuple[str, str]], torch.Tensor]]:
+    """vertical_stripe candidates of several heads from their mean column mass per key block.
+
+    column_mass: [H, nb] (any device). Returns, per head, the list of (pattern, params JSON) and the
+    stacked masks [C_vs, nb, nb] (CPU bool). Text blocks are kept anyway, so they are not chosen as
+    stripes; k beyond the remaining blocks is dropped.
+    """
+    if "vertical_stripe" not in grid.families:
+        return [([], torch.zeros(0, 0, 0, dtype=torch.bool)) for _ in range(column_mass.shape[0])]
+    layout = block_layout(geometry, block_size)
+    mass = column_mass.detach().double().cpu().clone()
+    mass[:, layout.has_text] = -1.0
+    free = int((~layout.has_text).sum())
+    top_k = sorted({k for k in grid.stripe_top_k if k <= free})
+    order = torch.argsort(mass, dim=1, descending=True)
+    out = []
+    for h in range(mass.shape[0]):
+        ids, masks = [], []
+        for rows in grid.stripe_rows:
+            base = _stripe_base(geometry, block_size, rows)
+            for k in top_k:
+                chosen = sorted(order[h, :k].tolist())
+                mask = base.clone()
+                mask[:, chosen] = True
+                ids.append(("vertical_stripe", params_key({"key_blocks": chosen, "rows": float(rows)})))
+                masks.append(mask)
+        out.append((ids, torch.stack(masks) if masks else torch.zeros(0, 0, 0, dtype=torch.bool)))
+    return out
+
+
+def candidate_label(pattern: str, params: dict[str, Any]) -> str:
+    """A step-independent identity for a candidate: vertical_stripe is named by its count of key
+    blocks and band (the blocks themselves may move between steps), the rest by their params."""
+    if pattern == "vertical_stripe":
+        return f"vertical_stripe(top_k={len(params['key_blocks'])}, rows={params['rows']:g})"
+    if not params:
+        return pattern
+    inner = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items()))
+    return f"{pattern}({inner})"
+
+
+__all__ = ["CandidateGrid", "StaticCandidates", "candidate_label", "static_candidates", "stripe_candidates"]

@@ -1,0 +1,327 @@
+"""The profiler: per-head attention statistics of every candidate, from exact softmax rows.
+
+For each attention call and head, a seeded stratified sample of query rows gets its exact softmax
+over all N keys (fp32; peak memory O(heads_per_chunk · sampled · N), never N×N). From those rows,
+for every candidate of the grid:
+
+- ``density``: kept blocks / all blocks of the candidate's block mask,
+- ``recall``: mean over sampled queries of the softmax mass inside the kept blocks,
+- ``rel_err``: ‖O_cand − O_full‖_F / ‖O_full‖_F, O_cand renormalising softmax over kept blocks.
+
+The work per head is three batched products over the sample: logits (Q·N·D), per-block partial
+outputs U[q, b] = Σ_{j∈b} p_qj v_j (Q·N·D) and the candidate outputs (C·Q·nb·D), so the pass costs
+a few percent of the dense attention it profiles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+
+from .candidates import CandidateGrid, candidate_label, static_candidates, stripe_candidates
+from .geometry import Geometry, check_block_size
+
+TABLE_COLUMNS = ["step", "layer", "head", "pattern", "params", "candidate", "density", "recall", "rel_err"]
+#: Cap on the fp32 working set of one head chunk (logits + per-block partial outputs).
+DEFAULT_CHUNK_BYTES = 1 << 30
+
+
+class ProfileError(ValueError):
+    """Bad profiler input: shapes, settings or an attention call the profiler cannot measure."""
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    queries: int = 256
+    seed: int = 0
+    block_size: int = 128
+    map_size: int = 64
+    grid: CandidateGrid = field(default_factory=CandidateGrid)
+
+    def __post_init__(self) -> None:
+        check_block_size(self.block_size)
+        if self.queries < 1:
+            raise ProfileError(f"queries must be ≥ 1, got {self.queries}")
+        if self.map_size < 1:
+            raise ProfileError(f"map_size must be ≥ 1, got {self.map_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["grid"] = self.grid.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProfileSettings:
+        data = dict(data)
+        data["grid"] = CandidateGrid.from_dict(data.get("grid", {}))
+        return cls(**data)
+
+
+@dataclass
+class Profile:
+    """Measured statistics of one model (or one set of tensors).
+
+    ``table``: long format, one row per (step, layer, head, candidate); columns TABLE_COLUMNS.
+    ``maps``: {(layer, head): [m, m] float32} block-level attention maps (mean softmax mass per
+    (query group, key group)), averaged over ``map_steps[(layer, head)]`` steps.
+    """
+
+    table: pd.DataFrame
+    geometry: Geometry
+    settings: ProfileSettings
+    model: dict[str, str] = field(default_factory=lambda: {"name": "tensors", "fingerprint": ""})
+    maps: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    map_steps: dict[tuple[int, int], int] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.table["step"].max()) + 1 if len(self.table) else 0
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.table["layer"].max()) + 1 if len(self.table) else 0
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.table["head"].max()) + 1 if len(self.table) else 0
+
+    @classmethod
+    def concat(cls, parts: list[Profile]) -> Profile:
+        """Join profiles of the same model, geometry and settings (e.g. per-call pieces)."""
+        if not parts:
+            raise ProfileError("nothing to concatenate")
+        first = parts[0]
+        for other in parts[1:]:
+            if other.geometry != first.geometry or other.settings != first.settings:
+                raise ProfileError("cannot join profiles with different geometry or settings")
+        table = pd.concat([p.table for p in parts], ignore_index=True)
+        table = table.sort_values(["step", "layer", "head"], kind="stable", ignore_index=True)
+        maps: dict[tuple[int, int], torch.Tensor] = {}
+        counts: dict[tuple[int, int], int] = {}
+        for part in parts:
+            for key, m in part.maps.items():
+                n = part.map_steps.get(key, 1)
+                if key in maps:
+                    total = counts[key] + n
+                    maps[key] = (maps[key] * counts[key] + m * n) / total
+                    counts[key] = total
+                else:
+                    maps[key], counts[key] = m.clone(), n
+        timing = {k: sum(p.timing.get(k, 0.0) for p in parts) for k in first.timing}
+        return cls(table, first.geometry, first.settings, dict(first.model), maps, counts, timing)
+
+    def save(self, path) -> None:
+        from .profile_io import write_profile
+
+        write_profile(self, path)
+
+    @classmethod
+    def load(cls, path) -> Profile:
+        from .profile_io import read_profile
+
+        return read_profile(path)
+
+
+# --- sampling ------------------------------------------------------------------------------------
+
+
+def sample_queries(num_tokens: int, count: int, seed: int, step: int, layer: int) -> torch.Tensor:
+    """Stratified sample: one uniformly drawn row from each of ``count`` equal strata of [0, N).
+
+    Seeded by (seed, step, layer) so a call's sample does not depend on which other calls were
+    profiled before it (sharded and single-process runs agree)."""
+    if count >= num_tokens:
+        return torch.arange(num_tokens)
+    digest = hashlib.blake2b(f"{seed}:{step}:{layer}".encode(), digest_size=8).digest()
+    gen = torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+    edges = torch.linspace(0, num_tokens, count + 1, dtype=torch.float64)
+    lo, hi = edges[:-1].floor().long(), edges[1:].floor().long()
+    return lo + (torch.rand(count, generator=gen, dtype=torch.float64) * (hi - lo)).long()
+
+
+# --- measurement (pure tensor functions) -------------------------------------------------------
+
+
+def _candidate_stats(keep: torch.Tensor, p_blk: torch.Tensor, u: torch.Tensor, o_full: torch.Tensor):
+    """recall and rel_err of candidates for one head chunk.
+
+    keep: [h or 1, C, Q, nb] float (1 = block kept for that query's row); p_blk: [h, Q, nb] softmax
+    mass per key block; u: [h, Q, nb, D] per-block partial outputs; o_full: [h, Q, D].
+    Returns recall [h, C], rel_err [h, C].
+    """
+    mass = torch.einsum("hcqn,hqn->hcq", keep.expand(p_blk.shape[0], -1, -1, -1), p_blk)
+    num = torch.einsum("hcqn,hqnd->hcqd", keep.expand(p_blk.shape[0], -1, -1, -1), u)
+    # A row with no kept mass (only `skip`) outputs zero, as the runtime does.
+    o_cand = torch.where(mass[..., None] > 0, num / mass.clamp_min(1e-30)[..., None], torch.zeros_like(num))
+    err = (o_cand - o_full[:, None]).flatten(2).norm(dim=2)
+    ref = o_full.flatten(1).norm(dim=1).clamp_min(1e-30)
+    return mass.mean(-1), err / ref[:, None]
+
+
+def _block_map(p_blk: torch.Tensor, qblock: torch.Tensor, nb: int, size: int) -> torch.Tensor:
+    """Downsample [h, Q, nb] block mass to [h, m, m]: mean over the sampled queries of a row group of
+    the mass summed over a column group; m = min(size, nb)."""
+    m = min(size, nb)
+    col_group = torch.arange(nb, device=p_blk.device) * m // nb
+    row_group = qblock.to(p_blk.device) * m // nb
+    cols = torch.zeros(*p_blk.shape[:2], m, device=p_blk.device, dtype=p_blk.dtype).index_add_(2, col_group, p_blk)
+    rows = torch.zeros(p_blk.shape[0], m, m, device=p_blk.device, dtype=p_blk.dtype).index_add_(1, row_group, cols)
+    counts = torch.zeros(m, device=p_blk.device, dtype=p_blk.dtype).index_add_(
+        0, row_group, torch.ones_like(row_group, dtype=p_blk.dtype))
+    return rows / counts.clamp_min(1)[None, :, None]
+
+
+def _head_chunk(num_heads: int, queries: int, padded: int, head_dim: int, budget: int) -> int:
+    per_head = 4 * queries * padded * (2 + head_dim / 128 * 2)  # logits/probs + U (fp32), rough
+    return max(1, min(num_heads, int(budget // max(per_head, 1))))
+
+
+@torch.no_grad()
+def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Geometry, *,
+                    layer: int = 0, step: int = 0, block_size: int = 128, queries: int = 256, seed: int = 0,
+                    grid: CandidateGrid | None = None, map_size: int = 64, scale: float | None = None,
+                    settings: ProfileSettings | None = None,
+                    chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Profile:
+    """Profile one attention call.
+
+    q, k, v: [batch, heads, N, D] (k/v may have fewer heads that divide ``heads``: GQA), any dtype
+    and device; statistics are computed in fp32 on that device and averaged over the batch.
+    Returns a Profile with one row per (head, candidate).
+    """
+    settings = settings or ProfileSettings(queries, seed, block_size, map_size, grid or CandidateGrid())
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ProfileError(f"q, k, v must be [batch, heads, N, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    bsz, heads, n, d = q.shape
+    if k.shape[0] != bsz or k.shape[2] != n or v.shape[:3] != k.shape[:3] or k.shape[3] != d:
+        raise ProfileError(f"k/v shapes {tuple(k.shape)}, {tuple(v.shape)} do not match q {tuple(q.shape)} "
+                           "(self-attention with equal query and key lengths is required)")
+    if heads % k.shape[1]:
+        raise ProfileError(f"query heads ({heads}) must be a multiple of key heads ({k.shape[1]})")
+    geometry.check_tokens(n)
+    bs = settings.block_size
+    nb = math.ceil(n / bs)
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    started = time.perf_counter()
+    device = q.device
+
+    rows = sample_queries(n, settings.queries, settings.seed, step, layer).to(device)
+    qblock = rows // bs
+    static = static_candidates(geometry, bs, settings.grid)
+    keep_static = static.masks.to(device)[:, qblock.cpu()].float()[None] if len(static.patterns) else None
+    group = heads // k.shape[1]
+    chunk = _head_chunk(heads, len(rows), nb * bs, d, chunk_bytes)
+
+    recall_sum = torch.zeros(heads, len(static.patterns), device=device, dtype=torch.float64)
+    err_sum = torch.zeros_like(recall_sum)
+    # Stripes are chosen from the first batch element's column mass and kept for the others, so
+    # every batch element measures the same candidate.
+    vs_ids: list[list[tuple[str, str]]] = [[] for _ in range(heads)]
+    vs_masks: list[torch.Tensor | None] = [None] * heads
+    vs_recall = [torch.zeros(0, dtype=torch.float64) for _ in range(heads)]
+    vs_err = [torch.zeros(0, dtype=torch.float64) for _ in range(heads)]
+    map_sum = None
+    for b in range(bsz):
+        for h0 in range(0, heads, chunk):
+            hs = slice(h0, min(h0 + chunk, heads))
+            kv_heads = torch.arange(hs.start, hs.stop, device=device) // group
+            qs = q[b, hs][:, rows].float()                        # [h, Q, D]
+            kk = k[b, kv_heads].float()                           # [h, N, D]
+            vv = torch.nn.functional.pad(v[b, kv_heads].float(), (0, 0, 0, nb * bs - n))
+            p = torch.softmax(torch.einsum("hqd,hnd->hqn", qs, kk) * scale, dim=-1)
+            p = torch.nn.functional.pad(p, (0, nb * bs - n)).view(p.shape[0], len(rows), nb, bs)
+            p_blk = p.sum(-1)                                     # [h, Q, nb]
+            u = torch.einsum("hqnb,hnbd->hqnd", p, vv.view(-1, nb, bs, d))
+            del p
+            o_full = u.sum(2)
+            if keep_static is not None:
+                rec, err = _candidate_stats(keep_static, p_blk, u, o_full)
+                recall_sum[hs] += rec
+                err_sum[hs] += err
+            if b == 0:
+                for i, (ids, masks) in enumerate(stripe_candidates(p_blk.mean(1), geometry, bs, settings.grid)):
+                    vs_ids[h0 + i], vs_masks[h0 + i] = ids, masks
+            for i in range(hs.stop - hs.start):
+                h = h0 + i
+                if not vs_ids[h]:
+                    continue
+                keep = vs_masks[h].to(device)[:, qblock.cpu()].float()[None]
+                rec, err = _candidate_stats(keep, p_blk[i:i + 1], u[i:i + 1], o_full[i:i + 1])
+                if b == 0:
+                    vs_recall[h], vs_err[h] = rec[0].double().cpu(), err[0].double().cpu()
+                else:
+                    vs_recall[h] += rec[0].double().cpu()
+                    vs_err[h] += err[0].double().cpu()
+            bmap = _block_map(p_blk, qblock, nb, settings.map_size)
+            if map_sum is None:
+                map_sum = torch.zeros(heads, *bmap.shape[1:], device=device)
+            map_sum[hs] += bmap
+            del u, p_blk, o_full
+
+    records: list[tuple] = []
+    recall = (recall_sum / bsz).cpu()
+    err = (err_sum / bsz).cpu()
+    for h in range(heads):
+        for c, (name, params) in enumerate(zip(static.patterns, static.params)):
+            records.append((step, layer, h, name, params, float(static.density[c]), float(recall[h, c]), float(err[h, c])))
+        if vs_ids[h]:
+            dens = vs_masks[h].flatten(1).double().mean(1)
+            for c, (name, params) in enumerate(vs_ids[h]):
+                records.append((step, layer, h, name, params, float(dens[c]), float(vs_recall[h][c] / bsz),
+                                float(vs_err[h][c] / bsz)))
+    table = _make_table(records)
+    maps = {(layer, h): (map_sum[h] / bsz).float().cpu() for h in range(heads)}
+    elapsed = time.perf_counter() - started
+    return Profile(table, geometry, settings, maps=maps, map_steps={key: 1 for key in maps},
+                   timing={"profile_s": elapsed, "calls": 1})
+
+
+def _make_table(records: list[tuple]) -> pd.DataFrame:
+    df = pd.DataFrame.from_records(records, columns=[c for c in TABLE_COLUMNS if c != "candidate"])
+    df.insert(5, "candidate", [candidate_label(p, json.loads(j)) for p, j in zip(df["pattern"], df["params"])])
+    return df.astype({"step": "int32", "layer": "int32", "head": "int32", "density": "float64",
+                      "recall": "float64", "rel_err": "float64"})
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+def profile_model(spec, *, steps: int | None = None, settings: ProfileSettings | None = None,
+                  on_call: Callable[[int, int], None] | None = None) -> Profile:
+    """Profile every SDPA call of ``spec.run(steps)`` (a ``attnsearch.models.ModelSpec``).
+
+    ``on_call(step, layer)`` is called after each profiled call (progress bars)."""
+    from .capture import capture_attention
+
+    settings = settings or ProfileSettings()
+    parts: list[Profile] = []
+
+    def consumer(call) -> None:
+        kw = call.kwargs
+        if kw.get("attn_mask") is not None or kw.get("is_causal"):
+            raise ProfileError(
+                f"step {call.step} layer {call.layer}: attention with attn_mask/is_causal is not supported "
+                "by the profiler (the patterns describe full bidirectional attention)")
+        part = profile_tensors(call.query, call.key, call.value, spec.geometry, layer=call.layer, step=call.step,
+                               scale=kw.get("scale"), settings=settings)
+        parts.append(part)
+        if on_call is not None:
+            on_call(call.step, call.layer)
+        return None
+
+    started = time.perf_counter()
+    with capture_attention(spec.model, consumer):
+        spec.run(steps)
+    if not parts:
+        raise ProfileError(f"model {spec.name!r} made no scaled_dot_product_attention call")
+    prof = Profile.concat(parts)
+    prof.model = {"name": spec.name, "fingerprint": spec.fingerprint}
+    prof.timing["wall_s"] = time.perf_counter() - started
+    return prof
