@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "profile_tensors": "attnsearch.profiler",
     "Profile": "attnsearch.profiler",
-    "classify": "attnsearch.classify",
+    "classify": "attnsearch.classifier",
     "load_plan": "attnsearch.plan",
     "Plan": "attnsearch.plan",
     "sparse_attention": "attnsearch.runtime",
@@ -25,7 +25,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .classify import classify
+    from .classifier import classify
     from .plan import Plan, load_plan
     from .profiler import Profile, profile_tensors
     from .runtime import apply, sparse_attention

@@ -1,0 +1,104 @@
+"""Head classification: the cheapest structured candidate that keeps enough attention mass.
+
+DESIGN's rule: among diagonal, multi_diagonal, vertical_stripe and energy_decay, the candidate of
+lowest density with recall ≥ τ names the head's class; if none reaches τ at a density ≤ the cap,
+the head is ``dense``. Applied per step, and over steps to each candidate's mean recall and
+density (a candidate must serve every step to label the head), with ``stability`` = the share of
+steps whose own label has the aggregate's family.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from .patterns import SPARSE_FAMILIES, block_mask, params_key
+from .profiler import Profile
+
+SITE = ["layer", "head"]
+STEP_SITE = ["step", "layer", "head"]
+#: Columns of a per-step label table (DESIGN's, plus the candidate's step-free name and error).
+LABEL_COLUMNS = ["step", "layer", "head", "pattern", "params", "candidate", "density", "recall", "rel_err"]
+AGGREGATE_COLUMNS = ["layer", "head", "pattern", "params", "candidate", "density", "recall", "rel_err",
+                     "stability", "steps"]
+
+
+def _pick(rows: pd.DataFrame, keys: list[str], tau: float, density_cap: float) -> pd.DataFrame:
+    """Per group of ``keys``: the eligible row of lowest density (ties: higher recall, lower error)."""
+    ok = rows[rows["pattern"].isin(SPARSE_FAMILIES) & (rows["recall"] >= tau) & (rows["density"] <= density_cap)]
+    ok = ok.sort_values(keys + ["density", "recall", "rel_err"], ascending=[True] * len(keys) + [True, False, True],
+                        kind="stable")
+    return ok.drop_duplicates(keys, keep="first")
+
+
+def _fill_dense(chosen: pd.DataFrame, sites: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    out = sites.merge(chosen, on=keys, how="left")
+    dense = out["pattern"].isna()
+    out.loc[dense, ["pattern", "params", "candidate"]] = ["dense", "{}", "dense"]
+    out.loc[dense, ["density", "recall", "rel_err"]] = [1.0, 1.0, 0.0]
+    return out
+
+
+def classify(profile: Profile | pd.DataFrame, tau: float = 0.95, density_cap: float = 0.75, *,
+             over_steps: bool = False) -> pd.DataFrame:
+    """Label every head of a profile.
+
+    Per step (default): one row per (step, layer, head) with LABEL_COLUMNS. With ``over_steps``:
+    one row per (layer, head) with AGGREGATE_COLUMNS.
+    """
+    if not 0.0 < tau <= 1.0:
+        raise ValueError(f"tau must be in (0, 1], got {tau}")
+    if not 0.0 < density_cap <= 1.0:
+        raise ValueError(f"density_cap must be in (0, 1], got {density_cap}")
+    table = profile.table if isinstance(profile, Profile) else profile
+    sites = table[STEP_SITE].drop_duplicates().sort_values(STEP_SITE, ignore_index=True)
+    per_step = _fill_dense(_pick(table, STEP_SITE, tau, density_cap), sites, STEP_SITE)[LABEL_COLUMNS]
+    if not over_steps:
+        return per_step.astype({"step": "int32", "layer": "int32", "head": "int32"})
+    return _aggregate(table, per_step, tau, density_cap, profile if isinstance(profile, Profile) else None)
+
+
+def _aggregate(table: pd.DataFrame, per_step: pd.DataFrame, tau: float, density_cap: float,
+               profile: Profile | None) -> pd.DataFrame:
+    num_steps = table.groupby(SITE)["step"].nunique().rename("steps").reset_index()
+    mean = (table.groupby(SITE + ["pattern", "candidate"], sort=False)
+            .agg(density=("density", "mean"), recall=("recall", "mean"), rel_err=("rel_err", "mean"),
+                 seen=("step", "nunique"))
+            .reset_index()
+            .merge(num_steps, on=SITE))
+    mean = mean[mean["seen"] == mean["steps"]]  # a candidate missing at some step cannot serve it
+    chosen = _pick(mean, SITE, tau, density_cap).drop(columns=["seen", "steps"])
+    chosen["params"] = [_params_over_steps(table, r, profile) for r in chosen.itertuples()]
+    if profile is not None:  # merged stripes keep more blocks than any one step: recount exactly
+        vs = chosen["pattern"] == "vertical_stripe"
+        chosen.loc[vs, "density"] = [stripe_density(profile, p) for p in chosen.loc[vs, "params"]]
+    sites = num_steps[SITE]
+    out = _fill_dense(chosen, sites, SITE).merge(num_steps, on=SITE)
+    agree = per_step.merge(out[SITE + ["pattern"]], on=SITE, suffixes=("", "_agg"))
+    agree["same"] = agree["pattern"] == agree["pattern_agg"]
+    out = out.merge(agree.groupby(SITE)["same"].mean().rename("stability").reset_index(), on=SITE)
+    return out[AGGREGATE_COLUMNS].astype({"layer": "int32", "head": "int32"})
+
+
+def _params_over_steps(table: pd.DataFrame, row, profile: Profile | None) -> str:
+    """One params for all steps: stripes take the union of each step's key blocks (a superset keeps
+    every step's recall); other families have the same params at every step."""
+    rows = table[(table["layer"] == row.layer) & (table["head"] == row.head) & (table["candidate"] == row.candidate)]
+    if row.pattern != "vertical_stripe":
+        return rows["params"].iloc[0]
+    blocks = sorted({b for p in rows["params"] for b in json.loads(p)["key_blocks"]})
+    return params_key({"key_blocks": blocks, "rows": json.loads(rows["params"].iloc[0])["rows"]})
+
+
+def stripe_density(profile: Profile, params: str) -> float:
+    """Exact density of a (possibly merged) vertical_stripe params string."""
+    mask = block_mask("vertical_stripe", json.loads(params), profile.geometry, profile.settings.block_size)
+    return mask.float().mean().item()
+
+
+def class_counts(labels: pd.DataFrame) -> pd.DataFrame:
+    """Heads per class for each layer: rows = layer, columns = pattern (all five always present)."""
+    order = ["diagonal", "multi_diagonal", "vertical_stripe", "energy_decay", "dense"]
+    counts = labels.groupby(["layer", "pattern"]).size().unstack(fill_value=0)
+    return counts.reindex(columns=order, fill_value=0)
