@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any, Callable
 
 import torch
@@ -48,6 +48,25 @@ class BlockLayout:
     def has_video(self) -> torch.Tensor:
         return self.v_hi >= self.v_lo
 
+    # Pair quantities shared by every candidate of a geometry: computed once per cached layout.
+    @cached_property
+    def offset_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """[nb, nb] bounds of v_i − v_j over i ∈ bq, j ∈ bk; every integer in between is attained."""
+        return self.v_lo[:, None] - self.v_hi[None, :], self.v_hi[:, None] - self.v_lo[None, :]
+
+    @cached_property
+    def video_pairs(self) -> torch.Tensor:
+        """[nb, nb] bool: both blocks hold video tokens."""
+        return self.has_video[:, None] & self.has_video[None, :]
+
+    @cached_property
+    def segment_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """[nseg, nseg] frame distance |f_i − f_j| and smallest |p_i − p_j| between two segments."""
+        f, p_lo, p_hi = self.seg_frame, self.seg_p_lo, self.seg_p_hi
+        d = (f[:, None] - f[None, :]).abs()
+        gap = torch.clamp(torch.maximum(p_lo[None, :] - p_hi[:, None], p_lo[:, None] - p_hi[None, :]), min=0)
+        return d, gap
+
 
 @lru_cache(maxsize=64)
 def block_layout(geometry: Geometry, block_size: int) -> BlockLayout:
@@ -78,18 +97,6 @@ def block_layout(geometry: Geometry, block_size: int) -> BlockLayout:
 def band_width(rows: float, width: int) -> int:
     """w = ceil(rows · W) tokens: the half-width of a diagonal band of ``rows`` frame rows."""
     return math.ceil(rows * width)
-
-
-def video_offset_range(layout: BlockLayout) -> tuple[torch.Tensor, torch.Tensor]:
-    """[nb, nb] bounds of v_i − v_j over i ∈ bq, j ∈ bk; every integer in between is attained."""
-    lo = layout.v_lo[:, None] - layout.v_hi[None, :]
-    hi = layout.v_hi[:, None] - layout.v_lo[None, :]
-    return lo, hi
-
-
-def video_pairs(layout: BlockLayout) -> torch.Tensor:
-    """[nb, nb] bool: both blocks hold video tokens."""
-    return layout.has_video[:, None] & layout.has_video[None, :]
 
 
 def reduce_segments(seg_mask: torch.Tensor, layout: BlockLayout) -> torch.Tensor:

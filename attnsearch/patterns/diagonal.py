@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..geometry import Geometry
-from .base import BlockLayout, Pattern, band_width, check_keys, check_number, video_offset_range, video_pairs
+from .base import BlockLayout, Pattern, band_width, check_keys, check_number
 
 DEFAULT_ROWS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
@@ -25,8 +25,8 @@ def normalize(params: dict[str, Any], geometry: Geometry, block_size: int) -> di
 def band_mask(rows: float, layout: BlockLayout) -> torch.Tensor:
     """[nb, nb]: some pair of the two blocks is within w of each other in video order."""
     w = band_width(rows, layout.geometry.width)
-    lo, hi = video_offset_range(layout)
-    return (lo <= w) & (hi >= -w) & video_pairs(layout)
+    lo, hi = layout.offset_range
+    return (lo <= w) & (hi >= -w) & layout.video_pairs
 
 
 def build(params: dict[str, Any], layout: BlockLayout) -> torch.Tensor:

@@ -28,18 +28,20 @@ def normalize(params: dict[str, Any], geometry: Geometry, block_size: int) -> di
 
 def build(params: dict[str, Any], layout: BlockLayout) -> torch.Tensor:
     geom, bs = layout.geometry, layout.block_size
-    f, p_lo, p_hi = layout.seg_frame, layout.seg_p_lo, layout.seg_p_hi
-    d = (f[:, None] - f[None, :]).abs()
-    # Smallest |p_i − p_j| between two segments' spatial ranges (0 when they overlap).
-    gap = torch.clamp(torch.maximum(p_lo[None, :] - p_hi[:, None], p_lo[:, None] - p_hi[None, :]), min=0)
-    # floor(log2 d) exactly, from a small integer table rather than a float log.
-    octave = torch.tensor([max(x.bit_length() - 1, 0) for x in range(geom.frames)], dtype=torch.int64)
-    c = params["decay"] * geom.frame_size / torch.pow(2.0, octave[d].double())
+    d, gap = layout.segment_pairs
+    # Everything that depends on the frame distance alone, as tables over d ∈ [0, F).
+    dist = torch.arange(geom.frames, dtype=torch.int64)
+    octave = torch.tensor([max(x.bit_length() - 1, 0) for x in range(geom.frames)], dtype=torch.float64)
+    c = params["decay"] * geom.frame_size / torch.pow(2.0, octave)           # band half-width
     stride = torch.ceil(bs / c).to(torch.int64)
-    keep = torch.where(c >= bs, gap < c, (gap < bs) & (d % stride == 0))
-    keep |= d == 0
+    wide = c >= bs
+    limit = torch.where(wide, c, torch.full_like(c, float(bs)))              # keep iff gap < limit
+    on_frame = wide | (dist % stride == 0)                                   # strided frames when c < B
+    limit = torch.where(on_frame, limit, torch.zeros_like(limit))
+    limit[0] = float("inf")                                                  # d = 0 keeps the frame
+    keep = gap < limit[d]
     if params["sink"]:
-        keep |= (f == 0)[None, :]
+        keep |= (layout.seg_frame == 0)[None, :]
     return reduce_segments(keep, layout)
 
 

@@ -12,8 +12,7 @@ from typing import Any
 import torch
 
 from ..geometry import Geometry
-from .base import (BlockLayout, Pattern, band_width, check_int, check_keys, check_number,
-                   video_offset_range, video_pairs)
+from .base import BlockLayout, Pattern, band_width, check_int, check_keys, check_number
 
 DEFAULT_ROWS = (0.5, 1.0, 2.0, 4.0)
 DEFAULT_FRAMES = (1, 2, 4, None)
@@ -33,11 +32,11 @@ def build(params: dict[str, Any], layout: BlockLayout) -> torch.Tensor:
     s = geom.frame_size
     k = geom.frames - 1 if params["frames"] is None else params["frames"]
     w = band_width(params["rows"], geom.width)
-    lo, hi = video_offset_range(layout)
+    lo, hi = layout.offset_range
     # Is there an m with m·S ∈ [lo − w, hi + w] and |m| ≤ k?  ceil(a/S) = −floor(−a/S).
     m_min = torch.clamp(-torch.div(-(lo - w), s, rounding_mode="floor"), min=-k)
     m_max = torch.clamp(torch.div(hi + w, s, rounding_mode="floor"), max=k)
-    return (m_min <= m_max) & video_pairs(layout)
+    return (m_min <= m_max) & layout.video_pairs
 
 
 def grid(geometry: Geometry, block_size: int) -> list[dict[str, Any]]:

@@ -1,0 +1,203 @@
+"""The ``attnsearch`` command line: the I/O edge of the pipeline.
+
+Every command turns bad input into one clear line on stderr and a non-zero exit; library errors
+carry the field they are about, so the CLI only has to print them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Profile, search and run the sparse attention of video diffusion transformers.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+class UsageError(Exception):
+    """A problem with the user's input: printed as one line, exit code 2."""
+
+
+def fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _run(fn):
+    """Call ``fn`` and turn the library's input errors into one line and exit code 2."""
+    from .geometry import GeometryError
+    from .patterns import PatternError
+    from .profiler import ProfileError
+
+    try:
+        return fn()
+    except (UsageError, GeometryError, PatternError, ProfileError, FileNotFoundError) as exc:
+        fail(str(exc))
+    except ValueError as exc:  # model adapters and plan validation raise ValueError subclasses
+        fail(str(exc))
+
+
+def _parse_options(options: list[str]) -> dict:
+    """``-o key=value`` pairs; values are JSON when they parse as JSON, else strings."""
+    out = {}
+    for item in options:
+        if "=" not in item:
+            raise UsageError(f"--option {item!r} must look like key=value")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _auto_block_size(num_tokens: int) -> int:
+    # Short sequences need the finer tiling to show any structure; long ones run faster at 128.
+    return 64 if num_tokens <= 8192 else 128
+
+
+def _print_class_table(labels, title: str) -> None:
+    from .classifier import class_counts
+
+    counts = class_counts(labels)
+    table = Table(title=title, show_lines=False)
+    table.add_column("layer", justify="right")
+    for name in counts.columns:
+        table.add_column(name, justify="right")
+    if "stability" in labels:
+        table.add_column("stability", justify="right")
+        stability = labels.groupby("layer")["stability"].mean()
+    for layer, row in counts.iterrows():
+        cells = [str(layer)] + [str(int(x)) if x else "·" for x in row]
+        if "stability" in labels:
+            cells.append(f"{stability[layer]:.2f}")
+        table.add_row(*cells)
+    total = counts.sum()
+    table.add_row("all", *[str(int(x)) for x in total], *([""] if "stability" in labels else []), style="bold")
+    console.print(table)
+
+
+@app.command()
+def profile(
+    model: str = typer.Option("toy-vdit", "--model", "-m",
+                              help="Registered name (toy-vdit, minilm) or module:function / file.py:function "
+                                   "returning (model, inputs, geometry)."),
+    steps: Optional[int] = typer.Option(None, help="Model forwards (denoising steps) to profile; default: all inputs."),
+    queries: int = typer.Option(256, help="Sampled query rows per call (exact softmax rows)."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    block_size: Optional[int] = typer.Option(None, "--block-size", "-b",
+                                             help="64 or 128; default 64 for N ≤ 8192, else 128."),
+    grid: Optional[Path] = typer.Option(None, help="JSON file overriding the candidate grid."),
+    map_size: int = typer.Option(64, help="Side of the stored block-level attention maps."),
+    tau: float = typer.Option(0.95, help="Recall a class must reach (summary only; the profile keeps all)."),
+    density_cap: float = typer.Option(0.75, help="Above this density a head is dense (summary only)."),
+    option: list[str] = typer.Option([], "--option", "-o", help="key=value passed to the model factory."),
+    out: Optional[Path] = typer.Option(None, help="Output Parquet file; default profiles/<model>.parquet."),
+) -> None:
+    """Record per-head attention statistics of a model and classify every head."""
+    from .candidates import CandidateGrid
+    from .classifier import classify
+    from .models import load_model
+    from .profiler import ProfileSettings, profile_model
+
+    def work():
+        opts = _parse_options(option)
+        spec = load_model(model, **opts)
+        bs = block_size or _auto_block_size(spec.geometry.num_tokens)
+        grid_obj = CandidateGrid.from_dict(json.loads(grid.read_text())) if grid else CandidateGrid()
+        settings = ProfileSettings(queries=queries, seed=seed, block_size=bs, map_size=map_size, grid=grid_obj)
+        n_steps = min(steps, len(spec.inputs)) if steps else len(spec.inputs)
+        if steps is not None and steps > len(spec.inputs):
+            raise UsageError(f"--steps {steps} exceeds the {len(spec.inputs)} inputs model {spec.name!r} provides")
+        target = out or Path("profiles") / f"{spec.name.replace('/', '_').replace(':', '_')}.parquet"
+        console.print(f"[bold]{spec.name}[/]: geometry {spec.geometry}, block size {bs}, "
+                      f"{n_steps} step(s), {queries} sampled queries per call")
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=False) as bar:
+            task = bar.add_task("profiling", total=n_steps)
+            last = {"step": -1}
+
+            def on_call(step: int, layer: int) -> None:
+                if step != last["step"]:
+                    if last["step"] >= 0:
+                        bar.advance(task)
+                    last["step"] = step
+                bar.update(task, description=f"step {step} layer {layer}")
+
+            started = time.perf_counter()
+            prof = profile_model(spec, steps=n_steps, settings=settings, on_call=on_call)
+            bar.update(task, completed=n_steps, description="profiled")
+        prof.save(target)
+        labels = classify(prof, tau=tau, density_cap=density_cap, over_steps=True)
+        _print_class_table(labels, f"classes per layer (τ={tau}, density cap {density_cap})")
+        console.print(f"{prof.num_layers} layers × {prof.num_heads} heads × {prof.num_steps} steps in "
+                      f"{time.perf_counter() - started:.1f} s → [bold]{target}[/]")
+
+    _run(work)
+
+
+@app.command("classify")
+def classify_cmd(
+    profile_path: Path = typer.Argument(..., metavar="PROFILE", help="A profile written by `attnsearch profile`."),
+    tau: float = typer.Option(0.95, help="Recall a class must reach."),
+    density_cap: float = typer.Option(0.75, help="Above this density a head is dense."),
+    per_step: bool = typer.Option(False, "--per-step", help="One label per (step, layer, head)."),
+    csv: Optional[Path] = typer.Option(None, help="Also write the labels as CSV."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the labels as JSON records."),
+) -> None:
+    """Print the class of every head of a profile (and export it)."""
+    from .classifier import classify
+    from .profiler import Profile
+
+    def work():
+        prof = Profile.load(profile_path)
+        labels = classify(prof, tau=tau, density_cap=density_cap, over_steps=not per_step)
+        if per_step:
+            _print_class_table(labels[labels["step"] == labels["step"].max()], f"classes at step {labels['step'].max()}")
+        else:
+            _print_class_table(labels, f"classes per layer over {prof.num_steps} step(s) (τ={tau})")
+        table = Table(show_lines=False)
+        for col in ["layer", "head", "pattern", "candidate", "density", "recall"] + (["stability"] if not per_step else []):
+            table.add_column(col)
+        for r in labels.itertuples():
+            cells = [str(r.layer), str(r.head), r.pattern, r.candidate, f"{r.density:.3f}", f"{r.recall:.3f}"]
+            if not per_step:
+                cells.append(f"{r.stability:.2f}")
+            table.add_row(*cells)
+        if not per_step:
+            console.print(table)
+        if csv:
+            _atomic_write(csv, labels.to_csv(index=False))
+        if json_out:
+            _atomic_write(json_out, labels.to_json(orient="records", indent=1))
+
+    _run(work)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+    console.print(f"wrote {path}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
