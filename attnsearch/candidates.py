@@ -111,35 +111,45 @@ def _stripe_base(geometry: Geometry, block_size: int, rows: float) -> torch.Tens
     return block_mask("vertical_stripe", {"key_blocks": [], "rows": rows}, geometry, block_size)
 
 
+@dataclass(frozen=True)
+class StripeCandidates:
+    """vertical_stripe candidates of a chunk of heads, built on the profiling device.
+
+    ``ids[h]``: (pattern, params JSON) per candidate; ``masks``: [h, C, nb, nb] bool;
+    ``density``: [h, C]. Candidate order: for each band width, for each k (narrowest first)."""
+
+    ids: list[list[tuple[str, str]]]
+    masks: torch.Tensor = field(repr=False)
+    density: torch.Tensor = field(repr=False)
+
+
 def stripe_candidates(column_mass: torch.Tensor, geometry: Geometry, block_size: int,
-                      grid: CandidateGrid) -> list[tuple[list[tuple[str, str]], torch.Tensor]]:
+                      grid: CandidateGrid) -> StripeCandidates:
     """vertical_stripe candidates of several heads from their mean column mass per key block.
 
-    column_mass: [H, nb] (any device). Returns, per head, the list of (pattern, params JSON) and the
-    stacked masks [C_vs, nb, nb] (CPU bool). Text blocks are kept anyway, so they are not chosen as
-    stripes; k beyond the remaining blocks is dropped.
+    column_mass: [h, nb] on the profiling device. For each k of the grid, the stripes are the k key
+    blocks of highest mass; text blocks are kept anyway, so they are never chosen, and k beyond the
+    remaining blocks is dropped. No host loop over heads: masks are built by broadcasting.
     """
-    if "vertical_stripe" not in grid.families:
-        return [([], torch.zeros(0, 0, 0, dtype=torch.bool)) for _ in range(column_mass.shape[0])]
+    heads, device = column_mass.shape[0], column_mass.device
     layout = block_layout(geometry, block_size)
-    mass = column_mass.detach().double().cpu().clone()
-    mass[:, layout.has_text] = -1.0
+    nb = layout.num_blocks
     free = int((~layout.has_text).sum())
-    top_k = sorted({k for k in grid.stripe_top_k if k <= free})
-    order = torch.argsort(mass, dim=1, descending=True)
-    out = []
-    for h in range(mass.shape[0]):
-        ids, masks = [], []
-        for rows in grid.stripe_rows:
-            base = _stripe_base(geometry, block_size, rows)
-            for k in top_k:
-                chosen = sorted(order[h, :k].tolist())
-                mask = base.clone()
-                mask[:, chosen] = True
-                ids.append(("vertical_stripe", params_key({"key_blocks": chosen, "rows": float(rows)})))
-                masks.append(mask)
-        out.append((ids, torch.stack(masks) if masks else torch.zeros(0, 0, 0, dtype=torch.bool)))
-    return out
+    top_k = sorted({k for k in grid.stripe_top_k if k <= free}) if "vertical_stripe" in grid.families else []
+    if not top_k or not grid.stripe_rows:
+        empty = torch.zeros(heads, 0, nb, nb, dtype=torch.bool, device=device)
+        return StripeCandidates([[] for _ in range(heads)], empty, torch.zeros(heads, 0, device=device))
+    mass = column_mass.detach().double().clone()
+    mass[:, layout.has_text.to(device)] = -torch.inf
+    order = torch.argsort(mass, dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(nb, device=device).expand(heads, -1))
+    chosen = rank[:, None, :] < torch.tensor(top_k, device=device)[None, :, None]          # [h, K, nb]
+    bases = torch.stack([_stripe_base(geometry, block_size, r) for r in grid.stripe_rows]).to(device)
+    masks = (bases[None, :, None] | chosen[:, None, :, None, :]).flatten(1, 2)            # [h, R·K, nb, nb]
+    top = order[:, : max(top_k)].cpu().tolist()
+    ids = [[("vertical_stripe", params_key({"key_blocks": sorted(top[h][:k]), "rows": float(r)}))
+            for r in grid.stripe_rows for k in top_k] for h in range(heads)]
+    return StripeCandidates(ids, masks, masks.flatten(2).double().mean(2))
 
 
 def candidate_label(pattern: str, params: dict[str, Any]) -> str:
@@ -153,4 +163,4 @@ def candidate_label(pattern: str, params: dict[str, Any]) -> str:
     return f"{pattern}({inner})"
 
 
-__all__ = ["CandidateGrid", "StaticCandidates", "candidate_label", "static_candidates", "stripe_candidates"]
+__all__ = ["CandidateGrid", "StaticCandidates", "StripeCandidates", "candidate_label", "static_candidates", "stripe_candidates"]

@@ -20,12 +20,13 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Any, Callable
 
 import pandas as pd
 import torch
 
-from .candidates import CandidateGrid, candidate_label, static_candidates, stripe_candidates
+from .candidates import CandidateGrid, StripeCandidates, candidate_label, static_candidates, stripe_candidates
 from .geometry import Geometry, check_block_size
 
 TABLE_COLUMNS = ["step", "layer", "head", "pattern", "params", "candidate", "density", "recall", "rel_err"]
@@ -179,6 +180,12 @@ def _block_map(p_blk: torch.Tensor, qblock: torch.Tensor, nb: int, size: int) ->
     return rows / counts.clamp_min(1)[None, :, None]
 
 
+@lru_cache(maxsize=8)
+def _device_masks(geometry: Geometry, block_size: int, grid: CandidateGrid, device: str) -> torch.Tensor:
+    """The static candidates' masks on the profiling device, copied once per geometry."""
+    return static_candidates(geometry, block_size, grid).masks.to(device)
+
+
 def _head_chunk(num_heads: int, queries: int, padded: int, head_dim: int, budget: int) -> int:
     per_head = 4 * queries * padded * (2 + head_dim / 128 * 2)  # logits/probs + U (fp32), rough
     return max(1, min(num_heads, int(budget // max(per_head, 1))))
@@ -215,7 +222,8 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
     rows = sample_queries(n, settings.queries, settings.seed, step, layer).to(device)
     qblock = rows // bs
     static = static_candidates(geometry, bs, settings.grid)
-    keep_static = static.masks.to(device)[:, qblock.cpu()].float()[None] if len(static.patterns) else None
+    keep_static = _device_masks(geometry, bs, settings.grid, str(device))[:, qblock].float()[None] \
+        if len(static.patterns) else None
     group = heads // k.shape[1]
     chunk = _head_chunk(heads, len(rows), nb * bs, d, chunk_bytes)
 
@@ -223,10 +231,8 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
     err_sum = torch.zeros_like(recall_sum)
     # Stripes are chosen from the first batch element's column mass and kept for the others, so
     # every batch element measures the same candidate.
-    vs_ids: list[list[tuple[str, str]]] = [[] for _ in range(heads)]
-    vs_masks: list[torch.Tensor | None] = [None] * heads
-    vs_recall = [torch.zeros(0, dtype=torch.float64) for _ in range(heads)]
-    vs_err = [torch.zeros(0, dtype=torch.float64) for _ in range(heads)]
+    stripes: dict[int, StripeCandidates] = {}
+    vs_recall = vs_err = None
     map_sum = None
     for b in range(bsz):
         for h0 in range(0, heads, chunk):
@@ -246,36 +252,37 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
                 recall_sum[hs] += rec
                 err_sum[hs] += err
             if b == 0:
-                for i, (ids, masks) in enumerate(stripe_candidates(p_blk.mean(1), geometry, bs, settings.grid)):
-                    vs_ids[h0 + i], vs_masks[h0 + i] = ids, masks
-            for i in range(hs.stop - hs.start):
-                h = h0 + i
-                if not vs_ids[h]:
-                    continue
-                keep = vs_masks[h].to(device)[:, qblock.cpu()].float()[None]
-                rec, err = _candidate_stats(keep, p_blk[i:i + 1], u[i:i + 1], o_full[i:i + 1])
-                if b == 0:
-                    vs_recall[h], vs_err[h] = rec[0].double().cpu(), err[0].double().cpu()
-                else:
-                    vs_recall[h] += rec[0].double().cpu()
-                    vs_err[h] += err[0].double().cpu()
+                stripes[h0] = stripe_candidates(p_blk.mean(1), geometry, bs, settings.grid)
+            vs = stripes[h0]
+            if vs.masks.shape[1]:
+                rec, err = _candidate_stats(vs.masks[:, :, qblock].float(), p_blk, u, o_full)
+                if vs_recall is None:
+                    vs_recall = torch.zeros(heads, rec.shape[1], device=device, dtype=torch.float64)
+                    vs_err = torch.zeros_like(vs_recall)
+                vs_recall[hs] += rec
+                vs_err[hs] += err
             bmap = _block_map(p_blk, qblock, nb, settings.map_size)
             if map_sum is None:
                 map_sum = torch.zeros(heads, *bmap.shape[1:], device=device)
             map_sum[hs] += bmap
             del u, p_blk, o_full
 
+    # One host transfer per statistic, then plain Python floats: per-element tensor indexing here
+    # would cost more than the whole GPU pass.
+    recall = (recall_sum / bsz).tolist()
+    err = (err_sum / bsz).tolist()
+    static_density = static.density.tolist()
+    if vs_recall is not None:
+        vs_recall, vs_err = (vs_recall / bsz).tolist(), (vs_err / bsz).tolist()
     records: list[tuple] = []
-    recall = (recall_sum / bsz).cpu()
-    err = (err_sum / bsz).cpu()
-    for h in range(heads):
-        for c, (name, params) in enumerate(zip(static.patterns, static.params)):
-            records.append((step, layer, h, name, params, float(static.density[c]), float(recall[h, c]), float(err[h, c])))
-        if vs_ids[h]:
-            dens = vs_masks[h].flatten(1).double().mean(1)
-            for c, (name, params) in enumerate(vs_ids[h]):
-                records.append((step, layer, h, name, params, float(dens[c]), float(vs_recall[h][c] / bsz),
-                                float(vs_err[h][c] / bsz)))
+    for h0, vs in stripes.items():
+        vs_density = vs.density.tolist()
+        for i, ids in enumerate(vs.ids):
+            h = h0 + i
+            records += [(step, layer, h, name, params, static_density[c], recall[h][c], err[h][c])
+                        for c, (name, params) in enumerate(zip(static.patterns, static.params))]
+            records += [(step, layer, h, name, params, vs_density[i][c], vs_recall[h][c], vs_err[h][c])
+                        for c, (name, params) in enumerate(ids)]
     table = _make_table(records)
     maps = {(layer, h): (map_sum[h] / bsz).float().cpu() for h in range(heads)}
     elapsed = time.perf_counter() - started

@@ -40,7 +40,7 @@ def main() -> None:
         t0 = time.perf_counter()
         static = static_candidates(geom, 128, grid)
         t1 = time.perf_counter()
-        (ids, masks), = stripe_candidates(torch.rand(1, geom.num_blocks(128)), geom, 128, grid)
+        ids = stripe_candidates(torch.rand(1, geom.num_blocks(128)), geom, 128, grid).ids[0]
         t2 = time.perf_counter()
         times.append(t2 - t0)
         per_head.append(t2 - t1)
