@@ -1,0 +1,129 @@
+"""``apply(model, plan)``: run every scaled_dot_product_attention call of a model by a plan.
+
+    with apply(pipe.transformer, plan) as ap:
+        pipe(prompt)                 # step = model forward index (capture's auto_step)
+    ap.stats                         # calls, sparse, dense, fallbacks
+
+Built on :class:`attnsearch.capture.capture_attention`, which hands each SDPA call (step, layer,
+q, k, v, kwargs) to a consumer. A call runs ``plan.layer_plan(step, layer)``:
+
+- an all-dense layer plan runs the real SDPA (exact dense attention, fastest kernel, every
+  keyword honoured) after checking the query shape against the plan;
+- otherwise :func:`sparse_attention` with the call's ``scale`` and ``enable_gqa``.
+
+Anything the plan cannot honour — a step or layer it does not cover, a sequence length or head
+count that does not match, an ``attn_mask``, ``is_causal``, dropout, cross-attention on a sparse
+layer — raises :class:`PlanError` naming the call and the field. With
+``allow_dense_fallback=True`` such calls run dense SDPA instead and the count is reported
+(``warnings.warn``) when the context exits. Never a silent dense fallback.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from typing import Any
+
+import torch
+
+from ..plan import Plan, PlanError
+
+
+class apply:  # noqa: N801  (a context manager used like a function, as torch's no_grad)
+    """Context manager running ``model``'s attention by ``plan``.
+
+    Args:
+        model: any ``torch.nn.Module`` (or callable capture_attention accepts) whose attention goes
+            through ``torch.nn.functional.scaled_dot_product_attention``.
+        plan: the Plan (``load_plan``); its geometry must match the model's attention inputs.
+        allow_dense_fallback: run calls the plan cannot honour as dense SDPA (reported at exit)
+            instead of raising.
+        backend: sparse_attention's backend ("auto", "triton", "torch").
+        auto_step: advance the step at every model forward (capture_attention's auto_step);
+            with False, call :meth:`set_step` yourself.
+    """
+
+    def __init__(self, model: Any, plan: Plan, *, allow_dense_fallback: bool = False, backend: str = "auto",
+                 auto_step: bool = True) -> None:
+        if not isinstance(plan, Plan):
+            raise TypeError(f"plan: expected a Plan (attnsearch.load_plan), got {type(plan).__name__}")
+        self.model = model
+        self.plan = plan
+        self.allow_dense_fallback = allow_dense_fallback
+        self.backend = backend
+        self.auto_step = auto_step
+        self.stats: dict[str, Any] = {"calls": 0, "sparse": 0, "dense": 0, "fallbacks": Counter()}
+        self._capture = None
+
+    # -- context management ------------------------------------------------------------------------
+
+    def __enter__(self) -> apply:
+        from ..capture import capture_attention
+
+        self.stats = {"calls": 0, "sparse": 0, "dense": 0, "fallbacks": Counter()}
+        self._capture = capture_attention(self.model, self._consumer, auto_step=self.auto_step)
+        self._capture.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> Any:
+        try:
+            return self._capture.__exit__(*exc)
+        finally:
+            self._capture = None
+            fb: Counter = self.stats["fallbacks"]
+            if fb:
+                detail = "; ".join(f"{n}× {reason}" for reason, n in fb.most_common())
+                warnings.warn(f"attnsearch.apply: {sum(fb.values())} of {self.stats['calls']} attention calls "
+                              f"ran dense SDPA instead of the plan ({detail})", RuntimeWarning, stacklevel=2)
+
+    @property
+    def step(self) -> int:
+        return self._capture.step
+
+    def set_step(self, step: int) -> None:
+        """Set the step of the next calls (when auto_step is False, or to re-sync)."""
+        self._capture.set_step(step)
+
+    # -- one call ------------------------------------------------------------------------------------
+
+    def _consumer(self, call: Any) -> torch.Tensor | None:
+        self.stats["calls"] += 1
+        try:
+            return self._run(call)
+        except PlanError as err:
+            if not self.allow_dense_fallback:
+                raise PlanError(f"attnsearch.apply: step {call.step}, layer {call.layer}: {err} "
+                                "(allow_dense_fallback=True runs such calls dense)") from None
+            self.stats["fallbacks"][str(err)] += 1
+            return None  # capture runs the real SDPA
+
+    def _run(self, call: Any) -> torch.Tensor | None:
+        plan = self.plan
+        q, k, v, kw = call.query, call.key, call.value, call.kwargs
+        if call.step >= plan.num_steps:
+            raise PlanError(f"step: {call.step} is outside the plan's steps [0, {plan.num_steps})")
+        if call.layer >= plan.num_layers:
+            raise PlanError(f"layer: {call.layer} is outside the plan's layers [0, {plan.num_layers}) "
+                            "(does the model make more attention calls per forward than the plan knows?)")
+        lp = plan.layer_plan(call.step, call.layer)
+        if q.dim() != 4:
+            raise PlanError(f"query: expected [batch, heads, N, head_dim], got shape {tuple(q.shape)}")
+        lp.check_inputs(q.shape[2], q.shape[1])
+        if all(g.pattern == "dense" for g in lp.groups):
+            self.stats["dense"] += 1
+            return None  # dense by plan: the real SDPA is exact and the fastest
+        if kw.get("attn_mask") is not None:
+            raise PlanError("attn_mask: the call passes an explicit mask, which a sparse layer plan cannot honour")
+        if kw.get("is_causal", False):
+            raise PlanError("is_causal: causal attention cannot be combined with a sparse layer plan")
+        if kw.get("dropout_p", 0.0):
+            raise PlanError(f"dropout_p: {kw['dropout_p']} > 0 is not supported by the sparse runtime")
+        if k.dim() != 4 or k.shape[2] != q.shape[2]:
+            raise PlanError(f"key: {tuple(k.shape)} for query {tuple(q.shape)}: a sparse layer plan needs "
+                            "self-attention (same N for queries and keys)")
+        from . import sparse_attention
+
+        self.stats["sparse"] += 1
+        return sparse_attention(q, k, v, lp, backend=self.backend, scale=kw.get("scale"),
+                                enable_gqa=bool(kw.get("enable_gqa", False)))
+

@@ -1,0 +1,141 @@
+"""Block index tables: for every (head, query block) the key blocks it keeps, as kernels read them.
+
+Built once per (LayerPlan, device, fusion) and cached (LRU): a model calls the same LayerPlan for
+many layers and steps, and the tables never change. Layout (all int32, on the target device):
+
+    counts   [H, nb]              number of kept key blocks of query block qb of head h
+    indices  [H, nb, max_count]   their ids, ascending, padded with the last valid id
+    launches tuple[Launch]        work lists; each launch runs its heads in one kernel call
+
+A work item is one (head, query block) pair, encoded ``head * nb + qb``. Items are ordered
+longest-first (most kept blocks first), ties by head then query block, so the tail of the grid is
+short work and the items of one head stay adjacent (their K/V blocks overlap in L2). Skip heads
+appear in no launch: their output is zero-filled by the caller and never computed.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from ..plan import LayerPlan
+
+Fusion = Literal["layer", "group"]
+
+#: How many table sets the cache keeps (one per distinct LayerPlan × device × fusion).
+CACHE_SIZE = 256
+
+
+@dataclass(frozen=True, eq=False)
+class Launch:
+    """One kernel launch: the heads it computes and its ordered work items (``head * nb + qb``)."""
+
+    heads: tuple[int, ...]
+    work: torch.Tensor  # int32 [num_items]
+
+    @property
+    def num_items(self) -> int:
+        return self.work.numel()
+
+
+@dataclass(frozen=True, eq=False)
+class BlockTables:
+    layer_plan: LayerPlan
+    device: torch.device
+    counts: torch.Tensor      # int32 [H, nb]
+    indices: torch.Tensor     # int32 [H, nb, max_count]
+    launches: tuple[Launch, ...]
+    skip_heads: tuple[int, ...]
+    kept_blocks: int          # Σ counts over computed heads: the work the kernel does
+
+    @property
+    def num_blocks(self) -> int:
+        return self.counts.shape[1]
+
+    @property
+    def block_size(self) -> int:
+        return self.layer_plan.block_size
+
+    @property
+    def max_count(self) -> int:
+        return self.indices.shape[2]
+
+
+def build_block_tables(layer_plan: LayerPlan, device: torch.device | str = "cpu",
+                       fusion: Fusion = "layer") -> BlockTables:
+    """Build tables without the cache (use :func:`get_block_tables`).
+
+    ``fusion="layer"``: all computed heads of the layer in one launch (the default: one launch, one
+    longest-first queue across heads). ``fusion="group"``: one launch per head group, as the plan
+    lists them (for benchmarks that compare against groups run alone).
+    """
+    if fusion not in ("layer", "group"):
+        raise ValueError(f"fusion: must be 'layer' or 'group', got {fusion!r}")
+    masks = layer_plan.block_masks()  # bool [H, nb, nb], CPU
+    H, nb, _ = masks.shape
+    counts = masks.sum(-1, dtype=torch.int32)
+    max_count = max(int(counts.max()), 1)
+    # Stable sort of "not kept" puts the kept ids first, in ascending order.
+    order = torch.argsort((~masks).to(torch.int8), dim=-1, stable=True)[..., :max_count].to(torch.int32)
+    # Pad each row with its last valid id (or 0): harmless if ever read, and keeps loads in bounds.
+    last = order.gather(-1, (counts.clamp(min=1) - 1).long().unsqueeze(-1))
+    slot = torch.arange(max_count, dtype=torch.int32)
+    indices = torch.where(slot < counts.unsqueeze(-1), order, last)
+
+    skip = layer_plan.skip_heads
+    if fusion == "layer":
+        head_sets = [layer_plan.computed_heads] if layer_plan.computed_heads else []
+    else:
+        head_sets = [tuple(g.heads) for g in layer_plan.groups if g.pattern != "skip"]
+    launches = []
+    for heads in head_sets:
+        h = torch.tensor(heads, dtype=torch.int64)
+        c = counts[h].flatten().to(torch.int64)                       # [len(heads) * nb]
+        item = (h[:, None] * nb + torch.arange(nb)[None, :]).flatten()
+        # Longest first; the stable sort keeps (head, qb) order among equal counts.
+        rank = torch.argsort(-c, stable=True)
+        launches.append(Launch(tuple(heads), item[rank].to(torch.int32).to(device)))
+    kept = int(counts[list(layer_plan.computed_heads)].sum()) if layer_plan.computed_heads else 0
+    return BlockTables(layer_plan, torch.device(device), counts.to(device), indices.contiguous().to(device),
+                       tuple(launches), skip, kept)
+
+
+_CACHE: OrderedDict[tuple, BlockTables] = OrderedDict()
+_STATS = {"hits": 0, "builds": 0}
+
+
+def _canonical_device(device: torch.device | str) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def get_block_tables(layer_plan: LayerPlan, device: torch.device | str, fusion: Fusion = "layer") -> BlockTables:
+    """Cached :func:`build_block_tables`, keyed by the LayerPlan's content, the device and fusion."""
+    device = _canonical_device(device)
+    key = (layer_plan.key, device, fusion)
+    tables = _CACHE.get(key)
+    if tables is not None:
+        _CACHE.move_to_end(key)
+        _STATS["hits"] += 1
+        return tables
+    tables = build_block_tables(layer_plan, device, fusion)
+    _STATS["builds"] += 1
+    _CACHE[key] = tables
+    if len(_CACHE) > CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return tables
+
+
+def cache_info() -> dict[str, int]:
+    """Hits, builds and current size of the table cache."""
+    return {**_STATS, "size": len(_CACHE)}
+
+
+def clear_cache() -> None:
+    _CACHE.clear()
+    _STATS.update(hits=0, builds=0)

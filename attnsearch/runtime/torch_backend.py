@@ -1,0 +1,70 @@
+"""Reference-quality block-sparse attention in plain PyTorch (the CPU default; any head_dim, dtype).
+
+Per head group and chunk of query blocks: gather the kept key blocks of every (head, query block)
+from the block tables, softmax over them in float32, and scatter the rows back. Work and memory
+are proportional to the kept blocks (chunked to ``chunk_bytes``); no N×N tensor ever exists.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .block_tables import BlockTables
+
+#: Upper bound on the float32 working set of one chunk (gathered K/V and scores).
+DEFAULT_CHUNK_BYTES = 256 << 20
+
+
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTables, scale: float,
+            out: torch.Tensor | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
+    """Same contract as the Triton backend's ``forward``.
+
+    Args:
+        q: [batch, H, N, D]; k, v: [batch, H_kv, N, D] with H % H_kv == 0 (any strides).
+        tables: block tables of the layer plan, on q's device.
+        scale: softmax scale.
+        out: optional [batch, H, N, D] output of q's dtype; allocated contiguous when None.
+    Returns:
+        out, with skip heads zero.
+    """
+    batch, num_heads, n, d = q.shape
+    bs, nb = tables.block_size, tables.num_blocks
+    if out is None:
+        out = torch.empty(batch, num_heads, n, d, dtype=q.dtype, device=q.device)
+    if tables.skip_heads:
+        out[:, list(tables.skip_heads)] = 0
+    group = num_heads // k.shape[1]
+    offs = torch.arange(bs, device=q.device)
+    for launch in tables.launches:
+        heads = torch.tensor(launch.heads, device=q.device)
+        counts = tables.counts[heads].long()                      # [h, nb]
+        mc = max(int(counts.max()), 1)
+        idx = tables.indices[heads, :, :mc].long()                # [h, nb, mc]
+        h = len(launch.heads)
+        # fp32 bytes per query block: gathered K and V, scores and probabilities.
+        per_block = batch * h * mc * bs * (2 * d + 2 * bs) * 4
+        chunk = max(1, min(nb, chunk_bytes // max(per_block, 1)))
+        for qb0 in range(0, nb, chunk):
+            qb1 = min(nb, qb0 + chunk)
+            c = qb1 - qb0
+            # Query rows of the chunk: [batch, h, c·B, D]; rows ≥ N are clamped and dropped below.
+            q_tok = (torch.arange(qb0 * bs, qb1 * bs, device=q.device)).clamp(max=n - 1)
+            qc = q[:, heads[:, None], q_tok[None, :]].float()
+            # Key tokens of each kept block: [h, c, mc·B]; positions ≥ N and padding slots masked.
+            blk = idx[:, qb0:qb1]                                 # [h, c, mc]
+            pos = (blk[..., None] * bs + offs).flatten(-2)        # [h, c, mc·B]
+            valid = (torch.arange(mc, device=q.device) < counts[:, qb0:qb1, None])
+            valid = valid[..., None].expand(-1, -1, -1, bs).flatten(-2) & (pos < n)
+            pos = pos.clamp(max=n - 1)
+            kvh = (heads // group)[:, None, None]
+            kg = k[:, kvh, pos].float()                            # [batch, h, c, mc·B, D]
+            vg = v[:, kvh, pos].float()
+            s = torch.einsum("bhcqd,bhckd->bhcqk", qc.view(batch, h, c, bs, d), kg) * scale
+            s = s.masked_fill(~valid[None, :, :, None, :], float("-inf"))
+            p = torch.softmax(s, dim=-1)
+            # A row with no kept key (all −inf) is NaN after softmax: DESIGN says it outputs zero.
+            p = torch.nan_to_num(p, nan=0.0)
+            o = torch.einsum("bhcqk,bhckd->bhcqd", p, vg).reshape(batch, h, c * bs, d)
+            rows = min(qb1 * bs, n) - qb0 * bs
+            out[:, heads, qb0 * bs: qb0 * bs + rows] = o[:, :, :rows].to(out.dtype)
+    return out

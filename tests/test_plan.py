@@ -1,0 +1,173 @@
+"""Plan JSON: round trip, lookup, and validation errors that name their field."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from attnsearch import Geometry, block_mask
+from attnsearch.plan import LayerPlan, Plan, PlanError, load_plan, validate_plan, write_plan
+
+GEOM = Geometry(frames=4, height=6, width=10, text_tokens=20, text_position="prefix")  # N = 260
+B = 64
+
+
+def layer(groups):
+    return {"groups": groups}
+
+
+def plan_dict():
+    """3 layers × 4 heads; steps [0, 2) dense, [2, 5) sparse with every family."""
+    sparse_layers = [
+        {"layer": 0, "groups": [
+            {"pattern": "diagonal", "heads": [0, 2], "params": [{"rows": 1}, {"rows": 2.5}]},
+            {"pattern": "energy_decay", "heads": [1], "params": [{"decay": 0.5}]},
+            {"pattern": "skip", "heads": [3], "params": [{}]},
+        ]},
+        {"layer": 2, "groups": [
+            {"pattern": "vertical_stripe", "heads": [3, 1], "params": [{"key_blocks": [0, 2]}, {"key_blocks": [1]}]},
+            {"pattern": "multi_diagonal", "heads": [0, 2], "params": [{"rows": 1, "frames": 1}, {"rows": 0.5}]},
+        ]},
+        {"layer": 1, "groups": [{"pattern": "dense", "heads": [0, 1, 2, 3], "params": [{}] * 4}]},
+    ]
+    return {
+        "format": "attnsearch-plan", "version": 1,
+        "model": {"name": "toy", "fingerprint": "abc"},
+        "geometry": GEOM.to_dict(), "block_size": B,
+        "num_steps": 5, "num_layers": 3, "num_heads": 4,
+        "hardware": {"device": "H100", "calibration": "kernels/h100.json"},
+        "schedule": [{"steps": [2, 5], "layers": sparse_layers}, {"steps": [0, 2], "layers": "dense"}],
+        "predicted": {"attention_ms": 1.0, "dense_attention_ms": 2.0, "speedup": 2.0, "rel_err": 0.01},
+        "search": {"trial": 7},
+    }
+
+
+def test_round_trip_through_file(tmp_path):
+    plan = Plan.from_dict(plan_dict())
+    path = write_plan(plan, tmp_path / "sub" / "plan.json")
+    assert [p.name for p in path.parent.iterdir()] == ["plan.json"]  # temp file renamed away
+    again = load_plan(path)
+    assert again == plan
+    assert again.to_dict() == plan.to_dict()
+    assert json.loads(path.read_text())["schedule"][0]["steps"] == [0, 2]  # sorted by start
+
+
+def test_layer_plan_lookup_and_masks():
+    plan = Plan.from_dict(plan_dict())
+    for step in (0, 1):
+        lp = plan.layer_plan(step, 2)
+        assert all(g.pattern == "dense" for g in lp.groups) and lp.density == 1.0
+    lp = plan.layer_plan(4, 0)
+    assert lp.skip_heads == (3,) and lp.computed_heads == (0, 1, 2)
+    masks = lp.block_masks()
+    assert masks.shape == (4, 5, 5) and masks.dtype == torch.bool
+    assert torch.equal(masks[0], block_mask("diagonal", {"rows": 1}, GEOM, B))
+    assert torch.equal(masks[2], block_mask("diagonal", {"rows": 2.5}, GEOM, B))
+    assert torch.equal(masks[1], block_mask("energy_decay", {"decay": 0.5}, GEOM, B))
+    assert not masks[3].any()
+    # Parameters come back normalized (defaults filled in).
+    assert plan.layer_plan(2, 1 + 1).head_specs[1] == ("vertical_stripe", {"key_blocks": [1], "rows": 0.0})
+    # Equal content, equal key: the runtime caches share them across layers and steps.
+    assert plan.layer_plan(2, 0) == plan.layer_plan(3, 0) and hash(plan.layer_plan(2, 0)) == hash(lp)
+    assert plan.layer_plan(2, 0) != plan.layer_plan(2, 2)
+    assert len(plan.layer_plans()) == 3  # the dense layer of the sparse entry equals the dense default
+
+
+@pytest.mark.parametrize("step,layer,field", [(5, 0, "step"), (-1, 0, "step"), (0, 3, "layer")])
+def test_lookup_outside_the_plan(step, layer, field):
+    with pytest.raises(PlanError, match=f"^{field}: "):
+        Plan.from_dict(plan_dict()).layer_plan(step, layer)
+
+
+def mutate(fn):
+    d = plan_dict()
+    fn(d)
+    return d
+
+
+SPARSE = lambda d: d["schedule"][0]["layers"]  # noqa: E731
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda d: d.update(format="other"), "^format: "),
+    (lambda d: d.update(version=2), "^version: "),
+    (lambda d: d.pop("geometry"), "^geometry: missing"),
+    (lambda d: d.update(extra=1), "^extra: unknown field"),
+    (lambda d: d["geometry"].update(frames=0), "^geometry: geometry.frames"),
+    (lambda d: d.update(block_size=32), "^block_size: "),
+    (lambda d: d.update(num_heads=0), "^num_heads: "),
+    (lambda d: d["model"].update(name=3), "^model.name: "),
+    (lambda d: d["schedule"][1].update(steps=[0, 1]), r"^schedule: steps \[1, 2\) are covered by no entry"),
+    (lambda d: d["schedule"][0].update(steps=[1, 5]), r"^schedule\[0\].steps: \[1, 5\) overlaps schedule\[1\]"),
+    (lambda d: d["schedule"][0].update(steps=[2, 6]), r"^schedule\[0\].steps\[1\]: "),
+    (lambda d: d["schedule"][0].update(steps=[3, 3]), r"^schedule\[0\].steps\[1\]: "),
+    (lambda d: d["schedule"][1].update(layers="sparse"), r"^schedule\[1\].layers: must be \"dense\""),
+    (lambda d: SPARSE(d).pop(1), r"^schedule\[0\].layers: layer\(s\) 2 of 3 missing"),
+    (lambda d: SPARSE(d)[1].update(layer=0), r"^schedule\[0\].layers\[1\].layer: layer 0 already listed"),
+    (lambda d: SPARSE(d)[1].update(layer=3), r"^schedule\[0\].layers\[1\].layer: "),
+    (lambda d: SPARSE(d)[0]["groups"][0].update(pattern="banded"),
+     r"^schedule\[0\].layers\[0\].groups\[0\].pattern: unknown pattern"),
+    (lambda d: SPARSE(d)[0]["groups"][0]["params"][1].update(rows=-1),
+     r"^schedule\[0\].layers\[0\].groups\[0\].params\[1\].rows: diagonal.rows must be"),
+    (lambda d: SPARSE(d)[0]["groups"][1]["params"][0].update(decay=2),
+     r"^schedule\[0\].layers\[0\].groups\[1\].params\[0\].decay: "),
+    (lambda d: SPARSE(d)[1]["groups"][0]["params"][0].update(key_blocks=[9]),
+     r"^schedule\[0\].layers\[1\].groups\[0\].params\[0\].key_blocks: "),
+    (lambda d: SPARSE(d)[0]["groups"][0]["params"][0].update(width=3),
+     r"^schedule\[0\].layers\[0\].groups\[0\].params\[0\]: diagonal: unknown parameter"),
+    (lambda d: SPARSE(d)[0]["groups"][0]["params"].pop(),
+     r"^schedule\[0\].layers\[0\].groups\[0\].params: 1 entries for 2 heads"),
+    (lambda d: SPARSE(d)[0]["groups"][1]["heads"].append(0),
+     r"^schedule\[0\].layers\[0\].groups\[1\].params: 1 entries for 2 heads"),
+    (lambda d: SPARSE(d)[0]["groups"][2].update(heads=[0]),
+     r"^schedule\[0\].layers\[0\].groups\[2\].heads\[0\]: head 0 already listed in groups\[0\]"),
+    (lambda d: SPARSE(d)[0]["groups"].pop(2), r"^schedule\[0\].layers\[0\].groups: head\(s\) 3 of 4 appear in no"),
+    (lambda d: SPARSE(d)[0]["groups"][2].update(heads=[4]), r"^schedule\[0\].layers\[0\].groups\[2\].heads\[0\]: "),
+])
+def test_validation_names_the_field(edit, field):
+    with pytest.raises(PlanError, match=field):
+        validate_plan(mutate(edit))
+
+
+def test_valid_plan_passes_and_original_untouched():
+    d = plan_dict()
+    before = copy.deepcopy(d)
+    assert isinstance(validate_plan(d), Plan)
+    assert d == before
+
+
+def test_load_plan_reports_path_and_json_errors(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": ')
+    with pytest.raises(PlanError, match=r"bad.json: not valid JSON \(line 1"):
+        load_plan(bad)
+    d = plan_dict()
+    d["version"] = 9
+    bad.write_text(json.dumps(d))
+    with pytest.raises(PlanError, match=r"bad.json: version: "):
+        validate_plan(bad)
+    with pytest.raises(PlanError, match="cannot read"):
+        load_plan(tmp_path / "missing.json")
+
+
+def test_dense_plan_and_single_layer_plan():
+    plan = Plan.dense(GEOM, num_steps=3, num_layers=2, num_heads=5, block_size=128)
+    assert Plan.from_dict(plan.to_dict()) == plan
+    lp = plan.layer_plan(2, 1)
+    assert lp.num_heads == 5 and lp.block_masks().all()
+    single = LayerPlan.single("diagonal", {"rows": 1}, GEOM, num_heads=3, block_size=B)
+    assert len(single.groups) == 1 and single.groups[0].heads == (0, 1, 2)
+    with pytest.raises(PlanError, match=r"^groups\[0\].params\[0\].rows: "):
+        LayerPlan.single("diagonal", {"rows": -2}, GEOM, num_heads=2, block_size=B)
+
+
+def test_check_inputs_names_geometry_and_heads():
+    lp = LayerPlan.dense(GEOM, num_heads=4, block_size=B)
+    lp.check_inputs(GEOM.num_tokens, 4)
+    with pytest.raises(PlanError, match="^geometry: sequence length 259 does not match"):
+        lp.check_inputs(259, 4)
+    with pytest.raises(PlanError, match="^num_heads: the call has 8 query heads, the plan 4"):
+        lp.check_inputs(GEOM.num_tokens, 8)

@@ -1,0 +1,225 @@
+"""Runtime on CPU: block tables, their cache, dispatch, and the torch backend against SDPA.
+
+The reference is float64 SDPA with the layer plan's block masks expanded to tokens
+(DESIGN: softmax over the keys of the kept blocks); rows with no kept key are zero.
+The Triton kernel runs the same checks under the interpreter in test_runtime_triton.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnsearch import Geometry
+from attnsearch.patterns import expand_block_mask
+from attnsearch.plan import LayerPlan, PlanError
+from attnsearch.runtime import block_tables, sparse_attention, torch_backend
+from attnsearch.runtime.block_tables import build_block_tables, get_block_tables
+from attnsearch.runtime.dispatch import select_backend
+
+# N not a multiple of either block size; text before and after the video. The B = 128 geometries
+# are longer so that their masks stay sparse (nb ≥ 4).
+GEOMS = {
+    "prefix": Geometry(frames=4, height=6, width=16, text_tokens=13, text_position="prefix"),   # N = 397
+    "suffix": Geometry(frames=3, height=8, width=16, text_tokens=29, text_position="suffix"),   # N = 413
+}
+GEOMS_128 = {
+    "prefix": Geometry(frames=4, height=8, width=16, text_tokens=13, text_position="prefix"),   # N = 525
+    "suffix": Geometry(frames=4, height=8, width=16, text_tokens=9, text_position="suffix"),    # N = 521
+}
+
+
+def geometry(where: str, block_size: int) -> Geometry:
+    return (GEOMS if block_size == 64 else GEOMS_128)[where]
+
+
+def all_patterns(geom: Geometry, block_size: int) -> LayerPlan:
+    """Six heads, one per family (skip included), every sparse head really sparse."""
+    lp = LayerPlan.from_heads([
+        ("diagonal", {"rows": 0.5}),
+        ("skip", {}),
+        ("energy_decay", {"decay": 0.25, "sink": True}),
+        ("vertical_stripe", {"key_blocks": [1], "rows": 0.5}),
+        ("multi_diagonal", {"rows": 0.5, "frames": 1}),
+        ("dense", {}),
+    ], geom, block_size)
+    masks = lp.block_masks()
+    assert all(not masks[h].all() for h in (0, 2, 3, 4)), f"test plan must be sparse on {geom}, B={block_size}"
+    return lp
+
+
+def qkv(batch: int, heads: int, n: int, d: int, dtype=torch.float32, kv_heads: int | None = None,
+        layout: str = "bnhd", seed: int = 0):
+    """Fresh random inputs; ``bnhd`` gives diffusers' [B, N, H, D].transpose(1, 2) views."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(batch, heads, n, d)] + [(batch, kv_heads or heads, n, d)] * 2
+    out = []
+    for (b, h, nn, dd) in shapes:
+        if layout == "bnhd":
+            t = torch.randn(b, nn, h, dd, generator=g).transpose(1, 2)
+        elif layout == "bhdn":  # head_dim not contiguous
+            t = torch.randn(b, h, dd, nn, generator=g).transpose(2, 3)
+        else:
+            t = torch.randn(b, h, nn, dd, generator=g)
+        out.append(t.to(dtype))
+    return out
+
+
+def reference(q, k, v, lp: LayerPlan, scale=None, enable_gqa=False) -> torch.Tensor:
+    n = q.shape[2]
+    mask = expand_block_mask(lp.block_masks(), n, lp.block_size)  # [H, N, N]
+    ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask, scale=scale,
+                                         enable_gqa=enable_gqa)
+    return torch.nan_to_num(ref, nan=0.0)  # rows with no kept key: zero
+
+
+def rel_err(out, ref) -> float:
+    assert not torch.isnan(out).any(), "unwritten (poisoned) or NaN output"
+    return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+def poisoned(q) -> torch.Tensor:
+    return torch.full(q.shape, float("nan"), dtype=q.dtype)
+
+
+# --- block tables ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block_size", [64, 128])
+def test_tables_list_exactly_the_kept_blocks(block_size):
+    lp = all_patterns(geometry("suffix", block_size), block_size)
+    masks = lp.block_masks()
+    t = build_block_tables(lp, "cpu")
+    H, nb, _ = masks.shape
+    assert t.counts.dtype == t.indices.dtype == torch.int32
+    assert torch.equal(t.counts, masks.sum(-1).int())
+    for h in range(H):
+        for qb in range(nb):
+            c = int(t.counts[h, qb])
+            kept = t.indices[h, qb, :c].tolist()
+            assert kept == torch.nonzero(masks[h, qb]).flatten().tolist()  # ascending, exact
+            assert all(0 <= i < nb for i in t.indices[h, qb].tolist())     # padding stays in range
+    # One launch over the computed heads, every (head, qb) once, longest first; skip heads nowhere.
+    assert t.skip_heads == (1,) and len(t.launches) == 1
+    work = t.launches[0].work.long()
+    heads, qbs = work // nb, work % nb
+    assert sorted(work.tolist()) == [h * nb + qb for h in (0, 2, 3, 4, 5) for qb in range(nb)]
+    cnt = t.counts[heads, qbs]
+    assert bool((cnt[:-1] >= cnt[1:]).all())
+    assert t.kept_blocks == int(masks[[0, 2, 3, 4, 5]].sum())
+
+
+def test_group_fusion_gives_one_launch_per_computed_group():
+    lp = LayerPlan(GEOMS["prefix"], 64, 5, (
+        {"pattern": "diagonal", "heads": [0, 3], "params": [{"rows": 1}, {"rows": 2}]},
+        {"pattern": "skip", "heads": [4], "params": [{}]},
+        {"pattern": "dense", "heads": [1, 2], "params": [{}, {}]},
+    ))
+    t = build_block_tables(lp, "cpu", fusion="group")
+    assert [l.heads for l in t.launches] == [(0, 3), (1, 2)]
+    nb = t.num_blocks
+    assert {int(w) // nb for w in t.launches[0].work} == {0, 3}
+    with pytest.raises(ValueError, match="fusion"):
+        build_block_tables(lp, "cpu", fusion="head")
+
+
+def test_table_cache_hits_for_equal_plans_and_does_not_rebuild():
+    block_tables.clear_cache()
+    geom = GEOMS["prefix"]
+    a = LayerPlan.single("diagonal", {"rows": 1}, geom, 3, 64)
+    b = LayerPlan.single("diagonal", {"rows": 1.0}, geom, 3, 64)  # same content, another object
+    t1 = get_block_tables(a, "cpu")
+    t2 = get_block_tables(b, torch.device("cpu"))
+    assert t1 is t2
+    assert block_tables.cache_info() == {"hits": 1, "builds": 1, "size": 1}
+    q, k, v = qkv(1, 3, geom.num_tokens, 64)
+    for _ in range(3):
+        sparse_attention(q, k, v, a, backend="torch")
+    info = block_tables.cache_info()
+    assert info["builds"] == 2 and info["hits"] == 3  # torch backend's "group" tables: built once
+    get_block_tables(LayerPlan.single("diagonal", {"rows": 2}, geom, 3, 64), "cpu")
+    assert block_tables.cache_info()["builds"] == 3
+
+
+# --- torch backend vs reference -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["prefix", "suffix"])
+@pytest.mark.parametrize("block_size", [64, 128])
+def test_torch_backend_matches_reference(where, block_size):
+    geom = geometry(where, block_size)
+    lp = all_patterns(geom, block_size)
+    q, k, v = qkv(2, 6, geom.num_tokens, 64, seed=block_size)
+    out = sparse_attention(q, k, v, lp, backend="torch", out=poisoned(q))
+    assert rel_err(out, reference(q, k, v, lp)) <= 1e-3
+    assert torch.equal(out[:, 1], torch.zeros_like(out[:, 1]))  # skip head: exactly zero
+    # Allocated output: contiguous, same dtype; same numbers.
+    out2 = sparse_attention(q, k, v, lp)  # auto on CPU → torch
+    assert out2.is_contiguous() and out2.dtype == q.dtype and torch.equal(out, out2)
+
+
+def test_torch_backend_small_chunks_scale_gqa_and_strides():
+    geom = GEOMS["suffix"]
+    lp = all_patterns(geom, 64)
+    q, k, v = qkv(2, 6, geom.num_tokens, 32, kv_heads=3, layout="bhdn", seed=3)  # any head_dim here
+    tables = get_block_tables(lp, "cpu", "group")
+    out = torch_backend.forward(q, k, v, tables, 0.3, chunk_bytes=1)  # one query block per chunk
+    ref = reference(q, k, v, lp, scale=0.3, enable_gqa=True)
+    assert rel_err(out, ref) <= 1e-3
+    assert torch.equal(out, sparse_attention(q, k, v, lp, scale=0.3, enable_gqa=True))
+
+
+def test_bf16_on_cpu_goes_through_fp32_math():
+    geom = GEOMS["prefix"]
+    lp = all_patterns(geom, 64)
+    q, k, v = qkv(1, 6, geom.num_tokens, 64, dtype=torch.bfloat16, seed=5)
+    out = sparse_attention(q, k, v, lp)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out, reference(q, k, v, lp)) <= 1e-2
+
+
+# --- dispatch and argument errors -----------------------------------------------------------------
+
+
+def test_dispatch_reasons(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    geom = GEOMS["prefix"]
+    lp = all_patterns(geom, 64)
+    q, k, v = qkv(1, 6, geom.num_tokens, 96)
+    assert select_backend(q, k, v, lp).name == "torch"
+    with pytest.raises(ValueError, match=r"backend='triton' cannot run this call: tensors are on cpu.*"
+                                         r"head_dim 96 is not one of \(64, 128\)"):
+        sparse_attention(q, k, v, lp, backend="triton")
+    with pytest.raises(ValueError, match="backend: must be 'auto' or one of"):
+        sparse_attention(q, k, v, lp, backend="cuda")
+
+
+@pytest.mark.parametrize("change,match,exc", [
+    (lambda q, k, v: (q[0], k, v), r"^q: expected a \[batch, heads, N, head_dim\]", ValueError),
+    (lambda q, k, v: (q, k.double(), v.double()), "^k, v: dtypes", ValueError),
+    (lambda q, k, v: (q, k[:, :, :100], v[:, :, :100]), "^k: 100 keys for 397 queries", ValueError),
+    (lambda q, k, v: (q, k[:, :3], v[:, :3]), "^k: 3 heads for 6 query heads", ValueError),
+    (lambda q, k, v: (q, k, v[..., :32]), "^v: shape", ValueError),
+    (lambda q, k, v: (q[:, :, :200], k[:, :, :200], v[:, :, :200]), "^geometry: sequence length 200", PlanError),
+    (lambda q, k, v: (q[:, :4], k[:, :4], v[:, :4]), "^num_heads: the call has 4 query heads, the plan 6",
+     PlanError),
+])
+def test_call_errors_name_the_argument(change, match, exc):
+    geom = GEOMS["prefix"]
+    lp = all_patterns(geom, 64)
+    q, k, v = change(*qkv(1, 6, geom.num_tokens, 64))
+    with pytest.raises(exc, match=match):
+        sparse_attention(q, k, v, lp)
+
+
+def test_out_argument_is_checked():
+    geom = GEOMS["prefix"]
+    lp = all_patterns(geom, 64)
+    q, k, v = qkv(1, 6, geom.num_tokens, 64)
+    with pytest.raises(ValueError, match="^out: expected"):
+        sparse_attention(q, k, v, lp, out=torch.empty(1, 6, geom.num_tokens, 64, dtype=torch.float16))
+    with pytest.raises(TypeError, match="layer_plan"):
+        sparse_attention(q, k, v, dataclasses.asdict(GEOMS["prefix"]))

@@ -1,0 +1,102 @@
+"""The Triton kernel under TRITON_INTERPRET=1 on CPU (fp32 / fp16, tiny sizes).
+
+Triton picks interpreter or compiler when a kernel is decorated, i.e. when
+``attnsearch.runtime.triton_kernel`` is imported. The module fixture sets TRITON_INTERPRET=1 and
+(re)imports the kernel module, and restores both afterwards. Same reference as test_runtime.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+
+import pytest
+import torch
+
+from attnsearch.plan import LayerPlan
+from attnsearch.runtime import sparse_attention
+from attnsearch.runtime.block_tables import build_block_tables, get_block_tables
+from test_runtime import all_patterns, geometry, poisoned, qkv, reference, rel_err
+
+
+@pytest.fixture(scope="module")
+def tk():
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    from attnsearch.runtime import triton_kernel
+
+    if not triton_kernel.interpreter_active():
+        importlib.reload(triton_kernel)
+    assert triton_kernel.interpreter_active()
+    yield triton_kernel
+    if old is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = old
+    if old != "1":
+        importlib.reload(triton_kernel)
+
+
+@pytest.mark.parametrize("where,block_size,dtype,tol", [
+    ("prefix", 64, torch.float32, 1e-3),
+    ("suffix", 64, torch.float16, 5e-3),
+    ("suffix", 128, torch.float32, 1e-3),
+])
+def test_kernel_matches_reference(tk, where, block_size, dtype, tol):
+    """Every pattern, batch 2, N % B ≠ 0, transposed [B, N, H, D] views, poisoned output."""
+    geom = geometry(where, block_size)
+    lp = all_patterns(geom, block_size)
+    q, k, v = qkv(2, 6, geom.num_tokens, 64, dtype=dtype, seed=block_size + 1)
+    assert q.stride(2) != 64 and not q.is_contiguous()  # really a strided view
+    out = sparse_attention(q, k, v, lp, backend="triton", out=poisoned(q))
+    assert out.dtype == dtype
+    assert rel_err(out, reference(q, k, v, lp)) <= tol
+    assert torch.equal(out[:, 1], torch.zeros_like(out[:, 1]))  # skip head zero, never computed
+
+
+@pytest.mark.parametrize("block_size,block_m,block_n", [(64, 32, 32), (128, 64, 32), (128, 32, 64)])
+def test_sub_tiles_of_a_block(tk, block_size, block_m, block_n):
+    """BLOCK_M/BLOCK_N smaller than the plan block: sub-tile decode and the masked tail stage."""
+    geom = geometry("suffix", block_size)
+    lp = LayerPlan.from_heads([("energy_decay", {"decay": 0.25}), ("vertical_stripe", {"key_blocks": [0]})],
+                              geom, block_size)
+    assert (lp.head_densities() < 1).all()
+    q, k, v = qkv(1, 2, geom.num_tokens, 64, layout="bhnd", seed=7)
+    tables = get_block_tables(lp, "cpu")
+    cfg = tk.KernelConfig(block_m, block_n, num_warps=4, num_stages=1, use_tma=False)
+    out = tk.forward(q, k, v, tables, 64 ** -0.5, out=poisoned(q), config=cfg)
+    assert rel_err(out, reference(q, k, v, lp)) <= 1e-3
+
+
+def test_gqa_scale_and_non_contiguous_head_dim(tk):
+    geom = geometry("prefix", 64)
+    lp = all_patterns(geom, 64)
+    q, k, v = qkv(1, 6, geom.num_tokens, 64, kv_heads=2, layout="bhdn", seed=11)
+    assert q.stride(3) != 1
+    out = sparse_attention(q, k, v, lp, backend="triton", scale=0.2, enable_gqa=True)
+    assert rel_err(out, reference(q, k, v, lp, scale=0.2, enable_gqa=True)) <= 1e-3
+
+
+def test_group_launches_equal_one_fused_launch(tk):
+    geom = geometry("prefix", 64)
+    lp = all_patterns(geom, 64)
+    q, k, v = qkv(1, 6, geom.num_tokens, 64, seed=13)
+    fused = tk.forward(q, k, v, build_block_tables(lp, "cpu", "layer"), 0.125)
+    grouped = tk.forward(q, k, v, build_block_tables(lp, "cpu", "group"), 0.125, out=poisoned(q))
+    assert torch.allclose(fused, grouped, rtol=0, atol=1e-6)
+
+
+def test_row_with_no_kept_block_outputs_zero(tk):
+    """Only skip heads have empty rows by plan; the kernel must still write zeros, not NaN."""
+    geom = geometry("prefix", 64)
+    lp = LayerPlan.single("diagonal", {"rows": 1}, geom, 2, 64)
+    tables = build_block_tables(lp, "cpu")
+    counts = tables.counts.clone()
+    counts[1, 2] = 0  # head 1, query block 2: nothing kept
+    emptied = dataclasses.replace(tables, counts=counts)
+    q, k, v = qkv(1, 2, geom.num_tokens, 64, seed=17)
+    out = tk.forward(q, k, v, emptied, 0.125, out=poisoned(q))
+    assert torch.equal(out[0, 1, 128:192], torch.zeros(64, 64))
+    ref = reference(q, k, v, lp)
+    assert rel_err(out[0, 0], ref[0, 0]) <= 1e-3 and rel_err(out[0, 1, :128], ref[0, 1, :128]) <= 1e-3
