@@ -35,8 +35,10 @@ def _pick(rows: pd.DataFrame, keys: list[str], tau: float, density_cap: float) -
 def _fill_dense(chosen: pd.DataFrame, sites: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     out = sites.merge(chosen, on=keys, how="left")
     dense = out["pattern"].isna()
-    out.loc[dense, ["pattern", "params", "candidate"]] = ["dense", "{}", "dense"]
-    out.loc[dense, ["density", "recall", "rel_err"]] = [1.0, 1.0, 0.0]
+    for col, value in (("pattern", "dense"), ("params", "{}"), ("candidate", "dense")):
+        out[col] = out[col].astype(object).where(~dense, value)
+    for col, value in (("density", 1.0), ("recall", 1.0), ("rel_err", 0.0)):
+        out[col] = out[col].astype("float64").where(~dense, value)
     return out
 
 

@@ -71,8 +71,10 @@ def _print_class_table(labels, title: str) -> None:
     counts = class_counts(labels)
     table = Table(title=title, show_lines=False)
     table.add_column("layer", justify="right")
+    short = {"diagonal": "diag", "multi_diagonal": "multi-diag", "vertical_stripe": "stripe",
+             "energy_decay": "decay", "dense": "dense"}
     for name in counts.columns:
-        table.add_column(name, justify="right")
+        table.add_column(short.get(name, name), justify="right")
     if "stability" in labels:
         table.add_column("stability", justify="right")
         stability = labels.groupby("layer")["stability"].mean()

@@ -1,0 +1,49 @@
+"""The CLI end to end on a tiny user model, and its one-line errors on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from attnsearch.cli import app
+from attnsearch.profiler import Profile
+
+runner = CliRunner()
+TINY = "tests/tiny_models.py:tiny"
+
+
+def test_profile_then_classify(tmp_path):
+    out = tmp_path / "tiny.parquet"
+    res = runner.invoke(app, ["profile", "--model", TINY, "--queries", "16", "--out", str(out), "-o", "steps=3"])
+    assert res.exit_code == 0, res.output
+    assert "classes per layer" in res.output
+    prof = Profile.load(out)
+    assert prof.num_steps == 3 and prof.num_layers == 2 and prof.num_heads == 2
+    assert prof.model["name"] == TINY and prof.model["fingerprint"]
+    assert prof.settings.queries == 16 and prof.settings.block_size == 64
+
+    csv, js = tmp_path / "labels.csv", tmp_path / "labels.json"
+    res = runner.invoke(app, ["classify", str(out), "--csv", str(csv), "--json", str(js)])
+    assert res.exit_code == 0, res.output
+    labels = pd.read_csv(csv)
+    assert len(labels) == 4 and set(labels.columns) >= {"layer", "head", "pattern", "density", "recall", "stability"}
+    assert len(json.loads(js.read_text())) == 4
+
+
+def test_steps_beyond_inputs_is_an_error(tmp_path):
+    res = runner.invoke(app, ["profile", "--model", TINY, "--steps", "5", "--out", str(tmp_path / "x.parquet")])
+    assert res.exit_code == 2
+    assert "--steps 5 exceeds" in res.output
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_bad_inputs_give_one_line_and_exit_2(tmp_path):
+    res = runner.invoke(app, ["classify", str(tmp_path / "missing.parquet")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    res = runner.invoke(app, ["profile", "--model", "no-such-model"])
+    assert res.exit_code == 2 and "no-such-model" in res.output
+    res = runner.invoke(app, ["profile", "--model", TINY, "--block-size", "96", "--out", str(tmp_path / "y.parquet")])
+    assert res.exit_code == 2 and "block_size" in res.output
+    assert "Traceback" not in res.output
