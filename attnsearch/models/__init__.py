@@ -31,8 +31,15 @@ REGISTRY: dict[str, str] = {
     "minilm": "attnsearch.models.minilm:build",
 }
 
+class ModelUnavailableError(ImportError, ValueError):
+    """A registered model's optional dependency is not installed (a ValueError for the CLI, an
+    ImportError for ``except ImportError`` callers)."""
+
+
 #: Elements sampled per tensor for the fingerprint: enough to see any fine-tune, cheap at 14B.
 _FINGERPRINT_SAMPLES = 4096
+#: HF config entries that vary with the install, not the model.
+_VOLATILE_CONFIG_KEYS = frozenset({"transformers_version", "name_or_path", "torch_dtype", "dtype"})
 
 
 def split_input(entry: Any) -> tuple[tuple, dict[str, Any]]:
@@ -108,7 +115,8 @@ def fingerprint(model: torch.nn.Module, config: Any = None) -> str:
     h.update(type(model).__qualname__.encode())
     h.update(repr(model).encode())
     if config is None and hasattr(model, "config") and hasattr(model.config, "to_dict"):
-        config = model.config.to_dict()
+        config = {k: v for k, v in model.config.to_dict().items()  # drop paths and library versions
+                  if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS}
     if config is not None:
         h.update(json.dumps(config, sort_keys=True, default=str).encode())
     tensors = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
@@ -192,4 +200,4 @@ def load_model(spec: str, **options: Any) -> ModelSpec:
     return ModelSpec(name=name, model=model, geometry=geometry, inputs=inputs, fingerprint=fingerprint(model))
 
 
-__all__ = ["REGISTRY", "ModelSpec", "fingerprint", "load_model", "split_input"]
+__all__ = ["REGISTRY", "ModelSpec", "ModelUnavailableError", "fingerprint", "load_model", "split_input"]
