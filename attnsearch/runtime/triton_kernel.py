@@ -85,7 +85,7 @@ def _block_sparse_attn_fwd(
     stride_ch, stride_ih, stride_iq,
     qk_scale, N, NB, BATCH, KV_GROUP,
     HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    USE_TMA: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr, INPUT_PRECISION: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
 ):
     SUB_M: tl.constexpr = BLOCK // BLOCK_M
     SUB_N: tl.constexpr = BLOCK // BLOCK_N
@@ -124,12 +124,20 @@ def _block_sparse_attn_fwd(
     last = tl.load(row + tl.maximum(n_kept - 1, 0))
     has_tail = (n_kept > 0) & (last == NB - 1)
     n_full = n_kept - has_tail.to(tl.int32)
-    for j in range(0, n_full * SUB_N):
-        kb = tl.load(row + j // SUB_N)
-        start_n = kb * BLOCK + (j % SUB_N) * BLOCK_N
-        acc, l_i, m_i = _attn_fwd_tile(acc, l_i, m_i, q, k_src, v_src, b, kvh, start_n, N,
-                                       stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, offs_n, offs_d,
-                                       BLOCK_N, HEAD_DIM, False, USE_TMA, INPUT_PRECISION)
+    if WARP_SPECIALIZE:  # producer/consumer warp groups (Triton's automatic warp specialization)
+        for j in tl.range(0, n_full * SUB_N, warp_specialize=True):
+            kb = tl.load(row + j // SUB_N)
+            start_n = kb * BLOCK + (j % SUB_N) * BLOCK_N
+            acc, l_i, m_i = _attn_fwd_tile(acc, l_i, m_i, q, k_src, v_src, b, kvh, start_n, N,
+                                           stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, offs_n, offs_d,
+                                           BLOCK_N, HEAD_DIM, False, USE_TMA, INPUT_PRECISION)
+    else:
+        for j in range(0, n_full * SUB_N):
+            kb = tl.load(row + j // SUB_N)
+            start_n = kb * BLOCK + (j % SUB_N) * BLOCK_N
+            acc, l_i, m_i = _attn_fwd_tile(acc, l_i, m_i, q, k_src, v_src, b, kvh, start_n, N,
+                                           stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, offs_n, offs_d,
+                                           BLOCK_N, HEAD_DIM, False, USE_TMA, INPUT_PRECISION)
     # Masked stage: the sub-tiles of block nb − 1 that start below N (none if it is not kept).
     tail_lo = (NB - 1) * BLOCK
     tail_hi = tl.where(has_tail, N, tail_lo)
@@ -161,6 +169,7 @@ class KernelConfig:
     num_warps: int = 8
     num_stages: int = 3
     use_tma: bool | None = None  # None: TMA when the device and strides allow it
+    warp_specialize: bool = False
 
     def check(self, block_size: int) -> None:
         for name in ("block_m", "block_n"):
@@ -235,6 +244,7 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
         scale * LOG2E, n, tables.num_blocks, batch, num_heads // k.shape[1],
         HEAD_DIM=d, BLOCK=bs, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         USE_TMA=use_tma, INPUT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        WARP_SPECIALIZE=config.warp_specialize,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
 

@@ -1,0 +1,329 @@
+"""Per-layer latency of sparse attention against dense cuDNN SDPA and FlexAttention (CUDA).
+
+    python -m attnsearch.bench --frames 21 --height 30 --width 52 --heads 12 --density 0.25
+    python -m attnsearch.bench --pattern diagonal --params '{"rows": 4}' --heads 12
+    python -m attnsearch.bench --plan plans/wan.json
+
+Every timing: CUDA events around one call, after warm-up, median over ``reps`` calls, inputs
+rotated among several fresh random (never zero) sets. Effective TFLOP/s count the kept blocks only:
+4·batch·H·N²·D·density / time (dense: density 1). FlexAttention gets the same block mask, built
+from the block tables with ``BlockMask.from_kv_blocks`` (all kept blocks "full": no mask_mod),
+so it does the same work as our kernel. Results are dicts (JSON-ready) naming the card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .geometry import Geometry
+from .patterns import SPARSE_FAMILIES, block_mask, density
+from .plan import LayerPlan, Plan
+from .runtime.block_tables import BlockTables, get_block_tables
+
+# --- building layer plans at a target density -----------------------------------------------------
+
+
+def _bisect(make: Callable[[float], dict], lo: float, hi: float, pattern: str, geometry: Geometry,
+            block_size: int, target: float, iters: int = 24) -> tuple[dict, float]:
+    """Params of ``pattern`` from a monotone (increasing-density) one-number family, closest to target."""
+    best, best_d = None, math.inf
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        params = make(mid)
+        d = density(block_mask(pattern, params, geometry, block_size))
+        if abs(d - target) < abs(best_d - target):
+            best, best_d = params, d
+        lo, hi = (mid, hi) if d < target else (lo, mid)
+    return best, best_d
+
+
+def family_params(pattern: str, geometry: Geometry, block_size: int, target: float) -> tuple[dict, float]:
+    """Parameters of ``pattern`` whose block-mask density is closest to ``target``, and that density."""
+    g = geometry
+    if pattern == "diagonal":
+        return _bisect(lambda r: {"rows": r}, 0.0, float(g.frames * g.height), pattern, g, block_size, target)
+    if pattern == "multi_diagonal":
+        # Few neighbour frames with a wide band, or all frames with a thin one: take the closest.
+        options = [_bisect(lambda r, f=f: {"rows": r, "frames": f}, 0.0, float(g.height), pattern, g,
+                           block_size, target) for f in sorted({1, 2, max(1, g.frames // 4), g.frames - 1})
+                   if f <= g.frames - 1]
+        return min(options, key=lambda o: abs(o[1] - target)) if options else ({"rows": 0.0, "frames": 0}, 1.0)
+    if pattern == "energy_decay":
+        options = [_bisect(lambda dec, s=s: {"decay": max(dec, 1e-6), "sink": s}, 0.0, 1.0, pattern, g,
+                           block_size, target) for s in (False, True)]
+        return min(options, key=lambda o: abs(o[1] - target))
+    if pattern == "vertical_stripe":
+        # A band worth ~half the target, the rest in evenly spaced global key blocks.
+        nb = g.num_blocks(block_size)
+        band, _ = _bisect(lambda r: {"rows": r}, 0.0, float(g.frames * g.height), "diagonal", g, block_size,
+                          target / 2)
+        best, best_d = None, math.inf
+        lo, hi = 0, nb
+        while lo <= hi:
+            m = (lo + hi) // 2
+            params = {"key_blocks": sorted({round(i * nb / m) % nb for i in range(m)}) if m else [],
+                      "rows": band["rows"]}
+            d = density(block_mask(pattern, params, g, block_size))
+            if abs(d - target) < abs(best_d - target):
+                best, best_d = params, d
+            lo, hi = (m + 1, hi) if d < target else (lo, m - 1)
+        return best, best_d
+    if pattern in ("dense", "skip"):
+        return {}, 1.0 if pattern == "dense" else 0.0
+    raise ValueError(f"pattern: unknown {pattern!r}")
+
+
+def mixed_layer_plan(geometry: Geometry, num_heads: int, block_size: int, target: float,
+                     families: Sequence[str] = SPARSE_FAMILIES) -> LayerPlan:
+    """A layer whose heads cycle through ``families``, each at the density closest to ``target``."""
+    params = {f: family_params(f, geometry, block_size, target)[0] for f in families}
+    heads = [(families[h % len(families)], params[families[h % len(families)]]) for h in range(num_heads)]
+    return LayerPlan.from_heads(heads, geometry, block_size)
+
+
+# --- timing -----------------------------------------------------------------------------------------
+
+
+def card_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def fresh_inputs(shape: Sequence[int], dtype: torch.dtype, sets: int, layout: str = "bhnd",
+                 seed: int = 0) -> list[tuple[torch.Tensor, ...]]:
+    """``sets`` independent random (q, k, v); ``bnhd`` gives [B, N, H, D].transpose(1, 2) views."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    b, h, n, d = shape
+    out = []
+    for _ in range(sets):
+        if layout == "bnhd":
+            out.append(tuple(torch.randn(b, n, h, d, device="cuda", dtype=dtype, generator=gen).transpose(1, 2)
+                             for _ in range(3)))
+        else:
+            out.append(tuple(torch.randn(b, h, n, d, device="cuda", dtype=dtype, generator=gen) for _ in range(3)))
+    return out
+
+
+def time_ms(fn: Callable[[tuple], Any], inputs: Sequence[tuple], warmup: int = 3, reps: int = 20) -> dict[str, float]:
+    """Median / min / max ms of ``fn(inputs[i % len])`` over ``reps`` calls, each between CUDA events."""
+    for i in range(warmup):
+        fn(inputs[i % len(inputs)])
+    torch.cuda.synchronize()
+    times = []
+    for i in range(reps):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(inputs[i % len(inputs)])
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop))
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "reps": reps}
+
+
+def flops(batch: int, heads: int, n: int, d: int, dens: float) -> float:
+    """4·B·H·N²·D·density: QKᵀ and PV over the kept blocks."""
+    return 4.0 * batch * heads * n * n * d * dens
+
+
+def flex_block_mask(tables: BlockTables, n: int):
+    """FlexAttention BlockMask with exactly the tables' kept blocks, all marked full (no mask_mod)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    H, nb = tables.counts.shape
+    idx = torch.zeros(1, H, nb, nb, dtype=torch.int32, device=tables.counts.device)
+    idx[..., : tables.max_count] = tables.indices
+    counts = tables.counts[None].contiguous()
+    kwargs = dict(full_kv_num_blocks=counts, full_kv_indices=idx, BLOCK_SIZE=tables.block_size, seq_lengths=(n, n))
+    try:
+        return BlockMask.from_kv_blocks(torch.zeros_like(counts), idx.clone(), compute_q_blocks=False, **kwargs)
+    except TypeError:  # older torch: no compute_q_blocks
+        return BlockMask.from_kv_blocks(torch.zeros_like(counts), idx.clone(), **kwargs)
+
+
+_FLEX = None
+
+
+def _flex():
+    global _FLEX
+    if _FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _FLEX = torch.compile(flex_attention, dynamic=False)
+    return _FLEX
+
+
+def flex_kernel_options(block_size: int) -> dict[str, int] | None:
+    """Flex's tiles must divide the mask's block size (its default BLOCK_M is 128)."""
+    return {"BLOCK_M": block_size, "BLOCK_N": block_size} if block_size < 128 else None
+
+
+def cudnn_sdpa(q, k, v):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+# --- benchmarks -----------------------------------------------------------------------------------
+
+
+def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 128,
+                     dtype: torch.dtype = torch.bfloat16, layout: str = "bhnd", warmup: int = 3, reps: int = 20,
+                     input_sets: int = 2, cudnn: bool = True, flex: bool = True, groups_alone: bool = True,
+                     config: Any = None, dense_ms: float | None = None) -> dict[str, Any]:
+    """Time one layer plan on CUDA: our kernel, cuDNN dense, FlexAttention on the same blocks.
+
+    Args:
+        layer_plan: the layer (geometry gives N, num_heads gives H).
+        batch, head_dim, dtype, layout: the inputs ([batch, H, N, head_dim]; ``bnhd``: transposed views).
+        config: a ``triton_kernel.KernelConfig``, or None for the tuned one.
+        groups_alone: also time each head group as its own launch, to compare the fused layer
+            with the sum of its groups.
+        dense_ms: reuse a cuDNN time measured before for this shape (skips timing it again).
+    Returns:
+        JSON-ready dict: ms (median), effective TFLOP/s on kept blocks, speedups, per-group times.
+    """
+    from .runtime import triton_kernel
+
+    geom, H = layer_plan.geometry, layer_plan.num_heads
+    n = geom.num_tokens
+    shape = (batch, H, n, head_dim)
+    inputs = fresh_inputs(shape, dtype, input_sets, layout)
+    scale = head_dim ** -0.5
+    tables = get_block_tables(layer_plan, "cuda")
+    out = torch.empty(shape, dtype=dtype, device="cuda")
+    dens = layer_plan.density
+    fl = flops(batch, H, n, head_dim, dens)
+    dense_fl = flops(batch, H, n, head_dim, 1.0)
+    run = lambda x: triton_kernel.forward(*x, tables, scale, out=out, config=config)  # noqa: E731
+    run(inputs[0])  # tune (if config is None) and compile outside the timing
+    used = config if config is not None else triton_kernel._TUNED.get(
+        (head_dim, layer_plan.block_size, dtype, triton_kernel.tma_supported(*inputs[0]), out.device.index))
+    t = time_ms(run, inputs, warmup, reps)
+    res: dict[str, Any] = {
+        "card": card_name(), "shape": list(shape), "dtype": str(dtype).removeprefix("torch."), "layout": layout,
+        "geometry": geom.to_dict(), "block_size": layer_plan.block_size, "density": dens,
+        "groups": [{"pattern": g.pattern, "heads": len(g.heads),
+                    "density": float(layer_plan.head_densities()[list(g.heads)].mean())} for g in layer_plan.groups],
+        "config": None if used is None else vars(used),
+        "sparse_ms": t["median"], "sparse_ms_min": t["min"], "sparse_tflops": fl / t["median"] / 1e9,
+        "target_speedup": 0.8 / dens if dens > 0 else None,
+    }
+    if cudnn:
+        if dense_ms is None:
+            dense_ms = time_ms(lambda x: cudnn_sdpa(*x), inputs, warmup, reps)["median"]
+        res.update(cudnn_ms=dense_ms, cudnn_tflops=dense_fl / dense_ms / 1e9, speedup_vs_cudnn=dense_ms / t["median"])
+    if flex:
+        bm = flex_block_mask(tables, n)
+        fx = _flex()
+        opts = flex_kernel_options(layer_plan.block_size)
+        fn = lambda x: fx(*x, block_mask=bm, scale=scale, kernel_options=opts)  # noqa: E731
+        fn(inputs[0])
+        tf = time_ms(fn, inputs, warmup, reps)
+        res.update(flex_ms=tf["median"], flex_tflops=fl / tf["median"] / 1e9, speedup_vs_flex=tf["median"] / t["median"])
+    if groups_alone and len(tables.launches) and len([g for g in layer_plan.groups if g.pattern != "skip"]) > 1:
+        gt = get_block_tables(layer_plan, "cuda", "group")
+        cfg = used if used is not None else triton_kernel.INTERPRETER_CONFIG
+        per = []
+        for launch in gt.launches:
+            tl_ = time_ms(lambda x, l=launch: triton_kernel.launch(*x, out, gt, l.work, scale, cfg), inputs,
+                          warmup, reps)
+            per.append({"heads": list(launch.heads), "ms": tl_["median"]})
+        total = sum(p["ms"] for p in per)
+        res.update(groups_alone=per, groups_sum_ms=total, mixed_over_sum=t["median"] / total)
+    return res
+
+
+def bench_plan(plan: Plan, *, head_dim: int = 128, batch: int = 1, dtype: torch.dtype = torch.bfloat16,
+               **kwargs: Any) -> dict[str, Any]:
+    """Every distinct layer plan of ``plan`` timed once; totals over all steps × layers vs dense cuDNN."""
+    uses: dict[LayerPlan, int] = {}
+    for e in plan.schedule:
+        for layer in range(plan.num_layers):
+            lp = plan.layer_plan(e.start, layer)
+            uses[lp] = uses.get(lp, 0) + (e.stop - e.start)
+    rows, dense_ms = [], None
+    for lp, count in uses.items():
+        r = bench_layer_plan(lp, head_dim=head_dim, batch=batch, dtype=dtype, groups_alone=False,
+                             dense_ms=dense_ms, **kwargs)
+        dense_ms = r.get("cudnn_ms", dense_ms)
+        rows.append({**r, "calls": count})
+    calls = plan.num_steps * plan.num_layers
+    sparse_total = sum(r["sparse_ms"] * r["calls"] for r in rows)
+    out = {"card": card_name(), "layer_plans": rows, "calls": calls, "sparse_total_ms": sparse_total}
+    if dense_ms is not None:
+        out.update(dense_total_ms=dense_ms * calls, speedup_vs_cudnn=dense_ms * calls / sparse_total)
+    return out
+
+
+# --- command line -----------------------------------------------------------------------------------
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    head = ("| shape (B,H,N,D) | density | sparse ms | TFLOP/s (kept) | cuDNN ms | cuDNN TFLOP/s | Flex ms | "
+            "speedup vs cuDNN | target 0.8/density | mixed / Σ groups |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        f = lambda k, fmt="{:.2f}": fmt.format(r[k]) if r.get(k) is not None else "–"  # noqa: E731
+        shape = ",".join(map(str, r["shape"])) + ("" if r.get("layout", "bhnd") == "bhnd" else f" ({r['layout']} view)")
+        lines.append(f"| {shape} | {r['density']:.3f} | {f('sparse_ms')} | "
+                     f"{f('sparse_tflops', '{:.0f}')} | {f('cudnn_ms')} | {f('cudnn_tflops', '{:.0f}')} | {f('flex_ms')} | "
+                     f"{f('speedup_vs_cudnn')}× | {f('target_speedup')}× | {f('mixed_over_sum', '{:.3f}')} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m attnsearch.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--plan", type=Path, help="bench every distinct layer plan of this plan file")
+    ap.add_argument("--pattern", help="one pattern for every head (default: all families mixed)")
+    ap.add_argument("--params", default="{}", help="JSON params of --pattern")
+    ap.add_argument("--density", type=float, nargs="*", default=[0.1, 0.25, 0.5],
+                    help="target densities of the mixed-family layer (ignored with --pattern/--plan)")
+    ap.add_argument("--frames", type=int, default=21)
+    ap.add_argument("--height", type=int, default=30)
+    ap.add_argument("--width", type=int, default=52)
+    ap.add_argument("--text-tokens", type=int, default=0)
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--block-size", type=int, default=128)
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--out", type=Path, help="JSON output (default reports/runtime/bench_<card>.json)")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("attnsearch.bench needs a CUDA device")
+    dtype = getattr(torch, args.dtype)
+    common = dict(head_dim=args.head_dim, batch=args.batch, dtype=dtype, reps=args.reps, flex=not args.no_flex)
+    if args.plan:
+        from .plan import load_plan
+
+        result: Any = bench_plan(load_plan(args.plan), **common)
+        rows = result["layer_plans"]
+    else:
+        geom = Geometry(args.frames, args.height, args.width, args.text_tokens)
+        if args.pattern:
+            plans = [LayerPlan.single(args.pattern, json.loads(args.params), geom, args.heads, args.block_size)]
+        else:
+            plans = [mixed_layer_plan(geom, args.heads, args.block_size, d) for d in args.density]
+        rows, dense_ms = [], None
+        for lp in plans:
+            rows.append(bench_layer_plan(lp, dense_ms=dense_ms, **common))
+            dense_ms = rows[-1].get("cudnn_ms")
+        result = {"card": card_name(), "rows": rows}
+    out = args.out or Path("reports/runtime") / f"bench_{card_name().replace(' ', '_')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"{card_name()}\n{_markdown(rows)}\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
