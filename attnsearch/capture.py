@@ -63,10 +63,9 @@ class SDPACall:
 
 def _normalise(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Split an SDPA call's arguments into (q, k, v, options-by-keyword with defaults)."""
-    names = ("query", "key", "value")
     qkv = list(args[:3])
     rest = dict(kwargs)
-    for name in names[len(qkv):]:
+    for name in ("query", "key", "value")[len(qkv):]:
         if name not in rest:
             raise TypeError(f"scaled_dot_product_attention() missing argument {name!r}")
         qkv.append(rest.pop(name))
@@ -74,7 +73,7 @@ def _normalise(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, t
     if len(extra) > _POSITIONAL_OPTIONS:
         raise TypeError(f"scaled_dot_product_attention() takes at most {3 + _POSITIONAL_OPTIONS} positional arguments")
     options = {}
-    for (name, default), value in zip(_SDPA_OPTIONS, extra):
+    for (name, _), value in zip(_SDPA_OPTIONS, extra):
         if name in rest:
             raise TypeError(f"scaled_dot_product_attention() got multiple values for argument {name!r}")
         options[name] = value

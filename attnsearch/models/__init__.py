@@ -19,11 +19,14 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from ..geometry import Geometry
+
+if TYPE_CHECKING:  # pragma: no cover - pandas is imported lazily by the models that have ground truth
+    import pandas as pd
 
 #: Registered model names → "module:function" of their factory.
 REGISTRY: dict[str, str] = {
@@ -73,7 +76,7 @@ class ModelSpec:
     geometry: Geometry
     inputs: list
     fingerprint: str
-    ground_truth: Any = None  # pandas.DataFrame | None; pandas stays a lazy import
+    ground_truth: pd.DataFrame | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, torch.nn.Module):

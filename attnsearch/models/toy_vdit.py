@@ -19,17 +19,17 @@ dominates. Three exact low-rank forms cover every family:
 
 * ``video quadratic`` — L = −(v_i − v_j)² / 2σ² with q = [1, v, v²], k = [−cv², 2cv, −c], c =
   1/2σ² (v centred for float32 accuracy): a Gaussian band in video order. **diagonal(rows)**:
-  σ = rows·W / 2.5, so the band |Δv| ≤ rows·W holds ~99% of the mass and the next-narrower
-  candidate misses > 5%.
+  σ = w / 2.1 for w = rows·W, so the block-rounded band of ``rows`` holds ≥ 98% of the mass while
+  the next-narrower candidate (one block fewer each side) misses > 10%.
 * ``frame × spatial`` — L = A[f_i, f_j] − Bm[f_i, f_j]·(p_i − p_j)² for any F × F matrices A, Bm,
   via q = onehot(f_i) ⊗ [1, p, p²] and k = Σ_a … (3F channels). A gives each frame pair a log
   weight (−30: never), Bm the spatial sharpness on that pair.
-  **multi_diagonal(rows, frames=k)**: A = 0, Bm = 1/2σ² (σ = rows·W / 2.5) for |f_i − f_j| ≤ k,
+  **multi_diagonal(rows, frames=k)**: A = 0, Bm = 1/2σ² (σ = rows·W / 2.1) for |f_i − f_j| ≤ k,
   A = −30 beyond: the same spatial place in every frame within reach, equal mass per frame —
   no decay with frame distance, so energy_decay never covers it cheaply.
   **energy_decay(decay, sink)** follows Radial Attention's own mask at B = 64: the own frame is
   attended uniformly (Bm = 0); at frame distance d ≥ 1 the band half-width is c = decay·S/2^⌊log2 d⌋,
-  Bm = 1/2(c/2.5)²; when c < 64 only every ceil(64/c)-th frame distance is attended (as the mask
+  Bm = 1/2(c/2.1)²; when c < 64 only every ceil(64/c)-th frame distance is attended (as the mask
   keeps); A makes frame distance d carry ρ^d (ρ = 0.5) of the own frame's mass. A uniform own frame
   is what no diagonal or multi_diagonal band covers; the cross-frame mass is what a narrower decay
   misses. ``sink`` adds frame 0, attended uniformly with 0.3 of the own frame's mass.
@@ -39,9 +39,13 @@ dominates. Three exact low-rank forms cover every family:
 **dense** heads have no planted channels and a stronger content part (logit std ≈ 1): diffuse
 attention that no candidate below 75% density covers. Text tokens (when ``text_tokens`` > 0) sit
 at logit −4 for every video query; text queries see only content. The ground truth (one row per
-layer and head: pattern, params as canonical JSON) is stated at block size 64 — the stripes'
-key_blocks and energy_decay's every-k-th-frame rule depend on it; ``planted_ground_truth`` gives
-the table at 128 too, where vertical_stripe rows stay exact and the others are approximate.
+layer and head: pattern, params as canonical JSON) is stated at block size 64, which the
+stripes' key_blocks and energy_decay's every-k-th-frame rule depend on. ``planted_ground_truth(g,
+128)`` recomputes the stripes' key_blocks exactly; the other params are token-level and unchanged,
+but the energy_decay heads' frame skipping still follows B = 64.
+
+float32 only: the quadratic forms cancel terms of up to ~10⁴, fine in float32 (error ~1e-3 in a
+logit) but not in bf16/fp16 or TF32 matmuls.
 
 Run ``python -m attnsearch.models.toy_vdit`` to print the ground-truth table.
 """
@@ -65,7 +69,7 @@ NEVER = -30.0            # planted log-weight of pairs a head does not attend (e
 TEXT_LOGIT = -4.0        # planted logit of every text key for a video query
 STRIPE_BIAS = 12.0       # planted logit of a sink token
 SINK_TOKENS = 4          # tokens per stripe
-BAND_SIGMAS = 2.1
+BAND_SIGMAS = 2.1        # a band of half-width w is planted as a Gaussian of σ = w / 2.1
 ED_RATIO = 0.5           # energy_decay: mass of frame distance d relative to the own frame is ρ^d
 ED_SINK_RATIO = 0.3      # energy_decay(sink): mass of frame 0 relative to the own frame
 CONTENT_STD = {"planted": 0.3, "dense": 1.0}  # target std of the content part of the logits
@@ -107,9 +111,10 @@ def _catalogue() -> list[PlantedHead]:
     return heads
 
 
-#: PLANTED[layer][head]
+_ALL = _catalogue()
+#: PLANTED[layer][head]: what every head is built to do.
 PLANTED: tuple[tuple[PlantedHead, ...], ...] = tuple(
-    tuple(h) for h in (lambda c: [c[i * HEADS:(i + 1) * HEADS] for i in range(LAYERS)])(_catalogue())
+    tuple(_ALL[layer * HEADS:(layer + 1) * HEADS]) for layer in range(LAYERS)
 )
 
 
