@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import torch
 
-from .patterns import SPARSE_FAMILIES, block_mask, params_key
+from .candidates import _stripe_base
+from .patterns import SPARSE_FAMILIES, params_key
 from .profiler import Profile
 
 SITE = ["layer", "head"]
@@ -66,37 +68,45 @@ def _aggregate(table: pd.DataFrame, per_step: pd.DataFrame, tau: float, density_
     num_steps = table.groupby(SITE)["step"].nunique().rename("steps").reset_index()
     mean = (table.groupby(SITE + ["pattern", "candidate"], sort=False)
             .agg(density=("density", "mean"), recall=("recall", "mean"), rel_err=("rel_err", "mean"),
-                 seen=("step", "nunique"))
+                 params=("params", "first"), seen=("step", "nunique"))
             .reset_index()
             .merge(num_steps, on=SITE))
     mean = mean[mean["seen"] == mean["steps"]]  # a candidate missing at some step cannot serve it
+    # One params for all steps: stripes take the union of each step's key blocks (a superset keeps
+    # every step's recall) and are judged at the union's density, before picking.
+    is_vs = mean["pattern"] == "vertical_stripe"
+    if is_vs.any():
+        vs = table[table["pattern"] == "vertical_stripe"]
+        union = vs.groupby(SITE + ["candidate"])["params"].agg(_union_params).rename("union").reset_index()
+        mean = mean.merge(union, on=SITE + ["candidate"], how="left")
+        is_vs = mean["pattern"] == "vertical_stripe"
+        mean.loc[is_vs, "params"] = mean.loc[is_vs, "union"]
+        if profile is not None:
+            mean.loc[is_vs, "density"] = [stripe_density(profile, p) for p in mean.loc[is_vs, "params"]]
+        mean = mean.drop(columns=["union"])
     chosen = _pick(mean, SITE, tau, density_cap).drop(columns=["seen", "steps"])
-    chosen["params"] = [_params_over_steps(table, r, profile) for r in chosen.itertuples()]
-    if profile is not None:  # merged stripes keep more blocks than any one step: recount exactly
-        vs = chosen["pattern"] == "vertical_stripe"
-        chosen.loc[vs, "density"] = [stripe_density(profile, p) for p in chosen.loc[vs, "params"]]
-    sites = num_steps[SITE]
-    out = _fill_dense(chosen, sites, SITE).merge(num_steps, on=SITE)
+    out = _fill_dense(chosen, num_steps[SITE], SITE).merge(num_steps, on=SITE)
     agree = per_step.merge(out[SITE + ["pattern"]], on=SITE, suffixes=("", "_agg"))
     agree["same"] = agree["pattern"] == agree["pattern_agg"]
     out = out.merge(agree.groupby(SITE)["same"].mean().rename("stability").reset_index(), on=SITE)
     return out[AGGREGATE_COLUMNS].astype({"layer": "int32", "head": "int32"})
 
 
-def _params_over_steps(table: pd.DataFrame, row, profile: Profile | None) -> str:
-    """One params for all steps: stripes take the union of each step's key blocks (a superset keeps
-    every step's recall); other families have the same params at every step."""
-    rows = table[(table["layer"] == row.layer) & (table["head"] == row.head) & (table["candidate"] == row.candidate)]
-    if row.pattern != "vertical_stripe":
-        return rows["params"].iloc[0]
-    blocks = sorted({b for p in rows["params"] for b in json.loads(p)["key_blocks"]})
-    return params_key({"key_blocks": blocks, "rows": json.loads(rows["params"].iloc[0])["rows"]})
+def _union_params(params: pd.Series) -> str:
+    parsed = [json.loads(p) for p in params]
+    blocks = sorted({b for p in parsed for b in p["key_blocks"]})
+    return params_key({"key_blocks": blocks, "rows": parsed[0]["rows"]})
 
 
 def stripe_density(profile: Profile, params: str) -> float:
-    """Exact density of a (possibly merged) vertical_stripe params string."""
-    mask = block_mask("vertical_stripe", json.loads(params), profile.geometry, profile.settings.block_size)
-    return mask.float().mean().item()
+    """Exact density of a vertical_stripe params string, without building its mask: the base mask
+    (own block, band, text) plus, per stripe column, the rows the base does not already keep."""
+    p = json.loads(params)
+    base = _stripe_base(profile.geometry, profile.settings.block_size, float(p["rows"]))
+    nb = base.shape[0]
+    cols = torch.tensor(p["key_blocks"], dtype=torch.long)
+    kept = int(base.sum()) + int((nb - base[:, cols].sum(0)).sum())
+    return kept / nb**2
 
 
 def class_counts(labels: pd.DataFrame) -> pd.DataFrame:

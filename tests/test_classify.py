@@ -74,3 +74,19 @@ def test_class_counts_has_every_class_column():
 def test_bad_thresholds():
     with pytest.raises(ValueError, match="tau"):
         classify(table([row(0, 0, 0, "dense", {}, 1, 1)]), tau=0)
+
+
+def test_stripe_density_formula_matches_the_mask():
+    import torch
+
+    from attnsearch import Geometry, block_mask
+    from attnsearch.classifier import stripe_density
+    from attnsearch.profiler import Profile, ProfileSettings
+
+    geom = Geometry(3, 10, 12, 30, "suffix")
+    prof = Profile(pd.DataFrame(), geom, ProfileSettings(block_size=64))
+    for blocks, rows in (([0, 3], 0.0), ([1, 2, 5], 1.0), ([], 2.0)):
+        params = {"key_blocks": blocks, "rows": rows}
+        want = block_mask("vertical_stripe", params, geom, 64).float().mean().item()
+        assert stripe_density(prof, json.dumps(params)) == pytest.approx(want)
+    assert torch.is_tensor(block_mask("dense", {}, geom, 64))
