@@ -34,6 +34,10 @@ def build(params: dict[str, Any], layout: BlockLayout) -> torch.Tensor:
 
 
 def grid(geometry: Geometry, block_size: int) -> list[dict[str, Any]]:
+    if geometry.width == 1:
+        # 1-D (text) geometry: a "row" is one token, so frame-row widths would all round to the
+        # adjacent block; measure bands of half a block up to 8 blocks instead.
+        return [{"rows": block_size * f} for f in (0.5, 1.0, 2.0, 4.0, 8.0) if block_size * f < geometry.height]
     return [{"rows": r} for r in DEFAULT_ROWS if r <= geometry.height * geometry.frames]
 
 
