@@ -103,6 +103,33 @@ def main() -> None:
     print(json.dumps(result, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
+    plot(result, args.out.with_suffix(".png"))
+
+
+def plot(result: dict, path: Path) -> None:
+    """Two bars per panel: time and extra memory of the dense pass and of the profiling pass."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(8, 3.2))
+    names = ["dense attention\n(cuDNN)", "profiling pass"]
+    ax_t.bar(names, [result["dense_ms"], result["profile_ms"]], color=["#888888", "#1f77b4"])
+    ax_t.axhline(3 * result["dense_ms"], color="#d62728", ls="--", lw=1, label="3× dense budget")
+    ax_t.set_ylabel("ms (all layers)")
+    ax_t.set_title(f"time: {result['ratio']:.2f}× dense")
+    ax_t.legend(fontsize=8)
+    ax_m.bar(names, [result["dense_peak_extra_gib"], result["profile_peak_extra_gib"]], color=["#888888", "#1f77b4"])
+    ax_m.axhline(result["dense_peak_extra_gib"] + 4, color="#d62728", ls="--", lw=1, label="+4 GiB budget")
+    ax_m.set_ylabel("GiB above resident q/k/v")
+    ax_m.set_title("peak memory")
+    ax_m.legend(fontsize=8)
+    s = result["shape"]
+    fig.suptitle(f"{result['device']}: {s['layers']} layers × {s['heads']} heads, N={s['N']}, D={s['head_dim']}, bf16",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":
