@@ -149,6 +149,31 @@ def sweep(results: list) -> KernelConfig:
     return best
 
 
+def order_sweep(results: list, config: KernelConfig | None, reps: int) -> str:
+    """Time each work order of the block tables on a few layers; return the fastest in total."""
+    from attnsearch.runtime import block_tables
+
+    orders = list(block_tables.ORDERS) + [block_tables.ORDERS[0]]  # the first again: spread
+    totals = dict.fromkeys(block_tables.ORDERS, 0.0)
+    for H, geom, target in ((12, Geometry(21, 30, 52), 0.1), (12, Geometry(21, 30, 52), 0.5),
+                            (40, Geometry(21, 60, 60), 0.1), (40, Geometry(21, 60, 60), 0.5)):
+        lp = mixed_layer_plan(geom, H, 128, target)
+        n, d = geom.num_tokens, 128
+        inputs = fresh_inputs((1, H, n, d), torch.bfloat16, 2)
+        out = torch.empty(1, H, n, d, device="cuda", dtype=torch.bfloat16)
+        fl = flops(1, H, n, d, lp.density)
+        for i, order in enumerate(orders):
+            tables = block_tables.build_block_tables(lp, "cuda", order=order)
+            run = lambda x: triton_kernel.forward(*x, tables, d ** -0.5, out=out, config=config)  # noqa: E731
+            ms = time_ms(run, inputs, 2, reps)["median"]
+            if i < len(block_tables.ORDERS):
+                totals[order] += ms
+            results.append({"H": H, "N": n, "density": lp.density, "order": order, "ms": ms, "tflops": fl / ms / 1e9})
+            print(f"  H={H} N={n} density {lp.density:.3f} order {order:<5} {ms:8.2f} ms {fl / ms / 1e9:4.0f} TFLOP/s",
+                  flush=True)
+    return min(totals, key=totals.get)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("reports/runtime"))
@@ -157,6 +182,7 @@ def main() -> None:
                                      "(default: sweep best / tuned)")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--skip-check", action="store_true")
+    ap.add_argument("--order-sweep", action="store_true", help="time the block tables' work orders first")
     ap.add_argument("--skip-bench", action="store_true")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -183,6 +209,16 @@ def main() -> None:
         config = KernelConfig(int(p[0]), int(p[1]), int(p[2]), int(p[3]),
                               None if len(p) < 5 else p[4] == "tma", len(p) > 5 and p[5] == "ws")
     report["bench_config"] = None if config is None else vars(config)
+    if args.order_sweep:
+        from attnsearch.runtime import block_tables
+
+        print("== work order", flush=True)
+        report["order_sweep"] = []
+        block_tables.DEFAULT_ORDER = order_sweep(report["order_sweep"], config, args.reps)
+        print(f"   best order {block_tables.DEFAULT_ORDER}  ({time.time() - t_start:.0f}s)", flush=True)
+    from attnsearch.runtime import block_tables as _bt
+
+    report["bench_order"] = _bt.DEFAULT_ORDER
 
     if not args.skip_bench:
         print("== benchmark", flush=True)
@@ -211,6 +247,7 @@ def main() -> None:
         report["bench"] = rows
         md = [f"# Block-sparse runtime on {env['card']}", "",
               f"torch {env['torch']}, triton {env['triton']}; bf16, head_dim 128, B = 128, batch 1; "
+              f"kernel config {report['bench_config']}, work order {report['bench_order']!r}; "
               "mixed layers cycle diagonal / multi_diagonal / vertical_stripe / energy_decay heads; "
               "TFLOP/s = 4·B·H·N²·D·density / time; median of CUDA-event timings.", "", _markdown(rows)]
         (args.out / "runtime_gpu.md").write_text("\n".join(md) + "\n")

@@ -102,14 +102,22 @@ def test_tables_list_exactly_the_kept_blocks(block_size):
             kept = t.indices[h, qb, :c].tolist()
             assert kept == torch.nonzero(masks[h, qb]).flatten().tolist()  # ascending, exact
             assert all(0 <= i < nb for i in t.indices[h, qb].tolist())     # padding stays in range
-    # One launch over the computed heads, every (head, qb) once, longest first; skip heads nowhere.
+    # One launch over the computed heads, every (head, qb) once; skip heads nowhere.
     assert t.skip_heads == (1,) and len(t.launches) == 1
-    work = t.launches[0].work.long()
-    heads, qbs = work // nb, work % nb
-    assert sorted(work.tolist()) == [h * nb + qb for h in (0, 2, 3, 4, 5) for qb in range(nb)]
-    cnt = t.counts[heads, qbs]
-    assert bool((cnt[:-1] >= cnt[1:]).all())
     assert t.kept_blocks == int(masks[[0, 2, 3, 4, 5]].sum())
+    for order in ("head", "lpt"):
+        work = build_block_tables(lp, "cpu", order=order).launches[0].work.long()
+        assert sorted(work.tolist()) == [h * nb + qb for h in (0, 2, 3, 4, 5) for qb in range(nb)]
+        heads, qbs = work // nb, work % nb
+        cnt = t.counts[heads, qbs]
+        if order == "lpt":  # longest first over all items
+            assert bool((cnt[:-1] >= cnt[1:]).all())
+        else:  # head-major, heaviest head first, query blocks in order inside a head
+            runs = torch.unique_consecutive(heads)
+            assert len(runs) == 5
+            totals = t.counts[runs].sum(1)
+            assert bool((totals[:-1] >= totals[1:]).all())
+            assert torch.equal(qbs.view(5, nb), torch.arange(nb).expand(5, nb))
 
 
 def test_group_fusion_gives_one_launch_per_computed_group():
@@ -124,6 +132,8 @@ def test_group_fusion_gives_one_launch_per_computed_group():
     assert {int(w) // nb for w in t.launches[0].work} == {0, 3}
     with pytest.raises(ValueError, match="fusion"):
         build_block_tables(lp, "cpu", fusion="head")
+    with pytest.raises(ValueError, match="order"):
+        build_block_tables(lp, "cpu", order="random")
 
 
 def test_table_cache_hits_for_equal_plans_and_does_not_rebuild():

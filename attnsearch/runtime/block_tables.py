@@ -7,10 +7,15 @@ many layers and steps, and the tables never change. Layout (all int32, on the ta
     indices  [H, nb, max_count]   their ids, ascending, padded with the last valid id
     launches tuple[Launch]        work lists; each launch runs its heads in one kernel call
 
-A work item is one (head, query block) pair, encoded ``head * nb + qb``. Items are ordered
-longest-first (most kept blocks first), ties by head then query block, so the tail of the grid is
-short work and the items of one head stay adjacent (their K/V blocks overlap in L2). Skip heads
-appear in no launch: their output is zero-filled by the caller and never computed.
+A work item is one (head, query block) pair, encoded ``head * nb + qb``. Work order (``order``):
+
+    "head"  heads by total work, heaviest first; inside a head, query blocks in order. The
+            programs in flight share one head's K/V (L2 reuse, like dense flash attention's
+            grid) and the last wave is the lightest head's rows.
+    "lpt"   longest-first over all items (ties by head, query block): the least tail imbalance,
+            but the programs in flight mix heads and their K/V.
+
+Skip heads appear in no launch: their output is zero-filled by the caller and never computed.
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ import torch
 from ..plan import LayerPlan
 
 Fusion = Literal["layer", "group"]
+Order = Literal["head", "lpt"]
+ORDERS = ("head", "lpt")
+#: Work order used unless asked otherwise (chosen on H200 measurements, reports/runtime/).
+DEFAULT_ORDER: Order = "head"
 
 #: How many table sets the cache keeps (one per distinct LayerPlan × device × fusion).
 CACHE_SIZE = 256
@@ -64,40 +73,51 @@ class BlockTables:
         return self.indices.shape[2]
 
 
+def work_order(heads: tuple[int, ...], counts: torch.Tensor, order: Order) -> torch.Tensor:
+    """Ordered work items ``head * nb + qb`` (int64) of ``heads`` under ``order``."""
+    nb = counts.shape[1]
+    h = torch.tensor(heads, dtype=torch.int64)
+    c = counts[h].to(torch.int64)                                    # [len(heads), nb]
+    item = h[:, None] * nb + torch.arange(nb)[None, :]
+    if order == "lpt":
+        return item.flatten()[torch.argsort(-c.flatten(), stable=True)]
+    if order == "head":
+        return item[torch.argsort(-c.sum(1), stable=True)].flatten()
+    raise ValueError(f"order: must be one of {ORDERS}, got {order!r}")
+
+
 def build_block_tables(layer_plan: LayerPlan, device: torch.device | str = "cpu",
-                       fusion: Fusion = "layer") -> BlockTables:
+                       fusion: Fusion = "layer", order: Order | None = None) -> BlockTables:
     """Build tables without the cache (use :func:`get_block_tables`).
 
     ``fusion="layer"``: all computed heads of the layer in one launch (the default: one launch, one
     longest-first queue across heads). ``fusion="group"``: one launch per head group, as the plan
-    lists them (for benchmarks that compare against groups run alone).
+    lists them (for benchmarks that compare against groups run alone). ``order``: see the module
+    docstring (default :data:`DEFAULT_ORDER`).
     """
     if fusion not in ("layer", "group"):
         raise ValueError(f"fusion: must be 'layer' or 'group', got {fusion!r}")
+    order = DEFAULT_ORDER if order is None else order
+    if order not in ORDERS:
+        raise ValueError(f"order: must be one of {ORDERS}, got {order!r}")
     masks = layer_plan.block_masks()  # bool [H, nb, nb], CPU
     H, nb, _ = masks.shape
     counts = masks.sum(-1, dtype=torch.int32)
     max_count = max(int(counts.max()), 1)
     # Stable sort of "not kept" puts the kept ids first, in ascending order.
-    order = torch.argsort((~masks).to(torch.int8), dim=-1, stable=True)[..., :max_count].to(torch.int32)
+    kept_first = torch.argsort((~masks).to(torch.int8), dim=-1, stable=True)[..., :max_count].to(torch.int32)
     # Pad each row with its last valid id (or 0): harmless if ever read, and keeps loads in bounds.
-    last = order.gather(-1, (counts.clamp(min=1) - 1).long().unsqueeze(-1))
+    last = kept_first.gather(-1, (counts.clamp(min=1) - 1).long().unsqueeze(-1))
     slot = torch.arange(max_count, dtype=torch.int32)
-    indices = torch.where(slot < counts.unsqueeze(-1), order, last)
+    indices = torch.where(slot < counts.unsqueeze(-1), kept_first, last)
 
     skip = layer_plan.skip_heads
     if fusion == "layer":
         head_sets = [layer_plan.computed_heads] if layer_plan.computed_heads else []
     else:
         head_sets = [tuple(g.heads) for g in layer_plan.groups if g.pattern != "skip"]
-    launches = []
-    for heads in head_sets:
-        h = torch.tensor(heads, dtype=torch.int64)
-        c = counts[h].flatten().to(torch.int64)                       # [len(heads) * nb]
-        item = (h[:, None] * nb + torch.arange(nb)[None, :]).flatten()
-        # Longest first; the stable sort keeps (head, qb) order among equal counts.
-        rank = torch.argsort(-c, stable=True)
-        launches.append(Launch(tuple(heads), item[rank].to(torch.int32).to(device)))
+    launches = [Launch(tuple(heads), work_order(tuple(heads), counts, order).to(torch.int32).to(device))
+                for heads in head_sets]
     kept = int(counts[list(layer_plan.computed_heads)].sum()) if layer_plan.computed_heads else 0
     return BlockTables(layer_plan, torch.device(device), counts.to(device), indices.contiguous().to(device),
                        tuple(launches), skip, kept)
@@ -114,16 +134,18 @@ def _canonical_device(device: torch.device | str) -> torch.device:
     return device
 
 
-def get_block_tables(layer_plan: LayerPlan, device: torch.device | str, fusion: Fusion = "layer") -> BlockTables:
-    """Cached :func:`build_block_tables`, keyed by the LayerPlan's content, the device and fusion."""
+def get_block_tables(layer_plan: LayerPlan, device: torch.device | str, fusion: Fusion = "layer",
+                     order: Order | None = None) -> BlockTables:
+    """Cached :func:`build_block_tables`, keyed by the LayerPlan's content, device, fusion and order."""
     device = _canonical_device(device)
-    key = (layer_plan.key, device, fusion)
+    order = DEFAULT_ORDER if order is None else order
+    key = (layer_plan.key, device, fusion, order)
     tables = _CACHE.get(key)
     if tables is not None:
         _CACHE.move_to_end(key)
         _STATS["hits"] += 1
         return tables
-    tables = build_block_tables(layer_plan, device, fusion)
+    tables = build_block_tables(layer_plan, device, fusion, order)
     _STATS["builds"] += 1
     _CACHE[key] = tables
     if len(_CACHE) > CACHE_SIZE:
