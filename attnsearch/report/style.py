@@ -1,0 +1,25 @@
+"""One colour per pattern family, the same in every figure, and the Agg backend."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # reports are files: never open a window, work headless
+
+FAMILY_ORDER = ("diagonal", "multi_diagonal", "vertical_stripe", "energy_decay", "dense", "skip")
+FAMILY_COLORS = {
+    "diagonal": "#1f77b4",
+    "multi_diagonal": "#ff7f0e",
+    "vertical_stripe": "#2ca02c",
+    "energy_decay": "#9467bd",
+    "dense": "#7f7f7f",
+    "skip": "#d9d9d9",
+}
+SHORT = {"diagonal": "D", "multi_diagonal": "M", "vertical_stripe": "V", "energy_decay": "E", "dense": "·", "skip": "∅"}
+
+
+def family_legend(ax, families=FAMILY_ORDER, **kwargs) -> None:
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=FAMILY_COLORS[f], label=f) for f in families]
+    ax.legend(handles=handles, **{"fontsize": 8, "frameon": False, **kwargs})
