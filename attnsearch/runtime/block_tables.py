@@ -91,7 +91,7 @@ def build_block_tables(layer_plan: LayerPlan, device: torch.device | str = "cpu"
     """Build tables without the cache (use :func:`get_block_tables`).
 
     ``fusion="layer"``: all computed heads of the layer in one launch (the default: one launch, one
-    longest-first queue across heads). ``fusion="group"``: one launch per head group, as the plan
+    work queue across heads). ``fusion="group"``: one launch per head group, as the plan
     lists them (for benchmarks that compare against groups run alone). ``order``: see the module
     docstring (default :data:`DEFAULT_ORDER`).
     """

@@ -11,8 +11,8 @@ the scale folded into log2(e). Inputs are [batch, heads, N, D] with any strides 
 
 Work decomposition: a program handles BLOCK_M query rows (a sub-tile of plan block ``BLOCK``) and
 walks the kept key blocks in BLOCK_N sub-tiles. Programs are numbered
-``pid = (item · SUB_M + sub_m) · BATCH + b`` over the launch's longest-first work list, so the
-longest rows start first and the sub-tiles and batch copies of one item run side by side.
+``pid = (item · SUB_M + sub_m) · BATCH + b`` over the launch's ordered work list (block_tables:
+head-major by default), so the sub-tiles and batch copies of one item run side by side.
 
 On Hopper the K/V tiles may come through the bulk tensor copy engine (TMA, 4-D host descriptors
 over the strided tensors, out-of-range rows zero-filled) instead of pointer loads.
