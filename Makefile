@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test profile install clean
+.PHONY: demo test profile install system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,18 @@ demo: $(STAMP)
 profile: $(STAMP)
 	$(VENV)/bin/attnsearch profile
 
-test: $(STAMP)
+# Browser for the report-rendering test. Installed where we may (root with apt, as in CI);
+# elsewhere that test skips and says why.
+system-deps:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium for the report test"; \
+	  apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1) || \
+	  echo "note: chromium could not be installed; the report-rendering test will skip"; \
+	else echo "note: no chromium and no root apt-get; the report-rendering test will skip"; fi
+
+test: $(STAMP) system-deps
 	$(PY) -m pytest -n 2 -q
 
 clean:

@@ -28,7 +28,7 @@ class UsageError(Exception):
 
 
 def fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -40,7 +40,7 @@ def _run(fn):
 
     try:
         return fn()
-    except (UsageError, GeometryError, PatternError, ProfileError, FileNotFoundError) as exc:
+    except (UsageError, GeometryError, PatternError, ProfileError, FileNotFoundError, OSError) as exc:
         fail(str(exc))
     except ValueError as exc:  # model adapters and plan validation raise ValueError subclasses
         fail(str(exc))
@@ -181,6 +181,50 @@ def classify_cmd(
             _atomic_write(csv, labels.to_csv(index=False))
         if json_out:
             _atomic_write(json_out, labels.to_json(orient="records", indent=1))
+
+    _run(work)
+
+
+@app.command()
+def validate(plan_path: Path = typer.Argument(..., metavar="PLAN", help="A plan JSON file.")) -> None:
+    """Check a plan file against the format; print what it runs, or the offending field."""
+    from .plan import load_plan
+
+    def work():
+        plan = load_plan(plan_path)
+        sparse = [e for e in plan.schedule if e.layers is not None]
+        families: dict[str, int] = {}
+        for e in sparse:
+            for lp in e.layers:
+                for pattern, _ in lp.head_specs():
+                    families[pattern] = families.get(pattern, 0) + (e.stop - e.start)
+        console.print(f"[green]valid[/] {plan_path}: {plan.model.get('name', '?')}, geometry {plan.geometry}, "
+                      f"B={plan.block_size}, {plan.num_steps} steps × {plan.num_layers} layers × {plan.num_heads} heads, "
+                      f"{len(plan.schedule)} schedule entr{'y' if len(plan.schedule) == 1 else 'ies'}")
+        if families:
+            total = sum(families.values())
+            console.print("head-steps by pattern: " + ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(families.items())))
+        if plan.predicted:
+            p = plan.predicted
+            console.print(f"predicted: {p.get('speedup', float('nan')):.2f}× attention speedup, rel_err {p.get('rel_err', float('nan')):.3g}")
+
+    _run(work)
+
+
+@app.command()
+def report(
+    inputs: list[Path] = typer.Argument(..., metavar="FILE...", help="Profiles, plans, studies and bench results."),
+    out: Path = typer.Option(Path("reports/latest"), help="Output folder (index.html + PNGs)."),
+    tau: float = typer.Option(0.95, help="Recall threshold for the profile's classes."),
+    density_cap: float = typer.Option(0.75, help="Density cap for the profile's classes."),
+    title: Optional[str] = typer.Option(None, help="Page title."),
+) -> None:
+    """Draw what was found: a static HTML page with PNG figures that opens from disk."""
+    from .report import write_report
+
+    def work():
+        page = write_report(list(inputs), out, tau=tau, density_cap=density_cap, title=title)
+        console.print(f"report → [bold]{page}[/]")
 
     _run(work)
 

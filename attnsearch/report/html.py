@@ -34,6 +34,12 @@ def render(title: str, sections: list[dict], out: Path) -> Path:
         for caption, table_html in sec.get("tables", []):
             parts.append(f"<h3>{html.escape(caption)}</h3>{table_html}")
         parts.append("</section>")
+    # Marks the page once every image has loaded or failed: headless browsers (and the test suite)
+    # read data-broken-images from the DOM to prove the page is complete.
+    parts.append("<script>window.addEventListener('load', function () {"
+                 "var n = 0; document.querySelectorAll('img').forEach(function (i) {"
+                 " if (!i.complete || i.naturalWidth === 0) { n += 1; } });"
+                 " document.body.setAttribute('data-broken-images', String(n)); });</script>")
     parts.append("</body></html>")
     target = out / "index.html"
     fd, tmp = tempfile.mkstemp(prefix=".index.", suffix=".html", dir=out)
