@@ -1,0 +1,122 @@
+"""The inner solver against brute force: every assignment of every small random instance."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from attnsearch.search.inner import Units, objective, solve_budget, solve_lagrangian
+
+
+def random_units(rng, U, H, C, *, skip=True, unavailable=0.15):
+    cost = rng.uniform(0.1, 2.0, (U, H, C))
+    err = rng.uniform(0.0, 1.0, (U, H, C)) ** 2
+    skip_col = C - 1 if skip else -1
+    if skip:
+        cost[:, :, skip_col] = rng.uniform(0.0, 0.05, (U, H))  # a zero fill: nearly free
+        err[:, :, skip_col] = 1.0
+    cost[:, :, 0], err[:, :, 0] = rng.uniform(1.5, 2.5, (U, H)), 0.0   # "dense" heads in the kernel
+    holes = rng.random((U, H, C)) < unavailable
+    holes[:, :, 0] = False
+    cost[holes] = np.inf
+    dense = rng.uniform(0.5, 1.5 * H, U)
+    force = rng.random(U) < 0.15
+    dense[(rng.random(U) < 0.2) & ~force] = np.inf
+    return Units(cost, err, skip_col, rng.uniform(0.0, 1.0, U), rng.uniform(0.0, 0.5, U), dense, force)
+
+
+def all_assignments(units):
+    """Every (option, choice) of every unit: per unit the cuDNN-dense layer or any head product."""
+    U, H, C = units.shape
+    per_unit = []
+    for u in range(U):
+        opts = []
+        if np.isfinite(units.dense[u]):
+            opts.append((3, (-1,) * H))
+        if not units.force_dense[u]:
+            for combo in itertools.product(range(C), repeat=H):
+                if all(np.isfinite(units.cost[u, h, c]) for h, c in enumerate(combo)):
+                    opts.append((0, combo))
+        per_unit.append(opts)
+    return per_unit
+
+
+def unit_cost(units, u, opt, combo):
+    """Latency and error of one unit's assignment, straight from the runtime's rules."""
+    if opt == 3:
+        return units.dense[u], 0.0
+    heads = [(units.cost[u, h, c], units.err[u, h, c], c == units.skip_col) for h, c in enumerate(combo)]
+    latency = sum(c for c, _, _ in heads)
+    if any(not skip for _, _, skip in heads):
+        latency += units.launch[u]        # one fused launch for every computed head
+    if any(skip for _, _, skip in heads):
+        latency += units.fill[u]          # one zero fill for every skip head
+    return latency, sum(e for _, e, _ in heads)
+
+
+def brute_unit_values(units, lam):
+    """Per unit, (latency + λ·error, latency, error) of every assignment."""
+    out = []
+    for u, opts in enumerate(all_assignments(units)):
+        vals = []
+        for opt, combo in opts:
+            c, e = unit_cost(units, u, opt, combo)
+            vals.append((c + lam * e, c, e))
+        out.append(vals)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_lagrangian_is_exact(seed):
+    rng = np.random.default_rng(seed)
+    units = random_units(rng, U=rng.integers(1, 4), H=rng.integers(1, 4), C=rng.integers(2, 5),
+                         skip=bool(rng.random() < 0.8))
+    for lam in (0.0, 0.3, 1.0, 3.0, 30.0):
+        best = sum(min(v for v, _, _ in vals) for vals in brute_unit_values(units, lam))
+        sol = solve_lagrangian(units, lam)
+        assert objective(units, sol.option, sol.choice, lam) == pytest.approx(best, rel=1e-12, abs=1e-12)
+        assert sol.total_cost + lam * sol.total_err == pytest.approx(best, rel=1e-12, abs=1e-12)
+
+
+def test_launch_and_fill_counted_once_per_unit():
+    # Two heads, candidates [dense-in-kernel, sparse, skip]; launch 1, fill 0.5.
+    cost = np.array([[[4.0, 1.0, 0.1], [4.0, 1.0, 0.1]]])
+    err = np.array([[[0.0, 0.2, 1.0], [0.0, 0.2, 1.0]]])
+    units = Units(cost, err, 2, np.array([1.0]), np.array([0.5]), np.array([100.0]), np.array([False]))
+    s = solve_lagrangian(units, 0.0)           # cheapest: all skip, no launch: 0.5 + 0.2
+    assert s.choice.tolist() == [[2, 2]] and s.total_cost == pytest.approx(0.7)
+    s = solve_lagrangian(units, 1.5)           # sparse heads: 1 + 2·1 = 3, error 0.4 → 3.6 < all skip 0.7 + 3
+    assert s.choice.tolist() == [[1, 1]] and s.total_cost == pytest.approx(3.0)
+    s = solve_lagrangian(units, 1e6)           # error dominates: cuDNN dense beats dense heads in kernel? 100 > 9
+    assert s.choice.tolist() == [[0, 0]] and s.total_err == 0.0 and s.total_cost == pytest.approx(9.0)
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_budget_solution_is_feasible_and_bounded(seed):
+    rng = np.random.default_rng(100 + seed)
+    units = random_units(rng, U=rng.integers(1, 4), H=rng.integers(1, 4), C=rng.integers(2, 5))
+    brute = brute_unit_values(units, 0.0)
+    # Every combination of per-unit assignments: (cost, err) of whole plans.
+    plans = [(sum(c for _, c, _ in p), sum(e for _, _, e in p)) for p in itertools.product(*brute)]
+    errs = sorted({e for _, e in plans})
+    for budget in (errs[0], errs[len(errs) // 3], errs[len(errs) // 2], errs[-1], errs[0] * 0.5 - 1e-9):
+        res = solve_budget(units, budget)
+        within = [c for c, e in plans if e <= budget + 1e-12]
+        if not within:
+            assert not res.feasible and res.min_err == pytest.approx(errs[0], rel=1e-9, abs=1e-12)
+            continue
+        opt = min(within)
+        assert res.feasible and res.solution.total_err <= budget + 1e-9
+        assert res.lower_bound <= opt + 1e-9 <= res.solution.total_cost + 2e-9
+        # Everett: the returned Lagrangian point is exactly optimal for its own error.
+        own = min(c for c, e in plans if e <= res.solution.total_err + 1e-12)
+        assert res.solution.total_cost == pytest.approx(own, rel=1e-9, abs=1e-12)
+
+
+def test_infeasible_unit_is_named():
+    cost = np.full((1, 1, 2), np.inf)
+    units = Units(cost, np.zeros((1, 1, 2)), -1, np.zeros(1), np.zeros(1), np.array([np.inf]), np.array([False]))
+    with pytest.raises(ValueError, match="unit 0: no feasible option"):
+        solve_lagrangian(units, 1.0)
