@@ -1,15 +1,20 @@
 """The Triton kernel under TRITON_INTERPRET=1 on CPU (fp32 / fp16, tiny sizes).
 
-Triton picks interpreter or compiler when a kernel is decorated, i.e. when
-``attnsearch.runtime.triton_kernel`` is imported. The module fixture sets TRITON_INTERPRET=1 and
-(re)imports the kernel module, and restores both afterwards. Same reference as test_runtime.py.
+Triton decides interpreter or compiler when a function is decorated — its own standard library
+(``tl.zeros`` …) included, i.e. when ``triton.language`` is first imported, which other test
+modules (transformers, torch.compile) may do first. So each check runs in a fresh Python with
+TRITON_INTERPRET=1 set from the start: ``python tests/test_runtime_triton.py CHECK ARGS_JSON``.
+Same reference as test_runtime.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,23 +24,17 @@ from attnsearch.runtime import sparse_attention
 from attnsearch.runtime.block_tables import build_block_tables, get_block_tables
 from test_runtime import all_patterns, geometry, poisoned, qkv, reference, rel_err
 
+ROOT = Path(__file__).resolve().parents[1]
 
-@pytest.fixture(scope="module")
-def tk():
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    from attnsearch.runtime import triton_kernel
 
-    if not triton_kernel.interpreter_active():
-        importlib.reload(triton_kernel)
-    assert triton_kernel.interpreter_active()
-    yield triton_kernel
-    if old is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = old
-    if old != "1":
-        importlib.reload(triton_kernel)
+def in_interpreter(check: str, *args) -> None:
+    """Run ``check(triton_kernel, *args)`` of this module in a fresh interpreter-mode Python."""
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, __file__, check, json.dumps(args)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{check}{args} failed under the interpreter:\n{proc.stderr[-4000:]}"
+    assert proc.stdout.strip().endswith(f"{check} ok"), proc.stdout[-2000:]
 
 
 @pytest.mark.parametrize("where,block_size,dtype,tol", [
@@ -43,8 +42,13 @@ def tk():
     ("suffix", 64, torch.float16, 5e-3),
     ("suffix", 128, torch.float32, 1e-3),
 ])
-def test_kernel_matches_reference(tk, where, block_size, dtype, tol):
+def test_kernel_matches_reference(where, block_size, dtype, tol):
     """Every pattern, batch 2, N % B ≠ 0, transposed [B, N, H, D] views, poisoned output."""
+    in_interpreter("check_kernel_matches_reference", where, block_size, str(dtype).removeprefix("torch."), tol)
+
+
+def check_kernel_matches_reference(tk, where, block_size, dtype, tol):
+    dtype = getattr(torch, dtype)
     geom = geometry(where, block_size)
     lp = all_patterns(geom, block_size)
     q, k, v = qkv(2, 6, geom.num_tokens, 64, dtype=dtype, seed=block_size + 1)
@@ -56,8 +60,12 @@ def test_kernel_matches_reference(tk, where, block_size, dtype, tol):
 
 
 @pytest.mark.parametrize("block_size,block_m,block_n", [(64, 32, 32), (128, 64, 32), (128, 32, 64)])
-def test_sub_tiles_of_a_block(tk, block_size, block_m, block_n):
+def test_sub_tiles_of_a_block(block_size, block_m, block_n):
     """BLOCK_M/BLOCK_N smaller than the plan block: sub-tile decode and the masked tail stage."""
+    in_interpreter("check_sub_tiles_of_a_block", block_size, block_m, block_n)
+
+
+def check_sub_tiles_of_a_block(tk, block_size, block_m, block_n):
     geom = geometry("suffix", block_size)
     lp = LayerPlan.from_heads([("energy_decay", {"decay": 0.25}), ("vertical_stripe", {"key_blocks": [0]})],
                               geom, block_size)
@@ -69,7 +77,11 @@ def test_sub_tiles_of_a_block(tk, block_size, block_m, block_n):
     assert rel_err(out, reference(q, k, v, lp)) <= 1e-3
 
 
-def test_gqa_scale_and_non_contiguous_head_dim(tk):
+def test_gqa_scale_and_non_contiguous_head_dim():
+    in_interpreter("check_gqa_scale_and_non_contiguous_head_dim")
+
+
+def check_gqa_scale_and_non_contiguous_head_dim(tk):
     geom = geometry("prefix", 64)
     lp = all_patterns(geom, 64)
     q, k, v = qkv(1, 6, geom.num_tokens, 64, kv_heads=2, layout="bhdn", seed=11)
@@ -78,7 +90,11 @@ def test_gqa_scale_and_non_contiguous_head_dim(tk):
     assert rel_err(out, reference(q, k, v, lp, scale=0.2, enable_gqa=True)) <= 1e-3
 
 
-def test_group_launches_equal_one_fused_launch(tk):
+def test_group_launches_equal_one_fused_launch():
+    in_interpreter("check_group_launches_equal_one_fused_launch")
+
+
+def check_group_launches_equal_one_fused_launch(tk):
     geom = geometry("prefix", 64)
     lp = all_patterns(geom, 64)
     q, k, v = qkv(1, 6, geom.num_tokens, 64, seed=13)
@@ -87,8 +103,12 @@ def test_group_launches_equal_one_fused_launch(tk):
     assert torch.allclose(fused, grouped, rtol=0, atol=1e-6)
 
 
-def test_row_with_no_kept_block_outputs_zero(tk):
+def test_row_with_no_kept_block_outputs_zero():
     """Only skip heads have empty rows by plan; the kernel must still write zeros, not NaN."""
+    in_interpreter("check_row_with_no_kept_block_outputs_zero")
+
+
+def check_row_with_no_kept_block_outputs_zero(tk):
     geom = geometry("prefix", 64)
     lp = LayerPlan.single("diagonal", {"rows": 1}, geom, 2, 64)
     tables = build_block_tables(lp, "cpu")
@@ -100,3 +120,11 @@ def test_row_with_no_kept_block_outputs_zero(tk):
     assert torch.equal(out[0, 1, 128:192], torch.zeros(64, 64))
     ref = reference(q, k, v, lp)
     assert rel_err(out[0, 0], ref[0, 0]) <= 1e-3 and rel_err(out[0, 1, :128], ref[0, 1, :128]) <= 1e-3
+
+
+if __name__ == "__main__":  # one check, in a Python started with TRITON_INTERPRET=1
+    from attnsearch.runtime import triton_kernel
+
+    assert triton_kernel.interpreter_active(), "run with TRITON_INTERPRET=1 set before Python starts"
+    globals()[sys.argv[1]](triton_kernel, *json.loads(sys.argv[2]))
+    print(f"{sys.argv[1]} ok")
