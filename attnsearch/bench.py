@@ -55,7 +55,10 @@ def family_params(pattern: str, geometry: Geometry, block_size: int, target: flo
         options = [_bisect(lambda r, f=f: {"rows": r, "frames": f}, 0.0, float(g.height), pattern, g,
                            block_size, target) for f in sorted({1, 2, max(1, g.frames // 4), g.frames - 1})
                    if f <= g.frames - 1]
-        return min(options, key=lambda o: abs(o[1] - target)) if options else ({"rows": 0.0, "frames": 0}, 1.0)
+        if not options:  # a single frame: multi_diagonal is the diagonal band
+            return _bisect(lambda r: {"rows": r, "frames": 0}, 0.0, float(g.height), pattern, g, block_size,
+                           target)
+        return min(options, key=lambda o: abs(o[1] - target))
     if pattern == "energy_decay":
         options = [_bisect(lambda dec, s=s: {"decay": max(dec, 1e-6), "sink": s}, 0.0, 1.0, pattern, g,
                            block_size, target) for s in (False, True)]
@@ -104,14 +107,15 @@ def fresh_inputs(shape: Sequence[int], dtype: torch.dtype, sets: int, layout: st
     out = []
     for _ in range(sets):
         if layout == "bnhd":
-            out.append(tuple(torch.randn(b, n, h, d, device="cuda", dtype=dtype, generator=gen).transpose(1, 2)
-                             for _ in range(3)))
+            make = lambda: torch.randn(b, n, h, d, device="cuda", dtype=dtype, generator=gen).transpose(1, 2)  # noqa: E731
         else:
-            out.append(tuple(torch.randn(b, h, n, d, device="cuda", dtype=dtype, generator=gen) for _ in range(3)))
+            make = lambda: torch.randn(b, h, n, d, device="cuda", dtype=dtype, generator=gen)  # noqa: E731
+        out.append((make(), make(), make()))
     return out
 
 
-def time_ms(fn: Callable[[tuple], Any], inputs: Sequence[tuple], warmup: int = 3, reps: int = 20) -> dict[str, float]:
+def time_ms(fn: Callable[[tuple], Any], inputs: Sequence[tuple], warmup: int = 3,
+            reps: int = 20) -> dict[str, float]:
     """Median / min / max ms of ``fn(inputs[i % len])`` over ``reps`` calls, each between CUDA events."""
     for i in range(warmup):
         fn(inputs[i % len(inputs)])
@@ -140,11 +144,13 @@ def flex_block_mask(tables: BlockTables, n: int):
     idx = torch.zeros(1, H, nb, nb, dtype=torch.int32, device=tables.counts.device)
     idx[..., : tables.max_count] = tables.indices
     counts = tables.counts[None].contiguous()
-    kwargs = dict(full_kv_num_blocks=counts, full_kv_indices=idx, BLOCK_SIZE=tables.block_size, seq_lengths=(n, n))
+    kwargs = dict(full_kv_num_blocks=counts, full_kv_indices=idx, BLOCK_SIZE=tables.block_size,
+                  seq_lengths=(n, n))
+    partial = (torch.zeros_like(counts), idx.clone())  # no partial blocks: nothing runs a mask_mod
     try:
-        return BlockMask.from_kv_blocks(torch.zeros_like(counts), idx.clone(), compute_q_blocks=False, **kwargs)
+        return BlockMask.from_kv_blocks(*partial, compute_q_blocks=False, **kwargs)
     except TypeError:  # older torch: no compute_q_blocks
-        return BlockMask.from_kv_blocks(torch.zeros_like(counts), idx.clone(), **kwargs)
+        return BlockMask.from_kv_blocks(*partial, **kwargs)
 
 
 _FLEX = None
@@ -174,15 +180,24 @@ def cudnn_sdpa(q, k, v):
 # --- benchmarks -----------------------------------------------------------------------------------
 
 
+def dense_cudnn_ms(geometry: Geometry, num_heads: int, *, batch: int = 1, head_dim: int = 128,
+                   dtype: torch.dtype = torch.bfloat16, warmup: int = 3, reps: int = 20) -> float:
+    """Median ms of dense cuDNN SDPA for this shape (fresh random inputs)."""
+    inputs = fresh_inputs((batch, num_heads, geometry.num_tokens, head_dim), dtype, 2)
+    return time_ms(lambda x: cudnn_sdpa(*x), inputs, warmup, reps)["median"]
+
+
 def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 128,
-                     dtype: torch.dtype = torch.bfloat16, layout: str = "bhnd", warmup: int = 3, reps: int = 20,
-                     input_sets: int = 2, cudnn: bool = True, flex: bool = True, groups_alone: bool = True,
-                     config: Any = None, dense_ms: float | None = None) -> dict[str, Any]:
+                     dtype: torch.dtype = torch.bfloat16, layout: str = "bhnd", warmup: int = 3,
+                     reps: int = 20, input_sets: int = 2, cudnn: bool = True, flex: bool = True,
+                     groups_alone: bool = True, config: Any = None,
+                     dense_ms: float | None = None) -> dict[str, Any]:
     """Time one layer plan on CUDA: our kernel, cuDNN dense, FlexAttention on the same blocks.
 
     Args:
         layer_plan: the layer (geometry gives N, num_heads gives H).
-        batch, head_dim, dtype, layout: the inputs ([batch, H, N, head_dim]; ``bnhd``: transposed views).
+        batch, head_dim, dtype, layout: the inputs, [batch, H, N, head_dim] (``bnhd``: transposed
+            views of [batch, N, H, head_dim]).
         config: a ``triton_kernel.KernelConfig``, or None for the tuned one.
         groups_alone: also time each head group as its own launch, to compare the fused layer
             with the sum of its groups.
@@ -204,14 +219,16 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
     dense_fl = flops(batch, H, n, head_dim, 1.0)
     run = lambda x: triton_kernel.forward(*x, tables, scale, out=out, config=config)  # noqa: E731
     run(inputs[0])  # tune (if config is None) and compile outside the timing
-    used = config if config is not None else triton_kernel._TUNED.get(
-        (head_dim, layer_plan.block_size, dtype, triton_kernel.tma_supported(*inputs[0]), out.device.index))
+    tuned_key = (head_dim, layer_plan.block_size, dtype, triton_kernel.tma_supported(*inputs[0]),
+                 out.device.index)
+    used = config if config is not None else triton_kernel._TUNED.get(tuned_key)
     t = time_ms(run, inputs, warmup, reps)
+    head_dens = layer_plan.head_densities()
     res: dict[str, Any] = {
-        "card": card_name(), "shape": list(shape), "dtype": str(dtype).removeprefix("torch."), "layout": layout,
-        "geometry": geom.to_dict(), "block_size": layer_plan.block_size, "density": dens,
+        "card": card_name(), "shape": list(shape), "dtype": str(dtype).removeprefix("torch."),
+        "layout": layout, "geometry": geom.to_dict(), "block_size": layer_plan.block_size, "density": dens,
         "groups": [{"pattern": g.pattern, "heads": len(g.heads),
-                    "density": float(layer_plan.head_densities()[list(g.heads)].mean())} for g in layer_plan.groups],
+                    "density": float(head_dens[list(g.heads)].mean())} for g in layer_plan.groups],
         "config": None if used is None else vars(used),
         "sparse_ms": t["median"], "sparse_ms_min": t["min"], "sparse_tflops": fl / t["median"] / 1e9,
         "target_speedup": 0.8 / dens if dens > 0 else None,
@@ -219,7 +236,8 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
     if cudnn:
         if dense_ms is None:
             dense_ms = time_ms(lambda x: cudnn_sdpa(*x), inputs, warmup, reps)["median"]
-        res.update(cudnn_ms=dense_ms, cudnn_tflops=dense_fl / dense_ms / 1e9, speedup_vs_cudnn=dense_ms / t["median"])
+        res.update(cudnn_ms=dense_ms, cudnn_tflops=dense_fl / dense_ms / 1e9,
+                   speedup_vs_cudnn=dense_ms / t["median"])
     if flex:
         bm = flex_block_mask(tables, n)
         fx = _flex()
@@ -227,15 +245,17 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
         fn = lambda x: fx(*x, block_mask=bm, scale=scale, kernel_options=opts)  # noqa: E731
         fn(inputs[0])
         tf = time_ms(fn, inputs, warmup, reps)
-        res.update(flex_ms=tf["median"], flex_tflops=fl / tf["median"] / 1e9, speedup_vs_flex=tf["median"] / t["median"])
-    if groups_alone and len(tables.launches) and len([g for g in layer_plan.groups if g.pattern != "skip"]) > 1:
+        res.update(flex_ms=tf["median"], flex_tflops=fl / tf["median"] / 1e9,
+                   speedup_vs_flex=tf["median"] / t["median"])
+    computed_groups = [g for g in layer_plan.groups if g.pattern != "skip"]
+    if groups_alone and used is not None and len(computed_groups) > 1:
         gt = get_block_tables(layer_plan, "cuda", "group")
-        cfg = used if used is not None else triton_kernel.INTERPRETER_CONFIG
         per = []
         for launch in gt.launches:
-            tl_ = time_ms(lambda x, l=launch: triton_kernel.launch(*x, out, gt, l.work, scale, cfg), inputs,
-                          warmup, reps)
-            per.append({"heads": list(launch.heads), "ms": tl_["median"]})
+            def alone(x, work=launch.work):
+                triton_kernel.launch(*x, out, gt, work, scale, used)
+
+            per.append({"heads": list(launch.heads), "ms": time_ms(alone, inputs, warmup, reps)["median"]})
         total = sum(p["ms"] for p in per)
         res.update(groups_alone=per, groups_sum_ms=total, mixed_over_sum=t["median"] / total)
     return res
@@ -249,18 +269,21 @@ def bench_plan(plan: Plan, *, head_dim: int = 128, batch: int = 1, dtype: torch.
         for layer in range(plan.num_layers):
             lp = plan.layer_plan(e.start, layer)
             uses[lp] = uses.get(lp, 0) + (e.stop - e.start)
-    rows, dense_ms = [], None
+    dense_ms = dense_cudnn_ms(plan.geometry, plan.num_heads, batch=batch, head_dim=head_dim, dtype=dtype,
+                              reps=kwargs.get("reps", 20))
+    rows = []
     for lp, count in uses.items():
+        if all(g.pattern == "dense" for g in lp.groups):  # apply() runs these through SDPA itself
+            rows.append({"density": 1.0, "runs": "sdpa", "sparse_ms": dense_ms, "calls": count,
+                         "shape": [batch, plan.num_heads, plan.geometry.num_tokens, head_dim]})
+            continue
         r = bench_layer_plan(lp, head_dim=head_dim, batch=batch, dtype=dtype, groups_alone=False,
                              dense_ms=dense_ms, **kwargs)
-        dense_ms = r.get("cudnn_ms", dense_ms)
-        rows.append({**r, "calls": count})
+        rows.append({**r, "runs": "sparse", "calls": count})
     calls = plan.num_steps * plan.num_layers
     sparse_total = sum(r["sparse_ms"] * r["calls"] for r in rows)
-    out = {"card": card_name(), "layer_plans": rows, "calls": calls, "sparse_total_ms": sparse_total}
-    if dense_ms is not None:
-        out.update(dense_total_ms=dense_ms * calls, speedup_vs_cudnn=dense_ms * calls / sparse_total)
-    return out
+    return {"card": card_name(), "layer_plans": rows, "calls": calls, "sparse_total_ms": sparse_total,
+            "dense_total_ms": dense_ms * calls, "speedup_vs_cudnn": dense_ms * calls / sparse_total}
 
 
 # --- command line -----------------------------------------------------------------------------------
@@ -271,11 +294,16 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
             "speedup vs cuDNN | target 0.8/density | mixed / Σ groups |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        f = lambda k, fmt="{:.2f}": fmt.format(r[k]) if r.get(k) is not None else "–"  # noqa: E731
-        shape = ",".join(map(str, r["shape"])) + ("" if r.get("layout", "bhnd") == "bhnd" else f" ({r['layout']} view)")
-        lines.append(f"| {shape} | {r['density']:.3f} | {f('sparse_ms')} | "
-                     f"{f('sparse_tflops', '{:.0f}')} | {f('cudnn_ms')} | {f('cudnn_tflops', '{:.0f}')} | {f('flex_ms')} | "
-                     f"{f('speedup_vs_cudnn')}× | {f('target_speedup')}× | {f('mixed_over_sum', '{:.3f}')} |")
+        def f(key: str, fmt: str = "{:.2f}", r: dict = r) -> str:
+            return fmt.format(r[key]) if r.get(key) is not None else "–"
+
+        shape = ",".join(map(str, r["shape"]))
+        if r.get("layout", "bhnd") != "bhnd":
+            shape += f" ({r['layout']} view)"
+        cells = [shape, f"{r['density']:.3f}", f("sparse_ms"), f("sparse_tflops", "{:.0f}"), f("cudnn_ms"),
+                 f("cudnn_tflops", "{:.0f}"), f("flex_ms"), f("speedup_vs_cudnn") + "×",
+                 f("target_speedup") + "×", f("mixed_over_sum", "{:.3f}")]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -302,7 +330,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not torch.cuda.is_available():
         raise SystemExit("attnsearch.bench needs a CUDA device")
     dtype = getattr(torch, args.dtype)
-    common = dict(head_dim=args.head_dim, batch=args.batch, dtype=dtype, reps=args.reps, flex=not args.no_flex)
+    common = dict(head_dim=args.head_dim, batch=args.batch, dtype=dtype, reps=args.reps,
+                  flex=not args.no_flex)
     if args.plan:
         from .plan import load_plan
 
@@ -311,7 +340,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         geom = Geometry(args.frames, args.height, args.width, args.text_tokens)
         if args.pattern:
-            plans = [LayerPlan.single(args.pattern, json.loads(args.params), geom, args.heads, args.block_size)]
+            params = json.loads(args.params)
+            plans = [LayerPlan.single(args.pattern, params, geom, args.heads, args.block_size)]
         else:
             plans = [mixed_layer_plan(geom, args.heads, args.block_size, d) for d in args.density]
         rows, dense_ms = [], None

@@ -36,7 +36,8 @@ from .patterns import PatternError, block_mask, normalize_params, params_key
 FORMAT = "attnsearch-plan"
 VERSION = 1
 
-_TOP_REQUIRED = ("format", "version", "geometry", "block_size", "num_steps", "num_layers", "num_heads", "schedule")
+_TOP_REQUIRED = ("format", "version", "geometry", "block_size", "num_steps", "num_layers", "num_heads",
+                 "schedule")
 _TOP_OPTIONAL = ("model", "hardware", "predicted", "search")
 
 
@@ -202,8 +203,9 @@ class LayerPlan:
     def single(cls, pattern: str, params: Mapping[str, Any] | None, geometry: Geometry, num_heads: int,
                block_size: int) -> LayerPlan:
         """Every head runs ``pattern`` with the same ``params``."""
-        return cls(geometry, block_size, num_heads,
-                   ({"pattern": pattern, "heads": list(range(num_heads)), "params": [dict(params or {})] * num_heads},))
+        heads = list(range(num_heads))
+        group = {"pattern": pattern, "heads": heads, "params": [dict(params or {}) for _ in heads]}
+        return cls(geometry, block_size, num_heads, (group,))
 
     @classmethod
     def dense(cls, geometry: Geometry, num_heads: int, block_size: int) -> LayerPlan:
@@ -227,7 +229,7 @@ class LayerPlan:
         """(pattern, normalized params) of every head, in head order."""
         spec: list[Any] = [None] * self.num_heads
         for g in self.groups:
-            for h, p in zip(g.heads, g.params):
+            for h, p in zip(g.heads, g.params, strict=True):
                 spec[h] = (g.pattern, p)
         return tuple(spec)
 
@@ -454,18 +456,19 @@ class Plan:
                 _keys(lobj, lpath, ("layer", "groups"))
                 layer = _int(lobj["layer"], f"{lpath}.layer", 0, num_layers - 1)
                 if layer in by_layer:
-                    raise PlanError(f"{lpath}.layer: layer {layer} already listed at {path}.layers[{where[layer]}]")
+                    raise PlanError(f"{lpath}.layer: layer {layer} already listed at "
+                                    f"{path}.layers[{where[layer]}]")
                 groups = _list(lobj["groups"], f"{lpath}.groups")
                 try:
                     by_layer[layer] = LayerPlan(geometry, block_size, num_heads, tuple(groups))
                 except PlanError as err:  # LayerPlan names fields relative to the layer
                     raise PlanError(f"{lpath}.{err}") from None
                 where[layer] = j
-            missing = [l for l in range(num_layers) if l not in by_layer]
+            missing = [i for i in range(num_layers) if i not in by_layer]
             if missing:
                 raise PlanError(f"{path}.layers: layer(s) {_ranges(missing)} of {num_layers} missing "
                                 f"(list every layer, or use \"dense\")")
-            schedule.append(ScheduleEntry(start, stop, tuple(by_layer[l] for l in range(num_layers))))
+            schedule.append(ScheduleEntry(start, stop, tuple(by_layer[i] for i in range(num_layers))))
         return cls(geometry, block_size, num_steps, num_layers, num_heads, tuple(schedule), **meta)
 
     def to_dict(self) -> dict[str, Any]:
@@ -504,7 +507,8 @@ def load_plan(path: str | os.PathLike) -> Plan:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise PlanError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+        where = f"line {err.lineno}, column {err.colno}"
+        raise PlanError(f"{path}: not valid JSON ({where}: {err.msg})") from None
     try:
         return Plan.from_dict(data)
     except PlanError as err:

@@ -52,7 +52,8 @@ def all_patterns(geom: Geometry, block_size: int) -> LayerPlan:
 
 def reference(q, k, v, lp, enable_gqa=False):
     mask = expand_block_mask(lp.block_masks().to(q.device), q.shape[2], lp.block_size)
-    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, enable_gqa=enable_gqa)
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                         enable_gqa=enable_gqa)
     return torch.nan_to_num(ref, nan=0.0)
 
 
@@ -112,7 +113,8 @@ def check_correctness(results: list) -> int:
     return failures
 
 
-SWEEP = [KernelConfig(128, 128, 8, 2, True), KernelConfig(128, 128, 8, 3, True), KernelConfig(128, 128, 8, 2, False),
+SWEEP = [KernelConfig(128, 128, 8, 2, True), KernelConfig(128, 128, 8, 3, True),
+         KernelConfig(128, 128, 8, 2, False),
          KernelConfig(128, 128, 4, 2, True), KernelConfig(128, 128, 4, 3, True),
          KernelConfig(128, 128, 4, 2, True, True), KernelConfig(128, 128, 4, 3, True, True),
          KernelConfig(128, 128, 8, 2, True, True), KernelConfig(128, 128, 8, 3, True, True),
@@ -132,7 +134,9 @@ def sweep(results: list) -> KernelConfig:
     for cfg in SWEEP:
         t0 = time.time()
         try:
-            run = lambda x: triton_kernel.forward(*x, tables, d ** -0.5, out=out, config=cfg)  # noqa: E731
+            def run(x, cfg=cfg):
+                triton_kernel.forward(*x, tables, d ** -0.5, out=out, config=cfg)
+
             run(inputs[0])
             ms = time_ms(run, inputs, 3, 20)["median"]
         except Exception as err:  # noqa: BLE001  (out of resources, compile failure: record it)
@@ -164,13 +168,18 @@ def order_sweep(results: list, config: KernelConfig | None, reps: int) -> str:
         fl = flops(1, H, n, d, lp.density)
         for i, order in enumerate(orders):
             tables = block_tables.build_block_tables(lp, "cuda", order=order)
-            run = lambda x: triton_kernel.forward(*x, tables, d ** -0.5, out=out, config=config)  # noqa: E731
+
+            def run(x, tables=tables, out=out, d=d):
+                triton_kernel.forward(*x, tables, d ** -0.5, out=out, config=config)
+
             ms = time_ms(run, inputs, 2, reps)["median"]
             if i < len(block_tables.ORDERS):
                 totals[order] += ms
-            results.append({"H": H, "N": n, "density": lp.density, "order": order, "ms": ms, "tflops": fl / ms / 1e9})
-            print(f"  H={H} N={n} density {lp.density:.3f} order {order:<5} {ms:8.2f} ms {fl / ms / 1e9:4.0f} TFLOP/s",
-                  flush=True)
+            tflops = fl / ms / 1e9
+            results.append({"H": H, "N": n, "density": lp.density, "order": order, "ms": ms,
+                            "tflops": tflops})
+            print(f"  H={H} N={n} density {lp.density:.3f} order {order:<5} {ms:8.2f} ms "
+                  f"{tflops:4.0f} TFLOP/s", flush=True)
     return min(totals, key=totals.get)
 
 
@@ -233,9 +242,11 @@ def main() -> None:
                 r["target_density"] = target
                 rows.append(r)
                 print(f"  H={H} N={geom.num_tokens} density {r['density']:.3f}: {r['sparse_ms']:.2f} ms "
-                      f"{r['sparse_tflops']:.0f} TFLOP/s | cuDNN {r['cudnn_ms']:.2f} ms | flex {r['flex_ms']:.2f} ms "
+                      f"{r['sparse_tflops']:.0f} TFLOP/s | cuDNN {r['cudnn_ms']:.2f} ms | "
+                      f"flex {r['flex_ms']:.2f} ms "
                       f"| ×{r['speedup_vs_cudnn']:.2f} (target ×{r['target_speedup']:.2f}) "
-                      f"| mixed/Σgroups {r.get('mixed_over_sum', float('nan')):.3f}  ({time.time() - t_start:.0f}s)",
+                      f"| mixed/Σgroups {r.get('mixed_over_sum', float('nan')):.3f}  "
+                      f"({time.time() - t_start:.0f}s)",
                       flush=True)
             if H == 12:  # the diffusers layout: transposed views, no copies
                 r = bench_layer_plan(mixed_layer_plan(geom, H, 128, 0.25), config=config, reps=args.reps,

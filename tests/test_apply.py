@@ -54,7 +54,8 @@ def make_plan(num_steps: int = 2, sparse_cross: bool = False) -> Plan:
     sparse = all_patterns(GEOM, 64)
     dense = Plan.dense(GEOM, 1, 1, HEADS, 64).layer_plan(0, 0)
     layers = (sparse, sparse if sparse_cross else dense, sparse)
-    return Plan(GEOM, 64, num_steps, 3, HEADS, (ScheduleEntry(0, 1, None), ScheduleEntry(1, num_steps, layers)))
+    schedule = (ScheduleEntry(0, 1, None), ScheduleEntry(1, num_steps, layers))
+    return Plan(GEOM, 64, num_steps, 3, HEADS, schedule)
 
 
 @pytest.fixture
@@ -83,7 +84,7 @@ def test_every_call_follows_the_plan(net_and_inputs):
         got = [net(x, ctx), net(x, ctx)]
     assert ap.stats["calls"] == 6 and ap.stats["sparse"] == 2 and ap.stats["dense"] == 4
     assert torch.equal(got[0], net(x, ctx))  # step 0: all dense → the real SDPA, bit for bit
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert ((g - w).norm() / w.norm()).item() <= 1e-5
     assert not torch.allclose(got[1], net(x, ctx), atol=1e-3)  # the sparse step really differs
 

@@ -28,8 +28,10 @@ def plan_dict():
             {"pattern": "skip", "heads": [3], "params": [{}]},
         ]},
         {"layer": 2, "groups": [
-            {"pattern": "vertical_stripe", "heads": [3, 1], "params": [{"key_blocks": [0, 2]}, {"key_blocks": [1]}]},
-            {"pattern": "multi_diagonal", "heads": [0, 2], "params": [{"rows": 1, "frames": 1}, {"rows": 0.5}]},
+            {"pattern": "vertical_stripe", "heads": [3, 1],
+             "params": [{"key_blocks": [0, 2]}, {"key_blocks": [1]}]},
+            {"pattern": "multi_diagonal", "heads": [0, 2],
+             "params": [{"rows": 1, "frames": 1}, {"rows": 0.5}]},
         ]},
         {"layer": 1, "groups": [{"pattern": "dense", "heads": [0, 1, 2, 3], "params": [{}] * 4}]},
     ]
@@ -101,7 +103,8 @@ SPARSE = lambda d: d["schedule"][0]["layers"]  # noqa: E731
     (lambda d: d.update(num_heads=0), "^num_heads: "),
     (lambda d: d["model"].update(name=3), "^model.name: "),
     (lambda d: d["schedule"][1].update(steps=[0, 1]), r"^schedule: steps \[1, 2\) are covered by no entry"),
-    (lambda d: d["schedule"][0].update(steps=[1, 5]), r"^schedule\[0\].steps: \[1, 5\) overlaps schedule\[1\]"),
+    (lambda d: d["schedule"][0].update(steps=[1, 5]),
+     r"^schedule\[0\].steps: \[1, 5\) overlaps schedule\[1\]"),
     (lambda d: d["schedule"][0].update(steps=[2, 6]), r"^schedule\[0\].steps\[1\]: "),
     (lambda d: d["schedule"][0].update(steps=[3, 3]), r"^schedule\[0\].steps\[1\]: "),
     (lambda d: d["schedule"][1].update(layers="sparse"), r"^schedule\[1\].layers: must be \"dense\""),
@@ -124,8 +127,10 @@ SPARSE = lambda d: d["schedule"][0]["layers"]  # noqa: E731
      r"^schedule\[0\].layers\[0\].groups\[1\].params: 1 entries for 2 heads"),
     (lambda d: SPARSE(d)[0]["groups"][2].update(heads=[0]),
      r"^schedule\[0\].layers\[0\].groups\[2\].heads\[0\]: head 0 already listed in groups\[0\]"),
-    (lambda d: SPARSE(d)[0]["groups"].pop(2), r"^schedule\[0\].layers\[0\].groups: head\(s\) 3 of 4 appear in no"),
-    (lambda d: SPARSE(d)[0]["groups"][2].update(heads=[4]), r"^schedule\[0\].layers\[0\].groups\[2\].heads\[0\]: "),
+    (lambda d: SPARSE(d)[0]["groups"].pop(2),
+     r"^schedule\[0\].layers\[0\].groups: head\(s\) 3 of 4 appear in no"),
+    (lambda d: SPARSE(d)[0]["groups"][2].update(heads=[4]),
+     r"^schedule\[0\].layers\[0\].groups\[2\].heads\[0\]: "),
 ])
 def test_validation_names_the_field(edit, field):
     with pytest.raises(PlanError, match=field):

@@ -47,7 +47,7 @@ def all_patterns(geom: Geometry, block_size: int) -> LayerPlan:
         ("dense", {}),
     ], geom, block_size)
     masks = lp.block_masks()
-    assert all(not masks[h].all() for h in (0, 2, 3, 4)), f"test plan must be sparse on {geom}, B={block_size}"
+    assert all(not masks[h].all() for h in (0, 2, 3, 4)), f"test plan not sparse on {geom}, B={block_size}"
     return lp
 
 
@@ -127,7 +127,7 @@ def test_group_fusion_gives_one_launch_per_computed_group():
         {"pattern": "dense", "heads": [1, 2], "params": [{}, {}]},
     ))
     t = build_block_tables(lp, "cpu", fusion="group")
-    assert [l.heads for l in t.launches] == [(0, 3), (1, 2)]
+    assert [launch.heads for launch in t.launches] == [(0, 3), (1, 2)]
     nb = t.num_blocks
     assert {int(w) // nb for w in t.launches[0].work} == {0, 3}
     with pytest.raises(ValueError, match="fusion"):
@@ -213,7 +213,8 @@ def test_dispatch_reasons(monkeypatch):
     (lambda q, k, v: (q, k[:, :, :100], v[:, :, :100]), "^k: 100 keys for 397 queries", ValueError),
     (lambda q, k, v: (q, k[:, :3], v[:, :3]), "^k: 3 heads for 6 query heads", ValueError),
     (lambda q, k, v: (q, k, v[..., :32]), "^v: shape", ValueError),
-    (lambda q, k, v: (q[:, :, :200], k[:, :, :200], v[:, :, :200]), "^geometry: sequence length 200", PlanError),
+    (lambda q, k, v: (q[:, :, :200], k[:, :, :200], v[:, :, :200]), "^geometry: sequence length 200",
+     PlanError),
     (lambda q, k, v: (q[:, :4], k[:, :4], v[:, :4]), "^num_heads: the call has 4 query heads, the plan 6",
      PlanError),
 ])

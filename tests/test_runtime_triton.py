@@ -44,7 +44,8 @@ def in_interpreter(check: str, *args) -> None:
 ])
 def test_kernel_matches_reference(where, block_size, dtype, tol):
     """Every pattern, batch 2, N % B ≠ 0, transposed [B, N, H, D] views, poisoned output."""
-    in_interpreter("check_kernel_matches_reference", where, block_size, str(dtype).removeprefix("torch."), tol)
+    dtype_name = str(dtype).removeprefix("torch.")
+    in_interpreter("check_kernel_matches_reference", where, block_size, dtype_name, tol)
 
 
 def check_kernel_matches_reference(tk, where, block_size, dtype, tol):

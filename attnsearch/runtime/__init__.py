@@ -42,7 +42,7 @@ def _check_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_plan: L
             raise ValueError(f"k: {k.shape[1]} heads for {num_heads} query heads "
                              "(needs enable_gqa=True and a divisor of the query heads)")
     layer_plan.check_inputs(n, num_heads)
-    if out is not None and (tuple(out.shape) != tuple(q.shape) or out.dtype != q.dtype or out.device != q.device):
+    if out is not None and (out.shape != q.shape or out.dtype != q.dtype or out.device != q.device):
         raise ValueError(f"out: expected {tuple(q.shape)} {q.dtype} on {q.device}, got "
                          f"{tuple(out.shape)} {out.dtype} on {out.device}")
 

@@ -73,8 +73,9 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
             fb: Counter = self.stats["fallbacks"]
             if fb:
                 detail = "; ".join(f"{n}× {reason}" for reason, n in fb.most_common())
-                warnings.warn(f"attnsearch.apply: {sum(fb.values())} of {self.stats['calls']} attention calls "
-                              f"ran dense SDPA instead of the plan ({detail})", RuntimeWarning, stacklevel=2)
+                n, calls = sum(fb.values()), self.stats["calls"]
+                warnings.warn(f"attnsearch.apply: {n} of {calls} attention calls ran dense SDPA instead of "
+                              f"the plan ({detail})", RuntimeWarning, stacklevel=2)
 
     @property
     def step(self) -> int:
@@ -113,7 +114,8 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
             self.stats["dense"] += 1
             return None  # dense by plan: the real SDPA is exact and the fastest
         if kw.get("attn_mask") is not None:
-            raise PlanError("attn_mask: the call passes an explicit mask, which a sparse layer plan cannot honour")
+            raise PlanError("attn_mask: the call passes an explicit mask, which a sparse layer plan "
+                            "cannot honour")
         if kw.get("is_causal", False):
             raise PlanError("is_causal: causal attention cannot be combined with a sparse layer plan")
         if kw.get("dropout_p", 0.0):

@@ -53,9 +53,9 @@ class TritonBackend(Backend):
             except ImportError as err:  # triton missing or broken on this platform
                 return [f"triton is not importable ({err})"]
             if q.device.type == "cpu" and not triton_kernel.interpreter_active():
-                reasons.append("TRITON_INTERPRET=1 was set after attnsearch.runtime.triton_kernel was imported")
+                reasons.append("TRITON_INTERPRET=1 was set after triton (or the kernel module) was imported")
             if q.device.type == "cuda" and triton_kernel.interpreter_active():
-                reasons.append("the Triton kernel was imported under TRITON_INTERPRET=1 and cannot run on CUDA")
+                reasons.append("the kernel was imported under TRITON_INTERPRET=1 and cannot run on CUDA")
         if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
             reasons.append(f"dtype {q.dtype} is not one of fp16, bf16, fp32")
         if q.shape[-1] not in HEAD_DIMS:

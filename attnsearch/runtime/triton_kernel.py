@@ -20,7 +20,6 @@ over the strided tensors, out-of-range rows zero-filled) instead of pointer load
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -129,15 +128,15 @@ def _block_sparse_attn_fwd(
             kb = tl.load(row + j // SUB_N)
             start_n = kb * BLOCK + (j % SUB_N) * BLOCK_N
             acc, l_i, m_i = _attn_fwd_tile(acc, l_i, m_i, q, k_src, v_src, b, kvh, start_n, N,
-                                           stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, offs_n, offs_d,
-                                           BLOCK_N, HEAD_DIM, False, USE_TMA, INPUT_PRECISION)
+                                           stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+                                           offs_n, offs_d, BLOCK_N, HEAD_DIM, False, USE_TMA, INPUT_PRECISION)
     else:
         for j in range(0, n_full * SUB_N):
             kb = tl.load(row + j // SUB_N)
             start_n = kb * BLOCK + (j % SUB_N) * BLOCK_N
             acc, l_i, m_i = _attn_fwd_tile(acc, l_i, m_i, q, k_src, v_src, b, kvh, start_n, N,
-                                           stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, offs_n, offs_d,
-                                           BLOCK_N, HEAD_DIM, False, USE_TMA, INPUT_PRECISION)
+                                           stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+                                           offs_n, offs_d, BLOCK_N, HEAD_DIM, False, USE_TMA, INPUT_PRECISION)
     # Masked stage: the sub-tiles of block nb − 1 that start below N (none if it is not kept).
     tail_lo = (NB - 1) * BLOCK
     tail_hi = tl.where(has_tail, N, tail_lo)
@@ -175,7 +174,8 @@ class KernelConfig:
         for name in ("block_m", "block_n"):
             v = getattr(self, name)
             if v not in (16, 32, 64, 128) or block_size % v:
-                raise ValueError(f"KernelConfig.{name}: must be 16..128 and divide block_size {block_size}, got {v}")
+                raise ValueError(f"KernelConfig.{name}: must be 16..128 and divide block_size {block_size}, "
+                                 f"got {v}")
 
 
 #: Fixed config of the CPU interpreter (speed there does not matter; small tiles keep it quick).
@@ -257,12 +257,15 @@ def _tune(q, k, v, out, tables, scale, use_tma) -> KernelConfig:
     if key in _TUNED:
         return _TUNED[key]
     best, best_ms = None, float("inf")
-    for cfg in TUNING_CONFIGS.get((d, bs), (KernelConfig(min(bs, 128), 64, 4, 2),)):
-        cfg = KernelConfig(cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, use_tma)
+    for base in TUNING_CONFIGS.get((d, bs), (KernelConfig(min(bs, 128), 64, 4, 2),)):
+        cfg = KernelConfig(base.block_m, base.block_n, base.num_warps, base.num_stages, use_tma)
+
+        def run(cfg: KernelConfig = cfg) -> None:
+            for item in tables.launches:
+                launch(q, k, v, out, tables, item.work, scale, cfg)
+
         try:
-            ms = triton.testing.do_bench(
-                lambda: [launch(q, k, v, out, tables, l.work, scale, cfg) for l in tables.launches],
-                warmup=10, rep=40, return_mode="median")
+            ms = triton.testing.do_bench(run, warmup=10, rep=40, return_mode="median")
         except triton.runtime.errors.OutOfResources:
             continue
         if ms < best_ms:
@@ -292,6 +295,6 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
             config = INTERPRETER_CONFIG
         else:
             config = _tune(q, k, v, out, tables, scale, tma_supported(q, k, v))
-    for l in tables.launches:
-        launch(q, k, v, out, tables, l.work, scale, config)
+    for item in tables.launches:
+        launch(q, k, v, out, tables, item.work, scale, config)
     return out
