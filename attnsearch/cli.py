@@ -229,6 +229,79 @@ def report(
     _run(work)
 
 
+@app.command()
+def bench(
+    plan_path: Optional[Path] = typer.Option(None, "--plan", help="Time every distinct layer plan of this plan."),
+    pattern: Optional[str] = typer.Option(None, help="One pattern for every head (default: all four families mixed)."),
+    params: str = typer.Option("{}", help="JSON params of --pattern."),
+    density: list[float] = typer.Option([0.1, 0.25, 0.5], help="Target densities of the mixed-family layer."),
+    frames: int = typer.Option(21), height: int = typer.Option(30), width: int = typer.Option(52),
+    text_tokens: int = typer.Option(0), heads: int = typer.Option(12), head_dim: int = typer.Option(128),
+    batch: int = typer.Option(1), block_size: int = typer.Option(128),
+    dtype: str = typer.Option("bfloat16", help="bfloat16 or float16."),
+    reps: int = typer.Option(20, help="Timed calls per measurement (median reported)."),
+    flex: bool = typer.Option(True, help="Also time FlexAttention on the same block mask."),
+    hardware: Optional[str] = typer.Option(None, help="Cost-model table for the predicted column."),
+    out: Optional[Path] = typer.Option(None, help="JSON output; default reports/bench_<card>.json."),
+) -> None:
+    """Per-layer latency of a plan (or one layer) against dense cuDNN SDPA and FlexAttention (CUDA)."""
+    import torch
+
+    def work():
+        if not torch.cuda.is_available():
+            raise UsageError("bench times CUDA kernels and needs a CUDA GPU; none is visible here")
+        if dtype not in ("bfloat16", "float16"):
+            raise UsageError(f"--dtype must be bfloat16 or float16, got {dtype!r}")
+        from . import bench as B
+        from .costmodel import CostModel
+        from .geometry import Geometry
+        from .plan import LayerPlan, load_plan
+
+        common = dict(head_dim=head_dim, batch=batch, dtype=getattr(torch, dtype), reps=reps, flex=flex)
+        cost = CostModel(hardware, head_dim=head_dim, batch=batch)
+        if plan_path:
+            plan = load_plan(plan_path)
+            result = B.bench_plan(plan, **common)
+            rows = result["layer_plans"]
+            lps = [plan.layer_plan(s, l) for s, l in _distinct_sites(plan)]
+        else:
+            geom = Geometry(frames, height, width, text_tokens)
+            lps = ([LayerPlan.single(pattern, json.loads(params), geom, heads, block_size)] if pattern else
+                   [B.mixed_layer_plan(geom, heads, block_size, d) for d in density])
+            rows, dense_ms = [], None
+            for lp in lps:
+                rows.append(B.bench_layer_plan(lp, dense_ms=dense_ms, **common))
+                dense_ms = rows[-1].get("cudnn_ms")
+            result = {"card": B.card_name(), "rows": rows}
+        for row, lp in zip(rows, lps):
+            row["predicted_ms"] = cost.layer_ms(lp)
+        result.update(format="attnsearch-bench", cost_model=cost.describe())
+        target = out or Path("reports") / f"bench_{B.card_name().replace(' ', '_')}.json"
+        _atomic_write(target, json.dumps(result, indent=1) + "\n")
+        table = Table(title=f"{B.card_name()}: sparse runtime vs dense cuDNN SDPA")
+        for col in ("density", "ms", "TFLOP/s", "predicted ms", "cuDNN ms", "Flex ms", "speedup"):
+            table.add_column(col, justify="right")
+        for r in rows:
+            table.add_row(f"{r['density']:.3f}", f"{r['sparse_ms']:.2f}", f"{r['sparse_tflops']:.0f}",
+                          f"{r['predicted_ms']:.2f}", f"{r.get('cudnn_ms', float('nan')):.2f}",
+                          f"{r.get('flex_ms', float('nan')):.2f}", f"{r.get('speedup_vs_cudnn', float('nan')):.2f}×")
+        console.print(table)
+
+    _run(work)
+
+
+def _distinct_sites(plan) -> list[tuple[int, int]]:
+    """(step, layer) of each distinct layer plan, in the order bench_plan times them."""
+    seen, sites = set(), []
+    for e in plan.schedule:
+        for layer in range(plan.num_layers):
+            lp = plan.layer_plan(e.start, layer)
+            if lp not in seen:
+                seen.add(lp)
+                sites.append((e.start, layer))
+    return sites
+
+
 def _atomic_write(path: Path, text: str) -> None:
     import os
     import tempfile
