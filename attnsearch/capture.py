@@ -17,6 +17,13 @@ root forward (the first is step 0; a forward nested inside the root's own forwar
 one), and ``layer`` is the index of the SDPA call inside the current step, in call order.
 Adapters that know the step themselves pass ``auto_step=False`` and call ``set_step``.
 
+Filtering: ``accept(call) -> bool`` decides which calls are "layers". A rejected call (e.g. the
+cross-attention of a video DiT, or a text-refiner's attention) runs the real SDPA untouched, never
+reaches the consumer and takes no layer number; the ``SDPACall`` handed to ``accept`` carries the
+layer number the call would get. When no ``accept`` is passed, a root module that defines a
+callable attribute ``attnsearch_accept`` supplies it (adapters install one, so ``apply(model,
+plan)`` and the profiler filter without being told). Without either, every call is accepted.
+
 Memory stays flat: the ``SDPACall`` handed to the consumer is the only object holding the tensors,
 and capture drops it as soon as the consumer returns.
 """
@@ -104,23 +111,31 @@ class capture_attention:  # noqa: N801 — used as a context manager, named like
 
     ``consumer(call)`` returns a tensor to use as the call's output (shape [..., N_q, D_v], as
     SDPA's) or None to run the real SDPA. ``model`` is the root module whose forwards are the
-    steps; it may be None when ``auto_step`` is False. Hooks and the mode are removed on exit,
-    exception or not.
+    steps; it may be None when ``auto_step`` is False. ``accept(call)`` (default: the model's
+    ``attnsearch_accept`` attribute, else accept all) picks the calls that are layers; the others
+    run the real SDPA, unnumbered. Hooks and the mode are removed on exit, exception or not.
     """
 
     def __init__(self, model: torch.nn.Module | None,
-                 consumer: Callable[[SDPACall], torch.Tensor | None], *, auto_step: bool = True) -> None:
+                 consumer: Callable[[SDPACall], torch.Tensor | None], *, auto_step: bool = True,
+                 accept: Callable[[SDPACall], bool] | None = None) -> None:
         if not callable(consumer):
             raise TypeError(f"capture_attention: consumer must be callable, got {type(consumer).__name__}")
+        if accept is None and model is not None:
+            accept = getattr(model, "attnsearch_accept", None)
+        if accept is not None and not callable(accept):
+            raise TypeError(f"capture_attention: accept must be callable, got {type(accept).__name__}")
         if auto_step and not isinstance(model, torch.nn.Module):
             raise TypeError("capture_attention: auto_step needs the root torch.nn.Module whose forwards are "
                             f"the steps, got {type(model).__name__}; pass auto_step=False and call set_step()")
         self.model = model
         self.consumer = consumer
         self.auto_step = auto_step
+        self.accept = accept
         self.step = 0
         self.layer = 0
-        self.calls = 0
+        self.calls = 0      # accepted calls
+        self.rejected = 0   # calls ``accept`` passed through untouched
         self._forwards = 0  # root forwards started (auto_step)
         self._depth = 0     # root forwards in progress: nested ones do not start a step
         self._hooks: list[Any] = []
@@ -151,6 +166,10 @@ class capture_attention:  # noqa: N801 — used as a context manager, named like
     def _handle(self, args: tuple, kwargs: dict) -> torch.Tensor:
         q, k, v, options = _normalise(args, kwargs)
         call = SDPACall(self.step, self.layer, q, k, v, options)
+        if self.accept is not None and not self.accept(call):
+            self.rejected += 1
+            del call
+            return _SDPA(*args, **kwargs)
         self.layer += 1
         self.calls += 1
         out = self.consumer(call)

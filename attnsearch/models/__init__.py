@@ -11,6 +11,7 @@ function takes the options as keyword arguments and returns a ModelSpec or a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -33,6 +34,13 @@ REGISTRY: dict[str, str] = {
     "toy-vdit": "attnsearch.models.toy_vdit:build",
     "minilm": "attnsearch.models.minilm:build",
 }
+
+#: Spec prefixes ``<prefix>:<argument>`` → factory "module:function", called as factory(argument, **options).
+PREFIXES: dict[str, str] = {
+    "diffusers": "attnsearch.models.diffusers:load_pretrained",          # diffusers:<local path or repo id>
+    "diffusers-random": "attnsearch.models.diffusers:load_random",       # diffusers-random:<preset>
+}
+
 
 class ModelUnavailableError(ImportError, ValueError):
     """A registered model's optional dependency is not installed (a ValueError for the CLI, an
@@ -136,6 +144,12 @@ def fingerprint(model: torch.nn.Module, config: Any = None) -> str:
 def _resolve(spec: str) -> tuple[str, Callable[..., Any]]:
     """Registered name or ``module:function`` / ``file.py:function`` → (display name, factory)."""
     target = REGISTRY.get(spec)
+    prefix, _, argument = spec.partition(":")
+    if target is None and prefix in PREFIXES:
+        if not argument:
+            raise ValueError(f"model spec {spec!r}: give {prefix}:<argument>")
+        _, factory = _resolve(PREFIXES[prefix])
+        return spec, functools.partial(factory, argument)
     if target is None and ":" not in spec:
         raise ValueError(f"unknown model {spec!r} (known: {', '.join(REGISTRY)}; or give module:function "
                          "or path/to/file.py:function)")
@@ -203,4 +217,4 @@ def load_model(spec: str, **options: Any) -> ModelSpec:
     return ModelSpec(name=name, model=model, geometry=geometry, inputs=inputs, fingerprint=fingerprint(model))
 
 
-__all__ = ["REGISTRY", "ModelSpec", "ModelUnavailableError", "fingerprint", "load_model", "split_input"]
+__all__ = ["PREFIXES", "REGISTRY", "ModelSpec", "ModelUnavailableError", "fingerprint", "load_model", "split_input"]

@@ -1,0 +1,512 @@
+"""What every diffusers video-transformer adapter shares: families, instrumentation, steps, inputs.
+
+Layers. Only the *self*-attention calls of the transformer's blocks are attnsearch layers. The
+adapter finds those attention modules (per family, in call order), puts a forward pre/post hook on
+each, and installs ``model.attnsearch_accept(call)``, which accepts an SDPA call only while one of
+them is running. ``capture_attention`` (and so ``apply`` and the profiler) picks that filter up
+from the model: cross-attention (Wan's ``attn2``: query = video, key = text), HunyuanVideo's text
+token refiner and anything else run the real SDPA untouched and take no layer number. Nothing in
+diffusers is patched; the real attention processors run and call SDPA themselves.
+
+Steps. A step is one denoising step: one transformer forward whose batch holds every classifier-
+free-guidance branch (cond and uncond concatenated on the batch dimension, as CogVideoX's pipeline
+does itself). A ModelSpec built here has one input per step, so ``auto_step`` numbers them. When
+a real pipeline calls the transformer once per CFG branch (Wan, HunyuanVideo with true CFG), use
+:class:`TimestepStepper`: it numbers steps by the ``timestep`` argument, so the branches of one
+denoising step share its step number.
+
+Geometry. Inferred from the config and the actual inputs (:func:`geometry_of`): the latent
+video after patchify (frames // p_t, height // p, width // p, in the patch-embedding's token order
+f·S + y·W + x), and the text tokens of the joint sequence with their position: CogVideoX
+concatenates [text, video] (``prefix``, all T5 tokens incl. padding: the 226-token prompt is
+padded, not masked), HunyuanVideo [video, text] (``suffix``), Wan none (its text is cross-attended).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ...geometry import Geometry
+
+#: diffusers attention backends that end in torch's scaled_dot_product_attention.
+SDPA_BACKENDS = frozenset({"native", "_native_cudnn", "_native_efficient", "_native_flash", "_native_math"})
+
+
+def require_diffusers():
+    """Import diffusers or raise ModelUnavailableError saying how to install it."""
+    try:
+        import diffusers
+    except ImportError as exc:
+        from .. import ModelUnavailableError
+
+        raise ModelUnavailableError(
+            "the diffusers adapters need the package diffusers (pip install 'attnsearch[diffusers]'): "
+            f"{exc}") from None
+    return diffusers
+
+
+def _positive_int(name: str, value: Any, lo: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+        raise ValueError(f"option {name} must be an integer ≥ {lo}, got {value!r}")
+    return value
+
+
+def resolve_dtype(dtype: Any) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"option dtype must be one of {sorted(names)}, got {dtype!r}")
+    return names[dtype]
+
+
+# --- families ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VideoSize:
+    """Pixel-space video size, as the pipelines take it."""
+
+    num_frames: int
+    height: int
+    width: int
+
+
+class Family:
+    """One diffusers transformer class: how to find its self-attention and lay out its inputs.
+
+    Subclasses (wan.py, cogvideox.py, hunyuan.py) set the class attributes and implement the
+    abstract methods. Sizes: VAE compression ``vae_temporal`` × ``vae_spatial`` (4 × 8 for all
+    three), latent frames = (num_frames − 1) // vae_temporal + 1.
+    """
+
+    name: ClassVar[str]
+    class_name: ClassVar[str]
+    text_position: ClassVar[str] = "prefix"
+    #: Order of the latent input's dims after batch: "CFHW" (Wan, Hunyuan) or "FCHW" (CogVideoX).
+    latent_layout: ClassVar[str] = "CFHW"
+    vae_temporal: ClassVar[int] = 4
+    vae_spatial: ClassVar[int] = 8
+    #: preset name → (transformer config, default pixel video size, default text tokens)
+    presets: ClassVar[dict[str, tuple[dict[str, Any], VideoSize, int]]] = {}
+    #: config overrides of a tiny instance (tests, dry runs): few layers and heads, head_dim 16
+    tiny: ClassVar[dict[str, Any]] = {}
+    #: dtype of the timestep the pipeline passes (and random inputs use)
+    timestep_dtype: ClassVar[torch.dtype] = torch.float32
+
+    # -- class and modules ---------------------------------------------------------------------
+
+    def transformer_class(self) -> type:
+        diffusers = require_diffusers()
+        return getattr(diffusers, self.class_name)
+
+    def matches(self, model: nn.Module) -> bool:
+        try:
+            return isinstance(model, self.transformer_class())
+        except AttributeError:  # an old diffusers without this class
+            return False
+
+    def self_attention_modules(self, model: nn.Module) -> list[nn.Module]:
+        """The attention modules whose SDPA call is a layer, in call order."""
+        raise NotImplementedError
+
+    def num_heads(self, model: nn.Module) -> int:
+        return int(model.config.num_attention_heads)
+
+    def head_dim(self, model: nn.Module) -> int:
+        return int(model.config.attention_head_dim)
+
+    def patch(self, config: Any) -> tuple[int, int, int]:
+        """(p_t, p_h, p_w)."""
+        raise NotImplementedError
+
+    def in_channels(self, config: Any) -> int:
+        return int(config.in_channels)
+
+    def text_dim(self, config: Any) -> int:
+        raise NotImplementedError
+
+    # -- sizes and geometry --------------------------------------------------------------------
+
+    def latent_size(self, config: Any, size: VideoSize) -> tuple[int, int, int]:
+        """(latent frames, latent height, latent width) the pipeline makes for a pixel size."""
+        for name in ("num_frames", "height", "width"):
+            _positive_int(name, getattr(size, name))
+        if (size.num_frames - 1) % self.vae_temporal:
+            raise ValueError(f"{self.name}: num_frames must be 1 + a multiple of {self.vae_temporal} "
+                             f"(e.g. 81), got {size.num_frames}")
+        p_t, p_h, p_w = self.patch(config)
+        cell_h, cell_w = self.vae_spatial * p_h, self.vae_spatial * p_w
+        if size.height % cell_h or size.width % cell_w:
+            raise ValueError(f"{self.name}: height and width must be multiples of {cell_h} and {cell_w} "
+                             f"(VAE ×{self.vae_spatial} × patch), got {size.height}×{size.width}")
+        frames = (size.num_frames - 1) // self.vae_temporal + 1
+        return frames, size.height // self.vae_spatial, size.width // self.vae_spatial
+
+    def pad_latent(self, config: Any, latent: tuple[int, int, int]) -> tuple[int, int, int]:
+        """The latent size the transformer is fed (CogVideoX 1.5 pads the frames); default unchanged."""
+        return latent
+
+    def check_text_tokens(self, config: Any, tokens: int) -> int:
+        """Raise if the model cannot take ``tokens`` text tokens; default any number."""
+        return tokens
+
+    def latent_shape(self, config: Any, latent: tuple[int, int, int], batch: int) -> tuple[int, ...]:
+        f, h, w = latent
+        c = self.in_channels(config)
+        return (batch, c, f, h, w) if self.latent_layout == "CFHW" else (batch, f, c, h, w)
+
+    def video_dims(self, hidden_states: torch.Tensor) -> tuple[int, int, int]:
+        """(frames, height, width) of a latent input tensor (before patchify)."""
+        if hidden_states.dim() != 5:
+            raise ValueError(f"{self.name}: hidden_states must be a 5-D latent video, got {tuple(hidden_states.shape)}")
+        if self.latent_layout == "CFHW":
+            return tuple(hidden_states.shape[2:])  # type: ignore[return-value]
+        return (hidden_states.shape[1], *hidden_states.shape[3:])  # type: ignore[return-value]
+
+    def text_tokens(self, inputs: dict[str, Any]) -> int:
+        """Text tokens that join the self-attention sequence (0 when text is cross-attended)."""
+        return int(inputs["encoder_hidden_states"].shape[1]) if self.text_position_of(inputs) else 0
+
+    def text_position_of(self, inputs: dict[str, Any]) -> str | None:
+        return self.text_position
+
+    def geometry(self, model: nn.Module, inputs: dict[str, Any]) -> Geometry:
+        """Token layout of every self-attention call of a forward with these keyword inputs."""
+        f, h, w = self.video_dims(inputs["hidden_states"])
+        p_t, p_h, p_w = self.patch(model.config)
+        if f % p_t or h % p_h or w % p_w:
+            raise ValueError(f"{self.name}: latent {f}×{h}×{w} is not divisible by the patch {p_t}×{p_h}×{p_w}")
+        pos = self.text_position_of(inputs)
+        return Geometry(f // p_t, h // p_h, w // p_w, self.text_tokens(inputs), pos or "prefix")
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def forward_inputs(self, model: nn.Module, latents: torch.Tensor, timestep: torch.Tensor,
+                       text: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
+        """Keyword inputs of one transformer forward (return_dict=False)."""
+        raise NotImplementedError
+
+    def prepare(self, model: nn.Module, instrumentation: Instrumentation) -> None:
+        """Family-specific instrumentation (HunyuanVideo's mask handling)."""
+
+
+FAMILIES: dict[str, Family] = {}
+PRESETS: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    FAMILIES[family.name] = family
+    for preset in family.presets:
+        PRESETS[preset] = family
+    return family
+
+
+def _load_families() -> None:
+    from . import cogvideox, hunyuan, wan  # noqa: F401  (each registers itself)
+
+
+def family_of(model: nn.Module) -> Family:
+    """The family of a diffusers transformer instance (subclasses included)."""
+    _load_families()
+    for fam in FAMILIES.values():
+        if fam.matches(model):
+            return fam
+    known = ", ".join(f.class_name for f in FAMILIES.values())
+    raise ValueError(f"no attnsearch adapter for {type(model).__name__} (known: {known})")
+
+
+def resolve_preset(name: str) -> tuple[Family, str]:
+    """A preset ('wan2.1-1.3b') or family name ('wan': its first preset) → (family, preset)."""
+    _load_families()
+    key = name.lower()
+    if key in PRESETS:
+        return PRESETS[key], key
+    if key in FAMILIES:
+        fam = FAMILIES[key]
+        return fam, next(iter(fam.presets))
+    raise ValueError(f"unknown diffusers preset {name!r} (presets: {', '.join(PRESETS)}; "
+                     f"families: {', '.join(FAMILIES)})")
+
+
+# --- instrumentation ---------------------------------------------------------------------------
+
+
+class Instrumentation:
+    """Hooks that mark the self-attention calls of one transformer (see the module docstring).
+
+    ``model.attnsearch_accept`` is :meth:`accept`; ``model.attnsearch_instrumentation`` is this
+    object. :meth:`remove` takes every hook and attribute away again.
+    """
+
+    def __init__(self, model: nn.Module, family: Family) -> None:
+        self.family = family
+        self.modules = family.self_attention_modules(model)
+        if not self.modules:
+            raise ValueError(f"{type(model).__name__}: found no self-attention modules")
+        self.depth = 0
+        self.handles: list[Any] = []
+        self.model = model
+        for m in self.modules:
+            self.handles.append(m.register_forward_pre_hook(self._enter))
+            self.handles.append(m.register_forward_hook(self._exit, always_call=True))
+        family.prepare(model, self)
+        model.attnsearch_accept = self.accept
+        model.attnsearch_instrumentation = self
+
+    @property
+    def num_layers(self) -> int:
+        """Self-attention calls per forward."""
+        return len(self.modules)
+
+    def _enter(self, module, args) -> None:
+        self.depth += 1
+
+    def _exit(self, module, args, output) -> None:
+        self.depth -= 1
+
+    def accept(self, call: Any) -> bool:
+        """capture_attention's filter: only calls made inside a self-attention module are layers."""
+        return self.depth > 0
+
+    def remove(self) -> None:
+        while self.handles:
+            self.handles.pop().remove()
+        for name in ("attnsearch_accept", "attnsearch_instrumentation"):
+            self.model.__dict__.pop(name, None)
+
+
+def check_sdpa_backend(model: nn.Module) -> None:
+    """Raise when diffusers is set to an attention backend that never calls SDPA (flash, sage, …)."""
+    try:
+        from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+        active = str(getattr(_AttentionBackendRegistry.get_active_backend()[0], "value",
+                             _AttentionBackendRegistry.get_active_backend()[0]))
+    except Exception:  # noqa: BLE001  (older/newer diffusers: nothing to check against)
+        active = "native"
+    backends = {active}
+    for m in model.modules():
+        proc = getattr(m, "processor", None)
+        b = getattr(proc, "_attention_backend", None)
+        if b is not None:
+            backends.add(str(getattr(b, "value", b)))
+    bad = sorted(backends - SDPA_BACKENDS)
+    if bad:
+        raise ValueError(f"{type(model).__name__}: diffusers attention backend {', '.join(bad)} does not call "
+                         "torch's scaled_dot_product_attention, so attnsearch cannot see or replace it; use the "
+                         "'native' backend (unset DIFFUSERS_ATTN_BACKEND / model.reset_attention_backend())")
+
+
+def instrument(model: nn.Module) -> Instrumentation:
+    """Make a diffusers video transformer attnsearch-ready (idempotent); returns its Instrumentation.
+
+    After this, ``capture_attention(model, …)``, ``apply(model, plan)`` and ``profile_model`` see
+    exactly its self-attention calls as layers 0 … L−1 of each forward.
+    """
+    existing = model.__dict__.get("attnsearch_instrumentation")
+    if isinstance(existing, Instrumentation):
+        return existing
+    check_sdpa_backend(model)
+    return Instrumentation(model, family_of(model))
+
+
+def geometry_of(model: nn.Module, inputs: dict[str, Any]) -> Geometry:
+    """Geometry of the self-attention calls of ``model(**inputs)``."""
+    return family_of(model).geometry(model, inputs)
+
+
+# --- steps -------------------------------------------------------------------------------------
+
+
+class TimestepStepper:
+    """Number steps by the timestep each transformer forward receives (for real pipelines).
+
+        with apply(pipe.transformer, plan, auto_step=False) as ap, TimestepStepper(pipe.transformer, ap):
+            pipe(prompt, ...)
+
+    Before every forward: the first forward, or one whose timestep is larger than the last one
+    (a new generation: timesteps fall during denoising), is step 0; a smaller timestep is the next
+    step; an equal one (another CFG branch of the same denoising step) keeps the step. ``target``
+    is anything with ``set_step`` (``apply`` or ``capture_attention`` with ``auto_step=False``).
+    Reading the timestep costs one host sync per forward.
+    """
+
+    def __init__(self, model: nn.Module, target: Any) -> None:
+        if not callable(getattr(target, "set_step", None)):
+            raise TypeError(f"TimestepStepper: target needs set_step(), got {type(target).__name__}")
+        self.model, self.target = model, target
+        self.signature = inspect.signature(model.forward)
+        if "timestep" not in self.signature.parameters:
+            raise ValueError(f"{type(model).__name__}.forward has no 'timestep' argument")
+        self.step = -1
+        self.last: float | None = None
+        self._handle = None
+
+    def _hook(self, module, args, kwargs) -> None:
+        bound = self.signature.bind_partial(*args, **kwargs)
+        t = bound.arguments.get("timestep")
+        if t is None:
+            raise ValueError("TimestepStepper: the forward got no timestep")
+        value = float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
+        if self.last is None or value > self.last:
+            self.step = 0
+        elif value < self.last:
+            self.step += 1
+        self.last = value
+        self.target.set_step(self.step)
+
+    def __enter__(self) -> TimestepStepper:
+        self._handle = self.model.register_forward_pre_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
+# --- random transformers and inputs --------------------------------------------------------------
+
+
+def cast_keeping_fp32(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast floating parameters and buffers to ``dtype``, except those diffusers keeps in float32
+    (``_keep_in_fp32_modules``: rope, time embedder, norms, modulation tables), which stay as built —
+    as ``from_pretrained(torch_dtype=…)`` leaves them. (ModelMixin.to would cast everything.)"""
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point() and not any(k in name.split(".") for k in keep):
+            t.data = t.data.to(dtype)
+    return model
+
+
+def random_transformer(family: str, config_overrides: dict[str, Any] | None = None, *, seed: int = 0,
+                       dtype: Any = torch.float32, device: Any = "cpu") -> nn.Module:
+    """A real diffusers transformer of a preset's configuration with random weights, instrumented.
+
+    ``family``: a preset ('wan2.1-1.3b', 'cogvideox-5b', …) or a family ('wan', 'cogvideox',
+    'hunyuanvideo': its first preset). ``config_overrides`` replace config entries (e.g.
+    ``{"num_layers": 2}``). Built directly on ``device`` (no CPU detour for a GPU model); modules
+    diffusers keeps in float32 stay float32 in a bf16/fp16 model.
+    """
+    fam, preset = resolve_preset(family)
+    config = dict(fam.presets[preset][0])
+    unknown = sorted(set(config_overrides or {}) - set(inspect.signature(fam.transformer_class()).parameters))
+    if unknown:
+        raise ValueError(f"{fam.class_name} has no config entry {', '.join(unknown)}")
+    config.update(config_overrides or {})
+    dtype = resolve_dtype(dtype)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with torch.device(device):
+            model = fam.transformer_class()(**config)
+    if dtype != torch.float32:
+        cast_keeping_fp32(model, dtype)
+    model = model.eval().requires_grad_(False)
+    instrument(model)
+    return model
+
+
+def denoising_inputs(model: nn.Module, *, latent: tuple[int, int, int], text_tokens: int, steps: int,
+                     batch: int = 1, seed: int = 0, dtype: Any = None) -> list[dict[str, Any]]:
+    """``steps`` keyword inputs of a fake flow-matching denoising loop (as toy-vdit's): latents
+    x_t = (1 − σ)·x₀ + σ·ε for σ = 1, …, 1/steps, timestep 1000·σ; x₀, ε, text embeddings
+    (N(0, 1), [batch, text_tokens, text_dim]) fixed by ``seed``. ``batch`` = 2 stands for CFG."""
+    fam = family_of(model)
+    param = next(model.parameters())
+    device = param.device
+    dtype = resolve_dtype(dtype) if dtype is not None else _compute_dtype(model)
+    gen = torch.Generator(device="cpu").manual_seed(seed + 1)
+    shape = fam.latent_shape(model.config, latent, batch)
+    x0, eps = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    text = torch.randn(batch, text_tokens, fam.text_dim(model.config), generator=gen)
+    inputs = []
+    for i in range(steps):
+        sigma = 1.0 - i / steps
+        lat = ((1 - sigma) * x0 + sigma * eps).to(device=device, dtype=dtype)
+        t = torch.full((batch,), 1000.0 * sigma).to(device=device, dtype=fam.timestep_dtype)
+        if fam.timestep_dtype == torch.long:
+            t = torch.full((batch,), round(999 * sigma), dtype=torch.long, device=device)
+        inputs.append(fam.forward_inputs(model, lat, t, text.to(device=device, dtype=dtype), gen))
+    return inputs
+
+
+def _compute_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the bulk of the weights (not the float32-kept ones)."""
+    counts: dict[torch.dtype, int] = {}
+    for p in model.parameters():
+        counts[p.dtype] = counts.get(p.dtype, 0) + p.numel()
+    return max(counts, key=counts.get)
+
+
+def load_random(preset: str, *, num_frames: int | None = None, height: int | None = None,
+                width: int | None = None, text_tokens: int | None = None, steps: int = 2, batch: int = 1,
+                seed: int = 0, dtype: Any = "float32", device: Any = "cpu",
+                config: dict[str, Any] | None = None, tiny: bool = False):
+    """Registry factory of ``diffusers-random:<preset>``: a ModelSpec of a randomly initialised
+    real diffusers transformer and ``steps`` inputs made directly (no text encoder, no VAE).
+
+    Sizes are pixel sizes, as the pipelines take them (defaults: the preset's native video, e.g.
+    Wan2.1 81 × 480 × 832 → latent 21 × 60 × 104 → 21 × 30 × 52 tokens). ``text_tokens``: length
+    of the text embeddings (defaults: Wan 512, CogVideoX its max_text_seq_length 226, HunyuanVideo
+    256). ``batch`` 2 = cond + uncond of CFG in one forward. ``config`` overrides config entries;
+    ``tiny`` starts from the family's tiny overrides (few layers, 4 heads of 16 channels).
+    """
+    from .. import ModelSpec, fingerprint
+
+    fam, name = resolve_preset(preset)
+    _, video, default_text = fam.presets[name]
+    size = VideoSize(num_frames or video.num_frames, height or video.height, width or video.width)
+    _positive_int("steps", steps)
+    _positive_int("batch", batch)
+    overrides = {**(fam.tiny if tiny else {}), **(config or {})}
+    model = random_transformer(name, overrides, seed=seed, dtype=dtype, device=device)
+    latent = fam.pad_latent(model.config, fam.latent_size(model.config, size))
+    t_tokens = default_text if text_tokens is None else _positive_int("text_tokens", text_tokens)
+    t_tokens = fam.check_text_tokens(model.config, t_tokens)
+    inputs = denoising_inputs(model, latent=latent, text_tokens=t_tokens, steps=steps, batch=batch, seed=seed)
+    geometry = fam.geometry(model, inputs[0])
+    return ModelSpec(name=f"diffusers-random:{name}", model=model, geometry=geometry, inputs=inputs,
+                     fingerprint=fingerprint(model))
+
+
+# --- a closed denoising loop, for validation ------------------------------------------------------
+
+
+def sample(model: nn.Module, inputs: list[dict[str, Any]], *, plan: Any = None, **apply_kwargs: Any) -> torch.Tensor:
+    """Run a deterministic flow-matching Euler loop from ``inputs[0]`` and return the final latents.
+
+    Step i feeds the current latents with ``inputs[i]``'s timestep and conditioning; the update is
+    x ← x + (σ_{i+1} − σ_i)·v with σ = timestep / 1000 (σ_{n} = 0). With ``plan``, every forward
+    runs under ``apply(model, plan, **apply_kwargs)`` (step i = forward i). Compare dense and sparse
+    finals with :mod:`attnsearch.metrics`. It is the same closed loop for both, not each model's
+    own scheduler: a consistent yardstick for how far sparse attention drifts.
+    """
+    from contextlib import nullcontext
+
+    fam = family_of(model)
+    ctx = nullcontext()
+    if plan is not None:
+        from ...runtime import apply
+
+        ctx = apply(model, plan, **apply_kwargs)
+    x = inputs[0]["hidden_states"]
+    sigmas = [float(e["timestep"].reshape(-1)[0]) / (999.0 if fam.timestep_dtype == torch.long else 1000.0)
+              for e in inputs] + [0.0]
+    with torch.no_grad(), ctx:
+        for i, entry in enumerate(inputs):
+            kw = dict(entry, hidden_states=x)
+            v = model(**kw)
+            v = v[0] if isinstance(v, (tuple, list)) else getattr(v, "sample", v)
+            x = (x.float() + (sigmas[i + 1] - sigmas[i]) * v.float()).to(x.dtype)
+    return x
+
+
+__all__ = ["FAMILIES", "PRESETS", "SDPA_BACKENDS", "Family", "Instrumentation", "TimestepStepper", "VideoSize",
+           "denoising_inputs", "family_of", "geometry_of", "instrument", "load_random", "random_transformer",
+           "require_diffusers", "resolve_preset", "sample"]
