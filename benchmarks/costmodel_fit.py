@@ -75,10 +75,17 @@ if __name__ == "__main__":
     ap.add_argument("--kernels", type=Path, default=Path("kernels"))
     ap.add_argument("--report", type=Path, default=Path("reports/costmodel"))
     ap.add_argument("--runtime-commit", default=None, help="git commit of the runtime that was timed")
+    ap.add_argument("--fill-points", type=Path, default=None,
+                    help="points file whose fill points (the runtime's own list-indexed zero fill) replace the "
+                         "calibration's fill points")
     args = ap.parse_args()
     data = json.loads(args.points.read_text())
     env, points = data["env"], data["points"]
     merge_layers(points, json.loads(args.specs.read_text()))
+    if args.fill_points:
+        extra = [dict(p, role="grid") for p in json.loads(args.fill_points.read_text())["points"]
+                 if p["kind"] == "fill" and "ms" in p]
+        points = [p for p in points if p["kind"] != "fill"] + extra
     table = build_table(points, env)
     if args.runtime_commit:
         table.software["runtime_commit"] = args.runtime_commit

@@ -1,0 +1,257 @@
+"""One trial's problem: knobs → units for the inner solver → an assignment → its plan and figures.
+
+Knobs (what the outer study samples): λ (relative: × one head's dense attention time per step,
+so λ = 1 trades an error² of 1 on one head-step against that head-step's dense cost) or an error
+budget; τ (restrict each head to the family the classifier names at that threshold, plus dense
+and skip; 0 = no restriction); warm-up steps run dense; the ``dense_layers`` hardest layers
+(highest least-error at ≤ 30 % density) run dense; the number of step ranges the plan may vary
+over; the block size (one SearchSpace per profiled block size).
+
+Costs come from the cost model's additive form plus per-unit launch and fill overheads (see
+:mod:`attnsearch.search.inner`). Units too small for that form (a fused launch of under eight
+waves) are re-costed with the full model after the solve, and turned dense where that is cheaper.
+Final figures (``Assignment.figures``) always use the full model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..costmodel import CostModel
+from ..patterns import SPARSE_FAMILIES
+from ..plan import LayerPlan, Plan, ScheduleEntry
+from .inner import Solution, Units, solve_budget, solve_lagrangian
+from .space import SearchError, SearchSpace, step_ranges
+
+#: A fused launch with fewer items than this many waves is costed with the full model.
+SMALL_WAVES = 8
+#: Density cap of the τ restriction (the classifier's default).
+DENSITY_CAP = 0.75
+
+
+@dataclass(frozen=True)
+class Knobs:
+    lam: float | None = 1.0          # relative λ (None: budgeted)
+    budget: float | None = None      # RMS rel_err budget of the budgeted form
+    tau: float = 0.0                 # 0: every candidate allowed
+    warmup: int = 0
+    dense_layers: int = 0
+    ranges: int = 1
+    block_size: int = 128
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Assignment:
+    """A solved trial: per range and layer, −1 (cuDNN dense layer) or a candidate per head."""
+
+    knobs: Knobs
+    ranges: list[range]
+    choice: np.ndarray          # int [R, L, H]; −1 everywhere in a dense layer
+    dense_unit: np.ndarray      # bool [R, L]
+    cost_ms: float              # search-time latency (additive form; full model on small units)
+    err_sum: float              # Σ rel_err² over every (step, layer, head)
+    sites: int
+    lam: float
+    budget_result: Any = None
+    figures: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rel_err(self) -> float:
+        """RMS rel_err over every (step, layer, head): the plan's error figure."""
+        return math.sqrt(self.err_sum / self.sites)
+
+
+class Problem:
+    """Precomputed costs of one SearchSpace under one CostModel; solves trials."""
+
+    def __init__(self, space: SearchSpace, cost_model: CostModel) -> None:
+        self.space, self.cm = space, cost_model
+        S, L, H, C = space.shape
+        g, B, nb = space.geometry, space.block_size, space.num_blocks
+        self.N = g.num_tokens
+        cost = np.asarray(cost_model.head_work_ms(space.density * nb * nb, nb, B))
+        cost[..., space.skip_col] = cost_model.fill_head_ms(self.N)
+        self.cost = np.where(np.isnan(space.density), np.inf, cost)
+        self.err2 = np.where(np.isnan(space.rel_err), 0.0, space.rel_err) ** 2
+        self.launch = cost_model.launch_overhead_ms(B)
+        self.fill = cost_model.fill_overhead_ms()
+        self.dense_layer_ms = float(cost_model.dense_ms(self.N, H))
+        self.head_dense_ms = self.dense_layer_ms / H
+        self.slots = cost_model.table.sparse_params(cost_model.head_dim, B).slots(cost_model.sm_count)
+        self.small = H * nb * cost_model.batch <= SMALL_WAVES * self.slots
+        self._agg: dict[tuple, tuple] = {}
+        # Layers ranked hardest first: the least error any candidate reaches at ≤ 30 % density.
+        sparse = np.array([f in SPARSE_FAMILIES for f in space.families])
+        cheap = np.where(sparse & (space.density <= 0.3), space.rel_err, np.nan)
+        least = np.nanmin(np.where(np.isnan(cheap), 1.0, cheap), axis=-1)           # [S, L, H]
+        self.hardest_layers = list(np.argsort(-least.mean(axis=(0, 2)), kind="stable"))
+
+    @property
+    def num_steps(self) -> int:
+        return self.space.shape[0]
+
+    # -- aggregation over step ranges ------------------------------------------------------------------
+
+    def aggregate(self, warmup: int, ranges: int) -> tuple[list[range], np.ndarray, np.ndarray, np.ndarray]:
+        """(ranges, cost [R, L, H, C], err [R, L, H, C], mean recall [R, L, H, C]) — cached."""
+        key = (warmup, ranges)
+        if key not in self._agg:
+            rs = step_ranges(self.num_steps, warmup, ranges)
+            cost = np.stack([self.cost[r.start:r.stop].sum(0) for r in rs])
+            err = np.stack([self.err2[r.start:r.stop].sum(0) for r in rs])
+            recall = np.stack([np.nanmean(self.space.recall[r.start:r.stop], 0) for r in rs])
+            nb, B = self.space.num_blocks, self.space.block_size
+            for c in self.space.stripe_cols:  # a multi-step range keeps the union of its steps' stripes
+                for i, r in enumerate(rs):
+                    if len(r) > 1:
+                        dens = self.space.stripe_density(c, r)
+                        ok = np.isfinite(cost[i, ..., c])
+                        cost[i, ..., c] = np.where(ok, len(r) * self.cm.head_work_ms(dens * nb * nb, nb, B), np.inf)
+            self._agg[key] = (rs, cost, err, recall)
+        return self._agg[key]
+
+    def allowed(self, tau: float, warmup: int, ranges: int) -> np.ndarray | None:
+        """bool [R, L, H, C]: the classified family's candidates plus dense and skip (None: all)."""
+        if not tau:
+            return None
+        rs, cost, _, recall = self.aggregate(warmup, ranges)
+        fam = self.space.family_codes()
+        dens = np.stack([np.nanmean(self.space.density[r.start:r.stop], 0) for r in rs])
+        ok = (fam >= 0) & (recall >= tau) & (dens <= DENSITY_CAP) & np.isfinite(cost)
+        pick = np.argmin(np.where(ok, dens, np.inf), axis=-1)                  # [R, L, H]
+        has = ok.any(-1)
+        label = np.where(has, fam[pick], -1)
+        allowed = (fam[None, None, None, :] == label[..., None]) & (label[..., None] >= 0)
+        allowed[..., self.space.dense_col] = True
+        allowed[..., self.space.skip_col] = True
+        return allowed
+
+    # -- one trial -------------------------------------------------------------------------------------------
+
+    def units(self, k: Knobs) -> tuple[list[range], Units]:
+        rs, cost, err, _ = self.aggregate(k.warmup, k.ranges)
+        allowed = self.allowed(k.tau, k.warmup, k.ranges)
+        if allowed is not None:
+            cost = np.where(allowed, cost, np.inf)
+        R, L, H, C = cost.shape
+        steps = np.array([len(r) for r in rs], dtype=np.float64)[:, None].repeat(L, 1)
+        force = np.zeros((R, L), dtype=bool)
+        force[:, self.hardest_layers[: k.dense_layers]] = True
+        u = Units(cost.reshape(R * L, H, C), err.reshape(R * L, H, C), self.space.skip_col,
+                  (steps * self.launch).reshape(-1), (steps * self.fill).reshape(-1),
+                  (steps * self.dense_layer_ms).reshape(-1), force.reshape(-1))
+        return rs, u
+
+    def lam_abs(self, k: Knobs) -> float:
+        return float(k.lam) * self.head_dense_ms
+
+    def solve(self, k: Knobs) -> Assignment:
+        if k.block_size != self.space.block_size:
+            raise SearchError(f"block size {k.block_size} is not this space's {self.space.block_size}")
+        rs, u = self.units(k)
+        S, L, H, C = self.space.shape
+        sites = S * L * H
+        budget_result = None
+        if k.budget is not None:
+            budget_result = solve_budget(u, k.budget ** 2 * sites)
+            sol = budget_result.solution
+        else:
+            sol = solve_lagrangian(u, self.lam_abs(k))
+        choice = sol.choice.reshape(len(rs), L, H)
+        dense_unit = (sol.option == 3).reshape(len(rs), L)
+        unit_cost = sol.cost.reshape(len(rs), L).copy()
+        if self.small:
+            self._recost_small(rs, choice, dense_unit, unit_cost)
+        err = np.where(dense_unit[..., None], 0.0,
+                       np.take_along_axis(self.aggregate(k.warmup, k.ranges)[2],
+                                          np.maximum(choice, 0)[..., None], -1)[..., 0]).sum()
+        warm_ms = k.warmup * L * self.dense_layer_ms
+        return Assignment(k, rs, choice, dense_unit, float(unit_cost.sum() + warm_ms), float(err), sites,
+                          sol.lam, budget_result)
+
+    def _unit_full_ms(self, r: range, layer: int, choice: np.ndarray) -> float:
+        """Full-model latency of one unit over its steps (fused launch by list scheduling + fill)."""
+        sp = self.space
+        comp = [h for h, c in enumerate(choice) if c != sp.skip_col]
+        t = 0.0
+        if comp:
+            counts = np.stack([sp.counts(int(choice[h]), r, layer, h) for h in comp])
+            t += self.cm.sparse_ms(counts, sp.block_size)
+        nskip = len(choice) - len(comp)
+        if nskip:
+            t += float(self.cm.fill_ms(nskip, self.N))
+        return t * len(r)
+
+    def _recost_small(self, rs, choice, dense_unit, unit_cost) -> None:
+        """Full model on small units; a unit that would not beat cuDNN dense becomes dense (error 0)."""
+        for i, r in enumerate(rs):
+            for layer in range(choice.shape[1]):
+                if dense_unit[i, layer]:
+                    continue
+                full = self._unit_full_ms(r, layer, choice[i, layer])
+                dense = self.dense_layer_ms * len(r)
+                if full >= dense:
+                    dense_unit[i, layer], choice[i, layer], unit_cost[i, layer] = True, -1, dense
+                else:
+                    unit_cost[i, layer] = full
+
+    # -- the plan and its figures -------------------------------------------------------------------------
+
+    def figures(self, a: Assignment) -> dict[str, float]:
+        """Full-model predicted latency of the whole plan vs all-dense cuDNN, and the error figure."""
+        S, L, H, _ = self.space.shape
+        total = a.knobs.warmup * L * self.dense_layer_ms
+        for i, r in enumerate(a.ranges):
+            for layer in range(L):
+                if a.dense_unit[i, layer]:
+                    total += self.dense_layer_ms * len(r)
+                else:
+                    total += self._unit_full_ms(r, layer, a.choice[i, layer])
+        dense = S * L * self.dense_layer_ms
+        a.figures = {"attention_ms": total, "dense_attention_ms": dense, "speedup": dense / total,
+                     "rel_err": a.rel_err}
+        return a.figures
+
+    def plan(self, a: Assignment, **meta: Any) -> Plan:
+        """The Plan of an assignment: warm-up steps dense, then one schedule entry per step range."""
+        sp = self.space
+        S, L, H, _ = sp.shape
+        entries = []
+        if a.knobs.warmup:
+            entries.append(ScheduleEntry(0, a.knobs.warmup, None))
+        dense_lp = LayerPlan.dense(sp.geometry, H, sp.block_size)
+        for i, r in enumerate(a.ranges):
+            if a.dense_unit[i].all():
+                entries.append(ScheduleEntry(r.start, r.stop, None))
+                continue
+            layers = []
+            for layer in range(L):
+                if a.dense_unit[i, layer]:
+                    layers.append(dense_lp)
+                    continue
+                heads = [(sp.families[c], sp.candidate_params(int(c), r, layer, h))
+                         for h, c in enumerate(a.choice[i, layer])]
+                layers.append(LayerPlan.from_heads(heads, sp.geometry, sp.block_size))
+            entries.append(ScheduleEntry(r.start, r.stop, tuple(layers)))
+        return Plan(sp.geometry, sp.block_size, S, L, H, tuple(_merge(entries)), **meta)
+
+
+def _merge(entries: list[ScheduleEntry]) -> list[ScheduleEntry]:
+    """Adjacent entries with the same content become one (e.g. dense warm-up + a dense range)."""
+    out: list[ScheduleEntry] = []
+    for e in entries:
+        if out and out[-1].layers == e.layers and out[-1].stop == e.start:
+            out[-1] = ScheduleEntry(out[-1].start, e.stop, e.layers)
+        else:
+            out.append(e)
+    return out
+
+
+__all__ = ["Assignment", "Knobs", "Problem", "SMALL_WAVES"]

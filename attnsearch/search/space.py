@@ -1,0 +1,208 @@
+"""The search space of one profile: every (step, layer, head) × candidate as dense arrays.
+
+A profile is long format (one row per site and candidate). The search needs, per trial, costs and
+errors summed over step ranges, so the table is pivoted once into arrays [steps, layers, heads, C]
+(C = the profile's step-free candidate names plus ``dense`` and ``skip``) and everything after that
+is array arithmetic. vertical_stripe candidates are named by their count of key blocks; which
+blocks they keep moves between steps, so a range of several steps keeps the union of its steps'
+blocks, and its density is recounted exactly from the union (:meth:`SearchSpace.stripe_density`).
+
+Per-head error is rel_err² (summed over a range's steps): the plan's error is the root mean square
+of rel_err over every (step, layer, head) — the relative Frobenius error of all attention outputs
+stacked, when heads carry equal output norm; being a sum, it keeps the inner problem a knapsack;
+being squared, one skipped head (rel_err 1) weighs as much as a hundred heads at 10 %. For a
+range's stripe union the per-step rel_err of the step's own top-k is used (the union keeps a
+superset of its blocks, so its error is no larger in practice).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from ..geometry import Geometry
+from ..patterns import SPARSE_FAMILIES, block_mask
+
+
+class SearchError(ValueError):
+    """The search cannot run or cannot meet what was asked; the message says what and why."""
+
+
+@dataclass
+class SearchSpace:
+    geometry: Geometry
+    block_size: int
+    names: list[str]                  # candidate names (step-free), dense and skip included
+    families: list[str]               # per candidate
+    params: list[str | None]          # canonical JSON per candidate (None: vertical_stripe, per site)
+    stripe_rows: list[float | None]   # vertical_stripe band per candidate
+    density: np.ndarray               # float64 [S, L, H, C], nan = not measured
+    rel_err: np.ndarray               # float64 [S, L, H, C]
+    recall: np.ndarray                # float64 [S, L, H, C]
+    stripe_params: dict[int, np.ndarray] = field(default_factory=dict)  # c → object [S, L, H] JSON
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return self.density.shape
+
+    @property
+    def num_blocks(self) -> int:
+        return self.geometry.num_blocks(self.block_size)
+
+    @cached_property
+    def dense_col(self) -> int:
+        return self.names.index("dense")
+
+    @cached_property
+    def skip_col(self) -> int:
+        return self.names.index("skip")
+
+    @cached_property
+    def stripe_cols(self) -> list[int]:
+        return [c for c, f in enumerate(self.families) if f == "vertical_stripe"]
+
+    # -- stripes ------------------------------------------------------------------------------------
+
+    @cached_property
+    def _stripe_blocks(self) -> dict[int, np.ndarray]:
+        """c → int [S, L, H, k] key blocks (−1 padded), parsed once."""
+        out = {}
+        for c, arr in self.stripe_params.items():
+            flat = arr.reshape(-1)
+            lists = [json.loads(p)["key_blocks"] if isinstance(p, str) else [] for p in flat]
+            k = max((len(x) for x in lists), default=0)
+            blocks = np.full((len(lists), max(k, 1)), -1, dtype=np.int32)
+            for i, x in enumerate(lists):
+                blocks[i, : len(x)] = x
+            out[c] = blocks.reshape(*arr.shape, -1)
+        return out
+
+    def _stripe_base(self, rows: float) -> tuple[int, np.ndarray]:
+        """(kept blocks of vertical_stripe with no key blocks, per key block the rows it would add)."""
+        key = ("base", rows)
+        cache = self.__dict__.setdefault("_base_cache", {})
+        if key not in cache:
+            base = block_mask("vertical_stripe", {"key_blocks": [], "rows": rows}, self.geometry, self.block_size)
+            cache[key] = (int(base.sum()), (self.num_blocks - base.sum(0)).numpy().astype(np.float64))
+        return cache[key]
+
+    def _stripe_base_mask(self, rows: float) -> np.ndarray:
+        cache = self.__dict__.setdefault("_base_mask_cache", {})
+        if rows not in cache:
+            cache[rows] = block_mask("vertical_stripe", {"key_blocks": [], "rows": rows}, self.geometry,
+                                     self.block_size).numpy().astype(np.int64)
+        return cache[rows]
+
+    def stripe_union(self, c: int, steps: range) -> tuple[np.ndarray, np.ndarray]:
+        """For stripe candidate ``c`` over ``steps``: (density [L, H] of the union of each site's key
+        blocks, union membership bool [L, H, nb])."""
+        blocks = self._stripe_blocks[c][steps.start:steps.stop]          # [s, L, H, k]
+        s, L, H, k = blocks.shape
+        nb = self.num_blocks
+        member = np.zeros((L * H, nb + 1), dtype=bool)
+        flat = blocks.transpose(1, 2, 0, 3).reshape(L * H, s * k)
+        member[np.arange(L * H)[:, None], np.where(flat < 0, nb, flat)] = True
+        member = member[:, :nb]
+        base_kept, add = self._stripe_base(self.stripe_rows[c])
+        density = (base_kept + member.astype(np.float64) @ add) / nb**2
+        return density.reshape(L, H), member.reshape(L, H, nb)
+
+    def stripe_density(self, c: int, steps: range) -> np.ndarray:
+        return self.stripe_union(c, steps)[0]
+
+    def candidate_params(self, c: int, steps: range, layer: int, head: int) -> dict:
+        """The params a plan writes for candidate ``c`` at (layer, head) over ``steps``."""
+        if self.families[c] != "vertical_stripe":
+            return json.loads(self.params[c])
+        blocks = self._stripe_blocks[c][steps.start:steps.stop, layer, head].reshape(-1)
+        return {"key_blocks": sorted({int(b) for b in blocks if b >= 0}), "rows": self.stripe_rows[c]}
+
+    # -- row counts (the full cost model needs each head's kept blocks per query block) ----------------
+
+    def counts(self, c: int, steps: range, layer: int, head: int) -> np.ndarray:
+        """Kept key blocks per query block, int [nb], of candidate ``c`` at one site over ``steps``."""
+        cache = self.__dict__.setdefault("_count_cache", {})
+        fam = self.families[c]
+        if fam == "skip":
+            return np.zeros(self.num_blocks, dtype=np.int64)
+        if fam != "vertical_stripe":
+            if c not in cache:
+                cache[c] = block_mask(fam, json.loads(self.params[c]), self.geometry,
+                                      self.block_size).sum(-1).numpy().astype(np.int64)
+            return cache[c]
+        base = self._stripe_base_mask(self.stripe_rows[c])
+        keys = self.candidate_params(c, steps, layer, head)["key_blocks"]
+        # The stripes add their columns to every row that does not already keep them.
+        return base.sum(1) + len(keys) - base[:, keys].sum(1)
+
+    # -- classification (the τ knob) ----------------------------------------------------------------------
+
+    def family_codes(self) -> np.ndarray:
+        """Per candidate: index into SPARSE_FAMILIES, −1 for dense/skip."""
+        return np.array([SPARSE_FAMILIES.index(f) if f in SPARSE_FAMILIES else -1 for f in self.families])
+
+
+def build_space(profile) -> SearchSpace:
+    """Pivot a Profile into a SearchSpace (adds ``dense`` and ``skip`` where the profile lacks them)."""
+    t = profile.table
+    if not len(t):
+        raise SearchError("profile: the table is empty")
+    S, L, H = (int(t[c].max()) + 1 for c in ("step", "layer", "head"))
+    cat = t["candidate"].astype("category")
+    names = list(cat.cat.categories)
+    codes = cat.cat.codes.to_numpy()
+    first = t.drop_duplicates("candidate").set_index("candidate")
+    extra = [n for n in ("dense", "skip") if n not in names]
+    names_all = names + extra
+    C = len(names_all)
+    density = np.full((S, L, H, C), np.nan)
+    rel_err = np.full((S, L, H, C), np.nan)
+    recall = np.full((S, L, H, C), np.nan)
+    idx = (t["step"].to_numpy(), t["layer"].to_numpy(), t["head"].to_numpy(), codes)
+    density[idx] = t["density"].to_numpy()
+    rel_err[idx] = t["rel_err"].to_numpy()
+    recall[idx] = t["recall"].to_numpy()
+    families, params, rows = [], [], []
+    for n in names_all:
+        fam = first.loc[n, "pattern"] if n in first.index else n
+        families.append(fam)
+        if fam == "vertical_stripe":
+            params.append(None)
+            rows.append(float(json.loads(first.loc[n, "params"])["rows"]))
+        else:
+            params.append(first.loc[n, "params"] if n in first.index else "{}")
+            rows.append(None)
+    for n, (d, e, r) in (("dense", (1.0, 0.0, 1.0)), ("skip", (0.0, 1.0, 0.0))):
+        c = names_all.index(n)
+        miss = np.isnan(density[..., c])
+        density[..., c][miss], rel_err[..., c][miss], recall[..., c][miss] = d, e, r
+    stripe_params = {}
+    for c, fam in enumerate(families):
+        if fam == "vertical_stripe":
+            arr = np.full((S, L, H), None, dtype=object)
+            sel = codes == c
+            arr[idx[0][sel], idx[1][sel], idx[2][sel]] = t["params"].to_numpy()[sel]
+            stripe_params[c] = arr
+    missing_sites = np.isnan(density).all(-1)
+    if missing_sites.any():
+        s, l, h = (int(x[0]) for x in np.nonzero(missing_sites))
+        raise SearchError(f"profile: step {s}, layer {l}, head {h} has no measured candidate (incomplete profile)")
+    return SearchSpace(profile.geometry, profile.settings.block_size, names_all, families, params, rows,
+                       density, rel_err, recall, stripe_params)
+
+
+def step_ranges(num_steps: int, warmup: int, ranges: int) -> list[range]:
+    """[warmup, num_steps) split into ``ranges`` contiguous ranges of near-equal length."""
+    if not 0 <= warmup < num_steps:
+        raise SearchError(f"warm-up steps must be in [0, {num_steps}), got {warmup}")
+    n = num_steps - warmup
+    ranges = max(1, min(ranges, n))
+    edges = [warmup + math.floor(i * n / ranges) for i in range(ranges + 1)]
+    return [range(a, b) for a, b in zip(edges[:-1], edges[1:])]
+
+
+__all__ = ["SearchError", "SearchSpace", "build_space", "step_ranges"]

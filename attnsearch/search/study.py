@@ -1,0 +1,350 @@
+"""The outer search: an Optuna study over the knobs, two objectives, the Pareto front kept.
+
+Each trial samples :class:`~attnsearch.search.problem.Knobs`, solves the inner problem exactly
+(:mod:`attnsearch.search.inner`) and reports (predicted attention ms, error): error is the plan's
+RMS rel_err over every (step, layer, head) from the profile, or — with ``validate = N`` — the
+measured relative L2 error of the model's own outputs against dense on N inputs. The study lives
+in an Optuna storage (default: SQLite beside the plan), named after the profile's content and the
+settings, so rerunning the same command continues it. The final plan is the Pareto trial that
+best fits what was asked (``max_error``, ``target_speedup``, or the knee of the front), rebuilt
+from its knobs (the inner solve is deterministic) and costed with the full model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+
+from ..costmodel import CostModel, HardwareError
+from ..plan import Plan, write_plan
+from ..profiler import Profile, ProfileError
+from .problem import Assignment, Knobs, Problem
+from .space import SearchError, build_space
+
+#: Relative λ range (× one head's dense attention per step; see Knobs).
+LAM_RANGE = (1e-3, 1e3)
+TAU_CHOICES = (0.0, 0.8, 0.9, 0.95)
+#: λ values the first trials of a new study take (spreading the front from the start).
+SEED_LAMS = (0.01, 0.1, 1.0, 10.0, 1000.0)
+
+
+class BudgetError(SearchError):
+    """No plan found meets the error budget / speed target; the message names the best achievable."""
+
+
+@dataclass
+class OptimizeResult:
+    plan: Plan
+    path: Path
+    trial: int
+    reason: str
+    figures: dict[str, float]
+    pareto: pd.DataFrame
+    study_name: str
+    storage: str
+    hardware: dict[str, Any]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+# --- inputs ----------------------------------------------------------------------------------------
+
+
+def _load_profiles(profile_path) -> list[Profile]:
+    paths = [profile_path] if isinstance(profile_path, (str, os.PathLike, Profile)) else list(profile_path)
+    if not paths:
+        raise SearchError("optimize: no profile given")
+    profs = [p if isinstance(p, Profile) else Profile.load(p) for p in paths]
+    first = profs[0]
+    for p in profs[1:]:
+        if p.geometry != first.geometry or p.model.get("fingerprint") != first.model.get("fingerprint"):
+            raise SearchError("optimize: the profiles are of different models or geometries")
+        if (p.num_steps, p.num_layers, p.num_heads) != (first.num_steps, first.num_layers, first.num_heads):
+            raise SearchError("optimize: the profiles cover different steps, layers or heads")
+    sizes = [p.settings.block_size for p in profs]
+    if len(set(sizes)) != len(sizes):
+        raise SearchError(f"optimize: two profiles at the same block size ({sizes}); give one per block size")
+    return profs
+
+
+def _fingerprint(profs: Sequence[Profile], settings: dict[str, Any]) -> str:
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for p in profs:
+        h.update(str(int(pd.util.hash_pandas_object(p.table, index=False).sum() & (2**63 - 1))).encode())
+        h.update(json.dumps(p.model, sort_keys=True).encode())
+    return h.hexdigest()[:12]
+
+
+def _open_study(storage: str, name: str, seed: int):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
+                                   directions=["minimize", "minimize"],
+                                   sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True))
+    except Exception as err:  # noqa: BLE001  (sqlalchemy/driver errors differ by backend: one clear message)
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SearchError(f"storage {storage!r} cannot be reached: {type(err).__name__}: {msg[:200]}") from None
+
+
+# --- the search ------------------------------------------------------------------------------------------
+
+
+def optimize(profile_path, *, hardware=None, max_error: float | None = None, target_speedup: float | None = None,
+             trials: int = 100, storage: str | None = None, validate: int = 0, out: str | os.PathLike = "plan.json",
+             model=None, progress: Callable[[dict[str, Any]], None] | None = None, head_dim: int | None = None,
+             batch: int = 1, seed: int = 0, study_name: str | None = None, backend: str = "auto",
+             timeout: float | None = None) -> OptimizeResult:
+    """Search a plan for the profiled model and write it to ``out``.
+
+    Args:
+        profile_path: a profile file (or Profile), or several at different block sizes.
+        hardware: hardware table (path, GPU name or slug); None: this GPU's, else the shipped H100.
+        max_error: the error budget (RMS rel_err from the profile; measured relative L2 with
+            ``validate``): the fastest plan within it is chosen.
+        target_speedup: predicted attention speedup over cuDNN dense to reach: the lowest-error plan
+            reaching it is chosen (with ``max_error`` too: both must hold).
+        trials: trials to run now (a continued study keeps its earlier ones).
+        storage: Optuna storage URL; default ``sqlite:///<out>.optuna.db`` beside the plan.
+        validate: run the model (``model``) with each trial's plan on this many inputs and use its
+            measured output error as the error objective.
+        model: model name for :func:`attnsearch.models.load_model`, or a ModelSpec (for ``validate``
+            and for head_dim).
+        progress: called after every trial with a dict (trial, trials, attention_ms, speedup, error,
+            best).
+        head_dim, batch: of the attention calls (head_dim: from the model if given, else 128).
+    Returns:
+        OptimizeResult: the plan, where it was written, the chosen trial and why, the Pareto front.
+    """
+    if trials < 1 and storage is None:
+        raise SearchError(f"trials must be ≥ 1, got {trials}")
+    if max_error is not None and not max_error >= 0:
+        raise SearchError(f"max_error must be ≥ 0, got {max_error}")
+    if target_speedup is not None and not target_speedup > 0:
+        raise SearchError(f"target_speedup must be > 0, got {target_speedup}")
+    if validate < 0:
+        raise SearchError(f"validate must be ≥ 0, got {validate}")
+    started = time.perf_counter()
+    profs = _load_profiles(profile_path)
+    spec = _load_spec(model) if model is not None else None
+    if validate and spec is None:
+        raise SearchError("validate needs the model: pass model= (a name or a ModelSpec)")
+    if spec is not None:
+        fp = profs[0].model.get("fingerprint")
+        if fp and spec.fingerprint != fp:
+            raise SearchError(f"model {spec.name!r} (fingerprint {spec.fingerprint}) is not the profiled model "
+                              f"(fingerprint {fp})")
+    if head_dim is None:
+        if spec is not None:
+            from .validate import attention_shape
+
+            head_dim = int(attention_shape(spec)[3])
+        else:
+            head_dim = 128
+    cm = CostModel(hardware, head_dim=head_dim, batch=batch)
+    problems = {p.settings.block_size: Problem(build_space(p), cm) for p in profs}
+    any_pb = next(iter(problems.values()))
+    S, L, H = any_pb.space.shape[:3]
+    validator = None
+    if validate:
+        from .validate import Validator
+
+        validator = Validator(spec, validate, backend)
+
+    out = Path(out)
+    budgeted = max_error is not None and not validate
+    settings = {"head_dim": head_dim, "batch": batch, "hardware": cm.table.name, "validate": validate,
+                "budgeted": budgeted, "max_error": max_error if budgeted else None,
+                "block_sizes": sorted(problems), "knob_space": 1}
+    fingerprint = _fingerprint(profs, settings)
+    name = study_name or f"attnsearch-{profs[0].model.get('name', 'model')}-{fingerprint}"
+    storage = storage or f"sqlite:///{out.with_name(out.name + '.optuna.db')}"
+    if storage.startswith("sqlite:///"):
+        Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    study = _open_study(storage, name, seed)
+    import optuna
+
+    max_warm = max(0, (S - 1) // 4)
+    max_dense_layers = L // 4
+    max_ranges_log2 = int(math.log2(S)) if S > 1 else 0
+    sizes = sorted(problems)
+
+    def knobs_of(params: dict[str, Any]) -> Knobs:
+        bs = params.get("block_size", sizes[-1])
+        return Knobs(lam=None if budgeted else params["lam"],
+                     budget=max_error * params["budget_frac"] if budgeted else None,
+                     tau=params.get("tau", 0.0), warmup=params.get("warmup", 0),
+                     dense_layers=params.get("dense_layers", 0), ranges=2 ** params.get("ranges_log2", 0),
+                     block_size=bs)
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        if budgeted:
+            trial.suggest_float("budget_frac", 0.25, 1.0)
+        else:
+            trial.suggest_float("lam", *LAM_RANGE, log=True)
+        trial.suggest_categorical("tau", TAU_CHOICES)
+        trial.suggest_int("warmup", 0, max_warm)
+        trial.suggest_int("dense_layers", 0, max_dense_layers)
+        trial.suggest_int("ranges_log2", 0, max_ranges_log2)
+        trial.suggest_categorical("block_size", sizes)
+        k = knobs_of(trial.params)
+        pb = problems[k.block_size]
+        a = pb.solve(k)
+        dense_ms = S * L * pb.dense_layer_ms
+        trial.set_user_attr("speedup", dense_ms / a.cost_ms)
+        trial.set_user_attr("rel_err", a.rel_err)
+        trial.set_user_attr("dense_attention_ms", dense_ms)
+        error = a.rel_err
+        if validator is not None:
+            measured = validator.measure(pb.plan(a))
+            trial.set_user_attr("rel_l2", measured["rel_l2"])
+            trial.set_user_attr("psnr_db", measured["psnr_db"])
+            error = measured["rel_l2"]
+        return a.cost_ms, error
+
+    if not study.trials:  # a new study starts from a spread of λ (or budgets) at default knobs
+        for i, v in enumerate(SEED_LAMS[: max(1, min(trials, len(SEED_LAMS)))]):
+            base = {"tau": 0.0, "warmup": 0, "dense_layers": 0, "ranges_log2": 0, "block_size": sizes[-1]}
+            base.update({"budget_frac": min(1.0, 0.25 + 0.75 * i / 4)} if budgeted else {"lam": v})
+            study.enqueue_trial(base)
+
+    def on_trial(study_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if progress is None or trial.values is None:
+            return
+        progress({"trial": trial.number, "trials": trials, "attention_ms": trial.values[0],
+                  "speedup": trial.user_attrs.get("speedup"), "error": trial.values[1],
+                  "front": len(study_.best_trials)})
+
+    if trials > 0:
+        study.optimize(objective, n_trials=trials, timeout=timeout, callbacks=[on_trial], catch=())
+    search_s = time.perf_counter() - started
+
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        raise SearchError(f"study {name!r} has no completed trial")
+    front = study.best_trials
+    chosen, reason = choose(front, max_error, target_speedup, validate=bool(validate))
+    k = knobs_of(chosen.params)
+    pb = problems[k.block_size]
+    a = pb.solve(k)
+    figures = pb.figures(a)
+    measured = {m: chosen.user_attrs[m] for m in ("rel_l2", "psnr_db") if m in chosen.user_attrs}
+    pareto = front_table(front)
+    hw = {"device": cm.table.device, "calibration": cm.table.name}
+    plan = pb.plan(a, model=dict(profs[0].model), hardware=hw, predicted=dict(figures), search={
+        "study": name, "storage": _public_storage(storage), "trial": chosen.number, "reason": reason,
+        "objectives": {"attention_ms": chosen.values[0], "error": chosen.values[1],
+                       "error_metric": "measured relative L2 of the model output vs dense" if validate
+                       else "RMS rel_err over every (step, layer, head), from the profile"},
+        "validation": ({"inputs": validate, **measured} if validate else None),
+        "knobs": k.to_dict(), "lambda_abs": a.lam,
+        "settings": {**settings, "max_error": max_error, "target_speedup": target_speedup, "trials_run": trials,
+                     "trials_total": len(done), "seed": seed},
+        "hardware_note": cm.table.note, "cost_model": cm.describe(),
+        "pareto": pareto.head(50).to_dict(orient="records"),
+        "seconds": round(search_s, 2),
+    })
+    path = write_plan(plan, out)
+    return OptimizeResult(plan, path, chosen.number, reason, figures, pareto, name, storage, hw, settings)
+
+
+def _load_spec(model):
+    if isinstance(model, str):
+        from ..models import load_model
+
+        return load_model(model)
+    return model
+
+
+def _public_storage(url: str) -> str:
+    """The storage URL without a password."""
+    import re
+
+    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+
+
+def front_table(front) -> pd.DataFrame:
+    rows = []
+    for t in front:
+        rows.append({"trial": t.number, "attention_ms": t.values[0], "error": t.values[1],
+                     "speedup": t.user_attrs.get("speedup"), "rel_err": t.user_attrs.get("rel_err"),
+                     "rel_l2": t.user_attrs.get("rel_l2"), "psnr_db": t.user_attrs.get("psnr_db"),
+                     **{f"knob_{k}": v for k, v in t.params.items()}})
+    return pd.DataFrame(rows).sort_values("attention_ms", ignore_index=True)
+
+
+def choose(front, max_error: float | None, target_speedup: float | None, *, validate: bool = False):
+    """The Pareto trial to ship, and why (raises BudgetError when nothing meets the request)."""
+    what = "measured output error" if validate else "error"
+    speed = lambda t: t.user_attrs.get("speedup", 0.0)  # noqa: E731
+    err = lambda t: t.values[1]  # noqa: E731
+    ms = lambda t: t.values[0]  # noqa: E731
+    if max_error is not None or target_speedup is not None:
+        ok = [t for t in front if (max_error is None or err(t) <= max_error)
+              and (target_speedup is None or speed(t) >= target_speedup)]
+        if not ok:
+            if max_error is not None and target_speedup is not None:
+                within = [t for t in front if err(t) <= max_error]
+                best = max(within, key=speed) if within else min(front, key=err)
+                raise BudgetError(f"no plan found reaches {target_speedup:g}× within {what} {max_error:g}: the best "
+                                  f"achievable is {speed(best):.2f}× at {what} {err(best):.4g} (trial {best.number})")
+            if max_error is not None:
+                best = min(front, key=err)
+                raise BudgetError(f"no plan found meets {what} ≤ {max_error:g}: the least achievable is "
+                                  f"{err(best):.4g} at {speed(best):.2f}× (trial {best.number})")
+            best = max(front, key=speed)
+            raise BudgetError(f"no plan found reaches {target_speedup:g}× predicted speedup: the best achievable is "
+                              f"{speed(best):.2f}× at {what} {err(best):.4g} (trial {best.number})")
+        if target_speedup is not None:
+            t = min(ok, key=lambda t: (err(t), ms(t)))
+            cond = f" and {what} ≤ {max_error:g}" if max_error is not None else ""
+            return t, (f"lowest {what} ({err(t):.4g}) among the {len(ok)} Pareto plans reaching "
+                       f"{target_speedup:g}×{cond}; it predicts {speed(t):.2f}×")
+        t = min(ok, key=lambda t: (ms(t), err(t)))
+        return t, (f"fastest Pareto plan within {what} ≤ {max_error:g}: {speed(t):.2f}× predicted at "
+                   f"{what} {err(t):.4g} ({len(ok)} of {len(front)} Pareto plans qualify)")
+    if len(front) == 1:
+        t = front[0]
+        return t, f"the only Pareto plan: {speed(t):.2f}× at {what} {err(t):.4g}"
+    # Knee: farthest below the chord joining the front's two ends, in normalised (ms, error).
+    xs = [ms(t) for t in front]
+    ys = [err(t) for t in front]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    nx = lambda x: (x - x0) / (x1 - x0 or 1)  # noqa: E731
+    ny = lambda y: (y - y0) / (y1 - y0 or 1)  # noqa: E731
+    t = max(front, key=lambda t: 1 - nx(ms(t)) - ny(err(t)))
+    return t, (f"knee of the Pareto front (no max_error or target_speedup given): {speed(t):.2f}× predicted at "
+               f"{what} {err(t):.4g}, the best normalised trade-off of {len(front)} Pareto plans")
+
+
+def optimize_command(profile: str, out: str = "plan.json", hardware: str | None = None,
+                     max_error: float | None = None, target_speedup: float | None = None, trials: int = 100,
+                     storage: str | None = None, validate: int = 0, model: str | None = None,
+                     head_dim: int | None = None, batch: int = 1, seed: int = 0,
+                     echo: Callable[[str], None] = print) -> OptimizeResult:
+    """Body of ``attnsearch optimize`` (the CLI passes typer options through and prints errors)."""
+    paths = [p for p in profile.split(",") if p]
+    res = optimize(paths if len(paths) > 1 else paths[0], hardware=hardware, max_error=max_error,
+                   target_speedup=target_speedup, trials=trials, storage=storage, validate=validate, out=out,
+                   model=model, head_dim=head_dim, batch=batch, seed=seed,
+                   progress=lambda p: echo(f"trial {p['trial']}: {p['attention_ms']:.3f} ms "
+                                           f"({p['speedup']:.2f}×), error {p['error']:.4g}, front {p['front']}"))
+    f = res.figures
+    echo(f"{res.hardware['device']} ({res.plan.search['hardware_note']})")
+    echo(f"chose trial {res.trial}: {res.reason}")
+    echo(f"predicted attention {f['attention_ms']:.3f} ms vs dense {f['dense_attention_ms']:.3f} ms: "
+         f"{f['speedup']:.2f}×, rel_err {f['rel_err']:.4g}")
+    echo(f"wrote {res.path} (study {res.study_name} in {res.plan.search['storage']})")
+    return res
+
+
+__all__ = ["BudgetError", "OptimizeResult", "choose", "front_table", "optimize", "optimize_command",
+           "HardwareError", "ProfileError"]
