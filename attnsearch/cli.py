@@ -108,6 +108,7 @@ def profile(
     """Record per-head attention statistics of a model and classify every head."""
     from .candidates import CandidateGrid
     from .classifier import classify
+    from .distributed import is_distributed, profile_sharded, shard_steps, world
     from .models import load_model
     from .profiler import ProfileSettings, profile_model
 
@@ -136,8 +137,15 @@ def profile(
                 bar.update(task, description=f"step {step} layer {layer}")
 
             started = time.perf_counter()
-            prof = profile_model(spec, steps=n_steps, settings=settings, on_call=on_call)
-            bar.update(task, completed=n_steps, description="profiled")
+            if is_distributed():
+                rank, size = world()
+                bar.update(task, total=len(shard_steps(n_steps, rank, size)))
+                prof = profile_sharded(spec, n_steps, settings, target, on_call)
+            else:
+                prof = profile_model(spec, steps=n_steps, settings=settings, on_call=on_call)
+            bar.update(task, completed=bar.tasks[0].total, description="profiled")
+        if prof is None:  # a rank other than 0 under torchrun: its shard is written, rank 0 merges
+            return
         prof.save(target)
         labels = classify(prof, tau=tau, density_cap=density_cap, over_steps=True)
         _print_class_table(labels, f"classes per layer (τ={tau}, density cap {density_cap})")
@@ -181,6 +189,23 @@ def classify_cmd(
             _atomic_write(csv, labels.to_csv(index=False))
         if json_out:
             _atomic_write(json_out, labels.to_json(orient="records", indent=1))
+
+    _run(work)
+
+
+@app.command()
+def merge(
+    shards: list[Path] = typer.Argument(..., metavar="SHARD...", help="Profile shards (e.g. from torchrun ranks)."),
+    out: Path = typer.Option(..., help="Merged profile (Parquet)."),
+) -> None:
+    """Join profile shards of one model (disjoint steps) into one profile."""
+    from .distributed import merge_shards
+
+    def work():
+        prof = merge_shards(list(shards))
+        prof.save(out)
+        console.print(f"merged {len(shards)} shard(s): {prof.num_steps} steps × {prof.num_layers} layers × "
+                      f"{prof.num_heads} heads → [bold]{out}[/]")
 
     _run(work)
 

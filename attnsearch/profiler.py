@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
@@ -300,14 +300,14 @@ def _make_table(records: list[tuple]) -> pd.DataFrame:
 # --- models -----------------------------------------------------------------------------------
 
 
-def profile_model(spec, *, steps: int | None = None, settings: ProfileSettings | None = None,
-                  on_call: Callable[[int, int], None] | None = None) -> Profile:
-    """Profile every SDPA call of ``spec.run(steps)`` (a ``attnsearch.models.ModelSpec``).
-
-    ``on_call(step, layer)`` is called after each profiled call (progress bars)."""
+def profile_calls(spec, step_indices: Sequence[int], settings: ProfileSettings,
+                  on_call: Callable[[int, int], None] | None = None) -> list[Profile]:
+    """Profile the SDPA calls of the model forwards ``step_indices`` (input i is step i), one Profile
+    per call, in call order. The steps are set explicitly, so any subset (a shard) gives the same
+    per-call results as a full run: sampling is seeded by (seed, step, layer) alone."""
     from .capture import capture_attention
+    from .models import split_input
 
-    settings = settings or ProfileSettings()
     parts: list[Profile] = []
 
     def consumer(call) -> None:
@@ -316,19 +316,44 @@ def profile_model(spec, *, steps: int | None = None, settings: ProfileSettings |
             raise ProfileError(
                 f"step {call.step} layer {call.layer}: attention with attn_mask/is_causal is not supported "
                 "by the profiler (the patterns describe full bidirectional attention)")
-        part = profile_tensors(call.query, call.key, call.value, spec.geometry, layer=call.layer, step=call.step,
-                               scale=kw.get("scale"), settings=settings)
-        parts.append(part)
+        parts.append(profile_tensors(call.query, call.key, call.value, spec.geometry, layer=call.layer,
+                                     step=call.step, scale=kw.get("scale"), settings=settings))
         if on_call is not None:
             on_call(call.step, call.layer)
         return None
 
+    with capture_attention(spec.model, consumer, auto_step=False) as cap, torch.no_grad():
+        for step in step_indices:
+            if not 0 <= step < len(spec.inputs):
+                raise ProfileError(f"step {step} is outside the model's {len(spec.inputs)} inputs")
+            cap.set_step(step)
+            args, kwargs = split_input(spec.inputs[step])
+            spec.model(*args, **kwargs)
+    return parts
+
+
+def profile_model(spec, *, steps: int | None = None, settings: ProfileSettings | None = None,
+                  on_call: Callable[[int, int], None] | None = None,
+                  step_indices: Sequence[int] | None = None) -> Profile:
+    """Profile every SDPA call of the model's first ``steps`` inputs (or of ``step_indices``).
+
+    ``spec`` is an ``attnsearch.models.ModelSpec``; one input = one model forward = one step.
+    ``on_call(step, layer)`` is called after each profiled call (progress bars)."""
+    settings = settings or ProfileSettings()
+    if step_indices is None:
+        step_indices = range(len(spec.inputs) if steps is None else steps)
     started = time.perf_counter()
-    with capture_attention(spec.model, consumer):
-        spec.run(steps)
+    parts = profile_calls(spec, list(step_indices), settings, on_call)
     if not parts:
         raise ProfileError(f"model {spec.name!r} made no scaled_dot_product_attention call")
+    return finish_profile(parts, spec, time.perf_counter() - started)
+
+
+def finish_profile(parts: list[Profile], spec, wall_s: float) -> Profile:
+    """Join per-call parts in (step, layer) order — the order of a single-process run, so the map
+    averages are computed in the same float order whichever process profiled which call."""
+    parts = sorted(parts, key=lambda p: (int(p.table["step"].iloc[0]), int(p.table["layer"].iloc[0])))
     prof = Profile.concat(parts)
     prof.model = {"name": spec.name, "fingerprint": spec.fingerprint}
-    prof.timing["wall_s"] = time.perf_counter() - started
+    prof.timing["wall_s"] = wall_s
     return prof
