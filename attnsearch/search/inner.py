@@ -80,22 +80,24 @@ def solve_lagrangian(units: Units, lam: float) -> Solution:
         raise ValueError(f"lambda must be a finite number ≥ 0, got {lam!r}")
     cost, err = units.cost, units.err
     U, H, C = cost.shape
-    v = cost + lam * err
-    v = np.where(np.isfinite(cost), v, np.inf)
-    # Option "sparse": no skip head.
-    if units.skip_col >= 0:
-        v_ns = v.copy()
-        v_ns[:, :, units.skip_col] = np.inf
-    else:
-        v_ns = v
-    c_sparse = np.argmin(v_ns, axis=2)
-    s_sparse = np.take_along_axis(v_ns, c_sparse[..., None], 2)[..., 0].sum(1) + units.launch
+    v = cost + np.asarray(lam, dtype=cost.dtype) * err if lam else cost.copy()  # inf cost stays inf
     c_mixed = np.argmin(v, axis=2)
-    s_mixed = np.take_along_axis(v, c_mixed[..., None], 2)[..., 0].sum(1) + units.launch + units.fill
+    best = _gather(v, c_mixed)
+    s_mixed = best.sum(1, dtype=np.float64) + units.launch + units.fill
+    # Option "sparse" (no skip head) differs only where a head's best is skip: re-take those heads.
+    c_sparse, best_ns = c_mixed, best
     if units.skip_col >= 0:
-        s_skip = v[:, :, units.skip_col].sum(1) + units.fill
+        u_idx, h_idx = np.nonzero(c_mixed == units.skip_col)
+        if len(u_idx):
+            sub = v[u_idx, h_idx].copy()
+            sub[:, units.skip_col] = np.inf
+            c_sparse, best_ns = c_mixed.copy(), best.copy()
+            c_sparse[u_idx, h_idx] = np.argmin(sub, axis=1)
+            best_ns[u_idx, h_idx] = sub[np.arange(len(u_idx)), c_sparse[u_idx, h_idx]]
+        s_skip = v[:, :, units.skip_col].sum(1, dtype=np.float64) + units.fill
     else:
         s_skip = np.full(U, np.inf)
+    s_sparse = best_ns.sum(1, dtype=np.float64) + units.launch
     s_dense = np.where(np.isfinite(units.dense), units.dense, np.inf)
     scores = np.stack([s_sparse, s_mixed, s_skip, s_dense], 1)
     scores[units.force_dense, :3] = np.inf
@@ -109,13 +111,19 @@ def solve_lagrangian(units: Units, lam: float) -> Solution:
     return _evaluate(units, option, choice, lam)
 
 
+def _gather(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """a[u, h, idx[u, h]] (flat indexing: much faster than take_along_axis on large arrays)."""
+    U, H, C = a.shape
+    return a.reshape(-1)[np.arange(U * H) * C + idx.reshape(-1)].reshape(U, H)
+
+
 def _evaluate(units: Units, option: np.ndarray, choice: np.ndarray, lam: float) -> Solution:
     """Exact latency and error of a choice under the unit objective (options recomputed from it)."""
     U = len(option)
     dense = option == 3
     safe = np.where(choice < 0, 0, choice)
-    c = np.take_along_axis(units.cost, safe[..., None], 2)[..., 0]
-    e = np.take_along_axis(units.err, safe[..., None], 2)[..., 0]
+    c = _gather(units.cost, safe).astype(np.float64)
+    e = _gather(units.err, safe).astype(np.float64)
     is_skip = (choice == units.skip_col) & (units.skip_col >= 0)
     any_skip = is_skip.any(1)
     any_comp = (~is_skip).any(1)
@@ -145,7 +153,8 @@ class BudgetResult:
         return self.solution.total_cost - self.lower_bound
 
 
-def solve_budget(units: Units, budget: float, *, iters: int = 40) -> BudgetResult:
+def solve_budget(units: Units, budget: float, *, iters: int = 30, rtol: float = 1e-2,
+                 hint: float | None = None) -> BudgetResult:
     """Least latency with Σ error ≤ budget, through λ bisection (see the module docstring).
 
     ``feasible`` is False when even the least-error assignment exceeds the budget; the solution is
@@ -168,6 +177,19 @@ def solve_budget(units: Units, budget: float, *, iters: int = 40) -> BudgetResul
     best = top
     lo = 0.0
     lower = max(lower, _dual(zero, 0.0, budget), _dual(top, hi, budget))
+    if hint is not None and 0 < hint < hi:  # a λ that met a similar budget before: bracket around it
+        for cand in (hint * 30, hint / 30):
+            if not 0 < cand < hi:
+                continue
+            s = solve_lagrangian(units, cand)
+            lower = max(lower, _dual(s, cand, budget))
+            if s.total_err <= budget:
+                hi = cand
+                if s.total_cost < best.total_cost:
+                    best = s
+            else:
+                lo = max(lo, cand)
+                break
     for _ in range(iters):
         mid = math.sqrt(lo * hi) if lo > 0 else hi / 1024
         s = solve_lagrangian(units, mid)
@@ -178,7 +200,7 @@ def solve_budget(units: Units, budget: float, *, iters: int = 40) -> BudgetResul
                 best = s
         else:
             lo = mid
-        if lo > 0 and hi / lo < 1 + 1e-9:
+        if lo > 0 and (hi / lo < 1 + 1e-9 or budget * (1 - rtol) <= best.total_err <= budget):
             break
     return BudgetResult(best, lower, True, top.total_err)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -26,6 +27,9 @@ import numpy as np
 
 from ..geometry import Geometry
 from ..patterns import SPARSE_FAMILIES, block_mask
+
+
+_KEY_BLOCKS = re.compile(r'"key_blocks":\s*\[([^\]]*)\]')
 
 
 class SearchError(ValueError):
@@ -69,16 +73,22 @@ class SearchSpace:
 
     @cached_property
     def _stripe_blocks(self) -> dict[int, np.ndarray]:
-        """c → int [S, L, H, k] key blocks (−1 padded), parsed once."""
+        """c → int [S, L, H, k] key blocks (−1 padded), parsed once (one regex over all params)."""
         out = {}
         for c, arr in self.stripe_params.items():
             flat = arr.reshape(-1)
-            lists = [json.loads(p)["key_blocks"] if isinstance(p, str) else [] for p in flat]
-            k = max((len(x) for x in lists), default=0)
-            blocks = np.full((len(lists), max(k, 1)), -1, dtype=np.int32)
-            for i, x in enumerate(lists):
-                blocks[i, : len(x)] = x
-            out[c] = blocks.reshape(*arr.shape, -1)
+            text = [p if isinstance(p, str) else '{"key_blocks":[]}' for p in flat]
+            inner = _KEY_BLOCKS.findall("\n".join(text))
+            if len(inner) != len(text):
+                raise SearchError(f"profile: vertical_stripe params of {self.names[c]} lack key_blocks")
+            counts = np.array([x.count(",") + 1 if x.strip() else 0 for x in inner])
+            values = np.array([int(v) for x in inner if x.strip() for v in x.split(",")], dtype=np.int32)
+            k = max(int(counts.max()) if len(counts) else 0, 1)
+            blocks = np.full((len(inner), k), -1, dtype=np.int32)
+            rows = np.repeat(np.arange(len(inner)), counts)
+            cols = np.arange(len(values)) - np.repeat(np.cumsum(counts) - counts, counts)
+            blocks[rows, cols] = values
+            out[c] = blocks.reshape(*arr.shape, k)
         return out
 
     def _stripe_base(self, rows: float) -> tuple[int, np.ndarray]:
@@ -112,7 +122,11 @@ class SearchSpace:
         return density.reshape(L, H), member.reshape(L, H, nb)
 
     def stripe_density(self, c: int, steps: range) -> np.ndarray:
-        return self.stripe_union(c, steps)[0]
+        cache = self.__dict__.setdefault("_union_cache", {})
+        key = (c, steps.start, steps.stop)
+        if key not in cache:
+            cache[key] = self.stripe_union(c, steps)[0]
+        return cache[key]
 
     def candidate_params(self, c: int, steps: range, layer: int, head: int) -> dict:
         """The params a plan writes for candidate ``c`` at (layer, head) over ``steps``."""
@@ -181,11 +195,15 @@ def build_space(profile) -> SearchSpace:
         miss = np.isnan(density[..., c])
         density[..., c][miss], rel_err[..., c][miss], recall[..., c][miss] = d, e, r
     stripe_params = {}
-    for c, fam in enumerate(families):
-        if fam == "vertical_stripe":
+    stripe_codes = [c for c, fam in enumerate(families) if fam == "vertical_stripe"]
+    if stripe_codes:
+        rows_sel = np.isin(codes, stripe_codes)
+        sel_params = t["params"][rows_sel].to_numpy(dtype=object)
+        sel_codes, sel_idx = codes[rows_sel], tuple(i[rows_sel] for i in idx[:3])
+        for c in stripe_codes:
             arr = np.full((S, L, H), None, dtype=object)
-            sel = codes == c
-            arr[idx[0][sel], idx[1][sel], idx[2][sel]] = t["params"].to_numpy()[sel]
+            sel = sel_codes == c
+            arr[sel_idx[0][sel], sel_idx[1][sel], sel_idx[2][sel]] = sel_params[sel]
             stripe_params[c] = arr
     missing_sites = np.isnan(density).all(-1)
     if missing_sites.any():

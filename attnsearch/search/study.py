@@ -89,7 +89,7 @@ def _open_study(storage: str, name: str, seed: int):
     try:
         return optuna.create_study(storage=storage, study_name=name, load_if_exists=True,
                                    directions=["minimize", "minimize"],
-                                   sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True))
+                                   sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=10))
     except Exception as err:  # noqa: BLE001  (sqlalchemy/driver errors differ by backend: one clear message)
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SearchError(f"storage {storage!r} cannot be reached: {type(err).__name__}: {msg[:200]}") from None
@@ -163,7 +163,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
     budgeted = max_error is not None and not validate
     settings = {"head_dim": head_dim, "batch": batch, "hardware": cm.table.name, "validate": validate,
                 "budgeted": budgeted, "max_error": max_error if budgeted else None,
-                "block_sizes": sorted(problems), "knob_space": 1}
+                "block_sizes": sorted(problems), "knob_space": 2}
     fingerprint = _fingerprint(profs, settings)
     name = study_name or f"attnsearch-{profs[0].model.get('name', 'model')}-{fingerprint}"
     storage = storage or f"sqlite:///{out.with_name(out.name + '.optuna.db')}"
@@ -172,9 +172,10 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
     study = _open_study(storage, name, seed)
     import optuna
 
-    max_warm = max(0, (S - 1) // 4)
+    # Few values per knob that changes the per-range sums (each combination is aggregated once).
+    warm_choices = sorted({0, *(w for w in (round(S * f) for f in (0.05, 0.1, 0.2)) if 0 < w < S)})
+    range_choices = sorted({1, *(r for r in (2, 4) if r < S), S - 0})
     max_dense_layers = L // 4
-    max_ranges_log2 = int(math.log2(S)) if S > 1 else 0
     sizes = sorted(problems)
 
     def knobs_of(params: dict[str, Any]) -> Knobs:
@@ -182,7 +183,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         return Knobs(lam=None if budgeted else params["lam"],
                      budget=max_error * params["budget_frac"] if budgeted else None,
                      tau=params.get("tau", 0.0), warmup=params.get("warmup", 0),
-                     dense_layers=params.get("dense_layers", 0), ranges=2 ** params.get("ranges_log2", 0),
+                     dense_layers=params.get("dense_layers", 0), ranges=params.get("ranges", 1),
                      block_size=bs)
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
@@ -191,9 +192,9 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         else:
             trial.suggest_float("lam", *LAM_RANGE, log=True)
         trial.suggest_categorical("tau", TAU_CHOICES)
-        trial.suggest_int("warmup", 0, max_warm)
+        trial.suggest_categorical("warmup", warm_choices)
         trial.suggest_int("dense_layers", 0, max_dense_layers)
-        trial.suggest_int("ranges_log2", 0, max_ranges_log2)
+        trial.suggest_categorical("ranges", range_choices)
         trial.suggest_categorical("block_size", sizes)
         k = knobs_of(trial.params)
         pb = problems[k.block_size]
@@ -212,7 +213,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
 
     if not study.trials:  # a new study starts from a spread of λ (or budgets) at default knobs
         for i, v in enumerate(SEED_LAMS[: max(1, min(trials, len(SEED_LAMS)))]):
-            base = {"tau": 0.0, "warmup": 0, "dense_layers": 0, "ranges_log2": 0, "block_size": sizes[-1]}
+            base = {"tau": 0.0, "warmup": 0, "dense_layers": 0, "ranges": 1, "block_size": sizes[-1]}
             base.update({"budget_frac": min(1.0, 0.25 + 0.75 * i / 4)} if budgeted else {"lam": v})
             study.enqueue_trial(base)
 
