@@ -124,8 +124,8 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
     Returns:
         OptimizeResult: the plan, where it was written, the chosen trial and why, the Pareto front.
     """
-    if trials < 1 and storage is None:
-        raise SearchError(f"trials must be ≥ 1, got {trials}")
+    if not isinstance(trials, int) or trials < 0:
+        raise SearchError(f"trials must be an integer ≥ 0 (0: choose from the stored study), got {trials!r}")
     if max_error is not None and not max_error >= 0:
         raise SearchError(f"max_error must be ≥ 0, got {max_error}")
     if target_speedup is not None and not target_speedup > 0:
@@ -168,7 +168,10 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
     name = study_name or f"attnsearch-{profs[0].model.get('name', 'model')}-{fingerprint}"
     storage = storage or f"sqlite:///{out.with_name(out.name + '.optuna.db')}"
     if storage.startswith("sqlite:///"):
-        Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SearchError(f"storage {storage!r} cannot be reached: {err.strerror}") from None
     study = _open_study(storage, name, seed)
     import optuna
 
@@ -230,7 +233,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
 
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
-        raise SearchError(f"study {name!r} has no completed trial")
+        raise SearchError(f"study {name!r} in {_public_storage(storage)} has no completed trial (run with trials ≥ 1)")
     front = study.best_trials
     chosen, reason = choose(front, max_error, target_speedup, validate=bool(validate))
     k = knobs_of(chosen.params)
