@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .costmodel import (DENSE_TILE, FillParams, HardwareTable, LaunchParams, gpu_slug, layer_features,
+from .costmodel import (DENSE_TILE, FillParams, HardwareError, HardwareTable, LaunchParams, gpu_slug, layer_features,
                         list_schedule, variant_key, work_order)
 from .geometry import Geometry
 from .patterns import SPARSE_FAMILIES
@@ -244,7 +244,7 @@ def measure(specs: Sequence[dict[str, Any]], *, dtype: str = "bfloat16", budget_
     from .runtime import block_tables, sparse_attention
 
     if not torch.cuda.is_available():
-        raise RuntimeError("calibrate needs a CUDA GPU (timing the kernels is the point); none is visible here")
+        raise HardwareError("calibrate needs a CUDA GPU (timing the kernels is the point); none is visible here")
     tdtype = getattr(torch, dtype)
     started = time.time()
     points = []
@@ -474,8 +474,8 @@ def calibrate(out_dir: str | Path = "kernels", *, specs: Sequence[dict[str, Any]
     import torch
 
     if not torch.cuda.is_available():
-        raise RuntimeError("calibrate needs a CUDA GPU; none is visible here (the cost model then uses a "
-                           "shipped table from kernels/)")
+        raise HardwareError("calibrate needs a CUDA GPU; none is visible here (the cost model then uses a "
+                            "shipped table from kernels/)")
     specs = default_grid(quick=quick) if specs is None else specs
     points = measure(specs, dtype=dtype, budget_s=budget_s, progress=progress)
     env = environment()
