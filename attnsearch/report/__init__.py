@@ -60,7 +60,12 @@ def write_report(paths: list[Path], out: Path, *, tau: float = 0.95, density_cap
             from ..plan import load_plan
             from .plan_figures import plan_figures
 
-            sections.append(plan_figures(load_plan(path), out))
+            plan = load_plan(path)
+            sections.append(plan_figures(plan, out))
+            if plan.search.get("pareto"):
+                from .study_figures import study_figures
+
+                sections.append(study_figures(plan.to_dict(), out))
         elif kind == "study":
             from .study_figures import study_figures
 

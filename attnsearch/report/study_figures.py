@@ -30,15 +30,25 @@ def _points_from_storage(path: Path) -> tuple[list, list, dict | None, str]:
 
 
 def _points_from_json(data: dict) -> tuple[list, list, dict | None, str]:
-    trials = data.get("trials", data.get("pareto", []))
-    return trials, data.get("pareto", []), data.get("chosen"), data.get("study", "study")
+    """An optimize result: a plan's ``search`` section (Pareto rows with trial, attention_ms, error)."""
+    def point(row: dict) -> dict:
+        return {"number": row.get("trial", row.get("number")), "latency_ms": row.get("attention_ms", row.get("latency_ms")),
+                "error": row["error"]}
+
+    search = data.get("search", data)
+    front = [point(r) for r in search.get("pareto", [])]
+    chosen = next((p for p in front if p["number"] == search.get("trial")), None)
+    return front, front, chosen, search.get("study", "study")
 
 
-def study_figures(path: Path, out: Path) -> dict:
-    if path.read_bytes()[:15] == b"SQLite format 3":
-        trials, front, chosen, name = _points_from_storage(path)
+def study_figures(source: Path | dict, out: Path) -> dict:
+    """``source``: an Optuna SQLite file, an optimize-result JSON file, or a plan dict (its search)."""
+    if isinstance(source, dict):
+        trials, front, chosen, name = _points_from_json(source)
+    elif source.read_bytes()[:15] == b"SQLite format 3":
+        trials, front, chosen, name = _points_from_storage(source)
     else:
-        trials, front, chosen, name = _points_from_json(json.loads(path.read_text()))
+        trials, front, chosen, name = _points_from_json(json.loads(source.read_text()))
     fig, ax = plt.subplots(figsize=(6, 4.2))
     ax.scatter([t["latency_ms"] for t in trials], [t["error"] for t in trials], s=10, color="#bbbbbb",
                label=f"{len(trials)} trials")

@@ -236,6 +236,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         raise SearchError(f"study {name!r} in {_public_storage(storage)} has no completed trial (run with trials ≥ 1)")
     front = study.best_trials
     chosen, reason = choose(front, max_error, target_speedup, validate=bool(validate))
+    study.set_user_attr("chosen_trial", chosen.number)  # what `attnsearch report STUDY.db` marks
     k = knobs_of(chosen.params)
     pb = problems[k.block_size]
     a = pb.solve(k)
