@@ -30,7 +30,7 @@ def head_map(plan: Plan, path: Path) -> Path:
         if entry.layers is not None:
             for layer, lp in enumerate(entry.layers):
                 d = lp.head_densities().numpy()
-                for head, (pattern, _) in enumerate(lp.head_specs()):
+                for head, (pattern, _) in enumerate(lp.head_specs):
                     idx[layer, head] = FAMILY_ORDER.index(pattern)
                     dens[layer, head] = d[head]
         ax.imshow(idx, cmap=cmap, vmin=-0.5, vmax=len(FAMILY_ORDER) - 0.5, aspect="auto", interpolation="nearest")
@@ -61,8 +61,8 @@ def layer_latency(plan: Plan, path: Path, cost) -> Path:
     ax.set_xlabel("layer")
     ax.set_ylabel("ms per attention call")
     total = sum(sparse)
-    ax.set_title(f"predicted latency per layer on {cost.table.device}: {dense * plan.num_layers / total:.2f}× "
-                 "faster than dense", fontsize=9)
+    ax.set_title(f"predicted latency per layer, first sparse steps\n{cost.table.device}: "
+                 f"{dense * plan.num_layers / total:.2f}× faster than dense", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -75,7 +75,7 @@ def schedule(plan: Plan, path: Path) -> Path:
     grid = np.ones((plan.num_steps, plan.num_layers))
     for e in plan.schedule:
         if e.layers is not None:
-            grid[e.start:e.stop] = [lp.density() for lp in e.layers]
+            grid[e.start:e.stop] = [lp.density for lp in e.layers]
     fig, ax = plt.subplots(figsize=(max(5, 0.25 * plan.num_layers + 2), max(2.4, 0.18 * plan.num_steps + 1.2)))
     im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
     for e in plan.schedule[1:]:

@@ -32,8 +32,10 @@ from .space import SearchError, build_space
 #: Relative λ range (× one head's dense attention per step; see Knobs).
 LAM_RANGE = (1e-3, 1e3)
 TAU_CHOICES = (0.0, 0.8, 0.9, 0.95)
-#: λ values the first trials of a new study take (spreading the front from the start).
-SEED_LAMS = (0.01, 0.1, 1.0, 10.0, 1000.0)
+#: λ values the first trials of a new study take (spreading the front from the start). Ordered
+#: ends-first, so even a short study holds a near-dense plan (any budget has an answer) and an
+#: aggressive one before it fills in the middle.
+SEED_LAMS = (1000.0, 1.0, 0.01, 10.0, 0.1)
 
 
 class BudgetError(SearchError):
@@ -217,7 +219,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
     if not study.trials:  # a new study starts from a spread of λ (or budgets) at default knobs
         for i, v in enumerate(SEED_LAMS[: max(1, min(trials, len(SEED_LAMS)))]):
             base = {"tau": 0.0, "warmup": 0, "dense_layers": 0, "ranges": 1, "block_size": sizes[-1]}
-            base.update({"budget_frac": min(1.0, 0.25 + 0.75 * i / 4)} if budgeted else {"lam": v})
+            base.update({"budget_frac": (1.0, 0.625, 0.25, 0.8125, 0.4375)[i]} if budgeted else {"lam": v})
             study.enqueue_trial(base)
 
     def on_trial(study_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
