@@ -40,6 +40,7 @@ def write_profile(profile: Profile, path: str | os.PathLike) -> Path:
         "model": profile.model,
         "settings": profile.settings.to_dict(),
         "timing": profile.timing,
+        "attention": profile.attention,
         "maps": {"sites": [list(k) for k in keys], "steps": [profile.map_steps.get(k, 1) for k in keys],
                  "shape": list(maps.shape), "dtype": "float16"},
     }
@@ -94,4 +95,5 @@ def read_profile(path: str | os.PathLike) -> Profile:
         maps=maps,
         map_steps={k: n for k, n in zip(keys, m["steps"])},
         timing=meta.get("timing", {}),
+        attention=meta.get("attention", {}),
     )

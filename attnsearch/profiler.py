@@ -81,6 +81,8 @@ class Profile:
     maps: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
     map_steps: dict[tuple[int, int], int] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
+    #: Shape of the profiled calls: batch, heads, kv_heads, head_dim, dtype (the cost model needs it).
+    attention: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_steps(self) -> int:
@@ -117,7 +119,11 @@ class Profile:
                 else:
                     maps[key], counts[key] = m.clone(), n
         timing = {k: sum(p.timing.get(k, 0.0) for p in parts) for k in first.timing}
-        return cls(table, first.geometry, first.settings, dict(first.model), maps, counts, timing)
+        shapes = {json.dumps(p.attention, sort_keys=True) for p in parts}
+        if len(shapes) > 1:
+            raise ProfileError(f"cannot join profiles of different attention shapes: {sorted(shapes)}")
+        return cls(table, first.geometry, first.settings, dict(first.model), maps, counts, timing,
+                   dict(first.attention))
 
     def save(self, path) -> None:
         from .profile_io import write_profile
@@ -287,7 +293,9 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
     maps = {(layer, h): (map_sum[h] / bsz).float().cpu() for h in range(heads)}
     elapsed = time.perf_counter() - started
     return Profile(table, geometry, settings, maps=maps, map_steps={key: 1 for key in maps},
-                   timing={"profile_s": elapsed, "calls": 1})
+                   timing={"profile_s": elapsed, "calls": 1},
+                   attention={"batch": bsz, "heads": heads, "kv_heads": int(k.shape[1]), "head_dim": d,
+                              "dtype": str(q.dtype).removeprefix("torch.")})
 
 
 def _make_table(records: list[tuple]) -> pd.DataFrame:

@@ -140,3 +140,14 @@ def test_shape_errors_are_named():
         profile_tensors(q, q, q, geom)
     with pytest.raises(ProfileError, match=r"\[batch, heads, N, D\]"):
         profile_tensors(q[0], q[0], q[0], geom)
+
+
+def test_attention_shape_is_recorded(tmp_path):
+    geom = Geometry(2, 8, 8)
+    q = torch.randn(2, 4, geom.num_tokens, 32, dtype=torch.float16)
+    k = torch.randn(2, 2, geom.num_tokens, 32, dtype=torch.float16)
+    prof = profile_tensors(q, k, k, geom, block_size=64, queries=8)
+    want = {"batch": 2, "heads": 4, "kv_heads": 2, "head_dim": 32, "dtype": "float16"}
+    assert prof.attention == want
+    prof.save(tmp_path / "p.parquet")
+    assert Profile.load(tmp_path / "p.parquet").attention == want

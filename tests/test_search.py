@@ -187,6 +187,14 @@ def test_bad_inputs_give_clear_errors(small_profile, tmp_path):
         optimize(path, target_speedup=1000.0, trials=3, out=tmp_path / "t.json", head_dim=128)
     # A storage that cannot be reached.
     with pytest.raises(SearchError, match=r"storage 'postgresql://nobody@127.0.0.1:1/none' cannot be reached"):
-        optimize(path, storage="postgresql://nobody@127.0.0.1:1/none", trials=1, out=tmp_path / "s.json")
+        optimize(path, storage="postgresql://nobody@127.0.0.1:1/none", trials=1, out=tmp_path / "s.json", head_dim=128)
     with pytest.raises(SearchError, match="validate needs the model"):
-        optimize(path, validate=1, trials=1, out=tmp_path / "v.json")
+        optimize(path, validate=1, trials=1, out=tmp_path / "v.json", head_dim=128)
+
+
+def test_head_dim_comes_from_the_profile(small_profile, tmp_path):
+    """The profile records head_dim (32 here); a table without it is a clear error, not a silent 128."""
+    path, prof = small_profile
+    assert prof.attention["head_dim"] == 32
+    with pytest.raises(HardwareError, match="no dense \\(cuDNN\\) calibration for head_dim 32"):
+        optimize(path, trials=1, out=tmp_path / "x.json")

@@ -28,6 +28,8 @@ from ..plan import Plan, write_plan
 from ..profiler import Profile, ProfileError
 from .problem import Assignment, Knobs, Problem
 from .space import SearchError, build_space
+from .workers import (HEARTBEAT_S, check_workers, claim_lock, open_storage, run_trials, spawn, start_run,
+                      storage_error, storage_kind, worker_id)
 
 #: Relative λ range (× one head's dense attention per step; see Knobs).
 LAM_RANGE = (1e-3, 1e3)
@@ -54,6 +56,9 @@ class OptimizeResult:
     storage: str
     hardware: dict[str, Any]
     settings: dict[str, Any] = field(default_factory=dict)
+    #: Of this call (not in the plan, which depends only on the stored study and the settings).
+    seconds: float = 0.0
+    trials_run: int = 0
 
 
 # --- inputs ----------------------------------------------------------------------------------------
@@ -84,7 +89,8 @@ def _fingerprint(profs: Sequence[Profile], settings: dict[str, Any]) -> str:
     return h.hexdigest()[:12]
 
 
-def _open_study(storage: str, name: str, seed: int):
+def _open_study(storage, name: str, seed: int | None):
+    """Create or load the study (``storage``: a URL or an RDBStorage)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -93,8 +99,105 @@ def _open_study(storage: str, name: str, seed: int):
                                    directions=["minimize", "minimize"],
                                    sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=10))
     except Exception as err:  # noqa: BLE001  (sqlalchemy/driver errors differ by backend: one clear message)
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SearchError(f"storage {storage!r} cannot be reached: {type(err).__name__}: {msg[:200]}") from None
+        url = storage if isinstance(storage, str) else str(getattr(storage, "url", storage))
+        raise storage_error(url, err) from None
+
+
+def _sampler_seed(seed: int, index: int) -> int:
+    """A sampler seed per worker process: workers seeded alike would propose the same parameters."""
+    import socket
+
+    key = f"{seed}:{socket.gethostname()}:{os.getpid()}:{index}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "big")
+
+
+class _Search:
+    """The knob space and objective of one search (built alike in the parent and every worker)."""
+
+    def __init__(self, problems: dict[int, Problem], *, budgeted: bool, max_error: float | None, validator) -> None:
+        self.problems, self.budgeted, self.max_error, self.validator = problems, budgeted, max_error, validator
+        S, L, _ = next(iter(problems.values())).space.shape[:3]
+        self.S, self.L = S, L
+        # Few values per knob that changes the per-range sums (each combination is aggregated once).
+        self.warm_choices = sorted({0, *(w for w in (round(S * f) for f in (0.05, 0.1, 0.2)) if 0 < w < S)})
+        self.range_choices = sorted({1, *(r for r in (2, 4) if r < S), S - 0})
+        self.max_dense_layers = L // 4
+        self.sizes = sorted(problems)
+
+    @classmethod
+    def build(cls, profs: Sequence[Profile], cm: CostModel, *, max_error: float | None, validate: int, spec,
+              backend: str) -> "_Search":
+        problems = {p.settings.block_size: Problem(build_space(p), cm) for p in profs}
+        validator = None
+        if validate:
+            from .validate import Validator
+
+            validator = Validator(spec, validate, backend)
+        return cls(problems, budgeted=max_error is not None and not validate, max_error=max_error,
+                   validator=validator)
+
+    def knobs_of(self, params: dict[str, Any]) -> Knobs:
+        bs = params.get("block_size", self.sizes[-1])
+        return Knobs(lam=None if self.budgeted else params["lam"],
+                     budget=self.max_error * params["budget_frac"] if self.budgeted else None,
+                     tau=params.get("tau", 0.0), warmup=params.get("warmup", 0),
+                     dense_layers=params.get("dense_layers", 0), ranges=params.get("ranges", 1),
+                     block_size=bs)
+
+    def objective(self, trial) -> tuple[float, float]:
+        if self.budgeted:
+            trial.suggest_float("budget_frac", 0.25, 1.0)
+        else:
+            trial.suggest_float("lam", *LAM_RANGE, log=True)
+        trial.suggest_categorical("tau", TAU_CHOICES)
+        trial.suggest_categorical("warmup", self.warm_choices)
+        trial.suggest_int("dense_layers", 0, self.max_dense_layers)
+        trial.suggest_categorical("ranges", self.range_choices)
+        trial.suggest_categorical("block_size", self.sizes)
+        k = self.knobs_of(trial.params)
+        pb = self.problems[k.block_size]
+        a = pb.solve(k)
+        dense_ms = self.S * self.L * pb.dense_layer_ms
+        trial.set_user_attr("speedup", dense_ms / a.cost_ms)
+        trial.set_user_attr("rel_err", a.rel_err)
+        trial.set_user_attr("dense_attention_ms", dense_ms)
+        error = a.rel_err
+        if self.validator is not None:
+            measured = self.validator.measure(pb.plan(a))
+            trial.set_user_attr("rel_l2", measured["rel_l2"])
+            trial.set_user_attr("psnr_db", measured["psnr_db"])
+            error = measured["rel_l2"]
+        return a.cost_ms, error
+
+    def seed_params(self, trials: int) -> list[dict[str, Any]]:
+        """A new study starts from a spread of λ (or budgets) at default knobs."""
+        out = []
+        for i, v in enumerate(SEED_LAMS[: max(1, min(trials, len(SEED_LAMS)))]):
+            base = {"tau": 0.0, "warmup": 0, "dense_layers": 0, "ranges": 1, "block_size": self.sizes[-1]}
+            base.update({"budget_frac": (1.0, 0.625, 0.25, 0.8125, 0.4375)[i]} if self.budgeted else {"lam": v})
+            out.append(base)
+        return out
+
+
+def _progress(study, trial, trials: int) -> dict[str, Any]:
+    return {"trial": trial.number, "trials": trials, "attention_ms": trial.values[0],
+            "speedup": trial.user_attrs.get("speedup"), "error": trial.values[1], "front": len(study.best_trials)}
+
+
+def _worker_main(cfg: dict[str, Any], index: int, report: Callable[[dict[str, Any]], None]) -> None:
+    """One worker process of ``optimize(workers=K)``: rebuild the search, claim and run trials."""
+    started = time.monotonic()
+    profs = _load_profiles(cfg["profile"])
+    spec = _load_spec(cfg["model"]) if cfg["model"] is not None else None
+    cm = CostModel(cfg["hardware"], head_dim=cfg["head_dim"], batch=cfg["batch"])
+    search = _Search.build(profs, cm, max_error=cfg["max_error"], validate=cfg["validate"], spec=spec,
+                           backend=cfg["backend"])
+    rdb = open_storage(cfg["storage"], cfg["heartbeat_s"])
+    study = _open_study(rdb, cfg["study"], _sampler_seed(cfg["seed"], index))
+    deadline = started + cfg["timeout"] if cfg["timeout"] else None
+    run_trials(study, rdb, lambda: claim_lock(cfg["storage"], rdb, cfg["study"]), cfg["target"], search.objective,
+               worker=worker_id(index), deadline=deadline,
+               on_trial=lambda t: report(_progress(study, t, cfg["trials"])))
 
 
 # --- the search ------------------------------------------------------------------------------------------
@@ -104,7 +207,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
              trials: int = 100, storage: str | None = None, validate: int = 0, out: str | os.PathLike = "plan.json",
              model=None, progress: Callable[[dict[str, Any]], None] | None = None, head_dim: int | None = None,
              batch: int = 1, seed: int = 0, study_name: str | None = None, backend: str = "auto",
-             timeout: float | None = None) -> OptimizeResult:
+             timeout: float | None = None, workers: int = 1, heartbeat_s: int = HEARTBEAT_S) -> OptimizeResult:
     """Search a plan for the profiled model and write it to ``out``.
 
     Args:
@@ -114,8 +217,16 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
             ``validate``): the fastest plan within it is chosen.
         target_speedup: predicted attention speedup over cuDNN dense to reach: the lowest-error plan
             reaching it is chosen (with ``max_error`` too: both must hold).
-        trials: trials to run now (a continued study keeps its earlier ones).
+        trials: trials to run now (a continued study keeps its earlier ones). A run that did not
+            finish (killed, or still running on other machines) is resumed/joined instead: its
+            target count of complete trials stands. 0: only choose from the stored study.
         storage: Optuna storage URL; default ``sqlite:///<out>.optuna.db`` beside the plan.
+        workers: worker processes to run the trials in (> 1 needs a server database, e.g.
+            ``postgresql://``). The same command on several machines shares the run. The plan is
+            chosen by this process after its workers ended, from the stored study's completed trials
+            (ties to the lowest trial number), so every machine writes the same plan.
+        heartbeat_s: a running trial's heartbeat period; one silent for 3× this is failed and its
+            parameters retried (a killed worker loses no trial).
         validate: run the model (``model``) with each trial's plan on this many inputs and use its
             measured output error as the error objective.
         model: model name for :func:`attnsearch.models.load_model`, or a ModelSpec (for ``validate``
@@ -145,24 +256,20 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
             raise SearchError(f"model {spec.name!r} (fingerprint {spec.fingerprint}) is not the profiled model "
                               f"(fingerprint {fp})")
     if head_dim is None:
-        if spec is not None:
+        if profs[0].attention.get("head_dim"):
+            head_dim = int(profs[0].attention["head_dim"])
+        elif spec is not None:
             from .validate import attention_shape
 
             head_dim = int(attention_shape(spec)[3])
         else:
-            head_dim = 128
+            head_dim = 128  # profiles written before the attention shape was recorded
     cm = CostModel(hardware, head_dim=head_dim, batch=batch)
-    problems = {p.settings.block_size: Problem(build_space(p), cm) for p in profs}
-    any_pb = next(iter(problems.values()))
-    S, L, H = any_pb.space.shape[:3]
-    validator = None
-    if validate:
-        from .validate import Validator
-
-        validator = Validator(spec, validate, backend)
+    search = _Search.build(profs, cm, max_error=max_error, validate=validate, spec=spec, backend=backend)
+    problems = search.problems
 
     out = Path(out)
-    budgeted = max_error is not None and not validate
+    budgeted = search.budgeted
     settings = {"head_dim": head_dim, "batch": batch, "hardware": cm.table.name, "validate": validate,
                 "budgeted": budgeted, "max_error": max_error if budgeted else None,
                 "block_sizes": sorted(problems), "knob_space": 2}
@@ -174,73 +281,57 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
             Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise SearchError(f"storage {storage!r} cannot be reached: {err.strerror}") from None
-    study = _open_study(storage, name, seed)
+    check_workers(storage, workers)
+    rdb = open_storage(storage, heartbeat_s)
+    shared = workers > 1 or storage_kind(storage) != "sqlite"  # other processes may sample alongside
+    study = _open_study(rdb, name, _sampler_seed(seed, 0) if shared else seed)
     import optuna
 
-    # Few values per knob that changes the per-range sums (each combination is aggregated once).
-    warm_choices = sorted({0, *(w for w in (round(S * f) for f in (0.05, 0.1, 0.2)) if 0 < w < S)})
-    range_choices = sorted({1, *(r for r in (2, 4) if r < S), S - 0})
-    max_dense_layers = L // 4
-    sizes = sorted(problems)
+    def lock():
+        return claim_lock(storage, rdb, name)
 
-    def knobs_of(params: dict[str, Any]) -> Knobs:
-        bs = params.get("block_size", sizes[-1])
-        return Knobs(lam=None if budgeted else params["lam"],
-                     budget=max_error * params["budget_frac"] if budgeted else None,
-                     tau=params.get("tau", 0.0), warmup=params.get("warmup", 0),
-                     dense_layers=params.get("dense_layers", 0), ranges=params.get("ranges", 1),
-                     block_size=bs)
+    done_before, target = start_run(study, lock, trials, search.seed_params)
+    to_run = target - done_before
+    ran = 0
 
-    def objective(trial: optuna.Trial) -> tuple[float, float]:
-        if budgeted:
-            trial.suggest_float("budget_frac", 0.25, 1.0)
+    def on_trial(p: dict[str, Any]) -> None:
+        nonlocal ran
+        ran += 1
+        if progress is not None:
+            progress(p)
+
+    if to_run > 0:
+        if workers == 1:
+            run_trials(study, rdb, lock, target, search.objective, worker=worker_id(0),
+                       deadline=time.monotonic() + timeout if timeout else None,
+                       on_trial=lambda t: on_trial(_progress(study, t, to_run)))
         else:
-            trial.suggest_float("lam", *LAM_RANGE, log=True)
-        trial.suggest_categorical("tau", TAU_CHOICES)
-        trial.suggest_categorical("warmup", warm_choices)
-        trial.suggest_int("dense_layers", 0, max_dense_layers)
-        trial.suggest_categorical("ranges", range_choices)
-        trial.suggest_categorical("block_size", sizes)
-        k = knobs_of(trial.params)
-        pb = problems[k.block_size]
-        a = pb.solve(k)
-        dense_ms = S * L * pb.dense_layer_ms
-        trial.set_user_attr("speedup", dense_ms / a.cost_ms)
-        trial.set_user_attr("rel_err", a.rel_err)
-        trial.set_user_attr("dense_attention_ms", dense_ms)
-        error = a.rel_err
-        if validator is not None:
-            measured = validator.measure(pb.plan(a))
-            trial.set_user_attr("rel_l2", measured["rel_l2"])
-            trial.set_user_attr("psnr_db", measured["psnr_db"])
-            error = measured["rel_l2"]
-        return a.cost_ms, error
-
-    if not study.trials:  # a new study starts from a spread of λ (or budgets) at default knobs
-        for i, v in enumerate(SEED_LAMS[: max(1, min(trials, len(SEED_LAMS)))]):
-            base = {"tau": 0.0, "warmup": 0, "dense_layers": 0, "ranges": 1, "block_size": sizes[-1]}
-            base.update({"budget_frac": (1.0, 0.625, 0.25, 0.8125, 0.4375)[i]} if budgeted else {"lam": v})
-            study.enqueue_trial(base)
-
-    def on_trial(study_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if progress is None or trial.values is None:
-            return
-        progress({"trial": trial.number, "trials": trials, "attention_ms": trial.values[0],
-                  "speedup": trial.user_attrs.get("speedup"), "error": trial.values[1],
-                  "front": len(study_.best_trials)})
-
-    if trials > 0:
-        study.optimize(objective, n_trials=trials, timeout=timeout, callbacks=[on_trial], catch=())
+            cfg = {"profile": profile_path, "model": (model if isinstance(model, str) else spec) if validate else None,
+                   "hardware": hardware, "head_dim": head_dim, "batch": batch, "validate": validate,
+                   "backend": backend, "max_error": max_error, "storage": storage, "study": name,
+                   "heartbeat_s": heartbeat_s, "seed": seed, "target": target, "trials": to_run, "timeout": timeout}
+            errors = spawn(cfg, workers, on_trial)
+            if errors:
+                raise SearchError(f"optimize: {len(errors)} of {workers} workers failed: " + "; ".join(errors))
     search_s = time.perf_counter() - started
 
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    # The choice: made here, after this command's workers ended, from the stored study alone (a
+    # fresh read, trials in number order), so whichever worker or machine ends last, all choose alike.
+    study = optuna.load_study(study_name=name, storage=rdb, sampler=optuna.samplers.RandomSampler(seed=0))
+    done = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
+                  key=lambda t: t.number)
     if not done:
         raise SearchError(f"study {name!r} in {_public_storage(storage)} has no completed trial (run with trials ≥ 1)")
-    front = study.best_trials
+    if to_run > 0 and not timeout and len(done) < target:
+        raise SearchError(f"study {name!r}: the run stopped at {len(done)} of {target} complete trials (its "
+                          f"workers were killed); rerun the same command to resume it")
+    front = sorted(study.best_trials, key=lambda t: t.number)
     chosen, reason = choose(front, max_error, target_speedup, validate=bool(validate))
-    study.set_user_attr("chosen_trial", chosen.number)  # what `attnsearch report STUDY.db` marks
-    k = knobs_of(chosen.params)
+    if study.user_attrs.get("chosen_trial") != chosen.number:
+        study.set_user_attr("chosen_trial", chosen.number)  # what `attnsearch report STUDY.db` marks
+    k = search.knobs_of(chosen.params)
     pb = problems[k.block_size]
+    pb._lam_hint.clear()  # the rebuild must not depend on what this process solved before
     a = pb.solve(k)
     figures = pb.figures(a)
     measured = {m: chosen.user_attrs[m] for m in ("rel_l2", "psnr_db") if m in chosen.user_attrs}
@@ -253,14 +344,14 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
                        else "RMS rel_err over every (step, layer, head), from the profile"},
         "validation": ({"inputs": validate, **measured} if validate else None),
         "knobs": k.to_dict(), "lambda_abs": a.lam,
-        "settings": {**settings, "max_error": max_error, "target_speedup": target_speedup, "trials_run": trials,
+        "settings": {**settings, "max_error": max_error, "target_speedup": target_speedup,
                      "trials_total": len(done), "seed": seed},
         "hardware_note": cm.table.note, "cost_model": cm.describe(),
         "pareto": pareto.head(50).to_dict(orient="records"),
-        "seconds": round(search_s, 2),
     })
-    path = write_plan(plan, out)
-    return OptimizeResult(plan, path, chosen.number, reason, figures, pareto, name, storage, hw, settings)
+    path = write_plan(plan, out)  # only this (parent) process writes, atomically (temporary file + rename)
+    return OptimizeResult(plan, path, chosen.number, reason, figures, pareto, name, storage, hw, settings,
+                          seconds=round(search_s, 2), trials_run=ran)
 
 
 def _load_spec(model):
@@ -285,7 +376,7 @@ def front_table(front) -> pd.DataFrame:
                      "speedup": t.user_attrs.get("speedup"), "rel_err": t.user_attrs.get("rel_err"),
                      "rel_l2": t.user_attrs.get("rel_l2"), "psnr_db": t.user_attrs.get("psnr_db"),
                      **{f"knob_{k}": v for k, v in t.params.items()}})
-    return pd.DataFrame(rows).sort_values("attention_ms", ignore_index=True)
+    return pd.DataFrame(rows).sort_values(["attention_ms", "trial"], ignore_index=True)
 
 
 def choose(front, max_error: float | None, target_speedup: float | None, *, validate: bool = False):
@@ -335,13 +426,13 @@ def choose(front, max_error: float | None, target_speedup: float | None, *, vali
 def optimize_command(profile: str, out: str = "plan.json", hardware: str | None = None,
                      max_error: float | None = None, target_speedup: float | None = None, trials: int = 100,
                      storage: str | None = None, validate: int = 0, model: str | None = None,
-                     head_dim: int | None = None, batch: int = 1, seed: int = 0,
+                     head_dim: int | None = None, batch: int = 1, seed: int = 0, workers: int = 1,
                      echo: Callable[[str], None] = print) -> OptimizeResult:
     """Body of ``attnsearch optimize`` (the CLI passes typer options through and prints errors)."""
     paths = [p for p in profile.split(",") if p]
     res = optimize(paths if len(paths) > 1 else paths[0], hardware=hardware, max_error=max_error,
                    target_speedup=target_speedup, trials=trials, storage=storage, validate=validate, out=out,
-                   model=model, head_dim=head_dim, batch=batch, seed=seed,
+                   model=model, head_dim=head_dim, batch=batch, seed=seed, workers=workers,
                    progress=lambda p: echo(f"trial {p['trial']}: {p['attention_ms']:.3f} ms "
                                            f"({p['speedup']:.2f}×), error {p['error']:.4g}, front {p['front']}"))
     f = res.figures
