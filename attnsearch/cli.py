@@ -204,6 +204,8 @@ def optimize(
     target_speedup: Optional[float] = typer.Option(None, help="Predicted attention speedup to reach."),
     trials: int = typer.Option(100, help="Optuna trials to run now (a rerun continues the study)."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL; default SQLite beside the plan."),
+    workers: int = typer.Option(1, help="Worker processes on the study (> 1: a shared storage, e.g. postgresql://; "
+                                        "the same command on several machines shares the run)."),
     validate: int = typer.Option(0, help="Run the model on N inputs per trial; measured output error is the objective."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model for --validate (default: the profile's)."),
     option: list[str] = typer.Option([], "--option", "-o", help="key=value for the model factory (with --validate)."),
@@ -232,7 +234,7 @@ def optimize(
             res = run_search([str(p) for p in profiles] if len(profiles) > 1 else str(profiles[0]),
                              hardware=hardware, max_error=max_error, target_speedup=target_speedup, trials=trials,
                              storage=storage, validate=validate, out=out, model=spec, head_dim=head_dim, seed=seed,
-                             progress=progress)
+                             progress=progress, workers=workers)
         _print_front(res)
         f = res.figures
         console.print(f"cost model: {res.plan.search.get('hardware_note', res.hardware['device'])}")
@@ -389,6 +391,7 @@ def bench(
     pattern: Optional[str] = typer.Option(None, help="One pattern for every head (default: all four families mixed)."),
     params: str = typer.Option("{}", help="JSON params of --pattern."),
     density: list[float] = typer.Option([0.1, 0.25, 0.5], help="Target densities of the mixed-family layer."),
+    sweep: bool = typer.Option(False, help="Densities 5–100% in one run; draws rate and speedup vs density."),
     frames: int = typer.Option(21), height: int = typer.Option(30), width: int = typer.Option(52),
     text_tokens: int = typer.Option(0), heads: int = typer.Option(12), head_dim: int = typer.Option(128),
     batch: int = typer.Option(1), block_size: int = typer.Option(128),
@@ -420,8 +423,13 @@ def bench(
             lps = [plan.layer_plan(s, l) for s, l in _distinct_sites(plan)]
         else:
             geom = Geometry(frames, height, width, text_tokens)
-            lps = ([LayerPlan.single(pattern, json.loads(params), geom, heads, block_size)] if pattern else
-                   [B.mixed_layer_plan(geom, heads, block_size, d) for d in density])
+            if sweep:  # the dense end runs our kernel on an all-kept mask (not SDPA): its dense rate
+                lps = [B.mixed_layer_plan(geom, heads, block_size, d) for d in SWEEP_DENSITIES]
+                lps.append(LayerPlan.single("dense", {}, geom, heads, block_size))
+            elif pattern:
+                lps = [LayerPlan.single(pattern, json.loads(params), geom, heads, block_size)]
+            else:
+                lps = [B.mixed_layer_plan(geom, heads, block_size, d) for d in density]
             rows, dense_ms = [], None
             for lp in lps:
                 rows.append(B.bench_layer_plan(lp, dense_ms=dense_ms, **common))
@@ -440,8 +448,17 @@ def bench(
                           f"{r['predicted_ms']:.2f}", f"{r.get('cudnn_ms', float('nan')):.2f}",
                           f"{r.get('flex_ms', float('nan')):.2f}", f"{r.get('speedup_vs_cudnn', float('nan')):.2f}×")
         console.print(table)
+        if sweep:
+            from .report.bench_figures import speedup_vs_density, tflops_vs_density
+
+            for fig in (tflops_vs_density(rows, target.with_suffix(".tflops.png"), B.card_name()),
+                        speedup_vs_density(rows, target.with_suffix(".speedup.png"), B.card_name())):
+                console.print(f"figure → {fig}")
 
     _run(work)
+
+
+SWEEP_DENSITIES = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75)
 
 
 def _distinct_sites(plan) -> list[tuple[int, int]]:

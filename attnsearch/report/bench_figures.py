@@ -76,12 +76,42 @@ def speedup_vs_density(rows: list[dict], path: Path, card: str) -> Path | None:
     return path
 
 
+def tflops_vs_density(rows: list[dict], path: Path, card: str) -> Path | None:
+    """Effective TFLOP/s on kept blocks of the runtime and FlexAttention against density, with
+    cuDNN's dense rate as the line a sparse kernel must stay near for speedup ≈ 1/density."""
+    rows = sorted((r for r in rows if r.get("sparse_tflops")), key=lambda r: r["density"])
+    if len(rows) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    dens = [r["density"] for r in rows]
+    ax.plot(dens, [r["sparse_tflops"] for r in rows], "o-", color=FAMILY_COLORS["diagonal"], label="attnsearch runtime")
+    flex = [r for r in rows if r.get("flex_tflops")]
+    if flex:
+        ax.plot([r["density"] for r in flex], [r["flex_tflops"] for r in flex], "x--",
+                color=FAMILY_COLORS["energy_decay"], label="FlexAttention (same blocks)")
+    cudnn = [r["cudnn_tflops"] for r in rows if r.get("cudnn_tflops")]
+    if cudnn:
+        ax.axhline(float(np.median(cudnn)), color=FAMILY_COLORS["dense"], ls=":",
+                   label=f"cuDNN dense ({np.median(cudnn):.0f})")
+    ax.set_xscale("log")
+    ax.set_xlabel("block density")
+    ax.set_ylabel("effective TFLOP/s on kept blocks")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"kernel rate vs density on {card}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def bench_figures(data: dict[str, Any], out: Path) -> dict:
     rows = bench_rows(data)
     card = data.get("card") or data.get("env", {}).get("card") or (rows[0].get("card") if rows else "?")
     figs = []
     for caption, fig in (("Measured vs predicted latency per layer", measured_vs_predicted(rows, out / "bench_predicted.png", card)),
-                         ("Speedup vs density", speedup_vs_density(rows, out / "bench_speedup.png", card))):
+                         ("Speedup vs density", speedup_vs_density(rows, out / "bench_speedup.png", card)),
+                         ("Kernel rate vs density", tflops_vs_density(rows, out / "bench_tflops.png", card))):
         if fig is not None:
             figs.append((caption, fig))
     summary = f"{len(rows)} timed layers on {card}"
