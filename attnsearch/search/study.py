@@ -245,6 +245,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         raise SearchError(f"target_speedup must be > 0, got {target_speedup}")
     if validate < 0:
         raise SearchError(f"validate must be ≥ 0, got {validate}")
+    check_workers(storage or "sqlite:///", workers)
     started = time.perf_counter()
     profs = _load_profiles(profile_path)
     spec = _load_spec(model) if model is not None else None
@@ -281,7 +282,6 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
             Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise SearchError(f"storage {storage!r} cannot be reached: {err.strerror}") from None
-    check_workers(storage, workers)
     rdb = open_storage(storage, heartbeat_s)
     shared = workers > 1 or storage_kind(storage) != "sqlite"  # other processes may sample alongside
     study = _open_study(rdb, name, _sampler_seed(seed, 0) if shared else seed)
