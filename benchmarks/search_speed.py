@@ -170,7 +170,7 @@ def main() -> None:
                     "python": platform.python_version()},
         "profile": {"steps": 50, "layers": 40, "heads": 40, "candidates": int(n_cand), "rows": len(prof.table),
                     "geometry": prof.geometry.to_dict(), "block_size": 128},
-        "trials": args.trials, "optimize_s": round(total_s, 2), "search_s": res.plan.search["seconds"],
+        "trials": args.trials, "optimize_s": round(total_s, 2), "search_s": res.seconds,
         "synthetic_profile_build_s": round(build_s, 2), "chosen_trial": res.trial, "reason": res.reason,
         "figures": res.figures, "pareto_size": len(res.pareto), "plan_kib": round(plan_kb, 1),
     }
@@ -181,7 +181,7 @@ def main() -> None:
           f"{args.trials} trials, max_error 0.1, on {os.cpu_count()} CPU cores.\n\n"
           f"- `optimize` end to end (load, pivot, {args.trials} trials with SQLite storage, final plan costed with the "
           f"full model, JSON written): **{total_s:.1f} s**\n"
-          f"- of which until the last trial finished: {res.plan.search['seconds']:.1f} s\n"
+          f"- of which until the last trial finished: {res.seconds:.1f} s\n"
           f"- chosen: trial {res.trial} — {res.reason}\n"
           f"- predicted {res.figures['speedup']:.2f}× ({res.figures['attention_ms']:.0f} ms vs "
           f"{res.figures['dense_attention_ms']:.0f} ms dense), RMS rel_err {res.figures['rel_err']:.4f}; "
