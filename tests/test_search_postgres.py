@@ -178,14 +178,14 @@ def _result(proc, timeout=120) -> dict:
 
 def test_two_workers_complete_exactly_the_requested_trials(profile, pg, tmp_path):
     name = f"two-{uuid.uuid4().hex[:8]}"
-    res = optimize(profile, trials=24, storage=pg, workers=2, study_name=name, out=tmp_path / "p.json",
+    res = optimize(profile, trials=16, storage=pg, workers=2, study_name=name, out=tmp_path / "p.json",
                    head_dim=128, heartbeat_s=HEARTBEAT)
     trials = _trials(pg, name)
     done = _by_state(trials)["COMPLETE"]
-    assert len(done) == 24 == len(trials)                    # none lost, none extra, none left RUNNING/WAITING
-    assert sorted(t.number for t in done) == list(range(24))
-    assert _distinct_params(done) == 24                      # no trial ran twice
-    assert res.trials_run == 24 and res.plan.search["settings"]["trials_total"] == 24
+    assert len(done) == 16 == len(trials)                    # none lost, none extra, none left RUNNING/WAITING
+    assert sorted(t.number for t in done) == list(range(16))
+    assert _distinct_params(done) == 16                      # no trial ran twice
+    assert res.trials_run == 16 and res.plan.search["settings"]["trials_total"] == 16
     assert {t.user_attrs["worker"].split(":")[2] for t in done} <= {"0", "1"}
     # trials=0 chooses again from the stored study: the same plan, byte for byte.
     optimize(profile, trials=0, storage=pg, study_name=name, out=tmp_path / "again.json", head_dim=128)
@@ -193,7 +193,7 @@ def test_two_workers_complete_exactly_the_requested_trials(profile, pg, tmp_path
     # A later run adds exactly its own trials to the study.
     res = optimize(profile, trials=4, storage=pg, study_name=name, out=tmp_path / "more.json", head_dim=128,
                    heartbeat_s=HEARTBEAT)
-    assert res.trials_run == 4 and len(_by_state(_trials(pg, name))["COMPLETE"]) == 28
+    assert res.trials_run == 4 and len(_by_state(_trials(pg, name))["COMPLETE"]) == 20
 
 
 def test_machines_write_the_same_plan_whichever_ends_last(profile, pg, tmp_path):
@@ -201,7 +201,7 @@ def test_machines_write_the_same_plan_whichever_ends_last(profile, pg, tmp_path)
     requested trials, and both write the identical plan (and trials=0 later writes it again)."""
     name = f"same-{uuid.uuid4().hex[:8]}"
     barrier = tmp_path / "go"
-    fast = _machine(tmp_path, profile, pg, name, tmp_path / "fast.json", 12, 0.01, barrier)
+    fast = _machine(tmp_path, profile, pg, name, tmp_path / "fast.json", 12, 0.05, barrier)
     slow = _machine(tmp_path, profile, pg, name, tmp_path / "slow.json", 12, 0.2, barrier)
     _go(barrier, [fast, slow])
     rf, rs = _result(fast), _result(slow)
@@ -222,7 +222,7 @@ def test_a_killed_worker_loses_no_trial(profile, pg, tmp_path):
     name = f"kill-{uuid.uuid4().hex[:8]}"
     barrier = tmp_path / "go"
     victim = _machine(tmp_path, profile, pg, name, tmp_path / "victim.json", 10, 5.0, barrier)
-    survivor = _machine(tmp_path, profile, pg, name, tmp_path / "survivor.json", 10, 0.05, barrier)
+    survivor = _machine(tmp_path, profile, pg, name, tmp_path / "survivor.json", 10, 0.1, barrier)
     _go(barrier, [victim, survivor])
     by_victim = _kill_mid_trial(victim, pg, name)
     assert victim.returncode == -signal.SIGKILL
@@ -234,7 +234,8 @@ def test_a_killed_worker_loses_no_trial(profile, pg, tmp_path):
     (failed,) = states["FAIL"]
     assert failed.user_attrs["worker"].split(":")[1] == str(victim.pid)
     retried = [t for t in states["COMPLETE"] if t.system_attrs.get("failed_trial") == failed.number]
-    assert len(retried) == 1 and retried[0].params == failed.params
+    # The retry keeps what the killed trial had sampled (it may have been killed mid-sampling).
+    assert len(retried) == 1 and failed.params.items() <= retried[0].params.items()
     optimize(profile, trials=0, storage=pg, study_name=name, out=tmp_path / "later.json", head_dim=128)
     assert (tmp_path / "later.json").read_bytes() == (tmp_path / "survivor.json").read_bytes()
 
