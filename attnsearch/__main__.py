@@ -2,4 +2,5 @@
 
 from .cli import app
 
-app()
+if __name__ == "__main__":  # never on import (e.g. by a spawned multiprocessing child)
+    app()

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attnsearch.candidates import CandidateGrid, candidate_label, static_candidates  # noqa: E402
 from attnsearch.geometry import Geometry  # noqa: E402
 from attnsearch.patterns import params_key  # noqa: E402
-from attnsearch.profiler import Profile, ProfileSettings, _make_table  # noqa: E402
+from attnsearch.profiler import Profile, ProfileSettings  # noqa: E402
 
 FAMS = ("diagonal", "multi_diagonal", "vertical_stripe", "energy_decay")
 
@@ -50,7 +50,6 @@ def synthetic_profile(steps=50, layers=40, heads=40, seed=0) -> Profile:
     true_fam = rng.integers(0, 4, (L, H))
     width = rng.uniform(0.005, 0.08, (L, H))                    # density scale at which the head is covered
     noise = rng.lognormal(0, 0.15, (S, L, H))
-    recs = []
     sites = np.stack(np.meshgrid(np.arange(S), np.arange(L), np.arange(H), indexing="ij"), -1).reshape(-1, 3)
     s_, l_, h_ = sites[:, 0], sites[:, 1], sites[:, 2]
 

@@ -9,34 +9,22 @@ from types import SimpleNamespace
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 
-from attnsearch import Geometry, classify, load_plan
+from attnsearch import classify, load_plan
 from attnsearch.costmodel import CostModel, HardwareError
 from attnsearch.patterns import block_mask
-from attnsearch.profiler import Profile, ProfileError, profile_tensors
+from attnsearch.profiler import ProfileError
 from attnsearch.search import BudgetError, SearchError, optimize
 from attnsearch.search.problem import Knobs, Problem
 from attnsearch.search.space import build_space
 from attnsearch.search.study import choose
 
+import synthetic
+
 
 @pytest.fixture(scope="module")
 def small_profile(tmp_path_factory):
-    """A real profile (the profiler on random tensors): 3 steps × 2 layers × 4 heads, N = 532, B = 64."""
-    geom = Geometry(4, 8, 16, 20)
-    gen = torch.Generator().manual_seed(0)
-    parts = []
-    for step in range(3):
-        for layer in range(2):
-            q, k, v = (torch.randn(1, 4, geom.num_tokens, 32, generator=gen) for _ in range(3))
-            k[:, :, 40:44] += 3 * q[:, :, :1].mean(2, keepdim=True)  # a stripe, so recall varies by head
-            parts.append(profile_tensors(q, k, v, geom, layer=layer, step=step, block_size=64, queries=48))
-    prof = Profile.concat(parts)
-    prof.model = {"name": "random", "fingerprint": "r0"}
-    path = tmp_path_factory.mktemp("prof") / "small.parquet"
-    prof.save(path)
-    return path, prof
+    return synthetic.small_profile(tmp_path_factory.mktemp("prof"))
 
 
 # --- end to end on toy-vdit -----------------------------------------------------------------------------

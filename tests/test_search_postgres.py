@@ -18,12 +18,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
-from attnsearch import Geometry
-from attnsearch.profiler import Profile, profile_tensors
 from attnsearch.search import SearchError, optimize
+
+import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_SCRIPT = ROOT / ".ci" / "postgres.sh"
@@ -94,20 +93,7 @@ def pg(pg_server):
 
 @pytest.fixture(scope="module")
 def profile(tmp_path_factory):
-    """A small real profile (random tensors): 3 steps × 2 layers × 4 heads, N = 532, B = 64."""
-    geom = Geometry(4, 8, 16, 20)
-    gen = torch.Generator().manual_seed(0)
-    parts = []
-    for step in range(3):
-        for layer in range(2):
-            q, k, v = (torch.randn(1, 4, geom.num_tokens, 32, generator=gen) for _ in range(3))
-            k[:, :, 40:44] += 3 * q[:, :, :1].mean(2, keepdim=True)
-            parts.append(profile_tensors(q, k, v, geom, layer=layer, step=step, block_size=64, queries=48))
-    prof = Profile.concat(parts)
-    prof.model = {"name": "random", "fingerprint": "r0"}
-    path = tmp_path_factory.mktemp("pgprof") / "small.parquet"
-    prof.save(path)
-    return str(path)
+    return str(synthetic.small_profile(tmp_path_factory.mktemp("pgprof"))[0])
 
 
 def _trials(url: str, name: str):

@@ -119,7 +119,6 @@ def _gather(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 def _evaluate(units: Units, option: np.ndarray, choice: np.ndarray, lam: float) -> Solution:
     """Exact latency and error of a choice under the unit objective (options recomputed from it)."""
-    U = len(option)
     dense = option == 3
     safe = np.where(choice < 0, 0, choice)
     c = _gather(units.cost, safe).astype(np.float64)

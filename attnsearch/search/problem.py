@@ -24,7 +24,7 @@ import numpy as np
 from ..costmodel import CostModel
 from ..patterns import SPARSE_FAMILIES
 from ..plan import LayerPlan, Plan, ScheduleEntry
-from .inner import Solution, Units, solve_budget, solve_lagrangian
+from .inner import Units, solve_budget, solve_lagrangian
 from .space import SearchError, SearchSpace, step_ranges
 
 #: A fused launch with fewer items than this many waves is costed with the full model.

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ import pandas as pd
 from ..costmodel import CostModel, HardwareError
 from ..plan import Plan, write_plan
 from ..profiler import Profile, ProfileError
-from .problem import Assignment, Knobs, Problem
+from .problem import Knobs, Problem
 from .space import SearchError, build_space
 from .workers import (HEARTBEAT_S, check_workers, claim_lock, open_storage, run_trials, spawn, start_run,
                       storage_error, storage_kind, worker_id)
