@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from abc import ABC, abstractmethod
 from typing import Literal
 
 import torch
@@ -24,17 +25,19 @@ BackendName = Literal["auto", "triton", "torch"]
 HEAD_DIMS = (64, 128)
 
 
-class Backend:
+class Backend(ABC):
     name: str = ""
     #: Which block-table fusion the backend consumes ("layer": one launch per layer).
     fusion = "layer"
 
+    @abstractmethod
     def not_supported_reasons(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                               layer_plan: LayerPlan) -> list[str]:
-        raise NotImplementedError
+        """Why this backend cannot run the call (empty: it can)."""
 
+    @abstractmethod
     def forward(self, q, k, v, layer_plan: LayerPlan, scale: float, out: torch.Tensor | None) -> torch.Tensor:
-        raise NotImplementedError
+        """Run the call; ``out`` (optional) receives the result."""
 
 
 class TritonBackend(Backend):

@@ -25,6 +25,7 @@ padded, not masked), HunyuanVideo [video, text] (``suffix``), Wan none (its text
 from __future__ import annotations
 
 import inspect
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -78,7 +79,7 @@ class VideoSize:
     width: int
 
 
-class Family:
+class Family(ABC):
     """One diffusers transformer class: how to find its self-attention and lay out its inputs.
 
     Subclasses (wan.py, cogvideox.py, hunyuan.py) set the class attributes and implement the
@@ -112,9 +113,9 @@ class Family:
         except AttributeError:  # an old diffusers without this class
             return False
 
+    @abstractmethod
     def self_attention_modules(self, model: nn.Module) -> list[nn.Module]:
         """The attention modules whose SDPA call is a layer, in call order."""
-        raise NotImplementedError
 
     def num_heads(self, model: nn.Module) -> int:
         return int(model.config.num_attention_heads)
@@ -122,15 +123,16 @@ class Family:
     def head_dim(self, model: nn.Module) -> int:
         return int(model.config.attention_head_dim)
 
+    @abstractmethod
     def patch(self, config: Any) -> tuple[int, int, int]:
         """(p_t, p_h, p_w)."""
-        raise NotImplementedError
 
     def in_channels(self, config: Any) -> int:
         return int(config.in_channels)
 
+    @abstractmethod
     def text_dim(self, config: Any) -> int:
-        raise NotImplementedError
+        """Width of the text embeddings the transformer takes."""
 
     # -- sizes and geometry --------------------------------------------------------------------
 
@@ -188,10 +190,10 @@ class Family:
 
     # -- inputs --------------------------------------------------------------------------------
 
+    @abstractmethod
     def forward_inputs(self, model: nn.Module, latents: torch.Tensor, timestep: torch.Tensor,
                        text: torch.Tensor, generator: torch.Generator) -> dict[str, Any]:
         """Keyword inputs of one transformer forward (return_dict=False)."""
-        raise NotImplementedError
 
     def prepare(self, model: nn.Module, instrumentation: Instrumentation) -> None:
         """Family-specific instrumentation (HunyuanVideo's mask handling)."""
