@@ -12,7 +12,9 @@ the scale folded into log2(e). Inputs are [batch, heads, N, D] with any strides 
 Work decomposition: a program handles BLOCK_M query rows (a sub-tile of plan block ``BLOCK``) and
 walks the kept key blocks in BLOCK_N sub-tiles. Programs are numbered
 ``pid = (item · SUB_M + sub_m) · BATCH + b`` over the launch's ordered work list (block_tables:
-head-major by default), so the sub-tiles and batch copies of one item run side by side.
+head-major by default), so the sub-tiles and batch copies of one item run side by side. With
+``KernelConfig.persistent = k`` the grid is k × #SMs programs instead, each taking the next tile
+(same numbering) from an atomic counter until all are done (``_attn_fwd_program`` is one tile).
 
 On Hopper the K/V tiles may come through the bulk tensor copy engine (TMA, 4-D host descriptors
 over the strided tensors, out-of-range rows zero-filled) instead of pointer loads.
@@ -20,6 +22,7 @@ over the strided tensors, out-of-range rows zero-filled) instead of pointer load
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -75,8 +78,8 @@ def _attn_fwd_tile(acc, l_i, m_i, q, k_src, v_src, b, kvh, start_n, N,
 
 
 @triton.jit
-def _block_sparse_attn_fwd(
-    Q, K, V, Out, Counts, Indices, Work,
+def _attn_fwd_program(
+    pid, Q, K, V, Out, Counts, Indices, Work,
     stride_qz, stride_qh, stride_qn, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
     stride_vz, stride_vh, stride_vn, stride_vd,
@@ -86,10 +89,10 @@ def _block_sparse_attn_fwd(
     HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     USE_TMA: tl.constexpr, INPUT_PRECISION: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
 ):
+    """One tile ``pid`` (one query sub-tile of one work item and batch): the whole program body."""
     SUB_M: tl.constexpr = BLOCK // BLOCK_M
     SUB_N: tl.constexpr = BLOCK // BLOCK_N
-    # Decode the program: batch fastest, then query sub-tile, then the work item (head, qb).
-    pid = tl.program_id(0)
+    # Decode the tile: batch fastest, then query sub-tile, then the work item (head, qb).
     b = pid % BATCH
     rest = pid // BATCH
     sub_m = rest % SUB_M
@@ -153,6 +156,41 @@ def _block_sparse_attn_fwd(
              acc.to(Out.dtype.element_ty), mask=offs_m[:, None] < N)
 
 
+@triton.jit
+def _block_sparse_attn_fwd(
+    Q, K, V, Out, Counts, Indices, Work,
+    stride_qz, stride_qh, stride_qn, stride_qd,
+    stride_kz, stride_kh, stride_kn, stride_kd,
+    stride_vz, stride_vh, stride_vn, stride_vd,
+    stride_oz, stride_oh, stride_on, stride_od,
+    stride_ch, stride_ih, stride_iq,
+    qk_scale, N, NB, BATCH, KV_GROUP, NUM_TILES, Counter,
+    HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    USE_TMA: tl.constexpr, INPUT_PRECISION: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+    PERSISTENT: tl.constexpr,
+):
+    """Not PERSISTENT: program pid runs tile pid. PERSISTENT: a few programs per SM, each taking
+    the next tile from the zeroed int32 ``Counter`` until NUM_TILES are taken: tiles start in
+    work-list order (head-major L2 reuse as before) and the load stays balanced."""
+    if PERSISTENT:
+        tile = tl.atomic_add(Counter, 1)  # scalar: one thread, result shared by the program
+        while tile < NUM_TILES:
+            _attn_fwd_program(
+                tile, Q, K, V, Out, Counts, Indices, Work,
+                stride_qz, stride_qh, stride_qn, stride_qd, stride_kz, stride_kh, stride_kn, stride_kd,
+                stride_vz, stride_vh, stride_vn, stride_vd, stride_oz, stride_oh, stride_on, stride_od,
+                stride_ch, stride_ih, stride_iq, qk_scale, N, NB, BATCH, KV_GROUP,
+                HEAD_DIM, BLOCK, BLOCK_M, BLOCK_N, USE_TMA, INPUT_PRECISION, WARP_SPECIALIZE)
+            tile = tl.atomic_add(Counter, 1)
+    else:
+        _attn_fwd_program(
+            tl.program_id(0), Q, K, V, Out, Counts, Indices, Work,
+            stride_qz, stride_qh, stride_qn, stride_qd, stride_kz, stride_kh, stride_kn, stride_kd,
+            stride_vz, stride_vh, stride_vn, stride_vd, stride_oz, stride_oh, stride_on, stride_od,
+            stride_ch, stride_ih, stride_iq, qk_scale, N, NB, BATCH, KV_GROUP,
+            HEAD_DIM, BLOCK, BLOCK_M, BLOCK_N, USE_TMA, INPUT_PRECISION, WARP_SPECIALIZE)
+
+
 _INTERPRETED = not isinstance(_block_sparse_attn_fwd, triton.runtime.JITFunction)
 
 
@@ -169,6 +207,9 @@ class KernelConfig:
     num_stages: int = 3
     use_tma: bool | None = None  # None: TMA when the device and strides allow it
     warp_specialize: bool = False
+    #: 0: one program per tile. k > 0: a persistent grid of k × #SMs programs taking tiles from an
+    #: atomic counter (reports/kernel/kernel-notes.md, "Variants tried").
+    persistent: int = 0
 
     def check(self, block_size: int) -> None:
         for name in ("block_m", "block_n"):
@@ -176,6 +217,8 @@ class KernelConfig:
             if v not in (16, 32, 64, 128) or block_size % v:
                 raise ValueError(f"KernelConfig.{name}: must be 16..128 and divide block_size {block_size}, "
                                  f"got {v}")
+        if self.persistent < 0:
+            raise ValueError(f"KernelConfig.persistent: must be ≥ 0, got {self.persistent}")
 
 
 #: Fixed config of the CPU interpreter (speed there does not matter; small tiles keep it quick).
@@ -186,7 +229,10 @@ INTERPRETER_CONFIG = KernelConfig(64, 64, num_warps=4, num_stages=1, use_tma=Fal
 TUNING_CONFIGS: dict[tuple[int, int], tuple[KernelConfig, ...]] = {
     # H200 sweep at (1, 12, 32760, 128), 25% (reports/runtime/): 128×128, 8 warps, 2-3 stages lead
     # (450-457 TFLOP/s); 128×64 reached 400, 4 warps ≤ 330, 64-row tiles ≤ 356.
-    (128, 128): (KernelConfig(128, 128, 8, 2), KernelConfig(128, 128, 8, 3), KernelConfig(128, 64, 8, 3)),
+    # H100 (reports/kernel/persistent_gpu_h100_run2.md): the persistent grid (atomic tile counter)
+    # gained 1.5-4% at N = 32760, 10-50%, and was within run-to-run spread at N = 75600.
+    (128, 128): (KernelConfig(128, 128, 8, 2), KernelConfig(128, 128, 8, 3), KernelConfig(128, 64, 8, 3),
+                 KernelConfig(128, 128, 8, 2, persistent=1)),
     (128, 64): (KernelConfig(64, 64, 4, 3), KernelConfig(64, 64, 4, 4), KernelConfig(64, 64, 8, 3)),
     (64, 128): (KernelConfig(128, 128, 8, 3), KernelConfig(128, 128, 8, 2), KernelConfig(128, 64, 4, 3),
                 KernelConfig(128, 128, 4, 3)),
@@ -237,17 +283,33 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
         box = [1, 1, config.block_n, d]
         k_arg = TensorDescriptor(k, list(k.shape), list(k.stride()), box)
         v_arg = TensorDescriptor(v, list(v.shape), list(v.stride()), box)
-    grid = (work.numel() * (bs // config.block_m) * batch,)
-    _block_sparse_attn_fwd[grid](
+    num_tiles = work.numel() * (bs // config.block_m) * batch
+    num_programs, counter = num_tiles, tables.counts  # counter: unused unless persistent
+    if config.persistent:
+        num_programs = min(num_tiles, config.persistent * _num_sms(q.device))
+        counter = torch.zeros(1, dtype=torch.int32, device=q.device)
+    _block_sparse_attn_fwd[(num_programs,)](
         q, k_arg, v_arg, out, tables.counts, tables.indices, work,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         tables.counts.stride(0), tables.indices.stride(0), tables.indices.stride(1),
-        scale * LOG2E, n, tables.num_blocks, batch, num_heads // k.shape[1],
+        scale * LOG2E, n, tables.num_blocks, batch, num_heads // k.shape[1], num_tiles, counter,
         HEAD_DIM=d, BLOCK=bs, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         USE_TMA=use_tma, INPUT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        WARP_SPECIALIZE=config.warp_specialize,
+        WARP_SPECIALIZE=config.warp_specialize, PERSISTENT=config.persistent > 0,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
+
+
+#: Streaming multiprocessors per device index (the interpreter: a small fixed count).
+_SMS: dict = {}
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    if device.index not in _SMS:
+        _SMS[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _SMS[device.index]
 
 
 def _tune(q, k, v, out, tables, scale, use_tma) -> KernelConfig:
@@ -258,7 +320,7 @@ def _tune(q, k, v, out, tables, scale, use_tma) -> KernelConfig:
         return _TUNED[key]
     best, best_ms = None, float("inf")
     for base in TUNING_CONFIGS.get((d, bs), (KernelConfig(min(bs, 128), 64, 4, 2),)):
-        cfg = KernelConfig(base.block_m, base.block_n, base.num_warps, base.num_stages, use_tma)
+        cfg = dataclasses.replace(base, use_tma=use_tma)
 
         def run(cfg: KernelConfig = cfg) -> None:
             for item in tables.launches:

@@ -1,0 +1,151 @@
+"""Persistent-grid variant of the block-sparse kernel against the current one-program-per-tile grid.
+
+    PYTHONUNBUFFERED=1 python benchmarks/persistent_gpu.py --out $OUT [--reps 10] [--only base,pers1,base-again]
+
+1. Correctness (bf16, batch 2, every pattern incl. skip, N % B ≠ 0, [B, N, H, D].transpose(1, 2)
+   inputs, NaN-poisoned output): persistent variants vs fp32 SDPA on the token-expanded block mask,
+   rel err ≤ 1e-2, skip heads exactly zero, every element written.
+2. Timing: (1, 12, 32760, 128) at 5/10/25/50% and (1, 40, 75600, 128) at 10/50%, mixed-family
+   layers (``mixed_layer_plan``): current config, persistent variants, current again (spread);
+   TFLOP/s on kept blocks and speedup vs cuDNN dense.
+(The static-stride and ``tl.range(flatten=True)`` persistent variants of the first H100 run,
+reports/kernel/persistent_gpu_h100_run1.*, were removed after it; "pers1" is now the atomic-counter
+grid that run 2 called "pers1-dyn".)
+Writes persistent_gpu.json under --out after every section; prints a table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import triton
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from attnsearch import Geometry  # noqa: E402
+from attnsearch.bench import card_name, cudnn_sdpa, flops, fresh_inputs, mixed_layer_plan, time_ms  # noqa: E402
+from attnsearch.runtime import triton_kernel  # noqa: E402
+from attnsearch.runtime.block_tables import build_block_tables, get_block_tables  # noqa: E402
+from attnsearch.runtime.triton_kernel import KernelConfig  # noqa: E402
+from runtime_gpu import all_patterns, reference, rel  # noqa: E402
+
+BASE = KernelConfig(128, 128, 8, 2, True)  # the tuned config of the current numbers (H100 and H200)
+VARIANTS = {
+    "base": (BASE, "head"),
+    "pers1": (KernelConfig(128, 128, 8, 2, True, persistent=1), "head"),
+    "pers1-s3": (KernelConfig(128, 128, 8, 3, True, persistent=1), "head"),
+    "pers1-lpt": (KernelConfig(128, 128, 8, 2, True, persistent=1), "lpt"),
+    "base-again": (BASE, "head"),
+}
+SHAPES = [(12, Geometry(21, 30, 52), t) for t in (0.05, 0.1, 0.25, 0.5)] + \
+         [(40, Geometry(21, 60, 60), t) for t in (0.1, 0.5)]
+
+
+def check(variants: dict, results: list) -> int:
+    fails = 0
+    for where, geom, bs in (("prefix", Geometry(7, 24, 30, 77, "prefix"), 128),
+                            ("suffix", Geometry(6, 20, 36, 51, "suffix"), 128)):
+        lp = all_patterns(geom, bs)
+        H, n, d = lp.num_heads, geom.num_tokens, 128
+        g = torch.Generator(device="cuda").manual_seed(n)
+        q, k, v = (torch.randn(2, n, H, d, device="cuda", dtype=torch.bfloat16, generator=g).transpose(1, 2)
+                   for _ in range(3))
+        ref = reference(q, k, v, lp)
+        for name, (cfg, order) in variants.items():
+            tables = build_block_tables(lp, "cuda", order=order)
+            out = torch.full((2, H, n, d), float("nan"), device="cuda", dtype=torch.bfloat16)
+            try:
+                triton_kernel.forward(q, k, v, tables, d ** -0.5, out=out, config=cfg)
+                torch.cuda.synchronize()
+            except Exception as e:  # noqa: BLE001
+                print(f"  {where} {name}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+                results.append({"case": where, "variant": name, "error": str(e)[:500]})
+                fails += 1
+                continue
+            nan = bool(torch.isnan(out).any())
+            err = rel(out, ref) if not nan else float("nan")
+            ok = not nan and err <= 1e-2 and bool((out[:, 1] == 0).all())
+            fails += not ok
+            results.append({"case": where, "N": n, "variant": name, "rel_err": err, "unwritten": nan, "ok": ok})
+            print(f"  {where} N={n} {name:<11} rel_err {err:.2e} {'OK' if ok else 'FAIL'}", flush=True)
+    return fails
+
+
+def bench(variants: dict, rows: list, reps: int, dense: dict, t0: float) -> None:
+    for H, geom, target in SHAPES:
+        lp = mixed_layer_plan(geom, H, 128, target)
+        n, d = geom.num_tokens, 128
+        inputs = fresh_inputs((1, H, n, d), torch.bfloat16, 2)
+        out = torch.empty(1, H, n, d, device="cuda", dtype=torch.bfloat16)
+        if n not in dense:
+            dense[n] = time_ms(lambda x: cudnn_sdpa(*x), inputs, 2, reps)["median"]
+        fl = flops(1, H, n, d, lp.density)
+        for name, (cfg, order) in variants.items():
+            tables = get_block_tables(lp, "cuda", order=order)
+
+            def run(x, tables=tables, cfg=cfg, out=out, d=d):
+                triton_kernel.forward(*x, tables, d ** -0.5, out=out, config=cfg)
+
+            try:
+                run(inputs[0])
+                ms = time_ms(run, inputs, 2, reps)["median"]
+            except Exception as e:  # noqa: BLE001
+                print(f"  {name}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+                rows.append({"H": H, "N": n, "variant": name, "error": str(e)[:500]})
+                continue
+            r = {"H": H, "N": n, "target": target, "density": lp.density, "variant": name, "ms": ms,
+                 "tflops": fl / ms / 1e9, "cudnn_ms": dense[n], "speedup_vs_cudnn": dense[n] / ms,
+                 "target_speedup": 0.8 / lp.density}
+            rows.append(r)
+            print(f"  H={H} N={n} d={lp.density:.3f} {name:<11} {ms:8.3f} ms {r['tflops']:4.0f} TFLOP/s "
+                  f"x{r['speedup_vs_cudnn']:.2f} (target x{r['target_speedup']:.2f})  ({time.time() - t0:.0f}s)",
+                  flush=True)
+
+
+def table(rows: list) -> str:
+    lines = ["| H | N | density | variant | ms | TFLOP/s | speedup vs cuDNN | target |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "ms" in r:
+            lines.append(f"| {r['H']} | {r['N']} | {r['density']:.3f} | {r['variant']} | {r['ms']:.3f} | "
+                         f"{r['tflops']:.0f} | {r['speedup_vs_cudnn']:.2f}x | {r['target_speedup']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=Path("reports/kernel"))
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--only", help="comma-separated variant names to run (default: all)")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    if args.only:
+        keep = args.only.split(",")
+        for name in list(VARIANTS):
+            if name not in keep:
+                del VARIANTS[name]
+    env = {"card": card_name(), "torch": torch.__version__, "triton": triton.__version__,
+           "sms": torch.cuda.get_device_properties(0).multi_processor_count}
+    print(env, flush=True)
+    rep: dict = {"env": env, "correctness": [], "bench": []}
+    save = lambda: (args.out / "persistent_gpu.json").write_text(json.dumps(rep, indent=1, default=str))  # noqa: E731
+    print("== correctness", flush=True)
+    rep["failures"] = check({k: v for k, v in VARIANTS.items() if k.startswith("pers")}, rep["correctness"])
+    save()
+    print(f"== benchmark ({time.time() - t0:.0f}s)", flush=True)
+    dense: dict = {}
+    bench(VARIANTS, rep["bench"], args.reps, dense, t0)
+    save()
+    md = f"# Persistent grid on {env['card']}\n\n{env}\n\n{table(rep['bench'])}\n"
+    (args.out / "persistent_gpu.md").write_text(md)
+    print(md)
+    print(f"failures {rep['failures']}  total {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
