@@ -289,11 +289,16 @@ def _order(value: Any, where: str) -> str:
 
 
 def kernels_dirs() -> list[Path]:
-    """Where tables are looked up: $ATTNSEARCH_KERNELS, ./kernels, then the repository's kernels/."""
+    """Where tables are looked up: $ATTNSEARCH_KERNELS, ./kernels, the source tree's kernels/ (an
+    editable install), then <prefix>/share/attnsearch/kernels (where a wheel installs the shipped
+    tables: pyproject's data-files)."""
+    import sys
+
     dirs = []
     if os.environ.get("ATTNSEARCH_KERNELS"):
         dirs.append(Path(os.environ["ATTNSEARCH_KERNELS"]))
-    dirs += [Path.cwd() / "kernels", Path(__file__).resolve().parents[1] / "kernels"]
+    dirs += [Path.cwd() / "kernels", Path(__file__).resolve().parents[1] / "kernels",
+             Path(sys.prefix) / "share" / "attnsearch" / "kernels"]
     out: list[Path] = []
     for d in dirs:
         if d not in out:
