@@ -23,6 +23,16 @@ def bench_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _finish(fig, ax, path: Path, title: str) -> Path:
+    """Title, legend, layout, write and close: the common end of every bench figure."""
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def measured_vs_predicted(rows: list[dict], path: Path, card: str) -> Path | None:
     pts = [(r["predicted_ms"], r["sparse_ms"]) for r in rows if r.get("predicted_ms")]
     if not pts:
@@ -40,12 +50,7 @@ def measured_vs_predicted(rows: list[dict], path: Path, card: str) -> Path | Non
     within = float(np.mean(np.abs(meas / pred - 1) <= 0.10))
     ax.set_xlabel("predicted ms (cost model)")
     ax.set_ylabel("measured ms")
-    ax.set_title(f"{card}: {within:.0%} of {len(pts)} layers within ±10%", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, f"{card}: {within:.0%} of {len(pts)} layers within ±10%")
 
 
 def speedup_vs_density(rows: list[dict], path: Path, card: str) -> Path | None:
@@ -68,12 +73,7 @@ def speedup_vs_density(rows: list[dict], path: Path, card: str) -> Path | None:
     ax.set_yscale("log")
     ax.set_xlabel("block density")
     ax.set_ylabel("speedup over dense cuDNN SDPA")
-    ax.set_title(f"speedup vs density on {card}", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, f"speedup vs density on {card}")
 
 
 def tflops_vs_density(rows: list[dict], path: Path, card: str) -> Path | None:
@@ -97,12 +97,7 @@ def tflops_vs_density(rows: list[dict], path: Path, card: str) -> Path | None:
     ax.set_xlabel("block density")
     ax.set_ylabel("effective TFLOP/s on kept blocks")
     ax.set_ylim(bottom=0)
-    ax.set_title(f"kernel rate vs density on {card}", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(fig, ax, path, f"kernel rate vs density on {card}")
 
 
 def bench_figures(data: dict[str, Any], out: Path) -> dict:
