@@ -66,13 +66,17 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_pl
         enable_gqa: as in ``scaled_dot_product_attention``.
         out: optional preallocated [batch, heads, N, head_dim] output of q's dtype.
     Returns:
-        [batch, heads, N, head_dim] in q's dtype (contiguous when ``out`` is None).
+        [batch, heads, N, head_dim] in q's dtype. Allocated (``out`` None) in q's memory layout
+        when q is dense, as SDPA's fused backends do: for the [batch, N, heads, head_dim] view
+        diffusers passes, its transpose back after attention is then free instead of a copy.
     """
     if not isinstance(layer_plan, LayerPlan):
         raise TypeError(f"layer_plan: expected a LayerPlan, got {type(layer_plan).__name__}")
     _check_call(q, k, v, layer_plan, enable_gqa, out)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     chosen = select_backend(q, k, v, layer_plan, backend)
+    if out is None:
+        out = torch.empty_like(q)  # preserve_format: q's strides if q is dense, else contiguous
     return chosen.forward(q, k, v, layer_plan, scale, out)
 
 

@@ -226,17 +226,23 @@ INTERPRETER_CONFIG = KernelConfig(64, 64, num_warps=4, num_stages=1, use_tma=Fal
 
 #: Per (head_dim, block_size) the configs autotuning tries on CUDA, best-measured first. The key of
 #: the tuning cache adds dtype and TMA use.
+#:
+#: 64-row tiles with one warpgroup and a single K/V buffer lead on Hopper (H100,
+#: reports/kernel/kernel_variants_gpu_h100_run{1,2}.md): 168 registers and 50 KB of shared memory
+#: let 3 programs share an SM, and the warp schedulers overlap one program's softmax with another's
+#: wgmma — the overlap Triton 3.6 does not build inside one program (it waits on each QK wgmma
+#: before the softmax). +5-20% over 128×128 / 8 warps at head_dim 128, +25-40% at head_dim 64.
+#: 128×128 / 8 warps (one program per SM; the earlier default, 2-3 stages), its persistent grid
+#: (atomic tile counter) and 128×64 stay as candidates for other GPUs.
 TUNING_CONFIGS: dict[tuple[int, int], tuple[KernelConfig, ...]] = {
-    # H200 sweep at (1, 12, 32760, 128), 25% (reports/runtime/): 128×128, 8 warps, 2-3 stages lead
-    # (450-457 TFLOP/s); 128×64 reached 400, 4 warps ≤ 330, 64-row tiles ≤ 356.
-    # H100 (reports/kernel/persistent_gpu_h100_run2.md): the persistent grid (atomic tile counter)
-    # gained 1.5-4% at N = 32760, 10-50%, and was within run-to-run spread at N = 75600.
-    (128, 128): (KernelConfig(128, 128, 8, 2), KernelConfig(128, 128, 8, 3), KernelConfig(128, 64, 8, 3),
-                 KernelConfig(128, 128, 8, 2, persistent=1)),
-    (128, 64): (KernelConfig(64, 64, 4, 3), KernelConfig(64, 64, 4, 4), KernelConfig(64, 64, 8, 3)),
-    (64, 128): (KernelConfig(128, 128, 8, 3), KernelConfig(128, 128, 8, 2), KernelConfig(128, 64, 4, 3),
-                KernelConfig(128, 128, 4, 3)),
-    (64, 64): (KernelConfig(64, 64, 4, 3), KernelConfig(64, 64, 4, 4), KernelConfig(64, 64, 8, 3)),
+    (128, 128): (KernelConfig(64, 128, 4, 1), KernelConfig(128, 128, 8, 2), KernelConfig(128, 128, 8, 3),
+                 KernelConfig(128, 64, 8, 3), KernelConfig(128, 128, 8, 2, persistent=1)),
+    (128, 64): (KernelConfig(64, 64, 4, 1), KernelConfig(64, 64, 4, 3), KernelConfig(64, 64, 4, 4),
+                KernelConfig(64, 64, 8, 3)),
+    (64, 128): (KernelConfig(64, 128, 4, 1), KernelConfig(128, 128, 8, 3), KernelConfig(128, 128, 8, 2),
+                KernelConfig(128, 64, 4, 3), KernelConfig(128, 128, 4, 3)),
+    (64, 64): (KernelConfig(64, 64, 4, 1), KernelConfig(64, 64, 4, 3), KernelConfig(64, 64, 4, 4),
+               KernelConfig(64, 64, 8, 3)),
 }
 
 _TUNED: dict[tuple, KernelConfig] = {}
@@ -340,7 +346,7 @@ def _tune(q, k, v, out, tables, scale, use_tma) -> KernelConfig:
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTables, scale: float,
             out: torch.Tensor | None = None, config: KernelConfig | None = None) -> torch.Tensor:
-    """Block-sparse attention of one layer plan (the tables) → [batch, H, N, D] contiguous.
+    """Block-sparse attention of one layer plan (the tables) → [batch, H, N, D] (``out``, or contiguous).
 
     ``config`` None: the interpreter's fixed config on CPU, else the tuned config for this
     (head_dim, block size, dtype, TMA) — tuned on the first call that needs it.

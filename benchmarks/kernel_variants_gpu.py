@@ -1,17 +1,17 @@
-"""Persistent-grid variant of the block-sparse kernel against the current one-program-per-tile grid.
+"""Kernel variants (``KernelConfig``s) of the block-sparse kernel against the tuned default, on CUDA.
 
-    PYTHONUNBUFFERED=1 python benchmarks/persistent_gpu.py --out $OUT [--reps 10] [--only base,pers1,base-again]
+    PYTHONUNBUFFERED=1 python benchmarks/kernel_variants_gpu.py --out $OUT [--reps 10] [--only base,lazy8,base-again]
 
 1. Correctness (bf16, batch 2, every pattern incl. skip, N % B ≠ 0, [B, N, H, D].transpose(1, 2)
-   inputs, NaN-poisoned output): persistent variants vs fp32 SDPA on the token-expanded block mask,
+   inputs, NaN-poisoned output): every variant vs fp32 SDPA on the token-expanded block mask,
    rel err ≤ 1e-2, skip heads exactly zero, every element written.
-2. Timing: (1, 12, 32760, 128) at 5/10/25/50% and (1, 40, 75600, 128) at 10/50%, mixed-family
-   layers (``mixed_layer_plan``): current config, persistent variants, current again (spread);
-   TFLOP/s on kept blocks and speedup vs cuDNN dense.
-(The static-stride and ``tl.range(flatten=True)`` persistent variants of the first H100 run,
-reports/kernel/persistent_gpu_h100_run1.*, were removed after it; "pers1" is now the atomic-counter
-grid that run 2 called "pers1-dyn".)
-Writes persistent_gpu.json under --out after every section; prints a table last.
+2. Timing: mixed-family layers (``mixed_layer_plan``) at the shapes of ``SHAPES``: the default
+   config, the variants, the default again (spread); TFLOP/s on kept blocks and speedup vs cuDNN
+   dense (same inputs).
+History: this script was ``benchmarks/persistent_gpu.py`` for the persistent-grid runs
+(reports/kernel/persistent_gpu_h100_run{1,2}.*; their "pers1-dyn" is "pers1" here; the static-stride
+and ``tl.range(flatten=True)`` variants of run 1 were removed after it).
+Writes kernel_variants_gpu.json under --out after every section; prints a table last.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import triton
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnsearch import Geometry  # noqa: E402
+from attnsearch.patterns import SPARSE_FAMILIES  # noqa: E402
 from attnsearch.bench import card_name, cudnn_sdpa, flops, fresh_inputs, mixed_layer_plan, time_ms  # noqa: E402
 from attnsearch.runtime import triton_kernel  # noqa: E402
 from attnsearch.runtime.block_tables import build_block_tables, get_block_tables  # noqa: E402
@@ -37,13 +38,22 @@ from runtime_gpu import all_patterns, reference, rel  # noqa: E402
 BASE = KernelConfig(128, 128, 8, 2, True)  # the tuned config of the current numbers (H100 and H200)
 VARIANTS = {
     "base": (BASE, "head"),
-    "pers1": (KernelConfig(128, 128, 8, 2, True, persistent=1), "head"),
-    "pers1-s3": (KernelConfig(128, 128, 8, 3, True, persistent=1), "head"),
-    "pers1-lpt": (KernelConfig(128, 128, 8, 2, True, persistent=1), "lpt"),
-    "base-again": (BASE, "head"),
+    # Run 1 (reports/kernel/kernel_variants_gpu_h100_run1.*) also had conditional rescaling
+    # ("lazy8", removed: 4-9% slower) and persistent grids over 64-row tiles (slower).
+    # 64-row tiles, one warpgroup, no K/V double buffer: 168 registers and 50 KB of shared memory
+    # (sm_90a compile) let 3 programs share an SM, so one's softmax runs beside another's wgmma
+    # (Triton 3.6 waits on every QK wgmma before the softmax within one program).
+    "m64s1": (KernelConfig(64, 128, 4, 1, True), "head"),
+    "m64s1-lpt": (KernelConfig(64, 128, 4, 1, True), "lpt"),
+    "m64n64s1": (KernelConfig(64, 64, 4, 1, True), "head"),  # 131 registers, 33 KB: still 3 per SM
+    "m64n64s2": (KernelConfig(64, 64, 4, 2, True), "head"),  # 143 registers, 83 KB: 2 per SM
+    "m64s1-again": (KernelConfig(64, 128, 4, 1, True), "head"),
 }
-SHAPES = [(12, Geometry(21, 30, 52), t) for t in (0.05, 0.1, 0.25, 0.5)] + \
-         [(40, Geometry(21, 60, 60), t) for t in (0.1, 0.5)]
+#: (heads, geometry, target density, head_dim)
+#: (target 1.0: every head dense, i.e. the kernel on an all-kept mask)
+SHAPES = [(12, Geometry(21, 30, 52), t, 128) for t in (0.05, 0.1, 0.5, 1.0)] + \
+         [(40, Geometry(21, 60, 60), t, 128) for t in (0.25, 0.5)] + \
+         [(24, Geometry(21, 30, 52), t, 64) for t in (0.1, 1.0)]
 
 
 def check(variants: dict, results: list) -> int:
@@ -77,13 +87,14 @@ def check(variants: dict, results: list) -> int:
 
 
 def bench(variants: dict, rows: list, reps: int, dense: dict, t0: float) -> None:
-    for H, geom, target in SHAPES:
-        lp = mixed_layer_plan(geom, H, 128, target)
-        n, d = geom.num_tokens, 128
+    for H, geom, target, d in SHAPES:
+        lp = mixed_layer_plan(geom, H, 128, target, ("dense",) if target >= 1 else SPARSE_FAMILIES)
+        n = geom.num_tokens
         inputs = fresh_inputs((1, H, n, d), torch.bfloat16, 2)
         out = torch.empty(1, H, n, d, device="cuda", dtype=torch.bfloat16)
-        if n not in dense:
-            dense[n] = time_ms(lambda x: cudnn_sdpa(*x), inputs, 2, reps)["median"]
+        if (H, n, d) not in dense:
+            dense[H, n, d] = time_ms(lambda x: cudnn_sdpa(*x), inputs, 2, reps)["median"]
+        cudnn = dense[H, n, d]
         fl = flops(1, H, n, d, lp.density)
         for name, (cfg, order) in variants.items():
             tables = get_block_tables(lp, "cuda", order=order)
@@ -98,20 +109,21 @@ def bench(variants: dict, rows: list, reps: int, dense: dict, t0: float) -> None
                 print(f"  {name}: {type(e).__name__}: {str(e)[:300]}", flush=True)
                 rows.append({"H": H, "N": n, "variant": name, "error": str(e)[:500]})
                 continue
-            r = {"H": H, "N": n, "target": target, "density": lp.density, "variant": name, "ms": ms,
-                 "tflops": fl / ms / 1e9, "cudnn_ms": dense[n], "speedup_vs_cudnn": dense[n] / ms,
+            r = {"H": H, "N": n, "D": d, "target": target, "density": lp.density, "variant": name, "ms": ms,
+                 "tflops": fl / ms / 1e9, "cudnn_ms": cudnn, "speedup_vs_cudnn": cudnn / ms,
                  "target_speedup": 0.8 / lp.density}
             rows.append(r)
-            print(f"  H={H} N={n} d={lp.density:.3f} {name:<11} {ms:8.3f} ms {r['tflops']:4.0f} TFLOP/s "
+            print(f"  H={H} N={n} D={d} d={lp.density:.3f} {name:<11} {ms:8.3f} ms {r['tflops']:4.0f} TFLOP/s "
                   f"x{r['speedup_vs_cudnn']:.2f} (target x{r['target_speedup']:.2f})  ({time.time() - t0:.0f}s)",
                   flush=True)
 
 
 def table(rows: list) -> str:
-    lines = ["| H | N | density | variant | ms | TFLOP/s | speedup vs cuDNN | target |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| H | N | D | density | variant | ms | TFLOP/s | speedup vs cuDNN | target |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "ms" in r:
-            lines.append(f"| {r['H']} | {r['N']} | {r['density']:.3f} | {r['variant']} | {r['ms']:.3f} | "
+            lines.append(f"| {r['H']} | {r['N']} | {r.get('D', 128)} | {r['density']:.3f} | {r['variant']} | {r['ms']:.3f} | "
                          f"{r['tflops']:.0f} | {r['speedup_vs_cudnn']:.2f}x | {r['target_speedup']:.2f}x |")
     return "\n".join(lines)
 
@@ -133,16 +145,16 @@ def main() -> None:
            "sms": torch.cuda.get_device_properties(0).multi_processor_count}
     print(env, flush=True)
     rep: dict = {"env": env, "correctness": [], "bench": []}
-    save = lambda: (args.out / "persistent_gpu.json").write_text(json.dumps(rep, indent=1, default=str))  # noqa: E731
+    save = lambda: (args.out / "kernel_variants_gpu.json").write_text(json.dumps(rep, indent=1, default=str))  # noqa: E731
     print("== correctness", flush=True)
-    rep["failures"] = check({k: v for k, v in VARIANTS.items() if k.startswith("pers")}, rep["correctness"])
+    rep["failures"] = check({k: v for k, v in VARIANTS.items() if not k.startswith("base")}, rep["correctness"])
     save()
     print(f"== benchmark ({time.time() - t0:.0f}s)", flush=True)
     dense: dict = {}
     bench(VARIANTS, rep["bench"], args.reps, dense, t0)
     save()
-    md = f"# Persistent grid on {env['card']}\n\n{env}\n\n{table(rep['bench'])}\n"
-    (args.out / "persistent_gpu.md").write_text(md)
+    md = f"# Kernel variants on {env['card']}\n\n{env}\n\n{table(rep['bench'])}\n"
+    (args.out / "kernel_variants_gpu.md").write_text(md)
     print(md)
     print(f"failures {rep['failures']}  total {time.time() - t0:.0f}s")
 
