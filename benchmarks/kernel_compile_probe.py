@@ -1,0 +1,115 @@
+"""Compile the block-sparse kernel for Hopper (sm_90a) on a machine without a GPU and report what
+decides its speed before any device time is spent: registers and spills per thread, shared memory,
+programs per SM, and where the PTX waits on its wgmma groups.
+
+    .venv/bin/python benchmarks/kernel_compile_probe.py                      # the tuning candidates
+    .venv/bin/python benchmarks/kernel_compile_probe.py --config 64,128,4,1 --head-dim 64
+
+Use the device's Triton version for numbers that match it (the wheel installs next to the venv's:
+``pip install --no-deps --target /tmp/t36 triton==3.6.0`` then ``PYTHONPATH=/tmp/t36``).
+Programs per SM = min over registers (65,536 per SM, allocated per warp in units of 256), shared
+memory (227 KB per SM usable) and 64 warps. ``waits`` lists the ``wgmma.wait_group`` counts in
+order: 0 right after a QK wgmma means the softmax cannot overlap it within one program
+(reports/kernel/kernel-notes.md, variant 7).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from attnsearch.runtime import triton_kernel  # noqa: E402
+from attnsearch.runtime.triton_kernel import TUNING_CONFIGS, KernelConfig  # noqa: E402
+
+HOPPER = GPUTarget("cuda", 90, 32)
+REGS_PER_SM, SMEM_PER_SM, WARPS_PER_SM = 65536, 232448, 64
+INT_ARGS = ("N", "NB", "BATCH", "KV_GROUP", "NUM_TILES")
+INDEX_ARGS = ("Counts", "Indices", "Work", "Counter")
+
+
+def signature(cfg: KernelConfig, head_dim: int, block: int, dtype: str = "bf16", tma: bool = True):
+    """Argument types, constexprs and 16-byte alignment hints as a CUDA launch would specialise them."""
+    fn = triton_kernel._block_sparse_attn_fwd
+    sig, const, attrs = {}, {}, {}
+    aligned = [["tt.divisibility", 16]]
+    for i, name in enumerate(fn.arg_names):
+        if name in ("Q", "Out") or (name in ("K", "V") and not tma):
+            sig[name], attrs[(i,)] = f"*{dtype}", aligned
+        elif name in ("K", "V"):
+            sig[name] = f"tensordesc<{dtype}[1, 1, {cfg.block_n}, {head_dim}]>"
+        elif name in INDEX_ARGS:
+            sig[name], attrs[(i,)] = "*i32", aligned
+        elif name.startswith("stride_") and name.endswith("d"):  # unit stride: specialised to 1
+            sig[name], const[name] = "constexpr", 1
+        elif name.startswith("stride_"):
+            sig[name], attrs[(i,)] = "i32", aligned
+        elif name == "qk_scale":
+            sig[name] = "fp32"
+        elif name in INT_ARGS:
+            sig[name] = "i32"
+        else:
+            sig[name] = "constexpr"
+    const.update(HEAD_DIM=head_dim, BLOCK=block, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, USE_TMA=tma,
+                 INPUT_PRECISION="tf32", WARP_SPECIALIZE=cfg.warp_specialize, PERSISTENT=cfg.persistent > 0)
+    return fn, sig, {k: v for k, v in const.items() if k in fn.arg_names}, attrs
+
+
+def probe(cfg: KernelConfig, head_dim: int, block: int) -> dict:
+    fn, sig, const, attrs = signature(cfg, head_dim, block)
+    src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
+    options = triton.compiler.make_backend(HOPPER).parse_options(
+        {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
+    kernel = triton.compile(src, target=HOPPER, options=options.__dict__)
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(kernel.asm["cubin"])
+    try:
+        usage = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True,
+                               check=True).stdout
+    finally:
+        os.unlink(f.name)
+    regs = int(re.search(r"REG:(\d+)", usage).group(1))
+    stack = int(re.search(r"STACK:(\d+)", usage).group(1))
+    shared = kernel.metadata.shared
+    regs_per_warp = -(-regs * 32 // 256) * 256
+    programs = min(REGS_PER_SM // (regs_per_warp * cfg.num_warps), SMEM_PER_SM // max(shared, 1),
+                   WARPS_PER_SM // cfg.num_warps)
+    waits = re.findall(r"wgmma.wait_group.sync.aligned (\d+)", kernel.asm["ptx"])
+    return {"registers": regs, "spill_bytes": stack, "shared_kb": shared / 1024, "programs_per_sm": programs,
+            "waits": " ".join(waits)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", help="block_m,block_n,warps,stages (default: every tuning candidate)")
+    ap.add_argument("--head-dim", type=int, default=None, help="64 or 128 (default: both)")
+    ap.add_argument("--block", type=int, default=128, help="plan block size")
+    args = ap.parse_args()
+    head_dims = [args.head_dim] if args.head_dim else [128, 64]
+    print(f"triton {triton.__version__}, target sm_90a")
+    for d in head_dims:
+        if args.config:
+            bm, bn, w, st = (int(x) for x in args.config.split(","))
+            configs = [KernelConfig(bm, bn, w, st)]
+        else:
+            configs = TUNING_CONFIGS.get((d, args.block), ())
+        for cfg in configs:
+            r = probe(cfg, d, args.block)
+            print(f"D {d:>3} B {args.block} {cfg.block_m:>3}×{cfg.block_n:<3} {cfg.num_warps} warps "
+                  f"{cfg.num_stages} stages{' persistent' if cfg.persistent else ''}: {r['registers']} regs, "
+                  f"{r['spill_bytes']} B spilled, {r['shared_kb']:.0f} KB smem → {r['programs_per_sm']} per SM; "
+                  f"wgmma waits {r['waits']}")
+
+
+if __name__ == "__main__":
+    main()
