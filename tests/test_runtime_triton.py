@@ -91,7 +91,7 @@ def check_persistent_grid_matches_reference(tk, where, block_size, dtype, tol, b
     assert torch.equal(out, plain)  # same tiles, same arithmetic: bit-identical to the plain grid
 
 
-@pytest.mark.parametrize("block_size,block_m,block_n", [(64, 32, 32), (128, 64, 32), (128, 32, 64)])
+@pytest.mark.parametrize("block_size,block_m,block_n", [(64, 32, 32), (128, 64, 32), (128, 32, 64), (128, 64, 128)])
 def test_sub_tiles_of_a_block(block_size, block_m, block_n):
     """BLOCK_M/BLOCK_N smaller than the plan block: sub-tile decode and the masked tail stage."""
     in_interpreter("check_sub_tiles_of_a_block", block_size, block_m, block_n)

@@ -1,0 +1,43 @@
+"""The Hopper build of the runtime kernel keeps the occupancy its speed rests on.
+
+The default tile (64 query rows, one warpgroup, one K/V buffer) is fast on H100/H200 because three
+programs share an SM (reports/kernel/kernel-notes.md, variant 7): ≤ 170 registers per thread and
+≤ 75 KB of shared memory. A kernel change that adds registers or a buffer silently drops that to
+two programs and costs ~10-20%; this test compiles the kernel for sm_90a on the CPU (Triton's
+bundled ptxas and cuobjdump, no GPU) and checks the numbers. Not a timing test: a property of the
+binary.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+triton = pytest.importorskip("triton")
+BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+if not (BIN / "ptxas").exists() or not (BIN / "cuobjdump").exists():
+    pytest.skip("triton's bundled ptxas/cuobjdump are missing: cannot build for sm_90a here", allow_module_level=True)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from kernel_compile_probe import probe  # noqa: E402
+
+from attnsearch.runtime.triton_kernel import TUNING_CONFIGS  # noqa: E402
+
+
+@pytest.mark.parametrize("head_dim", [128, 64])
+def test_default_tile_fits_three_programs_per_sm(head_dim):
+    cfg = TUNING_CONFIGS[(head_dim, 128)][0]
+    assert (cfg.block_m, cfg.num_warps, cfg.num_stages) == (64, 4, 1)
+    r = probe(cfg, head_dim, 128)
+    assert r["spill_bytes"] == 0, r
+    assert r["programs_per_sm"] >= 3, r
+
+
+def test_probe_sees_the_one_program_kernel():
+    """The probe itself: the earlier 128×128 / 8-warp / 2-stage tile fits one program per SM."""
+    from attnsearch.runtime.triton_kernel import KernelConfig
+
+    r = probe(KernelConfig(128, 128, 8, 2), 128, 128)
+    assert r["programs_per_sm"] == 1 and r["shared_kb"] > 150, r
