@@ -48,8 +48,12 @@ VARIANTS = {
     # softmax, TMA rings for K and V; (block_m, warps, K slots, V slots). Run 4 had the in-flight PV
     # carried across the loop edge, which ptxas answered by serialising every wgmma (C7514):
     # 242-436 TFLOP/s. Now both retire at the end of each iteration.
-    "gluon-64-4-2-1": ((64, 4, 2, 1), "head"),  # 255 registers, 112 KB: 2 programs per SM
-    "gluon-128-8-2-2": ((128, 8, 2, 2), "head"),  # 1 program per SM
+    # Run 5: (64, 4, 2, 1) with 128-key tiles: 255 registers, 112 KB → 2 programs per SM, within
+    # -5..+1% of m64s1. 64-key tiles fit 3 programs per SM with the K prefetch ring (sm_90a compile:
+    # 168 registers, 64 KB at D 128; 144 registers, 32 KB at D 64); last field: key tile.
+    "gluon-64-4-2-1-n64": ((64, 4, 2, 1, 64), "head"),
+    "gluon-64-4-2-2-n64": ((64, 4, 2, 2, 64), "head"),  # D 128: 163 registers, 80 KB → 2 per SM
+    "m64n64s1": (KernelConfig(64, 64, 4, 1, True), "head"),  # the same tile in the Triton kernel
     "m64s1-again": (KernelConfig(64, 128, 4, 1, True), "head"),
 }
 
@@ -60,9 +64,9 @@ def run_variant(cfg, q, k, v, tables, scale, out):
         return triton_kernel.forward(q, k, v, tables, scale, out=out, config=cfg)
     import gluon_kernel  # benchmarks/gluon_kernel.py: an experiment, not part of the package
 
-    block_m, warps, k_stages, v_stages = cfg
+    block_m, warps, k_stages, v_stages, block_n = cfg
     return gluon_kernel.forward(q, k, v, tables, scale, out=out, block_m=block_m, num_warps=warps,
-                                k_stages=k_stages, v_stages=v_stages)
+                                k_stages=k_stages, v_stages=v_stages, block_n=block_n)
 
 
 #: (target 1.0: every head dense, i.e. the kernel on an all-kept mask)
