@@ -11,8 +11,9 @@ and structureless random q/k (the worst case: any chosen column is noise).
 
 Result (reports/profile_bias.{json,txt}; the gap also holds the two samples' own noise): at the
 default 256 sampled queries the in-sample recall exceeds the out-of-sample one by ≤ 0.08% on
-average per layer (≤ 0.44% for any candidate) and rel_err differs by ≤ 0.08% on average; at 64
-queries by ≤ 0.5% on average (≤ 3.5% for a candidate). Negligible at the default: the profiler
+average per layer (≤ 0.44% for any candidate); the mean rel_err differs by ≤ 0.08% on toy-vdit
+layers and 0.5% on random q/k (whose rel_err is ~1.76 either way). At 64 queries the recall gap
+is ≤ 0.5% on average (≤ 3.5% for a candidate). Negligible at the default: the profiler
 keeps one sample for choosing and scoring (an independent sample would cost a second softmax
 pass over N per head).
 """
