@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -231,7 +232,10 @@ def main() -> None:
 
     if not args.skip_bench:
         print("== benchmark", flush=True)
-        triton_kernel._TUNED.clear()  # tune (config None) on the benchmark shapes, not the check's
+        # Tune (config None) on the benchmark shapes, not the check's: forget this process's picks
+        # and bypass the on-disk tuning cache the check section may have filled.
+        triton_kernel._TUNED.clear()
+        os.environ["ATTNSEARCH_TUNING_CACHE"] = "0"
         rows = []
         for H, geom in ((12, Geometry(21, 30, 52)), (40, Geometry(21, 60, 60))):
             dense_ms = None

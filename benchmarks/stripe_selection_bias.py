@@ -80,9 +80,9 @@ def main() -> None:
     spec = load_model("toy-vdit")
     calls = []
     args_, kwargs = split_input(spec.inputs[0])
-    with capture_attention(spec.model, lambda c: calls.append((c.layer, c.query, c.key, c.value)) or None):
-        with torch.no_grad():
-            spec.model(*args_, **kwargs)
+    with capture_attention(spec.model, lambda c: calls.append((c.layer, c.query, c.key, c.value)) or None), \
+            torch.no_grad():
+        spec.model(*args_, **kwargs)
     bs = 64
     rows = []
     gen = torch.Generator().manual_seed(0)

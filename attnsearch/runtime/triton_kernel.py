@@ -23,12 +23,16 @@ over the strided tensors, out-of-range rows zero-filled) instead of pointer load
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
 
+from . import tuning_cache
 from .block_tables import BlockTables
 
 from .dispatch import HEAD_DIMS  # noqa: F401  (re-exported)
@@ -318,30 +322,62 @@ def _num_sms(device: torch.device) -> int:
     return _SMS[device.index]
 
 
-def _tune(q, k, v, out, tables, scale, use_tma) -> KernelConfig:
-    """Time every candidate config on this call's data (once per key) and keep the fastest."""
-    d, bs = q.shape[-1], tables.block_size
-    key = (d, bs, q.dtype, use_tma, q.device.index)
-    if key in _TUNED:
-        return _TUNED[key]
+def choose_config(disk_key: str, candidates: Sequence[KernelConfig],
+                  time_ms: Callable[[KernelConfig], float]) -> KernelConfig:
+    """The config stored for ``disk_key`` in the tuning cache if it is still one of ``candidates``;
+    else time every candidate (``time_ms``; out-of-resources ones are skipped), store the fastest
+    and return it."""
+    cached = tuning_cache.lookup(disk_key)
+    if cached is not None:
+        for cfg in candidates:
+            if vars(cfg) == cached:
+                return cfg
     best, best_ms = None, float("inf")
-    for base in TUNING_CONFIGS.get((d, bs), (KernelConfig(min(bs, 128), 64, 4, 2),)):
-        cfg = dataclasses.replace(base, use_tma=use_tma)
-
-        def run(cfg: KernelConfig = cfg) -> None:
-            for item in tables.launches:
-                launch(q, k, v, out, tables, item.work, scale, cfg)
-
+    for cfg in candidates:
         try:
-            ms = triton.testing.do_bench(run, warmup=10, rep=40, return_mode="median")
+            ms = time_ms(cfg)
         except triton.runtime.errors.OutOfResources:
             continue
         if ms < best_ms:
             best, best_ms = cfg, ms
     if best is None:
-        raise RuntimeError(f"no Triton config fits head_dim {d}, block size {bs} on this device")
-    _TUNED[key] = best
+        raise RuntimeError(f"no Triton config fits ({disk_key}) on this device")
+    tuning_cache.store(disk_key, vars(best))
     return best
+
+
+def _source_hash() -> str:
+    """Identifies this kernel's code in tuning-cache keys (a changed kernel is tuned again)."""
+    global _SOURCE_HASH
+    if _SOURCE_HASH is None:
+        _SOURCE_HASH = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    return _SOURCE_HASH
+
+
+_SOURCE_HASH: str | None = None
+
+
+def _tune(q, k, v, out, tables, scale, use_tma) -> KernelConfig:
+    """The config for this call's (device, head_dim, block size, dtype, TMA): from this process's
+    picks, else the on-disk tuning cache, else timed on this call's data."""
+    d, bs = q.shape[-1], tables.block_size
+    key = (d, bs, q.dtype, use_tma, q.device.index)
+    if key in _TUNED:
+        return _TUNED[key]
+    candidates = [dataclasses.replace(base, use_tma=use_tma)
+                  for base in TUNING_CONFIGS.get((d, bs), (KernelConfig(min(bs, 128), 64, 4, 2),))]
+    disk_key = tuning_cache.make_key(torch.cuda.get_device_name(q.device), torch.cuda.get_device_capability(q.device),
+                                     triton.__version__, _source_hash(), d, bs, str(q.dtype).removeprefix("torch."),
+                                     use_tma)
+
+    def time_ms(cfg: KernelConfig) -> float:
+        def run() -> None:
+            for item in tables.launches:
+                launch(q, k, v, out, tables, item.work, scale, cfg)
+        return triton.testing.do_bench(run, warmup=10, rep=40, return_mode="median")
+
+    _TUNED[key] = choose_config(disk_key, candidates, time_ms)
+    return _TUNED[key]
 
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTables, scale: float,
