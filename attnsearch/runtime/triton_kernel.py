@@ -385,7 +385,8 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
     """Block-sparse attention of one layer plan (the tables) → [batch, H, N, D] (``out``, or contiguous).
 
     ``config`` None: the interpreter's fixed config on CPU, else the tuned config for this
-    (head_dim, block size, dtype, TMA) — tuned on the first call that needs it.
+    (head_dim, block size, dtype, TMA): from the on-disk tuning cache (``tuning_cache``) or timed
+    on the first call that needs it.
     """
     batch, num_heads, n, d = q.shape
     if out is None:
