@@ -90,3 +90,19 @@ def test_keys_separate_gpu_triton_and_kernel_source():
         keys.add(tuning_cache.make_key(*parts[:i], other, *parts[i + 1:]))
     assert len(keys) == 8
     assert len(triton_kernel._source_hash()) == 16
+
+
+def test_no_home_directory_disables_the_cache_with_a_warning(monkeypatch):
+    monkeypatch.delenv("ATTNSEARCH_CACHE_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("ATTNSEARCH_TUNING_CACHE", raising=False)
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(tuning_cache.Path, "home", staticmethod(no_home))
+    monkeypatch.setattr(tuning_cache, "_WARNED", set())
+    with pytest.warns(RuntimeWarning, match="no home directory"):
+        timer = Timer({CANDIDATES[0]: 1.0, CANDIDATES[1]: 0.8, CANDIDATES[2]: 1.3})
+        assert choose_config(KEY, CANDIDATES, timer) == CANDIDATES[1]
+    assert tuning_cache.cache_path() is None

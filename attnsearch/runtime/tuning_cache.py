@@ -31,11 +31,20 @@ def enabled() -> bool:
     return os.environ.get("ATTNSEARCH_TUNING_CACHE", "1").strip().lower() not in ("0", "off", "false", "no")
 
 
-def cache_path() -> Path:
+def cache_path() -> Path | None:
+    """Where the cache lives (None: no home directory to put it in, and none named)."""
     root = os.environ.get("ATTNSEARCH_CACHE_DIR")
     if not root:
         xdg = os.environ.get("XDG_CACHE_HOME")
-        root = str(Path(xdg) / "attnsearch") if xdg else str(Path.home() / ".cache" / "attnsearch")
+        if xdg:
+            root = str(Path(xdg) / "attnsearch")
+        else:
+            try:
+                root = str(Path.home() / ".cache" / "attnsearch")
+            except RuntimeError:  # no HOME and no passwd entry (some containers)
+                _warn_once("attnsearch: no home directory for the tuning cache; set ATTNSEARCH_CACHE_DIR "
+                           "to keep tuned configs across runs")
+                return None
     return Path(root) / "tuning.json"
 
 
@@ -49,6 +58,8 @@ def make_key(device: str, capability: tuple[int, int], triton_version: str, sour
 def load(path: Path | None = None) -> dict[str, dict[str, Any]]:
     """The entries of the cache file ({} when absent or unreadable: reported once)."""
     path = cache_path() if path is None else path
+    if path is None:
+        return {}
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -72,6 +83,8 @@ def store(key: str, config: dict[str, Any], path: Path | None = None) -> None:
     if not enabled():
         return
     path = cache_path() if path is None else path
+    if path is None:
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         entries = load(path)
