@@ -7,8 +7,9 @@
 Built on :class:`attnsearch.capture.capture_attention`, which hands each SDPA call (step, layer,
 q, k, v, kwargs) to a consumer. A call runs ``plan.layer_plan(step, layer)``:
 
-- an all-dense layer plan runs the real SDPA (exact dense attention, fastest kernel, every
-  keyword honoured) after checking the query shape against the plan;
+- an all-dense layer plan runs the real SDPA (exact dense attention, every keyword honoured)
+  after checking the query shape against the plan, with cuDNN's kernel first on Hopper
+  (``runtime.dense``: the fastest there, and what the cost model was calibrated with);
 - otherwise :func:`sparse_attention` with the call's ``scale`` and ``enable_gqa``.
 
 Anything the plan cannot honour — a step or layer it does not cover, a sequence length or head
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 
 from ..plan import Plan, PlanError
+from .dense import dense_attention
 
 
 class apply:  # noqa: N801  (a context manager used like a function, as torch's no_grad)
@@ -112,7 +114,7 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         lp.check_inputs(q.shape[2], q.shape[1])
         if all(g.pattern == "dense" for g in lp.groups):
             self.stats["dense"] += 1
-            return None  # dense by plan: the real SDPA is exact and the fastest
+            return dense_attention(q, k, v, **kw)  # dense by plan: exact SDPA, cuDNN first on Hopper
         if kw.get("attn_mask") is not None:
             raise PlanError("attn_mask: the call passes an explicit mask, which a sparse layer plan "
                             "cannot honour")

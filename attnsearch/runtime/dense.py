@@ -1,0 +1,48 @@
+"""Dense layers of a plan: exact SDPA, with cuDNN's kernel first on Hopper.
+
+PyTorch's SDPA tries FlashAttention before cuDNN. On Hopper (sm_90) the cuDNN kernel is much the
+faster one for long sequences (566–580 TFLOP/s vs FlashAttention-2's well under 400 here, and
+1.7–2.3× in others' training shapes), and it is what ``attnsearch calibrate`` measures for dense
+layers. So an all-dense layer run by ``apply`` asks SDPA for cuDNN first there, keeping every
+other backend the caller has enabled, in PyTorch's order, as fallbacks for calls cuDNN does not
+support (and not enabling any the caller disabled). Elsewhere SDPA chooses as usual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+#: PyTorch's own priority among the fused backends, math last.
+TORCH_ORDER = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
+               SDPBackend.MATH)
+
+
+def sdpa_preference(capability: tuple[int, int] | None,
+                    enabled: Mapping[SDPBackend, bool]) -> list[SDPBackend] | None:
+    """The backend priority for a dense layer on a device of ``capability`` (None: not CUDA), given
+    which backends are enabled; None: leave SDPA's own choice alone."""
+    if capability is None or capability[0] != 9 or not enabled.get(SDPBackend.CUDNN_ATTENTION, False):
+        return None
+    order = (SDPBackend.CUDNN_ATTENTION,) + tuple(b for b in TORCH_ORDER if b != SDPBackend.CUDNN_ATTENTION)
+    return [b for b in order if enabled.get(b, False)]
+
+
+def enabled_backends() -> dict[SDPBackend, bool]:
+    """Which SDPA backends the caller's context allows right now."""
+    cuda = torch.backends.cuda
+    return {SDPBackend.CUDNN_ATTENTION: cuda.cudnn_sdp_enabled(), SDPBackend.FLASH_ATTENTION: cuda.flash_sdp_enabled(),
+            SDPBackend.EFFICIENT_ATTENTION: cuda.mem_efficient_sdp_enabled(), SDPBackend.MATH: cuda.math_sdp_enabled()}
+
+
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """``F.scaled_dot_product_attention(q, k, v, **kwargs)``, cuDNN first on Hopper."""
+    capability = torch.cuda.get_device_capability(q.device) if q.is_cuda else None
+    order = sdpa_preference(capability, enabled_backends())
+    if order is None:
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    with sdpa_kernel(order, set_priority=True):
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
