@@ -1,9 +1,9 @@
 """Dense layers of a plan: exact SDPA, with cuDNN's kernel first on Hopper.
 
-PyTorch's SDPA tries FlashAttention before cuDNN. On Hopper (sm_90) the cuDNN kernel is much the
-faster one for long sequences (566–580 TFLOP/s vs FlashAttention-2's well under 400 here, and
-1.7–2.3× in others' training shapes), and it is what ``attnsearch calibrate`` measures for dense
-layers. So an all-dense layer run by ``apply`` asks SDPA for cuDNN first there, keeping every
+PyTorch's SDPA tries FlashAttention before cuDNN. On Hopper (sm_90) cuDNN's kernel is reported
+1.7–2.3× faster than SDPA's FlashAttention-2 (huggingface/transformers#48163, training shapes;
+we measured cuDNN at 563–580 TFLOP/s at Wan shapes on H100, FlashAttention-2 not), and it is what
+``attnsearch calibrate`` measures for dense layers. So an all-dense layer run by ``apply`` asks SDPA for cuDNN first there, keeping every
 other backend the caller has enabled, in PyTorch's order, as fallbacks for calls cuDNN does not
 support (and not enabling any the caller disabled). Elsewhere SDPA chooses as usual.
 """
