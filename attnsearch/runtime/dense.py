@@ -1,9 +1,11 @@
 """Dense layers of a plan: exact SDPA, with cuDNN's kernel first on Hopper.
 
-PyTorch's SDPA tries FlashAttention before cuDNN. On Hopper (sm_90) cuDNN's kernel is reported
-1.7–2.3× faster than SDPA's FlashAttention-2 (huggingface/transformers#48163, training shapes;
-we measured cuDNN at 563–580 TFLOP/s at Wan shapes on H100, FlashAttention-2 not), and it is what
-``attnsearch calibrate`` measures for dense layers. So an all-dense layer run by ``apply`` asks SDPA for cuDNN first there, keeping every
+PyTorch's SDPA tries FlashAttention before cuDNN. On Hopper (sm_90) cuDNN's kernel is the faster
+one: on an H100 80GB HBM3 with torch 2.11, SDPA's own choice took 0–12% longer than cuDNN forced
+(14 dense shapes, N 512–32,760, head_dim 64/128: ``sdpa_default_ms`` beside ``ms`` in
+reports/costmodel/points_h100.json; others report 1.7–2.3× in training shapes,
+huggingface/transformers#48163), and cuDNN is what ``attnsearch calibrate`` measures for dense
+layers. So an all-dense layer run by ``apply`` asks SDPA for cuDNN first there, keeping every
 other backend the caller has enabled, in PyTorch's order, as fallbacks for calls cuDNN does not
 support (and not enabling any the caller disabled). Elsewhere SDPA chooses as usual.
 """
