@@ -173,32 +173,28 @@ def solve_budget(units: Units, budget: float, *, iters: int = 30, rtol: float = 
     top = solve_lagrangian(units, hi)
     if top.total_err > budget * (1 + 1e-12):
         return BudgetResult(top, math.inf, False, top.total_err)
-    best = top
-    lo = 0.0
+    best, lo = top, 0.0
     lower = max(lower, _dual(zero, 0.0, budget), _dual(top, hi, budget))
+
+    def probe(lam: float) -> bool:
+        """Solve at λ; tighten the bracket, the dual bound and the best feasible solution."""
+        nonlocal best, lower, lo, hi
+        s = solve_lagrangian(units, lam)
+        lower = max(lower, _dual(s, lam, budget))
+        if s.total_err > budget:
+            lo = max(lo, lam)
+            return False
+        hi = lam
+        if s.total_cost < best.total_cost:
+            best = s
+        return True
+
     if hint is not None and 0 < hint < hi:  # a λ that met a similar budget before: bracket around it
         for cand in (hint * 30, hint / 30):
-            if not 0 < cand < hi:
-                continue
-            s = solve_lagrangian(units, cand)
-            lower = max(lower, _dual(s, cand, budget))
-            if s.total_err <= budget:
-                hi = cand
-                if s.total_cost < best.total_cost:
-                    best = s
-            else:
-                lo = max(lo, cand)
+            if 0 < cand < hi and not probe(cand):
                 break
     for _ in range(iters):
-        mid = math.sqrt(lo * hi) if lo > 0 else hi / 1024
-        s = solve_lagrangian(units, mid)
-        lower = max(lower, _dual(s, mid, budget))
-        if s.total_err <= budget:
-            hi = mid
-            if s.total_cost < best.total_cost:
-                best = s
-        else:
-            lo = mid
+        probe(math.sqrt(lo * hi) if lo > 0 else hi / 1024)
         if lo > 0 and (hi / lo < 1 + 1e-9 or budget * (1 - rtol) <= best.total_err <= budget):
             break
     return BudgetResult(best, lower, True, top.total_err)
