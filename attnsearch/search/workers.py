@@ -131,27 +131,13 @@ def claim_lock(url: str, rdb, study_name: str) -> Iterator[None]:
     kind = storage_kind(url)
     digest = hashlib.sha256(study_name.encode()).digest()
     if kind == "postgresql":
-        import sqlalchemy
-
         key = int.from_bytes(digest[:8], "big", signed=True)
-        with rdb.engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
+        with _server_lock(rdb, "SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)", {"k": key}):
+            yield
     elif kind == "mysql":
-        import sqlalchemy
-
         name = "attnsearch:" + digest.hex()[:40]
-        with rdb.engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT GET_LOCK(:n, -1)"), {"n": name})
-            try:
-                yield
-            finally:
-                conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:n)"), {"n": name})
-                conn.commit()
+        with _server_lock(rdb, "SELECT GET_LOCK(:n, -1)", "SELECT RELEASE_LOCK(:n)", {"n": name}):
+            yield
     elif kind == "sqlite" and sqlite_path(url) is not None:
         path = sqlite_path(url)
         with open(path.with_name(path.name + ".lock"), "a+") as f:
@@ -162,6 +148,20 @@ def claim_lock(url: str, rdb, study_name: str) -> Iterator[None]:
                 fcntl.flock(f, fcntl.LOCK_UN)
     else:  # an in-memory database (one process) or a dialect without a lock we know
         yield
+
+
+@contextlib.contextmanager
+def _server_lock(rdb, acquire: str, release: str, params: dict) -> Iterator[None]:
+    """A named lock held on one connection of the storage's database server."""
+    import sqlalchemy
+
+    with rdb.engine.connect() as conn:
+        conn.execute(sqlalchemy.text(acquire), params)
+        try:
+            yield
+        finally:
+            conn.execute(sqlalchemy.text(release), params)
+            conn.commit()
 
 
 def check_workers(url: str, workers: int) -> None:
