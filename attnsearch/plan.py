@@ -48,6 +48,13 @@ class PlanError(ValueError):
 # --- small checkers: each raises PlanError naming ``path`` ---------------------------------------
 
 
+def _check_geometry(geometry: Any, block_size: Any) -> None:
+    if not isinstance(geometry, Geometry):
+        raise PlanError(f"geometry: must be a Geometry, got {type(geometry).__name__}")
+    if block_size not in BLOCK_SIZES:
+        raise PlanError(f"block_size: must be one of {BLOCK_SIZES}, got {block_size!r}")
+
+
 def _int(value: Any, path: str, lo: int, hi: float = math.inf) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
         rng = f"[{lo}, {hi}]" if math.isfinite(hi) else f"≥ {lo}"
@@ -161,10 +168,7 @@ class LayerPlan:
     groups: tuple[HeadGroup, ...]
 
     def __post_init__(self) -> None:
-        if not isinstance(self.geometry, Geometry):
-            raise PlanError(f"geometry: must be a Geometry, got {type(self.geometry).__name__}")
-        if self.block_size not in BLOCK_SIZES:
-            raise PlanError(f"block_size: must be one of {BLOCK_SIZES}, got {self.block_size!r}")
+        _check_geometry(self.geometry, self.block_size)
         _int(self.num_heads, "num_heads", 1)
         groups = tuple(
             _parse_group(g, self.geometry, self.block_size, self.num_heads, f"groups[{i}]")
@@ -329,10 +333,7 @@ class Plan:
     search: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.geometry, Geometry):
-            raise PlanError(f"geometry: must be a Geometry, got {type(self.geometry).__name__}")
-        if self.block_size not in BLOCK_SIZES:
-            raise PlanError(f"block_size: must be one of {BLOCK_SIZES}, got {self.block_size!r}")
+        _check_geometry(self.geometry, self.block_size)
         _int(self.num_steps, "num_steps", 1)
         _int(self.num_layers, "num_layers", 1)
         _int(self.num_heads, "num_heads", 1)
