@@ -46,20 +46,29 @@ def interpreter_active() -> bool:
 
 
 @triton.jit
+def _load_kv_tile(src, b, kvh, start_n, offs_kv, offs_d, stride_n, stride_d, N, BLOCK_N: tl.constexpr,
+                  HEAD_DIM: tl.constexpr, MASK_KEYS: tl.constexpr, USE_TMA: tl.constexpr):
+    """The [BLOCK_N, HEAD_DIM] K or V tile at key ``start_n`` (a TMA descriptor, or a base pointer)."""
+    if USE_TMA:
+        # Rows ≥ N of the descriptor's [.., N, D] box come back as zeros.
+        tile = src.load([b, kvh, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+    elif MASK_KEYS:
+        tile = tl.load(src + offs_kv[:, None] * stride_n + offs_d[None, :] * stride_d,
+                       mask=offs_kv[:, None] < N, other=0.0)
+    else:
+        tile = tl.load(src + offs_kv[:, None] * stride_n + offs_d[None, :] * stride_d)
+    return tile
+
+
+@triton.jit
 def _attn_fwd_tile(acc, l_i, m_i, q, k_src, v_src, b, kvh, start_n, N,
                    stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, offs_n, offs_d,
                    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASK_KEYS: tl.constexpr,
                    USE_TMA: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     """One BLOCK_N key tile starting at ``start_n``: update the running max, sum and output."""
     offs_kv = start_n + offs_n
-    if USE_TMA:
-        # Rows ≥ N of the descriptor's [.., N, D] box come back as zeros.
-        k = k_src.load([b, kvh, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
-    elif MASK_KEYS:
-        k = tl.load(k_src + offs_kv[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                    mask=offs_kv[:, None] < N, other=0.0)
-    else:
-        k = tl.load(k_src + offs_kv[:, None] * stride_kn + offs_d[None, :] * stride_kd)
+    k = _load_kv_tile(k_src, b, kvh, start_n, offs_kv, offs_d, stride_kn, stride_kd, N, BLOCK_N, HEAD_DIM,
+                      MASK_KEYS, USE_TMA)
     qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)
     if MASK_KEYS:
         qk = tl.where(offs_kv[None, :] < N, qk, float("-inf"))
@@ -70,13 +79,8 @@ def _attn_fwd_tile(acc, l_i, m_i, q, k_src, v_src, b, kvh, start_n, N,
     alpha = tl.math.exp2(m_i - m_ij)  # rescales what was accumulated under the old max
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
-    if USE_TMA:
-        v = v_src.load([b, kvh, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
-    elif MASK_KEYS:
-        v = tl.load(v_src + offs_kv[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                    mask=offs_kv[:, None] < N, other=0.0)
-    else:
-        v = tl.load(v_src + offs_kv[:, None] * stride_vn + offs_d[None, :] * stride_vd)
+    v = _load_kv_tile(v_src, b, kvh, start_n, offs_kv, offs_d, stride_vn, stride_vd, N, BLOCK_N, HEAD_DIM,
+                      MASK_KEYS, USE_TMA)
     acc = tl.dot(p.to(v.dtype), v, acc, input_precision=INPUT_PRECISION)
     return acc, l_i, m_ij
 
