@@ -239,7 +239,7 @@ INTERPRETER_CONFIG = KernelConfig(64, 64, num_warps=4, num_stages=1, use_tma=Fal
 #: reports/kernel/kernel_variants_gpu_h100_run{1,2}.md): 168 registers and 50 KB of shared memory
 #: let 3 programs share an SM, and the warp schedulers overlap one program's softmax with another's
 #: wgmma — the overlap Triton 3.6 does not build inside one program (it waits on each QK wgmma
-#: before the softmax). +5-20% over 128×128 / 8 warps at head_dim 128, +25-40% at head_dim 64.
+#: before the softmax). +4-22% over 128×128 / 8 warps at head_dim 128, +33-45% at head_dim 64.
 #: 128×128 / 8 warps (one program per SM; the earlier default, 2-3 stages), its persistent grid
 #: (atomic tile counter) and 128×64 stay as candidates for other GPUs.
 TUNING_CONFIGS: dict[tuple[int, int], tuple[KernelConfig, ...]] = {
