@@ -27,6 +27,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the Gluon experiments beside this file
 
 from attnsearch.runtime import triton_kernel  # noqa: E402
 from attnsearch.runtime.triton_kernel import TUNING_CONFIGS, KernelConfig  # noqa: E402
@@ -89,14 +90,70 @@ def probe(cfg: KernelConfig, head_dim: int, block: int) -> dict:
             "waits": " ".join(waits)}
 
 
+def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs: int = 24,
+                   dtype: str = "bf16") -> dict:
+    """Compile ``benchmarks/gluon_ws_kernel.py`` (block size 128) and run ptxas on its PTX for the
+    per-partition register moves and any wgmma serialisation warning (C7514)."""
+    import gluon_ws_kernel as ws
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    fn = ws._ws_block_sparse_fwd
+    gl_dtype = {"bf16": gl.bfloat16, "fp16": gl.float16}[dtype]
+    sig, const, attrs = {}, {}, {}
+    aligned = [["tt.divisibility", 16]]
+    for i, name in enumerate(fn.arg_names):
+        if name.endswith("_desc"):
+            box = [1, 1, int(ws.HALF_M.value) if name == "q_desc" else 128, head_dim]
+            layout = gl.NVMMASharedLayout.get_default_for(box, gl_dtype)
+            sig[name] = f"tensordesc<{dtype}[{', '.join(map(str, box))}],{layout!r}>"
+        elif name == "Out":
+            sig[name], attrs[(i,)] = f"*{dtype}", aligned
+        elif name in INDEX_ARGS:
+            sig[name], attrs[(i,)] = "*i32", aligned
+        elif name == "stride_od":
+            sig[name], const[name] = "constexpr", 1
+        elif name.startswith("stride_"):
+            sig[name], attrs[(i,)] = "i32", aligned
+        elif name == "qk_scale":
+            sig[name] = "fp32"
+        elif name in INT_ARGS:
+            sig[name] = "i32"
+        else:
+            sig[name] = "constexpr"
+    const.update(HEAD_DIM=head_dim, BLOCK=128, STAGES=stages, CONSUMER_REGS=consumer_regs,
+                 PRODUCER_REGS=producer_regs)
+    src = GluonASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
+    options = triton.compiler.make_backend(HOPPER).parse_options({"num_warps": 4, "maxnreg": ws.MAXNREG})
+    kernel = triton.compile(src, target=HOPPER, options=options.__dict__)
+    ptx = kernel.asm["ptx"]
+    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "k.ptx").write_text(ptx)
+        res = subprocess.run([str(bin_dir / "ptxas"), "-arch=sm_90a", "-v", str(Path(tmp) / "k.ptx"), "-o",
+                              str(Path(tmp) / "k.cubin")], capture_output=True, text=True)
+    log = res.stdout + res.stderr
+    return {"setmaxnreg": re.findall(r"setmaxnreg\.(inc|dec)\.sync\.aligned\.u32\s+(\d+)", ptx),
+            "c7514": "C7514" in log, "ptxas": " ".join(re.findall(r"Used \d+ registers[^\n]*", log)),
+            "warnings": [ln for ln in log.splitlines() if "warning" in ln][:3],
+            "shared_kb": kernel.metadata.shared / 1024,
+            "waits": " ".join(re.findall(r"wgmma.wait_group.sync.aligned (\d+)", ptx))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--gluon-ws", metavar="STAGES,REGS", help="probe benchmarks/gluon_ws_kernel.py instead")
     ap.add_argument("--config", help="block_m,block_n,warps,stages (default: every tuning candidate)")
     ap.add_argument("--head-dim", type=int, default=None, help="64 or 128 (default: both)")
     ap.add_argument("--block", type=int, default=128, help="plan block size")
     args = ap.parse_args()
     head_dims = [args.head_dim] if args.head_dim else [128, 64]
     print(f"triton {triton.__version__}, target sm_90a")
+    if args.gluon_ws:
+        stages, regs = (int(x) for x in args.gluon_ws.split(","))
+        for d in head_dims:
+            print(f"D {d:>3} gluon-ws {stages} stages, consumers {regs} registers:", probe_gluon_ws(d, stages, regs))
+        return
     for d in head_dims:
         if args.config:
             bm, bn, w, st = (int(x) for x in args.config.split(","))

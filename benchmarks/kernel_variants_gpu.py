@@ -54,6 +54,11 @@ VARIANTS = {
     "gluon-64-4-2-1-n64": ((64, 4, 2, 1, 64), "head"),
     "gluon-64-4-2-2-n64": ((64, 4, 2, 2, 64), "head"),  # D 128: 163 registers, 80 KB → 2 per SM
     "m64n64s1": (KernelConfig(64, 64, 4, 1, True), "head"),  # the same tile in the Triton kernel
+    # Warp-specialised Gluon kernel (benchmarks/gluon_ws_kernel.py, FlashAttention-3's schedule): a
+    # producer warp, two 64-row consumer warpgroups at 240 registers taking turns on the tensor
+    # cores; ("ws", K/V ring depth). sm_90a compile: no spills, no C7514, 160 KB (2) / 224 KB (3).
+    "ws2": (("ws", 2), "head"),
+    "ws3": (("ws", 3), "head"),
     "m64s1-again": (KernelConfig(64, 128, 4, 1, True), "head"),
 }
 
@@ -62,6 +67,10 @@ def run_variant(cfg, q, k, v, tables, scale, out):
     """A KernelConfig runs the Triton kernel; a (block_m, warps, stages) tuple the Gluon kernel."""
     if isinstance(cfg, KernelConfig):
         return triton_kernel.forward(q, k, v, tables, scale, out=out, config=cfg)
+    if cfg[0] == "ws":
+        import gluon_ws_kernel  # benchmarks/gluon_ws_kernel.py: an experiment, not part of the package
+
+        return gluon_ws_kernel.forward(q, k, v, tables, scale, out=out, stages=cfg[1])
     import gluon_kernel  # benchmarks/gluon_kernel.py: an experiment, not part of the package
 
     block_m, warps, k_stages, v_stages, block_n = cfg
