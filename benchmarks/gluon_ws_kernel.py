@@ -28,6 +28,9 @@ Partitions (``gl.warp_specialize``; registers move between them with setmaxnreg)
 
 from __future__ import annotations
 
+import heapq
+import weakref
+
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -42,38 +45,68 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from attnsearch.runtime.block_tables import BlockTables
 
+#: The TMA load is ``async_copy_global_to_shared`` in Triton 3.6 and ``async_load`` from 3.7 on.
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 LOG2E = 1.4426950408889634
 HALF_M = gl.constexpr(64)  # query rows per consumer warpgroup (one wgmma M)
 _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
 
 
 @gluon.jit
-def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
-              row, n_kept, b, head, kvh, q_row, BLOCK: gl.constexpr, STAGES: gl.constexpr):
-    """One warp: Q once, then K[j], V[j] for every kept key block, each as soon as its slot is free."""
-    has_work = n_kept > 0  # a CTA must not exit with copies in flight
-    for w in gl.static_range(2):
-        mbarrier.expect(q_bars.index(w), q_desc.block_type.nbytes, pred=has_work)
-        tma.async_copy_global_to_shared(q_desc, [b, head, q_row + w * HALF_M, 0], q_bars.index(w),
-                                        q_smem.index(w), pred=has_work)
-    for j in range(n_kept):
-        slot = j % STAGES
-        phase = (j // STAGES) & 1
-        start = gl.load(row + j) * BLOCK
-        # A fresh mbarrier counts as having completed phase 1: the first pass over the ring is free.
-        mbarrier.wait(k_empty.index(slot), phase ^ 1)
-        mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [b, kvh, start, 0], k_ready.index(slot), k_smem.index(slot))
-        mbarrier.wait(v_empty.index(slot), phase ^ 1)
-        mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(v_desc, [b, kvh, start, 0], v_ready.index(slot), v_smem.index(slot))
+def _tile(t, Work, Counts, Indices, NB, BATCH, KV_GROUP, stride_ch, stride_ih, stride_iq, BLOCK: gl.constexpr):
+    """Decode tile ``t`` (batch fastest, then the work item): (b, head, kv head, first row, its kept
+    key-block list, how many)."""
+    b = t % BATCH
+    item = gl.load(Work + t // BATCH)
+    head = item // NB
+    qb = item % NB
+    row = Indices + head * stride_ih + qb * stride_iq
+    n_kept = gl.load(Counts + head * stride_ch + qb)
+    return b, head, head // KV_GROUP, qb * BLOCK, row, n_kept
 
 
 @gluon.jit
-def _softmax_step(s, m_i, l_i, start, offs_n, qk_scale, N, BLOCK: gl.constexpr):
-    """Online-softmax update with one key block's scores (keys ≥ N masked in the last block)."""
-    if start + BLOCK > N:
-        s = gl.where(gl.expand_dims(start + offs_n < N, 0), s, float("-inf"))
+def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready,
+              v_empty, Work, Counts, Indices, NB, BATCH, KV_GROUP, stride_ch, stride_ih, stride_iq, Sched,
+              BLOCK: gl.constexpr, STAGES: gl.constexpr, Q_BUFS: gl.constexpr):
+    """One warp: for each of this program's tiles, the Q halves, then K[j], V[j] of every kept key
+    block, each as soon as its slot is free: the next tile's loads overlap this tile's tail."""
+    it = 0  # kept blocks loaded so far: ring slot and phase run on across tiles
+    q_count = 0  # tiles with work so far: the Q buffers' phase
+    first = gl.load(Sched + gl.program_id(0))
+    end = gl.load(Sched + gl.program_id(0) + 1)
+    for i in range(first, end):
+        t = gl.load(Sched + gl.num_programs(0) + 1 + i)
+        b, head, kvh, q_row, row, n_kept = _tile(t, Work, Counts, Indices, NB, BATCH, KV_GROUP, stride_ch,
+                                                 stride_ih, stride_iq, BLOCK)
+        if n_kept > 0:
+            qi = (q_count % Q_BUFS) * 2
+            for w in gl.static_range(2):
+                # A fresh mbarrier counts as having completed phase 1: the first wait is free.
+                mbarrier.wait(q_empty.index(qi + w), ((q_count // Q_BUFS) & 1) ^ 1)
+                mbarrier.expect(q_ready.index(qi + w), q_desc.block_type.nbytes)
+                _tma_load(q_desc, [b, head, q_row + w * HALF_M, 0], q_ready.index(qi + w),
+                                                q_smem.index(qi + w))
+            q_count += 1
+        for j in range(n_kept):
+            slot = (it + j) % STAGES
+            phase = ((it + j) // STAGES) & 1
+            start = gl.load(row + j) * BLOCK
+            mbarrier.wait(k_empty.index(slot), phase ^ 1)
+            mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
+            _tma_load(k_desc, [b, kvh, start, 0], k_ready.index(slot), k_smem.index(slot))
+            mbarrier.wait(v_empty.index(slot), phase ^ 1)
+            mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
+            _tma_load(v_desc, [b, kvh, start, 0], v_ready.index(slot), v_smem.index(slot))
+        it += n_kept
+
+
+@gluon.jit
+def _softmax_step(s, m_i, l_i, masked, tail_start, offs_n, qk_scale, N):
+    """Online-softmax update with one key block's scores; ``masked``: this is block nb - 1 (at
+    ``tail_start``) and it runs past N, so keys ≥ N get no weight."""
+    if masked:
+        s = gl.where(gl.expand_dims(tail_start + offs_n < N, 0), s, float("-inf"))
     m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
     p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
     alpha = gl.exp2(m_i - m_new)
@@ -82,10 +115,12 @@ def _softmax_step(s, m_i, l_i, start, offs_n, qk_scale, N, BLOCK: gl.constexpr):
 
 
 @gluon.jit
-def _consumer(q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty, turns, Out,
-              row, n_kept, b, head, q_row, N, qk_scale, stride_oz, stride_oh, stride_on, stride_od,
-              WG: gl.constexpr, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
-    """One warpgroup: rows [q_row + 64·WG, +64) of the plan block, over all its kept key blocks."""
+def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns, Out,
+              Work, Counts, Indices, NB, BATCH, KV_GROUP, stride_ch, stride_ih, stride_iq, Sched,
+              N, qk_scale, stride_oz, stride_oh, stride_on, stride_od,
+              WG: gl.constexpr, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
+              Q_BUFS: gl.constexpr):
+    """One warpgroup: rows [64·WG, +64) of each of this program's tiles, over all its kept key blocks."""
     dtype: gl.constexpr = q_smem.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK, 16])
@@ -94,66 +129,87 @@ def _consumer(q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-    # Turn t of this consumer waits on parity (t & 1) ^ (1 - WG): consumer 0 goes first.
+    # Turn c (one per kept block, counted across tiles) of this consumer waits on parity
+    # (c & 1) ^ (1 - WG): consumer 0 goes first, and the two alternate from then on.
     OTHER: gl.constexpr = 1 - WG
 
     offs_n = gl.arange(0, BLOCK, layout=gl.SliceLayout(0, s_layout))
+    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
     s_zero = gl.zeros([HALF_M, BLOCK], gl.float32, layout=s_layout)
-    acc = gl.zeros([HALF_M, HEAD_DIM], gl.float32, layout=o_layout)
-    m_i = gl.full([HALF_M], float("-inf"), gl.float32, layout=row_s)
-    l_i = gl.zeros([HALF_M], gl.float32, layout=row_s)
+    # Only the sequence's last key block (nb - 1) can run past N; if kept, it is a row's last.
+    tail_start = (NB - 1) * BLOCK
+    tail_open = tail_start + BLOCK > N
+    it = 0  # kept blocks consumed so far (ring slot and phase, and the turn count)
+    q_count = 0
+    first = gl.load(Sched + gl.program_id(0))
+    end = gl.load(Sched + gl.program_id(0) + 1)
+    for i in range(first, end):
+        t = gl.load(Sched + gl.num_programs(0) + 1 + i)
+        b, head, kvh, q_row, row, n_kept = _tile(t, Work, Counts, Indices, NB, BATCH, KV_GROUP, stride_ch,
+                                                 stride_ih, stride_iq, BLOCK)
+        acc = gl.zeros([HALF_M, HEAD_DIM], gl.float32, layout=o_layout)
+        m_i = gl.full([HALF_M], float("-inf"), gl.float32, layout=row_s)
+        l_i = gl.zeros([HALF_M], gl.float32, layout=row_s)
+        if n_kept > 0:
+            qi = (q_count % Q_BUFS) * 2 + WG
+            mbarrier.wait(q_ready.index(qi), (q_count // Q_BUFS) & 1)
+            q = q_smem.index(qi).reshape([HALF_M, HEAD_DIM])
+            tail = tail_open & (gl.load(row + n_kept - 1) == NB - 1)
 
-    if n_kept > 0:
-        mbarrier.wait(q_bars.index(WG), 0)
-        q = q_smem.index(WG).reshape([HALF_M, HEAD_DIM])
-
-        # Block 0: S only (there is no P yet).
-        start = gl.load(row) * BLOCK
-        mbarrier.wait(k_ready.index(0), 0)
-        mbarrier.wait(turns.index(WG), OTHER)
-        k_t = k_smem.index(0).reshape([BLOCK, HEAD_DIM]).permute((1, 0))
-        s = warpgroup_mma(q, k_t, s_zero, use_acc=False, is_async=True)
-        mbarrier.arrive(turns.index(OTHER), count=1)
-        s = warpgroup_mma_wait(0, deps=(s,))
-        mbarrier.arrive(k_empty.index(0), count=1)
-        p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, start, offs_n, qk_scale, N, BLOCK)
-
-        for j in range(1, n_kept):
-            slot = j % STAGES
-            prev = (j - 1) % STAGES
-            start = gl.load(row + j) * BLOCK
-            mbarrier.wait(k_ready.index(slot), (j // STAGES) & 1)
-            mbarrier.wait(v_ready.index(prev), ((j - 1) // STAGES) & 1)
-            mbarrier.wait(turns.index(WG), (j & 1) ^ OTHER)
+            # Block 0: S only (there is no P yet).
+            slot = it % STAGES
+            mbarrier.wait(k_ready.index(slot), (it // STAGES) & 1)
+            mbarrier.wait(turns.index(WG), (it & 1) ^ OTHER)
             k_t = k_smem.index(slot).reshape([BLOCK, HEAD_DIM]).permute((1, 0))
             s = warpgroup_mma(q, k_t, s_zero, use_acc=False, is_async=True)
-            v = v_smem.index(prev).reshape([BLOCK, HEAD_DIM])
-            o = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v, acc, is_async=True)
             mbarrier.arrive(turns.index(OTHER), count=1)
-            # wgmma groups retire in order: S[j] (issued first) is done, PV[j-1] may still run.
-            s = warpgroup_mma_wait(1, deps=(s,))
+            s = warpgroup_mma_wait(0, deps=(s,))
             mbarrier.arrive(k_empty.index(slot), count=1)
-            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, start, offs_n, qk_scale, N, BLOCK)
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tail & (n_kept == 1), tail_start, offs_n, qk_scale, N)
+
+            for j in range(1, n_kept):
+                c = it + j
+                slot = c % STAGES
+                prev = (c - 1) % STAGES
+                mbarrier.wait(k_ready.index(slot), (c // STAGES) & 1)
+                mbarrier.wait(v_ready.index(prev), ((c - 1) // STAGES) & 1)
+                mbarrier.wait(turns.index(WG), (c & 1) ^ OTHER)
+                k_t = k_smem.index(slot).reshape([BLOCK, HEAD_DIM]).permute((1, 0))
+                s = warpgroup_mma(q, k_t, s_zero, use_acc=False, is_async=True)
+                v = v_smem.index(prev).reshape([BLOCK, HEAD_DIM])
+                o = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v, acc, is_async=True)
+                mbarrier.arrive(turns.index(OTHER), count=1)
+                # wgmma groups retire in order: S[j] (issued first) is done, PV[j-1] may still run.
+                s = warpgroup_mma_wait(1, deps=(s,))
+                mbarrier.arrive(k_empty.index(slot), count=1)
+                p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tail & (j == n_kept - 1), tail_start, offs_n,
+                                                   qk_scale, N)
+                acc = warpgroup_mma_wait(0, deps=(o,))
+                mbarrier.arrive(v_empty.index(prev), count=1)
+                acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+            # Every QK product of this tile has retired: the producer may load the next tile's Q.
+            mbarrier.arrive(q_empty.index(qi), count=1)
+
+            last = (it + n_kept - 1) % STAGES
+            mbarrier.wait(v_ready.index(last), ((it + n_kept - 1) // STAGES) & 1)
+            v = v_smem.index(last).reshape([BLOCK, HEAD_DIM])
+            o = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v, acc, is_async=True)
             acc = warpgroup_mma_wait(0, deps=(o,))
-            mbarrier.arrive(v_empty.index(prev), count=1)
-            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+            mbarrier.arrive(v_empty.index(last), count=1)
+            q_count += 1
+        it += n_kept
 
-        last = (n_kept - 1) % STAGES
-        mbarrier.wait(v_ready.index(last), ((n_kept - 1) // STAGES) & 1)
-        v = v_smem.index(last).reshape([BLOCK, HEAD_DIM])
-        o = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v, acc, is_async=True)
-        acc = warpgroup_mma_wait(0, deps=(o,))
-        mbarrier.arrive(v_empty.index(last), count=1)
-
-    # Normalise (l = 0 only where no block is kept: acc = 0 there) and store the rows < N.
-    l_o = gl.convert_layout(l_i, row_o)
-    l_o = gl.where(l_o > 0.0, l_o, 1.0)
-    out = acc / gl.expand_dims(l_o, 1)
-    offs_m = q_row + WG * HALF_M + gl.arange(0, HALF_M, layout=row_o)
-    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
-    o_ptrs = (Out + b.to(gl.int64) * stride_oz + head.to(gl.int64) * stride_oh
-              + gl.expand_dims(offs_m, 1) * stride_on + gl.expand_dims(offs_d, 0) * stride_od)
-    gl.store(o_ptrs, out.to(dtype), mask=gl.expand_dims(offs_m < N, 1))
+        # Normalise (l = 0 only where no block is kept: acc = 0 there) and store the rows < N. The
+        # tile is decoded again (cache hits) so that its fields need no registers during the loop.
+        b, head, kvh, q_row, row, n_kept = _tile(t, Work, Counts, Indices, NB, BATCH, KV_GROUP, stride_ch,
+                                                 stride_ih, stride_iq, BLOCK)
+        l_o = gl.convert_layout(l_i, row_o)
+        l_o = gl.where(l_o > 0.0, l_o, 1.0)
+        out = acc / gl.expand_dims(l_o, 1)
+        offs_m = q_row + WG * HALF_M + gl.arange(0, HALF_M, layout=row_o)
+        o_ptrs = (Out + b.to(gl.int64) * stride_oz + head.to(gl.int64) * stride_oh
+                  + gl.expand_dims(offs_m, 1) * stride_on + gl.expand_dims(offs_d, 0) * stride_od)
+        gl.store(o_ptrs, out.to(dtype), mask=gl.expand_dims(offs_m < N, 1))
 
 
 @gluon.jit
@@ -161,33 +217,28 @@ def _ws_block_sparse_fwd(
     q_desc, k_desc, v_desc, Out, Counts, Indices, Work,
     stride_oz, stride_oh, stride_on, stride_od,
     stride_ch, stride_ih, stride_iq,
-    qk_scale, N, NB, BATCH, KV_GROUP,
-    HEAD_DIM: gl.constexpr, BLOCK: gl.constexpr, STAGES: gl.constexpr,
+    qk_scale, N, NB, BATCH, KV_GROUP, Sched,
+    HEAD_DIM: gl.constexpr, BLOCK: gl.constexpr, STAGES: gl.constexpr, Q_BUFS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
 ):
-    """One program = one plan block (BLOCK = 128 query rows) of one work item and batch."""
+    """Program p runs tiles p, p + #programs, ... (one tile = one plan block of BLOCK = 128 query
+    rows of one work item and batch; with one program per tile, exactly one)."""
     dtype: gl.constexpr = q_desc.dtype
-    pid = gl.program_id(0)
-    b = pid % BATCH
-    item = gl.load(Work + pid // BATCH)
-    head = item // NB
-    qb = item % NB
-    kvh = head // KV_GROUP
-    q_row = qb * BLOCK
-    row = Indices + head * stride_ih + qb * stride_iq
-    n_kept = gl.load(Counts + head * stride_ch + qb)
-
-    q_smem = gl.allocate_shared_memory(dtype, [2, 1, 1, HALF_M, HEAD_DIM], q_desc.layout)
+    # Q_BUFS tiles' Q (two 64-row halves each): the next tile's Q arrives during this one.
+    q_smem = gl.allocate_shared_memory(dtype, [2 * Q_BUFS, 1, 1, HALF_M, HEAD_DIM], q_desc.layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BLOCK, HEAD_DIM], k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BLOCK, HEAD_DIM], v_desc.layout)
-    q_bars = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    q_ready = gl.allocate_shared_memory(gl.int64, [2 * Q_BUFS, 1], mbarrier.MBarrierLayout())
+    q_empty = gl.allocate_shared_memory(gl.int64, [2 * Q_BUFS, 1], mbarrier.MBarrierLayout())
     turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2 * Q_BUFS):
+        mbarrier.init(q_ready.index(i), count=1)
+        mbarrier.init(q_empty.index(i), count=1)
     for i in gl.static_range(2):
-        mbarrier.init(q_bars.index(i), count=1)
         mbarrier.init(turns.index(i), count=1)
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
@@ -197,18 +248,23 @@ def _ws_block_sparse_fwd(
     fence_async_shared()
 
     # Integer arguments equal to 1 arrive as constexprs (launch specialisation); partitions take tensors.
+    tiles = (Work, Counts, Indices, gl.to_tensor(NB), gl.to_tensor(BATCH), gl.to_tensor(KV_GROUP),
+             gl.to_tensor(stride_ch), gl.to_tensor(stride_ih), gl.to_tensor(stride_iq), Sched)
     n = gl.to_tensor(N)
     s_oz = gl.to_tensor(stride_oz)
     s_oh = gl.to_tensor(stride_oh)
     s_on = gl.to_tensor(stride_on)
     s_od = gl.to_tensor(stride_od)
     gl.warp_specialize([
-        (_consumer, (q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty, turns, Out, row, n_kept,
-                     b, head, q_row, n, qk_scale, s_oz, s_oh, s_on, s_od, 0, BLOCK, HEAD_DIM, STAGES)),
-        (_consumer, (q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty, turns, Out, row, n_kept,
-                     b, head, q_row, n, qk_scale, s_oz, s_oh, s_on, s_od, 1, BLOCK, HEAD_DIM, STAGES)),
-        (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bars, k_ready, k_empty, v_ready, v_empty,
-                     row, n_kept, b, head, kvh, q_row, BLOCK, STAGES)),
+        (_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns, Out,
+                     tiles[0], tiles[1], tiles[2], tiles[3], tiles[4], tiles[5], tiles[6], tiles[7], tiles[8],
+                     tiles[9], n, qk_scale, s_oz, s_oh, s_on, s_od, 0, BLOCK, HEAD_DIM, STAGES, Q_BUFS)),
+        (_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns, Out,
+                     tiles[0], tiles[1], tiles[2], tiles[3], tiles[4], tiles[5], tiles[6], tiles[7], tiles[8],
+                     tiles[9], n, qk_scale, s_oz, s_oh, s_on, s_od, 1, BLOCK, HEAD_DIM, STAGES, Q_BUFS)),
+        (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready,
+                     v_empty, tiles[0], tiles[1], tiles[2], tiles[3], tiles[4], tiles[5], tiles[6], tiles[7],
+                     tiles[8], tiles[9], BLOCK, STAGES, Q_BUFS)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -243,25 +299,65 @@ def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
     return TensorDescriptor(t, list(t.shape), list(t.stride()), box, layout)
 
 
+#: Per-tile cost beyond its kept blocks, in block-iterations (decode, Q, pipeline fill and drain).
+TILE_OVERHEAD = 2.0
+#: id(work) → (weak reference to work, {(batch, programs): schedule}); tensors compare elementwise,
+#: so they cannot be the keys of a WeakKeyDictionary.
+_SCHEDULES: dict[int, tuple[weakref.ref, dict]] = {}
+
+
+def schedule(counts: torch.Tensor, work: torch.Tensor, batch: int, programs: int) -> torch.Tensor:
+    """Which tiles each of ``programs`` persistent programs runs, as one int32 tensor on work's device:
+    ``[offsets (programs + 1) | tiles]``; program p runs tiles[offsets[p]:offsets[p + 1]] in order.
+
+    List scheduling in work-list order: the next tile goes to the program that frees up first
+    (cost = kept blocks + TILE_OVERHEAD). That is what a dynamic tile counter would do, without an
+    atomic in the kernel, and tiles still start in the head-major order (L2 reuse of K/V). A static
+    stride p, p + 132, ... measured 4-7% of max/mean imbalance on the 12-head layers; this ≤ 2%."""
+    per_item = counts.flatten()[work.long()].double().cpu() + TILE_OVERHEAD
+    cost = per_item.repeat_interleave(batch).tolist()  # tile t = item · batch + b
+    heap = [(0.0, p) for p in range(programs)]
+    owned: list[list[int]] = [[] for _ in range(programs)]
+    for t, c in enumerate(cost):
+        free, p = heapq.heappop(heap)
+        owned[p].append(t)
+        heapq.heappush(heap, (free + c, p))
+    offsets = [0]
+    for tiles in owned:
+        offsets.append(offsets[-1] + len(tiles))
+    flat = [t for tiles in owned for t in tiles]
+    return torch.tensor(offsets + flat, dtype=torch.int32).to(work.device)
+
+
 def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, tables: BlockTables,
            work: torch.Tensor, scale: float, stages: int = 2, consumer_regs: int = 240,
-           producer_regs: int = 24) -> None:
-    """One launch over ``work``; arguments as ``triton_kernel.launch``."""
+           producer_regs: int = 24, persistent: bool = True, q_bufs: int = 2) -> None:
+    """One launch over ``work``; arguments as ``triton_kernel.launch``. ``persistent``: one program
+    per SM, each running its share of the tiles (``schedule``); else one program per tile."""
     batch, num_heads, n, d = q.shape
     bs = tables.block_size
-    _ws_block_sparse_fwd[(work.numel() * batch,)](
+    num_tiles = work.numel() * batch
+    programs = min(num_tiles, torch.cuda.get_device_properties(q.device).multi_processor_count) if persistent \
+        else num_tiles
+    ref, by_shape = _SCHEDULES.get(id(work), (None, None))
+    if ref is None or ref() is not work:  # a dead tensor's id may be reused
+        by_shape = {}
+        _SCHEDULES[id(work)] = (weakref.ref(work), by_shape)
+    if (batch, programs) not in by_shape:
+        by_shape[batch, programs] = schedule(tables.counts, work, batch, programs)
+    _ws_block_sparse_fwd[(programs,)](
         descriptor(q, HALF_M.value), descriptor(k, bs), descriptor(v, bs), out,
         tables.counts, tables.indices, work,
         *out.stride(), tables.counts.stride(0), tables.indices.stride(0), tables.indices.stride(1),
-        scale * LOG2E, n, tables.num_blocks, batch, num_heads // k.shape[1],
-        HEAD_DIM=d, BLOCK=bs, STAGES=stages, CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs,
-        num_warps=4, maxnreg=MAXNREG,
+        scale * LOG2E, n, tables.num_blocks, batch, num_heads // k.shape[1], by_shape[batch, programs],
+        HEAD_DIM=d, BLOCK=bs, STAGES=stages, Q_BUFS=q_bufs, CONSUMER_REGS=consumer_regs,
+        PRODUCER_REGS=producer_regs, num_warps=4, maxnreg=MAXNREG,
     )
 
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTables, scale: float,
             out: torch.Tensor | None = None, stages: int = 2, consumer_regs: int = 240,
-            producer_regs: int = 24) -> torch.Tensor:
+            producer_regs: int = 24, persistent: bool = True, q_bufs: int = 2) -> torch.Tensor:
     """As ``triton_kernel.forward``, on Hopper, block size 128."""
     reasons = supported_reasons(q, k, v, tables.block_size)
     if reasons:
@@ -271,7 +367,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
     if tables.skip_heads:
         out[:, list(tables.skip_heads)] = 0
     for item in tables.launches:
-        launch(q, k, v, out, tables, item.work, scale, stages, consumer_regs, producer_regs)
+        launch(q, k, v, out, tables, item.work, scale, stages, consumer_regs, producer_regs, persistent, q_bufs)
     return out
 
 

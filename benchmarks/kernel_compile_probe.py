@@ -35,7 +35,7 @@ from attnsearch.runtime.triton_kernel import TUNING_CONFIGS, KernelConfig  # noq
 HOPPER = GPUTarget("cuda", 90, 32)
 REGS_PER_SM, SMEM_PER_SM, WARPS_PER_SM = 65536, 232448, 64
 INT_ARGS = ("N", "NB", "BATCH", "KV_GROUP", "NUM_TILES")
-INDEX_ARGS = ("Counts", "Indices", "Work", "Counter")
+INDEX_ARGS = ("Counts", "Indices", "Work", "Counter", "Sched")
 
 
 def signature(cfg: KernelConfig, head_dim: int, block: int, dtype: str = "bf16", tma: bool = True):
@@ -90,7 +90,7 @@ def probe(cfg: KernelConfig, head_dim: int, block: int) -> dict:
             "waits": " ".join(waits)}
 
 
-def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs: int = 24,
+def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs: int = 24, q_bufs: int = 2,
                    dtype: str = "bf16") -> dict:
     """Compile ``benchmarks/gluon_ws_kernel.py`` (block size 128) and run ptxas on its PTX for the
     per-partition register moves and any wgmma serialisation warning (C7514)."""
@@ -121,7 +121,7 @@ def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs
             sig[name] = "i32"
         else:
             sig[name] = "constexpr"
-    const.update(HEAD_DIM=head_dim, BLOCK=128, STAGES=stages, CONSUMER_REGS=consumer_regs,
+    const.update(HEAD_DIM=head_dim, BLOCK=128, STAGES=stages, Q_BUFS=q_bufs, CONSUMER_REGS=consumer_regs,
                  PRODUCER_REGS=producer_regs)
     src = GluonASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
     options = triton.compiler.make_backend(HOPPER).parse_options({"num_warps": 4, "maxnreg": ws.MAXNREG})

@@ -20,7 +20,10 @@ for d in (128, 64):
     lp = all_patterns(geom, 128)
     H, n = lp.num_heads, geom.num_tokens
     q, k, v = (torch.randn(2, H, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    out = torch.full_like(q, float("nan"))
-    forward(q, k, v, build_block_tables(lp, "cuda", order="head"), d ** -0.5, out=out)
-    torch.cuda.synchronize()
-    print(f"D {d}: rel err {rel(out, reference(q, k, v, lp)):.2e}, NaN left {bool(torch.isnan(out).any())}", flush=True)
+    ref = reference(q, k, v, lp)
+    for persistent in (False, True):
+        out = torch.full_like(q, float("nan"))
+        forward(q, k, v, build_block_tables(lp, "cuda", order="head"), d ** -0.5, out=out, persistent=persistent)
+        torch.cuda.synchronize()
+        print(f"D {d} persistent={persistent}: rel err {rel(out, ref):.2e}, NaN left {bool(torch.isnan(out).any())}",
+              flush=True)
