@@ -198,7 +198,9 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
         layer_plan: the layer (geometry gives N, num_heads gives H).
         batch, head_dim, dtype, layout: the inputs, [batch, H, N, head_dim] (``bnhd``: transposed
             views of [batch, N, H, head_dim]).
-        config: a ``triton_kernel.KernelConfig``, or None for the tuned one.
+        config: a ``triton_kernel.KernelConfig`` (the triton backend with that config), or None
+            for what ``sparse_attention`` runs: the backend "auto" picks (hopper on H100/H200 at
+            head_dim 128, else triton with its tuned config).
         groups_alone: also time each head group as its own launch, to compare the fused layer
             with the sum of its groups.
         dense_ms: reuse a cuDNN time measured before for this shape (skips timing it again).
@@ -206,6 +208,7 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
         JSON-ready dict: ms (median), effective TFLOP/s on kept blocks, speedups, per-group times.
     """
     from .runtime import triton_kernel
+    from .runtime.dispatch import get_backend, select_backend
 
     geom, H = layer_plan.geometry, layer_plan.num_heads
     n = geom.num_tokens
@@ -217,7 +220,11 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
     dens = layer_plan.density
     fl = flops(batch, H, n, head_dim, dens)
     dense_fl = flops(batch, H, n, head_dim, 1.0)
-    run = lambda x: triton_kernel.forward(*x, tables, scale, out=out, config=config)  # noqa: E731
+    backend = get_backend("triton") if config is not None else select_backend(*inputs[0], layer_plan)
+    if backend.name == "triton":
+        run = lambda x: triton_kernel.forward(*x, tables, scale, out=out, config=config)  # noqa: E731
+    else:
+        run = lambda x: backend.forward(*x, layer_plan, scale, out)  # noqa: E731
     run(inputs[0])  # tune (if config is None) and compile outside the timing
     tuned_key = (head_dim, layer_plan.block_size, dtype, triton_kernel.tma_supported(*inputs[0]),
                  out.device.index)
@@ -229,7 +236,8 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
         "layout": layout, "geometry": geom.to_dict(), "block_size": layer_plan.block_size, "density": dens,
         "groups": [{"pattern": g.pattern, "heads": len(g.heads),
                     "density": float(head_dens[list(g.heads)].mean())} for g in layer_plan.groups],
-        "config": None if used is None else vars(used),
+        "backend": backend.name,
+        "config": None if backend.name != "triton" or used is None else vars(used),
         "sparse_ms": t["median"], "sparse_ms_min": t["min"], "sparse_tflops": fl / t["median"] / 1e9,
         "target_speedup": 0.8 / dens if dens > 0 else None,
     }
@@ -248,12 +256,17 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
         res.update(flex_ms=tf["median"], flex_tflops=fl / tf["median"] / 1e9,
                    speedup_vs_flex=tf["median"] / t["median"])
     computed_groups = [g for g in layer_plan.groups if g.pattern != "skip"]
-    if groups_alone and used is not None and len(computed_groups) > 1:
+    if groups_alone and (used is not None or backend.name == "hopper") and len(computed_groups) > 1:
         gt = get_block_tables(layer_plan, "cuda", "group")
         per = []
         for launch in gt.launches:
             def alone(x, work=launch.work):
-                triton_kernel.launch(*x, out, gt, work, scale, used)
+                if backend.name == "hopper":
+                    from .runtime import hopper_kernel
+
+                    hopper_kernel.launch(*x, out, gt, work, scale)
+                else:
+                    triton_kernel.launch(*x, out, gt, work, scale, used)
 
             per.append({"heads": list(launch.heads), "ms": time_ms(alone, inputs, warmup, reps)["median"]})
         total = sum(p["ms"] for p in per)
@@ -274,8 +287,10 @@ def bench_plan(plan: Plan, *, head_dim: int = 128, batch: int = 1, dtype: torch.
     rows = []
     for lp, count in uses.items():
         if all(g.pattern == "dense" for g in lp.groups):  # apply() runs these through SDPA itself
+            n = plan.geometry.num_tokens
             rows.append({"density": 1.0, "runs": "sdpa", "sparse_ms": dense_ms, "calls": count,
-                         "shape": [batch, plan.num_heads, plan.geometry.num_tokens, head_dim]})
+                         "sparse_tflops": flops(batch, plan.num_heads, n, head_dim, 1.0) / dense_ms / 1e9,
+                         "shape": [batch, plan.num_heads, n, head_dim]})
             continue
         r = bench_layer_plan(lp, head_dim=head_dim, batch=batch, dtype=dtype, groups_alone=False,
                              dense_ms=dense_ms, **kwargs)

@@ -441,10 +441,11 @@ def bench(
         target = out or Path("reports") / f"bench_{B.card_name().replace(' ', '_')}.json"
         _atomic_write(target, json.dumps(result, indent=1) + "\n")
         table = Table(title=f"{B.card_name()}: sparse runtime vs dense cuDNN SDPA")
-        for col in ("density", "ms", "TFLOP/s", "predicted ms", "cuDNN ms", "Flex ms", "speedup"):
+        for col in ("density", "backend", "ms", "TFLOP/s", "predicted ms", "cuDNN ms", "Flex ms", "speedup"):
             table.add_column(col, justify="right")
         for r in rows:
-            table.add_row(f"{r['density']:.3f}", f"{r['sparse_ms']:.2f}", f"{r['sparse_tflops']:.0f}",
+            table.add_row(f"{r['density']:.3f}", r.get("backend", r.get("runs", "")), f"{r['sparse_ms']:.2f}",
+                          f"{r['sparse_tflops']:.0f}",
                           f"{r['predicted_ms']:.2f}", f"{r.get('cudnn_ms', float('nan')):.2f}",
                           f"{r.get('flex_ms', float('nan')):.2f}", f"{r.get('speedup_vs_cudnn', float('nan')):.2f}×")
         console.print(table)

@@ -92,9 +92,9 @@ def probe(cfg: KernelConfig, head_dim: int, block: int) -> dict:
 
 def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs: int = 24, q_bufs: int = 2,
                    dtype: str = "bf16") -> dict:
-    """Compile ``benchmarks/gluon_ws_kernel.py`` (block size 128) and run ptxas on its PTX for the
+    """Compile ``attnsearch/runtime/hopper_kernel.py`` (block size 128) and run ptxas on its PTX for the
     per-partition register moves and any wgmma serialisation warning (C7514)."""
-    import gluon_ws_kernel as ws
+    from attnsearch.runtime import hopper_kernel as ws
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
 
@@ -130,19 +130,23 @@ def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "k.ptx").write_text(ptx)
-        res = subprocess.run([str(bin_dir / "ptxas"), "-arch=sm_90a", "-v", str(Path(tmp) / "k.ptx"), "-o",
-                              str(Path(tmp) / "k.cubin")], capture_output=True, text=True)
+        # Newer Tritons emit PTX only their second (Blackwell-era) ptxas reads.
+        for tool in ("ptxas", "ptxas-blackwell"):
+            res = subprocess.run([str(bin_dir / tool), "-arch=sm_90a", "-v", str(Path(tmp) / "k.ptx"), "-o",
+                                  str(Path(tmp) / "k.cubin")], capture_output=True, text=True)
+            if res.returncode == 0 or not (bin_dir / "ptxas-blackwell").exists():
+                break
     log = res.stdout + res.stderr
     return {"setmaxnreg": re.findall(r"setmaxnreg\.(inc|dec)\.sync\.aligned\.u32\s+(\d+)", ptx),
             "c7514": "C7514" in log, "ptxas": " ".join(re.findall(r"Used \d+ registers[^\n]*", log)),
-            "warnings": [ln for ln in log.splitlines() if "warning" in ln][:3],
+            "warnings": [ln for ln in log.splitlines() if "warning" in ln][:3], "ptxas_ok": res.returncode == 0,
             "shared_kb": kernel.metadata.shared / 1024,
             "waits": " ".join(re.findall(r"wgmma.wait_group.sync.aligned (\d+)", ptx))}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--gluon-ws", metavar="STAGES,REGS", help="probe benchmarks/gluon_ws_kernel.py instead")
+    ap.add_argument("--gluon-ws", metavar="STAGES,REGS", help="probe the warp-specialised Hopper kernel (attnsearch/runtime/hopper_kernel.py) instead")
     ap.add_argument("--config", help="block_m,block_n,warps,stages (default: every tuning candidate)")
     ap.add_argument("--head-dim", type=int, default=None, help="64 or 128 (default: both)")
     ap.add_argument("--block", type=int, default=128, help="plan block size")

@@ -54,7 +54,7 @@ VARIANTS = {
     "gluon-64-4-2-1-n64": ((64, 4, 2, 1, 64), "head"),
     "gluon-64-4-2-2-n64": ((64, 4, 2, 2, 64), "head"),  # D 128: 163 registers, 80 KB → 2 per SM
     "m64n64s1": (KernelConfig(64, 64, 4, 1, True), "head"),  # the same tile in the Triton kernel
-    # Warp-specialised Gluon kernel (benchmarks/gluon_ws_kernel.py, FlashAttention-3's schedule): a
+    # Warp-specialised Gluon kernel (now attnsearch/runtime/hopper_kernel.py, FlashAttention-3's schedule): a
     # producer warp, two 64-row consumer warpgroups at 240 registers taking turns on the tensor
     # cores; ("ws", K/V ring depth, persistent, Q buffers). sm_90a compile: no C7514, 160 KB with
     # one Q buffer, 192 KB with two. Run 7 (H100, one program per tile, one Q buffer): 546-607
@@ -74,9 +74,9 @@ def run_variant(cfg, q, k, v, tables, scale, out):
     if isinstance(cfg, KernelConfig):
         return triton_kernel.forward(q, k, v, tables, scale, out=out, config=cfg)
     if cfg[0] == "ws":
-        import gluon_ws_kernel  # benchmarks/gluon_ws_kernel.py: an experiment, not part of the package
+        from attnsearch.runtime import hopper_kernel
 
-        return gluon_ws_kernel.forward(q, k, v, tables, scale, out=out, stages=cfg[1], persistent=cfg[2],
+        return hopper_kernel.forward(q, k, v, tables, scale, out=out, stages=cfg[1], persistent=cfg[2],
                                        q_bufs=cfg[3])
     import gluon_kernel  # benchmarks/gluon_kernel.py: an experiment, not part of the package
 

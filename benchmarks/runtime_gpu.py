@@ -2,7 +2,9 @@
 
     PYTHONUNBUFFERED=1 python benchmarks/runtime_gpu.py --out $OUT [--sweep] [--config 128,128,8,3,tma]
 
-1. Correctness (bf16, and one fp16 / GQA case): every pattern in one layer, batch 2, N % B ≠ 0,
+1. Correctness (bf16, and one fp16 / GQA case) of "auto" dispatch, the triton backend, the Hopper
+   kernel (where it can run) and the Triton kernel's first tuning config with and without TMA:
+   every pattern in one layer, batch 2, N % B ≠ 0,
    text prefix and suffix, [B, N, H, D].transpose(1, 2) inputs, NaN-poisoned output; relative
    error against fp32 SDPA on the token-expanded block mask ≤ 1e-2, skip heads exactly zero.
    Also FlexAttention on the same BlockMask against the same reference (validates the baseline).
@@ -34,7 +36,7 @@ from attnsearch.bench import (_flex, _markdown, bench_layer_plan, card_name, fle
                               flex_kernel_options, flops, fresh_inputs, mixed_layer_plan, time_ms)
 from attnsearch.patterns import expand_block_mask  # noqa: E402
 from attnsearch.plan import LayerPlan  # noqa: E402
-from attnsearch.runtime import get_block_tables, sparse_attention, triton_kernel  # noqa: E402
+from attnsearch.runtime import get_block_tables, hopper_kernel, sparse_attention, triton_kernel  # noqa: E402
 from attnsearch.runtime.triton_kernel import KernelConfig  # noqa: E402
 
 
@@ -79,14 +81,20 @@ def check_correctness(results: list) -> int:
         ref = reference(q, k, v, lp, enable_gqa=gqa > 1)
         tables = get_block_tables(lp, "cuda")
         first = triton_kernel.TUNING_CONFIGS[(d, bs)][0]
-        variants = {"auto": None}
+        variants = {"auto": None, "triton": "triton"}
+        if not hopper_kernel.not_supported_reasons(q, k, v, bs):
+            variants["hopper"] = "hopper"  # the kernel itself, also where dispatch prefers triton (D 64)
         for tma in (False, True):
             variants[f"{first.block_m}x{first.block_n}{'-tma' if tma else ''}"] = KernelConfig(
                 first.block_m, first.block_n, first.num_warps, first.num_stages, tma)
         for name, cfg in variants.items():
             out = torch.full((2, H, n, d), float("nan"), device="cuda", dtype=dtype)
             if cfg is None:
+                out = sparse_attention(q, k, v, lp, out=out, enable_gqa=gqa > 1)
+            elif cfg == "triton":
                 out = sparse_attention(q, k, v, lp, backend="triton", out=out, enable_gqa=gqa > 1)
+            elif cfg == "hopper":
+                out = hopper_kernel.forward(q, k, v, tables, d ** -0.5, out=out)
             else:
                 out = triton_kernel.forward(q, k, v, tables, d ** -0.5, out=out, config=cfg)
             torch.cuda.synchronize()
@@ -262,7 +270,8 @@ def main() -> None:
         report["bench"] = rows
         md = [f"# Block-sparse runtime on {env['card']}", "",
               f"torch {env['torch']}, triton {env['triton']}; bf16, head_dim 128, B = 128, batch 1; "
-              f"kernel config {report['bench_config']}, work order {report['bench_order']!r}; "
+              f"backend {sorted({r.get('backend') for r in rows})}, kernel config {report['bench_config']}, "
+              f"work order {report['bench_order']!r}; "
               "mixed layers cycle diagonal / multi_diagonal / vertical_stripe / energy_decay heads; "
               "TFLOP/s = 4·B·H·N²·D·density / time; median of CUDA-event timings.", "", _markdown(rows)]
         (args.out / "runtime_gpu.md").write_text("\n".join(md) + "\n")

@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/gluon_ws_kernel.py on a GPU before any timing: one small layer of every
+"""Smoke test of the warp-specialised Hopper kernel (attnsearch/runtime/hopper_kernel.py) on a GPU before any timing: one small layer of every
 pattern (N % B ≠ 0, batch 2, D 128 and 64) against fp32 SDPA; run under ``timeout`` (a wrong
 barrier phase hangs rather than fails)."""
 
@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from attnsearch import Geometry  # noqa: E402
 from attnsearch.runtime.block_tables import build_block_tables  # noqa: E402
-from gluon_ws_kernel import forward  # noqa: E402
+from attnsearch.runtime.hopper_kernel import forward  # noqa: E402
 from runtime_gpu import all_patterns, reference, rel  # noqa: E402
 
 for d in (128, 64):

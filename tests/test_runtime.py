@@ -18,7 +18,7 @@ from attnsearch.patterns import expand_block_mask
 from attnsearch.plan import LayerPlan, PlanError
 from attnsearch.runtime import block_tables, sparse_attention, torch_backend
 from attnsearch.runtime.block_tables import build_block_tables, get_block_tables
-from attnsearch.runtime.dispatch import select_backend
+from attnsearch.runtime.dispatch import get_backend, select_backend
 
 # N not a multiple of either block size; text before and after the video. The B = 128 geometries
 # are longer so that their masks stay sparse (nb ≥ 4).
@@ -209,6 +209,21 @@ def test_dispatch_reasons(monkeypatch):
         sparse_attention(q, k, v, lp, backend="triton")
     with pytest.raises(ValueError, match="backend: must be 'auto' or one of"):
         sparse_attention(q, k, v, lp, backend="cuda")
+
+
+def test_hopper_backend_says_why_not_here(monkeypatch):
+    """The Hopper kernel needs a CUDA GPU (and no interpreter): on the CPU "auto" passes over it and
+    naming it is an error with that reason."""
+    geom = GEOMS["prefix"]
+    lp = all_patterns(geom, 128)
+    q, k, v = qkv(1, 6, geom.num_tokens, 128, dtype=torch.bfloat16)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert select_backend(q, k, v, lp).name == "torch"
+    with pytest.raises(ValueError, match=r"backend='hopper' cannot run this call: tensors are on cpu; the Hopper "
+                                         r"kernel needs a CUDA GPU"):
+        sparse_attention(q, k, v, lp, backend="hopper")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert "on cpu" in " ".join(get_backend("hopper").not_supported_reasons(q, k, v, lp))
 
 
 @pytest.mark.parametrize("change,match,exc", [

@@ -3,8 +3,9 @@
     out = sparse_attention(q, k, v, plan.layer_plan(step, layer))   # one call
     with apply(model, plan): model(...)                              # every SDPA call of a model
 
-Modules: ``block_tables`` (cached per-head kept-block lists), ``triton_kernel`` (block-sparse
-flash attention), ``torch_backend`` (reference implementation), ``dispatch`` (which backend runs a
+Modules: ``block_tables`` (cached per-head kept-block lists), ``hopper_kernel`` (warp-specialised
+block-sparse flash attention for Hopper, in Gluon), ``triton_kernel`` (block-sparse flash attention
+for any CUDA GPU and the CPU interpreter), ``torch_backend`` (reference implementation), ``dispatch`` (which backend runs a
 call), ``apply`` (the model-wide context manager).
 """
 
@@ -61,7 +62,8 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_pl
         k, v: [batch, kv_heads, N, head_dim]; kv_heads = heads, or a divisor with ``enable_gqa``.
         layer_plan: from ``plan.layer_plan(step, layer)``; its geometry must give N and its
             num_heads the query heads.
-        backend: "auto" (Triton on CUDA when it supports the call, else torch), "triton", "torch".
+        backend: "auto" (the first of hopper, triton, torch that supports the call: see
+            ``dispatch``), or one of them by name (an error with the reasons if it cannot run it).
         scale: softmax scale; default 1/sqrt(head_dim).
         enable_gqa: as in ``scaled_dot_product_attention``.
         out: optional preallocated [batch, heads, N, head_dim] output of q's dtype.

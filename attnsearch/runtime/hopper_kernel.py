@@ -1,21 +1,30 @@
-"""Experiment: the block-sparse forward as a warp-specialised Hopper kernel in Gluon, in the schedule
-of FlashAttention-3 (Shah et al., 2024, §3.1-3.2): a producer warp feeds K/V through TMA rings, two
-consumer warpgroups own 64 query rows each of one 128-row plan block, and the two take turns on the
-tensor cores ("ping-pong") so that one's softmax runs while the other's wgmmas do.
+"""Block-sparse flash-attention forward for Hopper, warp-specialised, in Gluon (Triton's explicit-
+layout dialect), in the schedule of FlashAttention-3 (Shah et al., 2024, "FlashAttention-3: Fast and
+Accurate Attention with Asynchrony and Low-precision", §3.1-3.2): a producer warp feeds K/V through
+TMA rings, two consumer warpgroups own 64 query rows each of one 128-row plan block, and the two take
+turns on the tensor cores ("ping-pong") so that one's softmax runs while the other's wgmmas do.
+Triton's own compiler does not build this schedule (it waits on every QK wgmma before the softmax
+that reads it); reports/kernel/kernel-notes.md has the measurements.
 
-Same semantics, tables and work list as ``attnsearch.runtime.triton_kernel`` (block size 128 only:
-one program = one plan block of one (batch, head)); timed against it by
-``benchmarks/kernel_variants_gpu.py``. Cannot run under the CPU interpreter; compile it for sm_90a on
-the CPU machine with ``benchmarks/kernel_compile_probe.py --gluon-ws``.
+Same semantics, tables and work list as ``triton_kernel`` (DESIGN.md: softmax over the kept blocks'
+keys, keys ≥ N masked, rows ≥ N not stored, a row with no kept block outputs zero), for block size
+128, fp16/bf16, head_dim 64 or 128, TMA-compatible strides. It cannot run under the CPU
+interpreter: ``tests/test_kernel_compile.py`` compiles it for sm_90a on the CPU, GPU correctness is
+``benchmarks/runtime_gpu.py``.
 
-Partitions (``gl.warp_specialize``; registers move between them with setmaxnreg):
+Layers: ``_ws_block_sparse_fwd`` (kernel: shared memory, barriers, the partitions), ``launch`` (TMA
+descriptors, the persistent grid and its tile ``schedule``), ``forward`` (what the backend calls).
 
-* producer, 1 warp, 24 registers: TMA of the two Q halves, then K[j] and V[j] of every kept key
-  block j into ``STAGES``-deep rings (``k_ready``/``v_ready`` signalled by the copy engine,
-  ``k_empty``/``v_empty`` by both consumers when their wgmma has read the slot);
-* two consumers, 4 warps each (the default partition is consumer 0), per kept block j:
+Partitions (``gl.warp_specialize``; setmaxnreg moves registers to the consumers):
 
-      wait my turn                      (turns[WG], flipped by the other consumer)
+* producer, 1 warp, 24 registers: per tile, the two Q halves (two tiles' worth of Q buffers), then
+  K[j] and V[j] of every kept key block j into ``STAGES``-deep rings (``*_ready`` signalled by the
+  copy engine, ``*_empty`` by both consumers once their wgmma has read the slot). It runs ahead
+  into the next tile while the consumers finish this one.
+* two consumers, 4 warps and 240 registers each (the default partition is consumer 0), per kept
+  block j:
+
+      wait my turn                      (turns[WG], passed by the other consumer)
       issue S[j] = Q·K[j]ᵀ, O += P[j-1]·V[j-1]
       pass the turn
       wait S[j]                         PV[j-1] still in flight
@@ -23,7 +32,10 @@ Partitions (``gl.warp_specialize``; registers move between them with setmaxnreg)
       wait PV[j-1]; O *= alpha
 
   Both products retire before the loop edge: an accumulator in flight across it makes ptxas
-  serialise every wgmma (C7514; reports/kernel/kernel-notes.md, variant 9).
+  serialise every wgmma (warning C7514; kernel-notes.md, variant 9).
+
+The grid is persistent (one program per SM); which tiles each program runs is list-scheduled on the
+host from the kept-block counts (``schedule``), in the work list's head-major order.
 """
 
 from __future__ import annotations
@@ -43,7 +55,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from attnsearch.runtime.block_tables import BlockTables
+from .block_tables import BlockTables
 
 #: The TMA load is ``async_copy_global_to_shared`` in Triton 3.6 and ``async_load`` from 3.7 on.
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
@@ -275,7 +287,7 @@ def _ws_block_sparse_fwd(
 MAXNREG = 168
 
 
-def supported_reasons(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int) -> list[str]:
+def not_supported_reasons(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int) -> list[str]:
     """Why this kernel cannot run the call (empty: it can)."""
     reasons = []
     if not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] != 9:
@@ -301,9 +313,8 @@ def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
 
 #: Per-tile cost beyond its kept blocks, in block-iterations (decode, Q, pipeline fill and drain).
 TILE_OVERHEAD = 2.0
-#: id(work) → (weak reference to work, {(batch, programs): schedule}); tensors compare elementwise,
-#: so they cannot be the keys of a WeakKeyDictionary.
-_SCHEDULES: dict[int, tuple[weakref.ref, dict]] = {}
+#: Schedules per block tables (which die with them): {(id(work), batch, programs): schedule}.
+_SCHEDULES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def schedule(counts: torch.Tensor, work: torch.Tensor, batch: int, programs: int) -> torch.Tensor:
@@ -339,17 +350,15 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
     num_tiles = work.numel() * batch
     programs = min(num_tiles, torch.cuda.get_device_properties(q.device).multi_processor_count) if persistent \
         else num_tiles
-    ref, by_shape = _SCHEDULES.get(id(work), (None, None))
-    if ref is None or ref() is not work:  # a dead tensor's id may be reused
-        by_shape = {}
-        _SCHEDULES[id(work)] = (weakref.ref(work), by_shape)
-    if (batch, programs) not in by_shape:
-        by_shape[batch, programs] = schedule(tables.counts, work, batch, programs)
+    known = _SCHEDULES.setdefault(tables, {})  # BlockTables compare by identity
+    key = (id(work), batch, programs)  # work lives as long as its tables
+    if key not in known:
+        known[key] = schedule(tables.counts, work, batch, programs)
     _ws_block_sparse_fwd[(programs,)](
         descriptor(q, HALF_M.value), descriptor(k, bs), descriptor(v, bs), out,
         tables.counts, tables.indices, work,
         *out.stride(), tables.counts.stride(0), tables.indices.stride(0), tables.indices.stride(1),
-        scale * LOG2E, n, tables.num_blocks, batch, num_heads // k.shape[1], by_shape[batch, programs],
+        scale * LOG2E, n, tables.num_blocks, batch, num_heads // k.shape[1], known[key],
         HEAD_DIM=d, BLOCK=bs, STAGES=stages, Q_BUFS=q_bufs, CONSUMER_REGS=consumer_regs,
         PRODUCER_REGS=producer_regs, num_warps=4, maxnreg=MAXNREG,
     )
@@ -359,7 +368,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
             out: torch.Tensor | None = None, stages: int = 2, consumer_regs: int = 240,
             producer_regs: int = 24, persistent: bool = True, q_bufs: int = 2) -> torch.Tensor:
     """As ``triton_kernel.forward``, on Hopper, block size 128."""
-    reasons = supported_reasons(q, k, v, tables.block_size)
+    reasons = not_supported_reasons(q, k, v, tables.block_size)
     if reasons:
         raise ValueError("; ".join(reasons))
     if out is None:
@@ -371,4 +380,4 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
     return out
 
 
-__all__ = ["forward", "launch", "supported_reasons"]
+__all__ = ["forward", "launch", "not_supported_reasons"]
