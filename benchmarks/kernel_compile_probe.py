@@ -35,7 +35,7 @@ from attnsearch.runtime.triton_kernel import TUNING_CONFIGS, KernelConfig  # noq
 HOPPER = GPUTarget("cuda", 90, 32)
 REGS_PER_SM, SMEM_PER_SM, WARPS_PER_SM = 65536, 232448, 64
 INT_ARGS = ("N", "NB", "BATCH", "KV_GROUP", "NUM_TILES")
-INDEX_ARGS = ("Counts", "Indices", "Work", "Counter", "Sched")
+INDEX_ARGS = ("Counts", "Indices", "Work", "Counter", "Tiles")
 
 
 def signature(cfg: KernelConfig, head_dim: int, block: int, dtype: str = "bf16", tma: bool = True):

@@ -1,6 +1,7 @@
-"""The Hopper kernel's host side on the CPU: its tile schedule (``hopper_kernel.schedule``), a pure
-function of the kept-block counts checked against its definition and brute force, and the reasons it
-gives for calls it cannot run."""
+"""The Hopper kernel's host side on the CPU: its tile schedule (``hopper_kernel.schedule``, a pure
+function of the kept-block counts, checked against its definition and brute force), the tile table
+the kernel reads (against a decode written out here), and the reasons it gives for calls it cannot
+run."""
 
 from __future__ import annotations
 
@@ -14,20 +15,14 @@ hopper_kernel = pytest.importorskip("attnsearch.runtime.hopper_kernel")
 schedule = hopper_kernel.schedule
 
 
-def _split(s: torch.Tensor, programs: int) -> list[list[int]]:
-    offsets, tiles = s[: programs + 1].tolist(), s[programs + 1:].tolist()
-    return [tiles[offsets[p]:offsets[p + 1]] for p in range(programs)]
-
-
 @pytest.mark.parametrize("batch", [1, 3])
 def test_every_tile_once_in_work_order(batch):
     g = torch.Generator().manual_seed(0)
     counts = torch.randint(0, 40, (5, 17), generator=g, dtype=torch.int32)
     work = torch.randperm(5 * 17, generator=g).to(torch.int32)[:60]
     programs = 7
-    s = schedule(counts, work, batch, programs)
-    assert s.dtype == torch.int32
-    owned = _split(s, programs)
+    owned = schedule(counts, work, batch, programs)
+    assert len(owned) == programs
     assert sorted(t for ts in owned for t in ts) == list(range(60 * batch))
     for ts in owned:  # a program runs its tiles in the work list's order
         assert ts == sorted(ts)
@@ -37,7 +32,7 @@ def test_matches_list_scheduling_by_kept_blocks():
     """Each tile goes to the program that frees up first (cost: kept blocks + overhead)."""
     counts = torch.tensor([[9, 1, 1, 7, 3, 3, 0, 12]], dtype=torch.int32)
     work = torch.arange(8, dtype=torch.int32)
-    owned = _split(schedule(counts, work, 1, 3), 3)
+    owned = schedule(counts, work, 1, 3)
     free = [(0.0, p) for p in range(3)]
     expect: list[list[int]] = [[] for _ in range(3)]
     for t, c in enumerate(counts[0].tolist()):
@@ -55,7 +50,7 @@ def test_makespan_within_graham_bound_of_optimum():
     work = torch.arange(len(costs), dtype=torch.int32)
     m = 3
     c = [x + hopper_kernel.TILE_OVERHEAD for x in costs]
-    makespan = max(sum(c[t] for t in ts) for ts in _split(schedule(counts, work, 1, m), m))
+    makespan = max(sum(c[t] for t in ts) for ts in schedule(counts, work, 1, m))
     best = min(max(sum(c[t] for t, a in enumerate(assign) if a == p) for p in range(m))
                for assign in itertools.product(range(m), repeat=len(c)))
     assert best <= makespan <= (2 - 1 / m) * best
@@ -67,3 +62,32 @@ def test_reasons_name_every_unsupported_property():
     for expected in ("built for Hopper (sm_90)", "dtype torch.float32", "head_dim 80", "block size 64",
                      "q: TMA needs"):
         assert expected in reasons, reasons
+
+
+def test_tile_table_decodes_each_tile():
+    """Offsets, then per tile (head, query block, batch index, kept · 2 + tail) in schedule order,
+    then a spare row; ``tail`` only where block nb - 1 is kept and runs past N."""
+    from attnsearch import Geometry
+    from attnsearch.bench import mixed_layer_plan
+    from attnsearch.runtime.block_tables import build_block_tables
+
+    geom = Geometry(3, 10, 20)  # N = 600: the last of 5 blocks of 128 holds 88 tokens
+    tables = build_block_tables(mixed_layer_plan(geom, 4, 128, 0.5), "cpu")
+    work, batch, programs, nb = tables.launches[0].work, 2, 3, tables.num_blocks
+    t = hopper_kernel.tile_table(tables, work, batch, programs, geom.num_tokens)
+    assert t.dtype == torch.int32
+    offsets, rows = t[: programs + 1].tolist(), t[programs + 1:].view(-1, 4).tolist()
+    owned = schedule(tables.counts, work, batch, programs)
+    assert offsets == [0] + list(itertools.accumulate(len(o) for o in owned))
+    assert len(rows) == work.numel() * batch + 1
+    seen_tail = False
+    for tile, (head, qb, b, kt) in zip((x for o in owned for x in o), rows):
+        item = int(work[tile // batch])
+        kept = int(tables.counts[item // nb, item % nb])
+        assert (head, qb, b) == (item // nb, item % nb, tile % batch)
+        last = int(tables.indices[head, qb, kept - 1]) if kept else -1
+        assert kt == kept * 2 + (last == nb - 1)
+        seen_tail |= kt % 2 == 1
+    assert seen_tail  # the geometry makes some row keep the short last block
+    full = hopper_kernel.tile_table(tables, work, batch, programs, nb * 128)  # N a multiple of B: no tail
+    assert all(kt % 2 == 0 for *_, kt in full[programs + 1:].view(-1, 4).tolist())

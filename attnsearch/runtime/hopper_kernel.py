@@ -65,40 +65,38 @@ _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
 
 
 @gluon.jit
-def _tile(t, Work, Counts, Indices, NB, BATCH, KV_GROUP, stride_ch, stride_ih, stride_iq, BLOCK: gl.constexpr):
-    """Decode tile ``t`` (batch fastest, then the work item): (b, head, kv head, first row, its kept
-    key-block list, how many)."""
-    b = t % BATCH
-    item = gl.load(Work + t // BATCH)
-    head = item // NB
-    qb = item % NB
-    row = Indices + head * stride_ih + qb * stride_iq
-    n_kept = gl.load(Counts + head * stride_ch + qb)
-    return b, head, head // KV_GROUP, qb * BLOCK, row, n_kept
+def _tile_fields(Tiles, i):
+    """Row i of the tile table: (head, query block, batch index, kept blocks · 2 + tail). Four
+    independent loads of one cache line; the caller issues them a tile ahead."""
+    at = Tiles + gl.num_programs(0) + 1 + 4 * i
+    return gl.load(at), gl.load(at + 1), gl.load(at + 2), gl.load(at + 3)
 
 
 @gluon.jit
 def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready,
-              v_empty, Work, Counts, Indices, NB, BATCH, KV_GROUP, stride_ch, stride_ih, stride_iq, Sched,
+              v_empty, Tiles, Indices, stride_ih, stride_iq, KV_GROUP,
               BLOCK: gl.constexpr, STAGES: gl.constexpr, Q_BUFS: gl.constexpr):
     """One warp: for each of this program's tiles, the Q halves, then K[j], V[j] of every kept key
     block, each as soon as its slot is free: the next tile's loads overlap this tile's tail."""
     it = 0  # kept blocks loaded so far: ring slot and phase run on across tiles
     q_count = 0  # tiles with work so far: the Q buffers' phase
-    first = gl.load(Sched + gl.program_id(0))
-    end = gl.load(Sched + gl.program_id(0) + 1)
+    first = gl.load(Tiles + gl.program_id(0))
+    end = gl.load(Tiles + gl.program_id(0) + 1)
+    head_n, qb_n, b_n, kt_n = _tile_fields(Tiles, first)
     for i in range(first, end):
-        t = gl.load(Sched + gl.num_programs(0) + 1 + i)
-        b, head, kvh, q_row, row, n_kept = _tile(t, Work, Counts, Indices, NB, BATCH, KV_GROUP, stride_ch,
-                                                 stride_ih, stride_iq, BLOCK)
+        head, qb, b, kt = head_n, qb_n, b_n, kt_n
+        head_n, qb_n, b_n, kt_n = _tile_fields(Tiles, i + 1)  # the table has a spare last row
+        n_kept = kt >> 1
+        kvh = head // KV_GROUP
+        row = Indices + head * stride_ih + qb * stride_iq
         if n_kept > 0:
             qi = (q_count % Q_BUFS) * 2
             for w in gl.static_range(2):
                 # A fresh mbarrier counts as having completed phase 1: the first wait is free.
                 mbarrier.wait(q_empty.index(qi + w), ((q_count // Q_BUFS) & 1) ^ 1)
                 mbarrier.expect(q_ready.index(qi + w), q_desc.block_type.nbytes)
-                _tma_load(q_desc, [b, head, q_row + w * HALF_M, 0], q_ready.index(qi + w),
-                                                q_smem.index(qi + w))
+                _tma_load(q_desc, [b, head, qb * BLOCK + w * HALF_M, 0], q_ready.index(qi + w),
+                          q_smem.index(qi + w))
             q_count += 1
         for j in range(n_kept):
             slot = (it + j) % STAGES
@@ -128,8 +126,7 @@ def _softmax_step(s, m_i, l_i, masked, tail_start, offs_n, qk_scale, N):
 
 @gluon.jit
 def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns, Out,
-              Work, Counts, Indices, NB, BATCH, KV_GROUP, stride_ch, stride_ih, stride_iq, Sched,
-              N, qk_scale, stride_oz, stride_oh, stride_on, stride_od,
+              Tiles, NB, N, qk_scale, stride_oz, stride_oh, stride_on, stride_od,
               WG: gl.constexpr, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
               Q_BUFS: gl.constexpr):
     """One warpgroup: rows [64·WG, +64) of each of this program's tiles, over all its kept key blocks."""
@@ -148,17 +145,17 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
     offs_n = gl.arange(0, BLOCK, layout=gl.SliceLayout(0, s_layout))
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
     s_zero = gl.zeros([HALF_M, BLOCK], gl.float32, layout=s_layout)
-    # Only the sequence's last key block (nb - 1) can run past N; if kept, it is a row's last.
-    tail_start = (NB - 1) * BLOCK
-    tail_open = tail_start + BLOCK > N
+    tail_start = (NB - 1) * BLOCK  # the only key block that can run past N
     it = 0  # kept blocks consumed so far (ring slot and phase, and the turn count)
     q_count = 0
-    first = gl.load(Sched + gl.program_id(0))
-    end = gl.load(Sched + gl.program_id(0) + 1)
+    first = gl.load(Tiles + gl.program_id(0))
+    end = gl.load(Tiles + gl.program_id(0) + 1)
+    head_n, qb_n, b_n, kt_n = _tile_fields(Tiles, first)
     for i in range(first, end):
-        t = gl.load(Sched + gl.num_programs(0) + 1 + i)
-        b, head, kvh, q_row, row, n_kept = _tile(t, Work, Counts, Indices, NB, BATCH, KV_GROUP, stride_ch,
-                                                 stride_ih, stride_iq, BLOCK)
+        head, qb, b, kt = head_n, qb_n, b_n, kt_n
+        head_n, qb_n, b_n, kt_n = _tile_fields(Tiles, i + 1)  # the table has a spare last row
+        n_kept = kt >> 1
+        tail = (kt & 1) == 1  # block nb - 1 is kept (it is then the last) and runs past N
         acc = gl.zeros([HALF_M, HEAD_DIM], gl.float32, layout=o_layout)
         m_i = gl.full([HALF_M], float("-inf"), gl.float32, layout=row_s)
         l_i = gl.zeros([HALF_M], gl.float32, layout=row_s)
@@ -166,7 +163,6 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
             qi = (q_count % Q_BUFS) * 2 + WG
             mbarrier.wait(q_ready.index(qi), (q_count // Q_BUFS) & 1)
             q = q_smem.index(qi).reshape([HALF_M, HEAD_DIM])
-            tail = tail_open & (gl.load(row + n_kept - 1) == NB - 1)
 
             # Block 0: S only (there is no P yet).
             slot = it % STAGES
@@ -211,14 +207,11 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
             q_count += 1
         it += n_kept
 
-        # Normalise (l = 0 only where no block is kept: acc = 0 there) and store the rows < N. The
-        # tile is decoded again (cache hits) so that its fields need no registers during the loop.
-        b, head, kvh, q_row, row, n_kept = _tile(t, Work, Counts, Indices, NB, BATCH, KV_GROUP, stride_ch,
-                                                 stride_ih, stride_iq, BLOCK)
+        # Normalise (l = 0 only where no block is kept: acc = 0 there) and store the rows < N.
         l_o = gl.convert_layout(l_i, row_o)
         l_o = gl.where(l_o > 0.0, l_o, 1.0)
         out = acc / gl.expand_dims(l_o, 1)
-        offs_m = q_row + WG * HALF_M + gl.arange(0, HALF_M, layout=row_o)
+        offs_m = qb * BLOCK + WG * HALF_M + gl.arange(0, HALF_M, layout=row_o)
         o_ptrs = (Out + b.to(gl.int64) * stride_oz + head.to(gl.int64) * stride_oh
                   + gl.expand_dims(offs_m, 1) * stride_on + gl.expand_dims(offs_d, 0) * stride_od)
         gl.store(o_ptrs, out.to(dtype), mask=gl.expand_dims(offs_m < N, 1))
@@ -226,15 +219,14 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
 
 @gluon.jit
 def _ws_block_sparse_fwd(
-    q_desc, k_desc, v_desc, Out, Counts, Indices, Work,
-    stride_oz, stride_oh, stride_on, stride_od,
-    stride_ch, stride_ih, stride_iq,
-    qk_scale, N, NB, BATCH, KV_GROUP, Sched,
+    q_desc, k_desc, v_desc, Out, Indices, Tiles,
+    stride_oz, stride_oh, stride_on, stride_od, stride_ih, stride_iq,
+    qk_scale, N, NB, KV_GROUP,
     HEAD_DIM: gl.constexpr, BLOCK: gl.constexpr, STAGES: gl.constexpr, Q_BUFS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
 ):
-    """Program p runs tiles p, p + #programs, ... (one tile = one plan block of BLOCK = 128 query
-    rows of one work item and batch; with one program per tile, exactly one)."""
+    """Program p runs the tiles of its part of ``Tiles`` (``tile_table``); a tile is one plan block
+    (BLOCK = 128 query rows) of one head and batch element."""
     dtype: gl.constexpr = q_desc.dtype
     # Q_BUFS tiles' Q (two 64-row halves each): the next tile's Q arrives during this one.
     q_smem = gl.allocate_shared_memory(dtype, [2 * Q_BUFS, 1, 1, HALF_M, HEAD_DIM], q_desc.layout)
@@ -260,23 +252,20 @@ def _ws_block_sparse_fwd(
     fence_async_shared()
 
     # Integer arguments equal to 1 arrive as constexprs (launch specialisation); partitions take tensors.
-    tiles = (Work, Counts, Indices, gl.to_tensor(NB), gl.to_tensor(BATCH), gl.to_tensor(KV_GROUP),
-             gl.to_tensor(stride_ch), gl.to_tensor(stride_ih), gl.to_tensor(stride_iq), Sched)
     n = gl.to_tensor(N)
+    nb = gl.to_tensor(NB)
     s_oz = gl.to_tensor(stride_oz)
     s_oh = gl.to_tensor(stride_oh)
     s_on = gl.to_tensor(stride_on)
     s_od = gl.to_tensor(stride_od)
     gl.warp_specialize([
         (_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns, Out,
-                     tiles[0], tiles[1], tiles[2], tiles[3], tiles[4], tiles[5], tiles[6], tiles[7], tiles[8],
-                     tiles[9], n, qk_scale, s_oz, s_oh, s_on, s_od, 0, BLOCK, HEAD_DIM, STAGES, Q_BUFS)),
+                     Tiles, nb, n, qk_scale, s_oz, s_oh, s_on, s_od, 0, BLOCK, HEAD_DIM, STAGES, Q_BUFS)),
         (_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns, Out,
-                     tiles[0], tiles[1], tiles[2], tiles[3], tiles[4], tiles[5], tiles[6], tiles[7], tiles[8],
-                     tiles[9], n, qk_scale, s_oz, s_oh, s_on, s_od, 1, BLOCK, HEAD_DIM, STAGES, Q_BUFS)),
+                     Tiles, nb, n, qk_scale, s_oz, s_oh, s_on, s_od, 1, BLOCK, HEAD_DIM, STAGES, Q_BUFS)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready,
-                     v_empty, tiles[0], tiles[1], tiles[2], tiles[3], tiles[4], tiles[5], tiles[6], tiles[7],
-                     tiles[8], tiles[9], BLOCK, STAGES, Q_BUFS)),
+                     v_empty, Tiles, Indices, gl.to_tensor(stride_ih), gl.to_tensor(stride_iq),
+                     gl.to_tensor(KV_GROUP), BLOCK, STAGES, Q_BUFS)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -313,13 +302,13 @@ def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
 
 #: Per-tile cost beyond its kept blocks, in block-iterations (decode, Q, pipeline fill and drain).
 TILE_OVERHEAD = 2.0
-#: Schedules per block tables (which die with them): {(id(work), batch, programs): schedule}.
-_SCHEDULES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: Tile tables per block tables (which die with them): {(id(work), batch, programs, N): table}.
+_TILE_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def schedule(counts: torch.Tensor, work: torch.Tensor, batch: int, programs: int) -> torch.Tensor:
-    """Which tiles each of ``programs`` persistent programs runs, as one int32 tensor on work's device:
-    ``[offsets (programs + 1) | tiles]``; program p runs tiles[offsets[p]:offsets[p + 1]] in order.
+def schedule(counts: torch.Tensor, work: torch.Tensor, batch: int, programs: int) -> list[list[int]]:
+    """Which tiles (t = work-list position · batch + batch index) each of ``programs`` persistent
+    programs runs, in order.
 
     List scheduling in work-list order: the next tile goes to the program that frees up first
     (cost = kept blocks + TILE_OVERHEAD). That is what a dynamic tile counter would do, without an
@@ -333,32 +322,46 @@ def schedule(counts: torch.Tensor, work: torch.Tensor, batch: int, programs: int
         free, p = heapq.heappop(heap)
         owned[p].append(t)
         heapq.heappush(heap, (free + c, p))
-    offsets = [0]
-    for tiles in owned:
-        offsets.append(offsets[-1] + len(tiles))
-    flat = [t for tiles in owned for t in tiles]
-    return torch.tensor(offsets + flat, dtype=torch.int32).to(work.device)
+    return owned
+
+
+def tile_table(tables: BlockTables, work: torch.Tensor, batch: int, programs: int, n_tokens: int) -> torch.Tensor:
+    """The kernel's ``Tiles`` argument, int32 on the tables' device: ``programs + 1`` offsets (program
+    p runs rows offsets[p]..offsets[p + 1] - 1), then one row per tile in that order, (head, query
+    block, batch index, kept blocks · 2 + tail), then a spare row (the kernel reads a tile ahead).
+    ``tail``: the tile keeps key block nb - 1 (then its last) and that block runs past N. Decoding
+    on the host spares each tile a chain of dependent loads (work → counts → indices) in the kernel."""
+    nb, bs = tables.num_blocks, tables.block_size
+    owned = schedule(tables.counts, work, batch, programs)
+    order = torch.tensor([t for tiles in owned for t in tiles] + [0], dtype=torch.long)
+    items = work.long().cpu()[order // batch]
+    head, qb = items // nb, items % nb
+    counts = tables.counts.long().cpu()[head, qb]
+    last = tables.indices.long().cpu()[head, qb, (counts - 1).clamp(min=0)]
+    tail = (counts > 0) & (last == nb - 1) & (nb * bs > n_tokens)
+    rows = torch.stack([head, qb, order % batch, counts * 2 + tail.long()], dim=1)
+    offsets = torch.tensor([0] + [len(t) for t in owned]).cumsum(0)
+    return torch.cat([offsets, rows.flatten()]).to(torch.int32).to(tables.counts.device)
 
 
 def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, tables: BlockTables,
            work: torch.Tensor, scale: float, stages: int = 2, consumer_regs: int = 240,
            producer_regs: int = 24, persistent: bool = True, q_bufs: int = 2) -> None:
     """One launch over ``work``; arguments as ``triton_kernel.launch``. ``persistent``: one program
-    per SM, each running its share of the tiles (``schedule``); else one program per tile."""
+    per SM, each running its share of the tiles (``tile_table``); else one program per tile."""
     batch, num_heads, n, d = q.shape
     bs = tables.block_size
     num_tiles = work.numel() * batch
     programs = min(num_tiles, torch.cuda.get_device_properties(q.device).multi_processor_count) if persistent \
         else num_tiles
-    known = _SCHEDULES.setdefault(tables, {})  # BlockTables compare by identity
-    key = (id(work), batch, programs)  # work lives as long as its tables
+    known = _TILE_TABLES.setdefault(tables, {})  # BlockTables compare by identity
+    key = (id(work), batch, programs, n)  # work lives as long as its tables
     if key not in known:
-        known[key] = schedule(tables.counts, work, batch, programs)
+        known[key] = tile_table(tables, work, batch, programs, n)
     _ws_block_sparse_fwd[(programs,)](
-        descriptor(q, HALF_M.value), descriptor(k, bs), descriptor(v, bs), out,
-        tables.counts, tables.indices, work,
-        *out.stride(), tables.counts.stride(0), tables.indices.stride(0), tables.indices.stride(1),
-        scale * LOG2E, n, tables.num_blocks, batch, num_heads // k.shape[1], known[key],
+        descriptor(q, HALF_M.value), descriptor(k, bs), descriptor(v, bs), out, tables.indices, known[key],
+        *out.stride(), tables.indices.stride(0), tables.indices.stride(1),
+        scale * LOG2E, n, tables.num_blocks, num_heads // k.shape[1],
         HEAD_DIM=d, BLOCK=bs, STAGES=stages, Q_BUFS=q_bufs, CONSUMER_REGS=consumer_regs,
         PRODUCER_REGS=producer_regs, num_warps=4, maxnreg=MAXNREG,
     )
@@ -380,4 +383,4 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
     return out
 
 
-__all__ = ["forward", "launch", "not_supported_reasons"]
+__all__ = ["forward", "launch", "not_supported_reasons", "schedule", "tile_table"]
