@@ -241,7 +241,7 @@ def measure(specs: Sequence[dict[str, Any]], *, dtype: str = "bfloat16", budget_
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from .runtime import block_tables, sparse_attention
+    from .runtime import block_tables, select_backend, sparse_attention
 
     if not torch.cuda.is_available():
         raise HardwareError("calibrate needs a CUDA GPU (timing the kernels is the point); none is visible here")
@@ -290,7 +290,9 @@ def measure(specs: Sequence[dict[str, Any]], *, dtype: str = "bfloat16", budget_
                 point.update(tiles=f.tiles, items=f.items, max_row=f.max_row, density=lp.density,
                              computed_heads=f.computed_heads, skip_heads=f.skip_heads,
                              families=sorted({g.pattern for g in lp.groups}))
-                fn = lambda i: sparse_attention(*inputs[i], lp, backend="triton")  # noqa: E731
+                # What the runtime runs: the backend "auto" dispatch picks (hopper or triton).
+                point["backend"] = select_backend(*inputs[0], lp).name
+                fn = lambda i: sparse_attention(*inputs[i], lp)  # noqa: E731
                 point.update(_time_device(fn, sets, graph=f.skip_heads == 0))
             point["wall_s"] = round(time.time() - t0, 2)
         except Exception as err:  # noqa: BLE001  (one failing spec must not lose the others)
