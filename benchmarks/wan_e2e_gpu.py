@@ -22,8 +22,8 @@ the modules diffusers keeps in float32 kept in float32), 480p × 81 frames → l
 104 → 21 × 30 × 52 = 32,760 tokens, 512 text tokens (cross-attention), batch 1, one forward:
 
 * dense: the forward with cuDNN SDPA forced (``sdpa_kernel(CUDNN_ATTENTION)``);
-* sparse: the same forward under ``apply(model, plan)``: every self-attention call runs the Triton
-  block-sparse kernel by the plan; cross-attention stays cuDNN (forced as for dense);
+* sparse: the same forward under ``apply(model, plan)``: every self-attention call runs the
+  block-sparse kernel "auto" dispatch picks (hopper on H100/H200) by the plan; cross-attention stays cuDNN (forced as for dense);
 * attention alone: the 30 self-attention calls by themselves — cuDNN on one layer's real q/k/v
   (the [B, N, H, D]-strided views diffusers passes) 30 times, and the plan's 30 layer plans
   through ``sparse_attention`` on the same q/k/v — giving the attention share of the dense forward
@@ -64,7 +64,7 @@ from attnsearch.models.diffusers.wan import FAMILY as WAN  # noqa: E402
 from attnsearch.models.diffusers.common import VideoSize  # noqa: E402
 from attnsearch.patterns import SPARSE_FAMILIES  # noqa: E402
 from attnsearch.plan import LayerPlan, Plan, ScheduleEntry  # noqa: E402
-from attnsearch.runtime import apply, sparse_attention  # noqa: E402
+from attnsearch.runtime import apply, select_backend, sparse_attention  # noqa: E402
 
 LAYER_SCALES = (0.75, 1.0, 1.25)
 
@@ -147,7 +147,7 @@ def main() -> None:
     if not cuda and not args.tiny:
         raise SystemExit("wan_e2e_gpu: no CUDA device (use --tiny for a CPU dry run)")
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
-    backend = "triton" if cuda else "torch"
+    backend = "auto" if cuda else "torch"  # auto: what users get (hopper on H100/H200, else triton)
     size = VideoSize(17, 96, 160) if args.tiny else VideoSize(args.num_frames, args.height, args.width)
     text_tokens = 7 if args.tiny else args.text_tokens
     block_size = 64 if args.tiny else args.block_size
@@ -249,6 +249,7 @@ def main() -> None:
             "target_density": target, "density": density, "layer_densities": densities,
             "apply_stats_one_forward": stats_one, "cross_attention_calls_passed_through_per_forward": rejected,
             "sparse_forward_ms": t_sparse, "attention_sparse_ms": t_attn_sparse, "sparse_peak_gib": sparse_peak,
+            "sparse_backend": select_backend(q, k, v, plan.schedule[0].layers[0], backend).name,
             "sparse_attention_tflops_on_kept_blocks": flops_dense * density / t_attn_sparse["median"] / 1e9,
             "output_rel_l2_sparse_vs_dense": rel(sparse_out, dense_out),
             "outputs_finite": bool(torch.isfinite(dense_out).all() and torch.isfinite(sparse_out).all()),
