@@ -91,6 +91,7 @@ def probe(cfg: KernelConfig, head_dim: int, block: int) -> dict:
 
 
 def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs: int = 24, q_bufs: int = 2,
+                   flat: bool = True,
                    dtype: str = "bf16") -> dict:
     """Compile ``attnsearch/runtime/hopper_kernel.py`` (block size 128) and run ptxas on its PTX for the
     per-partition register moves and any wgmma serialisation warning (C7514)."""
@@ -104,7 +105,7 @@ def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs
     aligned = [["tt.divisibility", 16]]
     for i, name in enumerate(fn.arg_names):
         if name.endswith("_desc"):
-            box = [1, 1, int(ws.HALF_M.value) if name == "q_desc" else 128, head_dim]
+            box = [1, 1, int(ws.HALF_M.value) if name in ("q_desc", "o_desc") else 128, head_dim]
             layout = gl.NVMMASharedLayout.get_default_for(box, gl_dtype)
             sig[name] = f"tensordesc<{dtype}[{', '.join(map(str, box))}],{layout!r}>"
         elif name == "Out":
@@ -121,7 +122,7 @@ def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs
             sig[name] = "i32"
         else:
             sig[name] = "constexpr"
-    const.update(HEAD_DIM=head_dim, BLOCK=128, STAGES=stages, Q_BUFS=q_bufs, CONSUMER_REGS=consumer_regs,
+    const.update(HEAD_DIM=head_dim, BLOCK=128, STAGES=stages, Q_BUFS=q_bufs, FLAT=flat, CONSUMER_REGS=consumer_regs,
                  PRODUCER_REGS=producer_regs)
     src = GluonASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
     options = triton.compiler.make_backend(HOPPER).parse_options({"num_warps": 4, "maxnreg": ws.MAXNREG})

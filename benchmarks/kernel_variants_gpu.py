@@ -59,12 +59,15 @@ VARIANTS = {
     # cores; ("ws", K/V ring depth, persistent, Q buffers). sm_90a compile: no C7514, 160 KB with
     # one Q buffer, 192 KB with two. Run 7 (H100, one program per tile, one Q buffer): 546-607
     # TFLOP/s at D 128; 3 K/V slots 1-10% below 2.
-    "ws2-grid": (("ws", 2, False, 1), "head"),
+    "ws2-grid": (("ws", 2, False, 1, False), "head"),
     # Persistent: one program per SM runs its share of the tiles; the producer loads the next
     # tile's K/V (and with two Q buffers its Q) while the consumers finish this one. Run 9 (H100,
     # static stride p, p + 132, ...): 538-633 with two Q buffers, 488-630 with one. Now the share is
     # list-scheduled on the host by kept blocks (max/mean load 1.07 → 1.02 at 10%, 12 heads).
-    "ws2": (("ws", 2, True, 2), "head"),
+    "ws2-tiles": (("ws", 2, True, 2, False), "head"),
+    # One pipeline over all of a program's kept blocks: a tile's last PV product goes out with the
+    # next tile's first QK product, its rows are stored by TMA while the other consumer computes.
+    "ws2": (("ws", 2, True, 2, True), "head"),
     "m64s1-again": (KernelConfig(64, 128, 4, 1, True), "head"),
 }
 
@@ -77,7 +80,7 @@ def run_variant(cfg, q, k, v, tables, scale, out):
         from attnsearch.runtime import hopper_kernel
 
         return hopper_kernel.forward(q, k, v, tables, scale, out=out, stages=cfg[1], persistent=cfg[2],
-                                       q_bufs=cfg[3])
+                                     q_bufs=cfg[3], flat=cfg[4] if len(cfg) > 4 else False)
     import gluon_kernel  # benchmarks/gluon_kernel.py: an experiment, not part of the package
 
     block_m, warps, k_stages, v_stages, block_n = cfg

@@ -23,7 +23,8 @@ for d in (128, 64):
     ref = reference(q, k, v, lp)
     for persistent in (False, True):
         out = torch.full_like(q, float("nan"))
-        forward(q, k, v, build_block_tables(lp, "cuda", order="head"), d ** -0.5, out=out, persistent=persistent)
+        forward(q, k, v, build_block_tables(lp, "cuda", order="head"), d ** -0.5, out=out, persistent=persistent,
+                flat=persistent)
         torch.cuda.synchronize()
         print(f"D {d} persistent={persistent}: rel err {rel(out, ref):.2e}, NaN left {bool(torch.isnan(out).any())}",
               flush=True)

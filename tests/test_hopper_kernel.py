@@ -65,29 +65,36 @@ def test_reasons_name_every_unsupported_property():
 
 
 def test_tile_table_decodes_each_tile():
-    """Offsets, then per tile (head, query block, batch index, kept · 2 + tail) in schedule order,
-    then a spare row; ``tail`` only where block nb - 1 is kept and runs past N."""
+    """Per program (first row, first empty row, end row, kept blocks), then per tile (head, query
+    block, batch index, kept · 2 + tail) in schedule order with empty tiles last, then a spare row;
+    ``tail`` only where block nb - 1 is kept and runs past N."""
     from attnsearch import Geometry
     from attnsearch.bench import mixed_layer_plan
     from attnsearch.runtime.block_tables import build_block_tables
 
     geom = Geometry(3, 10, 20)  # N = 600: the last of 5 blocks of 128 holds 88 tokens
-    tables = build_block_tables(mixed_layer_plan(geom, 4, 128, 0.5), "cpu")
+    tables = build_block_tables(mixed_layer_plan(geom, 4, 128, 0.3), "cpu")
+    tables.counts[1, 2] = 0  # a query block that keeps nothing (the table moves it last)
     work, batch, programs, nb = tables.launches[0].work, 2, 3, tables.num_blocks
+    kept = lambda tile: int(tables.counts.flatten()[int(work[tile // batch])])  # noqa: E731
     t = hopper_kernel.tile_table(tables, work, batch, programs, geom.num_tokens)
     assert t.dtype == torch.int32
-    offsets, rows = t[: programs + 1].tolist(), t[programs + 1:].view(-1, 4).tolist()
-    owned = schedule(tables.counts, work, batch, programs)
-    assert offsets == [0] + list(itertools.accumulate(len(o) for o in owned))
+    header, rows = t[: 4 * programs].view(-1, 4).tolist(), t[4 * programs:].view(-1, 4).tolist()
     assert len(rows) == work.numel() * batch + 1
-    seen_tail = False
-    for tile, (head, qb, b, kt) in zip((x for o in owned for x in o), rows):
+    expect_order, seen_tail, row_at = [], False, 0
+    for (first, empty_from, end, total), owned in zip(header, schedule(tables.counts, work, batch, programs)):
+        busy = [x for x in owned if kept(x) > 0]
+        assert (first, empty_from, end) == (row_at, row_at + len(busy), row_at + len(owned))
+        assert total == sum(kept(x) for x in busy)
+        expect_order += busy + [x for x in owned if kept(x) == 0]
+        row_at = end
+    assert sum(kept(x) == 0 for x in expect_order) == batch
+    for tile, (head, qb, b, kt) in zip(expect_order, rows):
         item = int(work[tile // batch])
-        kept = int(tables.counts[item // nb, item % nb])
         assert (head, qb, b) == (item // nb, item % nb, tile % batch)
-        last = int(tables.indices[head, qb, kept - 1]) if kept else -1
-        assert kt == kept * 2 + (last == nb - 1)
+        last = int(tables.indices[head, qb, kept(tile) - 1]) if kept(tile) else -1
+        assert kt == kept(tile) * 2 + (last == nb - 1)
         seen_tail |= kt % 2 == 1
     assert seen_tail  # the geometry makes some row keep the short last block
     full = hopper_kernel.tile_table(tables, work, batch, programs, nb * 128)  # N a multiple of B: no tail
-    assert all(kt % 2 == 0 for *_, kt in full[programs + 1:].view(-1, 4).tolist())
+    assert all(kt % 2 == 0 for *_, kt in full[4 * programs:].view(-1, 4).tolist())

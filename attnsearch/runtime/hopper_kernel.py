@@ -59,6 +59,7 @@ from .block_tables import BlockTables
 
 #: The TMA load is ``async_copy_global_to_shared`` in Triton 3.6 and ``async_load`` from 3.7 on.
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+_tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
 LOG2E = 1.4426950408889634
 HALF_M = gl.constexpr(64)  # query rows per consumer warpgroup (one wgmma M)
 _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
@@ -68,7 +69,14 @@ _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
 def _tile_fields(Tiles, i):
     """Row i of the tile table: (head, query block, batch index, kept blocks · 2 + tail). Four
     independent loads of one cache line; the caller issues them a tile ahead."""
-    at = Tiles + gl.num_programs(0) + 1 + 4 * i
+    at = Tiles + 4 * gl.num_programs(0) + 4 * i
+    return gl.load(at), gl.load(at + 1), gl.load(at + 2), gl.load(at + 3)
+
+
+@gluon.jit
+def _program_range(Tiles):
+    """This program's rows of the tile table: (first, first empty, end, kept blocks in all)."""
+    at = Tiles + 4 * gl.program_id(0)
     return gl.load(at), gl.load(at + 1), gl.load(at + 2), gl.load(at + 3)
 
 
@@ -80,8 +88,7 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, 
     block, each as soon as its slot is free: the next tile's loads overlap this tile's tail."""
     it = 0  # kept blocks loaded so far: ring slot and phase run on across tiles
     q_count = 0  # tiles with work so far: the Q buffers' phase
-    first = gl.load(Tiles + gl.program_id(0))
-    end = gl.load(Tiles + gl.program_id(0) + 1)
+    first, end, _, _ = _program_range(Tiles)  # the tiles with work (empty ones need no loads)
     head_n, qb_n, b_n, kt_n = _tile_fields(Tiles, first)
     for i in range(first, end):
         head, qb, b, kt = head_n, qb_n, b_n, kt_n
@@ -148,8 +155,7 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
     tail_start = (NB - 1) * BLOCK  # the only key block that can run past N
     it = 0  # kept blocks consumed so far (ring slot and phase, and the turn count)
     q_count = 0
-    first = gl.load(Tiles + gl.program_id(0))
-    end = gl.load(Tiles + gl.program_id(0) + 1)
+    first, _, end, _ = _program_range(Tiles)
     head_n, qb_n, b_n, kt_n = _tile_fields(Tiles, first)
     for i in range(first, end):
         head, qb, b, kt = head_n, qb_n, b_n, kt_n
@@ -218,12 +224,147 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
 
 
 @gluon.jit
+def _store_rows(acc, l_i, Out, head, qb, b, N, stride_oz, stride_oh, stride_on, stride_od,
+                o_layout: gl.constexpr, WG: gl.constexpr, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr):
+    """Normalise one consumer's 64 rows of a tile (l = 0 only where no block is kept: acc = 0
+    there) and store the rows < N."""
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    l_o = gl.convert_layout(l_i, row_o)
+    l_o = gl.where(l_o > 0.0, l_o, 1.0)
+    out = acc / gl.expand_dims(l_o, 1)
+    offs_m = qb * BLOCK + WG * HALF_M + gl.arange(0, HALF_M, layout=row_o)
+    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+    o_ptrs = (Out + b.to(gl.int64) * stride_oz + head.to(gl.int64) * stride_oh
+              + gl.expand_dims(offs_m, 1) * stride_on + gl.expand_dims(offs_d, 0) * stride_od)
+    gl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=gl.expand_dims(offs_m < N, 1))
+
+
+@gluon.jit
+def _store_rows_tma(acc, l_i, o_desc, o_smem, head, qb, b, o_layout: gl.constexpr, WG: gl.constexpr,
+                    BLOCK: gl.constexpr):
+    """As ``_store_rows`` through shared memory and a TMA store (rows ≥ N are clipped by the copy
+    engine): no per-element addresses in registers, and the copy runs on while the consumer goes on."""
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    l_o = gl.convert_layout(l_i, row_o)
+    l_o = gl.where(l_o > 0.0, l_o, 1.0)
+    out = (acc / gl.expand_dims(l_o, 1)).to(o_smem.dtype)
+    tma.store_wait(0)  # this consumer's previous store has read its buffer
+    o_smem.reshape([HALF_M, out.shape[1]]).store(out)
+    fence_async_shared()
+    _tma_store(o_desc, [b, head, qb * BLOCK + WG * HALF_M, 0], o_smem)
+
+
+@gluon.jit
+def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns, o_desc,
+                   o_smem, Tiles, NB, N, qk_scale,
+                   WG: gl.constexpr, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
+                   Q_BUFS: gl.constexpr):
+    """As ``_consumer``, with one pipeline over all of this program's kept blocks, across tiles: the
+    turn that issues the first QK product of a tile also issues the last PV product of the one
+    before, whose rows are then stored while the other consumer has the tensor cores. A tile
+    boundary costs no turn of its own (short rows: ~26 kept blocks per tile at 10% density)."""
+    dtype: gl.constexpr = q_smem.dtype
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    OTHER: gl.constexpr = 1 - WG  # turn c waits on parity (c & 1) ^ (1 - WG): consumer 0 first
+
+    offs_n = gl.arange(0, BLOCK, layout=gl.SliceLayout(0, s_layout))
+    s_zero = gl.zeros([HALF_M, BLOCK], gl.float32, layout=s_layout)
+    tail_start = (NB - 1) * BLOCK  # the only key block that can run past N
+    first, empty_from, end, total = _program_range(Tiles)
+    if total > 0:
+        head, qb, b, kt = _tile_fields(Tiles, first)
+        head_n, qb_n, b_n, kt_n = _tile_fields(Tiles, first + 1)  # the table has a spare last row
+        i = first
+        j = 0  # this block's index within its tile
+        q_count = 0  # tiles started: the Q buffer and its phase
+        acc = gl.zeros([HALF_M, HEAD_DIM], gl.float32, layout=o_layout)
+        m_i = gl.full([HALF_M], float("-inf"), gl.float32, layout=row_s)
+        l_i = gl.zeros([HALF_M], gl.float32, layout=row_s)
+
+        # Block 0 of the first tile: S only (there is no P yet).
+        mbarrier.wait(q_ready.index(WG), 0)
+        mbarrier.wait(k_ready.index(0), 0)
+        mbarrier.wait(turns.index(WG), OTHER)
+        k_t = k_smem.index(0).reshape([BLOCK, HEAD_DIM]).permute((1, 0))
+        s = warpgroup_mma(q_smem.index(WG).reshape([HALF_M, HEAD_DIM]), k_t, s_zero, use_acc=False, is_async=True)
+        mbarrier.arrive(turns.index(OTHER), count=1)
+        s = warpgroup_mma_wait(0, deps=(s,))
+        mbarrier.arrive(k_empty.index(0), count=1)
+        p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, ((kt & 1) == 1) & (kt >> 1 == 1), tail_start, offs_n,
+                                           qk_scale, N)
+
+        for c in range(1, total):
+            # Block c: the next of this tile, or block 0 of the next tile.
+            new_tile = j + 1 == kt >> 1
+            head_p, qb_p, b_p, qi_p = head, qb, b, (q_count % Q_BUFS) * 2 + WG
+            j += 1
+            if new_tile:
+                head, qb, b, kt = head_n, qb_n, b_n, kt_n
+                i += 1
+                j = 0
+                q_count += 1
+                head_n, qb_n, b_n, kt_n = _tile_fields(Tiles, i + 1)
+            qi = (q_count % Q_BUFS) * 2 + WG
+            if new_tile:
+                mbarrier.wait(q_ready.index(qi), (q_count // Q_BUFS) & 1)
+            slot = c % STAGES
+            prev = (c - 1) % STAGES
+            mbarrier.wait(k_ready.index(slot), (c // STAGES) & 1)
+            mbarrier.wait(v_ready.index(prev), ((c - 1) // STAGES) & 1)
+            mbarrier.wait(turns.index(WG), (c & 1) ^ OTHER)
+            k_t = k_smem.index(slot).reshape([BLOCK, HEAD_DIM]).permute((1, 0))
+            s = warpgroup_mma(q_smem.index(qi).reshape([HALF_M, HEAD_DIM]), k_t, s_zero, use_acc=False,
+                              is_async=True)
+            v = v_smem.index(prev).reshape([BLOCK, HEAD_DIM])
+            o = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v, acc, is_async=True)
+            mbarrier.arrive(turns.index(OTHER), count=1)
+            s = warpgroup_mma_wait(1, deps=(s,))  # S[c] retired; PV[c-1] may still run
+            mbarrier.arrive(k_empty.index(slot), count=1)
+            # The last tile's QK products all retired at block c - 1: its Q buffer is free. A new
+            # tile's softmax starts from nothing (alpha then comes out 0, clearing acc below).
+            mbarrier.arrive(q_empty.index(qi_p), count=1, pred=new_tile)
+            l_done = l_i
+            m_i = gl.where(new_tile, float("-inf"), m_i)
+            l_i = gl.where(new_tile, 0.0, l_i)
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, ((kt & 1) == 1) & (j == (kt >> 1) - 1), tail_start,
+                                               offs_n, qk_scale, N)
+            acc = warpgroup_mma_wait(0, deps=(o,))
+            mbarrier.arrive(v_empty.index(prev), count=1)
+            if new_tile:  # the last tile's output is complete
+                _store_rows_tma(acc, l_done, o_desc, o_smem, head_p, qb_p, b_p, o_layout, WG, BLOCK)
+            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+
+        last = (total - 1) % STAGES
+        mbarrier.wait(v_ready.index(last), ((total - 1) // STAGES) & 1)
+        v = v_smem.index(last).reshape([BLOCK, HEAD_DIM])
+        o = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v, acc, is_async=True)
+        acc = warpgroup_mma_wait(0, deps=(o,))
+        mbarrier.arrive(v_empty.index(last), count=1)
+        mbarrier.arrive(q_empty.index((q_count % Q_BUFS) * 2 + WG), count=1)
+        _store_rows_tma(acc, l_i, o_desc, o_smem, head, qb, b, o_layout, WG, BLOCK)
+
+    # Tiles with no kept block (last in the program's list) output zeros.
+    zero_acc = gl.zeros([HALF_M, HEAD_DIM], gl.float32, layout=o_layout)
+    zero_l = gl.zeros([HALF_M], gl.float32, layout=row_s)
+    for i in range(empty_from, end):
+        head, qb, b, kt = _tile_fields(Tiles, i)
+        _store_rows_tma(zero_acc, zero_l, o_desc, o_smem, head, qb, b, o_layout, WG, BLOCK)
+    tma.store_wait(0)  # the program must not end before its stores have read shared memory
+
+
+@gluon.jit
 def _ws_block_sparse_fwd(
-    q_desc, k_desc, v_desc, Out, Indices, Tiles,
+    q_desc, k_desc, v_desc, o_desc, Out, Indices, Tiles,
     stride_oz, stride_oh, stride_on, stride_od, stride_ih, stride_iq,
     qk_scale, N, NB, KV_GROUP,
     HEAD_DIM: gl.constexpr, BLOCK: gl.constexpr, STAGES: gl.constexpr, Q_BUFS: gl.constexpr,
-    CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
+    CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr, FLAT: gl.constexpr,
 ):
     """Program p runs the tiles of its part of ``Tiles`` (``tile_table``); a tile is one plan block
     (BLOCK = 128 query rows) of one head and batch element."""
@@ -232,6 +373,8 @@ def _ws_block_sparse_fwd(
     q_smem = gl.allocate_shared_memory(dtype, [2 * Q_BUFS, 1, 1, HALF_M, HEAD_DIM], q_desc.layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BLOCK, HEAD_DIM], k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BLOCK, HEAD_DIM], v_desc.layout)
+    # One output staging buffer per consumer (TMA stores; the flat schedule only).
+    o_smem = gl.allocate_shared_memory(dtype, [2 if FLAT else 0, 1, 1, HALF_M, HEAD_DIM], o_desc.layout)
     q_ready = gl.allocate_shared_memory(gl.int64, [2 * Q_BUFS, 1], mbarrier.MBarrierLayout())
     q_empty = gl.allocate_shared_memory(gl.int64, [2 * Q_BUFS, 1], mbarrier.MBarrierLayout())
     turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
@@ -258,15 +401,28 @@ def _ws_block_sparse_fwd(
     s_oh = gl.to_tensor(stride_oh)
     s_on = gl.to_tensor(stride_on)
     s_od = gl.to_tensor(stride_od)
-    gl.warp_specialize([
-        (_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns, Out,
-                     Tiles, nb, n, qk_scale, s_oz, s_oh, s_on, s_od, 0, BLOCK, HEAD_DIM, STAGES, Q_BUFS)),
-        (_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns, Out,
-                     Tiles, nb, n, qk_scale, s_oz, s_oh, s_on, s_od, 1, BLOCK, HEAD_DIM, STAGES, Q_BUFS)),
-        (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready,
-                     v_empty, Tiles, Indices, gl.to_tensor(stride_ih), gl.to_tensor(stride_iq),
-                     gl.to_tensor(KV_GROUP), BLOCK, STAGES, Q_BUFS)),
-    ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+    s_ih = gl.to_tensor(stride_ih)
+    s_iq = gl.to_tensor(stride_iq)
+    kv_group = gl.to_tensor(KV_GROUP)
+    # (Argument tuples stay literal: a tuple held in a variable loses its constexprs.)
+    if FLAT:
+        gl.warp_specialize([
+            (_consumer_flat, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns,
+                              o_desc, o_smem.index(0), Tiles, nb, n, qk_scale, 0, BLOCK, HEAD_DIM, STAGES, Q_BUFS)),
+            (_consumer_flat, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns,
+                              o_desc, o_smem.index(1), Tiles, nb, n, qk_scale, 1, BLOCK, HEAD_DIM, STAGES, Q_BUFS)),
+            (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty,
+                         v_ready, v_empty, Tiles, Indices, s_ih, s_iq, kv_group, BLOCK, STAGES, Q_BUFS)),
+        ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
+    else:
+        gl.warp_specialize([
+            (_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns, Out,
+                         Tiles, nb, n, qk_scale, s_oz, s_oh, s_on, s_od, 0, BLOCK, HEAD_DIM, STAGES, Q_BUFS)),
+            (_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns, Out,
+                         Tiles, nb, n, qk_scale, s_oz, s_oh, s_on, s_od, 1, BLOCK, HEAD_DIM, STAGES, Q_BUFS)),
+            (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty,
+                         v_ready, v_empty, Tiles, Indices, s_ih, s_iq, kv_group, BLOCK, STAGES, Q_BUFS)),
+        ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
 
 
 # --- launcher -----------------------------------------------------------------------------------
@@ -326,27 +482,37 @@ def schedule(counts: torch.Tensor, work: torch.Tensor, batch: int, programs: int
 
 
 def tile_table(tables: BlockTables, work: torch.Tensor, batch: int, programs: int, n_tokens: int) -> torch.Tensor:
-    """The kernel's ``Tiles`` argument, int32 on the tables' device: ``programs + 1`` offsets (program
-    p runs rows offsets[p]..offsets[p + 1] - 1), then one row per tile in that order, (head, query
-    block, batch index, kept blocks · 2 + tail), then a spare row (the kernel reads a tile ahead).
-    ``tail``: the tile keeps key block nb - 1 (then its last) and that block runs past N. Decoding
-    on the host spares each tile a chain of dependent loads (work → counts → indices) in the kernel."""
+    """The kernel's ``Tiles`` argument, int32 on the tables' device. A header of four numbers per
+    program p: (first row, first row with no kept block, end row, kept blocks in all); then one row
+    per tile, (head, query block, batch index, kept blocks · 2 + tail), each program's rows in its
+    schedule order with the tiles that keep no block moved last (they only store zeros); then a
+    spare row (the kernel reads a tile ahead). ``tail``: the tile keeps key block nb - 1 (then its
+    last) and that block runs past N. Decoding on the host spares each tile a chain of dependent
+    loads (work → counts → indices) in the kernel."""
     nb, bs = tables.num_blocks, tables.block_size
-    owned = schedule(tables.counts, work, batch, programs)
-    order = torch.tensor([t for tiles in owned for t in tiles] + [0], dtype=torch.long)
-    items = work.long().cpu()[order // batch]
+    per_tile = work.long().cpu().repeat_interleave(batch)  # tile t = work-list position · batch + b
+    counts_all = tables.counts.long().cpu()
+    kept_of = counts_all.flatten()[per_tile]
+    order, header = [], []
+    for tiles in schedule(tables.counts, work, batch, programs):
+        busy = [t for t in tiles if kept_of[t] > 0]
+        idle = [t for t in tiles if kept_of[t] == 0]
+        header += [len(order), len(order) + len(busy), len(order) + len(tiles), int(sum(kept_of[busy]))]
+        order += busy + idle
+    order_t = torch.tensor(order + [0], dtype=torch.long)
+    items = per_tile[order_t]
     head, qb = items // nb, items % nb
-    counts = tables.counts.long().cpu()[head, qb]
+    counts = counts_all[head, qb]
     last = tables.indices.long().cpu()[head, qb, (counts - 1).clamp(min=0)]
     tail = (counts > 0) & (last == nb - 1) & (nb * bs > n_tokens)
-    rows = torch.stack([head, qb, order % batch, counts * 2 + tail.long()], dim=1)
-    offsets = torch.tensor([0] + [len(t) for t in owned]).cumsum(0)
-    return torch.cat([offsets, rows.flatten()]).to(torch.int32).to(tables.counts.device)
+    rows = torch.stack([head, qb, order_t % batch, counts * 2 + tail.long()], dim=1)
+    return torch.cat([torch.tensor(header, dtype=torch.long), rows.flatten()]).to(torch.int32).to(
+        tables.counts.device)
 
 
 def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, tables: BlockTables,
            work: torch.Tensor, scale: float, stages: int = 2, consumer_regs: int = 240,
-           producer_regs: int = 24, persistent: bool = True, q_bufs: int = 2) -> None:
+           producer_regs: int = 24, persistent: bool = True, q_bufs: int = 2, flat: bool = True) -> None:
     """One launch over ``work``; arguments as ``triton_kernel.launch``. ``persistent``: one program
     per SM, each running its share of the tiles (``tile_table``); else one program per tile."""
     batch, num_heads, n, d = q.shape
@@ -359,17 +525,18 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
     if key not in known:
         known[key] = tile_table(tables, work, batch, programs, n)
     _ws_block_sparse_fwd[(programs,)](
-        descriptor(q, HALF_M.value), descriptor(k, bs), descriptor(v, bs), out, tables.indices, known[key],
+        descriptor(q, HALF_M.value), descriptor(k, bs), descriptor(v, bs), descriptor(out, HALF_M.value), out,
+        tables.indices, known[key],
         *out.stride(), tables.indices.stride(0), tables.indices.stride(1),
         scale * LOG2E, n, tables.num_blocks, num_heads // k.shape[1],
         HEAD_DIM=d, BLOCK=bs, STAGES=stages, Q_BUFS=q_bufs, CONSUMER_REGS=consumer_regs,
-        PRODUCER_REGS=producer_regs, num_warps=4, maxnreg=MAXNREG,
+        PRODUCER_REGS=producer_regs, FLAT=flat, num_warps=4, maxnreg=MAXNREG,
     )
 
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTables, scale: float,
             out: torch.Tensor | None = None, stages: int = 2, consumer_regs: int = 240,
-            producer_regs: int = 24, persistent: bool = True, q_bufs: int = 2) -> torch.Tensor:
+            producer_regs: int = 24, persistent: bool = True, q_bufs: int = 2, flat: bool = True) -> torch.Tensor:
     """As ``triton_kernel.forward``, on Hopper, block size 128."""
     reasons = not_supported_reasons(q, k, v, tables.block_size)
     if reasons:
@@ -379,7 +546,8 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
     if tables.skip_heads:
         out[:, list(tables.skip_heads)] = 0
     for item in tables.launches:
-        launch(q, k, v, out, tables, item.work, scale, stages, consumer_regs, producer_regs, persistent, q_bufs)
+        launch(q, k, v, out, tables, item.work, scale, stages, consumer_regs, producer_regs, persistent, q_bufs,
+               flat)
     return out
 
 
