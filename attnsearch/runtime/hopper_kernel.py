@@ -119,16 +119,18 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, 
 
 
 @gluon.jit
-def _softmax_step(s, m_i, l_i, masked, tail_start, offs_n, qk_scale, N):
+def _softmax_step(s, m_i, l_i, masked, tail_start, offs_n, qk_scale, N, dtype: gl.constexpr,
+                  p_layout: gl.constexpr):
     """Online-softmax update with one key block's scores; ``masked``: this is block nb - 1 (at
-    ``tail_start``) and it runs past N, so keys ≥ N get no weight."""
+    ``tail_start``) and it runs past N, so keys ≥ N get no weight. P comes back as the PV wgmma's
+    16-bit register operand: carried to the next turn in half the registers of fp32."""
     if masked:
         s = gl.where(gl.expand_dims(tail_start + offs_n < N, 0), s, float("-inf"))
     m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
     p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
     alpha = gl.exp2(m_i - m_new)
     l_i = l_i * alpha + gl.sum(p, axis=1)
-    return p, alpha, m_new, l_i
+    return gl.convert_layout(p.to(dtype), p_layout), alpha, m_new, l_i
 
 
 @gluon.jit
@@ -179,7 +181,8 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
             mbarrier.arrive(turns.index(OTHER), count=1)
             s = warpgroup_mma_wait(0, deps=(s,))
             mbarrier.arrive(k_empty.index(slot), count=1)
-            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tail & (n_kept == 1), tail_start, offs_n, qk_scale, N)
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tail & (n_kept == 1), tail_start, offs_n, qk_scale, N,
+                                               dtype, p_layout)
 
             for j in range(1, n_kept):
                 c = it + j
@@ -191,13 +194,13 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
                 k_t = k_smem.index(slot).reshape([BLOCK, HEAD_DIM]).permute((1, 0))
                 s = warpgroup_mma(q, k_t, s_zero, use_acc=False, is_async=True)
                 v = v_smem.index(prev).reshape([BLOCK, HEAD_DIM])
-                o = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v, acc, is_async=True)
+                o = warpgroup_mma(p, v, acc, is_async=True)
                 mbarrier.arrive(turns.index(OTHER), count=1)
                 # wgmma groups retire in order: S[j] (issued first) is done, PV[j-1] may still run.
                 s = warpgroup_mma_wait(1, deps=(s,))
                 mbarrier.arrive(k_empty.index(slot), count=1)
                 p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tail & (j == n_kept - 1), tail_start, offs_n,
-                                                   qk_scale, N)
+                                                   qk_scale, N, dtype, p_layout)
                 acc = warpgroup_mma_wait(0, deps=(o,))
                 mbarrier.arrive(v_empty.index(prev), count=1)
                 acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
@@ -207,7 +210,7 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
             last = (it + n_kept - 1) % STAGES
             mbarrier.wait(v_ready.index(last), ((it + n_kept - 1) // STAGES) & 1)
             v = v_smem.index(last).reshape([BLOCK, HEAD_DIM])
-            o = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v, acc, is_async=True)
+            o = warpgroup_mma(p, v, acc, is_async=True)
             acc = warpgroup_mma_wait(0, deps=(o,))
             mbarrier.arrive(v_empty.index(last), count=1)
             q_count += 1
@@ -297,7 +300,7 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
         s = warpgroup_mma_wait(0, deps=(s,))
         mbarrier.arrive(k_empty.index(0), count=1)
         p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, ((kt & 1) == 1) & (kt >> 1 == 1), tail_start, offs_n,
-                                           qk_scale, N)
+                                           qk_scale, N, dtype, p_layout)
 
         for c in range(1, total):
             # Block c: the next of this tile, or block 0 of the next tile.
@@ -322,7 +325,7 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
             s = warpgroup_mma(q_smem.index(qi).reshape([HALF_M, HEAD_DIM]), k_t, s_zero, use_acc=False,
                               is_async=True)
             v = v_smem.index(prev).reshape([BLOCK, HEAD_DIM])
-            o = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v, acc, is_async=True)
+            o = warpgroup_mma(p, v, acc, is_async=True)
             mbarrier.arrive(turns.index(OTHER), count=1)
             s = warpgroup_mma_wait(1, deps=(s,))  # S[c] retired; PV[c-1] may still run
             mbarrier.arrive(k_empty.index(slot), count=1)
@@ -333,7 +336,7 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
             m_i = gl.where(new_tile, float("-inf"), m_i)
             l_i = gl.where(new_tile, 0.0, l_i)
             p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, ((kt & 1) == 1) & (j == (kt >> 1) - 1), tail_start,
-                                               offs_n, qk_scale, N)
+                                               offs_n, qk_scale, N, dtype, p_layout)
             acc = warpgroup_mma_wait(0, deps=(o,))
             mbarrier.arrive(v_empty.index(prev), count=1)
             if new_tile:  # the last tile's output is complete
@@ -343,7 +346,7 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
         last = (total - 1) % STAGES
         mbarrier.wait(v_ready.index(last), ((total - 1) // STAGES) & 1)
         v = v_smem.index(last).reshape([BLOCK, HEAD_DIM])
-        o = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v, acc, is_async=True)
+        o = warpgroup_mma(p, v, acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(o,))
         mbarrier.arrive(v_empty.index(last), count=1)
         mbarrier.arrive(q_empty.index((q_count % Q_BUFS) * 2 + WG), count=1)
