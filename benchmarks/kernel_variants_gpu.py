@@ -68,6 +68,8 @@ VARIANTS = {
     # One pipeline over all of a program's kept blocks: a tile's last PV product goes out with the
     # next tile's first QK product, its rows are stored by TMA while the other consumer computes.
     "ws2": (("ws", 2, True, 2, True), "head"),
+    # What the hopper backend runs: flat below FLAT_BELOW_KEPT kept blocks per query block on average.
+    "ws2-auto": (("ws", 2, True, 2, None), "head"),
     "m64s1-again": (KernelConfig(64, 128, 4, 1, True), "head"),
 }
 

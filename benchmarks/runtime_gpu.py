@@ -83,7 +83,9 @@ def check_correctness(results: list) -> int:
         first = triton_kernel.TUNING_CONFIGS[(d, bs)][0]
         variants = {"auto": None, "triton": "triton"}
         if not hopper_kernel.not_supported_reasons(q, k, v, bs):
-            variants["hopper"] = "hopper"  # the kernel itself, also where dispatch prefers triton (D 64)
+            # The kernel itself, both consumer schedules, also where dispatch prefers triton (D 64).
+            variants["hopper-tiles"] = "hopper-tiles"
+            variants["hopper-flat"] = "hopper-flat"
         for tma in (False, True):
             variants[f"{first.block_m}x{first.block_n}{'-tma' if tma else ''}"] = KernelConfig(
                 first.block_m, first.block_n, first.num_warps, first.num_stages, tma)
@@ -93,8 +95,8 @@ def check_correctness(results: list) -> int:
                 out = sparse_attention(q, k, v, lp, out=out, enable_gqa=gqa > 1)
             elif cfg == "triton":
                 out = sparse_attention(q, k, v, lp, backend="triton", out=out, enable_gqa=gqa > 1)
-            elif cfg == "hopper":
-                out = hopper_kernel.forward(q, k, v, tables, d ** -0.5, out=out)
+            elif cfg.startswith("hopper"):
+                out = hopper_kernel.forward(q, k, v, tables, d ** -0.5, out=out, flat=cfg == "hopper-flat")
             else:
                 out = triton_kernel.forward(q, k, v, tables, d ** -0.5, out=out, config=cfg)
             torch.cuda.synchronize()

@@ -46,15 +46,16 @@ def test_probe_sees_the_one_program_kernel():
 # --- the warp-specialised Hopper kernel (attnsearch/runtime/hopper_kernel.py) ---------------------
 
 
+@pytest.mark.parametrize("flat", [True, False])
 @pytest.mark.parametrize("head_dim", [128, 64])
-def test_hopper_kernel_schedule_survives_compilation(head_dim):
+def test_hopper_kernel_schedule_survives_compilation(head_dim, flat):
     """What its speed rests on (reports/kernel/kernel-notes.md, variant 10), checked in the sm_90a
     binary: registers move from the producer (24) to the consumers (240), one CTA's buffers fit
     the SM, PV stays in flight across the softmax (a ``wgmma.wait_group 1``), and ptxas does not
     serialise the wgmmas (warning C7514)."""
     from kernel_compile_probe import probe_gluon_ws
 
-    r = probe_gluon_ws(head_dim, stages=2, consumer_regs=240)
+    r = probe_gluon_ws(head_dim, stages=2, consumer_regs=240, flat=flat)
     assert r["ptxas_ok"], r
     assert ("dec", "24") in r["setmaxnreg"] and ("inc", "240") in r["setmaxnreg"], r
     assert r["shared_kb"] <= 227, r

@@ -447,10 +447,14 @@ def not_supported_reasons(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blo
     if block_size != 128:
         reasons.append(f"block size {block_size} is not 128 (two 64-row consumer warpgroups per block)")
     for name, t in (("q", q), ("k", k), ("v", v)):
-        item = t.element_size()
-        if t.stride(-1) != 1 or t.data_ptr() % 16 or any((s * item) % 16 for s in t.stride()[:-1]):
+        if not tma_compatible(t):
             reasons.append(f"{name}: TMA needs a unit last stride and 16-byte aligned base and strides")
     return reasons
+
+
+def tma_compatible(t: torch.Tensor) -> bool:
+    item = t.element_size()
+    return t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all((s * item) % 16 == 0 for s in t.stride()[:-1])
 
 
 def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
@@ -459,6 +463,9 @@ def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
     return TensorDescriptor(t, list(t.shape), list(t.stride()), box, layout)
 
 
+#: Mean kept key blocks per query block under which the flat schedule runs (H100, runs 12-13:
+#: +13-20% at 26, within ±2% at 59, -6 to -13% at 65 and more).
+FLAT_BELOW_KEPT = 48
 #: Per-tile cost beyond its kept blocks, in block-iterations (decode, Q, pipeline fill and drain).
 TILE_OVERHEAD = 2.0
 #: Tile tables per block tables (which die with them): {(id(work), batch, programs, N): table}.
@@ -515,9 +522,11 @@ def tile_table(tables: BlockTables, work: torch.Tensor, batch: int, programs: in
 
 def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, tables: BlockTables,
            work: torch.Tensor, scale: float, stages: int = 2, consumer_regs: int = 240,
-           producer_regs: int = 24, persistent: bool = True, q_bufs: int = 2, flat: bool = True) -> None:
+           producer_regs: int = 24, persistent: bool = True, q_bufs: int = 2, flat: bool | None = None) -> None:
     """One launch over ``work``; arguments as ``triton_kernel.launch``. ``persistent``: one program
-    per SM, each running its share of the tiles (``tile_table``); else one program per tile."""
+    per SM, each running its share of the tiles (``tile_table``); else one program per tile.
+    ``flat``: the consumers' schedule (``_consumer_flat`` or ``_consumer``); None picks flat where the
+    launch's query blocks keep fewer than ``FLAT_BELOW_KEPT`` key blocks on average."""
     batch, num_heads, n, d = q.shape
     bs = tables.block_size
     num_tiles = work.numel() * batch
@@ -526,10 +535,21 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
     known = _TILE_TABLES.setdefault(tables, {})  # BlockTables compare by identity
     key = (id(work), batch, programs, n)  # work lives as long as its tables
     if key not in known:
-        known[key] = tile_table(tables, work, batch, programs, n)
+        kept = tables.counts.flatten()[work.long()]
+        kept = kept[kept > 0]
+        mean_kept = float(kept.float().mean()) if kept.numel() else 0.0
+        known[key] = (tile_table(tables, work, batch, programs, n), mean_kept < FLAT_BELOW_KEPT)
+    table, short_rows = known[key]
+    if flat is None:
+        flat = short_rows
+    if flat and not tma_compatible(out):
+        raise ValueError("out: the flat schedule stores through TMA and needs a unit last stride and 16-byte "
+                         "aligned base and strides")
     _ws_block_sparse_fwd[(programs,)](
-        descriptor(q, HALF_M.value), descriptor(k, bs), descriptor(v, bs), descriptor(out, HALF_M.value), out,
-        tables.indices, known[key],
+        # The tile schedule stores with pointers: q's descriptor only fills the unused argument.
+        descriptor(q, HALF_M.value), descriptor(k, bs), descriptor(v, bs), descriptor(out if flat else q, HALF_M.value),
+        out,
+        tables.indices, table,
         *out.stride(), tables.indices.stride(0), tables.indices.stride(1),
         scale * LOG2E, n, tables.num_blocks, num_heads // k.shape[1],
         HEAD_DIM=d, BLOCK=bs, STAGES=stages, Q_BUFS=q_bufs, CONSUMER_REGS=consumer_regs,
@@ -539,13 +559,29 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTables, scale: float,
             out: torch.Tensor | None = None, stages: int = 2, consumer_regs: int = 240,
-            producer_regs: int = 24, persistent: bool = True, q_bufs: int = 2, flat: bool = True) -> torch.Tensor:
-    """As ``triton_kernel.forward``, on Hopper, block size 128."""
+            producer_regs: int = 24, persistent: bool = True, q_bufs: int = 2,
+            flat: bool | None = None) -> torch.Tensor:
+    """Block-sparse attention of one layer plan (the tables, block size 128) on a Hopper GPU.
+
+    Args:
+        q: [batch, H, N, D]; k, v: [batch, H_kv, N, D] (H % H_kv == 0); fp16 or bf16, D 64 or 128,
+            strides TMA can read (unit last stride, 16-byte aligned base and strides).
+        out: [batch, H, N, D] output, any strides (allocated in q's layout when None).
+        stages, q_bufs: depth of the K/V ring and number of tiles' Q buffers in shared memory.
+        consumer_regs, producer_regs: registers per thread after setmaxnreg.
+        persistent: one program per SM (else one per tile).
+        flat: the consumers' schedule (see ``launch``); an ``out`` TMA cannot write gets the tile
+            schedule.
+    Returns:
+        ``out``.
+    """
     reasons = not_supported_reasons(q, k, v, tables.block_size)
     if reasons:
         raise ValueError("; ".join(reasons))
     if out is None:
         out = torch.empty_like(q)
+    if not tma_compatible(out):
+        flat = False  # an output TMA cannot write gets the tile schedule (pointer stores)
     if tables.skip_heads:
         out[:, list(tables.skip_heads)] = 0
     for item in tables.launches:
