@@ -376,8 +376,6 @@ def _ws_block_sparse_fwd(
     q_smem = gl.allocate_shared_memory(dtype, [2 * Q_BUFS, 1, 1, HALF_M, HEAD_DIM], q_desc.layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BLOCK, HEAD_DIM], k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BLOCK, HEAD_DIM], v_desc.layout)
-    # One output staging buffer per consumer (TMA stores; the flat schedule only).
-    o_smem = gl.allocate_shared_memory(dtype, [2 if FLAT else 0, 1, 1, HALF_M, HEAD_DIM], o_desc.layout)
     q_ready = gl.allocate_shared_memory(gl.int64, [2 * Q_BUFS, 1], mbarrier.MBarrierLayout())
     q_empty = gl.allocate_shared_memory(gl.int64, [2 * Q_BUFS, 1], mbarrier.MBarrierLayout())
     turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
@@ -409,6 +407,8 @@ def _ws_block_sparse_fwd(
     kv_group = gl.to_tensor(KV_GROUP)
     # (Argument tuples stay literal: a tuple held in a variable loses its constexprs.)
     if FLAT:
+        # One output staging buffer per consumer for its TMA stores.
+        o_smem = gl.allocate_shared_memory(dtype, [2, 1, 1, HALF_M, HEAD_DIM], o_desc.layout)
         gl.warp_specialize([
             (_consumer_flat, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns,
                               o_desc, o_smem.index(0), Tiles, nb, n, qk_scale, 0, BLOCK, HEAD_DIM, STAGES, Q_BUFS)),
