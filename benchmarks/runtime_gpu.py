@@ -93,9 +93,9 @@ def check_correctness(results: list) -> int:
             out = torch.full((2, H, n, d), float("nan"), device="cuda", dtype=dtype)
             if cfg is None:
                 out = sparse_attention(q, k, v, lp, out=out, enable_gqa=gqa > 1)
-            elif cfg == "triton":
+            elif isinstance(cfg, str) and cfg == "triton":
                 out = sparse_attention(q, k, v, lp, backend="triton", out=out, enable_gqa=gqa > 1)
-            elif cfg.startswith("hopper"):
+            elif isinstance(cfg, str) and cfg.startswith("hopper"):
                 out = hopper_kernel.forward(q, k, v, tables, d ** -0.5, out=out, flat=cfg == "hopper-flat")
             else:
                 out = triton_kernel.forward(q, k, v, tables, d ** -0.5, out=out, config=cfg)
