@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import statistics
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -115,10 +116,18 @@ def fresh_inputs(shape: Sequence[int], dtype: torch.dtype, sets: int, layout: st
 
 
 def time_ms(fn: Callable[[tuple], Any], inputs: Sequence[tuple], warmup: int = 3,
-            reps: int = 20) -> dict[str, float]:
-    """Median / min / max ms of ``fn(inputs[i % len])`` over ``reps`` calls, each between CUDA events."""
-    for i in range(warmup):
+            reps: int = 20, warmup_s: float = 0.2) -> dict[str, float]:
+    """Median / min / max ms of ``fn(inputs[i % len])`` over ``reps`` calls, each between CUDA events.
+
+    Warm-up: at least ``warmup`` calls and ``warmup_s`` seconds of them, so that the GPU's clocks
+    have left their idle state (a few milliseconds of work right after a pause measured up to 15%
+    slow on an H100)."""
+    start_s, i = time.perf_counter(), 0
+    while i < warmup or time.perf_counter() - start_s < warmup_s:
         fn(inputs[i % len(inputs)])
+        i += 1
+        if i >= warmup:
+            torch.cuda.synchronize()
     torch.cuda.synchronize()
     times = []
     for i in range(reps):
