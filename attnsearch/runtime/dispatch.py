@@ -43,8 +43,8 @@ class Backend(ABC):
 
 
 class HopperBackend(Backend):
-    """Where it runs, 15-25% faster than the Triton kernel on an H100 at head_dim 128
-    (reports/kernel/kernel-notes.md, variant 10)."""
+    """Where it runs, 15-28% faster than the Triton kernel on an H100 at head_dim 128
+    (reports/kernel/kernel-notes.md, variants 10-12)."""
 
     name = "hopper"
 

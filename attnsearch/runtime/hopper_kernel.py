@@ -472,6 +472,14 @@ TILE_OVERHEAD = 2.0
 _TILE_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def prefers_flat(counts: torch.Tensor, work: torch.Tensor) -> bool:
+    """Whether the flat schedule runs this work list: its query blocks that keep any key block keep
+    fewer than ``FLAT_BELOW_KEPT`` on average."""
+    kept = counts.flatten()[work.long()]
+    kept = kept[kept > 0]
+    return bool(kept.numel()) and float(kept.float().mean()) < FLAT_BELOW_KEPT
+
+
 def schedule(counts: torch.Tensor, work: torch.Tensor, batch: int, programs: int) -> list[list[int]]:
     """Which tiles (t = work-list position · batch + batch index) each of ``programs`` persistent
     programs runs, in order.
@@ -535,10 +543,7 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
     known = _TILE_TABLES.setdefault(tables, {})  # BlockTables compare by identity
     key = (id(work), batch, programs, n)  # work lives as long as its tables
     if key not in known:
-        kept = tables.counts.flatten()[work.long()]
-        kept = kept[kept > 0]
-        mean_kept = float(kept.float().mean()) if kept.numel() else 0.0
-        known[key] = (tile_table(tables, work, batch, programs, n), mean_kept < FLAT_BELOW_KEPT)
+        known[key] = (tile_table(tables, work, batch, programs, n), prefers_flat(tables.counts, work))
     table, short_rows = known[key]
     if flat is None:
         flat = short_rows
@@ -590,4 +595,4 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
     return out
 
 
-__all__ = ["forward", "launch", "not_supported_reasons", "schedule", "tile_table"]
+__all__ = ["forward", "launch", "not_supported_reasons", "prefers_flat", "schedule", "tile_table"]
