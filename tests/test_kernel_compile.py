@@ -51,7 +51,8 @@ def test_probe_sees_the_one_program_kernel():
 def test_hopper_kernel_schedule_survives_compilation(head_dim, flat):
     """What its speed rests on (reports/kernel/kernel-notes.md, variant 10), checked in the sm_90a
     binary: registers move from the producer (24) to the consumers (240), one CTA's buffers fit
-    the SM, PV stays in flight across the softmax (a ``wgmma.wait_group 1``), and ptxas does not
+    the SM, the PTX retires the QK product alone before the softmax (a ``wgmma.wait_group 1``;
+    ptxas then also retires PV there, kernel-notes.md variant 15), and ptxas does not
     serialise the wgmmas (warning C7514)."""
     from kernel_compile_probe import probe_gluon_ws
 

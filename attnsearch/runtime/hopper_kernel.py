@@ -27,12 +27,14 @@ Partitions (``gl.warp_specialize``; setmaxnreg moves registers to the consumers)
       wait my turn                      (turns[WG], passed by the other consumer)
       issue S[j] = Q·K[j]ᵀ, O += P[j-1]·V[j-1]
       pass the turn
-      wait S[j]                         PV[j-1] still in flight
-      softmax(S[j]) → P[j], alpha       beside PV[j-1] and the other consumer's wgmmas
+      wait S[j]
+      softmax(S[j]) → P[j], alpha       beside the other consumer's wgmmas
       wait PV[j-1]; O *= alpha
 
   Both products retire before the loop edge: an accumulator in flight across it makes ptxas
-  serialise every wgmma (warning C7514; kernel-notes.md, variant 9).
+  serialise every wgmma (warning C7514; kernel-notes.md, variant 9). The PTX waits for PV[j-1]
+  only after the softmax, but ptxas retires it before: the softmax writes P into the registers
+  that wgmma reads (variant 15; P through shared memory avoids that and measured slower).
 
 The grid is persistent (one program per SM); which tiles each program runs is list-scheduled on the
 host from the kept-block counts (``schedule``), in the work list's head-major order, and decoded
