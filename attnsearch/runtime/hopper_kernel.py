@@ -75,6 +75,28 @@ HALF_M = gl.constexpr(64)  # query rows per consumer warpgroup (one wgmma M)
 _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
 
 
+@gluon.constexpr_function
+def _acc_layout(n):
+    """Register layout of a 64 × n wgmma accumulator of one warpgroup (4 warps stacked along M)."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, n, 16])
+
+
+@gluon.jit
+def _qk_alone(c, q, k_smem, k_ready, k_empty, turns, s_zero, WG: gl.constexpr, BLOCK: gl.constexpr,
+              HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
+    """S = Q·Kᵀ of kept block ``c`` (global count) in this consumer's turn, with no PV beside it:
+    a tile's first block when the pipeline starts there."""
+    slot = c % STAGES
+    mbarrier.wait(k_ready.index(slot), (c // STAGES) & 1)
+    mbarrier.wait(turns.index(WG), (c & 1) ^ (1 - WG))
+    k_t = k_smem.index(slot).reshape([BLOCK, HEAD_DIM]).permute((1, 0))
+    s = warpgroup_mma(q, k_t, s_zero, use_acc=False, is_async=True)
+    mbarrier.arrive(turns.index(1 - WG), count=1)
+    s = warpgroup_mma_wait(0, deps=(s,))
+    mbarrier.arrive(k_empty.index(slot), count=1)
+    return s
+
+
 @gluon.jit
 def _tile_fields(Tiles, i):
     """Row i of the tile table: (head, query block, batch index, kept blocks · 2 + tail). Four
@@ -150,10 +172,8 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
               Q_BUFS: gl.constexpr):
     """One warpgroup: rows [64·WG, +64) of each of this program's tiles, over all its kept key blocks."""
     dtype: gl.constexpr = q_smem.dtype
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, HEAD_DIM, 16])
+    s_layout: gl.constexpr = _acc_layout(BLOCK)
+    o_layout: gl.constexpr = _acc_layout(HEAD_DIM)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
@@ -162,7 +182,6 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
     OTHER: gl.constexpr = 1 - WG
 
     offs_n = gl.arange(0, BLOCK, layout=gl.SliceLayout(0, s_layout))
-    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
     s_zero = gl.zeros([HALF_M, BLOCK], gl.float32, layout=s_layout)
     tail_start = (NB - 1) * BLOCK  # the only key block that can run past N
     it = 0  # kept blocks consumed so far (ring slot and phase, and the turn count)
@@ -183,14 +202,7 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
             q = q_smem.index(qi).reshape([HALF_M, HEAD_DIM])
 
             # Block 0: S only (there is no P yet).
-            slot = it % STAGES
-            mbarrier.wait(k_ready.index(slot), (it // STAGES) & 1)
-            mbarrier.wait(turns.index(WG), (it & 1) ^ OTHER)
-            k_t = k_smem.index(slot).reshape([BLOCK, HEAD_DIM]).permute((1, 0))
-            s = warpgroup_mma(q, k_t, s_zero, use_acc=False, is_async=True)
-            mbarrier.arrive(turns.index(OTHER), count=1)
-            s = warpgroup_mma_wait(0, deps=(s,))
-            mbarrier.arrive(k_empty.index(slot), count=1)
+            s = _qk_alone(it, q, k_smem, k_ready, k_empty, turns, s_zero, WG, BLOCK, HEAD_DIM, STAGES)
             p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tail & (n_kept == 1), tail_start, offs_n, qk_scale, N,
                                                dtype, p_layout)
 
@@ -226,14 +238,8 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
             q_count += 1
         it += n_kept
 
-        # Normalise (l = 0 only where no block is kept: acc = 0 there) and store the rows < N.
-        l_o = gl.convert_layout(l_i, row_o)
-        l_o = gl.where(l_o > 0.0, l_o, 1.0)
-        out = acc / gl.expand_dims(l_o, 1)
-        offs_m = qb * BLOCK + WG * HALF_M + gl.arange(0, HALF_M, layout=row_o)
-        o_ptrs = (Out + b.to(gl.int64) * stride_oz + head.to(gl.int64) * stride_oh
-                  + gl.expand_dims(offs_m, 1) * stride_on + gl.expand_dims(offs_d, 0) * stride_od)
-        gl.store(o_ptrs, out.to(dtype), mask=gl.expand_dims(offs_m < N, 1))
+        _store_rows(acc, l_i, Out, head, qb, b, N, stride_oz, stride_oh, stride_on, stride_od, o_layout, WG, BLOCK,
+                    HEAD_DIM)
 
 
 @gluon.jit
@@ -277,10 +283,8 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
     before, whose rows are then stored while the other consumer has the tensor cores. A tile
     boundary costs no turn of its own (short rows: ~26 kept blocks per tile at 10% density)."""
     dtype: gl.constexpr = q_smem.dtype
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, HEAD_DIM, 16])
+    s_layout: gl.constexpr = _acc_layout(BLOCK)
+    o_layout: gl.constexpr = _acc_layout(HEAD_DIM)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
@@ -302,13 +306,8 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
 
         # Block 0 of the first tile: S only (there is no P yet).
         mbarrier.wait(q_ready.index(WG), 0)
-        mbarrier.wait(k_ready.index(0), 0)
-        mbarrier.wait(turns.index(WG), OTHER)
-        k_t = k_smem.index(0).reshape([BLOCK, HEAD_DIM]).permute((1, 0))
-        s = warpgroup_mma(q_smem.index(WG).reshape([HALF_M, HEAD_DIM]), k_t, s_zero, use_acc=False, is_async=True)
-        mbarrier.arrive(turns.index(OTHER), count=1)
-        s = warpgroup_mma_wait(0, deps=(s,))
-        mbarrier.arrive(k_empty.index(0), count=1)
+        s = _qk_alone(0, q_smem.index(WG).reshape([HALF_M, HEAD_DIM]), k_smem, k_ready, k_empty, turns, s_zero, WG,
+                      BLOCK, HEAD_DIM, STAGES)
         p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, ((kt & 1) == 1) & (kt >> 1 == 1), tail_start, offs_n,
                                            qk_scale, N, dtype, p_layout)
 
