@@ -42,6 +42,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from attnsearch.runtime.block_tables import BlockTables
+from attnsearch.runtime.device_caps import tma_compatible
 
 LOG2E = 1.4426950408889634
 _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
@@ -222,8 +223,7 @@ def supported_reasons(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_s
     if block_size not in (64, 128):
         reasons.append(f"block size {block_size} is not 64 or 128")
     for name, t in (("q", q), ("k", k), ("v", v)):
-        item = t.element_size()
-        if t.stride(-1) != 1 or t.data_ptr() % 16 or any((s * item) % 16 for s in t.stride()[:-1]):
+        if not tma_compatible(t):
             reasons.append(f"{name}: TMA needs a unit last stride and 16-byte aligned base and strides")
     return reasons
 

@@ -22,6 +22,7 @@ import torch
 from attnsearch.plan import LayerPlan
 from attnsearch.runtime import sparse_attention
 from attnsearch.runtime.block_tables import build_block_tables, get_block_tables
+from attnsearch.runtime.device_caps import num_sms
 from test_runtime import all_patterns, geometry, poisoned, qkv, reference, rel_err
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ def check_persistent_grid_matches_reference(tk, where, block_size, dtype, tol, b
     tables = get_block_tables(lp, "cpu")
     cfg = tk.KernelConfig(block_m, 64, num_warps=4, num_stages=1, use_tma=False, persistent=persistent)
     tiles = tables.launches[0].num_items * (block_size // block_m) * 2
-    assert tiles > cfg.persistent * tk._num_sms(q.device)  # every program runs several tiles
+    assert tiles > cfg.persistent * num_sms(q.device)  # every program runs several tiles
     out = tk.forward(q, k, v, tables, 64 ** -0.5, out=poisoned(q), config=cfg)
     assert out.dtype == dtype and not torch.isnan(out).any()
     assert rel_err(out, reference(q, k, v, lp)) <= tol

@@ -3,7 +3,8 @@
     out = sparse_attention(q, k, v, plan.layer_plan(step, layer))   # one call
     with apply(model, plan): model(...)                              # every SDPA call of a model
 
-Modules: ``block_tables`` (cached per-head kept-block lists), ``hopper_kernel`` (warp-specialised
+Modules: ``block_tables`` (cached per-head kept-block lists), ``device_caps`` (SM count, TMA
+addressability), ``hopper_kernel`` (warp-specialised
 block-sparse flash attention for Hopper, in Gluon), ``triton_kernel`` (block-sparse flash attention
 for any CUDA GPU and the CPU interpreter), ``torch_backend`` (reference implementation), ``dispatch`` (which backend runs a
 call), ``apply`` (the model-wide context manager).

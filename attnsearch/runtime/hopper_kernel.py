@@ -65,6 +65,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .block_tables import BlockTables
+from .device_caps import num_sms, tma_compatible
 
 #: TMA copies are ``async_copy_global_to_shared`` / ``..._shared_to_global`` in Triton 3.6 (the
 #: GPU machine's) and ``async_load`` / ``async_store`` in newer ones (3.9 here).
@@ -461,10 +462,6 @@ def not_supported_reasons(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blo
     return reasons
 
 
-def tma_compatible(t: torch.Tensor) -> bool:
-    item = t.element_size()
-    return t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all((s * item) % 16 == 0 for s in t.stride()[:-1])
-
 
 def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
     box = [1, 1, rows, t.shape[-1]]
@@ -547,8 +544,7 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
     batch, num_heads, n, d = q.shape
     bs = tables.block_size
     num_tiles = work.numel() * batch
-    programs = min(num_tiles, torch.cuda.get_device_properties(q.device).multi_processor_count) if persistent \
-        else num_tiles
+    programs = min(num_tiles, num_sms(q.device)) if persistent else num_tiles
     known = _TILE_TABLES.setdefault(tables, {})  # BlockTables compare by identity
     key = (id(work), batch, programs, n)  # work lives as long as its tables
     if key not in known:

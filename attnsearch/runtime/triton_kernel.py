@@ -34,6 +34,7 @@ import triton.language as tl
 
 from . import tuning_cache
 from .block_tables import BlockTables
+from .device_caps import num_sms, tma_compatible
 
 from .dispatch import HEAD_DIMS  # noqa: F401  (re-exported)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -266,11 +267,7 @@ def tma_supported(*tensors: torch.Tensor) -> bool:
         from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
     except ImportError:
         return False
-    for t in tensors:
-        item = t.element_size()
-        if t.stride(-1) != 1 or t.data_ptr() % 16 or any((s * item) % 16 for s in t.stride()[:-1]):
-            return False
-    return True
+    return all(tma_compatible(t) for t in tensors)
 
 
 # --- launcher -----------------------------------------------------------------------------------
@@ -300,7 +297,7 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
     num_tiles = work.numel() * (bs // config.block_m) * batch
     num_programs, counter = num_tiles, tables.counts  # counter: unused unless persistent
     if config.persistent:
-        num_programs = min(num_tiles, config.persistent * _num_sms(q.device))
+        num_programs = min(num_tiles, config.persistent * num_sms(q.device))
         counter = torch.zeros(1, dtype=torch.int32, device=q.device)
     _block_sparse_attn_fwd[(num_programs,)](
         q, k_arg, v_arg, out, tables.counts, tables.indices, work,
@@ -312,18 +309,6 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
         WARP_SPECIALIZE=config.warp_specialize, PERSISTENT=config.persistent > 0,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
-
-
-#: Streaming multiprocessors per device index (the interpreter: a small fixed count).
-_SMS: dict = {}
-
-
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    if device.index not in _SMS:
-        _SMS[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
-    return _SMS[device.index]
 
 
 def choose_config(disk_key: str, candidates: Sequence[KernelConfig],
