@@ -4,10 +4,10 @@
     with apply(model, plan): model(...)                              # every SDPA call of a model
 
 Modules: ``block_tables`` (cached per-head kept-block lists), ``device_caps`` (SM count, TMA
-addressability), ``hopper_kernel`` (warp-specialised
-block-sparse flash attention for Hopper, in Gluon), ``triton_kernel`` (block-sparse flash attention
-for any CUDA GPU and the CPU interpreter), ``torch_backend`` (reference implementation), ``dispatch`` (which backend runs a
-call), ``apply`` (the model-wide context manager).
+addressability), ``hopper_kernel`` (warp-specialised block-sparse flash attention for Hopper, in
+Gluon), ``triton_kernel`` (block-sparse flash attention for any CUDA GPU and the CPU interpreter),
+``torch_backend`` (reference implementation), ``dispatch`` (which backend runs a call), ``apply``
+(the model-wide context manager).
 """
 
 from __future__ import annotations
