@@ -38,28 +38,42 @@ INT_ARGS = ("N", "NB", "BATCH", "KV_GROUP", "NUM_TILES")
 INDEX_ARGS = ("Counts", "Indices", "Work", "Counter", "Tiles")
 
 
-def signature(cfg: KernelConfig, head_dim: int, block: int, dtype: str = "bf16", tma: bool = True):
-    """Argument types, constexprs and 16-byte alignment hints as a CUDA launch would specialise them."""
-    fn = triton_kernel._block_sparse_attn_fwd
-    sig, const, attrs = {}, {}, {}
-    aligned = [["tt.divisibility", 16]]
+ALIGNED = [["tt.divisibility", 16]]
+
+
+def _other_args(fn, dtype: str, sig: dict, const: dict, attrs: dict) -> None:
+    """The arguments both kernels share, typed as a CUDA launch specialises them: the output and
+    index pointers (16-byte aligned), strides (aligned; the last dim's specialised to 1), the scale,
+    integer sizes; everything else not yet in ``sig`` is a constexpr."""
     for i, name in enumerate(fn.arg_names):
-        if name in ("Q", "Out") or (name in ("K", "V") and not tma):
-            sig[name], attrs[(i,)] = f"*{dtype}", aligned
-        elif name in ("K", "V"):
-            sig[name] = f"tensordesc<{dtype}[1, 1, {cfg.block_n}, {head_dim}]>"
+        if name in sig:
+            continue
+        if name == "Out":
+            sig[name], attrs[(i,)] = f"*{dtype}", ALIGNED
         elif name in INDEX_ARGS:
-            sig[name], attrs[(i,)] = "*i32", aligned
+            sig[name], attrs[(i,)] = "*i32", ALIGNED
         elif name.startswith("stride_") and name.endswith("d"):  # unit stride: specialised to 1
             sig[name], const[name] = "constexpr", 1
         elif name.startswith("stride_"):
-            sig[name], attrs[(i,)] = "i32", aligned
+            sig[name], attrs[(i,)] = "i32", ALIGNED
         elif name == "qk_scale":
             sig[name] = "fp32"
         elif name in INT_ARGS:
             sig[name] = "i32"
         else:
             sig[name] = "constexpr"
+
+
+def signature(cfg: KernelConfig, head_dim: int, block: int, dtype: str = "bf16", tma: bool = True):
+    """Argument types, constexprs and 16-byte alignment hints as a CUDA launch would specialise them."""
+    fn = triton_kernel._block_sparse_attn_fwd
+    sig, const, attrs = {}, {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name == "Q" or (name in ("K", "V") and not tma):
+            sig[name], attrs[(i,)] = f"*{dtype}", ALIGNED
+        elif name in ("K", "V"):
+            sig[name] = f"tensordesc<{dtype}[1, 1, {cfg.block_n}, {head_dim}]>"
+    _other_args(fn, dtype, sig, const, attrs)
     const.update(HEAD_DIM=head_dim, BLOCK=block, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, USE_TMA=tma,
                  INPUT_PRECISION="tf32", WARP_SPECIALIZE=cfg.warp_specialize, PERSISTENT=cfg.persistent > 0)
     return fn, sig, {k: v for k, v in const.items() if k in fn.arg_names}, attrs
@@ -102,26 +116,12 @@ def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs
     fn = ws._ws_block_sparse_fwd
     gl_dtype = {"bf16": gl.bfloat16, "fp16": gl.float16}[dtype]
     sig, const, attrs = {}, {}, {}
-    aligned = [["tt.divisibility", 16]]
-    for i, name in enumerate(fn.arg_names):
+    for name in fn.arg_names:
         if name.endswith("_desc"):
             box = [1, 1, int(ws.HALF_M.value) if name in ("q_desc", "o_desc") else 128, head_dim]
             layout = gl.NVMMASharedLayout.get_default_for(box, gl_dtype)
             sig[name] = f"tensordesc<{dtype}[{', '.join(map(str, box))}],{layout!r}>"
-        elif name == "Out":
-            sig[name], attrs[(i,)] = f"*{dtype}", aligned
-        elif name in INDEX_ARGS:
-            sig[name], attrs[(i,)] = "*i32", aligned
-        elif name == "stride_od":
-            sig[name], const[name] = "constexpr", 1
-        elif name.startswith("stride_"):
-            sig[name], attrs[(i,)] = "i32", aligned
-        elif name == "qk_scale":
-            sig[name] = "fp32"
-        elif name in INT_ARGS:
-            sig[name] = "i32"
-        else:
-            sig[name] = "constexpr"
+    _other_args(fn, dtype, sig, const, attrs)
     const.update(HEAD_DIM=head_dim, BLOCK=128, STAGES=stages, Q_BUFS=q_bufs, FLAT=flat, CONSUMER_REGS=consumer_regs,
                  PRODUCER_REGS=producer_regs)
     src = GluonASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
