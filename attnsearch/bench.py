@@ -120,8 +120,8 @@ def time_ms(fn: Callable[[tuple], Any], inputs: Sequence[tuple], warmup: int = 3
     """Median / min / max ms of ``fn(inputs[i % len])`` over ``reps`` calls, each between CUDA events.
 
     Warm-up: at least ``warmup`` calls and ``warmup_s`` seconds of them, so that the GPU's clocks
-    have left their idle state (a few milliseconds of work right after a pause measured up to 15%
-    slow on an H100)."""
+    have left their idle state before the first timed call (a precaution: it did not remove the
+    ±7% spread between calls with fresh inputs, reports/kernel/spread/)."""
     start_s, i = time.perf_counter(), 0
     while i < warmup or time.perf_counter() - start_s < warmup_s:
         fn(inputs[i % len(inputs)])

@@ -493,7 +493,8 @@ def schedule(counts: torch.Tensor, work: torch.Tensor, batch: int, programs: int
     List scheduling in work-list order: the next tile goes to the program that frees up first
     (cost = kept blocks + TILE_OVERHEAD). That is what a dynamic tile counter would do, without an
     atomic in the kernel, and tiles still start in the head-major order (L2 reuse of K/V). A static
-    stride p, p + 132, ... measured 4-7% of max/mean imbalance on the 12-head layers; this ≤ 2%."""
+    stride p, p + 132, ... leaves 4-7% max/mean imbalance on the 12-head layers, this 1.4-2.1%
+    (benchmarks/tile_balance.py)."""
     per_item = counts.flatten()[work.long()].double().cpu() + TILE_OVERHEAD
     cost = per_item.repeat_interleave(batch).tolist()  # tile t = item · batch + b
     heap = [(0.0, p) for p in range(programs)]
