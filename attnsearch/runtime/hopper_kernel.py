@@ -462,7 +462,6 @@ def not_supported_reasons(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blo
     return reasons
 
 
-
 def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
     box = [1, 1, rows, t.shape[-1]]
     layout = gl.NVMMASharedLayout.get_default_for(box, _GL_DTYPES[t.dtype])
