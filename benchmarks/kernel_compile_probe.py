@@ -35,7 +35,7 @@ from attnsearch.runtime.triton_kernel import TUNING_CONFIGS, KernelConfig  # noq
 HOPPER = GPUTarget("cuda", 90, 32)
 REGS_PER_SM, SMEM_PER_SM, WARPS_PER_SM = 65536, 232448, 64
 INT_ARGS = ("N", "NB", "BATCH", "KV_GROUP", "NUM_TILES")
-INDEX_ARGS = ("Counts", "Indices", "Work", "Counter", "Tiles")
+INDEX_ARGS = ("Counts", "Indices", "Work", "Counter", "Tiles", "Probe")  # Probe: the hopper kernel's cycle counts
 
 
 ALIGNED = [["tt.divisibility", 16]]
@@ -105,8 +105,7 @@ def probe(cfg: KernelConfig, head_dim: int, block: int) -> dict:
 
 
 def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs: int = 24, q_bufs: int = 2,
-                   flat: bool = True,
-                   dtype: str = "bf16") -> dict:
+                   flat: bool = True, probe: bool = False, dtype: str = "bf16") -> dict:
     """Compile ``attnsearch/runtime/hopper_kernel.py`` (block size 128) and run ptxas on its PTX for the
     per-partition register moves and any wgmma serialisation warning (C7514)."""
     from attnsearch.runtime import hopper_kernel as ws
@@ -122,7 +121,7 @@ def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs
             layout = gl.NVMMASharedLayout.get_default_for(box, gl_dtype)
             sig[name] = f"tensordesc<{dtype}[{', '.join(map(str, box))}],{layout!r}>"
     _other_args(fn, dtype, sig, const, attrs)
-    const.update(HEAD_DIM=head_dim, BLOCK=128, STAGES=stages, Q_BUFS=q_bufs, FLAT=flat, CONSUMER_REGS=consumer_regs,
+    const.update(HEAD_DIM=head_dim, BLOCK=128, STAGES=stages, Q_BUFS=q_bufs, FLAT=flat, PROBE=probe, CONSUMER_REGS=consumer_regs,
                  PRODUCER_REGS=producer_regs)
     src = GluonASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
     options = triton.compiler.make_backend(HOPPER).parse_options({"num_warps": 4, "maxnreg": ws.MAXNREG})
@@ -142,7 +141,8 @@ def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs
             "c7514": "C7514" in log, "ptxas": " ".join(re.findall(r"Used \d+ registers[^\n]*", log)),
             "warnings": [ln for ln in log.splitlines() if "warning" in ln][:3], "ptxas_ok": res.returncode == 0,
             "shared_kb": kernel.metadata.shared / 1024,
-            "waits": " ".join(re.findall(r"wgmma.wait_group.sync.aligned (\d+)", ptx))}
+            "waits": " ".join(re.findall(r"wgmma.wait_group.sync.aligned (\d+)", ptx)),
+            "clock_reads": len(re.findall(r"%clock\b", ptx))}
 
 
 def main() -> None:

@@ -71,7 +71,17 @@ VARIANTS = {
     # What the hopper backend runs: flat below FLAT_BELOW_KEPT kept blocks per query block on average.
     "ws2-auto": (("ws", 2, True, 2, None), "head"),
     "m64s1-again": (KernelConfig(64, 128, 4, 1, True), "head"),
+    # Runs 17-19 timed the committed kernel against a change to it with a copy of the committed file
+    # beside it ("base-*": ("ws", 2, True, 2, flat, "_hopper_base"), the copy not kept) and the
+    # "-again" pairs (kernel-notes.md, variants 16-18): tree row reductions, P packed to bf16 by
+    # integer add + prmt, the flat schedule's Q release as a branch: none measurably faster.
+    "ws2-flat": (("ws", 2, True, 2, True), "head"),
 }
+
+
+#: Variants that only fit some head dims (shared memory): skipped at the others. (Run 17 had a
+#: 4-deep K/V ring at head_dim 64: 380-398 vs 383-425 TFLOP/s for 2, within the spread.)
+ONLY_HEAD_DIMS: dict[str, tuple[int, ...]] = {}
 
 
 def run_variant(cfg, q, k, v, tables, scale, out):
@@ -79,10 +89,13 @@ def run_variant(cfg, q, k, v, tables, scale, out):
     if isinstance(cfg, KernelConfig):
         return triton_kernel.forward(q, k, v, tables, scale, out=out, config=cfg)
     if cfg[0] == "ws":
-        from attnsearch.runtime import hopper_kernel
+        import importlib
 
-        return hopper_kernel.forward(q, k, v, tables, scale, out=out, stages=cfg[1], persistent=cfg[2],
-                                     q_bufs=cfg[3], flat=cfg[4] if len(cfg) > 4 else False)
+        # ("ws", stages, persistent, q_bufs, flat[, module]): module names another build of the
+        # kernel under attnsearch/runtime (an A/B against the committed one).
+        module = importlib.import_module(f"attnsearch.runtime.{cfg[5] if len(cfg) > 5 else 'hopper_kernel'}")
+        return module.forward(q, k, v, tables, scale, out=out, stages=cfg[1], persistent=cfg[2],
+                              q_bufs=cfg[3], flat=cfg[4] if len(cfg) > 4 else False)
     import gluon_kernel  # benchmarks/gluon_kernel.py: an experiment, not part of the package
 
     block_m, warps, k_stages, v_stages, block_n = cfg
@@ -108,6 +121,8 @@ def check(variants: dict, results: list) -> int:
                    for _ in range(3))
         ref = reference(q, k, v, lp)
         for name, (cfg, order) in variants.items():
+            if d not in ONLY_HEAD_DIMS.get(name, (d,)):
+                continue
             tables = build_block_tables(lp, "cuda", order=order)
             out = torch.full((2, H, n, d), float("nan"), device="cuda", dtype=torch.bfloat16)
             try:
@@ -138,6 +153,8 @@ def bench(variants: dict, rows: list, reps: int, dense: dict, t0: float) -> None
         cudnn = dense[H, n, d]
         fl = flops(1, H, n, d, lp.density)
         for name, (cfg, order) in variants.items():
+            if d not in ONLY_HEAD_DIMS.get(name, (d,)):
+                continue
             tables = get_block_tables(lp, "cuda", order=order)
 
             def run(x, tables=tables, cfg=cfg, out=out, d=d):

@@ -62,3 +62,19 @@ def test_hopper_kernel_schedule_survives_compilation(head_dim, flat):
     assert r["shared_kb"] <= 227, r
     assert "1" in r["waits"].split(), r
     assert not r["c7514"], r
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_hopper_kernel_probe_is_compiled_out_unless_asked(flat):
+    """The cycle-counter probe (``hopper_kernel.launch(probe=...)``, benchmarks/kernel_probe_gpu.py)
+    reads ``%clock`` around each step of a consumer's turn in its own build, and leaves no trace
+    in the build everybody runs."""
+    from kernel_compile_probe import probe_gluon_ws
+
+    plain = probe_gluon_ws(128, stages=2, consumer_regs=240, flat=flat)
+    probed = probe_gluon_ws(128, stages=2, consumer_regs=240, flat=flat, probe=True)
+    assert plain["clock_reads"] == 0, plain
+    # Both consumers: a start, five laps and a turn start per turn, tile edges and the final store.
+    assert probed["clock_reads"] >= 2 * 7, probed
+    assert probed["ptxas_ok"] and not probed["c7514"], probed
+    assert sorted(probed["waits"].split()) == sorted(plain["waits"].split()), (probed, plain)

@@ -82,6 +82,59 @@ def _acc_layout(n):
     return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, n, 16])
 
 
+#: What the probe (``launch(probe=...)``) records per program and consumer warpgroup, in SM cycles
+#: (``%clock``, 32 bits: differences are exact modulo 2³², and a program runs far fewer cycles): the
+#: consumer's whole run, then where its steady-state turns spend them: waiting for K/V to land (the
+#: producer is behind), for the turn (the other consumer's products hold the tensor cores) and
+#: issuing the two wgmmas, waiting for S, the softmax, waiting for PV and rescaling O; the number of
+#: such turns; the cycles of the tile boundaries (tile schedule: a tile's first block, Q wait included,
+#: and its last PV product and store; flat schedule: the Q wait and the store). The rest of the total
+#: is the turns' loop bookkeeping.
+PROBE_FIELDS = ("total", "wait_kv", "wait_turn", "wait_s", "softmax", "wait_pv", "turns", "tile_edges")
+
+
+@gluon.jit
+def _now(PROBE: gl.constexpr):
+    """The SM's cycle counter when probing, else 0 (and every ``_lap`` then compiles to nothing)."""
+    if PROBE:
+        t = gl.inline_asm_elementwise("mov.u32 $0, %clock;", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+    else:
+        t = gl.to_tensor(0)
+    return t
+
+
+@gluon.jit
+def _lap(t, spent, PROBE: gl.constexpr):
+    """(now, spent + cycles since ``t``) when probing, else (t, spent) unchanged."""
+    now = _now(PROBE)
+    if PROBE:
+        spent = spent + (now - t)
+        t = now
+    return t, spent
+
+
+@gluon.jit
+def _probe_start(Probe, WG: gl.constexpr, PROBE: gl.constexpr):
+    """The probe's start time, parked in this consumer's "total" field (a register less in the loops)."""
+    if PROBE:
+        gl.store(Probe + (gl.program_id(0) * 2 + WG) * 8, _now(PROBE))
+
+
+@gluon.jit
+def _probe_store(Probe, WG: gl.constexpr, kv, turn, wait_s, soft, wait_pv, turns, edges, PROBE: gl.constexpr):
+    """This consumer's ``PROBE_FIELDS`` into row (program, WG) of ``Probe`` (int32 [programs, 2, 8])."""
+    if PROBE:
+        at = Probe + (gl.program_id(0) * 2 + WG) * 8
+        gl.store(at, _now(PROBE) - gl.load(at))
+        gl.store(at + 1, kv)
+        gl.store(at + 2, turn)
+        gl.store(at + 3, wait_s)
+        gl.store(at + 4, soft)
+        gl.store(at + 5, wait_pv)
+        gl.store(at + 6, turns)
+        gl.store(at + 7, edges)
+
+
 @gluon.jit
 def _qk_alone(c, q, k_smem, k_ready, k_empty, turns, s_zero, WG: gl.constexpr, BLOCK: gl.constexpr,
               HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
@@ -168,9 +221,9 @@ def _softmax_step(s, m_i, l_i, masked, tail_start, offs_n, qk_scale, N, dtype: g
 
 @gluon.jit
 def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns, Out,
-              Tiles, NB, N, qk_scale, stride_oz, stride_oh, stride_on, stride_od,
+              Tiles, Probe, NB, N, qk_scale, stride_oz, stride_oh, stride_on, stride_od,
               WG: gl.constexpr, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
-              Q_BUFS: gl.constexpr):
+              Q_BUFS: gl.constexpr, PROBE: gl.constexpr):
     """One warpgroup: rows [64·WG, +64) of each of this program's tiles, over all its kept key blocks."""
     dtype: gl.constexpr = q_smem.dtype
     s_layout: gl.constexpr = _acc_layout(BLOCK)
@@ -187,6 +240,10 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
     tail_start = (NB - 1) * BLOCK  # the only key block that can run past N
     it = 0  # kept blocks consumed so far (ring slot and phase, and the turn count)
     q_count = 0
+    _probe_start(Probe, WG, PROBE)
+    t = _now(PROBE)
+    w_kv, w_turn, w_s, w_soft, w_pv, w_edges = _now(False), _now(False), _now(False), _now(False), _now(False), \
+        _now(False)
     first, _, end, _ = _program_range(Tiles)
     head_n, qb_n, b_n, kt_n = _tile_fields(Tiles, first)
     for i in range(first, end):
@@ -198,6 +255,7 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
         m_i = gl.full([HALF_M], float("-inf"), gl.float32, layout=row_s)
         l_i = gl.zeros([HALF_M], gl.float32, layout=row_s)
         if n_kept > 0:
+            t = _now(PROBE)  # the probe's tile start
             qi = (q_count % Q_BUFS) * 2 + WG
             mbarrier.wait(q_ready.index(qi), (q_count // Q_BUFS) & 1)
             q = q_smem.index(qi).reshape([HALF_M, HEAD_DIM])
@@ -207,26 +265,34 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
             p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tail & (n_kept == 1), tail_start, offs_n, qk_scale, N,
                                                dtype, p_layout)
 
+            t, w_edges = _lap(t, w_edges, PROBE)
             for j in range(1, n_kept):
+                t = _now(PROBE)  # the probe's turn starts
                 c = it + j
                 slot = c % STAGES
                 prev = (c - 1) % STAGES
                 mbarrier.wait(k_ready.index(slot), (c // STAGES) & 1)
                 mbarrier.wait(v_ready.index(prev), ((c - 1) // STAGES) & 1)
+                t, w_kv = _lap(t, w_kv, PROBE)
                 mbarrier.wait(turns.index(WG), (c & 1) ^ OTHER)
                 k_t = k_smem.index(slot).reshape([BLOCK, HEAD_DIM]).permute((1, 0))
                 s = warpgroup_mma(q, k_t, s_zero, use_acc=False, is_async=True)
                 v = v_smem.index(prev).reshape([BLOCK, HEAD_DIM])
                 o = warpgroup_mma(p, v, acc, is_async=True)
                 mbarrier.arrive(turns.index(OTHER), count=1)
+                t, w_turn = _lap(t, w_turn, PROBE)
                 # wgmma groups retire in order: S[j] (issued first) is done, PV[j-1] may still run.
                 s = warpgroup_mma_wait(1, deps=(s,))
                 mbarrier.arrive(k_empty.index(slot), count=1)
+                t, w_s = _lap(t, w_s, PROBE)
                 p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tail & (j == n_kept - 1), tail_start, offs_n,
                                                    qk_scale, N, dtype, p_layout)
+                t, w_soft = _lap(t, w_soft, PROBE)
                 acc = warpgroup_mma_wait(0, deps=(o,))
                 mbarrier.arrive(v_empty.index(prev), count=1)
                 acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+                t, w_pv = _lap(t, w_pv, PROBE)
+            t = _now(PROBE)  # the probe's tile end
             # Every QK product of this tile has retired: the producer may load the next tile's Q.
             mbarrier.arrive(q_empty.index(qi), count=1)
 
@@ -241,6 +307,9 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
 
         _store_rows(acc, l_i, Out, head, qb, b, N, stride_oz, stride_oh, stride_on, stride_od, o_layout, WG, BLOCK,
                     HEAD_DIM)
+        if n_kept > 0:
+            t, w_edges = _lap(t, w_edges, PROBE)
+    _probe_store(Probe, WG, w_kv, w_turn, w_s, w_soft, w_pv, it - q_count, w_edges, PROBE)
 
 
 @gluon.jit
@@ -276,9 +345,9 @@ def _store_rows_tma(acc, l_i, o_desc, o_smem, head, qb, b, o_layout: gl.constexp
 
 @gluon.jit
 def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns, o_desc,
-                   o_smem, Tiles, NB, N, qk_scale,
+                   o_smem, Tiles, Probe, NB, N, qk_scale,
                    WG: gl.constexpr, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
-                   Q_BUFS: gl.constexpr):
+                   Q_BUFS: gl.constexpr, PROBE: gl.constexpr):
     """As ``_consumer``, with one pipeline over all of this program's kept blocks, across tiles: the
     turn that issues the first QK product of a tile also issues the last PV product of the one
     before, whose rows are then stored while the other consumer has the tensor cores. A tile
@@ -295,6 +364,10 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
     s_zero = gl.zeros([HALF_M, BLOCK], gl.float32, layout=s_layout)
     tail_start = (NB - 1) * BLOCK  # the only key block that can run past N
     first, empty_from, end, total = _program_range(Tiles)
+    _probe_start(Probe, WG, PROBE)
+    t = _now(PROBE)
+    w_kv, w_turn, w_s, w_soft, w_pv, w_edges = _now(False), _now(False), _now(False), _now(False), _now(False), \
+        _now(False)
     if total > 0:
         head, qb, b, kt = _tile_fields(Tiles, first)
         head_n, qb_n, b_n, kt_n = _tile_fields(Tiles, first + 1)  # the table has a spare last row
@@ -313,6 +386,7 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
                                            qk_scale, N, dtype, p_layout)
 
         for c in range(1, total):
+            t = _now(PROBE)  # the probe's turn starts (the Q wait below is a tile edge)
             # Block c: the next of this tile, or block 0 of the next tile.
             new_tile = j + 1 == kt >> 1
             head_p, qb_p, b_p, qi_p = head, qb, b, (q_count % Q_BUFS) * 2 + WG
@@ -326,10 +400,12 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
             qi = (q_count % Q_BUFS) * 2 + WG
             if new_tile:
                 mbarrier.wait(q_ready.index(qi), (q_count // Q_BUFS) & 1)
+                t, w_edges = _lap(t, w_edges, PROBE)
             slot = c % STAGES
             prev = (c - 1) % STAGES
             mbarrier.wait(k_ready.index(slot), (c // STAGES) & 1)
             mbarrier.wait(v_ready.index(prev), ((c - 1) // STAGES) & 1)
+            t, w_kv = _lap(t, w_kv, PROBE)
             mbarrier.wait(turns.index(WG), (c & 1) ^ OTHER)
             k_t = k_smem.index(slot).reshape([BLOCK, HEAD_DIM]).permute((1, 0))
             s = warpgroup_mma(q_smem.index(qi).reshape([HALF_M, HEAD_DIM]), k_t, s_zero, use_acc=False,
@@ -337,6 +413,7 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
             v = v_smem.index(prev).reshape([BLOCK, HEAD_DIM])
             o = warpgroup_mma(p, v, acc, is_async=True)
             mbarrier.arrive(turns.index(OTHER), count=1)
+            t, w_turn = _lap(t, w_turn, PROBE)
             s = warpgroup_mma_wait(1, deps=(s,))  # S[c] retired; PV[c-1] may still run
             mbarrier.arrive(k_empty.index(slot), count=1)
             # The last tile's QK products all retired at block c - 1: its Q buffer is free. A new
@@ -345,13 +422,18 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
             l_done = l_i
             m_i = gl.where(new_tile, float("-inf"), m_i)
             l_i = gl.where(new_tile, 0.0, l_i)
+            t, w_s = _lap(t, w_s, PROBE)
             p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, ((kt & 1) == 1) & (j == (kt >> 1) - 1), tail_start,
                                                offs_n, qk_scale, N, dtype, p_layout)
+            t, w_soft = _lap(t, w_soft, PROBE)
             acc = warpgroup_mma_wait(0, deps=(o,))
             mbarrier.arrive(v_empty.index(prev), count=1)
+            t, w_pv = _lap(t, w_pv, PROBE)
             if new_tile:  # the last tile's output is complete
                 _store_rows_tma(acc, l_done, o_desc, o_smem, head_p, qb_p, b_p, o_layout, WG, BLOCK)
+                t, w_edges = _lap(t, w_edges, PROBE)
             acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+            t, w_pv = _lap(t, w_pv, PROBE)
 
         last = (total - 1) % STAGES
         mbarrier.wait(v_ready.index(last), ((total - 1) // STAGES) & 1)
@@ -369,15 +451,17 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
         head, qb, b, kt = _tile_fields(Tiles, i)
         _store_rows_tma(zero_acc, zero_l, o_desc, o_smem, head, qb, b, o_layout, WG, BLOCK)
     tma.store_wait(0)  # the program must not end before its stores have read shared memory
+    # Every block after the program's first is a full turn here (a tile's first carries the last one's PV).
+    _probe_store(Probe, WG, w_kv, w_turn, w_s, w_soft, w_pv, gl.maximum(total - 1, 0), w_edges, PROBE)
 
 
 @gluon.jit
 def _ws_block_sparse_fwd(
-    q_desc, k_desc, v_desc, o_desc, Out, Indices, Tiles,
+    q_desc, k_desc, v_desc, o_desc, Out, Indices, Tiles, Probe,
     stride_oz, stride_oh, stride_on, stride_od, stride_ih, stride_iq,
     qk_scale, N, NB, KV_GROUP,
     HEAD_DIM: gl.constexpr, BLOCK: gl.constexpr, STAGES: gl.constexpr, Q_BUFS: gl.constexpr,
-    CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr, FLAT: gl.constexpr,
+    CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr, FLAT: gl.constexpr, PROBE: gl.constexpr,
 ):
     """Program p runs the tiles of its part of ``Tiles`` (``tile_table``); a tile is one plan block
     (BLOCK = 128 query rows) of one head and batch element."""
@@ -421,18 +505,22 @@ def _ws_block_sparse_fwd(
         o_smem = gl.allocate_shared_memory(dtype, [2, 1, 1, HALF_M, HEAD_DIM], o_desc.layout)
         gl.warp_specialize([
             (_consumer_flat, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns,
-                              o_desc, o_smem.index(0), Tiles, nb, n, qk_scale, 0, BLOCK, HEAD_DIM, STAGES, Q_BUFS)),
+                              o_desc, o_smem.index(0), Tiles, Probe, nb, n, qk_scale, 0, BLOCK, HEAD_DIM, STAGES, Q_BUFS,
+                              PROBE)),
             (_consumer_flat, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns,
-                              o_desc, o_smem.index(1), Tiles, nb, n, qk_scale, 1, BLOCK, HEAD_DIM, STAGES, Q_BUFS)),
+                              o_desc, o_smem.index(1), Tiles, Probe, nb, n, qk_scale, 1, BLOCK, HEAD_DIM, STAGES, Q_BUFS,
+                              PROBE)),
             (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty,
                          v_ready, v_empty, Tiles, Indices, s_ih, s_iq, kv_group, BLOCK, STAGES, Q_BUFS)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
     else:
         gl.warp_specialize([
             (_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns, Out,
-                         Tiles, nb, n, qk_scale, s_oz, s_oh, s_on, s_od, 0, BLOCK, HEAD_DIM, STAGES, Q_BUFS)),
+                         Tiles, Probe, nb, n, qk_scale, s_oz, s_oh, s_on, s_od, 0, BLOCK, HEAD_DIM, STAGES,
+                         Q_BUFS, PROBE)),
             (_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns, Out,
-                         Tiles, nb, n, qk_scale, s_oz, s_oh, s_on, s_od, 1, BLOCK, HEAD_DIM, STAGES, Q_BUFS)),
+                         Tiles, Probe, nb, n, qk_scale, s_oz, s_oh, s_on, s_od, 1, BLOCK, HEAD_DIM, STAGES,
+                         Q_BUFS, PROBE)),
             (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty,
                          v_ready, v_empty, Tiles, Indices, s_ih, s_iq, kv_group, BLOCK, STAGES, Q_BUFS)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
@@ -534,17 +622,30 @@ def tile_table(tables: BlockTables, work: torch.Tensor, batch: int, programs: in
         tables.counts.device)
 
 
+def launch_grid(num_tiles: int, device: torch.device, persistent: bool = True) -> int:
+    """Programs of a launch over ``num_tiles`` tiles: one per SM (at most one per tile) when persistent."""
+    return min(num_tiles, num_sms(device)) if persistent else num_tiles
+
+
 def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, tables: BlockTables,
            work: torch.Tensor, scale: float, stages: int = 2, consumer_regs: int = 240,
-           producer_regs: int = 24, persistent: bool = True, q_bufs: int = 2, flat: bool | None = None) -> None:
+           producer_regs: int = 24, persistent: bool = True, q_bufs: int = 2, flat: bool | None = None,
+           probe: torch.Tensor | None = None) -> None:
     """One launch over ``work``; arguments as ``triton_kernel.launch``. ``persistent``: one program
     per SM, each running its share of the tiles (``tile_table``); else one program per tile.
     ``flat``: the consumers' schedule (``_consumer_flat`` or ``_consumer``); None picks flat where the
-    launch's query blocks keep fewer than ``FLAT_BELOW_KEPT`` key blocks on average."""
+    launch's query blocks keep fewer than ``FLAT_BELOW_KEPT`` key blocks on average.
+    ``probe``: int32 [programs (``launch_grid``), 2, 8], filled with each program's and consumer's
+    ``PROBE_FIELDS``: a build with cycle-counter reads in the consumers' loops, a diagnostic
+    (``benchmarks/kernel_probe_gpu.py``; same output, its own timing)."""
     batch, num_heads, n, d = q.shape
     bs = tables.block_size
     num_tiles = work.numel() * batch
-    programs = min(num_tiles, num_sms(q.device)) if persistent else num_tiles
+    programs = launch_grid(num_tiles, q.device, persistent)
+    if probe is not None and (probe.dtype != torch.int32 or probe.device != q.device
+                              or tuple(probe.shape) != (programs, 2, len(PROBE_FIELDS))):
+        raise ValueError(f"probe: needs int32 [{programs}, 2, {len(PROBE_FIELDS)}] on {q.device}, got "
+                         f"{probe.dtype} {list(probe.shape)} on {probe.device}")
     known = _TILE_TABLES.setdefault(tables, {})  # BlockTables compare by identity
     key = (id(work), batch, programs, n)  # work lives as long as its tables
     if key not in known:
@@ -559,11 +660,11 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
         # The tile schedule stores with pointers: q's descriptor only fills the unused argument.
         descriptor(q, HALF_M.value), descriptor(k, bs), descriptor(v, bs), descriptor(out if flat else q, HALF_M.value),
         out,
-        tables.indices, table,
+        tables.indices, table, table if probe is None else probe,
         *out.stride(), tables.indices.stride(0), tables.indices.stride(1),
         scale * LOG2E, n, tables.num_blocks, num_heads // k.shape[1],
         HEAD_DIM=d, BLOCK=bs, STAGES=stages, Q_BUFS=q_bufs, CONSUMER_REGS=consumer_regs,
-        PRODUCER_REGS=producer_regs, FLAT=flat, num_warps=4, maxnreg=MAXNREG,
+        PRODUCER_REGS=producer_regs, FLAT=flat, PROBE=probe is not None, num_warps=4, maxnreg=MAXNREG,
     )
 
 
@@ -600,4 +701,5 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
     return out
 
 
-__all__ = ["forward", "launch", "not_supported_reasons", "prefers_flat", "schedule", "tile_table"]
+__all__ = ["PROBE_FIELDS", "forward", "launch", "launch_grid", "not_supported_reasons", "prefers_flat", "schedule",
+           "tile_table"]
