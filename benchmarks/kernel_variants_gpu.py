@@ -71,10 +71,11 @@ VARIANTS = {
     # What the hopper backend runs: flat below FLAT_BELOW_KEPT kept blocks per query block on average.
     "ws2-auto": (("ws", 2, True, 2, None), "head"),
     "m64s1-again": (KernelConfig(64, 128, 4, 1, True), "head"),
-    # Runs 17-19 timed the committed kernel against a change to it with a copy of the committed file
-    # beside it ("base-*": ("ws", 2, True, 2, flat, "_hopper_base"), the copy not kept) and the
-    # "-again" pairs (kernel-notes.md, variants 16-18): tree row reductions, P packed to bf16 by
-    # integer add + prmt, the flat schedule's Q release as a branch: none measurably faster.
+    # Runs 17-20 timed the committed kernel against a change to it, from a copy of the committed
+    # file beside it (run 20: ``--against _hopper_base``; the copy is not kept), and both again
+    # (kernel-notes.md, variants 16-19): tree row reductions, P packed to bf16 by integer add +
+    # prmt, the flat schedule's Q release as a branch, one reciprocal per output row: none faster
+    # beyond the run-to-run spread.
     "ws2-flat": (("ws", 2, True, 2, True), "head"),
 }
 
@@ -107,6 +108,18 @@ def run_variant(cfg, q, k, v, tables, scale, out):
 SHAPES = [(12, Geometry(21, 30, 52), t, 128) for t in (0.1, 0.25, 0.5, 1.0)] + \
          [(40, Geometry(21, 60, 60), t, 128) for t in (0.1, 0.25, 0.5)] + \
          [(24, Geometry(21, 30, 52), t, 64) for t in (0.1, 0.25)]
+
+
+def against(variants: dict, module: str) -> dict:
+    """The A/B order for ``--against``: each Gluon variant V, "V@MODULE" (the same arguments on the
+    other build), then both again, so that drift between the first and the last shows."""
+    ab = {}
+    for rnd in ("", "-again"):
+        for name, (cfg, order) in variants.items():
+            if isinstance(cfg, tuple) and cfg[0] == "ws" and not name.endswith("-again"):
+                ab[name + rnd] = (cfg, order)
+                ab[f"{name}@{module}{rnd}"] = ((*cfg[:5], module), order)
+    return ab
 
 
 def check(variants: dict, results: list) -> int:
@@ -191,6 +204,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("reports/kernel"))
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--only", help="comma-separated variant names to run (default: all)")
+    ap.add_argument("--against", metavar="MODULE",
+                    help="A/B: also run each Gluon variant from attnsearch/runtime/MODULE.py (a copy of the committed "
+                         "hopper_kernel.py beside a change to it), and both again")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -199,6 +215,11 @@ def main() -> None:
         for name in list(VARIANTS):
             if name not in keep:
                 del VARIANTS[name]
+    if args.against:
+        ab = against(VARIANTS, args.against)
+        others = {k: v for k, v in VARIANTS.items() if not (isinstance(v[0], tuple) and v[0][0] == "ws")}
+        VARIANTS.clear()
+        VARIANTS.update({**others, **ab})
     env = {"card": card_name(), "torch": torch.__version__, "triton": triton.__version__,
            "sms": torch.cuda.get_device_properties(0).multi_processor_count}
     print(env, flush=True)
