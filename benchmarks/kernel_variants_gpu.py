@@ -67,16 +67,15 @@ VARIANTS = {
     "ws2-tiles": (("ws", 2, True, 2, False), "head"),
     # One pipeline over all of a program's kept blocks: a tile's last PV product goes out with the
     # next tile's first QK product, its rows are stored by TMA while the other consumer computes.
-    "ws2": (("ws", 2, True, 2, True), "head"),
+    "ws2-flat": (("ws", 2, True, 2, True), "head"),  # "ws2" in runs 12-16
     # What the hopper backend runs: flat below FLAT_BELOW_KEPT kept blocks per query block on average.
     "ws2-auto": (("ws", 2, True, 2, None), "head"),
     "m64s1-again": (KernelConfig(64, 128, 4, 1, True), "head"),
     # Runs 17-20 timed the committed kernel against a change to it, from a copy of the committed
     # file beside it (run 20: ``--against _hopper_base``; the copy is not kept), and both again
-    # (kernel-notes.md, variants 16-19): tree row reductions, P packed to bf16 by integer add +
+    # (kernel-notes.md, variants 17-20): tree row reductions, P packed to bf16 by integer add +
     # prmt, the flat schedule's Q release as a branch, one reciprocal per output row: none faster
     # beyond the run-to-run spread.
-    "ws2-flat": (("ws", 2, True, 2, True), "head"),
 }
 
 
