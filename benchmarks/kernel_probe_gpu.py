@@ -44,7 +44,7 @@ from attnsearch.runtime.hopper_kernel import PROBE_FIELDS  # noqa: E402
 CASES = [(12, Geometry(21, 30, 52), t, 128) for t in (0.1, 0.25, 0.5)] + \
         [(40, Geometry(21, 60, 60), 0.1, 128)] + \
         [(24, Geometry(21, 30, 52), t, 64) for t in (0.1, 0.25)]
-PHASES = PROBE_FIELDS[1:6]  # wait_kv … wait_pv
+PHASES = tuple(f for f in PROBE_FIELDS if f not in ("total", "turns", "tile_edges"))  # a turn's parts
 #: Dense bf16 tensor-core FLOP per cycle per SM (H100 SXM: 989.4 TFLOP/s at 1,830 MHz on 132 SMs).
 PEAK_FLOP_PER_CYCLE = 4096
 
@@ -54,7 +54,7 @@ def probe_launch(q, k, v, out, tables, scale, flat: bool) -> torch.Tensor:
     bufs = []
     for item in tables.launches:
         programs = hopper_kernel.launch_grid(item.work.numel() * q.shape[0], q.device)
-        buf = torch.zeros(programs, 2, 8, dtype=torch.int32, device=q.device)
+        buf = torch.zeros(programs, 2, len(PROBE_FIELDS), dtype=torch.int32, device=q.device)
         hopper_kernel.launch(q, k, v, out, tables, item.work, scale, flat=flat, probe=buf)
         bufs.append(buf)
     torch.cuda.synchronize()
@@ -63,7 +63,7 @@ def probe_launch(q, k, v, out, tables, scale, flat: bool) -> torch.Tensor:
 
 def summarise(buf: torch.Tensor, tiles_per_program: torch.Tensor, head_dim: int) -> dict:
     """Per warpgroup: mean cycles per turn of each phase, per-tile work (cycles and turns)."""
-    b = buf.double().cpu()[0]  # [programs, 2, 8]: the mixed layers here are one launch
+    b = buf.double().cpu()[0]  # [programs, 2, fields]: the mixed layers here are one launch
     fields = {name: b[:, :, i] for i, name in enumerate(PROBE_FIELDS)}
     turns = fields["turns"].sum(0)
     # A consumer's turn comes round once per kept block, whose products (both consumers') need
