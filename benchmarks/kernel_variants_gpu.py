@@ -71,11 +71,11 @@ VARIANTS = {
     # What the hopper backend runs: flat below FLAT_BELOW_KEPT kept blocks per query block on average.
     "ws2-auto": (("ws", 2, True, 2, None), "head"),
     "m64s1-again": (KernelConfig(64, 128, 4, 1, True), "head"),
-    # Runs 17-20 timed the committed kernel against a change to it, from a copy of the committed
-    # file beside it (run 20: ``--against _hopper_base``; the copy is not kept), and both again
-    # (kernel-notes.md, variants 17-20): tree row reductions, P packed to bf16 by integer add +
-    # prmt, the flat schedule's Q release as a branch, one reciprocal per output row: none faster
-    # beyond the run-to-run spread.
+    # Runs 17-22 timed the committed kernel against a change to it, from a copy of the committed
+    # file beside it (runs 20, 22: ``--against _hopper_base``; the copy is not kept), and both again
+    # (kernel-notes.md, variants 17-22): tree row reductions, P packed to bf16 by integer add +
+    # prmt, the flat schedule's Q release as a branch, one reciprocal per output row (none faster
+    # beyond the run-to-run spread); half the exp2 on the FMA pipe (10-20% slower).
 }
 
 
