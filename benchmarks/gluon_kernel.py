@@ -39,13 +39,12 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma,
     warpgroup_mma_wait,
 )
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from attnsearch.runtime.block_tables import BlockTables
 from attnsearch.runtime.device_caps import tma_compatible
+from attnsearch.runtime.hopper_kernel import _GL_DTYPES, descriptor  # the TMA descriptors both kernels use
 
 LOG2E = 1.4426950408889634
-_GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
 
 
 @gluon.jit
@@ -228,12 +227,6 @@ def supported_reasons(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_s
     return reasons
 
 
-def _descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
-    box = [1, 1, rows, t.shape[-1]]
-    layout = gl.NVMMASharedLayout.get_default_for(box, _GL_DTYPES[t.dtype])
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), box, layout)
-
-
 def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, tables: BlockTables,
            work: torch.Tensor, scale: float, block_m: int = 64, num_warps: int = 4, k_stages: int = 2,
            v_stages: int = 1, block_n: int | None = None) -> None:
@@ -246,7 +239,7 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                          f"equal 16 × num_warps ({num_warps}): each warpgroup owns 64 rows")
     num_tiles = work.numel() * (bs // block_m) * batch
     _gluon_block_sparse_fwd[(num_tiles,)](
-        _descriptor(q, block_m), _descriptor(k, block_n), _descriptor(v, block_n), out,
+        descriptor(q, block_m), descriptor(k, block_n), descriptor(v, block_n), out,
         tables.counts, tables.indices, work,
         *out.stride(), tables.counts.stride(0), tables.indices.stride(0), tables.indices.stride(1),
         scale * LOG2E, n, tables.num_blocks, batch, num_heads // k.shape[1],

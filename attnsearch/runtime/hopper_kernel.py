@@ -152,6 +152,34 @@ def _qk_alone(c, q, k_smem, k_ready, k_empty, turns, s_zero, WG: gl.constexpr, B
 
 
 @gluon.jit
+def _issue_turn(c, q, p, acc, k_smem, v_smem, k_ready, k_empty, v_ready, turns, s_zero, t, w_kv, w_turn,
+                WG: gl.constexpr, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
+                PROBE: gl.constexpr):
+    """Turn ``c`` (kept block c, counted across tiles) of a consumer, both schedules alike: wait for
+    K[c] and V[c - 1], then the turn; issue S[c] = Q·K[c]ᵀ and O += P[c-1]·V[c-1]; pass the turn;
+    wait for S (wgmma groups retire in order: PV may still run) and release K[c]'s slot. Returns
+    (S, the PV product in flight, V's slot, and the probe's clock and two phase sums)."""
+    OTHER: gl.constexpr = 1 - WG
+    slot = c % STAGES
+    prev = (c - 1) % STAGES
+    mbarrier.wait(k_ready.index(slot), (c // STAGES) & 1)
+    mbarrier.wait(v_ready.index(prev), ((c - 1) // STAGES) & 1)
+    t, w_kv = _lap(t, w_kv, PROBE)
+    # Turn c of this consumer waits on parity (c & 1) ^ (1 - WG): consumer 0 goes first, and the
+    # two alternate from then on (_qk_alone takes the same parity for a tile's first block).
+    mbarrier.wait(turns.index(WG), (c & 1) ^ OTHER)
+    k_t = k_smem.index(slot).reshape([BLOCK, HEAD_DIM]).permute((1, 0))
+    s = warpgroup_mma(q, k_t, s_zero, use_acc=False, is_async=True)
+    v = v_smem.index(prev).reshape([BLOCK, HEAD_DIM])
+    o = warpgroup_mma(p, v, acc, is_async=True)
+    mbarrier.arrive(turns.index(OTHER), count=1)
+    t, w_turn = _lap(t, w_turn, PROBE)
+    s = warpgroup_mma_wait(1, deps=(s,))
+    mbarrier.arrive(k_empty.index(slot), count=1)
+    return s, o, prev, t, w_kv, w_turn
+
+
+@gluon.jit
 def _tile_fields(Tiles, i):
     """Row i of the tile table: (head, query block, batch index, kept blocks · 2 + tail). Four
     independent loads of one cache line; the caller issues them a tile ahead."""
@@ -231,9 +259,6 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-    # Turn c (one per kept block, counted across tiles) of this consumer waits on parity
-    # (c & 1) ^ (1 - WG): consumer 0 goes first, and the two alternate from then on.
-    OTHER: gl.constexpr = 1 - WG
 
     offs_n = gl.arange(0, BLOCK, layout=gl.SliceLayout(0, s_layout))
     s_zero = gl.zeros([HALF_M, BLOCK], gl.float32, layout=s_layout)
@@ -268,22 +293,9 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
             t, w_edges = _lap(t, w_edges, PROBE)
             for j in range(1, n_kept):
                 t = _now(PROBE)  # the probe's turn starts
-                c = it + j
-                slot = c % STAGES
-                prev = (c - 1) % STAGES
-                mbarrier.wait(k_ready.index(slot), (c // STAGES) & 1)
-                mbarrier.wait(v_ready.index(prev), ((c - 1) // STAGES) & 1)
-                t, w_kv = _lap(t, w_kv, PROBE)
-                mbarrier.wait(turns.index(WG), (c & 1) ^ OTHER)
-                k_t = k_smem.index(slot).reshape([BLOCK, HEAD_DIM]).permute((1, 0))
-                s = warpgroup_mma(q, k_t, s_zero, use_acc=False, is_async=True)
-                v = v_smem.index(prev).reshape([BLOCK, HEAD_DIM])
-                o = warpgroup_mma(p, v, acc, is_async=True)
-                mbarrier.arrive(turns.index(OTHER), count=1)
-                t, w_turn = _lap(t, w_turn, PROBE)
-                # wgmma groups retire in order: S[j] (issued first) is done, PV[j-1] may still run.
-                s = warpgroup_mma_wait(1, deps=(s,))
-                mbarrier.arrive(k_empty.index(slot), count=1)
+                s, o, prev, t, w_kv, w_turn = _issue_turn(it + j, q, p, acc, k_smem, v_smem, k_ready, k_empty,
+                                                          v_ready, turns, s_zero, t, w_kv, w_turn, WG, BLOCK,
+                                                          HEAD_DIM, STAGES, PROBE)
                 t, w_s = _lap(t, w_s, PROBE)
                 p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tail & (j == n_kept - 1), tail_start, offs_n,
                                                    qk_scale, N, dtype, p_layout)
@@ -358,7 +370,6 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-    OTHER: gl.constexpr = 1 - WG  # turn c waits on parity (c & 1) ^ (1 - WG): consumer 0 first
 
     offs_n = gl.arange(0, BLOCK, layout=gl.SliceLayout(0, s_layout))
     s_zero = gl.zeros([HALF_M, BLOCK], gl.float32, layout=s_layout)
@@ -401,21 +412,9 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
             if new_tile:
                 mbarrier.wait(q_ready.index(qi), (q_count // Q_BUFS) & 1)
                 t, w_edges = _lap(t, w_edges, PROBE)
-            slot = c % STAGES
-            prev = (c - 1) % STAGES
-            mbarrier.wait(k_ready.index(slot), (c // STAGES) & 1)
-            mbarrier.wait(v_ready.index(prev), ((c - 1) // STAGES) & 1)
-            t, w_kv = _lap(t, w_kv, PROBE)
-            mbarrier.wait(turns.index(WG), (c & 1) ^ OTHER)
-            k_t = k_smem.index(slot).reshape([BLOCK, HEAD_DIM]).permute((1, 0))
-            s = warpgroup_mma(q_smem.index(qi).reshape([HALF_M, HEAD_DIM]), k_t, s_zero, use_acc=False,
-                              is_async=True)
-            v = v_smem.index(prev).reshape([BLOCK, HEAD_DIM])
-            o = warpgroup_mma(p, v, acc, is_async=True)
-            mbarrier.arrive(turns.index(OTHER), count=1)
-            t, w_turn = _lap(t, w_turn, PROBE)
-            s = warpgroup_mma_wait(1, deps=(s,))  # S[c] retired; PV[c-1] may still run
-            mbarrier.arrive(k_empty.index(slot), count=1)
+            s, o, prev, t, w_kv, w_turn = _issue_turn(c, q_smem.index(qi).reshape([HALF_M, HEAD_DIM]), p, acc,
+                                                      k_smem, v_smem, k_ready, k_empty, v_ready, turns, s_zero, t,
+                                                      w_kv, w_turn, WG, BLOCK, HEAD_DIM, STAGES, PROBE)
             # The last tile's QK products all retired at block c - 1: its Q buffer is free. A new
             # tile's softmax starts from nothing (alpha then comes out 0, clearing acc below).
             mbarrier.arrive(q_empty.index(qi_p), count=1, pred=new_tile)
