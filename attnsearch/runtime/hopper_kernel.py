@@ -14,6 +14,8 @@ interpreter: ``tests/test_kernel_compile.py`` compiles it for sm_90a on the CPU,
 
 Layers: ``_ws_block_sparse_fwd`` (kernel: shared memory, barriers, the partitions), ``launch`` (TMA
 descriptors, the persistent grid and its tile ``schedule``), ``forward`` (what the backend calls).
+``launch(probe=...)`` builds it with cycle-counter reads in the consumers (``PROBE_FIELDS``, a
+diagnostic; ``benchmarks/kernel_probe_gpu.py``).
 
 Partitions (``gl.warp_specialize``; setmaxnreg moves registers to the consumers):
 
@@ -91,6 +93,7 @@ def _acc_layout(n):
 #: and its last PV product and store; flat schedule: the Q wait and the store). The rest of the total
 #: is the turns' loop bookkeeping.
 PROBE_FIELDS = ("total", "wait_kv", "wait_turn", "wait_s", "softmax", "wait_pv", "turns", "tile_edges")
+_PROBE_ROW = gl.constexpr(len(PROBE_FIELDS))
 
 
 @gluon.jit
@@ -117,14 +120,14 @@ def _lap(t, spent, PROBE: gl.constexpr):
 def _probe_start(Probe, WG: gl.constexpr, PROBE: gl.constexpr):
     """The probe's start time, parked in this consumer's "total" field (a register less in the loops)."""
     if PROBE:
-        gl.store(Probe + (gl.program_id(0) * 2 + WG) * 8, _now(PROBE))
+        gl.store(Probe + (gl.program_id(0) * 2 + WG) * _PROBE_ROW, _now(PROBE))
 
 
 @gluon.jit
 def _probe_store(Probe, WG: gl.constexpr, kv, turn, wait_s, soft, wait_pv, turns, edges, PROBE: gl.constexpr):
-    """This consumer's ``PROBE_FIELDS`` into row (program, WG) of ``Probe`` (int32 [programs, 2, 8])."""
+    """This consumer's ``PROBE_FIELDS`` into row (program, WG) of ``Probe`` (int32 [programs, 2, fields])."""
     if PROBE:
-        at = Probe + (gl.program_id(0) * 2 + WG) * 8
+        at = Probe + (gl.program_id(0) * 2 + WG) * _PROBE_ROW
         gl.store(at, _now(PROBE) - gl.load(at))
         gl.store(at + 1, kv)
         gl.store(at + 2, turn)
@@ -634,7 +637,7 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
     per SM, each running its share of the tiles (``tile_table``); else one program per tile.
     ``flat``: the consumers' schedule (``_consumer_flat`` or ``_consumer``); None picks flat where the
     launch's query blocks keep fewer than ``FLAT_BELOW_KEPT`` key blocks on average.
-    ``probe``: int32 [programs (``launch_grid``), 2, 8], filled with each program's and consumer's
+    ``probe``: int32 [programs (``launch_grid``), 2, len(PROBE_FIELDS)], filled with each program's and consumer's
     ``PROBE_FIELDS``: a build with cycle-counter reads in the consumers' loops, a diagnostic
     (``benchmarks/kernel_probe_gpu.py``; same output, its own timing)."""
     batch, num_heads, n, d = q.shape
