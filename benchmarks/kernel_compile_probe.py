@@ -104,6 +104,31 @@ def probe(cfg: KernelConfig, head_dim: int, block: int) -> dict:
             "waits": " ".join(waits)}
 
 
+def pv_wait_after_softmax(sass: str) -> list[bool]:
+    """For each innermost loop of the SASS that issues a PV product (a wgmma with a transposed
+    shared-memory B operand) and runs a softmax, whether its full wgmma wait (``WARPGROUP.DEPBAR.LE
+    gsb0, 0x0``) comes after the loop's last ``MUFU.EX2``: the consumer's softmax then runs beside its
+    own PV product (kernel-notes.md, variant 23). One entry per consumer loop, in code order."""
+    ops = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    at = {addr: i for i, (addr, _) in enumerate(ops)}
+    loops = []  # (first, last) instruction index of each loop with a PV product and a softmax
+    for i, (addr, op) in enumerate(ops):
+        back = re.match(r"@!?U?P\d BRA 0x([0-9a-f]+)", op.strip())
+        if back and int(back.group(1), 16) < addr and int(back.group(1), 16) in at:
+            body = [o for _, o in ops[at[int(back.group(1), 16)]:i + 1]]
+            if any("tnspB" in o for o in body) and any("MUFU.EX2" in o for o in body):
+                loops.append((at[int(back.group(1), 16)], i))
+    found = []
+    for lo, hi in loops:
+        if any(lo <= a and b <= hi and (a, b) != (lo, hi) for a, b in loops):
+            continue  # an outer loop (the tile schedule's loop over tiles)
+        body = [o for _, o in ops[lo:hi + 1]]
+        last_exp = max(k for k, o in enumerate(body) if "MUFU.EX2" in o)
+        waits = [k for k, o in enumerate(body) if "WARPGROUP.DEPBAR.LE gsb0, 0x0" in o]
+        found.append(bool(waits) and min(waits) > last_exp)
+    return found
+
+
 def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs: int = 24, q_bufs: int = 2,
                    flat: bool = True, probe: bool = False, dtype: str = "bf16") -> dict:
     """Compile ``attnsearch/runtime/hopper_kernel.py`` (block size 128) and run ptxas on its PTX for the
@@ -136,8 +161,10 @@ def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs
                                   str(Path(tmp) / "k.cubin")], capture_output=True, text=True)
             if res.returncode == 0 or not (bin_dir / "ptxas-blackwell").exists():
                 break
+        sass = subprocess.run([str(bin_dir / "cuobjdump"), "-sass", str(Path(tmp) / "k.cubin")], capture_output=True,
+                              text=True).stdout if res.returncode == 0 else ""
     log = res.stdout + res.stderr
-    return {"setmaxnreg": re.findall(r"setmaxnreg\.(inc|dec)\.sync\.aligned\.u32\s+(\d+)", ptx),
+    return {"pv_wait_after_softmax": pv_wait_after_softmax(sass), "setmaxnreg": re.findall(r"setmaxnreg\.(inc|dec)\.sync\.aligned\.u32\s+(\d+)", ptx),
             "c7514": "C7514" in log, "ptxas": " ".join(re.findall(r"Used \d+ registers[^\n]*", log)),
             "warnings": [ln for ln in log.splitlines() if "warning" in ln][:3], "ptxas_ok": res.returncode == 0,
             "shared_kb": kernel.metadata.shared / 1024,

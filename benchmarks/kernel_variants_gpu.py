@@ -109,15 +109,16 @@ SHAPES = [(12, Geometry(21, 30, 52), t, 128) for t in (0.1, 0.25, 0.5, 1.0)] + \
          [(24, Geometry(21, 30, 52), t, 64) for t in (0.1, 0.25)]
 
 
-def against(variants: dict, module: str) -> dict:
-    """The A/B order for ``--against``: each Gluon variant V, "V@MODULE" (the same arguments on the
-    other build), then both again, so that drift between the first and the last shows."""
+def against(variants: dict, modules: list[str]) -> dict:
+    """The A/B order for ``--against``: each Gluon variant V, then "V@M" for each other build M (the
+    same arguments), then all of them again, so that drift between the first and the last shows."""
     ab = {}
     for rnd in ("", "-again"):
         for name, (cfg, order) in variants.items():
             if isinstance(cfg, tuple) and cfg[0] == "ws" and not name.endswith("-again"):
                 ab[name + rnd] = (cfg, order)
-                ab[f"{name}@{module}{rnd}"] = ((*cfg[:5], module), order)
+                for module in modules:
+                    ab[f"{name}@{module}{rnd}"] = ((*cfg[:5], module), order)
     return ab
 
 
@@ -203,9 +204,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("reports/kernel"))
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--only", help="comma-separated variant names to run (default: all)")
-    ap.add_argument("--against", metavar="MODULE",
+    ap.add_argument("--against", metavar="MODULE[,MODULE...]",
                     help="A/B: also run each Gluon variant from attnsearch/runtime/MODULE.py (a copy of the committed "
-                         "hopper_kernel.py beside a change to it), and both again")
+                         "hopper_kernel.py beside a change to it, or several), and all of them again")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -215,7 +216,7 @@ def main() -> None:
             if name not in keep:
                 del VARIANTS[name]
     if args.against:
-        ab = against(VARIANTS, args.against)
+        ab = against(VARIANTS, args.against.split(","))
         others = {k: v for k, v in VARIANTS.items() if not (isinstance(v[0], tuple) and v[0][0] == "ws")}
         VARIANTS.clear()
         VARIANTS.update({**others, **ab})

@@ -34,9 +34,9 @@ Partitions (``gl.warp_specialize``; setmaxnreg moves registers to the consumers)
       wait PV[j-1]; O *= alpha
 
   Both products retire before the loop edge: an accumulator in flight across it makes ptxas
-  serialise every wgmma (warning C7514; kernel-notes.md, variant 9). The PTX waits for PV[j-1]
-  only after the softmax, but ptxas retires it before: the softmax writes P into the registers
-  that wgmma reads (variant 15; P through shared memory avoids that and measured slower).
+  serialise every wgmma (warning C7514; kernel-notes.md, variant 9). ptxas would hoist the wait
+  for PV[j-1] above the softmax; a clock read before it (``_fenced``) keeps it after, so a
+  consumer's softmax runs beside its own PV product too (variant 23).
 
 The grid is persistent (one program per SM); which tiles each program runs is list-scheduled on the
 host from the kept-block counts (``schedule``), in the work list's head-major order, and decoded
@@ -236,18 +236,36 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, 
 
 
 @gluon.jit
-def _softmax_step(s, m_i, l_i, masked, tail_start, offs_n, qk_scale, N, dtype: gl.constexpr,
-                  p_layout: gl.constexpr):
+def _softmax_step(s, m_i, l_i, masked, tail_start, offs_n, qk_scale, N):
     """Online-softmax update with one key block's scores; ``masked``: this is block nb - 1 (at
-    ``tail_start``) and it runs past N, so keys ≥ N get no weight. P comes back as the PV wgmma's
-    16-bit register operand: carried to the next turn in half the registers of fp32."""
+    ``tail_start``) and it runs past N, so keys ≥ N get no weight. P comes back in fp32, in S's
+    layout (``_operand`` makes it the PV wgmma's operand)."""
     if masked:
         s = gl.where(gl.expand_dims(tail_start + offs_n < N, 0), s, float("-inf"))
     m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
     p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
     alpha = gl.exp2(m_i - m_new)
     l_i = l_i * alpha + gl.sum(p, axis=1)
-    return gl.convert_layout(p.to(dtype), p_layout), alpha, m_new, l_i
+    return p, alpha, m_new, l_i
+
+
+@gluon.jit
+def _fenced(l_i):
+    """``l_i`` plus 0 × the SM's cycle counter: the same value, behind a clock read, which ptxas does
+    not move instructions across. Placed between the softmax and the wait for the consumer's own PV
+    product, it keeps that wait there: otherwise ptxas hoists the wait to the top of the softmax's
+    block, and the softmax then starts only once PV is done instead of beside it (kernel-notes.md,
+    variant 23). Costs a clock read, a conversion and two floating-point operations per turn."""
+    return l_i + _now(True).to(gl.float32) * 0.0
+
+
+@gluon.jit
+def _operand(p, dtype: gl.constexpr, p_layout: gl.constexpr):
+    """P as the PV wgmma's 16-bit register operand (carried to the next turn in half the registers of
+    fp32). Call it only after the previous PV product has retired: the new P takes the registers that
+    product reads, and written any earlier, ptxas retires that product before the softmax instead of
+    beside it (kernel-notes.md, variant 23)."""
+    return gl.convert_layout(p.to(dtype), p_layout)
 
 
 @gluon.jit
@@ -290,8 +308,8 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
 
             # Block 0: S only (there is no P yet).
             s = _qk_alone(it, q, k_smem, k_ready, k_empty, turns, s_zero, WG, BLOCK, HEAD_DIM, STAGES)
-            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tail & (n_kept == 1), tail_start, offs_n, qk_scale, N,
-                                               dtype, p_layout)
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tail & (n_kept == 1), tail_start, offs_n, qk_scale, N)
+            p = _operand(p, dtype, p_layout)
 
             t, w_edges = _lap(t, w_edges, PROBE)
             for j in range(1, n_kept):
@@ -301,9 +319,11 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
                                                           HEAD_DIM, STAGES, PROBE)
                 t, w_s = _lap(t, w_s, PROBE)
                 p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tail & (j == n_kept - 1), tail_start, offs_n,
-                                                   qk_scale, N, dtype, p_layout)
+                                                   qk_scale, N)
                 t, w_soft = _lap(t, w_soft, PROBE)
+                l_i = _fenced(l_i)
                 acc = warpgroup_mma_wait(0, deps=(o,))
+                p = _operand(p, dtype, p_layout)
                 mbarrier.arrive(v_empty.index(prev), count=1)
                 acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
                 t, w_pv = _lap(t, w_pv, PROBE)
@@ -397,7 +417,8 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
         s = _qk_alone(0, q_smem.index(WG).reshape([HALF_M, HEAD_DIM]), k_smem, k_ready, k_empty, turns, s_zero, WG,
                       BLOCK, HEAD_DIM, STAGES)
         p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, ((kt & 1) == 1) & (kt >> 1 == 1), tail_start, offs_n,
-                                           qk_scale, N, dtype, p_layout)
+                                           qk_scale, N)
+        p = _operand(p, dtype, p_layout)
 
         for c in range(1, total):
             t = _now(PROBE)  # the probe's turn starts (the Q wait below is a tile edge)
@@ -426,9 +447,11 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
             l_i = gl.where(new_tile, 0.0, l_i)
             t, w_s = _lap(t, w_s, PROBE)
             p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, ((kt & 1) == 1) & (j == (kt >> 1) - 1), tail_start,
-                                               offs_n, qk_scale, N, dtype, p_layout)
+                                               offs_n, qk_scale, N)
             t, w_soft = _lap(t, w_soft, PROBE)
+            l_i = _fenced(l_i)
             acc = warpgroup_mma_wait(0, deps=(o,))
+            p = _operand(p, dtype, p_layout)
             mbarrier.arrive(v_empty.index(prev), count=1)
             t, w_pv = _lap(t, w_pv, PROBE)
             if new_tile:  # the last tile's output is complete
