@@ -1,6 +1,7 @@
 """Kernel variants (``KernelConfig``s) of the block-sparse kernel against the tuned default, on CUDA.
 
     PYTHONUNBUFFERED=1 python benchmarks/kernel_variants_gpu.py --out $OUT [--reps 10] [--only base,lazy8,base-again]
+        [--against _hopper_base[,...]] [--rounds 7 --shapes 12:0.1,24:0.1:64]
 
 1. Correctness (bf16, batch 2, every pattern incl. skip, N % B ≠ 0, [B, N, H, D].transpose(1, 2)
    inputs, NaN-poisoned output): every variant vs fp32 SDPA on the token-expanded block mask,
@@ -155,8 +156,10 @@ def check(variants: dict, results: list) -> int:
     return fails
 
 
-def bench(variants: dict, rows: list, reps: int, dense: dict, t0: float) -> None:
-    for H, geom, target, d in SHAPES:
+def bench(variants: dict, rows: list, reps: int, dense: dict, t0: float, shapes=SHAPES, rounds: int = 1) -> None:
+    """Time every variant at every shape; with ``rounds`` > 1 the whole variant list again and again
+    at each shape (interleaved, so drift hits all alike), one row per variant and round."""
+    for H, geom, target, d in shapes:
         lp = mixed_layer_plan(geom, H, 128, target, ("dense",) if target >= 1 else SPARSE_FAMILIES)
         n = geom.num_tokens
         inputs = fresh_inputs((1, H, n, d), torch.bfloat16, 2)
@@ -165,7 +168,7 @@ def bench(variants: dict, rows: list, reps: int, dense: dict, t0: float) -> None
             dense[H, n, d] = time_ms(lambda x: cudnn_sdpa(*x), inputs, 2, reps)["median"]
         cudnn = dense[H, n, d]
         fl = flops(1, H, n, d, lp.density)
-        for name, (cfg, order) in variants.items():
+        for rnd, (name, (cfg, order)) in ((r, kv) for r in range(rounds) for kv in variants.items()):
             if d not in ONLY_HEAD_DIMS.get(name, (d,)):
                 continue
             tables = get_block_tables(lp, "cuda", order=order)
@@ -182,11 +185,24 @@ def bench(variants: dict, rows: list, reps: int, dense: dict, t0: float) -> None
                 continue
             r = {"H": H, "N": n, "D": d, "target": target, "density": lp.density, "variant": name, "ms": ms,
                  "tflops": fl / ms / 1e9, "cudnn_ms": cudnn, "speedup_vs_cudnn": cudnn / ms,
-                 "target_speedup": 0.8 / lp.density}
+                 "target_speedup": 0.8 / lp.density, "round": rnd}
             rows.append(r)
             print(f"  H={H} N={n} D={d} d={lp.density:.3f} {name:<11} {ms:8.3f} ms {r['tflops']:4.0f} TFLOP/s "
                   f"x{r['speedup_vs_cudnn']:.2f} (target x{r['target_speedup']:.2f})  ({time.time() - t0:.0f}s)",
                   flush=True)
+
+
+def round_summary(rows: list) -> str:
+    """Per shape and variant over the rounds: median TFLOP/s and the range."""
+    groups: dict = {}
+    for r in rows:
+        if "ms" in r:
+            groups.setdefault((r["H"], r["N"], r.get("D", 128), round(r["density"], 3), r["variant"]), []).append(r["tflops"])
+    lines = ["| H | N | D | density | variant | rounds | median TFLOP/s | min | max |", "|---|---|---|---|---|---|---|---|---|"]
+    for (H, n, d, dens, name), v in groups.items():
+        v = sorted(v)
+        lines.append(f"| {H} | {n} | {d} | {dens:.3f} | {name} | {len(v)} | {v[len(v) // 2]:.0f} | {v[0]:.0f} | {v[-1]:.0f} |")
+    return "\n".join(lines)
 
 
 def table(rows: list) -> str:
@@ -207,7 +223,16 @@ def main() -> None:
     ap.add_argument("--against", metavar="MODULE[,MODULE...]",
                     help="A/B: also run each Gluon variant from attnsearch/runtime/MODULE.py (a copy of the committed "
                          "hopper_kernel.py beside a change to it, or several), and all of them again")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time the variant list this many times per shape, interleaved (noisy short kernels)")
+    ap.add_argument("--shapes", help="comma-separated H:density[:head_dim] of SHAPES to run (default: all)")
     args = ap.parse_args()
+    shapes = SHAPES
+    if args.shapes:
+        want = {tuple(float(x) for x in w.split(":")) for w in args.shapes.split(",")}
+        shapes = [sh for sh in SHAPES if (sh[0], sh[2]) in want or (sh[0], sh[2], sh[3]) in want]
+        if not shapes:
+            raise SystemExit(f"--shapes {args.shapes!r} matches none of {[(sh[0], sh[2], sh[3]) for sh in SHAPES]}")
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     if args.only:
@@ -230,9 +255,11 @@ def main() -> None:
     save()
     print(f"== benchmark ({time.time() - t0:.0f}s)", flush=True)
     dense: dict = {}
-    bench(VARIANTS, rep["bench"], args.reps, dense, t0)
+    bench(VARIANTS, rep["bench"], args.reps, dense, t0, shapes, args.rounds)
     save()
     md = f"# Kernel variants on {env['card']}\n\n{env}\n\n{table(rep['bench'])}\n"
+    if args.rounds > 1:
+        md += f"\n## Over {args.rounds} interleaved rounds\n\n{round_summary(rep['bench'])}\n"
     (args.out / "kernel_variants_gpu.md").write_text(md)
     print(md)
     print(f"failures {rep['failures']}  total {time.time() - t0:.0f}s")
