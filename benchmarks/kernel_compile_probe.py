@@ -169,7 +169,8 @@ def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs
             "warnings": [ln for ln in log.splitlines() if "warning" in ln][:3], "ptxas_ok": res.returncode == 0,
             "shared_kb": kernel.metadata.shared / 1024,
             "waits": " ".join(re.findall(r"wgmma.wait_group.sync.aligned (\d+)", ptx)),
-            "clock_reads": len(re.findall(r"%clock\b", ptx))}
+            "clock_reads": len(re.findall(r"%clock\b", ptx)),
+            "lazy_rescales": len(re.findall(r"^\s*RESCALE_SKIP:", ptx, re.M))}
 
 
 def main() -> None:

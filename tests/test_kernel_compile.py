@@ -54,7 +54,8 @@ def test_hopper_kernel_schedule_survives_compilation(head_dim, flat):
     the SM, the PTX retires the QK product alone before the softmax (a ``wgmma.wait_group 1``),
     ptxas leaves the wait for the consumer's own PV product after the softmax (the ``_fenced``
     clock read; without it ptxas hoists that wait above the softmax, kernel-notes.md variants 15
-    and 23), and ptxas does not serialise the wgmmas (warning C7514)."""
+    and 23), the lazy rescale's branch is there at head_dim 128 (variant 25), and ptxas does not
+    serialise the wgmmas (warning C7514)."""
     from kernel_compile_probe import probe_gluon_ws
 
     r = probe_gluon_ws(head_dim, stages=2, consumer_regs=240, flat=flat)
@@ -63,6 +64,8 @@ def test_hopper_kernel_schedule_survives_compilation(head_dim, flat):
     assert r["shared_kb"] <= 227, r
     assert "1" in r["waits"].split(), r
     assert r["pv_wait_after_softmax"] == [True, True], r  # both consumers' steady-state loops
+    # The lazy rescale's PTX branch (variant 25), in each consumer's loop at head_dim 128 only.
+    assert r["lazy_rescales"] == (2 if head_dim == 128 else 0), r
     assert not r["c7514"], r
 
 
@@ -80,3 +83,21 @@ def test_hopper_kernel_probe_is_compiled_out_unless_asked(flat):
     assert probed["clock_reads"] >= 2 + 2 * 7, probed
     assert probed["ptxas_ok"] and not probed["c7514"], probed
     assert sorted(probed["waits"].split()) == sorted(plain["waits"].split()), (probed, plain)
+
+
+@pytest.mark.parametrize("n", [64, 32])
+def test_lazy_rescale_ptx_writes_every_output_on_both_paths(n):
+    """``_rescale_asm`` (variant 25): the multiply path writes output i = O[i] · alpha[i] and the
+    skip path output i = O[i], for every i; the branch tests the thread's two rows' alphas."""
+    import re
+
+    from attnsearch.runtime import hopper_kernel
+
+    asm = hopper_kernel._rescale_asm(n)
+    mul_path, skip_path = asm.split("RESCALE_SKIP:\n")
+    muls = re.findall(r"mul\.f32 \$(\d+), \$(\d+), \$(\d+);", mul_path)
+    movs = re.findall(r"mov\.b32 \$(\d+), \$(\d+);", skip_path)
+    assert sorted((int(o), int(a), int(b)) for o, a, b in muls) == [(i, n + i, 2 * n + i) for i in range(n)]
+    assert sorted((int(o), int(a)) for o, a in movs) == [(i, n + i) for i in range(n)]
+    assert re.findall(r"setp\.neu(?:\.or)?\.f32 %p_rescale, \$(\d+)", asm) == [str(2 * n), str(2 * n + 2)]
+    assert hopper_kernel._rescale_constraints(n).split(",") == ["=f"] * n + ["f"] * (2 * n)

@@ -36,7 +36,9 @@ Partitions (``gl.warp_specialize``; setmaxnreg moves registers to the consumers)
   Both products retire before the loop edge: an accumulator in flight across it makes ptxas
   serialise every wgmma (warning C7514; kernel-notes.md, variant 9). ptxas would hoist the wait
   for PV[j-1] above the softmax; a clock read before it (``_fenced``) keeps it after, so a
-  consumer's softmax runs beside its own PV product too (variant 23).
+  consumer's softmax runs beside its own PV product too (variant 23). At head_dim 128 the running
+  max moves only when a block's exceeds it by 2^8 (FlashAttention-4), and a PTX branch skips the
+  rescale of O while it holds (``_rescaled``, variant 25).
 
 The grid is persistent (one program per SM); which tiles each program runs is list-scheduled on the
 host from the kept-block counts (``schedule``), in the work list's head-major order, and decoded
@@ -236,17 +238,72 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, 
 
 
 @gluon.jit
-def _softmax_step(s, m_i, l_i, masked, tail_start, offs_n, qk_scale, N):
+def _softmax_step(s, m_i, l_i, masked, tail_start, offs_n, qk_scale, N, LAZY: gl.constexpr):
     """Online-softmax update with one key block's scores; ``masked``: this is block nb - 1 (at
     ``tail_start``) and it runs past N, so keys ≥ N get no weight. P comes back in fp32, in S's
     layout (``_operand`` makes it the PV wgmma's operand)."""
     if masked:
         s = gl.where(gl.expand_dims(tail_start + offs_n < N, 0), s, float("-inf"))
-    m_new = gl.maximum(m_i, gl.max(s, axis=1) * qk_scale)
+    m_blk = gl.max(s, axis=1) * qk_scale
+    if LAZY:
+        # The running max moves only when a block's exceeds it by more than RESCALE_ABOVE
+        # (FlashAttention-4): P stays ≤ 2^RESCALE_ABOVE, and alpha is exactly 1 in almost every turn,
+        # so ``_rescaled`` can skip the rescale of O.
+        m_new = gl.where(m_blk > m_i + RESCALE_ABOVE, m_blk, m_i)
+        alpha = gl.where(m_new == m_i, 1.0, gl.exp2(m_i - m_new))
+    else:
+        m_new = gl.maximum(m_i, m_blk)
+        alpha = gl.exp2(m_i - m_new)
     p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
-    alpha = gl.exp2(m_i - m_new)
     l_i = l_i * alpha + gl.sum(p, axis=1)
     return p, alpha, m_new, l_i
+
+
+#: How far (log2 units) a block's row max may exceed the running max before the max moves.
+RESCALE_ABOVE = gl.constexpr(8.0)
+
+
+@gluon.constexpr_function
+def _rescale_asm(n):
+    """PTX for ``_rescaled`` over n elements per thread: operands $0..n-1 out, $n..2n-1 O, $2n..3n-1
+    alpha (broadcast along the row; elements 0 and 2 are the thread's two rows, r and r + 8, in the
+    wgmma accumulator's register order)."""
+    mul = "\n".join(f"mul.f32 ${i}, ${n + i}, ${2 * n + i};" for i in range(n))
+    mov = "\n".join(f"mov.b32 ${i}, ${n + i};" for i in range(n))
+    return ("{\n.reg .pred %p_rescale;\n"
+            f"setp.neu.f32 %p_rescale, ${2 * n}, 0f3F800000;\n"
+            f"setp.neu.or.f32 %p_rescale, ${2 * n + 2}, 0f3F800000, %p_rescale;\n"
+            "@!%p_rescale bra RESCALE_SKIP;\n" + mul + "\nbra.uni RESCALE_DONE;\nRESCALE_SKIP:\n" + mov
+            + "\nRESCALE_DONE:\n}")
+
+
+@gluon.constexpr_function
+def _rescale_constraints(n):
+    return ",".join(["=f"] * n + ["f"] * (2 * n))
+
+
+@gluon.constexpr_function
+def _two_rows_at_0_and_2(layout):
+    """Whether a thread's accumulator elements 0 and 2 sit in rows r and r + 8 of one column (register
+    bases: column + 1, then row + 8), which ``_rescale_asm`` reads its two alphas from."""
+    return layout.reg_bases[0] == [0, 1] and layout.reg_bases[1] == [8, 0]
+
+
+@gluon.jit
+def _rescaled(acc, alpha, row_o: gl.constexpr, HEAD_DIM: gl.constexpr, LAZY: gl.constexpr):
+    """O · alpha per row. ``LAZY``: behind a branch, so that a thread whose two rows both have
+    alpha = 1 (the running max held, ``_softmax_step``) skips its HEAD_DIM / 2 multiplies; Gluon has
+    no per-thread branch, so the branch is PTX."""
+    alpha_o = gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+    if LAZY:
+        n: gl.constexpr = HEAD_DIM // 2  # accumulator elements per thread (64 rows × HEAD_DIM / 128 threads)
+        gl.static_assert(_two_rows_at_0_and_2(gl.to_linear_layout(acc.type.layout, acc.shape)),
+                         "the wgmma accumulator's register order is not the one _rescale_asm reads")
+        acc = gl.inline_asm_elementwise(_rescale_asm(n), _rescale_constraints(n), [acc, alpha_o],
+                                        dtype=gl.float32, is_pure=True, pack=n)
+    else:
+        acc = acc * alpha_o
+    return acc
 
 
 @gluon.jit
@@ -280,6 +337,8 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    # The lazy rescale pays at head_dim 128 and costs at 64 (kernel-notes.md, variant 25).
+    LAZY: gl.constexpr = HEAD_DIM == 128
 
     offs_n = gl.arange(0, BLOCK, layout=gl.SliceLayout(0, s_layout))
     s_zero = gl.zeros([HALF_M, BLOCK], gl.float32, layout=s_layout)
@@ -308,7 +367,8 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
 
             # Block 0: S only (there is no P yet).
             s = _qk_alone(it, q, k_smem, k_ready, k_empty, turns, s_zero, WG, BLOCK, HEAD_DIM, STAGES)
-            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tail & (n_kept == 1), tail_start, offs_n, qk_scale, N)
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tail & (n_kept == 1), tail_start, offs_n, qk_scale, N,
+                                               LAZY)
             p = _operand(p, dtype, p_layout)
 
             t, w_edges = _lap(t, w_edges, PROBE)
@@ -319,13 +379,13 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
                                                           HEAD_DIM, STAGES, PROBE)
                 t, w_s = _lap(t, w_s, PROBE)
                 p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tail & (j == n_kept - 1), tail_start, offs_n,
-                                                   qk_scale, N)
+                                                   qk_scale, N, LAZY)
                 t, w_soft = _lap(t, w_soft, PROBE)
                 l_i = _fenced(l_i)
                 acc = warpgroup_mma_wait(0, deps=(o,))
                 p = _operand(p, dtype, p_layout)
                 mbarrier.arrive(v_empty.index(prev), count=1)
-                acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+                acc = _rescaled(acc, alpha, row_o, HEAD_DIM, LAZY)
                 t, w_pv = _lap(t, w_pv, PROBE)
             t = _now(PROBE)  # the probe's tile end
             # Every QK product of this tile has retired: the producer may load the next tile's Q.
@@ -393,6 +453,8 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    # The lazy rescale pays at head_dim 128 and costs at 64 (kernel-notes.md, variant 25).
+    LAZY: gl.constexpr = HEAD_DIM == 128
 
     offs_n = gl.arange(0, BLOCK, layout=gl.SliceLayout(0, s_layout))
     s_zero = gl.zeros([HALF_M, BLOCK], gl.float32, layout=s_layout)
@@ -417,7 +479,7 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
         s = _qk_alone(0, q_smem.index(WG).reshape([HALF_M, HEAD_DIM]), k_smem, k_ready, k_empty, turns, s_zero, WG,
                       BLOCK, HEAD_DIM, STAGES)
         p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, ((kt & 1) == 1) & (kt >> 1 == 1), tail_start, offs_n,
-                                           qk_scale, N)
+                                           qk_scale, N, LAZY)
         p = _operand(p, dtype, p_layout)
 
         for c in range(1, total):
@@ -447,7 +509,7 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
             l_i = gl.where(new_tile, 0.0, l_i)
             t, w_s = _lap(t, w_s, PROBE)
             p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, ((kt & 1) == 1) & (j == (kt >> 1) - 1), tail_start,
-                                               offs_n, qk_scale, N)
+                                               offs_n, qk_scale, N, LAZY)
             t, w_soft = _lap(t, w_soft, PROBE)
             l_i = _fenced(l_i)
             acc = warpgroup_mma_wait(0, deps=(o,))
@@ -457,7 +519,7 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
             if new_tile:  # the last tile's output is complete
                 _store_rows_tma(acc, l_done, o_desc, o_smem, head_p, qb_p, b_p, o_layout, WG, BLOCK)
                 t, w_edges = _lap(t, w_edges, PROBE)
-            acc = acc * gl.expand_dims(gl.convert_layout(alpha, row_o), 1)
+            acc = _rescaled(acc, alpha, row_o, HEAD_DIM, LAZY)
             t, w_pv = _lap(t, w_pv, PROBE)
 
         last = (total - 1) % STAGES
