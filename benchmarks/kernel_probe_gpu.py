@@ -1,6 +1,6 @@
 """Where the Hopper kernel's cycles go: its consumers' cycle-counter probe, on CUDA.
 
-    PYTHONUNBUFFERED=1 python benchmarks/kernel_probe_gpu.py --out $OUT [--reps 10]
+    PYTHONUNBUFFERED=1 python benchmarks/kernel_probe_gpu.py --out $OUT [--reps 10] [--module _hopper_products]
 
 Nsight Compute is not on the GPU machine, so the kernel measures itself: ``hopper_kernel.launch(...,
 probe=buf)`` builds it with ``%clock`` reads around each step of a consumer's turn (``PROBE_FIELDS``)
@@ -16,12 +16,15 @@ bookkeeping. For each case this prints
 * the tensor-core cycles of one kept block's products (both consumers') at the card's peak rate
   (4,096 dense bf16 FLOP per cycle per SM on H100 SXM): the floor a turn cannot go under.
 
+``--module M`` probes another build of the kernel, ``attnsearch/runtime/M.py`` (e.g. one patched with
+reports/kernel/probe/products_only.patch: where a tile's fixed cost goes without the softmax).
 Writes kernel_probe_gpu.{json,md,png} under --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -103,7 +106,7 @@ def run_case(H: int, geom: Geometry, target: float, d: int, reps: int) -> list[d
         ms_probe = time_ms(probed, inputs, 2, reps)["median"]
         want = hopper_kernel.forward(*inputs[0], tables, scale, out=torch.empty_like(out), flat=flat)
         buf = probed(inputs[0])
-        # The probe only reads clocks: same arithmetic, same bits.
+        # The probe only reads clocks: same arithmetic, same bits (in a patched build too, wrong or not).
         assert torch.equal(out, want), f"probe build changed the output ({name})"
         work = tables.launches[0].work
         programs = buf.shape[1]
@@ -173,10 +176,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("reports/kernel"))
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--module", default="hopper_kernel",
+                    help="the build to probe: attnsearch/runtime/MODULE.py (default: the package's kernel)")
     args = ap.parse_args()
+    global hopper_kernel
+    hopper_kernel = importlib.import_module(f"attnsearch.runtime.{args.module}")
     args.out.mkdir(parents=True, exist_ok=True)
     env = {"card": card_name(), "torch": torch.__version__, "triton": triton.__version__,
-           "sms": torch.cuda.get_device_properties(0).multi_processor_count}
+           "sms": torch.cuda.get_device_properties(0).multi_processor_count, "module": args.module}
     print(env, flush=True)
     t0, rows = time.time(), []
     for H, geom, target, d in CASES:
