@@ -264,6 +264,14 @@ RESCALE_ABOVE = gl.constexpr(8.0)
 
 
 @gluon.constexpr_function
+def _lazy_rescale(head_dim):
+    """Whether the consumers skip O's rescale while the running max holds: it pays at head_dim 128
+    (+0-8%) and costs at 64 (-1 to -10%, 32 multiplies saved for the same branch; kernel-notes.md,
+    variant 25)."""
+    return head_dim == 128
+
+
+@gluon.constexpr_function
 def _rescale_asm(n):
     """PTX for ``_rescaled`` over n elements per thread: operands $0..n-1 out, $n..2n-1 O, $2n..3n-1
     alpha (broadcast along the row; elements 0 and 2 are the thread's two rows, r and r + 8, in the
@@ -319,9 +327,8 @@ def _fenced(l_i):
 @gluon.jit
 def _operand(p, dtype: gl.constexpr, p_layout: gl.constexpr):
     """P as the PV wgmma's 16-bit register operand (carried to the next turn in half the registers of
-    fp32). Call it only after the previous PV product has retired: the new P takes the registers that
-    product reads, and written any earlier, ptxas retires that product before the softmax instead of
-    beside it (kernel-notes.md, variant 23)."""
+    fp32). Called after the previous PV product has retired: the new P may take the registers that
+    product reads."""
     return gl.convert_layout(p.to(dtype), p_layout)
 
 
@@ -337,8 +344,7 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-    # The lazy rescale pays at head_dim 128 and costs at 64 (kernel-notes.md, variant 25).
-    LAZY: gl.constexpr = HEAD_DIM == 128
+    LAZY: gl.constexpr = _lazy_rescale(HEAD_DIM)
 
     offs_n = gl.arange(0, BLOCK, layout=gl.SliceLayout(0, s_layout))
     s_zero = gl.zeros([HALF_M, BLOCK], gl.float32, layout=s_layout)
@@ -453,8 +459,7 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-    # The lazy rescale pays at head_dim 128 and costs at 64 (kernel-notes.md, variant 25).
-    LAZY: gl.constexpr = HEAD_DIM == 128
+    LAZY: gl.constexpr = _lazy_rescale(HEAD_DIM)
 
     offs_n = gl.arange(0, BLOCK, layout=gl.SliceLayout(0, s_layout))
     s_zero = gl.zeros([HALF_M, BLOCK], gl.float32, layout=s_layout)
