@@ -114,10 +114,11 @@ def pv_wait_after_softmax(sass: str) -> list[bool]:
     loops = []  # (first, last) instruction index of each loop with a PV product and a softmax
     for i, (addr, op) in enumerate(ops):
         back = re.match(r"@!?U?P\d BRA 0x([0-9a-f]+)", op.strip())
-        if back and int(back.group(1), 16) < addr and int(back.group(1), 16) in at:
-            body = [o for _, o in ops[at[int(back.group(1), 16)]:i + 1]]
+        target = int(back.group(1), 16) if back else addr
+        if target < addr and target in at:
+            body = [o for _, o in ops[at[target]:i + 1]]
             if any("tnspB" in o for o in body) and any("MUFU.EX2" in o for o in body):
-                loops.append((at[int(back.group(1), 16)], i))
+                loops.append((at[target], i))
     found = []
     for lo, hi in loops:
         if any(lo <= a and b <= hi and (a, b) != (lo, hi) for a, b in loops):
@@ -146,8 +147,8 @@ def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs
             layout = gl.NVMMASharedLayout.get_default_for(box, gl_dtype)
             sig[name] = f"tensordesc<{dtype}[{', '.join(map(str, box))}],{layout!r}>"
     _other_args(fn, dtype, sig, const, attrs)
-    const.update(HEAD_DIM=head_dim, BLOCK=128, STAGES=stages, Q_BUFS=q_bufs, FLAT=flat, PROBE=probe, CONSUMER_REGS=consumer_regs,
-                 PRODUCER_REGS=producer_regs)
+    const.update(HEAD_DIM=head_dim, BLOCK=128, STAGES=stages, Q_BUFS=q_bufs, FLAT=flat, PROBE=probe,
+                 CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs)
     src = GluonASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
     options = triton.compiler.make_backend(HOPPER).parse_options({"num_warps": 4, "maxnreg": ws.MAXNREG})
     kernel = triton.compile(src, target=HOPPER, options=options.__dict__)
@@ -164,13 +165,14 @@ def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs
         sass = subprocess.run([str(bin_dir / "cuobjdump"), "-sass", str(Path(tmp) / "k.cubin")], capture_output=True,
                               text=True).stdout if res.returncode == 0 else ""
     log = res.stdout + res.stderr
-    return {"pv_wait_after_softmax": pv_wait_after_softmax(sass), "setmaxnreg": re.findall(r"setmaxnreg\.(inc|dec)\.sync\.aligned\.u32\s+(\d+)", ptx),
+    return {"setmaxnreg": re.findall(r"setmaxnreg\.(inc|dec)\.sync\.aligned\.u32\s+(\d+)", ptx),
             "c7514": "C7514" in log, "ptxas": " ".join(re.findall(r"Used \d+ registers[^\n]*", log)),
             "warnings": [ln for ln in log.splitlines() if "warning" in ln][:3], "ptxas_ok": res.returncode == 0,
             "shared_kb": kernel.metadata.shared / 1024,
             "waits": " ".join(re.findall(r"wgmma.wait_group.sync.aligned (\d+)", ptx)),
             "clock_reads": len(re.findall(r"%clock\b", ptx)),
-            "lazy_rescales": len(re.findall(r"^\s*RESCALE_SKIP:", ptx, re.M))}
+            "lazy_rescales": len(re.findall(r"^\s*RESCALE_SKIP:", ptx, re.M)),
+            "pv_wait_after_softmax": pv_wait_after_softmax(sass)}
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attnsearch import Geometry  # noqa: E402
 from attnsearch.bench import card_name, flops, fresh_inputs, mixed_layer_plan, time_ms  # noqa: E402
 from attnsearch.patterns import SPARSE_FAMILIES  # noqa: E402
-from attnsearch.runtime import hopper_kernel, triton_kernel  # noqa: E402
+from attnsearch.runtime import triton_kernel  # noqa: E402
 from attnsearch.runtime.block_tables import get_block_tables  # noqa: E402
 from attnsearch.runtime.hopper_kernel import PROBE_FIELDS  # noqa: E402
 
@@ -52,13 +52,14 @@ PHASES = tuple(f for f in PROBE_FIELDS if f not in ("total", "turns", "tile_edge
 PEAK_FLOP_PER_CYCLE = 4096
 
 
-def probe_launch(q, k, v, out, tables, scale, flat: bool) -> torch.Tensor:
-    """One probed launch per work item → int32 [launches, programs, 2, 8]."""
+def probe_launch(kernel, q, k, v, out, tables, scale, flat: bool) -> torch.Tensor:
+    """One probed launch of ``kernel`` (a build of hopper_kernel) per work item → int32 [launches,
+    programs, 2, 8]."""
     bufs = []
     for item in tables.launches:
-        programs = hopper_kernel.launch_grid(item.work.numel() * q.shape[0], q.device)
+        programs = kernel.launch_grid(item.work.numel() * q.shape[0], q.device)
         buf = torch.zeros(programs, 2, len(PROBE_FIELDS), dtype=torch.int32, device=q.device)
-        hopper_kernel.launch(q, k, v, out, tables, item.work, scale, flat=flat, probe=buf)
+        kernel.launch(q, k, v, out, tables, item.work, scale, flat=flat, probe=buf)
         bufs.append(buf)
     torch.cuda.synchronize()
     return torch.stack(bufs)
@@ -85,7 +86,7 @@ def summarise(buf: torch.Tensor, tiles_per_program: torch.Tensor, head_dim: int)
     return res
 
 
-def run_case(H: int, geom: Geometry, target: float, d: int, reps: int) -> list[dict]:
+def run_case(kernel, H: int, geom: Geometry, target: float, d: int, reps: int) -> list[dict]:
     lp = mixed_layer_plan(geom, H, 128, target, SPARSE_FAMILIES)
     n = geom.num_tokens
     tables = get_block_tables(lp, "cuda")
@@ -100,17 +101,17 @@ def run_case(H: int, geom: Geometry, target: float, d: int, reps: int) -> list[d
     rows.append({**common, "schedule": "triton", "ms": tri, "tflops": fl / tri / 1e9})
     for flat in (False, True):
         name = "flat" if flat else "tiles"
-        ms = time_ms(lambda x, flat=flat: hopper_kernel.forward(*x, tables, scale, out=out, flat=flat), inputs, 2,
+        ms = time_ms(lambda x, flat=flat: kernel.forward(*x, tables, scale, out=out, flat=flat), inputs, 2,
                      reps)["median"]
-        probed = lambda x, flat=flat: probe_launch(*x, out, tables, scale, flat)  # noqa: E731
+        probed = lambda x, flat=flat: probe_launch(kernel, *x, out, tables, scale, flat)  # noqa: E731
         ms_probe = time_ms(probed, inputs, 2, reps)["median"]
-        want = hopper_kernel.forward(*inputs[0], tables, scale, out=torch.empty_like(out), flat=flat)
+        want = kernel.forward(*inputs[0], tables, scale, out=torch.empty_like(out), flat=flat)
         buf = probed(inputs[0])
         # The probe only reads clocks: same arithmetic, same bits (in a patched build too, wrong or not).
         assert torch.equal(out, want), f"probe build changed the output ({name})"
         work = tables.launches[0].work
         programs = buf.shape[1]
-        header = hopper_kernel.tile_table(tables, work, 1, programs, n)[: 4 * programs].view(programs, 4).cpu()
+        header = kernel.tile_table(tables, work, 1, programs, n)[: 4 * programs].view(programs, 4).cpu()
         tiles = (header[:, 1] - header[:, 0]).double()  # tiles with work
         s = summarise(buf, tiles, d)
         mhz = s["max_program_cycles"] / (ms_probe * 1e-3) / 1e6
@@ -179,15 +180,14 @@ def main() -> None:
     ap.add_argument("--module", default="hopper_kernel",
                     help="the build to probe: attnsearch/runtime/MODULE.py (default: the package's kernel)")
     args = ap.parse_args()
-    global hopper_kernel
-    hopper_kernel = importlib.import_module(f"attnsearch.runtime.{args.module}")
+    kernel = importlib.import_module(f"attnsearch.runtime.{args.module}")
     args.out.mkdir(parents=True, exist_ok=True)
     env = {"card": card_name(), "torch": torch.__version__, "triton": triton.__version__,
            "sms": torch.cuda.get_device_properties(0).multi_processor_count, "module": args.module}
     print(env, flush=True)
     t0, rows = time.time(), []
     for H, geom, target, d in CASES:
-        rows += run_case(H, geom, target, d, args.reps)
+        rows += run_case(kernel, H, geom, target, d, args.reps)
         (args.out / "kernel_probe_gpu.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
         print(f"  ({time.time() - t0:.0f}s)", flush=True)
     md = f"# Hopper kernel probe on {env['card']}\n\n{env}\n\n{table(rows)}\n"

@@ -80,11 +80,6 @@ VARIANTS = {
 }
 
 
-#: Variants that only fit some head dims (shared memory): skipped at the others. (Run 17 had a
-#: 4-deep K/V ring at head_dim 64: 380-398 vs 383-425 TFLOP/s for 2, within the spread.)
-ONLY_HEAD_DIMS: dict[str, tuple[int, ...]] = {}
-
-
 def run_variant(cfg, q, k, v, tables, scale, out):
     """A KernelConfig runs the Triton kernel; a (block_m, warps, stages) tuple the Gluon kernel."""
     if isinstance(cfg, KernelConfig):
@@ -135,8 +130,6 @@ def check(variants: dict, results: list) -> int:
                    for _ in range(3))
         ref = reference(q, k, v, lp)
         for name, (cfg, order) in variants.items():
-            if d not in ONLY_HEAD_DIMS.get(name, (d,)):
-                continue
             tables = build_block_tables(lp, "cuda", order=order)
             out = torch.full((2, H, n, d), float("nan"), device="cuda", dtype=torch.bfloat16)
             try:
@@ -156,7 +149,8 @@ def check(variants: dict, results: list) -> int:
     return fails
 
 
-def bench(variants: dict, rows: list, reps: int, dense: dict, t0: float, shapes=SHAPES, rounds: int = 1) -> None:
+def bench(variants: dict, rows: list, reps: int, dense: dict, t0: float, shapes=SHAPES,
+          rounds: int = 1) -> None:
     """Time every variant at every shape; with ``rounds`` > 1 the whole variant list again and again
     at each shape (interleaved, so drift hits all alike), one row per variant and round."""
     for H, geom, target, d in shapes:
@@ -169,8 +163,6 @@ def bench(variants: dict, rows: list, reps: int, dense: dict, t0: float, shapes=
         cudnn = dense[H, n, d]
         fl = flops(1, H, n, d, lp.density)
         for rnd, (name, (cfg, order)) in ((r, kv) for r in range(rounds) for kv in variants.items()):
-            if d not in ONLY_HEAD_DIMS.get(name, (d,)):
-                continue
             tables = get_block_tables(lp, "cuda", order=order)
 
             def run(x, tables=tables, cfg=cfg, out=out, d=d):
@@ -197,11 +189,14 @@ def round_summary(rows: list) -> str:
     groups: dict = {}
     for r in rows:
         if "ms" in r:
-            groups.setdefault((r["H"], r["N"], r.get("D", 128), round(r["density"], 3), r["variant"]), []).append(r["tflops"])
-    lines = ["| H | N | D | density | variant | rounds | median TFLOP/s | min | max |", "|---|---|---|---|---|---|---|---|---|"]
+            key = (r["H"], r["N"], r.get("D", 128), round(r["density"], 3), r["variant"])
+            groups.setdefault(key, []).append(r["tflops"])
+    lines = ["| H | N | D | density | variant | rounds | median TFLOP/s | min | max |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for (H, n, d, dens, name), v in groups.items():
         v = sorted(v)
-        lines.append(f"| {H} | {n} | {d} | {dens:.3f} | {name} | {len(v)} | {v[len(v) // 2]:.0f} | {v[0]:.0f} | {v[-1]:.0f} |")
+        lines.append(f"| {H} | {n} | {d} | {dens:.3f} | {name} | {len(v)} | {v[len(v) // 2]:.0f} | {v[0]:.0f} "
+                     f"| {v[-1]:.0f} |")
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ binary.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -89,8 +90,6 @@ def test_hopper_kernel_probe_is_compiled_out_unless_asked(flat):
 def test_lazy_rescale_ptx_writes_every_output_on_both_paths(n):
     """``_rescale_asm`` (variant 25): the multiply path writes output i = O[i] · alpha[i] and the
     skip path output i = O[i], for every i; the branch tests the thread's two rows' alphas."""
-    import re
-
     from attnsearch.runtime import hopper_kernel
 
     asm = hopper_kernel._rescale_asm(n)
