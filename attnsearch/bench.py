@@ -4,8 +4,10 @@
     python -m attnsearch.bench --pattern diagonal --params '{"rows": 4}' --heads 12
     python -m attnsearch.bench --plan plans/wan.json
 
-Every timing: CUDA events around one call, after warm-up, median over ``reps`` calls, inputs
-rotated among several fresh random (never zero) sets. Effective TFLOP/s count the kept blocks only:
+Every timing: CUDA events around each call, after warm-up, median over ``reps`` calls queued back
+to back (``time_ms``: the GPU's time per call, as a model that queues its layers sees it; the
+host's cost per call is reported beside it, ``host_us``), inputs rotated among several fresh random
+(never zero) sets. Effective TFLOP/s count the kept blocks only:
 4·batch·H·N²·D·density / time (dense: density 1). FlexAttention gets the same block mask, built
 from the block tables with ``BlockMask.from_kv_blocks`` (all kept blocks "full": no mask_mod),
 so it does the same work as our kernel. Results are dicts (JSON-ready) naming the card.
@@ -115,13 +117,36 @@ def fresh_inputs(shape: Sequence[int], dtype: torch.dtype, sets: int, layout: st
     return out
 
 
+#: ``time_ms`` modes. "queued": the GPU's time per call, the host running ahead of it as in a model
+#: that queues its layers (and as triton.testing.do_bench times). "synced": each call alone on an
+#: idle GPU, its time then also holding the host's work before the kernel starts (Python, dispatch,
+#: descriptors, the launch): the method of every figure before session 6, which cost the runtime's
+#: ~1 ms layers 15-20% (reports/kernel/timing/).
+TIMING_MODES = ("queued", "synced")
+#: GPU spin queued ahead of the timed calls, in ms: the host's head start.
+HEAD_START_MS = 5.0
+
+
+def _spin(ms: float) -> None:
+    """Queue ``ms`` (at ~1.5-2 GHz) of GPU spinning on the current stream."""
+    torch.cuda._sleep(int(ms * 1.5e6))
+
+
 def time_ms(fn: Callable[[tuple], Any], inputs: Sequence[tuple], warmup: int = 3,
-            reps: int = 20, warmup_s: float = 0.2) -> dict[str, float]:
+            reps: int = 20, warmup_s: float = 0.2, mode: str = "queued") -> dict[str, float]:
     """Median / min / max ms of ``fn(inputs[i % len])`` over ``reps`` calls, each between CUDA events.
+
+    ``mode`` (``TIMING_MODES``): "queued" records all calls' events without waiting in between,
+    after ``HEAD_START_MS`` of GPU spinning, so the GPU runs them back to back while the host
+    prepares the next: each event pair then holds the GPU's time for its call, or the host's where
+    the host is the slower (then the GPU waits for it inside the pair). "synced" waits for each
+    call before starting the next.
 
     Warm-up: at least ``warmup`` calls and ``warmup_s`` seconds of them, so that the GPU's clocks
     have left their idle state before the first timed call (a precaution: it did not remove the
     ±7% spread between calls with fresh inputs, reports/kernel/spread/)."""
+    if mode not in TIMING_MODES:
+        raise ValueError(f"mode: must be one of {TIMING_MODES}, got {mode!r}")
     start_s, i = time.perf_counter(), 0
     while i < warmup or time.perf_counter() - start_s < warmup_s:
         fn(inputs[i % len(inputs)])
@@ -129,15 +154,31 @@ def time_ms(fn: Callable[[tuple], Any], inputs: Sequence[tuple], warmup: int = 3
         if i >= warmup:
             torch.cuda.synchronize()
     torch.cuda.synchronize()
-    times = []
-    for i in range(reps):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    if mode == "queued":
+        _spin(HEAD_START_MS)
+    for i, (start, stop) in enumerate(events):
         start.record()
         fn(inputs[i % len(inputs)])
         stop.record()
-        stop.synchronize()
-        times.append(start.elapsed_time(stop))
-    return {"median": statistics.median(times), "min": min(times), "max": max(times), "reps": reps}
+        if mode == "synced":
+            stop.synchronize()
+    torch.cuda.synchronize()
+    times = [start.elapsed_time(stop) for start, stop in events]
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "reps": reps, "mode": mode}
+
+
+def host_us(fn: Callable[[tuple], Any], inputs: Sequence[tuple], calls: int = 10) -> float:
+    """The host's wall time per call of ``fn`` (µs) while the GPU is busy, so no call waits for it:
+    what a call costs the CPU, and the GPU time under which a queued caller starves the GPU."""
+    torch.cuda.synchronize()
+    _spin(HEAD_START_MS + calls * 0.5)  # outlasts ``calls`` calls of up to 500 µs
+    t0 = time.perf_counter()
+    for i in range(calls):
+        fn(inputs[i % len(inputs)])
+    elapsed = time.perf_counter() - t0
+    torch.cuda.synchronize()
+    return elapsed / calls * 1e6
 
 
 def flops(batch: int, heads: int, n: int, d: int, dens: float) -> float:
@@ -190,17 +231,18 @@ def cudnn_sdpa(q, k, v):
 
 
 def dense_cudnn_ms(geometry: Geometry, num_heads: int, *, batch: int = 1, head_dim: int = 128,
-                   dtype: torch.dtype = torch.bfloat16, warmup: int = 3, reps: int = 20) -> float:
-    """Median ms of dense cuDNN SDPA for this shape (fresh random inputs)."""
+                   dtype: torch.dtype = torch.bfloat16, warmup: int = 3, reps: int = 20,
+                   timing: str = "queued") -> float:
+    """Median ms of dense cuDNN SDPA for this shape (fresh random inputs; ``timing``: ``time_ms``'s mode)."""
     inputs = fresh_inputs((batch, num_heads, geometry.num_tokens, head_dim), dtype, 2)
-    return time_ms(lambda x: cudnn_sdpa(*x), inputs, warmup, reps)["median"]
+    return time_ms(lambda x: cudnn_sdpa(*x), inputs, warmup, reps, mode=timing)["median"]
 
 
 def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 128,
                      dtype: torch.dtype = torch.bfloat16, layout: str = "bhnd", warmup: int = 3,
                      reps: int = 20, input_sets: int = 2, cudnn: bool = True, flex: bool = True,
                      groups_alone: bool = True, config: Any = None,
-                     dense_ms: float | None = None) -> dict[str, Any]:
+                     dense_ms: float | None = None, timing: str = "queued") -> dict[str, Any]:
     """Time one layer plan on CUDA: our kernel, cuDNN dense, FlexAttention on the same blocks.
 
     Args:
@@ -213,6 +255,8 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
         groups_alone: also time each head group as its own launch, to compare the fused layer
             with the sum of its groups.
         dense_ms: reuse a cuDNN time measured before for this shape (skips timing it again).
+        timing: ``time_ms``'s mode for every timing ("queued": the GPU's time per call; "synced":
+            each call alone, the host's launch work included).
     Returns:
         JSON-ready dict: ms (median), effective TFLOP/s on kept blocks, speedups, per-group times.
     """
@@ -238,7 +282,7 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
     tuned_key = (head_dim, layer_plan.block_size, dtype, triton_kernel.tma_supported(*inputs[0]),
                  out.device.index)
     used = config if config is not None else triton_kernel._TUNED.get(tuned_key)
-    t = time_ms(run, inputs, warmup, reps)
+    t = time_ms(run, inputs, warmup, reps, mode=timing)
     head_dens = layer_plan.head_densities()
     res: dict[str, Any] = {
         "card": card_name(), "shape": list(shape), "dtype": str(dtype).removeprefix("torch."),
@@ -247,12 +291,13 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
                     "density": float(head_dens[list(g.heads)].mean())} for g in layer_plan.groups],
         "backend": backend.name,
         "config": None if backend.name != "triton" or used is None else vars(used),
-        "sparse_ms": t["median"], "sparse_ms_min": t["min"], "sparse_tflops": fl / t["median"] / 1e9,
+        "timing": t["mode"], "sparse_ms": t["median"], "sparse_ms_min": t["min"],
+        "sparse_tflops": fl / t["median"] / 1e9, "sparse_host_us": host_us(run, inputs),
         "target_speedup": 0.8 / dens if dens > 0 else None,
     }
     if cudnn:
         if dense_ms is None:
-            dense_ms = time_ms(lambda x: cudnn_sdpa(*x), inputs, warmup, reps)["median"]
+            dense_ms = time_ms(lambda x: cudnn_sdpa(*x), inputs, warmup, reps, mode=timing)["median"]
         res.update(cudnn_ms=dense_ms, cudnn_tflops=dense_fl / dense_ms / 1e9,
                    speedup_vs_cudnn=dense_ms / t["median"])
     if flex:
@@ -261,8 +306,8 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
         opts = flex_kernel_options(layer_plan.block_size)
         fn = lambda x: fx(*x, block_mask=bm, scale=scale, kernel_options=opts)  # noqa: E731
         fn(inputs[0])
-        tf = time_ms(fn, inputs, warmup, reps)
-        res.update(flex_ms=tf["median"], flex_tflops=fl / tf["median"] / 1e9,
+        tf = time_ms(fn, inputs, warmup, reps, mode=timing)
+        res.update(flex_ms=tf["median"], flex_tflops=fl / tf["median"] / 1e9, flex_host_us=host_us(fn, inputs),
                    speedup_vs_flex=tf["median"] / t["median"])
     computed_groups = [g for g in layer_plan.groups if g.pattern != "skip"]
     if groups_alone and (used is not None or backend.name == "hopper") and len(computed_groups) > 1:
@@ -277,7 +322,7 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
                 else:
                     triton_kernel.launch(*x, out, gt, work, scale, used)
 
-            per.append({"heads": list(launch.heads), "ms": time_ms(alone, inputs, warmup, reps)["median"]})
+            per.append({"heads": list(launch.heads), "ms": time_ms(alone, inputs, warmup, reps, mode=timing)["median"]})
         total = sum(p["ms"] for p in per)
         res.update(groups_alone=per, groups_sum_ms=total, mixed_over_sum=t["median"] / total)
     return res
@@ -292,7 +337,7 @@ def bench_plan(plan: Plan, *, head_dim: int = 128, batch: int = 1, dtype: torch.
             lp = plan.layer_plan(e.start, layer)
             uses[lp] = uses.get(lp, 0) + (e.stop - e.start)
     dense_ms = dense_cudnn_ms(plan.geometry, plan.num_heads, batch=batch, head_dim=head_dim, dtype=dtype,
-                              reps=kwargs.get("reps", 20))
+                              reps=kwargs.get("reps", 20), timing=kwargs.get("timing", "queued"))
     rows = []
     for lp, count in uses.items():
         if all(g.pattern == "dense" for g in lp.groups):  # apply() runs these through SDPA itself
@@ -314,8 +359,8 @@ def bench_plan(plan: Plan, *, head_dim: int = 128, batch: int = 1, dtype: torch.
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
-    head = ("| shape (B,H,N,D) | density | sparse ms | TFLOP/s (kept) | cuDNN ms | cuDNN TFLOP/s | Flex ms | "
-            "speedup vs cuDNN | target 0.8/density | mixed / Σ groups |")
+    head = ("| shape (B,H,N,D) | density | sparse ms | TFLOP/s (kept) | host µs per call | cuDNN ms | cuDNN TFLOP/s "
+            "| Flex ms | speedup vs cuDNN | target 0.8/density | mixed / Σ groups |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         def f(key: str, fmt: str = "{:.2f}", r: dict = r) -> str:
@@ -324,7 +369,8 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
         shape = ",".join(map(str, r["shape"]))
         if r.get("layout", "bhnd") != "bhnd":
             shape += f" ({r['layout']} view)"
-        cells = [shape, f"{r['density']:.3f}", f("sparse_ms"), f("sparse_tflops", "{:.0f}"), f("cudnn_ms"),
+        cells = [shape, f"{r['density']:.3f}", f("sparse_ms"), f("sparse_tflops", "{:.0f}"),
+                 f("sparse_host_us", "{:.0f}"), f("cudnn_ms"),
                  f("cudnn_tflops", "{:.0f}"), f("flex_ms"), f("speedup_vs_cudnn") + "×",
                  f("target_speedup") + "×", f("mixed_over_sum", "{:.3f}")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -348,13 +394,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--timing", choices=TIMING_MODES, default="queued", help="time_ms's mode")
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--out", type=Path, help="JSON output (default reports/runtime/bench_<card>.json)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("attnsearch.bench needs a CUDA device")
     dtype = getattr(torch, args.dtype)
-    common = dict(head_dim=args.head_dim, batch=args.batch, dtype=dtype, reps=args.reps,
+    common = dict(head_dim=args.head_dim, batch=args.batch, dtype=dtype, reps=args.reps, timing=args.timing,
                   flex=not args.no_flex)
     if args.plan:
         from .plan import load_plan

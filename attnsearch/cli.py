@@ -397,6 +397,9 @@ def bench(
     batch: int = typer.Option(1), block_size: int = typer.Option(128),
     dtype: str = typer.Option("bfloat16", help="bfloat16 or float16."),
     reps: int = typer.Option(20, help="Timed calls per measurement (median reported)."),
+    timing: str = typer.Option("queued", help="queued: the GPU's time per call, calls queued back to back "
+                               "(as a model runs); synced: each call alone on an idle GPU, the host's "
+                               "launch work included."),
     flex: bool = typer.Option(True, help="Also time FlexAttention on the same block mask."),
     hardware: Optional[str] = typer.Option(None, help="Cost-model table for the predicted column."),
     out: Optional[Path] = typer.Option(None, help="JSON output; default reports/bench_<card>.json."),
@@ -405,6 +408,10 @@ def bench(
     import torch
 
     def work():
+        from .bench import TIMING_MODES
+
+        if timing not in TIMING_MODES:
+            raise UsageError(f"--timing must be one of {', '.join(TIMING_MODES)}, got {timing!r}")
         if not torch.cuda.is_available():
             raise UsageError("bench times CUDA kernels and needs a CUDA GPU; none is visible here")
         if dtype not in ("bfloat16", "float16"):
@@ -414,7 +421,8 @@ def bench(
         from .geometry import Geometry
         from .plan import LayerPlan, load_plan
 
-        common = dict(head_dim=head_dim, batch=batch, dtype=getattr(torch, dtype), reps=reps, flex=flex)
+        common = dict(head_dim=head_dim, batch=batch, dtype=getattr(torch, dtype), reps=reps, flex=flex,
+                      timing=timing)
         cost = CostModel(hardware, head_dim=head_dim, batch=batch)
         if plan_path:
             plan = load_plan(plan_path)
@@ -437,15 +445,17 @@ def bench(
             result = {"card": B.card_name(), "rows": rows}
         for row, lp in zip(rows, lps):
             row["predicted_ms"] = cost.layer_ms(lp)
-        result.update(format="attnsearch-bench", cost_model=cost.describe())
+        result.update(format="attnsearch-bench", timing=timing, cost_model=cost.describe())
         target = out or Path("reports") / f"bench_{B.card_name().replace(' ', '_')}.json"
         _atomic_write(target, json.dumps(result, indent=1) + "\n")
-        table = Table(title=f"{B.card_name()}: sparse runtime vs dense cuDNN SDPA")
-        for col in ("density", "backend", "ms", "TFLOP/s", "predicted ms", "cuDNN ms", "Flex ms", "speedup"):
+        table = Table(title=f"{B.card_name()}: sparse runtime vs dense cuDNN SDPA ({timing} timing)")
+        for col in ("density", "backend", "ms", "TFLOP/s", "host µs", "predicted ms", "cuDNN ms", "Flex ms",
+                    "speedup"):
             table.add_column(col, justify="right")
         for r in rows:
+            host = r.get("sparse_host_us")
             table.add_row(f"{r['density']:.3f}", r.get("backend", r.get("runs", "")), f"{r['sparse_ms']:.2f}",
-                          f"{r['sparse_tflops']:.0f}",
+                          f"{r['sparse_tflops']:.0f}", "–" if host is None else f"{host:.0f}",
                           f"{r['predicted_ms']:.2f}", f"{r.get('cudnn_ms', float('nan')):.2f}",
                           f"{r.get('flex_ms', float('nan')):.2f}", f"{r.get('speedup_vs_cudnn', float('nan')):.2f}×")
         console.print(table)

@@ -47,3 +47,10 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path):
     res = runner.invoke(app, ["profile", "--model", TINY, "--block-size", "96", "--out", str(tmp_path / "y.parquet")])
     assert res.exit_code == 2 and "block_size" in res.output
     assert "Traceback" not in res.output
+
+
+def test_bench_rejects_an_unknown_timing_mode_before_anything_runs(tmp_path):
+    out = tmp_path / "bench.json"
+    res = runner.invoke(app, ["bench", "--timing", "wallclock", "--out", str(out)])
+    assert res.exit_code == 2 and "--timing must be one of queued, synced" in res.output
+    assert "Traceback" not in res.output and not out.exists()

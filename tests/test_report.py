@@ -92,3 +92,10 @@ def test_report_renders_in_headless_chromium(tmp_path, profile_file):
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
                          timeout=120).stdout
     assert 'data-broken-images="1"' in dom
+
+
+def test_time_ms_rejects_an_unknown_mode():
+    from attnsearch.bench import time_ms
+
+    with pytest.raises(ValueError, match="mode: must be one of"):
+        time_ms(lambda x: None, [()], mode="wallclock")

@@ -53,6 +53,7 @@ rows (H100: +13-20% at 26 kept blocks, -6 to -13% from 65 on), so ``launch`` pic
 
 from __future__ import annotations
 
+import functools
 import heapq
 import weakref
 
@@ -642,10 +643,17 @@ def not_supported_reasons(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blo
     return reasons
 
 
+@functools.lru_cache(maxsize=None)
+def _smem_layout(rows: int, head_dim: int, dtype: torch.dtype) -> gl.NVMMASharedLayout:
+    """Shared-memory layout of one TMA box [1, 1, rows, head_dim] (a pure function of its arguments,
+    cached: building it is a third of a descriptor's host time)."""
+    return gl.NVMMASharedLayout.get_default_for([1, 1, rows, head_dim], _GL_DTYPES[dtype])
+
+
 def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
-    box = [1, 1, rows, t.shape[-1]]
-    layout = gl.NVMMASharedLayout.get_default_for(box, _GL_DTYPES[t.dtype])
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), box, layout)
+    """TMA descriptor of a [batch, H, N, D] tensor, boxes of ``rows`` × D."""
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, t.shape[-1]],
+                            _smem_layout(rows, t.shape[-1], t.dtype))
 
 
 #: Mean kept key blocks per query block under which the flat schedule runs (H100, runs 12-13:
@@ -748,10 +756,10 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
     if flat and not tma_compatible(out):
         raise ValueError("out: the flat schedule stores through TMA and needs a unit last stride and 16-byte "
                          "aligned base and strides")
+    q_desc = descriptor(q, HALF_M.value)
     _ws_block_sparse_fwd[(programs,)](
         # The tile schedule stores with pointers: q's descriptor only fills the unused argument.
-        descriptor(q, HALF_M.value), descriptor(k, bs), descriptor(v, bs), descriptor(out if flat else q, HALF_M.value),
-        out,
+        q_desc, descriptor(k, bs), descriptor(v, bs), descriptor(out, HALF_M.value) if flat else q_desc, out,
         tables.indices, table, table if probe is None else probe,
         *out.stride(), tables.indices.stride(0), tables.indices.stride(1),
         scale * LOG2E, n, tables.num_blocks, num_heads // k.shape[1],
