@@ -172,7 +172,8 @@ def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs
             "waits": " ".join(re.findall(r"wgmma.wait_group.sync.aligned (\d+)", ptx)),
             "clock_reads": len(re.findall(r"%clock\b", ptx)),
             "lazy_rescales": len(re.findall(r"^\s*RESCALE_SKIP:", ptx, re.M)),
-            "pv_wait_after_softmax": pv_wait_after_softmax(sass)}
+            "pv_wait_after_softmax": pv_wait_after_softmax(sass),
+            "local_stores": len(re.findall(r"\bSTL(\.\w+)*\s", sass))}  # register spills
 
 
 def main() -> None:

@@ -77,6 +77,9 @@ VARIANTS = {
     # (kernel-notes.md, variants 17-22): tree row reductions, P packed to bf16 by integer add +
     # prmt, the flat schedule's Q release as a branch, one reciprocal per output row (none faster
     # beyond the run-to-run spread); half the exp2 on the FMA pipe (10-20% slower).
+    # Run 33: S one block ahead of the softmax (reports/kernel/probe/s_ahead.patch; build it with
+    # ``patch -o attnsearch/runtime/_hopper_ahead.py ...`` and time ("ws", 2, True, 2, False,
+    # "_hopper_ahead", True)): 14-16% slower than the tile schedule at D 64 and at D 128.
 }
 
 
@@ -87,11 +90,12 @@ def run_variant(cfg, q, k, v, tables, scale, out):
     if cfg[0] == "ws":
         import importlib
 
-        # ("ws", stages, persistent, q_bufs, flat[, module]): module names another build of the
-        # kernel under attnsearch/runtime (an A/B against the committed one).
+        # ("ws", stages, persistent, q_bufs, flat[, module[, s_ahead]]): module names another build of
+        # the kernel under attnsearch/runtime (an A/B against the committed one).
         module = importlib.import_module(f"attnsearch.runtime.{cfg[5] if len(cfg) > 5 else 'hopper_kernel'}")
+        ahead = {"s_ahead": cfg[6]} if len(cfg) > 6 else {}
         return module.forward(q, k, v, tables, scale, out=out, stages=cfg[1], persistent=cfg[2],
-                              q_bufs=cfg[3], flat=cfg[4] if len(cfg) > 4 else False)
+                              q_bufs=cfg[3], flat=cfg[4] if len(cfg) > 4 else False, **ahead)
     import gluon_kernel  # benchmarks/gluon_kernel.py: an experiment, not part of the package
 
     block_m, warps, k_stages, v_stages, block_n = cfg
@@ -114,7 +118,7 @@ def against(variants: dict, modules: list[str]) -> dict:
             if isinstance(cfg, tuple) and cfg[0] == "ws" and not name.endswith("-again"):
                 ab[name + rnd] = (cfg, order)
                 for module in modules:
-                    ab[f"{name}@{module}{rnd}"] = ((*cfg[:5], module), order)
+                    ab[f"{name}@{module}{rnd}"] = ((*cfg[:5], module, *cfg[6:]), order)
     return ab
 
 
