@@ -71,6 +71,11 @@ VARIANTS = {
     "ws2-flat": (("ws", 2, True, 2, True), "head"),  # "ws2" in runs 12-16
     # What the hopper backend runs: flat below FLAT_BELOW_KEPT kept blocks per query block on average.
     "ws2-auto": (("ws", 2, True, 2, None), "head"),
+    # Deeper K/V rings, which fit only at head_dim 64 (a stage is half as large: 32 KiB for K and V).
+    "ws3-tiles": (("ws", 3, True, 2, False), "head"),
+    "ws3-flat": (("ws", 3, True, 2, True), "head"),
+    "ws4-tiles": (("ws", 4, True, 2, False), "head"),
+    "ws4-flat": (("ws", 4, True, 2, True), "head"),
     "m64s1-again": (KernelConfig(64, 128, 4, 1, True), "head"),
     # Runs 17-22 timed the committed kernel against a change to it, from a copy of the committed
     # file beside it (runs 20, 22: ``--against _hopper_base``; the copy is not kept), and both again
