@@ -59,9 +59,11 @@ class HopperBackend(Backend):
             return [f"triton.experimental.gluon with Hopper support is not importable ({err})"]
         reasons = hopper_kernel.not_supported_reasons(q, k, v, layer_plan.block_size)
         if q.shape[-1] == 64:
-            # Half-size wgmmas leave the softmax longer than the other warpgroup's products: the
-            # Triton kernel's three programs per SM were 6-12% faster on an H100 (runs 9-10).
-            reasons.append("head_dim 64 runs faster in the triton backend")
+            # Half-size wgmmas leave the softmax longer than the other warpgroup's products. The
+            # Triton kernel's three programs per SM were 6-12% faster on an H100 in synced timings
+            # (runs 9-10). Queued, the two read the same, 410-468 TFLOP/s (runs 31-35), and the
+            # Triton launch costs the host less (kernel-notes.md).
+            reasons.append("head_dim 64 runs as fast in the triton backend, with less host work per call")
         return reasons
 
     def forward(self, q, k, v, layer_plan, scale, out):
