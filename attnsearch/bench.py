@@ -251,7 +251,7 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
             views of [batch, N, H, head_dim]).
         config: a ``triton_kernel.KernelConfig`` (the triton backend with that config), or None
             for what ``sparse_attention`` runs: the backend "auto" picks (hopper on H100/H200 at
-            head_dim 128, else triton with its tuned config).
+            block size 128, else triton with its tuned config).
         groups_alone: also time each head group as its own launch, to compare the fused layer
             with the sum of its groups.
         dense_ms: reuse a cuDNN time measured before for this shape (skips timing it again).

@@ -55,6 +55,9 @@ VARIANTS = {
     "gluon-64-4-2-1-n64": ((64, 4, 2, 1, 64), "head"),
     "gluon-64-4-2-2-n64": ((64, 4, 2, 2, 64), "head"),  # D 128: 163 registers, 80 KB → 2 per SM
     "m64n64s1": (KernelConfig(64, 64, 4, 1, True), "head"),  # the same tile in the Triton kernel
+    # head_dim 64 in the Triton kernel: smaller tiles fit more programs (softmax chains) per SM.
+    "m64n64s2": (KernelConfig(64, 64, 4, 2, True), "head"),
+    "m64s2": (KernelConfig(64, 128, 4, 2, True), "head"),
     # Warp-specialised Gluon kernel (now attnsearch/runtime/hopper_kernel.py, FlashAttention-3's schedule): a
     # producer warp, two 64-row consumer warpgroups at 240 registers taking turns on the tensor
     # cores; ("ws", K/V ring depth, persistent, Q buffers). sm_90a compile: no C7514, 160 KB with

@@ -1,13 +1,14 @@
 """Backends and dispatch: each backend says what it cannot run and why; "auto" takes the first that can.
 
     hopper  warp-specialised block-sparse flash attention in Gluon (FlashAttention-3's schedule):
-            Hopper GPUs (sm_90), head_dim 128, block size 128, fp16 / bf16, TMA-aligned strides
+            Hopper GPUs (sm_90), head_dim 64 or 128, block size 128, fp16 / bf16, TMA-aligned strides
     triton  block-sparse flash attention (CUDA; or CPU under TRITON_INTERPRET=1)
             head_dim 64 or 128, fp16 / bf16 / fp32
     torch   reference-quality chunked gather in PyTorch: any device, head_dim, floating dtype
 
 On CUDA, "auto" falling back to torch is a performance surprise, so it warns once per distinct
-reason (falling from hopper to triton is expected on other GPUs and head_dim 64, and is silent). Naming a backend that cannot run the call raises with its reasons.
+reason (falling from hopper to triton is expected on other GPUs and block size 64, and is silent).
+Naming a backend that cannot run the call raises with its reasons.
 """
 
 from __future__ import annotations
@@ -57,14 +58,10 @@ class HopperBackend(Backend):
             from . import hopper_kernel
         except (ImportError, AttributeError) as err:  # no Gluon, or a Gluon without warp specialisation
             return [f"triton.experimental.gluon with Hopper support is not importable ({err})"]
-        reasons = hopper_kernel.not_supported_reasons(q, k, v, layer_plan.block_size)
-        if q.shape[-1] == 64:
-            # Half-size wgmmas leave the softmax longer than the other warpgroup's products. The
-            # Triton kernel's three programs per SM were 6-12% faster on an H100 in synced timings
-            # (runs 9-10). Queued, the two read the same, 410-468 TFLOP/s (runs 31-35), and the
-            # Triton launch costs the host less (kernel-notes.md).
-            reasons.append("head_dim 64 runs as fast in the triton backend, with less host work per call")
-        return reasons
+        # head_dim 64 included: queued, its tile schedule was 1-9% ahead of the Triton kernel in 7
+        # of 8 interleaved pairs on H100s (kernel-notes.md, runs 33-36). The synced timings before
+        # (Triton 6-12% ahead, runs 9-10) had charged it its heavier launch.
+        return hopper_kernel.not_supported_reasons(q, k, v, layer_plan.block_size)
 
     def forward(self, q, k, v, layer_plan, scale, out):
         from . import hopper_kernel

@@ -48,7 +48,7 @@ Two consumer schedules: ``_consumer`` restarts the pipeline at every tile; ``_co
 one pipeline across tile boundaries (a tile's last PV goes out with the next tile's first QK, its
 rows leave through TMA stores). Flat wins where query blocks keep few key blocks and loses on long
 rows (H100: +13-20% at 26 kept blocks, -6 to -13% from 65 on), so ``launch`` picks it under
-``FLAT_BELOW_KEPT`` (``prefers_flat``).
+``FLAT_BELOW_KEPT`` (``prefers_flat``), at head_dim 128 (at 64 it is no faster anywhere).
 """
 
 from __future__ import annotations
@@ -733,8 +733,8 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
            probe: torch.Tensor | None = None) -> None:
     """One launch over ``work``; arguments as ``triton_kernel.launch``. ``persistent``: one program
     per SM, each running its share of the tiles (``tile_table``); else one program per tile.
-    ``flat``: the consumers' schedule (``_consumer_flat`` or ``_consumer``); None picks flat where the
-    launch's query blocks keep fewer than ``FLAT_BELOW_KEPT`` key blocks on average.
+    ``flat``: the consumers' schedule (``_consumer_flat`` or ``_consumer``); None picks flat at head_dim
+    128 where the launch's query blocks keep fewer than ``FLAT_BELOW_KEPT`` key blocks on average.
     ``probe``: int32 [programs (``launch_grid``), 2, len(PROBE_FIELDS)], filled with each program's and consumer's
     ``PROBE_FIELDS``: a build with cycle-counter reads in the consumers' loops, a diagnostic
     (``benchmarks/kernel_probe_gpu.py``; same output, its own timing)."""
@@ -752,7 +752,9 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
         known[key] = (tile_table(tables, work, batch, programs, n), prefers_flat(tables.counts, work))
     table, short_rows = known[key]
     if flat is None:
-        flat = short_rows
+        # At head_dim 64 the tile schedule is as fast or faster at every density measured (H100,
+        # runs 31-35: flat −8 to +2%), so flat is for head_dim 128's short rows only.
+        flat = short_rows and d == 128
     if flat and not tma_compatible(out):
         raise ValueError("out: the flat schedule stores through TMA and needs a unit last stride and 16-byte "
                          "aligned base and strides")
