@@ -7,7 +7,8 @@
    every pattern in one layer, batch 2, N % B ≠ 0,
    text prefix and suffix, [B, N, H, D].transpose(1, 2) inputs, NaN-poisoned output; relative
    error against fp32 SDPA on the token-expanded block mask ≤ 1e-2, skip heads exactly zero.
-   Also FlexAttention on the same BlockMask against the same reference (validates the baseline).
+   Also FlexAttention on the same BlockMask against the same reference (validates the baseline),
+   and "auto" captured in a CUDA graph, replayed on new inputs, against eager (bit for bit).
 2. --sweep: kernel configs (tile shape, warps, stages, TMA or pointer loads) at
    (1, 12, 32760, 128), mixed families at 25% density.
 3. Benchmark: (1, 12, 32760 = 21·30·52, 128) and (1, 40, 75600 = 21·60·60, 128), bf16, layers
@@ -124,6 +125,45 @@ def check_correctness(results: list) -> int:
     return failures
 
 
+def check_cuda_graph(results: list) -> int:
+    """``sparse_attention`` captured in a CUDA graph (after one eager call per layer plan, which
+    builds the cached tables) and replayed on new inputs copied into the captured buffers: the
+    replay must equal an eager call on those inputs bit for bit (the kernels are deterministic), at
+    head_dim 128 and 64, bf16, batch 2, the all-patterns layer. A graph removes the host's launch
+    work (reports/kernel/timing/)."""
+    failures = 0
+    geom = Geometry(6, 20, 36, 51, "suffix")
+    lp = all_patterns(geom, 128)
+    H, n = lp.num_heads, geom.num_tokens
+    for d in (128, 64):
+        g = torch.Generator(device="cuda").manual_seed(d)
+        fresh = lambda: torch.randn(2, H, n, d, device="cuda", dtype=torch.bfloat16, generator=g)  # noqa: E731
+        q, k, v = fresh(), fresh(), fresh()
+        out = torch.empty_like(q)
+        sparse_attention(q, k, v, lp, out=out)  # warm-up: compile, tables, tile schedule
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                sparse_attention(q, k, v, lp, out=out)
+        except Exception as e:  # noqa: BLE001  (a capture failure is this check's result)
+            print(f"  cuda graph D={d}: capture failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+            results.append({"case": f"cuda graph D={d}", "ok": False, "error": str(e)[:500]})
+            failures += 1
+            continue
+        for t in (q, k, v):
+            t.copy_(fresh())
+        out.fill_(float("nan"))
+        graph.replay()
+        eager = sparse_attention(q, k, v, lp)
+        torch.cuda.synchronize()
+        same = bool(torch.equal(out, eager))
+        failures += not same
+        results.append({"case": f"cuda graph D={d}", "ok": same})
+        print(f"  cuda graph D={d} replay on new inputs == eager: {same}", flush=True)
+    return failures
+
+
 SWEEP = [KernelConfig(128, 128, 8, 2, True), KernelConfig(128, 128, 8, 3, True),
          KernelConfig(128, 128, 8, 2, False),
          KernelConfig(128, 128, 4, 2, True), KernelConfig(128, 128, 4, 3, True),
@@ -216,6 +256,7 @@ def main() -> None:
         print("== correctness", flush=True)
         report["correctness"] = []
         report["correctness_failures"] = check_correctness(report["correctness"])
+        report["correctness_failures"] += check_cuda_graph(report["correctness"])
         print(f"   failures: {report['correctness_failures']}  ({time.time() - t_start:.0f}s)", flush=True)
 
     config = None

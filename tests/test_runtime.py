@@ -253,3 +253,22 @@ def test_out_argument_is_checked():
         sparse_attention(q, k, v, lp, out=torch.empty(1, 6, geom.num_tokens, 64, dtype=torch.float16))
     with pytest.raises(TypeError, match="layer_plan"):
         sparse_attention(q, k, v, dataclasses.asdict(GEOMS["prefix"]))
+
+
+def test_zero_skip_heads_clears_exactly_the_skip_heads_of_a_strided_output():
+    # A device-side index (no host list per call, so CUDA graphs can capture the call); on the
+    # diffusers layout, a [B, N, H, D] buffer seen as [B, H, N, D].
+    lp = LayerPlan.from_heads([("dense", {}), ("skip", {}), ("dense", {}), ("skip", {})], GEOMS_128["prefix"], 128)
+    t = build_block_tables(lp, "cpu")
+    assert t.skip_heads == (1, 3) and t.skip_index.tolist() == [1, 3] and t.skip_index.dtype == torch.long
+    n = lp.geometry.num_tokens
+    out = torch.randn(2, n, 4, 8).transpose(1, 2)
+    before = out.clone()
+    t.zero_skip_heads(out)
+    assert torch.equal(out[:, [1, 3]], torch.zeros_like(out[:, [1, 3]]))
+    assert torch.equal(out[:, [0, 2]], before[:, [0, 2]])
+    none = build_block_tables(LayerPlan.from_heads([("dense", {})], GEOMS_128["prefix"], 128), "cpu")
+    kept = torch.randn(1, 1, n, 8)
+    copy = kept.clone()
+    none.zero_skip_heads(kept)  # no skip heads: untouched
+    assert torch.equal(kept, copy)

@@ -59,6 +59,7 @@ class BlockTables:
     launches: tuple[Launch, ...]
     skip_heads: tuple[int, ...]
     kept_blocks: int          # Σ counts over computed heads: the work the kernel does
+    skip_index: torch.Tensor  # int64 [len(skip_heads)], on the device: skip_heads for index_fill_
 
     @property
     def num_blocks(self) -> int:
@@ -71,6 +72,13 @@ class BlockTables:
     @property
     def max_count(self) -> int:
         return self.indices.shape[2]
+
+    def zero_skip_heads(self, out: torch.Tensor) -> None:
+        """Zero the skip heads of ``out`` [batch, H, N, D] (any strides) with a device-side index, so
+        the call stays capturable in a CUDA graph (a Python list index would be copied from the host
+        on every call)."""
+        if self.skip_heads:
+            out.index_fill_(1, self.skip_index, 0)
 
 
 def work_order(heads: tuple[int, ...], counts: torch.Tensor, order: Order) -> torch.Tensor:
@@ -120,7 +128,7 @@ def build_block_tables(layer_plan: LayerPlan, device: torch.device | str = "cpu"
                 for heads in head_sets]
     kept = int(counts[list(layer_plan.computed_heads)].sum()) if layer_plan.computed_heads else 0
     return BlockTables(layer_plan, torch.device(device), counts.to(device), indices.contiguous().to(device),
-                       tuple(launches), skip, kept)
+                       tuple(launches), skip, kept, torch.tensor(skip, dtype=torch.long, device=device))
 
 
 _CACHE: OrderedDict[tuple, BlockTables] = OrderedDict()

@@ -795,8 +795,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
         out = torch.empty_like(q)
     if not tma_compatible(out):
         flat = False  # an output TMA cannot write gets the tile schedule (pointer stores)
-    if tables.skip_heads:
-        out[:, list(tables.skip_heads)] = 0
+    tables.zero_skip_heads(out)
     for item in tables.launches:
         launch(q, k, v, out, tables, item.work, scale, stages, consumer_regs, producer_regs, persistent, q_bufs,
                flat)

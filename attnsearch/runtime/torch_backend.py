@@ -31,8 +31,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
     bs, nb = tables.block_size, tables.num_blocks
     if out is None:
         out = torch.empty(batch, num_heads, n, d, dtype=q.dtype, device=q.device)
-    if tables.skip_heads:
-        out[:, list(tables.skip_heads)] = 0
+    tables.zero_skip_heads(out)
     group = num_heads // k.shape[1]
     offs = torch.arange(bs, device=q.device)
     for launch in tables.launches:

@@ -380,8 +380,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
     batch, num_heads, n, d = q.shape
     if out is None:
         out = torch.empty(batch, num_heads, n, d, dtype=q.dtype, device=q.device)
-    if tables.skip_heads:
-        out[:, list(tables.skip_heads)] = 0
+    tables.zero_skip_heads(out)
     if not tables.launches:
         return out
     if config is None:
