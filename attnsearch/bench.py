@@ -154,7 +154,8 @@ def time_ms(fn: Callable[[tuple], Any], inputs: Sequence[tuple], warmup: int = 3
         if i >= warmup:
             torch.cuda.synchronize()
     torch.cuda.synchronize()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+              for _ in range(reps)]
     if mode == "queued":
         _spin(HEAD_START_MS)
     for i, (start, stop) in enumerate(events):
@@ -165,7 +166,8 @@ def time_ms(fn: Callable[[tuple], Any], inputs: Sequence[tuple], warmup: int = 3
             stop.synchronize()
     torch.cuda.synchronize()
     times = [start.elapsed_time(stop) for start, stop in events]
-    return {"median": statistics.median(times), "min": min(times), "max": max(times), "reps": reps, "mode": mode}
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "reps": reps,
+            "mode": mode}
 
 
 def host_us(fn: Callable[[tuple], Any], inputs: Sequence[tuple], calls: int = 10) -> float:
@@ -307,8 +309,8 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
         fn = lambda x: fx(*x, block_mask=bm, scale=scale, kernel_options=opts)  # noqa: E731
         fn(inputs[0])
         tf = time_ms(fn, inputs, warmup, reps, mode=timing)
-        res.update(flex_ms=tf["median"], flex_tflops=fl / tf["median"] / 1e9, flex_host_us=host_us(fn, inputs),
-                   speedup_vs_flex=tf["median"] / t["median"])
+        res.update(flex_ms=tf["median"], flex_tflops=fl / tf["median"] / 1e9,
+                   flex_host_us=host_us(fn, inputs), speedup_vs_flex=tf["median"] / t["median"])
     computed_groups = [g for g in layer_plan.groups if g.pattern != "skip"]
     if groups_alone and (used is not None or backend.name == "hopper") and len(computed_groups) > 1:
         gt = get_block_tables(layer_plan, "cuda", "group")
@@ -322,7 +324,8 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
                 else:
                     triton_kernel.launch(*x, out, gt, work, scale, used)
 
-            per.append({"heads": list(launch.heads), "ms": time_ms(alone, inputs, warmup, reps, mode=timing)["median"]})
+            ms = time_ms(alone, inputs, warmup, reps, mode=timing)["median"]
+            per.append({"heads": list(launch.heads), "ms": ms})
         total = sum(p["ms"] for p in per)
         res.update(groups_alone=per, groups_sum_ms=total, mixed_over_sum=t["median"] / total)
     return res
@@ -359,8 +362,8 @@ def bench_plan(plan: Plan, *, head_dim: int = 128, batch: int = 1, dtype: torch.
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
-    head = ("| shape (B,H,N,D) | density | sparse ms | TFLOP/s (kept) | host µs per call | cuDNN ms | cuDNN TFLOP/s "
-            "| Flex ms | speedup vs cuDNN | target 0.8/density | mixed / Σ groups |")
+    head = ("| shape (B,H,N,D) | density | sparse ms | TFLOP/s (kept) | host µs per call | cuDNN ms "
+            "| cuDNN TFLOP/s | Flex ms | speedup vs cuDNN | target 0.8/density | mixed / Σ groups |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         def f(key: str, fmt: str = "{:.2f}", r: dict = r) -> str:

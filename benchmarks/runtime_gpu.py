@@ -137,7 +137,9 @@ def check_cuda_graph(results: list) -> int:
     H, n = lp.num_heads, geom.num_tokens
     for d in (128, 64):
         g = torch.Generator(device="cuda").manual_seed(d)
-        fresh = lambda: torch.randn(2, H, n, d, device="cuda", dtype=torch.bfloat16, generator=g)  # noqa: E731
+        def fresh(d=d, g=g):
+            return torch.randn(2, H, n, d, device="cuda", dtype=torch.bfloat16, generator=g)
+
         q, k, v = fresh(), fresh(), fresh()
         out = torch.empty_like(q)
         sparse_attention(q, k, v, lp, out=out)  # warm-up: compile, tables, tile schedule

@@ -30,8 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnsearch import Geometry  # noqa: E402
-from attnsearch.bench import (_flex, card_name, cudnn_sdpa, flex_block_mask, flops, fresh_inputs,  # noqa: E402
-                              host_us, mixed_layer_plan, time_ms)
+from attnsearch.bench import (_flex, card_name, cudnn_sdpa, flex_block_mask, flops,  # noqa: E402
+                              fresh_inputs, host_us, mixed_layer_plan, time_ms)
 from attnsearch.runtime import hopper_kernel  # noqa: E402
 from attnsearch.runtime.block_tables import get_block_tables  # noqa: E402
 from attnsearch.runtime.dispatch import select_backend  # noqa: E402
@@ -74,11 +74,12 @@ def main() -> None:
         fl = flops(1, H, n, d, lp.density)
         backend = select_backend(*inputs[0], lp)
         tables = get_block_tables(lp, "cuda")
+        items = tables.launches[0].work  # a mixed layer is one launch
         bm = flex_block_mask(tables, n)
         fx = _flex()
         fns = {
             f"runtime ({backend.name}, backend.forward)": lambda x: backend.forward(*x, lp, scale, out),
-            "hopper launch only": lambda x: hopper_kernel.launch(*x, out, tables, tables.launches[0].work, scale),
+            "hopper launch only": lambda x: hopper_kernel.launch(*x, out, tables, items, scale),
             "flex": lambda x: fx(*x, block_mask=bm, scale=scale),
             "cudnn dense": lambda x: cudnn_sdpa(*x),
         }
@@ -91,12 +92,14 @@ def main() -> None:
             g = graph_ms(fn, inputs, args.reps)
             g_med = None if isinstance(g, str) else g
             h = host_us(fn, inputs, 40)
-            row = {"H": H, "N": n, "density": lp.density, "callable": name, "synced_ms": synced, "queued_ms": q,
-                   "graph_ms": g_med, "graph_error": g if isinstance(g, str) else None, "host_us": h,
+            row = {"H": H, "N": n, "density": lp.density, "callable": name, "synced_ms": synced,
+                   "queued_ms": q, "graph_ms": g_med, "graph_error": g if isinstance(g, str) else None,
+                   "host_us": h,
                    "synced_tflops": work / synced / 1e9, "queued_tflops": work / q / 1e9,
                    "graph_tflops": work / g_med / 1e9 if g_med else None}
             rows.append(row)
-            print(f"{H}x{n} d={lp.density:.3f} {name:<34} synced {synced:.3f} ms ({row['synced_tflops']:.0f}) "
+            print(f"{H}x{n} d={lp.density:.3f} {name:<34} "
+                  f"synced {synced:.3f} ms ({row['synced_tflops']:.0f}) "
                   f"queued {q:.3f} ({row['queued_tflops']:.0f}) graph "
                   + (f"{g_med:.3f} ({row['graph_tflops']:.0f})" if g_med else str(g))
                   + f" host {h:.0f} us", flush=True)
@@ -106,9 +109,11 @@ def main() -> None:
              "| H × N | density | callable | synced ms (TFLOP/s) | queued ms (TFLOP/s) | graph ms (TFLOP/s) "
              "| host µs per call |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        graph = f"{r['graph_ms']:.3f} ({r['graph_tflops']:.0f})" if r["graph_ms"] else f"n/a ({r['graph_error']})"
+        graph = (f"{r['graph_ms']:.3f} ({r['graph_tflops']:.0f})" if r["graph_ms"]
+                 else f"n/a ({r['graph_error']})")
         lines.append(f"| {r['H']} × {r['N']} | {r['density']:.3f} | {r['callable']} | {r['synced_ms']:.3f} "
-                     f"({r['synced_tflops']:.0f}) | {r['queued_ms']:.3f} ({r['queued_tflops']:.0f}) | {graph} "
+                     f"({r['synced_tflops']:.0f}) | {r['queued_ms']:.3f} ({r['queued_tflops']:.0f}) "
+                     f"| {graph} "
                      f"| {r['host_us']:.0f} |")
     (args.out / "timing_method_gpu.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -258,7 +258,8 @@ def test_out_argument_is_checked():
 def test_zero_skip_heads_clears_exactly_the_skip_heads_of_a_strided_output():
     # A device-side index (no host list per call, so CUDA graphs can capture the call); on the
     # diffusers layout, a [B, N, H, D] buffer seen as [B, H, N, D].
-    lp = LayerPlan.from_heads([("dense", {}), ("skip", {}), ("dense", {}), ("skip", {})], GEOMS_128["prefix"], 128)
+    heads = [("dense", {}), ("skip", {}), ("dense", {}), ("skip", {})]
+    lp = LayerPlan.from_heads(heads, GEOMS_128["prefix"], 128)
     t = build_block_tables(lp, "cpu")
     assert t.skip_heads == (1, 3) and t.skip_index.tolist() == [1, 3] and t.skip_index.dtype == torch.long
     n = lp.geometry.num_tokens
