@@ -55,9 +55,8 @@ VARIANTS = {
     "gluon-64-4-2-1-n64": ((64, 4, 2, 1, 64), "head"),
     "gluon-64-4-2-2-n64": ((64, 4, 2, 2, 64), "head"),  # D 128: 163 registers, 80 KB → 2 per SM
     "m64n64s1": (KernelConfig(64, 64, 4, 1, True), "head"),  # the same tile in the Triton kernel
-    # head_dim 64 in the Triton kernel: smaller tiles fit more programs (softmax chains) per SM.
-    "m64n64s2": (KernelConfig(64, 64, 4, 2, True), "head"),
-    "m64s2": (KernelConfig(64, 128, 4, 2, True), "head"),
+    # Run 36 (head_dim 64): KernelConfig(64, 64, 4, 2, True) and (64, 128, 4, 2, True), more programs
+    # per SM or a second stage, were no faster than m64s1 (380-443 vs 428-451).
     # Warp-specialised Gluon kernel (now attnsearch/runtime/hopper_kernel.py, FlashAttention-3's schedule): a
     # producer warp, two 64-row consumer warpgroups at 240 registers taking turns on the tensor
     # cores; ("ws", K/V ring depth, persistent, Q buffers). sm_90a compile: no C7514, 160 KB with
@@ -74,11 +73,8 @@ VARIANTS = {
     "ws2-flat": (("ws", 2, True, 2, True), "head"),  # "ws2" in runs 12-16
     # What the hopper backend runs: flat below FLAT_BELOW_KEPT kept blocks per query block on average.
     "ws2-auto": (("ws", 2, True, 2, None), "head"),
-    # Deeper K/V rings, which fit only at head_dim 64 (a stage is half as large: 32 KiB for K and V).
-    "ws3-tiles": (("ws", 3, True, 2, False), "head"),
-    "ws3-flat": (("ws", 3, True, 2, True), "head"),
-    "ws4-tiles": (("ws", 4, True, 2, False), "head"),
-    "ws4-flat": (("ws", 4, True, 2, True), "head"),
+    # Run 34: 3- and 4-stage K/V rings (("ws", 3 or 4, True, 2, flat), shared memory fits them at
+    # head_dim 64 only): 422-466 vs 441-450 for two stages, not kept.
     "m64s1-again": (KernelConfig(64, 128, 4, 1, True), "head"),
     # Runs 17-22 timed the committed kernel against a change to it, from a copy of the committed
     # file beside it (runs 20, 22: ``--against _hopper_base``; the copy is not kept), and both again
