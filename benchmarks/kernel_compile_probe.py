@@ -131,10 +131,14 @@ def pv_wait_after_softmax(sass: str) -> list[bool]:
 
 
 def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs: int = 24, q_bufs: int = 2,
-                   flat: bool = True, probe: bool = False, dtype: str = "bf16") -> dict:
-    """Compile ``attnsearch/runtime/hopper_kernel.py`` (block size 128) and run ptxas on its PTX for the
-    per-partition register moves and any wgmma serialisation warning (C7514)."""
-    from attnsearch.runtime import hopper_kernel as ws
+                   flat: bool = True, probe: bool = False, dtype: str = "bf16", module: str = "hopper_kernel",
+                   maxnreg: int | None = None, **constexprs) -> dict:
+    """Compile ``attnsearch/runtime/hopper_kernel.py`` (block size 128; or the build ``module`` beside it,
+    with its own ``constexprs``) and run ptxas on its PTX for the per-partition register moves and any
+    wgmma serialisation warning (C7514)."""
+    import importlib
+
+    ws = importlib.import_module(f"attnsearch.runtime.{module}")
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon._runtime import GluonASTSource
 
@@ -148,9 +152,9 @@ def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs
             sig[name] = f"tensordesc<{dtype}[{', '.join(map(str, box))}],{layout!r}>"
     _other_args(fn, dtype, sig, const, attrs)
     const.update(HEAD_DIM=head_dim, BLOCK=128, STAGES=stages, Q_BUFS=q_bufs, FLAT=flat, PROBE=probe,
-                 CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs)
+                 CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs, **constexprs)
     src = GluonASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
-    options = triton.compiler.make_backend(HOPPER).parse_options({"num_warps": 4, "maxnreg": ws.MAXNREG})
+    options = triton.compiler.make_backend(HOPPER).parse_options({"num_warps": 4, "maxnreg": maxnreg or ws.MAXNREG})
     kernel = triton.compile(src, target=HOPPER, options=options.__dict__)
     ptx = kernel.asm["ptx"]
     bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"

@@ -110,7 +110,7 @@ def run_variant(cfg, q, k, v, tables, scale, out):
 #: (target 1.0: every head dense, i.e. the kernel on an all-kept mask)
 SHAPES = [(12, Geometry(21, 30, 52), t, 128) for t in (0.05, 0.1, 0.25, 0.5, 1.0)] + \
          [(40, Geometry(21, 60, 60), t, 128) for t in (0.1, 0.25, 0.5)] + \
-         [(24, Geometry(21, 30, 52), t, 64) for t in (0.1, 0.25)]
+         [(24, Geometry(21, 30, 52), t, 64) for t in (0.1, 0.25, 0.5)]
 
 
 def against(variants: dict, modules: list[str]) -> dict:
