@@ -121,10 +121,19 @@ def fresh_inputs(shape: Sequence[int], dtype: torch.dtype, sets: int, layout: st
 #: that queues its layers (and as triton.testing.do_bench times). "synced": each call alone on an
 #: idle GPU, its time then also holding the host's work before the kernel starts (Python, dispatch,
 #: descriptors, the launch): the method of every figure before session 6, which cost the runtime's
-#: ~1 ms layers 15-20% (reports/kernel/timing/).
-TIMING_MODES = ("queued", "synced")
+#: ~1 ms layers 15-20% (reports/kernel/timing/). "sustained": calls back to back for seconds, as a
+#: model's denoising loop runs them, timed once the card has reached its steady state. An H100 SXM
+#: then sits at its 700 W cap with the SM clock at 1.37-1.68 GHz for every kernel measured, cuDNN and
+#: a plain matmul included, and the runtime, cuDNN and Flex read 3-10% below their "queued" rates
+#: (reports/kernel/power/).
+TIMING_MODES = ("queued", "synced", "sustained")
 #: GPU spin queued ahead of the timed calls, in ms: the host's head start.
 HEAD_START_MS = 5.0
+#: "sustained": seconds of back-to-back calls before the timed ones (clock and power settle), and of
+#: timed calls.
+SUSTAIN_RAMP_S, SUSTAIN_S = 1.0, 2.0
+#: "sustained": calls the host keeps queued ahead of the GPU.
+SUSTAIN_QUEUE = 8
 
 
 def _spin(ms: float) -> None:
@@ -140,7 +149,9 @@ def time_ms(fn: Callable[[tuple], Any], inputs: Sequence[tuple], warmup: int = 3
     after ``HEAD_START_MS`` of GPU spinning, so the GPU runs them back to back while the host
     prepares the next: each event pair then holds the GPU's time for its call, or the host's where
     the host is the slower (then the GPU waits for it inside the pair). "synced" waits for each
-    call before starting the next.
+    call before starting the next. "sustained" (``_time_sustained``) keeps calls queued back to back
+    for ``SUSTAIN_RAMP_S`` + ``SUSTAIN_S`` seconds and times those of the last ``SUSTAIN_S``
+    (``reps`` is then a minimum).
 
     Warm-up: at least ``warmup`` calls and ``warmup_s`` seconds of them, so that the GPU's clocks
     have left their idle state before the first timed call (a precaution: it did not remove the
@@ -154,6 +165,8 @@ def time_ms(fn: Callable[[tuple], Any], inputs: Sequence[tuple], warmup: int = 3
         if i >= warmup:
             torch.cuda.synchronize()
     torch.cuda.synchronize()
+    if mode == "sustained":
+        return _time_sustained(fn, inputs, reps)
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
               for _ in range(reps)]
     if mode == "queued":
@@ -168,6 +181,34 @@ def time_ms(fn: Callable[[tuple], Any], inputs: Sequence[tuple], warmup: int = 3
     times = [start.elapsed_time(stop) for start, stop in events]
     return {"median": statistics.median(times), "min": min(times), "max": max(times), "reps": reps,
             "mode": mode}
+
+
+def _time_sustained(fn: Callable[[tuple], Any], inputs: Sequence[tuple], min_reps: int) -> dict[str, float]:
+    """``time_ms``'s "sustained" mode: calls back to back, the host at most ``SUSTAIN_QUEUE`` calls
+    ahead (it waits on the stop event of the call that many back, so the GPU never idles and the
+    host never runs away); the calls after ``SUSTAIN_RAMP_S`` seconds, for ``SUSTAIN_S`` seconds
+    and at least ``min_reps`` of them, are timed each between its own CUDA events."""
+    timed: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+    stops: list[torch.cuda.Event] = []
+    t0, i = time.perf_counter(), 0
+    while True:
+        elapsed = time.perf_counter() - t0
+        if elapsed >= SUSTAIN_RAMP_S + SUSTAIN_S and len(timed) >= min_reps:
+            break
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(inputs[i % len(inputs)])
+        stop.record()
+        if elapsed >= SUSTAIN_RAMP_S:
+            timed.append((start, stop))
+        stops.append(stop)
+        if len(stops) > SUSTAIN_QUEUE:
+            stops.pop(0).synchronize()
+        i += 1
+    torch.cuda.synchronize()
+    times = [start.elapsed_time(stop) for start, stop in timed]
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "reps": len(times),
+            "mode": "sustained"}
 
 
 def host_us(fn: Callable[[tuple], Any], inputs: Sequence[tuple], calls: int = 10) -> float:

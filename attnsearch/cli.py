@@ -399,7 +399,9 @@ def bench(
     reps: int = typer.Option(20, help="Timed calls per measurement (median reported)."),
     timing: str = typer.Option("queued", help="queued: the GPU's time per call, calls queued back to back "
                                "(as a model runs); synced: each call alone on an idle GPU, the host's "
-                               "launch work included."),
+                               "launch work included; sustained: calls back to back for 3 s per "
+                               "measurement, the last 2 s timed (the card at its power limit, as in a "
+                               "long denoising run)."),
     flex: bool = typer.Option(True, help="Also time FlexAttention on the same block mask."),
     hardware: Optional[str] = typer.Option(None, help="Cost-model table for the predicted column."),
     out: Optional[Path] = typer.Option(None, help="JSON output; default reports/bench_<card>.json."),

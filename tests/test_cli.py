@@ -52,5 +52,5 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path):
 def test_bench_rejects_an_unknown_timing_mode_before_anything_runs(tmp_path):
     out = tmp_path / "bench.json"
     res = runner.invoke(app, ["bench", "--timing", "wallclock", "--out", str(out)])
-    assert res.exit_code == 2 and "--timing must be one of queued, synced" in res.output
+    assert res.exit_code == 2 and "--timing must be one of queued, synced, sustained" in res.output
     assert "Traceback" not in res.output and not out.exists()
