@@ -130,6 +130,16 @@ def pv_wait_after_softmax(sass: str) -> list[bool]:
     return found
 
 
+def qk_operand_a(sass: str) -> set[str]:
+    """Where the QK products' A operand (Q) comes from: "registers" or "shared" (a descriptor), over
+    every wgmma of the SASS that does not transpose B (the PV products do)."""
+    found = set()
+    for op in re.findall(r"HGMMA\.64x\d+x16\.F32\.\w+ (R\d+, [^;]*);", sass):
+        if "tnspB" not in op:
+            found.add("shared" if op.split(",")[1].strip().startswith("gdesc") else "registers")
+    return found
+
+
 def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs: int = 24, q_bufs: int = 2,
                    flat: bool = True, probe: bool = False, dtype: str = "bf16", module: str = "hopper_kernel",
                    maxnreg: int | None = None, **constexprs) -> dict:
@@ -151,6 +161,8 @@ def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs
             layout = gl.NVMMASharedLayout.get_default_for(box, gl_dtype)
             sig[name] = f"tensordesc<{dtype}[{', '.join(map(str, box))}],{layout!r}>"
     _other_args(fn, dtype, sig, const, attrs)
+    if hasattr(ws, "q_in_registers"):  # as ``launch`` decides it, unless ``constexprs`` say otherwise
+        constexprs = {"Q_REGS": ws.q_in_registers(head_dim, flat), **constexprs}
     const.update(HEAD_DIM=head_dim, BLOCK=128, STAGES=stages, Q_BUFS=q_bufs, FLAT=flat, PROBE=probe,
                  CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs, **constexprs)
     src = GluonASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
@@ -177,6 +189,7 @@ def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs
             "clock_reads": len(re.findall(r"%clock\b", ptx)),
             "lazy_rescales": len(re.findall(r"^\s*RESCALE_SKIP:", ptx, re.M)),
             "pv_wait_after_softmax": pv_wait_after_softmax(sass),
+            "qk_operand_a": qk_operand_a(sass),
             "local_stores": len(re.findall(r"\bSTL(\.\w+)*\s", sass))}  # register spills
 
 

@@ -55,8 +55,9 @@ def test_hopper_kernel_schedule_survives_compilation(head_dim, flat):
     the SM, the PTX retires the QK product alone before the softmax (a ``wgmma.wait_group 1``),
     ptxas leaves the wait for the consumer's own PV product after the softmax (the ``_fenced``
     clock read; without it ptxas hoists that wait above the softmax, kernel-notes.md variants 15
-    and 23), the lazy rescale's branch is there at head_dim 128 (variant 25), and ptxas does not
-    serialise the wgmmas (warning C7514)."""
+    and 23), the lazy rescale's branch is there at head_dim 128 (variant 25), the QK products read
+    Q from registers exactly where ``q_in_registers`` says (head_dim 64, tile schedule: variant 33)
+    with no spill stores in the build, and ptxas does not serialise the wgmmas (warning C7514)."""
     from kernel_compile_probe import probe_gluon_ws
 
     r = probe_gluon_ws(head_dim, stages=2, consumer_regs=240, flat=flat)
@@ -67,6 +68,10 @@ def test_hopper_kernel_schedule_survives_compilation(head_dim, flat):
     assert r["pv_wait_after_softmax"] == [True, True], r  # both consumers' steady-state loops
     # The lazy rescale's PTX branch (variant 25), in each consumer's loop at head_dim 128 only.
     assert r["lazy_rescales"] == (2 if head_dim == 128 else 0), r
+    from attnsearch.runtime.hopper_kernel import q_in_registers
+
+    assert r["qk_operand_a"] == {"registers" if q_in_registers(head_dim, flat) else "shared"}, r
+    assert r["local_stores"] == 0, r
     assert not r["c7514"], r
 
 
