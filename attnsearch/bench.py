@@ -373,8 +373,9 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
 
 
 def bench_plan(plan: Plan, *, head_dim: int = 128, batch: int = 1, dtype: torch.dtype = torch.bfloat16,
-               **kwargs: Any) -> dict[str, Any]:
-    """Every distinct layer plan of ``plan`` timed once; totals over all steps × layers vs dense cuDNN."""
+               on_layer: Callable[[int, int], None] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Every distinct layer plan of ``plan`` timed once; totals over all steps × layers vs dense cuDNN.
+    ``on_layer(done, total)`` is called after each distinct layer plan (progress)."""
     uses: dict[LayerPlan, int] = {}
     for e in plan.schedule:
         for layer in range(plan.num_layers):
@@ -383,16 +384,18 @@ def bench_plan(plan: Plan, *, head_dim: int = 128, batch: int = 1, dtype: torch.
     dense_ms = dense_cudnn_ms(plan.geometry, plan.num_heads, batch=batch, head_dim=head_dim, dtype=dtype,
                               reps=kwargs.get("reps", 20), timing=kwargs.get("timing", "queued"))
     rows = []
-    for lp, count in uses.items():
+    for i, (lp, count) in enumerate(uses.items()):
         if all(g.pattern == "dense" for g in lp.groups):  # apply() runs these through SDPA itself
             n = plan.geometry.num_tokens
             rows.append({"density": 1.0, "runs": "sdpa", "sparse_ms": dense_ms, "calls": count,
                          "sparse_tflops": flops(batch, plan.num_heads, n, head_dim, 1.0) / dense_ms / 1e9,
                          "shape": [batch, plan.num_heads, n, head_dim]})
-            continue
-        r = bench_layer_plan(lp, head_dim=head_dim, batch=batch, dtype=dtype, groups_alone=False,
-                             dense_ms=dense_ms, **kwargs)
-        rows.append({**r, "runs": "sparse", "calls": count})
+        else:
+            r = bench_layer_plan(lp, head_dim=head_dim, batch=batch, dtype=dtype, groups_alone=False,
+                                 dense_ms=dense_ms, **kwargs)
+            rows.append({**r, "runs": "sparse", "calls": count})
+        if on_layer is not None:
+            on_layer(i + 1, len(uses))
     calls = plan.num_steps * plan.num_layers
     sparse_total = sum(r["sparse_ms"] * r["calls"] for r in rows)
     return {"card": card_name(), "layer_plans": rows, "calls": calls, "sparse_total_ms": sparse_total,

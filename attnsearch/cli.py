@@ -426,25 +426,34 @@ def bench(
         common = dict(head_dim=head_dim, batch=batch, dtype=getattr(torch, dtype), reps=reps, flex=flex,
                       timing=timing)
         cost = CostModel(hardware, head_dim=head_dim, batch=batch)
-        if plan_path:
-            plan = load_plan(plan_path)
-            result = B.bench_plan(plan, **common)
-            rows = result["layer_plans"]
-            lps = [plan.layer_plan(s, l) for s, l in _distinct_sites(plan)]
-        else:
-            geom = Geometry(frames, height, width, text_tokens)
-            if sweep:  # the dense end runs our kernel on an all-kept mask (not SDPA): its dense rate
-                lps = [B.mixed_layer_plan(geom, heads, block_size, d) for d in SWEEP_DENSITIES]
-                lps.append(LayerPlan.single("dense", {}, geom, heads, block_size))
-            elif pattern:
-                lps = [LayerPlan.single(pattern, json.loads(params), geom, heads, block_size)]
+        # Sustained timing holds each measurement for seconds: a layer takes ~10 s.
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:
+            task = bar.add_task(f"timing layer plans ({timing})", total=None)
+
+            def on_layer(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            if plan_path:
+                plan = load_plan(plan_path)
+                result = B.bench_plan(plan, on_layer=on_layer, **common)
+                rows = result["layer_plans"]
+                lps = [plan.layer_plan(s, l) for s, l in _distinct_sites(plan)]
             else:
-                lps = [B.mixed_layer_plan(geom, heads, block_size, d) for d in density]
-            rows, dense_ms = [], None
-            for lp in lps:
-                rows.append(B.bench_layer_plan(lp, dense_ms=dense_ms, **common))
-                dense_ms = rows[-1].get("cudnn_ms")
-            result = {"card": B.card_name(), "rows": rows}
+                geom = Geometry(frames, height, width, text_tokens)
+                if sweep:  # the dense end runs our kernel on an all-kept mask (not SDPA): its dense rate
+                    lps = [B.mixed_layer_plan(geom, heads, block_size, d) for d in SWEEP_DENSITIES]
+                    lps.append(LayerPlan.single("dense", {}, geom, heads, block_size))
+                elif pattern:
+                    lps = [LayerPlan.single(pattern, json.loads(params), geom, heads, block_size)]
+                else:
+                    lps = [B.mixed_layer_plan(geom, heads, block_size, d) for d in density]
+                rows, dense_ms = [], None
+                for lp in lps:
+                    rows.append(B.bench_layer_plan(lp, dense_ms=dense_ms, **common))
+                    dense_ms = rows[-1].get("cudnn_ms")
+                    on_layer(len(rows), len(lps))
+                result = {"card": B.card_name(), "rows": rows}
         for row, lp in zip(rows, lps):
             row["predicted_ms"] = cost.layer_ms(lp)
         result.update(format="attnsearch-bench", timing=timing, cost_model=cost.describe())
