@@ -99,3 +99,11 @@ def test_time_ms_rejects_an_unknown_mode():
 
     with pytest.raises(ValueError, match="mode: must be one of"):
         time_ms(lambda x: None, [()], mode="wallclock")
+
+
+def test_density_figures_name_the_timing_mode_only_when_rows_share_one():
+    from attnsearch.report.bench_figures import timing_note
+
+    assert timing_note([{"timing": "sustained"}, {"timing": "sustained"}]) == " (sustained timing)"
+    assert timing_note([{"timing": "queued"}, {"timing": "sustained"}]) == ""  # a mixed file names none
+    assert timing_note([{"timing": "queued"}, {}]) == ""  # rows from before the field existed

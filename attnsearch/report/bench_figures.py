@@ -23,6 +23,13 @@ def bench_rows(data: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def timing_note(rows: list[dict]) -> str:
+    """" (<mode> timing)" when every row was timed in one ``time_ms`` mode, else "": queued, synced
+    and sustained rates of one kernel differ by 3-20% (reports/kernel/), so a figure says which."""
+    modes = {r.get("timing") for r in rows}
+    return f" ({modes.pop()} timing)" if len(modes) == 1 and None not in modes else ""
+
+
 def _finish(fig, ax, path: Path, title: str) -> Path:
     """Title, legend, layout, write and close: the common end of every bench figure."""
     ax.set_title(title, fontsize=9)
@@ -73,7 +80,7 @@ def speedup_vs_density(rows: list[dict], path: Path, card: str) -> Path | None:
     ax.set_yscale("log")
     ax.set_xlabel("block density")
     ax.set_ylabel("speedup over dense cuDNN SDPA")
-    return _finish(fig, ax, path, f"speedup vs density on {card}")
+    return _finish(fig, ax, path, f"speedup vs density on {card}{timing_note(rows)}")
 
 
 def tflops_vs_density(rows: list[dict], path: Path, card: str) -> Path | None:
@@ -97,7 +104,7 @@ def tflops_vs_density(rows: list[dict], path: Path, card: str) -> Path | None:
     ax.set_xlabel("block density")
     ax.set_ylabel("effective TFLOP/s on kept blocks")
     ax.set_ylim(bottom=0)
-    return _finish(fig, ax, path, f"kernel rate vs density on {card}")
+    return _finish(fig, ax, path, f"kernel rate vs density on {card}{timing_note(rows)}")
 
 
 def bench_figures(data: dict[str, Any], out: Path) -> dict:
