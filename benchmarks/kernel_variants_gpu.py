@@ -84,6 +84,10 @@ VARIANTS = {
     # Run 33: S one block ahead of the softmax (reports/kernel/probe/s_ahead.patch; build it with
     # ``patch -o attnsearch/runtime/_hopper_ahead.py ...`` and time ("ws", 2, True, 2, False,
     # "_hopper_ahead", True)): 14-16% slower than the tile schedule at D 64 and at D 128.
+    # Session 7, ``--against _hopper_base`` or the patched build: run 38, exponentials ahead of the
+    # row max (probe/exp_ahead.patch), 4-5% slower; run 39, a third consumer redoing half 0
+    # (probe/three_consumers.patch, ``--against _hopper_three``), the same work per second; run 40,
+    # Q in registers at D 64 (now hopper_kernel.q_in_registers), +1-5%.
 }
 
 
