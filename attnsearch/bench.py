@@ -178,8 +178,12 @@ def time_ms(fn: Callable[[tuple], Any], inputs: Sequence[tuple], warmup: int = 3
         if mode == "synced":
             stop.synchronize()
     torch.cuda.synchronize()
-    times = [start.elapsed_time(stop) for start, stop in events]
-    return {"median": statistics.median(times), "min": min(times), "max": max(times), "reps": reps,
+    return _summary([start.elapsed_time(stop) for start, stop in events], mode)
+
+
+def _summary(times: list[float], mode: str) -> dict[str, Any]:
+    """``time_ms``'s result from the per-call times (ms)."""
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "reps": len(times),
             "mode": mode}
 
 
@@ -206,9 +210,7 @@ def _time_sustained(fn: Callable[[tuple], Any], inputs: Sequence[tuple], min_rep
             stops.pop(0).synchronize()
         i += 1
     torch.cuda.synchronize()
-    times = [start.elapsed_time(stop) for start, stop in timed]
-    return {"median": statistics.median(times), "min": min(times), "max": max(times), "reps": len(times),
-            "mode": "sustained"}
+    return _summary([start.elapsed_time(stop) for start, stop in timed], "sustained")
 
 
 def host_us(fn: Callable[[tuple], Any], inputs: Sequence[tuple], calls: int = 10) -> float:

@@ -104,26 +104,57 @@ def probe(cfg: KernelConfig, head_dim: int, block: int) -> dict:
             "waits": " ".join(waits)}
 
 
+def ptx_to_sass(ptx: str, verbose: bool = False) -> tuple[bool, str, str]:
+    """Assemble ``ptx`` for sm_90a with Triton's bundled ptxas and disassemble it with cuobjdump:
+    (assembled, ptxas's log, SASS; "" when it did not assemble)."""
+    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "k.ptx").write_text(ptx)
+        # Newer Tritons emit PTX only their second (Blackwell-era) ptxas reads.
+        for tool in ("ptxas", "ptxas-blackwell"):
+            res = subprocess.run([str(bin_dir / tool), "-arch=sm_90a", *(["-v"] if verbose else []),
+                                  str(Path(tmp) / "k.ptx"), "-o", str(Path(tmp) / "k.cubin")],
+                                 capture_output=True, text=True)
+            if res.returncode == 0 or not (bin_dir / "ptxas-blackwell").exists():
+                break
+        sass = subprocess.run([str(bin_dir / "cuobjdump"), "-sass", str(Path(tmp) / "k.cubin")], capture_output=True,
+                              text=True).stdout if res.returncode == 0 else ""
+    return res.returncode == 0, res.stdout + res.stderr, sass
+
+
+def sass_ops(sass: str) -> list[tuple[int, str]]:
+    """(address, instruction) of every instruction in cuobjdump's SASS listing."""
+    return [(int(m.group(1), 16), m.group(2).strip()) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+
+
+def opcode(op: str) -> str:
+    """An instruction's opcode, without its predicate guard."""
+    return re.sub(r"^@!?U?P\w+\s+", "", op).split()[0]
+
+
+def innermost_loops(ops: list[tuple[int, str]], has: tuple[str, ...] = ()) -> list[list[str]]:
+    """The instructions of each innermost loop (a backward branch's target through the branch, with
+    no such loop inside it) whose body contains every substring of ``has``, in code order."""
+    at = {addr: i for i, (addr, _) in enumerate(ops)}
+    loops = []
+    for i, (addr, op) in enumerate(ops):
+        back = re.match(r"@!?U?P\d BRA 0x([0-9a-f]+)", op)
+        target = int(back.group(1), 16) if back else addr
+        if target < addr and target in at:
+            body = [o for _, o in ops[at[target]:i + 1]]
+            if all(any(h in o for o in body) for h in has):
+                loops.append((at[target], i))
+    return [[o for _, o in ops[lo:hi + 1]] for lo, hi in loops
+            if not any(lo <= a and b <= hi and (a, b) != (lo, hi) for a, b in loops)]
+
+
 def pv_wait_after_softmax(sass: str) -> list[bool]:
     """For each innermost loop of the SASS that issues a PV product (a wgmma with a transposed
     shared-memory B operand) and runs a softmax, whether its full wgmma wait (``WARPGROUP.DEPBAR.LE
     gsb0, 0x0``) comes after the loop's last ``MUFU.EX2``: the consumer's softmax then runs beside its
     own PV product (kernel-notes.md, variant 23). One entry per consumer loop, in code order."""
-    ops = [(int(m.group(1), 16), m.group(2)) for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
-    at = {addr: i for i, (addr, _) in enumerate(ops)}
-    loops = []  # (first, last) instruction index of each loop with a PV product and a softmax
-    for i, (addr, op) in enumerate(ops):
-        back = re.match(r"@!?U?P\d BRA 0x([0-9a-f]+)", op.strip())
-        target = int(back.group(1), 16) if back else addr
-        if target < addr and target in at:
-            body = [o for _, o in ops[at[target]:i + 1]]
-            if any("tnspB" in o for o in body) and any("MUFU.EX2" in o for o in body):
-                loops.append((at[target], i))
     found = []
-    for lo, hi in loops:
-        if any(lo <= a and b <= hi and (a, b) != (lo, hi) for a, b in loops):
-            continue  # an outer loop (the tile schedule's loop over tiles)
-        body = [o for _, o in ops[lo:hi + 1]]
+    for body in innermost_loops(sass_ops(sass), has=("tnspB", "MUFU.EX2")):
         last_exp = max(k for k, o in enumerate(body) if "MUFU.EX2" in o)
         waits = [k for k, o in enumerate(body) if "WARPGROUP.DEPBAR.LE gsb0, 0x0" in o]
         found.append(bool(waits) and min(waits) > last_exp)
@@ -169,21 +200,10 @@ def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs
     options = triton.compiler.make_backend(HOPPER).parse_options({"num_warps": 4, "maxnreg": maxnreg or ws.MAXNREG})
     kernel = triton.compile(src, target=HOPPER, options=options.__dict__)
     ptx = kernel.asm["ptx"]
-    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "k.ptx").write_text(ptx)
-        # Newer Tritons emit PTX only their second (Blackwell-era) ptxas reads.
-        for tool in ("ptxas", "ptxas-blackwell"):
-            res = subprocess.run([str(bin_dir / tool), "-arch=sm_90a", "-v", str(Path(tmp) / "k.ptx"), "-o",
-                                  str(Path(tmp) / "k.cubin")], capture_output=True, text=True)
-            if res.returncode == 0 or not (bin_dir / "ptxas-blackwell").exists():
-                break
-        sass = subprocess.run([str(bin_dir / "cuobjdump"), "-sass", str(Path(tmp) / "k.cubin")], capture_output=True,
-                              text=True).stdout if res.returncode == 0 else ""
-    log = res.stdout + res.stderr
+    ok, log, sass = ptx_to_sass(ptx, verbose=True)
     return {"setmaxnreg": re.findall(r"setmaxnreg\.(inc|dec)\.sync\.aligned\.u32\s+(\d+)", ptx),
             "c7514": "C7514" in log, "ptxas": " ".join(re.findall(r"Used \d+ registers[^\n]*", log)),
-            "warnings": [ln for ln in log.splitlines() if "warning" in ln][:3], "ptxas_ok": res.returncode == 0,
+            "warnings": [ln for ln in log.splitlines() if "warning" in ln][:3], "ptxas_ok": ok,
             "shared_kb": kernel.metadata.shared / 1024,
             "waits": " ".join(re.findall(r"wgmma.wait_group.sync.aligned (\d+)", ptx)),
             "clock_reads": len(re.findall(r"%clock\b", ptx)),
