@@ -161,6 +161,15 @@ def pv_wait_after_softmax(sass: str) -> list[bool]:
     return found
 
 
+def turn_loop_moves(sass: str) -> list[int]:
+    """Register-to-register moves (``MOV``, ``IMAD.MOV``) in each consumer's steady-state loop (the
+    innermost loops that issue a PV product and run a softmax), in code order. A handful is loop
+    bookkeeping; 32 or 64 means ptxas copies P into the PV product's operand registers on every
+    turn, while the consumer holds the tensor cores (kernel-notes.md, variant 34)."""
+    return [sum(opcode(o) in ("MOV", "IMAD.MOV.U32", "IMAD.MOV") for o in body)
+            for body in innermost_loops(sass_ops(sass), has=("tnspB", "MUFU.EX2"))]
+
+
 def qk_operand_a(sass: str) -> set[str]:
     """Where the QK products' A operand (Q) comes from: "registers" or "shared" (a descriptor), over
     every wgmma of the SASS that does not transpose B (the PV products do)."""
@@ -193,7 +202,7 @@ def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs
             sig[name] = f"tensordesc<{dtype}[{', '.join(map(str, box))}],{layout!r}>"
     _other_args(fn, dtype, sig, const, attrs)
     if hasattr(ws, "q_in_registers"):  # as ``launch`` decides it, unless ``constexprs`` say otherwise
-        constexprs = {"Q_REGS": ws.q_in_registers(head_dim, flat), **constexprs}
+        constexprs = {"Q_REGS": ws.q_in_registers(head_dim), **constexprs}
     const.update(HEAD_DIM=head_dim, BLOCK=128, STAGES=stages, Q_BUFS=q_bufs, FLAT=flat, PROBE=probe,
                  CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs, **constexprs)
     src = GluonASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
@@ -210,6 +219,7 @@ def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs
             "lazy_rescales": len(re.findall(r"^\s*RESCALE_SKIP:", ptx, re.M)),
             "pv_wait_after_softmax": pv_wait_after_softmax(sass),
             "qk_operand_a": qk_operand_a(sass),
+            "turn_loop_moves": turn_loop_moves(sass),
             "local_stores": len(re.findall(r"\bSTL(\.\w+)*\s", sass))}  # register spills
 
 

@@ -1,7 +1,7 @@
 """Kernel variants (``KernelConfig``s) of the block-sparse kernel against the tuned default, on CUDA.
 
     PYTHONUNBUFFERED=1 python benchmarks/kernel_variants_gpu.py --out $OUT [--reps 10] [--only base,lazy8,base-again]
-        [--against _hopper_base[,...]] [--rounds 7 --shapes 12:0.1,24:0.1:64]
+        [--against _hopper_base[,...]] [--rounds 7 --shapes 12:0.1,24:0.1:64] [--timing sustained]
 
 1. Correctness (bf16, batch 2, every pattern incl. skip, N % B ≠ 0, [B, N, H, D].transpose(1, 2)
    inputs, NaN-poisoned output): every variant vs fp32 SDPA on the token-expanded block mask,
@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnsearch import Geometry  # noqa: E402
 from attnsearch.patterns import SPARSE_FAMILIES  # noqa: E402
-from attnsearch.bench import card_name, cudnn_sdpa, flops, fresh_inputs, mixed_layer_plan, time_ms  # noqa: E402
+from attnsearch.bench import (  # noqa: E402
+    TIMING_MODES, card_name, cudnn_sdpa, flops, fresh_inputs, mixed_layer_plan, time_ms)
 from attnsearch.runtime import triton_kernel  # noqa: E402
 from attnsearch.runtime.block_tables import build_block_tables, get_block_tables  # noqa: E402
 from attnsearch.runtime.triton_kernel import KernelConfig  # noqa: E402
@@ -162,16 +163,18 @@ def check(variants: dict, results: list) -> int:
 
 
 def bench(variants: dict, rows: list, reps: int, dense: dict, t0: float, shapes=SHAPES,
-          rounds: int = 1) -> None:
+          rounds: int = 1, timing: str = "queued") -> None:
     """Time every variant at every shape; with ``rounds`` > 1 the whole variant list again and again
-    at each shape (interleaved, so drift hits all alike), one row per variant and round."""
+    at each shape (interleaved, so drift hits all alike), one row per variant and round. ``timing``:
+    ``time_ms``'s mode ("sustained": seconds of back-to-back calls per figure, at the card's
+    power-capped clock)."""
     for H, geom, target, d in shapes:
         lp = mixed_layer_plan(geom, H, 128, target, ("dense",) if target >= 1 else SPARSE_FAMILIES)
         n = geom.num_tokens
         inputs = fresh_inputs((1, H, n, d), torch.bfloat16, 2)
         out = torch.empty(1, H, n, d, device="cuda", dtype=torch.bfloat16)
         if (H, n, d) not in dense:
-            dense[H, n, d] = time_ms(lambda x: cudnn_sdpa(*x), inputs, 2, reps)["median"]
+            dense[H, n, d] = time_ms(lambda x: cudnn_sdpa(*x), inputs, 2, reps, mode=timing)["median"]
         cudnn = dense[H, n, d]
         fl = flops(1, H, n, d, lp.density)
         for rnd, (name, (cfg, order)) in ((r, kv) for r in range(rounds) for kv in variants.items()):
@@ -182,14 +185,14 @@ def bench(variants: dict, rows: list, reps: int, dense: dict, t0: float, shapes=
 
             try:
                 run(inputs[0])
-                ms = time_ms(run, inputs, 2, reps)["median"]
+                ms = time_ms(run, inputs, 2, reps, mode=timing)["median"]
             except Exception as e:  # noqa: BLE001
                 print(f"  {name}: {type(e).__name__}: {str(e)[:300]}", flush=True)
                 rows.append({"H": H, "N": n, "variant": name, "error": str(e)[:500]})
                 continue
             r = {"H": H, "N": n, "D": d, "target": target, "density": lp.density, "variant": name, "ms": ms,
                  "tflops": fl / ms / 1e9, "cudnn_ms": cudnn, "speedup_vs_cudnn": cudnn / ms,
-                 "target_speedup": 0.8 / lp.density, "round": rnd}
+                 "target_speedup": 0.8 / lp.density, "round": rnd, "timing": timing}
             rows.append(r)
             print(f"  H={H} N={n} D={d} d={lp.density:.3f} {name:<11} {ms:8.3f} ms {r['tflops']:4.0f} TFLOP/s "
                   f"x{r['speedup_vs_cudnn']:.2f} (target x{r['target_speedup']:.2f})  ({time.time() - t0:.0f}s)",
@@ -233,6 +236,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1,
                     help="time the variant list this many times per shape, interleaved (noisy short kernels)")
     ap.add_argument("--shapes", help="comma-separated H:density[:head_dim] of SHAPES to run (default: all)")
+    ap.add_argument("--timing", choices=TIMING_MODES, default="queued", help="time_ms's mode (default: queued)")
     args = ap.parse_args()
     shapes = SHAPES
     if args.shapes:
@@ -262,9 +266,9 @@ def main() -> None:
     save()
     print(f"== benchmark ({time.time() - t0:.0f}s)", flush=True)
     dense: dict = {}
-    bench(VARIANTS, rep["bench"], args.reps, dense, t0, shapes, args.rounds)
+    bench(VARIANTS, rep["bench"], args.reps, dense, t0, shapes, args.rounds, args.timing)
     save()
-    md = f"# Kernel variants on {env['card']}\n\n{env}\n\n{table(rep['bench'])}\n"
+    md = f"# Kernel variants on {env['card']} ({args.timing} timing)\n\n{env}\n\n{table(rep['bench'])}\n"
     if args.rounds > 1:
         md += f"\n## Over {args.rounds} interleaved rounds\n\n{round_summary(rep['bench'])}\n"
     (args.out / "kernel_variants_gpu.md").write_text(md)

@@ -100,14 +100,17 @@ def test_tile_table_decodes_each_tile():
     assert all(kt % 2 == 0 for *_, kt in full[4 * programs:].view(-1, 4).tolist())
 
 
-def test_flat_schedule_for_short_rows_only():
-    """The flat schedule runs where the non-empty query blocks keep < FLAT_BELOW_KEPT key blocks on
-    average (empty ones do not count: they only store zeros)."""
+def test_flat_schedule_at_head_dim_128_and_for_short_rows():
+    """The flat schedule runs at head_dim 128 wherever a block is kept, and at 64 where the non-empty
+    query blocks keep < FLAT_BELOW_KEPT key blocks on average (empty ones do not count: they only
+    store zeros)."""
     limit = hopper_kernel.FLAT_BELOW_KEPT
     work = torch.arange(4, dtype=torch.int32)
     short = torch.tensor([[limit - 1, limit - 1, 0, 0]], dtype=torch.int32)
     long = torch.tensor([[limit, limit + 2, 0, limit - 2]], dtype=torch.int32)
-    assert hopper_kernel.prefers_flat(short, work)
-    assert not hopper_kernel.prefers_flat(long, work)
-    assert not hopper_kernel.prefers_flat(torch.zeros(1, 4, dtype=torch.int32), work)  # nothing kept
-    assert hopper_kernel.prefers_flat(long, work[3:])  # only the listed items count
+    nothing = torch.zeros(1, 4, dtype=torch.int32)
+    assert hopper_kernel.prefers_flat(short, work, 64)
+    assert not hopper_kernel.prefers_flat(long, work, 64)
+    assert hopper_kernel.prefers_flat(long, work[3:], 64)  # only the listed items count
+    assert hopper_kernel.prefers_flat(short, work, 128) and hopper_kernel.prefers_flat(long, work, 128)
+    assert not hopper_kernel.prefers_flat(nothing, work, 64) and not hopper_kernel.prefers_flat(nothing, work, 128)

@@ -56,8 +56,8 @@ def test_hopper_kernel_schedule_survives_compilation(head_dim, flat):
     ptxas leaves the wait for the consumer's own PV product after the softmax (the ``_fenced``
     clock read; without it ptxas hoists that wait above the softmax, kernel-notes.md variants 15
     and 23), the lazy rescale's branch is there at head_dim 128 (variant 25), the QK products read
-    Q from registers exactly where ``q_in_registers`` says (head_dim 64, tile schedule: variant 33)
-    with no spill stores in the build, and ptxas does not serialise the wgmmas (warning C7514)."""
+    Q from registers exactly where ``q_in_registers`` says (head_dim 64: variant 33) with no spill
+    stores in the build, and ptxas does not serialise the wgmmas (warning C7514)."""
     from kernel_compile_probe import probe_gluon_ws
 
     r = probe_gluon_ws(head_dim, stages=2, consumer_regs=240, flat=flat)
@@ -70,21 +70,43 @@ def test_hopper_kernel_schedule_survives_compilation(head_dim, flat):
     assert r["lazy_rescales"] == (2 if head_dim == 128 else 0), r
     from attnsearch.runtime.hopper_kernel import q_in_registers
 
-    assert r["qk_operand_a"] == {"registers" if q_in_registers(head_dim, flat) else "shared"}, r
+    assert r["qk_operand_a"] == {"registers" if q_in_registers(head_dim) else "shared"}, r
     assert r["local_stores"] == 0, r
     assert not r["c7514"], r
+
+
+#: Triton (major, minor) from which ptxas's register allocation copies P in one consumer of the
+#: flat schedule (Triton 3.9's toolchain; 3.6's, the one timed on the GPU, does not).
+P_COPY_FROM = (3, 9)
+
+
+@pytest.mark.parametrize("flat", [True, False])
+@pytest.mark.parametrize("head_dim", [128, 64])
+def test_hopper_turn_loop_does_not_copy_p(head_dim, flat, request):
+    """ptxas assigns P one block of registers across each consumer's turn loop: the loop holds a few
+    register moves of bookkeeping, not the 32 that copy P into the PV product's operand registers
+    on every turn, inside the window where the consumer holds the tensor cores (the flat schedule's
+    first build did; kernel-notes.md, variant 34). Triton 3.9's ptxas does it in one consumer of the
+    flat schedule: a known regression of that toolchain, marked strict so that a fix shows."""
+    from kernel_compile_probe import probe_gluon_ws
+
+    if flat and tuple(int(x) for x in triton.__version__.split(".")[:2]) >= P_COPY_FROM:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="Triton 3.9's ptxas copies P in one flat consumer"))
+    moves = probe_gluon_ws(head_dim, stages=2, consumer_regs=240, flat=flat)["turn_loop_moves"]
+    assert len(moves) == 2 and max(moves) < 16, moves
 
 
 @pytest.mark.parametrize("flat", [True, False])
 def test_hopper_kernel_probe_is_compiled_out_unless_asked(flat):
     """The cycle-counter probe (``hopper_kernel.launch(probe=...)``, benchmarks/kernel_probe_gpu.py)
     reads ``%clock`` around each step of a consumer's turn in its own build, and leaves no trace
-    in the build everybody runs beyond its one scheduling fence per consumer loop (``_fenced``)."""
+    in the build everybody runs beyond its scheduling fences (``_fenced``): one per consumer in the
+    turn loop, and in the flat schedule one more in the turn that starts a tile."""
     from kernel_compile_probe import probe_gluon_ws
 
     plain = probe_gluon_ws(128, stages=2, consumer_regs=240, flat=flat)
     probed = probe_gluon_ws(128, stages=2, consumer_regs=240, flat=flat, probe=True)
-    assert plain["clock_reads"] == 2, plain
+    assert plain["clock_reads"] == (4 if flat else 2), plain
     # Both consumers: a start, five laps and a turn start per turn, tile edges and the final store.
     assert probed["clock_reads"] >= 2 + 2 * 7, probed
     assert probed["ptxas_ok"] and not probed["c7514"], probed

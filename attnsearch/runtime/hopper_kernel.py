@@ -38,19 +38,20 @@ Partitions (``gl.warp_specialize``; setmaxnreg moves registers to the consumers)
   for PV[j-1] above the softmax; a clock read before it (``_fenced``) keeps it after, so a
   consumer's softmax runs beside its own PV product too (variant 23). At head_dim 128 the running
   max moves only when a block's exceeds it by 2^8 (FlashAttention-4), and a PTX branch skips the
-  rescale of O while it holds (``_rescaled``, variant 25). At head_dim 64 the tile schedule's
-  consumers load Q into registers once per tile and the QK products take it from there
+  rescale of O while it holds (``_rescaled``, variant 25). At head_dim 64 the consumers load Q
+  into registers once per tile and the QK products take it from there
   (``q_in_registers``, variant 33): the products then read a seventh less from shared memory.
 
 The grid is persistent (one program per SM); which tiles each program runs is list-scheduled on the
 host from the kept-block counts (``schedule``), in the work list's head-major order, and decoded
 into a table the kernel reads a tile ahead (``tile_table``).
 
-Two consumer schedules: ``_consumer`` restarts the pipeline at every tile; ``_consumer_flat`` runs
-one pipeline across tile boundaries (a tile's last PV goes out with the next tile's first QK, its
-rows leave through TMA stores). Flat wins where query blocks keep few key blocks and loses on long
-rows (H100: +13-20% at 26 kept blocks, -6 to -13% from 65 on), so ``launch`` picks it under
-``FLAT_BELOW_KEPT`` (``prefers_flat``), at head_dim 128 (at 64 it is no faster anywhere).
+Two consumer schedules, with the same steady-state turns (``_tile_turns``): ``_consumer`` restarts
+the pipeline at every tile (its first block's S alone, its last PV alone, pointer stores);
+``_consumer_flat`` runs one pipeline across tile boundaries (a tile's first QK goes out with the
+last tile's last PV, whose rows then leave through a TMA store). ``launch`` picks flat at head_dim
+128, and at 64 where query blocks keep fewer than ``FLAT_BELOW_KEPT`` key blocks on average
+(``prefers_flat``); kernel-notes.md, variant 34, has the measurements.
 """
 
 from __future__ import annotations
@@ -336,6 +337,52 @@ def _operand(p, dtype: gl.constexpr, p_layout: gl.constexpr):
 
 
 @gluon.jit
+def _tile_turns(it, n_kept, tail, q, p, acc, m_i, l_i, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, turns,
+                s_zero, offs_n, tail_start, qk_scale, N, t, w_kv, w_turn, w_s, w_soft, w_pv,
+                WG: gl.constexpr, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
+                PROBE: gl.constexpr):
+    """Turns 1 .. n_kept - 1 of a tile whose block 0 (kept block ``it``, counted across tiles) has
+    been through its softmax (P[0] in ``p``): the steady state, one kept block per turn, both
+    schedules alike. Returns the last block's P (its PV product is the caller's), O, m, l and the
+    probe's clock and phase sums."""
+    dtype: gl.constexpr = p.dtype
+    p_layout: gl.constexpr = p.type.layout
+    o_layout: gl.constexpr = acc.type.layout
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    LAZY: gl.constexpr = _lazy_rescale(HEAD_DIM)
+    for j in range(1, n_kept):
+        t = _now(PROBE)  # the probe's turn starts
+        s, o, prev, t, w_kv, w_turn = _issue_turn(it + j, q, p, acc, k_smem, v_smem, k_ready, k_empty, v_ready,
+                                                  turns, s_zero, t, w_kv, w_turn, WG, BLOCK, HEAD_DIM, STAGES, PROBE)
+        t, w_s = _lap(t, w_s, PROBE)
+        p32, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tail & (j == n_kept - 1), tail_start, offs_n, qk_scale, N,
+                                             LAZY)
+        t, w_soft = _lap(t, w_soft, PROBE)
+        l_i = _fenced(l_i)
+        acc = warpgroup_mma_wait(0, deps=(o,))
+        p = _operand(p32, dtype, p_layout)
+        mbarrier.arrive(v_empty.index(prev), count=1)
+        acc = _rescaled(acc, alpha, row_o, HEAD_DIM, LAZY)
+        t, w_pv = _lap(t, w_pv, PROBE)
+    return p, acc, m_i, l_i, t, w_kv, w_turn, w_s, w_soft, w_pv
+
+
+@gluon.jit
+def _q_operand(q_smem, q_ready, q_count, s_layout: gl.constexpr, WG: gl.constexpr, HEAD_DIM: gl.constexpr,
+               Q_BUFS: gl.constexpr, Q_REGS: gl.constexpr, WAIT: gl.constexpr):
+    """This consumer's Q half of its ``q_count``-th tile with kept blocks, as the QK products' A
+    operand (registers if ``Q_REGS``, else the shared-memory buffer), and the buffer's index. ``WAIT``:
+    wait for the copy to land first."""
+    qi = (q_count % Q_BUFS) * 2 + WG
+    if WAIT:
+        mbarrier.wait(q_ready.index(qi), (q_count // Q_BUFS) & 1)
+    q = q_smem.index(qi).reshape([HALF_M, HEAD_DIM])
+    if Q_REGS:
+        q = q.load(gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2))
+    return q, qi
+
+
+@gluon.jit
 def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns, Out,
               Tiles, Probe, NB, N, qk_scale, stride_oz, stride_oh, stride_on, stride_od,
               WG: gl.constexpr, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
@@ -372,11 +419,7 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
         l_i = gl.zeros([HALF_M], gl.float32, layout=row_s)
         if n_kept > 0:
             t = _now(PROBE)  # the probe's tile start
-            qi = (q_count % Q_BUFS) * 2 + WG
-            mbarrier.wait(q_ready.index(qi), (q_count // Q_BUFS) & 1)
-            q = q_smem.index(qi).reshape([HALF_M, HEAD_DIM])
-            if Q_REGS:
-                q = q.load(gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2))
+            q, qi = _q_operand(q_smem, q_ready, q_count, s_layout, WG, HEAD_DIM, Q_BUFS, Q_REGS, True)
 
             # Block 0: S only (there is no P yet).
             s = _qk_alone(it, q, k_smem, k_ready, k_empty, turns, s_zero, WG, BLOCK, HEAD_DIM, STAGES)
@@ -385,21 +428,10 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
             p = _operand(p, dtype, p_layout)
 
             t, w_edges = _lap(t, w_edges, PROBE)
-            for j in range(1, n_kept):
-                t = _now(PROBE)  # the probe's turn starts
-                s, o, prev, t, w_kv, w_turn = _issue_turn(it + j, q, p, acc, k_smem, v_smem, k_ready, k_empty,
-                                                          v_ready, turns, s_zero, t, w_kv, w_turn, WG, BLOCK,
-                                                          HEAD_DIM, STAGES, PROBE)
-                t, w_s = _lap(t, w_s, PROBE)
-                p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tail & (j == n_kept - 1), tail_start, offs_n,
-                                                   qk_scale, N, LAZY)
-                t, w_soft = _lap(t, w_soft, PROBE)
-                l_i = _fenced(l_i)
-                acc = warpgroup_mma_wait(0, deps=(o,))
-                p = _operand(p, dtype, p_layout)
-                mbarrier.arrive(v_empty.index(prev), count=1)
-                acc = _rescaled(acc, alpha, row_o, HEAD_DIM, LAZY)
-                t, w_pv = _lap(t, w_pv, PROBE)
+            p, acc, m_i, l_i, t, w_kv, w_turn, w_s, w_soft, w_pv = _tile_turns(
+                it, n_kept, tail, q, p, acc, m_i, l_i, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, turns,
+                s_zero, offs_n, tail_start, qk_scale, N, t, w_kv, w_turn, w_s, w_soft, w_pv, WG, BLOCK, HEAD_DIM,
+                STAGES, PROBE)
             t = _now(PROBE)  # the probe's tile end
             # Every QK product of this tile has retired: the producer may load the next tile's Q.
             mbarrier.arrive(q_empty.index(qi), count=1)
@@ -455,17 +487,18 @@ def _store_rows_tma(acc, l_i, o_desc, o_smem, head, qb, b, o_layout: gl.constexp
 def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns, o_desc,
                    o_smem, Tiles, Probe, NB, N, qk_scale,
                    WG: gl.constexpr, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
-                   Q_BUFS: gl.constexpr, PROBE: gl.constexpr):
-    """As ``_consumer``, with one pipeline over all of this program's kept blocks, across tiles: the
-    turn that issues the first QK product of a tile also issues the last PV product of the one
-    before, whose rows are then stored while the other consumer has the tensor cores. A tile
-    boundary costs no turn of its own (short rows: ~26 kept blocks per tile at 10% density)."""
+                   Q_BUFS: gl.constexpr, Q_REGS: gl.constexpr, PROBE: gl.constexpr):
+    """As ``_consumer``, with one pipeline over all of this program's kept blocks: the turn that
+    issues a tile's first QK product also issues the previous tile's last PV product, whose rows
+    then leave through a TMA store while the other consumer has the tensor cores. Every turn but
+    the program's first carries both products, and the steady-state turns are ``_consumer``'s own
+    (``_tile_turns``): a tile boundary costs the store and the Q wait, not a pipeline fill and
+    drain."""
     dtype: gl.constexpr = q_smem.dtype
     s_layout: gl.constexpr = _acc_layout(BLOCK)
     o_layout: gl.constexpr = _acc_layout(HEAD_DIM)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     LAZY: gl.constexpr = _lazy_rescale(HEAD_DIM)
 
     offs_n = gl.arange(0, BLOCK, layout=gl.SliceLayout(0, s_layout))
@@ -479,69 +512,68 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
     if total > 0:
         head, qb, b, kt = _tile_fields(Tiles, first)
         head_n, qb_n, b_n, kt_n = _tile_fields(Tiles, first + 1)  # the table has a spare last row
-        i = first
-        j = 0  # this block's index within its tile
-        q_count = 0  # tiles started: the Q buffer and its phase
         acc = gl.zeros([HALF_M, HEAD_DIM], gl.float32, layout=o_layout)
         m_i = gl.full([HALF_M], float("-inf"), gl.float32, layout=row_s)
         l_i = gl.zeros([HALF_M], gl.float32, layout=row_s)
 
-        # Block 0 of the first tile: S only (there is no P yet).
-        mbarrier.wait(q_ready.index(WG), 0)
-        s = _qk_alone(0, q_smem.index(WG).reshape([HALF_M, HEAD_DIM]), k_smem, k_ready, k_empty, turns, s_zero, WG,
-                      BLOCK, HEAD_DIM, STAGES)
+        # The program's first block: S only (there is no P yet).
+        q, qi = _q_operand(q_smem, q_ready, 0, s_layout, WG, HEAD_DIM, Q_BUFS, Q_REGS, True)
+        s = _qk_alone(0, q, k_smem, k_ready, k_empty, turns, s_zero, WG, BLOCK, HEAD_DIM, STAGES)
         p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, ((kt & 1) == 1) & (kt >> 1 == 1), tail_start, offs_n,
                                            qk_scale, N, LAZY)
         p = _operand(p, dtype, p_layout)
+        t, w_edges = _lap(t, w_edges, PROBE)
 
-        for c in range(1, total):
-            t = _now(PROBE)  # the probe's turn starts (the Q wait below is a tile edge)
-            # Block c: the next of this tile, or block 0 of the next tile.
-            new_tile = j + 1 == kt >> 1
-            head_p, qb_p, b_p, qi_p = head, qb, b, (q_count % Q_BUFS) * 2 + WG
-            j += 1
-            if new_tile:
+        it = 0  # kept blocks of the tiles before this one
+        for i in range(first, empty_from):
+            # This tile's blocks 1 .. n - 1 (its block 0 went through the turn before).
+            q, qi = _q_operand(q_smem, q_ready, i - first, s_layout, WG, HEAD_DIM, Q_BUFS, Q_REGS, False)
+            n_kept = kt >> 1
+            p, acc, m_i, l_i, t, w_kv, w_turn, w_s, w_soft, w_pv = _tile_turns(
+                it, n_kept, (kt & 1) == 1, q, p, acc, m_i, l_i, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty,
+                turns, s_zero, offs_n, tail_start, qk_scale, N, t, w_kv, w_turn, w_s, w_soft, w_pv, WG, BLOCK,
+                HEAD_DIM, STAGES, PROBE)
+            # Every QK product of this tile has retired: the producer may load a later tile's Q.
+            mbarrier.arrive(q_empty.index(qi), count=1)
+            it += n_kept
+            if i + 1 < empty_from:
+                # The next tile's block 0: its S beside this tile's last PV product, then this tile's
+                # rows out. The next tile's softmax starts from nothing (alpha is then 0 and unused).
+                t = _now(PROBE)
+                head_p, qb_p, b_p, l_p = head, qb, b, l_i
                 head, qb, b, kt = head_n, qb_n, b_n, kt_n
-                i += 1
-                j = 0
-                q_count += 1
-                head_n, qb_n, b_n, kt_n = _tile_fields(Tiles, i + 1)
-            qi = (q_count % Q_BUFS) * 2 + WG
-            if new_tile:
-                mbarrier.wait(q_ready.index(qi), (q_count // Q_BUFS) & 1)
+                head_n, qb_n, b_n, kt_n = _tile_fields(Tiles, i + 2)
+                q_next, _ = _q_operand(q_smem, q_ready, i + 1 - first, s_layout, WG, HEAD_DIM, Q_BUFS, Q_REGS,
+                                       True)
                 t, w_edges = _lap(t, w_edges, PROBE)
-            s, o, prev, t, w_kv, w_turn = _issue_turn(c, q_smem.index(qi).reshape([HALF_M, HEAD_DIM]), p, acc,
-                                                      k_smem, v_smem, k_ready, k_empty, v_ready, turns, s_zero, t,
-                                                      w_kv, w_turn, WG, BLOCK, HEAD_DIM, STAGES, PROBE)
-            # The last tile's QK products all retired at block c - 1: its Q buffer is free. A new
-            # tile's softmax starts from nothing (alpha then comes out 0, clearing acc below).
-            mbarrier.arrive(q_empty.index(qi_p), count=1, pred=new_tile)
-            l_done = l_i
-            m_i = gl.where(new_tile, float("-inf"), m_i)
-            l_i = gl.where(new_tile, 0.0, l_i)
-            t, w_s = _lap(t, w_s, PROBE)
-            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, ((kt & 1) == 1) & (j == (kt >> 1) - 1), tail_start,
-                                               offs_n, qk_scale, N, LAZY)
-            t, w_soft = _lap(t, w_soft, PROBE)
-            l_i = _fenced(l_i)
-            acc = warpgroup_mma_wait(0, deps=(o,))
-            p = _operand(p, dtype, p_layout)
-            mbarrier.arrive(v_empty.index(prev), count=1)
-            t, w_pv = _lap(t, w_pv, PROBE)
-            if new_tile:  # the last tile's output is complete
-                _store_rows_tma(acc, l_done, o_desc, o_smem, head_p, qb_p, b_p, o_layout, WG, BLOCK)
+                s, o, prev, t, w_kv, w_turn = _issue_turn(it, q_next, p, acc, k_smem, v_smem, k_ready, k_empty, v_ready,
+                                                          turns, s_zero, t, w_kv, w_turn, WG, BLOCK, HEAD_DIM, STAGES,
+                                                          PROBE)
+                t, w_s = _lap(t, w_s, PROBE)
+                m_i = gl.full([HALF_M], float("-inf"), gl.float32, layout=row_s)
+                l_i = gl.zeros([HALF_M], gl.float32, layout=row_s)
+                p32, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, ((kt & 1) == 1) & (kt >> 1 == 1), tail_start,
+                                                     offs_n, qk_scale, N, LAZY)
+                t, w_soft = _lap(t, w_soft, PROBE)
+                l_i = _fenced(l_i)
+                acc = warpgroup_mma_wait(0, deps=(o,))
+                p = _operand(p32, dtype, p_layout)
+                mbarrier.arrive(v_empty.index(prev), count=1)
+                t, w_pv = _lap(t, w_pv, PROBE)
+                _store_rows_tma(acc, l_p, o_desc, o_smem, head_p, qb_p, b_p, o_layout, WG, BLOCK)
+                acc = gl.zeros([HALF_M, HEAD_DIM], gl.float32, layout=o_layout)
                 t, w_edges = _lap(t, w_edges, PROBE)
-            acc = _rescaled(acc, alpha, row_o, HEAD_DIM, LAZY)
-            t, w_pv = _lap(t, w_pv, PROBE)
-
-        last = (total - 1) % STAGES
-        mbarrier.wait(v_ready.index(last), ((total - 1) // STAGES) & 1)
-        v = v_smem.index(last).reshape([BLOCK, HEAD_DIM])
-        o = warpgroup_mma(p, v, acc, is_async=True)
-        acc = warpgroup_mma_wait(0, deps=(o,))
-        mbarrier.arrive(v_empty.index(last), count=1)
-        mbarrier.arrive(q_empty.index((q_count % Q_BUFS) * 2 + WG), count=1)
-        _store_rows_tma(acc, l_i, o_desc, o_smem, head, qb, b, o_layout, WG, BLOCK)
+            else:
+                # The program's last PV product, alone, and its rows.
+                t = _now(PROBE)
+                last = (it - 1) % STAGES
+                mbarrier.wait(v_ready.index(last), ((it - 1) // STAGES) & 1)
+                v = v_smem.index(last).reshape([BLOCK, HEAD_DIM])
+                o = warpgroup_mma(p, v, acc, is_async=True)
+                acc = warpgroup_mma_wait(0, deps=(o,))
+                mbarrier.arrive(v_empty.index(last), count=1)
+                _store_rows_tma(acc, l_i, o_desc, o_smem, head, qb, b, o_layout, WG, BLOCK)
+                t, w_edges = _lap(t, w_edges, PROBE)
 
     # Tiles with no kept block (last in the program's list) output zeros.
     zero_acc = gl.zeros([HALF_M, HEAD_DIM], gl.float32, layout=o_layout)
@@ -605,11 +637,11 @@ def _ws_block_sparse_fwd(
         o_smem = gl.allocate_shared_memory(dtype, [2, 1, 1, HALF_M, HEAD_DIM], o_desc.layout)
         gl.warp_specialize([
             (_consumer_flat, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns,
-                              o_desc, o_smem.index(0), Tiles, Probe, nb, n, qk_scale, 0, BLOCK, HEAD_DIM, STAGES, Q_BUFS,
-                              PROBE)),
+                                 o_desc, o_smem.index(0), Tiles, Probe, nb, n, qk_scale, 0, BLOCK, HEAD_DIM, STAGES,
+                                 Q_BUFS, Q_REGS, PROBE)),
             (_consumer_flat, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns,
-                              o_desc, o_smem.index(1), Tiles, Probe, nb, n, qk_scale, 1, BLOCK, HEAD_DIM, STAGES, Q_BUFS,
-                              PROBE)),
+                                 o_desc, o_smem.index(1), Tiles, Probe, nb, n, qk_scale, 1, BLOCK, HEAD_DIM, STAGES,
+                                 Q_BUFS, Q_REGS, PROBE)),
             (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty,
                          v_ready, v_empty, Tiles, Indices, s_ih, s_iq, kv_group, BLOCK, STAGES, Q_BUFS)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
@@ -663,29 +695,29 @@ def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
                             _smem_layout(rows, t.shape[-1], t.dtype))
 
 
-#: Mean kept key blocks per query block under which the flat schedule runs (H100, runs 12-13:
-#: +13-20% at 26, within ±2% at 59, -6 to -13% at 65 and more).
+#: Mean kept key blocks per query block under which the flat schedule runs at head_dim 64 (H100,
+#: run 42, sustained: +2% at 26, -1 to -2% at 65 and 130; at head_dim 128 it runs everywhere).
 FLAT_BELOW_KEPT = 48
 #: Per-tile cost beyond its kept blocks, in block-iterations (decode, Q, pipeline fill and drain).
 TILE_OVERHEAD = 2.0
-#: Tile tables per block tables (which die with them): {(id(work), batch, programs, N): table}.
+#: Tile tables per block tables (which die with them): {(id(work), batch, programs, N, D): (table, flat)}.
 _TILE_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def prefers_flat(counts: torch.Tensor, work: torch.Tensor) -> bool:
-    """Whether the flat schedule runs this work list: its query blocks that keep any key block keep
-    fewer than ``FLAT_BELOW_KEPT`` on average."""
+def prefers_flat(counts: torch.Tensor, work: torch.Tensor, head_dim: int) -> bool:
+    """Whether the flat schedule runs this work list: at head_dim 128 always, at 64 where its query
+    blocks that keep any key block keep fewer than ``FLAT_BELOW_KEPT`` on average (nothing kept: the
+    tile schedule, which only stores zeros then)."""
     kept = counts.flatten()[work.long()]
     kept = kept[kept > 0]
-    return bool(kept.numel()) and float(kept.float().mean()) < FLAT_BELOW_KEPT
+    return bool(kept.numel()) and (head_dim == 128 or float(kept.float().mean()) < FLAT_BELOW_KEPT)
 
 
-def q_in_registers(head_dim: int, flat: bool) -> bool:
+def q_in_registers(head_dim: int) -> bool:
     """Whether the consumers read a tile's Q from shared memory once, into registers that every QK
     product of the tile takes as its A operand: at head_dim 64 the products then read a seventh less
-    from shared memory per turn, +3-5% (H100, run 40); at 128 the 32 more registers spill, -4 to -8%.
-    The tile schedule only (the flat one switches Q inside its loop)."""
-    return head_dim == 64 and not flat
+    from shared memory per turn, +3-5% (H100, run 40); at 128 the 32 more registers spill, -4 to -8%."""
+    return head_dim == 64
 
 
 def schedule(counts: torch.Tensor, work: torch.Tensor, batch: int, programs: int) -> list[list[int]]:
@@ -748,12 +780,11 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
            probe: torch.Tensor | None = None, q_regs: bool | None = None) -> None:
     """One launch over ``work``; arguments as ``triton_kernel.launch``. ``persistent``: one program
     per SM, each running its share of the tiles (``tile_table``); else one program per tile.
-    ``flat``: the consumers' schedule (``_consumer_flat`` or ``_consumer``); None picks flat at head_dim
-    128 where the launch's query blocks keep fewer than ``FLAT_BELOW_KEPT`` key blocks on average.
+    ``flat``: the consumers' schedule (``_consumer_flat`` or ``_consumer``); None: ``prefers_flat``.
     ``probe``: int32 [programs (``launch_grid``), 2, len(PROBE_FIELDS)], filled with each program's and consumer's
     ``PROBE_FIELDS``: a build with cycle-counter reads in the consumers' loops, a diagnostic
-    (``benchmarks/kernel_probe_gpu.py``; same output, its own timing). ``q_regs``: the tile schedule's
-    consumers hold Q in registers (None: ``q_in_registers``; the flat schedule ignores it)."""
+    (``benchmarks/kernel_probe_gpu.py``; same output, its own timing). ``q_regs``: the consumers hold
+    Q in registers (None: ``q_in_registers``)."""
     batch, num_heads, n, d = q.shape
     bs = tables.block_size
     num_tiles = work.numel() * batch
@@ -763,16 +794,14 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
         raise ValueError(f"probe: needs int32 [{programs}, 2, {len(PROBE_FIELDS)}] on {q.device}, got "
                          f"{probe.dtype} {list(probe.shape)} on {probe.device}")
     known = _TILE_TABLES.setdefault(tables, {})  # BlockTables compare by identity
-    key = (id(work), batch, programs, n)  # work lives as long as its tables
+    key = (id(work), batch, programs, n, d)  # work lives as long as its tables
     if key not in known:
-        known[key] = (tile_table(tables, work, batch, programs, n), prefers_flat(tables.counts, work))
-    table, short_rows = known[key]
+        known[key] = (tile_table(tables, work, batch, programs, n), prefers_flat(tables.counts, work, d))
+    table, flat_pays = known[key]
     if flat is None:
-        # At head_dim 64 the tile schedule is as fast or faster at every density measured (H100,
-        # runs 31-35: flat −8 to +2%), so flat is for head_dim 128's short rows only.
-        flat = short_rows and d == 128
+        flat = flat_pays
     if q_regs is None:
-        q_regs = q_in_registers(d, flat)
+        q_regs = q_in_registers(d)
     if flat and not tma_compatible(out):
         raise ValueError("out: the flat schedule stores through TMA and needs a unit last stride and 16-byte "
                          "aligned base and strides")
