@@ -72,7 +72,8 @@ VARIANTS = {
     # One pipeline over all of a program's kept blocks: a tile's last PV product goes out with the
     # next tile's first QK product, its rows are stored by TMA while the other consumer computes.
     "ws2-flat": (("ws", 2, True, 2, True), "head"),  # "ws2" in runs 12-16
-    # What the hopper backend runs: flat below FLAT_BELOW_KEPT kept blocks per query block on average.
+    # What the hopper backend runs (hopper_kernel.prefers_flat): flat at head_dim 128, and at 64 below
+    # FLAT_BELOW_KEPT kept blocks per query block on average.
     "ws2-auto": (("ws", 2, True, 2, None), "head"),
     # Run 34: 3- and 4-stage K/V rings (("ws", 3 or 4, True, 2, flat), shared memory fits them at
     # head_dim 64 only): 422-466 vs 441-450 for two stages, not kept.
@@ -89,6 +90,9 @@ VARIANTS = {
     # row max (probe/exp_ahead.patch), 4-5% slower; run 39, a third consumer redoing half 0
     # (probe/three_consumers.patch, ``--against _hopper_three``), the same work per second; run 40,
     # Q in registers at D 64 (now hopper_kernel.q_in_registers), +1-5%.
+    # Session 8, runs 41-43 (``--against _hopper_base``, run 42 with ``--timing sustained``): the flat
+    # schedule rebuilt on the tile schedule's turn loop (variant 34, now "ws2-flat"), +1-3% over
+    # the old flat and up to +6% over tiles at D 128, +2% at D 64 10%.
 }
 
 
