@@ -161,6 +161,19 @@ def _qk_alone(c, q, k_smem, k_ready, k_empty, turns, s_zero, WG: gl.constexpr, B
 
 
 @gluon.jit
+def _pv_alone(c, p, acc, v_smem, v_ready, v_empty, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr,
+              STAGES: gl.constexpr):
+    """O += P·V of kept block ``c`` (global count) with no S beside it, retired: the pipeline's
+    last block (a tile's in the tile schedule, the program's in the flat one)."""
+    slot = c % STAGES
+    mbarrier.wait(v_ready.index(slot), (c // STAGES) & 1)
+    o = warpgroup_mma(p, v_smem.index(slot).reshape([BLOCK, HEAD_DIM]), acc, is_async=True)
+    acc = warpgroup_mma_wait(0, deps=(o,))
+    mbarrier.arrive(v_empty.index(slot), count=1)
+    return acc
+
+
+@gluon.jit
 def _issue_turn(c, q, p, acc, k_smem, v_smem, k_ready, k_empty, v_ready, turns, s_zero, t, w_kv, w_turn,
                 WG: gl.constexpr, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
                 PROBE: gl.constexpr):
@@ -436,12 +449,7 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
             # Every QK product of this tile has retired: the producer may load the next tile's Q.
             mbarrier.arrive(q_empty.index(qi), count=1)
 
-            last = (it + n_kept - 1) % STAGES
-            mbarrier.wait(v_ready.index(last), ((it + n_kept - 1) // STAGES) & 1)
-            v = v_smem.index(last).reshape([BLOCK, HEAD_DIM])
-            o = warpgroup_mma(p, v, acc, is_async=True)
-            acc = warpgroup_mma_wait(0, deps=(o,))
-            mbarrier.arrive(v_empty.index(last), count=1)
+            acc = _pv_alone(it + n_kept - 1, p, acc, v_smem, v_ready, v_empty, BLOCK, HEAD_DIM, STAGES)
             q_count += 1
         it += n_kept
 
@@ -566,12 +574,7 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
             else:
                 # The program's last PV product, alone, and its rows.
                 t = _now(PROBE)
-                last = (it - 1) % STAGES
-                mbarrier.wait(v_ready.index(last), ((it - 1) // STAGES) & 1)
-                v = v_smem.index(last).reshape([BLOCK, HEAD_DIM])
-                o = warpgroup_mma(p, v, acc, is_async=True)
-                acc = warpgroup_mma_wait(0, deps=(o,))
-                mbarrier.arrive(v_empty.index(last), count=1)
+                acc = _pv_alone(it - 1, p, acc, v_smem, v_ready, v_empty, BLOCK, HEAD_DIM, STAGES)
                 _store_rows_tma(acc, l_i, o_desc, o_smem, head, qb, b, o_layout, WG, BLOCK)
                 t, w_edges = _lap(t, w_edges, PROBE)
 
