@@ -16,10 +16,12 @@ so it does the same work as our kernel. Results are dicts (JSON-ready) naming th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -30,6 +32,7 @@ from .geometry import Geometry
 from .patterns import SPARSE_FAMILIES, block_mask, density
 from .plan import LayerPlan, Plan
 from .runtime.block_tables import BlockTables, get_block_tables
+from .telemetry import ClockSampler, smi_device_id
 
 # --- building layer plans at a target density -----------------------------------------------------
 
@@ -142,7 +145,8 @@ def _spin(ms: float) -> None:
 
 
 def time_ms(fn: Callable[[tuple], Any], inputs: Sequence[tuple], warmup: int = 3,
-            reps: int = 20, warmup_s: float = 0.2, mode: str = "queued") -> dict[str, float]:
+            reps: int = 20, warmup_s: float = 0.2, mode: str = "queued",
+            sampler: ClockSampler | None = None) -> dict[str, Any]:
     """Median / min / max ms of ``fn(inputs[i % len])`` over ``reps`` calls, each between CUDA events.
 
     ``mode`` (``TIMING_MODES``): "queued" records all calls' events without waiting in between,
@@ -151,7 +155,8 @@ def time_ms(fn: Callable[[tuple], Any], inputs: Sequence[tuple], warmup: int = 3
     the host is the slower (then the GPU waits for it inside the pair). "synced" waits for each
     call before starting the next. "sustained" (``_time_sustained``) keeps calls queued back to back
     for ``SUSTAIN_RAMP_S`` + ``SUSTAIN_S`` seconds and times those of the last ``SUSTAIN_S``
-    (``reps`` is then a minimum).
+    (``reps`` is then a minimum); with a running ``sampler`` (``telemetry.ClockSampler``) its result's
+    "clock" holds the SM clock and board power over the timed calls.
 
     Warm-up: at least ``warmup`` calls and ``warmup_s`` seconds of them, so that the GPU's clocks
     have left their idle state before the first timed call (a precaution: it did not remove the
@@ -166,7 +171,7 @@ def time_ms(fn: Callable[[tuple], Any], inputs: Sequence[tuple], warmup: int = 3
             torch.cuda.synchronize()
     torch.cuda.synchronize()
     if mode == "sustained":
-        return _time_sustained(fn, inputs, reps)
+        return _time_sustained(fn, inputs, reps, sampler)
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
               for _ in range(reps)]
     if mode == "queued":
@@ -187,18 +192,23 @@ def _summary(times: list[float], mode: str) -> dict[str, Any]:
             "mode": mode}
 
 
-def _time_sustained(fn: Callable[[tuple], Any], inputs: Sequence[tuple], min_reps: int) -> dict[str, float]:
+def _time_sustained(fn: Callable[[tuple], Any], inputs: Sequence[tuple], min_reps: int,
+                    sampler: ClockSampler | None = None) -> dict[str, Any]:
     """``time_ms``'s "sustained" mode: calls back to back, the host at most ``SUSTAIN_QUEUE`` calls
     ahead (it waits on the stop event of the call that many back, so the GPU never idles and the
     host never runs away); the calls after ``SUSTAIN_RAMP_S`` seconds, for ``SUSTAIN_S`` seconds
-    and at least ``min_reps`` of them, are timed each between its own CUDA events."""
+    and at least ``min_reps`` of them, are timed each between its own CUDA events. ``sampler``'s
+    samples from the first timed call's launch to the end give the result's "clock"."""
     timed: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
     stops: list[torch.cuda.Event] = []
     t0, i = time.perf_counter(), 0
+    timed_from = None
     while True:
         elapsed = time.perf_counter() - t0
         if elapsed >= SUSTAIN_RAMP_S + SUSTAIN_S and len(timed) >= min_reps:
             break
+        if elapsed >= SUSTAIN_RAMP_S and timed_from is None:
+            timed_from = t0 + elapsed
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn(inputs[i % len(inputs)])
@@ -210,7 +220,26 @@ def _time_sustained(fn: Callable[[tuple], Any], inputs: Sequence[tuple], min_rep
             stops.pop(0).synchronize()
         i += 1
     torch.cuda.synchronize()
-    return _summary([start.elapsed_time(stop) for start, stop in timed], "sustained")
+    res = _summary([start.elapsed_time(stop) for start, stop in timed], "sustained")
+    if sampler is not None:
+        res["clock"] = sampler.window(t0 if timed_from is None else timed_from, time.perf_counter())
+    return res
+
+
+@contextlib.contextmanager
+def clock_sampler(timing: str):
+    """For "sustained" timing, a running ``ClockSampler`` on the current GPU (pass it to
+    ``bench_layer_plan``: each sustained figure then carries the SM clock and board power it was
+    measured at); None for the other modes, or, with a warning, where ``nvidia-smi`` is missing."""
+    if timing != "sustained":
+        yield None
+    elif not ClockSampler.available():
+        warnings.warn("nvidia-smi is not on PATH: sustained timings carry no SM clock or board power",
+                      RuntimeWarning, stacklevel=3)
+        yield None
+    else:
+        with ClockSampler(smi_device_id()) as sampler:
+            yield sampler
 
 
 def host_us(fn: Callable[[tuple], Any], inputs: Sequence[tuple], calls: int = 10) -> float:
@@ -287,7 +316,8 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
                      dtype: torch.dtype = torch.bfloat16, layout: str = "bhnd", warmup: int = 3,
                      reps: int = 20, input_sets: int = 2, cudnn: bool = True, flex: bool = True,
                      groups_alone: bool = True, config: Any = None,
-                     dense_ms: float | None = None, timing: str = "queued") -> dict[str, Any]:
+                     dense_ms: float | None = None, timing: str = "queued",
+                     sampler: ClockSampler | None = None) -> dict[str, Any]:
     """Time one layer plan on CUDA: our kernel, cuDNN dense, FlexAttention on the same blocks.
 
     Args:
@@ -301,7 +331,9 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
             with the sum of its groups.
         dense_ms: reuse a cuDNN time measured before for this shape (skips timing it again).
         timing: ``time_ms``'s mode for every timing ("queued": the GPU's time per call; "synced":
-            each call alone, the host's launch work included).
+            each call alone, the host's launch work included; "sustained": seconds of calls each).
+        sampler: a running ``ClockSampler`` (``clock_sampler``): sustained timings then come with
+            "sparse_clock", "cudnn_clock" and "flex_clock" (SM MHz, watts, clock-limit reasons).
     Returns:
         JSON-ready dict: ms (median), effective TFLOP/s on kept blocks, speedups, per-group times.
     """
@@ -327,7 +359,7 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
     tuned_key = (head_dim, layer_plan.block_size, dtype, triton_kernel.tma_supported(*inputs[0]),
                  out.device.index)
     used = config if config is not None else triton_kernel._TUNED.get(tuned_key)
-    t = time_ms(run, inputs, warmup, reps, mode=timing)
+    t = time_ms(run, inputs, warmup, reps, mode=timing, sampler=sampler)
     head_dens = layer_plan.head_densities()
     res: dict[str, Any] = {
         "card": card_name(), "shape": list(shape), "dtype": str(dtype).removeprefix("torch."),
@@ -340,9 +372,14 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
         "sparse_tflops": fl / t["median"] / 1e9, "sparse_host_us": host_us(run, inputs),
         "target_speedup": 0.8 / dens if dens > 0 else None,
     }
+    if "clock" in t:
+        res["sparse_clock"] = t["clock"]
     if cudnn:
         if dense_ms is None:
-            dense_ms = time_ms(lambda x: cudnn_sdpa(*x), inputs, warmup, reps, mode=timing)["median"]
+            td = time_ms(lambda x: cudnn_sdpa(*x), inputs, warmup, reps, mode=timing, sampler=sampler)
+            dense_ms = td["median"]
+            if "clock" in td:
+                res["cudnn_clock"] = td["clock"]
         res.update(cudnn_ms=dense_ms, cudnn_tflops=dense_fl / dense_ms / 1e9,
                    speedup_vs_cudnn=dense_ms / t["median"])
     if flex:
@@ -351,9 +388,11 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
         opts = flex_kernel_options(layer_plan.block_size)
         fn = lambda x: fx(*x, block_mask=bm, scale=scale, kernel_options=opts)  # noqa: E731
         fn(inputs[0])
-        tf = time_ms(fn, inputs, warmup, reps, mode=timing)
+        tf = time_ms(fn, inputs, warmup, reps, mode=timing, sampler=sampler)
         res.update(flex_ms=tf["median"], flex_tflops=fl / tf["median"] / 1e9,
                    flex_host_us=host_us(fn, inputs), speedup_vs_flex=tf["median"] / t["median"])
+        if "clock" in tf:
+            res["flex_clock"] = tf["clock"]
     computed_groups = [g for g in layer_plan.groups if g.pattern != "skip"]
     if groups_alone and (used is not None or backend.name == "hopper") and len(computed_groups) > 1:
         gt = get_block_tables(layer_plan, "cuda", "group")
@@ -407,9 +446,18 @@ def bench_plan(plan: Plan, *, head_dim: int = 128, batch: int = 1, dtype: torch.
 # --- command line -----------------------------------------------------------------------------------
 
 
+def _clock_cell(clock: dict[str, Any] | None) -> str:
+    """"MHz, W" of a sustained timing's ``ClockSampler.window`` ("–" where none was taken)."""
+    if not clock or clock.get("sm_mhz") is None:
+        return "–"
+    watts = clock.get("power_w")
+    return f"{clock['sm_mhz']:.0f}, {'?' if watts is None else f'{watts:.0f}'}"
+
+
 def _markdown(rows: list[dict[str, Any]]) -> str:
     head = ("| shape (B,H,N,D) | density | sparse ms | TFLOP/s (kept) | host µs per call | cuDNN ms "
-            "| cuDNN TFLOP/s | Flex ms | speedup vs cuDNN | target 0.8/density | mixed / Σ groups |")
+            "| cuDNN TFLOP/s | Flex ms | speedup vs cuDNN | target 0.8/density | mixed / Σ groups "
+            "| SM MHz, W (sparse) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         def f(key: str, fmt: str = "{:.2f}", r: dict = r) -> str:
@@ -421,7 +469,7 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
         cells = [shape, f"{r['density']:.3f}", f("sparse_ms"), f("sparse_tflops", "{:.0f}"),
                  f("sparse_host_us", "{:.0f}"), f("cudnn_ms"),
                  f("cudnn_tflops", "{:.0f}"), f("flex_ms"), f("speedup_vs_cudnn") + "×",
-                 f("target_speedup") + "×", f("mixed_over_sum", "{:.3f}")]
+                 f("target_speedup") + "×", f("mixed_over_sum", "{:.3f}"), _clock_cell(r.get("sparse_clock"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -450,25 +498,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not torch.cuda.is_available():
         raise SystemExit("attnsearch.bench needs a CUDA device")
     dtype = getattr(torch, args.dtype)
-    common = dict(head_dim=args.head_dim, batch=args.batch, dtype=dtype, reps=args.reps, timing=args.timing,
-                  flex=not args.no_flex)
-    if args.plan:
-        from .plan import load_plan
+    with clock_sampler(args.timing) as sampler:
+        common = dict(head_dim=args.head_dim, batch=args.batch, dtype=dtype, reps=args.reps, timing=args.timing,
+                      flex=not args.no_flex, sampler=sampler)
+        if args.plan:
+            from .plan import load_plan
 
-        result: Any = bench_plan(load_plan(args.plan), **common)
-        rows = result["layer_plans"]
-    else:
-        geom = Geometry(args.frames, args.height, args.width, args.text_tokens)
-        if args.pattern:
-            params = json.loads(args.params)
-            plans = [LayerPlan.single(args.pattern, params, geom, args.heads, args.block_size)]
+            result: Any = bench_plan(load_plan(args.plan), **common)
+            rows = result["layer_plans"]
         else:
-            plans = [mixed_layer_plan(geom, args.heads, args.block_size, d) for d in args.density]
-        rows, dense_ms = [], None
-        for lp in plans:
-            rows.append(bench_layer_plan(lp, dense_ms=dense_ms, **common))
-            dense_ms = rows[-1].get("cudnn_ms")
-        result = {"card": card_name(), "rows": rows}
+            geom = Geometry(args.frames, args.height, args.width, args.text_tokens)
+            if args.pattern:
+                params = json.loads(args.params)
+                plans = [LayerPlan.single(args.pattern, params, geom, args.heads, args.block_size)]
+            else:
+                plans = [mixed_layer_plan(geom, args.heads, args.block_size, d) for d in args.density]
+            rows, dense_ms = [], None
+            for lp in plans:
+                rows.append(bench_layer_plan(lp, dense_ms=dense_ms, **common))
+                dense_ms = rows[-1].get("cudnn_ms")
+            result = {"card": card_name(), "rows": rows}
     out = args.out or Path("reports/runtime") / f"bench_{card_name().replace(' ', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

@@ -423,12 +423,14 @@ def bench(
         from .geometry import Geometry
         from .plan import LayerPlan, load_plan
 
-        common = dict(head_dim=head_dim, batch=batch, dtype=getattr(torch, dtype), reps=reps, flex=flex,
-                      timing=timing)
         cost = CostModel(hardware, head_dim=head_dim, batch=batch)
-        # Sustained timing holds each measurement for seconds: a layer takes ~10 s.
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=True) as bar:
+        # Sustained timing holds each measurement for seconds (a layer takes ~10 s), with the SM clock
+        # and board power sampled beside it.
+        with B.clock_sampler(timing) as sampler, \
+                Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                         console=console, transient=True) as bar:
+            common = dict(head_dim=head_dim, batch=batch, dtype=getattr(torch, dtype), reps=reps, flex=flex,
+                          timing=timing, sampler=sampler)
             task = bar.add_task(f"timing layer plans ({timing})", total=None)
 
             def on_layer(done: int, total: int) -> None:
@@ -460,15 +462,20 @@ def bench(
         target = out or Path("reports") / f"bench_{B.card_name().replace(' ', '_')}.json"
         _atomic_write(target, json.dumps(result, indent=1) + "\n")
         table = Table(title=f"{B.card_name()}: sparse runtime vs dense cuDNN SDPA ({timing} timing)")
+        clocked = any("sparse_clock" in r for r in rows)
         for col in ("density", "backend", "ms", "TFLOP/s", "host µs", "predicted ms", "cuDNN ms", "Flex ms",
-                    "speedup"):
+                    "speedup") + (("SM MHz", "W") if clocked else ()):
             table.add_column(col, justify="right")
         for r in rows:
             host = r.get("sparse_host_us")
-            table.add_row(f"{r['density']:.3f}", r.get("backend", r.get("runs", "")), f"{r['sparse_ms']:.2f}",
-                          f"{r['sparse_tflops']:.0f}", "–" if host is None else f"{host:.0f}",
-                          f"{r['predicted_ms']:.2f}", f"{r.get('cudnn_ms', float('nan')):.2f}",
-                          f"{r.get('flex_ms', float('nan')):.2f}", f"{r.get('speedup_vs_cudnn', float('nan')):.2f}×")
+            cells = [f"{r['density']:.3f}", r.get("backend", r.get("runs", "")), f"{r['sparse_ms']:.2f}",
+                     f"{r['sparse_tflops']:.0f}", "–" if host is None else f"{host:.0f}",
+                     f"{r['predicted_ms']:.2f}", f"{r.get('cudnn_ms', float('nan')):.2f}",
+                     f"{r.get('flex_ms', float('nan')):.2f}", f"{r.get('speedup_vs_cudnn', float('nan')):.2f}×"]
+            if clocked:
+                clock = r.get("sparse_clock") or {}
+                cells += [_num(clock.get("sm_mhz")), _num(clock.get("power_w"))]
+            table.add_row(*cells)
         console.print(table)
         if sweep:
             from .report.bench_figures import speedup_vs_density, tflops_vs_density
@@ -481,6 +488,10 @@ def bench(
 
 
 SWEEP_DENSITIES = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75)
+
+
+def _num(x: float | None) -> str:
+    return "–" if x is None else f"{x:.0f}"
 
 
 def _distinct_sites(plan) -> list[tuple[int, int]]:

@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -28,64 +25,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attnsearch import Geometry  # noqa: E402
 from attnsearch.bench import card_name, cudnn_sdpa, flops, fresh_inputs, mixed_layer_plan  # noqa: E402
 from attnsearch.runtime import sparse_attention  # noqa: E402
+from attnsearch.telemetry import ClockSampler, smi_device_id  # noqa: E402
 
-FIELDS = ("clocks.sm", "clocks.max.sm", "power.draw", "power.limit", "temperature.gpu",
-          "clocks_throttle_reasons.active")
-#: Bits of ``clocks_throttle_reasons.active`` (NVML's nvmlClocksThrottleReasons).
-REASONS = {0x1: "idle", 0x2: "app clocks", 0x4: "sw power cap", 0x8: "hw slowdown", 0x20: "sw thermal",
-           0x40: "hw thermal", 0x80: "hw power brake"}
 RAMP_S = 0.5
 
 
-class Sampler:
-    """``nvidia-smi`` in the background, its lines stamped with the host's monotonic clock."""
-
-    def __init__(self, period_ms: int = 50):
-        self.proc = subprocess.Popen(["nvidia-smi", f"--query-gpu={','.join(FIELDS)}", "--format=csv,noheader,nounits",
-                                      f"-lms={period_ms}", "-i", "0"], stdout=subprocess.PIPE, text=True)
-        self.samples: list[tuple[float, list[str]]] = []
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.samples.append((time.monotonic(), [x.strip() for x in line.split(",")]))
-
-    def window(self, t0: float, t1: float) -> list[list[str]]:
-        return [s for t, s in self.samples if t0 <= t <= t1]
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait()
-
-
-def _summary(rows: list[list[str]]) -> dict:
-    def med(i):
-        vals = [float(r[i]) for r in rows if len(r) > i and r[i].replace(".", "", 1).isdigit()]
-        return statistics.median(vals) if vals else None
-
-    reasons: set[str] = set()
-    for r in rows:
-        if len(r) > 5 and r[5].startswith("0x"):
-            bits = int(r[5], 16)
-            reasons |= {name for bit, name in REASONS.items() if bits & bit}
-    return {"samples": len(rows), "sm_mhz": med(0), "max_sm_mhz": med(1), "power_w": med(2), "power_limit_w": med(3),
-            "temp_c": med(4), "limits": sorted(reasons)}
-
-
-def run_for(fn, seconds: float, sampler: Sampler) -> dict:
+def run_for(fn, seconds: float, sampler: ClockSampler) -> dict:
     """Call ``fn`` back to back for ``seconds``; events around the part after the ramp give its time."""
     fn()
     torch.cuda.synchronize()
-    t_start = time.monotonic()
-    while time.monotonic() - t_start < RAMP_S:  # ramp: clocks and power settle
+    t_start = time.perf_counter()
+    while time.perf_counter() - t_start < RAMP_S:  # ramp: clocks and power settle
         fn()
         torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     calls = 0
-    t0 = time.monotonic()
+    t0 = time.perf_counter()
     start.record()
-    while time.monotonic() - t0 < seconds - RAMP_S:
+    while time.perf_counter() - t0 < seconds - RAMP_S:
         for _ in range(4):
             fn()
         calls += 4
@@ -93,8 +50,8 @@ def run_for(fn, seconds: float, sampler: Sampler) -> dict:
             torch.cuda.synchronize()  # keep the host within a few calls of the GPU
     end.record()
     torch.cuda.synchronize()
-    t1 = time.monotonic()
-    return {"calls": calls, "ms_per_call": start.elapsed_time(end) / calls, **_summary(sampler.window(t0, t1))}
+    t1 = time.perf_counter()
+    return {"calls": calls, "ms_per_call": start.elapsed_time(end) / calls, **sampler.window(t0, t1)}
 
 
 def workloads():
@@ -152,7 +109,7 @@ def main() -> None:
     args = ap.parse_args()
     env = {"card": card_name(), "torch": torch.__version__}
     print(env, flush=True)
-    sampler = Sampler()
+    sampler = ClockSampler(smi_device_id()).start()
     rows = []
     try:
         for name, fn, fl in workloads():
