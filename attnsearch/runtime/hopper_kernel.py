@@ -554,9 +554,9 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
                 q_next, _ = _q_operand(q_smem, q_ready, i + 1 - first, s_layout, WG, HEAD_DIM, Q_BUFS, Q_REGS,
                                        True)
                 t, w_edges = _lap(t, w_edges, PROBE)
-                s, o, prev, t, w_kv, w_turn = _issue_turn(it, q_next, p, acc, k_smem, v_smem, k_ready, k_empty, v_ready,
-                                                          turns, s_zero, t, w_kv, w_turn, WG, BLOCK, HEAD_DIM, STAGES,
-                                                          PROBE)
+                s, o, prev, t, w_kv, w_turn = _issue_turn(it, q_next, p, acc, k_smem, v_smem, k_ready, k_empty,
+                                                          v_ready, turns, s_zero, t, w_kv, w_turn, WG, BLOCK,
+                                                          HEAD_DIM, STAGES, PROBE)
                 t, w_s = _lap(t, w_s, PROBE)
                 m_i = gl.full([HALF_M], float("-inf"), gl.float32, layout=row_s)
                 l_i = gl.zeros([HALF_M], gl.float32, layout=row_s)
@@ -572,7 +572,9 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
                 acc = gl.zeros([HALF_M, HEAD_DIM], gl.float32, layout=o_layout)
                 t, w_edges = _lap(t, w_edges, PROBE)
             else:
-                # The program's last PV product, alone, and its rows.
+                # The program's last PV product, alone, and its rows. Here rather than after the
+                # loop: there, ptxas copies P into the PV operand's registers in every turn
+                # (kernel-notes.md, variant 34).
                 t = _now(PROBE)
                 acc = _pv_alone(it - 1, p, acc, v_smem, v_ready, v_empty, BLOCK, HEAD_DIM, STAGES)
                 _store_rows_tma(acc, l_i, o_desc, o_smem, head, qb, b, o_layout, WG, BLOCK)
