@@ -413,6 +413,20 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
     return res
 
 
+def bench_layer_plans(layer_plans: Sequence[LayerPlan], *,
+                      on_layer: Callable[[int, int], None] | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+    """``bench_layer_plan`` of each, in order, timing dense cuDNN once (the layer plans share a shape)
+    and reusing it; ``on_layer(done, total)`` after each (progress)."""
+    rows: list[dict[str, Any]] = []
+    dense_ms = None
+    for lp in layer_plans:
+        rows.append(bench_layer_plan(lp, dense_ms=dense_ms, **kwargs))
+        dense_ms = rows[-1].get("cudnn_ms")
+        if on_layer is not None:
+            on_layer(len(rows), len(layer_plans))
+    return rows
+
+
 def bench_plan(plan: Plan, *, head_dim: int = 128, batch: int = 1, dtype: torch.dtype = torch.bfloat16,
                on_layer: Callable[[int, int], None] | None = None, **kwargs: Any) -> dict[str, Any]:
     """Every distinct layer plan of ``plan`` timed once; totals over all steps × layers vs dense cuDNN.
@@ -446,7 +460,7 @@ def bench_plan(plan: Plan, *, head_dim: int = 128, batch: int = 1, dtype: torch.
 # --- command line -----------------------------------------------------------------------------------
 
 
-def _clock_cell(clock: dict[str, Any] | None) -> str:
+def clock_cell(clock: dict[str, Any] | None) -> str:
     """"MHz, W" of a sustained timing's ``ClockSampler.window`` ("–" where none was taken)."""
     if not clock or clock.get("sm_mhz") is None:
         return "–"
@@ -469,7 +483,7 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
         cells = [shape, f"{r['density']:.3f}", f("sparse_ms"), f("sparse_tflops", "{:.0f}"),
                  f("sparse_host_us", "{:.0f}"), f("cudnn_ms"),
                  f("cudnn_tflops", "{:.0f}"), f("flex_ms"), f("speedup_vs_cudnn") + "×",
-                 f("target_speedup") + "×", f("mixed_over_sum", "{:.3f}"), _clock_cell(r.get("sparse_clock"))]
+                 f("target_speedup") + "×", f("mixed_over_sum", "{:.3f}"), clock_cell(r.get("sparse_clock"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -513,10 +527,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 plans = [LayerPlan.single(args.pattern, params, geom, args.heads, args.block_size)]
             else:
                 plans = [mixed_layer_plan(geom, args.heads, args.block_size, d) for d in args.density]
-            rows, dense_ms = [], None
-            for lp in plans:
-                rows.append(bench_layer_plan(lp, dense_ms=dense_ms, **common))
-                dense_ms = rows[-1].get("cudnn_ms")
+            rows = bench_layer_plans(plans, **common)
             result = {"card": card_name(), "rows": rows}
     out = args.out or Path("reports/runtime") / f"bench_{card_name().replace(' ', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

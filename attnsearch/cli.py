@@ -450,11 +450,7 @@ def bench(
                     lps = [LayerPlan.single(pattern, json.loads(params), geom, heads, block_size)]
                 else:
                     lps = [B.mixed_layer_plan(geom, heads, block_size, d) for d in density]
-                rows, dense_ms = [], None
-                for lp in lps:
-                    rows.append(B.bench_layer_plan(lp, dense_ms=dense_ms, **common))
-                    dense_ms = rows[-1].get("cudnn_ms")
-                    on_layer(len(rows), len(lps))
+                rows = B.bench_layer_plans(lps, on_layer=on_layer, **common)
                 result = {"card": B.card_name(), "rows": rows}
         for row, lp in zip(rows, lps):
             row["predicted_ms"] = cost.layer_ms(lp)
@@ -464,7 +460,7 @@ def bench(
         table = Table(title=f"{B.card_name()}: sparse runtime vs dense cuDNN SDPA ({timing} timing)")
         clocked = any("sparse_clock" in r for r in rows)
         for col in ("density", "backend", "ms", "TFLOP/s", "host µs", "predicted ms", "cuDNN ms", "Flex ms",
-                    "speedup") + (("SM MHz", "W") if clocked else ()):
+                    "speedup") + (("SM MHz, W",) if clocked else ()):
             table.add_column(col, justify="right")
         for r in rows:
             host = r.get("sparse_host_us")
@@ -473,8 +469,7 @@ def bench(
                      f"{r['predicted_ms']:.2f}", f"{r.get('cudnn_ms', float('nan')):.2f}",
                      f"{r.get('flex_ms', float('nan')):.2f}", f"{r.get('speedup_vs_cudnn', float('nan')):.2f}×"]
             if clocked:
-                clock = r.get("sparse_clock") or {}
-                cells += [_num(clock.get("sm_mhz")), _num(clock.get("power_w"))]
+                cells.append(B.clock_cell(r.get("sparse_clock")))
             table.add_row(*cells)
         console.print(table)
         if sweep:
@@ -488,10 +483,6 @@ def bench(
 
 
 SWEEP_DENSITIES = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75)
-
-
-def _num(x: float | None) -> str:
-    return "–" if x is None else f"{x:.0f}"
 
 
 def _distinct_sites(plan) -> list[tuple[int, int]]:

@@ -101,7 +101,7 @@ def test_clock_sampler_only_for_sustained_timing_and_says_when_it_cannot(monkeyp
 
 
 def test_markdown_clock_cell():
-    assert bench._clock_cell(None) == "–"
-    assert bench._clock_cell({"sm_mhz": None, "power_w": 690.0}) == "–"
-    assert bench._clock_cell({"sm_mhz": 1485.0, "power_w": 695.4}) == "1485, 695"
-    assert bench._clock_cell({"sm_mhz": 1485.0, "power_w": None}) == "1485, ?"
+    assert bench.clock_cell(None) == "–"
+    assert bench.clock_cell({"sm_mhz": None, "power_w": 690.0}) == "–"
+    assert bench.clock_cell({"sm_mhz": 1485.0, "power_w": 695.4}) == "1485, 695"
+    assert bench.clock_cell({"sm_mhz": 1485.0, "power_w": None}) == "1485, ?"
