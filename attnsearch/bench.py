@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .atomic_io import write_text_atomic
 from .geometry import Geometry
 from .patterns import SPARSE_FAMILIES, block_mask, density
 from .plan import LayerPlan, Plan
@@ -529,9 +530,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 plans = [mixed_layer_plan(geom, args.heads, args.block_size, d) for d in args.density]
             rows = bench_layer_plans(plans, **common)
             result = {"card": card_name(), "rows": rows}
-    out = args.out or Path("reports/runtime") / f"bench_{card_name().replace(' ', '_')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    out = write_text_atomic(args.out or Path("reports/runtime") / f"bench_{card_name().replace(' ', '_')}.json",
+                            json.dumps(result, indent=1) + "\n")
     print(f"{card_name()}\n{_markdown(rows)}\nwrote {out}")
 
 

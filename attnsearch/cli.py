@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .atomic_io import write_text_atomic
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Profile, search and run the sparse attention of video diffusion transformers.")
 console = Console()
@@ -498,14 +500,7 @@ def _distinct_sites(plan) -> list[tuple[int, int]]:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
     console.print(f"wrote {path}")
 
 

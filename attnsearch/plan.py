@@ -22,7 +22,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
+from .atomic_io import write_text_atomic
 from .geometry import BLOCK_SIZES, Geometry, GeometryError
 from .patterns import PatternError, block_mask, normalize_params, params_key
 
@@ -518,18 +518,7 @@ def load_plan(path: str | os.PathLike) -> Plan:
 
 def write_plan(plan: Plan, path: str | os.PathLike) -> Path:
     """Write ``plan`` as JSON atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(plan.to_dict(), indent=1) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, json.dumps(plan.to_dict(), indent=1) + "\n")
 
 
 __all__ = ["FORMAT", "VERSION", "HeadGroup", "LayerPlan", "Plan", "PlanError", "ScheduleEntry",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from .atomic_io import replacing
 from .geometry import Geometry
 from .profiler import TABLE_COLUMNS, Profile, ProfileError, ProfileSettings
 
@@ -50,14 +50,8 @@ def write_profile(profile: Profile, path: str | os.PathLike) -> Path:
         b"attnsearch": json.dumps(meta).encode(),
         b"attnsearch.maps": base64.b64encode(zlib.compress(maps.tobytes(), 6)),
     })
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

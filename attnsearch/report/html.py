@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
 from pathlib import Path
+
+from ..atomic_io import write_text_atomic
 
 CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 2em auto; max-width: 1200px;
@@ -41,9 +42,4 @@ def render(title: str, sections: list[dict], out: Path) -> Path:
                  " if (!i.complete || i.naturalWidth === 0) { n += 1; } });"
                  " document.body.setAttribute('data-broken-images', String(n)); });</script>")
     parts.append("</body></html>")
-    target = out / "index.html"
-    fd, tmp = tempfile.mkstemp(prefix=".index.", suffix=".html", dir=out)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(parts))
-    os.replace(tmp, target)
-    return target
+    return write_text_atomic(out / "index.html", "\n".join(parts))

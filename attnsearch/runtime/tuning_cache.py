@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
+
+from ..atomic_io import write_text_atomic
 
 FORMAT = "attnsearch-tuning"
 VERSION = 1
@@ -86,17 +87,10 @@ def store(key: str, config: dict[str, Any], path: Path | None = None) -> None:
     if path is None:
         return
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         entries = load(path)
         entries[key] = config
-        fd, tmp = tempfile.mkstemp(prefix=".tuning.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"format": FORMAT, "version": VERSION, "entries": entries}, f, indent=1, sort_keys=True)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(path, json.dumps({"format": FORMAT, "version": VERSION, "entries": entries}, indent=1,
+                                           sort_keys=True))
     except OSError as err:
         _warn_once(f"attnsearch: could not write the tuning cache {path} ({err}); tuning again next run")
 
