@@ -52,6 +52,8 @@ DEFAULT_TABLE = "nvidia-h100-80gb-hbm3"
 DENSE_TILE = 128
 #: Work orders of the runtime's fused launch the model knows (block_tables.ORDERS).
 ORDERS = ("head", "lpt")
+#: "head" order: items keeping more than this many times the mean go first (block_tables.BIG_ITEM).
+BIG_ITEM = 2.0
 
 
 class HardwareError(ValueError):
@@ -375,12 +377,15 @@ def _local_gpu() -> str | None:
 def work_order(counts: np.ndarray, order: str = "head", batch: int = 1) -> np.ndarray:
     """Kept tiles of every item of a fused launch, in launch order (block_tables' ``work_order``).
 
-    counts: [computed heads, nb] kept key blocks per (head, query block). "head": heads by total
-    work, heaviest first (stable), query blocks in order; "lpt": all items longest first (stable).
-    The batch copies of an item run side by side (the kernel's program numbering)."""
+    counts: [computed heads, nb] kept key blocks per (head, query block). "head": items longer than
+    ``BIG_ITEM`` × the mean first, longest first, then heads by total work, heaviest first (stable),
+    query blocks in order; "lpt": all items longest first (stable). The batch copies of an item run
+    side by side (the kernel's program numbering)."""
     counts = np.asarray(counts)
     if order == "head":
         flat = counts[np.argsort(-counts.sum(1), kind="stable")].reshape(-1)
+        big = flat > BIG_ITEM * flat.mean() if flat.size else flat.astype(bool)
+        flat = np.concatenate([np.sort(flat[big], kind="stable")[::-1], flat[~big]])
     elif order == "lpt":
         flat = counts.reshape(-1)
         flat = flat[np.argsort(-flat, kind="stable")]

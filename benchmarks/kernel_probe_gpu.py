@@ -1,6 +1,7 @@
 """Where the Hopper kernel's cycles go: its consumers' cycle-counter probe, on CUDA.
 
     PYTHONUNBUFFERED=1 python benchmarks/kernel_probe_gpu.py --out $OUT [--reps 10] [--module _hopper_products]
+        [--case HEADS:FRAMES:HEIGHT:WIDTH:TEXT:DENSITY:HEAD_DIM ...]
 
 Nsight Compute is not on the GPU machine, so the kernel measures itself: ``hopper_kernel.launch(...,
 probe=buf)`` builds it with ``%clock`` reads around each step of a consumer's turn (``PROBE_FIELDS``)
@@ -12,7 +13,10 @@ bookkeeping. For each case this prints
 * ms and TFLOP/s of the normal build and of the probe build (the reads cost a little),
 * per warpgroup: cycles per turn in each phase and of bookkeeping, and per-tile boundary work in
   cycles and in turns,
-* the SM clock the probe implies (cycles of the longest program / the launch's time),
+* the SM clock the probe implies (cycles of the longest program / the launch's time); under
+  ``--timing sustained`` also the clock ``nvidia-smi`` saw, and their ratio, "busy": the share of a
+  launch's time in which its longest program ran (the rest is the launch's ramp, its tail and the
+  gaps between launches),
 * the tensor-core cycles of one kept block's products (both consumers') at the card's peak rate
   (4,096 dense bf16 FLOP per cycle per SM on H100 SXM): the floor a turn cannot go under.
 
@@ -36,7 +40,15 @@ import triton
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnsearch import Geometry  # noqa: E402
-from attnsearch.bench import card_name, flops, fresh_inputs, mixed_layer_plan, time_ms  # noqa: E402
+from attnsearch.bench import (  # noqa: E402
+    TIMING_MODES,
+    card_name,
+    clock_sampler,
+    flops,
+    fresh_inputs,
+    mixed_layer_plan,
+    time_ms,
+)
 from attnsearch.patterns import SPARSE_FAMILIES  # noqa: E402
 from attnsearch.runtime import triton_kernel  # noqa: E402
 from attnsearch.runtime.block_tables import get_block_tables  # noqa: E402
@@ -47,7 +59,21 @@ from attnsearch.runtime.hopper_kernel import PROBE_FIELDS  # noqa: E402
 CASES = [(12, Geometry(21, 30, 52), t, 128) for t in (0.1, 0.25, 0.5)] + \
         [(40, Geometry(21, 60, 60), 0.1, 128)] + \
         [(24, Geometry(21, 30, 52), t, 64) for t in (0.1, 0.25)]
-PHASES = tuple(f for f in PROBE_FIELDS if f not in ("total", "turns", "tile_edges"))  # a turn's parts
+
+
+def parse_case(text: str) -> tuple[int, Geometry, float, int]:
+    """``--case`` "HEADS:FRAMES:HEIGHT:WIDTH:TEXT:DENSITY:HEAD_DIM" → a CASES entry, e.g. CogVideoX-5B's
+    layer (48 heads, 13 × 30 × 45 latent tokens and 226 text tokens, head_dim 64) at 10%:
+    "48:13:30:45:226:0.1:64"."""
+    try:
+        heads, frames, height, width, text_tokens, density, head_dim = text.split(":")
+        return int(heads), Geometry(int(frames), int(height), int(width), int(text_tokens)), float(density), \
+            int(head_dim)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--case {text!r}: want HEADS:FRAMES:HEIGHT:WIDTH:TEXT:DENSITY:HEAD_DIM ({e})")
+
+
+PHASES = tuple(f for f in PROBE_FIELDS if f not in ("total", "turns", "tile_edges", "start_ns", "end_ns"))  # a turn's parts
 #: Dense bf16 tensor-core FLOP per cycle per SM (H100 SXM: 989.4 TFLOP/s at 1,830 MHz on 132 SMs).
 PEAK_FLOP_PER_CYCLE = 4096
 
@@ -69,10 +95,22 @@ def summarise(buf: torch.Tensor, tiles_per_program: torch.Tensor, head_dim: int)
     b = buf.double().cpu()[0]  # [programs, 2, fields]: the mixed layers here are one launch
     fields = {name: b[:, :, i] for i, name in enumerate(PROBE_FIELDS)}
     turns = fields["turns"].sum(0)
+    # The launch on the global timer: the consumers' starts and ends (low 32 bits, unwrapped against
+    # the earliest start), so the ramp (last start), the tail (last end against the median end) and
+    # the programs' mean share of the launch show.
+    stamps = buf[0, :, :, PROBE_FIELDS.index("start_ns"):].long().cpu()
+    rel = (stamps - stamps[0, 0, 0] + 2**31) % 2**32 - 2**31  # signed ns from one consumer's start
+    start, end = (rel[..., 0] - rel[..., 0].min()).double(), (rel[..., 1] - rel[..., 0].min()).double()
+    span = float(end.max())
+    timeline = {"span_us": span / 1e3, "last_start_us": float(start.max()) / 1e3,
+                "median_end_us": float(end.median()) / 1e3, "first_end_us": float(end.min()) / 1e3,
+                "mean_busy": float(((end - start) / span).mean())}
+    per_program = fields["total"].max(1).values  # the later of its two consumers
     # A consumer's turn comes round once per kept block, whose products (both consumers') need
     # 4 · 128² · D FLOP of the tensor cores: the turn's floor.
     res = {"turn_floor_cycles": 4 * 128 * 128 * head_dim / PEAK_FLOP_PER_CYCLE,
-           "max_program_cycles": float(fields["total"].max()), "programs": int(b.shape[0])}
+           "max_program_cycles": float(per_program.max()), "min_program_cycles": float(per_program.min()),
+           "mean_program_cycles": float(per_program.mean()), "programs": int(b.shape[0]), "timeline": timeline}
     for wg in range(2):
         per_turn = {p: float(fields[p][:, wg].sum() / turns[wg]) for p in PHASES}
         turn = sum(per_turn.values())
@@ -85,7 +123,8 @@ def summarise(buf: torch.Tensor, tiles_per_program: torch.Tensor, head_dim: int)
     return res
 
 
-def run_case(kernel, H: int, geom: Geometry, target: float, d: int, reps: int) -> list[dict]:
+def run_case(kernel, H: int, geom: Geometry, target: float, d: int, reps: int, timing: str = "queued",
+             sampler=None) -> list[dict]:
     lp = mixed_layer_plan(geom, H, 128, target, SPARSE_FAMILIES)
     n = geom.num_tokens
     tables = get_block_tables(lp, "cuda")
@@ -103,7 +142,8 @@ def run_case(kernel, H: int, geom: Geometry, target: float, d: int, reps: int) -
         ms = time_ms(lambda x, flat=flat: kernel.forward(*x, tables, scale, out=out, flat=flat), inputs, 2,
                      reps)["median"]
         probed = lambda x, flat=flat: probe_launch(kernel, *x, out, tables, scale, flat)  # noqa: E731
-        ms_probe = time_ms(probed, inputs, 2, reps)["median"]
+        timed = time_ms(probed, inputs, 2, reps, mode=timing, sampler=sampler)
+        ms_probe = timed["median"]
         want = kernel.forward(*inputs[0], tables, scale, out=torch.empty_like(out), flat=flat)
         buf = probed(inputs[0])
         # The probe only reads clocks: same arithmetic, same bits (in a patched build too, wrong or not).
@@ -114,20 +154,26 @@ def run_case(kernel, H: int, geom: Geometry, target: float, d: int, reps: int) -
         tiles = (header[:, 1] - header[:, 0]).double()  # tiles with work
         s = summarise(buf, tiles, d)
         mhz = s["max_program_cycles"] / (ms_probe * 1e-3) / 1e6
+        seen = (timed.get("clock") or {}).get("sm_mhz")
         rows.append({**common, "schedule": name, "ms": ms, "tflops": fl / ms / 1e9, "ms_probe": ms_probe,
-                     "tflops_probe": fl / ms_probe / 1e9, "sm_mhz": mhz, **s})
+                     "tflops_probe": fl / ms_probe / 1e9, "sm_mhz": mhz, "timing": timing,
+                     "smi_sm_mhz": seen, "busy": mhz / seen if seen else None, **s})
         w0, w1 = s["wg0"], s["wg1"]
         print(f"  H={H} N={n} D={d} d={lp.density:.3f} kept≈{common['mean_kept']:.0f} {name:<5} "
-              f"{fl / ms / 1e9:4.0f} TFLOP/s (probe {fl / ms_probe / 1e9:4.0f}), ~{mhz:.0f} MHz; cycles/turn "
+              f"{fl / ms / 1e9:4.0f} TFLOP/s (probe {fl / ms_probe / 1e9:4.0f}), ~{mhz:.0f} MHz"
+              + (f" of {seen:.0f} seen (busy {mhz / seen:.1%})" if seen else "") + "; cycles/turn "
               f"wg0 {w0['turn']:.0f} wg1 {w1['turn']:.0f} (floor {s['turn_floor_cycles']:.0f}): "
               + ", ".join(f"{p} {w0[p]:.0f}/{w1[p]:.0f}" for p in PHASES)
               + f", bookkeeping {w0['bookkeeping']:.0f}/{w1['bookkeeping']:.0f}; per tile {w0['per_tile_cycles']:.0f} "
-              f"cycles = {w0['per_tile_turns']:.1f} turns", flush=True)
+              f"cycles = {w0['per_tile_turns']:.1f} turns; launch {ms_probe * 1e3:.0f} µs, programs' span "
+              f"{s['timeline']['span_us']:.0f} µs (last start {s['timeline']['last_start_us']:.1f}, first end "
+              f"{s['timeline']['first_end_us']:.0f}, median end {s['timeline']['median_end_us']:.0f}), mean busy "
+              f"{s['timeline']['mean_busy']:.1%}", flush=True)
     return rows
 
 
 def table(rows: list) -> str:
-    lines = ["| H × N, D | density (kept/row) | schedule | TFLOP/s (probe) | MHz | cycles per turn, wg0 / wg1: "
+    lines = ["| H × N, D | density (kept/row) | schedule | TFLOP/s (probe) | MHz (of seen, busy) | cycles per turn, wg0 / wg1: "
              + " · ".join(PHASES) + " | turn | bookkeeping | floor | tile edges: cycles (turns) | load max/mean |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -136,7 +182,8 @@ def table(rows: list) -> str:
             lines.append(head + f"{r['tflops']:.0f} | | | | | | | |")
             continue
         w0, w1 = r["wg0"], r["wg1"]
-        lines.append(head + f"{r['tflops']:.0f} ({r['tflops_probe']:.0f}) | {r['sm_mhz']:.0f} | "
+        mhz = f"{r['sm_mhz']:.0f}" + (f" of {r['smi_sm_mhz']:.0f} ({r['busy']:.0%})" if r.get("busy") else "")
+        lines.append(head + f"{r['tflops']:.0f} ({r['tflops_probe']:.0f}) | {mhz} | "
                      + " · ".join(f"{w0[p]:.0f}/{w1[p]:.0f}" for p in PHASES)
                      + f" | {w0['turn']:.0f}/{w1['turn']:.0f} | {w0['bookkeeping']:.0f}/{w1['bookkeeping']:.0f} | "
                      f"{r['turn_floor_cycles']:.0f} | "
@@ -178,6 +225,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--module", default="hopper_kernel",
                     help="the build to probe: attnsearch/runtime/MODULE.py (default: the package's kernel)")
+    ap.add_argument("--case", type=parse_case, action="append",
+                    help="probe this shape instead of CASES (repeatable): HEADS:FRAMES:HEIGHT:WIDTH:TEXT:DENSITY:HEAD_DIM")
+    ap.add_argument("--timing", choices=TIMING_MODES, default="queued",
+                    help="the probe build's timing; sustained also samples the SM clock (nvidia-smi)")
     args = ap.parse_args()
     kernel = importlib.import_module(f"attnsearch.runtime.{args.module}")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -185,8 +236,9 @@ def main() -> None:
            "sms": torch.cuda.get_device_properties(0).multi_processor_count, "module": args.module}
     print(env, flush=True)
     t0, rows = time.time(), []
-    for H, geom, target, d in CASES:
-        rows += run_case(kernel, H, geom, target, d, args.reps)
+    for H, geom, target, d in args.case or CASES:
+        with clock_sampler(args.timing) as sampler:
+            rows += run_case(kernel, H, geom, target, d, args.reps, args.timing, sampler)
         (args.out / "kernel_probe_gpu.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
         print(f"  ({time.time() - t0:.0f}s)", flush=True)
     md = f"# Hopper kernel probe on {env['card']}\n\n{env}\n\n{table(rows)}\n"

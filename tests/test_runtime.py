@@ -112,12 +112,47 @@ def test_tables_list_exactly_the_kept_blocks(block_size):
         cnt = t.counts[heads, qbs]
         if order == "lpt":  # longest first over all items
             assert bool((cnt[:-1] >= cnt[1:]).all())
-        else:  # head-major, heaviest head first, query blocks in order inside a head
+        else:
+            # Items longer than BIG_ITEM × the mean first, longest first; then head-major, heaviest
+            # head first, query blocks in order inside a head.
+            big = cnt > block_tables.BIG_ITEM * cnt.double().mean()
+            n_big = int(big.sum())
+            assert bool(big[:n_big].all()) and not bool(big[n_big:].any())
+            assert bool((cnt[:n_big][:-1] >= cnt[:n_big][1:]).all())
+            heads, qbs = heads[n_big:], qbs[n_big:]
             runs = torch.unique_consecutive(heads)
-            assert len(runs) == 5
+            assert len(runs) == len(set(runs.tolist()))  # each head's items in one run
             totals = t.counts[runs].sum(1)
             assert bool((totals[:-1] >= totals[1:]).all())
-            assert torch.equal(qbs.view(5, nb), torch.arange(nb).expand(5, nb))
+            for h in runs.tolist():
+                assert bool((qbs[heads == h].diff() > 0).all())
+
+
+def test_head_order_starts_long_items_first_and_balances_the_list_schedule():
+    """Planted text rows (a text suffix): the last query block of every head keeps all 40 key blocks,
+    the others 4. Plain head order hands the last head's long item out last, and list scheduling over 8 programs then
+    ends one program most of a long item late; longest first, the schedule is balanced (makespan
+    within one short item of the mean load)."""
+    heads, nb, programs = 6, 40, 8
+    counts = torch.full((heads, nb), 4, dtype=torch.int32)
+    counts[:, -1] = nb
+    counts[2, 5] = 9  # above the mean, not above twice it: stays in head order
+    work = block_tables.work_order(tuple(range(heads)), counts, "head")
+    plain = block_tables.work_order(tuple(range(heads)), counts, "head", big_item=float("inf"))
+    assert plain[0] == 2 * nb  # head 2, the heaviest, leads the plain head order
+    # The long items first (equal lengths: in head order), then the rest in head order.
+    long = [w for w in plain.tolist() if w % nb == nb - 1]
+    assert work.tolist() == long + [w for w in plain.tolist() if w not in long]
+
+    def makespan(order):
+        free = [0] * programs
+        for w in order.tolist():
+            i = free.index(min(free))
+            free[i] += int(counts.flatten()[w])
+        return max(free), sum(free) / programs
+
+    (late, mean), (balanced, _) = makespan(plain), makespan(work)
+    assert late >= mean + nb - 8 and balanced <= mean + 4
 
 
 def test_group_fusion_gives_one_launch_per_computed_group():

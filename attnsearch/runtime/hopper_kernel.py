@@ -97,8 +97,10 @@ def _acc_layout(n):
 #: issuing the two wgmmas, waiting for S, the softmax, waiting for PV and rescaling O; the number of
 #: such turns; the cycles of the tile boundaries (tile schedule: a tile's first block, Q wait included,
 #: and its last PV product and store; flat schedule: the Q wait and the store). The rest of the total
-#: is the turns' loop bookkeeping.
-PROBE_FIELDS = ("total", "wait_kv", "wait_turn", "wait_s", "softmax", "wait_pv", "turns", "tile_edges")
+#: is the turns' loop bookkeeping. Last, the consumer's start and end on the GPU's nanosecond clock
+#: (``%globaltimer``, low 32 bits: the same clock on every SM, so the launch's ramp and tail show).
+PROBE_FIELDS = ("total", "wait_kv", "wait_turn", "wait_s", "softmax", "wait_pv", "turns", "tile_edges",
+                "start_ns", "end_ns")
 _PROBE_ROW = gl.constexpr(len(PROBE_FIELDS))
 
 
@@ -123,10 +125,20 @@ def _lap(t, spent, PROBE: gl.constexpr):
 
 
 @gluon.jit
+def _ns_now():
+    """The GPU's global nanosecond timer, low 32 bits (differences exact modulo 2³², ~4.3 s)."""
+    return gl.inline_asm_elementwise("mov.u32 $0, %globaltimer_lo;", "=r", [], dtype=gl.int32, is_pure=False,
+                                     pack=1)
+
+
+@gluon.jit
 def _probe_start(Probe, WG: gl.constexpr, PROBE: gl.constexpr):
-    """The probe's start time, parked in this consumer's "total" field (a register less in the loops)."""
+    """The probe's start time, parked in this consumer's "total" field (a register less in the loops),
+    and its start on the global timer."""
     if PROBE:
-        gl.store(Probe + (gl.program_id(0) * 2 + WG) * _PROBE_ROW, _now(PROBE))
+        at = Probe + (gl.program_id(0) * 2 + WG) * _PROBE_ROW
+        gl.store(at + 8, _ns_now())
+        gl.store(at, _now(PROBE))
 
 
 @gluon.jit
@@ -142,6 +154,7 @@ def _probe_store(Probe, WG: gl.constexpr, kv, turn, wait_s, soft, wait_pv, turns
         gl.store(at + 5, wait_pv)
         gl.store(at + 6, turns)
         gl.store(at + 7, edges)
+        gl.store(at + 9, _ns_now())
 
 
 @gluon.jit
