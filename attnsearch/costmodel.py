@@ -470,6 +470,23 @@ class CostModel:
         items = self.batch * np.asarray(num_heads, dtype=np.float64) * nq
         return self.table.dense_params(self.head_dim).uniform_ms(items, nq, self.sm_count, num_tokens)
 
+    def dense_on_kernel(self, block_size: int) -> bool:
+        """Whether the runtime runs an all-dense layer on the block-sparse kernel with every key block
+        kept (``runtime.dense``): on Hopper (the table's capability 9.x), block size 128 and a
+        calibrated head_dim, where the Hopper kernel runs it; elsewhere it runs cuDNN."""
+        capability = self.table.software.get("capability") or (0, 0)
+        return int(capability[0]) == 9 and block_size == 128 and \
+            variant_key(self.head_dim, block_size) in self.table.sparse
+
+    def dense_layer_ms(self, num_tokens: int, num_heads: int, block_size: int) -> float:
+        """What an all-dense layer of a plan costs at run time: the sparse kernel with every key
+        block kept where :meth:`dense_on_kernel`, else cuDNN (:meth:`dense_ms`, also the plans'
+        dense baseline)."""
+        if not self.dense_on_kernel(block_size):
+            return float(self.dense_ms(num_tokens, num_heads))
+        nb = -(-int(num_tokens) // block_size)
+        return self.sparse_ms(np.full((int(num_heads), nb), nb), block_size)
+
     def sparse_ms(self, counts: np.ndarray, block_size: int) -> float:
         """One fused sparse launch over heads with kept-block counts [heads, nb] (full model)."""
         p = self.table.sparse_params(self.head_dim, block_size)
@@ -483,7 +500,7 @@ class CostModel:
 
     def features_ms(self, f: LayerFeatures) -> float:
         if f.all_dense:
-            return float(self.dense_ms(f.num_tokens, f.num_heads))
+            return self.dense_layer_ms(f.num_tokens, f.num_heads, f.block_size)
         t = 0.0
         if f.computed_heads:
             t += self.sparse_ms(f.counts, f.block_size)
@@ -504,7 +521,8 @@ class CostModel:
         for e in plan.schedule:
             steps = e.stop - e.start
             if e.layers is None:
-                total += steps * plan.num_layers * float(self.dense_ms(plan.geometry.num_tokens, plan.num_heads))
+                total += steps * plan.num_layers * self.dense_layer_ms(plan.geometry.num_tokens, plan.num_heads,
+                                                                       plan.block_size)
             else:
                 total += steps * sum(self.layer_ms(lp) for lp in e.layers)
         return total

@@ -139,3 +139,25 @@ def test_additive_form_is_the_throughput_of_many_waves():
     f = layer_features(lp)
     additive = cm.head_work_ms(f.counts.sum(1), lp.num_blocks, 128).sum() + cm.launch_overhead_ms(128)
     assert additive == pytest.approx(cm.layer_ms(lp), rel=0.05)
+
+
+def test_dense_layers_cost_what_the_runtime_runs_them_with():
+    """On a Hopper table an all-dense layer at block size 128 runs the sparse kernel with every key
+    block kept (runtime.dense), so it costs that; at block size 64, or on a table of another
+    architecture, it runs cuDNN. The plan's dense baseline stays cuDNN either way."""
+    import dataclasses
+
+    geom = Geometry(4, 16, 32, 20)
+    n, heads = geom.num_tokens, 6
+    nb = -(-n // 128)
+    hopper = CostModel(DEFAULT_TABLE, head_dim=128)
+    assert hopper.table.software["capability"][0] == 9
+    kernel = hopper.sparse_ms(np.full((heads, nb), nb), 128)
+    assert hopper.layer_ms(LayerPlan.dense(geom, heads, 128)) == pytest.approx(kernel)
+    assert hopper.layer_ms(LayerPlan.dense(geom, heads, 64)) == pytest.approx(float(hopper.dense_ms(n, heads)))
+    plan = Plan.dense(geom, 2, 3, heads, 128)
+    assert hopper.plan_ms(plan) == pytest.approx(6 * kernel)
+    assert hopper.dense_plan_ms(plan) == pytest.approx(6 * float(hopper.dense_ms(n, heads)))
+    other = dataclasses.replace(hopper.table, software={**hopper.table.software, "capability": [8, 0]})
+    ampere = CostModel(other, head_dim=128)
+    assert ampere.layer_ms(LayerPlan.dense(geom, heads, 128)) == pytest.approx(float(ampere.dense_ms(n, heads)))

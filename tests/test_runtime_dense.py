@@ -44,3 +44,27 @@ def test_dense_attention_is_sdpa_with_every_keyword():
         kk, vv = (k2, v2) if kw.get("enable_gqa") else (k, v)
         torch.testing.assert_close(dense_attention(q, kk, vv, **kw), F.scaled_dot_product_attention(q, kk, vv, **kw),
                                    rtol=0, atol=0)
+
+
+def test_dense_kernel_reasons_name_what_keeps_a_dense_layer_on_sdpa():
+    """An all-dense layer runs the Hopper kernel only for a plain self-attention call it supports;
+    each obstacle is named (on this CPU machine the kernel's own reason remains for a plain call)."""
+    from attnsearch import Geometry
+    from attnsearch.plan import LayerPlan
+    from attnsearch.runtime.dense import dense_kernel_reasons
+
+    geom = Geometry(2, 8, 16)
+    lp = LayerPlan.dense(geom, 4, 128)
+    q = torch.randn(1, 4, geom.num_tokens, 64, dtype=torch.bfloat16)
+    plain = dense_kernel_reasons(q, q, q, lp, {})
+    assert plain and "CUDA GPU" in plain[0]
+    cases = {"the call passes an attn_mask": ({"attn_mask": torch.ones(1, dtype=torch.bool)}, "auto"),
+             "the call is causal": ({"is_causal": True}, "auto"), "dropout_p 0.1": ({"dropout_p": 0.1}, "auto"),
+             "backend 'triton' was asked for": ({}, "triton")}
+    for reason, (kw, backend) in cases.items():
+        assert reason in dense_kernel_reasons(q, q, q, lp, kw, backend)
+    cross = q[:, :, :77]
+    assert any("cross-attention" in r for r in dense_kernel_reasons(q, cross, cross, lp, {}))
+    gqa = q[:, :2]
+    assert any("2 key heads for 4" in r for r in dense_kernel_reasons(q, gqa, gqa, lp, {}))
+    assert not any("key heads" in r for r in dense_kernel_reasons(q, gqa, gqa, lp, {"enable_gqa": True}))

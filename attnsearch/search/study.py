@@ -156,7 +156,7 @@ class _Search:
         k = self.knobs_of(trial.params)
         pb = self.problems[k.block_size]
         a = pb.solve(k)
-        dense_ms = self.S * self.L * pb.dense_layer_ms
+        dense_ms = self.S * self.L * pb.baseline_layer_ms
         trial.set_user_attr("speedup", dense_ms / a.cost_ms)
         trial.set_user_attr("rel_err", a.rel_err)
         trial.set_user_attr("dense_attention_ms", dense_ms)
