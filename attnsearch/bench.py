@@ -442,10 +442,11 @@ def bench_plan(plan: Plan, *, head_dim: int = 128, batch: int = 1, dtype: torch.
     from .runtime.dense import dense_kernel_reasons
 
     n = plan.geometry.num_tokens
-    probe = torch.empty(batch, plan.num_heads, n, head_dim, dtype=dtype, device="cuda")
+    probe = torch.empty(batch, plan.num_heads, n, head_dim, dtype=dtype, device="cuda")  # as apply's q, k, v
     rows = []
     for i, (lp, count) in enumerate(uses.items()):
-        if all(g.pattern == "dense" for g in lp.groups) and dense_kernel_reasons(probe, probe, probe, lp, {}):
+        dense = all(g.pattern == "dense" for g in lp.groups)
+        if dense and dense_kernel_reasons(probe, probe, probe, lp, {}):
             # apply() runs this through SDPA itself (cuDNN first on Hopper): the baseline's time.
             rows.append({"density": 1.0, "runs": "sdpa", "sparse_ms": dense_ms, "calls": count,
                          "sparse_tflops": flops(batch, plan.num_heads, n, head_dim, 1.0) / dense_ms / 1e9,
@@ -453,7 +454,6 @@ def bench_plan(plan: Plan, *, head_dim: int = 128, batch: int = 1, dtype: torch.
         else:  # sparse, or all-dense on the Hopper kernel with every key block kept, as apply() runs it
             r = bench_layer_plan(lp, head_dim=head_dim, batch=batch, dtype=dtype, groups_alone=False,
                                  dense_ms=dense_ms, **kwargs)
-            dense = all(g.pattern == "dense" for g in lp.groups)
             rows.append({**r, "runs": "dense kernel" if dense else "sparse", "calls": count})
         if on_layer is not None:
             on_layer(i + 1, len(uses))

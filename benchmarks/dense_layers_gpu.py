@@ -23,7 +23,15 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attnsearch import Geometry  # noqa: E402
-from attnsearch.bench import TIMING_MODES, card_name, clock_sampler, cudnn_sdpa, flops, fresh_inputs, time_ms  # noqa: E402,I001
+from attnsearch.bench import (  # noqa: E402
+    TIMING_MODES,
+    card_name,
+    clock_sampler,
+    cudnn_sdpa,
+    flops,
+    fresh_inputs,
+    time_ms,
+)
 from attnsearch.plan import Plan  # noqa: E402
 from attnsearch.runtime import apply  # noqa: E402
 from attnsearch.runtime.dense import dense_attention  # noqa: E402
