@@ -19,9 +19,10 @@ def run_demo(out_dir: Path, *, steps: int = 4, queries: int = 128, trials: int =
     on_stage(name) announces each stage; on_progress(stage, done, total) reports within one."""
     import torch
 
-    from .classifier import classify
+    from .profiling.classify import classify
     from .models import load_model
-    from .profiler import ProfileSettings, profile_model
+    from .profiling.profile_io import ProfileSettings
+    from .profiling.profiler import profile_model
     from .report import write_report
     from .search import optimize
 

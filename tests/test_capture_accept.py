@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from attnsearch import Geometry
-from attnsearch.capture import capture_attention
+from attnsearch.profiling.capture import capture_attention
 from attnsearch.plan import LayerPlan, Plan, ScheduleEntry
 from attnsearch.runtime import apply
 

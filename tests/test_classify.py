@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from attnsearch import classify
-from attnsearch.classifier import class_counts
+from attnsearch.profiling.classify import class_counts
 
 
 def row(step, layer, head, pattern, params, density, recall, rel_err=0.1):
@@ -80,8 +80,8 @@ def test_stripe_density_formula_matches_the_mask():
     import torch
 
     from attnsearch import Geometry, block_mask
-    from attnsearch.classifier import stripe_density
-    from attnsearch.profiler import Profile, ProfileSettings
+    from attnsearch.profiling.classify import stripe_density
+    from attnsearch.profiling.profile_io import Profile, ProfileSettings
 
     geom = Geometry(3, 10, 12, 30, "suffix")
     prof = Profile(pd.DataFrame(), geom, ProfileSettings(block_size=64))

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 pytest.importorskip("diffusers", reason="diffusers is an optional extra (pip install 'attnsearch[diffusers]')")
 
-from attnsearch.capture import capture_attention  # noqa: E402
+from attnsearch.profiling.capture import capture_attention  # noqa: E402
 from attnsearch.models import load_model  # noqa: E402
 from attnsearch.models.diffusers import family_of, instrument  # noqa: E402
 from attnsearch.patterns import expand_block_mask  # noqa: E402

@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("diffusers", reason="diffusers is an optional extra (pip install 'attnsearch[diffusers]')")
 
 from attnsearch import Geometry  # noqa: E402
-from attnsearch.capture import capture_attention  # noqa: E402
+from attnsearch.profiling.capture import capture_attention  # noqa: E402
 from attnsearch.metrics import compare  # noqa: E402
 from attnsearch.models import ModelUnavailableError, load_model  # noqa: E402
 from attnsearch.models.diffusers import (TimestepStepper, VideoSize, instrument,  # noqa: E402

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from attnsearch import Geometry
-from attnsearch.capture import capture_attention
+from attnsearch.profiling.capture import capture_attention
 from attnsearch.models import ModelSpec, ModelUnavailableError, fingerprint, load_model, split_input
 from attnsearch.models import toy_vdit as tv
 from attnsearch.patterns import PATTERNS, SPARSE_FAMILIES, block_mask

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm, ListedColormap
 
-from ..classifier import class_counts, classify
-from ..profiler import Profile
+from ..profiling.classify import class_counts, classify
+from ..profiling.profile_io import Profile
 from .style import FAMILY_COLORS, FAMILY_ORDER, SHORT, family_legend
 
 

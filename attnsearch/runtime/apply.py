@@ -62,7 +62,7 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
     # -- context management ------------------------------------------------------------------------
 
     def __enter__(self) -> apply:
-        from ..capture import capture_attention
+        from ..profiling.capture import capture_attention
 
         self.stats = {"calls": 0, "sparse": 0, "dense": 0, "fallbacks": Counter()}
         self._capture = capture_attention(self.model, self._consumer, auto_step=self.auto_step)

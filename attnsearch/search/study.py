@@ -24,11 +24,11 @@ import pandas as pd
 
 from ..costmodel import CostModel, HardwareError
 from ..plan import Plan, write_plan
-from ..profiler import Profile, ProfileError
+from ..profiling.profile_io import Profile, ProfileError
 from .problem import Knobs, Problem
 from .space import SearchError, build_space
 from .workers import (HEARTBEAT_S, check_workers, claim_lock, open_storage, run_trials, spawn, start_run,
-                      storage_error, storage_kind, worker_id)
+                      public_url, storage_error, storage_kind, worker_id)
 
 #: Relative λ range (× one head's dense attention per step; see Knobs).
 LAM_RANGE = (1e-3, 1e3)
@@ -183,7 +183,7 @@ def _progress(study, trial, trials: int) -> dict[str, Any]:
             "speedup": trial.user_attrs.get("speedup"), "error": trial.values[1], "front": len(study.best_trials)}
 
 
-def _worker_main(cfg: dict[str, Any], index: int, report: Callable[[dict[str, Any]], None]) -> None:
+def worker_main(cfg: dict[str, Any], index: int, report: Callable[[dict[str, Any]], None]) -> None:
     """One worker process of ``optimize(workers=K)``: rebuild the search, claim and run trials."""
     started = time.monotonic()
     profs = _load_profiles(cfg["profile"])
@@ -309,7 +309,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
                    "hardware": hardware, "head_dim": head_dim, "batch": batch, "validate": validate,
                    "backend": backend, "max_error": max_error, "storage": storage, "study": name,
                    "heartbeat_s": heartbeat_s, "seed": seed, "target": target, "trials": to_run, "timeout": timeout}
-            errors = spawn(cfg, workers, on_trial)
+            errors = spawn(cfg, workers, on_trial, entry=f"{__name__}:worker_main")
             if errors:
                 raise SearchError(f"optimize: {len(errors)} of {workers} workers failed: " + "; ".join(errors))
     search_s = time.perf_counter() - started
@@ -320,7 +320,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
     done = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
                   key=lambda t: t.number)
     if not done:
-        raise SearchError(f"study {name!r} in {_public_storage(storage)} has no completed trial (run with trials ≥ 1)")
+        raise SearchError(f"study {name!r} in {public_url(storage)} has no completed trial (run with trials ≥ 1)")
     if to_run > 0 and not timeout and len(done) < target:
         raise SearchError(f"study {name!r}: the run stopped at {len(done)} of {target} complete trials (its "
                           f"workers were killed); rerun the same command to resume it")
@@ -337,7 +337,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
     pareto = front_table(front)
     hw = {"device": cm.table.device, "calibration": cm.table.name}
     plan = pb.plan(a, model=dict(profs[0].model), hardware=hw, predicted=dict(figures), search={
-        "study": name, "storage": _public_storage(storage), "trial": chosen.number, "reason": reason,
+        "study": name, "storage": public_url(storage), "trial": chosen.number, "reason": reason,
         "objectives": {"attention_ms": chosen.values[0], "error": chosen.values[1],
                        "error_metric": "measured relative L2 of the model output vs dense" if validate
                        else "RMS rel_err over every (step, layer, head), from the profile"},
@@ -359,13 +359,6 @@ def _load_spec(model):
 
         return load_model(model)
     return model
-
-
-def _public_storage(url: str) -> str:
-    """The storage URL without a password."""
-    import re
-
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
 def front_table(front) -> pd.DataFrame:

@@ -298,10 +298,14 @@ def run_trials(study, rdb, lock, target: int, objective, *, worker: str,
 _MARK = "\x1eattnsearch-worker "  # protocol lines on a worker's stdout; anything else is passed through
 
 
-def spawn(cfg: dict[str, Any], workers: int, progress: Callable[[dict[str, Any]], None] | None) -> list[str]:
+def spawn(cfg: dict[str, Any], workers: int, progress: Callable[[dict[str, Any]], None] | None,
+          entry: str) -> list[str]:
     """Run ``workers`` fresh Python processes of :func:`_child_main` on the study, forward their
     progress, wait for all. Returns the errors they reported (none when all ended cleanly or were
     killed by a signal: their trials are retried by the others).
+
+    ``entry`` ("module:function") is what each process runs: ``function(cfg, index, report)``, with
+    ``report(progress_dict)`` forwarding one finished trial to ``progress``.
 
     Plain subprocesses, not multiprocessing: nothing of this process (DB connections, CUDA, thread
     pools, an unguarded ``__main__``) is inherited or re-run."""
@@ -329,7 +333,7 @@ def spawn(cfg: dict[str, Any], workers: int, progress: Callable[[dict[str, Any]]
     sel = selectors.DefaultSelector()
     try:
         for i in range(workers):
-            proc = subprocess.Popen([sys.executable, "-c", code, cfg_path, str(i)], stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen([sys.executable, "-c", code, cfg_path, str(i), entry], stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
             procs.append(proc)
             sel.register(proc.stdout, selectors.EVENT_READ, i)
@@ -371,11 +375,12 @@ def spawn(cfg: dict[str, Any], workers: int, progress: Callable[[dict[str, Any]]
 
 
 def _child_main() -> None:
-    """Entry of a worker process: ``python -c '…_child_main()' CFG.pkl INDEX``."""
+    """Entry of a worker process: ``python -c '…_child_main()' CFG.pkl INDEX MODULE:FUNCTION``."""
+    import importlib
     import json
     import sys
 
-    cfg_path, index = sys.argv[1], int(sys.argv[2])
+    cfg_path, index, entry = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     with open(cfg_path, "rb") as f:
         cfg = pickle.load(f)
 
@@ -384,9 +389,8 @@ def _child_main() -> None:
         sys.stdout.flush()
 
     try:
-        from .study import _worker_main
-
-        _worker_main(cfg, index, lambda p: send("trial", p))
+        module, _, function = entry.partition(":")
+        getattr(importlib.import_module(module), function)(cfg, index, lambda p: send("trial", p))
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except BaseException as err:  # noqa: BLE001

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from .geometry import Geometry
-from .patterns import PATTERNS, PatternError, block_layout, block_mask, normalize_params, params_key
+from ..geometry import Geometry
+from ..patterns import PATTERNS, PatternError, block_layout, block_mask, normalize_params, params_key
 
 DEFAULT_STRIPE_TOP_K = (1, 2, 4, 8, 16, 32)
 DEFAULT_STRIPE_ROWS = (0.0, 1.0)
@@ -106,7 +106,7 @@ def static_candidates(geometry: Geometry, block_size: int, grid: CandidateGrid) 
 
 
 @lru_cache(maxsize=16)
-def _stripe_base(geometry: Geometry, block_size: int, rows: float) -> torch.Tensor:
+def stripe_base(geometry: Geometry, block_size: int, rows: float) -> torch.Tensor:
     """vertical_stripe with no key blocks: own block, band, text. Stripes are OR-ed in per head."""
     return block_mask("vertical_stripe", {"key_blocks": [], "rows": rows}, geometry, block_size)
 
@@ -144,7 +144,7 @@ def stripe_candidates(column_mass: torch.Tensor, geometry: Geometry, block_size:
     order = torch.argsort(mass, dim=1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(nb, device=device).expand(heads, -1))
     chosen = rank[:, None, :] < torch.tensor(top_k, device=device)[None, :, None]          # [h, K, nb]
-    bases = torch.stack([_stripe_base(geometry, block_size, r) for r in grid.stripe_rows]).to(device)
+    bases = torch.stack([stripe_base(geometry, block_size, r) for r in grid.stripe_rows]).to(device)
     masks = (bases[None, :, None] | chosen[:, None, :, None, :]).flatten(1, 2)            # [h, R·K, nb, nb]
     top = order[:, : max(top_k)].cpu().tolist()
     ids = [[("vertical_stripe", params_key({"key_blocks": sorted(top[h][:k]), "rows": float(r)}))
