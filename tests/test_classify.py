@@ -1,4 +1,4 @@
-"""classify() applies DESIGN's rule exactly, per step and over steps."""
+"""classify() applies the class rule of docs/design.md exactly, per step and over steps."""
 
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from attnsearch.profiling.distributed import merge_shards, shard_path, shard_steps
 from attnsearch.models import load_model
+from attnsearch.profiling.distributed import merge_shards, shard_path, shard_steps
 from attnsearch.profiling.profile_io import Profile, ProfileSettings
 from attnsearch.profiling.profiler import profile_model
 

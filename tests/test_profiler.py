@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from attnsearch import Geometry, block_mask, profile_tensors
-from attnsearch.profiling.candidates import CandidateGrid
 from attnsearch.patterns import expand_block_mask
+from attnsearch.profiling.candidates import CandidateGrid
 from attnsearch.profiling.profile_io import Profile, ProfileError
 from attnsearch.profiling.profiler import sample_queries
 

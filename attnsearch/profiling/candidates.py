@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..geometry import Geometry
@@ -109,6 +110,17 @@ def static_candidates(geometry: Geometry, block_size: int, grid: CandidateGrid) 
 def stripe_base(geometry: Geometry, block_size: int, rows: float) -> torch.Tensor:
     """vertical_stripe with no key blocks: own block, band, text. Stripes are OR-ed in per head."""
     return block_mask("vertical_stripe", {"key_blocks": [], "rows": rows}, geometry, block_size)
+
+
+@lru_cache(maxsize=16)
+def stripe_gain(geometry: Geometry, block_size: int, rows: float) -> tuple[int, np.ndarray]:
+    """(blocks the stripe-free base keeps, float64 [nb]: the blocks a stripe on each key block adds,
+    i.e. the rows the base does not already keep there). A vertical_stripe mask on distinct key
+    blocks K keeps ``base + Σ_{b∈K} gain[b]`` blocks, so its exact density needs no mask."""
+    base = stripe_base(geometry, block_size, rows)
+    gain = (base.shape[0] - base.sum(0)).numpy().astype(np.float64)
+    gain.flags.writeable = False
+    return int(base.sum()), gain
 
 
 @dataclass(frozen=True)

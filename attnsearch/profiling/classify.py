@@ -15,10 +15,9 @@ import json
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..patterns import SPARSE_FAMILIES, params_key
-from .candidates import stripe_base
+from .candidates import stripe_gain
 from .profile_io import Profile
 
 #: Recall a class must reach, and the density above which a head is dense (the defaults).
@@ -139,14 +138,11 @@ def _union_params(params: pd.Series) -> str:
 
 
 def stripe_density(profile: Profile, params: str) -> float:
-    """Exact density of a vertical_stripe params string, without building its mask: the base mask
-    (own block, band, text) plus, per stripe column, the rows the base does not already keep."""
+    """Exact density of a vertical_stripe params string, without building its mask
+    (:func:`attnsearch.profiling.candidates.stripe_gain`)."""
     p = json.loads(params)
-    base = stripe_base(profile.geometry, profile.settings.block_size, float(p["rows"]))
-    nb = base.shape[0]
-    cols = torch.tensor(p["key_blocks"], dtype=torch.long)
-    kept = int(base.sum()) + int((nb - base[:, cols].sum(0)).sum())
-    return kept / nb**2
+    kept, gain = stripe_gain(profile.geometry, profile.settings.block_size, float(p["rows"]))
+    return (kept + float(gain[p["key_blocks"]].sum())) / len(gain) ** 2
 
 
 def class_counts(labels: pd.DataFrame) -> pd.DataFrame:

@@ -1,7 +1,8 @@
 """The profile: what the profiler measured (:class:`Profile`), and its file format.
 
-A profile file is one Parquet table (long format) with everything else in its metadata. The table is what ``pandas.read_parquet`` shows: one row per (step, layer, head, candidate).
-The file metadata (key ``attnsearch``) holds JSON: schema version, geometry, model name and
+A profile file is one Parquet table (long format) with everything else in its metadata. The
+table is what ``pandas.read_parquet`` shows: one row per (step, layer, head, candidate). The file
+metadata (key ``attnsearch``) holds JSON: schema version, geometry, model name and
 fingerprint, sampling settings, timing; key ``attnsearch.maps`` holds the block-level attention
 maps as zlib-compressed float16 with their (layer, head) index. Written to a temporary file beside
 the target and renamed, so an interrupted run never leaves a half-written profile.
@@ -134,6 +135,11 @@ class Profile:
 
 
 
+def default_path(model_name: str) -> Path:
+    """Where a model's profile goes unless told: ``profiles/<name>.parquet`` (``/`` and ``:`` → ``_``)."""
+    return Path("profiles") / f"{model_name.replace('/', '_').replace(':', '_')}.parquet"
+
+
 def write_profile(profile: Profile, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -200,4 +206,4 @@ def read_profile(path: str | os.PathLike) -> Profile:
 
 
 __all__ = ["FORMAT", "SCHEMA_VERSION", "TABLE_COLUMNS", "Profile", "ProfileError", "ProfileSettings",
-           "read_profile", "write_profile"]
+           "default_path", "read_profile", "write_profile"]

@@ -4,7 +4,7 @@
         pipe(prompt)                 # step = model forward index (capture's auto_step)
     ap.stats                         # calls, sparse, dense, fallbacks
 
-Built on :class:`attnsearch.capture.capture_attention`, which hands each SDPA call (step, layer,
+Built on :class:`attnsearch.profiling.capture.capture_attention`, which hands each SDPA call (step, layer,
 q, k, v, kwargs) to a consumer. A call runs ``plan.layer_plan(step, layer)``:
 
 - an all-dense layer plan, after checking the query shape against the plan, runs on the Hopper

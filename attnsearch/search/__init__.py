@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from .space import SearchError
 
-__all__ = ["BudgetError", "OptimizeResult", "SearchError", "optimize", "optimize_command"]
+__all__ = ["BudgetError", "OptimizeResult", "SearchError", "optimize"]
 
 
 def __getattr__(name: str):
-    if name in ("BudgetError", "OptimizeResult", "optimize", "optimize_command"):
+    if name in ("BudgetError", "OptimizeResult", "optimize"):
         from . import study
 
         return getattr(study, name)

@@ -415,26 +415,5 @@ def choose(front, max_error: float | None, target_speedup: float | None, *, vali
                f"{what} {err(t):.4g}, the best normalised trade-off of {len(front)} Pareto plans")
 
 
-def optimize_command(profile: str, out: str = "plan.json", hardware: str | None = None,
-                     max_error: float | None = None, target_speedup: float | None = None, trials: int = 100,
-                     storage: str | None = None, validate: int = 0, model: str | None = None,
-                     head_dim: int | None = None, batch: int = 1, seed: int = 0, workers: int = 1,
-                     echo: Callable[[str], None] = print) -> OptimizeResult:
-    """Body of ``attnsearch optimize`` (the CLI passes typer options through and prints errors)."""
-    paths = [p for p in profile.split(",") if p]
-    res = optimize(paths if len(paths) > 1 else paths[0], hardware=hardware, max_error=max_error,
-                   target_speedup=target_speedup, trials=trials, storage=storage, validate=validate, out=out,
-                   model=model, head_dim=head_dim, batch=batch, seed=seed, workers=workers,
-                   progress=lambda p: echo(f"trial {p['trial']}: {p['attention_ms']:.3f} ms "
-                                           f"({p['speedup']:.2f}×), error {p['error']:.4g}, front {p['front']}"))
-    f = res.figures
-    echo(f"{res.hardware['device']} ({res.plan.search['hardware_note']})")
-    echo(f"chose trial {res.trial}: {res.reason}")
-    echo(f"predicted attention {f['attention_ms']:.3f} ms vs dense {f['dense_attention_ms']:.3f} ms: "
-         f"{f['speedup']:.2f}×, rel_err {f['rel_err']:.4g}")
-    echo(f"wrote {res.path} (study {res.study_name} in {res.plan.search['storage']})")
-    return res
-
-
-__all__ = ["BudgetError", "OptimizeResult", "choose", "front_table", "optimize", "optimize_command",
+__all__ = ["BudgetError", "OptimizeResult", "choose", "front_table", "optimize",
            "HardwareError", "ProfileError"]
