@@ -5,8 +5,8 @@
 
 Modules: ``space`` (profile → arrays), ``inner`` (exact Lagrangian / budgeted multiple-choice
 knapsack), ``problem`` (knobs → units → assignment → plan and figures), ``validate`` (measured
-model error), ``study`` (Optuna, Pareto front, the choice). Optuna is imported only when a search
-runs.
+model error), ``study`` (Optuna, Pareto front, the choice), ``workers`` (several worker processes
+on one study: storage, claiming trials, spawning). Optuna is imported only when a search runs.
 """
 
 from __future__ import annotations
