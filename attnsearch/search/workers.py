@@ -33,6 +33,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ..atomic_io import replacing
 from .space import SearchError
 
 #: Seconds between heartbeats of a running trial; a trial silent for GRACE_FACTOR × this is dead.
@@ -320,9 +321,10 @@ def spawn(cfg: dict[str, Any], workers: int, progress: Callable[[dict[str, Any]]
     except Exception as err:  # noqa: BLE001
         raise SearchError(f"workers > 1: the search settings cannot be sent to worker processes ({err}); "
                           f"pass the model by name") from None
-    fd, cfg_path = tempfile.mkstemp(prefix="attnsearch-workers-", suffix=".pkl")
-    with os.fdopen(fd, "wb") as f:
-        f.write(blob)
+    folder = Path(tempfile.mkdtemp(prefix="attnsearch-workers-"))
+    cfg_path = str(folder / "search.pkl")
+    with replacing(cfg_path) as tmp:
+        tmp.write_bytes(blob)
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[2])  # so a source checkout works uninstalled
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -371,6 +373,7 @@ def spawn(cfg: dict[str, Any], workers: int, progress: Callable[[dict[str, Any]]
             if proc.stdout:
                 proc.stdout.close()
         Path(cfg_path).unlink(missing_ok=True)
+        folder.rmdir()
     return errors
 
 
