@@ -1,7 +1,7 @@
 """attnsearch: find and run the sparse attention structure of video diffusion transformers.
 
 Pipeline (data flows one way): capture → profile → classify → search → plan → runtime.
-The public names below are the stable API (see DESIGN.md); heavy modules load on first use.
+The public names below are the stable API (see docs/design.md); heavy modules load on first use.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from .patterns import PatternError, block_mask
 __version__ = "0.1.0"
 
 _LAZY = {
-    "profile_tensors": "attnsearch.profiler",
-    "Profile": "attnsearch.profiler",
-    "classify": "attnsearch.classifier",
+    "profile_tensors": "attnsearch.profiling.profiler",
+    "Profile": "attnsearch.profiling.profile_io",
+    "classify": "attnsearch.profiling.classify",
     "load_plan": "attnsearch.plan",
     "Plan": "attnsearch.plan",
     "sparse_attention": "attnsearch.runtime",
@@ -25,9 +25,10 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .classifier import classify
     from .plan import Plan, load_plan
-    from .profiler import Profile, profile_tensors
+    from .profiling.classify import classify
+    from .profiling.profile_io import Profile
+    from .profiling.profiler import profile_tensors
     from .runtime import apply, sparse_attention
 
 

@@ -1,6 +1,6 @@
 """The end-to-end demo on the embedded toy video DiT: profile → classify → optimize (validated)
-→ report, plus a GPU benchmark of the plan when CUDA is present. ``attnsearch demo`` prints the
-headline; :func:`run_demo` returns it as a dict."""
+→ report, plus a GPU benchmark of the plan (:func:`attnsearch.bench.bench_plan`) when CUDA is
+present. ``attnsearch demo`` prints the headline; :func:`run_demo` returns it as a dict."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import json
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from .atomic_io import write_text_atomic
 
 
 def run_demo(out_dir: Path, *, steps: int = 4, queries: int = 128, trials: int = 30, validate: int = 2,
@@ -19,10 +21,12 @@ def run_demo(out_dir: Path, *, steps: int = 4, queries: int = 128, trials: int =
     on_stage(name) announces each stage; on_progress(stage, done, total) reports within one."""
     import torch
 
-    from .classifier import classify
     from .models import load_model
-    from .profiler import ProfileSettings, profile_model
+    from .profiling.classify import classify
+    from .profiling.profile_io import ProfileSettings
+    from .profiling.profiler import profile_model
     from .report import write_report
+    from .report.plan_summary import mean_density
     from .search import optimize
 
     stage = on_stage or (lambda name: None)
@@ -62,10 +66,8 @@ def run_demo(out_dir: Path, *, steps: int = 4, queries: int = 128, trials: int =
     res = optimize(prof_path, hardware=hardware, max_error=max_error, trials=trials, validate=validate,
                    model=spec, out=out_dir / "plan.json", seed=seed, progress=on_trial)
     plan = res.plan
-    densities = [lp.density for e in plan.schedule for lp in (e.layers or ()) for _ in range(e.stop - e.start)]
-    dense_calls = sum((e.stop - e.start) * plan.num_layers for e in plan.schedule if e.layers is None)
     head["plan"] = str(res.path)
-    head["plan_density"] = (sum(densities) + dense_calls) / (len(densities) + dense_calls)
+    head["plan_density"] = mean_density(plan)
     head["predicted_speedup"] = res.figures["speedup"]
     head["hardware"] = res.hardware["device"]
     validation = plan.search.get("validation") or {}
@@ -84,8 +86,7 @@ def run_demo(out_dir: Path, *, steps: int = 4, queries: int = 128, trials: int =
         for row, lp in zip(result["layer_plans"], plan.layer_plans()):
             row["predicted_ms"] = cost.layer_ms(lp)
         result["format"] = "attnsearch-bench"
-        bench_path = out_dir / "bench.json"
-        bench_path.write_text(json.dumps(result, indent=1) + "\n")
+        bench_path = write_text_atomic(out_dir / "bench.json", json.dumps(result, indent=1) + "\n")
         head["measured_speedup"] = result.get("speedup_vs_cudnn")
         head["gpu"] = result["card"]
         inputs.append(bench_path)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from attnsearch import Geometry, profile_tensors
-from attnsearch.profiler import Profile
+from attnsearch.profiling.profile_io import Profile
 
 
 def small_profile(folder: Path) -> tuple[Path, Profile]:

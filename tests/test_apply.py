@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from attnsearch import Geometry
-from attnsearch.capture import capture_attention
 from attnsearch.plan import Plan, PlanError, ScheduleEntry
+from attnsearch.profiling.capture import capture_attention
 from attnsearch.runtime import apply
 from test_runtime import all_patterns, reference
 

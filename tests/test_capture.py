@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.functional import scaled_dot_product_attention as imported_sdpa
 
-from attnsearch.capture import CaptureError, SDPACall, capture_attention
+from attnsearch.profiling.capture import CaptureError, SDPACall, capture_attention
 
 
 class Attn(torch.nn.Module):

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from attnsearch import Geometry
-from attnsearch.capture import capture_attention
 from attnsearch.plan import LayerPlan, Plan, ScheduleEntry
+from attnsearch.profiling.capture import capture_attention
 from attnsearch.runtime import apply
 
 GEOM = Geometry(frames=2, height=4, width=16)  # N = 128

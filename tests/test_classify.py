@@ -1,14 +1,15 @@
-"""classify() applies DESIGN's rule exactly, per step and over steps."""
+"""classify() applies the class rule of docs/design.md exactly, per step and over steps."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from attnsearch import classify
-from attnsearch.classifier import class_counts
+from attnsearch.profiling.classify import class_counts, pick_class
 
 
 def row(step, layer, head, pattern, params, density, recall, rel_err=0.1):
@@ -80,8 +81,8 @@ def test_stripe_density_formula_matches_the_mask():
     import torch
 
     from attnsearch import Geometry, block_mask
-    from attnsearch.classifier import stripe_density
-    from attnsearch.profiler import Profile, ProfileSettings
+    from attnsearch.profiling.classify import stripe_density
+    from attnsearch.profiling.profile_io import Profile, ProfileSettings
 
     geom = Geometry(3, 10, 12, 30, "suffix")
     prof = Profile(pd.DataFrame(), geom, ProfileSettings(block_size=64))
@@ -90,3 +91,26 @@ def test_stripe_density_formula_matches_the_mask():
         want = block_mask("vertical_stripe", params, geom, 64).float().mean().item()
         assert stripe_density(prof, json.dumps(params)) == pytest.approx(want)
     assert torch.is_tensor(block_mask("dense", {}, geom, 64))
+
+
+def test_pick_class_is_the_rule_on_arrays():
+    """The vectorised rule against a plain loop over each site's candidates, on values drawn from a
+    few levels so that ties in density, recall and error are common; NaN is never eligible."""
+    rng = np.random.default_rng(0)
+    shape = (40, 3, 9)
+    density = rng.choice([0.1, 0.2, 0.5, 0.8, np.nan], shape)
+    recall = rng.choice([0.9, 0.96, 0.99, np.nan], shape)
+    rel_err = rng.choice([0.01, 0.02, np.nan], shape)
+    sparse = rng.random(shape[-1]) < 0.7
+    usable = rng.random(shape) < 0.9
+    got = pick_class(sparse, density, recall, 0.95, 0.75, rel_err=rel_err, usable=usable)
+    for site in np.ndindex(shape[:-1]):
+        best, best_key = -1, None
+        for c in range(shape[-1]):
+            d, r, e = density[site][c], recall[site][c], rel_err[site][c]
+            if not (sparse[c] and usable[site][c] and r >= 0.95 and d <= 0.75):
+                continue
+            key = (d, -r, np.inf if np.isnan(e) else e)   # lowest density, then recall, then error
+            if best_key is None or key < best_key:
+                best, best_key = c, key
+        assert got[site] == best, site

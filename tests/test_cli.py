@@ -8,7 +8,7 @@ import pandas as pd
 from typer.testing import CliRunner
 
 from attnsearch.cli import app
-from attnsearch.profiler import Profile
+from attnsearch.profiling.profile_io import Profile
 
 runner = CliRunner()
 TINY = "tests/tiny_models.py:tiny"

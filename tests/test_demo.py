@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from attnsearch.cli import app
 from attnsearch.plan import load_plan
-from attnsearch.profiler import Profile
+from attnsearch.profiling.profile_io import Profile
 
 EXPECTED_PNGS = {"profile_maps.png", "profile_classes.png", "profile_recall_density.png", "profile_stability.png",
                  "plan_heads.png", "plan_latency.png", "plan_schedule.png", "study_pareto.png"}

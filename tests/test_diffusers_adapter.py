@@ -14,11 +14,11 @@ import torch.nn.functional as F
 
 pytest.importorskip("diffusers", reason="diffusers is an optional extra (pip install 'attnsearch[diffusers]')")
 
-from attnsearch.capture import capture_attention  # noqa: E402
 from attnsearch.models import load_model  # noqa: E402
 from attnsearch.models.diffusers import family_of, instrument  # noqa: E402
 from attnsearch.patterns import expand_block_mask  # noqa: E402
 from attnsearch.plan import LayerPlan, Plan, ScheduleEntry  # noqa: E402
+from attnsearch.profiling.capture import capture_attention  # noqa: E402
 from attnsearch.runtime import apply  # noqa: E402
 
 #: 17 frames, 96 × 160 px → latent 5 × 12 × 20 → 5 × 6 × 10 = 300 video tokens (5 blocks of 64).

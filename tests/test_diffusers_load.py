@@ -12,7 +12,6 @@ import torch
 pytest.importorskip("diffusers", reason="diffusers is an optional extra (pip install 'attnsearch[diffusers]')")
 
 from attnsearch import Geometry  # noqa: E402
-from attnsearch.capture import capture_attention  # noqa: E402
 from attnsearch.metrics import compare  # noqa: E402
 from attnsearch.models import ModelUnavailableError, load_model  # noqa: E402
 from attnsearch.models.diffusers import (TimestepStepper, VideoSize, instrument,  # noqa: E402
@@ -20,6 +19,7 @@ from attnsearch.models.diffusers import (TimestepStepper, VideoSize, instrument,
 from attnsearch.models.diffusers.hunyuan import trim_text_padding  # noqa: E402
 from attnsearch.models.diffusers.wan import FAMILY as WAN  # noqa: E402
 from attnsearch.plan import LayerPlan, Plan, ScheduleEntry  # noqa: E402
+from attnsearch.profiling.capture import capture_attention  # noqa: E402
 from attnsearch.runtime import apply  # noqa: E402
 
 

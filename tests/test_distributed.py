@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from attnsearch.distributed import merge_shards, shard_path, shard_steps
 from attnsearch.models import load_model
-from attnsearch.profiler import Profile, ProfileSettings, profile_model
+from attnsearch.profiling.distributed import merge_shards, shard_path, shard_steps
+from attnsearch.profiling.profile_io import Profile, ProfileSettings
+from attnsearch.profiling.profiler import profile_model
 
 
 def test_round_robin_shards_cover_every_step_once():

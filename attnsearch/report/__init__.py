@@ -52,7 +52,7 @@ def write_report(paths: list[Path], out: Path, *, tau: float = 0.95, density_cap
     for path in paths:
         kind = detect_kind(Path(path))
         if kind == "profile":
-            from ..profiler import Profile
+            from ..profiling.profile_io import Profile
             from .profile_figures import profile_figures
 
             sections.append(profile_figures(Profile.load(path), out, tau=tau, density_cap=density_cap))

@@ -8,7 +8,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .style import FAMILY_COLORS
+from .style import FAMILY_COLORS, save_figure
 
 ROW_KEYS = ("layer_plans", "bench", "rows", "sweep")
 
@@ -35,9 +35,7 @@ def _finish(fig, ax, path: Path, title: str) -> Path:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def measured_vs_predicted(rows: list[dict], path: Path, card: str) -> Path | None:

@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 
 from ..plan import Plan
-from .style import FAMILY_COLORS, FAMILY_ORDER, family_legend
+from .style import FAMILY_COLORS, FAMILY_ORDER, family_legend, save_figure
 
 
 def _sparse_entries(plan: Plan):
@@ -44,9 +44,7 @@ def head_map(plan: Plan, path: Path) -> Path:
     family_legend(axes[0][-1], FAMILY_ORDER, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle("pattern per head (numbers: block density)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def layer_latency(plan: Plan, path: Path, cost) -> Path:
@@ -65,9 +63,7 @@ def layer_latency(plan: Plan, path: Path, cost) -> Path:
                  f"{dense * plan.num_layers / total:.2f}× faster than dense", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def schedule(plan: Plan, path: Path) -> Path:
@@ -85,9 +81,7 @@ def schedule(plan: Plan, path: Path) -> Path:
     ax.set_title("step schedule: layer density per step (white lines: schedule boundaries)", fontsize=9)
     fig.colorbar(im, ax=ax, label="block density")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plan_figures(plan: Plan, out: Path) -> dict:

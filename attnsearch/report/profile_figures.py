@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm, ListedColormap
 
-from ..classifier import class_counts, classify
-from ..profiler import Profile
-from .style import FAMILY_COLORS, FAMILY_ORDER, SHORT, family_legend
+from ..profiling.classify import class_counts, classify
+from ..profiling.profile_io import Profile
+from .style import FAMILY_COLORS, FAMILY_ORDER, SHORT, family_legend, save_figure
 
 
 def attention_maps(profile: Profile, labels: pd.DataFrame, path: Path) -> Path:
@@ -39,9 +39,7 @@ def attention_maps(profile: Profile, labels: pd.DataFrame, path: Path) -> Path:
                  "frame colour and letter = class (D diagonal, M multi-diagonal, V stripe, E energy decay, · dense)",
                  fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def class_counts_per_layer(labels: pd.DataFrame, path: Path, title: str) -> Path:
@@ -57,9 +55,7 @@ def class_counts_per_layer(labels: pd.DataFrame, path: Path, title: str) -> Path
     ax.set_xticks(counts.index)
     family_legend(ax, counts.columns, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def recall_vs_density(profile: Profile, labels: pd.DataFrame, path: Path, tau: float) -> Path:
@@ -93,9 +89,7 @@ def recall_vs_density(profile: Profile, labels: pd.DataFrame, path: Path, tau: f
     axes[0][0].set_ylabel(f"recall (softmax mass kept); τ = {tau} dotted")
     fig.suptitle("recall vs density per family (median, 10–90% band over heads and steps)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def class_stability(labels: pd.DataFrame, path: Path, num_steps: int) -> Path:
@@ -119,9 +113,7 @@ def class_stability(labels: pd.DataFrame, path: Path, num_steps: int) -> Path:
     ax.set_title(f"class over {num_steps} step(s); faded = unstable (share of steps agreeing shown)", fontsize=9)
     family_legend(ax, [f for f in FAMILY_ORDER[:5]], loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def profile_figures(profile: Profile, out: Path, tau: float = 0.95, density_cap: float = 0.75) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from .style import FAMILY_COLORS
+from .style import FAMILY_COLORS, save_figure
 
 
 def _points_from_storage(path: Path) -> tuple[list, list, dict | None, str]:
@@ -64,8 +64,7 @@ def study_figures(source: Path | dict, out: Path) -> dict:
     ax.legend(fontsize=8)
     fig.tight_layout()
     target = out / "study_pareto.png"
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
+    save_figure(fig, target)
     summary = f"{len(trials)} trials, {len(front)} on the Pareto front"
     if chosen:
         summary += f"; chosen trial {chosen.get('number', '?')}: {chosen['latency_ms']:.2f} ms, error {chosen['error']:.3g}"

@@ -1,8 +1,13 @@
-"""One colour per pattern family, the same in every figure, and the Agg backend."""
+"""One colour per pattern family, the same in every figure, the Agg backend, and how a figure is
+written (whole or not at all, through :mod:`attnsearch.atomic_io`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib
+
+from ..atomic_io import replacing
 
 matplotlib.use("Agg")  # reports are files: never open a window, work headless
 
@@ -23,3 +28,15 @@ def family_legend(ax, families=FAMILY_ORDER, **kwargs) -> None:
 
     handles = [Patch(color=FAMILY_COLORS[f], label=f) for f in families]
     ax.legend(handles=handles, **{"fontsize": 8, "frameon": False, **kwargs})
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Write ``fig`` to ``path`` (format from its suffix) through a temporary file, close it, return
+    the path."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with replacing(path, suffix=path.suffix) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    return path

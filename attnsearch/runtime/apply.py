@@ -4,7 +4,7 @@
         pipe(prompt)                 # step = model forward index (capture's auto_step)
     ap.stats                         # calls, sparse, dense, fallbacks
 
-Built on :class:`attnsearch.capture.capture_attention`, which hands each SDPA call (step, layer,
+Built on :class:`attnsearch.profiling.capture.capture_attention`, which hands each SDPA call (step, layer,
 q, k, v, kwargs) to a consumer. A call runs ``plan.layer_plan(step, layer)``:
 
 - an all-dense layer plan, after checking the query shape against the plan, runs on the Hopper
@@ -62,7 +62,7 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
     # -- context management ------------------------------------------------------------------------
 
     def __enter__(self) -> apply:
-        from ..capture import capture_attention
+        from ..profiling.capture import capture_attention
 
         self.stats = {"calls": 0, "sparse": 0, "dense": 0, "fallbacks": Counter()}
         self._capture = capture_attention(self.model, self._consumer, auto_step=self.auto_step)

@@ -5,19 +5,19 @@
 
 Modules: ``space`` (profile → arrays), ``inner`` (exact Lagrangian / budgeted multiple-choice
 knapsack), ``problem`` (knobs → units → assignment → plan and figures), ``validate`` (measured
-model error), ``study`` (Optuna, Pareto front, the choice). Optuna is imported only when a search
-runs.
+model error), ``study`` (Optuna, Pareto front, the choice), ``workers`` (several worker processes
+on one study: storage, claiming trials, spawning). Optuna is imported only when a search runs.
 """
 
 from __future__ import annotations
 
 from .space import SearchError
 
-__all__ = ["BudgetError", "OptimizeResult", "SearchError", "optimize", "optimize_command"]
+__all__ = ["BudgetError", "OptimizeResult", "SearchError", "optimize"]
 
 
 def __getattr__(name: str):
-    if name in ("BudgetError", "OptimizeResult", "optimize", "optimize_command"):
+    if name in ("BudgetError", "OptimizeResult", "optimize"):
         from . import study
 
         return getattr(study, name)

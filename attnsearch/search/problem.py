@@ -2,8 +2,9 @@
 
 Knobs (what the outer study samples): λ (relative: × one head's dense attention time per step,
 so λ = 1 trades an error² of 1 on one head-step against that head-step's dense cost) or an error
-budget; τ (restrict each head to the family the classifier names at that threshold, plus dense
-and skip; 0 = no restriction); warm-up steps run dense; the ``dense_layers`` hardest layers
+budget; τ (restrict each head to the family the classifier's rule names at that threshold,
+:func:`attnsearch.profiling.classify.pick_class` over the range's mean recall, density and error,
+plus dense and skip; 0 = no restriction); warm-up steps run dense; the ``dense_layers`` hardest layers
 (highest least-error at ≤ 30 % density) run dense; the number of step ranges the plan may vary
 over; the block size (one SearchSpace per profiled block size).
 
@@ -24,13 +25,12 @@ import numpy as np
 from ..costmodel import CostModel
 from ..patterns import SPARSE_FAMILIES
 from ..plan import LayerPlan, Plan, ScheduleEntry
+from ..profiling.classify import DENSITY_CAP, pick_class
 from .inner import Units, solve_budget, solve_lagrangian
 from .space import SearchError, SearchSpace, step_ranges
 
 #: A fused launch with fewer items than this many waves is costed with the full model.
 SMALL_WAVES = 8
-#: Density cap of the τ restriction (the classifier's default).
-DENSITY_CAP = 0.75
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,7 @@ class Problem:
         self.slots = cost_model.table.sparse_params(cost_model.head_dim, B).slots(cost_model.sm_count)
         self.small = H * nb * cost_model.batch <= SMALL_WAVES * self.slots
         self._agg: dict[tuple, tuple] = {}
+        self._labels: dict[tuple, np.ndarray] = {}
         self._lam_hint: dict[int, float] = {}
         # Layers ranked hardest first: the least error any candidate reaches at ≤ 30 % density.
         sparse = np.array([f in SPARSE_FAMILIES for f in space.families])
@@ -124,17 +125,22 @@ class Problem:
         return self._agg[key]
 
     def allowed(self, tau: float, warmup: int, ranges: int) -> np.ndarray | None:
-        """bool [R, L, H, C]: the classified family's candidates plus dense and skip (None: all)."""
+        """bool [R, L, H, C]: the classified family's candidates plus dense and skip (None: all).
+
+        The class of a head in a range is the classifier's rule (τ, the classifier's density cap)
+        applied to its candidates' mean recall, density and error over the range's steps."""
         if not tau:
             return None
-        rs, cost, _, recall = self.aggregate(warmup, ranges)
-        fam = self.space.family_codes()
-        dens = np.stack([np.nanmean(self.space.density[r.start:r.stop], 0) for r in rs])
-        ok = (fam >= 0) & (recall >= tau) & (dens <= DENSITY_CAP) & np.isfinite(cost)
-        pick = np.argmin(np.where(ok, dens, np.inf), axis=-1)                  # [R, L, H]
-        has = ok.any(-1)
-        label = np.where(has, fam[pick], -1)
-        allowed = (fam[None, None, None, :] == label[..., None]) & (label[..., None] >= 0)
+        key = (tau, warmup, ranges)
+        if key not in self._labels:
+            rs, cost, _, recall = self.aggregate(warmup, ranges)
+            fam = self.space.family_codes()
+            dens = np.stack([np.nanmean(self.space.density[r.start:r.stop], 0) for r in rs])
+            err = np.stack([np.nanmean(self.space.rel_err[r.start:r.stop], 0) for r in rs])
+            pick = pick_class(fam >= 0, dens, recall, tau, DENSITY_CAP, rel_err=err, usable=np.isfinite(cost))
+            self._labels[key] = np.where(pick >= 0, fam[np.maximum(pick, 0)], -1)      # [R, L, H]
+        label = self._labels[key]
+        allowed = (self.space.family_codes()[None, None, None, :] == label[..., None]) & (label[..., None] >= 0)
         allowed[..., self.space.dense_col] = True
         allowed[..., self.space.skip_col] = True
         return allowed

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..geometry import Geometry
 from ..patterns import SPARSE_FAMILIES, block_mask
+from ..profiling.candidates import stripe_base, stripe_gain
 
 
 _KEY_BLOCKS = re.compile(r'"key_blocks":\s*\[([^\]]*)\]')
@@ -91,20 +92,10 @@ class SearchSpace:
             out[c] = blocks.reshape(*arr.shape, k)
         return out
 
-    def _stripe_base(self, rows: float) -> tuple[int, np.ndarray]:
-        """(kept blocks of vertical_stripe with no key blocks, per key block the rows it would add)."""
-        key = ("base", rows)
-        cache = self.__dict__.setdefault("_base_cache", {})
-        if key not in cache:
-            base = block_mask("vertical_stripe", {"key_blocks": [], "rows": rows}, self.geometry, self.block_size)
-            cache[key] = (int(base.sum()), (self.num_blocks - base.sum(0)).numpy().astype(np.float64))
-        return cache[key]
-
     def _stripe_base_mask(self, rows: float) -> np.ndarray:
         cache = self.__dict__.setdefault("_base_mask_cache", {})
         if rows not in cache:
-            cache[rows] = block_mask("vertical_stripe", {"key_blocks": [], "rows": rows}, self.geometry,
-                                     self.block_size).numpy().astype(np.int64)
+            cache[rows] = stripe_base(self.geometry, self.block_size, rows).numpy().astype(np.int64)
         return cache[rows]
 
     def stripe_union(self, c: int, steps: range) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +108,7 @@ class SearchSpace:
         flat = blocks.transpose(1, 2, 0, 3).reshape(L * H, s * k)
         member[np.arange(L * H)[:, None], np.where(flat < 0, nb, flat)] = True
         member = member[:, :nb]
-        base_kept, add = self._stripe_base(self.stripe_rows[c])
+        base_kept, add = stripe_gain(self.geometry, self.block_size, self.stripe_rows[c])
         density = (base_kept + member.astype(np.float64) @ add) / nb**2
         return density.reshape(L, H), member.reshape(L, H, nb)
 

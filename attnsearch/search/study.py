@@ -24,11 +24,11 @@ import pandas as pd
 
 from ..costmodel import CostModel, HardwareError
 from ..plan import Plan, write_plan
-from ..profiler import Profile, ProfileError
+from ..profiling.profile_io import Profile, ProfileError
 from .problem import Knobs, Problem
 from .space import SearchError, build_space
 from .workers import (HEARTBEAT_S, check_workers, claim_lock, open_storage, run_trials, spawn, start_run,
-                      storage_error, storage_kind, worker_id)
+                      public_url, storage_error, storage_kind, worker_id)
 
 #: Relative λ range (× one head's dense attention per step; see Knobs).
 LAM_RANGE = (1e-3, 1e3)
@@ -183,7 +183,7 @@ def _progress(study, trial, trials: int) -> dict[str, Any]:
             "speedup": trial.user_attrs.get("speedup"), "error": trial.values[1], "front": len(study.best_trials)}
 
 
-def _worker_main(cfg: dict[str, Any], index: int, report: Callable[[dict[str, Any]], None]) -> None:
+def worker_main(cfg: dict[str, Any], index: int, report: Callable[[dict[str, Any]], None]) -> None:
     """One worker process of ``optimize(workers=K)``: rebuild the search, claim and run trials."""
     started = time.monotonic()
     profs = _load_profiles(cfg["profile"])
@@ -309,7 +309,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
                    "hardware": hardware, "head_dim": head_dim, "batch": batch, "validate": validate,
                    "backend": backend, "max_error": max_error, "storage": storage, "study": name,
                    "heartbeat_s": heartbeat_s, "seed": seed, "target": target, "trials": to_run, "timeout": timeout}
-            errors = spawn(cfg, workers, on_trial)
+            errors = spawn(cfg, workers, on_trial, entry=f"{__name__}:worker_main")
             if errors:
                 raise SearchError(f"optimize: {len(errors)} of {workers} workers failed: " + "; ".join(errors))
     search_s = time.perf_counter() - started
@@ -320,7 +320,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
     done = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
                   key=lambda t: t.number)
     if not done:
-        raise SearchError(f"study {name!r} in {_public_storage(storage)} has no completed trial (run with trials ≥ 1)")
+        raise SearchError(f"study {name!r} in {public_url(storage)} has no completed trial (run with trials ≥ 1)")
     if to_run > 0 and not timeout and len(done) < target:
         raise SearchError(f"study {name!r}: the run stopped at {len(done)} of {target} complete trials (its "
                           f"workers were killed); rerun the same command to resume it")
@@ -337,7 +337,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
     pareto = front_table(front)
     hw = {"device": cm.table.device, "calibration": cm.table.name}
     plan = pb.plan(a, model=dict(profs[0].model), hardware=hw, predicted=dict(figures), search={
-        "study": name, "storage": _public_storage(storage), "trial": chosen.number, "reason": reason,
+        "study": name, "storage": public_url(storage), "trial": chosen.number, "reason": reason,
         "objectives": {"attention_ms": chosen.values[0], "error": chosen.values[1],
                        "error_metric": "measured relative L2 of the model output vs dense" if validate
                        else "RMS rel_err over every (step, layer, head), from the profile"},
@@ -359,13 +359,6 @@ def _load_spec(model):
 
         return load_model(model)
     return model
-
-
-def _public_storage(url: str) -> str:
-    """The storage URL without a password."""
-    import re
-
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
 def front_table(front) -> pd.DataFrame:
@@ -422,26 +415,5 @@ def choose(front, max_error: float | None, target_speedup: float | None, *, vali
                f"{what} {err(t):.4g}, the best normalised trade-off of {len(front)} Pareto plans")
 
 
-def optimize_command(profile: str, out: str = "plan.json", hardware: str | None = None,
-                     max_error: float | None = None, target_speedup: float | None = None, trials: int = 100,
-                     storage: str | None = None, validate: int = 0, model: str | None = None,
-                     head_dim: int | None = None, batch: int = 1, seed: int = 0, workers: int = 1,
-                     echo: Callable[[str], None] = print) -> OptimizeResult:
-    """Body of ``attnsearch optimize`` (the CLI passes typer options through and prints errors)."""
-    paths = [p for p in profile.split(",") if p]
-    res = optimize(paths if len(paths) > 1 else paths[0], hardware=hardware, max_error=max_error,
-                   target_speedup=target_speedup, trials=trials, storage=storage, validate=validate, out=out,
-                   model=model, head_dim=head_dim, batch=batch, seed=seed, workers=workers,
-                   progress=lambda p: echo(f"trial {p['trial']}: {p['attention_ms']:.3f} ms "
-                                           f"({p['speedup']:.2f}×), error {p['error']:.4g}, front {p['front']}"))
-    f = res.figures
-    echo(f"{res.hardware['device']} ({res.plan.search['hardware_note']})")
-    echo(f"chose trial {res.trial}: {res.reason}")
-    echo(f"predicted attention {f['attention_ms']:.3f} ms vs dense {f['dense_attention_ms']:.3f} ms: "
-         f"{f['speedup']:.2f}×, rel_err {f['rel_err']:.4g}")
-    echo(f"wrote {res.path} (study {res.study_name} in {res.plan.search['storage']})")
-    return res
-
-
-__all__ = ["BudgetError", "OptimizeResult", "choose", "front_table", "optimize", "optimize_command",
+__all__ = ["BudgetError", "OptimizeResult", "choose", "front_table", "optimize",
            "HardwareError", "ProfileError"]

@@ -5,7 +5,8 @@ The error that matters is the model's, not the attention's: ``validate=N`` runs 
 and compares every step's output with the dense model's:
 
 * relative L2: ‖out − ref‖ / ‖ref‖ over all N outputs stacked,
-* PSNR: 20·log10(max|ref| / RMSE), in dB (peak = the reference's own dynamic range).
+* PSNR: :func:`attnsearch.metrics.psnr`, 10·log10(peak² / MSE) in dB with peak = the reference's
+  range (max − min): model outputs (latents, velocities) have no fixed data range.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..metrics import psnr
 from .space import SearchError
 
 
@@ -69,15 +71,14 @@ class Validator:
         ref = self.reference
         diff = (out - ref).double()
         rel = float(diff.norm() / ref.double().norm().clamp_min(1e-30))
-        mse = float((diff ** 2).mean())
-        peak = float(ref.abs().max())
-        psnr = math.inf if mse == 0 else 20 * math.log10(peak / math.sqrt(mse)) if peak > 0 else -math.inf
-        return {"rel_l2": rel, "psnr_db": psnr}
+        # A plan whose output is not finite has no PSNR; a constant reference has no range.
+        finite = bool(torch.isfinite(out).all()) and float(ref.max() - ref.min()) > 0
+        return {"rel_l2": rel, "psnr_db": psnr(out, ref) if finite else math.nan}
 
 
 def attention_shape(spec) -> tuple[int, int, int, int]:
     """(batch, heads, N, head_dim) of the model's first attention call (one forward, captured)."""
-    from ..capture import capture_attention
+    from ..profiling.capture import capture_attention
     from ..models import split_input
 
     seen: list[tuple[int, ...]] = []

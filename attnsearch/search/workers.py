@@ -33,6 +33,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ..atomic_io import replacing
 from .space import SearchError
 
 #: Seconds between heartbeats of a running trial; a trial silent for GRACE_FACTOR × this is dead.
@@ -298,10 +299,14 @@ def run_trials(study, rdb, lock, target: int, objective, *, worker: str,
 _MARK = "\x1eattnsearch-worker "  # protocol lines on a worker's stdout; anything else is passed through
 
 
-def spawn(cfg: dict[str, Any], workers: int, progress: Callable[[dict[str, Any]], None] | None) -> list[str]:
+def spawn(cfg: dict[str, Any], workers: int, progress: Callable[[dict[str, Any]], None] | None,
+          entry: str) -> list[str]:
     """Run ``workers`` fresh Python processes of :func:`_child_main` on the study, forward their
     progress, wait for all. Returns the errors they reported (none when all ended cleanly or were
     killed by a signal: their trials are retried by the others).
+
+    ``entry`` ("module:function") is what each process runs: ``function(cfg, index, report)``, with
+    ``report(progress_dict)`` forwarding one finished trial to ``progress``.
 
     Plain subprocesses, not multiprocessing: nothing of this process (DB connections, CUDA, thread
     pools, an unguarded ``__main__``) is inherited or re-run."""
@@ -316,9 +321,10 @@ def spawn(cfg: dict[str, Any], workers: int, progress: Callable[[dict[str, Any]]
     except Exception as err:  # noqa: BLE001
         raise SearchError(f"workers > 1: the search settings cannot be sent to worker processes ({err}); "
                           f"pass the model by name") from None
-    fd, cfg_path = tempfile.mkstemp(prefix="attnsearch-workers-", suffix=".pkl")
-    with os.fdopen(fd, "wb") as f:
-        f.write(blob)
+    folder = Path(tempfile.mkdtemp(prefix="attnsearch-workers-"))
+    cfg_path = str(folder / "search.pkl")
+    with replacing(cfg_path) as tmp:
+        tmp.write_bytes(blob)
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[2])  # so a source checkout works uninstalled
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -329,7 +335,7 @@ def spawn(cfg: dict[str, Any], workers: int, progress: Callable[[dict[str, Any]]
     sel = selectors.DefaultSelector()
     try:
         for i in range(workers):
-            proc = subprocess.Popen([sys.executable, "-c", code, cfg_path, str(i)], stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen([sys.executable, "-c", code, cfg_path, str(i), entry], stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
             procs.append(proc)
             sel.register(proc.stdout, selectors.EVENT_READ, i)
@@ -367,15 +373,17 @@ def spawn(cfg: dict[str, Any], workers: int, progress: Callable[[dict[str, Any]]
             if proc.stdout:
                 proc.stdout.close()
         Path(cfg_path).unlink(missing_ok=True)
+        folder.rmdir()
     return errors
 
 
 def _child_main() -> None:
-    """Entry of a worker process: ``python -c '…_child_main()' CFG.pkl INDEX``."""
+    """Entry of a worker process: ``python -c '…_child_main()' CFG.pkl INDEX MODULE:FUNCTION``."""
+    import importlib
     import json
     import sys
 
-    cfg_path, index = sys.argv[1], int(sys.argv[2])
+    cfg_path, index, entry = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     with open(cfg_path, "rb") as f:
         cfg = pickle.load(f)
 
@@ -384,9 +392,8 @@ def _child_main() -> None:
         sys.stdout.flush()
 
     try:
-        from .study import _worker_main
-
-        _worker_main(cfg, index, lambda p: send("trial", p))
+        module, _, function = entry.partition(":")
+        getattr(importlib.import_module(module), function)(cfg, index, lambda p: send("trial", p))
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except BaseException as err:  # noqa: BLE001

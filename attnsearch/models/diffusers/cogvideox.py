@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .common import Family, VideoSize, register_family
+from .family import Family, VideoSize
 
 _BASE = {"attention_head_dim": 64, "in_channels": 16, "out_channels": 16, "flip_sin_to_cos": True, "freq_shift": 0,
          "time_embed_dim": 512, "text_embed_dim": 4096, "dropout": 0.0, "attention_bias": True,
@@ -122,4 +122,4 @@ class CogVideoX(Family):
         return kw
 
 
-FAMILY = register_family(CogVideoX())
+FAMILY = CogVideoX()

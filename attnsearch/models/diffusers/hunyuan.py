@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .common import Family, Instrumentation, VideoSize, register_family
+from .family import Family, Instrumentation, VideoSize
 
 HUNYUAN_VIDEO = {"in_channels": 16, "out_channels": 16, "num_attention_heads": 24, "attention_head_dim": 128,
                  "num_layers": 20, "num_single_layers": 40, "num_refiner_layers": 2, "mlp_ratio": 4.0,
@@ -106,4 +106,4 @@ class HunyuanVideo(Family):
         return kw
 
 
-FAMILY = register_family(HunyuanVideo())
+FAMILY = HunyuanVideo()

@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .common import (FAMILIES, VideoSize, _load_families, denoising_inputs, family_of, instrument, require_diffusers,
-                     resolve_dtype)
+from .common import denoising_inputs, instrument
+from .family import VideoSize, require_diffusers, resolve_dtype
+from .registry import FAMILIES, family_of
 
 #: Forward arguments that carry one entry per batch element (concatenated across CFG branches).
 BATCHED = ("hidden_states", "timestep", "encoder_hidden_states", "encoder_attention_mask", "pooled_projections",
@@ -145,7 +146,6 @@ def load_pretrained(path: str, *, prompt: str = "A cat walks on the grass, reali
     folder = resolve_path(path)
     dtype = resolve_dtype(dtype)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    _load_families()
     by_class = {f.class_name: f for f in FAMILIES.values()}
 
     name = _class_name(folder)

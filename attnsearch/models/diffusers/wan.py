@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .common import Family, VideoSize, register_family
+from .family import Family, VideoSize
 
 #: Wan2.1-T2V-1.3B / 14B transformer configs (their published transformer/config.json).
 _BASE = {"patch_size": (1, 2, 2), "attention_head_dim": 128, "in_channels": 16, "out_channels": 16,
@@ -61,4 +61,4 @@ class Wan(Family):
         return {"hidden_states": latents, "timestep": timestep, "encoder_hidden_states": text, "return_dict": False}
 
 
-FAMILY = register_family(Wan())
+FAMILY = Wan()

@@ -19,122 +19,24 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 import torch
 
+from ..geometry import Geometry
 from .candidates import CandidateGrid, StripeCandidates, candidate_label, static_candidates, stripe_candidates
-from .geometry import Geometry, check_block_size
+from .profile_io import TABLE_COLUMNS, Profile, ProfileError, ProfileSettings
 
-TABLE_COLUMNS = ["step", "layer", "head", "pattern", "params", "candidate", "density", "recall", "rel_err"]
 #: Cap on the fp32 working set of one head chunk (logits + per-block partial outputs).
 DEFAULT_CHUNK_BYTES = 1 << 30
 
 
-class ProfileError(ValueError):
-    """Bad profiler input: shapes, settings or an attention call the profiler cannot measure."""
-
-
-@dataclass(frozen=True)
-class ProfileSettings:
-    queries: int = 256
-    seed: int = 0
-    block_size: int = 128
-    map_size: int = 64
-    grid: CandidateGrid = field(default_factory=CandidateGrid)
-
-    def __post_init__(self) -> None:
-        check_block_size(self.block_size)
-        if self.queries < 1:
-            raise ProfileError(f"queries must be ≥ 1, got {self.queries}")
-        if self.map_size < 1:
-            raise ProfileError(f"map_size must be ≥ 1, got {self.map_size}")
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["grid"] = self.grid.to_dict()
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ProfileSettings:
-        data = dict(data)
-        data["grid"] = CandidateGrid.from_dict(data.get("grid", {}))
-        return cls(**data)
-
-
-@dataclass
-class Profile:
-    """Measured statistics of one model (or one set of tensors).
-
-    ``table``: long format, one row per (step, layer, head, candidate); columns TABLE_COLUMNS.
-    ``maps``: {(layer, head): [m, m] float32} block-level attention maps (mean softmax mass per
-    (query group, key group)), averaged over ``map_steps[(layer, head)]`` steps.
-    """
-
-    table: pd.DataFrame
-    geometry: Geometry
-    settings: ProfileSettings
-    model: dict[str, str] = field(default_factory=lambda: {"name": "tensors", "fingerprint": ""})
-    maps: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
-    map_steps: dict[tuple[int, int], int] = field(default_factory=dict)
-    timing: dict[str, float] = field(default_factory=dict)
-    #: Shape of the profiled calls: batch, heads, kv_heads, head_dim, dtype (the cost model needs it).
-    attention: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_steps(self) -> int:
-        return int(self.table["step"].max()) + 1 if len(self.table) else 0
-
-    @property
-    def num_layers(self) -> int:
-        return int(self.table["layer"].max()) + 1 if len(self.table) else 0
-
-    @property
-    def num_heads(self) -> int:
-        return int(self.table["head"].max()) + 1 if len(self.table) else 0
-
-    @classmethod
-    def concat(cls, parts: list[Profile]) -> Profile:
-        """Join profiles of the same model, geometry and settings (e.g. per-call pieces)."""
-        if not parts:
-            raise ProfileError("nothing to concatenate")
-        first = parts[0]
-        for other in parts[1:]:
-            if other.geometry != first.geometry or other.settings != first.settings:
-                raise ProfileError("cannot join profiles with different geometry or settings")
-        table = pd.concat([p.table for p in parts], ignore_index=True)
-        table = table.sort_values(["step", "layer", "head"], kind="stable", ignore_index=True)
-        maps: dict[tuple[int, int], torch.Tensor] = {}
-        counts: dict[tuple[int, int], int] = {}
-        for part in parts:
-            for key, m in part.maps.items():
-                n = part.map_steps.get(key, 1)
-                if key in maps:
-                    total = counts[key] + n
-                    maps[key] = (maps[key] * counts[key] + m * n) / total
-                    counts[key] = total
-                else:
-                    maps[key], counts[key] = m.clone(), n
-        timing = {k: sum(p.timing.get(k, 0.0) for p in parts) for k in first.timing}
-        shapes = {json.dumps(p.attention, sort_keys=True) for p in parts}
-        if len(shapes) > 1:
-            raise ProfileError(f"cannot join profiles of different attention shapes: {sorted(shapes)}")
-        return cls(table, first.geometry, first.settings, dict(first.model), maps, counts, timing,
-                   dict(first.attention))
-
-    def save(self, path) -> None:
-        from .profile_io import write_profile
-
-        write_profile(self, path)
-
-    @classmethod
-    def load(cls, path) -> Profile:
-        from .profile_io import read_profile
-
-        return read_profile(path)
+def default_block_size(num_tokens: int) -> int:
+    """The block size a profile uses unless told: 64 for N ≤ 8192, else 128. Short sequences need
+    the finer tiling to show any structure; long ones run faster at 128."""
+    return 64 if num_tokens <= 8192 else 128
 
 
 # --- sampling ------------------------------------------------------------------------------------
@@ -314,7 +216,7 @@ def profile_calls(spec, step_indices: Sequence[int], settings: ProfileSettings,
     per call, in call order. The steps are set explicitly, so any subset (a shard) gives the same
     per-call results as a full run: sampling is seeded by (seed, step, layer) alone."""
     from .capture import capture_attention
-    from .models import split_input
+    from ..models import split_input
 
     parts: list[Profile] = []
 

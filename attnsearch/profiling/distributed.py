@@ -18,7 +18,8 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from .profiler import Profile, ProfileSettings, finish_profile, profile_calls
+from .profile_io import Profile, ProfileSettings
+from .profiler import finish_profile, profile_calls
 
 
 def world() -> tuple[int, int]:

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import torch
 
-from .geometry import Geometry
-from .patterns import PATTERNS, PatternError, block_layout, block_mask, normalize_params, params_key
+from ..geometry import Geometry
+from ..patterns import PATTERNS, PatternError, block_layout, block_mask, normalize_params, params_key
 
 DEFAULT_STRIPE_TOP_K = (1, 2, 4, 8, 16, 32)
 DEFAULT_STRIPE_ROWS = (0.0, 1.0)
@@ -106,9 +107,20 @@ def static_candidates(geometry: Geometry, block_size: int, grid: CandidateGrid) 
 
 
 @lru_cache(maxsize=16)
-def _stripe_base(geometry: Geometry, block_size: int, rows: float) -> torch.Tensor:
+def stripe_base(geometry: Geometry, block_size: int, rows: float) -> torch.Tensor:
     """vertical_stripe with no key blocks: own block, band, text. Stripes are OR-ed in per head."""
     return block_mask("vertical_stripe", {"key_blocks": [], "rows": rows}, geometry, block_size)
+
+
+@lru_cache(maxsize=16)
+def stripe_gain(geometry: Geometry, block_size: int, rows: float) -> tuple[int, np.ndarray]:
+    """(blocks the stripe-free base keeps, float64 [nb]: the blocks a stripe on each key block adds,
+    i.e. the rows the base does not already keep there). A vertical_stripe mask on distinct key
+    blocks K keeps ``base + Σ_{b∈K} gain[b]`` blocks, so its exact density needs no mask."""
+    base = stripe_base(geometry, block_size, rows)
+    gain = (base.shape[0] - base.sum(0)).numpy().astype(np.float64)
+    gain.flags.writeable = False
+    return int(base.sum()), gain
 
 
 @dataclass(frozen=True)
@@ -144,7 +156,7 @@ def stripe_candidates(column_mass: torch.Tensor, geometry: Geometry, block_size:
     order = torch.argsort(mass, dim=1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(nb, device=device).expand(heads, -1))
     chosen = rank[:, None, :] < torch.tensor(top_k, device=device)[None, :, None]          # [h, K, nb]
-    bases = torch.stack([_stripe_base(geometry, block_size, r) for r in grid.stripe_rows]).to(device)
+    bases = torch.stack([stripe_base(geometry, block_size, r) for r in grid.stripe_rows]).to(device)
     masks = (bases[None, :, None] | chosen[:, None, :, None, :]).flatten(1, 2)            # [h, R·K, nb, nb]
     top = order[:, : max(top_k)].cpu().tolist()
     ids = [[("vertical_stripe", params_key({"key_blocks": sorted(top[h][:k]), "rows": float(r)}))

@@ -1,8 +1,10 @@
 """Head classification: the cheapest structured candidate that keeps enough attention mass.
 
-DESIGN's rule: among diagonal, multi_diagonal, vertical_stripe and energy_decay, the candidate of
-lowest density with recall ≥ τ names the head's class; if none reaches τ at a density ≤ the cap,
-the head is ``dense``. Applied per step, and over steps to each candidate's mean recall and
+The rule (docs/design.md): among diagonal, multi_diagonal, vertical_stripe and energy_decay, the
+candidate of lowest density with recall ≥ τ names the head's class (ties: higher recall, then lower
+error, then the first); if none reaches τ at a density ≤ the cap, the head is ``dense``.
+:func:`pick_class` is that rule on arrays, the one implementation the profile's labels and the
+search's τ restriction share. Applied per step, and over steps to each candidate's mean recall and
 density (a candidate must serve every step to label the head), with ``stability`` = the share of
 steps whose own label has the aggregate's family.
 """
@@ -11,27 +13,64 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
-import torch
 
-from .candidates import _stripe_base
-from .patterns import SPARSE_FAMILIES, params_key
-from .profiler import Profile
+from ..patterns import SPARSE_FAMILIES, params_key
+from .candidates import stripe_gain
+from .profile_io import Profile
 
+#: Recall a class must reach, and the density above which a head is dense (the defaults).
+TAU = 0.95
+DENSITY_CAP = 0.75
 SITE = ["layer", "head"]
 STEP_SITE = ["step", "layer", "head"]
-#: Columns of a per-step label table (DESIGN's, plus the candidate's step-free name and error).
+#: Columns of a per-step label table (docs/design.md's, plus the candidate's step-free name and error).
 LABEL_COLUMNS = ["step", "layer", "head", "pattern", "params", "candidate", "density", "recall", "rel_err"]
 AGGREGATE_COLUMNS = ["layer", "head", "pattern", "params", "candidate", "density", "recall", "rel_err",
                      "stability", "steps"]
 
 
+def pick_class(sparse: np.ndarray, density: np.ndarray, recall: np.ndarray, tau: float, density_cap: float, *,
+               rel_err: np.ndarray | None = None, usable: np.ndarray | None = None) -> np.ndarray:
+    """The classifying candidate of every site, by the rule of the module docstring.
+
+    Arrays broadcast to [..., C] with the candidates on the last axis: ``sparse`` marks candidates
+    of the four structured families, ``usable`` (optional) any further condition a candidate must
+    meet; NaN recall or density is never eligible. Returns int [...]: the index of the chosen
+    candidate, −1 where none is eligible (the site is dense)."""
+    ok = np.asarray(sparse, dtype=bool) & (recall >= tau) & (density <= density_cap)
+    if usable is not None:
+        ok = ok & usable
+    d = np.where(ok, density, np.inf)
+    tie = ok & (d == d.min(-1, keepdims=True))
+    r = np.where(tie, recall, -np.inf)
+    tie &= r == r.max(-1, keepdims=True)
+    if rel_err is not None:
+        e = np.where(tie & ~np.isnan(rel_err), rel_err, np.inf)  # a NaN error loses a tie
+        tie &= e == e.min(-1, keepdims=True)
+    return np.where(ok.any(-1), tie.argmax(-1), -1)
+
+
 def _pick(rows: pd.DataFrame, keys: list[str], tau: float, density_cap: float) -> pd.DataFrame:
-    """Per group of ``keys``: the eligible row of lowest density (ties: higher recall, lower error)."""
-    ok = rows[rows["pattern"].isin(SPARSE_FAMILIES) & (rows["recall"] >= tau) & (rows["density"] <= density_cap)]
-    ok = ok.sort_values(keys + ["density", "recall", "rel_err"], ascending=[True] * len(keys) + [True, False, True],
-                        kind="stable")
-    return ok.drop_duplicates(keys, keep="first")
+    """Per group of ``keys``: the row :func:`pick_class` chooses (no row where the group is dense)."""
+    if rows.empty:
+        return rows
+    groups = rows.groupby(keys, sort=False)
+    g, pos = groups.ngroup().to_numpy(), groups.cumcount().to_numpy()
+    shape = (int(g.max()) + 1, int(pos.max()) + 1)
+
+    def grid(values: np.ndarray, fill) -> np.ndarray:
+        out = np.full(shape, fill, dtype=values.dtype)
+        out[g, pos] = values
+        return out
+
+    sparse = grid(rows["pattern"].isin(SPARSE_FAMILIES).to_numpy(), False)
+    density = grid(rows["density"].to_numpy(np.float64), np.nan)
+    recall = grid(rows["recall"].to_numpy(np.float64), np.nan)
+    rel_err = grid(rows["rel_err"].to_numpy(np.float64), np.nan)
+    chosen = pick_class(sparse, density, recall, tau, density_cap, rel_err=rel_err)
+    return rows[pos == chosen[g]]
 
 
 def _fill_dense(chosen: pd.DataFrame, sites: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -44,7 +83,7 @@ def _fill_dense(chosen: pd.DataFrame, sites: pd.DataFrame, keys: list[str]) -> p
     return out
 
 
-def classify(profile: Profile | pd.DataFrame, tau: float = 0.95, density_cap: float = 0.75, *,
+def classify(profile: Profile | pd.DataFrame, tau: float = TAU, density_cap: float = DENSITY_CAP, *,
              over_steps: bool = False) -> pd.DataFrame:
     """Label every head of a profile.
 
@@ -99,14 +138,11 @@ def _union_params(params: pd.Series) -> str:
 
 
 def stripe_density(profile: Profile, params: str) -> float:
-    """Exact density of a vertical_stripe params string, without building its mask: the base mask
-    (own block, band, text) plus, per stripe column, the rows the base does not already keep."""
+    """Exact density of a vertical_stripe params string, without building its mask
+    (:func:`attnsearch.profiling.candidates.stripe_gain`)."""
     p = json.loads(params)
-    base = _stripe_base(profile.geometry, profile.settings.block_size, float(p["rows"]))
-    nb = base.shape[0]
-    cols = torch.tensor(p["key_blocks"], dtype=torch.long)
-    kept = int(base.sum()) + int((nb - base[:, cols].sum(0)).sum())
-    return kept / nb**2
+    kept, gain = stripe_gain(profile.geometry, profile.settings.block_size, float(p["rows"]))
+    return (kept + float(gain[p["key_blocks"]].sum())) / len(gain) ** 2
 
 
 def class_counts(labels: pd.DataFrame) -> pd.DataFrame:
@@ -114,3 +150,7 @@ def class_counts(labels: pd.DataFrame) -> pd.DataFrame:
     order = ["diagonal", "multi_diagonal", "vertical_stripe", "energy_decay", "dense"]
     counts = labels.groupby(["layer", "pattern"]).size().unstack(fill_value=0)
     return counts.reindex(columns=order, fill_value=0)
+
+
+__all__ = ["AGGREGATE_COLUMNS", "DENSITY_CAP", "LABEL_COLUMNS", "TAU", "class_counts", "classify", "pick_class",
+           "stripe_density"]

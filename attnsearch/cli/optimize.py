@@ -1,0 +1,76 @@
+"""``attnsearch optimize``: search the fastest plan under an accuracy budget and write it as JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .common import console, parse_options, progress_bar, run
+
+
+def optimize(
+    profiles: list[Path] = typer.Argument(..., metavar="PROFILE...",
+                                          help="Profile(s) of one model; several = several block sizes."),
+    out: Path = typer.Option(Path("plans/plan.json"), help="Plan JSON to write."),
+    hardware: Optional[str] = typer.Option(None, help="Hardware table (path, GPU name or slug); default: this "
+                                                      "GPU's, else the shipped H100 table."),
+    max_error: Optional[float] = typer.Option(None, help="Error budget: fastest plan within it."),
+    target_speedup: Optional[float] = typer.Option(None, help="Predicted attention speedup to reach."),
+    trials: int = typer.Option(100, help="Optuna trials to run now (a rerun continues the study)."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL; default SQLite beside the plan."),
+    workers: int = typer.Option(1, help="Worker processes on the study (> 1: a shared storage, e.g. postgresql://; "
+                                        "the same command on several machines shares the run)."),
+    validate: int = typer.Option(0, help="Run the model on N inputs per trial; measured output error is the objective."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model for --validate (default: the profile's)."),
+    option: list[str] = typer.Option([], "--option", "-o", help="key=value for the model factory (with --validate)."),
+    head_dim: Optional[int] = typer.Option(None, help="Attention head_dim (default: from the profile/model, else 128)."),
+    seed: int = typer.Option(0, help="Sampler seed."),
+) -> None:
+    """Search the fastest plan under an accuracy budget and write it as JSON."""
+    from ..search import optimize as run_search
+
+    def work():
+        spec = None
+        if validate:
+            from ..models import load_model
+            from ..profiling.profile_io import Profile
+
+            name = model or Profile.load(profiles[0]).model["name"]
+            spec = load_model(name, **parse_options(option))
+        with progress_bar() as bar:
+            task = bar.add_task("searching", total=trials)
+
+            def progress(p: dict) -> None:  # advance per trial of this command (a rerun continues the study)
+                bar.update(task, advance=1, description=f"trial {p['trial']}: {p['speedup']:.2f}× err "
+                                                        f"{p['error']:.3g} (front {p['front']})")
+
+            res = run_search([str(p) for p in profiles] if len(profiles) > 1 else str(profiles[0]),
+                             hardware=hardware, max_error=max_error, target_speedup=target_speedup, trials=trials,
+                             storage=storage, validate=validate, out=out, model=spec, head_dim=head_dim, seed=seed,
+                             progress=progress, workers=workers)
+        print_front(res)
+        f = res.figures
+        console.print(f"cost model: {res.plan.search.get('hardware_note', res.hardware['device'])}")
+        console.print(f"chose trial {res.trial}: {res.reason}")
+        console.print(f"predicted attention {f['attention_ms']:.2f} ms vs dense {f['dense_attention_ms']:.2f} ms: "
+                      f"[bold]{f['speedup']:.2f}×[/], rel_err {f['rel_err']:.4g}")
+        console.print(f"plan → [bold]{res.path}[/] (study {res.study_name} in {res.plan.search['storage']})")
+
+    run(work)
+
+
+def print_front(res) -> None:
+    """The Pareto front of a search (its first 15 plans), the chosen one starred."""
+    front = res.pareto
+    table = Table(title=f"Pareto front ({len(front)} plans; * = chosen)")
+    cols = [c for c in ("attention_ms", "speedup", "error", "rel_l2", "psnr_db") if c in front and front[c].notna().any()]
+    table.add_column("trial", justify="right")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for r in front.head(15).itertuples():
+        mark = "*" if r.trial == res.trial else ""
+        table.add_row(f"{mark}{r.trial}", *[f"{getattr(r, c):.4g}" for c in cols])
+    console.print(table)

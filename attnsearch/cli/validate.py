@@ -1,0 +1,29 @@
+"""``attnsearch validate``: check a plan file against the format; print what it runs, or the offending field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import console, run
+
+
+def validate(plan_path: Path = typer.Argument(..., metavar="PLAN", help="A plan JSON file.")) -> None:
+    """Check a plan file against the format; print what it runs, or the offending field."""
+    from ..plan import load_plan
+    from ..report.plan_summary import pattern_shares
+
+    def work():
+        plan = load_plan(plan_path)
+        shares = pattern_shares(plan)
+        console.print(f"[green]valid[/] {plan_path}: {plan.model.get('name', '?')}, geometry {plan.geometry}, "
+                      f"B={plan.block_size}, {plan.num_steps} steps × {plan.num_layers} layers × {plan.num_heads} heads, "
+                      f"{len(plan.schedule)} schedule entr{'y' if len(plan.schedule) == 1 else 'ies'}")
+        if shares:
+            console.print("head-steps by pattern: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
+        if plan.predicted:
+            p = plan.predicted
+            console.print(f"predicted: {p.get('speedup', float('nan')):.2f}× attention speedup, rel_err {p.get('rel_err', float('nan')):.3g}")
+
+    run(work)

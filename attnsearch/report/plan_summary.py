@@ -1,0 +1,27 @@
+"""Numbers that describe a plan: how its head-steps divide among patterns, its mean block density."""
+
+from __future__ import annotations
+
+from ..plan import Plan
+
+
+def pattern_shares(plan: Plan) -> dict[str, float]:
+    """Share of the sparse entries' head-steps run by each pattern, sorted by name (empty when
+    every step runs dense layers)."""
+    counts: dict[str, int] = {}
+    for e in plan.schedule:
+        for lp in e.layers or ():
+            for pattern, _ in lp.head_specs:
+                counts[pattern] = counts.get(pattern, 0) + (e.stop - e.start)
+    total = sum(counts.values())
+    return {k: v / total for k, v in sorted(counts.items())}
+
+
+def mean_density(plan: Plan) -> float:
+    """Mean block density over every (step, layer) call of the plan; a dense layer counts 1."""
+    densities = [lp.density for e in plan.schedule for lp in (e.layers or ()) for _ in range(e.stop - e.start)]
+    dense_calls = sum((e.stop - e.start) * plan.num_layers for e in plan.schedule if e.layers is None)
+    return (sum(densities) + dense_calls) / (len(densities) + dense_calls)
+
+
+__all__ = ["mean_density", "pattern_shares"]
