@@ -25,6 +25,17 @@ from .evaluation import EvaluationResult, Run, evaluate, resolve_seeds
 from .generator import HELD_OUT_SEED_START, EvaluateError, Generator, Video, load_generator, running
 from .quality import video_quality
 
+_LAZY = {"evaluate_command": "attnsearch.evaluate.command", "write_outputs": "attnsearch.evaluate.page"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:  # matplotlib and rich load only when outputs are written
+        from importlib import import_module
+
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'attnsearch.evaluate' has no attribute {name!r}")
+
+
 __all__ = ["BASELINES", "HELD_OUT_SEED_START", "EvaluateError", "EvaluationResult", "Generator", "Run", "Video",
            "baseline_plan", "evaluate", "load_generator", "parse_baselines", "plan_density", "predicted_speedup",
-           "resolve_seeds", "running", "video_quality"]
+           "resolve_seeds", "running", "video_quality", *_LAZY]
