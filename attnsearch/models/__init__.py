@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover - pandas is imported lazily by the models 
 REGISTRY: dict[str, str] = {
     "toy-vdit": "attnsearch.models.toy_vdit:build",
     "minilm": "attnsearch.models.minilm:build",
+    "mini-vdit": "attnsearch.models.mini_vdit:build",
 }
 
 #: Spec prefixes ``<prefix>:<argument>`` → factory "module:function", called as factory(argument, **options).

@@ -1,0 +1,223 @@
+"""The mini-vdit network: a small Wan-like video diffusion transformer.
+
+    pixels [B, 3, F, H, W] ──3-D patch embed (1×4×4)──▶ tokens [B, F·H/4·W/4, dim]
+        ──blocks × depth──▶ adaLN final layer ──unpatchify──▶ velocity [B, 3, F, H, W]
+
+Each block: self-attention with 3-D rotary position embedding (frame, row, column) and RMS-normed
+queries and keys, cross-attention to the four condition tokens, and an MLP; adaLN-zero
+modulation from the timestep (one shared projection plus a learned per-block table, as Wan does).
+Both attentions call ``torch.nn.functional.scaled_dot_product_attention`` with head_dim 64, so
+attnsearch's capture, profiler and runtime see the self-attention calls as layers; the model's
+``attnsearch_accept`` tells them to leave the cross-attention alone.
+
+Rotary positions are patch indices, so the weights run at any frame count and resolution that is
+a multiple of the patch size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...geometry import Geometry
+from .data import SLOTS
+
+#: Where the trained weights ship (fp16 safetensors with the config in its metadata) and their file.
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_FILE = "mini-vdit.safetensors"
+
+
+@dataclass(frozen=True)
+class MiniVDiTConfig:
+    """Architecture of a mini-vdit. ``dim`` = heads × head_dim."""
+
+    dim: int = 256
+    depth: int = 6
+    head_dim: int = 64
+    mlp_ratio: float = 4.0
+    patch: tuple[int, int, int] = (1, 4, 4)
+    channels: int = 3
+    rope_theta: float = 10_000.0
+
+    @property
+    def heads(self) -> int:
+        return self.dim // self.head_dim
+
+    @classmethod
+    def tiny(cls) -> MiniVDiTConfig:
+        """A two-block, two-head model for fast tests (random weights)."""
+        return cls(dim=128, depth=2)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["patch"] = list(self.patch)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MiniVDiTConfig:
+        d = dict(d)
+        d["patch"] = tuple(d["patch"])
+        return cls(**d)
+
+
+def _rope_split(head_dim: int) -> tuple[int, int, int]:
+    """Channels of a head given to (frame, row, column) rotations, each even (Wan's split)."""
+    hw = 2 * (head_dim // 6)
+    return head_dim - 2 * hw, hw, hw
+
+
+def rope_angles(frames: int, rows: int, cols: int, head_dim: int, theta: float, device) -> torch.Tensor:
+    """Rotation angles [N, head_dim / 2] of every token (frame-major order) for the 3-D RoPE."""
+    parts = []
+    for size, n, axis in zip(_rope_split(head_dim), (frames, rows, cols), range(3)):
+        freqs = theta ** (-torch.arange(0, size, 2, device=device, dtype=torch.float64) / size)
+        pos = torch.arange(n, device=device, dtype=torch.float64)
+        ang = torch.outer(pos, freqs)                                  # [n, size/2]
+        shape = [1, 1, 1, size // 2]
+        shape[axis] = n
+        parts.append(ang.view(shape).expand(frames, rows, cols, size // 2))
+    return torch.cat(parts, dim=-1).reshape(frames * rows * cols, head_dim // 2).float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (2i, 2i+1) of ``x`` [B, heads, N, D] by the angles behind cos/sin [N, D/2]."""
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    return out.type_as(x)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of t ∈ [0, 1] (scaled by 1000, as diffusion models do)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000.0 * t.float().view(-1, 1) * freqs.view(1, -1)
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: MiniVDiTConfig) -> None:
+        super().__init__()
+        d, self.heads, self.head_dim = cfg.dim, cfg.heads, cfg.head_dim
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=1e-6)
+        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=1e-6)
+        self.proj = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d, eps=1e-6)
+        self.cross_q = nn.Linear(d, d)
+        self.cross_kv = nn.Linear(d, 2 * d)
+        self.cross_proj = nn.Linear(d, d)
+        self.norm3 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        hidden = int(d * cfg.mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
+        # Per-block learned part of the adaLN modulation (shift, scale, gate for attention and MLP).
+        self.modulation = nn.Parameter(torch.randn(1, 6, d) / d ** 0.5)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, t_mod: torch.Tensor, cond: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + t_mod).unbind(1)
+        h = self.norm1(x) * (1 + scale1.unsqueeze(1)) + shift1.unsqueeze(1)
+        q, k, v = self.qkv(h).chunk(3, dim=-1)
+        q = apply_rope(self.q_norm(self._heads(q)), cos, sin)
+        k = apply_rope(self.k_norm(self._heads(k)), cos, sin)
+        a = F.scaled_dot_product_attention(q, k, self._heads(v))
+        x = x + gate1.unsqueeze(1) * self.proj(a.transpose(1, 2).flatten(2))
+        ck, cv = self.cross_kv(cond).chunk(2, dim=-1)
+        c = F.scaled_dot_product_attention(self._heads(self.cross_q(self.norm2(x))), self._heads(ck), self._heads(cv))
+        x = x + self.cross_proj(c.transpose(1, 2).flatten(2))
+        h = self.norm3(x) * (1 + scale2.unsqueeze(1)) + shift2.unsqueeze(1)
+        return x + gate2.unsqueeze(1) * self.mlp(h)
+
+
+class MiniVDiT(nn.Module):
+    """A rectified-flow video DiT over pixels: ``forward(x_t, t, cond_tokens) → velocity``.
+
+    Args of forward:
+        x: [B, 3, F, H, W] noisy clip (H and W multiples of the patch size).
+        t: [B] or scalar flow time in [0, 1] (1 = pure noise).
+        cond: [B, 4] condition token ids (0 = null, for classifier-free guidance).
+
+    The velocity target is ``noise − clip`` (x_t = (1 − t)·clip + t·noise).
+    """
+
+    def __init__(self, config: MiniVDiTConfig | None = None) -> None:
+        super().__init__()
+        cfg = self.config_ = config or MiniVDiTConfig()
+        if cfg.dim % cfg.head_dim:
+            raise ValueError(f"mini-vdit: dim {cfg.dim} is not a multiple of head_dim {cfg.head_dim}")
+        d = cfg.dim
+        pt, ph, pw = cfg.patch
+        self.patch_embed = nn.Conv3d(cfg.channels, d, kernel_size=cfg.patch, stride=cfg.patch)
+        self.time_embed = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.time_proj = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        self.cond_embed = nn.ModuleList(nn.Embedding(len(vocab) + 1, d) for _, vocab in SLOTS)
+        self.cond_pos = nn.Parameter(torch.randn(len(SLOTS), d) * 0.02)
+        self.cond_mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.out_modulation = nn.Parameter(torch.randn(1, 2, d) / d ** 0.5)
+        self.head = nn.Linear(d, cfg.channels * pt * ph * pw)
+        self._init()
+
+    @property
+    def config(self) -> MiniVDiTConfig:
+        return self.config_
+
+    def _init(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.zeros_(self.time_proj[-1].weight)      # adaLN-zero: every gate starts closed
+        nn.init.zeros_(self.time_proj[-1].bias)
+        for blk in self.blocks:
+            nn.init.zeros_(blk.cross_proj.weight)
+            with torch.no_grad():
+                blk.modulation[:, 2].zero_()
+                blk.modulation[:, 5].zero_()
+        nn.init.zeros_(self.head.weight)
+
+    @staticmethod
+    def attnsearch_accept(call) -> bool:
+        """Layers are the self-attention calls (as many keys as queries); cross-attention is not."""
+        return call.key.shape[-2] == call.query.shape[-2]
+
+    def token_grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
+        pt, ph, pw = self.config.patch
+        if frames % pt or height % ph or width % pw:
+            raise ValueError(f"mini-vdit: clip {frames}×{height}×{width} is not a multiple of the patch "
+                             f"{pt}×{ph}×{pw}")
+        return frames // pt, height // ph, width // pw
+
+    def geometry_for(self, frames: int, height: int, width: int) -> Geometry:
+        """The self-attention token layout of a clip of this size (no text tokens: the condition
+        enters through cross-attention)."""
+        return Geometry(*self.token_grid(frames, height, width))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        b, c, f, h, w = x.shape
+        gf, gh, gw = self.token_grid(f, h, w)
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)                        # [B, N, d]
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
+        temb = self.time_embed(timestep_embedding(t, cfg.dim).to(tokens.dtype))
+        t_mod = self.time_proj(temb).unflatten(1, (6, cfg.dim))                         # [B, 6, d]
+        ctok = torch.stack([emb(cond[:, i]) for i, emb in enumerate(self.cond_embed)], dim=1) + self.cond_pos
+        ctok = self.cond_mlp(ctok)
+        ang = rope_angles(gf, gh, gw, cfg.head_dim, cfg.rope_theta, x.device)
+        cos, sin = torch.cos(ang), torch.sin(ang)
+        for blk in self.blocks:
+            tokens = blk(tokens, t_mod, ctok, cos, sin)
+        shift, scale = (self.out_modulation + temb.unsqueeze(1)).unbind(1)
+        out = self.head(self.norm_out(tokens) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1))
+        pt, ph, pw = cfg.patch
+        out = out.view(b, gf, gh, gw, c, pt, ph, pw).permute(0, 4, 1, 5, 2, 6, 3, 7)
+        return out.reshape(b, c, f, h, w)
