@@ -1,9 +1,9 @@
 """Generator ``mini-vdit``: the project's small video DiT, with its shipped weights.
 
-Seed s ≥ HELD_OUT_SEED_START generates from ``make_noise(s, …)`` with held-out condition number
-s − HELD_OUT_SEED_START (``heldout_conditions``: never seen in training or by the search); a
-seed below it takes condition number s. The sampler makes one model forward per step (CFG
-branches batched), so ``apply``'s step n is sampler step n.
+Seed s generates from ``make_noise(s, …)`` with held-out condition number
+(s − HELD_OUT_SEED_START) mod NUM_HELDOUT (``heldout_conditions``: never seen in training or by
+the search). The sampler makes one model forward per step (CFG branches batched), so ``apply``'s
+step n is sampler step n.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..geometry import Geometry
+from ..models.mini_vdit import DEFAULT_GUIDANCE, DEFAULT_SIZE, NUM_HELDOUT
 from .generator import HELD_OUT_SEED_START, EvaluateError, Video, check_options, positive_int
 
 OPTIONS = ("frames", "height", "width", "guidance", "device", "dtype")
@@ -21,12 +22,16 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 class MiniVDiTGenerator:
-    """Generates with a MiniVDiT ``model`` (trained or not) at frames × height × width pixels."""
+    """Generates with a MiniVDiT ``model`` (trained or not) at frames × height × width pixels.
+
+    ``given``: the sizes the user fixed; :meth:`fit` changes only the others.
+    """
 
     steps_by_timestep = False
 
-    def __init__(self, model: torch.nn.Module, *, name: str = "mini-vdit", frames: int = 16, height: int = 64,
-                 width: int = 64, guidance: float = 3.0, given: tuple[str, ...] = SIZES) -> None:
+    def __init__(self, model: torch.nn.Module, *, name: str = "mini-vdit", frames: int = DEFAULT_SIZE[0],
+                 height: int = DEFAULT_SIZE[1], width: int = DEFAULT_SIZE[2], guidance: float = DEFAULT_GUIDANCE,
+                 given: tuple[str, ...] = SIZES) -> None:
         self.name = name
         self.transformer = model
         self.sizes = {"frames": positive_int("frames", frames), "height": positive_int("height", height),
@@ -69,10 +74,9 @@ class MiniVDiTGenerator:
     def condition(self, seed: int) -> Any:
         from ..models.mini_vdit import heldout_conditions
 
-        index = seed - HELD_OUT_SEED_START if seed >= HELD_OUT_SEED_START else seed
-        if index >= len(self._conditions):
-            self._conditions = list(heldout_conditions(index + 1))
-        return self._conditions[index]
+        if not self._conditions:
+            self._conditions = heldout_conditions(NUM_HELDOUT)
+        return self._conditions[(seed - HELD_OUT_SEED_START) % NUM_HELDOUT]
 
     def generate(self, seed: int, steps: int) -> Video:
         from ..models.mini_vdit import make_noise, sample, to_frames

@@ -25,10 +25,10 @@ from typing import Any, Callable, Protocol, runtime_checkable
 import torch
 
 from ..geometry import Geometry
+from ..models.mini_vdit import EVAL_SEED_START as HELD_OUT_SEED_START
 
-#: First evaluation seed. Everything that fits a plan (capture, profile, search, validation) uses
-#: seeds below it, so ``evaluate``'s default seeds are held out from the search.
-HELD_OUT_SEED_START = 10_000
+# HELD_OUT_SEED_START: the first evaluation seed. Everything that fits a plan (capture, profile,
+# search, validation) uses seeds below it, so ``evaluate``'s default seeds are held out from the search.
 
 
 class EvaluateError(ValueError):
