@@ -41,22 +41,28 @@ def _columns(num_frames: int) -> list[int]:
     return sorted({round(i * (num_frames - 1) / (GRID_FRAMES - 1)) for i in range(GRID_FRAMES)})
 
 
-def frame_grid(rows: Sequence[tuple[str, torch.Tensor]], path: Path, title: str = "") -> Path:
-    """Rows (dense, plan, baselines …) × evenly spaced frames."""
-    cols = _columns(rows[0][1].shape[2])
+def _panels(rows: Sequence[tuple[str, np.ndarray]], extra_width: float = 0.0, **imshow: Any) -> tuple[Any, Any, Any]:
+    """A figure of rows (label, [F, H, W(, 3)] images) × evenly spaced frames; returns (fig, axes, last image)."""
+    cols = _columns(len(rows[0][1]))
     fig, axes = plt.subplots(len(rows), len(cols), squeeze=False,
-                             figsize=(1.3 * len(cols) + 0.8, 1.3 * len(rows) + 0.5))
-    for r, (label, frames) in enumerate(rows):
-        img = to_uint8(frames)
+                             figsize=(1.3 * len(cols) + 0.8 + extra_width, 1.3 * len(rows) + 0.5))
+    im = None
+    for r, (label, images) in enumerate(rows):
         for c, f in enumerate(cols):
             ax = axes[r][c]
-            ax.imshow(img[f], interpolation="nearest")
+            im = ax.imshow(images[f], interpolation="nearest", **imshow)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(f"frame {f}", fontsize=7)
             if c == 0:
                 ax.set_ylabel(label, fontsize=7)
+    return fig, axes, im
+
+
+def frame_grid(rows: Sequence[tuple[str, torch.Tensor]], path: Path, title: str = "") -> Path:
+    """Rows (dense, plan, baselines …) × evenly spaced frames."""
+    fig, _, _ = _panels([(label, to_uint8(frames)) for label, frames in rows])
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
@@ -87,22 +93,9 @@ def gif(rows: Sequence[tuple[str, torch.Tensor]], path: Path, min_height: int = 
 
 def difference_map(dense: torch.Tensor, rows: Sequence[tuple[str, torch.Tensor]], path: Path, title: str = "") -> Path:
     """|video − dense| (mean over colour channels) per run and frame, on one colour scale."""
-    cols = _columns(dense.shape[2])
     diffs = [(label, (frames - dense).abs().mean(1)[0].numpy()) for label, frames in rows]   # [F, H, W]
     vmax = max(float(d.max()) for _, d in diffs) or 1.0
-    fig, axes = plt.subplots(len(rows), len(cols), squeeze=False,
-                             figsize=(1.3 * len(cols) + 1.4, 1.3 * len(rows) + 0.5))
-    im = None
-    for r, (label, d) in enumerate(diffs):
-        for c, f in enumerate(cols):
-            ax = axes[r][c]
-            im = ax.imshow(d[f], cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"frame {f}", fontsize=7)
-            if c == 0:
-                ax.set_ylabel(label, fontsize=7)
+    fig, axes, im = _panels(diffs, extra_width=0.6, cmap="magma", vmin=0, vmax=vmax)
     fig.colorbar(im, ax=axes, shrink=0.8, label="|Δ| (frames in [0, 1])")
     fig.suptitle(title, fontsize=8)
     return save_figure(fig, path)
