@@ -207,9 +207,10 @@ def evaluate(plans: Plan | Sequence[Plan], generator: Generator, seeds: int | Se
         with running(generator, observe=layout):
             dense.append(generator.generate(seed, steps))
         if layout is not None:
-            batch, _, _, head_dim = layout.shape if layout.calls else (1, 0, 0, 0)
             for r in runs:
                 layout.check(r.plan, where=r.label if r.kind == "plan" else f"baseline {r.label}")
+            batch, _, _, head_dim = layout.shape
+            for r in runs:
                 r.predicted = predicted_speedup(r.plan, head_dim=head_dim, batch=batch, hardware=hardware)
         tick(seed, "dense")
         for r in runs:

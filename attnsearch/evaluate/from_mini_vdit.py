@@ -81,9 +81,8 @@ class MiniVDiTGenerator:
     def generate(self, seed: int, steps: int) -> Video:
         from ..models.mini_vdit import make_noise, sample, to_frames
 
-        p = self._param()
         cond = self.condition(seed)
-        noise = make_noise(seed, **self.sizes).to(device=p.device, dtype=p.dtype)
+        noise = make_noise(seed, **self.sizes)        # float32: the sampler integrates in float32
         with torch.no_grad():
             x0 = sample(self.transformer, [cond], noise, steps=steps, guidance=self.guidance)
         latents = x0.detach().float().cpu()
