@@ -25,8 +25,10 @@ from . import (DEFAULT_GUIDANCE, DEFAULT_STEPS, EVAL_SEED_START, NUM_HELDOUT, co
 from .data import NUM_CONDITIONS
 from .train import SIZES
 
-#: Clip sizes the learned-condition check runs at: the main training size and the CPU test's size.
-CHECK_SIZES = ((16, 64, 64), (8, 32, 32))
+#: The learned-condition check: (clip size, sampling steps) — the main training size at the
+#: sampler's default steps, and the size and steps the CPU test (tests/models) repeats.
+CHECK_STEPS = 8
+CHECKS = (((16, 64, 64), DEFAULT_STEPS), ((8, 32, 32), CHECK_STEPS))
 
 
 def generate(model, conditions, size, seed_start: int, steps: int, guidance: float, batch: int = 16) -> torch.Tensor:
@@ -89,7 +91,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--weights", default=None, help="safetensors file (default: the shipped weights)")
     p.add_argument("--out", default=None, help="folder for the card (default: the weights' folder)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     p.add_argument("--grid", type=int, default=8, help="clips in the sample grid")
     p.add_argument("--conditions", type=int, default=NUM_HELDOUT, help="held-out conditions checked")
@@ -100,17 +101,17 @@ def main(argv: list[str] | None = None) -> None:
     model = load_pretrained(device=args.device, path=wpath)
     conds = heldout_conditions(args.conditions)
     checks = {}
-    for size in CHECK_SIZES:
+    for size, steps in CHECKS:
         t0 = time.time()
-        frames = generate(model, conds, size, EVAL_SEED_START, args.steps, args.guidance)
+        frames = generate(model, conds, size, EVAL_SEED_START, steps, args.guidance)
         acc = condition_accuracy(frames, conds)
         colour = sum(read_clip(f).colour == c.colour for f, c in zip(frames, conds)) / len(conds)
         motion = sum(read_clip(f).motion == c.motion for f, c in zip(frames, conds)) / len(conds)
-        checks["x".join(map(str, size))] = {"accuracy": acc, "colour": colour, "motion": motion,
+        checks["x".join(map(str, size))] = {"steps": steps, "accuracy": acc, "colour": colour, "motion": motion,
                                               "seconds": round(time.time() - t0, 1)}
-        print(f"{size}: colour and motion match in {acc:.1%} of {len(conds)} held-out clips "
+        print(f"{size}, {steps} steps: colour and motion match in {acc:.1%} of {len(conds)} held-out clips "
               f"(colour {colour:.1%}, motion {motion:.1%})", flush=True)
-        if size == CHECK_SIZES[0]:
+        if size == CHECKS[0][0]:
             sample_grid(frames[:args.grid], conds[:args.grid], out / "samples.png")
     from safetensors import safe_open
 
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     loss_plot(loss["log"], out / "loss.png")
     card = {"weights": wpath.name, "steps": int(meta["steps"]), "final_loss": float(meta["final_loss"]) if meta.get("final_loss") else None,
             "training": json.loads(meta["training"]), "config": json.loads(meta["config"]),
-            "sampling": {"steps": args.steps, "guidance": args.guidance, "seeds_from": EVAL_SEED_START},
+            "sampling": {"guidance": args.guidance, "seeds_from": EVAL_SEED_START},
             "conditions": len(conds), "condition_check": checks, "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
             "torch": torch.__version__}
     write_text_atomic(out / "card.json", json.dumps(card, indent=1) + "\n")
@@ -156,14 +157,14 @@ def render_card(card: dict) -> str:
         "![loss](loss.png)", "",
         "## Learned-condition check",
         f"{card['conditions']} held-out conditions, noise seeds from {card['sampling']['seeds_from']}, "
-        f"{card['sampling']['steps']} Euler steps, guidance {card['sampling']['guidance']}; a clip counts when "
+        f"Euler sampling, guidance {card['sampling']['guidance']}; a clip counts when "
         "the checker (`checker.py`: saturated pixels → colour by nearest hue, centroid drift → direction) reads "
         f"both its colour and its motion correctly. Measured on {card['device']} (torch {card['torch']}):", "",
-        "| clip size | colour and motion | colour | motion |", "|---|---|---|---|",
+        "| clip size | steps | colour and motion | colour | motion |", "|---|---|---|---|---|",
     ]
     for size, c in card["condition_check"].items():
-        lines.append(f"| {size} | {c['accuracy']:.1%} | {c['colour']:.1%} | {c['motion']:.1%} |")
-    lines += ["", "`tests/models/test_mini_vdit.py` repeats the check on the CPU at 8 × 32 × 32 from these weights.",
+        lines.append(f"| {size} | {c['steps']} | {c['accuracy']:.1%} | {c['colour']:.1%} | {c['motion']:.1%} |")
+    lines += ["", "`tests/models/test_mini_vdit_weights.py` repeats the 8 × 32 × 32 check on the CPU from these weights.",
               "", "![samples](samples.png)", "",
               "Regenerate: `python -m attnsearch.models.mini_vdit.card` (CUDA if present).", ""]
     return "\n".join(lines)

@@ -1,0 +1,121 @@
+"""mini-vdit: its data, checker, rotary embedding, sampler, training resumption and capture layers.
+
+The learned-condition check on the shipped weights lives in test_mini_vdit_weights.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+
+from attnsearch.capture import capture_attention
+from attnsearch.models.mini_vdit import (COLOURS, MOTIONS, Condition, MiniVDiT, MiniVDiTConfig, condition_accuracy,
+                                         condition_tokens, heldout_conditions, make_noise, read_clip, render, sample,
+                                         time_grid, to_frames, train_conditions)
+from attnsearch.models.mini_vdit.data import HELDOUT_INDICES, NUM_CONDITIONS, TRAIN_INDICES
+from attnsearch.models.mini_vdit.model import apply_rope, rope_angles
+from attnsearch.models.mini_vdit import train as train_mod
+
+
+def test_condition_enumeration_round_trips_and_held_out_set_is_disjoint():
+    assert all(Condition.from_index(i).index == i for i in range(NUM_CONDITIONS))
+    assert len(set(HELDOUT_INDICES)) == 64 and not set(HELDOUT_INDICES) & set(TRAIN_INDICES)
+    assert len(HELDOUT_INDICES) + len(TRAIN_INDICES) == NUM_CONDITIONS
+    assert all(c.index in set(TRAIN_INDICES) for c in train_conditions(50, seed=3))
+    with pytest.raises(ValueError, match="colour"):
+        Condition("circle", "purple", "left", "stripes")
+
+
+@pytest.mark.parametrize("size", [(16, 64, 64), (8, 32, 32)])
+def test_checker_reads_every_rendered_clip(size):
+    """The checker against ground truth: rendered clips of every colour × motion pair."""
+    conds = [Condition(k, c, m, b) for k, c, m, b in zip(
+        ["circle", "square", "triangle", "ring", "cross"] * 5, COLOURS * 4, MOTIONS * 6,
+        ["stripes", "checker", "waves", "gradient"] * 6)][:24]
+    g = torch.Generator().manual_seed(1)
+    clips = render(condition_tokens(conds), *size, generator=g)
+    assert clips.shape == (24, 3, *size) and clips.min() >= -1 and clips.max() <= 1
+    assert condition_accuracy(to_frames(clips), conds) == 1.0
+    # A clip played backwards moves the other way: the checker must see that.
+    opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
+    for clip, c in zip(to_frames(clips[:6]), conds[:6]):
+        assert read_clip(clip.flip(1)).motion == opposite[c.motion]
+
+
+def test_render_is_a_function_of_the_generator():
+    tok = condition_tokens(heldout_conditions(3))
+    a = render(tok, 4, 16, 16, generator=torch.Generator().manual_seed(5))
+    b = render(tok, 4, 16, 16, generator=torch.Generator().manual_seed(5))
+    c = render(tok, 4, 16, 16, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_rope_logits_depend_only_on_relative_position():
+    """q·k after 3-D RoPE is unchanged when both tokens move by the same (frame, row, col) offset."""
+    d = 64
+    ang = rope_angles(4, 5, 6, d, 10_000.0, "cpu")
+    cos, sin = torch.cos(ang), torch.sin(ang)
+    q, k = torch.randn(1, 1, 1, d).expand(1, 1, 120, d), torch.randn(1, 1, 1, d).expand(1, 1, 120, d)
+    qr, kr = apply_rope(q, cos, sin)[0, 0], apply_rope(k, cos, sin)[0, 0]
+
+    def idx(f, y, x):
+        return (f * 5 + y) * 6 + x
+
+    base = qr[idx(0, 1, 2)] @ kr[idx(1, 3, 0)]
+    shifted = qr[idx(2, 2, 5)] @ kr[idx(3, 4, 3)]
+    other = qr[idx(0, 1, 2)] @ kr[idx(2, 3, 0)]
+    torch.testing.assert_close(base, shifted, rtol=1e-4, atol=1e-4)
+    assert (base - other).abs() > 1e-3
+
+
+def test_forward_any_size_and_capture_sees_only_self_attention():
+    torch.manual_seed(0)
+    model = MiniVDiT(MiniVDiTConfig.tiny()).eval()
+    for size in [(4, 16, 16), (2, 8, 24)]:
+        x = torch.randn(2, 3, *size)
+        calls = []
+        with capture_attention(model, lambda call: calls.append(call) or None):
+            with torch.no_grad():
+                y = model(x, torch.tensor([0.3, 0.9]), torch.tensor([[1, 2, 3, 4], [0, 0, 0, 0]]))
+        assert y.shape == x.shape
+        n = model.geometry_for(*size).num_tokens
+        assert [c.layer for c in calls] == list(range(model.config.depth))
+        assert all(tuple(c.query.shape) == (2, model.config.heads, n, 64) for c in calls)
+    with pytest.raises(ValueError, match="patch"):
+        model(torch.randn(1, 3, 4, 15, 16), torch.tensor([0.5]), torch.tensor([[1, 1, 1, 1]]))
+
+
+def test_sampler_is_deterministic_and_one_forward_per_step():
+    torch.manual_seed(0)
+    model = MiniVDiT(MiniVDiTConfig.tiny()).eval()
+    conds = heldout_conditions(2)
+    noise = torch.cat([make_noise(s, 4, 16, 16) for s in (1, 2)])
+    seen = []
+    a = sample(model, conds, noise, steps=3, guidance=3.0, on_step=lambda i, x, t, c: seen.append((i, x.shape[0])))
+    b = sample(model, conds, noise, steps=3, guidance=3.0)
+    assert torch.equal(a, b) and seen == [(0, 4), (1, 4), (2, 4)]
+    grid = time_grid(5)
+    assert grid[0] == 1.0 and grid[-1] == 0.0 and bool((grid[1:] < grid[:-1]).all())
+    assert torch.equal(make_noise(7, 4, 16, 16), make_noise(7, 4, 16, 16))
+
+
+def _args(out, **kw):
+    base = dict(out=str(out), minutes=10.0, total_steps=8, total_minutes=1.0, batch_tokens=512, lr=4e-4,
+                device="cpu", tiny=True, export=False, weights_dir=None)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def test_training_resumes_exactly(tmp_path):
+    """6 steps in one call equal 3 + 3 steps across a checkpoint (weights, EMA and data stream)."""
+    train_mod.train(_args(tmp_path / "whole", total_steps=6))
+    train_mod.train(_args(tmp_path / "split", total_steps=3))
+    train_mod.train(_args(tmp_path / "split", total_steps=6))
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)
+    assert a["step"] == b["step"] == 6
+    for key in ("model", "ema"):
+        for name, t in a[key].items():
+            torch.testing.assert_close(t, b[key][name], rtol=0, atol=0, msg=f"{key}.{name}")
