@@ -134,6 +134,11 @@ def evaluate_command(plans: Sequence[str | Path], model: str | Generator, *, see
         console.print(f"{r.label:<{width}}  density {r.density:.3f}  {f'{speed:.2f}×' if speed else '–':>6}  "
                       f"PSNR {psnr:>9}  SSIM {o['ssim']:.4f}  rel L2 {o['rel_l2_latents']:.4f}",
                       highlight=False, soft_wrap=True)
+    for i, r in enumerate(result.runs):
+        margins = result.versus_baselines(i) if r.kind == "plan" else {}
+        if margins:
+            vs = ", ".join(f"{name} {m['psnr_db']:+.2f} dB" for name, m in margins.items())
+            console.print(f"{r.label}: PSNR vs baselines at its density: {vs}", highlight=False, soft_wrap=True)
     note = result.runs[0].predicted.get("reason") or (result.runs[0].predicted.get("hardware") or {}).get("note")
     console.print(f"× = predicted attention speedup: {note}", highlight=False, soft_wrap=True)
     console.print(f"evaluation → {written['json']}, report → {written['index']}", highlight=False)

@@ -94,7 +94,21 @@ class EvaluationResult:
                 out.append(f"{r.label}: mean SSIM {o['ssim']:.4f} < {min_ssim:g}")
         return out
 
+    def versus_baselines(self, index: int) -> dict[str, dict[str, float]]:
+        """Plan run ``index`` against each baseline at its density: margins of mean PSNR (dB) and
+        SSIM (positive: the plan is closer to dense)."""
+        plan = self.runs[index].overall
+        return {r.baseline["baseline"]: {"psnr_db": plan["psnr_db"] - r.overall["psnr_db"],
+                                         "ssim": plan["ssim"] - r.overall["ssim"]}
+                for r in self.runs if r.kind == "baseline" and r.of == index}
+
     def to_dict(self) -> dict[str, Any]:
+        runs = [r.to_dict(self.seeds) for r in self.runs]
+        for i, r in enumerate(self.runs):
+            if r.kind == "plan":
+                margins = self.versus_baselines(i)
+                runs[i]["versus_baselines"] = margins
+                runs[i]["beats_baselines"] = bool(margins) and all(m["psnr_db"] > 0 for m in margins.values())
         data = {
             "format": FORMAT, "version": VERSION,
             "model": self.generator,
@@ -107,8 +121,10 @@ class EvaluationResult:
                         "ssim": "mean per-frame SSIM (Wang et al. 2004, Gaussian window)",
                         "rel_l2_latents": "‖x − x_dense‖ / ‖x_dense‖ of the final latents",
                         "density": "mean kept-block density over steps, layers and heads (dense = 1)",
-                        "overall": "means over videos; psnr_db_min, ssim_min: the worst video"},
-            "runs": [r.to_dict(self.seeds) for r in self.runs],
+                        "overall": "means over videos; psnr_db_min, ssim_min: the worst video",
+                        "versus_baselines": "a plan's mean PSNR and SSIM minus each baseline's at its density; "
+                                            "beats_baselines: higher PSNR than every baseline"},
+            "runs": runs,
             "seconds": self.seconds,
         }
         infinite: list[str] = []

@@ -82,6 +82,12 @@ def test_output_folder_end_to_end(plan_file, tmp_path):
                       "window @ shifted"]
     assert all(len(r["videos"]) == 1 and len(r["videos"][0]["psnr_per_frame_db"]) == FRAMES for r in data["runs"])
     assert data["runs"][2]["baseline"]["target_density"] == pytest.approx(data["runs"][0]["density"])
+    right, shifted = data["runs"][0], data["runs"][1]
+    assert right["beats_baselines"] is True
+    assert shifted["versus_baselines"]["window"]["psnr_db"] < right["versus_baselines"]["window"]["psnr_db"] - 20
+    assert right["versus_baselines"]["window"]["psnr_db"] == pytest.approx(
+        right["overall"]["psnr_db"] - data["runs"][3]["overall"]["psnr_db"])
+    assert "right: PSNR vs baselines at its density: energy_decay +" in log
 
     page = (out / "index.html").read_text()
     links = re.findall(r"(?:src|href)='([^']+)'", page)
