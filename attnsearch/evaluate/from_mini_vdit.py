@@ -58,8 +58,8 @@ class MiniVDiTGenerator:
         if current == geometry:
             return
         sizes = dict(self.sizes)
-        for key, have, want in (("frames", current.frames, geometry.frames), ("height", current.height, geometry.height),
-                                ("width", current.width, geometry.width)):
+        for key in SIZES:
+            have, want = getattr(current, key), getattr(geometry, key)
             if key not in self.given and have != want and (sizes[key] * want) % have == 0:
                 sizes[key] = sizes[key] * want // have  # pixels per token are fixed by the patch size
         try:

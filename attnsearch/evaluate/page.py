@@ -71,7 +71,8 @@ def write_outputs(result: EvaluationResult, out: str | Path, *, figure_videos: i
     json_path = result.write_json(out / "evaluation.json")
     made: list[Path] = []
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>attnsearch evaluation</title>"
-             f"<style>{CSS}</style></head><body><h1>attnsearch evaluation: {html.escape(result.generator['name'])}</h1>",
+             f"<style>{CSS}</style></head><body>",
+             f"<h1>attnsearch evaluation: {html.escape(result.generator['name'])}</h1>",
              f"<p>{len(result.seeds)} videos (seeds {result.seeds[0]}…{result.seeds[-1]}, "
              f"{'held out from the search' if result.held_out else 'NOT all held out from the search'}), "
              f"{result.steps} sampler steps, each run against the dense video of the same seed and condition. "
