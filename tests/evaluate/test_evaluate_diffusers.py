@@ -1,0 +1,64 @@
+"""``evaluate_command`` on a diffusers pipeline folder built from tiny random components: the real
+pipeline (text encoder, scheduler, CFG, VAE decoding) runs dense and under plans, sized from the
+plan's geometry, with steps numbered by timestep."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+pytest.importorskip("diffusers", reason="diffusers is an optional extra (pip install 'attnsearch[diffusers]')")
+
+from attnsearch import Geometry  # noqa: E402
+from attnsearch.evaluate import evaluate_command, load_generator  # noqa: E402
+from attnsearch.plan import LayerPlan, Plan, ScheduleEntry, write_plan  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the tiny pipeline of the diffusers tests
+from test_diffusers_load import _tiny_wan_pipeline  # noqa: E402
+
+#: 9 frames × 64 × 96 px → latent 3 × 8 × 12 → 3 × 4 × 6 = 72 tokens: two blocks of 64.
+GEOM = Geometry(3, 4, 6, 0)
+STEPS, LAYERS, HEADS, BLOCK = 2, 2, 4, 64
+
+
+@pytest.mark.slow
+def test_pipeline_folder_end_to_end(tmp_path):
+    _tiny_wan_pipeline(tmp_path / "pipe")
+    dense = write_plan(Plan.dense(GEOM, STEPS, LAYERS, HEADS, BLOCK), tmp_path / "dense.json")
+    own_block = LayerPlan.single("diagonal", {"rows": 0.0}, GEOM, HEADS, BLOCK)     # block diagonal: density 1/2
+    sparse = write_plan(Plan(GEOM, BLOCK, STEPS, LAYERS, HEADS, (ScheduleEntry(0, STEPS, (own_block,) * LAYERS),)),
+                        tmp_path / "sparse.json")
+    text = io.StringIO()
+    code = evaluate_command([dense, sparse], f"diffusers:{tmp_path / 'pipe'}", seeds=1, out=tmp_path / "out",
+                            options={"prompt": "a cat", "guidance_scale": 5.0, "device": "cpu"}, figures=1,
+                            console=Console(file=text, width=200))
+    assert code == 0
+    data = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert data["model"]["num_frames"] == 9 and (data["model"]["height"], data["model"]["width"]) == (64, 96)
+    d, s = data["runs"]
+    # Wan's pipeline calls the transformer once per CFG branch: 2 steps × 2 branches × 2 layers.
+    assert d["attention_calls"] == {"calls": 8, "sparse": 0, "dense": 8}
+    assert s["attention_calls"] == {"calls": 8, "sparse": 8, "dense": 0}
+    assert d["overall"]["psnr_db"] is None and d["videos"][0]["identical"] is True
+    assert s["density"] == 0.5 and math.isfinite(s["overall"]["psnr_db"]) and s["overall"]["ssim"] < 1
+    assert s["overall"]["rel_l2_latents"] > 0
+    assert (tmp_path / "out" / "video_10000" / "1_sparse.gif").is_file()
+
+
+def test_pipeline_size_follows_the_plan_and_options_are_checked(tmp_path):
+    _tiny_wan_pipeline(tmp_path / "pipe")
+    gen = load_generator(f"diffusers:{tmp_path / 'pipe'}", height=64)
+    gen.fit(GEOM)
+    assert gen.sizes == {"num_frames": 9, "height": 64, "width": 96}
+    with pytest.raises(ValueError, match=r"-o steps: diffusers:.* takes no such option"):
+        load_generator(f"diffusers:{tmp_path / 'pipe'}", steps=3)
+    (tmp_path / "transformer").mkdir()
+    gen.transformer.save_pretrained(tmp_path / "transformer")
+    with pytest.raises(ValueError, match=r"--model diffusers:.*transformer: evaluation needs a pipeline folder"):
+        load_generator(f"diffusers:{tmp_path / 'transformer'}")
