@@ -26,7 +26,6 @@ def run_demo(out_dir: Path, *, steps: int = 4, queries: int = 128, trials: int =
     from .profiling.profile_io import ProfileSettings
     from .profiling.profiler import profile_model
     from .report import write_report
-    from .report.plan_summary import mean_density
     from .search import optimize
 
     stage = on_stage or (lambda name: None)
@@ -67,7 +66,7 @@ def run_demo(out_dir: Path, *, steps: int = 4, queries: int = 128, trials: int =
                    model=spec, out=out_dir / "plan.json", seed=seed, progress=on_trial)
     plan = res.plan
     head["plan"] = str(res.path)
-    head["plan_density"] = mean_density(plan)
+    head["plan_density"] = plan.mean_density
     head["predicted_speedup"] = res.figures["speedup"]
     head["hardware"] = res.hardware["device"]
     validation = plan.search.get("validation") or {}

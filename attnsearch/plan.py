@@ -400,6 +400,14 @@ class Plan:
                 seen.setdefault(lp, None)
         return list(seen)
 
+    @property
+    def mean_density(self) -> float:
+        """Kept blocks / all blocks over every (step, layer) call, a dense layer counting 1: the
+        share of dense attention FLOPs the plan computes."""
+        total = sum((e.stop - e.start) * (float(self.num_layers) if e.layers is None
+                                          else sum(lp.density for lp in e.layers)) for e in self.schedule)
+        return total / (self.num_steps * self.num_layers)
+
     # -- constructors and serialisation ------------------------------------------------------------
 
     @classmethod

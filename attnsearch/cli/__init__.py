@@ -1,7 +1,7 @@
 """The ``attnsearch`` command line: the I/O edge of the pipeline.
 
-One module per command (``profile``, ``classify``, ``optimize``, ``calibrate``, ``demo``, ``merge``,
-``validate``, ``report``, ``bench``); ``common`` holds what they share. Every command turns bad
+One module per command (``profile``, ``classify``, ``optimize``, ``calibrate``, ``demo``, ``evaluate``,
+``merge``, ``validate``, ``report``, ``bench``); ``common`` holds what they share. Every command turns bad
 input into one clear line on stderr and exit code 2; library errors carry the field they are
 about, so a command only has to print them.
 """
@@ -14,6 +14,7 @@ from .bench import bench
 from .calibrate import calibrate
 from .classify import classify_cmd
 from .demo import demo
+from .evaluate import evaluate
 from .merge import merge
 from .optimize import optimize
 from .profile import profile
@@ -27,6 +28,7 @@ app.command("classify")(classify_cmd)
 app.command()(optimize)
 app.command()(calibrate)
 app.command()(demo)
+app.command()(evaluate)
 app.command()(merge)
 app.command()(validate)
 app.command()(report)

@@ -19,6 +19,8 @@ def optimize(
                                                       "GPU's, else the shipped H100 table."),
     max_error: Optional[float] = typer.Option(None, help="Error budget: fastest plan within it."),
     target_speedup: Optional[float] = typer.Option(None, help="Predicted attention speedup to reach."),
+    max_density: Optional[float] = typer.Option(None, help="Mean kept-block density to stay within: the "
+                                                           "lowest-error plan at or below it (a density sweep)."),
     trials: int = typer.Option(100, help="Optuna trials to run now (a rerun continues the study)."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL; default SQLite beside the plan."),
     workers: int = typer.Option(1, help="Worker processes on the study (> 1: a shared storage, e.g. postgresql://; "
@@ -48,7 +50,8 @@ def optimize(
                                                         f"{p['error']:.3g} (front {p['front']})")
 
             res = run_search([str(p) for p in profiles] if len(profiles) > 1 else str(profiles[0]),
-                             hardware=hardware, max_error=max_error, target_speedup=target_speedup, trials=trials,
+                             hardware=hardware, max_error=max_error, target_speedup=target_speedup,
+                             max_density=max_density, trials=trials,
                              storage=storage, validate=validate, out=out, model=spec, head_dim=head_dim, seed=seed,
                              progress=progress, workers=workers)
         print_front(res)

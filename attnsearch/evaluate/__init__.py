@@ -20,7 +20,7 @@ result), ``figures`` and ``page`` (outputs), ``command`` (everything the CLI com
 from __future__ import annotations
 
 from .baselines import BASELINES, baseline_plan, parse_baselines
-from .cost import plan_density, predicted_speedup
+from .cost import predicted_speedup
 from .evaluation import EvaluationResult, Run, evaluate, resolve_seeds
 from .generator import HELD_OUT_SEED_START, EvaluateError, Generator, Video, load_generator, running
 from .quality import video_quality
@@ -37,5 +37,5 @@ def __getattr__(name: str):
 
 
 __all__ = ["BASELINES", "HELD_OUT_SEED_START", "EvaluateError", "EvaluationResult", "Generator", "Run", "Video",
-           "baseline_plan", "evaluate", "load_generator", "parse_baselines", "plan_density", "predicted_speedup",
+           "baseline_plan", "evaluate", "load_generator", "parse_baselines", "predicted_speedup",
            "resolve_seeds", "running", "video_quality", *_LAZY]

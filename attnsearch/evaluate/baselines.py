@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 from ..plan import LayerPlan, Plan, ScheduleEntry
-from .cost import plan_density
 from .generator import EvaluateError
 
 #: Baseline name → pattern family.
@@ -39,7 +38,7 @@ def baseline_plan(name: str, plan: Plan, target: float | None = None) -> tuple[P
 
     if name not in BASELINES:
         raise EvaluateError(f"--baseline: unknown baseline {name!r} (known: {', '.join(BASELINES)})")
-    target = plan_density(plan) if target is None else target
+    target = plan.mean_density if target is None else target
     pattern = BASELINES[name]
     params, _ = family_params(pattern, plan.geometry, plan.block_size, target)
     layer = LayerPlan.single(pattern, params, plan.geometry, plan.num_heads, plan.block_size)

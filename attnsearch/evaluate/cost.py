@@ -1,20 +1,11 @@
-"""What a plan costs: its attention compute (mean kept-block density) and predicted speedup."""
+"""What a plan is predicted to save: its attention time against cuDNN dense (the compute it keeps is
+``Plan.mean_density``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ..plan import Plan
-
-
-def plan_density(plan: Plan) -> float:
-    """Kept blocks / all blocks, averaged over every (step, layer, head) of ``plan``; dense steps
-    count 1. The fraction of dense attention FLOPs the plan computes."""
-    total = 0.0
-    for e in plan.schedule:
-        layers = 1.0 * plan.num_layers if e.layers is None else sum(lp.density for lp in e.layers)
-        total += (e.stop - e.start) * layers
-    return total / (plan.num_steps * plan.num_layers)
 
 
 def predicted_speedup(plan: Plan, *, head_dim: int, batch: int = 1, hardware: Any = None) -> dict[str, Any]:
@@ -36,4 +27,4 @@ def predicted_speedup(plan: Plan, *, head_dim: int, batch: int = 1, hardware: An
             "hardware": {k: d[k] for k in ("device", "calibration", "note")}, "head_dim": head_dim, "batch": batch}
 
 
-__all__ = ["plan_density", "predicted_speedup"]
+__all__ = ["predicted_speedup"]

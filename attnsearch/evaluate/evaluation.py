@@ -29,7 +29,7 @@ from typing import Any
 from ..atomic_io import write_text_atomic
 from ..plan import Plan
 from .baselines import baseline_plan
-from .cost import plan_density, predicted_speedup
+from .cost import predicted_speedup
 from .generator import HELD_OUT_SEED_START, AttentionLayout, EvaluateError, Generator, Video, running
 from .quality import FRAME_RANGE, overall, video_quality
 
@@ -172,7 +172,7 @@ def make_runs(plans: Sequence[Plan], labels: Sequence[str] | None = None, source
     """A run per plan, then per plan one per baseline at that plan's density."""
     labels = list(labels) if labels else (["plan"] if len(plans) == 1 else [f"plan {i}" for i in range(len(plans))])
     sources = list(sources) if sources else [None] * len(plans)
-    runs = [Run(label, "plan", p, plan_density(p), source=src) for p, label, src in zip(plans, labels, sources,
+    runs = [Run(label, "plan", p, p.mean_density, source=src) for p, label, src in zip(plans, labels, sources,
                                                                                         strict=True)]
     for i, p in enumerate(plans):
         for name in baselines:

@@ -17,11 +17,4 @@ def pattern_shares(plan: Plan) -> dict[str, float]:
     return {k: v / total for k, v in sorted(counts.items())}
 
 
-def mean_density(plan: Plan) -> float:
-    """Mean block density over every (step, layer) call of the plan; a dense layer counts 1."""
-    densities = [lp.density for e in plan.schedule for lp in (e.layers or ()) for _ in range(e.stop - e.start)]
-    dense_calls = sum((e.stop - e.start) * plan.num_layers for e in plan.schedule if e.layers is None)
-    return (sum(densities) + dense_calls) / (len(densities) + dense_calls)
-
-
-__all__ = ["mean_density", "pattern_shares"]
+__all__ = ["pattern_shares"]

@@ -203,7 +203,8 @@ def worker_main(cfg: dict[str, Any], index: int, report: Callable[[dict[str, Any
 
 
 def optimize(profile_path, *, hardware=None, max_error: float | None = None, target_speedup: float | None = None,
-             trials: int = 100, storage: str | None = None, validate: int = 0, out: str | os.PathLike = "plan.json",
+             max_density: float | None = None, trials: int = 100, storage: str | None = None, validate: int = 0,
+             out: str | os.PathLike = "plan.json",
              model=None, progress: Callable[[dict[str, Any]], None] | None = None, head_dim: int | None = None,
              batch: int = 1, seed: int = 0, study_name: str | None = None, backend: str = "auto",
              timeout: float | None = None, workers: int = 1, heartbeat_s: int = HEARTBEAT_S) -> OptimizeResult:
@@ -216,6 +217,9 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
             ``validate``): the fastest plan within it is chosen.
         target_speedup: predicted attention speedup over cuDNN dense to reach: the lowest-error plan
             reaching it is chosen (with ``max_error`` too: both must hold).
+        max_density: the attention compute to stay within (``Plan.mean_density``, kept blocks over
+            all blocks): the lowest-error completed trial at or below it is chosen, whatever the
+            other requests (a density sweep asks for one plan per density).
         trials: trials to run now (a continued study keeps its earlier ones). A run that did not
             finish (killed, or still running on other machines) is resumed/joined instead: its
             target count of complete trials stands. 0: only choose from the stored study.
@@ -242,6 +246,8 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         raise SearchError(f"max_error must be ≥ 0, got {max_error}")
     if target_speedup is not None and not target_speedup > 0:
         raise SearchError(f"target_speedup must be > 0, got {target_speedup}")
+    if max_density is not None and not 0 < max_density <= 1:
+        raise SearchError(f"max_density must be in (0, 1], got {max_density}")
     if validate < 0:
         raise SearchError(f"validate must be ≥ 0, got {validate}")
     check_workers(storage or "sqlite:///", workers)
@@ -325,7 +331,11 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         raise SearchError(f"study {name!r}: the run stopped at {len(done)} of {target} complete trials (its "
                           f"workers were killed); rerun the same command to resume it")
     front = sorted(study.best_trials, key=lambda t: t.number)
-    chosen, reason = choose(front, max_error, target_speedup, validate=bool(validate))
+    if max_density is not None:
+        chosen, reason = choose_by_density(done, lambda t: problems[search.knobs_of(t.params).block_size],
+                                           search, max_density, validate=bool(validate))
+    else:
+        chosen, reason = choose(front, max_error, target_speedup, validate=bool(validate))
     if study.user_attrs.get("chosen_trial") != chosen.number:
         study.set_user_attr("chosen_trial", chosen.number)  # what `attnsearch report STUDY.db` marks
     k = search.knobs_of(chosen.params)
@@ -369,6 +379,27 @@ def front_table(front) -> pd.DataFrame:
                      "rel_l2": t.user_attrs.get("rel_l2"), "psnr_db": t.user_attrs.get("psnr_db"),
                      **{f"knob_{k}": v for k, v in t.params.items()}})
     return pd.DataFrame(rows).sort_values(["attention_ms", "trial"], ignore_index=True)
+
+
+def choose_by_density(trials, problem_of, search, max_density: float, *, validate: bool = False):
+    """The lowest-error completed trial whose plan keeps at most ``max_density`` of the blocks (ties:
+    the faster, then the lower trial number), and why; BudgetError when none does."""
+    what = "measured output error" if validate else "error"
+    fits = []
+    least = None
+    for t in trials:
+        pb = problem_of(t)
+        pb._lam_hint.clear()  # each trial's plan as a fresh process rebuilds it
+        density = pb.plan(pb.solve(search.knobs_of(t.params))).mean_density
+        least = density if least is None else min(least, density)
+        if density <= max_density:
+            fits.append((t.values[1], t.values[0], t.number, t, density))
+    if not fits:
+        raise BudgetError(f"no trial's plan keeps at most {max_density:g} of the blocks: the sparsest keeps "
+                          f"{least:.3f} (run more trials, or allow a higher density)")
+    err, _, _, t, density = min(fits, key=lambda f: f[:3])
+    return t, (f"lowest {what} ({err:.4g}) among the {len(fits)} trials at mean density ≤ {max_density:g}: "
+               f"density {density:.3f}, {t.user_attrs.get('speedup', 0.0):.2f}× predicted")
 
 
 def choose(front, max_error: float | None, target_speedup: float | None, *, validate: bool = False):
@@ -415,5 +446,5 @@ def choose(front, max_error: float | None, target_speedup: float | None, *, vali
                f"{what} {err(t):.4g}, the best normalised trade-off of {len(front)} Pareto plans")
 
 
-__all__ = ["BudgetError", "OptimizeResult", "choose", "front_table", "optimize",
+__all__ = ["BudgetError", "OptimizeResult", "choose", "choose_by_density", "front_table", "optimize",
            "HardwareError", "ProfileError"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from attnsearch import Geometry, block_mask
-from attnsearch.evaluate import BASELINES, EvaluateError, baseline_plan, parse_baselines, plan_density
+from attnsearch.evaluate import BASELINES, EvaluateError, baseline_plan, parse_baselines
 from attnsearch.plan import LayerPlan, Plan, ScheduleEntry
 
 GEOM = Geometry(16, 16, 16)          # mini-vdit's clip: 16 frames × 16 × 16 tokens = 4,096
@@ -30,10 +30,10 @@ def reference_density(plan: Plan) -> float:
     return float(np.mean(values))
 
 
-def test_plan_density_counts_dense_steps_and_every_head():
+def test_mean_density_counts_dense_steps_and_every_head():
     plan = searched_like()
-    assert plan_density(plan) == pytest.approx(reference_density(plan), abs=1e-12)
-    assert plan_density(Plan.dense(GEOM, 3, 2, 4, BLOCK)) == 1.0
+    assert plan.mean_density == pytest.approx(reference_density(plan), abs=1e-12)
+    assert (Plan.dense(GEOM, 3, 2, 4, BLOCK)).mean_density == 1.0
 
 
 @pytest.mark.parametrize("target", [0.15, 0.2, 0.3])
@@ -46,7 +46,7 @@ def test_baseline_hits_the_target_density_with_one_mask_everywhere(name, target)
     masks = {base.layer_plan(s, layer).block_masks()[h].numpy().tobytes()
              for s in range(base.num_steps) for layer in range(base.num_layers) for h in range(base.num_heads)}
     assert len(masks) == 1                                                    # one global mask
-    assert plan_density(base) == pytest.approx(info["density"]) == pytest.approx(reference_density(base))
+    assert base.mean_density == pytest.approx(info["density"]) == pytest.approx(reference_density(base))
     assert abs(info["density"] - target) < 0.03
     # Nothing of the family lands closer: scan its parameter finely (an independent search).
     pattern = BASELINES[name]
@@ -61,7 +61,7 @@ def test_baseline_hits_the_target_density_with_one_mask_everywhere(name, target)
 def test_default_target_is_the_plans_mean_density():
     plan = searched_like()
     _, info = baseline_plan("window", plan)
-    assert info["target_density"] == pytest.approx(plan_density(plan))
+    assert info["target_density"] == pytest.approx(plan.mean_density)
 
 
 def test_parse_baselines():

@@ -10,7 +10,7 @@ import argparse
 import pytest
 import torch
 
-from attnsearch.capture import capture_attention
+from attnsearch.profiling.capture import capture_attention
 from attnsearch.models.mini_vdit import (COLOURS, MOTIONS, Condition, MiniVDiT, MiniVDiTConfig, condition_accuracy,
                                          condition_tokens, heldout_conditions, make_noise, read_clip, render, sample,
                                          time_grid, to_frames, train_conditions)
