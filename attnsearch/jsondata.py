@@ -31,7 +31,14 @@ class JSONDataError(ValueError):
     """A value is not strict JSON data, or a file is not readable JSON; the message names where."""
 
 
-def _join(path: str, key: Any) -> str:
+#: Key paths in messages name at most this many levels; deeper ones end in "…".
+SHOWN_DEPTH = 12
+
+
+def _join(path: str, key: Any, depth: int = 0) -> str:
+    """``path`` extended by ``key`` (``depth``: levels of ``path``), shortened past SHOWN_DEPTH."""
+    if depth >= SHOWN_DEPTH:
+        return path if path.endswith("…") else f"{path}…"
     if isinstance(key, int):
         return f"{path}[{key}]"
     return f"{path}.{key}" if path else str(key)
@@ -80,9 +87,9 @@ def check_data(obj: Any, path: str = "", *, max_depth: int = MAX_DEPTH) -> None:
                 for k, v in value.items():
                     if not isinstance(k, str):
                         raise JSONDataError(f"{_where(where)}: key {k!r} is not a string")
-                    items.append((v, _join(where, k), depth + 1))
+                    items.append((v, _join(where, k, depth), depth + 1))
             else:
-                items = [(v, _join(where, i), depth + 1) for i, v in enumerate(value)]
+                items = [(v, _join(where, i, depth), depth + 1) for i, v in enumerate(value)]
             stack.extend(reversed(items))  # report the first offender in document order
             continue
         raise JSONDataError(f"{_where(where)}: a {type(value).__name__} is not JSON data")
@@ -126,7 +133,7 @@ def nonfinite_to_null(obj: Any, keys: Collection[str] | None = None, path: str =
                 nullable = everywhere or (isinstance(k, str) and k in keys)
                 child = convert(v, nullable)
             else:
-                stack.append((v, child, depth + 1, _join(where, k)))
+                stack.append((v, child, depth + 1, _join(where, k, depth)))
             if isinstance(dst, dict):
                 dst[k] = child
             else:

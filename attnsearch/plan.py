@@ -117,7 +117,7 @@ def _keys(obj: Mapping[str, Any], path: str, required: Iterable[str], optional: 
     missing = [k for k in required if k not in obj]
     if missing:
         raise PlanError(f"{path}.{missing[0]}: missing" if path else f"{missing[0]}: missing")
-    unknown = sorted(set(obj) - set(required) - set(optional))
+    unknown = sorted(set(obj) - set(required) - set(optional), key=str)
     if unknown:
         where = f"{path}.{unknown[0]}" if path else unknown[0]
         raise PlanError(f"{where}: unknown field (allowed: {', '.join((*required, *optional))})")
@@ -534,8 +534,7 @@ class Plan:
         except GeometryError as err:
             raise PlanError(f"geometry: {err}") from None
         block_size = obj["block_size"]
-        if block_size not in BLOCK_SIZES or isinstance(block_size, bool):
-            raise PlanError(f"block_size: must be one of {BLOCK_SIZES}, got {block_size!r}")
+        _check_geometry(geometry, block_size)
         num_steps = _int(obj["num_steps"], "num_steps", 1, _INT_MAX)
         num_layers = _int(obj["num_layers"], "num_layers", 1, _INT_MAX)
         num_heads = _int(obj["num_heads"], "num_heads", 1, MAX_HEADS)

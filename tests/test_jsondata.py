@@ -47,6 +47,12 @@ def test_nesting_is_bounded_without_exhausting_the_stack():
             nonfinite_to_null({"x": deep_list(depth)})
 
 
+def test_the_path_of_too_deep_nesting_is_shortened():
+    with pytest.raises(JSONDataError) as err:
+        check_data({"a": deep_list(100_000)})
+    assert str(err.value) == "a" + "[0]" * 11 + f"…: nested deeper than {MAX_DEPTH} levels"
+
+
 def test_nonfinite_to_null_maps_only_the_documented_keys():
     data = {"psnr_db": math.inf, "rows": [{"psnr_db": -math.inf, "speedup": math.nan}], "psnr": math.nan}
     out = nonfinite_to_null(data, keys={"psnr_db"})
