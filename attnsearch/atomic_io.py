@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .jsondata import dumps
+from .messages import one_line
 
 #: Age (seconds since last modification) after which a temporary file of our pattern is stale.
 STALE_AFTER_S = 3600.0
@@ -43,6 +44,9 @@ PathLike = str | os.PathLike
 
 class OutputError(ValueError):
     """An output that must not be written (not a regular file, one of the inputs, not writable)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
 
 
 _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),

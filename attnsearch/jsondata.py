@@ -17,9 +17,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
+
+from .messages import one_line
 
 #: Deepest nesting of objects and lists accepted (the formats of attnsearch nest a handful deep).
 MAX_DEPTH = 100
@@ -30,18 +33,30 @@ INT_LIMIT = 2 ** 63
 class JSONDataError(ValueError):
     """A value is not strict JSON data, or a file is not readable JSON; the message names where."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
+
 
 #: Key paths in messages name at most this many levels; deeper ones end in "…".
 SHOWN_DEPTH = 12
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def _join(path: str, key: Any, depth: int = 0) -> str:
-    """``path`` extended by ``key`` (``depth``: levels of ``path``), shortened past SHOWN_DEPTH."""
+def key_path(path: str, key: Any) -> str:
+    """``path`` extended by a list index (``[3]``), a name (``.rows``) or any other key, quoted
+    (``["a.b"]``), so that a path names one place: ``schedule[0].layers``, ``search["odd key"]``."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        return f"{path}[{key}]"
+    if isinstance(key, str) and _NAME.fullmatch(key):
+        return f"{path}.{key}" if path else key
+    return f"{path}[{json.dumps(key) if isinstance(key, str) else repr(key)}]"
+
+
+def _join(path: str, key: Any, depth: int) -> str:
+    """key_path, shortened past SHOWN_DEPTH levels (``depth``: the levels of ``path``)."""
     if depth >= SHOWN_DEPTH:
         return path if path.endswith("…") else f"{path}…"
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    return f"{path}.{key}" if path else str(key)
+    return key_path(path, key)
 
 
 def _where(path: str) -> str:
@@ -183,5 +198,5 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     return parse(raw, str(path))
 
 
-__all__ = ["INT_LIMIT", "MAX_DEPTH", "JSONDataError", "check_data", "dumps", "nonfinite_to_null", "parse",
-           "read_json"]
+__all__ = ["INT_LIMIT", "MAX_DEPTH", "SHOWN_DEPTH", "JSONDataError", "check_data", "dumps", "key_path",
+           "nonfinite_to_null", "parse", "read_json"]

@@ -1,6 +1,6 @@
 """Sparse-attention plans: which pattern every (step, layer, head) runs, as JSON and in memory.
 
-A plan file (format ``attnsearch-plan``, version 1; DESIGN.md) holds a schedule of step ranges
+A plan file (format ``attnsearch-plan``, version 1; docs/design.md) holds a schedule of step ranges
 [start, stop). Each entry runs every layer dense, or lists every layer with its head groups: the
 heads of one layer that share a pattern family, each head with its own parameters.
 
@@ -50,7 +50,8 @@ import torch
 
 from .atomic_io import write_json_atomic
 from .geometry import BLOCK_SIZES, Geometry, GeometryError
-from .jsondata import INT_LIMIT, JSONDataError, check_data, nonfinite_to_null, read_json
+from .jsondata import INT_LIMIT, JSONDataError, check_data, key_path, nonfinite_to_null, read_json
+from .messages import one_line
 from .patterns import PatternError, block_mask, normalize_params, params_key
 
 FORMAT = "attnsearch-plan"
@@ -70,7 +71,10 @@ NULL_WHEN_NOT_FINITE = ("psnr_db",)
 
 
 class PlanError(ValueError):
-    """A plan is malformed or does not fit the call it is used for; the message names the field."""
+    """A plan is malformed or does not fit the call it is used for; the one-line message names the field."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
 
 
 # --- small checkers: each raises PlanError naming ``path`` ---------------------------------------
@@ -116,11 +120,10 @@ def _keys(obj: Mapping[str, Any], path: str, required: Iterable[str], optional: 
     required = tuple(required)
     missing = [k for k in required if k not in obj]
     if missing:
-        raise PlanError(f"{path}.{missing[0]}: missing" if path else f"{missing[0]}: missing")
+        raise PlanError(f"{key_path(path, missing[0])}: missing")
     unknown = sorted(set(obj) - set(required) - set(optional), key=str)
     if unknown:
-        where = f"{path}.{unknown[0]}" if path else unknown[0]
-        raise PlanError(f"{where}: unknown field (allowed: {', '.join((*required, *optional))})")
+        raise PlanError(f"{key_path(path, unknown[0])}: unknown field (allowed: {', '.join((*required, *optional))})")
 
 
 _PARAM_FIELD = re.compile(r"^(\w+)\.(\w+) ")
@@ -183,7 +186,7 @@ def _strict_meta(name: str, meta: Any) -> dict[str, Any]:
         value, path = stack.pop()
         items = value.items() if isinstance(value, dict) else enumerate(value)
         for k, v in items:
-            where = f"{path}.{k}" if isinstance(k, str) else f"{path}[{k}]"
+            where = key_path(path, k)
             if isinstance(v, (dict, list)):
                 stack.append((v, where))
                 continue

@@ -85,7 +85,7 @@ def test_read_json_failures_are_one_line_naming_the_file(tmp_path, content, says
     with pytest.raises(JSONDataError) as err:
         read_json(path, "plan file")
     msg = str(err.value)
-    assert msg.startswith(f"{path}: ") and says in msg and "\n" not in msg, msg
+    assert msg.startswith(f"{path}: ") and says in msg and len(msg.splitlines()) == 1, msg
 
 
 def test_read_json_names_a_missing_file_and_a_folder(tmp_path):

@@ -25,7 +25,7 @@ def tree(root: Path) -> dict[str, bytes | None]:
 
 def one_line(err: pytest.ExceptionInfo, path: Path | str) -> str:
     msg = str(err.value)
-    assert "\n" not in msg and msg.startswith(str(path)), msg
+    assert len(msg.splitlines()) == 1 and msg.startswith(str(path)), msg
     return msg
 
 
