@@ -9,7 +9,7 @@ file can fail to be JSON into one :class:`JSONDataError` line naming the file, a
 
     >>> check_data({"a": [1.0, float("nan")]})
     Traceback (most recent call last):
-    JSONDataError: a[1]: NaN is not a JSON number (strict JSON has no NaN or Infinity)
+    attnsearch.jsondata.JSONDataError: a[1]: NaN is not a JSON number (strict JSON has no NaN or Infinity)
 """
 
 from __future__ import annotations

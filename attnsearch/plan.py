@@ -21,6 +21,8 @@ whose one-line message starts with the offending field, e.g.
   mean (a band of at most frames × height rows, stripe key blocks below the number of blocks,
   multi_diagonal frames below the geometry's frames, energy_decay decay in (0, 1]);
   at most :data:`MAX_TOKENS` tokens and :data:`MAX_HEADS` heads;
+* ``predicted`` holds numbers only (the cost model's figures); ``model.name`` and
+  ``model.fingerprint`` are strings;
 * in the metadata (``model``, ``hardware``, ``predicted``, ``search``), a number under a key that
   names a density, recall or ``tau`` lies in [0, 1]; an error (``error``, ``rel_err``, ``rel_l2``,
   ``*_error``, ``budget``) is ≥ 0; a speedup is > 0; a time (``*_ms``) is ≥ 0.
@@ -177,6 +179,10 @@ def _strict_meta(name: str, meta: Any) -> dict[str, Any]:
     except JSONDataError as err:
         raise PlanError(str(err)) from None
     _data(meta, name)
+    if name == "predicted":  # the cost model's figures: each one a number
+        for k, v in meta.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise PlanError(f"{key_path(name, k)}: must be a number, got {v!r}")
     if name == "model":
         for k in ("name", "fingerprint"):
             if k in meta and not isinstance(meta[k], str):

@@ -118,6 +118,7 @@ def test_numbers_in_the_metadata_are_finite_and_in_range(tmp_path):
     refused(tmp_path, mutated(("search", "density"), 2.0), "search.density: must be in [0, 1]")
     refused(tmp_path, mutated(("search", "pareto"), [{"error": -1.0}]), "search.pareto[0].error: must be ≥ 0")
     refused(tmp_path, mutated(("model", "name"), 3), "model.name: must be a string, got 3")
+    refused(tmp_path, mutated(("predicted", "speedup"), None), "predicted.speedup: must be a number, got None")
     refused(tmp_path, mutated(("search", "x"), {"y": [math.inf]}), "search.x.y[0]: Infinity")
 
 
