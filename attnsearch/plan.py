@@ -33,6 +33,7 @@ in ``search.pareto`` (the Pareto front as a table), null is a figure the trial d
 :meth:`Plan.to_dict` and the plan file hold those nulls (strict JSON); a Plan built in memory keeps
 the metadata as given (e.g. ``psnr_db`` = inf), so ``Plan.from_dict(plan.to_dict())`` is the plan as
 stored.
+
 A :class:`LayerPlan` is immutable and hashes by its content (:attr:`LayerPlan.key`), so runtime
 caches (block tables, masks) are shared by every layer and step that runs the same plan.
 """
@@ -73,7 +74,8 @@ NULL_WHEN_NOT_FINITE = ("psnr_db",)
 
 
 class PlanError(ValueError):
-    """A plan is malformed or does not fit the call it is used for; the one-line message names the field."""
+    """A plan is malformed or does not fit the call it is used for; the one-line message names
+    the field."""
 
     def __init__(self, message: str) -> None:
         super().__init__(one_line(message))
@@ -125,7 +127,8 @@ def _keys(obj: Mapping[str, Any], path: str, required: Iterable[str], optional: 
         raise PlanError(f"{key_path(path, missing[0])}: missing")
     unknown = sorted(set(obj) - set(required) - set(optional), key=str)
     if unknown:
-        raise PlanError(f"{key_path(path, unknown[0])}: unknown field (allowed: {', '.join((*required, *optional))})")
+        allowed = ", ".join((*required, *optional))
+        raise PlanError(f"{key_path(path, unknown[0])}: unknown field (allowed: {allowed})")
 
 
 _PARAM_FIELD = re.compile(r"^(\w+)\.(\w+) ")

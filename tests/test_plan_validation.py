@@ -18,7 +18,9 @@ from test_plan import plan_dict
 from attnsearch import Geometry
 from attnsearch.atomic_io import OutputError
 from attnsearch.jsondata import MAX_DEPTH
-from attnsearch.plan import MAX_HEADS, MAX_TOKENS, LayerPlan, Plan, PlanError, load_plan, validate_plan, write_plan
+from attnsearch.plan import (
+    MAX_HEADS, MAX_TOKENS, LayerPlan, Plan, PlanError, load_plan, validate_plan, write_plan,
+)
 
 GROUP0 = ("schedule", 0, "layers", 0, "groups", 0)  # diagonal heads [0, 2] of layer 0, steps [2, 5)
 
@@ -60,8 +62,8 @@ def refused(tmp_path, data, says: str) -> str:
 
 def test_a_band_wider_than_the_video_is_refused(tmp_path):
     msg = refused(tmp_path, mutated((*GROUP0, "params", 0, "rows"), 1e18),
-                  "schedule[0].layers[0].groups[0].params[0].rows: diagonal.rows must be at most frames × height "
-                  "= 24")
+                  "schedule[0].layers[0].groups[0].params[0].rows: diagonal.rows must be at most "
+                  "frames × height = 24")
     assert "1e+18" in msg
     # The same rule for every family with a band, and at the limit the plan is fine.
     data = mutated(("schedule", 0, "layers", 1, "groups", 1, "params", 1, "rows"), 24.5)
@@ -76,10 +78,10 @@ def test_a_band_wider_than_the_video_is_refused(tmp_path):
 
 def test_parameters_beyond_the_geometry_are_refused(tmp_path):
     layer1 = ("schedule", 0, "layers", 1, "groups")
-    refused(tmp_path, mutated((*layer1, 1, "params", 0, "frames"), 4), "multi_diagonal.frames must be an integer in "
-            "[0, 3]")
-    refused(tmp_path, mutated((*layer1, 0, "params", 1, "key_blocks"), [5]), "key_blocks must be a list of block "
-            "ids in [0, 5)")
+    refused(tmp_path, mutated((*layer1, 1, "params", 0, "frames"), 4),
+            "multi_diagonal.frames must be an integer in [0, 3]")
+    refused(tmp_path, mutated((*layer1, 0, "params", 1, "key_blocks"), [5]),
+            "key_blocks must be a list of block ids in [0, 5)")
     for decay in (0, -0.5, 1.5):
         refused(tmp_path, mutated(("schedule", 0, "layers", 0, "groups", 1, "params", 0, "decay"), decay),
                 "energy_decay.decay must be a number in (0.0, 1.0]")
@@ -106,7 +108,8 @@ def test_params_of_the_wrong_json_type_name_the_field(tmp_path, params, says):
     (10 ** 30, "params[0].rows: integer of 100 bits is outside the signed 64-bit range"),
 ])
 def test_non_finite_and_out_of_range_numbers_name_the_field(tmp_path, value, says):
-    refused(tmp_path, mutated((*GROUP0, "params", 0, "rows"), value), f"schedule[0].layers[0].groups[0].{says}")
+    refused(tmp_path, mutated((*GROUP0, "params", 0, "rows"), value),
+            f"schedule[0].layers[0].groups[0].{says}")
 
 
 def test_numbers_in_the_metadata_are_finite_and_in_range(tmp_path):
@@ -118,18 +121,22 @@ def test_numbers_in_the_metadata_are_finite_and_in_range(tmp_path):
     refused(tmp_path, mutated(("search", "density"), 2.0), "search.density: must be in [0, 1]")
     refused(tmp_path, mutated(("search", "pareto"), [{"error": -1.0}]), "search.pareto[0].error: must be ≥ 0")
     refused(tmp_path, mutated(("model", "name"), 3), "model.name: must be a string, got 3")
-    refused(tmp_path, mutated(("predicted", "speedup"), None), "predicted.speedup: must be a number, got None")
+    refused(tmp_path, mutated(("predicted", "speedup"), None),
+            "predicted.speedup: must be a number, got None")
     refused(tmp_path, mutated(("search", "x"), {"y": [math.inf]}), "search.x.y[0]: Infinity")
 
 
 def test_sizes_the_runtime_cannot_mean_are_refused(tmp_path):
-    refused(tmp_path, mutated(("num_heads",), MAX_HEADS + 1), f"num_heads: must be an integer [1, {MAX_HEADS}]")
+    refused(tmp_path, mutated(("num_heads",), MAX_HEADS + 1),
+            f"num_heads: must be an integer [1, {MAX_HEADS}]")
     big = {"frames": MAX_TOKENS, "height": 2, "width": 1, "text_tokens": 0, "text_position": "prefix"}
-    refused(tmp_path, mutated(("geometry",), big), f"geometry: {2 * MAX_TOKENS} tokens, more than the runtime's")
+    refused(tmp_path, mutated(("geometry",), big),
+            f"geometry: {2 * MAX_TOKENS} tokens, more than the runtime's")
 
 
 def test_coverage_gaps_are_refused(tmp_path):
-    refused(tmp_path, mutated(("schedule", 1, "steps"), [0, 1]), "schedule: steps [1, 2) are covered by no entry")
+    refused(tmp_path, mutated(("schedule", 1, "steps"), [0, 1]),
+            "schedule: steps [1, 2) are covered by no entry")
     data = plan_dict()
     del at(data, ("schedule", 0, "layers"))[2]
     refused(tmp_path, data, "schedule[0].layers: layer(s) 1 of 3 missing")
@@ -190,8 +197,8 @@ def test_an_infinite_psnr_is_written_as_null_and_read_back(tmp_path):
                       "pareto": [{"trial": 0, "speedup": 1.2, "rel_l2": math.nan, "psnr_db": -math.inf}]}
     plan = Plan.from_dict(data)
     assert plan.search["validation"]["psnr_db"] is None
-    memory = Plan(plan.geometry, plan.block_size, plan.num_steps, plan.num_layers, plan.num_heads, plan.schedule,
-                  model=data["model"], hardware=data["hardware"], predicted=data["predicted"],
+    memory = Plan(plan.geometry, plan.block_size, plan.num_steps, plan.num_layers, plan.num_heads,
+                  plan.schedule, model=data["model"], hardware=data["hardware"], predicted=data["predicted"],
                   search=data["search"])
     assert memory.search["validation"]["psnr_db"] == math.inf  # kept as given in memory
     path = write_plan(memory, tmp_path / "plan.json")
@@ -243,7 +250,8 @@ def paths_of(data) -> list[tuple]:
     out, stack = [], [((), data)]
     while stack:
         path, value = stack.pop()
-        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) \
+            else ()
         for k, v in items:
             out.append((*path, k))
             stack.append(((*path, k), v))
@@ -271,8 +279,8 @@ def plan_mutations(draw):
         elif op == "nudge":  # a plausible number: near the edges of what the geometry allows
             parent[key] = draw(st.integers(-1, 30) | st.floats(-1, 30))
         else:
-            parent[key] = draw(st.sampled_from([math.nan, math.inf, -math.inf, 1e18, -(2 ** 63), 2 ** 64, 10 ** 30,
-                                                -1, 0, 1e-300]))
+            parent[key] = draw(st.sampled_from([math.nan, math.inf, -math.inf, 1e18, -(2 ** 63), 2 ** 64,
+                                                10 ** 30, -1, 0, 1e-300]))
     deep = draw(st.sampled_from([None, None, None, 60, MAX_DEPTH + 1, 100_000]))
     if deep is not None:
         path = draw(st.sampled_from(paths_of(data) or [("search",)]))
@@ -293,7 +301,8 @@ def check_loaded(plan: Plan) -> None:
             assert masks.shape == (plan.num_heads, lp.num_blocks, lp.num_blocks)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=300, deadline=None,  # about 3 s on one CPU core
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(plan_mutations(), st.booleans())
 def test_fuzzed_plans_load_or_raise_one_plan_error(tmp_path_factory, mutation, from_file):
     data, deep = mutation
