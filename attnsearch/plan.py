@@ -1,6 +1,6 @@
 """Sparse-attention plans: which pattern every (step, layer, head) runs, as JSON and in memory.
 
-A plan file (format ``attnsearch-plan``, version 1; DESIGN.md) holds a schedule of step ranges
+A plan file (format ``attnsearch-plan``, version 1; docs/design.md) holds a schedule of step ranges
 [start, stop). Each entry runs every layer dense, or lists every layer with its head groups: the
 heads of one layer that share a pattern family, each head with its own parameters.
 
@@ -9,8 +9,31 @@ heads of one layer that share a pattern family, each head with its own parameter
     >>> lp.block_masks().shape                      # [num_heads, nb, nb] bool
     >>> out = sparse_attention(q, k, v, lp)
 
-Everything is checked on load: a bad plan raises :class:`PlanError` whose message starts with the
-offending field, e.g. ``schedule[1].layers[3].groups[0].params[2].rows: diagonal.rows must be …``.
+Everything is checked on load, as structure and as data: a bad plan raises :class:`PlanError`
+whose one-line message starts with the offending field, e.g.
+``schedule[1].layers[3].groups[0].params[2].rows: diagonal.rows must be …``. The data rules:
+
+* strict JSON data throughout: every number finite, integers within ±2^63, nesting at most
+  :data:`~attnsearch.jsondata.MAX_DEPTH` deep (a file is read as UTF-8 JSON; every way it can fail to
+  be one is a PlanError naming the file);
+* steps [0, num_steps), layers [0, num_layers) and heads [0, num_heads) each covered exactly once;
+  known pattern families only, each parameter of the right type and within what the geometry can
+  mean (a band of at most frames × height rows, stripe key blocks below the number of blocks,
+  multi_diagonal frames below the geometry's frames, energy_decay decay in (0, 1]);
+  at most :data:`MAX_TOKENS` tokens and :data:`MAX_HEADS` heads;
+* ``predicted`` holds numbers only (the cost model's figures); ``model.name`` and
+  ``model.fingerprint`` are strings;
+* in the metadata (``model``, ``hardware``, ``predicted``, ``search``), a number under a key that
+  names a density, recall or ``tau`` lies in [0, 1]; an error (``error``, ``rel_err``, ``rel_l2``,
+  ``*_error``, ``budget``) is ≥ 0; a speedup is > 0; a time (``*_ms``) is ≥ 0.
+
+Non-finite numbers with a documented meaning are stored as null: ``psnr_db`` (anywhere) is null
+when the PSNR is not finite: +∞, the output equals the dense reference (its ``rel_l2`` is then 0);
+in ``search.pareto`` (the Pareto front as a table), null is a figure the trial did not record.
+:meth:`Plan.to_dict` and the plan file hold those nulls (strict JSON); a Plan built in memory keeps
+the metadata as given (e.g. ``psnr_db`` = inf), so ``Plan.from_dict(plan.to_dict())`` is the plan as
+stored.
+
 A :class:`LayerPlan` is immutable and hashes by its content (:attr:`LayerPlan.key`), so runtime
 caches (block tables, masks) are shared by every layer and step that runs the same plan.
 """
@@ -18,7 +41,6 @@ caches (block tables, masks) are shared by every layer and step that runs the sa
 from __future__ import annotations
 
 import bisect
-import json
 import math
 import os
 import re
@@ -29,8 +51,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from .atomic_io import write_text_atomic
+from .atomic_io import write_json_atomic
 from .geometry import BLOCK_SIZES, Geometry, GeometryError
+from .jsondata import INT_LIMIT, JSONDataError, check_data, key_path, nonfinite_to_null, read_json
+from .messages import one_line
 from .patterns import PatternError, block_mask, normalize_params, params_key
 
 FORMAT = "attnsearch-plan"
@@ -40,9 +64,21 @@ _TOP_REQUIRED = ("format", "version", "geometry", "block_size", "num_steps", "nu
                  "schedule")
 _TOP_OPTIONAL = ("model", "hardware", "predicted", "search")
 
+#: Most tokens one attention call of a plan may hold: the runtime indexes tokens in 32-bit integers.
+MAX_TOKENS = 2 ** 31 - 1
+#: Most query heads a plan may describe; far above any attention layer (a larger count is a corrupt
+#: file, and a dense layer lists every head).
+MAX_HEADS = 65535
+#: Metadata keys whose non-finite value is stored as null (see the module docstring).
+NULL_WHEN_NOT_FINITE = ("psnr_db",)
+
 
 class PlanError(ValueError):
-    """A plan is malformed or does not fit the call it is used for; the message names the field."""
+    """A plan is malformed or does not fit the call it is used for; the one-line message names
+    the field."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
 
 
 # --- small checkers: each raises PlanError naming ``path`` ---------------------------------------
@@ -51,8 +87,18 @@ class PlanError(ValueError):
 def _check_geometry(geometry: Any, block_size: Any) -> None:
     if not isinstance(geometry, Geometry):
         raise PlanError(f"geometry: must be a Geometry, got {type(geometry).__name__}")
-    if block_size not in BLOCK_SIZES:
+    if geometry.num_tokens > MAX_TOKENS:
+        raise PlanError(f"geometry: {geometry.num_tokens} tokens, more than the runtime's {MAX_TOKENS}")
+    if block_size not in BLOCK_SIZES or isinstance(block_size, bool):
         raise PlanError(f"block_size: must be one of {BLOCK_SIZES}, got {block_size!r}")
+
+
+def _data(value: Any, path: str) -> None:
+    """Raise PlanError unless ``value`` is strict JSON data (finite numbers, bounded nesting)."""
+    try:
+        check_data(value, path)
+    except JSONDataError as err:
+        raise PlanError(str(err)) from None
 
 
 def _int(value: Any, path: str, lo: int, hi: float = math.inf) -> int:
@@ -78,14 +124,23 @@ def _keys(obj: Mapping[str, Any], path: str, required: Iterable[str], optional: 
     required = tuple(required)
     missing = [k for k in required if k not in obj]
     if missing:
-        raise PlanError(f"{path}.{missing[0]}: missing" if path else f"{missing[0]}: missing")
-    unknown = sorted(set(obj) - set(required) - set(optional))
+        raise PlanError(f"{key_path(path, missing[0])}: missing")
+    unknown = sorted(set(obj) - set(required) - set(optional), key=str)
     if unknown:
-        where = f"{path}.{unknown[0]}" if path else unknown[0]
-        raise PlanError(f"{where}: unknown field (allowed: {', '.join((*required, *optional))})")
+        allowed = ", ".join((*required, *optional))
+        raise PlanError(f"{key_path(path, unknown[0])}: unknown field (allowed: {allowed})")
 
 
 _PARAM_FIELD = re.compile(r"^(\w+)\.(\w+) ")
+
+
+def _check_extent(pattern: str, params: Mapping[str, Any], geometry: Geometry, path: str) -> None:
+    """Parameters within what the geometry can mean (beyond the family's own range checks)."""
+    rows = params.get("rows")
+    limit = geometry.frames * geometry.height
+    if rows is not None and rows > limit:
+        raise PlanError(f"{path}.rows: {pattern}.rows must be at most frames × height = {limit} (a band over "
+                        f"the whole video), got {rows!r}")
 
 
 def _pattern_error(err: PatternError, path: str) -> PlanError:
@@ -93,6 +148,64 @@ def _pattern_error(err: PatternError, path: str) -> PlanError:
     msg = str(err)
     m = _PARAM_FIELD.match(msg)
     return PlanError(f"{path}.{m.group(2)}: {msg}" if m else f"{path}: {msg}")
+
+
+# --- metadata: free-form JSON objects, with ranges for the figures they name ------------------------
+
+_INT_MAX = INT_LIMIT - 1
+_UNIT = (0.0, False, 1.0, "in [0, 1]")
+_NONNEG = (0.0, False, math.inf, "≥ 0")
+_POSITIVE = (0.0, True, math.inf, "> 0")
+
+
+def _meta_range(key: str) -> tuple[float, bool, float, str] | None:
+    """(lo, lo_open, hi, wording) for a metadata number named ``key``, or None (any finite value)."""
+    k = key.lower()
+    if k in ("density", "tau", "density_cap") or k.endswith("_density") or k.startswith("recall"):
+        return _UNIT
+    if k in ("error", "rel_err", "rel_l2", "budget") or k.endswith(("_error", "_err")):
+        return _NONNEG
+    if k == "speedup" or k.endswith("_speedup"):
+        return _POSITIVE
+    if k == "ms" or k.endswith("_ms"):
+        return _NONNEG
+    return None
+
+
+def _strict_meta(name: str, meta: Any) -> dict[str, Any]:
+    """A metadata object in its stored form (documented non-finite values as null), checked."""
+    meta = _obj(meta, name)
+    try:
+        meta = nonfinite_to_null(meta, NULL_WHEN_NOT_FINITE, name)
+        if name == "search" and isinstance(meta.get("pareto"), list):
+            meta["pareto"] = nonfinite_to_null(meta["pareto"], None, "search.pareto")
+    except JSONDataError as err:
+        raise PlanError(str(err)) from None
+    _data(meta, name)
+    if name == "predicted":  # the cost model's figures: each one a number
+        for k, v in meta.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                raise PlanError(f"{key_path(name, k)}: must be a number, got {v!r}")
+    if name == "model":
+        for k in ("name", "fingerprint"):
+            if k in meta and not isinstance(meta[k], str):
+                raise PlanError(f"model.{k}: must be a string, got {meta[k]!r}")
+    stack: list[tuple[Any, str]] = [(meta, name)]
+    while stack:
+        value, path = stack.pop()
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, v in items:
+            where = key_path(path, k)
+            if isinstance(v, (dict, list)):
+                stack.append((v, where))
+                continue
+            rng = _meta_range(k) if isinstance(k, str) else None
+            if rng is None or not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            lo, lo_open, hi, wording = rng
+            if not ((v > lo if lo_open else v >= lo) and v <= hi):
+                raise PlanError(f"{where}: must be {wording}, got {v!r}")
+    return meta
 
 
 # --- head groups and layer plans ----------------------------------------------------------------
@@ -140,12 +253,17 @@ def _parse_group(raw: Any, geometry: Geometry, block_size: int, num_heads: int, 
         raise PlanError(f"{path}.params: {len(params)} entries for {len(heads)} heads (one per head)")
     norm = []
     for i, p in enumerate(params):
+        ppath = f"{path}.params[{i}]"
+        p = _obj(p, ppath)
+        _data(p, ppath)
         try:
-            norm.append(normalize_params(pattern, p, geometry, block_size))
+            n = normalize_params(pattern, p, geometry, block_size)
         except PatternError as err:
             if "unknown pattern" in str(err):
                 raise PlanError(f"{path}.pattern: {err}") from None
-            raise _pattern_error(err, f"{path}.params[{i}]") from None
+            raise _pattern_error(err, ppath) from None
+        _check_extent(pattern, n, geometry, ppath)
+        norm.append(n)
     return HeadGroup(pattern, heads, tuple(norm))
 
 
@@ -169,7 +287,7 @@ class LayerPlan:
 
     def __post_init__(self) -> None:
         _check_geometry(self.geometry, self.block_size)
-        _int(self.num_heads, "num_heads", 1)
+        _int(self.num_heads, "num_heads", 1, MAX_HEADS)
         groups = tuple(
             _parse_group(g, self.geometry, self.block_size, self.num_heads, f"groups[{i}]")
             for i, g in enumerate(_list(self.groups, "groups"))
@@ -334,9 +452,12 @@ class Plan:
 
     def __post_init__(self) -> None:
         _check_geometry(self.geometry, self.block_size)
-        _int(self.num_steps, "num_steps", 1)
-        _int(self.num_layers, "num_layers", 1)
-        _int(self.num_heads, "num_heads", 1)
+        _int(self.num_steps, "num_steps", 1, _INT_MAX)
+        _int(self.num_layers, "num_layers", 1, _INT_MAX)
+        _int(self.num_heads, "num_heads", 1, MAX_HEADS)
+        for name in _TOP_OPTIONAL:  # kept as given (a PSNR may be +inf); to_dict() gives the stored form
+            _strict_meta(name, getattr(self, name))
+            object.__setattr__(self, name, dict(getattr(self, name)))
         schedule = tuple(_list(self.schedule, "schedule"))
         if not schedule:
             raise PlanError("schedule: must hold at least one entry")
@@ -422,6 +543,8 @@ class Plan:
         """Parse and validate a plan-JSON object; raises PlanError naming the offending field."""
         obj = _obj(data, "plan")
         _keys(obj, "", _TOP_REQUIRED, _TOP_OPTIONAL)
+        obj.update({k: _strict_meta(k, obj[k]) for k in _TOP_OPTIONAL if k in obj})
+        _data(obj, "")
         if obj["format"] != FORMAT:
             raise PlanError(f"format: expected {FORMAT!r}, got {obj['format']!r}")
         if obj["version"] != VERSION or isinstance(obj["version"], bool):
@@ -431,15 +554,11 @@ class Plan:
         except GeometryError as err:
             raise PlanError(f"geometry: {err}") from None
         block_size = obj["block_size"]
-        if block_size not in BLOCK_SIZES or isinstance(block_size, bool):
-            raise PlanError(f"block_size: must be one of {BLOCK_SIZES}, got {block_size!r}")
-        num_steps = _int(obj["num_steps"], "num_steps", 1)
-        num_layers = _int(obj["num_layers"], "num_layers", 1)
-        num_heads = _int(obj["num_heads"], "num_heads", 1)
-        meta = {k: _obj(obj.get(k, {}), k) for k in _TOP_OPTIONAL}
-        for k in ("name", "fingerprint"):
-            if k in meta["model"] and not isinstance(meta["model"][k], str):
-                raise PlanError(f"model.{k}: must be a string, got {meta['model'][k]!r}")
+        _check_geometry(geometry, block_size)
+        num_steps = _int(obj["num_steps"], "num_steps", 1, _INT_MAX)
+        num_layers = _int(obj["num_layers"], "num_layers", 1, _INT_MAX)
+        num_heads = _int(obj["num_heads"], "num_heads", 1, MAX_HEADS)
+        meta = {k: obj.get(k, {}) for k in _TOP_OPTIONAL}
 
         schedule = []
         for i, raw in enumerate(_list(obj["schedule"], "schedule")):
@@ -481,6 +600,7 @@ class Plan:
         return cls(geometry, block_size, num_steps, num_layers, num_heads, tuple(schedule), **meta)
 
     def to_dict(self) -> dict[str, Any]:
+        """The plan-JSON object, strict JSON data (documented non-finite metadata as null)."""
         sched = []
         for e in self.schedule:
             layers: Any = "dense" if e.layers is None else [
@@ -488,14 +608,14 @@ class Plan:
             sched.append({"steps": [e.start, e.stop], "layers": layers})
         return {
             "format": FORMAT, "version": VERSION,
-            "model": dict(self.model),
+            "model": _strict_meta("model", self.model),
             "geometry": self.geometry.to_dict(),
             "block_size": self.block_size,
             "num_steps": self.num_steps, "num_layers": self.num_layers, "num_heads": self.num_heads,
-            "hardware": dict(self.hardware),
+            "hardware": _strict_meta("hardware", self.hardware),
             "schedule": sched,
-            "predicted": dict(self.predicted),
-            "search": dict(self.search),
+            "predicted": _strict_meta("predicted", self.predicted),
+            "search": _strict_meta("search", self.search),
         }
 
 
@@ -507,27 +627,24 @@ def validate_plan(source: Mapping[str, Any] | str | os.PathLike) -> Plan:
 
 
 def load_plan(path: str | os.PathLike) -> Plan:
-    """Read and validate a plan JSON file."""
+    """Read and validate a plan JSON file (UTF-8); every failure is one PlanError line starting with
+    the file's path."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as err:
-        raise PlanError(f"{path}: cannot read plan file ({err.strerror})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        where = f"line {err.lineno}, column {err.colno}"
-        raise PlanError(f"{path}: not valid JSON ({where}: {err.msg})") from None
+        data = read_json(path, "plan file")
+    except JSONDataError as err:
+        raise PlanError(str(err)) from None
     try:
         return Plan.from_dict(data)
     except PlanError as err:
         raise PlanError(f"{path}: {err}") from None
 
 
-def write_plan(plan: Plan, path: str | os.PathLike) -> Path:
-    """Write ``plan`` as JSON atomically (temporary file in the same folder, then rename)."""
-    return write_text_atomic(path, json.dumps(plan.to_dict(), indent=1) + "\n")
+def write_plan(plan: Plan, path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Write ``plan`` as strict JSON, atomically and under the output policy of
+    :mod:`attnsearch.atomic_io` (OutputError if ``path`` is not a regular file or is one of ``inputs``)."""
+    return write_json_atomic(path, plan.to_dict(), inputs=inputs)
 
 
-__all__ = ["FORMAT", "VERSION", "HeadGroup", "LayerPlan", "Plan", "PlanError", "ScheduleEntry",
-           "load_plan", "validate_plan", "write_plan"]
+__all__ = ["FORMAT", "MAX_HEADS", "MAX_TOKENS", "NULL_WHEN_NOT_FINITE", "VERSION", "HeadGroup", "LayerPlan",
+           "Plan", "PlanError", "ScheduleEntry", "load_plan", "validate_plan", "write_plan"]
