@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -36,6 +37,9 @@ BASELINES = ("energy_decay", "window")
 
 
 def _commit() -> str:
+    """This checkout's commit (GIT_COMMIT where the tree was copied without its .git)."""
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
