@@ -1,6 +1,6 @@
 """Sparse-attention plans: which pattern every (step, layer, head) runs, as JSON and in memory.
 
-A plan file (format ``attnsearch-plan``, version 1; DESIGN.md) holds a schedule of step ranges
+A plan file (format ``attnsearch-plan``, version 1; docs/design.md) holds a schedule of step ranges
 [start, stop). Each entry runs every layer dense, or lists every layer with its head groups: the
 heads of one layer that share a pattern family, each head with its own parameters.
 
@@ -248,6 +248,11 @@ class LayerPlan:
     @property
     def computed_heads(self) -> tuple[int, ...]:
         return tuple(h for h, (pat, _) in enumerate(self.head_specs) if pat != "skip")
+
+    @property
+    def is_dense(self) -> bool:
+        """Every head of the layer is dense (exact attention: the runtime runs it as such)."""
+        return all(g.pattern == "dense" for g in self.groups)
 
     def block_masks(self) -> torch.Tensor:
         """Per-head block masks, bool [H, nb, nb] on CPU (built once per LayerPlan; do not mutate)."""
