@@ -144,3 +144,28 @@ def test_dense_layers_cost_what_the_runtime_runs_them_with():
     other = dataclasses.replace(hopper.table, software={**hopper.table.software, "capability": [8, 0]})
     ampere = CostModel(other, head_dim=128)
     assert ampere.layer_ms(LayerPlan.dense(geom, heads, 128)) == pytest.approx(float(ampere.dense_ms(n, heads)))
+
+
+def test_dense_layers_cost_what_the_runtime_runs_them_on():
+    """An all-dense layer is costed on the block-sparse kernel exactly where ``HopperBackend`` says it
+    runs a call of the table's device (capability 9.x, block size 128, fp16/bf16), else as cuDNN."""
+    import dataclasses
+
+    import torch
+
+    from attnsearch.runtime.backends import HopperBackend
+
+    table = load_hardware(DEFAULT_TABLE)
+    model = CostModel(table, head_dim=128)
+    geom = Geometry(21, 30, 52)
+    for block_size in (64, 128):
+        runs_there = not HopperBackend.not_supported_reasons(device="cuda", capability=(9, 0), dtype=torch.bfloat16,
+                                                             head_dim=128, block_size=block_size)
+        assert model.dense_on_kernel(block_size) == runs_there
+    assert model.dense_on_kernel(128) and not model.dense_on_kernel(64)
+    lp = LayerPlan.dense(geom, 12, 128)
+    assert lp.is_dense and not LayerPlan.from_heads([("dense", {})] * 11 + [("skip", {})], geom, 128).is_dense
+    nb = geom.num_blocks(128)
+    assert model.layer_ms(lp) == pytest.approx(model.sparse_ms(np.full((12, nb), nb), 128))
+    ampere = dataclasses.replace(table, software={**table.software, "capability": [8, 0]})
+    assert CostModel(ampere, head_dim=128).layer_ms(lp) == pytest.approx(float(model.dense_ms(geom.num_tokens, 12)))
