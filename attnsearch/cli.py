@@ -430,7 +430,9 @@ def bench(
         target = out or Path("reports") / f"bench_{card_name().replace(' ', '_')}.json"
         _atomic_write(target, json.dumps(result, indent=1) + "\n")
         cols, cells = S.summary_table(result)
-        table = Table(*cols, title=f"{card_name()}: sparse runtime vs dense cuDNN SDPA ({timing} timing)")
+        table = Table(title=f"{card_name()}: sparse runtime vs dense cuDNN SDPA ({timing} timing)")
+        for col in cols:
+            table.add_column(col, justify="right")
         for row in cells:
             table.add_row(*row)
         console.print(table)

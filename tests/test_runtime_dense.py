@@ -68,3 +68,21 @@ def test_dense_kernel_reasons_name_what_keeps_a_dense_layer_on_sdpa():
     gqa = q[:, :2]
     assert any("2 key heads for 4" in r for r in dense_kernel_reasons(q, gqa, gqa, lp, {}))
     assert not any("key heads" in r for r in dense_kernel_reasons(q, gqa, gqa, lp, {"enable_gqa": True}))
+
+
+def test_backends_declare_what_they_honour():
+    """The SDPA backend honours every keyword and shape; the block-sparse ones name what they cannot."""
+    from attnsearch import Geometry
+    from attnsearch.plan import LayerPlan
+    from attnsearch.runtime.backends import BACKENDS, SdpaBackend
+
+    q = torch.randn(1, 4, 37, 16)
+    kw = {"attn_mask": torch.ones(37, 37, dtype=torch.bool), "is_causal": False, "dropout_p": 0.0}
+    assert SdpaBackend.keyword_reasons(q, q[:, :, :5], kw) == []
+    torch.testing.assert_close(SdpaBackend.run_call(q, q, q, kw), F.scaled_dot_product_attention(q, q, q, **kw))
+    lp = LayerPlan.dense(Geometry(1, 1, 37), 4, 64)
+    torch.testing.assert_close(SdpaBackend.forward(q, q, q, lp, 0.25, None),
+                               F.scaled_dot_product_attention(q, q, q, scale=0.25))
+    for backend in BACKENDS:
+        reasons = backend.keyword_reasons(q, q[:, :, :5], kw)
+        assert [r.split(":")[0] for r in reasons] == ["attn_mask", "key"], backend.name

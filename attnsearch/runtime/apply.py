@@ -29,8 +29,7 @@ from typing import Any
 import torch
 
 from ..plan import Plan, PlanError
-from .backends import Backend, dense_kernel_reasons
-from .dense import dense_attention
+from .backends import Backend, SdpaBackend, dense_kernel_reasons
 
 
 class apply:  # noqa: N801  (a context manager used like a function, as torch's no_grad)
@@ -122,7 +121,7 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
 
                 return sparse_attention(q, k, v, lp, backend="hopper", scale=kw.get("scale"),
                                         enable_gqa=bool(kw.get("enable_gqa", False)))
-            return dense_attention(q, k, v, **kw)  # dense by plan: exact SDPA, cuDNN first on Hopper
+            return SdpaBackend.run_call(q, k, v, kw)  # dense by plan: exact SDPA, cuDNN first on Hopper
         unsupported = Backend.keyword_reasons(q, k, kw)  # what no block-sparse backend honours
         if unsupported:
             raise PlanError(unsupported[0])

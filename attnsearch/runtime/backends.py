@@ -264,10 +264,15 @@ class SdpaBackend(Backend):
     keywords = None
 
     @classmethod
-    def forward(cls, q, k, v, layer_plan, scale, out):
+    def run_call(cls, q, k, v, kwargs: Mapping[str, object]) -> torch.Tensor:
+        """The SDPA call with every keyword it was made with (cuDNN's kernel first on Hopper)."""
         from .dense import dense_attention
 
-        result = dense_attention(q, k, v, scale=scale)
+        return dense_attention(q, k, v, **kwargs)
+
+    @classmethod
+    def forward(cls, q, k, v, layer_plan, scale, out):
+        result = cls.run_call(q, k, v, {"scale": scale})
         return result if out is None else out.copy_(result)
 
 
