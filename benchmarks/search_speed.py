@@ -123,7 +123,7 @@ def toy(trials: int, out: Path) -> None:
     result = {"model": "toy-vdit", "geometry": spec.geometry.to_dict(), "steps": 4, "trials": trials,
               "profile_s": round(prof_s, 1), "optimize_s": round(opt_s, 1), "chosen_trial": res.trial,
               "reason": res.reason, "figures": f, "validation": v, "pareto": front.to_dict(orient="records")}
-    md = (f"toy-vdit 
+    md = (f"toy-vdit "
           f"({spec.geometry}, 6 layers × 8 heads, head_dim 64, 4 steps), profile at B = 64 ({prof_s:.0f} s), then "
           f"{trials} trials validated on 2 inputs against dense, max_error 0.02, H100 table ({opt_s:.0f} s).\n\n"
           f"- chosen trial {res.trial}: {res.reason}\n"

@@ -45,7 +45,7 @@ GRID_SHAPES: dict[tuple[int, int], list[tuple[Geometry, int]]] = {
     (64, 64): [(Geometry(8, 32, 32), 24), (Geometry(4, 8, 16), 8), (Geometry(8, 16, 16), 8),
                (Geometry(13, 45, 56), 12)],
 }
-#: Shapes of the held-out accuracy check (the issue's acceptance shapes), never in the fit.
+#: Shapes of the held-out accuracy check (Wan2.1-1.3B's and Wan2.1-14B's 720p layers), never in the fit.
 HOLDOUT_SHAPES = [(Geometry(13, 45, 56), 12), (Geometry(21, 45, 80), 40)]
 
 
