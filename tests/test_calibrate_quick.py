@@ -1,5 +1,6 @@
-"""``attnsearch calibrate --quick`` end to end on the CPU: the quick grid, points timed by a synthetic
-device whose latencies follow known constants, the fit, and the table written and read back."""
+"""``attnsearch calibrate --quick`` end to end on the CPU: ``calibrate(quick=True)`` with a synthetic
+device whose latencies follow known constants: the quick grid, its points, the fit, the table written
+and read back, the raw points saved apart."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from attnsearch.costmodel import CostModel, FillParams, LaunchParams, load_hardware
-from attnsearch.costmodel.calibrate import default_grid, describe_spec
+from attnsearch.costmodel.calibrate import calibrate, load_points
 from attnsearch.costmodel.fit import MIN_POINTS, build_table, point_lengths, spec_layer_plan
 from attnsearch.geometry import Geometry
 from attnsearch.costmodel.table import DENSE_TILE
@@ -33,19 +34,23 @@ def synthetic_ms(point) -> float:
     return ms * float(rng.lognormal(0.0, 0.01))
 
 
+def synthetic_timer(point) -> dict:
+    return {"ms": synthetic_ms(point), "method": "graph", "eager_ms": 1.0}
+
+
 @pytest.mark.slow
 def test_quick_calibration_writes_a_table_the_cost_model_reads(tmp_path):
-    specs = default_grid(quick=True, holdout=False)  # the held-out layers are not fitted: no use here
-    points = [dict(describe_spec(s), method="graph", eager_ms=1.0) for s in specs]
-    for p in points:
-        p["ms"] = synthetic_ms(p)
-    # Every kernel the fit needs has enough points in the quick grid.
+    env = {"device": "Synthetic GPU", "sm_count": SMS, "capability": [9, 0], "order": "head"}
+    path = calibrate(tmp_path, quick=True, timer=synthetic_timer, env=env, points_path=tmp_path / "points.json",
+                     progress=None)
+    assert path == tmp_path / "synthetic-gpu.json"
+    _, points = load_points(tmp_path / "points.json")
     grid = [p for p in points if p["role"] == "grid"]
+    assert len(grid) == len(points) and all("ms" in p for p in points)
+    # Every kernel the fit needs has enough points in the quick grid.
     for head_dim in (64, 128):
         assert sum(p["kind"] == "dense" and p["head_dim"] == head_dim for p in grid) >= MIN_POINTS
     assert sum(p["kind"] == "fill" for p in grid) >= 2
-    env = {"device": "Synthetic GPU", "sm_count": SMS, "capability": [9, 0], "order": "head"}
-    path = build_table(points, env).save(tmp_path / "synthetic-gpu.json")
     table = load_hardware(str(path))
     assert "points" not in json.loads(path.read_text())  # raw points stay out of the table
     assert set(table.sparse) == {"d128_b128", "d128_b64", "d64_b128", "d64_b64"} and set(table.dense) == {"d64", "d128"}

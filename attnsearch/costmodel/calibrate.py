@@ -82,9 +82,11 @@ DENSE_SHAPES = [(Geometry(4, 8, 16), 8), (Geometry(8, 16, 16), 8), (Geometry(8, 
                 (Geometry(21, 45, 80), 40)]
 
 
-def default_grid(*, holdout: bool = True, seed: int = 0, quick: bool = False) -> list[dict[str, Any]]:
+def default_grid(*, holdout: bool | None = None, seed: int = 0, quick: bool = False) -> list[dict[str, Any]]:
     """The calibration specs (JSON-ready dicts), grid first; ``quick``: two shapes per kernel and every
-    other dense shape, still at least ``fit.MIN_POINTS`` points for every kernel the fit needs."""
+    other dense shape, still at least ``fit.MIN_POINTS`` points for every kernel the fit needs.
+    ``holdout``: add the held-out layers (never fitted: the accuracy check); default: unless quick."""
+    holdout = not quick if holdout is None else holdout
     cache: dict = {}
     specs: list[dict[str, Any]] = []
     for (d, bs), shapes in GRID_SHAPES.items():
@@ -202,46 +204,63 @@ def _time_spec(point: dict[str, Any], inputs: list, sets: int) -> dict[str, Any]
     return got
 
 
-def measure(specs: Sequence[dict[str, Any]], *, dtype: str = "bfloat16", budget_s: float = 1e9,
-            progress: Callable[[str], None] | None = print) -> list[dict[str, Any]]:
-    """Time every spec on this machine's GPU; returns one point per spec (``error`` set if it failed).
-
-    Stops starting new specs after ``budget_s`` seconds (the points so far are returned)."""
+def gpu_timer(dtype: str = "bfloat16") -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The measurement of a described point on this machine's GPU (``_time_spec`` on fresh inputs of
+    its shape, several sets when they are small, kept while consecutive specs share the shape)."""
     import torch
 
     from ..runtime import block_tables
 
     if not torch.cuda.is_available():
         raise HardwareError("calibrate needs a CUDA GPU (timing the kernels is the point); none is visible here")
+    cache: dict[tuple, list] = {}
+    timed = [0]
+
+    def timer(point: dict[str, Any]) -> dict[str, Any]:
+        shape = (point.get("batch", 1), point["heads"], point["num_tokens"], point["head_dim"])
+        sets = int(min(4, max(1, math.ceil(120e6 / (3 * math.prod(shape) * 2)))))
+        if (shape, sets) not in cache:
+            cache.clear()
+            torch.cuda.empty_cache()
+            cache[(shape, sets)] = fresh_inputs(shape, getattr(torch, dtype), sets)
+        timed[0] += 1
+        if timed[0] % 20 == 0:
+            block_tables.clear_cache()
+        try:
+            return _time_spec(point, cache[(shape, sets)], sets)
+        except Exception:
+            torch.cuda.synchronize()
+            raise
+
+    return timer
+
+
+def measure(specs: Sequence[dict[str, Any]], *, timer: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+            budget_s: float = 1e9, progress: Callable[[str], None] | None = print) -> list[dict[str, Any]]:
+    """One point per spec: :func:`describe_spec` plus ``timer(point)`` (default :func:`gpu_timer`: this
+    machine's GPU; a dict with at least "ms" and "method"), or ``error`` where timing failed.
+
+    Stops starting new specs after ``budget_s`` seconds (the points so far are returned)."""
+    timer = gpu_timer() if timer is None else timer
     started = time.time()
     points = []
-    cache: dict[tuple, list] = {}
     for n_spec, spec in enumerate(specs):
         if time.time() - started > budget_s:
             if progress:
                 progress(f"time budget {budget_s:.0f}s reached: {len(specs) - n_spec} specs not measured")
             break
         point = describe_spec(spec)
-        shape = (spec.get("batch", 1), spec["heads"], point["num_tokens"], spec["head_dim"])
-        sets = int(min(4, max(1, math.ceil(120e6 / (3 * math.prod(shape) * 2)))))
-        if (shape, sets) not in cache:
-            cache.clear()
-            torch.cuda.empty_cache()
-            cache[(shape, sets)] = fresh_inputs(shape, getattr(torch, dtype), sets)
         t0 = time.time()
         try:
-            point.update(_time_spec(point, cache[(shape, sets)], sets))
+            point.update(timer(point))
             point["wall_s"] = round(time.time() - t0, 2)
         except Exception as err:  # noqa: BLE001  (one failing spec must not lose the others)
             point["error"] = f"{type(err).__name__}: {str(err)[:300]}"
-            torch.cuda.synchronize()
         points.append(point)
         if progress:
             got = f"{point['ms']:.4f} ms ({point['method']})" if "ms" in point else point.get("error")
             progress(f"[{n_spec + 1}/{len(specs)} {time.time() - started:.0f}s] {spec['kind']} D={spec['head_dim']} "
-                     f"B={spec.get('block_size')} {shape} {spec['label']}: {got}")
-        if n_spec % 20 == 19:
-            block_tables.clear_cache()
+                     f"B={spec.get('block_size')} H={spec['heads']} N={point['num_tokens']} {spec['label']}: {got}")
     return points
 
 
@@ -271,21 +290,20 @@ def environment() -> dict[str, Any]:
 
 def calibrate(out_dir: str | Path = "kernels", *, specs: Sequence[dict[str, Any]] | None = None,
               quick: bool = False, budget_s: float = 1e9, dtype: str = "bfloat16", points_path: str | Path | None = None,
+              timer: Callable[[dict[str, Any]], dict[str, Any]] | None = None, env: dict[str, Any] | None = None,
               progress: Callable[[str], None] | None = print) -> Path:
-    """Time the kernels on this machine's GPU and write ``<out_dir>/<gpu-slug>.json``.
+    """Time the kernels and write the fitted table ``<out_dir>/<gpu-slug>.json``.
 
     ``specs``: what to time (default :func:`default_grid`, holdout included); ``quick``: the quick
     grid; ``budget_s``: stop starting new measurements after this many seconds; ``points_path``:
-    also save the raw points there (:func:`save_points`; they never go into the table).
+    also save the raw points there (:func:`save_points`; they never go into the table). ``timer``
+    and ``env``: the device and its description (default: this machine's GPU, :func:`environment`).
     """
-    import torch
-
-    if not torch.cuda.is_available():
-        raise HardwareError("calibrate needs a CUDA GPU; none is visible here (the cost model then uses a "
-                            "shipped table from kernels/)")
+    if timer is None:
+        timer = gpu_timer(dtype)  # raises without a GPU, before the grid is built
     specs = default_grid(quick=quick) if specs is None else specs
-    points = measure(specs, dtype=dtype, budget_s=budget_s, progress=progress)
-    env = environment()
+    points = measure(specs, timer=timer, budget_s=budget_s, progress=progress)
+    env = environment() if env is None else env
     if points_path is not None:
         save_points(points, env, points_path)
     path = build_table(points, env).save(Path(out_dir) / f"{gpu_slug(env['device'])}.json")
@@ -310,4 +328,4 @@ def load_points(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
 
 
 __all__ = ["DENSE_SHAPES", "GRID_SHAPES", "HOLDOUT_SHAPES", "calibrate", "default_grid", "describe_spec", "environment",
-           "holdout_specs", "load_points", "measure", "save_points"]
+           "gpu_timer", "holdout_specs", "load_points", "measure", "save_points"]
