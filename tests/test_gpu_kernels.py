@@ -49,14 +49,14 @@ def reference(q, k, v, lp, gqa):
 
 def runs(q, k, v, lp, gqa):
     """name → fn(out) of every way the call can run here."""
-    from attnsearch.runtime.triton.launch import TUNING_CONFIGS, KernelConfig, forward
+    from attnsearch.runtime.triton.launch import TUNING_CONFIGS, KernelConfig, forward, tma_supported
 
     d, bs = q.shape[-1], lp.block_size
     tables = get_block_tables(lp, "cuda")
     first = TUNING_CONFIGS[(d, bs)][0]
     out = {"auto": lambda o: sparse_attention(q, k, v, lp, out=o, enable_gqa=gqa > 1),
            "triton": lambda o: sparse_attention(q, k, v, lp, backend="triton", out=o, enable_gqa=gqa > 1)}
-    for tma in (False, True):
+    for tma in (False, True) if tma_supported(q, k, v) else (False,):
         cfg = KernelConfig(first.block_m, first.block_n, first.num_warps, first.num_stages, tma)
         out[f"triton-tma{int(tma)}"] = lambda o, cfg=cfg: forward(q, k, v, tables, d ** -0.5, out=o, config=cfg)
     if not HopperBackend.call_reasons(q, k, v, bs):
