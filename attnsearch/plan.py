@@ -367,6 +367,11 @@ class LayerPlan:
     def computed_heads(self) -> tuple[int, ...]:
         return tuple(h for h, (pat, _) in enumerate(self.head_specs) if pat != "skip")
 
+    @property
+    def is_dense(self) -> bool:
+        """Every head of the layer is dense (exact attention: the runtime runs it as such)."""
+        return all(g.pattern == "dense" for g in self.groups)
+
     def block_masks(self) -> torch.Tensor:
         """Per-head block masks, bool [H, nb, nb] on CPU (built once per LayerPlan; do not mutate)."""
         return self._block_masks

@@ -1,101 +1,126 @@
-"""Cost-model accuracy on layers the fit never saw (the issue's acceptance check), one GPU call.
+"""Cost-model accuracy on layers the fit never saw, shaped like those the search emits (CUDA; or CPU
+with --dry-run: the layers and their predictions only).
 
-    .venv/bin/python benchmarks/costmodel_accuracy.py specs                      # CPU: make the layers
-    PYTHONUNBUFFERED=1 python benchmarks/costmodel_accuracy.py measure --out $OUT  # GPU: time them
-    .venv/bin/python benchmarks/costmodel_accuracy.py report POINTS.json          # CPU: compare
+    python -m benchmarks.costmodel_accuracy --out reports/costmodel_accuracy          # GPU, < 4 min on an H100
+    python -m benchmarks.costmodel_accuracy --dry-run --out /tmp/acc                    # CPU
 
-The layers: random mixed-family layer plans (per head a random family and its own density
-around the layer's, 5–60 % overall, one in five with a dense head, one in five with skip heads) at
-(1, 12, 32760, 128) and (1, 40, 75600, 128), B = 128, drawn with a seed the calibration grid did not
-use, after the model form and table were fixed. Plus the runtime's own zero fill of skip heads
-(a list index: timed as queued calls). Timing is device time, as in calibration. The report puts
-the committed table's prediction beside each measurement and writes reports/costmodel/.
+The held-out set, drawn with its own seed: at Wan2.1-1.3B's layer (1, 12, 32,760, 128) and
+Wan2.1-14B's 720p layer (1, 40, 75,600, 128), block size 128, layers mixing the four families with
+per-head parameters drawn at random (vertical stripes keep 3 key blocks, as the search's top-k
+does), a few skip heads in half of them and a dense head in one in four; plus the zero fill of skip
+heads alone. Each is timed as calibration times it (``costmodel.calibrate.measure``: device time,
+the runtime's own ops) and put beside the table's prediction; the summary is the share within ±10%.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import time
+import random
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from attnsearch.bench.output import write_outputs
+from attnsearch.costmodel import CostModel, load_hardware
+from attnsearch.costmodel.calibrate import describe_spec
+from attnsearch.costmodel.fit import spec_layer_plan
+from attnsearch.geometry import Geometry
+
+SHAPES = [(Geometry(21, 30, 52), 12), (Geometry(21, 45, 80), 40)]
+SEED = 20261205
+FAMILIES = ("diagonal", "multi_diagonal", "energy_decay", "vertical_stripe")
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from attnsearch.geometry import Geometry  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
-SPECS = HERE / "costmodel_accuracy_specs.json"
-SEED = 20261127
-
-
-def make_specs() -> None:
-    from attnsearch.calibrate import _spec, holdout_specs
-
-    specs = holdout_specs(seed=SEED, count=20)
-    for geom, H in [(Geometry(4, 8, 16), 1), (Geometry(8, 16, 16), 4), (Geometry(8, 32, 32), 12),
-                    (Geometry(13, 45, 56), 6), (Geometry(21, 45, 80), 20)]:
-        specs.append(_spec("fill", geom, H, 128, None, label=f"runtime fill {H} heads", role="holdout"))
-    SPECS.write_text(json.dumps(specs) + "\n")
-    print(f"{len(specs)} specs → {SPECS}")
+def _head(rng: random.Random, geom: Geometry, nb: int) -> list:
+    family = rng.choice(FAMILIES)
+    if family == "diagonal":
+        return [family, {"rows": round(geom.height * rng.uniform(0.3, 6.0), 1)}]
+    if family == "multi_diagonal":
+        return [family, {"rows": round(geom.height * rng.uniform(0.05, 0.5), 1),
+                         "frames": rng.randint(1, max(1, geom.frames // 3))}]
+    if family == "energy_decay":
+        return [family, {"decay": round(rng.uniform(0.05, 0.9), 3), "sink": rng.random() < 0.5}]
+    return [family, {"key_blocks": sorted(rng.sample(range(nb), 3)), "rows": round(geom.height * rng.uniform(0.3, 3), 1)}]
 
 
-def measure(out: Path) -> None:
-    from attnsearch.calibrate import environment, measure as run, save_points
+def heldout_specs(count: int, seed: int = SEED) -> list[dict[str, Any]]:
+    """``count`` layers per shape (see the module docstring) and five zero fills, as calibration specs."""
+    rng = random.Random(seed)
+    specs = []
+    for geom, heads in SHAPES:
+        nb = geom.num_blocks(128)
+        for i in range(count):
+            layer = [_head(rng, geom, nb) for _ in range(heads)]
+            if i % 2:
+                for h in rng.sample(range(heads), max(1, heads // 6)):
+                    layer[h] = ["skip", {}]
+            if i % 4 == 0:
+                layer[rng.randrange(heads)] = ["dense", {}]
+            specs.append({"kind": "sparse", "label": f"held-out {heads}×{geom.num_tokens} #{i}", "role": "holdout",
+                          "geometry": geom.to_dict(), "heads": heads, "head_dim": 128, "block_size": 128, "batch": 1,
+                          "layer": layer})
+    for geom, heads in [(Geometry(8, 16, 16), 4), (Geometry(13, 45, 56), 6), (Geometry(21, 45, 80), 20)]:
+        specs.append({"kind": "fill", "label": f"fill {heads} heads", "role": "holdout", "geometry": geom.to_dict(),
+                      "heads": heads, "head_dim": 128, "block_size": None, "batch": 1, "layer": None})
+    return specs
 
-    t0 = time.time()
-    specs = json.loads(SPECS.read_text())
-    points = run(specs, progress=lambda m: print(m, flush=True))
-    save_points(points, environment(), out / "accuracy_points.json")
-    print(f"{len(points)} points, {time.time() - t0:.0f}s")
+
+def predict(point: dict[str, Any], model: CostModel) -> float:
+    if point["kind"] == "fill":
+        return float(model.table.fill.ms(point["bytes"]))
+    geom = Geometry.from_dict(point["geometry"])
+    return model.layer_ms(spec_layer_plan(geom, point["heads"], point["block_size"], point["layer"]))
 
 
-def report(points_path: Path, table_path: Path | None, out_dir: Path) -> None:
-    from benchmarks_costmodel_fit import accuracy, markdown  # type: ignore[import-not-found]
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("reports/costmodel_accuracy"))
+    ap.add_argument("--count", type=int, default=12, help="held-out layers per shape")
+    ap.add_argument("--hardware", default=None, help="the table to check (default: this GPU's, or the shipped H100's)")
+    ap.add_argument("--dry-run", action="store_true", help="CPU: the layers and their predictions, nothing timed")
+    args = ap.parse_args()
+    specs = heldout_specs(args.count)
+    model = CostModel(load_hardware(args.hardware), head_dim=128)
+    if args.dry_run:
+        points = [describe_spec(s) for s in specs]
+    else:
+        from attnsearch.costmodel.calibrate import measure
 
-    from attnsearch.costmodel import CostModel, gpu_slug, load_hardware
+        points = [p for p in measure(specs, progress=lambda m: print(m, flush=True)) if "ms" in p]
+    rows = []
+    for p in points:
+        row = {"label": p["label"], "kind": p["kind"], "density": p.get("density"), "skip_heads": p.get("skip_heads"),
+               "families": p.get("families"), "predicted_ms": predict(p, model), "measured_ms": p.get("ms")}
+        if row["measured_ms"]:
+            row["rel_err"] = row["predicted_ms"] / row["measured_ms"] - 1
+        rows.append(row)
+    errs = np.array([r["rel_err"] for r in rows if "rel_err" in r])
+    summary = {"layers": len(rows), "measured": int(errs.size), "table": model.table.name, "device": model.table.device}
+    if errs.size:
+        summary.update(within_10pct=float((np.abs(errs) <= 0.10).mean()), median_abs_rel_err=float(np.median(np.abs(errs))),
+                       mean_rel_err=float(errs.mean()))
 
-    data = json.loads(points_path.read_text())
-    env, points = data["env"], data["points"]
-    table = load_hardware(str(table_path) if table_path else gpu_slug(env["device"]))
-    models: dict = {}
-    rows, summary = accuracy([p for p in points if p["kind"] == "sparse"], lambda p: models.setdefault(
-        (p["head_dim"], p.get("batch", 1)), CostModel(table, head_dim=p["head_dim"], batch=p.get("batch", 1))))
-    fills = [p for p in points if p["kind"] == "fill" and "ms" in p]
-    fill_rows = [{"bytes": p["bytes"], "measured_ms": p["ms"], "predicted_ms": float(table.fill.ms(p["bytes"])),
-                  "rel_err": float(table.fill.ms(p["bytes"])) / p["ms"] - 1} for p in fills]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"accuracy_{gpu_slug(env['device'])}"
-    (out_dir / f"{stem}.json").write_text(json.dumps({
-        "device": env["device"], "software": {k: env.get(k) for k in ("torch", "triton", "cuda", "cudnn")},
-        "table": table.source, "summary": summary, "layers": rows, "fill": fill_rows}, indent=1) + "\n")
-    md = markdown("Cost model accuracy on held-out layer plans", rows, summary, env["device"])
-    md += ("\nLayers drawn with a fresh seed after the model form and the table were fixed; none is in the "
-           "calibration grid. Timing: device time (CUDA-graph replay; queued CUDA events where skip heads make "
-           "capture impossible).\n\n## Zero fill of skip heads (the runtime's list-indexed assignment)\n\n"
-           "| bytes | measured ms | predicted ms | error |\n|---|---|---|---|\n")
-    md += "\n".join(f"| {r['bytes']:.3g} | {r['measured_ms']:.4f} | {r['predicted_ms']:.4f} | {r['rel_err']:+.1%} |"
-                    for r in fill_rows) + "\n"
-    (out_dir / f"{stem}.md").write_text(md)
-    print(md)
+    def draw(fig):
+        ax = fig.add_subplot()
+        measured = [r for r in rows if "rel_err" in r]
+        if measured:
+            ax.loglog([r["measured_ms"] for r in measured], [r["predicted_ms"] for r in measured], "o")
+            lo, hi = min(r["measured_ms"] for r in measured), max(r["measured_ms"] for r in measured)
+            for f, style in ((1.0, "-"), (1.1, ":"), (0.9, ":")):
+                ax.plot([lo, hi], [lo * f, hi * f], style, color="grey")
+            ax.set_xlabel("measured ms")
+        else:
+            ax.semilogy(range(len(rows)), [r["predicted_ms"] for r in rows], "o")
+            ax.set_xlabel("held-out layer (dry run: predictions only)")
+        ax.set_ylabel("predicted ms")
+
+    text = (f"{summary.get('within_10pct', float('nan')):.0%} of {summary['measured']} held-out layers within ±10% "
+            f"(median |error| {summary.get('median_abs_rel_err', float('nan')):.1%})." if errs.size
+            else f"Dry run: {len(rows)} held-out layers, predictions only.")
+    write_outputs(args.out, "Cost-model accuracy on held-out layers", {"summary": summary, "layers": rows}, draw, text)
+    print(text)
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["specs", "measure", "report"])
-    ap.add_argument("points", nargs="?", type=Path)
-    ap.add_argument("--out", type=Path)
-    ap.add_argument("--table", type=Path)
-    ap.add_argument("--report-dir", type=Path, default=Path("reports/costmodel"))
-    args = ap.parse_args()
-    if args.mode == "specs":
-        make_specs()
-    elif args.mode == "measure":
-        measure(args.out)
-    else:
-        sys.path.insert(0, str(HERE))
-        import importlib
-
-        sys.modules["benchmarks_costmodel_fit"] = importlib.import_module("costmodel_fit")
-        report(args.points, args.table, args.report_dir)
+    main()

@@ -15,10 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +22,7 @@ from pathlib import Path
 import torch
 
 from attnsearch.atomic_io import replacing, write_text_atomic
+from attnsearch.bench.output import environment
 from attnsearch.evaluate import evaluate, load_generator, write_outputs
 from attnsearch.models import load_model
 from attnsearch.profiling import ProfileSettings, class_counts, profile_model
@@ -34,17 +31,6 @@ from attnsearch.search import optimize
 
 DENSITIES = (0.1, 0.15, 0.2, 0.3, 0.45)
 BASELINES = ("energy_decay", "window")
-
-
-def _commit() -> str:
-    """This checkout's commit (GIT_COMMIT where the tree was copied without its .git)."""
-    if os.environ.get("GIT_COMMIT"):
-        return os.environ["GIT_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -100,10 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         with replacing(args.out / "figure.png") as tmp:
             tmp.write_bytes(Path(curve).read_bytes())
     data = result.to_dict()
-    data["benchmark"] = {"command": "python -m benchmarks.mini_vdit_fidelity " + " ".join(argv or sys.argv[1:]),
-                         "commit": _commit(), "card": torch.cuda.get_device_name() if args.device == "cuda" else
-                         platform.processor() or "cpu", "torch": torch.__version__,
-                         "seconds": round(time.time() - started, 1)}
+    data["benchmark"] = {**environment(), "device": args.device, "seconds": round(time.time() - started, 1)}
     data["profile_classes"] = {"total": classes, "per_layer": {str(layer): {k: int(v) for k, v in row.items()}
                                                                  for layer, row in per_layer.iterrows()}}
     data["search"] = choices

@@ -1,6 +1,6 @@
 """Search speed: a synthetic profile of 40 layers × 40 heads × 50 steps × 30 candidates, 100 trials.
 
-    .venv/bin/python benchmarks/search_speed.py [--trials 100] [--out reports/search]
+    python -m benchmarks.search_speed --out reports/search_speed [--trials 100]
 
 The profile is synthetic but shaped like a real one: geometry 21 × 45 × 80 (N = 75 600, Wan 2.1
 720p), block size 128, the real candidate grid of that geometry (diagonal, multi_diagonal,
@@ -8,7 +8,7 @@ energy_decay from the pattern library, vertical_stripe top-k with per-site key b
 skip. Each head gets a hidden "true" family and width; a candidate's error falls with its density
 and is lowest in the head's family, with noise per step. Times: building the profile (not
 counted), then ``optimize`` end to end (load, pivot, 100 trials on SQLite, final plan with the full
-cost model, write) on this machine's CPU; writes reports/search/search_speed.{json,md}.
+cost model, write) on this machine's CPU; writes result.json, figure.png and README.md into --out.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,12 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from attnsearch.candidates import CandidateGrid, candidate_label, static_candidates  # noqa: E402
-from attnsearch.geometry import Geometry  # noqa: E402
-from attnsearch.patterns import params_key  # noqa: E402
-from attnsearch.profiler import Profile, ProfileSettings  # noqa: E402
+from attnsearch.bench.output import write_outputs
+from attnsearch.profiling.candidates import CandidateGrid, candidate_label, static_candidates
+from attnsearch.geometry import Geometry
+from attnsearch.patterns import params_key
+from attnsearch.profiling import Profile, ProfileSettings
 
 FAMS = ("diagonal", "multi_diagonal", "vertical_stripe", "energy_decay")
 
@@ -107,7 +105,7 @@ def toy(trials: int, out: Path) -> None:
     import warnings
 
     from attnsearch.models import load_model
-    from attnsearch.profiler import ProfileSettings, profile_model
+    from attnsearch.profiling import ProfileSettings, profile_model
     from attnsearch.search import optimize
 
     warnings.simplefilter("ignore")
@@ -125,9 +123,7 @@ def toy(trials: int, out: Path) -> None:
     result = {"model": "toy-vdit", "geometry": spec.geometry.to_dict(), "steps": 4, "trials": trials,
               "profile_s": round(prof_s, 1), "optimize_s": round(opt_s, 1), "chosen_trial": res.trial,
               "reason": res.reason, "figures": f, "validation": v, "pareto": front.to_dict(orient="records")}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "toy_vdit.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
-    md = (f"# toy-vdit: profile → optimize on the CPU\n\n`python benchmarks/search_speed.py --toy`: toy-vdit "
+    md = (f"toy-vdit "
           f"({spec.geometry}, 6 layers × 8 heads, head_dim 64, 4 steps), profile at B = 64 ({prof_s:.0f} s), then "
           f"{trials} trials validated on 2 inputs against dense, max_error 0.02, H100 table ({opt_s:.0f} s).\n\n"
           f"- chosen trial {res.trial}: {res.reason}\n"
@@ -137,15 +133,23 @@ def toy(trials: int, out: Path) -> None:
           f"Why so little: at toy size one attention call is ~23 µs on an H100 and launch-bound, so block "
           f"sparsity buys little time, while toy-vdit's attention carries real weight (zeroing it moves the "
           f"output by ~125 %), so the 2 % budget is binding. The same head classes at video-DiT scale are what "
-          f"reports/runtime and reports/e2e measure.\n\nPareto front:\n\n{_md_table(front)}\n")
-    (out / "toy_vdit.md").write_text(md)
+          f"reports/runtime_sweep and reports/wan_e2e measure.\n\nPareto front:\n\n{_md_table(front)}\n")
+    write_outputs(out, "toy-vdit: profile → optimize on the CPU", json.loads(json.dumps(result, default=float)),
+                  lambda fig: _pareto_figure(fig, front), md)
     print(md)
+
+
+def _pareto_figure(fig, front) -> None:
+    ax = fig.add_subplot()
+    ax.plot(front["error"], front["speedup"], "o-")
+    ax.set_xlabel("profile error")
+    ax.set_ylabel("predicted speedup (×)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=100)
-    ap.add_argument("--out", type=Path, default=Path("reports/search"))
+    ap.add_argument("--out", type=Path, default=Path("reports/search_speed"))
     ap.add_argument("--toy", action="store_true", help="toy-vdit end to end instead of the speed benchmark")
     args = ap.parse_args()
     from attnsearch.search import optimize
@@ -173,9 +177,7 @@ def main() -> None:
         "synthetic_profile_build_s": round(build_s, 2), "chosen_trial": res.trial, "reason": res.reason,
         "figures": res.figures, "pareto_size": len(res.pareto), "plan_kib": round(plan_kb, 1),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "search_speed.json").write_text(json.dumps(result, indent=1) + "\n")
-    md = (f"# Search speed\n\nSynthetic profile {result['profile']['layers']} layers × {result['profile']['heads']} heads × "
+    md = (f"Synthetic profile {result['profile']['layers']} layers × {result['profile']['heads']} heads × "
           f"{result['profile']['steps']} steps × {n_cand} candidates ({len(prof.table):,} rows, N = 75 600, B = 128), "
           f"{args.trials} trials, max_error 0.1, on {os.cpu_count()} CPU cores.\n\n"
           f"- `optimize` end to end (load, pivot, {args.trials} trials with SQLite storage, final plan costed with the "
@@ -185,8 +187,14 @@ def main() -> None:
           f"- predicted {res.figures['speedup']:.2f}× ({res.figures['attention_ms']:.0f} ms vs "
           f"{res.figures['dense_attention_ms']:.0f} ms dense), RMS rel_err {res.figures['rel_err']:.4f}; "
           f"Pareto front {len(res.pareto)} trials; plan {plan_kb:.0f} KiB\n")
-    (args.out / "search_speed.md").write_text(md)
+    write_outputs(args.out, "Search speed", result, lambda fig: _time_figure(fig, result), md)
     print(md)
+
+
+def _time_figure(fig, result) -> None:
+    ax = fig.add_subplot()
+    ax.barh(["until the last trial", "optimize end to end"], [result["search_s"], result["optimize_s"]])
+    ax.set_xlabel(f"seconds ({result['trials']} trials, {result['machine']['cores']} cores)")
 
 
 if __name__ == "__main__":

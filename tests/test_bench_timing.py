@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from attnsearch import bench
+from attnsearch.bench import timing as bench
 
 
 class _Clock:

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from attnsearch.calibrate import fit_fill, fit_launch
-from attnsearch.costmodel import (BIG_ITEM, DEFAULT_TABLE, CostModel, HardwareError, LaunchParams, layer_features,
-                                  list_schedule, load_hardware, work_order)
+from attnsearch.costmodel.fit import fit_fill, fit_launch
+from attnsearch.costmodel import DEFAULT_TABLE, CostModel, HardwareError, LaunchParams, layer_features, load_hardware
+from attnsearch.runtime.schedule import item_lengths, list_schedule
 from attnsearch.geometry import Geometry
 from attnsearch.patterns import block_mask
 from attnsearch.plan import LayerPlan, Plan
@@ -48,28 +48,11 @@ def test_uniform_items_are_waves():
 
 def test_work_order_is_head_major_heaviest_first():
     counts = np.array([[1, 1, 1], [5, 0, 2], [3, 3, 3]])
-    assert work_order(counts, "head").tolist() == [5, 3, 3, 3, 0, 2, 1, 1, 1]  # 5 > 2 × the mean: first
+    assert item_lengths(counts, "head").tolist() == [5, 3, 3, 3, 0, 2, 1, 1, 1]  # 5 > 2 × the mean: first
     flat = np.array([[2, 1, 1], [3, 0, 2], [3, 3, 3]])
-    assert work_order(flat, "head").tolist() == [3, 3, 3, 3, 0, 2, 2, 1, 1]  # none that long: head order
-    assert work_order(counts, "lpt").tolist() == [5, 3, 3, 3, 2, 1, 1, 1, 0]
-    assert work_order(counts[:1], "head", batch=2).tolist() == [1, 1, 1, 1, 1, 1]
-
-
-@pytest.mark.parametrize("order", ["head", "lpt"])
-def test_work_order_mirrors_the_runtime_launch(order):
-    """The model's item lengths are the runtime's launch order (block_tables.work_order), planted
-    long items included."""
-    import torch
-
-    from attnsearch.runtime import block_tables
-
-    assert BIG_ITEM == block_tables.BIG_ITEM
-    rng = np.random.default_rng(3)
-    counts = rng.integers(0, 12, (7, 30))
-    counts[rng.integers(0, 7, 5), rng.integers(0, 30, 5)] = 30  # text-like rows: every key block
-    t = torch.from_numpy(counts).to(torch.int32)
-    runtime = t.flatten()[block_tables.work_order(tuple(range(7)), t, order)].tolist()
-    assert work_order(counts, order).tolist() == runtime
+    assert item_lengths(flat, "head").tolist() == [3, 3, 3, 3, 0, 2, 2, 1, 1]  # none that long: head order
+    assert item_lengths(counts, "lpt").tolist() == [5, 3, 3, 3, 2, 1, 1, 1, 0]
+    assert item_lengths(counts[:1], "head", batch=2).tolist() == [1, 1, 1, 1, 1, 1]
 
 
 def test_fit_recovers_known_constants():
@@ -86,7 +69,7 @@ def test_fit_recovers_known_constants():
 
 
 def test_shipped_table_loads_and_says_which(monkeypatch):
-    monkeypatch.setattr("attnsearch.costmodel._local_gpu", lambda: None)
+    monkeypatch.setattr("attnsearch.costmodel.table.local_gpu", lambda: None)
     table = load_hardware()
     assert table.name == DEFAULT_TABLE and table.measured and "no GPU here" in table.note
     assert table.device == "NVIDIA H100 80GB HBM3" and table.sm_count == 132
@@ -161,3 +144,28 @@ def test_dense_layers_cost_what_the_runtime_runs_them_with():
     other = dataclasses.replace(hopper.table, software={**hopper.table.software, "capability": [8, 0]})
     ampere = CostModel(other, head_dim=128)
     assert ampere.layer_ms(LayerPlan.dense(geom, heads, 128)) == pytest.approx(float(ampere.dense_ms(n, heads)))
+
+
+def test_dense_layers_cost_what_the_runtime_runs_them_on():
+    """An all-dense layer is costed on the block-sparse kernel exactly where ``HopperBackend`` says it
+    runs a call of the table's device (capability 9.x, block size 128, fp16/bf16), else as cuDNN."""
+    import dataclasses
+
+    import torch
+
+    from attnsearch.runtime.backends import HopperBackend
+
+    table = load_hardware(DEFAULT_TABLE)
+    model = CostModel(table, head_dim=128)
+    geom = Geometry(21, 30, 52)
+    for block_size in (64, 128):
+        runs_there = not HopperBackend.not_supported_reasons(device="cuda", capability=(9, 0), dtype=torch.bfloat16,
+                                                             head_dim=128, block_size=block_size)
+        assert model.dense_on_kernel(block_size) == runs_there
+    assert model.dense_on_kernel(128) and not model.dense_on_kernel(64)
+    lp = LayerPlan.dense(geom, 12, 128)
+    assert lp.is_dense and not LayerPlan.from_heads([("dense", {})] * 11 + [("skip", {})], geom, 128).is_dense
+    nb = geom.num_blocks(128)
+    assert model.layer_ms(lp) == pytest.approx(model.sparse_ms(np.full((12, nb), nb), 128))
+    ampere = dataclasses.replace(table, software={**table.software, "capability": [8, 0]})
+    assert CostModel(ampere, head_dim=128).layer_ms(lp) == pytest.approx(float(model.dense_ms(geom.num_tokens, 12)))

@@ -1,4 +1,4 @@
-"""The Hopper kernel's host side on the CPU: its tile schedule (``hopper_kernel.schedule``, a pure
+"""The Hopper kernel's host side on the CPU: its tile schedule (``hopper.launch.schedule``, a pure
 function of the kept-block counts, checked against its definition and brute force), the tile table
 the kernel reads (against a decode written out here), and the reasons it gives for calls it cannot
 run."""
@@ -11,7 +11,7 @@ import itertools
 import pytest
 import torch
 
-hopper_kernel = pytest.importorskip("attnsearch.runtime.hopper_kernel")
+hopper_kernel = pytest.importorskip("attnsearch.runtime.hopper.launch")
 schedule = hopper_kernel.schedule
 
 
@@ -57,11 +57,16 @@ def test_makespan_within_graham_bound_of_optimum():
 
 
 def test_reasons_name_every_unsupported_property():
-    q = torch.randn(1, 2, 300, 160)[..., ::2]  # fp32, head_dim 80, a strided last dim (no TMA)
-    reasons = " | ".join(hopper_kernel.not_supported_reasons(q, q, q, block_size=64))
-    for expected in ("built for Hopper (sm_90)", "dtype torch.float32", "head_dim 80", "block size 64",
-                     "q: TMA needs"):
+    from attnsearch.runtime.backends import HopperBackend
+
+    reasons = " | ".join(HopperBackend.not_supported_reasons(device="cuda", capability=(8, 0), dtype=torch.float32,
+                                                            head_dim=80, block_size=64))
+    for expected in ("compute capability 9.x", "dtype torch.float32", "head_dim 80", "block size 64"):
         assert expected in reasons, reasons
+    assert not HopperBackend.not_supported_reasons(device="cuda", capability=(9, 0), dtype=torch.bfloat16,
+                                                   head_dim=128, block_size=128)
+    q = torch.randn(1, 2, 300, 160)[..., ::2]  # a strided last dim: no TMA
+    assert "tensors are on cpu" in HopperBackend.call_reasons(q, q, q, 128)[0]
 
 
 def test_tile_table_decodes_each_tile():

@@ -1,7 +1,7 @@
 """The Hopper build of the runtime kernel keeps the occupancy its speed rests on.
 
 The default tile (64 query rows, one warpgroup, one K/V buffer) is fast on H100/H200 because three
-programs share an SM (reports/kernel/kernel-notes.md, variant 7): ≤ 170 registers per thread and
+programs share an SM (docs/hopper-kernel.md): ≤ 170 registers per thread and
 ≤ 75 KB of shared memory. A kernel change that adds registers or a buffer silently drops that to
 two programs and costs ~10-20%; this test compiles the kernel for sm_90a on the CPU (Triton's
 bundled ptxas and cuobjdump, no GPU) and checks the numbers. Not a timing test: a property of the
@@ -11,7 +11,6 @@ binary.
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,10 +20,11 @@ BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 if not (BIN / "ptxas").exists() or not (BIN / "cuobjdump").exists():
     pytest.skip("triton's bundled ptxas/cuobjdump are missing: cannot build for sm_90a here", allow_module_level=True)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from kernel_compile_probe import probe  # noqa: E402
+from attnsearch.runtime.triton.launch import TUNING_CONFIGS  # noqa: E402
 
-from attnsearch.runtime.triton_kernel import TUNING_CONFIGS  # noqa: E402
+sass = pytest.importorskip("attnsearch.runtime.hopper.sass")
+probe = sass.probe_triton
+probe_gluon_ws = sass.probe_gluon_ws
 
 
 @pytest.mark.parametrize("head_dim", [128, 64])
@@ -38,37 +38,34 @@ def test_default_tile_fits_three_programs_per_sm(head_dim):
 
 def test_probe_sees_the_one_program_kernel():
     """The probe itself: the earlier 128×128 / 8-warp / 2-stage tile fits one program per SM."""
-    from attnsearch.runtime.triton_kernel import KernelConfig
+    from attnsearch.runtime.triton.launch import KernelConfig
 
     r = probe(KernelConfig(128, 128, 8, 2), 128, 128)
     assert r["programs_per_sm"] == 1 and r["shared_kb"] > 150, r
 
 
-# --- the warp-specialised Hopper kernel (attnsearch/runtime/hopper_kernel.py) ---------------------
+# --- the warp-specialised Hopper kernel (attnsearch/runtime/hopper/kernel.py) ---------------------
 
 
 @pytest.mark.parametrize("flat", [True, False])
 @pytest.mark.parametrize("head_dim", [128, 64])
 def test_hopper_kernel_schedule_survives_compilation(head_dim, flat):
-    """What its speed rests on (reports/kernel/kernel-notes.md, variant 10), checked in the sm_90a
+    """What its speed rests on (docs/hopper-kernel.md), checked in the sm_90a
     binary: registers move from the producer (24) to the consumers (240), one CTA's buffers fit
     the SM, the PTX retires the QK product alone before the softmax (a ``wgmma.wait_group 1``),
     ptxas leaves the wait for the consumer's own PV product after the softmax (the ``_fenced``
-    clock read; without it ptxas hoists that wait above the softmax, kernel-notes.md variants 15
-    and 23), the lazy rescale's branch is there at head_dim 128 (variant 25), the QK products read
-    Q from registers exactly where ``q_in_registers`` says (head_dim 64: variant 33) with no spill
+    clock read; without it ptxas hoists that wait above the softmax), the lazy rescale's branch is there at head_dim 128, the QK products read
+    Q from registers exactly where ``q_in_registers`` says (head_dim 64) with no spill
     stores in the build, and ptxas does not serialise the wgmmas (warning C7514)."""
-    from kernel_compile_probe import probe_gluon_ws
-
     r = probe_gluon_ws(head_dim, stages=2, consumer_regs=240, flat=flat)
     assert r["ptxas_ok"], r
     assert ("dec", "24") in r["setmaxnreg"] and ("inc", "240") in r["setmaxnreg"], r
     assert r["shared_kb"] <= 227, r
     assert "1" in r["waits"].split(), r
     assert r["pv_wait_after_softmax"] == [True, True], r  # both consumers' steady-state loops
-    # The lazy rescale's PTX branch (variant 25), in each consumer's loop at head_dim 128 only.
+    # The lazy rescale's PTX branch, in each consumer's loop at head_dim 128 only.
     assert r["lazy_rescales"] == (2 if head_dim == 128 else 0), r
-    from attnsearch.runtime.hopper_kernel import q_in_registers
+    from attnsearch.runtime.hopper.launch import q_in_registers
 
     assert r["qk_operand_a"] == {"registers" if q_in_registers(head_dim) else "shared"}, r
     assert r["local_stores"] == 0, r
@@ -86,10 +83,8 @@ def test_hopper_turn_loop_does_not_copy_p(head_dim, flat, request):
     """ptxas assigns P one block of registers across each consumer's turn loop: the loop holds a few
     register moves of bookkeeping, not the 32 that copy P into the PV product's operand registers
     on every turn, inside the window where the consumer holds the tensor cores (the flat schedule's
-    first build did; kernel-notes.md, variant 34). Triton 3.9's ptxas does it in one consumer of the
+    first build did). Triton 3.9's ptxas does it in one consumer of the
     flat schedule: a known regression of that toolchain, marked strict so that a fix shows."""
-    from kernel_compile_probe import probe_gluon_ws
-
     if flat and tuple(int(x) for x in triton.__version__.split(".")[:2]) >= P_COPY_FROM:
         request.applymarker(pytest.mark.xfail(strict=True, reason="Triton 3.9's ptxas copies P in one flat consumer"))
     moves = probe_gluon_ws(head_dim, stages=2, consumer_regs=240, flat=flat)["turn_loop_moves"]
@@ -98,12 +93,10 @@ def test_hopper_turn_loop_does_not_copy_p(head_dim, flat, request):
 
 @pytest.mark.parametrize("flat", [True, False])
 def test_hopper_kernel_probe_is_compiled_out_unless_asked(flat):
-    """The cycle-counter probe (``hopper_kernel.launch(probe=...)``, benchmarks/kernel_probe_gpu.py)
+    """The cycle-counter probe (``hopper.launch.launch(probe=...)``)
     reads ``%clock`` around each step of a consumer's turn in its own build, and leaves no trace
     in the build everybody runs beyond its scheduling fences (``_fenced``): one per consumer in the
     turn loop, and in the flat schedule one more in the turn that starts a tile."""
-    from kernel_compile_probe import probe_gluon_ws
-
     plain = probe_gluon_ws(128, stages=2, consumer_regs=240, flat=flat)
     probed = probe_gluon_ws(128, stages=2, consumer_regs=240, flat=flat, probe=True)
     assert plain["clock_reads"] == (4 if flat else 2), plain
@@ -115,15 +108,15 @@ def test_hopper_kernel_probe_is_compiled_out_unless_asked(flat):
 
 @pytest.mark.parametrize("n", [64, 32])
 def test_lazy_rescale_ptx_writes_every_output_on_both_paths(n):
-    """``_rescale_asm`` (variant 25): the multiply path writes output i = O[i] · alpha[i] and the
+    """``rescale_asm``: the multiply path writes output i = O[i] · alpha[i] and the
     skip path output i = O[i], for every i; the branch tests the thread's two rows' alphas."""
-    from attnsearch.runtime import hopper_kernel
+    from attnsearch.runtime.hopper import kernel as hopper_kernel
 
-    asm = hopper_kernel._rescale_asm(n)
+    asm = hopper_kernel.rescale_asm(n)
     mul_path, skip_path = asm.split("RESCALE_SKIP:\n")
     muls = re.findall(r"mul\.f32 \$(\d+), \$(\d+), \$(\d+);", mul_path)
     movs = re.findall(r"mov\.b32 \$(\d+), \$(\d+);", skip_path)
     assert sorted((int(o), int(a), int(b)) for o, a, b in muls) == [(i, n + i, 2 * n + i) for i in range(n)]
     assert sorted((int(o), int(a)) for o, a in movs) == [(i, n + i) for i in range(n)]
     assert re.findall(r"setp\.neu(?:\.or)?\.f32 %p_rescale, \$(\d+)", asm) == [str(2 * n), str(2 * n + 2)]
-    assert hopper_kernel._rescale_constraints(n).split(",") == ["=f"] * n + ["f"] * (2 * n)
+    assert hopper_kernel.rescale_constraints(n).split(",") == ["=f"] * n + ["f"] * (2 * n)

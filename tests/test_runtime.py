@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from attnsearch import Geometry
 from attnsearch.patterns import expand_block_mask
 from attnsearch.plan import LayerPlan, PlanError
-from attnsearch.runtime import block_tables, sparse_attention, torch_backend
+from attnsearch.runtime import block_tables, schedule, sparse_attention, torch_backend
 from attnsearch.runtime.block_tables import build_block_tables, get_block_tables
-from attnsearch.runtime.dispatch import get_backend, select_backend
+from attnsearch.runtime.backends import get_backend, select_backend
 
 # N not a multiple of either block size; text before and after the video. The B = 128 geometries
 # are longer so that their masks stay sparse (nb ≥ 4).
@@ -115,7 +115,7 @@ def test_tables_list_exactly_the_kept_blocks(block_size):
         else:
             # Items longer than BIG_ITEM × the mean first, longest first; then head-major, heaviest
             # head first, query blocks in order inside a head.
-            big = cnt > block_tables.BIG_ITEM * cnt.double().mean()
+            big = cnt > schedule.BIG_ITEM * cnt.double().mean()
             n_big = int(big.sum())
             assert bool(big[:n_big].all()) and not bool(big[n_big:].any())
             assert bool((cnt[:n_big][:-1] >= cnt[:n_big][1:]).all())
@@ -137,8 +137,8 @@ def test_head_order_starts_long_items_first_and_balances_the_list_schedule():
     counts = torch.full((heads, nb), 4, dtype=torch.int32)
     counts[:, -1] = nb
     counts[2, 5] = 9  # above the mean, not above twice it: stays in head order
-    work = block_tables.work_order(tuple(range(heads)), counts, "head")
-    plain = block_tables.work_order(tuple(range(heads)), counts, "head", big_item=float("inf"))
+    work = block_tables.launch_work(tuple(range(heads)), counts, "head")
+    plain = block_tables.launch_work(tuple(range(heads)), counts, "head", big_item=float("inf"))
     assert plain[0] == 2 * nb  # head 2, the heaviest, leads the plain head order
     # The long items first (equal lengths: in head order), then the rest in head order.
     long = [w for w in plain.tolist() if w % nb == nb - 1]
@@ -258,7 +258,7 @@ def test_hopper_backend_says_why_not_here(monkeypatch):
                                          r"kernel needs a CUDA GPU"):
         sparse_attention(q, k, v, lp, backend="hopper")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert "on cpu" in " ".join(get_backend("hopper").not_supported_reasons(q, k, v, lp))
+    assert "on cpu" in " ".join(get_backend("hopper").call_reasons(q, k, v, lp.block_size))
 
 
 @pytest.mark.parametrize("change,match,exc", [

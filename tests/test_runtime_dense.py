@@ -51,7 +51,7 @@ def test_dense_kernel_reasons_name_what_keeps_a_dense_layer_on_sdpa():
     each obstacle is named (on this CPU machine the kernel's own reason remains for a plain call)."""
     from attnsearch import Geometry
     from attnsearch.plan import LayerPlan
-    from attnsearch.runtime.dense import dense_kernel_reasons
+    from attnsearch.runtime.backends import dense_kernel_reasons
 
     geom = Geometry(2, 8, 16)
     lp = LayerPlan.dense(geom, 4, 128)
@@ -62,9 +62,27 @@ def test_dense_kernel_reasons_name_what_keeps_a_dense_layer_on_sdpa():
              "the call is causal": ({"is_causal": True}, "auto"), "dropout_p 0.1": ({"dropout_p": 0.1}, "auto"),
              "backend 'triton' was asked for": ({}, "triton")}
     for reason, (kw, backend) in cases.items():
-        assert reason in dense_kernel_reasons(q, q, q, lp, kw, backend)
+        assert any(reason in r for r in dense_kernel_reasons(q, q, q, lp, kw, backend))
     cross = q[:, :, :77]
     assert any("cross-attention" in r for r in dense_kernel_reasons(q, cross, cross, lp, {}))
     gqa = q[:, :2]
     assert any("2 key heads for 4" in r for r in dense_kernel_reasons(q, gqa, gqa, lp, {}))
     assert not any("key heads" in r for r in dense_kernel_reasons(q, gqa, gqa, lp, {"enable_gqa": True}))
+
+
+def test_backends_declare_what_they_honour():
+    """The SDPA backend honours every keyword and shape; the block-sparse ones name what they cannot."""
+    from attnsearch import Geometry
+    from attnsearch.plan import LayerPlan
+    from attnsearch.runtime.backends import BACKENDS, SdpaBackend
+
+    q = torch.randn(1, 4, 37, 16)
+    kw = {"attn_mask": torch.ones(37, 37, dtype=torch.bool), "is_causal": False, "dropout_p": 0.0}
+    assert SdpaBackend.keyword_reasons(q, q[:, :, :5], kw) == []
+    torch.testing.assert_close(SdpaBackend.run_call(q, q, q, kw), F.scaled_dot_product_attention(q, q, q, **kw))
+    lp = LayerPlan.dense(Geometry(1, 1, 37), 4, 64)
+    torch.testing.assert_close(SdpaBackend.forward(q, q, q, lp, 0.25, None),
+                               F.scaled_dot_product_attention(q, q, q, scale=0.25))
+    for backend in BACKENDS:
+        reasons = backend.keyword_reasons(q, q[:, :, :5], kw)
+        assert [r.split(":")[0] for r in reasons] == ["attn_mask", "key"], backend.name

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def in_interpreter(check: str, *args) -> None:
-    """Run ``check(triton_kernel, *args)`` of this module in a fresh interpreter-mode Python."""
+    """Run ``check(launch module, *args)`` of this module in a fresh interpreter-mode Python."""
     env = {**os.environ, "TRITON_INTERPRET": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, __file__, check, json.dumps(args)], env=env, cwd=ROOT,
@@ -156,7 +156,7 @@ def check_row_with_no_kept_block_outputs_zero(tk):
 
 
 if __name__ == "__main__":  # one check, in a Python started with TRITON_INTERPRET=1
-    from attnsearch.runtime import triton_kernel
+    from attnsearch.runtime.triton import launch as triton_kernel
 
     assert triton_kernel.interpreter_active(), "run with TRITON_INTERPRET=1 set before Python starts"
     globals()[sys.argv[1]](triton_kernel, *json.loads(sys.argv[2]))

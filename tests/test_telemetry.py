@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from attnsearch import bench, telemetry
+from attnsearch import telemetry
+from attnsearch.bench import timing as bench
 from attnsearch.telemetry import ClockSampler, summarize
 
 

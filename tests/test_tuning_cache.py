@@ -8,8 +8,9 @@ import json
 import pytest
 import triton
 
-from attnsearch.runtime import triton_kernel, tuning_cache
-from attnsearch.runtime.triton_kernel import KernelConfig, choose_config
+from attnsearch.runtime import tuning_cache
+from attnsearch.runtime.triton import launch as triton_launch
+from attnsearch.runtime.triton.launch import KernelConfig, choose_config
 
 CANDIDATES = [KernelConfig(64, 128, 4, 1), KernelConfig(128, 128, 8, 2), KernelConfig(128, 64, 8, 3)]
 KEY = tuning_cache.make_key("NVIDIA H100 80GB HBM3", (9, 0), "3.6.0", "abc123", 128, 128, "bfloat16", True)
@@ -89,7 +90,7 @@ def test_keys_separate_gpu_triton_and_kernel_source():
             continue
         keys.add(tuning_cache.make_key(*parts[:i], other, *parts[i + 1:]))
     assert len(keys) == 8
-    assert len(triton_kernel._source_hash()) == 16
+    assert len(triton_launch.source_hash()) == 16
 
 
 def test_no_home_directory_disables_the_cache_with_a_warning(monkeypatch):

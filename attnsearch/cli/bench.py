@@ -36,91 +36,37 @@ def bench(
     out: Optional[Path] = typer.Option(None, help="JSON output; default reports/bench_<card>.json."),
 ) -> None:
     """Per-layer latency of a plan (or one layer) against dense cuDNN SDPA and FlexAttention (CUDA)."""
-    import torch
 
     def work():
-        from ..bench import TIMING_MODES
-
-        if timing not in TIMING_MODES:
-            raise UsageError(f"--timing must be one of {', '.join(TIMING_MODES)}, got {timing!r}")
-        if not torch.cuda.is_available():
-            raise UsageError("bench times CUDA kernels and needs a CUDA GPU; none is visible here")
-        if dtype not in ("bfloat16", "float16"):
-            raise UsageError(f"--dtype must be bfloat16 or float16, got {dtype!r}")
-        from .. import bench as B
+        from ..bench import card_name, sweep as S
         from ..costmodel import CostModel
         from ..geometry import Geometry
-        from ..plan import LayerPlan, load_plan
+        from ..plan import load_plan
 
+        S.check_request(timing, dtype)  # a ValueError: one line, exit 2
         cost = CostModel(hardware, head_dim=head_dim, batch=batch)
-        # Sustained timing holds each measurement for seconds (a layer takes ~10 s), with the SM clock
-        # and board power sampled beside it.
-        with B.clock_sampler(timing) as sampler, \
-                Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                         console=console, transient=True) as bar:
-            common = dict(head_dim=head_dim, batch=batch, dtype=getattr(torch, dtype), reps=reps, flex=flex,
-                          timing=timing, sampler=sampler)
+        lps = [] if plan_path else S.layer_plans(Geometry(frames, height, width, text_tokens), heads, block_size,
+                                                 sweep=sweep, pattern=pattern, params=params, densities=density)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:
             task = bar.add_task(f"timing layer plans ({timing})", total=None)
-
-            def on_layer(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
-
-            if plan_path:
-                plan = load_plan(plan_path)
-                result = B.bench_plan(plan, on_layer=on_layer, **common)
-                rows = result["layer_plans"]
-                lps = [plan.layer_plan(s, l) for s, l in _distinct_sites(plan)]
-            else:
-                geom = Geometry(frames, height, width, text_tokens)
-                if sweep:  # the dense end runs our kernel on an all-kept mask (not SDPA): its dense rate
-                    lps = [B.mixed_layer_plan(geom, heads, block_size, d) for d in SWEEP_DENSITIES]
-                    lps.append(LayerPlan.single("dense", {}, geom, heads, block_size))
-                elif pattern:
-                    lps = [LayerPlan.single(pattern, json.loads(params), geom, heads, block_size)]
-                else:
-                    lps = [B.mixed_layer_plan(geom, heads, block_size, d) for d in density]
-                rows = B.bench_layer_plans(lps, on_layer=on_layer, **common)
-                result = {"card": B.card_name(), "rows": rows}
-        for row, lp in zip(rows, lps):
-            row["predicted_ms"] = cost.layer_ms(lp)
-        result.update(format="attnsearch-bench", timing=timing, cost_model=cost.describe())
-        target = out or Path("reports") / f"bench_{B.card_name().replace(' ', '_')}.json"
+            result = S.run_bench(cost, plan=load_plan(plan_path) if plan_path else None, lps=lps, timing=timing,
+                                 dtype=dtype, reps=reps, flex=flex,
+                                 on_layer=lambda done, total: bar.update(task, completed=done, total=total))
+        target = out or Path("reports") / f"bench_{card_name().replace(' ', '_')}.json"
         _atomic_write(target, json.dumps(result, indent=1) + "\n")
-        table = Table(title=f"{B.card_name()}: sparse runtime vs dense cuDNN SDPA ({timing} timing)")
-        clocked = any("sparse_clock" in r for r in rows)
-        for col in ("density", "backend", "ms", "TFLOP/s", "host µs", "predicted ms", "cuDNN ms", "Flex ms",
-                    "speedup") + (("SM MHz, W",) if clocked else ()):
+        cols, cells = S.summary_table(result)
+        table = Table(title=f"{card_name()}: sparse runtime vs dense cuDNN SDPA ({timing} timing)")
+        for col in cols:
             table.add_column(col, justify="right")
-        for r in rows:
-            host = r.get("sparse_host_us")
-            cells = [f"{r['density']:.3f}", r.get("backend", r.get("runs", "")), f"{r['sparse_ms']:.2f}",
-                     f"{r['sparse_tflops']:.0f}", "–" if host is None else f"{host:.0f}",
-                     f"{r['predicted_ms']:.2f}", f"{r.get('cudnn_ms', float('nan')):.2f}",
-                     f"{r.get('flex_ms', float('nan')):.2f}", f"{r.get('speedup_vs_cudnn', float('nan')):.2f}×"]
-            if clocked:
-                cells.append(B.clock_cell(r.get("sparse_clock")))
-            table.add_row(*cells)
+        for row in cells:
+            table.add_row(*row)
         console.print(table)
         if sweep:
             from ..report.bench_figures import speedup_vs_density, tflops_vs_density
 
-            for fig in (tflops_vs_density(rows, target.with_suffix(".tflops.png"), B.card_name()),
-                        speedup_vs_density(rows, target.with_suffix(".speedup.png"), B.card_name())):
+            for fig in (tflops_vs_density(S.rows_of(result), target.with_suffix(".tflops.png"), card_name()),
+                        speedup_vs_density(S.rows_of(result), target.with_suffix(".speedup.png"), card_name())):
                 console.print(f"figure → {fig}")
 
     _run(work)
-
-
-SWEEP_DENSITIES = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75)
-
-
-def _distinct_sites(plan) -> list[tuple[int, int]]:
-    """(step, layer) of each distinct layer plan, in the order bench_plan times them."""
-    seen, sites = set(), []
-    for e in plan.schedule:
-        for layer in range(plan.num_layers):
-            lp = plan.layer_plan(e.start, layer)
-            if lp not in seen:
-                seen.add(lp)
-                sites.append((e.start, layer))
-    return sites

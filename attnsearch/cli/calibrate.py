@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -14,6 +15,7 @@ def calibrate(
     out_dir: Path = typer.Option(Path("kernels"), "--out", help="Folder of hardware tables."),
     quick: bool = typer.Option(False, help="A coarser grid (for a first look)."),
     budget_s: float = typer.Option(1e9, help="Stop measuring after this many seconds."),
+    points: Optional[Path] = typer.Option(None, help="Also save the raw measured points here (JSON)."),
 ) -> None:
     """Time the runtime kernels and dense cuDNN on this GPU and fit the cost model (CUDA)."""
     import torch
@@ -22,9 +24,9 @@ def calibrate(
         if not torch.cuda.is_available():
             raise UsageError("calibrate measures this machine's GPU and needs CUDA; without one, optimize uses "
                              "a shipped table (--hardware)")
-        from ..calibrate import calibrate_command
+        from ..costmodel.calibrate import calibrate as run_calibration
 
-        path = calibrate_command(str(out_dir), quick=quick, budget_s=budget_s)
+        path = run_calibration(out_dir, quick=quick, budget_s=budget_s, points_path=points)
         console.print(f"hardware table → [bold]{path}[/]")
 
     _run(work)

@@ -87,7 +87,7 @@ def load(path: str, **options: Any) -> DiffusersGenerator:
     :class:`DiffusersGenerator`'s plus dtype (default float32 on CPU, bfloat16 on CUDA) and device."""
     check_options(f"diffusers:{path}", options, OPTIONS)
     from ..models.diffusers import require_diffusers
-    from ..models.diffusers.common import resolve_dtype
+    from ..models.diffusers import resolve_dtype
     from ..models.diffusers.pretrained import _from_pretrained, resolve_path
 
     diffusers = require_diffusers()

@@ -3,11 +3,12 @@
     out = sparse_attention(q, k, v, plan.layer_plan(step, layer))   # one call
     with apply(model, plan): model(...)                              # every SDPA call of a model
 
-Modules: ``block_tables`` (cached per-head kept-block lists), ``device_caps`` (SM count, TMA
-addressability), ``hopper_kernel`` (warp-specialised block-sparse flash attention for Hopper, in
-Gluon), ``triton_kernel`` (block-sparse flash attention for any CUDA GPU and the CPU interpreter),
-``torch_backend`` (reference implementation), ``dispatch`` (which backend runs a call), ``apply``
-(the model-wide context manager).
+Modules: ``schedule`` (work order and list scheduling), ``block_tables`` (cached per-head kept-block
+lists), ``device_caps`` (SM count, TMA addressability), ``backends`` (what each backend supports, and
+which runs a call), ``hopper/`` (warp-specialised block-sparse flash attention for Hopper, in
+Gluon), ``triton/`` (block-sparse flash attention for any CUDA GPU and the CPU interpreter),
+``torch_backend`` (reference implementation), ``dense`` (all-dense layers), ``apply`` (the
+model-wide context manager).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from ..plan import LayerPlan, PlanError
 from .block_tables import BlockTables, cache_info, get_block_tables
-from .dispatch import BACKENDS, BackendName, select_backend
+from .backends import BACKENDS, BackendName, select_backend
 
 
 def _check_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_plan: LayerPlan, enable_gqa: bool,
@@ -54,7 +55,7 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_pl
                      out: torch.Tensor | None = None) -> torch.Tensor:
     """Block-sparse attention of one call, following ``layer_plan``.
 
-    Semantics (DESIGN.md): per head, softmax over the keys of its kept blocks only; skip heads
+    Semantics (docs/design.md): per head, softmax over the keys of its kept blocks only; skip heads
     output zero.
 
     Args:
@@ -64,7 +65,7 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_pl
         layer_plan: from ``plan.layer_plan(step, layer)``; its geometry must give N and its
             num_heads the query heads.
         backend: "auto" (the first of hopper, triton, torch that supports the call: see
-            ``dispatch``), or one of them by name (an error with the reasons if it cannot run it).
+            ``backends``), or one of them by name (an error with the reasons if it cannot run it).
         scale: softmax scale; default 1/sqrt(head_dim).
         enable_gqa: as in ``scaled_dot_product_attention``.
         out: optional preallocated [batch, heads, N, head_dim] output of q's dtype.

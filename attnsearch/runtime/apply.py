@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ..plan import Plan, PlanError
-from .dense import dense_attention, dense_kernel_reasons
+from .backends import Backend, SdpaBackend, dense_kernel_reasons
 
 
 class apply:  # noqa: N801  (a context manager used like a function, as torch's no_grad)
@@ -114,24 +114,17 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         if q.dim() != 4:
             raise PlanError(f"query: expected [batch, heads, N, head_dim], got shape {tuple(q.shape)}")
         lp.check_inputs(q.shape[2], q.shape[1])
-        if all(g.pattern == "dense" for g in lp.groups):
+        if lp.is_dense:
             self.stats["dense"] += 1
             if not dense_kernel_reasons(q, k, v, lp, kw, self.backend):
                 from . import sparse_attention
 
                 return sparse_attention(q, k, v, lp, backend="hopper", scale=kw.get("scale"),
                                         enable_gqa=bool(kw.get("enable_gqa", False)))
-            return dense_attention(q, k, v, **kw)  # dense by plan: exact SDPA, cuDNN first on Hopper
-        if kw.get("attn_mask") is not None:
-            raise PlanError("attn_mask: the call passes an explicit mask, which a sparse layer plan "
-                            "cannot honour")
-        if kw.get("is_causal", False):
-            raise PlanError("is_causal: causal attention cannot be combined with a sparse layer plan")
-        if kw.get("dropout_p", 0.0):
-            raise PlanError(f"dropout_p: {kw['dropout_p']} > 0 is not supported by the sparse runtime")
-        if k.dim() != 4 or k.shape[2] != q.shape[2]:
-            raise PlanError(f"key: {tuple(k.shape)} for query {tuple(q.shape)}: a sparse layer plan needs "
-                            "self-attention (same N for queries and keys)")
+            return SdpaBackend.run_call(q, k, v, kw)  # dense by plan: exact SDPA, cuDNN first on Hopper
+        unsupported = Backend.keyword_reasons(q, k, kw)  # what no block-sparse backend honours
+        if unsupported:
+            raise PlanError(unsupported[0])
         from . import sparse_attention
 
         self.stats["sparse"] += 1

@@ -7,18 +7,8 @@ many layers and steps, and the tables never change. Layout (all int32, on the ta
     indices  [H, nb, max_count]   their ids, ascending, padded with the last valid id
     launches tuple[Launch]        work lists; each launch runs its heads in one kernel call
 
-A work item is one (head, query block) pair, encoded ``head * nb + qb``. Work order (``order``):
-
-    "head"  heads by total work, heaviest first; inside a head, query blocks in order. The
-            programs in flight share one head's K/V (L2 reuse, like dense flash attention's
-            grid) and the last wave is the lightest head's rows. Items keeping more than
-            ``BIG_ITEM`` × the launch's mean go before all others, longest first: an item
-            started near the end delays the launch by up to its length, and text tokens make
-            such items (their query blocks keep every key block: 139 against a mean of 15 in
-            CogVideoX-5B's layer at 10%), which head order put at the start of every head, the
-            last heads' among the launch's last items.
-    "lpt"   longest-first over all items (ties by head, query block): the least tail imbalance,
-            but the programs in flight mix heads and their K/V.
+A work item is one (head, query block) pair, encoded ``head * nb + qb``, in the work order of
+``runtime.schedule`` (``order``).
 
 Skip heads appear in no launch: their output is zero-filled by the caller and never computed.
 """
@@ -32,14 +22,9 @@ from typing import Literal
 import torch
 
 from ..plan import LayerPlan
+from .schedule import BIG_ITEM, DEFAULT_ORDER, ORDERS, Order, work_order
 
 Fusion = Literal["layer", "group"]
-Order = Literal["head", "lpt"]
-ORDERS = ("head", "lpt")
-#: Work order used unless asked otherwise (chosen on H200 measurements, reports/runtime/).
-DEFAULT_ORDER: Order = "head"
-#: "head" order: items keeping more than this many times the launch's mean kept blocks go first.
-BIG_ITEM = 2.0
 
 #: How many table sets the cache keeps (one per distinct LayerPlan × device × fusion).
 CACHE_SIZE = 256
@@ -88,21 +73,13 @@ class BlockTables:
             out.index_fill_(1, self.skip_index, 0)
 
 
-def work_order(heads: tuple[int, ...], counts: torch.Tensor, order: Order, big_item: float = BIG_ITEM) -> torch.Tensor:
-    """Ordered work items ``head * nb + qb`` (int64) of ``heads`` under ``order`` (``big_item``: the
-    "head" order's threshold, see the module docstring; ``inf`` leaves every item in head order)."""
+def launch_work(heads: tuple[int, ...], counts: torch.Tensor, order: Order = DEFAULT_ORDER,
+                big_item: float = BIG_ITEM) -> torch.Tensor:
+    """Work items ``head * nb + qb`` (int64) of ``heads`` in ``schedule.work_order``."""
     nb = counts.shape[1]
     h = torch.tensor(heads, dtype=torch.int64)
-    c = counts[h].to(torch.int64)                                    # [len(heads), nb]
-    item = h[:, None] * nb + torch.arange(nb)[None, :]
-    if order == "lpt":
-        return item.flatten()[torch.argsort(-c.flatten(), stable=True)]
-    if order == "head":
-        by_head = torch.argsort(-c.sum(1), stable=True)
-        item, c = item[by_head].flatten(), c[by_head].flatten()
-        big = c > big_item * c.double().mean()
-        return torch.cat([item[big][torch.argsort(-c[big], stable=True)], item[~big]])
-    raise ValueError(f"order: must be one of {ORDERS}, got {order!r}")
+    pos = torch.from_numpy(work_order(counts[h].numpy(), order, big_item))
+    return h[pos // nb] * nb + pos % nb
 
 
 def build_block_tables(layer_plan: LayerPlan, device: torch.device | str = "cpu",
@@ -135,7 +112,7 @@ def build_block_tables(layer_plan: LayerPlan, device: torch.device | str = "cpu"
         head_sets = [layer_plan.computed_heads] if layer_plan.computed_heads else []
     else:
         head_sets = [tuple(g.heads) for g in layer_plan.groups if g.pattern != "skip"]
-    launches = [Launch(tuple(heads), work_order(tuple(heads), counts, order).to(torch.int32).to(device))
+    launches = [Launch(tuple(heads), launch_work(tuple(heads), counts, order).to(torch.int32).to(device))
                 for heads in head_sets]
     kept = int(counts[list(layer_plan.computed_heads)].sum()) if layer_plan.computed_heads else 0
     return BlockTables(layer_plan, torch.device(device), counts.to(device), indices.contiguous().to(device),

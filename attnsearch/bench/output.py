@@ -1,0 +1,66 @@
+"""What every benchmark writes into its ``--out`` folder: ``result.json`` (the numbers, with the
+environment they were measured in), ``figure.png`` and a ``README.md`` fragment naming the command,
+git commit, card and torch / triton versions. All through ``atomic_io``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from ..atomic_io import replacing, write_text_atomic
+from .timing import card_name
+
+
+def environment() -> dict[str, Any]:
+    """Command line, git commit (``GIT_COMMIT`` if set, else this checkout's), card and library
+    versions of this process."""
+    import torch
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    commit = os.environ.get("GIT_COMMIT")  # where the tree was copied without its .git
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                    check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            commit = "unknown"
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    program = f"python -m {spec.name}" if spec is not None else f"python {sys.argv[0]}"
+    return {"command": " ".join([program] + sys.argv[1:]),
+            "commit": commit, "card": card_name(), "torch": torch.__version__, "triton": triton_version}
+
+
+def write_outputs(out: str | Path, name: str, result: dict[str, Any], draw: Callable[[Any], None],
+                  summary: str = "") -> Path:
+    """Write ``result`` (plus ``environment()``) as result.json, ``draw(figure)`` as figure.png and a
+    README.md fragment (``name``, the environment, ``summary``) into the folder ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    write_text_atomic(out / "result.json", json.dumps({"environment": env, **result}, indent=1, allow_nan=False) + "\n")
+    fig = plt.figure(figsize=(7, 4.5))
+    draw(fig)
+    with replacing(out / "figure.png", suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    readme = (f"## {name}\n\n    {env['command']}\n\ncommit {env['commit']}, {env['card']}, torch {env['torch']}, "
+              f"triton {env['triton']}.\n\n{summary}".rstrip() + "\n")
+    write_text_atomic(out / "README.md", readme)
+    return out
+
+
+__all__ = ["environment", "write_outputs"]

@@ -1,0 +1,15 @@
+"""Predicted attention latency on one GPU from its hardware table (``kernels/<gpu>.json``).
+
+``table`` (the table's format, reading, writing, finding), ``model`` (CostModel), ``fit`` (fitting
+the table's constants to measured points), ``calibrate`` (the grid and its measurement on a GPU).
+"""
+
+from __future__ import annotations
+
+from .model import CostModel, LayerFeatures, layer_features
+from .table import (DEFAULT_TABLE, DENSE_TILE, FORMAT, VERSION, FillParams, HardwareError, HardwareTable, LaunchParams,
+                    gpu_slug, kernels_dirs, load_hardware, variant_key)
+
+__all__ = ["DEFAULT_TABLE", "DENSE_TILE", "FORMAT", "VERSION", "CostModel", "FillParams", "HardwareError",
+           "HardwareTable", "LaunchParams", "LayerFeatures", "gpu_slug", "kernels_dirs", "layer_features",
+           "load_hardware", "variant_key"]

@@ -1,0 +1,164 @@
+"""Fitting the cost model's constants to measured points (pure CPU).
+
+Per kernel (sparse (head_dim, block size), cuDNN at a head_dim) the four constants of
+:class:`LaunchParams` (item_tiles and slots_per_sm by grid search, launch and tile_ns by least
+squares on relative error, so 20 µs and 200 ms layers weigh alike); cuDNN's per-tile rate is then
+tabulated over N; the zero fill by weighted linear least squares. Points marked ``role =
+"holdout"`` and failed ones are never fitted.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import statistics
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..geometry import Geometry
+from ..plan import LayerPlan
+from ..runtime.schedule import item_lengths, list_schedule
+from .model import layer_features
+from .table import DENSE_TILE, FillParams, HardwareTable, LaunchParams, variant_key
+
+#: Fewest points a kernel's fit takes (one per constant).
+MIN_POINTS = 4
+
+
+def spec_layer_plan(geom: Geometry, num_heads: int, block_size: int, heads: Sequence) -> LayerPlan:
+    """The LayerPlan of a calibration spec's ``layer`` ([[pattern, params], ...] per head)."""
+    lp = LayerPlan.from_heads([(p, q) for p, q in heads], geom, block_size)
+    if lp.num_heads != num_heads:
+        raise ValueError(f"layer: {lp.num_heads} heads listed for a {num_heads}-head spec")
+    return lp
+
+
+def point_lengths(p: dict[str, Any], order: str = "head") -> np.ndarray:
+    """Kept tiles per item of a sparse point, in the runtime's launch order (batch copies included)."""
+    if "_lengths" not in p:
+        geom = Geometry.from_dict(p["geometry"])
+        f = layer_features(spec_layer_plan(geom, p["heads"], p["block_size"], p["layer"]))
+        p["_lengths"] = item_lengths(f.counts, order, p.get("batch", 1)).astype(np.float64)
+    return p["_lengths"]
+
+
+def _scale_fit(span: np.ndarray, ms: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """(launch ms, ms per tile) of ms ≈ launch + span · per_tile, least squares on relative error."""
+    A = np.stack([np.ones_like(span), span], 1) / ms[:, None]
+    (launch, per_tile), *_ = np.linalg.lstsq(A, np.ones_like(ms), rcond=None)
+    if launch < 0:  # launch ≥ 0: refit through the origin
+        launch, per_tile = 0.0, float(np.sum(span / ms) / np.sum((span / ms) ** 2))
+    pred = launch + span * per_tile
+    return float(launch), float(per_tile), pred
+
+
+def fit_launch(spans: Callable[[float, int], np.ndarray], ms: np.ndarray, *,
+               item_grid: Sequence[float] = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0),
+               slot_grid: Sequence[int] = (1, 2, 3, 4)) -> tuple[LaunchParams, np.ndarray]:
+    """Fit LaunchParams: ``spans(item_tiles, slots_per_sm)`` gives every point's makespan in tiles;
+    item_tiles and slots_per_sm by grid search (coarse, then ±0.5 in quarters), launch and tile_ns
+    by least squares on relative error. Returns the params and their predictions."""
+    ms = np.asarray(ms, dtype=np.float64)
+    if len(ms) < MIN_POINTS:
+        raise ValueError(f"fit needs at least {MIN_POINTS} points for 4 parameters, got {len(ms)}")
+
+    def score(a: float, occ: int):
+        launch, per_tile, pred = _scale_fit(spans(a, occ), ms)
+        return float(np.mean(np.log(pred / ms) ** 2)), a, occ, launch, per_tile, pred
+
+    best = min((score(a, occ) for a in item_grid for occ in slot_grid), key=lambda r: r[0])
+    fine = [best[1] + d for d in (-0.5, -0.25, 0.25, 0.5) if best[1] + d >= 0]
+    best = min([best] + [score(a, best[2]) for a in fine], key=lambda r: r[0])
+    _, a, occ, launch, per_tile, pred = best
+    return LaunchParams(launch * 1e3, per_tile * 1e6, float(a), int(occ)), pred
+
+
+def _tabulate_n(params: LaunchParams, num_tokens: Sequence[int], pred: np.ndarray,
+                ms: np.ndarray) -> tuple[LaunchParams, np.ndarray]:
+    """cuDNN's per-tile rate drifts with N (kernel choice, L2 reuse): tabulate the measured/modelled
+    ratio per N (geometric mean over that N's points), applied to the tile time, log-linear between."""
+    ratio: dict[int, list[float]] = {}
+    for n, p, m in zip(num_tokens, pred, ms):
+        ratio.setdefault(int(n), []).append(float(np.log(m / p)))
+    launch = params.launch_us * 1e-3
+    scale = []
+    for n in sorted(ratio):
+        scale.append((float(n), float(np.exp(np.mean(ratio[n])))))
+    out = LaunchParams(params.launch_us, params.tile_ns, params.item_tiles, params.slots_per_sm, tuple(scale))
+    f = np.interp(np.log(np.asarray(num_tokens, dtype=np.float64)), np.log([n for n, _ in scale]),
+                  [x for _, x in scale])
+    return out, launch + (pred - launch) * f
+
+
+def fit_fill(nbytes, ms) -> FillParams:
+    """ms = a + bytes·b by least squares on relative error (rows weighted 1/ms)."""
+    nbytes, ms = np.asarray(nbytes, dtype=np.float64), np.asarray(ms, dtype=np.float64)
+    A = np.stack([np.ones_like(nbytes), nbytes], 1) / ms[:, None]
+    (a, b), *_ = np.linalg.lstsq(A, np.ones_like(ms), rcond=None)
+    a, b = max(a, 0.0), max(b, 1e-15)
+    return FillParams(float(a * 1e3), float(1.0 / (b * 1e6)))
+
+
+def _errors(pred, meas) -> dict[str, float]:
+    rel = np.abs(np.asarray(pred) / np.asarray(meas) - 1)
+    return {"points": int(len(rel)), "median_abs_rel_err": float(np.median(rel)),
+            "p90_abs_rel_err": float(np.quantile(rel, 0.9)), "max_abs_rel_err": float(rel.max()),
+            "within_10pct": float((rel <= 0.10).mean())}
+
+
+def fit(points: Sequence[dict[str, Any]], sm_count: int, order: str = "head") -> tuple[dict, dict, FillParams, dict]:
+    """Fit every variant from the grid points (holdout and failed points are ignored).
+
+    Returns (sparse params by variant key, dense params by "d<head_dim>", fill params, fit report)."""
+    good = [p for p in points if "ms" in p and p.get("role", "grid") == "grid" and p["ms"] > 0]
+    sparse, dense, report = {}, {}, {}
+    groups: dict[tuple[str, str], list] = {}
+    for p in good:
+        if p["kind"] == "sparse" and not p.get("skip_heads"):
+            groups.setdefault(("sparse", variant_key(p["head_dim"], p["block_size"])), []).append(p)
+        elif p["kind"] == "dense":
+            groups.setdefault(("dense", f"d{p['head_dim']}"), []).append(p)
+    for (kind, key), pts in sorted(groups.items()):
+        ms = np.array([p["ms"] for p in pts])
+        if kind == "sparse":
+            lengths = [point_lengths(p, order) for p in pts]
+            spans = lambda a, occ, L=lengths: np.array([list_schedule(x + a, sm_count * occ) for x in L])  # noqa: E731
+            params, pred = fit_launch(spans, ms)
+            sparse[key] = params
+        else:
+            nq = np.array([math.ceil(p["num_tokens"] / DENSE_TILE) for p in pts], dtype=np.float64)
+            items = np.array([p.get("batch", 1) * p["heads"] for p in pts]) * nq
+            spans = lambda a, occ, nq=nq, items=items: np.ceil(items / (sm_count * occ)) * (nq + a)  # noqa: E731
+            params, pred = fit_launch(spans, ms)
+            params, pred = _tabulate_n(params, [p["num_tokens"] for p in pts], pred, ms)
+            dense[key] = params
+        report[f"{kind}.{key}"] = _errors(pred, ms)
+    fills = [p for p in good if p["kind"] == "fill"]
+    if not fills:
+        raise ValueError("no zero-fill points measured: cannot fit the skip-head fill")
+    fill = fit_fill([p["bytes"] for p in fills], [p["ms"] for p in fills])
+    report["fill"] = _errors(fill.ms([p["bytes"] for p in fills]), [p["ms"] for p in fills])
+    return sparse, dense, fill, report
+
+
+def build_table(points: Sequence[dict[str, Any]], env: dict[str, Any]) -> HardwareTable:
+    """A HardwareTable from measured points and the machine's environment dict."""
+    order = env.get("order", "head")
+    sparse, dense, fill, report = fit(points, env["sm_count"], order)
+    graph = [p for p in points if p.get("method") == "graph" and p.get("kind") == "sparse"]
+    extra = {"tuned_configs": env.get("tuned_configs", {}), "dtype": "bfloat16",
+             "timing": "device time: CUDA-graph replays of several calls over rotating input sets (> L2), "
+                       "median; queued CUDA events where capture is impossible"}
+    if graph:  # host dispatch cost of one eager call, for reference (not in predictions)
+        small = [p["eager_ms"] - p["ms"] for p in graph if p["ms"] < 0.05]
+        if small:
+            extra["host_overhead_ms"] = float(statistics.median(small))
+    return HardwareTable(
+        device=env["device"], sm_count=env["sm_count"], sparse=sparse, dense=dense, fill=fill,
+        software={k: env[k] for k in ("torch", "triton", "cuda", "cudnn", "capability", "runtime_source_sha256")
+                  if k in env},
+        date=_dt.date.today().isoformat(), measured=True, fit=report, extra=extra, order=order)
+
+
+__all__ = ["MIN_POINTS", "build_table", "fit", "fit_fill", "fit_launch", "point_lengths", "spec_layer_plan"]

@@ -1,0 +1,207 @@
+"""The cost model: predicted latency (ms) of layers and plans from a hardware table.
+
+Why this form
+-------------
+The runtime runs a sparse layer as ONE fused launch over every computed head (block_tables'
+``fusion="layer"``): a work list of items (batch, head, query block) in a fixed order (heads by
+total work, heaviest first, query blocks in order inside a head), each item walking its kept key
+blocks. Dense layers run cuDNN SDPA; skip heads are a zero fill. So a layer costs at most three
+things, each with a small physical model:
+
+* **sparse launch** ``t = launch + tile_ns · makespan`` where ``makespan`` (in tiles) is greedy
+  list scheduling of the work list, in the runtime's order, on ``SMs × slots_per_sm`` resident
+  programs, item i lasting ``item_tiles + kept_i`` tiles. This single term is the roofline
+  throughput (Σ tiles / slots at the saturated per-program rate: one B×B tile is 4·B²·D flops
+  against 2·B·D·2 bytes of K/V, compute-bound, so one rate per (head_dim, block size)), the wave
+  quantisation (few items: one wave costs its longest item) and the load imbalance (a dense head's
+  long rows, text rows, the tail of the last head) — all from the actual row lengths, not a proxy.
+  Four constants per kernel variant, fitted on measured layers (``costmodel.calibrate``).
+* **dense** (cuDNN): the same form on 128-row tiles where every item has every key tile (list
+  scheduling of equal items is ``ceil(items / slots)`` waves).
+* **zero fill** of skip heads: ``launch + bytes / bandwidth``.
+
+Latency is device time (CUDA-graph replay in calibration): host dispatch, hidden whenever the GPU
+is the bottleneck — always at video-DiT sizes — is recorded in the table but not added.
+
+For the search the sparse launch is made additive over heads (:meth:`CostModel.head_work_ms`):
+each head contributes its share of the throughput, Σ (kept + item_tiles) · tile_ns / slots, and
+the launch is a per-layer overhead. That drops the scheduling tail (under a few percent once a
+layer has several waves of items: any video-DiT size) and the one-wave regime of tiny layers; the
+search therefore re-costs chosen layers with the full model (:meth:`CostModel.layer_ms`) where
+they are small, and reports the full model's figures for the final plan.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..runtime.backends import HopperBackend
+from ..runtime.schedule import item_lengths
+from .table import DENSE_TILE, HardwareError, HardwareTable, load_hardware, variant_key
+
+
+@dataclass(frozen=True, eq=False)
+class LayerFeatures:
+    """What the latency of one layer plan depends on (per batch element)."""
+
+    num_tokens: int
+    num_heads: int
+    block_size: int
+    num_blocks: int
+    all_dense: bool
+    skip_heads: int
+    counts: np.ndarray = field(repr=False)   # int [computed heads, nb]
+
+    @property
+    def computed_heads(self) -> int:
+        return int(self.counts.shape[0])
+
+    @property
+    def items(self) -> int:
+        return self.computed_heads * self.num_blocks
+
+    @property
+    def tiles(self) -> int:
+        return int(self.counts.sum())
+
+    @property
+    def max_row(self) -> int:
+        return int(self.counts.max()) if self.counts.size else 0
+
+
+def layer_features(layer_plan) -> LayerFeatures:
+    """Exact features of a LayerPlan from its block masks."""
+    masks = layer_plan.block_masks()
+    computed = list(layer_plan.computed_heads)
+    counts = masks[computed].sum(-1).numpy().astype(np.int64) if computed else np.zeros((0, layer_plan.num_blocks),
+                                                                                        dtype=np.int64)
+    return LayerFeatures(
+        num_tokens=layer_plan.geometry.num_tokens, num_heads=layer_plan.num_heads,
+        block_size=layer_plan.block_size, num_blocks=layer_plan.num_blocks,
+        all_dense=layer_plan.is_dense,
+        skip_heads=len(layer_plan.skip_heads), counts=counts)
+
+
+# --- the cost model ---------------------------------------------------------------------------------
+
+
+class CostModel:
+    """Latency predictions (ms) for attention calls of one head_dim, batch and dtype width."""
+
+    def __init__(self, table: HardwareTable | str | os.PathLike | None = None, *, head_dim: int = 128,
+                 batch: int = 1, dtype_bytes: int = 2) -> None:
+        self.table = load_hardware(table)
+        if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim < 1:
+            raise HardwareError(f"head_dim must be a positive integer, got {head_dim!r}")
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            raise HardwareError(f"batch must be a positive integer, got {batch!r}")
+        self.head_dim, self.batch, self.dtype_bytes = head_dim, batch, dtype_bytes
+        self.table.dense_params(head_dim)  # fail early on an uncalibrated head_dim
+        self._layer_cache: dict[Any, float] = {}
+
+    def describe(self) -> dict[str, Any]:
+        t = self.table
+        return {"device": t.device, "calibration": t.name, "source": t.source, "note": t.note,
+                "measured": t.measured, "head_dim": self.head_dim, "batch": self.batch}
+
+    @property
+    def sm_count(self) -> int:
+        return self.table.sm_count
+
+    # -- the three kernels ----------------------------------------------------------------------------
+
+    def dense_ms(self, num_tokens, num_heads) -> np.ndarray:
+        """cuDNN SDPA over [batch, heads, N, head_dim] (vectorised over N and heads)."""
+        nq = np.ceil(np.asarray(num_tokens, dtype=np.float64) / DENSE_TILE)
+        items = self.batch * np.asarray(num_heads, dtype=np.float64) * nq
+        return self.table.dense_params(self.head_dim).uniform_ms(items, nq, self.sm_count, num_tokens)
+
+    def dense_on_kernel(self, block_size: int) -> bool:
+        """Whether the runtime runs an all-dense layer on the block-sparse kernel with every key block
+        kept (``runtime.dense``): where ``HopperBackend`` supports a call of the table's device and
+        this head_dim, block size and dtype width, and that kernel is calibrated; elsewhere cuDNN."""
+        capability = tuple(self.table.software.get("capability") or (0, 0))
+        dtype = torch.bfloat16 if self.dtype_bytes == 2 else torch.float32
+        reasons = HopperBackend.not_supported_reasons(device="cuda", capability=capability, dtype=dtype,
+                                                      head_dim=self.head_dim, block_size=block_size)
+        return not reasons and variant_key(self.head_dim, block_size) in self.table.sparse
+
+    def dense_layer_ms(self, num_tokens: int, num_heads: int, block_size: int) -> float:
+        """What an all-dense layer of a plan costs at run time: the sparse kernel with every key
+        block kept where :meth:`dense_on_kernel`, else cuDNN (:meth:`dense_ms`, also the plans'
+        dense baseline)."""
+        if not self.dense_on_kernel(block_size):
+            return float(self.dense_ms(num_tokens, num_heads))
+        nb = -(-int(num_tokens) // block_size)
+        return self.sparse_ms(np.full((int(num_heads), nb), nb), block_size)
+
+    def sparse_ms(self, counts: np.ndarray, block_size: int) -> float:
+        """One fused sparse launch over heads with kept-block counts [heads, nb] (full model)."""
+        p = self.table.sparse_params(self.head_dim, block_size)
+        return p.ms(item_lengths(counts, self.table.order, self.batch), self.sm_count)
+
+    def fill_ms(self, skip_heads, num_tokens) -> np.ndarray:
+        nbytes = self.batch * np.asarray(skip_heads, dtype=np.float64) * num_tokens * self.head_dim * self.dtype_bytes
+        return self.table.fill.ms(nbytes)
+
+    # -- layers and plans -------------------------------------------------------------------------------
+
+    def features_ms(self, f: LayerFeatures) -> float:
+        if f.all_dense:
+            return self.dense_layer_ms(f.num_tokens, f.num_heads, f.block_size)
+        t = 0.0
+        if f.computed_heads:
+            t += self.sparse_ms(f.counts, f.block_size)
+        if f.skip_heads:
+            t += float(self.fill_ms(f.skip_heads, f.num_tokens))
+        return t
+
+    def layer_ms(self, layer_plan) -> float:
+        """Predicted latency of one attention call run by ``layer_plan`` (full model)."""
+        key = layer_plan.key
+        if key not in self._layer_cache:
+            self._layer_cache[key] = self.features_ms(layer_features(layer_plan))
+        return self._layer_cache[key]
+
+    def plan_ms(self, plan) -> float:
+        """Σ over steps and layers of :meth:`layer_ms` (each distinct layer plan costed once)."""
+        total = 0.0
+        for e in plan.schedule:
+            steps = e.stop - e.start
+            if e.layers is None:
+                total += steps * plan.num_layers * self.dense_layer_ms(plan.geometry.num_tokens, plan.num_heads,
+                                                                       plan.block_size)
+            else:
+                total += steps * sum(self.layer_ms(lp) for lp in e.layers)
+        return total
+
+    def dense_plan_ms(self, plan) -> float:
+        """The dense baseline of ``plan``'s shape: every call cuDNN SDPA."""
+        calls = plan.num_steps * plan.num_layers
+        return calls * float(self.dense_ms(plan.geometry.num_tokens, plan.num_heads))
+
+    # -- the additive form the search solves ----------------------------------------------------------
+
+    def head_work_ms(self, tiles, num_blocks: int, block_size: int) -> np.ndarray:
+        """A computed head's additive share of a fused launch: its tiles and items at full throughput."""
+        p = self.table.sparse_params(self.head_dim, block_size)
+        return p.throughput_ms(self.batch * np.asarray(tiles, dtype=np.float64), self.batch * num_blocks,
+                               self.sm_count)
+
+    def launch_overhead_ms(self, block_size: int) -> float:
+        return self.table.sparse_params(self.head_dim, block_size).launch_us * 1e-3
+
+    def fill_head_ms(self, num_tokens: int) -> float:
+        """Bandwidth share of one skip head's zero fill (the fill's launch is a per-layer overhead)."""
+        return self.batch * num_tokens * self.head_dim * self.dtype_bytes / (self.table.fill.gbps * 1e6)
+
+    def fill_overhead_ms(self) -> float:
+        return self.table.fill.launch_us * 1e-3
+
+
+__all__ = ["CostModel", "LayerFeatures", "layer_features"]

@@ -1,0 +1,331 @@
+"""The hardware table (``kernels/<gpu>.json``): its format, reading, writing and finding.
+
+Format (docs/design.md): ``format``, ``version``, ``device`` {name, sm_count}, ``software``,
+``date``, ``measured``, ``model`` {form, order, units}, ``params`` {sparse {d{D}_b{B}: LaunchParams},
+dense {d{D}: LaunchParams}, fill: FillParams}, ``fit`` (per-kernel errors of the fit), ``extra``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..atomic_io import write_text_atomic
+from ..runtime.schedule import ORDERS, list_schedule
+
+FORMAT = "attnsearch-kernels"
+VERSION = 1
+#: The table used when none is named and no GPU is present: the H100 the project calibrated.
+DEFAULT_TABLE = "nvidia-h100-80gb-hbm3"
+#: Tile edge of the dense (cuDNN) model's work units.
+DENSE_TILE = 128
+
+
+class HardwareError(ValueError):
+    """A hardware table is missing, of another format, or lacks what a prediction needs."""
+
+
+def gpu_slug(name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' → 'nvidia-h100-80gb-hbm3' (the table's file name)."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+@dataclass(frozen=True)
+class LaunchParams:
+    """Fitted constants of one kernel (a sparse (head_dim, block size) variant, or cuDNN at a head_dim).
+
+    launch_us: fixed cost of a launch. tile_ns: ns per tile of one resident program.
+    item_tiles: an item's fixed cost (Q load, epilogue) in tiles. slots_per_sm: resident programs
+    per SM.
+    """
+
+    launch_us: float
+    tile_ns: float
+    item_tiles: float
+    slots_per_sm: int
+    #: Optional ((N, factor), ...): tile_ns × factor, log-linear in N between the listed N and flat
+    #: beyond (cuDNN is a black box whose per-tile rate drifts with N; it is tabulated, not modelled).
+    n_scale: tuple[tuple[float, float], ...] = ()
+
+    NAMES = ("launch_us", "tile_ns", "item_tiles", "slots_per_sm")
+
+    def tile_ns_at(self, num_tokens) -> np.ndarray:
+        if not self.n_scale:
+            return np.full(np.shape(num_tokens), self.tile_ns, dtype=np.float64)
+        ns, fs = zip(*self.n_scale)
+        f = np.interp(np.log(np.asarray(num_tokens, dtype=np.float64)), np.log(ns), fs)
+        return self.tile_ns * f
+
+    def slots(self, sm_count: int) -> int:
+        return sm_count * self.slots_per_sm
+
+    def ms(self, lengths: np.ndarray, sm_count: int) -> float:
+        """Latency of one launch whose items, in launch order, keep ``lengths`` tiles each."""
+        lengths = np.asarray(lengths, dtype=np.float64)
+        if lengths.size == 0:
+            return 0.0
+        span = list_schedule(lengths + self.item_tiles, self.slots(sm_count))
+        return self.launch_us * 1e-3 + span * self.tile_ns * 1e-6
+
+    def uniform_ms(self, items, length, sm_count: int, num_tokens=None) -> np.ndarray:
+        """Latency of launches of ``items`` equal items (vectorised): ceil(items / slots) waves."""
+        items, length = np.asarray(items, dtype=np.float64), np.asarray(length, dtype=np.float64)
+        waves = np.ceil(items / self.slots(sm_count))
+        tile = self.tile_ns if num_tokens is None else self.tile_ns_at(num_tokens)
+        return np.where(items > 0, self.launch_us * 1e-3 + waves * (length + self.item_tiles) * tile * 1e-6, 0.0)
+
+    def throughput_ms(self, tiles, items, sm_count: int) -> np.ndarray:
+        """The additive form: (tiles + item_tiles · items) spread evenly over every slot."""
+        units = np.asarray(tiles, dtype=np.float64) + self.item_tiles * np.asarray(items, dtype=np.float64)
+        return units * self.tile_ns * 1e-6 / self.slots(sm_count)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"launch_us": float(self.launch_us), "tile_ns": float(self.tile_ns),
+                               "item_tiles": float(self.item_tiles), "slots_per_sm": int(self.slots_per_sm)}
+        if self.n_scale:
+            out["n_scale"] = [[float(n), float(f)] for n, f in self.n_scale]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], path: str) -> LaunchParams:
+        missing = [k for k in cls.NAMES if k not in data]
+        if missing:
+            raise HardwareError(f"{path}: missing parameter(s) {', '.join(missing)}")
+        values: dict[str, Any] = {}
+        for k in cls.NAMES:
+            v = data[k]
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                raise HardwareError(f"{path}.{k}: must be a finite number ≥ 0, got {v!r}")
+            values[k] = float(v)
+        if values["slots_per_sm"] < 1 or values["slots_per_sm"] != int(values["slots_per_sm"]):
+            raise HardwareError(f"{path}.slots_per_sm: must be an integer ≥ 1, got {data['slots_per_sm']!r}")
+        if values["tile_ns"] <= 0:
+            raise HardwareError(f"{path}.tile_ns: must be > 0, got {values['tile_ns']}")
+        values["slots_per_sm"] = int(values["slots_per_sm"])
+        scale = data.get("n_scale", [])
+        try:
+            pairs = tuple((float(n), float(f)) for n, f in scale)
+        except (TypeError, ValueError):
+            raise HardwareError(f"{path}.n_scale: must be a list of [N, factor] pairs, got {scale!r}") from None
+        if any(not (n >= 1 and f > 0) for n, f in pairs) or list(pairs) != sorted(pairs):
+            raise HardwareError(f"{path}.n_scale: needs ascending N ≥ 1 and factors > 0, got {scale!r}")
+        return cls(**values, n_scale=pairs)
+
+
+@dataclass(frozen=True)
+class FillParams:
+    """Zero fill of skip heads' outputs: launch_us + bytes / (gbps · 1e9)."""
+
+    launch_us: float
+    gbps: float
+
+    def ms(self, nbytes) -> np.ndarray:
+        nbytes = np.asarray(nbytes, dtype=np.float64)
+        return np.where(nbytes > 0, self.launch_us * 1e-3 + nbytes / (self.gbps * 1e6), 0.0)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"launch_us": float(self.launch_us), "gbps": float(self.gbps)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], path: str) -> FillParams:
+        try:
+            launch, gbps = float(data["launch_us"]), float(data["gbps"])
+        except (KeyError, TypeError, ValueError):
+            raise HardwareError(f"{path}: needs numbers launch_us and gbps, got {dict(data)!r}") from None
+        if not (launch >= 0 and gbps > 0):
+            raise HardwareError(f"{path}: launch_us must be ≥ 0 and gbps > 0, got {launch}, {gbps}")
+        return cls(launch, gbps)
+
+
+def variant_key(head_dim: int, block_size: int) -> str:
+    return f"d{head_dim}_b{block_size}"
+
+
+@dataclass
+class HardwareTable:
+    """One GPU's calibration: the fitted parameters and the fit's summary (the raw points are kept
+    apart: ``costmodel.calibrate.save_points``).
+
+    ``sparse[variant_key(D, B)]``, ``dense[f"d{D}"]``: LaunchParams; ``fill``: FillParams.
+    ``source`` is the file it came from; ``note`` says why this table was chosen.
+    """
+
+    device: str
+    sm_count: int
+    sparse: dict[str, LaunchParams]
+    dense: dict[str, LaunchParams]
+    fill: FillParams
+    software: dict[str, Any] = field(default_factory=dict)
+    date: str = ""
+    measured: bool = True
+    fit: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    order: str = "head"
+    source: str = ""
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return Path(self.source).stem if self.source else gpu_slug(self.device)
+
+    def sparse_params(self, head_dim: int, block_size: int) -> LaunchParams:
+        key = variant_key(head_dim, block_size)
+        if key not in self.sparse:
+            have = ", ".join(sorted(self.sparse)) or "none"
+            raise HardwareError(f"{self.source or self.device}: no sparse-kernel calibration for head_dim {head_dim}, "
+                                f"block size {block_size} (calibrated: {have})")
+        return self.sparse[key]
+
+    def dense_params(self, head_dim: int) -> LaunchParams:
+        key = f"d{head_dim}"
+        if key not in self.dense:
+            have = ", ".join(sorted(self.dense)) or "none"
+            raise HardwareError(f"{self.source or self.device}: no dense (cuDNN) calibration for head_dim {head_dim} "
+                                f"(calibrated: {have})")
+        return self.dense[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "version": VERSION,
+            "device": {"name": self.device, "sm_count": self.sm_count},
+            "software": dict(self.software), "date": self.date, "measured": self.measured,
+            "model": {"form": "launch + tile_ns · list-scheduling makespan of the items (item_tiles + kept tiles "
+                              "each, in the runtime's order) on SMs·slots_per_sm slots; fill: launch + "
+                              "bytes/bandwidth", "order": self.order,
+                      "units": "launch_us µs, tile_ns ns, item_tiles tiles, gbps GB/s; ms out"},
+            "params": {"sparse": {k: v.to_dict() for k, v in sorted(self.sparse.items())},
+                       "dense": {k: v.to_dict() for k, v in sorted(self.dense.items())},
+                       "fill": self.fill.to_dict()},
+            "fit": self.fit, **({"extra": self.extra} if self.extra else {}),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "") -> HardwareTable:
+        where = source or "hardware table"
+        if not isinstance(data, Mapping):
+            raise HardwareError(f"{where}: not a JSON object")
+        fmt, ver = data.get("format"), data.get("version")
+        if fmt != FORMAT or ver != VERSION or isinstance(ver, bool):
+            raise HardwareError(f"{where}: format {fmt!r} version {ver!r} is not a hardware table this attnsearch "
+                                f"reads ({FORMAT!r} version {VERSION}); re-run `attnsearch calibrate`")
+        dev = data.get("device")
+        if not isinstance(dev, Mapping) or not isinstance(dev.get("name"), str) or not isinstance(dev.get("sm_count"), int):
+            raise HardwareError(f"{where}: device must be {{\"name\": str, \"sm_count\": int}}")
+        params = data.get("params")
+        if not isinstance(params, Mapping) or not all(k in params for k in ("sparse", "dense", "fill")):
+            raise HardwareError(f"{where}: params must hold sparse, dense and fill")
+        sparse = {k: LaunchParams.from_dict(v, f"{where}: params.sparse.{k}") for k, v in params["sparse"].items()}
+        dense = {k: LaunchParams.from_dict(v, f"{where}: params.dense.{k}") for k, v in params["dense"].items()}
+        return cls(device=dev["name"], sm_count=dev["sm_count"], sparse=sparse, dense=dense,
+                   fill=FillParams.from_dict(params["fill"], f"{where}: params.fill"),
+                   software=dict(data.get("software", {})), date=str(data.get("date", "")),
+                   measured=bool(data.get("measured", True)), fit=dict(data.get("fit", {})), extra=dict(data.get("extra", {})),
+                   order=_order(data.get("model", {}).get("order", "head"), where), source=source)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the table as JSON (atomically; the folder is created)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+
+def _order(value: Any, where: str) -> str:
+    if value not in ORDERS:
+        raise HardwareError(f"{where}: model.order must be one of {ORDERS}, got {value!r}")
+    return value
+
+
+# --- finding tables ----------------------------------------------------------------------------
+
+
+def kernels_dirs() -> list[Path]:
+    """Where tables are looked up: $ATTNSEARCH_KERNELS, ./kernels, the source tree's kernels/ (an
+    editable install), then <prefix>/share/attnsearch/kernels (where a wheel installs the shipped
+    tables: pyproject's data-files)."""
+    import sys
+
+    dirs = []
+    if os.environ.get("ATTNSEARCH_KERNELS"):
+        dirs.append(Path(os.environ["ATTNSEARCH_KERNELS"]))
+    dirs += [Path.cwd() / "kernels", Path(__file__).resolve().parents[1] / "kernels",
+             Path(sys.prefix) / "share" / "attnsearch" / "kernels"]
+    out: list[Path] = []
+    for d in dirs:
+        if d not in out:
+            out.append(d)
+    return out
+
+
+def _read(path: Path) -> HardwareTable:
+    try:
+        data = json.loads(path.read_text())
+    except OSError as err:
+        raise HardwareError(f"{path}: cannot read hardware table ({err.strerror})") from None
+    except json.JSONDecodeError as err:
+        raise HardwareError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
+    return HardwareTable.from_dict(data, str(path))
+
+
+def load_hardware(spec: str | os.PathLike | HardwareTable | None = None) -> HardwareTable:
+    """The hardware table to cost plans with.
+
+    ``spec``: a HardwareTable; a path to a table JSON; a GPU name or slug ("nvidia-h100-80gb-hbm3",
+    "NVIDIA H100 80GB HBM3") looked up in :func:`kernels_dirs`; or None: the table of this machine's
+    GPU when there is one and it is calibrated, else the shipped H100 table. ``note`` of the result
+    says which table was taken and why.
+    """
+    if isinstance(spec, HardwareTable):
+        return spec
+    if spec is not None and (str(spec).endswith(".json") or os.sep in str(spec)):
+        table = _read(Path(spec))
+        table.note = f"hardware table {spec} (as given)"
+        return table
+    reason = ""
+    if spec is None:
+        local = local_gpu()
+        if local is not None:
+            found = _find(gpu_slug(local))
+            if found is not None:
+                table = _read(found)
+                table.note = f"calibration of this machine's {local} ({found})"
+                return table
+            reason = f"no calibration for this machine's {local} (run `attnsearch calibrate`); "
+        else:
+            reason = "no GPU here; "
+        spec = DEFAULT_TABLE
+    found = _find(gpu_slug(str(spec)))
+    if found is None:
+        looked = ", ".join(str(d) for d in kernels_dirs())
+        raise HardwareError(f"no hardware table named {spec!r} (looked for {gpu_slug(str(spec))}.json in {looked})")
+    table = _read(found)
+    table.note = f"{reason}using the shipped table {found.name} ({table.device})"
+    return table
+
+
+def _find(slug: str) -> Path | None:
+    for d in kernels_dirs():
+        p = d / f"{slug}.json"
+        if p.is_file():
+            return p
+    return None
+
+
+def local_gpu() -> str | None:
+    try:
+        import torch
+
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001  (a broken CUDA install means: no usable GPU here)
+        return None
+
+
+__all__ = ["DEFAULT_TABLE", "DENSE_TILE", "FORMAT", "FillParams", "HardwareError", "HardwareTable", "LaunchParams",
+           "VERSION", "gpu_slug", "kernels_dirs", "load_hardware", "variant_key"]

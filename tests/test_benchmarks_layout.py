@@ -1,0 +1,33 @@
+"""The benchmark scripts: each runs as ``python -m benchmarks.NAME --out DIR``, imports only the
+package (never another script, never through sys.path) and writes through ``bench.output``."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = sorted(p.stem for p in BENCHMARKS.glob("*.py") if p.stem != "__init__")
+
+
+def test_the_surviving_benchmarks():
+    assert SCRIPTS == ["costmodel_accuracy", "dense_layers", "mini_vdit_fidelity", "profile_cost", "runtime_sweep",
+                       "search_speed", "wan_e2e"]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_imports_only_the_package_and_writes_its_outputs(name):
+    tree = ast.parse((BENCHMARKS / f"{name}.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(m.split(".")[0] == "benchmarks" or m in SCRIPTS for m in imported), imported
+    assert "sys.path" not in ast.unparse(tree)
+    # Timing benchmarks write through bench.output; the fidelity benchmark through evaluate's pages
+    # and bench.output's environment.
+    assert "attnsearch.bench.output" in imported and ("attnsearch.evaluate" in imported or name != "mini_vdit_fidelity")
+    module = importlib.import_module(f"benchmarks.{name}")
+    assert callable(module.main)
+    assert '"--out"' in (BENCHMARKS / f"{name}.py").read_text()

@@ -1,0 +1,68 @@
+"""``attnsearch calibrate --quick`` end to end on the CPU: ``calibrate(quick=True)`` with a synthetic
+device whose latencies follow known constants: the quick grid, its points, the fit, the table written
+and read back, the raw points saved apart."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from attnsearch.costmodel import CostModel, FillParams, LaunchParams, load_hardware
+from attnsearch.costmodel.calibrate import calibrate, load_points
+from attnsearch.costmodel.fit import MIN_POINTS, build_table, point_lengths, spec_layer_plan
+from attnsearch.geometry import Geometry
+from attnsearch.costmodel.table import DENSE_TILE
+
+SMS = 132
+TRUE_SPARSE = LaunchParams(5.0, 1500.0, 2.0, 2)
+TRUE_DENSE = LaunchParams(8.0, 900.0, 1.0, 1)
+TRUE_FILL = FillParams(3.0, 2500.0)
+
+
+def synthetic_ms(point) -> float:
+    """A device whose kernels follow the cost model's form with the TRUE_* constants, ±1% noise."""
+    rng = np.random.default_rng(abs(hash(point["label"] + str(point["geometry"]))) % 2**32)
+    if point["kind"] == "fill":
+        ms = float(TRUE_FILL.ms(point["bytes"]))
+    elif point["kind"] == "dense":
+        nq = -(-point["num_tokens"] // DENSE_TILE)
+        ms = float(TRUE_DENSE.uniform_ms(point["heads"] * nq, nq, SMS))
+    else:
+        ms = TRUE_SPARSE.ms(point_lengths(point), SMS)
+    return ms * float(rng.lognormal(0.0, 0.01))
+
+
+def synthetic_timer(point) -> dict:
+    return {"ms": synthetic_ms(point), "method": "graph", "eager_ms": 1.0}
+
+
+@pytest.mark.slow
+def test_quick_calibration_writes_a_table_the_cost_model_reads(tmp_path):
+    env = {"device": "Synthetic GPU", "sm_count": SMS, "capability": [9, 0], "order": "head"}
+    path = calibrate(tmp_path, quick=True, timer=synthetic_timer, env=env, points_path=tmp_path / "points.json",
+                     progress=None)
+    assert path == tmp_path / "synthetic-gpu.json"
+    _, points = load_points(tmp_path / "points.json")
+    grid = [p for p in points if p["role"] == "grid"]
+    assert len(grid) == len(points) and all("ms" in p for p in points)
+    # Every kernel the fit needs has enough points in the quick grid.
+    for head_dim in (64, 128):
+        assert sum(p["kind"] == "dense" and p["head_dim"] == head_dim for p in grid) >= MIN_POINTS
+    assert sum(p["kind"] == "fill" for p in grid) >= 2
+    table = load_hardware(str(path))
+    assert "points" not in json.loads(path.read_text())  # raw points stay out of the table
+    assert set(table.sparse) == {"d128_b128", "d128_b64", "d64_b128", "d64_b64"} and set(table.dense) == {"d64", "d128"}
+    sparse = table.sparse["d128_b128"]
+    assert sparse.slots_per_sm == TRUE_SPARSE.slots_per_sm
+    assert sparse.tile_ns == pytest.approx(TRUE_SPARSE.tile_ns, rel=0.05)
+    assert table.fill.gbps == pytest.approx(TRUE_FILL.gbps, rel=0.05)
+    # The fitted model predicts the layers as the synthetic device times them (all-dense layers run
+    # the block-sparse kernel at block size 128 only; at 64 the model costs them as cuDNN).
+    model = CostModel(table)
+    for p in grid:
+        if p["kind"] == "sparse" and not p["skip_heads"] and p["head_dim"] == 128 and p.get("batch", 1) == 1 \
+                and (p["block_size"] == 128 or p["families"] != ["dense"]):
+            lp = spec_layer_plan(Geometry.from_dict(p["geometry"]), p["heads"], p["block_size"], p["layer"])
+            assert model.layer_ms(lp) == pytest.approx(p["ms"], rel=0.05), p["label"]

@@ -1,0 +1,36 @@
+"""``python -m benchmarks.costmodel_accuracy --dry-run`` on the CPU: the held-out layers cover what
+the search emits (skip heads, 3-key-block stripes, both Wan shapes) and each gets a prediction."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_dry_run_predicts_every_held_out_layer(tmp_path):
+    subprocess.run([sys.executable, "-m", "benchmarks.costmodel_accuracy", "--dry-run", "--count", "2",
+                    "--out", str(tmp_path)], cwd=ROOT, check=True, capture_output=True, text=True)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert (tmp_path / "figure.png").stat().st_size > 0
+    assert "python -m benchmarks.costmodel_accuracy --dry-run" in (tmp_path / "README.md").read_text()
+    layers = [r for r in result["layers"] if r["kind"] == "sparse"]
+    assert {r["label"].split(" #")[0] for r in layers} == {"held-out 12×32760", "held-out 40×75600"}
+    assert any(r["skip_heads"] for r in layers) and any(not r["skip_heads"] for r in layers)
+    assert any("vertical_stripe" in r["families"] for r in layers)
+    assert all(r["predicted_ms"] > 0 and r["measured_ms"] is None for r in result["layers"])
+    assert result["summary"]["measured"] == 0
+
+
+def test_held_out_stripes_keep_three_key_blocks():
+    from benchmarks.costmodel_accuracy import heldout_specs
+
+    stripes = [params for s in heldout_specs(2) if s["kind"] == "sparse"
+               for pattern, params in s["layer"] if pattern == "vertical_stripe"]
+    assert stripes and all(len(p["key_blocks"]) == 3 for p in stripes)

@@ -1,0 +1,108 @@
+"""GPU correctness of the block-sparse kernels (``pytest -m gpu``; skipped without CUDA): the Hopper
+kernel (both consumer schedules, where it runs) and the Triton kernel (its first tuning config, with
+and without TMA) and "auto" dispatch against SDPA in fp32 on the token-expanded block mask; mixed
+families with a skip head, batch 2, N % B ≠ 0, text prefix and suffix, [B, N, H, D].transpose(1, 2)
+inputs, NaN-poisoned outputs; and "auto" captured in a CUDA graph, replayed on new inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnsearch import Geometry
+from attnsearch.patterns import expand_block_mask
+from attnsearch.plan import LayerPlan
+from attnsearch.runtime import get_block_tables, sparse_attention
+from attnsearch.runtime.backends import HopperBackend
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU correctness: needs CUDA")]
+
+GEOMS = {"prefix": Geometry(7, 24, 30, 77, "prefix"),    # N = 5117
+         "suffix": Geometry(6, 20, 36, 51, "suffix")}    # N = 4371
+
+
+def mixed_plan(geom: Geometry, block_size: int) -> LayerPlan:
+    """Every family, a skip head (head 1) and a dense one, as the search emits them mixed."""
+    return LayerPlan.from_heads([
+        ("diagonal", {"rows": 2}), ("skip", {}), ("energy_decay", {"decay": 0.25, "sink": True}),
+        ("vertical_stripe", {"key_blocks": [0, 5, 9], "rows": 1}), ("multi_diagonal", {"rows": 1, "frames": 2}),
+        ("dense", {}), ("diagonal", {"rows": 6}), ("energy_decay", {"decay": 0.5}),
+    ], geom, block_size)
+
+
+def inputs(geom, heads, d, dtype, gqa=1, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    n = geom.num_tokens
+    q = torch.randn(2, n, heads, d, device="cuda", dtype=dtype, generator=g).transpose(1, 2)
+    k, v = (torch.randn(2, n, heads // gqa, d, device="cuda", dtype=dtype, generator=g).transpose(1, 2)
+            for _ in range(2))
+    return q, k, v
+
+
+def reference(q, k, v, lp, gqa):
+    mask = expand_block_mask(lp.block_masks().to(q.device), q.shape[2], lp.block_size)
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, enable_gqa=gqa > 1)
+    return torch.nan_to_num(ref, nan=0.0)
+
+
+def runs(q, k, v, lp, gqa):
+    """name → fn(out) of every way the call can run here."""
+    from attnsearch.runtime.triton.launch import TUNING_CONFIGS, KernelConfig, forward, tma_supported
+
+    d, bs = q.shape[-1], lp.block_size
+    tables = get_block_tables(lp, "cuda")
+    first = TUNING_CONFIGS[(d, bs)][0]
+    out = {"auto": lambda o: sparse_attention(q, k, v, lp, out=o, enable_gqa=gqa > 1),
+           "triton": lambda o: sparse_attention(q, k, v, lp, backend="triton", out=o, enable_gqa=gqa > 1)}
+    for tma in (False, True) if tma_supported(q, k, v) else (False,):
+        cfg = KernelConfig(first.block_m, first.block_n, first.num_warps, first.num_stages, tma)
+        out[f"triton-tma{int(tma)}"] = lambda o, cfg=cfg: forward(q, k, v, tables, d ** -0.5, out=o, config=cfg)
+    if not HopperBackend.call_reasons(q, k, v, bs):
+        from attnsearch.runtime.hopper.launch import forward as hopper_forward
+
+        for flat in (False, True):
+            out[f"hopper-flat{int(flat)}"] = lambda o, flat=flat: hopper_forward(q, k, v, tables, d ** -0.5, out=o,
+                                                                                  flat=flat)
+    return out
+
+
+CASES = [(w, bs, d, torch.bfloat16, 1) for w in GEOMS for bs in (64, 128) for d in (64, 128)]
+CASES += [("suffix", 128, 128, torch.float16, 1), ("prefix", 128, 128, torch.bfloat16, 4)]  # fp16; GQA
+
+
+@pytest.mark.parametrize("where,block_size,head_dim,dtype,gqa", CASES)
+def test_kernels_match_masked_sdpa_in_fp32(where, block_size, head_dim, dtype, gqa):
+    geom = GEOMS[where]
+    lp = mixed_plan(geom, block_size)
+    q, k, v = inputs(geom, lp.num_heads, head_dim, dtype, gqa, seed=block_size + head_dim)
+    ref = reference(q, k, v, lp, gqa)
+    for name, run in runs(q, k, v, lp, gqa).items():
+        out = run(torch.full_like(q, float("nan")))
+        torch.cuda.synchronize()
+        assert not torch.isnan(out).any(), f"{name}: unwritten or NaN output"
+        assert float(((out.float() - ref).norm() / ref.norm())) <= 1e-2, name
+        assert bool((out[:, 1] == 0).all()), f"{name}: the skip head is not zero"
+
+
+@pytest.mark.parametrize("head_dim", [128, 64])
+def test_cuda_graph_replay_equals_eager(head_dim):
+    """``sparse_attention`` captured in a CUDA graph after one eager call (which builds the cached
+    tables), replayed on new inputs copied into the captured buffers: bit for bit the eager result."""
+    geom = GEOMS["suffix"]
+    lp = mixed_plan(geom, 128)
+    q, k, v = (x.contiguous() for x in inputs(geom, lp.num_heads, head_dim, torch.bfloat16, seed=head_dim))
+    out = torch.empty_like(q)
+    sparse_attention(q, k, v, lp, out=out)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        sparse_attention(q, k, v, lp, out=out)
+    for t, new in zip((q, k, v), inputs(geom, lp.num_heads, head_dim, torch.bfloat16, seed=head_dim + 1)):
+        t.copy_(new)
+    out.fill_(float("nan"))
+    graph.replay()
+    eager = sparse_attention(q, k, v, lp)
+    torch.cuda.synchronize()
+    assert torch.equal(out, eager)
