@@ -87,8 +87,8 @@ def load(path: str, **options: Any) -> DiffusersGenerator:
     :class:`DiffusersGenerator`'s plus dtype (default float32 on CPU, bfloat16 on CUDA) and device."""
     check_options(f"diffusers:{path}", options, OPTIONS)
     from ..models.diffusers import require_diffusers
-    from ..models.diffusers import resolve_dtype
-    from ..models.diffusers.pretrained import _from_pretrained, resolve_path
+    from ..models.diffusers.family import resolve_dtype
+    from ..models.diffusers.pretrained import load_local, resolve_path
 
     diffusers = require_diffusers()
     folder = resolve_path(path)
@@ -100,7 +100,7 @@ def load(path: str, **options: Any) -> DiffusersGenerator:
         dtype = resolve_dtype(options.pop("dtype", None) or ("bfloat16" if device.type == "cuda" else "float32"))
     except ValueError as err:
         raise EvaluateError(f"-o dtype: {err}") from None
-    pipe = _from_pretrained(diffusers.DiffusionPipeline, folder, dtype).to(device)
+    pipe = load_local(diffusers.DiffusionPipeline, folder, dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     if not isinstance(getattr(pipe, "transformer", None), torch.nn.Module):
         raise EvaluateError(f"--model diffusers:{path}: the pipeline has no transformer")

@@ -67,7 +67,7 @@ def _class_name(folder: Path) -> str | None:
         return None
 
 
-def _from_pretrained(cls: Any, folder: Path, dtype: torch.dtype) -> Any:
+def load_local(cls: Any, folder: Path, dtype: torch.dtype) -> Any:
     """``cls.from_pretrained`` offline, in ``dtype`` (``torch_dtype``: the name every diffusers
     release accepts; 0.36+ deprecate it for ``dtype``, whose warning is silenced here)."""
     with warnings.catch_warnings():
@@ -154,7 +154,7 @@ def load_pretrained(path: str, *, prompt: str = "A cat walks on the grass, reali
             raise ValueError(f"diffusers: {folder} holds a {name}, which has no attnsearch adapter "
                              f"(known: {', '.join(by_class)})")
         fam = by_class[name]
-        model = _from_pretrained(getattr(diffusers, name), folder, dtype)
+        model = load_local(getattr(diffusers, name), folder, dtype)
         model = model.to(device).eval().requires_grad_(False)
         instrument(model)
         _, video, default_text = next(iter(fam.presets.values()))
@@ -166,7 +166,7 @@ def load_pretrained(path: str, *, prompt: str = "A cat walks on the grass, reali
         inputs = denoising_inputs(model, latent=latent, text_tokens=tokens, steps=steps, seed=seed)
     elif (folder / "model_index.json").is_file():
         try:
-            pipe = _from_pretrained(diffusers.DiffusionPipeline, folder, dtype)
+            pipe = load_local(diffusers.DiffusionPipeline, folder, dtype)
         except OSError as exc:
             raise _missing(path, f"incomplete pipeline: {exc}".splitlines()[0]) from None
         pipe = pipe.to(device)
