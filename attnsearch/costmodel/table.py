@@ -255,7 +255,7 @@ def kernels_dirs() -> list[Path]:
     dirs = []
     if os.environ.get("ATTNSEARCH_KERNELS"):
         dirs.append(Path(os.environ["ATTNSEARCH_KERNELS"]))
-    dirs += [Path.cwd() / "kernels", Path(__file__).resolve().parents[1] / "kernels",
+    dirs += [Path.cwd() / "kernels", Path(__file__).resolve().parents[2] / "kernels",
              Path(sys.prefix) / "share" / "attnsearch" / "kernels"]
     out: list[Path] = []
     for d in dirs:
