@@ -1,4 +1,4 @@
-"""The pattern library: every mask family of DESIGN.md as an exact [nb, nb] block mask.
+"""The pattern library: every mask family of docs/design.md as an exact [nb, nb] block mask.
 
     >>> from attnsearch import Geometry, block_mask
     >>> geom = Geometry(frames=13, height=9, width=14, text_tokens=37)

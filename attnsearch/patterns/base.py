@@ -1,6 +1,6 @@
 """Shared machinery of the pattern library: block layout, parameter checks, the Pattern record.
 
-Every pattern is exact under DESIGN's block-rounding rule: block (bq, bk) is kept iff at least one
+Every pattern is exact under the block-rounding rule of docs/design.md: block (bq, bk) is kept iff at least one
 token pair (i ∈ bq, j ∈ bk) is kept. None of them builds an N×N tensor: a block's video tokens form
 one contiguous run of video indices (text sits wholly before or after the video), so band patterns
 reduce to interval arithmetic per block pair, and frame-aware patterns to arithmetic per pair of

@@ -65,13 +65,18 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         from ..profiling.capture import capture_attention
 
         self.stats = {"calls": 0, "sparse": 0, "dense": 0, "fallbacks": Counter()}
+        self._layers_seen: dict[int, int] = {}
+        self._last_step: int | None = None
         self._capture = capture_attention(self.model, self._consumer, auto_step=self.auto_step)
         self._capture.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> Any:
         try:
-            return self._capture.__exit__(*exc)
+            suppressed = self._capture.__exit__(*exc)
+            if exc[0] is None and self._last_step is not None:
+                self._check_layers(self._last_step)
+            return suppressed
         finally:
             self._capture = None
             fb: Counter = self.stats["fallbacks"]
@@ -91,7 +96,20 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
 
     # -- one call ------------------------------------------------------------------------------------
 
+    def _check_layers(self, step: int) -> None:
+        """Every layer of the plan ran in ``step``: a model that makes fewer attention calls per
+        forward than the plan has layers is running some other model's plan."""
+        seen = self._layers_seen.get(step, 0)
+        if seen < self.plan.num_layers:
+            raise PlanError(f"attnsearch.apply: step {step} made {seen} attention call(s), but the plan has "
+                            f"{self.plan.num_layers} layers (layers {seen}..{self.plan.num_layers - 1} never ran: "
+                            "is the plan for this model?)")
+
     def _consumer(self, call: Any) -> torch.Tensor | None:
+        if self._last_step is not None and call.step != self._last_step:
+            self._check_layers(self._last_step)
+        self._last_step = call.step
+        self._layers_seen[call.step] = max(self._layers_seen.get(call.step, 0), call.layer + 1)
         self.stats["calls"] += 1
         try:
             return self._run(call)

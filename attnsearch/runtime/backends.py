@@ -61,6 +61,8 @@ class Backend:
     capabilities: ClassVar[tuple[int, ...] | None] = None
     #: It also runs CPU tensors under TRITON_INTERPRET=1 (its only CPU mode).
     interpreter: ClassVar[bool] = False
+    #: The dtypes it computes correctly under TRITON_INTERPRET=1 (None: every dtype it supports).
+    interpreter_dtypes: ClassVar[tuple[torch.dtype, ...] | None] = None
     #: It cannot run under TRITON_INTERPRET=1 at all.
     no_interpreter: ClassVar[bool] = False
     #: Its tensors need strides TMA can read.
@@ -87,6 +89,10 @@ class Backend:
             reasons.append(f"dtype {dtype} is not one of {names}")
         elif not dtype.is_floating_point:
             reasons.append(f"dtype {dtype} is not a floating-point type")
+        elif (interpret and device == "cpu" and cls.interpreter_dtypes is not None
+              and dtype not in cls.interpreter_dtypes):
+            reasons.append(f"dtype {dtype} under TRITON_INTERPRET=1: the interpreter computes it wrongly "
+                           "(NumPy has no bfloat16)")
         if cls.head_dims is not None and head_dim not in cls.head_dims:
             reasons.append(f"head_dim {head_dim} is not one of {cls.head_dims}")
         if cls.block_sizes is not None and block_size not in cls.block_sizes:
@@ -209,6 +215,8 @@ class TritonBackend(Backend):
     head_dims = (64, 128)  # a power of two its tiles hold whole
     devices = ("cuda",)
     interpreter = True
+    # Measured: bf16 under the interpreter is off by ~1e9 against fp32 SDPA (fp16, fp32 within 4e-4).
+    interpreter_dtypes = (torch.float16, torch.float32)
 
     @classmethod
     def device_reason(cls, device):

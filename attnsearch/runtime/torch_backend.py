@@ -61,8 +61,9 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
             s = torch.einsum("bhcqd,bhckd->bhcqk", qc.view(batch, h, c, bs, d), kg) * scale
             s = s.masked_fill(~valid[None, :, :, None, :], float("-inf"))
             p = torch.softmax(s, dim=-1)
-            # A row with no kept key (all −inf) is NaN after softmax: DESIGN says it outputs zero.
-            p = torch.nan_to_num(p, nan=0.0)
+            # A row with no kept key (all −inf) is NaN after softmax and outputs zero (docs/design.md);
+            # only those rows are zeroed, so non-finite inputs stay non-finite, as SDPA's do.
+            p = p.masked_fill(~valid.any(-1)[None, :, :, None, None], 0.0)
             o = torch.einsum("bhcqk,bhckd->bhcqd", p, vg).reshape(batch, h, c * bs, d)
             rows = min(qb1 * bs, n) - qb0 * bs
             out[:, heads, qb0 * bs: qb0 * bs + rows] = o[:, :, :rows].to(out.dtype)
