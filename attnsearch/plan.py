@@ -41,9 +41,7 @@ caches (block tables, masks) are shared by every layer and step that runs the sa
 from __future__ import annotations
 
 import bisect
-import math
 import os
-import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -52,10 +50,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from .atomic_io import write_json_atomic
-from .geometry import BLOCK_SIZES, Geometry, GeometryError
-from .jsondata import INT_LIMIT, JSONDataError, check_data, key_path, nonfinite_to_null, read_json
-from .messages import one_line
+from .geometry import Geometry, GeometryError
+from .jsondata import JSONDataError, read_json
 from .patterns import PatternError, block_mask, normalize_params, params_key
+from .plan_checks import (INT_MAX, MAX_HEADS, MAX_TOKENS, NULL_WHEN_NOT_FINITE, PlanError, as_int, as_list,
+                          as_object, check_extent, check_geometry, check_json_data, check_keys, compact_ranges,
+                          pattern_error, strict_meta)
 
 FORMAT = "attnsearch-plan"
 VERSION = 1
@@ -63,153 +63,6 @@ VERSION = 1
 _TOP_REQUIRED = ("format", "version", "geometry", "block_size", "num_steps", "num_layers", "num_heads",
                  "schedule")
 _TOP_OPTIONAL = ("model", "hardware", "predicted", "search")
-
-#: Most tokens one attention call of a plan may hold: the runtime indexes tokens in 32-bit integers.
-MAX_TOKENS = 2 ** 31 - 1
-#: Most query heads a plan may describe; far above any attention layer (a larger count is a corrupt
-#: file, and a dense layer lists every head).
-MAX_HEADS = 65535
-#: Metadata keys whose non-finite value is stored as null (see the module docstring).
-NULL_WHEN_NOT_FINITE = ("psnr_db",)
-
-
-class PlanError(ValueError):
-    """A plan is malformed or does not fit the call it is used for; the one-line message names
-    the field."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(one_line(message))
-
-
-# --- small checkers: each raises PlanError naming ``path`` ---------------------------------------
-
-
-def _check_geometry(geometry: Any, block_size: Any) -> None:
-    if not isinstance(geometry, Geometry):
-        raise PlanError(f"geometry: must be a Geometry, got {type(geometry).__name__}")
-    if geometry.num_tokens > MAX_TOKENS:
-        raise PlanError(f"geometry: {geometry.num_tokens} tokens, more than the runtime's {MAX_TOKENS}")
-    if block_size not in BLOCK_SIZES or isinstance(block_size, bool):
-        raise PlanError(f"block_size: must be one of {BLOCK_SIZES}, got {block_size!r}")
-
-
-def _data(value: Any, path: str) -> None:
-    """Raise PlanError unless ``value`` is strict JSON data (finite numbers, bounded nesting)."""
-    try:
-        check_data(value, path)
-    except JSONDataError as err:
-        raise PlanError(str(err)) from None
-
-
-def _int(value: Any, path: str, lo: int, hi: float = math.inf) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        rng = f"[{lo}, {hi}]" if math.isfinite(hi) else f"≥ {lo}"
-        raise PlanError(f"{path}: must be an integer {rng}, got {value!r}")
-    return value
-
-
-def _obj(value: Any, path: str) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise PlanError(f"{path}: must be an object, got {type(value).__name__}")
-    return dict(value)
-
-
-def _list(value: Any, path: str) -> list[Any]:
-    if not isinstance(value, (list, tuple)):
-        raise PlanError(f"{path}: must be a list, got {type(value).__name__}")
-    return list(value)
-
-
-def _keys(obj: Mapping[str, Any], path: str, required: Iterable[str], optional: Iterable[str] = ()) -> None:
-    required = tuple(required)
-    missing = [k for k in required if k not in obj]
-    if missing:
-        raise PlanError(f"{key_path(path, missing[0])}: missing")
-    unknown = sorted(set(obj) - set(required) - set(optional), key=str)
-    if unknown:
-        allowed = ", ".join((*required, *optional))
-        raise PlanError(f"{key_path(path, unknown[0])}: unknown field (allowed: {allowed})")
-
-
-_PARAM_FIELD = re.compile(r"^(\w+)\.(\w+) ")
-
-
-def _check_extent(pattern: str, params: Mapping[str, Any], geometry: Geometry, path: str) -> None:
-    """Parameters within what the geometry can mean (beyond the family's own range checks)."""
-    rows = params.get("rows")
-    limit = geometry.frames * geometry.height
-    if rows is not None and rows > limit:
-        raise PlanError(f"{path}.rows: {pattern}.rows must be at most frames × height = {limit} (a band over "
-                        f"the whole video), got {rows!r}")
-
-
-def _pattern_error(err: PatternError, path: str) -> PlanError:
-    """Prefix a PatternError with the plan path, down to the parameter when the message names one."""
-    msg = str(err)
-    m = _PARAM_FIELD.match(msg)
-    return PlanError(f"{path}.{m.group(2)}: {msg}" if m else f"{path}: {msg}")
-
-
-# --- metadata: free-form JSON objects, with ranges for the figures they name ------------------------
-
-_INT_MAX = INT_LIMIT - 1
-_UNIT = (0.0, False, 1.0, "in [0, 1]")
-_NONNEG = (0.0, False, math.inf, "≥ 0")
-_POSITIVE = (0.0, True, math.inf, "> 0")
-
-
-def _meta_range(key: str) -> tuple[float, bool, float, str] | None:
-    """(lo, lo_open, hi, wording) for a metadata number named ``key``, or None (any finite value)."""
-    k = key.lower()
-    if k in ("density", "tau", "density_cap") or k.endswith("_density") or k.startswith("recall"):
-        return _UNIT
-    if k in ("error", "rel_err", "rel_l2", "budget") or k.endswith(("_error", "_err")):
-        return _NONNEG
-    if k == "speedup" or k.endswith("_speedup"):
-        return _POSITIVE
-    if k == "ms" or k.endswith("_ms"):
-        return _NONNEG
-    return None
-
-
-def _strict_meta(name: str, meta: Any) -> dict[str, Any]:
-    """A metadata object in its stored form (documented non-finite values as null), checked."""
-    meta = _obj(meta, name)
-    try:
-        meta = nonfinite_to_null(meta, NULL_WHEN_NOT_FINITE, name)
-        if name == "search" and isinstance(meta.get("pareto"), list):
-            meta["pareto"] = nonfinite_to_null(meta["pareto"], None, "search.pareto")
-    except JSONDataError as err:
-        raise PlanError(str(err)) from None
-    _data(meta, name)
-    if name == "predicted":  # the cost model's figures: each one a number
-        for k, v in meta.items():
-            if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise PlanError(f"{key_path(name, k)}: must be a number, got {v!r}")
-    if name == "model":
-        for k in ("name", "fingerprint"):
-            if k in meta and not isinstance(meta[k], str):
-                raise PlanError(f"model.{k}: must be a string, got {meta[k]!r}")
-    stack: list[tuple[Any, str]] = [(meta, name)]
-    while stack:
-        value, path = stack.pop()
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        for k, v in items:
-            where = key_path(path, k)
-            if isinstance(v, (dict, list)):
-                stack.append((v, where))
-                continue
-            rng = _meta_range(k) if isinstance(k, str) else None
-            if rng is None or not isinstance(v, (int, float)) or isinstance(v, bool):
-                continue
-            lo, lo_open, hi, wording = rng
-            if not ((v > lo if lo_open else v >= lo) and v <= hi):
-                raise PlanError(f"{where}: must be {wording}, got {v!r}")
-    return meta
-
-
-# --- head groups and layer plans ----------------------------------------------------------------
-
 
 @dataclass(frozen=True, eq=False)
 class HeadGroup:
@@ -239,30 +92,30 @@ class HeadGroup:
 def _parse_group(raw: Any, geometry: Geometry, block_size: int, num_heads: int, path: str) -> HeadGroup:
     if isinstance(raw, HeadGroup):
         raw = raw.to_dict()
-    obj = _obj(raw, path)
-    _keys(obj, path, ("pattern", "heads", "params"))
+    obj = as_object(raw, path)
+    check_keys(obj, path, ("pattern", "heads", "params"))
     pattern = obj["pattern"]
     if not isinstance(pattern, str):
         raise PlanError(f"{path}.pattern: must be a string, got {pattern!r}")
-    heads = _list(obj["heads"], f"{path}.heads")
+    heads = as_list(obj["heads"], f"{path}.heads")
     if not heads:
         raise PlanError(f"{path}.heads: must list at least one head")
-    heads = tuple(_int(h, f"{path}.heads[{i}]", 0, num_heads - 1) for i, h in enumerate(heads))
-    params = _list(obj["params"], f"{path}.params")
+    heads = tuple(as_int(h, f"{path}.heads[{i}]", 0, num_heads - 1) for i, h in enumerate(heads))
+    params = as_list(obj["params"], f"{path}.params")
     if len(params) != len(heads):
         raise PlanError(f"{path}.params: {len(params)} entries for {len(heads)} heads (one per head)")
     norm = []
     for i, p in enumerate(params):
         ppath = f"{path}.params[{i}]"
-        p = _obj(p, ppath)
-        _data(p, ppath)
+        p = as_object(p, ppath)
+        check_json_data(p, ppath)
         try:
             n = normalize_params(pattern, p, geometry, block_size)
         except PatternError as err:
             if "unknown pattern" in str(err):
                 raise PlanError(f"{path}.pattern: {err}") from None
-            raise _pattern_error(err, ppath) from None
-        _check_extent(pattern, n, geometry, ppath)
+            raise pattern_error(err, ppath) from None
+        check_extent(pattern, n, geometry, ppath)
         norm.append(n)
     return HeadGroup(pattern, heads, tuple(norm))
 
@@ -286,11 +139,11 @@ class LayerPlan:
     groups: tuple[HeadGroup, ...]
 
     def __post_init__(self) -> None:
-        _check_geometry(self.geometry, self.block_size)
-        _int(self.num_heads, "num_heads", 1, MAX_HEADS)
+        check_geometry(self.geometry, self.block_size)
+        as_int(self.num_heads, "num_heads", 1, MAX_HEADS)
         groups = tuple(
             _parse_group(g, self.geometry, self.block_size, self.num_heads, f"groups[{i}]")
-            for i, g in enumerate(_list(self.groups, "groups"))
+            for i, g in enumerate(as_list(self.groups, "groups"))
         )
         seen: dict[int, str] = {}
         for i, g in enumerate(groups):
@@ -300,7 +153,7 @@ class LayerPlan:
                 seen[h] = f"groups[{i}]"
         missing = [h for h in range(self.num_heads) if h not in seen]
         if missing:
-            raise PlanError(f"groups: head(s) {_ranges(missing)} of {self.num_heads} appear in no group")
+            raise PlanError(f"groups: head(s) {compact_ranges(missing)} of {self.num_heads} appear in no group")
         object.__setattr__(self, "groups", groups)
 
     # -- identity --------------------------------------------------------------------------------
@@ -411,19 +264,6 @@ class LayerPlan:
         return [g.to_dict() for g in self.groups]
 
 
-def _ranges(values: Sequence[int]) -> str:
-    """[0, 1, 2, 5] → '0-2, 5' (short error messages for long head/step lists)."""
-    out, start, prev = [], None, None
-    for v in list(values) + [None]:
-        if start is not None and v == prev + 1:
-            prev = v
-            continue
-        if start is not None:
-            out.append(str(start) if start == prev else f"{start}-{prev}")
-        start = prev = v
-    return ", ".join(out)
-
-
 # --- the plan -----------------------------------------------------------------------------------
 
 
@@ -456,22 +296,22 @@ class Plan:
     search: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_geometry(self.geometry, self.block_size)
-        _int(self.num_steps, "num_steps", 1, _INT_MAX)
-        _int(self.num_layers, "num_layers", 1, _INT_MAX)
-        _int(self.num_heads, "num_heads", 1, MAX_HEADS)
+        check_geometry(self.geometry, self.block_size)
+        as_int(self.num_steps, "num_steps", 1, INT_MAX)
+        as_int(self.num_layers, "num_layers", 1, INT_MAX)
+        as_int(self.num_heads, "num_heads", 1, MAX_HEADS)
         for name in _TOP_OPTIONAL:  # kept as given (a PSNR may be +inf); to_dict() gives the stored form
-            _strict_meta(name, getattr(self, name))
+            strict_meta(name, getattr(self, name))
             object.__setattr__(self, name, dict(getattr(self, name)))
-        schedule = tuple(_list(self.schedule, "schedule"))
+        schedule = tuple(as_list(self.schedule, "schedule"))
         if not schedule:
             raise PlanError("schedule: must hold at least one entry")
         for i, e in enumerate(schedule):
             path = f"schedule[{i}]"
             if not isinstance(e, ScheduleEntry):
                 raise PlanError(f"{path}: must be a ScheduleEntry, got {type(e).__name__}")
-            _int(e.start, f"{path}.steps[0]", 0, self.num_steps - 1)
-            _int(e.stop, f"{path}.steps[1]", e.start + 1, self.num_steps)
+            as_int(e.start, f"{path}.steps[0]", 0, self.num_steps - 1)
+            as_int(e.stop, f"{path}.steps[1]", e.start + 1, self.num_steps)
             if e.layers is None:
                 continue
             if len(e.layers) != self.num_layers:
@@ -546,35 +386,35 @@ class Plan:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
         """Parse and validate a plan-JSON object; raises PlanError naming the offending field."""
-        obj = _obj(data, "plan")
-        _keys(obj, "", _TOP_REQUIRED, _TOP_OPTIONAL)
-        obj.update({k: _strict_meta(k, obj[k]) for k in _TOP_OPTIONAL if k in obj})
-        _data(obj, "")
+        obj = as_object(data, "plan")
+        check_keys(obj, "", _TOP_REQUIRED, _TOP_OPTIONAL)
+        obj.update({k: strict_meta(k, obj[k]) for k in _TOP_OPTIONAL if k in obj})
+        check_json_data(obj, "")
         if obj["format"] != FORMAT:
             raise PlanError(f"format: expected {FORMAT!r}, got {obj['format']!r}")
         if obj["version"] != VERSION or isinstance(obj["version"], bool):
             raise PlanError(f"version: this attnsearch reads version {VERSION}, got {obj['version']!r}")
         try:
-            geometry = Geometry.from_dict(_obj(obj["geometry"], "geometry"))
+            geometry = Geometry.from_dict(as_object(obj["geometry"], "geometry"))
         except GeometryError as err:
             raise PlanError(f"geometry: {err}") from None
         block_size = obj["block_size"]
-        _check_geometry(geometry, block_size)
-        num_steps = _int(obj["num_steps"], "num_steps", 1, _INT_MAX)
-        num_layers = _int(obj["num_layers"], "num_layers", 1, _INT_MAX)
-        num_heads = _int(obj["num_heads"], "num_heads", 1, MAX_HEADS)
+        check_geometry(geometry, block_size)
+        num_steps = as_int(obj["num_steps"], "num_steps", 1, INT_MAX)
+        num_layers = as_int(obj["num_layers"], "num_layers", 1, INT_MAX)
+        num_heads = as_int(obj["num_heads"], "num_heads", 1, MAX_HEADS)
         meta = {k: obj.get(k, {}) for k in _TOP_OPTIONAL}
 
         schedule = []
-        for i, raw in enumerate(_list(obj["schedule"], "schedule")):
+        for i, raw in enumerate(as_list(obj["schedule"], "schedule")):
             path = f"schedule[{i}]"
-            entry = _obj(raw, path)
-            _keys(entry, path, ("steps", "layers"))
-            steps = _list(entry["steps"], f"{path}.steps")
+            entry = as_object(raw, path)
+            check_keys(entry, path, ("steps", "layers"))
+            steps = as_list(entry["steps"], f"{path}.steps")
             if len(steps) != 2:
                 raise PlanError(f"{path}.steps: must be [start, stop), got {steps!r}")
-            start = _int(steps[0], f"{path}.steps[0]", 0, num_steps - 1)
-            stop = _int(steps[1], f"{path}.steps[1]", start + 1, num_steps)
+            start = as_int(steps[0], f"{path}.steps[0]", 0, num_steps - 1)
+            stop = as_int(steps[1], f"{path}.steps[1]", start + 1, num_steps)
             layers = entry["layers"]
             if isinstance(layers, str):
                 if layers != "dense":
@@ -583,15 +423,15 @@ class Plan:
                 continue
             by_layer: dict[int, LayerPlan] = {}
             where: dict[int, int] = {}
-            for j, lraw in enumerate(_list(layers, f"{path}.layers")):
+            for j, lraw in enumerate(as_list(layers, f"{path}.layers")):
                 lpath = f"{path}.layers[{j}]"
-                lobj = _obj(lraw, lpath)
-                _keys(lobj, lpath, ("layer", "groups"))
-                layer = _int(lobj["layer"], f"{lpath}.layer", 0, num_layers - 1)
+                lobj = as_object(lraw, lpath)
+                check_keys(lobj, lpath, ("layer", "groups"))
+                layer = as_int(lobj["layer"], f"{lpath}.layer", 0, num_layers - 1)
                 if layer in by_layer:
                     raise PlanError(f"{lpath}.layer: layer {layer} already listed at "
                                     f"{path}.layers[{where[layer]}]")
-                groups = _list(lobj["groups"], f"{lpath}.groups")
+                groups = as_list(lobj["groups"], f"{lpath}.groups")
                 try:
                     by_layer[layer] = LayerPlan(geometry, block_size, num_heads, tuple(groups))
                 except PlanError as err:  # LayerPlan names fields relative to the layer
@@ -599,7 +439,7 @@ class Plan:
                 where[layer] = j
             missing = [i for i in range(num_layers) if i not in by_layer]
             if missing:
-                raise PlanError(f"{path}.layers: layer(s) {_ranges(missing)} of {num_layers} missing "
+                raise PlanError(f"{path}.layers: layer(s) {compact_ranges(missing)} of {num_layers} missing "
                                 f"(list every layer, or use \"dense\")")
             schedule.append(ScheduleEntry(start, stop, tuple(by_layer[i] for i in range(num_layers))))
         return cls(geometry, block_size, num_steps, num_layers, num_heads, tuple(schedule), **meta)
@@ -613,14 +453,14 @@ class Plan:
             sched.append({"steps": [e.start, e.stop], "layers": layers})
         return {
             "format": FORMAT, "version": VERSION,
-            "model": _strict_meta("model", self.model),
+            "model": strict_meta("model", self.model),
             "geometry": self.geometry.to_dict(),
             "block_size": self.block_size,
             "num_steps": self.num_steps, "num_layers": self.num_layers, "num_heads": self.num_heads,
-            "hardware": _strict_meta("hardware", self.hardware),
+            "hardware": strict_meta("hardware", self.hardware),
             "schedule": sched,
-            "predicted": _strict_meta("predicted", self.predicted),
-            "search": _strict_meta("search", self.search),
+            "predicted": strict_meta("predicted", self.predicted),
+            "search": strict_meta("search", self.search),
         }
 
 
