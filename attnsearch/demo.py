@@ -4,12 +4,34 @@ present. ``attnsearch demo`` prints the headline; :func:`run_demo` returns it as
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .atomic_io import write_text_atomic
+from .atomic_io import write_json_atomic
+from .jsondata import nonfinite_to_null
+
+
+def check_demo(out_dir: Path, *, steps: int, queries: int, trials: int, validate: int, max_error: float,
+               seed: int, hardware: str | None) -> None:
+    """ValueError naming the option unless every setting of :func:`run_demo` means something; run
+    before any work (the hardware table is loaded, the outputs checked)."""
+    import math
+
+    from .atomic_io import OutputError, check_outputs
+    from .costmodel import CostModel
+
+    for name, value, low in (("steps", steps, 1), ("queries", queries, 1), ("trials", trials, 1),
+                             ("validate", validate, 0), ("seed", seed, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"demo: {name} must be an integer ≥ {low}, got {value!r}")
+    if not (isinstance(max_error, (int, float)) and math.isfinite(max_error) and max_error > 0):
+        raise ValueError(f"demo: max_error must be a finite number > 0, got {max_error!r}")
+    CostModel(hardware, head_dim=64)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{out_dir}: exists and is not a folder")
+    check_outputs([out_dir / "toy-vdit.parquet", out_dir / "plan.json", out_dir / "bench.json",
+                   out_dir / "report" / "index.html"])
 
 
 def run_demo(out_dir: Path, *, steps: int = 4, queries: int = 128, trials: int = 30, validate: int = 2,
@@ -31,6 +53,8 @@ def run_demo(out_dir: Path, *, steps: int = 4, queries: int = 128, trials: int =
     stage = on_stage or (lambda name: None)
     progress = on_progress or (lambda *a: None)
     out_dir = Path(out_dir)
+    check_demo(out_dir, steps=steps, queries=queries, trials=trials, validate=validate, max_error=max_error,
+               seed=seed, hardware=hardware)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     head: dict[str, Any] = {}
@@ -85,7 +109,7 @@ def run_demo(out_dir: Path, *, steps: int = 4, queries: int = 128, trials: int =
         for row, lp in zip(result["layer_plans"], plan.layer_plans()):
             row["predicted_ms"] = cost.layer_ms(lp)
         result["format"] = "attnsearch-bench"
-        bench_path = write_text_atomic(out_dir / "bench.json", json.dumps(result, indent=1) + "\n")
+        bench_path = write_json_atomic(out_dir / "bench.json", nonfinite_to_null(result))
         head["measured_speedup"] = result.get("speedup_vs_cudnn")
         head["gpu"] = result["card"]
         inputs.append(bench_path)

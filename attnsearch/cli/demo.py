@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import console, progress_bar, run
+from .common import console, progress_bar, run, shown
 
 
 def demo(
@@ -20,14 +20,16 @@ def demo(
     hardware: Optional[str] = typer.Option(None, help="Cost-model table (default: this GPU's, else H100)."),
 ) -> None:
     """The whole pipeline on the embedded toy video DiT, then the headline."""
-    from ..demo import run_demo
+    from ..demo import check_demo, run_demo
 
     def work():
+        check_demo(out, steps=steps, queries=queries, trials=trials, validate=validate, max_error=max_error,
+                   seed=0, hardware=hardware)
         with progress_bar() as bar:
             tasks: dict[str, int] = {}
 
             def on_stage(name: str) -> None:
-                console.print(f"[bold]▸ {name}[/]")
+                console.print(f"[bold]▸ {shown(name)}[/]")
 
             def on_progress(name: str, done: int, total: int) -> None:
                 if name not in tasks:
@@ -39,7 +41,7 @@ def demo(
         classes = ", ".join(f"{n} {k}" for k, n in sorted(h["classes"].items(), key=lambda kv: -kv[1]))
         console.print()
         console.print(f"[bold]classes found[/]   {classes} ({h['match_planted']}/{h['heads']} match the planted truth)")
-        console.print(f"[bold]plan[/]            mean block density {h['plan_density']:.2f} → {h['plan']}")
+        console.print(f"[bold]plan[/]            mean block density {h['plan_density']:.2f} → {shown(h['plan'])}")
         console.print(f"[bold]predicted[/]       {h['predicted_speedup']:.2f}× attention speedup on {h['hardware']} "
                       "(toy size: ~23 µs per call, launch-bound)")
         if h.get("measured_rel_l2") is not None:
@@ -47,6 +49,6 @@ def demo(
                           f"{h['measured_psnr_db']:.1f} dB PSNR vs dense (budget {max_error})")
         if h.get("measured_speedup"):
             console.print(f"[bold]measured[/]        {h['measured_speedup']:.2f}× on {h['gpu']}")
-        console.print(f"[bold]report[/]          {h['report']}  ({h['seconds']:.0f} s)")
+        console.print(f"[bold]report[/]          {shown(h['report'])}  ({h['seconds']:.0f} s)")
 
     run(work)
