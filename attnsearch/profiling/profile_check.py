@@ -14,6 +14,7 @@ Rules (each violation is one :class:`ProfileError` line naming the file and the 
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from ..patterns import PATTERNS
@@ -60,15 +61,15 @@ def check_table(df: pd.DataFrame, path) -> None:
         if not (pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col])):
             raise _error(path, f"column {col!r} must hold numbers, has {df[col].dtype}")
         values = df[col].astype("float64")
-        bad = ~values.between(-float("inf"), float("inf"))  # NaN and ±inf
+        bad = ~np.isfinite(values)  # NaN and ±inf
         if bad.any():
             row = df[bad].iloc[0]
-            raise _error(path, f"column {col!r} holds a non-finite value ({values[bad].iloc[0]}) at step "
+            raise _error(path, f"column {col!r} holds a non-finite value ({float(values[bad].iloc[0])}) at step "
                                f"{row['step']} layer {row['layer']} head {row['head']}")
         out = (values < low - TOLERANCE) | ((values > high + TOLERANCE) if high is not None else False)
         if out.any():
             span = f"[{low:g}, {high:g}]" if high is not None else f"≥ {low:g}"
-            raise _error(path, f"column {col!r} holds {values[out].iloc[0]!r}, outside {span}")
+            raise _error(path, f"column {col!r} holds {float(values[out].iloc[0])!r}, outside {span}")
     dup = df.duplicated(["step", "layer", "head", "candidate"])
     if dup.any():
         row = df[dup].iloc[0]
