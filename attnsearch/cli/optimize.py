@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import UsageError, check_output_paths, check_range, console, parse_options, progress_bar, run, shown
+from .common import UsageError, check_range, console, parse_options, progress_bar, run, shown
 
 
 def optimize(
@@ -33,6 +33,7 @@ def optimize(
 ) -> None:
     """Search the fastest plan under an accuracy budget and write it as JSON."""
     from ..search import optimize as run_search
+    from ..search.study import check_outputs_of
 
     def work():
         check_range("--max-error", max_error, low=0)
@@ -46,7 +47,7 @@ def optimize(
             raise UsageError(f"--seed must be ≥ 0, got {seed}")
         if head_dim is not None and head_dim < 1:
             raise UsageError(f"--head-dim must be ≥ 1, got {head_dim}")
-        check_output_paths([out], profiles)
+        check_outputs_of([str(p) for p in profiles], out, storage, workers)
         spec = None
         if validate:
             from ..models import load_model

@@ -19,7 +19,7 @@ from ..geometry import Geometry
 #: The narrowest head (and hidden width per token) the lower bound assumes.
 MIN_HEAD_DIM = 64
 #: Sustained fp32 rate assumed for a CPU (flop/s): a many-core machine; laptops are slower.
-CPU_FLOPS = 1e11
+CPU_FLOPS = 5e10
 #: Above this estimated CPU time the CLI warns before it starts.
 WARN_CPU_S = 60.0
 #: Candidates the default grid holds at most (masks of nb × nb bytes each).

@@ -258,11 +258,8 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         raise SearchError(f"validate must be ≥ 0, got {validate}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise SearchError(f"seed must be an integer ≥ 0, got {seed!r}")
-    check_workers(storage or "sqlite:///", workers)
     out = Path(out)
-    given = storage is not None
-    storage = storage or f"sqlite:///{out.with_name(out.name + '.optuna.db')}"
-    db = _check_outputs(storage, out, profile_path, given=given)
+    storage, db = check_outputs_of(profile_path, out, storage, workers)
     started = time.perf_counter()
     profs = _load_profiles(profile_path)
     spec = _load_spec(model) if model is not None else None
@@ -382,25 +379,32 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         raise
 
 
-def _check_outputs(storage: str, out: Path, profile_path, *, given: bool) -> Path | None:
-    """Check the plan and a SQLite study file as outputs (never an input, a device or a folder)
-    before any work; a SQLite URL given by the user must name a file in an existing folder (the
-    default one, beside the plan, is made). Returns the SQLite file, None for a server database."""
+def check_outputs_of(profile_path, out: str | os.PathLike, storage: str | None, workers: int = 1
+                     ) -> tuple[str, Path | None]:
+    """What :func:`optimize` checks before any work: the worker count against the storage, the plan
+    and a SQLite study file as outputs (never an input, a device or a folder); a SQLite URL given
+    by the user must name a file in an existing folder (the default one, ``<out>.optuna.db``, is
+    made beside the plan). Returns the storage URL and its SQLite file (None: a server database)."""
     from ..atomic_io import check_outputs
+
+    out = Path(out)
+    given = storage is not None
+    storage = storage or f"sqlite:///{out.with_name(out.name + '.optuna.db')}"
+    check_workers(storage, workers)
 
     given_profiles = [profile_path] if isinstance(profile_path, (str, os.PathLike, Profile)) else list(profile_path)
     inputs = [p for p in given_profiles if isinstance(p, (str, os.PathLike))]
     db = sqlite_path(storage) if storage_kind(storage) == "sqlite" else None
     if storage_kind(storage) == "sqlite" and db is None and storage.startswith("sqlite:///"):
         check_outputs([out], inputs)
-        return None  # in-memory
+        return storage, None  # in-memory
     if db is not None:
         if given and not db.parent.is_dir():
             raise SearchError(f"storage {storage!r}: folder {db.parent} does not exist (create it first)")
         check_outputs([out, db], inputs)
     else:
         check_outputs([out], inputs)
-    return db
+    return storage, db
 
 
 def _missing_folders(db: Path) -> list[Path]:
