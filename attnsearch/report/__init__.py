@@ -107,7 +107,7 @@ def _draw(kind: str, path: Path, data, out: Path, *, tau: float, density_cap: fl
         if data.search.get("pareto"):
             from .study_figures import study_figures
 
-            sections.append(study_figures(data.to_dict(), out))
+            sections.append(study_figures(data.to_dict(), out, source_name=str(path)))
         return sections
     if kind == "study":
         from .study_figures import study_figures
