@@ -343,11 +343,15 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
             raise SearchError(f"study {name!r}: the run stopped at {len(done)} of {target} complete trials (its "
                               f"workers were killed); rerun the same command to resume it")
         front = sorted(study.best_trials, key=lambda t: t.number)
-        if max_density is not None:
-            chosen, reason = choose_by_density(done, lambda t: problems[search.knobs_of(t.params).block_size],
-                                               search, max_density, validate=bool(validate))
-        else:
-            chosen, reason = choose(front, max_error, target_speedup, validate=bool(validate))
+        try:
+            if max_density is not None:
+                chosen, reason = choose_by_density(done, lambda t: problems[search.knobs_of(t.params).block_size],
+                                                   search, max_density, validate=bool(validate))
+            else:
+                chosen, reason = choose(front, max_error, target_speedup, validate=bool(validate))
+        except BudgetError as err:  # the trials are results: kept, and said so
+            raise BudgetError(f"{err}; the study's {len(done)} trials stay in {public_url(storage)} (a rerun "
+                              f"with another budget chooses from them)") from None
         if study.user_attrs.get("chosen_trial") != chosen.number:
             study.set_user_attr("chosen_trial", chosen.number)  # what `attnsearch report STUDY.db` marks
         k = search.knobs_of(chosen.params)
