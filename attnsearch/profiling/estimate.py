@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 
 from ..geometry import Geometry
+from .errors import ProfileError
 
 #: The narrowest head (and hidden width per token) the lower bound assumes.
 MIN_HEAD_DIM = 64
@@ -58,8 +59,6 @@ def machine_memory() -> float | None:
 
 def check_fits(cost: ProfileCost, device_memory: float | None = None) -> None:
     """ProfileError when the lower bound of memory exceeds the machine's (or ``device_memory``)."""
-    from .profile_io import ProfileError
-
     have = device_memory if device_memory is not None else machine_memory()
     if have is not None and cost.memory_bytes > have:
         raise ProfileError(f"profiling N = {cost.tokens:,} tokens needs at least {_gb(cost.memory_bytes)} of "

@@ -18,14 +18,13 @@ import numpy as np
 import pandas as pd
 
 from ..patterns import PATTERNS
+from .errors import ProfileError
 
 #: Densities and recalls may exceed 1 by float rounding of sums of softmax mass.
 TOLERANCE = 1e-6
 
 
-def _error(path, message: str) -> Exception:
-    from .profile_io import ProfileError
-
+def _error(path, message: str) -> ProfileError:
     return ProfileError(f"{path}: {message}")
 
 

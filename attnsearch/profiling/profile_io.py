@@ -26,22 +26,14 @@ import torch
 
 from ..atomic_io import replacing
 from ..geometry import Geometry, check_block_size
-from ..messages import one_line
 from ..jsondata import JSONDataError, dumps, parse
 from .candidates import CandidateGrid
+from .errors import ProfileError
 from .profile_check import check_table
 
 FORMAT = "attnsearch-profile"
 SCHEMA_VERSION = 1
 TABLE_COLUMNS = ["step", "layer", "head", "pattern", "params", "candidate", "density", "recall", "rel_err"]
-
-
-class ProfileError(ValueError):
-    """Bad profiler input (shapes, settings, an attention call the profiler cannot measure) or a
-    profile file that is not usable data; the message is one line."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(one_line(message))
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,9 @@ from ..profiling.profile_check import check_steps_complete, check_table
 from ..profiling.profile_io import Profile, ProfileError
 from .problem import Knobs, Problem
 from .space import SearchError, build_space
-from .workers import (HEARTBEAT_S, check_workers, claim_lock, file_lock, lock_path, open_storage, run_trials,
-                      spawn, sqlite_path, start_run, public_url, storage_error, storage_kind, worker_id)
+from .outputs import check_outputs_of, holds_no_trial, missing_folders, remove_new_study
+from .workers import (HEARTBEAT_S, claim_lock, file_lock, open_storage, run_trials, spawn, start_run,
+                      public_url, storage_error, storage_kind, worker_id)
 
 #: Relative λ range (× one head's dense attention per step; see Knobs).
 LAM_RANGE = (1e-3, 1e3)
@@ -290,7 +291,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
     fingerprint = _fingerprint(profs, settings)
     name = study_name or f"attnsearch-{profs[0].model.get('name', 'model')}-{fingerprint}"
     fresh = db is not None and not db.exists()
-    made = _missing_folders(db) if fresh else []
+    made = missing_folders(db) if fresh else []
     ran = 0
     study = None
     import optuna
@@ -378,62 +379,9 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         return OptimizeResult(plan, path, chosen.number, reason, figures, pareto, name, storage, hw, settings,
                               seconds=round(search_s, 2), trials_run=ran)
     except BaseException:
-        if fresh and ran == 0 and _holds_no_trial(study):
-            _remove_new_study(db, made)  # a failed first run leaves no empty study behind
+        if fresh and ran == 0 and holds_no_trial(study):
+            remove_new_study(db, made)  # a failed first run leaves no empty study behind
         raise
-
-
-def check_outputs_of(profile_path, out: str | os.PathLike, storage: str | None, workers: int = 1
-                     ) -> tuple[str, Path | None]:
-    """What :func:`optimize` checks before any work: the worker count against the storage, the plan
-    and a SQLite study file as outputs (never an input, a device or a folder); a SQLite URL given
-    by the user must name a file in an existing folder (the default one, ``<out>.optuna.db``, is
-    made beside the plan). Returns the storage URL and its SQLite file (None: a server database)."""
-    from ..atomic_io import check_outputs
-
-    out = Path(out)
-    given = storage is not None
-    storage = storage or f"sqlite:///{out.with_name(out.name + '.optuna.db')}"
-    check_workers(storage, workers)
-
-    given_profiles = [profile_path] if isinstance(profile_path, (str, os.PathLike, Profile)) else list(profile_path)
-    inputs = [p for p in given_profiles if isinstance(p, (str, os.PathLike))]
-    db = sqlite_path(storage) if storage_kind(storage) == "sqlite" else None
-    if storage_kind(storage) == "sqlite" and db is None and storage.startswith("sqlite:///"):
-        check_outputs([out], inputs)
-        return storage, None  # in-memory
-    if db is not None:
-        if given and not db.parent.is_dir():
-            raise SearchError(f"storage {storage!r}: folder {db.parent} does not exist (create it first)")
-        check_outputs([out, db], inputs)
-    else:
-        check_outputs([out], inputs)
-    return storage, db
-
-
-def _missing_folders(db: Path) -> list[Path]:
-    """The folders above ``db`` that do not exist yet, outermost first."""
-    return [p for p in reversed(db.parents) if not p.exists()]
-
-
-def _holds_no_trial(study) -> bool:
-    """Whether ``study`` (None: not opened) has no trial at all; unsure counts as holding some."""
-    if study is None:
-        return True
-    try:
-        return not study.get_trials(deepcopy=False)
-    except Exception:  # noqa: BLE001  (the storage may be what failed)
-        return False
-
-
-def _remove_new_study(db: Path, made: list[Path]) -> None:
-    """Remove a SQLite study this call created (with its lock file and the folders it made)."""
-    for path in (db, lock_path(db), db.with_name(db.name + "-journal")):
-        with contextlib.suppress(OSError):
-            path.unlink()
-    for folder in reversed(made):
-        with contextlib.suppress(OSError):
-            folder.rmdir()
 
 
 def _load_spec(model):

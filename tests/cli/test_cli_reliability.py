@@ -212,3 +212,12 @@ def test_a_resumed_run_progress_ends_at_its_target(folder):
     code, output = cli("optimize", folder / "good.parquet", "--out", out, "--trials", "6")
     assert code == 0, output
     assert "4/4" in output and "/6" not in output, output
+
+
+def test_evaluate_never_writes_over_its_plan(folder):
+    plan = folder / "evaluation.json"
+    plan.write_text("{}")
+    before = tree(folder)
+    line = one_error(*cli("evaluate", plan, "--model", "mini-vdit", "--out", folder))
+    assert "is also an input" in line
+    assert tree(folder) == before

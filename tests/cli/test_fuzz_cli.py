@@ -9,6 +9,7 @@ import base64
 import copy
 import json
 import math
+import traceback
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from cli_inputs import cli, good_profile, tree
 def fuzz(examples: int, *, shrink: bool = True):
     phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if shrink else [])
     return settings(max_examples=examples, deadline=None, database=None, phases=phases,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
                                            HealthCheck.function_scoped_fixture])
 
 LEAVES = st.one_of(
@@ -201,10 +202,29 @@ def shipped_table() -> str:
     return (Path(__file__).resolve().parents[2] / "kernels" / "nvidia-h100-80gb-hbm3.json").read_text()
 
 
-@pytest.mark.xfail(strict=True, raises=(TypeError, AttributeError, KeyError, IndexError),
-                   reason="HardwareTable.from_dict (attnsearch/costmodel.py) reads fields without checking "
-                          "their types: e.g. software = NaN raises TypeError")
-@fuzz(8, shrink=False)
+#: Where an exception from reading a malformed hardware table is known to come from: the table's
+#: format is checked by attnsearch/costmodel.py, which reads fields without checking their types.
+KNOWN_TABLE_READER = "attnsearch/costmodel.py"
+
+
+def raised_in(err: BaseException) -> str:
+    """The attnsearch file of the innermost frame that raised ``err``."""
+    frames = [f.filename for f in traceback.extract_tb(err.__traceback__) if "/attnsearch/" in f.filename]
+    return "attnsearch/" + frames[-1].split("/attnsearch/")[-1] if frames else ""
+
+
+@pytest.mark.xfail(strict=True, raises=TypeError, reason=f"{KNOWN_TABLE_READER}: HardwareTable.from_dict reads "
+                                                          "fields without checking their types")
+def test_a_hardware_table_with_a_non_object_field_is_one_line(tmp_path):
+    table = {k: v for k, v in json.loads(shipped_table()).items() if k != "points"}
+    table["software"] = math.nan
+    (tmp_path / "hw.json").write_text(json.dumps(table))
+    good_profile(tmp_path / "good.parquet")
+    run_checked(tmp_path, "optimize", tmp_path / "good.parquet", "--hardware", tmp_path / "hw.json",
+                "--out", tmp_path / "plan.json", "--trials", "1")
+
+
+@fuzz(8)
 @given(data=st.data())
 def test_fuzzed_hardware_tables(base, tmp_path_factory, data):
     folder = tmp_path_factory.mktemp("hw")
@@ -212,8 +232,14 @@ def test_fuzzed_hardware_tables(base, tmp_path_factory, data):
     table = mutate_json(data.draw, small, rounds=2)
     path = folder / "hw.json"
     path.write_text(json.dumps(table))
-    code, out = run_checked(folder, "optimize", base / "good.parquet", "--hardware", path,
-                            "--out", folder / "plan.json", "--trials", "1")
+    try:
+        code, out = run_checked(folder, "optimize", base / "good.parquet", "--hardware", path,
+                                "--out", folder / "plan.json", "--trials", "1")
+    except (TypeError, AttributeError, KeyError, IndexError) as err:
+        if raised_in(err) != KNOWN_TABLE_READER:
+            raise
+        event("known: the table reader raised")  # see test_a_hardware_table_with_a_non_object_field_is_one_line
+        assume(False)
     if code == 0:
         plan = json.loads((folder / "plan.json").read_text())
         assert math.isfinite(plan["predicted"]["speedup"]), plan["predicted"]
