@@ -63,6 +63,12 @@ def check_output_paths(outputs, inputs=()) -> None:
     check_outputs([o for o in outputs if o is not None], [i for i in inputs if i is not None])
 
 
+def check_at_least(option: str, value: int | None, low: int, note: str = "") -> None:
+    """UsageError ``OPTION must be ≥ LOW{note}, got VALUE`` unless ``value`` is None or ≥ ``low``."""
+    if value is not None and value < low:
+        raise UsageError(f"{option} must be ≥ {low}{note}, got {value}")
+
+
 def check_range(option: str, value, *, low=None, high=None, low_open: bool = False) -> None:
     """UsageError naming ``option`` unless ``value`` is a finite number in [low, high] (low
     excluded with ``low_open``); None passes (an option left at its default)."""

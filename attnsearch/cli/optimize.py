@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import UsageError, check_range, console, parse_options, progress_bar, run, shown
+from .common import check_at_least, check_range, console, parse_options, progress_bar, run, shown
 
 
 def optimize(
@@ -39,14 +39,9 @@ def optimize(
         check_range("--max-error", max_error, low=0)
         check_range("--target-speedup", target_speedup, low=0, low_open=True)
         check_range("--max-density", max_density, low=0, high=1, low_open=True)
-        if trials < 0:
-            raise UsageError(f"--trials must be ≥ 0 (0: choose from the stored study), got {trials}")
-        if validate < 0:
-            raise UsageError(f"--validate must be ≥ 0, got {validate}")
-        if seed < 0:
-            raise UsageError(f"--seed must be ≥ 0, got {seed}")
-        if head_dim is not None and head_dim < 1:
-            raise UsageError(f"--head-dim must be ≥ 1, got {head_dim}")
+        check_at_least("--trials", trials, 0, " (0: choose from the stored study)")
+        for option_name, value, low in (("--validate", validate, 0), ("--seed", seed, 0), ("--head-dim", head_dim, 1)):
+            check_at_least(option_name, value, low)
         check_outputs_of([str(p) for p in profiles], out, storage, workers)
         spec = None
         if validate:

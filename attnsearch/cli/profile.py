@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ..jsondata import read_json
-from .common import (UsageError, check_output_paths, check_range, console, err_console, parse_options,
+from .common import (UsageError, check_at_least, check_output_paths, check_range, console, err_console, parse_options,
                      print_class_table, progress_bar, run, shown)
 
 
@@ -96,14 +96,9 @@ def check_profile_options(*, tau, density_cap, steps, queries, seed, block_size,
 
     check_range("--tau", tau, low=0, high=1)
     check_range("--density-cap", density_cap, low=0, high=1, low_open=True)
-    if steps is not None and steps < 1:
-        raise UsageError(f"--steps must be ≥ 1 (leave it out for every input), got {steps}")
-    if queries < 1:
-        raise UsageError(f"--queries must be ≥ 1, got {queries}")
-    if map_size < 1:
-        raise UsageError(f"--map-size must be ≥ 1, got {map_size}")
-    if seed < 0:
-        raise UsageError(f"--seed must be ≥ 0, got {seed}")
+    check_at_least("--steps", steps, 1, " (leave it out for every input)")
+    for option, value, low in (("--queries", queries, 1), ("--map-size", map_size, 1), ("--seed", seed, 0)):
+        check_at_least(option, value, low)
     if block_size is not None and block_size not in BLOCK_SIZES:
         raise UsageError(f"--block-size must be one of {', '.join(map(str, BLOCK_SIZES))} (leave it out for the "
                          f"default), got {block_size}")

@@ -1,33 +1,15 @@
-"""What the CLI tests run on: a small valid profile, a snapshot of a folder, and a CLI runner
-that reports exit code and output."""
+"""What the CLI tests run on: a snapshot of a folder and a CLI runner that reports exit code and
+output (a small valid profile comes from the ``random_profile`` fixture)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from typer.testing import CliRunner
 
-from attnsearch import Geometry, profile_tensors
 from attnsearch.cli import app
-from attnsearch.profiling.profile_io import Profile
 
-GEOM = Geometry(2, 4, 8)
 runner = CliRunner()
-
-
-def good_profile(path: Path, steps: int = 2, layers: int = 2, heads: int = 2) -> Path:
-    """A real profile of random attention (N = 64, B = 64) written to ``path``."""
-    gen = torch.Generator().manual_seed(2)
-    parts = []
-    for step in range(steps):
-        for layer in range(layers):
-            q, k, v = (torch.randn(1, heads, GEOM.num_tokens, 64, generator=gen) for _ in range(3))
-            parts.append(profile_tensors(q, k, v, GEOM, layer=layer, step=step, block_size=64, queries=16))
-    prof = Profile.concat(parts)
-    prof.model = {"name": "random", "fingerprint": "f0"}
-    prof.save(path)
-    return path
 
 
 def tree(root: Path) -> dict[str, bytes | None]:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from cli_inputs import cli, good_profile, one_error, tree
+from cli_inputs import cli, one_error, tree
 
 
 @pytest.fixture
-def folder(tmp_path) -> Path:
-    good_profile(tmp_path / "good.parquet")
+def folder(tmp_path, random_profile) -> Path:
+    random_profile(tmp_path / "good.parquet")
     return tmp_path
 
 

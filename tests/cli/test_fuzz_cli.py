@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, assume, event, given, settings
 from hypothesis import strategies as st
 
-from cli_inputs import cli, good_profile, tree
+from cli_inputs import cli, tree
 
 def fuzz(examples: int, *, shrink: bool = True):
     phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if shrink else [])
@@ -42,10 +42,10 @@ STATS = ("density", "recall", "rel_err")
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
+def base(tmp_path_factory, random_profile) -> Path:
     """A valid profile and a plan searched from it."""
     d = tmp_path_factory.mktemp("base")
-    good_profile(d / "good.parquet")
+    random_profile(d / "good.parquet")
     code, out = cli("optimize", d / "good.parquet", "--out", d / "plan.json", "--trials", "3")
     assert code == 0, out
     return d
@@ -215,11 +215,11 @@ def raised_in(err: BaseException) -> str:
 
 @pytest.mark.xfail(strict=True, raises=TypeError, reason=f"{KNOWN_TABLE_READER}: HardwareTable.from_dict reads "
                                                           "fields without checking their types")
-def test_a_hardware_table_with_a_non_object_field_is_one_line(tmp_path):
+def test_a_hardware_table_with_a_non_object_field_is_one_line(tmp_path, random_profile):
     table = {k: v for k, v in json.loads(shipped_table()).items() if k != "points"}
     table["software"] = math.nan
     (tmp_path / "hw.json").write_text(json.dumps(table))
-    good_profile(tmp_path / "good.parquet")
+    random_profile(tmp_path / "good.parquet")
     run_checked(tmp_path, "optimize", tmp_path / "good.parquet", "--hardware", tmp_path / "hw.json",
                 "--out", tmp_path / "plan.json", "--trials", "1")
 

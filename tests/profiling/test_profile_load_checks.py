@@ -24,23 +24,9 @@ from attnsearch.profiling.profiler import profile_model
 GEOM = Geometry(2, 4, 8)
 
 
-def small(steps: int = 2, layers: int = 2, heads: int = 2) -> Profile:
-    gen = torch.Generator().manual_seed(1)
-    parts = []
-    for step in range(steps):
-        for layer in range(layers):
-            q, k, v = (torch.randn(1, heads, GEOM.num_tokens, 16, generator=gen) for _ in range(3))
-            parts.append(profile_tensors(q, k, v, GEOM, layer=layer, step=step, block_size=64, queries=16))
-    prof = Profile.concat(parts)
-    prof.model = {"name": "random", "fingerprint": "f0"}
-    return prof
-
-
 @pytest.fixture(scope="module")
-def good(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("profiles") / "good.parquet"
-    small().save(path)
-    return path
+def good(tmp_path_factory, random_profile) -> Path:
+    return random_profile(tmp_path_factory.mktemp("profiles") / "good.parquet", head_dim=16)
 
 
 def rewrite(src: Path, dst: Path, *, table=None, meta=None, blob=None) -> Path:
@@ -173,8 +159,8 @@ def test_a_folder_is_not_a_missing_file(tmp_path):
     refused(tmp_path / "x.parquet", "not a Parquet file")
 
 
-def test_a_profile_with_non_finite_statistics_is_never_written(tmp_path):
-    prof = small()
+def test_a_profile_with_non_finite_statistics_is_never_written(good, tmp_path):
+    prof = Profile.load(good)
     prof.table.loc[0, "recall"] = math.nan
     with pytest.raises(ProfileError, match="non-finite"):
         prof.save(tmp_path / "bad.parquet")

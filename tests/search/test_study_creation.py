@@ -9,9 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from attnsearch import Geometry, profile_tensors
 from attnsearch.atomic_io import OutputError
 from attnsearch.profiling.profile_io import Profile
 from attnsearch.search import optimize
@@ -27,21 +25,9 @@ optimize(sys.argv[1], out=sys.argv[2], trials=2, storage=sys.argv[4])
 """
 
 
-def profile(path: Path) -> Path:
-    gen = torch.Generator().manual_seed(3)
-    geom = Geometry(2, 4, 8)
-    parts = [profile_tensors(*(torch.randn(1, 2, geom.num_tokens, 64, generator=gen) for _ in range(3)), geom,
-                             layer=layer, step=step, block_size=64, queries=16)
-             for step in range(2) for layer in range(2)]
-    prof = Profile.concat(parts)
-    prof.model = {"name": "random", "fingerprint": "f0"}
-    prof.save(path)
-    return path
-
-
 @pytest.mark.slow
-def test_two_runs_creating_one_sqlite_study_at_once_both_succeed(tmp_path):
-    prof = profile(tmp_path / "p.parquet")
+def test_two_runs_creating_one_sqlite_study_at_once_both_succeed(tmp_path, random_profile):
+    prof = random_profile(tmp_path / "p.parquet")
     root = Path(__file__).resolve().parents[2]
     for round_ in range(1):
         db = tmp_path / f"study{round_}.db"
@@ -57,10 +43,10 @@ def test_two_runs_creating_one_sqlite_study_at_once_both_succeed(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_new_sqlite_study_is_created_under_the_lock_beside_it(tmp_path):
+def test_a_new_sqlite_study_is_created_under_the_lock_beside_it(tmp_path, random_profile):
     from attnsearch.search.workers import file_lock
 
-    prof = profile(tmp_path / "p.parquet")
+    prof = random_profile(tmp_path / "p.parquet")
     db = tmp_path / "study.db"
     root = Path(__file__).resolve().parents[2]
     with file_lock(db):  # another run creating the study holds the lock
@@ -75,8 +61,8 @@ def test_a_new_sqlite_study_is_created_under_the_lock_beside_it(tmp_path):
     assert db.exists() and (tmp_path / "plan.json").exists()
 
 
-def test_refused_storages_create_nothing(tmp_path):
-    prof = profile(tmp_path / "p.parquet")
+def test_refused_storages_create_nothing(tmp_path, random_profile):
+    prof = random_profile(tmp_path / "p.parquet")
     before = sorted(tmp_path.iterdir())
     with pytest.raises(SearchError, match="does not exist"):
         optimize(str(prof), out=tmp_path / "plan.json", trials=1,
@@ -88,8 +74,8 @@ def test_refused_storages_create_nothing(tmp_path):
     assert sorted(tmp_path.iterdir()) == before
 
 
-def test_a_profile_with_a_step_gap_is_not_planned(tmp_path):
-    prof = Profile.load(profile(tmp_path / "p.parquet"))
+def test_a_profile_with_a_step_gap_is_not_planned(tmp_path, random_profile):
+    prof = Profile.load(random_profile(tmp_path / "p.parquet"))
     prof.table.loc[prof.table["step"] == 1, "step"] = 3  # a shard's steps 0 and 3
     with pytest.raises(Exception, match=r"lacks step\(s\) 1–2"):
         optimize(prof, out=tmp_path / "plan.json", trials=1)
