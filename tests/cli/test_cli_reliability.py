@@ -221,3 +221,24 @@ def test_evaluate_never_writes_over_its_plan(folder):
     line = one_error(*cli("evaluate", plan, "--model", "mini-vdit", "--out", folder))
     assert "is also an input" in line
     assert tree(folder) == before
+
+
+def test_merge_refuses_shards_that_leave_a_step_out(tmp_path, random_profile):
+    import pyarrow.parquet as pq
+
+    whole = random_profile(tmp_path / "whole.parquet", steps=3)
+    table = pq.read_table(whole)
+    for name, step in (("a.parquet", 0), ("c.parquet", 2)):  # the shard of step 1 is missing
+        part = table.filter(pq.ParquetFile(whole).read().column("step").to_pandas().eq(step).to_numpy())
+        pq.write_table(part, tmp_path / name)
+    before = tree(tmp_path)
+    line = one_error(*cli("merge", tmp_path / "a.parquet", tmp_path / "c.parquet", "--out", tmp_path / "m.parquet"))
+    assert "lacks step(s) 1 of 0–2" in line
+    assert tree(tmp_path) == before
+
+
+def test_profile_prints_bracketed_output_paths_as_given(tmp_path):
+    out = tmp_path / "res[abc]" / "o.parquet"
+    code, output = cli("profile", "--model", "tests/tiny_models.py:tiny", "--queries", "16", "--out", out)
+    assert code == 0 and out.exists(), output
+    assert str(out) in output.replace("\n", "")
