@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import check_output_paths, check_range, console, print_class_table, run, write_file
+from .common import check_output_paths, check_range, console, print_class_table, run, shown, write_file
 
 
 def classify_cmd(
@@ -37,7 +37,8 @@ def classify_cmd(
         for col in ["layer", "head", "pattern", "candidate", "density", "recall"] + (["stability"] if not per_step else []):
             table.add_column(col)
         for r in labels.itertuples():
-            cells = [str(r.layer), str(r.head), r.pattern, r.candidate, f"{r.density:.3f}", f"{r.recall:.3f}"]
+            cells = [str(r.layer), str(r.head), shown(r.pattern), shown(r.candidate), f"{r.density:.3f}",
+                     f"{r.recall:.3f}"]
             if not per_step:
                 cells.append(f"{r.stability:.2f}")
             table.add_row(*cells)

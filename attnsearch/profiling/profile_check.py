@@ -3,7 +3,7 @@
 Rules (each violation is one :class:`ProfileError` line naming the file and the column or field):
 
 * columns ``step``, ``layer``, ``head`` are integers ≥ 0; ``pattern``, ``params`` and ``candidate``
-  are strings, ``pattern`` a known pattern; ``density``, ``recall`` and ``rel_err`` are finite
+  are strings, ``pattern`` a known pattern, ``params`` a JSON object (strict data); ``density``, ``recall`` and ``rel_err`` are finite
   numbers, density and recall in [0, 1] (a rounding margin of :data:`TOLERANCE`), rel_err ≥ 0;
 * no two rows measure the same (step, layer, head, candidate);
 * coverage: every step present holds every layer 0..L−1 and every head 0..H−1 (L, H: the largest
@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..jsondata import JSONDataError, check_data, parse
 from ..patterns import PATTERNS
 from .errors import ProfileError
 
@@ -52,6 +53,14 @@ def check_table(df: pd.DataFrame, path) -> None:
     for col in ("pattern", "params", "candidate"):
         if not df[col].map(lambda v: isinstance(v, str)).all():
             raise _error(path, f"column {col!r} must hold strings")
+    for text in df["params"].unique():
+        try:
+            params = parse(text, "params")
+            check_data(params)
+        except JSONDataError as err:
+            raise _error(path, f"column 'params' holds {text[:40]!r}: {err}") from None
+        if not isinstance(params, dict):
+            raise _error(path, f"column 'params' holds {text[:40]!r}, not a JSON object")
     unknown = sorted(set(df["pattern"]) - set(PATTERNS))
     if unknown:
         raise _error(path, f"column 'pattern' names unknown pattern(s) {', '.join(map(repr, unknown[:5]))} "

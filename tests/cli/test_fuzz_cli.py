@@ -114,8 +114,9 @@ def profile_mutations(draw):
     if kind == "blob":
         return kind, draw(st.binary(max_size=40) | st.just(base64.b64encode(b"\x78\x9c garbage")))
     if kind == "cell":
-        column = draw(st.sampled_from(["step", "layer", "head", "pattern", *STATS, *STATS]))
-        value = draw(CELLS | st.text(max_size=4)) if column == "pattern" or draw(st.booleans()) else draw(CELLS)
+        column = draw(st.sampled_from(["step", "layer", "head", "pattern", "candidate", "params", *STATS, *STATS]))
+        texts = st.text(max_size=4) | st.sampled_from(["[/]", "[bold]", "{", "{}", '{"rows": 1e300}'])
+        value = draw(texts) if column in ("pattern", "candidate", "params") or draw(st.booleans()) else draw(CELLS)
         return kind, (column, draw(st.integers(0, 10_000)), value)
     if kind in ("dup", "drop"):
         return kind, draw(st.integers(0, 10_000))
@@ -139,7 +140,7 @@ def write_mutated(src: Path, dst: Path, mutation) -> bool:
         df[column] = df[column].astype(object)
         df.loc[row % len(df), column] = value
         try:  # a column holds one type, as in any Parquet file
-            df[column] = pd.to_numeric(df[column]) if column != "pattern" else df[column]
+            df[column] = df[column] if column in ("pattern", "candidate", "params") else pd.to_numeric(df[column])
         except (ValueError, TypeError):
             df[column] = df[column].astype(str)
     elif kind == "dup":

@@ -116,6 +116,9 @@ def table_of(path: Path) -> pd.DataFrame:
     ("rel_err", -1.0, ("'rel_err'", "≥ 0")),
     ("pattern", "spiral", ("unknown pattern", "'spiral'")),
     ("head", -3, ("'head'", "negative")),
+    ("params", "{", ("'params'", "not valid JSON")),
+    ("params", "[]", ("'params'", "not a JSON object")),
+    ("params", '{"rows": NaN}', ("'params'", "NaN")),
 ])
 def test_bad_table_values_are_named(good, tmp_path, column, value, words):
     df = table_of(good)
