@@ -9,12 +9,38 @@ videos dense, under the plan and under the global-mask baselines at its density.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .atomic_io import write_text_atomic
+from .atomic_io import write_json_atomic
+from .jsondata import nonfinite_to_null
+
+
+def check_demo(out_dir: Path, *, model: str, steps: int, queries: int, trials: int, validate: int | None,
+               max_error: float, max_density: float, seed: int, hardware: str | None) -> None:
+    """ValueError naming the option unless every setting of :func:`run_demo` means something; run
+    before any work (the hardware table is loaded, the outputs checked)."""
+    import math
+
+    from .atomic_io import OutputError, check_outputs
+    from .costmodel import CostModel
+
+    if model not in MODELS:
+        raise ValueError(f"demo: model must be one of {', '.join(MODELS)}, got {model!r}")
+    for name, value, low in (("steps", steps, 1), ("queries", queries, 1), ("trials", trials, 1),
+                             ("validate", 0 if validate is None else validate, 0), ("seed", seed, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"demo: {name} must be an integer ≥ {low}, got {value!r}")
+    if not (isinstance(max_error, (int, float)) and math.isfinite(max_error) and max_error > 0):
+        raise ValueError(f"demo: max_error must be a finite number > 0, got {max_error!r}")
+    if not (isinstance(max_density, (int, float)) and 0 < max_density <= 1):
+        raise ValueError(f"demo: max_density must be in (0, 1], got {max_density!r}")
+    CostModel(hardware, head_dim=64)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{out_dir}: exists and is not a folder")
+    check_outputs([out_dir / f"{model}.parquet", out_dir / "plan.json", out_dir / "bench.json",
+                   out_dir / "report" / "index.html", out_dir / "evaluate" / "evaluation.json"])
 
 
 #: The demo's models and what each is built with (mini-vdit at a size a CPU generates in seconds).
@@ -50,6 +76,8 @@ def run_demo(out_dir: Path, *, model: str = "mini-vdit", steps: int = 8, queries
     stage = on_stage or (lambda name: None)
     progress = on_progress or (lambda *a: None)
     out_dir = Path(out_dir)
+    check_demo(out_dir, model=model, steps=steps, queries=queries, trials=trials, validate=validate,
+               max_error=max_error, max_density=max_density, seed=seed, hardware=hardware)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     head: dict[str, Any] = {}
@@ -123,7 +151,7 @@ def run_demo(out_dir: Path, *, model: str = "mini-vdit", steps: int = 8, queries
         for row, lp in zip(result["layer_plans"], plan.layer_plans()):
             row["predicted_ms"] = cost.layer_ms(lp)
         result["format"] = "attnsearch-bench"
-        bench_path = write_text_atomic(out_dir / "bench.json", json.dumps(result, indent=1) + "\n")
+        bench_path = write_json_atomic(out_dir / "bench.json", nonfinite_to_null(result))
         head["measured_speedup"] = result.get("speedup_vs_cudnn")
         head["gpu"] = result["card"]
         inputs.append(bench_path)

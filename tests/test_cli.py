@@ -45,7 +45,7 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path):
     res = runner.invoke(app, ["profile", "--model", "no-such-model"])
     assert res.exit_code == 2 and "no-such-model" in res.output
     res = runner.invoke(app, ["profile", "--model", TINY, "--block-size", "96", "--out", str(tmp_path / "y.parquet")])
-    assert res.exit_code == 2 and "block_size" in res.output
+    assert res.exit_code == 2 and "--block-size" in res.output
     assert "Traceback" not in res.output
 
 

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import console, print_class_table, run, write_file
+from .common import check_output_paths, check_range, console, print_class_table, run, shown, write_file
 
 
 def classify_cmd(
@@ -24,6 +24,9 @@ def classify_cmd(
     from ..profiling.profile_io import Profile
 
     def work():
+        check_range("--tau", tau, low=0, high=1)
+        check_range("--density-cap", density_cap, low=0, high=1, low_open=True)
+        check_output_paths([csv, json_out], [profile_path])
         prof = Profile.load(profile_path)
         labels = classify(prof, tau=tau, density_cap=density_cap, over_steps=not per_step)
         if per_step:
@@ -34,15 +37,16 @@ def classify_cmd(
         for col in ["layer", "head", "pattern", "candidate", "density", "recall"] + (["stability"] if not per_step else []):
             table.add_column(col)
         for r in labels.itertuples():
-            cells = [str(r.layer), str(r.head), r.pattern, r.candidate, f"{r.density:.3f}", f"{r.recall:.3f}"]
+            cells = [str(r.layer), str(r.head), shown(r.pattern), shown(r.candidate), f"{r.density:.3f}",
+                     f"{r.recall:.3f}"]
             if not per_step:
                 cells.append(f"{r.stability:.2f}")
             table.add_row(*cells)
         if not per_step:
             console.print(table)
         if csv:
-            write_file(csv, labels.to_csv(index=False))
+            write_file(csv, labels.to_csv(index=False), inputs=[profile_path])
         if json_out:
-            write_file(json_out, labels.to_json(orient="records", indent=1))
+            write_file(json_out, labels.to_json(orient="records", indent=1), inputs=[profile_path])
 
     run(work)

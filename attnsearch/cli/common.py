@@ -1,5 +1,8 @@
 """What every command shares: the consoles, one-line errors (exit 2), option parsing, progress
-bars, file output and the class table."""
+bars, output checks, file output and the class table.
+
+User text (paths, model names, option values) is never read as Rich markup: every message that
+carries it goes through :func:`shown` (escaped) or is printed as plain text."""
 
 from __future__ import annotations
 
@@ -9,10 +12,12 @@ from typing import Callable, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..atomic_io import write_text_atomic
+from ..atomic_io import check_outputs, write_text_atomic
+from ..messages import one_line
 
 console = Console()
 err_console = Console(stderr=True)
@@ -23,23 +28,64 @@ class UsageError(Exception):
     """A problem with the user's input: printed as one line, exit code 2."""
 
 
+def shown(value) -> str:
+    """``value`` as text safe inside a Rich markup string: brackets in paths stay brackets."""
+    return escape(one_line(str(value)))
+
+
 def fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print ``error: MESSAGE`` as one line on stderr (the message is not markup) and exit 2."""
+    err_console.print(f"[bold red]error:[/] {shown(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
 def run(fn: Callable[[], T]) -> T:
-    """Call ``fn`` and turn the library's input errors into one line and exit code 2."""
-    from ..geometry import GeometryError
-    from ..patterns import PatternError
-    from ..profiling.profile_io import ProfileError
+    """Call ``fn`` and turn the library's input errors into one line and exit code 2.
 
+    Input errors are ValueErrors (the library's errors about data and options derive from it:
+    profiles, plans, geometry, patterns, JSON data, outputs, the search), UsageError and OSError
+    (a file that cannot be read or written); anything else is a bug and keeps its traceback."""
     try:
         return fn()
-    except (UsageError, GeometryError, PatternError, ProfileError, FileNotFoundError, OSError) as exc:
-        fail(str(exc))
-    except ValueError as exc:  # model adapters and plan validation raise ValueError subclasses
-        fail(str(exc))
+    except (UsageError, OSError, ValueError) as exc:
+        fail(_message(exc))
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc) or type(exc).__name__
+
+
+def check_output_paths(outputs, inputs=()) -> None:
+    """Refuse, before any work, outputs that are not regular files, are inputs or repeat (see
+    :mod:`attnsearch.atomic_io`); ``None`` entries (outputs not asked for) are skipped."""
+    check_outputs([o for o in outputs if o is not None], [i for i in inputs if i is not None])
+
+
+def check_at_least(option: str, value: int | None, low: int, note: str = "") -> None:
+    """UsageError ``OPTION must be ≥ LOW{note}, got VALUE`` unless ``value`` is None or ≥ ``low``."""
+    if value is not None and value < low:
+        raise UsageError(f"{option} must be ≥ {low}{note}, got {value}")
+
+
+def check_range(option: str, value, *, low=None, high=None, low_open: bool = False) -> None:
+    """UsageError naming ``option`` unless ``value`` is a finite number in [low, high] (low
+    excluded with ``low_open``); None passes (an option left at its default)."""
+    import math
+
+    if value is None:
+        return
+    ok = isinstance(value, (int, float)) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        lo = "" if low is None else f"{'(' if low_open else '['}{low}, "
+        hi = "∞)" if high is None else f"{high}]"
+        raise UsageError(f"{option} must be in {lo}{hi}, got {value}" if lo else f"{option} must be ≤ {high}, "
+                                                                                f"got {value}")
 
 
 def parse_options(options: list[str]) -> dict:
@@ -62,10 +108,10 @@ def progress_bar(*, transient: bool = False) -> Progress:
                     console=console, transient=transient)
 
 
-def write_file(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` (whole or not at all) and say so."""
-    write_text_atomic(path, text)
-    console.print(f"wrote {path}")
+def write_file(path: Path, text: str, inputs=()) -> None:
+    """Write ``text`` to ``path`` (whole or not at all; never over one of ``inputs``) and say so."""
+    write_text_atomic(path, text, inputs=inputs)
+    console.print(f"wrote {shown(path)}")
 
 
 def print_class_table(labels, title: str) -> None:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import UsageError, console, progress_bar, run
+from .common import console, progress_bar, run, shown
 
 
 def demo(
@@ -24,16 +24,16 @@ def demo(
     hardware: Optional[str] = typer.Option(None, help="Cost-model table (default: this GPU's, else H100)."),
 ) -> None:
     """The whole pipeline on mini-vdit (or toy-vdit), then the headline."""
-    from ..demo import MODELS, run_demo
+    from ..demo import check_demo, run_demo
 
     def work():
-        if model not in MODELS:
-            raise UsageError(f"--model: {model!r} is not one of {', '.join(MODELS)}")
+        check_demo(out, model=model, steps=steps, queries=queries, trials=trials, validate=validate,
+                   max_error=max_error, max_density=max_density, seed=0, hardware=hardware)
         with progress_bar() as bar:
             tasks: dict[str, int] = {}
 
             def on_stage(name: str) -> None:
-                console.print(f"[bold]▸ {name}[/]")
+                console.print(f"[bold]▸ {shown(name)}[/]")
 
             def on_progress(name: str, done: int, total: int) -> None:
                 if name not in tasks:
@@ -46,9 +46,9 @@ def demo(
         classes = ", ".join(f"{n} {k}" for k, n in sorted(h["classes"].items(), key=lambda kv: -kv[1]))
         truth = f" ({h['match_planted']}/{h['heads']} match the planted truth)" if "match_planted" in h else ""
         console.print()
-        console.print(f"[bold]model[/]           {h['model']}, geometry {h['geometry']}", markup=True)
+        console.print(f"[bold]model[/]           {h['model']}, geometry {h['geometry']}")
         console.print(f"[bold]classes found[/]   {classes}{truth}")
-        console.print(f"[bold]plan[/]            mean block density {h['plan_density']:.2f} → {h['plan']}")
+        console.print(f"[bold]plan[/]            mean block density {h['plan_density']:.2f} → {shown(h['plan'])}")
         console.print(f"[bold]predicted[/]       {h['predicted_speedup']:.2f}× attention speedup on {h['hardware']} "
                       "(demo size: launch-bound; the speedups live at video scale)")
         if h.get("measured_rel_l2") is not None:
@@ -58,9 +58,9 @@ def demo(
             console.print(f"[bold]videos[/]          {label} (density {q['density']:.2f}): "
                           f"{q['psnr_db']:.1f} dB PSNR, SSIM {q['ssim']:.3f} vs dense on held-out seeds")
         if h.get("evaluation"):
-            console.print(f"[bold]frames[/]          {h['evaluation']}")
+            console.print(f"[bold]frames[/]          {shown(h['evaluation'])}")
         if h.get("measured_speedup"):
             console.print(f"[bold]measured[/]        {h['measured_speedup']:.2f}× on {h['gpu']}")
-        console.print(f"[bold]report[/]          {h['report']}  ({h['seconds']:.0f} s)")
+        console.print(f"[bold]report[/]          {shown(h['report'])}  ({h['seconds']:.0f} s)")
 
     run(work)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import console, run
+from .common import check_output_paths, console, run, shown
 
 
 def merge(
@@ -17,9 +17,10 @@ def merge(
     from ..profiling.distributed import merge_shards
 
     def work():
+        check_output_paths([out], shards)
         prof = merge_shards(list(shards))
-        prof.save(out)
+        prof.save(out, inputs=shards)
         console.print(f"merged {len(shards)} shard(s): {prof.num_steps} steps × {prof.num_layers} layers × "
-                      f"{prof.num_heads} heads → [bold]{out}[/]")
+                      f"{prof.num_heads} heads → [bold]{shown(out)}[/]")
 
     run(work)

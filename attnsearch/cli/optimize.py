@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import console, parse_options, progress_bar, run
+from .common import check_at_least, check_range, console, parse_options, progress_bar, run, shown
 
 
 def optimize(
@@ -33,8 +33,16 @@ def optimize(
 ) -> None:
     """Search the fastest plan under an accuracy budget and write it as JSON."""
     from ..search import optimize as run_search
+    from ..search.study import check_outputs_of
 
     def work():
+        check_range("--max-error", max_error, low=0)
+        check_range("--target-speedup", target_speedup, low=0, low_open=True)
+        check_range("--max-density", max_density, low=0, high=1, low_open=True)
+        check_at_least("--trials", trials, 0, " (0: choose from the stored study)")
+        for option_name, value, low in (("--validate", validate, 0), ("--seed", seed, 0), ("--head-dim", head_dim, 1)):
+            check_at_least(option_name, value, low)
+        check_outputs_of([str(p) for p in profiles], out, storage, workers)
         spec = None
         if validate:
             from ..models import load_model
@@ -46,7 +54,7 @@ def optimize(
             task = bar.add_task("searching", total=trials)
 
             def progress(p: dict) -> None:  # advance per trial of this command (a rerun continues the study)
-                bar.update(task, advance=1, description=f"trial {p['trial']}: {p['speedup']:.2f}× err "
+                bar.update(task, advance=1, total=p["trials"], description=f"trial {p['trial']}: {p['speedup']:.2f}× err "
                                                         f"{p['error']:.3g} (front {p['front']})")
 
             res = run_search([str(p) for p in profiles] if len(profiles) > 1 else str(profiles[0]),
@@ -56,11 +64,12 @@ def optimize(
                              progress=progress, workers=workers)
         print_front(res)
         f = res.figures
-        console.print(f"cost model: {res.plan.search.get('hardware_note', res.hardware['device'])}")
-        console.print(f"chose trial {res.trial}: {res.reason}")
+        console.print(f"cost model: {shown(res.plan.search.get('hardware_note', res.hardware['device']))}")
+        console.print(f"chose trial {res.trial}: {shown(res.reason)}")
         console.print(f"predicted attention {f['attention_ms']:.2f} ms vs dense {f['dense_attention_ms']:.2f} ms: "
                       f"[bold]{f['speedup']:.2f}×[/], rel_err {f['rel_err']:.4g}")
-        console.print(f"plan → [bold]{res.path}[/] (study {res.study_name} in {res.plan.search['storage']})")
+        console.print(f"plan → [bold]{shown(res.path)}[/] (study {shown(res.study_name)} in "
+                      f"{shown(res.plan.search['storage'])})")
 
     run(work)
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .common import UsageError, console, parse_options, print_class_table, progress_bar, run
+from ..jsondata import read_json
+from .common import (UsageError, check_at_least, check_output_paths, check_range, console, err_console, parse_options,
+                     print_class_table, progress_bar, run, shown)
 
 
 def profile(
@@ -29,7 +30,7 @@ def profile(
     out: Optional[Path] = typer.Option(None, help="Output Parquet file; default profiles/<model>.parquet."),
 ) -> None:
     """Record per-head attention statistics of a model and classify every head."""
-    from ..models import load_model
+    from ..models import geometry_hint, load_model
     from ..profiling.candidates import CandidateGrid
     from ..profiling.classify import classify
     from ..profiling.distributed import is_distributed, profile_sharded, shard_steps, world
@@ -37,16 +38,27 @@ def profile(
     from ..profiling.profiler import default_block_size, profile_model
 
     def work():
+        check_profile_options(tau=tau, density_cap=density_cap, steps=steps, queries=queries, seed=seed,
+                              block_size=block_size, map_size=map_size)
         opts = parse_options(option)
+        grid_obj = CandidateGrid.from_dict(read_json(grid, "grid file")) if grid else CandidateGrid()
+        if out is not None:
+            check_output_paths([out], [grid])
+        hinted = geometry_hint(model, **opts)
+        if hinted is not None:
+            check_size(hinted, block_size or default_block_size(hinted.num_tokens), queries, steps or 1)
         spec = load_model(model, **opts)
         bs = block_size or default_block_size(spec.geometry.num_tokens)
-        grid_obj = CandidateGrid.from_dict(json.loads(grid.read_text())) if grid else CandidateGrid()
+        for family, _ in grid_obj.fixed:  # the grid's params must mean something at this geometry
+            grid_obj.params_for(family, spec.geometry, bs)
         settings = ProfileSettings(queries=queries, seed=seed, block_size=bs, map_size=map_size, grid=grid_obj)
-        n_steps = min(steps, len(spec.inputs)) if steps else len(spec.inputs)
         if steps is not None and steps > len(spec.inputs):
             raise UsageError(f"--steps {steps} exceeds the {len(spec.inputs)} inputs model {spec.name!r} provides")
+        n_steps = steps or len(spec.inputs)
         target = out or default_path(spec.name)
-        console.print(f"[bold]{spec.name}[/]: geometry {spec.geometry}, block size {bs}, "
+        check_output_paths([target], [grid])
+        check_size(spec.geometry, bs, queries, n_steps)
+        console.print(f"[bold]{shown(spec.name)}[/]: geometry {spec.geometry}, block size {bs}, "
                       f"{n_steps} step(s), {queries} sampled queries per call")
         with progress_bar() as bar:
             task = bar.add_task("profiling", total=n_steps)
@@ -69,10 +81,37 @@ def profile(
             bar.update(task, completed=bar.tasks[0].total, description="profiled")
         if prof is None:  # a rank other than 0 under torchrun: its shard is written, rank 0 merges
             return
-        prof.save(target)
+        prof.save(target, inputs=[grid] if grid else ())
         labels = classify(prof, tau=tau, density_cap=density_cap, over_steps=True)
         print_class_table(labels, f"classes per layer (τ={tau}, density cap {density_cap})")
         console.print(f"{prof.num_layers} layers × {prof.num_heads} heads × {prof.num_steps} steps in "
-                      f"{time.perf_counter() - started:.1f} s → [bold]{target}[/]")
+                      f"{time.perf_counter() - started:.1f} s → [bold]{shown(target)}[/]")
 
     run(work)
+
+
+def check_profile_options(*, tau, density_cap, steps, queries, seed, block_size, map_size) -> None:
+    """Every option of ``profile`` that needs no model, checked before anything is built."""
+    from ..geometry import BLOCK_SIZES
+
+    check_range("--tau", tau, low=0, high=1)
+    check_range("--density-cap", density_cap, low=0, high=1, low_open=True)
+    check_at_least("--steps", steps, 1, " (leave it out for every input)")
+    for option, value, low in (("--queries", queries, 1), ("--map-size", map_size, 1), ("--seed", seed, 0)):
+        check_at_least(option, value, low)
+    if block_size is not None and block_size not in BLOCK_SIZES:
+        raise UsageError(f"--block-size must be one of {', '.join(map(str, BLOCK_SIZES))} (leave it out for the "
+                         f"default), got {block_size}")
+
+
+def check_size(geometry, block_size: int, queries: int, steps: int) -> None:
+    """Refuse a geometry whose profile cannot fit in memory; warn when it takes over a minute on CPU."""
+    import torch
+
+    from ..profiling.estimate import WARN_CPU_S, check_fits, profile_cost
+
+    cost = profile_cost(geometry, block_size=block_size, queries=queries, steps=steps)
+    check_fits(cost)
+    if not torch.cuda.is_available() and cost.cpu_seconds > WARN_CPU_S:
+        err_console.print(f"[yellow]warning:[/] profiling N = {cost.tokens:,} tokens on the CPU takes at least "
+                          f"~{cost.cpu_seconds / 60:.0f} min (the model's dense attention alone)", highlight=False)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import console, run
+from .common import check_range, console, run, shown
 
 
 def report(
@@ -21,7 +21,9 @@ def report(
     from ..report import write_report
 
     def work():
+        check_range("--tau", tau, low=0, high=1)
+        check_range("--density-cap", density_cap, low=0, high=1, low_open=True)
         page = write_report(list(inputs), out, tau=tau, density_cap=density_cap, title=title)
-        console.print(f"report → [bold]{page}[/]")
+        console.print(f"report → [bold]{shown(page)}[/]")
 
     run(work)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import console, run
+from .common import console, run, shown
 
 
 def validate(plan_path: Path = typer.Argument(..., metavar="PLAN", help="A plan JSON file.")) -> None:
@@ -17,7 +17,7 @@ def validate(plan_path: Path = typer.Argument(..., metavar="PLAN", help="A plan 
     def work():
         plan = load_plan(plan_path)
         shares = pattern_shares(plan)
-        console.print(f"[green]valid[/] {plan_path}: {plan.model.get('name', '?')}, geometry {plan.geometry}, "
+        console.print(f"[green]valid[/] {shown(plan_path)}: {shown(plan.model.get('name', '?'))}, geometry {plan.geometry}, "
                       f"B={plan.block_size}, {plan.num_steps} steps × {plan.num_layers} layers × {plan.num_heads} heads, "
                       f"{len(plan.schedule)} schedule entr{'y' if len(plan.schedule) == 1 else 'ies'}")
         if shares:

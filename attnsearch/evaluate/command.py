@@ -98,6 +98,9 @@ def evaluate_command(plans: Sequence[str | Path], model: str | Generator, *, see
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise EvaluateError(f"--out: {out} exists and is not a folder")
+    from ..atomic_io import check_outputs
+
+    check_outputs([out / "evaluation.json", out / "index.html"], plans)  # never over a plan, before any work
     if hardware is not None:
         from ..costmodel import HardwareError, load_hardware
 
@@ -133,18 +136,18 @@ def evaluate_command(plans: Sequence[str | Path], model: str | Generator, *, see
         psnr = "identical" if math.isinf(o["psnr_db"]) else f"{o['psnr_db']:.2f} dB"
         console.print(f"{r.label:<{width}}  density {r.density:.3f}  {f'{speed:.2f}×' if speed else '–':>6}  "
                       f"PSNR {psnr:>9}  SSIM {o['ssim']:.4f}  rel L2 {o['rel_l2_latents']:.4f}",
-                      highlight=False, soft_wrap=True)
+                      highlight=False, soft_wrap=True, markup=False)
     for i, r in enumerate(result.runs):
         margins = result.versus_baselines(i) if r.kind == "plan" else {}
         if margins:
             vs = ", ".join(f"{name} {m['psnr_db']:+.2f} dB" for name, m in margins.items())
-            console.print(f"{r.label}: PSNR vs baselines at its density: {vs}", highlight=False, soft_wrap=True)
+            console.print(f"{r.label}: PSNR vs baselines at its density: {vs}", highlight=False, soft_wrap=True, markup=False)
     note = result.runs[0].predicted.get("reason") or (result.runs[0].predicted.get("hardware") or {}).get("note")
-    console.print(f"× = predicted attention speedup: {note}", highlight=False, soft_wrap=True)
-    console.print(f"evaluation → {written['json']}, report → {written['index']}", highlight=False)
+    console.print(f"× = predicted attention speedup: {note}", highlight=False, soft_wrap=True, markup=False)
+    console.print(f"evaluation → {written['json']}, report → {written['index']}", highlight=False, markup=False)
     failed = result.failures(min_psnr, min_ssim)
     for line in failed:
-        console.print(f"below threshold: {line}", highlight=False)
+        console.print(f"below threshold: {line}", highlight=False, markup=False)
     return 1 if failed else 0
 
 

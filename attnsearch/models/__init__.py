@@ -197,13 +197,43 @@ def _check_options(spec: str, func: Callable[..., Any], options: dict[str, Any])
                          f"(accepts: {', '.join(accepted) or 'none'})")
 
 
+def geometry_hint(spec: str, **options: Any) -> Geometry | None:
+    """The geometry a model will have, read from the factory's ``frames``/``height``/``width``
+    (``text_tokens``) options and defaults without building it; None when the factory does not
+    take them. For checks before an expensive build (a size estimate)."""
+    if not isinstance(spec, str) or not spec:
+        return None
+    _, factory = _resolve(spec)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return None
+    values = {n: p.default for n, p in params.items() if p.default is not inspect.Parameter.empty}
+    values.update(options)
+    fields = {k: values.get(k) for k in ("frames", "height", "width", "text_tokens")}
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for k, v in fields.items()
+               if k != "text_tokens"):
+        return None
+    text = fields["text_tokens"] if isinstance(fields["text_tokens"], int) and fields["text_tokens"] > 0 else 0
+    try:
+        return Geometry(fields["frames"], fields["height"], fields["width"], text)
+    except ValueError:
+        return None
+
+
 def load_model(spec: str, **options: Any) -> ModelSpec:
     """Build the model named by ``spec`` with factory ``options`` (e.g. seed, steps, frames)."""
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"model spec must be a non-empty string, got {spec!r}")
     name, factory = _resolve(spec)
     _check_options(spec, factory, options)
-    result = factory(**options)
+    try:
+        result = factory(**options)
+    except (ValueError, ModelUnavailableError, KeyboardInterrupt):
+        raise  # the factory's own word on bad options
+    except Exception as exc:  # noqa: BLE001  (user code: its failure is one line naming it)
+        raise ValueError(f"model {spec!r}: the factory raised {type(exc).__name__}: "
+                         f"{str(exc).strip()[:300]}") from None
     if isinstance(result, ModelSpec):
         return result
     if not (isinstance(result, tuple) and len(result) == 3):
@@ -218,4 +248,5 @@ def load_model(spec: str, **options: Any) -> ModelSpec:
     return ModelSpec(name=name, model=model, geometry=geometry, inputs=inputs, fingerprint=fingerprint(model))
 
 
-__all__ = ["PREFIXES", "REGISTRY", "ModelSpec", "ModelUnavailableError", "fingerprint", "load_model", "split_input"]
+__all__ = ["PREFIXES", "REGISTRY", "ModelSpec", "ModelUnavailableError", "fingerprint", "geometry_hint", "load_model",
+           "split_input"]

@@ -26,6 +26,32 @@ DEFAULT_STRIPE_ROWS = (0.0, 1.0)
 DEFAULT_FAMILIES = ("dense", "diagonal", "multi_diagonal", "vertical_stripe", "energy_decay", "skip")
 
 
+#: Largest stripe count and band width (in frames) a grid may ask for; more means nothing at any size.
+MAX_STRIPE_TOP_K = 4096
+MAX_STRIPE_ROWS = 1e6
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", dict: "an object", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def _numbers(value: Any, where: str, *, integer: bool) -> tuple:
+    """``value`` as a tuple of finite numbers (integers with ``integer``); PatternError naming ``where``."""
+    import math
+
+    if not isinstance(value, (list, tuple)):
+        raise PatternError(f"{where} must be a list of numbers, got {_kind(value)}")
+    out = []
+    for v in value:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if ok and integer:
+            ok = float(v).is_integer()
+        if not ok:
+            raise PatternError(f"{where} must hold {'integers' if integer else 'finite numbers'}, got {v!r}")
+        out.append(int(v) if integer else float(v))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class CandidateGrid:
     """What a profile measures. ``fixed`` lists explicit params per data-independent family
@@ -41,7 +67,12 @@ class CandidateGrid:
     def from_dict(cls, data: dict[str, Any]) -> CandidateGrid:
         """``{"families": [...], "diagonal": [{"rows": 1}, ...], "vertical_stripe": {"top_k": [...],
         "rows": [...]}}`` — the form the CLI's ``--grid FILE.json`` takes."""
-        families = tuple(data.get("families", DEFAULT_FAMILIES))
+        if not isinstance(data, dict):
+            raise PatternError(f"grid must be a JSON object, got {_kind(data)}")
+        families = data.get("families", list(DEFAULT_FAMILIES))
+        if not isinstance(families, (list, tuple)) or not all(isinstance(n, str) for n in families):
+            raise PatternError("grid.families must be a list of pattern names")
+        families = tuple(families)
         for name in families:
             if name not in PATTERNS:
                 raise PatternError(f"grid.families: unknown pattern {name!r} (known: {', '.join(PATTERNS)})")
@@ -51,14 +82,18 @@ class CandidateGrid:
                 continue
             if name not in PATTERNS:
                 raise PatternError(f"grid: unknown key {name!r}")
-            if not isinstance(value, list):
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
                 raise PatternError(f"grid.{name} must be a list of params objects")
             fixed.append((name, json.dumps(value)))
         stripe = data.get("vertical_stripe", {})
-        top_k = tuple(int(k) for k in stripe.get("top_k", DEFAULT_STRIPE_TOP_K))
-        if any(k < 1 for k in top_k):
-            raise PatternError("grid.vertical_stripe.top_k must hold positive integers")
-        rows = tuple(float(r) for r in stripe.get("rows", DEFAULT_STRIPE_ROWS))
+        if not isinstance(stripe, dict):
+            raise PatternError(f"grid.vertical_stripe must be an object with top_k and rows, got {_kind(stripe)}")
+        top_k = _numbers(stripe.get("top_k", DEFAULT_STRIPE_TOP_K), "grid.vertical_stripe.top_k", integer=True)
+        if any(not 1 <= k <= MAX_STRIPE_TOP_K for k in top_k):
+            raise PatternError(f"grid.vertical_stripe.top_k must hold integers in [1, {MAX_STRIPE_TOP_K}]")
+        rows = _numbers(stripe.get("rows", DEFAULT_STRIPE_ROWS), "grid.vertical_stripe.rows", integer=False)
+        if any(not 0 <= r <= MAX_STRIPE_ROWS for r in rows):
+            raise PatternError(f"grid.vertical_stripe.rows must hold numbers in [0, {MAX_STRIPE_ROWS}]")
         return cls(families, tuple(fixed), top_k, rows)
 
     def to_dict(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from .profile_check import check_steps_complete
 from .profile_io import Profile, ProfileSettings
 from .profiler import finish_profile, profile_calls
 
@@ -64,7 +65,8 @@ def profile_sharded(spec, num_steps: int, settings: ProfileSettings, out: Path,
 
 def merge_shards(paths: list[Path]) -> Profile:
     """Join shard files (any order) into one profile. The table is exact; the stored maps are
-    float16, so their step averages can differ from a single-process run in the last bit."""
+    float16, so their step averages can differ from a single-process run in the last bit. The
+    shards together must hold every step 0..S−1 (a missing shard is an error naming its steps)."""
     parts = [Profile.load(p) for p in paths]
     first = parts[0]
     for p, path in zip(parts[1:], paths[1:]):
@@ -77,5 +79,6 @@ def merge_shards(paths: list[Path]) -> Profile:
                 raise ValueError(f"{paths[i]} and {paths[j]} both hold step(s) {sorted(steps[i] & steps[j])}")
     parts.sort(key=lambda p: int(p.table["step"].min()))
     merged = Profile.concat(parts)
+    check_steps_complete(merged.table, f"the merge of {len(paths)} shard(s)")
     merged.model = dict(first.model)
     return merged

@@ -26,15 +26,14 @@ import torch
 
 from ..atomic_io import replacing
 from ..geometry import Geometry, check_block_size
+from ..jsondata import JSONDataError, dumps, parse
 from .candidates import CandidateGrid
+from .errors import ProfileError
+from .profile_check import check_table
 
 FORMAT = "attnsearch-profile"
 SCHEMA_VERSION = 1
 TABLE_COLUMNS = ["step", "layer", "head", "pattern", "params", "candidate", "density", "recall", "rel_err"]
-
-
-class ProfileError(ValueError):
-    """Bad profiler input: shapes, settings or an attention call the profiler cannot measure."""
 
 
 @dataclass(frozen=True)
@@ -124,8 +123,8 @@ class Profile:
         return cls(table, first.geometry, first.settings, dict(first.model), maps, counts, timing,
                    dict(first.attention))
 
-    def save(self, path) -> None:
-        write_profile(self, path)
+    def save(self, path, *, inputs=()) -> None:
+        write_profile(self, path, inputs=inputs)
 
     @classmethod
     def load(cls, path) -> Profile:
@@ -140,9 +139,12 @@ def default_path(model_name: str) -> Path:
     return Path("profiles") / f"{model_name.replace('/', '_').replace(':', '_')}.parquet"
 
 
-def write_profile(profile: Profile, path: str | os.PathLike) -> Path:
+def write_profile(profile: Profile, path: str | os.PathLike, *, inputs=()) -> Path:
+    """Write ``profile`` to ``path`` (Parquet, whole or not at all; never over one of ``inputs``).
+    A profile whose table breaks the rules of :mod:`~attnsearch.profiling.profile_check` (e.g.
+    non-finite statistics) is refused before anything is written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_table(profile.table[TABLE_COLUMNS], path)
     keys = sorted(profile.maps)
     maps = np.stack([profile.maps[k].numpy() for k in keys]).astype(np.float16) if keys else np.zeros((0, 0, 0), np.float16)
     meta = {
@@ -159,50 +161,129 @@ def write_profile(profile: Profile, path: str | os.PathLike) -> Path:
     table = pa.Table.from_pandas(profile.table[TABLE_COLUMNS], preserve_index=False)
     table = table.replace_schema_metadata({
         **(table.schema.metadata or {}),
-        b"attnsearch": json.dumps(meta).encode(),
+        b"attnsearch": dumps(meta).encode(),
         b"attnsearch.maps": base64.b64encode(zlib.compress(maps.tobytes(), 6)),
     })
-    with replacing(path) as tmp:
+    with replacing(path, inputs=inputs) as tmp:
         pq.write_table(table, tmp, compression="zstd")
     return path
 
 
 def read_profile(path: str | os.PathLike) -> Profile:
+    """Load a profile file; every way it can be unusable is one ProfileError line naming the file and
+    the field (see :mod:`attnsearch.profiling.profile_check` for what the table must hold)."""
     path = Path(path)
-    if not path.is_file():
-        raise ProfileError(f"profile {str(path)!r} does not exist")
+    if path.is_dir():
+        raise ProfileError(f"{path}: is a directory, not a profile file")
+    if not path.exists():
+        raise ProfileError(f"{path}: does not exist")
     try:
         table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ProfileError(f"{path}: not a Parquet file ({exc})") from None
-    raw = (table.schema.metadata or {}).get(b"attnsearch")
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise ProfileError(f"{path}: not a Parquet file ({str(exc).splitlines()[0] if str(exc) else exc!r})") from None
+    metadata = table.schema.metadata or {}
+    raw = metadata.get(b"attnsearch")
     if raw is None:
         raise ProfileError(f"{path}: not an attnsearch profile (no 'attnsearch' metadata)")
-    meta = json.loads(raw)
+    try:
+        meta = parse(raw, f"{path}: metadata")
+    except JSONDataError as err:
+        raise ProfileError(str(err)) from None
+    if not isinstance(meta, dict):
+        raise ProfileError(f"{path}: metadata is not a JSON object")
     if meta.get("format") != FORMAT:
         raise ProfileError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
     if meta.get("version") != SCHEMA_VERSION:
         raise ProfileError(f"{path}: profile schema version {meta.get('version')!r} is not supported "
                            f"(this attnsearch reads version {SCHEMA_VERSION}); re-run `attnsearch profile`")
-    df = table.to_pandas()
+    missing = [k for k in ("geometry", "settings", "model", "maps") if k not in meta]
+    if missing:
+        raise ProfileError(f"{path}: metadata lacks {', '.join(missing)}")
+    try:
+        df = table.to_pandas()
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        raise ProfileError(f"{path}: the table cannot be read ({str(exc).splitlines()[0]})") from None
     missing = [c for c in TABLE_COLUMNS if c not in df.columns]
     if missing:
         raise ProfileError(f"{path}: profile table lacks column(s) {', '.join(missing)}")
-    m = meta["maps"]
-    blob = zlib.decompress(base64.b64decode(table.schema.metadata[b"attnsearch.maps"]))
-    arr = np.frombuffer(blob, dtype=np.float16).reshape(m["shape"]).astype(np.float32)
-    keys = [tuple(s) for s in m["sites"]]
-    maps = {k: torch.from_numpy(arr[i].copy()) for i, k in enumerate(keys)}
-    return Profile(
-        table=df[TABLE_COLUMNS],
-        geometry=Geometry.from_dict(meta["geometry"]),
-        settings=ProfileSettings.from_dict(meta["settings"]),
-        model=meta["model"],
-        maps=maps,
-        map_steps={k: n for k, n in zip(keys, m["steps"])},
-        timing=meta.get("timing", {}),
-        attention=meta.get("attention", {}),
-    )
+    df = df[TABLE_COLUMNS]
+    check_table(df, path)
+    geometry = _field(path, "geometry", lambda g: Geometry.from_dict(_mapping(g)), meta["geometry"])
+    settings = _field(path, "settings", lambda g: ProfileSettings.from_dict(_mapping(g)), meta["settings"])
+    model = _field(path, "model", _model, meta["model"])
+    keys, steps, maps = _read_maps(path, meta["maps"], metadata.get(b"attnsearch.maps"))
+    layers, heads = int(df["layer"].max()) + 1, int(df["head"].max()) + 1
+    outside = [k for k in keys if not (0 <= k[0] < layers and 0 <= k[1] < heads)]
+    if outside:
+        raise ProfileError(f"{path}: maps.sites holds (layer, head) {outside[0]} outside the table's "
+                           f"{layers} layers × {heads} heads")
+    timing = meta.get("timing", {})
+    attention = meta.get("attention", {})
+    if not isinstance(timing, dict) or not isinstance(attention, dict):
+        raise ProfileError(f"{path}: metadata fields timing and attention must be JSON objects")
+    return Profile(table=df, geometry=geometry, settings=settings, model=model,
+                   maps={k: torch.from_numpy(maps[i].copy()) for i, k in enumerate(keys)},
+                   map_steps=dict(zip(keys, steps)), timing=timing, attention=attention)
+
+
+def _mapping(value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise TypeError(f"must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _model(value: Any) -> dict[str, str]:
+    value = _mapping(value)
+    if not all(isinstance(v, str) for v in value.values()):
+        raise TypeError("must map names to strings")
+    return dict(value)
+
+
+def _field(path: Path, name: str, build, value: Any):
+    """``build(value)``, its failure a ProfileError naming the file and the metadata field."""
+    try:
+        return build(value)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        message = str(exc).removeprefix(f"{name}: ").removeprefix(f"{name} ")
+        raise ProfileError(f"{path}: metadata {name}: {message}") from None
+
+
+def _read_maps(path: Path, m: Any, blob: bytes | None) -> tuple[list[tuple[int, int]], list[int], np.ndarray]:
+    """The maps' (layer, head) keys, step counts and values [n, side, side] from the metadata."""
+    def bad(message: str) -> ProfileError:
+        return ProfileError(f"{path}: metadata maps: {message}")
+
+    if not isinstance(m, dict) or not all(k in m for k in ("sites", "steps", "shape")):
+        raise bad("must be an object with sites, steps and shape")
+    sites, steps, shape = m["sites"], m["steps"], m["shape"]
+    if not (isinstance(sites, list) and all(isinstance(s, list) and len(s) == 2 and all(_count(x) for x in s)
+                                            for s in sites)):
+        raise bad("sites must be a list of [layer, head] pairs of integers ≥ 0")
+    if not (isinstance(steps, list) and len(steps) == len(sites) and all(_count(x) and x >= 1 for x in steps)):
+        raise bad("steps must hold one integer ≥ 1 per site")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(_count(x) for x in shape)
+            and shape[0] == len(sites) and shape[1] == shape[2] and (shape[1] >= 1 or not sites)):
+        raise bad(f"shape must be [sites, side, side] with {len(sites)} site(s), got {shape!r}")
+    keys = [(int(a), int(b)) for a, b in sites]
+    if len(set(keys)) != len(keys):
+        raise bad("sites names one (layer, head) twice")
+    if blob is None:
+        raise bad("the 'attnsearch.maps' data is missing")
+    expected = shape[0] * shape[1] * shape[2] * 2
+    try:
+        data = zlib.decompressobj().decompress(base64.b64decode(blob, validate=True), expected + 1)
+    except (ValueError, zlib.error) as exc:
+        raise bad(f"the stored data is not valid base64 zlib ({exc})") from None
+    if len(data) != expected:
+        raise bad(f"the stored data holds {len(data)} bytes, shape {shape} needs {expected}")
+    arr = np.frombuffer(data, dtype=np.float16).reshape(shape).astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise bad("the attention maps hold non-finite values")
+    return keys, [int(x) for x in steps], arr
+
+
+def _count(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 __all__ = ["FORMAT", "SCHEMA_VERSION", "TABLE_COLUMNS", "Profile", "ProfileError", "ProfileSettings",

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import pandas as pd
 import torch
 
-from ..geometry import Geometry
+from ..geometry import Geometry, GeometryError
 from .candidates import CandidateGrid, StripeCandidates, candidate_label, static_candidates, stripe_candidates
 from .profile_io import TABLE_COLUMNS, Profile, ProfileError, ProfileSettings
 
@@ -121,6 +121,13 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
     if heads % k.shape[1]:
         raise ProfileError(f"query heads ({heads}) must be a multiple of key heads ({k.shape[1]})")
     geometry.check_tokens(n)
+    where = f"step {step} layer {layer}"
+    for name, t in (("query", q), ("key", k), ("value", v)):
+        if not bool(torch.isfinite(t).all()):
+            raise ProfileError(f"{where}: the attention {name} holds non-finite values (NaN or ±inf); "
+                               "a profile of them would be meaningless")
+    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+        raise ProfileError(f"{where}: the attention scale {scale!r} is not a finite number")
     bs = settings.block_size
     nb = math.ceil(n / bs)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
@@ -175,6 +182,11 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
             map_sum[hs] += bmap
             del u, p_blk, o_full
 
+    finite = torch.isfinite(recall_sum).all() & torch.isfinite(err_sum).all() & torch.isfinite(map_sum).all()
+    if vs_recall is not None:
+        finite &= torch.isfinite(vs_recall).all() & torch.isfinite(vs_err).all()
+    if not bool(finite):
+        raise ProfileError(f"{where}: the attention output statistics are not finite (the softmax overflowed?)")
     # One host transfer per statistic, then plain Python floats: per-element tensor indexing here
     # would cost more than the whole GPU pass.
     recall = (recall_sum / bsz).tolist()
@@ -232,13 +244,27 @@ def profile_calls(spec, step_indices: Sequence[int], settings: ProfileSettings,
             on_call(call.step, call.layer)
         return None
 
+    first: tuple[int, int] | None = None  # (step, attention calls) of the first profiled step
     with capture_attention(spec.model, consumer, auto_step=False) as cap, torch.no_grad():
         for step in step_indices:
             if not 0 <= step < len(spec.inputs):
                 raise ProfileError(f"step {step} is outside the model's {len(spec.inputs)} inputs")
             cap.set_step(step)
             args, kwargs = split_input(spec.inputs[step])
-            spec.model(*args, **kwargs)
+            before = len(parts)
+            try:
+                spec.model(*args, **kwargs)
+            except (ProfileError, GeometryError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # noqa: BLE001  (user code: its failure is one line naming it)
+                raise ProfileError(f"model {spec.name!r} step {step}: the forward raised "
+                                   f"{type(exc).__name__}: {str(exc).strip()[:300]}") from None
+            calls = len(parts) - before
+            if first is None:
+                first = (step, calls)
+            elif calls != first[1]:
+                raise ProfileError(f"model {spec.name!r} step {step}: {calls} attention call(s), but step "
+                                   f"{first[0]} made {first[1]}; every step must run every layer")
     return parts
 
 

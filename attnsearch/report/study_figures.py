@@ -3,11 +3,12 @@ trial the plan was built from."""
 
 from __future__ import annotations
 
-import json
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from ..jsondata import read_json
 from .style import FAMILY_COLORS, save_figure
 
 
@@ -29,26 +30,41 @@ def _points_from_storage(path: Path) -> tuple[list, list, dict | None, str]:
     return trials, front, chosen, study.study_name
 
 
-def _points_from_json(data: dict) -> tuple[list, list, dict | None, str]:
-    """An optimize result: a plan's ``search`` section (Pareto rows with trial, attention_ms, error)."""
-    def point(row: dict) -> dict:
-        return {"number": row.get("trial", row.get("number")), "latency_ms": row.get("attention_ms", row.get("latency_ms")),
-                "error": row["error"]}
+def _points_from_json(data, source: str = "plan") -> tuple[list, list, dict | None, str]:
+    """An optimize result: a plan's ``search`` section (Pareto rows with trial, attention_ms, error).
+    A row without finite numbers there is a ReportError naming ``search.pareto[i]``."""
+    from . import ReportError
 
-    search = data.get("search", data)
-    front = [point(r) for r in search.get("pareto", [])]
+    search = data.get("search", data) if isinstance(data, dict) else data
+    pareto = search.get("pareto", []) if isinstance(search, dict) else None
+    if not isinstance(pareto, list):
+        raise ReportError(f"{source}: search.pareto must be a list of trials")
+
+    def number(row: dict, i: int, *keys: str) -> float:
+        value = next((row[k] for k in keys if k in row), None)
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+            raise ReportError(f"{source}: search.pareto[{i}].{keys[0]} must be a finite number, got {value!r}")
+        return value
+
+    front = []
+    for i, row in enumerate(pareto):
+        if not isinstance(row, dict):
+            raise ReportError(f"{source}: search.pareto[{i}] must be an object")
+        front.append({"number": number(row, i, "trial", "number"),
+                      "latency_ms": number(row, i, "attention_ms", "latency_ms"), "error": number(row, i, "error")})
     chosen = next((p for p in front if p["number"] == search.get("trial")), None)
-    return front, front, chosen, search.get("study", "study")
+    return front, front, chosen, str(search.get("study", "study"))
 
 
-def study_figures(source: Path | dict, out: Path) -> dict:
-    """``source``: an Optuna SQLite file, an optimize-result JSON file, or a plan dict (its search)."""
+def study_figures(source: Path | dict, out: Path, *, source_name: str = "plan") -> dict:
+    """``source``: an Optuna SQLite file, an optimize-result JSON file, or a plan dict (its search,
+    ``source_name`` naming it in errors)."""
     if isinstance(source, dict):
-        trials, front, chosen, name = _points_from_json(source)
+        trials, front, chosen, name = _points_from_json(source, source_name)
     elif source.read_bytes()[:15] == b"SQLite format 3":
         trials, front, chosen, name = _points_from_storage(source)
     else:
-        trials, front, chosen, name = _points_from_json(json.loads(source.read_text()))
+        trials, front, chosen, name = _points_from_json(read_json(source, "study result"), str(source))
     fig, ax = plt.subplots(figsize=(6, 4.2))
     ax.scatter([t["latency_ms"] for t in trials], [t["error"] for t in trials], s=10, color="#bbbbbb",
                label=f"{len(trials)} trials")

@@ -12,6 +12,7 @@ from its knobs (the inner solve is deterministic) and costed with the full model
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,10 +25,12 @@ import pandas as pd
 
 from ..costmodel import CostModel, HardwareError
 from ..plan import Plan, write_plan
+from ..profiling.profile_check import check_steps_complete, check_table
 from ..profiling.profile_io import Profile, ProfileError
 from .problem import Knobs, Problem
 from .space import SearchError, build_space
-from .workers import (HEARTBEAT_S, check_workers, claim_lock, open_storage, run_trials, spawn, start_run,
+from .outputs import check_outputs_of, holds_no_trial, missing_folders, remove_new_study
+from .workers import (HEARTBEAT_S, claim_lock, file_lock, open_storage, run_trials, spawn, start_run,
                       public_url, storage_error, storage_kind, worker_id)
 
 #: Relative λ range (× one head's dense attention per step; see Knobs).
@@ -68,6 +71,10 @@ def _load_profiles(profile_path) -> list[Profile]:
     if not paths:
         raise SearchError("optimize: no profile given")
     profs = [p if isinstance(p, Profile) else Profile.load(p) for p in paths]
+    for p, path in zip(profs, paths):  # a plan covers steps [0, S): every one must be measured
+        where = "profile" if isinstance(path, Profile) else path
+        check_table(p.table, where)
+        check_steps_complete(p.table, where)
     first = profs[0]
     for p in profs[1:]:
         if p.geometry != first.geometry or p.model.get("fingerprint") != first.model.get("fingerprint"):
@@ -250,7 +257,10 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         raise SearchError(f"max_density must be in (0, 1], got {max_density}")
     if validate < 0:
         raise SearchError(f"validate must be ≥ 0, got {validate}")
-    check_workers(storage or "sqlite:///", workers)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise SearchError(f"seed must be an integer ≥ 0, got {seed!r}")
+    out = Path(out)
+    storage, db = check_outputs_of(profile_path, out, storage, workers)
     started = time.perf_counter()
     profs = _load_profiles(profile_path)
     spec = _load_spec(model) if model is not None else None
@@ -274,93 +284,104 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
     search = _Search.build(profs, cm, max_error=max_error, validate=validate, spec=spec, backend=backend)
     problems = search.problems
 
-    out = Path(out)
     budgeted = search.budgeted
     settings = {"head_dim": head_dim, "batch": batch, "hardware": cm.table.name, "validate": validate,
                 "budgeted": budgeted, "max_error": max_error if budgeted else None,
                 "block_sizes": sorted(problems), "knob_space": 2}
     fingerprint = _fingerprint(profs, settings)
     name = study_name or f"attnsearch-{profs[0].model.get('name', 'model')}-{fingerprint}"
-    storage = storage or f"sqlite:///{out.with_name(out.name + '.optuna.db')}"
-    if storage.startswith("sqlite:///"):
-        try:
-            Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise SearchError(f"storage {storage!r} cannot be reached: {err.strerror}") from None
-    rdb = open_storage(storage, heartbeat_s)
-    shared = workers > 1 or storage_kind(storage) != "sqlite"  # other processes may sample alongside
-    study = _open_study(rdb, name, _sampler_seed(seed, 0) if shared else seed)
+    fresh = db is not None and not db.exists()
+    made = missing_folders(db) if fresh else []
+    ran = 0
+    study = None
     import optuna
 
-    def lock():
-        return claim_lock(storage, rdb, name)
+    try:
+        for folder in made:
+            folder.mkdir(exist_ok=True)
+        # Creating the schema of a new SQLite study is serialised: two runs at once would both
+        # create its tables ("table studies already exists").
+        with file_lock(db) if db is not None else contextlib.nullcontext():
+            rdb = open_storage(storage, heartbeat_s)
+            shared = workers > 1 or storage_kind(storage) != "sqlite"  # other processes may sample alongside
+            study = _open_study(rdb, name, _sampler_seed(seed, 0) if shared else seed)
 
-    done_before, target = start_run(study, lock, trials, search.seed_params)
-    to_run = target - done_before
-    ran = 0
+        def lock():
+            return claim_lock(storage, rdb, name)
 
-    def on_trial(p: dict[str, Any]) -> None:
-        nonlocal ran
-        ran += 1
-        if progress is not None:
-            progress(p)
+        done_before, target = start_run(study, lock, trials, search.seed_params)
+        to_run = target - done_before
 
-    if to_run > 0:
-        if workers == 1:
-            run_trials(study, rdb, lock, target, search.objective, worker=worker_id(0),
-                       deadline=time.monotonic() + timeout if timeout else None,
-                       on_trial=lambda t: on_trial(_progress(study, t, to_run)))
-        else:
-            cfg = {"profile": profile_path, "model": (model if isinstance(model, str) else spec) if validate else None,
-                   "hardware": hardware, "head_dim": head_dim, "batch": batch, "validate": validate,
-                   "backend": backend, "max_error": max_error, "storage": storage, "study": name,
-                   "heartbeat_s": heartbeat_s, "seed": seed, "target": target, "trials": to_run, "timeout": timeout}
-            errors = spawn(cfg, workers, on_trial, entry=f"{__name__}:worker_main")
-            if errors:
-                raise SearchError(f"optimize: {len(errors)} of {workers} workers failed: " + "; ".join(errors))
-    search_s = time.perf_counter() - started
+        def on_trial(p: dict[str, Any]) -> None:
+            nonlocal ran
+            ran += 1
+            if progress is not None:
+                progress(p)
 
-    # The choice: made here, after this command's workers ended, from the stored study alone (a
-    # fresh read, trials in number order), so whichever worker or machine ends last, all choose alike.
-    study = optuna.load_study(study_name=name, storage=rdb, sampler=optuna.samplers.RandomSampler(seed=0))
-    done = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
-                  key=lambda t: t.number)
-    if not done:
-        raise SearchError(f"study {name!r} in {public_url(storage)} has no completed trial (run with trials ≥ 1)")
-    if to_run > 0 and not timeout and len(done) < target:
-        raise SearchError(f"study {name!r}: the run stopped at {len(done)} of {target} complete trials (its "
-                          f"workers were killed); rerun the same command to resume it")
-    front = sorted(study.best_trials, key=lambda t: t.number)
-    if max_density is not None:
-        chosen, reason = choose_by_density(done, lambda t: problems[search.knobs_of(t.params).block_size],
-                                           search, max_density, validate=bool(validate))
-    else:
-        chosen, reason = choose(front, max_error, target_speedup, validate=bool(validate))
-    if study.user_attrs.get("chosen_trial") != chosen.number:
-        study.set_user_attr("chosen_trial", chosen.number)  # what `attnsearch report STUDY.db` marks
-    k = search.knobs_of(chosen.params)
-    pb = problems[k.block_size]
-    pb._lam_hint.clear()  # the rebuild must not depend on what this process solved before
-    a = pb.solve(k)
-    figures = pb.figures(a)
-    measured = {m: chosen.user_attrs[m] for m in ("rel_l2", "psnr_db") if m in chosen.user_attrs}
-    pareto = front_table(front)
-    hw = {"device": cm.table.device, "calibration": cm.table.name}
-    plan = pb.plan(a, model=dict(profs[0].model), hardware=hw, predicted=dict(figures), search={
-        "study": name, "storage": public_url(storage), "trial": chosen.number, "reason": reason,
-        "objectives": {"attention_ms": chosen.values[0], "error": chosen.values[1],
-                       "error_metric": "measured relative L2 of the model output vs dense" if validate
-                       else "RMS rel_err over every (step, layer, head), from the profile"},
-        "validation": ({"inputs": validate, **measured} if validate else None),
-        "knobs": k.to_dict(), "lambda_abs": a.lam,
-        "settings": {**settings, "max_error": max_error, "target_speedup": target_speedup,
-                     "trials_total": len(done), "seed": seed},
-        "hardware_note": cm.table.note, "cost_model": cm.describe(),
-        "pareto": pareto.head(50).to_dict(orient="records"),
-    })
-    path = write_plan(plan, out)  # only this (parent) process writes, atomically (temporary file + rename)
-    return OptimizeResult(plan, path, chosen.number, reason, figures, pareto, name, storage, hw, settings,
-                          seconds=round(search_s, 2), trials_run=ran)
+        if to_run > 0:
+            if workers == 1:
+                run_trials(study, rdb, lock, target, search.objective, worker=worker_id(0),
+                           deadline=time.monotonic() + timeout if timeout else None,
+                           on_trial=lambda t: on_trial(_progress(study, t, to_run)))
+            else:
+                cfg = {"profile": profile_path, "model": (model if isinstance(model, str) else spec) if validate else None,
+                       "hardware": hardware, "head_dim": head_dim, "batch": batch, "validate": validate,
+                       "backend": backend, "max_error": max_error, "storage": storage, "study": name,
+                       "heartbeat_s": heartbeat_s, "seed": seed, "target": target, "trials": to_run, "timeout": timeout}
+                errors = spawn(cfg, workers, on_trial, entry=f"{__name__}:worker_main")
+                if errors:
+                    raise SearchError(f"optimize: {len(errors)} of {workers} workers failed: " + "; ".join(errors))
+        search_s = time.perf_counter() - started
+
+        # The choice: made here, after this command's workers ended, from the stored study alone (a
+        # fresh read, trials in number order), so whichever worker or machine ends last, all choose alike.
+        study = optuna.load_study(study_name=name, storage=rdb, sampler=optuna.samplers.RandomSampler(seed=0))
+        done = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
+                      key=lambda t: t.number)
+        if not done:
+            raise SearchError(f"study {name!r} in {public_url(storage)} has no completed trial (run with trials ≥ 1)")
+        if to_run > 0 and not timeout and len(done) < target:
+            raise SearchError(f"study {name!r}: the run stopped at {len(done)} of {target} complete trials (its "
+                              f"workers were killed); rerun the same command to resume it")
+        front = sorted(study.best_trials, key=lambda t: t.number)
+        try:
+            if max_density is not None:
+                chosen, reason = choose_by_density(done, lambda t: problems[search.knobs_of(t.params).block_size],
+                                                   search, max_density, validate=bool(validate))
+            else:
+                chosen, reason = choose(front, max_error, target_speedup, validate=bool(validate))
+        except BudgetError as err:  # the trials are results: kept, and said so
+            raise BudgetError(f"{err}; the study's {len(done)} trials stay in {public_url(storage)} (a rerun "
+                              f"with another budget chooses from them)") from None
+        if study.user_attrs.get("chosen_trial") != chosen.number:
+            study.set_user_attr("chosen_trial", chosen.number)  # what `attnsearch report STUDY.db` marks
+        k = search.knobs_of(chosen.params)
+        pb = problems[k.block_size]
+        pb._lam_hint.clear()  # the rebuild must not depend on what this process solved before
+        a = pb.solve(k)
+        figures = pb.figures(a)
+        measured = {m: chosen.user_attrs[m] for m in ("rel_l2", "psnr_db") if m in chosen.user_attrs}
+        pareto = front_table(front)
+        hw = {"device": cm.table.device, "calibration": cm.table.name}
+        plan = pb.plan(a, model=dict(profs[0].model), hardware=hw, predicted=dict(figures), search={
+            "study": name, "storage": public_url(storage), "trial": chosen.number, "reason": reason,
+            "objectives": {"attention_ms": chosen.values[0], "error": chosen.values[1],
+                           "error_metric": "measured relative L2 of the model output vs dense" if validate
+                           else "RMS rel_err over every (step, layer, head), from the profile"},
+            "validation": ({"inputs": validate, **measured} if validate else None),
+            "knobs": k.to_dict(), "lambda_abs": a.lam,
+            "settings": {**settings, "max_error": max_error, "target_speedup": target_speedup,
+                         "trials_total": len(done), "seed": seed},
+            "hardware_note": cm.table.note, "cost_model": cm.describe(),
+            "pareto": pareto.head(50).to_dict(orient="records"),
+        })
+        path = write_plan(plan, out)  # only this (parent) process writes, atomically (temporary file + rename)
+        return OptimizeResult(plan, path, chosen.number, reason, figures, pareto, name, storage, hw, settings,
+                              seconds=round(search_s, 2), trials_run=ran)
+    except BaseException:
+        if fresh and ran == 0 and holds_no_trial(study):
+            remove_new_study(db, made)  # a failed first run leaves no empty study behind
+        raise
 
 
 def _load_spec(model):

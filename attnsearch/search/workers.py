@@ -140,15 +140,26 @@ def claim_lock(url: str, rdb, study_name: str) -> Iterator[None]:
         with _server_lock(rdb, "SELECT GET_LOCK(:n, -1)", "SELECT RELEASE_LOCK(:n)", {"n": name}):
             yield
     elif kind == "sqlite" and sqlite_path(url) is not None:
-        path = sqlite_path(url)
-        with open(path.with_name(path.name + ".lock"), "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with file_lock(sqlite_path(url)):
+            yield
     else:  # an in-memory database (one process) or a dialect without a lock we know
         yield
+
+
+def lock_path(db: Path) -> Path:
+    """The lock file beside a SQLite database: every process opening the study takes it."""
+    return db.with_name(db.name + ".lock")
+
+
+@contextlib.contextmanager
+def file_lock(db: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on the lock file beside ``db`` (released by the system if the holder dies)."""
+    with open(lock_path(db), "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,117 @@
+"""What a profile's table must hold to be used: checked on load, so bad data is refused, never planned.
+
+Rules (each violation is one :class:`ProfileError` line naming the file and the column or field):
+
+* columns ``step``, ``layer``, ``head`` are integers ≥ 0; ``pattern``, ``params`` and ``candidate``
+  are strings, ``pattern`` a known pattern, ``params`` a JSON object (strict data); ``density``, ``recall`` and ``rel_err`` are finite
+  numbers, density and recall in [0, 1] (a rounding margin of :data:`TOLERANCE`), rel_err ≥ 0;
+* no two rows measure the same (step, layer, head, candidate);
+* coverage: every step present holds every layer 0..L−1 and every head 0..H−1 (L, H: the largest
+  numbers + 1), so layers and heads are contiguous from 0. Steps need not be: a shard of a sharded
+  run holds some steps only. :func:`check_steps_complete` is the check for consumers that need
+  every step 0..S−1 (a plan covers steps [0, S)).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..jsondata import JSONDataError, check_data, parse
+from ..patterns import PATTERNS
+from .errors import ProfileError
+
+#: Densities and recalls may exceed 1 by float rounding of sums of softmax mass.
+TOLERANCE = 1e-6
+
+
+def _error(path, message: str) -> ProfileError:
+    return ProfileError(f"{path}: {message}")
+
+
+def _ranges(values) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` → ``"0–2, 5, 7–8"`` (at most 6 runs shown)."""
+    runs: list[list[int]] = []
+    for v in sorted(set(int(x) for x in values)):
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    text = [f"{a}" if a == b else f"{a}–{b}" for a, b in runs[:6]]
+    return ", ".join(text) + (", …" if len(runs) > 6 else "")
+
+
+def check_table(df: pd.DataFrame, path) -> None:
+    """Raise ProfileError (naming ``path`` and the column) unless ``df`` holds usable statistics."""
+    if not len(df):
+        raise _error(path, "the profile table has no rows")
+    for col in ("step", "layer", "head"):
+        if not pd.api.types.is_integer_dtype(df[col]):
+            raise _error(path, f"column {col!r} must hold integers, has {df[col].dtype}")
+        if (df[col] < 0).any():
+            raise _error(path, f"column {col!r} holds negative numbers (e.g. {int(df[col].min())})")
+    for col in ("pattern", "params", "candidate"):
+        if not df[col].map(lambda v: isinstance(v, str)).all():
+            raise _error(path, f"column {col!r} must hold strings")
+    for text in df["params"].unique():
+        try:
+            params = parse(text, "params")
+            check_data(params)
+        except JSONDataError as err:
+            raise _error(path, f"column 'params' holds {text[:40]!r}: {err}") from None
+        if not isinstance(params, dict):
+            raise _error(path, f"column 'params' holds {text[:40]!r}, not a JSON object")
+    unknown = sorted(set(df["pattern"]) - set(PATTERNS))
+    if unknown:
+        raise _error(path, f"column 'pattern' names unknown pattern(s) {', '.join(map(repr, unknown[:5]))} "
+                           f"(known: {', '.join(PATTERNS)})")
+    for col, low, high in (("density", 0.0, 1.0), ("recall", 0.0, 1.0), ("rel_err", 0.0, None)):
+        if not (pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col])):
+            raise _error(path, f"column {col!r} must hold numbers, has {df[col].dtype}")
+        values = df[col].astype("float64")
+        bad = ~np.isfinite(values)  # NaN and ±inf
+        if bad.any():
+            row = df[bad].iloc[0]
+            raise _error(path, f"column {col!r} holds a non-finite value ({float(values[bad].iloc[0])}) at step "
+                               f"{row['step']} layer {row['layer']} head {row['head']}")
+        out = (values < low - TOLERANCE) | ((values > high + TOLERANCE) if high is not None else False)
+        if out.any():
+            span = f"[{low:g}, {high:g}]" if high is not None else f"≥ {low:g}"
+            raise _error(path, f"column {col!r} holds {float(values[out].iloc[0])!r}, outside {span}")
+    dup = df.duplicated(["step", "layer", "head", "candidate"])
+    if dup.any():
+        row = df[dup].iloc[0]
+        raise _error(path, f"duplicate rows: step {row['step']} layer {row['layer']} head {row['head']} "
+                           f"candidate {row['candidate']!r} appears more than once")
+    _check_coverage(df, path)
+
+
+def _check_coverage(df: pd.DataFrame, path) -> None:
+    layers, heads = int(df["layer"].max()) + 1, int(df["head"].max()) + 1
+    sites = df[["step", "layer", "head"]].drop_duplicates()
+    per_step = sites.groupby("step").size()
+    short = per_step[per_step != layers * heads]
+    if len(short):
+        step = int(short.index[0])
+        at = sites[sites["step"] == step]
+        missing_layers = sorted(set(range(layers)) - set(at["layer"]))
+        if missing_layers:
+            raise _error(path, f"step {step} lacks layer(s) {_ranges(missing_layers)} (the profile has layers "
+                               f"0–{layers - 1}; layers must be numbered from 0 without gaps)")
+        counts = at.groupby("layer").size()
+        layer = int(counts[counts != heads].index[0])
+        missing = sorted(set(range(heads)) - set(at[at["layer"] == layer]["head"]))
+        raise _error(path, f"step {step} layer {layer} lacks head(s) {_ranges(missing)} (the profile has heads "
+                           f"0–{heads - 1}; heads must be numbered from 0 without gaps)")
+
+
+def check_steps_complete(df: pd.DataFrame, path) -> None:
+    """Raise ProfileError unless the table holds every step 0..S−1 (S: the largest step + 1)."""
+    steps = set(int(s) for s in df["step"].unique())
+    missing = sorted(set(range(max(steps) + 1)) - steps) if steps else []
+    if missing:
+        raise _error(path, f"the profile lacks step(s) {_ranges(missing)} of 0–{max(steps)} (a shard of a "
+                           f"sharded run? join the shards with `attnsearch merge`)")
+
+
+__all__ = ["TOLERANCE", "check_steps_complete", "check_table"]
