@@ -269,9 +269,16 @@ def _read(path: Path) -> HardwareTable:
         data = json.loads(path.read_text())
     except OSError as err:
         raise HardwareError(f"{path}: cannot read hardware table ({err.strerror})") from None
-    except json.JSONDecodeError as err:
-        raise HardwareError(f"{path}: not valid JSON (line {err.lineno}: {err.msg})") from None
-    return HardwareTable.from_dict(data, str(path))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise HardwareError(f"{path}: not a JSON hardware table ({type(err).__name__}: {err})".replace("\n", " ")) from None
+    try:
+        return HardwareTable.from_dict(data, str(path))
+    except HardwareError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        # A field of the wrong JSON type (an object where a number belongs, a list for an object):
+        # the file is not a table this version wrote.
+        raise HardwareError(f"{path}: malformed hardware table ({type(err).__name__}: {err})") from None
 
 
 def load_hardware(spec: str | os.PathLike | HardwareTable | None = None) -> HardwareTable:

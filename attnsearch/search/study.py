@@ -209,6 +209,10 @@ def worker_main(cfg: dict[str, Any], index: int, report: Callable[[dict[str, Any
 # --- the search ------------------------------------------------------------------------------------------
 
 
+#: Largest error budget that means something: errors are relative (O(1)); the exact solver squares it.
+MAX_ERROR_BUDGET = 1e6
+
+
 def optimize(profile_path, *, hardware=None, max_error: float | None = None, target_speedup: float | None = None,
              max_density: float | None = None, trials: int = 100, storage: str | None = None, validate: int = 0,
              out: str | os.PathLike = "plan.json",
@@ -249,8 +253,8 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
     """
     if not isinstance(trials, int) or trials < 0:
         raise SearchError(f"trials must be an integer ≥ 0 (0: choose from the stored study), got {trials!r}")
-    if max_error is not None and not max_error >= 0:
-        raise SearchError(f"max_error must be ≥ 0, got {max_error}")
+    if max_error is not None and not 0 <= max_error <= MAX_ERROR_BUDGET:
+        raise SearchError(f"max_error must be in [0, {MAX_ERROR_BUDGET:g}] (a relative error), got {max_error}")
     if target_speedup is not None and not target_speedup > 0:
         raise SearchError(f"target_speedup must be > 0, got {target_speedup}")
     if max_density is not None and not 0 < max_density <= 1:
