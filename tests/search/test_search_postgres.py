@@ -24,7 +24,7 @@ from attnsearch.search import SearchError, optimize
 
 import synthetic
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PG_SCRIPT = ROOT / ".ci" / "postgres.sh"
 HEARTBEAT = 1  # s; a trial silent for 3 s is dead
 

@@ -25,7 +25,7 @@ from attnsearch.runtime.block_tables import build_block_tables, get_block_tables
 from attnsearch.runtime.device_caps import num_sms
 from test_runtime import all_patterns, geometry, poisoned, qkv, reference, rel_err
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def in_interpreter(check: str, *args) -> None:
