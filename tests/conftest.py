@@ -22,7 +22,8 @@ import pytest
 def tiny_wan_pipeline(tmp_path) -> Path:
     """A Wan2.1 diffusers pipeline of tiny random components (tokenizer, UMT5 text encoder, VAE,
     transformer, scheduler) saved at ``tmp_path / "pipe"``; skips where its extras are missing."""
-    pytest.importorskip("diffusers", reason="diffusers is an optional extra (pip install 'attnsearch[diffusers]')")
+    pytest.importorskip("diffusers",
+                        reason="diffusers is an optional extra (pip install 'attnsearch[diffusers]')")
     tokenizers = pytest.importorskip("tokenizers")
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate", reason="diffusers loads Wan's float32-kept modules through accelerate")
@@ -32,16 +33,19 @@ def tiny_wan_pipeline(tmp_path) -> Path:
     from attnsearch.models.diffusers import random_transformer
     from attnsearch.models.diffusers.wan import FAMILY as WAN
 
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({"[PAD]": 0, "[UNK]": 1, "a": 2, "cat": 3},
-                                                           unk_token="[UNK]"))
+    words = {"[PAD]": 0, "[UNK]": 1, "a": 2, "cat": 3}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(words, unk_token="[UNK]"))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]",
+                                                     unk_token="[UNK]")
     torch.manual_seed(0)
     text_encoder = transformers.UMT5EncoderModel(transformers.UMT5Config(
-        vocab_size=8, d_model=24, d_kv=8, d_ff=32, num_layers=1, num_heads=2, relative_attention_num_buckets=8))
+        vocab_size=8, d_model=24, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+        relative_attention_num_buckets=8))
     vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                            temperal_downsample=[False, True, True])
     folder = tmp_path / "pipe"
-    WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=random_transformer("wan", WAN.tiny),
+    transformer = random_transformer("wan", WAN.tiny)
+    WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
                 scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0)).save_pretrained(folder)
     return folder

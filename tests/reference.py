@@ -92,3 +92,20 @@ def vertical_stripe_blocks(params, geom, block_size):
 def _text_any(geom):
     is_text, _ = token_layout(geom)
     return is_text[:, None] | is_text[None, :]
+
+
+def list_schedule_by_steps(durations, slots):
+    """List scheduling simulated one time unit at a time (integer durations): at every instant each
+    free worker, lowest first, takes the next item in order. (makespan, items each worker ran)."""
+    remaining, owned, queue, t = [0] * slots, [[] for _ in range(slots)], list(enumerate(durations)), 0
+    while queue or any(remaining):
+        for s in range(slots):
+            while remaining[s] == 0 and queue:  # a zero-length item frees the worker at once
+                item, length = queue.pop(0)
+                owned[s].append(item)
+                remaining[s] = int(length)
+        if not any(remaining):
+            break
+        remaining = [max(0, r - 1) for r in remaining]
+        t += 1
+    return t, owned

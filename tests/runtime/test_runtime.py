@@ -145,11 +145,8 @@ def test_head_order_starts_long_items_first_and_balances_the_list_schedule():
     assert work.tolist() == long + [w for w in plain.tolist() if w not in long]
 
     def makespan(order):
-        free = [0] * programs
-        for w in order.tolist():
-            i = free.index(min(free))
-            free[i] += int(counts.flatten()[w])
-        return max(free), sum(free) / programs
+        lengths = counts.flatten()[order].tolist()
+        return schedule.list_schedule(lengths, programs), sum(lengths) / programs
 
     (late, mean), (balanced, _) = makespan(plain), makespan(work)
     assert late >= mean + nb - 8 and balanced <= mean + 4
