@@ -1,4 +1,5 @@
-"""Independent brute-force references: token-level masks straight from DESIGN's definitions.
+"""Independent brute-force references: token-level masks straight from docs/design.md's definitions,
+and list scheduling simulated one time unit at a time.
 
 Deliberately naive (Python/NumPy loops over token pairs): the point is to share no code with the
 package's interval/segment arithmetic.
@@ -25,7 +26,7 @@ def token_layout(geom):
 
 
 def token_mask(name, params, geom):
-    """Token-level keep mask [N, N] by DESIGN's definitions (vertical_stripe is block-defined)."""
+    """Token-level keep mask [N, N] by docs/design.md's definitions (vertical_stripe is block-defined)."""
     is_text, v = token_layout(geom)
     n, s, w_ = geom.num_tokens, geom.frame_size, geom.width
     vi, vj = v[:, None], v[None, :]

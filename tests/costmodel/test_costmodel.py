@@ -61,7 +61,7 @@ def test_shipped_table_loads_and_says_which(monkeypatch):
     assert table.name == DEFAULT_TABLE and table.measured and "no GPU here" in table.note
     assert table.device == "NVIDIA H100 80GB HBM3" and table.sm_count == 132
     cm = CostModel(head_dim=128)
-    # DESIGN's measured anchors for cuDNN dense (H100, bf16): 11.36 ms and 206 ms.
+    # Measured anchors for cuDNN dense (H100, bf16): 11.36 ms and 206 ms.
     assert float(cm.dense_ms(32760, 12)) == pytest.approx(11.36, rel=0.05)
     assert float(cm.dense_ms(75600, 40)) == pytest.approx(206.0, rel=0.05)
 

@@ -1,7 +1,7 @@
 """Runtime on CPU: block tables, their cache, dispatch, and the torch backend against SDPA.
 
 The reference is float64 SDPA with the layer plan's block masks expanded to tokens
-(DESIGN: softmax over the keys of the kept blocks); rows with no kept key are zero.
+(docs/design.md: softmax over the keys of the kept blocks); rows with no kept key are zero.
 The Triton kernel runs the same checks under the interpreter in test_runtime_triton.py.
 """
 
