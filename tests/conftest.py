@@ -1,4 +1,15 @@
-"""Fixtures every test folder shares."""
+"""Shared test setup.
+
+Layout: one folder per package folder (``tests/profiling`` tests ``attnsearch/profiling`` …); the
+top-level modules' tests (plan, geometry, atomic_io, jsondata, metrics, telemetry) sit here beside
+the helpers every folder imports by name: ``reference`` (brute-force references from the
+definitions), ``synthetic`` (a small real profile) and ``tiny_models`` (a tiny user model file).
+The folders have no ``__init__.py``: pytest puts this folder and each test's folder on the
+import path, so test file names must be unique across folders.
+
+Markers: ``slow`` on every test over 5 s on 2 CPU cores (``-m "not slow"`` leaves them out; the
+full suite runs them), ``gpu`` on those that need CUDA.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +18,40 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
+def tiny_wan_pipeline(tmp_path) -> Path:
+    """A Wan2.1 diffusers pipeline of tiny random components (tokenizer, UMT5 text encoder, VAE,
+    transformer, scheduler) saved at ``tmp_path / "pipe"``; skips where its extras are missing."""
+    pytest.importorskip("diffusers",
+                        reason="diffusers is an optional extra (pip install 'attnsearch[diffusers]')")
+    tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate", reason="diffusers loads Wan's float32-kept modules through accelerate")
+    import torch
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    from attnsearch.models.diffusers import random_transformer
+    from attnsearch.models.diffusers.wan import FAMILY as WAN
+
+    words = {"[PAD]": 0, "[UNK]": 1, "a": 2, "cat": 3}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(words, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]",
+                                                     unk_token="[UNK]")
+    torch.manual_seed(0)
+    text_encoder = transformers.UMT5EncoderModel(transformers.UMT5Config(
+        vocab_size=8, d_model=24, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+        relative_attention_num_buckets=8))
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    folder = tmp_path / "pipe"
+    transformer = random_transformer("wan", WAN.tiny)
+    WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
 def random_profile():
     """``build(path, steps=2, layers=2, heads=2, head_dim=64) -> path``: a real profile of random
     attention at geometry 2×4×8 (N = 64, block size 64) written to ``path``."""

@@ -1,4 +1,5 @@
-"""Independent brute-force references: token-level masks straight from DESIGN's definitions.
+"""Independent brute-force references: token-level masks straight from docs/design.md's definitions,
+and list scheduling simulated one time unit at a time.
 
 Deliberately naive (Python/NumPy loops over token pairs): the point is to share no code with the
 package's interval/segment arithmetic.
@@ -25,7 +26,7 @@ def token_layout(geom):
 
 
 def token_mask(name, params, geom):
-    """Token-level keep mask [N, N] by DESIGN's definitions (vertical_stripe is block-defined)."""
+    """Token-level keep mask [N, N] by docs/design.md's definitions (vertical_stripe is block-defined)."""
     is_text, v = token_layout(geom)
     n, s, w_ = geom.num_tokens, geom.frame_size, geom.width
     vi, vj = v[:, None], v[None, :]
@@ -92,3 +93,20 @@ def vertical_stripe_blocks(params, geom, block_size):
 def _text_any(geom):
     is_text, _ = token_layout(geom)
     return is_text[:, None] | is_text[None, :]
+
+
+def list_schedule_by_steps(durations, slots):
+    """List scheduling simulated one time unit at a time (integer durations): at every instant each
+    free worker, lowest first, takes the next item in order. (makespan, items each worker ran)."""
+    remaining, owned, queue, t = [0] * slots, [[] for _ in range(slots)], list(enumerate(durations)), 0
+    while queue or any(remaining):
+        for s in range(slots):
+            while remaining[s] == 0 and queue:  # a zero-length item frees the worker at once
+                item, length = queue.pop(0)
+                owned[s].append(item)
+                remaining[s] = int(length)
+        if not any(remaining):
+            break
+        remaining = [max(0, r - 1) for r in remaining]
+        t += 1
+    return t, owned

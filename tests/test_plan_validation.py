@@ -301,6 +301,7 @@ def check_loaded(plan: Plan) -> None:
             assert masks.shape == (plan.num_heads, lp.num_blocks, lp.num_blocks)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None,  # about 3 s on one CPU core
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(plan_mutations(), st.booleans())

@@ -7,8 +7,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -19,23 +17,19 @@ from attnsearch import Geometry  # noqa: E402
 from attnsearch.evaluate import evaluate_command, load_generator  # noqa: E402
 from attnsearch.plan import LayerPlan, Plan, ScheduleEntry, write_plan  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # the tiny pipeline of the diffusers tests
-from test_diffusers_load import _tiny_wan_pipeline  # noqa: E402
-
 #: 9 frames × 64 × 96 px → latent 3 × 8 × 12 → 3 × 4 × 6 = 72 tokens: two blocks of 64.
 GEOM = Geometry(3, 4, 6, 0)
 STEPS, LAYERS, HEADS, BLOCK = 2, 2, 4, 64
 
 
 @pytest.mark.slow
-def test_pipeline_folder_end_to_end(tmp_path):
-    _tiny_wan_pipeline(tmp_path / "pipe")
+def test_pipeline_folder_end_to_end(tmp_path, tiny_wan_pipeline):
     dense = write_plan(Plan.dense(GEOM, STEPS, LAYERS, HEADS, BLOCK), tmp_path / "dense.json")
     own_block = LayerPlan.single("diagonal", {"rows": 0.0}, GEOM, HEADS, BLOCK)     # block diagonal: density 1/2
     sparse = write_plan(Plan(GEOM, BLOCK, STEPS, LAYERS, HEADS, (ScheduleEntry(0, STEPS, (own_block,) * LAYERS),)),
                         tmp_path / "sparse.json")
     text = io.StringIO()
-    code = evaluate_command([dense, sparse], f"diffusers:{tmp_path / 'pipe'}", seeds=1, out=tmp_path / "out",
+    code = evaluate_command([dense, sparse], f"diffusers:{tiny_wan_pipeline}", seeds=1, out=tmp_path / "out",
                             options={"prompt": "a cat", "guidance_scale": 5.0, "device": "cpu"}, figures=1,
                             console=Console(file=text, width=200))
     assert code == 0
@@ -51,13 +45,12 @@ def test_pipeline_folder_end_to_end(tmp_path):
     assert (tmp_path / "out" / "video_10000" / "1_sparse.gif").is_file()
 
 
-def test_pipeline_size_follows_the_plan_and_options_are_checked(tmp_path):
-    _tiny_wan_pipeline(tmp_path / "pipe")
-    gen = load_generator(f"diffusers:{tmp_path / 'pipe'}", height=64)
+def test_pipeline_size_follows_the_plan_and_options_are_checked(tmp_path, tiny_wan_pipeline):
+    gen = load_generator(f"diffusers:{tiny_wan_pipeline}", height=64)
     gen.fit(GEOM)
     assert gen.sizes == {"num_frames": 9, "height": 64, "width": 96}
     with pytest.raises(ValueError, match=r"-o steps: diffusers:.* takes no such option"):
-        load_generator(f"diffusers:{tmp_path / 'pipe'}", steps=3)
+        load_generator(f"diffusers:{tiny_wan_pipeline}", steps=3)
     (tmp_path / "transformer").mkdir()
     gen.transformer.save_pretrained(tmp_path / "transformer")
     with pytest.raises(ValueError, match=r"--model diffusers:.*transformer: evaluation needs a pipeline folder"):

@@ -44,6 +44,7 @@ def plans(gen: MiniVDiTGenerator) -> tuple[Plan, Plan]:
             Plan(geom, BLOCK, STEPS, layers, heads, (ScheduleEntry(0, STEPS, (moved, *rest)),)))
 
 
+@pytest.mark.slow
 def test_gate_passes_dense_and_fails_a_broken_plan():
     torch.manual_seed(0)
     gen = MiniVDiTGenerator(opened(MiniVDiT(MiniVDiTConfig.tiny())), frames=4, height=64, width=64)

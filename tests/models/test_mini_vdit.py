@@ -108,6 +108,7 @@ def _args(out, **kw):
     return argparse.Namespace(**base)
 
 
+@pytest.mark.slow
 def test_training_resumes_exactly(tmp_path):
     """6 steps in one call equal 3 + 3 steps across a checkpoint (weights, EMA and data stream)."""
     train_mod.train(_args(tmp_path / "whole", total_steps=6))

@@ -9,8 +9,8 @@ that reads it); docs/hopper-kernel.md has the measurements.
 Same semantics, tables and work list as the Triton kernel (docs/design.md: softmax over the kept blocks'
 keys, keys ≥ N masked, rows ≥ N not stored, a row with no kept block outputs zero), for block size
 128, fp16/bf16, head_dim 64 or 128, TMA-compatible strides. It cannot run under the CPU
-interpreter: ``tests/test_kernel_compile.py`` compiles it for sm_90a on the CPU, GPU correctness is
-``tests/test_gpu_kernels.py`` (``pytest -m gpu``).
+interpreter: ``tests/runtime/test_kernel_compile.py`` compiles it for sm_90a on the CPU, GPU correctness is
+``tests/runtime/test_gpu_kernels.py`` (``pytest -m gpu``).
 
 This file holds the device code only: ``ws_block_sparse_fwd`` (the kernel: shared memory, barriers,
 the partitions) and its partitions. ``launch.py`` beside it builds the TMA descriptors, the

@@ -1,7 +1,7 @@
 """The Hopper kernel's cycle probe: device helpers the kernel calls at the edges of its phases.
 
 Built in only when the kernel is compiled with ``PROBE=True`` (``launch(probe=...)``); otherwise
-every helper compiles to nothing (``tests/test_kernel_compile.py`` checks the PTX has no clock
+every helper compiles to nothing (``tests/runtime/test_kernel_compile.py`` checks the PTX has no clock
 read). The probe buffer is int32 [programs, 2 consumers, len(PROBE_FIELDS)].
 """
 

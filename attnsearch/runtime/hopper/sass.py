@@ -1,6 +1,6 @@
 """Compile both kernels for Hopper (sm_90a) on a machine without a GPU and read what decides their
 speed from the binary: registers and spills per thread, shared memory, programs per SM, and in the
-SASS where the waits on wgmma groups sit (``tests/test_kernel_compile.py`` holds the kernels to
+SASS where the waits on wgmma groups sit (``tests/runtime/test_kernel_compile.py`` holds the kernels to
 them). Uses Triton's bundled ptxas and cuobjdump; use the device's Triton version for numbers that
 match it. Programs per SM = min over registers (65,536 per SM, allocated per warp in units of 256),
 shared memory (227 KB per SM usable) and 64 warps.

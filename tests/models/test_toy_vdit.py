@@ -102,6 +102,7 @@ def checked(spec):
 # --- acceptance: the planted family is what the rule recovers ---------------------------------
 
 
+@pytest.mark.slow
 def test_rule_recovers_planted_family(spec, checked):
     rows, _ = checked
     gt = spec.ground_truth.set_index(["layer", "head"])
@@ -111,6 +112,7 @@ def test_rule_recovers_planted_family(spec, checked):
     assert np.mean(agree) >= 0.98, f"agreement {np.mean(agree):.3f}; misses: {misses}"
 
 
+@pytest.mark.slow
 def test_planted_params_are_plausible(spec, checked):
     """The planted candidate itself reaches τ, and the winner is no cheaper than it: the planted
     parameters are the tightest of their family (up to candidates with the very same mask)."""
@@ -127,6 +129,7 @@ def test_planted_params_are_plausible(spec, checked):
     assert good / len(rows) >= 0.98
 
 
+@pytest.mark.slow
 def test_dense_heads_need_more_than_the_cap(spec, checked):
     rows, _ = checked
     dense = set(spec.ground_truth.query("pattern == 'dense'")[["layer", "head"]].itertuples(index=False, name=None))
@@ -136,6 +139,7 @@ def test_dense_heads_need_more_than_the_cap(spec, checked):
             assert best_cheap < 0.9  # clear of τ, not just below it
 
 
+@pytest.mark.slow
 def test_planted_structure_dominates_content(spec, checked):
     """Content logits stay small next to the planted kernel (std ≈ 0.3 planted heads, ≈ 1 dense)."""
     _, content_std = checked
@@ -226,6 +230,7 @@ def test_ground_truth_table(spec):
     assert tv.planted_ground_truth(spec.geometry, 128).attrs["block_size"] == 128
 
 
+@pytest.mark.slow
 def test_determinism_and_fingerprint(spec):
     again = load_model("toy-vdit")
     assert again.fingerprint == spec.fingerprint

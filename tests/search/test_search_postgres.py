@@ -24,7 +24,7 @@ from attnsearch.search import SearchError, optimize
 
 import synthetic
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PG_SCRIPT = ROOT / ".ci" / "postgres.sh"
 HEARTBEAT = 1  # s; a trial silent for 3 s is dead
 
@@ -165,6 +165,7 @@ def _result(proc, timeout=120) -> dict:
 # --- the tests --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_workers_complete_exactly_the_requested_trials(profile, pg, tmp_path):
     name = f"two-{uuid.uuid4().hex[:8]}"
     res = optimize(profile, trials=16, storage=pg, workers=2, study_name=name, out=tmp_path / "p.json",
@@ -185,6 +186,7 @@ def test_two_workers_complete_exactly_the_requested_trials(profile, pg, tmp_path
     assert res.trials_run == 4 and len(_by_state(_trials(pg, name))["COMPLETE"]) == 20
 
 
+@pytest.mark.slow
 def test_machines_write_the_same_plan_whichever_ends_last(profile, pg, tmp_path):
     """Two commands on one study (two machines), one fast, one slow: between them exactly the
     requested trials, and both write the identical plan (and trials=0 later writes it again)."""
@@ -205,6 +207,7 @@ def test_machines_write_the_same_plan_whichever_ends_last(profile, pg, tmp_path)
     assert (tmp_path / "later.json").read_bytes() == plan
 
 
+@pytest.mark.slow
 def test_a_killed_worker_loses_no_trial(profile, pg, tmp_path):
     """SIGKILL one of two workers mid-trial: its trial goes stale, is failed and retried, and the
     other worker finishes the run with exactly the requested COMPLETE trials; nothing stays RUNNING."""
@@ -229,6 +232,7 @@ def test_a_killed_worker_loses_no_trial(profile, pg, tmp_path):
     assert (tmp_path / "later.json").read_bytes() == (tmp_path / "survivor.json").read_bytes()
 
 
+@pytest.mark.slow
 def test_a_rerun_completes_a_killed_run(profile, pg, tmp_path):
     """The whole command killed mid-run (SIGKILL): rerunning it resumes the run to its count."""
     name = f"resume-{uuid.uuid4().hex[:8]}"

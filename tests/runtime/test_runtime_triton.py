@@ -3,7 +3,7 @@
 Triton decides interpreter or compiler when a function is decorated — its own standard library
 (``tl.zeros`` …) included, i.e. when ``triton.language`` is first imported, which other test
 modules (transformers, torch.compile) may do first. So each check runs in a fresh Python with
-TRITON_INTERPRET=1 set from the start: ``python tests/test_runtime_triton.py CHECK ARGS_JSON``.
+TRITON_INTERPRET=1 set from the start: ``python tests/runtime/test_runtime_triton.py CHECK ARGS_JSON``.
 Same reference as test_runtime.py.
 """
 
@@ -25,7 +25,7 @@ from attnsearch.runtime.block_tables import build_block_tables, get_block_tables
 from attnsearch.runtime.device_caps import num_sms
 from test_runtime import all_patterns, geometry, poisoned, qkv, reference, rel_err
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def in_interpreter(check: str, *args) -> None:
@@ -38,6 +38,7 @@ def in_interpreter(check: str, *args) -> None:
     assert proc.stdout.strip().endswith(f"{check} ok"), proc.stdout[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where,block_size,dtype,tol", [
     ("prefix", 64, torch.float32, 1e-3),
     ("suffix", 64, torch.float16, 5e-3),
@@ -61,6 +62,7 @@ def check_kernel_matches_reference(tk, where, block_size, dtype, tol):
     assert torch.equal(out[:, 1], torch.zeros_like(out[:, 1]))  # skip head zero, never computed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where,block_size,dtype,tol,block_m,persistent", [
     ("prefix", 64, torch.float32, 1e-3, 64, 1),
     ("suffix", 64, torch.float16, 5e-3, 64, 3),
@@ -123,6 +125,7 @@ def check_gqa_scale_and_non_contiguous_head_dim(tk):
     assert rel_err(out, reference(q, k, v, lp, scale=0.2, enable_gqa=True)) <= 1e-3
 
 
+@pytest.mark.slow
 def test_group_launches_equal_one_fused_launch():
     in_interpreter("check_group_launches_equal_one_fused_launch")
 

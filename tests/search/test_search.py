@@ -30,6 +30,7 @@ def small_profile(tmp_path_factory):
 # --- end to end on toy-vdit -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_toy_vdit_profile_to_plan_within_measured_error(tmp_path):
     """End to end on toy-vdit: the plan chosen under a 2 % budget of measured model-output error
     really is within it (re-measured here through apply), and is the fastest such Pareto plan.

@@ -8,7 +8,6 @@ import json
 import re
 
 import pytest
-
 from typer.testing import CliRunner
 
 from attnsearch.cli import app
@@ -19,6 +18,7 @@ EXPECTED_PNGS = {"profile_maps.png", "profile_classes.png", "profile_recall_dens
                  "plan_heads.png", "plan_latency.png", "plan_schedule.png", "study_pareto.png"}
 
 
+@pytest.mark.slow
 def test_demo_reduced(tmp_path):
     out = tmp_path / "demo"
     res = CliRunner().invoke(app, ["demo", "--model", "toy-vdit", "--out", str(out), "--steps", "2", "--queries", "32",

@@ -5,11 +5,11 @@ run."""
 
 from __future__ import annotations
 
-import heapq
 import itertools
 
 import pytest
 import torch
+from reference import list_schedule_by_steps
 
 hopper_kernel = pytest.importorskip("attnsearch.runtime.hopper.launch")
 schedule = hopper_kernel.schedule
@@ -29,16 +29,14 @@ def test_every_tile_once_in_work_order(batch):
 
 
 def test_matches_list_scheduling_by_kept_blocks():
-    """Each tile goes to the program that frees up first (cost: kept blocks + overhead)."""
+    """Each tile goes to the program that frees up first (cost: kept blocks + overhead), against a
+    unit-time simulation of the programs."""
     counts = torch.tensor([[9, 1, 1, 7, 3, 3, 0, 12]], dtype=torch.int32)
     work = torch.arange(8, dtype=torch.int32)
     owned = schedule(counts, work, 1, 3)
-    free = [(0.0, p) for p in range(3)]
-    expect: list[list[int]] = [[] for _ in range(3)]
-    for t, c in enumerate(counts[0].tolist()):
-        f, p = heapq.heappop(free)
-        expect[p].append(t)
-        heapq.heappush(free, (f + c + hopper_kernel.TILE_OVERHEAD, p))
+    overhead = hopper_kernel.TILE_OVERHEAD
+    assert overhead == int(overhead)  # integer costs: the simulation steps one unit at a time
+    _, expect = list_schedule_by_steps([c + int(overhead) for c in counts[0].tolist()], 3)
     assert owned == expect
 
 

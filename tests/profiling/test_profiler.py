@@ -30,6 +30,7 @@ def brute_stats(q, k, v, geom, rows, pattern, params, block):
     return recall, rel
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("geom,block", [
     (Geometry(4, 8, 16, 10, "prefix"), 64),
     (Geometry(3, 10, 9, 37, "suffix"), 64),

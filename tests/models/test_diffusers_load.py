@@ -132,30 +132,8 @@ def test_closed_loop_sample_dense_vs_sparse():
     assert 0 < m["rel_l2"] < 1 and math.isfinite(m["psnr"]) and m["ssim"] < 1
 
 
-def _tiny_wan_pipeline(folder):
-    tokenizers = pytest.importorskip("tokenizers")
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("accelerate", reason="diffusers loads Wan's float32-kept modules through accelerate")
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
-
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({"[PAD]": 0, "[UNK]": 1, "a": 2, "cat": 3},
-                                                           unk_token="[UNK]"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
-    torch.manual_seed(0)
-    text_encoder = transformers.UMT5EncoderModel(transformers.UMT5Config(
-        vocab_size=8, d_model=24, d_kv=8, d_ff=32, num_layers=1, num_heads=2, relative_attention_num_buckets=8))
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True])
-    transformer = random_transformer("wan", WAN.tiny)
-    WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0)).save_pretrained(folder)
-    return transformer
-
-
-def test_weights_on_disk_run_the_real_pipeline(tmp_path):
-    _tiny_wan_pipeline(tmp_path / "pipe")
-    spec = load_model(f"diffusers:{tmp_path / 'pipe'}", prompt="a cat", num_frames=9, height=64, width=96, steps=2,
+def test_weights_on_disk_run_the_real_pipeline(tmp_path, tiny_wan_pipeline):
+    spec = load_model(f"diffusers:{tiny_wan_pipeline}", prompt="a cat", num_frames=9, height=64, width=96, steps=2,
                       guidance_scale=5.0, dtype="float32", device="cpu")
     assert spec.geometry == Geometry(3, 4, 6, 0)
     assert len(spec.inputs) == 2                                    # one input per denoising step …

@@ -91,6 +91,7 @@ def test_hopper_turn_loop_does_not_copy_p(head_dim, flat, request):
     assert len(moves) == 2 and max(moves) < 16, moves
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flat", [True, False])
 def test_hopper_kernel_probe_is_compiled_out_unless_asked(flat):
     """The cycle-counter probe (``hopper.launch.launch(probe=...)``)

@@ -1,7 +1,7 @@
 """Runtime on CPU: block tables, their cache, dispatch, and the torch backend against SDPA.
 
 The reference is float64 SDPA with the layer plan's block masks expanded to tokens
-(DESIGN: softmax over the keys of the kept blocks); rows with no kept key are zero.
+(docs/design.md: softmax over the keys of the kept blocks); rows with no kept key are zero.
 The Triton kernel runs the same checks under the interpreter in test_runtime_triton.py.
 """
 
@@ -145,11 +145,8 @@ def test_head_order_starts_long_items_first_and_balances_the_list_schedule():
     assert work.tolist() == long + [w for w in plain.tolist() if w not in long]
 
     def makespan(order):
-        free = [0] * programs
-        for w in order.tolist():
-            i = free.index(min(free))
-            free[i] += int(counts.flatten()[w])
-        return max(free), sum(free) / programs
+        lengths = counts.flatten()[order].tolist()
+        return schedule.list_schedule(lengths, programs), sum(lengths) / programs
 
     (late, mean), (balanced, _) = makespan(plain), makespan(work)
     assert late >= mean + nb - 8 and balanced <= mean + 4

@@ -17,6 +17,7 @@ def toy_profile():
     return spec, prof
 
 
+@pytest.mark.slow
 def test_classifier_matches_planted_ground_truth(toy_profile):
     spec, prof = toy_profile
     truth = spec.ground_truth[["layer", "head", "pattern"]]
@@ -30,6 +31,7 @@ def test_classifier_matches_planted_ground_truth(toy_profile):
     assert set(truth["pattern"]) == {"diagonal", "multi_diagonal", "vertical_stripe", "energy_decay", "dense"}
 
 
+@pytest.mark.slow
 def test_planted_stripes_are_found_exactly(toy_profile):
     import json
 
