@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .common import UsageError, console
+from .common import check_output_paths, console, shown
 from .common import run as _run
 from .common import write_file as _atomic_write
 
@@ -44,6 +44,9 @@ def bench(
         from ..plan import load_plan
 
         S.check_request(timing, dtype)  # a ValueError: one line, exit 2
+        target = out or Path("reports") / f"bench_{card_name().replace(' ', '_')}.json"
+        figures = [target.with_suffix(".tflops.png"), target.with_suffix(".speedup.png")] if sweep else []
+        check_output_paths([target, *figures], inputs=[plan_path])
         cost = CostModel(hardware, head_dim=head_dim, batch=batch)
         lps = [] if plan_path else S.layer_plans(Geometry(frames, height, width, text_tokens), heads, block_size,
                                                  sweep=sweep, pattern=pattern, params=params, densities=density)
@@ -53,7 +56,6 @@ def bench(
             result = S.run_bench(cost, plan=load_plan(plan_path) if plan_path else None, lps=lps, timing=timing,
                                  dtype=dtype, reps=reps, flex=flex,
                                  on_layer=lambda done, total: bar.update(task, completed=done, total=total))
-        target = out or Path("reports") / f"bench_{card_name().replace(' ', '_')}.json"
         _atomic_write(target, json.dumps(result, indent=1) + "\n")
         cols, cells = S.summary_table(result)
         table = Table(title=f"{card_name()}: sparse runtime vs dense cuDNN SDPA ({timing} timing)")
@@ -65,8 +67,8 @@ def bench(
         if sweep:
             from ..report.bench_figures import speedup_vs_density, tflops_vs_density
 
-            for fig in (tflops_vs_density(S.rows_of(result), target.with_suffix(".tflops.png"), card_name()),
-                        speedup_vs_density(S.rows_of(result), target.with_suffix(".speedup.png"), card_name())):
-                console.print(f"figure → {fig}")
+            for fig in (tflops_vs_density(S.rows_of(result), figures[0], card_name()),
+                        speedup_vs_density(S.rows_of(result), figures[1], card_name())):
+                console.print(f"figure → {shown(fig)}")
 
     _run(work)

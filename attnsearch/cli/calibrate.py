@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import UsageError, console
+from .common import UsageError, console, shown
 from .common import run as _run
 
 
@@ -27,6 +27,6 @@ def calibrate(
         from ..costmodel.calibrate import calibrate as run_calibration
 
         path = run_calibration(out_dir, quick=quick, budget_s=budget_s, points_path=points)
-        console.print(f"hardware table → [bold]{path}[/]")
+        console.print(f"hardware table → [bold]{shown(path)}[/]")
 
     _run(work)
