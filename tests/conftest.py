@@ -51,7 +51,7 @@ def tiny_wan_pipeline(tmp_path) -> Path:
     return folder
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def random_profile():
     """``build(path, steps=2, layers=2, heads=2, head_dim=64) -> path``: a real profile of random
     attention at geometry 2×4×8 (N = 64, block size 64) written to ``path``."""
