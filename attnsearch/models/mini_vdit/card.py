@@ -164,6 +164,12 @@ def render_card(card: dict) -> str:
     ]
     for size, c in card["condition_check"].items():
         lines.append(f"| {size} | {c['steps']} | {c['accuracy']:.1%} | {c['colour']:.1%} | {c['motion']:.1%} |")
+    weak = [k for k in ("colour", "motion") if min(c[k] for c in card["condition_check"].values()) < 0.8]
+    if weak:
+        lines += ["", f"Below the 80% this check asks for: {' and '.join(weak)} (chance is "
+                  f"{1 / 6:.0%} for colour, 25% for motion). A longer schedule (`train --total-minutes`, run in resumable jobs) "
+                  "is the remedy; plans evaluated on these weights are judged against videos "
+                  "whose own trajectories are not yet stable."]
     lines += ["", "`tests/models/test_mini_vdit_weights.py` repeats the 8 × 32 × 32 check on the CPU from these weights.",
               "", "![samples](samples.png)", "",
               "Regenerate: `python -m attnsearch.models.mini_vdit.card` (CUDA if present).", ""]
