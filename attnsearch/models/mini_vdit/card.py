@@ -167,8 +167,8 @@ def render_card(card: dict) -> str:
     weak = [k for k in ("colour", "motion") if min(c[k] for c in card["condition_check"].values()) < 0.8]
     if weak:
         lines += ["", f"Below the 80% this check asks for: {' and '.join(weak)} (chance is "
-                  f"{1 / 6:.0%} for colour, 25% for motion). A longer schedule (`train --total-minutes`, run in resumable jobs) "
-                  "is the remedy; plans evaluated on these weights are judged against videos "
+                  f"{1 / 6:.0%} for colour, 25% for motion). A longer schedule (`train --total-minutes`, "
+                  "run in resumable jobs) is the remedy; plans evaluated on these weights are judged against videos "
                   "whose own trajectories are not yet stable."]
     lines += ["", "`tests/models/test_mini_vdit_weights.py` repeats the 8 × 32 × 32 check on the CPU from these weights.",
               "", "![samples](samples.png)", "",
