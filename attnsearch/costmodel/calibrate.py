@@ -124,7 +124,7 @@ def default_grid(*, holdout: bool | None = None, seed: int = 0, quick: bool = Fa
 
 
 def holdout_specs(*, seed: int = 0, count: int = 20, cache: dict | None = None) -> list[dict[str, Any]]:
-    """Random mixed-family layers at 5–60 % density on the acceptance shapes (B = 128, head_dim 128):
+    """Random mixed-family layers at 5–60 % density on the Wan shapes of HOLDOUT_SHAPES (B = 128, D 128):
     per head a random family and its own density around the layer's; one layer in five also has a
     dense head, one in five a few skip heads."""
     cache = {} if cache is None else cache

@@ -16,18 +16,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ..atomic_io import replacing  # noqa: E402
+from ..report.style import save_figure  # noqa: E402
 
 #: Frames shown in a grid (evenly spaced over the video).
 GRID_FRAMES = 8
 #: Milliseconds per GIF frame.
 GIF_MS = 125
-
-
-def save_figure(fig: Any, path: Path) -> Path:
-    with replacing(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return Path(path)
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -137,4 +131,4 @@ def quality_vs_density(series: dict[str, list[tuple[float, float, float]]], path
     return save_figure(fig, path)
 
 
-__all__ = ["difference_map", "frame_grid", "gif", "psnr_per_frame", "quality_vs_density", "save_figure", "to_uint8"]
+__all__ = ["difference_map", "frame_grid", "gif", "psnr_per_frame", "quality_vs_density", "to_uint8"]

@@ -30,13 +30,13 @@ def family_legend(ax, families=FAMILY_ORDER, **kwargs) -> None:
     ax.legend(handles=handles, **{"fontsize": 8, "frameon": False, **kwargs})
 
 
-def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+def save_figure(fig, path: Path, dpi: int = 110, tight: bool = False) -> Path:
     """Write ``fig`` to ``path`` (format from its suffix) through a temporary file, close it, return
-    the path."""
+    the path; ``tight`` crops the figure to what it draws."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
     with replacing(path, suffix=path.suffix) as tmp:
-        fig.savefig(tmp, dpi=dpi)
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight" if tight else None)
     plt.close(fig)
     return path

@@ -1,6 +1,6 @@
 """toy-vdit's planted heads are what its ground truth says, checked by brute force; plus the registry.
 
-The acceptance check materialises every head's full [N, N] softmax (N = 2048) from the q/k the model
+The check materialises every head's full [N, N] softmax (N = 2048) from the q/k the model
 passes to SDPA, rounds it to 64-token blocks, and applies the rule of docs/design.md: the candidate of lowest
 density with recall ≥ 0.95 among the four sparse families names the class; dense if none reaches
 0.95 at density ≤ 0.75. It shares nothing with the profiler.
@@ -99,7 +99,7 @@ def checked(spec):
     return rows, content_std
 
 
-# --- acceptance: the planted family is what the rule recovers ---------------------------------
+# --- the planted family is what the rule recovers --------------------------------------------
 
 
 @pytest.mark.slow

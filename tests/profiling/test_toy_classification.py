@@ -1,4 +1,4 @@
-"""Acceptance: the profiler + classifier recover toy-vdit's planted head families (≥ 98%)."""
+"""The profiler + classifier recover toy-vdit's planted head families (≥ 98%)."""
 
 from __future__ import annotations
 

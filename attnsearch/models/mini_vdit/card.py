@@ -11,7 +11,6 @@ condition; draws the first clips' frames as a grid and the training loss; writes
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -19,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ...atomic_io import replacing, write_text_atomic
+from ...atomic_io import write_text_atomic
+from ...report.style import save_figure
 from . import (DEFAULT_GUIDANCE, DEFAULT_STEPS, EVAL_SEED_START, NUM_HELDOUT, condition_accuracy, heldout_conditions,
                load_pretrained, make_noise, read_clip, sample, to_frames, weights_path)
 from .data import NUM_CONDITIONS
@@ -41,13 +41,6 @@ def generate(model, conditions, size, seed_start: int, steps: int, guidance: flo
     return torch.cat(out)
 
 
-def _save_png(fig, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    with replacing(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
-
-
 def sample_grid(frames: torch.Tensor, conditions, path: Path, columns: int = 8) -> None:
     import matplotlib
 
@@ -67,8 +60,7 @@ def sample_grid(frames: torch.Tensor, conditions, path: Path, columns: int = 8) 
         axes[r, 0].set_title(f"{conditions[r]}   read: {reading.colour}, {reading.motion} {mark}",
                              fontsize=7, loc="left")
     fig.suptitle("mini-vdit samples on held-out conditions (frames left to right)", fontsize=9)
-    _save_png(fig, path)
-    plt.close(fig)
+    save_figure(fig, path, tight=True)
 
 
 def loss_plot(log: list[dict], path: Path) -> None:
@@ -82,8 +74,7 @@ def loss_plot(log: list[dict], path: Path) -> None:
     ax.set_xlabel("step"), ax.set_ylabel("flow-matching loss (EMA 0.98)"), ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.set_title("mini-vdit training loss", fontsize=9)
-    _save_png(fig, path)
-    plt.close(fig)
+    save_figure(fig, path, tight=True)
 
 
 def main(argv: list[str] | None = None) -> None:
