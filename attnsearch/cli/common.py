@@ -88,6 +88,12 @@ def check_range(option: str, value, *, low=None, high=None, low_open: bool = Fal
                                                                                 f"got {value}")
 
 
+def check_choice(option: str, value: str, choices) -> None:
+    """UsageError ``OPTION must be one of …, got VALUE`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise UsageError(f"{option} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
 def parse_options(options: list[str]) -> dict:
     """``-o key=value`` pairs; values are JSON when they parse as JSON, else strings."""
     out = {}

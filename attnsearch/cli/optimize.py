@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import check_at_least, check_range, console, parse_options, progress_bar, run, shown
+from .common import check_at_least, check_choice, check_range, console, parse_options, progress_bar, run, shown
 
 
 def optimize(
@@ -25,7 +25,11 @@ def optimize(
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL; default SQLite beside the plan."),
     workers: int = typer.Option(1, help="Worker processes on the study (> 1: a shared storage, e.g. postgresql://; "
                                         "the same command on several machines shares the run)."),
-    validate: int = typer.Option(0, help="Run the model on N inputs per trial; measured output error is the objective."),
+    validate: int = typer.Option(0, help="Run the model on N inputs (or N trajectories) per trial; measured output "
+                                         "error is the objective."),
+    validate_mode: str = typer.Option("steps", help="steps: N recorded inputs, teacher-forced (N forwards a trial); "
+                                                    "trajectory: N whole denoising trajectories, final outputs "
+                                                    "compared (N × steps forwards a trial)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model for --validate (default: the profile's)."),
     option: list[str] = typer.Option([], "--option", "-o", help="key=value for the model factory (with --validate)."),
     head_dim: Optional[int] = typer.Option(None, help="Attention head_dim (default: from the profile/model, else 128)."),
@@ -34,6 +38,7 @@ def optimize(
     """Search the fastest plan under an accuracy budget and write it as JSON."""
     from ..search import optimize as run_search
     from ..search.study import check_outputs_of
+    from ..search.validate import VALIDATE_MODES
 
     def work():
         check_range("--max-error", max_error, low=0)
@@ -42,6 +47,7 @@ def optimize(
         check_at_least("--trials", trials, 0, " (0: choose from the stored study)")
         for option_name, value, low in (("--validate", validate, 0), ("--seed", seed, 0), ("--head-dim", head_dim, 1)):
             check_at_least(option_name, value, low)
+        check_choice("--validate-mode", validate_mode, VALIDATE_MODES)
         check_outputs_of([str(p) for p in profiles], out, storage, workers)
         spec = None
         if validate:
@@ -60,7 +66,7 @@ def optimize(
             res = run_search([str(p) for p in profiles] if len(profiles) > 1 else str(profiles[0]),
                              hardware=hardware, max_error=max_error, target_speedup=target_speedup,
                              max_density=max_density, trials=trials,
-                             storage=storage, validate=validate, out=out, model=spec, head_dim=head_dim, seed=seed,
+                             storage=storage, validate=validate, validate_mode=validate_mode, out=out, model=spec, head_dim=head_dim, seed=seed,
                              progress=progress, workers=workers)
         print_front(res)
         f = res.figures

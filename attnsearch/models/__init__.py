@@ -78,6 +78,12 @@ class ModelSpec:
     ``split_input`` accepts. ``fingerprint``: stable hash of architecture and weights.
     ``ground_truth``: planted patterns, for models that have them (toy-vdit): columns layer,
     head, pattern, params (canonical JSON).
+
+    Whole trajectories, for models with a sampler (trajectory validation): ``trajectories(n)``
+    runs the first ``n`` (≤ ``num_trajectories``) of the spec's denoising trajectories — its fixed
+    noise and conditions, one root forward per step, as ``inputs`` number them, all ``n`` in one
+    batch — with whatever attention is active, and returns their final outputs (frames in [0, 1]
+    for video models); ``trajectory_range`` is their data range (None: the dense reference's).
     """
 
     name: str
@@ -86,6 +92,9 @@ class ModelSpec:
     inputs: list
     fingerprint: str
     ground_truth: pd.DataFrame | None = None
+    trajectories: Callable[[int], torch.Tensor] | None = None
+    num_trajectories: int = 0
+    trajectory_range: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, torch.nn.Module):
@@ -96,6 +105,8 @@ class ModelSpec:
         if not isinstance(self.inputs, (list, tuple)) or not self.inputs:
             raise ValueError(f"model {self.name!r}: inputs must be a non-empty list (one entry per step)")
         self.inputs = list(self.inputs)
+        if (self.trajectories is None) != (self.num_trajectories == 0):
+            raise ValueError(f"model {self.name!r}: trajectories and num_trajectories ≥ 1 go together")
 
     @property
     def num_steps(self) -> int:

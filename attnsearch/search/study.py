@@ -3,7 +3,9 @@
 Each trial samples :class:`~attnsearch.search.problem.Knobs`, solves the inner problem exactly
 (:mod:`attnsearch.search.inner`) and reports (predicted attention ms, error): error is the plan's
 RMS rel_err over every (step, layer, head) from the profile, or — with ``validate = N`` — the
-measured relative L2 error of the model's own outputs against dense on N inputs. The study lives
+measured relative L2 error of the model's own outputs against dense on N inputs (teacher-forced
+steps) or N whole denoising trajectories (``validate_mode="trajectory"``, see
+:mod:`attnsearch.search.validate`). The study lives
 in an Optuna storage (default: SQLite beside the plan), named after the profile's content and the
 settings, so rerunning the same command continues it. The final plan is the Pareto trial that
 best fits what was asked (``max_error``, ``target_speedup``, or the knee of the front), rebuilt
@@ -132,13 +134,13 @@ class _Search:
 
     @classmethod
     def build(cls, profs: Sequence[Profile], cm: CostModel, *, max_error: float | None, validate: int, spec,
-              backend: str) -> "_Search":
+              backend: str, validate_mode: str = "steps") -> "_Search":
         problems = {p.settings.block_size: Problem(build_space(p), cm) for p in profs}
         validator = None
         if validate:
             from .validate import Validator
 
-            validator = Validator(spec, validate, backend)
+            validator = Validator(spec, validate, backend, validate_mode)
         return cls(problems, budgeted=max_error is not None and not validate, max_error=max_error,
                    validator=validator)
 
@@ -197,7 +199,7 @@ def worker_main(cfg: dict[str, Any], index: int, report: Callable[[dict[str, Any
     spec = _load_spec(cfg["model"]) if cfg["model"] is not None else None
     cm = CostModel(cfg["hardware"], head_dim=cfg["head_dim"], batch=cfg["batch"])
     search = _Search.build(profs, cm, max_error=cfg["max_error"], validate=cfg["validate"], spec=spec,
-                           backend=cfg["backend"])
+                           backend=cfg["backend"], validate_mode=cfg["validate_mode"])
     rdb = open_storage(cfg["storage"], cfg["heartbeat_s"])
     study = _open_study(rdb, cfg["study"], _sampler_seed(cfg["seed"], index))
     deadline = started + cfg["timeout"] if cfg["timeout"] else None
@@ -215,7 +217,7 @@ MAX_ERROR_BUDGET = 1e6
 
 def optimize(profile_path, *, hardware=None, max_error: float | None = None, target_speedup: float | None = None,
              max_density: float | None = None, trials: int = 100, storage: str | None = None, validate: int = 0,
-             out: str | os.PathLike = "plan.json",
+             validate_mode: str = "steps", out: str | os.PathLike = "plan.json",
              model=None, progress: Callable[[dict[str, Any]], None] | None = None, head_dim: int | None = None,
              batch: int = 1, seed: int = 0, study_name: str | None = None, backend: str = "auto",
              timeout: float | None = None, workers: int = 1, heartbeat_s: int = HEARTBEAT_S) -> OptimizeResult:
@@ -243,6 +245,9 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
             parameters retried (a killed worker loses no trial).
         validate: run the model (``model``) with each trial's plan on this many inputs and use its
             measured output error as the error objective.
+        validate_mode: ``"steps"`` (``validate`` recorded inputs, teacher-forced: cheap, blind to
+            error that compounds over steps) or ``"trajectory"`` (``validate`` whole denoising
+            trajectories, final outputs compared: ``validate`` × steps forwards per trial).
         model: model name for :func:`attnsearch.models.load_model`, or a ModelSpec (for ``validate``
             and for head_dim).
         progress: called after every trial with a dict (trial, trials, attention_ms, speedup, error,
@@ -261,6 +266,10 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         raise SearchError(f"max_density must be in (0, 1], got {max_density}")
     if validate < 0:
         raise SearchError(f"validate must be ≥ 0, got {validate}")
+    from .validate import VALIDATE_MODES
+
+    if validate_mode not in VALIDATE_MODES:
+        raise SearchError(f"validate_mode must be one of {', '.join(VALIDATE_MODES)}, got {validate_mode!r}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise SearchError(f"seed must be an integer ≥ 0, got {seed!r}")
     out = Path(out)
@@ -285,11 +294,13 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         else:
             head_dim = 128  # profiles written before the attention shape was recorded
     cm = CostModel(hardware, head_dim=head_dim, batch=batch)
-    search = _Search.build(profs, cm, max_error=max_error, validate=validate, spec=spec, backend=backend)
+    search = _Search.build(profs, cm, max_error=max_error, validate=validate, spec=spec, backend=backend,
+                           validate_mode=validate_mode)
     problems = search.problems
 
     budgeted = search.budgeted
     settings = {"head_dim": head_dim, "batch": batch, "hardware": cm.table.name, "validate": validate,
+                **({"validate_mode": validate_mode} if validate and validate_mode != "steps" else {}),
                 "budgeted": budgeted, "max_error": max_error if budgeted else None,
                 "block_sizes": sorted(problems), "knob_space": 2}
     fingerprint = _fingerprint(profs, settings)
@@ -330,7 +341,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
             else:
                 cfg = {"profile": profile_path, "model": (model if isinstance(model, str) else spec) if validate else None,
                        "hardware": hardware, "head_dim": head_dim, "batch": batch, "validate": validate,
-                       "backend": backend, "max_error": max_error, "storage": storage, "study": name,
+                       "validate_mode": validate_mode, "backend": backend, "max_error": max_error, "storage": storage, "study": name,
                        "heartbeat_s": heartbeat_s, "seed": seed, "target": target, "trials": to_run, "timeout": timeout}
                 errors = spawn(cfg, workers, on_trial, entry=f"{__name__}:worker_main")
                 if errors:
@@ -370,9 +381,11 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         plan = pb.plan(a, model=dict(profs[0].model), hardware=hw, predicted=dict(figures), search={
             "study": name, "storage": public_url(storage), "trial": chosen.number, "reason": reason,
             "objectives": {"attention_ms": chosen.values[0], "error": chosen.values[1],
-                           "error_metric": "measured relative L2 of the model output vs dense" if validate
+                           "error_metric": (("measured relative L2 of whole trajectories' final outputs vs dense"
+                                             if validate_mode == "trajectory" else
+                                             "measured relative L2 of the model output vs dense") if validate
                            else "RMS rel_err over every (step, layer, head), from the profile"},
-            "validation": ({"inputs": validate, **measured} if validate else None),
+            "validation": ({"inputs": validate, "mode": validate_mode, **measured} if validate else None),
             "knobs": k.to_dict(), "lambda_abs": a.lam,
             "settings": {**settings, "max_error": max_error, "target_speedup": target_speedup,
                          "trials_total": len(done), "seed": seed},

@@ -1,12 +1,20 @@
 """Measured error of a plan: run the model with the plan and compare its outputs with dense.
 
-The error that matters is the model's, not the attention's: ``validate=N`` runs the first N inputs
-(one model forward per step, as the plan's steps are numbered) under :func:`attnsearch.apply`,
-and compares every step's output with the dense model's:
+The error that matters is the model's, not the attention's. Two modes:
 
-* relative L2: ‖out − ref‖ / ‖ref‖ over all N outputs stacked,
-* PSNR: :func:`attnsearch.metrics.psnr`, 10·log10(peak² / MSE) in dB with peak = the reference's
-  range (max − min): model outputs (latents, velocities) have no fixed data range.
+* ``steps`` (teacher-forced): the first N recorded inputs (one model forward per step, as the
+  plan's steps are numbered) run under :func:`attnsearch.apply`, every step from the *dense*
+  trajectory's input; each step's output is compared with the dense model's. Cheap (N forwards)
+  but blind to compounding: an error at an early step does not change the later steps' inputs.
+* ``trajectory``: N whole denoising trajectories (``ModelSpec.trajectories``: the spec's own noise
+  and conditions, every step) run under the plan, and their final outputs — frames for video
+  models — are compared with the dense trajectories'. It sees what a user sees, error compounded
+  over the steps included; it costs N × steps forwards per measurement.
+
+Figures: relative L2 ‖out − ref‖ / ‖ref‖ over everything compared, and PSNR
+(:func:`attnsearch.metrics.psnr`, 10·log10(R² / MSE) in dB) with R the outputs' data range
+(``ModelSpec.trajectory_range``: 1 for frames) or, where none is fixed (latents, velocities),
+the reference's range.
 """
 
 from __future__ import annotations
@@ -33,24 +41,46 @@ def _flatten(out: Any) -> torch.Tensor:
     raise SearchError(f"validate: cannot compare model outputs of type {type(out).__name__}")
 
 
+#: Validation modes (see the module docstring).
+VALIDATE_MODES = ("steps", "trajectory")
+
+
 @dataclass
 class Validator:
-    """Reference outputs of the dense model on the first ``count`` inputs, computed once."""
+    """Reference outputs of the dense model on the first ``count`` inputs (``mode="steps"``) or
+    trajectories (``mode="trajectory"``), computed once."""
 
     spec: Any
     count: int
     backend: str = "auto"
+    mode: str = "steps"
 
     def __post_init__(self) -> None:
-        if not 1 <= self.count <= self.spec.num_steps:
+        if self.mode not in VALIDATE_MODES:
+            raise SearchError(f"validate mode: must be one of {', '.join(VALIDATE_MODES)}, got {self.mode!r}")
+        if self.mode == "trajectory":
+            have = self.spec.num_trajectories
+            if not have:
+                raise SearchError(f"validate mode trajectory: model {self.spec.name!r} has no sampler to run whole "
+                                  "trajectories with (use --validate-mode steps)")
+            if not 1 <= self.count <= have:
+                raise SearchError(f"validate: {self.count} trajectories asked, the model has {have} (1 … {have})")
+        elif not 1 <= self.count <= self.spec.num_steps:
             raise SearchError(f"validate: {self.count} inputs asked, the model has {self.spec.num_steps} "
                               f"(1 … {self.spec.num_steps})")
+        self.data_range = self.spec.trajectory_range if self.mode == "trajectory" else None
         self.reference = self._run(None)
 
     def _run(self, plan) -> torch.Tensor:
         from ..models import split_input
         from ..runtime import apply
 
+        if self.mode == "trajectory":
+            with torch.no_grad():
+                if plan is None:
+                    return _flatten(self.spec.trajectories(self.count))
+                with apply(self.spec.model, plan, backend=self.backend):
+                    return _flatten(self.spec.trajectories(self.count))
         outs = []
         model = self.spec.model
         with torch.no_grad():
@@ -72,8 +102,8 @@ class Validator:
         diff = (out - ref).double()
         rel = float(diff.norm() / ref.double().norm().clamp_min(1e-30))
         # A plan whose output is not finite has no PSNR; a constant reference has no range.
-        finite = bool(torch.isfinite(out).all()) and float(ref.max() - ref.min()) > 0
-        return {"rel_l2": rel, "psnr_db": psnr(out, ref) if finite else math.nan}
+        finite = bool(torch.isfinite(out).all()) and (self.data_range is not None or float(ref.max() - ref.min()) > 0)
+        return {"rel_l2": rel, "psnr_db": psnr(out, ref, self.data_range) if finite else math.nan}
 
 
 def attention_shape(spec) -> tuple[int, int, int, int]:
@@ -96,4 +126,4 @@ def attention_shape(spec) -> tuple[int, int, int, int]:
     return seen[0]  # type: ignore[return-value]
 
 
-__all__ = ["Validator", "attention_shape"]
+__all__ = ["VALIDATE_MODES", "Validator", "attention_shape"]

@@ -72,7 +72,8 @@ def build(conditions: int = 2, steps: int = DEFAULT_STEPS, frames: int = DEFAULT
     """Registry factory of ``mini-vdit``: a ModelSpec whose inputs are the model's forwards along
     real denoising trajectories (dense sampling) of ``conditions`` training conditions from noise
     seeds ``seed``, ``seed + 1``, …, every sampling step one input (conditional and null branches
-    batched, as the sampler runs them)."""
+    batched, as the sampler runs them). Its ``trajectories(n)`` samples the first ``n`` of those
+    from the same noise and returns their frames in [0, 1]."""
     from .. import ModelSpec, fingerprint
 
     for name, value, lo in (("conditions", conditions, 1), ("steps", steps, 1), ("frames", frames, 1),
@@ -86,8 +87,13 @@ def build(conditions: int = 2, steps: int = DEFAULT_STEPS, frames: int = DEFAULT
     inputs: list = []
     sample(model, conds, noise, steps=steps, guidance=guidance,
            on_step=lambda i, x, t, c: inputs.append((x.clone(), t.clone(), c.clone())))
+
+    def trajectories(n: int) -> torch.Tensor:
+        return to_frames(sample(model, conds[:n], noise[:n], steps=steps, guidance=guidance))
+
     return ModelSpec(name="mini-vdit", model=model, geometry=geometry, inputs=inputs,
-                     fingerprint=fingerprint(model, config=model.config.to_dict()))
+                     fingerprint=fingerprint(model, config=model.config.to_dict()),
+                     trajectories=trajectories, num_trajectories=conditions, trajectory_range=1.0)
 
 
 __all__ = [

@@ -2,16 +2,20 @@
 
 A clip is one coloured object moving in the direction its condition names over a low-saturation
 textured background that pans and zooms, with grey distractor shapes that move, bounce off the
-walls, rotate and pass in front of or behind the object. Everything is defined in normalised
-coordinates (x, y ∈ [0, 1], clip time τ ∈ [0, 1]), so the same condition renders at any frame
-count and resolution.
+walls, rotate and pass in front of or behind the object. Space is in normalised coordinates
+(x, y ∈ [0, 1]), so a condition renders at any resolution. Time is in frames: τ = frame /
+(REFERENCE_FRAMES − 1), so every speed is per frame and a clip of F frames is the first F frames of
+the same motion whatever F is. That matches what the network can see: rotary positions are
+relative, so it cannot tell a clip's length from inside it, and a speed defined per clip would make
+the per-frame motion of 8- and 16-frame clips contradict each other.
 
 Condition vocabulary (one token per slot; index 0 of every slot is the null token that
 classifier-free guidance trains with):
 
     kind        circle, square, triangle, ring, cross
     colour      red, green, blue, yellow, magenta, cyan      (saturated: the only saturated pixels)
-    motion      left, right, up, down                         (object centre travels 0.3-0.45 of the frame)
+    motion      left, right, up, down                         (object centre travels 0.45-0.6 of the frame
+                                                                   over REFERENCE_FRAMES frames)
     background  stripes, checker, waves, gradient             (saturation ≤ 0.2, pans and zooms)
 
 Pixels are in [-1, 1], layout [batch, 3, frames, height, width].
@@ -38,6 +42,9 @@ PALETTE = {
 }
 #: Unit displacement of the object's centre over the clip for each motion word (y grows downwards).
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+
+#: Frames over which the object travels its full distance: the unit of clip time τ.
+REFERENCE_FRAMES = 16
 
 #: Number of distinct conditions.
 NUM_CONDITIONS = math.prod(len(v) for _, v in SLOTS)
@@ -181,7 +188,7 @@ def render(conditions: torch.Tensor, frames: int, height: int, width: int, gener
     def rand(*shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=generator, device="cpu" if generator is None else generator.device).to(device)
 
-    tau = torch.linspace(0.0, 1.0, frames, device=device).view(1, frames)            # [1, F]
+    tau = (torch.arange(frames, device=device, dtype=torch.float32) / (REFERENCE_FRAMES - 1)).view(1, frames)
     ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
     xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
     aspect = width / height
@@ -220,17 +227,21 @@ def render(conditions: torch.Tensor, frames: int, height: int, width: int, gener
 
     # The conditioned object.
     direction = torch.tensor([DIRECTIONS[m] for m in MOTIONS], device=device)[cond[:, 2]]   # [B, 2]
-    travel = 0.3 + 0.15 * rand(b)
     radius0 = 0.09 + 0.05 * rand(b)
     margin = radius0 + 0.03
     span = 1.0 - 2 * margin
+    # Distance covered by the clip's last frame; a clip longer than REFERENCE_FRAMES keeps the
+    # per-frame speed until the path would leave the frame, then slows to fit.
+    speed = 0.45 + 0.15 * rand(b)
+    travel = torch.minimum(speed * tau[0, -1], span)
+    tau_rel = tau / tau[0, -1].clamp_min(1e-6)                                      # [1, F] in [0, 1]
     start = margin.view(b, 1) + rand(b, 2) * span.view(b, 1)
     # Start far enough back that the whole path stays inside the frame.
     lo = margin.view(b, 1) + torch.clamp(-direction * travel.view(b, 1), min=0.0)
     hi = (1.0 - margin).view(b, 1) - torch.clamp(direction * travel.view(b, 1), min=0.0)
     start = lo + (start - margin.view(b, 1)) / span.view(b, 1) * (hi - lo)
-    cx = start[:, 0:1] + direction[:, 0:1] * travel.view(b, 1) * tau
-    cy = start[:, 1:2] + direction[:, 1:2] * travel.view(b, 1) * tau
+    cx = start[:, 0:1] + direction[:, 0:1] * travel.view(b, 1) * tau_rel
+    cy = start[:, 1:2] + direction[:, 1:2] * travel.view(b, 1) * tau_rel
     radius = radius0.view(b, 1) * (1.0 + 0.15 * torch.sin(2 * math.pi * (tau * (0.5 + rand(b, 1)) + rand(b, 1))))
     rot = (rand(b, 1) * 2 * math.pi) + (rand(b, 1) - 0.5) * 4.0 * tau
     obj_alpha = sprite(cond[:, 0], cx, cy, radius, rot).unsqueeze(1)                   # [B, 1, F, H, W]
@@ -245,7 +256,7 @@ def render(conditions: torch.Tensor, frames: int, height: int, width: int, gener
         present = (rand(b) < 0.75).float().view(b, 1, 1, 1, 1)
         kind = torch.randint(len(KINDS), (b,), generator=generator,
                              device="cpu" if generator is None else generator.device).to(device)
-        vel = (rand(b, 2) - 0.5) * 1.6
+        vel = (rand(b, 2) - 0.5) * 1.2
         p0 = rand(b, 2)
         r = 0.06 + 0.05 * rand(b)
         m = r + 0.01

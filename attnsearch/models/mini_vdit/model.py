@@ -5,7 +5,10 @@
 
 Each block: self-attention with 3-D rotary position embedding (frame, row, column) and RMS-normed
 queries and keys, cross-attention to the four condition tokens, and an MLP; adaLN-zero
-modulation from the timestep (one shared projection plus a learned per-block table, as Wan does).
+modulation from the timestep (one shared projection plus a learned per-block table, as Wan does),
+to whose embedding the mean of the condition tokens is added (a pooled condition, as SD3 and Flux
+add their pooled text embedding), so clip-wide properties such as the motion direction reach every
+token without going through cross-attention.
 Both attentions call ``torch.nn.functional.scaled_dot_product_attention`` with head_dim 64, so
 attnsearch's capture, profiler and runtime see the self-attention calls as layers; the model's
 ``attnsearch_accept`` tells them to leave the cross-attention alone.
@@ -161,6 +164,7 @@ class MiniVDiT(nn.Module):
         self.cond_embed = nn.ModuleList(nn.Embedding(len(vocab) + 1, d) for _, vocab in SLOTS)
         self.cond_pos = nn.Parameter(torch.randn(len(SLOTS), d) * 0.02)
         self.cond_mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
+        self.cond_pool = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.out_modulation = nn.Parameter(torch.randn(1, 2, d) / d ** 0.5)
@@ -208,10 +212,10 @@ class MiniVDiT(nn.Module):
         gf, gh, gw = self.token_grid(f, h, w)
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)                        # [B, N, d]
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
-        temb = self.time_embed(timestep_embedding(t, cfg.dim).to(tokens.dtype))
-        t_mod = self.time_proj(temb).unflatten(1, (6, cfg.dim))                         # [B, 6, d]
         ctok = torch.stack([emb(cond[:, i]) for i, emb in enumerate(self.cond_embed)], dim=1) + self.cond_pos
-        ctok = self.cond_mlp(ctok)
+        ctok = self.cond_mlp(ctok)                                                      # [B, 4, d]
+        temb = self.time_embed(timestep_embedding(t, cfg.dim).to(tokens.dtype)) + self.cond_pool(ctok.mean(dim=1))
+        t_mod = self.time_proj(temb).unflatten(1, (6, cfg.dim))                         # [B, 6, d]
         ang = rope_angles(gf, gh, gw, cfg.head_dim, cfg.rope_theta, x.device)
         cos, sin = torch.cos(ang), torch.sin(ang)
         for blk in self.blocks:

@@ -1,0 +1,110 @@
+"""Validation modes: teacher-forced steps and whole trajectories, against a brute-force reference.
+
+The reference runs the sampler with every self-attention call replaced by fp32 SDPA under the
+token mask that the plan's block masks expand to (the plan's own runtime is not involved), counts
+steps and layers itself, and computes the error figures of the final frames directly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnsearch import Plan
+from attnsearch.metrics import psnr
+from attnsearch.models import ModelSpec
+from attnsearch.models.mini_vdit import MiniVDiT, MiniVDiTConfig, make_noise, sample, to_frames, train_conditions
+from attnsearch.plan import LayerPlan, ScheduleEntry
+from attnsearch.search import SearchError
+from attnsearch.search.validate import Validator
+
+SIZE = (4, 32, 32)   # 4 × 8 × 8 = 256 tokens, 4 blocks
+STEPS = 3
+BLOCK = 64
+
+
+@pytest.fixture(scope="module")
+def spec() -> ModelSpec:
+    torch.manual_seed(0)
+    model = MiniVDiT(MiniVDiTConfig.tiny()).eval()
+    with torch.no_grad():  # adaLN-zero starts with every gate closed: open them so attention matters
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    conds = train_conditions(2, seed=0)
+    noise = torch.cat([make_noise(i, *SIZE) for i in range(2)])
+    inputs: list = []
+    sample(model, conds, noise, steps=STEPS, on_step=lambda i, x, t, c: inputs.append((x.clone(), t.clone(), c.clone())))
+
+    def trajectories(n: int) -> torch.Tensor:
+        return to_frames(sample(model, conds[:n], noise[:n], steps=STEPS))
+
+    return ModelSpec(name="mini-vdit", model=model, geometry=model.geometry_for(*SIZE), inputs=inputs,
+                     fingerprint="test", trajectories=trajectories, num_trajectories=2, trajectory_range=1.0)
+
+
+def _plan(spec: ModelSpec) -> Plan:
+    """Step 0 dense, then every head keeps only its own query block's keys (block-diagonal)."""
+    g, heads = spec.geometry, spec.model.config.heads
+    diag = LayerPlan.single("diagonal", {"rows": 0}, g, heads, BLOCK)
+    layers = tuple(diag for _ in range(spec.model.config.depth))
+    return Plan(g, BLOCK, STEPS, spec.model.config.depth, heads,
+                (ScheduleEntry(0, 1, None), ScheduleEntry(1, STEPS, layers)))
+
+
+def _reference_frames(spec: ModelSpec, plan: Plan, n: int) -> torch.Tensor:
+    """The sampler with masked fp32 SDPA standing in for every self-attention call."""
+    counter = {"call": 0}
+    layers = plan.num_layers
+    real_sdpa = F.scaled_dot_product_attention
+
+    def masked(q, k, v, *args, **kwargs):
+        if k.shape[-2] != q.shape[-2]:          # cross-attention: untouched
+            return real_sdpa(q, k, v, *args, **kwargs)
+        step, layer = divmod(counter["call"], layers)
+        counter["call"] += 1
+        blocks = plan.layer_plan(step, layer).block_masks()                       # [H, nb, nb]
+        n_tok = q.shape[-2]
+        keep = blocks.repeat_interleave(BLOCK, 1).repeat_interleave(BLOCK, 2)[:, :n_tok, :n_tok]
+        scores = (q.double() @ k.double().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        scores = scores.masked_fill(~keep.unsqueeze(0), float("-inf"))
+        return (scores.softmax(-1) @ v.double()).to(q.dtype)
+
+    F.scaled_dot_product_attention = masked
+    try:
+        return spec.trajectories(n)
+    finally:
+        F.scaled_dot_product_attention = real_sdpa
+
+
+def test_trajectory_mode_measures_the_final_frames_of_whole_trajectories(spec):
+    plan = _plan(spec)
+    v = Validator(spec, 2, backend="torch", mode="trajectory")
+    got = v.measure(plan)
+    dense = spec.trajectories(2)
+    ref = _reference_frames(spec, plan, 2)
+    want = float((ref - dense).double().norm() / dense.double().norm())
+    assert got["rel_l2"] > 1e-3                      # the plan really changes the videos
+    assert got["rel_l2"] == pytest.approx(want, rel=1e-3)
+    assert got["psnr_db"] == pytest.approx(psnr(ref, dense, 1.0), abs=0.05)
+
+
+def test_a_dense_plan_reproduces_the_dense_trajectories(spec):
+    dense = Plan.dense(spec.geometry, STEPS, spec.model.config.depth, spec.model.config.heads, BLOCK)
+    got = Validator(spec, 1, backend="torch", mode="trajectory").measure(dense)
+    assert got["rel_l2"] < 1e-5 and got["psnr_db"] > 80
+
+
+def test_bad_requests_name_the_problem(spec):
+    with pytest.raises(SearchError, match="3 trajectories asked, the model has 2"):
+        Validator(spec, 3, mode="trajectory")
+    with pytest.raises(SearchError, match="validate mode: must be one of steps, trajectory"):
+        Validator(spec, 1, mode="frames")
+    plain = ModelSpec(name="plain", model=spec.model, geometry=spec.geometry, inputs=spec.inputs, fingerprint="x")
+    with pytest.raises(SearchError, match="has no sampler"):
+        Validator(plain, 1, mode="trajectory")
+    with pytest.raises(ValueError, match="trajectories and num_trajectories"):
+        ModelSpec(name="bad", model=spec.model, geometry=spec.geometry, inputs=spec.inputs, fingerprint="x",
+                  num_trajectories=2)
