@@ -5,8 +5,10 @@ the global-mask baselines at the same density.
     python -m benchmarks.mini_vdit_fidelity --out reports/mini_vdit [--seeds 16] [--device cuda]
 
 Profiling uses ``--conditions`` training conditions (noise seeds 0, 1, …) along every sampling step;
-evaluation uses held-out conditions and noise seeds from 10,000, which neither training nor the search
-saw. Writes ``result.json`` (the evaluation, plus the profile's head classes and the search's
+the search measures each trial's plan on ``--validate`` of them (``--validate-mode trajectory``: whole
+trajectories, final frames against dense; ``steps``: teacher-forced outputs; 0: the profile's
+attention error alone). Evaluation uses held-out conditions and noise seeds from 10,000, which neither
+training nor the search saw. Writes ``result.json`` (the evaluation, plus the profile's head classes and the search's
 choices), ``figure.png`` (PSNR against mean kept-block density, plan and baselines) and the
 evaluation's pages (``evaluation/index.html``, frame grids, GIFs) into ``--out``.
 """
@@ -44,18 +46,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile", type=Path, default=None, help="reuse this profile instead of profiling")
     p.add_argument("--steps", type=int, default=20, help="sampling steps")
     p.add_argument("--size", type=int, nargs=3, default=[16, 64, 64], metavar=("FRAMES", "HEIGHT", "WIDTH"))
+    p.add_argument("--validate", type=int, default=4, help="conditions each trial's plan is measured on (0: none)")
+    p.add_argument("--validate-mode", default="trajectory", choices=("steps", "trajectory"))
     args = p.parse_args(argv)
     started = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
 
+    f, h, w = args.size
+    spec = load_model("mini-vdit", conditions=args.conditions, steps=args.steps, frames=f, height=h, width=w,
+                      device=args.device)
     if args.profile is not None:
         from attnsearch.profiling import Profile
 
         prof = Profile.load(args.profile)
     else:
-        f, h, w = args.size
-        spec = load_model("mini-vdit", conditions=args.conditions, steps=args.steps, frames=f, height=h, width=w,
-                          device=args.device)
         prof = profile_model(spec, settings=ProfileSettings(block_size=64))
         prof.save(args.out / "profile.parquet")
     per_layer = class_counts(classify(prof, over_steps=True))
@@ -67,14 +71,18 @@ def main(argv: list[str] | None = None) -> None:
         storage = f"sqlite:///{tmp}/study.db"
         for i, d in enumerate(sorted(args.densities)):
             res = optimize(args.profile or args.out / "profile.parquet", max_density=d,
-                           trials=args.trials if i == 0 else 0, storage=storage, out=Path(tmp) / f"plan_{d:.2f}.json")
+                           trials=args.trials if i == 0 else 0, storage=storage, out=Path(tmp) / f"plan_{d:.2f}.json",
+                           model=spec if args.validate else None, validate=args.validate,
+                           validate_mode=args.validate_mode,
+                           progress=(lambda t: print(f"  trial {t['trial']}: {t['speedup']:.2f}× error "
+                                                     f"{t['error']:.4f}", flush=True)) if i == 0 else None)
             density = res.plan.mean_density
             choices.append({"max_density": d, "density": density, "trial": res.trial, "reason": res.reason,
-                            "predicted_speedup": res.figures["speedup"], "profile_rel_err": res.figures["rel_err"]})
+                            "predicted_speedup": res.figures["speedup"], "profile_rel_err": res.figures["rel_err"],
+                            "validation": res.plan.search.get("validation")})
             if all(abs(density - q.mean_density) > 1e-9 for q in plans):
                 plans.append(res.plan)
             print(f"≤ {d}: {res.reason}", flush=True)
-        f, h, w = args.size
         generator = load_generator("mini-vdit", device=args.device, frames=f, height=h, width=w)
         result = evaluate(plans, generator, seeds=args.seeds, baselines=BASELINES,
                           labels=[f"plan @ {q.mean_density:.3f}" for q in plans],

@@ -381,10 +381,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         plan = pb.plan(a, model=dict(profs[0].model), hardware=hw, predicted=dict(figures), search={
             "study": name, "storage": public_url(storage), "trial": chosen.number, "reason": reason,
             "objectives": {"attention_ms": chosen.values[0], "error": chosen.values[1],
-                           "error_metric": (("measured relative L2 of whole trajectories' final outputs vs dense"
-                                             if validate_mode == "trajectory" else
-                                             "measured relative L2 of the model output vs dense") if validate
-                           else "RMS rel_err over every (step, layer, head), from the profile"},
+                           "error_metric": error_metric(validate, validate_mode)},
             "validation": ({"inputs": validate, "mode": validate_mode, **measured} if validate else None),
             "knobs": k.to_dict(), "lambda_abs": a.lam,
             "settings": {**settings, "max_error": max_error, "target_speedup": target_speedup,
@@ -417,6 +414,15 @@ def front_table(front) -> pd.DataFrame:
                      "rel_l2": t.user_attrs.get("rel_l2"), "psnr_db": t.user_attrs.get("psnr_db"),
                      **{f"knob_{k}": v for k, v in t.params.items()}})
     return pd.DataFrame(rows).sort_values(["attention_ms", "trial"], ignore_index=True)
+
+
+def error_metric(validate: int, validate_mode: str) -> str:
+    """What a search's error objective is, in words (stored in the plan)."""
+    if not validate:
+        return "RMS rel_err over every (step, layer, head), from the profile"
+    if validate_mode == "trajectory":
+        return "measured relative L2 of whole trajectories' final outputs vs dense"
+    return "measured relative L2 of the model output vs dense"
 
 
 def choose_by_density(trials, problem_of, search, max_density: float, *, validate: bool = False):

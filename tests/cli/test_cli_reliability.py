@@ -244,3 +244,10 @@ def test_profile_prints_bracketed_output_paths_as_given(tmp_path):
     code, output = cli("profile", "--model", "tests/tiny_models.py:tiny", "--queries", "16", "--out", out)
     assert code == 0 and out.exists(), output
     assert str(out) in output.replace("\n", "")
+
+
+def test_optimize_names_a_validate_mode_it_does_not_know(folder, tmp_path):
+    line = one_error(*cli("optimize", folder / "good.parquet", "--out", tmp_path / "p.json", "--validate", "1",
+                          "--validate-mode", "frames"))
+    assert "--validate-mode must be one of steps, trajectory, got 'frames'" in line
+    assert not (tmp_path / "p.json").exists()

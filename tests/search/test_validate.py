@@ -108,3 +108,24 @@ def test_bad_requests_name_the_problem(spec):
     with pytest.raises(ValueError, match="trajectories and num_trajectories"):
         ModelSpec(name="bad", model=spec.model, geometry=spec.geometry, inputs=spec.inputs, fingerprint="x",
                   num_trajectories=2)
+
+
+@pytest.mark.slow
+def test_optimize_with_trajectory_validation_records_what_it_measured(spec, tmp_path):
+    """The chosen plan's stored figures are its whole-trajectory error, re-measured here."""
+    from attnsearch.profiling import ProfileSettings, profile_model
+    from attnsearch.search import optimize
+
+    prof = profile_model(spec, settings=ProfileSettings(block_size=BLOCK, queries=32))
+    prof.save(tmp_path / "p.parquet")
+    res = optimize(tmp_path / "p.parquet", hardware="nvidia-h100-80gb-hbm3", model=spec, validate=2,
+                   validate_mode="trajectory", max_density=0.8, trials=6, out=tmp_path / "plan.json", backend="torch")
+    val = res.plan.search["validation"]
+    assert val["mode"] == "trajectory" and val["inputs"] == 2
+    assert "trajectories" in res.plan.search["objectives"]["error_metric"]
+    again = Validator(spec, 2, backend="torch", mode="trajectory").measure(res.plan)
+    assert val["rel_l2"] == pytest.approx(again["rel_l2"], rel=1e-6)
+    assert res.plan.mean_density <= 0.8
+    with pytest.raises(SearchError, match="validate_mode must be one of steps, trajectory"):
+        optimize(tmp_path / "p.parquet", model=spec, validate=1, validate_mode="video", trials=0,
+                 out=tmp_path / "x.json")
