@@ -44,6 +44,40 @@ def test_checker_reads_every_rendered_clip(size):
         assert read_clip(clip.flip(1)).motion == opposite[c.motion]
 
 
+def _object_speed(clips: torch.Tensor, conds: list[Condition]) -> torch.Tensor:
+    """Per clip: mean displacement per frame (share of the frame side) of the saturated object's
+    centroid along its condition's direction, from the pixels alone."""
+    from attnsearch.models.mini_vdit.data import DIRECTIONS
+
+    x = to_frames(clips)
+    mx, mn = x.max(dim=1).values, x.min(dim=1).values
+    mask = ((mx - mn) / mx.clamp_min(1e-6) > 0.5) & (mx > 0.3)            # [B, F, H, W]
+    b, f, h, w = mask.shape
+    ys = (torch.arange(h) + 0.5) / h
+    xs = (torch.arange(w) + 0.5) / w
+    area = mask.flatten(2).sum(-1).clamp_min(1)
+    cy = (mask * ys.view(1, 1, h, 1)).flatten(2).sum(-1) / area
+    cx = (mask * xs.view(1, 1, 1, w)).flatten(2).sum(-1) / area
+    unit = torch.tensor([DIRECTIONS[c.motion] for c in conds])             # [B, 2]
+    along = cx * unit[:, :1] + cy * unit[:, 1:]                             # [B, F]
+    return (along[:, -1] - along[:, 0]) / (f - 1)
+
+
+def test_motion_is_per_frame_whatever_the_clip_length():
+    """Rotary positions are relative, so the model cannot tell an 8-frame clip from a 16-frame
+    one: the object must move as far per frame in both (clip time counts frames)."""
+    from attnsearch.models.mini_vdit.data import REFERENCE_FRAMES
+
+    conds = heldout_conditions(48)
+    tok = condition_tokens(conds)
+    speeds = {f: _object_speed(render(tok, f, 64, 64, generator=torch.Generator().manual_seed(3), distractors=0), conds)
+              for f in (8, 12, 16)}
+    lo, hi = 0.45 / (REFERENCE_FRAMES - 1), 0.6 / (REFERENCE_FRAMES - 1)
+    for f, v in speeds.items():
+        assert lo * 0.85 < float(v.median()) < hi * 1.15, (f, v)
+    assert float(speeds[8].median() / speeds[16].median()) == pytest.approx(1.0, abs=0.1)
+
+
 def test_render_is_a_function_of_the_generator():
     tok = condition_tokens(heldout_conditions(3))
     a = render(tok, 4, 16, 16, generator=torch.Generator().manual_seed(5))

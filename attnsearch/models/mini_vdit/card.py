@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     p.add_argument("--grid", type=int, default=8, help="clips in the sample grid")
     p.add_argument("--conditions", type=int, default=NUM_HELDOUT, help="held-out conditions checked")
+    p.add_argument("--note", action="append", default=[], help="a paragraph the card adds under its check")
     args = p.parse_args(argv)
     wpath = Path(args.weights) if args.weights else weights_path()
     out = Path(args.out) if args.out else wpath.parent
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     loss_plot(loss["log"], out / "loss.png")
     card = {"weights": wpath.name, "steps": int(meta["steps"]), "final_loss": float(meta["final_loss"]) if meta.get("final_loss") else None,
             "training": json.loads(meta["training"]), "config": json.loads(meta["config"]),
+            "script_commit": meta.get("script_commit", ""), "notes": list(args.note),
             "sampling": {"guidance": args.guidance, "seeds_from": EVAL_SEED_START},
             "conditions": len(conds), "condition_check": checks, "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
             "torch": torch.__version__}
@@ -131,7 +133,8 @@ def render_card(card: dict) -> str:
         f"{cfg['head_dim']}), MLP ratio {cfg['mlp_ratio']}, patch {'×'.join(map(str, cfg['patch']))} over RGB "
         "pixels: a 16 × 64 × 64 clip is 4,096 self-attention tokens.",
         "- 3-D RoPE (frame, row, column), RMS-normed q/k, adaLN-zero timestep modulation (shared projection + "
-        "per-block table), cross-attention to 4 condition tokens (kind, colour, motion, background).",
+        "per-block table" + (", the mean condition token added to the timestep embedding" if cfg.get("pooled_condition")
+                             else "") + "), cross-attention to 4 condition tokens (kind, colour, motion, background).",
         "- Rectified flow (velocity = noise − clip); Euler sampling on a shifted time grid with classifier-free "
         "guidance, conditional and null branches batched into one forward per step.", "",
         "## Data",
@@ -142,7 +145,9 @@ def render_card(card: dict) -> str:
         f"Clip sizes trained: {', '.join('×'.join(map(str, s)) for s in SIZES)} (frames × height × width). "
         f"{NUM_HELDOUT} of the {NUM_CONDITIONS} conditions are held out of training and of every search.", "",
         "## Training",
-        f"`python -m attnsearch.models.mini_vdit.train` (seed 0): {card['steps']} steps of ~{tr['batch_tokens']:,} "
+        f"`python -m attnsearch.models.mini_vdit.train` (seed 0"
+        + (f", the script at commit {card['script_commit']}" if card.get("script_commit") else "")
+        + f"): {card['steps']} steps of ~{tr['batch_tokens']:,} "
         f"tokens, AdamW lr {tr['lr']}, cosine schedule, EMA 0.999 (shipped in fp16). Final loss "
         f"{card['final_loss'] if card['final_loss'] is None else round(card['final_loss'], 4)}.", "",
         "![loss](loss.png)", "",
@@ -158,9 +163,10 @@ def render_card(card: dict) -> str:
     weak = [k for k in ("colour", "motion") if min(c[k] for c in card["condition_check"].values()) < 0.8]
     if weak:
         lines += ["", f"Below the 80% this check asks for: {' and '.join(weak)} (chance is "
-                  f"{1 / 6:.0%} for colour, 25% for motion). A longer schedule (`train --total-minutes`, "
-                  "run in resumable jobs) is the remedy; plans evaluated on these weights are judged against videos "
-                  "whose own trajectories are not yet stable."]
+                  f"{1 / 6:.0%} for colour, 25% for motion). Plans evaluated on these weights are judged against "
+                  "videos whose own trajectories are not yet stable."]
+    for note in card.get("notes", []):
+        lines += ["", note]
     lines += ["", "`tests/models/test_mini_vdit_weights.py` repeats the 8 × 32 × 32 check on the CPU from these weights.",
               "", "![samples](samples.png)", "",
               "Regenerate: `python -m attnsearch.models.mini_vdit.card` (CUDA if present).", ""]

@@ -46,6 +46,8 @@ class MiniVDiTConfig:
     patch: tuple[int, int, int] = (1, 4, 4)
     channels: int = 3
     rope_theta: float = 10_000.0
+    #: Add the mean of the condition tokens to the timestep embedding (see the module docstring).
+    pooled_condition: bool = True
 
     @property
     def heads(self) -> int:
@@ -65,6 +67,7 @@ class MiniVDiTConfig:
     def from_dict(cls, d: dict) -> MiniVDiTConfig:
         d = dict(d)
         d["patch"] = tuple(d["patch"])
+        d.setdefault("pooled_condition", False)   # a config without the key describes a model without it
         return cls(**d)
 
 
@@ -164,7 +167,7 @@ class MiniVDiT(nn.Module):
         self.cond_embed = nn.ModuleList(nn.Embedding(len(vocab) + 1, d) for _, vocab in SLOTS)
         self.cond_pos = nn.Parameter(torch.randn(len(SLOTS), d) * 0.02)
         self.cond_mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
-        self.cond_pool = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))
+        self.cond_pool = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d)) if cfg.pooled_condition else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.out_modulation = nn.Parameter(torch.randn(1, 2, d) / d ** 0.5)
@@ -214,7 +217,9 @@ class MiniVDiT(nn.Module):
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
         ctok = torch.stack([emb(cond[:, i]) for i, emb in enumerate(self.cond_embed)], dim=1) + self.cond_pos
         ctok = self.cond_mlp(ctok)                                                      # [B, 4, d]
-        temb = self.time_embed(timestep_embedding(t, cfg.dim).to(tokens.dtype)) + self.cond_pool(ctok.mean(dim=1))
+        temb = self.time_embed(timestep_embedding(t, cfg.dim).to(tokens.dtype))
+        if self.cond_pool is not None:
+            temb = temb + self.cond_pool(ctok.mean(dim=1))
         t_mod = self.time_proj(temb).unflatten(1, (6, cfg.dim))                         # [B, 6, d]
         ang = rope_angles(gf, gh, gw, cfg.head_dim, cfg.rope_theta, x.device)
         cos, sin = torch.cos(ang), torch.sin(ang)

@@ -150,6 +150,21 @@ def train(args: argparse.Namespace) -> Path:
     return ckpt_path
 
 
+def _commit() -> str:
+    """The commit of the code that trained (GIT_COMMIT, else git's HEAD; empty when neither is known)."""
+    import os
+    import subprocess
+
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"][:12]
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
 def export(args: argparse.Namespace) -> Path:
     """EMA weights of the checkpoint → fp16 safetensors + loss log, atomically."""
     from safetensors.torch import save_file
@@ -158,7 +173,7 @@ def export(args: argparse.Namespace) -> Path:
     tensors = {k: v.to(torch.float16).contiguous() for k, v in state["ema"].items()}
     meta = {"format": "attnsearch-mini-vdit", "version": "1", "config": json.dumps(state["config"]),
             "steps": str(state["step"]), "final_loss": f"{state['log'][-1]['loss']:.5f}" if state["log"] else "",
-            "training": json.dumps(state["args"])}
+            "training": json.dumps(state["args"]), "script_commit": _commit()}
     dest = Path(args.weights_dir or WEIGHTS_DIR)
     dest.mkdir(parents=True, exist_ok=True)
     with replacing(dest / WEIGHTS_FILE) as tmp:
