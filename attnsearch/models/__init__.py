@@ -77,7 +77,10 @@ class ModelSpec:
     ``inputs``: one entry per step (a denoising step is one root forward), in the forms
     ``split_input`` accepts. ``fingerprint``: stable hash of architecture and weights.
     ``ground_truth``: planted patterns, for models that have them (toy-vdit): columns layer,
-    head, pattern, params (canonical JSON).
+    head, pattern, params (canonical JSON). ``prompts``: the prompts every step's batch holds, in
+    equal consecutive shares (prompt i: batch elements [i·B/P, (i+1)·B/P), its CFG branches
+    included); empty when the inputs are not split by prompt. ``experts``: for a pipeline of
+    several transformers (Wan2.2), which one runs which steps (:mod:`attnsearch.experts`).
     """
 
     name: str
@@ -86,6 +89,8 @@ class ModelSpec:
     inputs: list
     fingerprint: str
     ground_truth: pd.DataFrame | None = None
+    prompts: tuple[str, ...] = ()
+    experts: tuple = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, torch.nn.Module):
@@ -96,6 +101,8 @@ class ModelSpec:
         if not isinstance(self.inputs, (list, tuple)) or not self.inputs:
             raise ValueError(f"model {self.name!r}: inputs must be a non-empty list (one entry per step)")
         self.inputs = list(self.inputs)
+        self.prompts = tuple(self.prompts)
+        self.experts = tuple(self.experts)
 
     @property
     def num_steps(self) -> int:
