@@ -19,11 +19,13 @@ Importing this package does not import diffusers; using it without diffusers rai
 
 from __future__ import annotations
 
-from .common import TimestepStepper, denoising_inputs, geometry_of, instrument, load_random, random_transformer, sample
+from .common import TimestepStepper, denoising_inputs, geometry_of, instrument, load_random, random_transformer
+from .experts import ExpertPair, PipelineRouter, pipeline_transformers
 from .family import Family, Instrumentation, VideoSize, require_diffusers
 from .pretrained import load_pretrained, resolve_path
 from .registry import FAMILIES, PRESETS, family_of, register_family, resolve_preset
+from .sampling import sample
 
-__all__ = ["FAMILIES", "PRESETS", "Family", "Instrumentation", "TimestepStepper", "VideoSize", "denoising_inputs",
+__all__ = ["ExpertPair", "FAMILIES", "PRESETS", "Family", "PipelineRouter", "pipeline_transformers", "Instrumentation", "TimestepStepper", "VideoSize", "denoising_inputs",
            "family_of", "geometry_of", "instrument", "load_pretrained", "load_random", "random_transformer",
            "register_family", "require_diffusers", "resolve_path", "resolve_preset", "sample"]
