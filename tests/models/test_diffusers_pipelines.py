@@ -101,9 +101,12 @@ class ForwardLog:
 
 def _run_logged(pipe, kind, folders, plan):
     log = ForwardLog(pipe)
+    extra = {}
+    if kind == "hunyuanvideo":  # the prompt unpadded: the plan's text length (padding would be masked keys)
+        extra["max_sequence_length"] = plan.geometry.text_tokens
     try:
         with apply(pipe, plan) as ap:
-            pipe(**_call(kind, folders), callback_on_step_end=log.on_step_end)
+            pipe(**_call(kind, folders), callback_on_step_end=log.on_step_end, **extra)
     finally:
         log.remove()
     return ap, log
@@ -195,7 +198,7 @@ def test_profile_optimize_apply_end_to_end(folders, kind, tmp_path):
     two = kind.startswith("wan2.2")
     assert [e["name"] for e in prof.model.get("experts", [])] == (["transformer", "transformer_2"] if two else [])
     # head_dim 64: the shipped cost model is calibrated for 64 and 128; the tiny heads are 16 wide.
-    optimize(prof, out=tmp_path / "plan.json", trials=4, max_density=0.9, validate=2, model=spec, head_dim=64,
+    optimize(prof, out=tmp_path / "plan.json", trials=4, validate=2, model=spec, head_dim=64,
              seed=0, storage=f"sqlite:///{tmp_path / 'study.db'}")
     plan = load_plan(tmp_path / "plan.json")
     assert plan.model.get("experts") == prof.model.get("experts")
