@@ -12,7 +12,9 @@ Each transformer is *instrumented* (:func:`instrument`): hooks mark its self-att
 and ``model.attnsearch_accept`` tells capture (hence apply and the profiler) that only their SDPA
 calls are layers. Family specifics — which modules, text position, masks — are in ``wan``,
 ``cogvideox`` and ``hunyuan``, each a :class:`Family` (``family``) that ``registry`` names; what
-a step is and how a model is instrumented and fed in ``common``.
+a step is and how a model is instrumented and fed in ``common``; a pipeline's transformers (one, or
+Wan2.2's two experts) and their step numbering under ``apply(pipe, plan)`` in ``experts``; the
+closed sampling loop in ``sampling``.
 Importing this package does not import diffusers; using it without diffusers raises
 ``ModelUnavailableError`` (pip install 'attnsearch[diffusers]').
 """
