@@ -19,7 +19,11 @@ def classify_cmd(
     csv: Optional[Path] = typer.Option(None, help="Also write the labels as CSV."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the labels as JSON records."),
 ) -> None:
-    """Print the class of every head of a profile (and export it)."""
+    """Print the class of every head of a profile (and export it).
+
+    Over steps, ``stability`` is the share of steps whose own class is the head's; for a profile of
+    several prompts (``profile --prompts``), ``prompts`` is the share of prompts whose own class
+    (over steps) is the head's."""
     from ..profiling.classify import classify
     from ..profiling.profile_io import Profile
 
@@ -34,16 +38,25 @@ def classify_cmd(
         else:
             print_class_table(labels, f"classes per layer over {prof.num_steps} step(s) (τ={tau})")
         table = Table(show_lines=False)
-        for col in ["layer", "head", "pattern", "candidate", "density", "recall"] + (["stability"] if not per_step else []):
+        across_prompts = not per_step and prof.num_prompts > 0
+        extra = (["stability"] if not per_step else []) + (["prompts"] if across_prompts else [])
+        for col in ["layer", "head", "pattern", "candidate", "density", "recall"] + extra:
             table.add_column(col)
         for r in labels.itertuples():
             cells = [str(r.layer), str(r.head), shown(r.pattern), shown(r.candidate), f"{r.density:.3f}",
                      f"{r.recall:.3f}"]
             if not per_step:
                 cells.append(f"{r.stability:.2f}")
+            if across_prompts:
+                cells.append(f"{r.prompt_stability:.2f}")
             table.add_row(*cells)
         if not per_step:
             console.print(table)
+        if across_prompts:
+            changed = int((labels["prompt_stability"] < 1).sum())
+            console.print(f"class stability across {prof.num_prompts} prompts: mean "
+                          f"{labels['prompt_stability'].mean():.2f}; {changed} of {len(labels)} heads change class "
+                          "with the prompt")
         if csv:
             write_file(csv, labels.to_csv(index=False), inputs=[profile_path])
         if json_out:

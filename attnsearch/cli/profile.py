@@ -28,6 +28,16 @@ def profile(
     density_cap: float = typer.Option(0.75, help="Above this density a head is dense (summary only)."),
     option: list[str] = typer.Option([], "--option", "-o", help="key=value passed to the model factory."),
     out: Optional[Path] = typer.Option(None, help="Output Parquet file; default profiles/<model>.parquet."),
+    prompts: Optional[Path] = typer.Option(
+        None, "--prompts", help="Text file, one prompt per line (blank lines skipped): every step of every prompt "
+                                "is profiled and the profile keeps per-prompt statistics (diffusers pipelines)."),
+    negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="Negative prompt (CFG)."),
+    num_frames: Optional[int] = typer.Option(None, "--num-frames",
+                                             help="Video frames (the model's num_frames option: pixel-space frames "
+                                                  "for diffusers models)."),
+    height: Optional[int] = typer.Option(None, help="Video height (the model's height option: pixels for diffusers)."),
+    width: Optional[int] = typer.Option(None, help="Video width (the model's width option: pixels for diffusers)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (CFG)."),
 ) -> None:
     """Record per-head attention statistics of a model and classify every head."""
     from ..models import geometry_hint, load_model
@@ -40,10 +50,12 @@ def profile(
     def work():
         check_profile_options(tau=tau, density_cap=density_cap, steps=steps, queries=queries, seed=seed,
                               block_size=block_size, map_size=map_size)
-        opts = parse_options(option)
+        opts = {**parse_options(option), **generation_options(prompts=prompts, negative_prompt=negative_prompt,
+                                                             num_frames=num_frames, height=height, width=width,
+                                                             guidance=guidance)}
         grid_obj = CandidateGrid.from_dict(read_json(grid, "grid file")) if grid else CandidateGrid()
         if out is not None:
-            check_output_paths([out], [grid])
+            check_output_paths([out], [grid, prompts])
         hinted = geometry_hint(model, **opts)
         if hinted is not None:
             check_size(hinted, block_size or default_block_size(hinted.num_tokens), queries, steps or 1)
@@ -56,10 +68,13 @@ def profile(
             raise UsageError(f"--steps {steps} exceeds the {len(spec.inputs)} inputs model {spec.name!r} provides")
         n_steps = steps or len(spec.inputs)
         target = out or default_path(spec.name)
-        check_output_paths([target], [grid])
+        check_output_paths([target], [grid, prompts])
         check_size(spec.geometry, bs, queries, n_steps)
         console.print(f"[bold]{shown(spec.name)}[/]: geometry {spec.geometry}, block size {bs}, "
-                      f"{n_steps} step(s), {queries} sampled queries per call")
+                      f"{n_steps} step(s)" + (f" × {len(spec.prompts)} prompts" if spec.prompts else "")
+                      + f", {queries} sampled queries per call"
+                      + "".join(f"; {e.name} runs step" + (f"s {e.start}–{e.stop - 1}" if e.stop - e.start > 1 else f" {e.start}")
+                              for e in spec.experts))
         with progress_bar() as bar:
             task = bar.add_task("profiling", total=n_steps)
             last = {"step": -1}
@@ -81,13 +96,40 @@ def profile(
             bar.update(task, completed=bar.tasks[0].total, description="profiled")
         if prof is None:  # a rank other than 0 under torchrun: its shard is written, rank 0 merges
             return
-        prof.save(target, inputs=[grid] if grid else ())
+        prof.save(target, inputs=[p for p in (grid, prompts) if p])
         labels = classify(prof, tau=tau, density_cap=density_cap, over_steps=True)
         print_class_table(labels, f"classes per layer (τ={tau}, density cap {density_cap})")
         console.print(f"{prof.num_layers} layers × {prof.num_heads} heads × {prof.num_steps} steps in "
                       f"{time.perf_counter() - started:.1f} s → [bold]{shown(target)}[/]")
 
     run(work)
+
+
+def read_prompts(path: Path) -> list[str]:
+    """The prompts of a prompt file: one per line, surrounding blanks stripped, blank lines skipped."""
+    if path.is_dir():
+        raise UsageError(f"--prompts {path}: is a directory, not a prompt file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"--prompts {path}: does not exist") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"--prompts {path}: not UTF-8 text (byte {err.start})") from None
+    lines = [line.strip() for line in text.splitlines()]
+    found = [line for line in lines if line]
+    if not found:
+        raise UsageError(f"--prompts {path}: holds no prompt (one prompt per line)")
+    return found
+
+
+def generation_options(*, prompts, negative_prompt, num_frames, height, width, guidance) -> dict:
+    """The model-factory options the generation flags stand for (only those given)."""
+    for option, value in (("--num-frames", num_frames), ("--height", height), ("--width", width)):
+        check_at_least(option, value, 1)
+    check_range("--guidance", guidance, low=0)
+    opts = {"prompts": read_prompts(prompts) if prompts is not None else None, "negative_prompt": negative_prompt,
+            "num_frames": num_frames, "height": height, "width": width, "guidance_scale": guidance}
+    return {k: v for k, v in opts.items() if v is not None}
 
 
 def check_profile_options(*, tau, density_cap, steps, queries, seed, block_size, map_size) -> None:

@@ -77,7 +77,10 @@ class ModelSpec:
     ``inputs``: one entry per step (a denoising step is one root forward), in the forms
     ``split_input`` accepts. ``fingerprint``: stable hash of architecture and weights.
     ``ground_truth``: planted patterns, for models that have them (toy-vdit): columns layer,
-    head, pattern, params (canonical JSON).
+    head, pattern, params (canonical JSON). ``prompts``: the prompts every step's batch holds, in
+    equal consecutive shares (prompt i: batch elements [i·B/P, (i+1)·B/P), its CFG branches
+    included); empty when the inputs are not split by prompt. ``experts``: for a pipeline of
+    several transformers (Wan2.2), which one runs which steps (:mod:`attnsearch.experts`).
 
     Whole trajectories, for models with a sampler (trajectory validation): ``trajectories(n)``
     runs the first ``n`` (≤ ``num_trajectories``) of the spec's denoising trajectories — its fixed
@@ -92,6 +95,8 @@ class ModelSpec:
     inputs: list
     fingerprint: str
     ground_truth: pd.DataFrame | None = None
+    prompts: tuple[str, ...] = ()
+    experts: tuple = ()
     trajectories: Callable[[int], torch.Tensor] | None = None
     num_trajectories: int = 0
     trajectory_range: float | None = None
@@ -107,6 +112,8 @@ class ModelSpec:
         self.inputs = list(self.inputs)
         if (self.trajectories is None) != (self.num_trajectories == 0):
             raise ValueError(f"model {self.name!r}: trajectories and num_trajectories ≥ 1 go together")
+        self.prompts = tuple(self.prompts)
+        self.experts = tuple(self.experts)
 
     @property
     def num_steps(self) -> int:

@@ -6,12 +6,15 @@ error, then the first); if none reaches τ at a density ≤ the cap, the head is
 :func:`pick_class` is that rule on arrays, the one implementation the profile's labels and the
 search's τ restriction share. Applied per step, and over steps to each candidate's mean recall and
 density (a candidate must serve every step to label the head), with ``stability`` = the share of
-steps whose own label has the aggregate's family.
+steps whose own label has the aggregate's family, and, for a profile of several prompts,
+``prompt_stability`` = the share of prompts whose own label over steps (the same rule on that
+prompt's statistics alone) has the aggregate's family (NaN for a profile without prompts).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -28,7 +31,7 @@ STEP_SITE = ["step", "layer", "head"]
 #: Columns of a per-step label table (docs/design.md's, plus the candidate's step-free name and error).
 LABEL_COLUMNS = ["step", "layer", "head", "pattern", "params", "candidate", "density", "recall", "rel_err"]
 AGGREGATE_COLUMNS = ["layer", "head", "pattern", "params", "candidate", "density", "recall", "rel_err",
-                     "stability", "steps"]
+                     "stability", "steps", "prompt_stability"]
 
 
 def pick_class(sparse: np.ndarray, density: np.ndarray, recall: np.ndarray, tau: float, density_cap: float, *,
@@ -99,7 +102,18 @@ def classify(profile: Profile | pd.DataFrame, tau: float = TAU, density_cap: flo
     per_step = _fill_dense(_pick(table, STEP_SITE, tau, density_cap), sites, STEP_SITE)[LABEL_COLUMNS]
     if not over_steps:
         return per_step.astype({"step": "int32", "layer": "int32", "head": "int32"})
-    return _aggregate(table, per_step, tau, density_cap, profile if isinstance(profile, Profile) else None)
+    prof = profile if isinstance(profile, Profile) else None
+    out = _aggregate(table, per_step, tau, density_cap, prof)
+    out["prompt_stability"] = np.nan
+    if prof is not None and prof.num_prompts:
+        agree = np.zeros(len(out))
+        for i in range(prof.num_prompts):
+            own = replace(prof, table=prof.prompt_table(i), prompts=())
+            labels = classify(own, tau, density_cap, over_steps=True)
+            same = out[SITE + ["pattern"]].merge(labels[SITE + ["pattern"]], on=SITE, suffixes=("", "_own"), how="left")
+            agree += (same["pattern"] == same["pattern_own"]).to_numpy()
+        out["prompt_stability"] = agree / prof.num_prompts
+    return out[AGGREGATE_COLUMNS]
 
 
 def _aggregate(table: pd.DataFrame, per_step: pd.DataFrame, tau: float, density_cap: float,
@@ -128,7 +142,7 @@ def _aggregate(table: pd.DataFrame, per_step: pd.DataFrame, tau: float, density_
     agree = per_step.merge(out[SITE + ["pattern"]], on=SITE, suffixes=("", "_agg"))
     agree["same"] = agree["pattern"] == agree["pattern_agg"]
     out = out.merge(agree.groupby(SITE)["same"].mean().rename("stability").reset_index(), on=SITE)
-    return out[AGGREGATE_COLUMNS].astype({"layer": "int32", "head": "int32"})
+    return out[AGGREGATE_COLUMNS[:-1]].astype({"layer": "int32", "head": "int32"})
 
 
 def _union_params(params: pd.Series) -> str:

@@ -52,13 +52,13 @@ def profile_sharded(spec, num_steps: int, settings: ProfileSettings, out: Path,
         started = time.perf_counter()
         parts = profile_calls(spec, shard_steps(num_steps, rank, size), settings, on_call)
         if parts:
-            finish_profile(parts, spec, time.perf_counter() - started).save(shard_path(out, rank, size))
+            finish_profile(parts, spec, time.perf_counter() - started, num_steps).save(shard_path(out, rank, size))
         gathered: list | None = [None] * size if rank == 0 else None
         dist.gather_object(parts, gathered, dst=0)
         if rank != 0:
             return None
         merged = [p for rank_parts in gathered for p in rank_parts]
-        return finish_profile(merged, spec, time.perf_counter() - started)
+        return finish_profile(merged, spec, time.perf_counter() - started, num_steps)
     finally:
         dist.destroy_process_group()
 
@@ -81,4 +81,5 @@ def merge_shards(paths: list[Path]) -> Profile:
     merged = Profile.concat(parts)
     check_steps_complete(merged.table, f"the merge of {len(paths)} shard(s)")
     merged.model = dict(first.model)
+    merged.prompts = first.prompts
     return merged

@@ -4,7 +4,8 @@ Rules (each violation is one :class:`ProfileError` line naming the file and the 
 
 * columns ``step``, ``layer``, ``head`` are integers ≥ 0; ``pattern``, ``params`` and ``candidate``
   are strings, ``pattern`` a known pattern, ``params`` a JSON object (strict data); ``density``, ``recall`` and ``rel_err`` are finite
-  numbers, density and recall in [0, 1] (a rounding margin of :data:`TOLERANCE`), rel_err ≥ 0;
+  numbers, density and recall in [0, 1] (a rounding margin of :data:`TOLERANCE`), rel_err ≥ 0; the
+  same for a profile's per-prompt columns ``prompt{i}.recall`` and ``prompt{i}.rel_err``;
 * no two rows measure the same (step, layer, head, candidate);
 * coverage: every step present holds every layer 0..L−1 and every head 0..H−1 (L, H: the largest
   numbers + 1), so layers and heads are contiguous from 0. Steps need not be: a shard of a sharded
@@ -65,7 +66,9 @@ def check_table(df: pd.DataFrame, path) -> None:
     if unknown:
         raise _error(path, f"column 'pattern' names unknown pattern(s) {', '.join(map(repr, unknown[:5]))} "
                            f"(known: {', '.join(PATTERNS)})")
-    for col, low, high in (("density", 0.0, 1.0), ("recall", 0.0, 1.0), ("rel_err", 0.0, None)):
+    per_prompt = [(c, 0.0, 1.0 if c.endswith(".recall") else None) for c in df.columns
+                  if isinstance(c, str) and c.startswith("prompt") and c.endswith((".recall", ".rel_err"))]
+    for col, low, high in (("density", 0.0, 1.0), ("recall", 0.0, 1.0), ("rel_err", 0.0, None), *per_prompt):
         if not (pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col])):
             raise _error(path, f"column {col!r} must hold numbers, has {df[col].dtype}")
         values = df[col].astype("float64")

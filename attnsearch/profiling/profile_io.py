@@ -3,8 +3,12 @@
 A profile file is one Parquet table (long format) with everything else in its metadata. The
 table is what ``pandas.read_parquet`` shows: one row per (step, layer, head, candidate). The file
 metadata (key ``attnsearch``) holds JSON: schema version, geometry, model name and
-fingerprint, sampling settings, timing; key ``attnsearch.maps`` holds the block-level attention
-maps as zlib-compressed float16 with their (layer, head) index. Written to a temporary file beside
+fingerprint (and its experts, :mod:`attnsearch.experts`), sampling settings, timing, the prompts;
+key ``attnsearch.maps`` holds the block-level attention maps as zlib-compressed float16 with
+their (layer, head) index. A profile of P prompts (each step's batch split into P equal shares)
+has its ``recall`` and ``rel_err`` as the mean over all of them plus, per prompt i, the columns
+``prompt{i}.recall`` and ``prompt{i}.rel_err`` (:func:`prompt_columns`); a candidate's density
+is the same for every prompt (one mask serves them all). Written to a temporary file beside
 the target and renamed, so an interrupted run never leaves a half-written profile.
 """
 
@@ -34,6 +38,13 @@ from .profile_check import check_table
 FORMAT = "attnsearch-profile"
 SCHEMA_VERSION = 1
 TABLE_COLUMNS = ["step", "layer", "head", "pattern", "params", "candidate", "density", "recall", "rel_err"]
+#: The per-prompt statistics of a profile of several prompts (see the module docstring).
+PROMPT_STATS = ("recall", "rel_err")
+
+
+def prompt_columns(prompts: int) -> list[str]:
+    """The table columns of ``prompts`` prompts' own statistics, in prompt order."""
+    return [f"prompt{i}.{stat}" for i in range(prompts) for stat in PROMPT_STATS]
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,8 @@ class Profile:
     ``table``: long format, one row per (step, layer, head, candidate); columns TABLE_COLUMNS.
     ``maps``: {(layer, head): [m, m] float32} block-level attention maps (mean softmax mass per
     (query group, key group)), averaged over ``map_steps[(layer, head)]`` steps.
+    ``prompts``: the profiled prompts (empty: inputs not split by prompt); with P of them the table
+    also holds :func:`prompt_columns` (P).
     """
 
     table: pd.DataFrame
@@ -81,6 +94,21 @@ class Profile:
     timing: dict[str, float] = field(default_factory=dict)
     #: Shape of the profiled calls: batch, heads, kv_heads, head_dim, dtype (the cost model needs it).
     attention: dict[str, Any] = field(default_factory=dict)
+    prompts: tuple[str, ...] = ()
+
+    @property
+    def num_prompts(self) -> int:
+        """Prompts with their own statistics (0: none, the inputs were not split by prompt)."""
+        return len(self.prompts)
+
+    def prompt_table(self, prompt: int) -> pd.DataFrame:
+        """The table as prompt ``prompt`` alone measured it (TABLE_COLUMNS, its recall and rel_err)."""
+        if not 0 <= prompt < self.num_prompts:
+            raise ProfileError(f"prompt {prompt} is outside the profile's {self.num_prompts} prompt(s)")
+        out = self.table[TABLE_COLUMNS].copy()
+        for stat in PROMPT_STATS:
+            out[stat] = self.table[f"prompt{prompt}.{stat}"].to_numpy()
+        return out
 
     @property
     def num_steps(self) -> int:
@@ -103,6 +131,8 @@ class Profile:
         for other in parts[1:]:
             if other.geometry != first.geometry or other.settings != first.settings:
                 raise ProfileError("cannot join profiles with different geometry or settings")
+            if list(other.table.columns) != list(first.table.columns):
+                raise ProfileError("cannot join profiles of different prompt counts")
         table = pd.concat([p.table for p in parts], ignore_index=True)
         table = table.sort_values(["step", "layer", "head"], kind="stable", ignore_index=True)
         maps: dict[tuple[int, int], torch.Tensor] = {}
@@ -121,7 +151,7 @@ class Profile:
         if len(shapes) > 1:
             raise ProfileError(f"cannot join profiles of different attention shapes: {sorted(shapes)}")
         return cls(table, first.geometry, first.settings, dict(first.model), maps, counts, timing,
-                   dict(first.attention))
+                   dict(first.attention), tuple(first.prompts))
 
     def save(self, path, *, inputs=()) -> None:
         write_profile(self, path, inputs=inputs)
@@ -144,7 +174,12 @@ def write_profile(profile: Profile, path: str | os.PathLike, *, inputs=()) -> Pa
     A profile whose table breaks the rules of :mod:`~attnsearch.profiling.profile_check` (e.g.
     non-finite statistics) is refused before anything is written."""
     path = Path(path)
-    check_table(profile.table[TABLE_COLUMNS], path)
+    columns = TABLE_COLUMNS + prompt_columns(profile.num_prompts)
+    missing = [c for c in columns if c not in profile.table.columns]
+    if missing:
+        raise ProfileError(f"{path}: the profile of {profile.num_prompts} prompt(s) lacks column(s) "
+                           f"{', '.join(missing)}")
+    check_table(profile.table[columns], path)
     keys = sorted(profile.maps)
     maps = np.stack([profile.maps[k].numpy() for k in keys]).astype(np.float16) if keys else np.zeros((0, 0, 0), np.float16)
     meta = {
@@ -155,10 +190,11 @@ def write_profile(profile: Profile, path: str | os.PathLike, *, inputs=()) -> Pa
         "settings": profile.settings.to_dict(),
         "timing": profile.timing,
         "attention": profile.attention,
+        **({"prompts": list(profile.prompts)} if profile.prompts else {}),
         "maps": {"sites": [list(k) for k in keys], "steps": [profile.map_steps.get(k, 1) for k in keys],
                  "shape": list(maps.shape), "dtype": "float16"},
     }
-    table = pa.Table.from_pandas(profile.table[TABLE_COLUMNS], preserve_index=False)
+    table = pa.Table.from_pandas(profile.table[columns], preserve_index=False)
     table = table.replace_schema_metadata({
         **(table.schema.metadata or {}),
         b"attnsearch": dumps(meta).encode(),
@@ -203,10 +239,12 @@ def read_profile(path: str | os.PathLike) -> Profile:
         df = table.to_pandas()
     except (pa.ArrowException, ValueError, TypeError) as exc:
         raise ProfileError(f"{path}: the table cannot be read ({str(exc).splitlines()[0]})") from None
-    missing = [c for c in TABLE_COLUMNS if c not in df.columns]
+    prompts = _field(path, "prompts", _prompts, meta.get("prompts", []))
+    missing = [c for c in TABLE_COLUMNS + prompt_columns(len(prompts)) if c not in df.columns]
     if missing:
-        raise ProfileError(f"{path}: profile table lacks column(s) {', '.join(missing)}")
-    df = df[TABLE_COLUMNS]
+        raise ProfileError(f"{path}: profile table lacks column(s) {', '.join(missing)}"
+                           + (f" (metadata prompts names {len(prompts)})" if prompts else ""))
+    df = df[TABLE_COLUMNS + prompt_columns(len(prompts))]
     check_table(df, path)
     geometry = _field(path, "geometry", lambda g: Geometry.from_dict(_mapping(g)), meta["geometry"])
     settings = _field(path, "settings", lambda g: ProfileSettings.from_dict(_mapping(g)), meta["settings"])
@@ -223,7 +261,7 @@ def read_profile(path: str | os.PathLike) -> Profile:
         raise ProfileError(f"{path}: metadata fields timing and attention must be JSON objects")
     return Profile(table=df, geometry=geometry, settings=settings, model=model,
                    maps={k: torch.from_numpy(maps[i].copy()) for i, k in enumerate(keys)},
-                   map_steps=dict(zip(keys, steps)), timing=timing, attention=attention)
+                   map_steps=dict(zip(keys, steps)), timing=timing, attention=attention, prompts=prompts)
 
 
 def _mapping(value: Any) -> dict:
@@ -232,11 +270,25 @@ def _mapping(value: Any) -> dict:
     return value
 
 
-def _model(value: Any) -> dict[str, str]:
+def _model(value: Any) -> dict[str, Any]:
+    """name and fingerprint (strings) and optionally experts (:func:`attnsearch.experts.parse_experts`)."""
+    from ..experts import ExpertError, parse_experts
+
     value = _mapping(value)
-    if not all(isinstance(v, str) for v in value.values()):
+    if not all(isinstance(v, str) for k, v in value.items() if k != "experts"):
         raise TypeError("must map names to strings")
+    if "experts" in value:
+        try:
+            parse_experts(value["experts"], "experts")
+        except ExpertError as err:
+            raise ValueError(str(err)) from None
     return dict(value)
+
+
+def _prompts(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError("must be a list of strings")
+    return tuple(value)
 
 
 def _field(path: Path, name: str, build, value: Any):
@@ -286,5 +338,5 @@ def _count(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
-__all__ = ["FORMAT", "SCHEMA_VERSION", "TABLE_COLUMNS", "Profile", "ProfileError", "ProfileSettings",
-           "default_path", "read_profile", "write_profile"]
+__all__ = ["FORMAT", "PROMPT_STATS", "SCHEMA_VERSION", "TABLE_COLUMNS", "Profile", "ProfileError", "ProfileSettings",
+           "default_path", "prompt_columns", "read_profile", "write_profile"]

@@ -27,7 +27,7 @@ import torch
 
 from ..geometry import Geometry, GeometryError
 from .candidates import CandidateGrid, StripeCandidates, candidate_label, static_candidates, stripe_candidates
-from .profile_io import TABLE_COLUMNS, Profile, ProfileError, ProfileSettings
+from .profile_io import TABLE_COLUMNS, Profile, ProfileError, ProfileSettings, prompt_columns
 
 #: Cap on the fp32 working set of one head chunk (logits + per-block partial outputs).
 DEFAULT_CHUNK_BYTES = 1 << 30
@@ -104,12 +104,14 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
                     layer: int = 0, step: int = 0, block_size: int = 128, queries: int = 256, seed: int = 0,
                     grid: CandidateGrid | None = None, map_size: int = 64, scale: float | None = None,
                     settings: ProfileSettings | None = None,
-                    chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Profile:
+                    chunk_bytes: int = DEFAULT_CHUNK_BYTES, prompts: int = 0) -> Profile:
     """Profile one attention call.
 
     q, k, v: [batch, heads, N, D] (k/v may have fewer heads that divide ``heads``: GQA), any dtype
     and device; statistics are computed in fp32 on that device and averaged over the batch.
-    Returns a Profile with one row per (head, candidate).
+    Returns a Profile with one row per (head, candidate). With ``prompts`` = P ≥ 1 the batch is P
+    equal consecutive shares, one per prompt: the table also holds each prompt's recall and
+    rel_err (columns :func:`~attnsearch.profiling.profile_io.prompt_columns`), the share's mean.
     """
     settings = settings or ProfileSettings(queries, seed, block_size, map_size, grid or CandidateGrid())
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
@@ -128,6 +130,9 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
                                "a profile of them would be meaningless")
     if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
         raise ProfileError(f"{where}: the attention scale {scale!r} is not a finite number")
+    if prompts and bsz % prompts:
+        raise ProfileError(f"{where}: a batch of {bsz} cannot be split into {prompts} equal prompt shares")
+    shares = max(prompts, 1)
     bs = settings.block_size
     nb = math.ceil(n / bs)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
@@ -142,7 +147,7 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
     group = heads // k.shape[1]
     chunk = _head_chunk(heads, len(rows), nb * bs, d, chunk_bytes)
 
-    recall_sum = torch.zeros(heads, len(static.patterns), device=device, dtype=torch.float64)
+    recall_sum = torch.zeros(shares, heads, len(static.patterns), device=device, dtype=torch.float64)
     err_sum = torch.zeros_like(recall_sum)
     # Stripes are chosen from the first batch element's column mass and kept for the others, so
     # every batch element measures the same candidate.
@@ -150,6 +155,7 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
     vs_recall = vs_err = None
     map_sum = None
     for b in range(bsz):
+        share = b * shares // bsz
         for h0 in range(0, heads, chunk):
             hs = slice(h0, min(h0 + chunk, heads))
             kv_heads = torch.arange(hs.start, hs.stop, device=device) // group
@@ -164,18 +170,18 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
             o_full = u.sum(2)
             if keep_static is not None:
                 rec, err = _candidate_stats(keep_static, p_blk, u, o_full)
-                recall_sum[hs] += rec
-                err_sum[hs] += err
+                recall_sum[share, hs] += rec
+                err_sum[share, hs] += err
             if b == 0:
                 stripes[h0] = stripe_candidates(p_blk.mean(1), geometry, bs, settings.grid)
             vs = stripes[h0]
             if vs.masks.shape[1]:
                 rec, err = _candidate_stats(vs.masks[:, :, qblock].float(), p_blk, u, o_full)
                 if vs_recall is None:
-                    vs_recall = torch.zeros(heads, rec.shape[1], device=device, dtype=torch.float64)
+                    vs_recall = torch.zeros(shares, heads, rec.shape[1], device=device, dtype=torch.float64)
                     vs_err = torch.zeros_like(vs_recall)
-                vs_recall[hs] += rec
-                vs_err[hs] += err
+                vs_recall[share, hs] += rec
+                vs_err[share, hs] += err
             bmap = _block_map(p_blk, qblock, nb, settings.map_size)
             if map_sum is None:
                 map_sum = torch.zeros(heads, *bmap.shape[1:], device=device)
@@ -189,21 +195,21 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
         raise ProfileError(f"{where}: the attention output statistics are not finite (the softmax overflowed?)")
     # One host transfer per statistic, then plain Python floats: per-element tensor indexing here
     # would cost more than the whole GPU pass.
-    recall = (recall_sum / bsz).tolist()
-    err = (err_sum / bsz).tolist()
+    # [heads, C, 2 + 2·P]: mean recall, mean rel_err, then each prompt's recall and rel_err.
+    stats = _share_stats(recall_sum, err_sum, bsz, prompts).tolist()
     static_density = static.density.tolist()
     if vs_recall is not None:
-        vs_recall, vs_err = (vs_recall / bsz).tolist(), (vs_err / bsz).tolist()
+        vs_stats = _share_stats(vs_recall, vs_err, bsz, prompts).tolist()
     records: list[tuple] = []
     for h0, vs in stripes.items():
         vs_density = vs.density.tolist()
         for i, ids in enumerate(vs.ids):
             h = h0 + i
-            records += [(step, layer, h, name, params, static_density[c], recall[h][c], err[h][c])
+            records += [(step, layer, h, name, params, static_density[c], *stats[h][c])
                         for c, (name, params) in enumerate(zip(static.patterns, static.params))]
-            records += [(step, layer, h, name, params, vs_density[i][c], vs_recall[h][c], vs_err[h][c])
+            records += [(step, layer, h, name, params, vs_density[i][c], *vs_stats[h][c])
                         for c, (name, params) in enumerate(ids)]
-    table = _make_table(records)
+    table = _make_table(records, prompts)
     maps = {(layer, h): (map_sum[h] / bsz).float().cpu() for h in range(heads)}
     elapsed = time.perf_counter() - started
     return Profile(table, geometry, settings, maps=maps, map_steps={key: 1 for key in maps},
@@ -212,11 +218,23 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
                               "dtype": str(q.dtype).removeprefix("torch.")})
 
 
-def _make_table(records: list[tuple]) -> pd.DataFrame:
-    df = pd.DataFrame.from_records(records, columns=[c for c in TABLE_COLUMNS if c != "candidate"])
+def _share_stats(recall_sum: torch.Tensor, err_sum: torch.Tensor, bsz: int, prompts: int) -> torch.Tensor:
+    """[shares, heads, C] sums over each share's batch elements → [heads, C, 2 + 2·prompts]: the
+    batch means of recall and rel_err, then per prompt its share's means."""
+    per_share = bsz // recall_sum.shape[0]
+    out = [recall_sum.sum(0) / bsz, err_sum.sum(0) / bsz]
+    if prompts:
+        for i in range(prompts):
+            out += [recall_sum[i] / per_share, err_sum[i] / per_share]
+    return torch.stack(out, dim=-1)
+
+
+def _make_table(records: list[tuple], prompts: int = 0) -> pd.DataFrame:
+    df = pd.DataFrame.from_records(records, columns=[c for c in TABLE_COLUMNS if c != "candidate"]
+                                   + prompt_columns(prompts))
     df.insert(5, "candidate", [candidate_label(p, json.loads(j)) for p, j in zip(df["pattern"], df["params"])])
     return df.astype({"step": "int32", "layer": "int32", "head": "int32", "density": "float64",
-                      "recall": "float64", "rel_err": "float64"})
+                      "recall": "float64", "rel_err": "float64", **{c: "float64" for c in prompt_columns(prompts)}})
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -239,7 +257,8 @@ def profile_calls(spec, step_indices: Sequence[int], settings: ProfileSettings,
                 f"step {call.step} layer {call.layer}: attention with attn_mask/is_causal is not supported "
                 "by the profiler (the patterns describe full bidirectional attention)")
         parts.append(profile_tensors(call.query, call.key, call.value, spec.geometry, layer=call.layer,
-                                     step=call.step, scale=kw.get("scale"), settings=settings))
+                                     step=call.step, scale=kw.get("scale"), settings=settings,
+                                     prompts=len(getattr(spec, "prompts", ()))))
         if on_call is not None:
             on_call(call.step, call.layer)
         return None
@@ -279,17 +298,27 @@ def profile_model(spec, *, steps: int | None = None, settings: ProfileSettings |
     if step_indices is None:
         step_indices = range(len(spec.inputs) if steps is None else steps)
     started = time.perf_counter()
-    parts = profile_calls(spec, list(step_indices), settings, on_call)
+    step_indices = list(step_indices)
+    parts = profile_calls(spec, step_indices, settings, on_call)
     if not parts:
         raise ProfileError(f"model {spec.name!r} made no scaled_dot_product_attention call")
-    return finish_profile(parts, spec, time.perf_counter() - started)
+    return finish_profile(parts, spec, time.perf_counter() - started, max(step_indices) + 1)
 
 
-def finish_profile(parts: list[Profile], spec, wall_s: float) -> Profile:
+def finish_profile(parts: list[Profile], spec, wall_s: float, num_steps: int | None = None) -> Profile:
     """Join per-call parts in (step, layer) order — the order of a single-process run, so the map
-    averages are computed in the same float order whichever process profiled which call."""
+    averages are computed in the same float order whichever process profiled which call. The
+    model record names the spec's experts over the ``num_steps`` profiled steps (default: up to
+    the last step in ``parts``) and the profile keeps the spec's prompts."""
     parts = sorted(parts, key=lambda p: (int(p.table["step"].iloc[0]), int(p.table["layer"].iloc[0])))
     prof = Profile.concat(parts)
     prof.model = {"name": spec.name, "fingerprint": spec.fingerprint}
+    if num_steps is None:
+        num_steps = prof.num_steps
+    experts = [e.to_dict() for e in getattr(spec, "experts", ()) if e.start < num_steps]
+    if experts:
+        experts[-1]["steps"][1] = min(experts[-1]["steps"][1], num_steps)
+        prof.model["experts"] = experts
+    prof.prompts = tuple(getattr(spec, "prompts", ()))
     prof.timing["wall_s"] = wall_s
     return prof

@@ -4,6 +4,20 @@
         pipe(prompt)                 # step = model forward index (capture's auto_step)
     ap.stats                         # calls, sparse, dense, fallbacks
 
+    with apply(pipe, plan) as ap:    # a diffusers pipeline object: every transformer it holds
+        pipe(prompt)                 # step = denoising step (by timestep: CFG branches are one step)
+    ap.forwards                      # (step, expert) of every transformer forward
+
+On a pipeline object (anything that is not a module but holds ``transformer`` — and, for Wan2.2,
+``transformer_2`` with a ``boundary_ratio``), every transformer is instrumented, only their
+self-attention calls are layers, and steps are numbered by the timestep each forward receives:
+CFG branches called separately (equal timesteps) or batched are one step, and the low-noise
+expert's steps continue the high-noise expert's count. A plan whose ``model.experts`` names the
+experts (:mod:`attnsearch.experts`) gives each step to one of them; layer l of step s is layer l
+of that expert; a step run by another expert is a PlanError naming both. A plan without experts
+gives every step to ``transformer``. The same holds for a model holding experts as one module
+(``ExpertPair``: a forward is a step). A plan naming experts cannot run on a lone transformer.
+
 Built on :class:`attnsearch.profiling.capture.capture_attention`, which hands each SDPA call (step, layer,
 q, k, v, kwargs) to a consumer. A call runs ``plan.layer_plan(step, layer)``:
 
@@ -58,6 +72,30 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         self.auto_step = auto_step
         self.stats: dict[str, Any] = {"calls": 0, "sparse": 0, "dense": 0, "fallbacks": Counter()}
         self._capture = None
+        self._stepper = None
+        #: (step, expert) of every forward that made attention calls (expert None: a lone model).
+        self.forwards: list[tuple[int, str | None]] = []
+        from ..experts import ExpertError, experts_of
+
+        try:
+            self.experts = experts_of(plan.model, "model")
+        except ExpertError as err:
+            raise PlanError(str(err)) from None
+        self._router = None
+        if not isinstance(model, torch.nn.Module) and isinstance(getattr(model, "transformer", None),
+                                                                   torch.nn.Module):
+            from ..models.diffusers.experts import PipelineRouter
+
+            self._router = PipelineRouter(model)
+            self._current = lambda: self._router.current
+        elif isinstance(model, torch.nn.Module) and callable(getattr(model, "named_experts", None)):
+            self._current = lambda: model.current
+        else:
+            self._current = None
+            if self.experts:
+                raise PlanError(f"model.experts: the plan covers experts {', '.join(e.name for e in self.experts)}; "
+                                f"apply it to the pipeline object that holds them, not to a lone "
+                                f"{type(model).__name__}")
 
     # -- context management ------------------------------------------------------------------------
 
@@ -65,14 +103,25 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         from ..profiling.capture import capture_attention
 
         self.stats = {"calls": 0, "sparse": 0, "dense": 0, "fallbacks": Counter()}
+        self.forwards = []
         self._layers_seen: dict[int, int] = {}
         self._last_step: int | None = None
-        self._capture = capture_attention(self.model, self._consumer, auto_step=self.auto_step)
+        if self._router is None:
+            self._capture = capture_attention(self.model, self._consumer, auto_step=self.auto_step)
+            self._capture.__enter__()
+            return self
+        self._capture = capture_attention(None, self._consumer, auto_step=False, accept=self._router.accept)
         self._capture.__enter__()
+        if self.auto_step:  # the pipeline's steps, by timestep; else the caller's set_step
+            self._stepper = self._router.stepping(self._capture)
+            self._stepper.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> Any:
         try:
+            if self._stepper is not None:
+                self._stepper.__exit__(*exc)
+                self._stepper = None
             suppressed = self._capture.__exit__(*exc)
             if exc[0] is None and self._last_step is not None:
                 self._check_layers(self._last_step)
@@ -111,7 +160,12 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         self._last_step = call.step
         self._layers_seen[call.step] = max(self._layers_seen.get(call.step, 0), call.layer + 1)
         self.stats["calls"] += 1
+        running = self._current() if self._current is not None else None
+        if call.layer == 0:
+            self.forwards.append((call.step, running))
         try:
+            if self._current is not None:
+                self._check_expert(call.step, running)
             return self._run(call)
         except PlanError as err:
             if not self.allow_dense_fallback:
@@ -119,6 +173,23 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
                                 "(allow_dense_fallback=True runs such calls dense)") from None
             self.stats["fallbacks"][str(err)] += 1
             return None  # capture runs the real SDPA
+
+    def _check_expert(self, step: int, running: str | None) -> None:
+        """The expert running ``step`` is the one the plan gives it (``transformer`` without experts)."""
+        from ..experts import expert_at
+
+        expert = expert_at(self.experts, step)
+        if not self.experts:
+            expected = "transformer"
+        elif expert is None:
+            raise PlanError(f"step: {step} is outside the plan's expert ranges (model.experts ends at step "
+                            f"{self.experts[-1].stop})")
+        else:
+            expected = expert.name
+        if running != expected:
+            ranges = ", ".join(f"{e.name} [{e.start}, {e.stop})" for e in self.experts) or "none: every step by transformer"
+            raise PlanError(f"model.experts: step {step} ran {running}, the plan gives it to {expected} (plan experts: "
+                            f"{ranges}); was the plan made for this pipeline's boundary and step count?")
 
     def _run(self, call: Any) -> torch.Tensor | None:
         plan = self.plan

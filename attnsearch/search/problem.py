@@ -110,7 +110,7 @@ class Problem:
         """(ranges, cost [R, L, H, C], err [R, L, H, C], mean recall [R, L, H, C]) — cached."""
         key = (warmup, ranges)
         if key not in self._agg:
-            rs = step_ranges(self.num_steps, warmup, ranges)
+            rs = step_ranges(self.num_steps, warmup, ranges, self.space.boundaries)
             cost = np.stack([self.cost[r.start:r.stop].sum(0, dtype=np.float64) for r in rs]).astype(np.float32)
             err = np.stack([self.err2[r.start:r.stop].sum(0, dtype=np.float64) for r in rs]).astype(np.float32)
             recall = np.stack([np.nanmean(self.space.recall[r.start:r.stop], 0) for r in rs])
@@ -251,14 +251,16 @@ class Problem:
                          for h, c in enumerate(a.choice[i, layer])]
                 layers.append(LayerPlan.from_heads(heads, sp.geometry, sp.block_size))
             entries.append(ScheduleEntry(r.start, r.stop, tuple(layers)))
-        return Plan(sp.geometry, sp.block_size, S, L, H, tuple(_merge(entries)), **meta)
+        return Plan(sp.geometry, sp.block_size, S, L, H, tuple(_merge(entries, sp.boundaries)), **meta)
 
 
-def _merge(entries: list[ScheduleEntry]) -> list[ScheduleEntry]:
-    """Adjacent entries with the same content become one (e.g. dense warm-up + a dense range)."""
+def _merge(entries: list[ScheduleEntry], boundaries: tuple[int, ...] = ()) -> list[ScheduleEntry]:
+    """Adjacent entries with the same content become one (e.g. dense warm-up + a dense range);
+    sparse entries stay apart at an expert hand-over step (their layers are different experts')."""
     out: list[ScheduleEntry] = []
     for e in entries:
-        if out and out[-1].layers == e.layers and out[-1].stop == e.start:
+        if (out and out[-1].layers == e.layers and out[-1].stop == e.start
+                and (e.layers is None or e.start not in boundaries)):
             out[-1] = ScheduleEntry(out[-1].start, e.stop, e.layers)
         else:
             out.append(e)

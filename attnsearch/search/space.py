@@ -22,9 +22,11 @@ import math
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Sequence
 
 import numpy as np
 
+from ..experts import boundaries, experts_of
 from ..geometry import Geometry
 from ..patterns import SPARSE_FAMILIES, block_mask
 from ..profiling.candidates import stripe_base, stripe_gain
@@ -49,6 +51,8 @@ class SearchSpace:
     rel_err: np.ndarray               # float64 [S, L, H, C]
     recall: np.ndarray                # float64 [S, L, H, C]
     stripe_params: dict[int, np.ndarray] = field(default_factory=dict)  # c → object [S, L, H] JSON
+    #: Steps where the profiled pipeline hands over to its next expert (Wan2.2): no step range spans one.
+    boundaries: tuple[int, ...] = ()
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -200,17 +204,20 @@ def build_space(profile) -> SearchSpace:
     if missing_sites.any():
         s, l, h = (int(x[0]) for x in np.nonzero(missing_sites))
         raise SearchError(f"profile: step {s}, layer {l}, head {h} has no measured candidate (incomplete profile)")
+    handovers = tuple(b for b in boundaries(experts_of(profile.model, "profile model")) if b < S)
     return SearchSpace(profile.geometry, profile.settings.block_size, names_all, families, params, rows,
-                       density, rel_err, recall, stripe_params)
+                       density, rel_err, recall, stripe_params, handovers)
 
 
-def step_ranges(num_steps: int, warmup: int, ranges: int) -> list[range]:
-    """[warmup, num_steps) split into ``ranges`` contiguous ranges of near-equal length."""
+def step_ranges(num_steps: int, warmup: int, ranges: int, boundaries: Sequence[int] = ()) -> list[range]:
+    """[warmup, num_steps) split into ``ranges`` contiguous ranges of near-equal length, each range
+    that spans one of ``boundaries`` (an expert hand-over step) split there."""
     if not 0 <= warmup < num_steps:
         raise SearchError(f"warm-up steps must be in [0, {num_steps}), got {warmup}")
     n = num_steps - warmup
     ranges = max(1, min(ranges, n))
     edges = [warmup + math.floor(i * n / ranges) for i in range(ranges + 1)]
+    edges = sorted(set(edges) | {b for b in boundaries if warmup < b < num_steps})
     return [range(a, b) for a, b in zip(edges[:-1], edges[1:])]
 
 

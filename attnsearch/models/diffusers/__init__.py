@@ -12,18 +12,22 @@ Each transformer is *instrumented* (:func:`instrument`): hooks mark its self-att
 and ``model.attnsearch_accept`` tells capture (hence apply and the profiler) that only their SDPA
 calls are layers. Family specifics — which modules, text position, masks — are in ``wan``,
 ``cogvideox`` and ``hunyuan``, each a :class:`Family` (``family``) that ``registry`` names; what
-a step is and how a model is instrumented and fed in ``common``.
+a step is and how a model is instrumented and fed in ``common``; a pipeline's transformers (one, or
+Wan2.2's two experts) and their step numbering under ``apply(pipe, plan)`` in ``experts``; the
+closed sampling loop in ``sampling``.
 Importing this package does not import diffusers; using it without diffusers raises
 ``ModelUnavailableError`` (pip install 'attnsearch[diffusers]').
 """
 
 from __future__ import annotations
 
-from .common import TimestepStepper, denoising_inputs, geometry_of, instrument, load_random, random_transformer, sample
+from .common import TimestepStepper, denoising_inputs, geometry_of, instrument, load_random, random_transformer
+from .experts import ExpertPair, PipelineRouter, pipeline_transformers
 from .family import Family, Instrumentation, VideoSize, require_diffusers
 from .pretrained import load_pretrained, resolve_path
 from .registry import FAMILIES, PRESETS, family_of, register_family, resolve_preset
+from .sampling import sample
 
-__all__ = ["FAMILIES", "PRESETS", "Family", "Instrumentation", "TimestepStepper", "VideoSize", "denoising_inputs",
+__all__ = ["ExpertPair", "FAMILIES", "PRESETS", "Family", "PipelineRouter", "pipeline_transformers", "Instrumentation", "TimestepStepper", "VideoSize", "denoising_inputs",
            "family_of", "geometry_of", "instrument", "load_pretrained", "load_random", "random_transformer",
            "register_family", "require_diffusers", "resolve_path", "resolve_preset", "sample"]

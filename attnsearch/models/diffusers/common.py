@@ -22,7 +22,7 @@ Geometry. Inferred from the config and the actual inputs (:func:`geometry_of`, d
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -77,51 +77,70 @@ def geometry_of(model: nn.Module, inputs: dict[str, Any]) -> Geometry:
 # --- steps -------------------------------------------------------------------------------------
 
 
+def timestep_value(t: Any) -> float:
+    """The denoising timestep of a forward's ``timestep`` argument: its largest entry (a batch of
+    equal values, or Wan2.2 TI2V's per-token timesteps, whose first-frame tokens carry 0)."""
+    return float(t.max()) if isinstance(t, torch.Tensor) else float(t)
+
+
 class TimestepStepper:
     """Number steps by the timestep each transformer forward receives (for real pipelines).
 
         with apply(pipe.transformer, plan, auto_step=False) as ap, TimestepStepper(pipe.transformer, ap):
             pipe(prompt, ...)
 
-    Before every forward: the first forward, or one whose timestep is larger than the last one
-    (a new generation: timesteps fall during denoising), is step 0; a smaller timestep is the next
-    step; an equal one (another CFG branch of the same denoising step) keeps the step. ``target``
-    is anything with ``set_step`` (``apply`` or ``capture_attention`` with ``auto_step=False``).
-    Reading the timestep costs one host sync per forward.
+    ``model``: one transformer, or a sequence of (name, transformer) pairs sharing one count (the
+    experts of a Wan2.2 pipeline: the low-noise expert's first step follows the high-noise
+    expert's last). Before every forward: the first forward, or one whose timestep is larger than
+    the last one (a new generation: timesteps fall during denoising), is step 0; a smaller
+    timestep is the next step; an equal one (another CFG branch of the same denoising step) keeps
+    the step. ``current`` names the transformer whose forward runs (None outside forwards).
+    ``target`` is anything with ``set_step`` (``apply`` or ``capture_attention`` with
+    ``auto_step=False``). Reading the timestep costs one host sync per forward.
     """
 
-    def __init__(self, model: nn.Module, target: Any) -> None:
+    def __init__(self, model: nn.Module | Sequence[tuple[str, nn.Module]], target: Any) -> None:
         if not callable(getattr(target, "set_step", None)):
             raise TypeError(f"TimestepStepper: target needs set_step(), got {type(target).__name__}")
-        self.model, self.target = model, target
-        self.signature = inspect.signature(model.forward)
-        if "timestep" not in self.signature.parameters:
-            raise ValueError(f"{type(model).__name__}.forward has no 'timestep' argument")
+        self.models = [("transformer", model)] if isinstance(model, nn.Module) else list(model)
+        self.target = target
+        self.signatures = {}
+        for name, m in self.models:
+            self.signatures[name] = inspect.signature(m.forward)
+            if "timestep" not in self.signatures[name].parameters:
+                raise ValueError(f"{type(m).__name__}.forward has no 'timestep' argument")
+        self.model = self.models[0][1]
         self.step = -1
         self.last: float | None = None
-        self._handle = None
+        self.current: str | None = None
+        self._handles: list[Any] = []
 
-    def _hook(self, module, args, kwargs) -> None:
-        bound = self.signature.bind_partial(*args, **kwargs)
+    def _hook(self, name: str, args, kwargs) -> None:
+        bound = self.signatures[name].bind_partial(*args, **kwargs)
         t = bound.arguments.get("timestep")
         if t is None:
             raise ValueError("TimestepStepper: the forward got no timestep")
-        value = float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
+        value = timestep_value(t)
         if self.last is None or value > self.last:
             self.step = 0
         elif value < self.last:
             self.step += 1
         self.last = value
+        self.current = name
         self.target.set_step(self.step)
 
     def __enter__(self) -> TimestepStepper:
-        self._handle = self.model.register_forward_pre_hook(self._hook, with_kwargs=True)
+        for name, m in self.models:
+            self._handles.append(m.register_forward_pre_hook(
+                lambda module, args, kwargs, name=name: self._hook(name, args, kwargs), with_kwargs=True))
+            self._handles.append(m.register_forward_hook(lambda *a: setattr(self, "current", None),
+                                                         always_call=True))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        while self._handles:
+            self._handles.pop().remove()
+        self.current = None
 
 
 # --- random transformers and inputs --------------------------------------------------------------
@@ -228,37 +247,5 @@ def load_random(preset: str, *, num_frames: int | None = None, height: int | Non
                      fingerprint=fingerprint(model))
 
 
-# --- a closed denoising loop, for validation ------------------------------------------------------
-
-
-def sample(model: nn.Module, inputs: list[dict[str, Any]], *, plan: Any = None, **apply_kwargs: Any) -> torch.Tensor:
-    """Run a deterministic flow-matching Euler loop from ``inputs[0]`` and return the final latents.
-
-    Step i feeds the current latents with ``inputs[i]``'s timestep and conditioning; the update is
-    x ← x + (σ_{i+1} − σ_i)·v with σ = timestep / 1000 (σ_{n} = 0). With ``plan``, every forward
-    runs under ``apply(model, plan, **apply_kwargs)`` (step i = forward i). Compare dense and sparse
-    finals with :mod:`attnsearch.metrics`. It is the same closed loop for both, not each model's
-    own scheduler: a consistent yardstick for how far sparse attention drifts.
-    """
-    from contextlib import nullcontext
-
-    fam = family_of(model)
-    ctx = nullcontext()
-    if plan is not None:
-        from ...runtime import apply
-
-        ctx = apply(model, plan, **apply_kwargs)
-    x = inputs[0]["hidden_states"]
-    sigmas = [float(e["timestep"].reshape(-1)[0]) / (999.0 if fam.timestep_dtype == torch.long else 1000.0)
-              for e in inputs] + [0.0]
-    with torch.no_grad(), ctx:
-        for i, entry in enumerate(inputs):
-            kw = dict(entry, hidden_states=x)
-            v = model(**kw)
-            v = v[0] if isinstance(v, (tuple, list)) else getattr(v, "sample", v)
-            x = (x.float() + (sigmas[i + 1] - sigmas[i]) * v.float()).to(x.dtype)
-    return x
-
-
 __all__ = ["SDPA_BACKENDS", "TimestepStepper", "cast_keeping_fp32", "check_sdpa_backend",
-           "denoising_inputs", "geometry_of", "instrument", "load_random", "random_transformer", "sample"]
+           "denoising_inputs", "geometry_of", "instrument", "load_random", "random_transformer", "timestep_value"]

@@ -3,17 +3,22 @@
 Nothing is ever downloaded: a repo id is looked up in the local Hugging Face cache only, and
 missing weights are a one-line error naming the path and how to fetch them elsewhere.
 
-A pipeline folder (``model_index.json``) runs the real pipeline once (``output_type="latent"``)
-with the given prompt and sizes, recording every transformer forward: the recorded keyword inputs
-become the ModelSpec's inputs, one per denoising step (the CFG branches of a step — Wan and
-HunyuanVideo call the transformer once per branch — are concatenated on the batch dimension,
-exactly what CogVideoX's pipeline does itself). So the profile sees the real denoising trajectory.
+A pipeline folder (``model_index.json``) runs the real pipeline once per prompt
+(``output_type="latent"``) with the given sizes, recording every transformer forward: the
+recorded keyword inputs become the ModelSpec's inputs, one per denoising step (the CFG branches
+of a step — Wan and HunyuanVideo call the transformer once per branch — are concatenated on the
+batch dimension, exactly what CogVideoX's pipeline does itself; then the prompts, prompt-major,
+so ``spec.prompts`` says which batch share is whose). So the profile sees the real denoising
+trajectory of every prompt. A pipeline of two experts (Wan2.2: ``transformer_2`` and a
+``boundary_ratio``) becomes one :class:`~.experts.ExpertPair` model with ``spec.experts`` naming
+the steps each runs. Image-to-video pipelines (Wan I2V, CogVideoX I2V) take ``image``.
 A transformer folder (``config.json`` of a supported class) loads the transformer alone and makes
 inputs as ``diffusers-random`` does (random text embeddings: no text encoder is at hand).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import warnings
 from pathlib import Path
@@ -22,7 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .common import denoising_inputs, instrument
+from .common import denoising_inputs, instrument, timestep_value
+from .experts import ExpertPair, boundary_timestep, pipeline_transformers
 from .family import VideoSize, require_diffusers, resolve_dtype
 from .registry import FAMILIES, family_of
 
@@ -98,61 +104,151 @@ def _merge(group: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _record(pipe: Any, call_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
-    transformer = pipe.transformer
-    sig_params = list(__import__("inspect").signature(transformer.forward).parameters)
-    seen: list[dict[str, Any]] = []
+def _record(pipe: Any, call_kwargs: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Run the pipeline once; per denoising step, (the transformer that ran it, its keyword inputs
+    with the CFG branches on the batch dimension). Steps are told apart by timestep, as
+    :class:`~.common.TimestepStepper` numbers them."""
+    experts = pipeline_transformers(pipe)
+    seen: list[tuple[str, dict[str, Any]]] = []
 
-    def hook(module, args, kwargs) -> None:
-        kw = dict(zip(sig_params, args))
+    def hook(name: str, params: list[str], args, kwargs) -> None:
+        kw = dict(zip(params, args))
         kw.update(kwargs)
-        seen.append({k: (v.detach().clone() if isinstance(v, torch.Tensor) else
-                         tuple(t.detach().clone() for t in v) if isinstance(v, tuple) and v
-                         and all(isinstance(t, torch.Tensor) for t in v) else v) for k, v in kw.items()})
+        seen.append((name, {k: (v.detach().clone() if isinstance(v, torch.Tensor) else
+                                tuple(t.detach().clone() for t in v) if isinstance(v, tuple) and v
+                                and all(isinstance(t, torch.Tensor) for t in v) else v) for k, v in kw.items()}))
 
-    handle = transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    handles = [m.register_forward_pre_hook(
+        lambda mod, args, kwargs, name=name, params=list(inspect.signature(m.forward).parameters):
+        hook(name, params, args, kwargs), with_kwargs=True) for name, m in experts]
     try:
         with torch.no_grad():
             pipe(**call_kwargs)
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
     if not seen:
         raise ValueError("diffusers: the pipeline never called its transformer")
-    steps: list[list[dict[str, Any]]] = []
+    steps: list[tuple[str, list[dict[str, Any]]]] = []
     last = None
-    for kw in seen:
-        t = kw.get("timestep")
-        value = float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else t
+    for name, kw in seen:
+        value = timestep_value(kw.get("timestep"))
         if steps and value == last:
-            steps[-1].append(kw)
+            if steps[-1][0] != name:
+                raise ValueError(f"diffusers: one denoising step (timestep {value:g}) ran both {steps[-1][0]} and "
+                                 f"{name}")
+            steps[-1][1].append(kw)
         else:
-            steps.append([kw])
+            steps.append((name, [kw]))
         last = value
-    inputs = [_merge(g) for g in steps]
-    for kw in inputs:
+    out = []
+    for name, group in steps:
+        kw = _merge(group)
         kw["return_dict"] = False
         kw.pop("attention_kwargs", None)
-    return inputs
+        out.append((name, kw))
+    return out
+
+
+def _prompt_list(prompt: str, prompts: Any) -> list[str]:
+    if prompts is None:
+        prompts = [prompt]
+    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError(f"option prompts must be a non-empty list of prompts, got {prompts!r}")
+    bad = [p for p in prompts if not isinstance(p, str) or not p.strip()]
+    if bad:
+        raise ValueError(f"option prompts: every prompt must be a non-empty string, got {bad[0]!r}")
+    return list(prompts)
+
+
+def _image(pipe: Any, image: Any) -> dict[str, Any]:
+    """The ``image`` call argument of an image-to-video pipeline (a path, or a PIL image)."""
+    takes = "image" in inspect.signature(pipe.__call__).parameters
+    if not takes:
+        if image is not None:
+            raise ValueError(f"diffusers: {type(pipe).__name__} is not an image-to-video pipeline: it takes no image")
+        return {}
+    if image is None:
+        raise ValueError(f"diffusers: {type(pipe).__name__} is an image-to-video pipeline: give the conditioning "
+                         "image (-o image=PATH)")
+    if isinstance(image, (str, Path)):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(image) as img:
+                image = img.convert("RGB")
+        except (OSError, UnidentifiedImageError) as exc:
+            raise ValueError(f"option image: cannot read {image} as an image ({type(exc).__name__})") from None
+    return {"image": image}
+
+
+def _by_prompt(records: list[list[tuple[str, dict[str, Any]]]], prompts: list[str],
+               family: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """Per step: the expert that ran it and the prompts' inputs on the batch dimension (prompt-major)."""
+    if family == "hunyuanvideo":
+        from .hunyuan import trim_text_padding
+
+        records = [[(name, trim_text_padding(kw)) for name, kw in rec] for rec in records]
+        lengths = {p: int(rec[0][1]["encoder_hidden_states"].shape[1]) for p, rec in zip(prompts, records)}
+        if len(set(lengths.values())) > 1:
+            detail = ", ".join(f"{n} ({p[:30]!r})" for p, n in lengths.items())
+            raise ValueError(f"hunyuanvideo: the prompts have different text lengths after the template: {detail} "
+                             "tokens; a profile holds one geometry: give prompts of one token length")
+    first = records[0]
+    for p, rec in zip(prompts[1:], records[1:]):
+        times = [timestep_value(kw["timestep"]) for _, kw in rec]
+        if len(rec) != len(first) or times != [timestep_value(kw["timestep"]) for _, kw in first]:
+            raise ValueError(f"diffusers: prompt {p[:30]!r} ran {len(rec)} steps at other timesteps than "
+                             f"prompt {prompts[0][:30]!r} ({len(first)} steps)")
+    names = [name for name, _ in first]
+    inputs = [_merge([rec[i][1] for rec in records]) for i in range(len(first))]
+    return names, inputs
+
+
+def _experts(names: list[str], modules: dict[str, nn.Module]) -> tuple:
+    """Contiguous step ranges per expert → Expert records (() for a single transformer)."""
+    from .. import fingerprint
+    from ...experts import Expert
+
+    if set(names) == {"transformer"}:
+        return ()
+    ranges: list[list[Any]] = []
+    for i, name in enumerate(names):
+        if ranges and ranges[-1][0] == name:
+            ranges[-1][2] = i + 1
+        else:
+            ranges.append([name, i, i + 1])
+    if len({r[0] for r in ranges}) != len(ranges):
+        raise ValueError(f"diffusers: the experts alternate over the steps ({', '.join(names)}); "
+                         "attnsearch needs each expert to run one contiguous range of steps")
+    return tuple(Expert(n, a, b, fingerprint(modules[n])) for n, a, b in ranges)
 
 
 def load_pretrained(path: str, *, prompt: str = "A cat walks on the grass, realistic style.",
-                    negative_prompt: str | None = None, num_frames: int | None = None, height: int | None = None,
-                    width: int | None = None, steps: int = 4, guidance_scale: float | None = None, seed: int = 0,
-                    dtype: Any = "bfloat16", device: Any = None, text_tokens: int | None = None):
-    """Registry factory of ``diffusers:<path>`` (see the module docstring)."""
+                    prompts: list[str] | None = None, negative_prompt: str | None = None,
+                    num_frames: int | None = None, height: int | None = None, width: int | None = None,
+                    steps: int = 4, guidance_scale: float | None = None, seed: int = 0, dtype: Any = "bfloat16",
+                    device: Any = None, text_tokens: int | None = None, image: Any = None):
+    """Registry factory of ``diffusers:<path>`` (see the module docstring). ``prompts`` (a list)
+    replaces ``prompt``: the pipeline runs once per prompt, prompt i with seed ``seed + i``;
+    ``image``: the conditioning image (a path) of an image-to-video pipeline."""
     from .. import ModelSpec, fingerprint
 
     diffusers = require_diffusers()
+    texts = _prompt_list(prompt, prompts)
     folder = resolve_path(path)
     dtype = resolve_dtype(dtype)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     by_class = {f.class_name: f for f in FAMILIES.values()}
+    experts: tuple = ()
 
     name = _class_name(folder)
     if name is not None and not (folder / "model_index.json").is_file():
         if name not in by_class:
             raise ValueError(f"diffusers: {folder} holds a {name}, which has no attnsearch adapter "
                              f"(known: {', '.join(by_class)})")
+        if prompts is not None or image is not None:
+            raise ValueError(f"diffusers: {folder} holds a transformer alone: prompts and image need its pipeline")
         fam = by_class[name]
         model = load_local(getattr(diffusers, name), folder, dtype)
         model = model.to(device).eval().requires_grad_(False)
@@ -164,6 +260,8 @@ def load_pretrained(path: str, *, prompt: str = "A cat walks on the grass, reali
                       "the prompt", RuntimeWarning, stacklevel=2)
         tokens = fam.check_text_tokens(model.config, text_tokens or default_text)
         inputs = denoising_inputs(model, latent=latent, text_tokens=tokens, steps=steps, seed=seed)
+        texts = []
+        geometry_model = model
     elif (folder / "model_index.json").is_file():
         try:
             pipe = load_local(diffusers.DiffusionPipeline, folder, dtype)
@@ -171,27 +269,32 @@ def load_pretrained(path: str, *, prompt: str = "A cat walks on the grass, reali
             raise _missing(path, f"incomplete pipeline: {exc}".splitlines()[0]) from None
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
-        model = getattr(pipe, "transformer", None)
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"diffusers: the pipeline at {folder} has no transformer")
-        fam = family_of(model)
-        instrument(model)
-        call = {"prompt": prompt, "num_inference_steps": steps, "output_type": "latent",
-                "generator": torch.Generator(device="cpu").manual_seed(seed)}
+        modules = dict(pipeline_transformers(pipe))
+        geometry_model = next(iter(modules.values()))
+        fam = family_of(geometry_model)
+        for m in modules.values():
+            instrument(m)
+        call = {"num_inference_steps": steps, "output_type": "latent", **_image(pipe, image)}
         for key, value in (("negative_prompt", negative_prompt), ("num_frames", num_frames), ("height", height),
                            ("width", width), ("guidance_scale", guidance_scale)):
             if value is not None:
                 call[key] = value
-        inputs = _record(pipe, call)
-        if fam.name == "hunyuanvideo":
-            from .hunyuan import trim_text_padding
-
-            inputs = [trim_text_padding(kw) for kw in inputs]
+        records = [_record(pipe, {**call, "prompt": text,
+                                  "generator": torch.Generator(device="cpu").manual_seed(seed + i)})
+                   for i, text in enumerate(texts)]
+        names, inputs = _by_prompt(records, texts, fam.name)
+        experts = _experts(names, modules)
+        if len(experts) > 1:
+            model = ExpertPair(modules["transformer"], modules["transformer_2"], boundary_timestep(pipe))
+        else:
+            model = modules[names[0]]
+        if prompts is None:
+            texts = []
     else:
         raise _missing(path, "no model_index.json or transformer config.json in it")
-    geometry = fam.geometry(model, inputs[0])
+    geometry = fam.geometry(geometry_model, inputs[0])
     for i, kw in enumerate(inputs[1:], 1):
-        if fam.geometry(model, kw) != geometry:
-            raise ValueError(f"diffusers: step {i} has geometry {fam.geometry(model, kw)}, step 0 {geometry}")
+        if fam.geometry(geometry_model, kw) != geometry:
+            raise ValueError(f"diffusers: step {i} has geometry {fam.geometry(geometry_model, kw)}, step 0 {geometry}")
     return ModelSpec(name=f"diffusers:{path}", model=model, geometry=geometry, inputs=inputs,
-                     fingerprint=fingerprint(model))
+                     fingerprint=fingerprint(model), prompts=tuple(texts), experts=experts)
