@@ -138,8 +138,10 @@ def test_cuda_graph_captures_a_whole_forward_under_apply():
     plan = Plan(g, 128, 1, model.config.num_layers, 4,
                 (ScheduleEntry(0, 1, (_four_heads(g),) * model.config.num_layers),))
     with torch.no_grad(), apply(model, plan, auto_step=False) as ap:
-        ap.set_step(0)
-        eager = [model(**kw)[0] for kw in inputs]
+        eager = []
+        for kw in inputs:
+            ap.set_step(0)
+            eager.append(model(**kw)[0])
         static = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in inputs[0].items()}
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
