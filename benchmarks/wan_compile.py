@@ -36,74 +36,13 @@ from pathlib import Path
 
 import torch
 
-from attnsearch.bench.forward import LAYER_SCALES, ForwardTimer, forced_cudnn, mixed_forward_plan, rel_l2
+from attnsearch.bench.forward import MODES, LAYER_SCALES, ForwardTimer, mixed_forward_plan, rel_l2, time_forward_modes
 from attnsearch.bench.output import write_outputs
 from attnsearch.models.diffusers import VideoSize, denoising_inputs, instrument, random_transformer
 from attnsearch.models.diffusers.wan import FAMILY as WAN
-from attnsearch.runtime import apply
-
-MODES = ("eager", "compile", "graph", "compile+graph")
-
-
-def capture_graph(fn, static_out: list) -> torch.cuda.CUDAGraph:
-    """``fn()`` captured in a CUDA graph after a warm-up on a side stream; its output kept in
-    ``static_out``."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out.append(fn())
-    return graph
-
-
-def run_modes(model, kw, timer: ForwardTimer, modes, *, cuda: bool, cudnn: bool, plan=None, backend="auto"):
-    """{mode: {"ms": timing, "out": output}} of one configuration (dense when ``plan`` is None)."""
-    compiled = torch.compile(model, fullgraph=True)
-    results = {}
-    for mode in modes:
-        net = compiled if mode.startswith("compile") else model
-        ctx = apply(model, plan, auto_step=False, backend=backend) if plan is not None else None
-
-        def forward(net=net, ctx=ctx):
-            if ctx is not None:
-                ctx.set_step(0)
-            with torch.no_grad(), forced_cudnn(cudnn):
-                return net(**kw)[0]
-
-        t0 = time.time()
-        try:
-            if ctx is not None:
-                ctx.__enter__()
-            out = forward()  # first call: compilation, Triton tuning, block tables
-            first_s = time.time() - t0
-            if mode.endswith("graph"):
-                static: list = []
-                graph = capture_graph(forward, static)
-                timing = timer(graph.replay)
-                graph.replay()
-                torch.cuda.synchronize()
-                out = static[0].clone()
-            else:
-                timing = timer(forward)
-            results[mode] = {"ms": timing, "out": out, "first_call_s": first_s}
-        except Exception as err:  # noqa: BLE001  (a mode that cannot run is reported, the others still run)
-            results[mode] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
-        finally:
-            if ctx is not None:
-                ctx.__exit__(None, None, None)
-        print(f"  {mode:14s} {_cell(results[mode])}", flush=True)
-    return results
-
 
 def _density(row: dict) -> str:
     return "1" if row["density"] is None else f"{row['density']:.3f}"
-
-
-def _cell(r: dict) -> str:
-    return f"{r['ms']['median']:.1f} ms" if "ms" in r else f"failed ({r['error']})"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"geometry {geometry}, {num_layers} layers × {num_heads} heads  ({time.time() - t_start:.0f}s)", flush=True)
 
     print("dense", flush=True)
-    dense = run_modes(model, kw, timer, modes, cuda=cuda, cudnn=cuda)
+    dense = time_forward_modes(model, kw, timer, modes, cudnn=cuda)
     rows = [_row("dense", None, dense, dense)]
     for target in args.density:
         plan = mixed_forward_plan(geometry, num_layers, num_heads, block_size, target,
@@ -149,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
                                   search={"benchmark": "wan_compile", "target_density": target,
                                           "layer_scales": list(LAYER_SCALES)})
         print(f"sparse, mean density {plan.mean_density:.3f}", flush=True)
-        sparse = run_modes(model, kw, timer, modes, cuda=cuda, cudnn=cuda, plan=plan, backend=backend)
+        sparse = time_forward_modes(model, kw, timer, modes, cudnn=cuda, plan=plan, backend=backend)
         rows.append(_row("sparse", plan.mean_density, sparse, dense))
         torch._dynamo.reset()
     result = {"env": env, "video": vars(size), "geometry": geometry.to_dict(), "tokens": geometry.num_tokens,

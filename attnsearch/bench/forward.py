@@ -6,14 +6,15 @@ forward is hundreds of ms: per-call synchronisation costs nothing measurable), o
 the CPU. ``mixed_forward_plan``: every layer mixes the four sparse families (diagonal,
 multi_diagonal, vertical_stripe, energy_decay; the assignment rotated per layer) with parameters
 from real block masks at the target density (``family_params``), layer targets cycling through
-``LAYER_SCALES`` × the target.
+``LAYER_SCALES`` × the target. ``time_forward_modes``: one forward eager, compiled, in a CUDA graph
+or both, dense or under a plan.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Callable
 
 import torch
@@ -21,6 +22,7 @@ import torch
 from ..geometry import Geometry
 from ..patterns import SPARSE_FAMILIES
 from ..plan import LayerPlan, Plan, ScheduleEntry
+from ..runtime import apply
 from .layers import family_params
 
 LAYER_SCALES = (0.75, 1.0, 1.25)
@@ -88,4 +90,67 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
-__all__ = ["ForwardTimer", "LAYER_SCALES", "forced_cudnn", "mixed_forward_plan", "rel_l2"]
+#: ``time_forward_modes``: eager; ``torch.compile(fullgraph=True)``; the eager forward captured in a
+#: CUDA graph; the compiled forward captured in a CUDA graph.
+MODES = ("eager", "compile", "graph", "compile+graph")
+
+
+def capture_graph(fn, static_out: list) -> torch.cuda.CUDAGraph:
+    """``fn()`` captured in a CUDA graph after a warm-up on a side stream; its output kept in
+    ``static_out``."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out.append(fn())
+    return graph
+
+
+def time_forward_modes(model, kw: dict, timer: ForwardTimer, modes=MODES, *, cudnn: bool = False, plan=None,
+                       backend: str = "auto") -> dict:
+    """Time ``model(**kw)`` in each of ``modes`` (``MODES``): ``{mode: {"ms": timing, "out": output,
+    "first_call_s": s}}``, or ``{"error": line}`` for a mode that cannot run. Dense when ``plan`` is
+    None, else under ``apply(model, plan)`` at step 0; ``cudnn``: SDPA restricted to cuDNN.
+    Graph modes capture after warm-up and time replays; the first call (compilation, tuning,
+    block tables) is timed apart."""
+    compiled = torch.compile(model, fullgraph=True)
+    results = {}
+    for mode in modes:
+        net = compiled if mode.startswith("compile") else model
+        ctx = apply(model, plan, auto_step=False, backend=backend) if plan is not None else None
+
+        def forward(net=net, ctx=ctx):
+            if ctx is not None:
+                ctx.set_step(0)
+            with torch.no_grad(), forced_cudnn(cudnn):
+                return net(**kw)[0]
+
+        t0 = time.time()
+        try:
+            with ExitStack() as stack:
+                if ctx is not None:
+                    stack.enter_context(ctx)
+                out = forward()  # first call: compilation, Triton tuning, block tables
+                first_s = time.time() - t0
+                if mode.endswith("graph"):
+                    static: list = []
+                    graph = capture_graph(forward, static)
+                    timing = timer(graph.replay)
+                    graph.replay()
+                    torch.cuda.synchronize()
+                    out = static[0].clone()
+                else:
+                    timing = timer(forward)
+            results[mode] = {"ms": timing, "out": out, "first_call_s": first_s}
+        except Exception as err:  # noqa: BLE001  (a mode that cannot run is reported, the others still run)
+            results[mode] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
+        r = results[mode]
+        print(f"  {mode:14s} " + (f"{r['ms']['median']:.1f} ms" if "ms" in r else f"failed ({r['error']})"), flush=True)
+    return results
+
+
+__all__ = ["ForwardTimer", "LAYER_SCALES", "MODES", "capture_graph", "forced_cudnn", "mixed_forward_plan", "rel_l2",
+           "time_forward_modes"]
