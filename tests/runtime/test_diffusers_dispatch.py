@@ -12,8 +12,8 @@ from attnsearch.runtime import apply
 pytest.importorskip("diffusers")
 
 
-@pytest.fixture(scope="module")
-def wan():
+def tiny_wan():
+    """(tiny random Wan2.1 transformer, one step's inputs, a one-step plan with four families)."""
     from attnsearch.models.diffusers import VideoSize, denoising_inputs, random_transformer
     from attnsearch.models.diffusers.wan import FAMILY as WAN
 
@@ -25,6 +25,11 @@ def wan():
                                ("vertical_stripe", {"key_blocks": [0]})], g, 64)
     plan = Plan(g, 64, 1, 2, 4, (ScheduleEntry(0, 1, (lp, lp)),))
     return model, inputs[0], plan
+
+
+@pytest.fixture(scope="module")
+def wan():
+    return tiny_wan()
 
 
 @pytest.fixture

@@ -147,23 +147,15 @@ def _ulysses_rank(rank: int, world: int, port: int, results) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         from diffusers import ContextParallelConfig
+        from test_diffusers_dispatch import tiny_wan
 
-        from attnsearch.models.diffusers import VideoSize, denoising_inputs, random_transformer
-        from attnsearch.models.diffusers.wan import FAMILY as WAN
-
-        model = random_transformer("wan2.1-1.3b", WAN.tiny)
-        inputs = denoising_inputs(model, latent=WAN.latent_size(model.config, VideoSize(9, 64, 64)), text_tokens=7,
-                                  steps=1)
-        g = WAN.geometry(model, inputs[0])
-        lp = LayerPlan.from_heads([("diagonal", {"rows": 1}), ("skip", {}), ("dense", {}),
-                                   ("vertical_stripe", {"key_blocks": [0]})], g, 64)
-        plan = Plan(g, 64, 1, 2, 4, (ScheduleEntry(0, 1, (lp, lp)),))
+        model, kw, plan = tiny_wan()
         with torch.no_grad(), apply(model, plan, backend="torch"):
-            whole = model(**inputs[0])[0]
+            whole = model(**kw)[0]
         torch.accelerator.device_count = lambda: 1  # diffusers places rank r on accelerator r % count; CPU has none
         model.enable_parallelism(config=ContextParallelConfig(ulysses_degree=world))
         with torch.no_grad(), apply(model, plan, backend="torch") as ap:
-            split = model(**inputs[0])[0]
+            split = model(**kw)[0]
         results.put((rank, ap.layout.heads, ap.stats["sparse"], torch.equal(split, whole)))
     finally:
         dist.destroy_process_group()
