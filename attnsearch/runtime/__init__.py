@@ -76,8 +76,8 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_pl
         when q is dense, as SDPA's fused backends do: for the [batch, N, heads, head_dim] view
         diffusers passes, its transpose back after attention is then free instead of a copy.
 
-    Under ``torch.compile`` the call is one ``torch.ops.attnsearch.sparse_attention`` node (``ops``):
-    no graph break, the layer plan a constant of the graph.
+    Under ``torch.compile`` a call without ``out`` is one ``torch.ops.attnsearch.sparse_attention``
+    node (``ops``): no graph break, the layer plan a constant of the graph.
     """
     if torch.compiler.is_compiling() and out is None:
         from .ops import layer_plan_id, sparse_attention_op

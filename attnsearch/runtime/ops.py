@@ -67,11 +67,13 @@ def _output_like(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return q.new_empty((*q.shape[:-1], v.shape[-1]))
 
 
-def _into(out: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
-    """``result`` in ``out``'s layout: the real output must match what the fake promised the compiler."""
-    if result.stride() == out.stride() or result.numel() == 0:
+def _in_layout_of(q: torch.Tensor, v: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    """``result`` in :func:`_output_like`'s layout (what the fake promised the compiler), copied only
+    where it differs."""
+    promised = _output_like(q.to("meta"), v.to("meta"))
+    if result.stride() == promised.stride() or result.numel() == 0:
         return result
-    return out.copy_(result)
+    return _output_like(q, v).copy_(result)
 
 
 # --- sparse_attention: one call, one layer plan -----------------------------------------------------
@@ -140,9 +142,8 @@ def planned_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, token: 
                         "under apply runs only inside it")
     kwargs = {"attn_mask": attn_mask, "dropout_p": dropout_p, "is_causal": is_causal, "scale": scale,
               "enable_gqa": enable_gqa}
-    out = _output_like(q, v)
     with torch._C.DisableTorchFunction():  # SDPA calls made here are the plan's, not the model's
-        return _into(out, runner(q, k, v, kwargs))
+        return _in_layout_of(q, v, runner(q, k, v, kwargs))
 
 
 @planned_attention.register_fake
