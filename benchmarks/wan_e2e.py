@@ -48,83 +48,19 @@ import math
 import os
 import statistics
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from attnsearch.bench import family_params
+from attnsearch.bench.forward import LAYER_SCALES, ForwardTimer, forced_cudnn, mixed_forward_plan, rel_l2
 from attnsearch.bench.output import write_outputs
 from attnsearch.profiling.capture import capture_attention
 from attnsearch.models.diffusers import denoising_inputs, instrument, random_transformer
 from attnsearch.models.diffusers.wan import FAMILY as WAN
 from attnsearch.models.diffusers import VideoSize
 from attnsearch.patterns import SPARSE_FAMILIES
-from attnsearch.plan import LayerPlan, Plan, ScheduleEntry
 from attnsearch.runtime import apply, select_backend, sparse_attention
-
-LAYER_SCALES = (0.75, 1.0, 1.25)
-
-
-def build_plan(geometry, num_layers: int, num_heads: int, block_size: int, target: float) -> Plan:
-    """Mixed-family layers at real block-mask densities around ``target`` (see the docstring)."""
-    params = {}
-    for scale in LAYER_SCALES:
-        for fam in SPARSE_FAMILIES:
-            params[scale, fam] = family_params(fam, geometry, block_size, target * scale)[0]
-    layers = []
-    for layer in range(num_layers):
-        scale = LAYER_SCALES[layer % len(LAYER_SCALES)]
-        heads = [(SPARSE_FAMILIES[(h + layer) % len(SPARSE_FAMILIES)],
-                  params[scale, SPARSE_FAMILIES[(h + layer) % len(SPARSE_FAMILIES)]]) for h in range(num_heads)]
-        layers.append(LayerPlan.from_heads(heads, geometry, block_size))
-    return Plan(geometry, block_size, 1, num_layers, num_heads, (ScheduleEntry(0, 1, tuple(layers)),),
-                model={"name": "diffusers-random:wan2.1-1.3b"},
-                search={"benchmark": "wan_e2e_gpu", "target_density": target, "layer_scales": list(LAYER_SCALES)})
-
-
-class Timer:
-    """Median ms of ``fn()`` over ``reps`` calls after ``warmup`` (CUDA events, or perf_counter on CPU)."""
-
-    def __init__(self, cuda: bool, warmup: int, reps: int) -> None:
-        self.cuda, self.warmup, self.reps = cuda, warmup, reps
-
-    def __call__(self, fn) -> dict[str, float]:
-        for _ in range(self.warmup):
-            fn()
-        if self.cuda:
-            torch.cuda.synchronize()
-        times = []
-        for _ in range(self.reps):
-            if self.cuda:
-                start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                stop.record()
-                stop.synchronize()
-                times.append(start.elapsed_time(stop))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-        return {"median": statistics.median(times), "min": min(times), "max": max(times), "reps": self.reps}
-
-
-@contextmanager
-def cudnn_sdpa(enabled: bool):
-    if not enabled:
-        yield
-        return
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        yield
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -168,11 +104,11 @@ def main() -> None:
     print(f"model: {num_layers} layers × {num_heads} heads × {cfg.attention_head_dim}, ffn {cfg.ffn_dim}; "
           f"latent {tuple(kw['hidden_states'].shape)} → geometry {geometry}  ({time.time() - t_start:.0f}s)", flush=True)
 
-    timer = Timer(cuda, args.warmup, args.reps)
+    timer = ForwardTimer(cuda, args.warmup, args.reps)
     force = {"cudnn": cuda}
 
     def dense_forward():
-        with torch.no_grad(), cudnn_sdpa(force["cudnn"]):
+        with torch.no_grad(), forced_cudnn(force["cudnn"]):
             return model(**kw)[0]
 
     # --- dense: end to end, and the self-attention alone ---------------------------------------------
@@ -204,7 +140,7 @@ def main() -> None:
     scale = qkv["kwargs"].get("scale")
 
     def dense_attention():
-        with cudnn_sdpa(force["cudnn"]):
+        with forced_cudnn(force["cudnn"]):
             for _ in range(num_layers):
                 F.scaled_dot_product_attention(q, k, v, scale=scale)
 
@@ -217,7 +153,10 @@ def main() -> None:
     # --- sparse, per target density -------------------------------------------------------------------
     runs = []
     for target in args.density:
-        plan = build_plan(geometry, num_layers, num_heads, block_size, target)
+        plan = mixed_forward_plan(geometry, num_layers, num_heads, block_size, target,
+                                  model={"name": "diffusers-random:wan2.1-1.3b"},
+                                  search={"benchmark": "wan_e2e_gpu", "target_density": target,
+                                          "layer_scales": list(LAYER_SCALES)})
         densities = [lp.density for lp in plan.schedule[0].layers]
         density = sum(densities) / len(densities)
         print(f"plan: target {target}, mean density {density:.3f} (layers {min(densities):.3f}–{max(densities):.3f}), "
@@ -226,7 +165,7 @@ def main() -> None:
 
         def sparse_forward():
             ap_ctx.set_step(0)
-            with torch.no_grad(), cudnn_sdpa(force["cudnn"]):
+            with torch.no_grad(), forced_cudnn(force["cudnn"]):
                 return model(**kw)[0]
 
         with ap_ctx:
@@ -249,7 +188,7 @@ def main() -> None:
             "sparse_forward_ms": t_sparse, "attention_sparse_ms": t_attn_sparse, "sparse_peak_gib": sparse_peak,
             "sparse_backend": select_backend(q, k, v, plan.schedule[0].layers[0], backend).name,
             "sparse_attention_tflops_on_kept_blocks": flops_dense * density / t_attn_sparse["median"] / 1e9,
-            "output_rel_l2_sparse_vs_dense": rel(sparse_out, dense_out),
+            "output_rel_l2_sparse_vs_dense": rel_l2(sparse_out, dense_out),
             "outputs_finite": bool(torch.isfinite(dense_out).all() and torch.isfinite(sparse_out).all()),
         })
         print(f"sparse forward {t_sparse['median']:.1f} ms, attention alone {t_attn_sparse['median']:.1f} ms; "

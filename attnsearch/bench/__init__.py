@@ -4,7 +4,8 @@ the benchmark scripts) goes through these public functions.
 ``timing`` (time_ms in "queued" / "synced" / "sustained" modes, time_device: CUDA-graph device
 time, host_us, fresh_inputs, card_name), ``baselines`` (dense cuDNN SDPA, FlexAttention on the same
 blocks, flops), ``layers`` (layer plans at a density), ``plans`` (bench_layer_plan, bench_plan),
-``sweep`` (the grid ``attnsearch bench`` sweeps and its summary).
+``sweep`` (the grid ``attnsearch bench`` sweeps and its summary), ``forward`` (whole-forward timing
+and the mixed plan of the Wan2.1 forward benchmarks).
 """
 
 from __future__ import annotations

@@ -34,6 +34,8 @@ def optimize(
     option: list[str] = typer.Option([], "--option", "-o", help="key=value for the model factory (with --validate)."),
     head_dim: Optional[int] = typer.Option(None, help="Attention head_dim (default: from the profile/model, else 128)."),
     seed: int = typer.Option(0, help="Sampler seed."),
+    ulysses: int = typer.Option(1, help="Ulysses context-parallel degree the plan runs under (K GPUs, H/K heads "
+                                        "each): plans are costed by their slowest rank."),
 ) -> None:
     """Search the fastest plan under an accuracy budget and write it as JSON."""
     from ..search import optimize as run_search
@@ -45,7 +47,8 @@ def optimize(
         check_range("--target-speedup", target_speedup, low=0, low_open=True)
         check_range("--max-density", max_density, low=0, high=1, low_open=True)
         check_at_least("--trials", trials, 0, " (0: choose from the stored study)")
-        for option_name, value, low in (("--validate", validate, 0), ("--seed", seed, 0), ("--head-dim", head_dim, 1)):
+        for option_name, value, low in (("--validate", validate, 0), ("--seed", seed, 0), ("--head-dim", head_dim, 1),
+                                        ("--ulysses", ulysses, 1)):
             check_at_least(option_name, value, low)
         check_choice("--validate-mode", validate_mode, VALIDATE_MODES)
         check_outputs_of([str(p) for p in profiles], out, storage, workers)
@@ -66,8 +69,8 @@ def optimize(
             res = run_search([str(p) for p in profiles] if len(profiles) > 1 else str(profiles[0]),
                              hardware=hardware, max_error=max_error, target_speedup=target_speedup,
                              max_density=max_density, trials=trials,
-                             storage=storage, validate=validate, validate_mode=validate_mode, out=out, model=spec, head_dim=head_dim, seed=seed,
-                             progress=progress, workers=workers)
+                             storage=storage, validate=validate, validate_mode=validate_mode, out=out, model=spec,
+                             head_dim=head_dim, seed=seed, progress=progress, workers=workers, ulysses=ulysses)
         print_front(res)
         f = res.figures
         console.print(f"cost model: {shown(res.plan.search.get('hardware_note', res.hardware['device']))}")

@@ -114,7 +114,10 @@ class capture_attention:  # noqa: N801 — used as a context manager, named like
     steps; it may be None when ``auto_step`` is False. ``accept(call)`` (default: the model's
     ``attnsearch_accept`` attribute, else accept all) picks the calls that are layers; the others
     run the real SDPA, unnumbered. Hooks and the mode are removed on exit, exception or not.
+    ``mode_class``: the TorchFunctionMode routing calls to :meth:`_handle` (subclasses may refine it).
     """
+
+    mode_class = _SDPAMode
 
     def __init__(self, model: torch.nn.Module | None,
                  consumer: Callable[[SDPACall], torch.Tensor | None], *, auto_step: bool = True,
@@ -191,7 +194,7 @@ class capture_attention:  # noqa: N801 — used as a context manager, named like
         if self.auto_step:
             self._hooks.append(self.model.register_forward_pre_hook(self._pre_forward))
             self._hooks.append(self.model.register_forward_hook(self._post_forward, always_call=True))
-        self._mode = _SDPAMode(self)
+        self._mode = self.mode_class(self)
         try:
             self._mode.__enter__()
         except BaseException:

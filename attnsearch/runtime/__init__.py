@@ -8,7 +8,9 @@ lists), ``device_caps`` (SM count, TMA addressability), ``backends`` (what each 
 which runs a call), ``hopper/`` (warp-specialised block-sparse flash attention for Hopper, in
 Gluon), ``triton/`` (block-sparse flash attention for any CUDA GPU and the CPU interpreter),
 ``torch_backend`` (reference implementation), ``dense`` (all-dense layers), ``apply`` (the
-model-wide context manager).
+model-wide context manager), ``ops`` (the runtime as ``torch.library`` operators, for
+``torch.compile`` and CUDA graphs), ``parallel`` (context parallelism: a rank's slice of a plan),
+``diffusers_dispatch`` (which diffusers attention backends a plan can run under).
 """
 
 from __future__ import annotations
@@ -73,7 +75,22 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_pl
         [batch, heads, N, head_dim] in q's dtype. Allocated (``out`` None) in q's memory layout
         when q is dense, as SDPA's fused backends do: for the [batch, N, heads, head_dim] view
         diffusers passes, its transpose back after attention is then free instead of a copy.
+
+    Under ``torch.compile`` a call without ``out`` is one ``torch.ops.attnsearch.sparse_attention``
+    node (``ops``): no graph break, the layer plan a constant of the graph.
     """
+    if torch.compiler.is_compiling() and out is None:
+        from .ops import layer_plan_id, sparse_attention_op
+
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+        return sparse_attention_op(q, k, v, layer_plan_id(layer_plan), backend, scale, bool(enable_gqa))
+    return run_sparse_attention(q, k, v, layer_plan, backend=backend, scale=scale, enable_gqa=enable_gqa, out=out)
+
+
+def run_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_plan: LayerPlan, *,
+                         backend: BackendName = "auto", scale: float | None = None, enable_gqa: bool = False,
+                         out: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`sparse_attention` run eagerly (what its operator runs inside the graph)."""
     if not isinstance(layer_plan, LayerPlan):
         raise TypeError(f"layer_plan: expected a LayerPlan, got {type(layer_plan).__name__}")
     _check_call(q, k, v, layer_plan, enable_gqa, out)
@@ -87,4 +104,4 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_pl
 from .apply import apply  # noqa: E402  (needs sparse_attention above)
 
 __all__ = ["BACKENDS", "BlockTables", "LayerPlan", "PlanError", "apply", "cache_info", "get_block_tables",
-           "select_backend", "sparse_attention"]
+           "run_sparse_attention", "select_backend", "sparse_attention"]

@@ -31,7 +31,15 @@ Anything the plan cannot honour — a step or layer it does not cover, a sequenc
 count that does not match, an ``attn_mask``, ``is_causal``, dropout, cross-attention on a sparse
 layer — raises :class:`PlanError` naming the call and the field. With
 ``allow_dense_fallback=True`` such calls run dense SDPA instead and the count is reported
-(``warnings.warn``) when the context exits. Never a silent dense fallback.
+(``warnings.warn``) when the context exits. Never a silent dense fallback: a diffusers model whose
+attention backend bypasses SDPA is refused on entry (``diffusers_dispatch``), and a context in which
+the model ran forwards but made no attention call the plan could see raises on exit.
+
+``torch.compile``: under apply a model (not a pipeline object) compiles with ``fullgraph=True``;
+every planned call is one ``torch.ops.attnsearch.planned_attention`` node, numbered when it runs
+(``traced``), so one graph serves every step. Context parallelism: ``heads=`` (or diffusers'
+context-parallel config, or the process group) names this rank's heads, and calls carrying that
+many heads run the plan's slice (``parallel``).
 """
 
 from __future__ import annotations
@@ -43,7 +51,12 @@ from typing import Any
 import torch
 
 from ..plan import Plan, PlanError
+from ..profiling.capture import _SDPA, SDPACall
+from . import ops
 from .backends import Backend, SdpaBackend, dense_kernel_reasons
+from .diffusers_dispatch import check_model
+from .parallel import head_layout
+from .traced import PlanCapture
 
 
 class apply:  # noqa: N801  (a context manager used like a function, as torch's no_grad)
@@ -58,11 +71,14 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         backend: sparse_attention's backend ("auto", "hopper", "triton", "torch"); "auto" and
             "hopper" also run all-dense layers on the Hopper kernel where it can.
         auto_step: advance the step at every model forward (capture_attention's auto_step);
-            with False, call :meth:`set_step` yourself.
+            with False, call :meth:`set_step` yourself (outside a compiled function).
+        heads: this process's query heads under context parallelism (``parallel.head_layout``):
+            a range or (start, stop), a torch.distributed process group (the Ulysses group), or
+            None: diffusers' context-parallel config, else the default process group, else none.
     """
 
     def __init__(self, model: Any, plan: Plan, *, allow_dense_fallback: bool = False, backend: str = "auto",
-                 auto_step: bool = True) -> None:
+                 auto_step: bool = True, heads: Any = None) -> None:
         if not isinstance(plan, Plan):
             raise TypeError(f"plan: expected a Plan (attnsearch.load_plan), got {type(plan).__name__}")
         self.model = model
@@ -70,9 +86,11 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         self.allow_dense_fallback = allow_dense_fallback
         self.backend = backend
         self.auto_step = auto_step
+        self.heads = heads
         self.stats: dict[str, Any] = {"calls": 0, "sparse": 0, "dense": 0, "fallbacks": Counter()}
         self._capture = None
         self._stepper = None
+        self._token = None
         #: (step, expert) of every forward that made attention calls (expert None: a lone model).
         self.forwards: list[tuple[int, str | None]] = []
         from ..experts import ExpertError, experts_of
@@ -102,13 +120,25 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
     def __enter__(self) -> apply:
         from ..profiling.capture import capture_attention
 
+        modules = [m for _, m in self._router.experts] if self._router is not None else [self.model]
+        for m in modules:
+            check_model(m)
+        self.layout = head_layout(modules[0], self.plan, self.heads)
         self.stats = {"calls": 0, "sparse": 0, "dense": 0, "fallbacks": Counter()}
         self.forwards = []
         self._layers_seen: dict[int, int] = {}
         self._last_step: int | None = None
         if self._router is None:
-            self._capture = capture_attention(self.model, self._consumer, auto_step=self.auto_step)
-            self._capture.__enter__()
+            self._token = ops.model_token(self.model)
+            self._capture = PlanCapture(self.model, self._consumer, token=self._token,
+                                        num_layers=self.plan.num_layers, auto_step=self.auto_step)
+            ops.activate(self._token, self._run_compiled)
+            try:
+                self._capture.__enter__()
+            except BaseException:
+                ops.deactivate(self._token)
+                self._token = None
+                raise
             return self
         self._capture = capture_attention(None, self._consumer, auto_step=False, accept=self._router.accept)
         self._capture.__enter__()
@@ -125,9 +155,17 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
             suppressed = self._capture.__exit__(*exc)
             if exc[0] is None and self._last_step is not None:
                 self._check_layers(self._last_step)
+            forwards = getattr(self._capture, "_forwards", 0)
+            if exc[0] is None and self._last_step is None and forwards:
+                raise PlanError(f"attnsearch.apply: the model ran {forwards} forward(s) but made no "
+                                "attention call the plan could see (is its attention backend one that bypasses "
+                                "scaled_dot_product_attention?)")
             return suppressed
         finally:
             self._capture = None
+            if self._token is not None:
+                ops.deactivate(self._token)
+                self._token = None
             fb: Counter = self.stats["fallbacks"]
             if fb:
                 detail = "; ".join(f"{n}× {reason}" for reason, n in fb.most_common())
@@ -144,6 +182,12 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         self._capture.set_step(step)
 
     # -- one call ------------------------------------------------------------------------------------
+
+    def _run_compiled(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        """A ``planned_attention`` node of a compiled graph: number the call, then run it as eagerly."""
+        step, layer = self._capture.number_call()
+        out = self._consumer(SDPACall(step, layer, q, k, v, kwargs))
+        return _SDPA(q, k, v, **kwargs) if out is None else out
 
     def _check_layers(self, step: int) -> None:
         """Every layer of the plan ran in ``step``: a model that makes fewer attention calls per
@@ -199,9 +243,9 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         if call.layer >= plan.num_layers:
             raise PlanError(f"layer: {call.layer} is outside the plan's layers [0, {plan.num_layers}) "
                             "(does the model make more attention calls per forward than the plan knows?)")
-        lp = plan.layer_plan(call.step, call.layer)
         if q.dim() != 4:
             raise PlanError(f"query: expected [batch, heads, N, head_dim], got shape {tuple(q.shape)}")
+        lp = self.layout.layer_plan(plan.layer_plan(call.step, call.layer), q.shape[1])
         lp.check_inputs(q.shape[2], q.shape[1])
         if lp.is_dense:
             self.stats["dense"] += 1

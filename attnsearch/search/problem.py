@@ -12,6 +12,12 @@ Costs come from the cost model's additive form plus per-unit launch and fill ove
 :mod:`attnsearch.search.inner`). Units too small for that form (a fused launch of under eight
 waves) are re-costed with the full model after the solve, and turned dense where that is cheaper.
 Final figures (``Assignment.figures``) always use the full model.
+
+Context parallelism (``ulysses`` K > 1): each of K ranks runs the contiguous H/K heads Ulysses
+gives it (``runtime.parallel``), in parallel, so a unit costs its slowest rank: every solved unit is
+re-costed with the full model per rank's heads and the maximum taken; the dense baseline is one
+rank's H/K heads. The inner solve stays additive (it minimises the ranks' total); the outer study,
+which sees these figures, steers towards plans whose ranks are balanced.
 """
 
 from __future__ import annotations
@@ -71,9 +77,13 @@ class Assignment:
 class Problem:
     """Precomputed costs of one SearchSpace under one CostModel; solves trials."""
 
-    def __init__(self, space: SearchSpace, cost_model: CostModel) -> None:
+    def __init__(self, space: SearchSpace, cost_model: CostModel, *, ulysses: int = 1) -> None:
         self.space, self.cm = space, cost_model
         S, L, H, C = space.shape
+        if not isinstance(ulysses, int) or isinstance(ulysses, bool) or ulysses < 1 or H % ulysses:
+            raise SearchError(f"ulysses: the degree must be a positive divisor of the profile's {H} heads, "
+                              f"got {ulysses!r}")
+        self.ulysses = ulysses
         g, B, nb = space.geometry, space.block_size, space.num_blocks
         self.N = g.num_tokens
         cost = np.asarray(cost_model.head_work_ms(space.density * nb * nb, nb, B))
@@ -88,6 +98,9 @@ class Problem:
         # against, and λ's scale, stay cuDNN's dense attention.
         self.dense_layer_ms = cost_model.dense_layer_ms(self.N, H, B)
         self.baseline_layer_ms = float(cost_model.dense_ms(self.N, H))
+        if ulysses > 1:  # what one rank runs: H/K heads
+            self.rank_dense_layer_ms = cost_model.dense_layer_ms(self.N, H // ulysses, B)
+            self.rank_baseline_layer_ms = float(cost_model.dense_ms(self.N, H // ulysses))
         self.head_dense_ms = self.baseline_layer_ms / H
         self.slots = cost_model.table.sparse_params(cost_model.head_dim, B).slots(cost_model.sm_count)
         self.small = H * nb * cost_model.batch <= SMALL_WAVES * self.slots
@@ -187,18 +200,37 @@ class Problem:
                        np.take_along_axis(self.aggregate(k.warmup, k.ranges)[2],
                                           np.maximum(choice, 0)[..., None], -1)[..., 0]).sum()
         warm_ms = k.warmup * L * self.dense_layer_ms
+        if self.ulysses > 1:
+            unit_cost = self._slowest_rank_costs(rs, choice, dense_unit)
+            warm_ms = k.warmup * L * self.rank_dense_layer_ms
         return Assignment(k, rs, choice, dense_unit, float(unit_cost.sum() + warm_ms), float(err), sites,
                           sol.lam, budget_result)
 
-    def _unit_full_ms(self, r: range, layer: int, choice: np.ndarray) -> float:
-        """Full-model latency of one unit over its steps (fused launch by list scheduling + fill)."""
+    def _slowest_rank_costs(self, rs, choice, dense_unit) -> np.ndarray:
+        """[R, L]: per unit, the full-model latency of its slowest rank (each rank its H/K heads)."""
+        H = choice.shape[2]
+        per = H // self.ulysses
+        cost = np.empty(dense_unit.shape)
+        for i, r in enumerate(rs):
+            for layer in range(choice.shape[1]):
+                if dense_unit[i, layer]:
+                    cost[i, layer] = self.rank_dense_layer_ms * len(r)
+                else:
+                    cost[i, layer] = max(self._unit_full_ms(r, layer, choice[i, layer], range(h0, h0 + per))
+                                         for h0 in range(0, H, per))
+        return cost
+
+    def _unit_full_ms(self, r: range, layer: int, choice: np.ndarray, heads: range | None = None) -> float:
+        """Full-model latency of one unit over its steps (fused launch by list scheduling + fill),
+        of the layer's ``heads`` (default: all)."""
         sp = self.space
-        comp = [h for h, c in enumerate(choice) if c != sp.skip_col]
+        heads = range(len(choice)) if heads is None else heads
+        comp = [h for h in heads if choice[h] != sp.skip_col]
         t = 0.0
         if comp:
             counts = np.stack([sp.counts(int(choice[h]), r, layer, h) for h in comp])
             t += self.cm.sparse_ms(counts, sp.block_size)
-        nskip = len(choice) - len(comp)
+        nskip = len(heads) - len(comp)
         if nskip:
             t += float(self.cm.fill_ms(nskip, self.N))
         return t * len(r)
@@ -224,11 +256,16 @@ class Problem:
         Small units were costed with the full model in :meth:`solve`; on units of ≥ SMALL_WAVES waves
         the list schedule's makespan equals the throughput form to well under 1 % (the tail is one
         short item), so the assignment's cost is the full model's to that precision."""
-        S, L, H, _ = self.space.shape
-        dense = S * L * self.baseline_layer_ms
+        dense = self.dense_baseline_ms
         a.figures = {"attention_ms": a.cost_ms, "dense_attention_ms": dense, "speedup": dense / a.cost_ms,
                      "rel_err": a.rel_err}
         return a.figures
+
+    @property
+    def dense_baseline_ms(self) -> float:
+        """All-dense cuDNN attention of the searched calls (one rank's heads under Ulysses)."""
+        S, L = self.space.shape[:2]
+        return S * L * (self.rank_baseline_layer_ms if self.ulysses > 1 else self.baseline_layer_ms)
 
     def plan(self, a: Assignment, **meta: Any) -> Plan:
         """The Plan of an assignment: warm-up steps dense, then one schedule entry per step range."""

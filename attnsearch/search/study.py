@@ -134,8 +134,8 @@ class _Search:
 
     @classmethod
     def build(cls, profs: Sequence[Profile], cm: CostModel, *, max_error: float | None, validate: int, spec,
-              backend: str, validate_mode: str = "steps") -> "_Search":
-        problems = {p.settings.block_size: Problem(build_space(p), cm) for p in profs}
+              backend: str, validate_mode: str = "steps", ulysses: int = 1) -> "_Search":
+        problems = {p.settings.block_size: Problem(build_space(p), cm, ulysses=ulysses) for p in profs}
         validator = None
         if validate:
             from .validate import Validator
@@ -165,7 +165,7 @@ class _Search:
         k = self.knobs_of(trial.params)
         pb = self.problems[k.block_size]
         a = pb.solve(k)
-        dense_ms = self.S * self.L * pb.baseline_layer_ms
+        dense_ms = pb.dense_baseline_ms
         trial.set_user_attr("speedup", dense_ms / a.cost_ms)
         trial.set_user_attr("rel_err", a.rel_err)
         trial.set_user_attr("dense_attention_ms", dense_ms)
@@ -199,7 +199,7 @@ def worker_main(cfg: dict[str, Any], index: int, report: Callable[[dict[str, Any
     spec = _load_spec(cfg["model"]) if cfg["model"] is not None else None
     cm = CostModel(cfg["hardware"], head_dim=cfg["head_dim"], batch=cfg["batch"])
     search = _Search.build(profs, cm, max_error=cfg["max_error"], validate=cfg["validate"], spec=spec,
-                           backend=cfg["backend"], validate_mode=cfg["validate_mode"])
+                           backend=cfg["backend"], validate_mode=cfg["validate_mode"], ulysses=cfg["ulysses"])
     rdb = open_storage(cfg["storage"], cfg["heartbeat_s"])
     study = _open_study(rdb, cfg["study"], _sampler_seed(cfg["seed"], index))
     deadline = started + cfg["timeout"] if cfg["timeout"] else None
@@ -220,7 +220,8 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
              validate_mode: str = "steps", out: str | os.PathLike = "plan.json",
              model=None, progress: Callable[[dict[str, Any]], None] | None = None, head_dim: int | None = None,
              batch: int = 1, seed: int = 0, study_name: str | None = None, backend: str = "auto",
-             timeout: float | None = None, workers: int = 1, heartbeat_s: int = HEARTBEAT_S) -> OptimizeResult:
+             timeout: float | None = None, workers: int = 1, heartbeat_s: int = HEARTBEAT_S,
+             ulysses: int = 1) -> OptimizeResult:
     """Search a plan for the profiled model and write it to ``out``.
 
     Args:
@@ -253,6 +254,8 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         progress: called after every trial with a dict (trial, trials, attention_ms, speedup, error,
             best).
         head_dim, batch: of the attention calls (head_dim: from the model if given, else 128).
+        ulysses: Ulysses context-parallel degree the plan will run under: a plan is costed by its
+            slowest rank (each rank H/K heads; ``Problem``), against one rank's dense attention.
     Returns:
         OptimizeResult: the plan, where it was written, the chosen trial and why, the Pareto front.
     """
@@ -295,14 +298,14 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
             head_dim = 128  # profiles written before the attention shape was recorded
     cm = CostModel(hardware, head_dim=head_dim, batch=batch)
     search = _Search.build(profs, cm, max_error=max_error, validate=validate, spec=spec, backend=backend,
-                           validate_mode=validate_mode)
+                           validate_mode=validate_mode, ulysses=ulysses)
     problems = search.problems
 
     budgeted = search.budgeted
     settings = {"head_dim": head_dim, "batch": batch, "hardware": cm.table.name, "validate": validate,
                 **({"validate_mode": validate_mode} if validate and validate_mode != "steps" else {}),
                 "budgeted": budgeted, "max_error": max_error if budgeted else None,
-                "block_sizes": sorted(problems), "knob_space": 2}
+                "block_sizes": sorted(problems), "knob_space": 2, **({"ulysses": ulysses} if ulysses > 1 else {})}
     fingerprint = _fingerprint(profs, settings)
     name = study_name or f"attnsearch-{profs[0].model.get('name', 'model')}-{fingerprint}"
     fresh = db is not None and not db.exists()
@@ -341,7 +344,8 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
             else:
                 cfg = {"profile": profile_path, "model": (model if isinstance(model, str) else spec) if validate else None,
                        "hardware": hardware, "head_dim": head_dim, "batch": batch, "validate": validate,
-                       "validate_mode": validate_mode, "backend": backend, "max_error": max_error, "storage": storage, "study": name,
+                       "validate_mode": validate_mode, "ulysses": ulysses,
+                       "backend": backend, "max_error": max_error, "storage": storage, "study": name,
                        "heartbeat_s": heartbeat_s, "seed": seed, "target": target, "trials": to_run, "timeout": timeout}
                 errors = spawn(cfg, workers, on_trial, entry=f"{__name__}:worker_main")
                 if errors:

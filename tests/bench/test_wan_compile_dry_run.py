@@ -1,0 +1,33 @@
+"""``python -m benchmarks.wan_compile --dry-run`` on the CPU: the tiny Wan runs eager and compiled,
+dense and sparse; the compiled forward gives the eager forward's output, the plan changes it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_dry_run_compiles_dense_and_sparse_and_matches_eager(tmp_path):
+    pytest.importorskip("diffusers")
+    subprocess.run([sys.executable, "-m", "benchmarks.wan_compile", "--dry-run", "--reps", "1", "--out",
+                    str(tmp_path)], cwd=ROOT, check=True, capture_output=True, text=True)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert (tmp_path / "figure.png").stat().st_size > 0
+    assert "python -m benchmarks.wan_compile --dry-run" in (tmp_path / "README.md").read_text()
+    assert result["modes"] == ["eager", "compile"]
+    dense, sparse = result["rows"]
+    assert dense["attention"] == "dense" and sparse["attention"] == "sparse" and 0 < sparse["density"] < 1
+    for row in (dense, sparse):
+        for mode in ("eager", "compile"):
+            entry = row["modes"][mode]
+            assert entry["ms"] > 0 and entry["finite"]
+        assert row["modes"]["compile"]["rel_l2_vs_eager"] < 1e-5
+    assert sparse["modes"]["eager"]["rel_l2_vs_dense"] > 1e-3
+    assert set(result["acceptance"]) >= {"sparse_compile_over_eager", "compiled_ratio_at_least_eager_ratio"}
