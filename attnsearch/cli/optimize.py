@@ -30,6 +30,8 @@ def optimize(
     option: list[str] = typer.Option([], "--option", "-o", help="key=value for the model factory (with --validate)."),
     head_dim: Optional[int] = typer.Option(None, help="Attention head_dim (default: from the profile/model, else 128)."),
     seed: int = typer.Option(0, help="Sampler seed."),
+    non_portable: bool = typer.Option(False, "--non-portable", help="Mark the plan as valid at the profiled "
+                                      "geometry only: apply and retarget then refuse every other geometry."),
 ) -> None:
     """Search the fastest plan under an accuracy budget and write it as JSON."""
     from ..search import optimize as run_search
@@ -61,7 +63,7 @@ def optimize(
                              hardware=hardware, max_error=max_error, target_speedup=target_speedup,
                              max_density=max_density, trials=trials,
                              storage=storage, validate=validate, out=out, model=spec, head_dim=head_dim, seed=seed,
-                             progress=progress, workers=workers)
+                             progress=progress, workers=workers, portable=not non_portable)
         print_front(res)
         f = res.figures
         console.print(f"cost model: {shown(res.plan.search.get('hardware_note', res.hardware['device']))}")

@@ -218,7 +218,8 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
              out: str | os.PathLike = "plan.json",
              model=None, progress: Callable[[dict[str, Any]], None] | None = None, head_dim: int | None = None,
              batch: int = 1, seed: int = 0, study_name: str | None = None, backend: str = "auto",
-             timeout: float | None = None, workers: int = 1, heartbeat_s: int = HEARTBEAT_S) -> OptimizeResult:
+             timeout: float | None = None, workers: int = 1, heartbeat_s: int = HEARTBEAT_S,
+             portable: bool = True) -> OptimizeResult:
     """Search a plan for the profiled model and write it to ``out``.
 
     Args:
@@ -248,6 +249,8 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         progress: called after every trial with a dict (trial, trials, attention_ms, speedup, error,
             best).
         head_dim, batch: of the attention calls (head_dim: from the model if given, else 128).
+        portable: False marks the plan non-portable (``Plan.portable``): it then runs at the
+            profiled geometry only. Not part of the study: the same trials serve both.
     Returns:
         OptimizeResult: the plan, where it was written, the chosen trial and why, the Pareto front.
     """
@@ -263,6 +266,8 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         raise SearchError(f"validate must be ≥ 0, got {validate}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise SearchError(f"seed must be an integer ≥ 0, got {seed!r}")
+    if not isinstance(portable, bool):
+        raise SearchError(f"portable must be true or false, got {portable!r}")
     out = Path(out)
     storage, db = check_outputs_of(profile_path, out, storage, workers)
     started = time.perf_counter()
@@ -378,7 +383,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
                          "trials_total": len(done), "seed": seed},
             "hardware_note": cm.table.note, "cost_model": cm.describe(),
             "pareto": pareto.head(50).to_dict(orient="records"),
-        })
+        }, portable=portable)
         path = write_plan(plan, out)  # only this (parent) process writes, atomically (temporary file + rename)
         return OptimizeResult(plan, path, chosen.number, reason, figures, pareto, name, storage, hw, settings,
                               seconds=round(search_s, 2), trials_run=ran)
