@@ -34,6 +34,10 @@ in ``search.pareto`` (the Pareto front as a table), null is a figure the trial d
 the metadata as given (e.g. ``psnr_db`` = inf), so ``Plan.from_dict(plan.to_dict())`` is the plan as
 stored.
 
+A plan runs at another geometry through :meth:`Plan.for_geometry` (:mod:`attnsearch.retarget`;
+docs/design.md, "Plans at another geometry"): optional top-level ``portable`` (false: the plan's
+geometry only) and ``source_geometry`` (where a retargeted plan was searched) say how.
+
 A :class:`LayerPlan` is immutable and hashes by its content (:attr:`LayerPlan.key`), so runtime
 caches (block tables, masks) are shared by every layer and step that runs the same plan.
 """
