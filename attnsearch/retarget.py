@@ -71,12 +71,10 @@ def _map_range(lo: int, hi: int, n_src: int, n_dst: int) -> tuple[int, int]:
 def _map_frames(lo: int, hi: int, n_src: int, n_dst: int) -> tuple[int, int]:
     """Frames [lo, hi] of n_src → frames of n_dst: frame 0 stays frame 0, frames 1.. map onto 1..
     proportionally (onto frame 0 when the target has one frame). Always one contiguous range."""
-    first = 0 if lo == 0 else None
-    rest = (max(lo, 1), hi) if hi >= 1 else None
-    if rest is not None:
-        rest = (0, 0) if n_dst == 1 else tuple(x + 1 for x in _map_range(rest[0] - 1, rest[1] - 1, n_src - 1, n_dst - 1))
-    ranges = [r for r in ((first, first) if first is not None else None, rest) if r is not None]
-    return min(r[0] for r in ranges), max(r[1] for r in ranges)
+    if hi == 0 or n_dst == 1:
+        return 0, 0
+    first, last = _map_range(max(lo, 1) - 1, hi - 1, n_src - 1, n_dst - 1)
+    return (0 if lo == 0 else first + 1), last + 1
 
 
 @dataclass(frozen=True)
