@@ -16,8 +16,8 @@ q, k, v, kwargs) to a consumer. A call runs ``plan.layer_plan(step, layer)``:
 Geometry of a call. A call at the plan's geometry runs the plan as it is. A call at another
 geometry runs ``plan.for_geometry(geometry)`` (built once per geometry), where the geometry comes
 from ``apply(..., geometry=G)`` (every call) or from the model: a root module that defines
-``attnsearch_geometry(*args, **kwargs) -> Geometry`` (None: not known) is asked at each forward with that forward's
-arguments (mini-vdit does). Both given and disagreeing is an error. The geometry is never guessed
+``attnsearch_geometry(*args, **kwargs) -> Geometry`` (None: not known) is asked at each forward
+with that forward's arguments (mini-vdit does). Both given and disagreeing is an error. The geometry is never guessed
 from the sequence length: a call whose length differs from the plan's with no geometry given is an
 error naming ``geometry``, as is a given geometry whose token count is not the call's, a plan marked
 non-portable, or a geometry the plan cannot serve (:mod:`attnsearch.retarget`).
