@@ -329,7 +329,8 @@ class Plan:
         if not isinstance(self.portable, bool):
             raise PlanError(f"portable: must be true or false, got {self.portable!r}")
         if self.source_geometry is not None and not isinstance(self.source_geometry, Geometry):
-            raise PlanError(f"source_geometry: must be a Geometry or None, got {type(self.source_geometry).__name__}")
+            raise PlanError("source_geometry: must be a Geometry or None, got "
+                            f"{type(self.source_geometry).__name__}")
         if self.source_geometry == self.geometry:
             object.__setattr__(self, "source_geometry", None)  # searched at the geometry it holds
         as_int(self.num_steps, "num_steps", 1, INT_MAX)

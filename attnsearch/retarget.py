@@ -50,14 +50,15 @@ def check_target(source: Geometry, target: Geometry) -> None:
     if not isinstance(target, Geometry):
         raise PlanError(f"geometry: must be a Geometry, got {type(target).__name__}")
     if target.num_tokens > MAX_TOKENS:
-        raise PlanError(f"geometry: {target} holds {target.num_tokens} tokens, more than the runtime's {MAX_TOKENS}")
+        raise PlanError(f"geometry: {target} holds {target.num_tokens} tokens, more than the runtime's "
+                        f"{MAX_TOKENS}")
     if is_sequence(source) != is_sequence(target):
         what = "a 1-D sequence (frames = width = 1)" if is_sequence(source) else f"a video ({source})"
         raise PlanError(f"geometry.width: the plan was searched on {what}; it cannot serve {target}, where a "
                         "band's rows would mean something else")
     if source.text_tokens and target.text_tokens and source.text_position != target.text_position:
-        raise PlanError(f"geometry.text_position: the plan was searched with its text as a {source.text_position}, "
-                        f"the target has it as a {target.text_position}")
+        raise PlanError(f"geometry.text_position: the plan was searched with its text as a "
+                        f"{source.text_position}, the target has it as a {target.text_position}")
 
 
 # --- vertical stripes: the video positions their key blocks cover -----------------------------------
@@ -124,7 +125,8 @@ class Region:
     def blocks(self, geometry: Geometry, block_size: int) -> list[int]:
         """Ids of the blocks at ``geometry`` (whose grid this region is on) that hold a covered token."""
         if (self.frames, self.height, self.width) != (geometry.frames, geometry.height, geometry.width):
-            raise ValueError(f"region on a {self.frames}×{self.height}×{self.width} grid, geometry {geometry}")
+            raise ValueError(f"region on a {self.frames}×{self.height}×{self.width} grid, geometry "
+                             f"{geometry}")
         nb = geometry.num_blocks(block_size)
         diff = np.zeros(nb + 1, dtype=np.int64)
         s, w = geometry.frame_size, geometry.width
@@ -165,7 +167,8 @@ def describe(pattern: str, params: Mapping[str, Any], geometry: Geometry, block_
     return {"region": Region.of_blocks(params["key_blocks"], geometry, block_size), "rows": params["rows"]}
 
 
-def instantiate(pattern: str, description: Mapping[str, Any], geometry: Geometry, block_size: int) -> dict[str, Any]:
+def instantiate(pattern: str, description: Mapping[str, Any], geometry: Geometry,
+                block_size: int) -> dict[str, Any]:
     """Normalized parameters of a head at ``geometry`` from its :func:`describe` description."""
     params = dict(description)
     if pattern == "vertical_stripe":

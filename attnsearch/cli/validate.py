@@ -21,7 +21,8 @@ def validate(plan_path: Path = typer.Argument(..., metavar="PLAN", help="A plan 
                       f"B={plan.block_size}, {plan.num_steps} steps × {plan.num_layers} layers × {plan.num_heads} heads, "
                       f"{len(plan.schedule)} schedule entr{'y' if len(plan.schedule) == 1 else 'ies'}")
         if plan.source_geometry is not None:
-            console.print(f"retargeted: searched at {shown(plan.source_geometry)}, instantiated at {shown(plan.geometry)}")
+            console.print(f"retargeted: searched at {shown(plan.source_geometry)}, instantiated at "
+                          f"{shown(plan.geometry)}")
         if not plan.portable:
             console.print(f"non-portable: runs at {shown(plan.geometry)} only")
         if shares:
@@ -29,6 +30,7 @@ def validate(plan_path: Path = typer.Argument(..., metavar="PLAN", help="A plan 
         if plan.predicted:
             p = plan.predicted
             err = f", rel_err {p['rel_err']:.3g}" if "rel_err" in p else ""
-            console.print(f"predicted: {p.get('speedup', float('nan')):.2f}× attention speedup at {shown(plan.geometry)}{err}")
+            console.print(f"predicted: {p.get('speedup', float('nan')):.2f}× attention speedup at "
+                          f"{shown(plan.geometry)}{err}")
 
     run(work)

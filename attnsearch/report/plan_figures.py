@@ -94,8 +94,9 @@ def plan_figures(plan: Plan, out: Path) -> dict:
     p = plan.predicted
     searched = "" if plan.source_geometry is None else f" (retargeted; searched at {plan.source_geometry})"
     portable = "" if plan.portable else " (non-portable)"
-    summary = (f"{plan.model.get('name', '?')} — geometry {plan.geometry}{searched}{portable}, {plan.num_steps} "
-               f"steps × {plan.num_layers} layers × {plan.num_heads} heads, block size {plan.block_size}; "
+    summary = (f"{plan.model.get('name', '?')} — geometry {plan.geometry}{searched}{portable}, "
+               f"{plan.num_steps} steps × {plan.num_layers} layers × {plan.num_heads} heads, "
+               f"block size {plan.block_size}; "
                f"cost model: {cost.table.note}")
     if p:
         summary += (f"; predicted attention {p.get('attention_ms', float('nan')):.1f} ms vs dense "

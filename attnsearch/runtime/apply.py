@@ -17,10 +17,11 @@ Geometry of a call. A call at the plan's geometry runs the plan as it is. A call
 geometry runs ``plan.for_geometry(geometry)`` (built once per geometry), where the geometry comes
 from ``apply(..., geometry=G)`` (every call) or from the model: a root module that defines
 ``attnsearch_geometry(*args, **kwargs) -> Geometry`` (None: not known) is asked at each forward
-with that forward's arguments (mini-vdit does). Both given and disagreeing is an error. The geometry is never guessed
-from the sequence length: a call whose length differs from the plan's with no geometry given is an
-error naming ``geometry``, as is a given geometry whose token count is not the call's, a plan marked
-non-portable, or a geometry the plan cannot serve (:mod:`attnsearch.retarget`).
+with that forward's arguments (mini-vdit does). Both given and disagreeing is an error. The
+geometry is never guessed from the sequence length: a call whose length differs from the plan's
+with no geometry given is an error naming ``geometry``, as is a given geometry whose token count is
+not the call's, a plan marked non-portable, or a geometry the plan cannot serve
+(:mod:`attnsearch.retarget`).
 
 Anything the plan cannot honour — a step or layer it does not cover, a sequence length or head
 count that does not match, an ``attn_mask``, ``is_causal``, dropout, cross-attention on a sparse
@@ -127,7 +128,8 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
     def _enter_forward(self, module: Any, args: tuple, kwargs: dict) -> None:
         geometry = self.model.attnsearch_geometry(*args, **kwargs)
         if geometry is not None and not isinstance(geometry, Geometry):
-            raise TypeError(f"attnsearch_geometry: expected an attnsearch.Geometry, got {type(geometry).__name__}")
+            raise TypeError("attnsearch_geometry: expected an attnsearch.Geometry, got "
+                            f"{type(geometry).__name__}")
         self._forward_geometry.append(geometry)
 
     def _leave_forward(self, module: Any, args: tuple, output: Any) -> None:
@@ -144,15 +146,15 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         plan = self.plan
         from_model = self._forward_geometry[-1] if self._forward_geometry else None
         if self.geometry is not None and from_model is not None and from_model != self.geometry:
-            raise PlanError(f"geometry: apply(geometry={self.geometry}) but the model's attnsearch_geometry says "
-                            f"{from_model}")
+            raise PlanError(f"geometry: apply(geometry={self.geometry}) but the model's attnsearch_geometry "
+                            f"says {from_model}")
         geometry = self.geometry or from_model
         if geometry is None:
             if num_tokens != plan.geometry.num_tokens:
                 raise PlanError(f"geometry: sequence length {num_tokens} does not match the plan's geometry "
                                 f"{plan.geometry}; to run the plan at another geometry pass apply(..., "
-                                "geometry=Geometry(...)) or give the model an attnsearch_geometry(*forward args) "
-                                "method (a geometry is never guessed from the sequence length)")
+                                "geometry=Geometry(...)) or give the model an attnsearch_geometry(*forward "
+                                "args) method (a geometry is never guessed from the sequence length)")
             return plan
         if geometry.num_tokens != num_tokens:
             raise PlanError(f"geometry: sequence length {num_tokens} does not match the call's geometry "
