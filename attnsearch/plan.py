@@ -34,6 +34,10 @@ in ``search.pareto`` (the Pareto front as a table), null is a figure the trial d
 the metadata as given (e.g. ``psnr_db`` = inf), so ``Plan.from_dict(plan.to_dict())`` is the plan as
 stored.
 
+A plan runs at another geometry through :meth:`Plan.for_geometry` (:mod:`attnsearch.retarget`;
+docs/design.md, "Plans at another geometry"): optional top-level ``portable`` (false: the plan's
+geometry only) and ``source_geometry`` (where a retargeted plan was searched) say how.
+
 A :class:`LayerPlan` is immutable and hashes by its content (:attr:`LayerPlan.key`), so runtime
 caches (block tables, masks) are shared by every layer and step that runs the same plan.
 """
@@ -56,6 +60,7 @@ from .patterns import PatternError, block_mask, normalize_params, params_key
 from .plan_checks import (INT_MAX, MAX_HEADS, MAX_TOKENS, NULL_WHEN_NOT_FINITE, PlanError, as_int, as_list,
                           as_object, check_extent, check_geometry, check_json_data, check_keys, compact_ranges,
                           pattern_error, strict_meta)
+from .retarget import check_target, retarget_params
 
 FORMAT = "attnsearch-plan"
 VERSION = 1
@@ -63,6 +68,11 @@ VERSION = 1
 _TOP_REQUIRED = ("format", "version", "geometry", "block_size", "num_steps", "num_layers", "num_heads",
                  "schedule")
 _TOP_OPTIONAL = ("model", "hardware", "predicted", "search")
+#: Optional fields that are not metadata: whether other geometries may run the plan, and the
+#: geometry it was searched at when that is not ``geometry`` (a retargeted plan).
+_TOP_PORTABILITY = ("portable", "source_geometry")
+#: Instantiated plans kept per Plan (one per geometry a model calls it at).
+_GEOMETRY_CACHE = 16
 
 @dataclass(frozen=True, eq=False)
 class HeadGroup:
@@ -263,6 +273,18 @@ class LayerPlan:
         """The ``groups`` list of this layer's plan-JSON entry."""
         return [g.to_dict() for g in self.groups]
 
+    def for_geometry(self, geometry: Geometry) -> LayerPlan:
+        """This layer plan at another geometry (:mod:`attnsearch.retarget`): every head's parameters
+        carried over in their own units; ``self`` at its own geometry. PlanError naming the field
+        when the geometry cannot be served."""
+        if geometry == self.geometry:
+            return self
+        check_target(self.geometry, geometry)
+        groups = tuple({"pattern": g.pattern, "heads": list(g.heads),
+                        "params": [retarget_params(g.pattern, p, self.geometry, geometry, self.block_size)
+                                   for p in g.params]} for g in self.groups)
+        return LayerPlan(geometry, self.block_size, self.num_heads, groups)
+
 
 # --- the plan -----------------------------------------------------------------------------------
 
@@ -282,6 +304,10 @@ class Plan:
 
     Build one with :func:`load_plan`, :meth:`from_dict` or :meth:`dense`; the constructor checks
     the schedule (entries cover [0, num_steps) exactly once; every layer of a listed entry present).
+
+    ``portable``: other geometries may run the plan (:meth:`for_geometry`); False restricts it to
+    ``geometry``. ``source_geometry``: the geometry the plan was searched at when it is not
+    ``geometry`` (set by :meth:`for_geometry`), else None.
     """
 
     geometry: Geometry
@@ -294,9 +320,19 @@ class Plan:
     hardware: dict[str, Any] = field(default_factory=dict)
     predicted: dict[str, Any] = field(default_factory=dict)
     search: dict[str, Any] = field(default_factory=dict)
+    portable: bool = True
+    source_geometry: Geometry | None = None
+    _instances: dict[Geometry, Plan] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_geometry(self.geometry, self.block_size)
+        if not isinstance(self.portable, bool):
+            raise PlanError(f"portable: must be true or false, got {self.portable!r}")
+        if self.source_geometry is not None and not isinstance(self.source_geometry, Geometry):
+            raise PlanError("source_geometry: must be a Geometry or None, got "
+                            f"{type(self.source_geometry).__name__}")
+        if self.source_geometry == self.geometry:
+            object.__setattr__(self, "source_geometry", None)  # searched at the geometry it holds
         as_int(self.num_steps, "num_steps", 1, INT_MAX)
         as_int(self.num_layers, "num_layers", 1, INT_MAX)
         as_int(self.num_heads, "num_heads", 1, MAX_HEADS)
@@ -358,6 +394,46 @@ class Plan:
         entry = self.schedule[bisect.bisect_right(self._starts, step) - 1]
         return self._dense_layer if entry.layers is None else entry.layers[layer]
 
+    @property
+    def searched_geometry(self) -> Geometry:
+        """The geometry the plan was searched at (``source_geometry``, else ``geometry``)."""
+        return self.source_geometry or self.geometry
+
+    def for_geometry(self, geometry: Geometry) -> Plan:
+        """The plan instantiated at ``geometry`` (:mod:`attnsearch.retarget`): same schedule, every
+        head's parameters carried over in their own units, ``predicted`` left empty (its figures
+        were for this geometry) and ``source_geometry`` recorded; ``self`` at its own geometry.
+        Built once per geometry and cached, each distinct layer plan instantiated once.
+
+        Raises PlanError naming the field: ``portable`` for a plan marked non-portable, the
+        geometry field a target cannot be served by (:func:`attnsearch.retarget.check_target`).
+        """
+        if geometry == self.geometry:
+            return self
+        cached = self._instances.get(geometry)
+        if cached is not None:
+            return cached
+        if not self.portable:
+            raise PlanError(f"portable: the plan is marked non-portable (it runs at {self.geometry} only), "
+                            f"so it does not run at {geometry}")
+        check_target(self.geometry, geometry)
+        done: dict[LayerPlan, LayerPlan] = {}
+
+        def carried(lp: LayerPlan) -> LayerPlan:
+            if lp not in done:
+                done[lp] = lp.for_geometry(geometry)
+            return done[lp]
+
+        schedule = tuple(ScheduleEntry(e.start, e.stop, None if e.layers is None else
+                                       tuple(carried(lp) for lp in e.layers)) for e in self.schedule)
+        out = Plan(geometry, self.block_size, self.num_steps, self.num_layers, self.num_heads, schedule,
+                   model=self.model, hardware=self.hardware, predicted={}, search=self.search,
+                   source_geometry=self.searched_geometry)
+        if len(self._instances) >= _GEOMETRY_CACHE:
+            self._instances.pop(next(iter(self._instances)))
+        self._instances[geometry] = out
+        return out
+
     def layer_plans(self) -> list[LayerPlan]:
         """The distinct LayerPlans of the plan, in schedule order."""
         seen: dict[LayerPlan, None] = {}
@@ -387,7 +463,7 @@ class Plan:
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
         """Parse and validate a plan-JSON object; raises PlanError naming the offending field."""
         obj = as_object(data, "plan")
-        check_keys(obj, "", _TOP_REQUIRED, _TOP_OPTIONAL)
+        check_keys(obj, "", _TOP_REQUIRED, _TOP_OPTIONAL + _TOP_PORTABILITY)
         obj.update({k: strict_meta(k, obj[k]) for k in _TOP_OPTIONAL if k in obj})
         check_json_data(obj, "")
         if obj["format"] != FORMAT:
@@ -404,6 +480,15 @@ class Plan:
         num_layers = as_int(obj["num_layers"], "num_layers", 1, INT_MAX)
         num_heads = as_int(obj["num_heads"], "num_heads", 1, MAX_HEADS)
         meta = {k: obj.get(k, {}) for k in _TOP_OPTIONAL}
+        portable = obj.get("portable", True)
+        if not isinstance(portable, bool):
+            raise PlanError(f"portable: must be true or false, got {portable!r}")
+        source = obj.get("source_geometry")
+        if source is not None:
+            try:
+                source = Geometry.from_dict(as_object(source, "source_geometry"))
+            except GeometryError as err:
+                raise PlanError(f"source_geometry: {err}") from None
 
         schedule = []
         for i, raw in enumerate(as_list(obj["schedule"], "schedule")):
@@ -442,7 +527,8 @@ class Plan:
                 raise PlanError(f"{path}.layers: layer(s) {compact_ranges(missing)} of {num_layers} missing "
                                 f"(list every layer, or use \"dense\")")
             schedule.append(ScheduleEntry(start, stop, tuple(by_layer[i] for i in range(num_layers))))
-        return cls(geometry, block_size, num_steps, num_layers, num_heads, tuple(schedule), **meta)
+        return cls(geometry, block_size, num_steps, num_layers, num_heads, tuple(schedule), **meta,
+                   portable=portable, source_geometry=source)
 
     def to_dict(self) -> dict[str, Any]:
         """The plan-JSON object, strict JSON data (documented non-finite metadata as null)."""
@@ -461,6 +547,9 @@ class Plan:
             "schedule": sched,
             "predicted": strict_meta("predicted", self.predicted),
             "search": strict_meta("search", self.search),
+            # written only when they say something: a plan without them reads as before
+            **({} if self.portable else {"portable": False}),
+            **({} if self.source_geometry is None else {"source_geometry": self.source_geometry.to_dict()}),
         }
 
 

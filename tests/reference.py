@@ -110,3 +110,37 @@ def list_schedule_by_steps(durations, slots):
         remaining = [max(0, r - 1) for r in remaining]
         t += 1
     return t, owned
+
+
+def _cells_overlap(a, n_a, b, n_b):
+    """Cell a of n_a equal cells of [0, 1) and cell b of n_b overlap (arrays broadcast)."""
+    return (a * n_b < (b + 1) * n_a) & (b * n_a < (a + 1) * n_b)
+
+
+def _frames_overlap(f, n_f, g, n_g):
+    """docs/design.md's frame rule for stripes at another geometry: frame 0 is frame 0, frames 1..
+    map proportionally onto 1..; a one-frame target takes every frame onto its frame 0."""
+    if n_g == 1:
+        return np.ones(np.broadcast_shapes(np.shape(f), np.shape(g)), dtype=bool)
+    zero = (f == 0) & (g == 0)
+    rest = (f >= 1) & (g >= 1) & _cells_overlap(np.maximum(f - 1, 0), max(n_f - 1, 1), np.maximum(g - 1, 0), n_g - 1)
+    return zero | rest
+
+
+def stripe_blocks_at(key_blocks, source, target, block_size):
+    """Key blocks at ``target`` of a stripe whose key blocks at ``source`` are ``key_blocks``, by brute
+    force over token pairs: a target video token is covered iff its (frame, row, column) cell
+    overlaps that of a source video token the key blocks hold."""
+    is_text, v = token_layout(source)
+    tok = np.arange(source.num_tokens)
+    held = np.isin(tok // block_size, list(key_blocks)) & ~is_text
+    f, rest = np.divmod(v[held], source.frame_size)
+    y, x = np.divmod(rest, source.width)
+    t_text, tv = token_layout(target)
+    g, trest = np.divmod(tv[~t_text], target.frame_size)
+    yy, xx = np.divmod(trest, target.width)
+    cover = (_frames_overlap(f[:, None], source.frames, g[None, :], target.frames)
+             & _cells_overlap(y[:, None], source.height, yy[None, :], target.height)
+             & _cells_overlap(x[:, None], source.width, xx[None, :], target.width)).any(0)
+    covered_tokens = np.flatnonzero(~t_text)[cover]
+    return sorted({int(t) // block_size for t in covered_tokens})

@@ -1,7 +1,8 @@
 """The ``attnsearch`` command line: the I/O edge of the pipeline.
 
 One module per command (``profile``, ``classify``, ``optimize``, ``calibrate``, ``demo``, ``evaluate``,
-``merge``, ``validate``, ``report``, ``bench``); ``common`` holds what they share. Every command turns bad
+``merge``, ``validate``, ``report``, ``bench``, ``retarget``); ``common`` holds what they share. Every
+command turns bad
 input into one clear line on stderr and exit code 2; library errors carry the field they are
 about, so a command only has to print them. Usage errors (an unknown option, a value of the wrong
 type) are one line and exit 2 too; ``attnsearch --version`` prints the version.
@@ -28,6 +29,7 @@ from .merge import merge
 from .optimize import optimize
 from .profile import profile
 from .report import report
+from .retarget import retarget
 from .validate import validate
 from .common import err_console, shown
 
@@ -81,6 +83,7 @@ app.command()(merge)
 app.command()(validate)
 app.command()(report)
 app.command()(bench)
+app.command()(retarget)
 
 
 def main() -> None:  # pragma: no cover - console entry point

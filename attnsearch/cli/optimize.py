@@ -36,6 +36,8 @@ def optimize(
     seed: int = typer.Option(0, help="Sampler seed."),
     ulysses: int = typer.Option(1, help="Ulysses context-parallel degree the plan runs under (K GPUs, H/K heads "
                                         "each): plans are costed by their slowest rank."),
+    non_portable: bool = typer.Option(False, "--non-portable", help="Mark the plan as valid at the profiled "
+                                      "geometry only: apply and retarget then refuse every other geometry."),
 ) -> None:
     """Search the fastest plan under an accuracy budget and write it as JSON."""
     from ..search import optimize as run_search
@@ -70,7 +72,8 @@ def optimize(
                              hardware=hardware, max_error=max_error, target_speedup=target_speedup,
                              max_density=max_density, trials=trials,
                              storage=storage, validate=validate, validate_mode=validate_mode, out=out, model=spec,
-                             head_dim=head_dim, seed=seed, progress=progress, workers=workers, ulysses=ulysses)
+                             head_dim=head_dim, seed=seed, progress=progress, workers=workers, ulysses=ulysses,
+                             portable=not non_portable)
         print_front(res)
         f = res.figures
         console.print(f"cost model: {shown(res.plan.search.get('hardware_note', res.hardware['device']))}")

@@ -20,10 +20,17 @@ def validate(plan_path: Path = typer.Argument(..., metavar="PLAN", help="A plan 
         console.print(f"[green]valid[/] {shown(plan_path)}: {shown(plan.model.get('name', '?'))}, geometry {plan.geometry}, "
                       f"B={plan.block_size}, {plan.num_steps} steps × {plan.num_layers} layers × {plan.num_heads} heads, "
                       f"{len(plan.schedule)} schedule entr{'y' if len(plan.schedule) == 1 else 'ies'}")
+        if plan.source_geometry is not None:
+            console.print(f"retargeted: searched at {shown(plan.source_geometry)}, instantiated at "
+                          f"{shown(plan.geometry)}")
+        if not plan.portable:
+            console.print(f"non-portable: runs at {shown(plan.geometry)} only")
         if shares:
             console.print("head-steps by pattern: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
         if plan.predicted:
             p = plan.predicted
-            console.print(f"predicted: {p.get('speedup', float('nan')):.2f}× attention speedup, rel_err {p.get('rel_err', float('nan')):.3g}")
+            err = f", rel_err {p['rel_err']:.3g}" if "rel_err" in p else ""
+            console.print(f"predicted: {p.get('speedup', float('nan')):.2f}× attention speedup at "
+                          f"{shown(plan.geometry)}{err}")
 
     run(work)

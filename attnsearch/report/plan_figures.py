@@ -92,8 +92,12 @@ def plan_figures(plan: Plan, out: Path) -> dict:
             ("Predicted latency per layer", layer_latency(plan, out / "plan_latency.png", cost)),
             ("Step schedule", schedule(plan, out / "plan_schedule.png"))]
     p = plan.predicted
-    summary = (f"{plan.model.get('name', '?')} — {plan.num_steps} steps × {plan.num_layers} layers × "
-               f"{plan.num_heads} heads, block size {plan.block_size}; cost model: {cost.table.note}")
+    searched = "" if plan.source_geometry is None else f" (retargeted; searched at {plan.source_geometry})"
+    portable = "" if plan.portable else " (non-portable)"
+    summary = (f"{plan.model.get('name', '?')} — geometry {plan.geometry}{searched}{portable}, "
+               f"{plan.num_steps} steps × {plan.num_layers} layers × {plan.num_heads} heads, "
+               f"block size {plan.block_size}; "
+               f"cost model: {cost.table.note}")
     if p:
         summary += (f"; predicted attention {p.get('attention_ms', float('nan')):.1f} ms vs dense "
                     f"{p.get('dense_attention_ms', float('nan')):.1f} ms ({p.get('speedup', float('nan')):.2f}×), "

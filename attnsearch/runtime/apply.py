@@ -27,6 +27,16 @@ q, k, v, kwargs) to a consumer. A call runs ``plan.layer_plan(step, layer)``:
   with cuDNN's kernel first on Hopper;
 - otherwise :func:`sparse_attention` with the call's ``scale`` and ``enable_gqa``.
 
+Geometry of a call. A call at the plan's geometry runs the plan as it is. A call at another
+geometry runs ``plan.for_geometry(geometry)`` (built once per geometry), where the geometry comes
+from ``apply(..., geometry=G)`` (every call) or from the model: a root module that defines
+``attnsearch_geometry(*args, **kwargs) -> Geometry`` (None: not known) is asked at each forward
+with that forward's arguments (mini-vdit does). Both given and disagreeing is an error. The
+geometry is never guessed from the sequence length: a call whose length differs from the plan's
+with no geometry given is an error naming ``geometry``, as is a given geometry whose token count is
+not the call's, a plan marked non-portable, or a geometry the plan cannot serve
+(:mod:`attnsearch.retarget`).
+
 Anything the plan cannot honour — a step or layer it does not cover, a sequence length or head
 count that does not match, an ``attn_mask``, ``is_causal``, dropout, cross-attention on a sparse
 layer — raises :class:`PlanError` naming the call and the field. With
@@ -50,6 +60,7 @@ from typing import Any
 
 import torch
 
+from ..geometry import Geometry
 from ..plan import Plan, PlanError
 from ..profiling.capture import _SDPA, SDPACall
 from . import ops
@@ -75,12 +86,19 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         heads: this process's query heads under context parallelism (``parallel.head_layout``):
             a range or (start, stop), a torch.distributed process group (the Ulysses group), or
             None: diffusers' context-parallel config, else the default process group, else none.
+        geometry: the token layout of every call (see the module docstring); None: the plan's, or
+            the model's ``attnsearch_geometry`` at each forward.
     """
 
     def __init__(self, model: Any, plan: Plan, *, allow_dense_fallback: bool = False, backend: str = "auto",
-                 auto_step: bool = True, heads: Any = None) -> None:
+                 auto_step: bool = True, heads: Any = None, geometry: Geometry | None = None) -> None:
         if not isinstance(plan, Plan):
             raise TypeError(f"plan: expected a Plan (attnsearch.load_plan), got {type(plan).__name__}")
+        if geometry is not None and not isinstance(geometry, Geometry):
+            raise TypeError(f"geometry: expected an attnsearch.Geometry, got {type(geometry).__name__}")
+        self.geometry = geometry
+        self._forward_geometry: list[Geometry | None] = []  # the model's, per forward in progress
+        self._geometry_hooks: list[Any] = []
         self.model = model
         self.plan = plan
         self.allow_dense_fallback = allow_dense_fallback
@@ -128,20 +146,28 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         self.forwards = []
         self._layers_seen: dict[int, int] = {}
         self._last_step: int | None = None
-        if self._router is None:
-            self._token = ops.model_token(self.model)
-            self._capture = PlanCapture(self.model, self._consumer, token=self._token,
-                                        num_layers=self.plan.num_layers, auto_step=self.auto_step)
-            ops.activate(self._token, self._run_compiled)
-            try:
+        self._forward_geometry = []
+        hook = getattr(self.model, "attnsearch_geometry", None)
+        if isinstance(self.model, torch.nn.Module) and callable(hook):
+            self._geometry_hooks = [
+                self.model.register_forward_pre_hook(self._enter_forward, with_kwargs=True),
+                self.model.register_forward_hook(self._leave_forward, always_call=True)]
+        try:
+            if self._router is None:
+                self._token = ops.model_token(self.model)
+                self._capture = PlanCapture(self.model, self._consumer, token=self._token,
+                                            num_layers=self.plan.num_layers, auto_step=self.auto_step)
+                ops.activate(self._token, self._run_compiled)
                 self._capture.__enter__()
-            except BaseException:
+                return self
+            self._capture = capture_attention(None, self._consumer, auto_step=False, accept=self._router.accept)
+            self._capture.__enter__()
+        except BaseException:
+            if self._token is not None:
                 ops.deactivate(self._token)
                 self._token = None
-                raise
-            return self
-        self._capture = capture_attention(None, self._consumer, auto_step=False, accept=self._router.accept)
-        self._capture.__enter__()
+            self._remove_geometry_hooks()
+            raise
         if self.auto_step:  # the pipeline's steps, by timestep; else the caller's set_step
             self._stepper = self._router.stepping(self._capture)
             self._stepper.__enter__()
@@ -162,6 +188,7 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
                                 "scaled_dot_product_attention?)")
             return suppressed
         finally:
+            self._remove_geometry_hooks()
             self._capture = None
             if self._token is not None:
                 ops.deactivate(self._token)
@@ -180,6 +207,44 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
     def set_step(self, step: int) -> None:
         """Set the step of the next calls (when auto_step is False, or to re-sync)."""
         self._capture.set_step(step)
+
+    # -- the geometry of a call ------------------------------------------------------------------------
+
+    def _enter_forward(self, module: Any, args: tuple, kwargs: dict) -> None:
+        geometry = self.model.attnsearch_geometry(*args, **kwargs)
+        if geometry is not None and not isinstance(geometry, Geometry):
+            raise TypeError("attnsearch_geometry: expected an attnsearch.Geometry, got "
+                            f"{type(geometry).__name__}")
+        self._forward_geometry.append(geometry)
+
+    def _leave_forward(self, module: Any, args: tuple, output: Any) -> None:
+        if self._forward_geometry:
+            self._forward_geometry.pop()
+
+    def _remove_geometry_hooks(self) -> None:
+        while self._geometry_hooks:
+            self._geometry_hooks.pop().remove()
+
+    def _plan_for_call(self, num_tokens: int) -> Plan:
+        """The plan a call of ``num_tokens`` tokens runs: the plan at the call's geometry (module
+        docstring); PlanError naming ``geometry`` when that geometry is unknown or does not fit."""
+        plan = self.plan
+        from_model = self._forward_geometry[-1] if self._forward_geometry else None
+        if self.geometry is not None and from_model is not None and from_model != self.geometry:
+            raise PlanError(f"geometry: apply(geometry={self.geometry}) but the model's attnsearch_geometry "
+                            f"says {from_model}")
+        geometry = self.geometry or from_model
+        if geometry is None:
+            if num_tokens != plan.geometry.num_tokens:
+                raise PlanError(f"geometry: sequence length {num_tokens} does not match the plan's geometry "
+                                f"{plan.geometry}; to run the plan at another geometry pass apply(..., "
+                                "geometry=Geometry(...)) or give the model an attnsearch_geometry(*forward "
+                                "args) method (a geometry is never guessed from the sequence length)")
+            return plan
+        if geometry.num_tokens != num_tokens:
+            raise PlanError(f"geometry: sequence length {num_tokens} does not match the call's geometry "
+                            f"{geometry}")
+        return plan.for_geometry(geometry)
 
     # -- one call ------------------------------------------------------------------------------------
 
@@ -245,7 +310,7 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
                             "(does the model make more attention calls per forward than the plan knows?)")
         if q.dim() != 4:
             raise PlanError(f"query: expected [batch, heads, N, head_dim], got shape {tuple(q.shape)}")
-        lp = self.layout.layer_plan(plan.layer_plan(call.step, call.layer), q.shape[1])
+        lp = self.layout.layer_plan(self._plan_for_call(q.shape[2]).layer_plan(call.step, call.layer), q.shape[1])
         lp.check_inputs(q.shape[2], q.shape[1])
         if lp.is_dense:
             self.stats["dense"] += 1

@@ -221,7 +221,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
              model=None, progress: Callable[[dict[str, Any]], None] | None = None, head_dim: int | None = None,
              batch: int = 1, seed: int = 0, study_name: str | None = None, backend: str = "auto",
              timeout: float | None = None, workers: int = 1, heartbeat_s: int = HEARTBEAT_S,
-             ulysses: int = 1) -> OptimizeResult:
+             ulysses: int = 1, portable: bool = True) -> OptimizeResult:
     """Search a plan for the profiled model and write it to ``out``.
 
     Args:
@@ -256,6 +256,8 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         head_dim, batch: of the attention calls (head_dim: from the model if given, else 128).
         ulysses: Ulysses context-parallel degree the plan will run under: a plan is costed by its
             slowest rank (each rank H/K heads; ``Problem``), against one rank's dense attention.
+        portable: False marks the plan non-portable (``Plan.portable``): it then runs at the
+            profiled geometry only. Not part of the study: the same trials serve both.
     Returns:
         OptimizeResult: the plan, where it was written, the chosen trial and why, the Pareto front.
     """
@@ -275,6 +277,8 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         raise SearchError(f"validate_mode must be one of {', '.join(VALIDATE_MODES)}, got {validate_mode!r}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise SearchError(f"seed must be an integer ≥ 0, got {seed!r}")
+    if not isinstance(portable, bool):
+        raise SearchError(f"portable must be true or false, got {portable!r}")
     out = Path(out)
     storage, db = check_outputs_of(profile_path, out, storage, workers)
     started = time.perf_counter()
@@ -392,7 +396,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
                          "trials_total": len(done), "seed": seed},
             "hardware_note": cm.table.note, "cost_model": cm.describe(),
             "pareto": pareto.head(50).to_dict(orient="records"),
-        })
+        }, portable=portable)
         path = write_plan(plan, out)  # only this (parent) process writes, atomically (temporary file + rename)
         return OptimizeResult(plan, path, chosen.number, reason, figures, pareto, name, storage, hw, settings,
                               seconds=round(search_s, 2), trials_run=ran)

@@ -121,6 +121,28 @@ def test_forward_any_size_and_capture_sees_only_self_attention():
         model(torch.randn(1, 3, 4, 15, 16), torch.tensor([0.5]), torch.tensor([[1, 1, 1, 1]]))
 
 
+@torch.no_grad()
+def test_apply_runs_a_plan_at_the_clip_size_it_is_called_with():
+    from attnsearch.plan import LayerPlan, Plan, ScheduleEntry
+    from attnsearch.runtime import apply
+
+    torch.manual_seed(0)
+    model = MiniVDiT(MiniVDiTConfig.tiny()).eval()
+    for param in model.parameters():  # past the zero init of adaLN-zero: attention reaches the output
+        param.normal_(0.0, 0.1)
+    source = model.geometry_for(4, 32, 32)
+    lp = LayerPlan.from_heads([("diagonal", {"rows": 1.0}), ("multi_diagonal", {"rows": 0.5, "frames": 1})], source, 64)
+    plan = Plan(source, 64, 1, model.config.depth, model.config.heads, (ScheduleEntry(0, 1, (lp,) * model.config.depth),))
+    x, t, cond = torch.randn(1, 3, 8, 48, 48), torch.tensor([0.5]), torch.tensor([[1, 2, 3, 4]])
+    with apply(model, plan, backend="torch") as ap:
+        got = model(x, t, cond)
+    target = model.geometry_for(8, 48, 48)
+    with apply(model, plan.for_geometry(target), backend="torch"):
+        want = model(x, t, cond)
+    assert ap.stats["sparse"] == model.config.depth and torch.equal(got, want)
+    assert not torch.allclose(got, model(x, t, cond), atol=1e-4)
+
+
 def test_sampler_is_deterministic_and_one_forward_per_step():
     torch.manual_seed(0)
     model = MiniVDiT(MiniVDiTConfig.tiny()).eval()

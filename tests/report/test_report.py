@@ -107,3 +107,15 @@ def test_density_figures_name_the_timing_mode_only_when_rows_share_one():
     assert timing_note([{"timing": "sustained"}, {"timing": "sustained"}]) == " (sustained timing)"
     assert timing_note([{"timing": "queued"}, {"timing": "sustained"}]) == ""  # a mixed file names none
     assert timing_note([{"timing": "queued"}, {}]) == ""  # rows from before the field existed
+
+
+def test_a_plan_report_shows_where_it_was_searched_and_where_it_runs(tmp_path):
+    from attnsearch.plan import LayerPlan, Plan, ScheduleEntry
+    from attnsearch.report.plan_figures import plan_figures
+
+    source, target = Geometry(3, 8, 8, 5), Geometry(6, 12, 12, 5)
+    lp = LayerPlan.from_heads([("diagonal", {"rows": 1.0}), ("vertical_stripe", {"key_blocks": [1]})], source, 64)
+    plan = Plan(source, 64, 2, 1, 2, (ScheduleEntry(0, 2, (lp,)),))
+    moved = plan_figures(plan.for_geometry(target), tmp_path)["summary"]
+    assert f"geometry {target} (retargeted; searched at {source})" in moved
+    assert f"geometry {source}," in plan_figures(plan, tmp_path)["summary"]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from attnsearch import Geometry
-from attnsearch.plan import Plan, PlanError, ScheduleEntry
+from attnsearch.plan import LayerPlan, Plan, PlanError, ScheduleEntry
 from attnsearch.profiling.capture import capture_attention
 from attnsearch.runtime import apply
 from test_runtime import all_patterns, reference
@@ -141,3 +141,118 @@ def test_attn_mask_is_refused_unless_fallback_allowed():
 def test_apply_rejects_a_non_plan(net_and_inputs):
     with pytest.raises(TypeError, match="plan: expected a Plan"):
         apply(net_and_inputs[0], {"format": "attnsearch-plan"})
+
+
+# --- calls at another geometry ---------------------------------------------------------------------
+
+TARGET = Geometry(frames=8, height=9, width=24, text_tokens=5, text_position="prefix")  # N = 1733
+
+
+class GridNet(Net):
+    """Net over a [B, F, H, W, DIM] video with a [B, T, DIM] text prefix; it tells apply its geometry."""
+
+    def forward(self, video: torch.Tensor, text: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.cat([text, video.flatten(1, 3)], 1), ctx)
+
+    def attnsearch_geometry(self, video: torch.Tensor, text: torch.Tensor, ctx: torch.Tensor) -> Geometry:
+        return Geometry(*video.shape[1:4], text_tokens=text.shape[1])
+
+
+def target_reference_plan(plan: Plan, target: Geometry) -> Plan:
+    """``plan`` built directly at ``target``: the relative families with their own parameters, the
+    stripes' key blocks by brute force over token positions (tests/reference.py)."""
+    from reference import stripe_blocks_at
+
+    layers = {}
+    for e in plan.schedule:
+        for lp in e.layers or ():
+            heads = []
+            for pattern, params in lp.head_specs:
+                if pattern == "vertical_stripe":
+                    params = {**params, "key_blocks": stripe_blocks_at(params["key_blocks"], plan.geometry, target,
+                                                                       plan.block_size)}
+                heads.append((pattern, params))
+            layers[lp] = LayerPlan.from_heads(heads, target, plan.block_size)
+    schedule = tuple(ScheduleEntry(e.start, e.stop, None if e.layers is None else tuple(layers[lp] for lp in e.layers))
+                     for e in plan.schedule)
+    return Plan(target, plan.block_size, plan.num_steps, plan.num_layers, plan.num_heads, schedule)
+
+
+def follow(plan: Plan):
+    """Capture consumer: every sparse call by fp32-promoted masked SDPA with ``plan``'s block masks."""
+    def consumer(call):
+        lp = plan.layer_plan(call.step, call.layer)
+        if lp.is_dense:
+            return None
+        return reference(call.query, call.key, call.value, lp).to(call.query.dtype)
+    return consumer
+
+
+@torch.no_grad()
+def test_a_call_at_another_geometry_runs_the_plan_instantiated_there(net_and_inputs):
+    net, _, ctx = net_and_inputs
+    plan = make_plan()
+    want_plan = target_reference_plan(plan, TARGET)
+    x = torch.randn(2, TARGET.num_tokens, DIM)
+    with capture_attention(net, follow(want_plan)):
+        want = [net(x, ctx), net(x, ctx)]
+    with apply(net, plan, geometry=TARGET, backend="torch") as ap:
+        got = [net(x, ctx), net(x, ctx)]
+    assert ap.stats["sparse"] == 2
+    for g, w in zip(got, want, strict=True):
+        assert ((g - w).norm() / w.norm()).item() <= 1e-5
+    assert not torch.allclose(got[1], net(x, ctx), atol=1e-3)  # sparse at the target, not dense
+    moved = plan.for_geometry(TARGET)
+    assert torch.equal(moved.layer_plan(1, 0).block_masks(), want_plan.layer_plan(1, 0).block_masks())
+
+
+@torch.no_grad()
+def test_the_model_tells_each_forward_its_geometry():
+    torch.manual_seed(3)
+    net = GridNet().eval()
+    plan = make_plan(num_steps=3)
+    ctx = torch.randn(1, CTX, DIM)
+    inputs = [(torch.randn(1, g.frames, g.height, g.width, DIM), torch.randn(1, g.text_tokens, DIM))
+              for g in (GEOM, TARGET, TARGET)]
+    want = []
+    for step, ((video, text), g) in enumerate(zip(inputs, (GEOM, TARGET, TARGET))):
+        ref = target_reference_plan(plan, g) if g != GEOM else plan
+        with capture_attention(net, follow(ref), auto_step=False) as cap:
+            cap.set_step(step)
+            want.append(net(video, text, ctx))
+    with apply(net, plan, backend="torch") as ap:
+        got = [net(video, text, ctx) for video, text in inputs]
+    assert ap.stats["calls"] == 9 and ap.stats["sparse"] == 4
+    for g, w in zip(got, want, strict=True):
+        assert ((g - w).norm() / w.norm()).item() <= 1e-5
+    assert plan.for_geometry(TARGET) is plan.for_geometry(TARGET)
+
+
+@torch.no_grad()
+def test_a_geometry_that_does_not_fit_the_call_is_named(net_and_inputs):
+    net, x, ctx = net_and_inputs
+    with pytest.raises(PlanError, match=r"step 0, layer 0: geometry: sequence length 397 does not match the call's "
+                                        r"geometry 8×9×24"):
+        with apply(net, make_plan(), geometry=TARGET):
+            net(x, ctx)
+    with pytest.raises(PlanError, match=r"geometry: sequence length 300 does not match the plan's geometry .* "
+                                        r"never guessed"):
+        with apply(net, make_plan()):
+            net(x[:, :300], ctx)
+    grid = GridNet().eval()
+    video, text = torch.randn(1, 8, 9, 24, DIM), torch.randn(1, 5, DIM)
+    with pytest.raises(PlanError, match=r"geometry: apply\(geometry=4×6×16.*\) but the model's attnsearch_geometry "
+                                        r"says 8×9×24"):
+        with apply(grid, make_plan(), geometry=GEOM):
+            grid(video, text, ctx[:1])
+
+
+@torch.no_grad()
+def test_a_non_portable_plan_refuses_other_geometries(net_and_inputs):
+    net, _, ctx = net_and_inputs
+    p = make_plan()
+    plan = Plan(p.geometry, p.block_size, p.num_steps, p.num_layers, p.num_heads, p.schedule, portable=False)
+    x = torch.randn(2, TARGET.num_tokens, DIM)
+    with pytest.raises(PlanError, match=r"step 0, layer 0: portable: the plan is marked non-portable"):
+        with apply(net, plan, geometry=TARGET):
+            net(x, ctx)

@@ -209,6 +209,11 @@ class MiniVDiT(nn.Module):
         enters through cross-attention)."""
         return Geometry(*self.token_grid(frames, height, width))
 
+    def attnsearch_geometry(self, x: torch.Tensor, *args, **kwargs) -> Geometry:
+        """The geometry of a forward's self-attention calls, from its arguments: ``apply`` asks
+        it, so a plan runs at the clip size the model is called with."""
+        return self.geometry_for(*x.shape[2:])
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         b, c, f, h, w = x.shape
