@@ -31,25 +31,13 @@ from ...geometry import Geometry
 from .family import Instrumentation, VideoSize, positive_int, resolve_dtype
 from .registry import family_of, resolve_preset
 
-#: diffusers attention backends that end in torch's scaled_dot_product_attention.
-SDPA_BACKENDS = frozenset({"native", "_native_cudnn", "_native_efficient", "_native_flash", "_native_math"})
-
-
 def check_sdpa_backend(model: nn.Module) -> None:
-    """Raise when diffusers is set to an attention backend that never calls SDPA (flash, sage, …)."""
-    try:
-        from diffusers.models.attention_dispatch import _AttentionBackendRegistry
-        active = str(getattr(_AttentionBackendRegistry.get_active_backend()[0], "value",
-                             _AttentionBackendRegistry.get_active_backend()[0]))
-    except Exception:  # noqa: BLE001  (older/newer diffusers: nothing to check against)
-        active = "native"
-    backends = {active}
-    for m in model.modules():
-        proc = getattr(m, "processor", None)
-        b = getattr(proc, "_attention_backend", None)
-        if b is not None:
-            backends.add(str(getattr(b, "value", b)))
-    bad = sorted(backends - SDPA_BACKENDS)
+    """Raise when diffusers is set to an attention backend that never calls SDPA (flash, sage, …):
+    attnsearch could neither see nor replace its attention. Which backends end in SDPA:
+    :mod:`attnsearch.runtime.diffusers_dispatch`."""
+    from ...runtime.diffusers_dispatch import SDPA_BACKENDS, active_backend, backends_of
+
+    bad = sorted(({active_backend() or "native"} | backends_of(model)) - SDPA_BACKENDS)
     if bad:
         raise ValueError(f"{type(model).__name__}: diffusers attention backend {', '.join(bad)} does not call "
                          "torch's scaled_dot_product_attention, so attnsearch cannot see or replace it; use the "
@@ -247,5 +235,5 @@ def load_random(preset: str, *, num_frames: int | None = None, height: int | Non
                      fingerprint=fingerprint(model))
 
 
-__all__ = ["SDPA_BACKENDS", "TimestepStepper", "cast_keeping_fp32", "check_sdpa_backend",
+__all__ = ["TimestepStepper", "cast_keeping_fp32", "check_sdpa_backend",
            "denoising_inputs", "geometry_of", "instrument", "load_random", "random_transformer", "timestep_value"]
