@@ -186,3 +186,34 @@ def test_a_sparse_plan_changes_exactly_the_layers_and_heads_it_names(preset):
             ref = F.scaled_dot_product_attention(q[:, h:h + 1].double(), k[:, h:h + 1].double(),
                                                  v[:, h:h + 1].double(), attn_mask=masks[h])
             assert ((out[:, h:h + 1] - ref).norm() / ref.norm()).item() <= 1e-5, (step, layer, h)
+
+
+@pytest.mark.parametrize("preset", ["wan2.1-1.3b", "cogvideox-5b"])
+def test_a_plan_runs_at_the_size_the_transformer_is_called_with(preset):
+    """The instrumented transformer tells apply each forward's geometry, so a plan searched at one
+    video size runs, retargeted, at another: exactly as when that geometry is given explicitly."""
+    from attnsearch.models import split_input
+
+    spec = spec_of(preset)
+    text, _, _ = CASES[preset]
+    other = load_model(f"diffusers-random:{preset}", tiny=True, text_tokens=text, steps=2,
+                       **dict(SIZE, num_frames=33))
+    assert other.geometry.frames != spec.geometry.frames
+    g, heads, layers = spec.geometry, spec.model.config.num_attention_heads, instrument(spec.model).num_layers
+    sparse = LayerPlan.from_heads([("diagonal", {"rows": 1.0}), ("energy_decay", {"decay": 0.25})] * (heads // 2),
+                                  g, BLOCK)
+    plan = _plan(spec, (ScheduleEntry(0, 2, tuple(sparse for _ in range(layers))),))
+
+    def run(**kw):
+        outs = []
+        with torch.no_grad(), apply(spec.model, plan, backend="torch", **kw):
+            for entry in other.inputs:
+                args, kwargs = split_input(entry)
+                outs.append(output(spec.model(*args, **kwargs)))
+        return torch.cat([o.flatten() for o in outs])
+
+    hooked, explicit = run(), run(geometry=other.geometry)
+    with torch.no_grad():
+        dense = torch.cat([output(spec.model(*split_input(e)[0], **split_input(e)[1])).flatten() for e in other.inputs])
+    assert torch.equal(hooked, explicit)
+    assert (hooked - dense).norm() / dense.norm() > 1e-3

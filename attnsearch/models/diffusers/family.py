@@ -207,6 +207,7 @@ class Instrumentation:
             self.handles.append(m.register_forward_hook(self._exit, always_call=True))
         family.prepare(model, self)
         model.attnsearch_accept = self.accept
+        model.attnsearch_geometry = self.geometry
         model.attnsearch_instrumentation = self
 
     @property
@@ -220,6 +221,15 @@ class Instrumentation:
     def _exit(self, module, args, output) -> None:
         self.depth -= 1
 
+    def geometry(self, *args: Any, **kwargs: Any) -> Geometry:
+        """The geometry of a forward's self-attention calls, from the forward's arguments
+        (``hidden_states`` first or by keyword): ``apply`` asks it, so a plan runs at the size the
+        pipeline is called with."""
+        inputs = dict(kwargs)
+        if args and "hidden_states" not in inputs:
+            inputs["hidden_states"] = args[0]
+        return self.family.geometry(self.model, inputs)
+
     def accept(self, call: Any) -> bool:
         """capture_attention's filter: only calls made inside a self-attention module are layers."""
         return self.depth > 0
@@ -227,7 +237,7 @@ class Instrumentation:
     def remove(self) -> None:
         while self.handles:
             self.handles.pop().remove()
-        for name in ("attnsearch_accept", "attnsearch_instrumentation"):
+        for name in ("attnsearch_accept", "attnsearch_geometry", "attnsearch_instrumentation"):
             self.model.__dict__.pop(name, None)
 
 
