@@ -147,11 +147,10 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         self._layers_seen: dict[int, int] = {}
         self._last_step: int | None = None
         self._forward_geometry = []
-        hook = getattr(self.model, "attnsearch_geometry", None)
-        if isinstance(self.model, torch.nn.Module) and callable(hook):
-            self._geometry_hooks = [
-                self.model.register_forward_pre_hook(self._enter_forward, with_kwargs=True),
-                self.model.register_forward_hook(self._leave_forward, always_call=True)]
+        for m in modules:  # each transformer that can tell its forward's geometry (a pipeline's every expert)
+            if isinstance(m, torch.nn.Module) and callable(getattr(m, "attnsearch_geometry", None)):
+                self._geometry_hooks += [m.register_forward_pre_hook(self._enter_forward, with_kwargs=True),
+                                         m.register_forward_hook(self._leave_forward, always_call=True)]
         try:
             if self._router is None:
                 self._token = ops.model_token(self.model)
@@ -211,7 +210,7 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
     # -- the geometry of a call ------------------------------------------------------------------------
 
     def _enter_forward(self, module: Any, args: tuple, kwargs: dict) -> None:
-        geometry = self.model.attnsearch_geometry(*args, **kwargs)
+        geometry = module.attnsearch_geometry(*args, **kwargs)
         if geometry is not None and not isinstance(geometry, Geometry):
             raise TypeError("attnsearch_geometry: expected an attnsearch.Geometry, got "
                             f"{type(geometry).__name__}")

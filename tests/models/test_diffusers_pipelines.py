@@ -99,14 +99,14 @@ class ForwardLog:
             h.remove()
 
 
-def _run_logged(pipe, kind, folders, plan):
+def _run_logged(pipe, kind, folders, plan, **size):
     log = ForwardLog(pipe)
-    extra = {}
+    extra = dict(size)
     if kind == "hunyuanvideo":  # the prompt unpadded: the plan's text length (padding would be masked keys)
         extra["max_sequence_length"] = plan.geometry.text_tokens
     try:
         with apply(pipe, plan) as ap:
-            pipe(**_call(kind, folders), callback_on_step_end=log.on_step_end, **extra)
+            pipe(**(_call(kind, folders) | extra), callback_on_step_end=log.on_step_end)
     finally:
         log.remove()
     return ap, log
@@ -209,3 +209,8 @@ def test_profile_optimize_apply_end_to_end(folders, kind, tmp_path):
     assert ap.forwards == log.steps()
     assert ap.stats["calls"] == len(log.forwards) * plan.num_layers
     assert ap.stats["sparse"] + ap.stats["dense"] == ap.stats["calls"] and not ap.stats["fallbacks"]
+    # The same plan at another video size: retargeted per forward from the transformer's geometry.
+    bigger = {"num_frames": 2 * tp.SIZES["num_frames"] - 1, "height": tp.SIZES["height"] * 3 // 2}
+    ap, log = _run_logged(pipe, kind, folders, plan, **bigger)
+    assert ap.forwards == log.steps() and not ap.stats["fallbacks"]
+    assert ap.stats["calls"] == len(log.forwards) * plan.num_layers
