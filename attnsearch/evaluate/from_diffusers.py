@@ -4,8 +4,9 @@ Each seed runs the real pipeline (its scheduler, CFG and VAE) with ``generator``
 the initial latents are identical for the dense and the sparse run; the prompt is the option
 ``prompt`` for every seed. The final latents are taken after the last scheduler step (the
 pipeline's step-end callback) and the frames are the pipeline's own decoded video in [0, 1]
-(``output_type="pt"``). Steps are numbered by timestep (``TimestepStepper``): Wan and
-HunyuanVideo call the transformer once per CFG branch.
+(``output_type="pt"``). Plans run on the pipeline object (``apply(pipe, plan)``): every
+transformer it holds (Wan2.2's two experts by the plan's ``model.experts``), steps numbered by
+timestep, since Wan and HunyuanVideo call the transformer once per CFG branch.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class DiffusersGenerator:
         from ..models.diffusers import family_of, instrument
 
         self.name = name
-        self.pipe = pipe
+        self.pipe = self.pipeline = pipe
         self.transformer = pipe.transformer
         self.family = family_of(self.transformer)
         instrument(self.transformer)

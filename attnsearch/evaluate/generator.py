@@ -61,7 +61,9 @@ class Generator(Protocol):
     ``name``: the spec it was loaded from. ``transformer``: the module ``apply`` runs on (its SDPA
     calls numbered by step and layer as the plan numbers them). ``steps_by_timestep``: True when a
     denoising step is several forwards of ``transformer`` (a pipeline calling it once per CFG
-    branch): steps are then numbered by the timestep argument, not by forward.
+    branch): steps are then numbered by the timestep argument, not by forward. A generator may
+    also hold ``pipeline``: a diffusers pipeline object, which ``running`` then instruments whole
+    (every transformer it holds, Wan2.2's two experts included; steps by timestep).
     """
 
     name: str
@@ -102,6 +104,11 @@ def running(generator: Generator, plan: Any = None, *, backend: str = "auto",
     if plan is None and observe is None:
         yield None
         return
+    pipeline = getattr(generator, "pipeline", None)
+    if pipeline is not None:
+        with _running_pipeline(pipeline, plan, backend, observe) as target:
+            yield target
+        return
     model = generator.transformer
     auto_step = not generator.steps_by_timestep
     if plan is not None:
@@ -122,6 +129,27 @@ def running(generator: Generator, plan: Any = None, *, backend: str = "auto",
 
             with TimestepStepper(model, target):
                 yield target
+
+
+@contextlib.contextmanager
+def _running_pipeline(pipeline: Any, plan: Any, backend: str, observe: Callable[[Any], None] | None) -> Iterator[Any]:
+    """``running`` on a pipeline object: ``apply(pipeline, plan)`` (every transformer, steps by
+    timestep), or every transformer's self-attention calls shown to ``observe``, numbered alike."""
+    if plan is not None:
+        from ..runtime import apply
+
+        with apply(pipeline, plan, backend=backend) as ap:
+            yield ap
+        return
+    from ..models.diffusers.experts import PipelineRouter
+
+    def consumer(call: Any) -> None:
+        observe(call)
+        return None
+
+    router = PipelineRouter(pipeline)
+    with _capture_attention()(None, consumer, auto_step=False, accept=router.accept) as cap, router.stepping(cap):
+        yield cap
 
 
 @dataclass

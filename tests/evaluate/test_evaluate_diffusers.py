@@ -55,3 +55,43 @@ def test_pipeline_size_follows_the_plan_and_options_are_checked(tmp_path, tiny_w
     gen.transformer.save_pretrained(tmp_path / "transformer")
     with pytest.raises(ValueError, match=r"--model diffusers:.*transformer: evaluation needs a pipeline folder"):
         load_generator(f"diffusers:{tmp_path / 'transformer'}")
+
+
+@pytest.mark.slow
+def test_a_two_expert_pipeline_evaluates_with_each_expert_running_its_steps(tmp_path):
+    """Wan2.2 (transformer for high-noise steps, transformer_2 for low-noise): evaluate runs the plan
+    on the pipeline object, so both experts run theirs. A dense plan reproduces the dense video
+    exactly; a block-diagonal one changes it; the calls counted are the pipeline's own forwards."""
+    pytest.importorskip("transformers")
+    import tiny_pipelines as tp
+
+    from attnsearch.evaluate import evaluate
+    from attnsearch.models import load_model
+
+    folder = tp.build("wan2.2", tmp_path / "wan22")
+    steps = 4
+    spec = load_model(f"diffusers:{folder}", steps=steps, guidance_scale=5.0, dtype="float32", device="cpu",
+                      **tp.SIZES)
+    experts = [e.to_dict() for e in spec.experts]
+    assert [e["name"] for e in experts] == ["transformer", "transformer_2"]
+    g = spec.geometry
+    heads = spec.model.transformer.config.num_attention_heads
+    layers = len(spec.model.transformer.blocks)
+    model = {"name": spec.name, "experts": experts}
+    dense = Plan.dense(g, steps, layers, heads, BLOCK, model=model)
+    own_block = LayerPlan.single("diagonal", {"rows": 0.0}, g, heads, BLOCK)
+    sparse = Plan(g, BLOCK, steps, layers, heads, (ScheduleEntry(0, steps, (own_block,) * layers),), model=model)
+    gen = load_generator(f"diffusers:{folder}", prompt="a cat", guidance_scale=5.0, device="cpu", **tp.SIZES)
+    forwards = {"transformer": 0, "transformer_2": 0}
+    hooks = [getattr(gen.pipe, n).register_forward_pre_hook(lambda m, a, n=n: forwards.__setitem__(n, forwards[n] + 1))
+             for n in forwards]
+    result = evaluate([dense, sparse], gen, seeds=1, labels=["dense", "sparse"])
+    for h in hooks:
+        h.remove()
+    d, s = result.runs
+    # dense generation + two plan runs; each forward makes `layers` self-attention calls
+    per_run = sum(forwards.values()) // 3
+    assert forwards["transformer"] > 0 and forwards["transformer_2"] > 0
+    assert d.calls["calls"] == s.calls["calls"] == per_run * layers
+    assert d.overall["psnr_db"] == math.inf
+    assert math.isfinite(s.overall["psnr_db"]) and s.overall["rel_l2_latents"] > 0
