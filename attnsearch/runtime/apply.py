@@ -70,6 +70,11 @@ from .parallel import head_layout
 from .traced import PlanCapture
 
 
+def recording_cuda_graph() -> bool:
+    """Whether the current CUDA stream is recording a CUDA graph (False without CUDA)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 class apply:  # noqa: N801  (a context manager used like a function, as torch's no_grad)
     """Context manager running ``model``'s attention by ``plan``.
 
@@ -248,7 +253,17 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
     # -- one call ------------------------------------------------------------------------------------
 
     def _run_compiled(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
-        """A ``planned_attention`` node of a compiled graph: number the call, then run it as eagerly."""
+        """A ``planned_attention`` node of a compiled graph: number the call, then run it as eagerly.
+
+        Refused while a CUDA graph records it (``torch.compile(mode="reduce-overhead")``) for a plan
+        whose layers change across steps: the graph's replays run no Python, so every later step
+        would replay this step's layer plans, a wrong answer nothing would report."""
+        if len(self.plan.schedule) > 1 and recording_cuda_graph():
+            raise PlanError(f"attnsearch.apply: a CUDA graph is recording a compiled forward (torch.compile "
+                            f"mode='reduce-overhead'), but the plan's layers change across its steps "
+                            f"({len(self.plan.schedule)} schedule entries) and a replayed graph would run one "
+                            "step's layers at every step; compile with mode='default' or "
+                            "'max-autotune-no-cudagraphs', or capture one graph per step range eagerly")
         step, layer = self._capture.number_call()
         out = self._consumer(SDPACall(step, layer, q, k, v, kwargs))
         return _SDPA(q, k, v, **kwargs) if out is None else out

@@ -160,3 +160,26 @@ def test_cuda_graph_captures_a_whole_forward_under_apply():
             graph.replay()
             torch.cuda.synchronize()
             assert torch.equal(captured, e)
+
+
+@pytest.mark.slow
+def test_a_cuda_graph_recording_a_multi_range_plan_is_refused(tiny_wan_pipeline, monkeypatch):
+    """Under torch.compile(mode="reduce-overhead") a CUDA graph records the compiled forward once
+    and replays it without Python: a plan whose layers change across steps would silently run the
+    recorded step's layers at every step. Recording such a plan is an error; a plan of one step
+    range records. (The recording is simulated on the CPU: the stream reports it is capturing.)"""
+    model, inputs, plan = _wan_model_and_plan(tiny_wan_pipeline, steps=3)
+    import sys
+
+    monkeypatch.setattr(sys.modules["attnsearch.runtime.apply"], "recording_cuda_graph", lambda: True)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        with pytest.raises(Exception, match="a replayed graph would run one step's layers at every step"):
+            with apply(model, plan, backend="torch"):
+                compiled(**inputs[0])
+        one_range = Plan(plan.geometry, plan.block_size, plan.num_steps, plan.num_layers, plan.num_heads,
+                         (ScheduleEntry(0, plan.num_steps, plan.schedule[1].layers),))
+        with apply(model, one_range, backend="torch"):
+            for kw in inputs:
+                compiled(**kw)
