@@ -20,35 +20,17 @@ import pytest
 
 @pytest.fixture
 def tiny_wan_pipeline(tmp_path) -> Path:
-    """A Wan2.1 diffusers pipeline of tiny random components (tokenizer, UMT5 text encoder, VAE,
-    transformer, scheduler) saved at ``tmp_path / "pipe"``; skips where its extras are missing."""
+    """A Wan2.1 diffusers pipeline of tiny random components (``tiny_pipelines.build("wan")``:
+    tokenizer, UMT5 text encoder, VAE, transformer, scheduler) saved at ``tmp_path / "pipe"``;
+    skips where its extras are missing."""
     pytest.importorskip("diffusers",
                         reason="diffusers is an optional extra (pip install 'attnsearch[diffusers]')")
-    tokenizers = pytest.importorskip("tokenizers")
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("transformers")
     pytest.importorskip("accelerate", reason="diffusers loads Wan's float32-kept modules through accelerate")
-    import torch
-    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
+    import tiny_pipelines
 
-    from attnsearch.models.diffusers import random_transformer
-    from attnsearch.models.diffusers.wan import FAMILY as WAN
-
-    words = {"[PAD]": 0, "[UNK]": 1, "a": 2, "cat": 3}
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(words, unk_token="[UNK]"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]",
-                                                     unk_token="[UNK]")
-    torch.manual_seed(0)
-    text_encoder = transformers.UMT5EncoderModel(transformers.UMT5Config(
-        vocab_size=8, d_model=24, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
-        relative_attention_num_buckets=8))
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True])
-    folder = tmp_path / "pipe"
-    transformer = random_transformer("wan", WAN.tiny)
-    WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0)).save_pretrained(folder)
-    return folder
+    return tiny_pipelines.build("wan", tmp_path / "pipe")
 
 
 @pytest.fixture(scope="module")
