@@ -28,6 +28,23 @@ def test_weights_ship_small_and_in_fp16():
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
 
 
+def test_the_model_card_is_its_record_rendered_and_describes_these_weights():
+    """weights/README.md is ``render_card`` of weights/card.json, and the record's config and steps
+    are the shipped file's metadata (a card cannot describe other weights than the ones beside it)."""
+    import json
+
+    from safetensors import safe_open
+
+    from attnsearch.models.mini_vdit.card import render_card
+
+    folder = weights_path().parent
+    card = json.loads((folder / "card.json").read_text())
+    assert (folder / "README.md").read_text() == render_card(card)
+    with safe_open(str(weights_path()), framework="pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["config"]) == card["config"] and int(meta["steps"]) == card["steps"]
+
+
 @pytest.fixture(scope="module")
 def heldout_frames():
     model = load_pretrained()
