@@ -10,6 +10,11 @@ import typer
 from .common import UsageError, check_output_paths, console, run, shown
 
 
+#: A searched frame of fewer blocks than this is coarse: its bands were kept block by block, so a plan
+#: moved to another frame size may keep other places (measured: reports/retarget_fidelity).
+COARSE_FRAME_BLOCKS = 4
+
+
 def retarget(
     plan_path: Path = typer.Argument(..., metavar="PLAN", help="A plan JSON file."),
     frames: int = typer.Option(..., help="Latent frames F of the target geometry (after patchify)."),
@@ -67,5 +72,11 @@ def retarget(
                       f"vs dense {after['dense_attention_ms']:.3g} ms: {before['speedup']:.2f}× → "
                       f"[bold]{after['speedup']:.2f}×[/] ({shown(after['hardware']['note'])})")
         console.print(f"plan → [bold]{shown(path)}[/]")
+        searched, block = moved.searched_geometry, plan.block_size
+        if target.frame_size != searched.frame_size and searched.frame_size < COARSE_FRAME_BLOCKS * block:
+            console.print(f"note: a frame where the plan was searched is {searched.frame_size} tokens, "
+                          f"{searched.frame_size / block:.2g}× the block size ({block}): its bands were kept block by "
+                          "block and may keep other places at another frame size; evaluate the retargeted plan "
+                          "(attnsearch evaluate) before using it")
 
     run(work)

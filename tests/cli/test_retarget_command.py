@@ -107,3 +107,15 @@ def test_optimize_non_portable_marks_the_plan(tmp_path, random_profile):
                      "--out", tmp_path / "big.json")
     assert code == 0, text
     assert load_plan(tmp_path / "big.json").geometry == Geometry(4, 6, 12)
+
+
+def test_a_coarse_source_frame_gets_a_note_when_the_frame_size_changes(folder):
+    """The searched frame (8 × 8 = 64 tokens) is one block of 64: retargeting to another frame size
+    says its bands were kept block by block; more frames of the same size say nothing."""
+    code, text = cli("retarget", folder / "plan.json", "--frames", 8, "--height", 12, "--width", 12,
+                     "--out", folder / "wide.json")
+    text = " ".join(text.split())
+    assert code == 0 and "note: a frame where the plan was searched is 64 tokens, 1× the block size (64)" in text
+    code, text = cli("retarget", folder / "plan.json", "--frames", 8, "--height", 8, "--width", 8,
+                     "--out", folder / "long.json")
+    assert code == 0 and "note:" not in text
