@@ -13,6 +13,14 @@ from attnsearch.runtime.ops import layer_plan_id, planned_attention, registered_
 from test_runtime import all_patterns, qkv, reference, rel_err
 
 
+#: torch 2.11's dynamo cannot hand a LayerPlan (a frozen dataclass) captured by a compiled function to
+#: ``assume_constant_result`` ("can't reconstruct arbitrary frozen dataclass instances", measured on
+#: the H100 machine's torch 2.11); torch 2.13 can. ``apply`` under compile puts no LayerPlan in the graph.
+DIRECT_COMPILE = pytest.mark.xfail(
+    tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) < (2, 13), strict=True,
+    reason="torch < 2.13: dynamo cannot pass a frozen-dataclass LayerPlan to assume_constant_result")
+
+
 def _compile_counters():
     from torch._dynamo.utils import counters
 
@@ -37,6 +45,7 @@ def test_sparse_attention_operator_passes_opcheck():
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 
 
+@DIRECT_COMPILE
 def test_compiled_sparse_attention_matches_the_reference_without_graph_breaks():
     g = Geometry(4, 8, 8)
     lp = all_patterns(g, 64)
@@ -108,6 +117,7 @@ def test_planned_attention_outside_apply_is_an_error():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@DIRECT_COMPILE
 def test_compiled_sparse_matches_eager_on_cuda():
     g = Geometry(4, 16, 16)
     lp = all_patterns(g, 128)
