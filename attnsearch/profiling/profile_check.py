@@ -6,6 +6,8 @@ Rules (each violation is one :class:`ProfileError` line naming the file and the 
   are strings, ``pattern`` a known pattern, ``params`` a JSON object (strict data); ``density``, ``recall`` and ``rel_err`` are finite
   numbers, density and recall in [0, 1] (a rounding margin of :data:`TOLERANCE`), rel_err ≥ 0; the
   same for a profile's per-prompt columns ``prompt{i}.recall`` and ``prompt{i}.rel_err``;
+* every (pattern, params) pair is valid for its family at the profile's geometry and block size
+  (:func:`check_params`, on load, once the metadata gives them);
 * no two rows measure the same (step, layer, head, candidate);
 * coverage: every step present holds every layer 0..L−1 and every head 0..H−1 (L, H: the largest
   numbers + 1), so layers and heads are contiguous from 0. Steps need not be: a shard of a sharded
@@ -19,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..jsondata import JSONDataError, check_data, parse
-from ..patterns import PATTERNS
+from ..patterns import PATTERNS, PatternError, normalize_params
 from .errors import ProfileError
 
 #: Densities and recalls may exceed 1 by float rounding of sums of softmax mass.
@@ -87,6 +89,16 @@ def check_table(df: pd.DataFrame, path) -> None:
         raise _error(path, f"duplicate rows: step {row['step']} layer {row['layer']} head {row['head']} "
                            f"candidate {row['candidate']!r} appears more than once")
     _check_coverage(df, path)
+
+
+def check_params(df: pd.DataFrame, geometry, block_size: int, path) -> None:
+    """Raise ProfileError unless every (pattern, params) pair of ``df`` is valid for its family at
+    ``geometry`` and ``block_size`` (what the search and the plan will build from them)."""
+    for pattern, text in df[["pattern", "params"]].drop_duplicates().itertuples(index=False):
+        try:
+            normalize_params(pattern, parse(text, "params"), geometry, block_size)
+        except (PatternError, JSONDataError, ValueError, TypeError, KeyError) as err:
+            raise _error(path, f"column 'params' holds {text[:40]!r}, not valid for {pattern}: {err}") from None
 
 
 def _check_coverage(df: pd.DataFrame, path) -> None:

@@ -14,6 +14,8 @@ the target and renamed, so an interrupted run never leaves a half-written profil
 
 from __future__ import annotations
 
+import math
+
 import base64
 import json
 import os
@@ -33,7 +35,7 @@ from ..geometry import Geometry, check_block_size
 from ..jsondata import JSONDataError, dumps, parse
 from .candidates import CandidateGrid
 from .errors import ProfileError
-from .profile_check import check_table
+from .profile_check import check_params, check_table
 
 FORMAT = "attnsearch-profile"
 SCHEMA_VERSION = 1
@@ -248,6 +250,7 @@ def read_profile(path: str | os.PathLike) -> Profile:
     check_table(df, path)
     geometry = _field(path, "geometry", lambda g: Geometry.from_dict(_mapping(g)), meta["geometry"])
     settings = _field(path, "settings", lambda g: ProfileSettings.from_dict(_mapping(g)), meta["settings"])
+    check_params(df, geometry, settings.block_size, path)
     model = _field(path, "model", _model, meta["model"])
     keys, steps, maps = _read_maps(path, meta["maps"], metadata.get(b"attnsearch.maps"))
     layers, heads = int(df["layer"].max()) + 1, int(df["head"].max()) + 1
@@ -259,6 +262,9 @@ def read_profile(path: str | os.PathLike) -> Profile:
     attention = meta.get("attention", {})
     if not isinstance(timing, dict) or not isinstance(attention, dict):
         raise ProfileError(f"{path}: metadata fields timing and attention must be JSON objects")
+    for key, value in timing.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ProfileError(f"{path}: metadata timing.{key} must be a finite number ≥ 0 (seconds), got {value!r}")
     return Profile(table=df, geometry=geometry, settings=settings, model=model,
                    maps={k: torch.from_numpy(maps[i].copy()) for i, k in enumerate(keys)},
                    map_steps=dict(zip(keys, steps)), timing=timing, attention=attention, prompts=prompts)

@@ -219,3 +219,26 @@ def test_a_forward_that_raises_is_one_line_naming_the_model():
     with pytest.raises(ProfileError) as err:
         profile_model(spec_of(Broken()), settings=ProfileSettings(queries=8, block_size=64))
     assert str(err.value) == "model 'm' step 0: the forward raised RuntimeError: boom\\nsecond line"
+
+
+@pytest.mark.parametrize("value", [None, "1", -1.0, math.inf, True])
+def test_timing_that_is_not_seconds(good, tmp_path, value):
+    """Timings are summed when profiles are joined: anything but a finite number ≥ 0 is refused."""
+    meta = meta_of(good)
+    meta["timing"] = {**meta.get("timing", {}), "capture_s": value}
+    refused(rewrite(good, tmp_path / "p.parquet", meta=meta), "timing.capture_s")
+
+
+def test_params_that_their_family_cannot_build(good, tmp_path):
+    """A candidate's params must be valid for its pattern at the profile's geometry: a stripe
+    without key blocks, or a band of negative width, would otherwise reach the search."""
+    df = pq.read_table(good).to_pandas()
+    stripe = df["pattern"] == "vertical_stripe"
+    band = df["pattern"] == "diagonal"
+    assert stripe.any() and band.any()
+    broken = df.copy()
+    broken.loc[stripe, "params"] = json.dumps({"rows": 0})
+    refused(rewrite(good, tmp_path / "s.parquet", table=broken), "not valid for vertical_stripe")
+    broken = df.copy()
+    broken.loc[band, "params"] = json.dumps({"rows": -3})
+    refused(rewrite(good, tmp_path / "d.parquet", table=broken), "not valid for diagonal")
