@@ -221,6 +221,16 @@ class HardwareTable:
         params = data.get("params")
         if not isinstance(params, Mapping) or not all(k in params for k in ("sparse", "dense", "fill")):
             raise HardwareError(f"{where}: params must hold sparse, dense and fill")
+        for key in ("software", "fit", "extra", "model"):
+            if not isinstance(data.get(key, {}), Mapping):
+                raise HardwareError(f"{where}: {key} must be a JSON object")
+        capability = data.get("software", {}).get("capability")
+        if capability is not None and not (isinstance(capability, (list, tuple)) and len(capability) == 2 and all(
+                isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 100 for c in capability)):
+            raise HardwareError(f"{where}: software.capability must be [major, minor] (e.g. [9, 0]), got {capability!r}")
+        for kind in ("sparse", "dense"):
+            if not isinstance(params[kind], Mapping):
+                raise HardwareError(f"{where}: params.{kind} must be a JSON object")
         sparse = {k: LaunchParams.from_dict(v, f"{where}: params.sparse.{k}") for k, v in params["sparse"].items()}
         dense = {k: LaunchParams.from_dict(v, f"{where}: params.dense.{k}") for k, v in params["dense"].items()}
         return cls(device=dev["name"], sm_count=dev["sm_count"], sparse=sparse, dense=dense,

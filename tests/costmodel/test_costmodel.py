@@ -76,6 +76,18 @@ def test_bad_tables_are_named(tmp_path):
     bad.write_text(json.dumps(good))
     with pytest.raises(HardwareError, match=r"params.sparse.d128_b128.slots_per_sm: must be an integer ≥ 1"):
         load_hardware(str(bad))
+    for field, value, words in (("software", [], "software must be a JSON object"),
+                                ("capability", float("nan"), "software.capability must be [major, minor]"),
+                                ("capability", [9], "software.capability must be [major, minor]"),
+                                ("capability", [9, "0"], "software.capability must be [major, minor]")):
+        table = json.loads(open(load_hardware(DEFAULT_TABLE).source).read())
+        if field == "software":
+            table["software"] = value
+        else:
+            table["software"]["capability"] = value
+        bad.write_text(json.dumps(table))
+        with pytest.raises(HardwareError, match=words.replace("[", r"\[").replace("]", r"\]")):
+            load_hardware(str(bad))
     with pytest.raises(HardwareError, match="no hardware table named 'tpu-v9'"):
         load_hardware("tpu-v9")
     with pytest.raises(HardwareError, match="no sparse-kernel calibration for head_dim 96"):
