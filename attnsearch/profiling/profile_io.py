@@ -277,12 +277,15 @@ def _mapping(value: Any) -> dict:
 
 
 def _model(value: Any) -> dict[str, Any]:
-    """name and fingerprint (strings) and optionally experts (:func:`attnsearch.experts.parse_experts`)."""
+    """name (required) and fingerprint (strings), and optionally experts
+    (:func:`attnsearch.experts.parse_experts`)."""
     from ..experts import ExpertError, parse_experts
 
     value = _mapping(value)
     if not all(isinstance(v, str) for k, v in value.items() if k != "experts"):
         raise TypeError("must map names to strings")
+    if "name" not in value:
+        raise ValueError("must hold the model's name")
     if "experts" in value:
         try:
             parse_experts(value["experts"], "experts")

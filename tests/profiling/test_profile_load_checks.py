@@ -242,3 +242,9 @@ def test_params_that_their_family_cannot_build(good, tmp_path):
     broken = df.copy()
     broken.loc[band, "params"] = json.dumps({"rows": -3})
     refused(rewrite(good, tmp_path / "d.parquet", table=broken), "not valid for diagonal")
+
+
+def test_a_model_record_without_a_name(good, tmp_path):
+    meta = meta_of(good)
+    meta["model"] = {"fingerprint": "abc"}
+    refused(rewrite(good, tmp_path / "p.parquet", meta=meta), "metadata model", "name")
