@@ -32,14 +32,19 @@ def _error(path, message: str) -> ProfileError:
     return ProfileError(f"{path}: {message}")
 
 
-def _ranges(values) -> str:
-    """``[0, 1, 2, 5, 7, 8]`` → ``"0–2, 5, 7–8"`` (at most 6 runs shown)."""
-    runs: list[list[int]] = []
-    for v in sorted(set(int(x) for x in values)):
-        if runs and v == runs[-1][1] + 1:
-            runs[-1][1] = v
-        else:
-            runs.append([v, v])
+def _gaps(present, n: int) -> str:
+    """The numbers of 0..n−1 that ``present`` lacks as runs (``"0–2, 5, 7–8"``, at most 6 shown),
+    found from the present values alone: n may be huge (a corrupt file can claim layer 10⁸)."""
+    runs: list[tuple[int, int]] = []
+    expect = 0
+    for v in sorted(set(int(x) for x in present)):
+        if v >= n:
+            break
+        if v > expect:
+            runs.append((expect, v - 1))
+        expect = v + 1
+    if expect < n:
+        runs.append((expect, n - 1))
     text = [f"{a}" if a == b else f"{a}–{b}" for a, b in runs[:6]]
     return ", ".join(text) + (", …" if len(runs) > 6 else "")
 
@@ -109,23 +114,22 @@ def _check_coverage(df: pd.DataFrame, path) -> None:
     if len(short):
         step = int(short.index[0])
         at = sites[sites["step"] == step]
-        missing_layers = sorted(set(range(layers)) - set(at["layer"]))
-        if missing_layers:
-            raise _error(path, f"step {step} lacks layer(s) {_ranges(missing_layers)} (the profile has layers "
+        if at["layer"].nunique() != layers:
+            raise _error(path, f"step {step} lacks layer(s) {_gaps(at['layer'], layers)} (the profile has layers "
                                f"0–{layers - 1}; layers must be numbered from 0 without gaps)")
         counts = at.groupby("layer").size()
         layer = int(counts[counts != heads].index[0])
-        missing = sorted(set(range(heads)) - set(at[at["layer"] == layer]["head"]))
-        raise _error(path, f"step {step} layer {layer} lacks head(s) {_ranges(missing)} (the profile has heads "
+        missing = _gaps(at[at["layer"] == layer]["head"], heads)
+        raise _error(path, f"step {step} layer {layer} lacks head(s) {missing} (the profile has heads "
                            f"0–{heads - 1}; heads must be numbered from 0 without gaps)")
 
 
 def check_steps_complete(df: pd.DataFrame, path) -> None:
     """Raise ProfileError unless the table holds every step 0..S−1 (S: the largest step + 1)."""
-    steps = set(int(s) for s in df["step"].unique())
-    missing = sorted(set(range(max(steps) + 1)) - steps) if steps else []
-    if missing:
-        raise _error(path, f"the profile lacks step(s) {_ranges(missing)} of 0–{max(steps)} (a shard of a "
+    steps = df["step"].unique()
+    last = int(steps.max()) if len(steps) else -1
+    if len(steps) != last + 1:
+        raise _error(path, f"the profile lacks step(s) {_gaps(steps, last + 1)} of 0–{last} (a shard of a "
                            f"sharded run? join the shards with `attnsearch merge`)")
 
 

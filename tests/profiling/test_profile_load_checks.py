@@ -248,3 +248,12 @@ def test_a_model_record_without_a_name(good, tmp_path):
     meta = meta_of(good)
     meta["model"] = {"fingerprint": "abc"}
     refused(rewrite(good, tmp_path / "p.parquet", meta=meta), "metadata model", "name")
+
+
+def test_a_huge_layer_number_is_refused_without_enumerating_it(good, tmp_path):
+    """One cell claiming layer 89,534,501: the gap is named from the values present (enumerating
+    0..L−1 took gigabytes)."""
+    df = pq.read_table(good).to_pandas()
+    df.loc[1, "layer"] = 89_534_501
+    msg = refused(rewrite(good, tmp_path / "p.parquet", table=df), "lacks layer(s)", "2–89534500")
+    assert "89534501" in msg
