@@ -20,7 +20,7 @@ frames = 32,760 tokens, 512 text tokens; the mixed-family plans of ``bench.forwa
 * ``compile+graph``: the compiled forward captured in a CUDA graph and replayed.
 
 Each mode's output is compared with the eager output of the same plan (relative L2), sparse with
-dense too. The acceptance figures: compiled sparse over compiled dense against the eager ratio, and
+dense too. The figures it checks: compiled sparse over compiled dense against the eager ratio, and
 sparse compiled over sparse eager (compile at least 5% faster). Writes result.json, figure.png and
 README.md into ``--out`` and prints the markdown table last.
 """
@@ -92,14 +92,14 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(_row("sparse", plan.mean_density, sparse, dense))
         torch._dynamo.reset()
     result = {"env": env, "video": vars(size), "geometry": geometry.to_dict(), "tokens": geometry.num_tokens,
-              "block_size": block_size, "modes": list(modes), "rows": rows, "acceptance": _acceptance(rows),
+              "block_size": block_size, "modes": list(modes), "rows": rows, "checks": _checks(rows),
               "wall_s": time.time() - t_start}
     header = ("| card | attention | density | " + " | ".join(modes) + " |\n|---|---|---|"
               + "---|" * len(modes) + "\n")
     lines = [f"| {env['card']} | {r['attention']} | {_density(r)} | "
              + " | ".join(f"{r['modes'][m]['ms']:.1f} ms" if "ms" in r["modes"][m] else "failed" for m in modes) + " |"
              for r in rows]
-    acc = result["acceptance"]
+    acc = result["checks"]
     summary = header + "\n".join(lines) + "\n\n" + "\n".join(f"- {k}: {v}" for k, v in acc.items())
     write_outputs(args.out, "Wan2.1-1.3B forward: eager, torch.compile, CUDA graph", json.loads(json.dumps(result)),
                   lambda fig: _figure(fig, rows, modes), summary)
@@ -125,7 +125,7 @@ def _row(attention: str, density: float | None, runs: dict, dense: dict) -> dict
     return {"attention": attention, "density": density, "modes": modes}
 
 
-def _acceptance(rows: list[dict]) -> dict:
+def _checks(rows: list[dict]) -> dict:
     """Sparse over dense per mode, and compile over eager for sparse (first sparse row)."""
     dense, sparse = rows[0]["modes"], rows[1]["modes"] if len(rows) > 1 else {}
     ms = lambda m, mode: m.get(mode, {}).get("ms")  # noqa: E731

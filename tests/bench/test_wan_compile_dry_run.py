@@ -30,4 +30,4 @@ def test_dry_run_compiles_dense_and_sparse_and_matches_eager(tmp_path):
             assert entry["ms"] > 0 and entry["finite"]
         assert row["modes"]["compile"]["rel_l2_vs_eager"] < 1e-5
     assert sparse["modes"]["eager"]["rel_l2_vs_dense"] > 1e-3
-    assert set(result["acceptance"]) >= {"sparse_compile_over_eager", "compiled_ratio_at_least_eager_ratio"}
+    assert set(result["checks"]) >= {"sparse_compile_over_eager", "compiled_ratio_at_least_eager_ratio"}
