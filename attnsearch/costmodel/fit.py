@@ -2,8 +2,8 @@
 
 Per kernel (sparse (head_dim, block size), cuDNN at a head_dim) the four constants of
 :class:`LaunchParams` (item_tiles and slots_per_sm by grid search, launch and tile_ns by least
-squares on relative error, so 20 µs and 200 ms layers weigh alike); cuDNN's per-tile rate is then
-tabulated over N; the zero fill by weighted linear least squares. Points marked ``role =
+squares on relative error, so 20 µs and 200 ms layers weigh alike); each kernel's per-tile rate is
+then tabulated over N from the residuals; the zero fill by weighted linear least squares. Points marked ``role =
 "holdout"`` and failed ones are never fitted.
 """
 
@@ -76,8 +76,8 @@ def fit_launch(spans: Callable[[float, int], np.ndarray], ms: np.ndarray, *,
 
 def _tabulate_n(params: LaunchParams, num_tokens: Sequence[int], pred: np.ndarray,
                 ms: np.ndarray) -> tuple[LaunchParams, np.ndarray]:
-    """cuDNN's per-tile rate drifts with N (kernel choice, L2 reuse): tabulate the measured/modelled
-    ratio per N (geometric mean over that N's points), applied to the tile time, log-linear between."""
+    """The per-tile rate drifts with N (cuDNN's kernel choice; L2 reuse of K/V): tabulate the
+    measured/modelled ratio per N (geometric mean over that N's points), applied to the tile time, log-linear between."""
     ratio: dict[int, list[float]] = {}
     for n, p, m in zip(num_tokens, pred, ms):
         ratio.setdefault(int(n), []).append(float(np.log(m / p)))
@@ -125,6 +125,7 @@ def fit(points: Sequence[dict[str, Any]], sm_count: int, order: str = "head") ->
             lengths = [point_lengths(p, order) for p in pts]
             spans = lambda a, occ, L=lengths: np.array([list_schedule(x + a, sm_count * occ) for x in L])  # noqa: E731
             params, pred = fit_launch(spans, ms)
+            params, pred = _tabulate_n(params, [p["num_tokens"] for p in pts], pred, ms)
             sparse[key] = params
         else:
             nq = np.array([math.ceil(p["num_tokens"] / DENSE_TILE) for p in pts], dtype=np.float64)

@@ -138,12 +138,14 @@ class CostModel:
         if not self.dense_on_kernel(block_size):
             return float(self.dense_ms(num_tokens, num_heads))
         nb = -(-int(num_tokens) // block_size)
-        return self.sparse_ms(np.full((int(num_heads), nb), nb), block_size)
+        return self.sparse_ms(np.full((int(num_heads), nb), nb), block_size, num_tokens)
 
-    def sparse_ms(self, counts: np.ndarray, block_size: int) -> float:
-        """One fused sparse launch over heads with kept-block counts [heads, nb] (full model)."""
+    def sparse_ms(self, counts: np.ndarray, block_size: int, num_tokens: int | None = None) -> float:
+        """One fused sparse launch over heads with kept-block counts [heads, nb] (full model) on a
+        sequence of ``num_tokens`` (default: nb · block_size)."""
         p = self.table.sparse_params(self.head_dim, block_size)
-        return p.ms(item_lengths(counts, self.table.order, self.batch), self.sm_count)
+        n = np.shape(counts)[-1] * block_size if num_tokens is None else num_tokens
+        return p.ms(item_lengths(counts, self.table.order, self.batch), self.sm_count, n)
 
     def fill_ms(self, skip_heads, num_tokens) -> np.ndarray:
         nbytes = self.batch * np.asarray(skip_heads, dtype=np.float64) * num_tokens * self.head_dim * self.dtype_bytes
@@ -156,7 +158,7 @@ class CostModel:
             return self.dense_layer_ms(f.num_tokens, f.num_heads, f.block_size)
         t = 0.0
         if f.computed_heads:
-            t += self.sparse_ms(f.counts, f.block_size)
+            t += self.sparse_ms(f.counts, f.block_size, f.num_tokens)
         if f.skip_heads:
             t += float(self.fill_ms(f.skip_heads, f.num_tokens))
         return t
@@ -187,11 +189,13 @@ class CostModel:
 
     # -- the additive form the search solves ----------------------------------------------------------
 
-    def head_work_ms(self, tiles, num_blocks: int, block_size: int) -> np.ndarray:
-        """A computed head's additive share of a fused launch: its tiles and items at full throughput."""
+    def head_work_ms(self, tiles, num_blocks: int, block_size: int, num_tokens: int | None = None) -> np.ndarray:
+        """A computed head's additive share of a fused launch: its tiles and items at full throughput
+        (on a sequence of ``num_tokens``, default num_blocks · block_size)."""
         p = self.table.sparse_params(self.head_dim, block_size)
+        n = num_blocks * block_size if num_tokens is None else num_tokens
         return p.throughput_ms(self.batch * np.asarray(tiles, dtype=np.float64), self.batch * num_blocks,
-                               self.sm_count)
+                               self.sm_count, n)
 
     def launch_overhead_ms(self, block_size: int) -> float:
         return self.table.sparse_params(self.head_dim, block_size).launch_us * 1e-3

@@ -51,7 +51,8 @@ class LaunchParams:
     item_tiles: float
     slots_per_sm: int
     #: Optional ((N, factor), ...): tile_ns × factor, log-linear in N between the listed N and flat
-    #: beyond (cuDNN is a black box whose per-tile rate drifts with N; it is tabulated, not modelled).
+    #: beyond. The per-tile rate drifts with the sequence length (cuDNN's kernel choice; for the
+    #: sparse kernel, K/V reuse in L2 falls as N grows): it is tabulated from the fit's residuals.
     n_scale: tuple[tuple[float, float], ...] = ()
 
     NAMES = ("launch_us", "tile_ns", "item_tiles", "slots_per_sm")
@@ -66,25 +67,29 @@ class LaunchParams:
     def slots(self, sm_count: int) -> int:
         return sm_count * self.slots_per_sm
 
-    def ms(self, lengths: np.ndarray, sm_count: int) -> float:
-        """Latency of one launch whose items, in launch order, keep ``lengths`` tiles each."""
+    def ms(self, lengths: np.ndarray, sm_count: int, num_tokens=None) -> float:
+        """Latency of one launch whose items, in launch order, keep ``lengths`` tiles each, over a
+        sequence of ``num_tokens`` (None: the untabulated tile time)."""
         lengths = np.asarray(lengths, dtype=np.float64)
         if lengths.size == 0:
             return 0.0
         span = list_schedule(lengths + self.item_tiles, self.slots(sm_count))
-        return self.launch_us * 1e-3 + span * self.tile_ns * 1e-6
+        return self.launch_us * 1e-3 + span * self._tile(num_tokens) * 1e-6
+
+    def _tile(self, num_tokens):
+        return self.tile_ns if num_tokens is None else self.tile_ns_at(num_tokens)
 
     def uniform_ms(self, items, length, sm_count: int, num_tokens=None) -> np.ndarray:
         """Latency of launches of ``items`` equal items (vectorised): ceil(items / slots) waves."""
         items, length = np.asarray(items, dtype=np.float64), np.asarray(length, dtype=np.float64)
         waves = np.ceil(items / self.slots(sm_count))
-        tile = self.tile_ns if num_tokens is None else self.tile_ns_at(num_tokens)
+        tile = self._tile(num_tokens)
         return np.where(items > 0, self.launch_us * 1e-3 + waves * (length + self.item_tiles) * tile * 1e-6, 0.0)
 
-    def throughput_ms(self, tiles, items, sm_count: int) -> np.ndarray:
+    def throughput_ms(self, tiles, items, sm_count: int, num_tokens=None) -> np.ndarray:
         """The additive form: (tiles + item_tiles · items) spread evenly over every slot."""
         units = np.asarray(tiles, dtype=np.float64) + self.item_tiles * np.asarray(items, dtype=np.float64)
-        return units * self.tile_ns * 1e-6 / self.slots(sm_count)
+        return units * self._tile(num_tokens) * 1e-6 / self.slots(sm_count)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"launch_us": float(self.launch_us), "tile_ns": float(self.tile_ns),

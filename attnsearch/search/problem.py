@@ -86,7 +86,7 @@ class Problem:
         self.ulysses = ulysses
         g, B, nb = space.geometry, space.block_size, space.num_blocks
         self.N = g.num_tokens
-        cost = np.asarray(cost_model.head_work_ms(space.density * nb * nb, nb, B))
+        cost = np.asarray(cost_model.head_work_ms(space.density * nb * nb, nb, B, self.N))
         cost[..., space.skip_col] = cost_model.fill_head_ms(self.N)
         # float32: the trial loop is memory-bound over [steps, layers, heads, candidates].
         self.cost = np.where(np.isnan(space.density), np.inf, cost).astype(np.float32)
@@ -133,7 +133,7 @@ class Problem:
                     if len(r) > 1:
                         dens = self.space.stripe_density(c, r)
                         ok = np.isfinite(cost[i, ..., c])
-                        cost[i, ..., c] = np.where(ok, len(r) * self.cm.head_work_ms(dens * nb * nb, nb, B), np.inf)
+                        cost[i, ..., c] = np.where(ok, len(r) * self.cm.head_work_ms(dens * nb * nb, nb, B, self.N), np.inf)
             self._agg[key] = (rs, cost, err, recall)
         return self._agg[key]
 
@@ -229,7 +229,7 @@ class Problem:
         t = 0.0
         if comp:
             counts = np.stack([sp.counts(int(choice[h]), r, layer, h) for h in comp])
-            t += self.cm.sparse_ms(counts, sp.block_size)
+            t += self.cm.sparse_ms(counts, sp.block_size, self.N)
         nskip = len(heads) - len(comp)
         if nskip:
             t += float(self.cm.fill_ms(nskip, self.N))
