@@ -322,10 +322,35 @@ def save_points(points: Sequence[dict[str, Any]], env: dict[str, Any], path: str
 
 
 def load_points(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(environment, points) of a file :func:`save_points` wrote."""
-    data = json.loads(Path(path).read_text())
-    return data["env"], data["points"]
+    """(environment, points) of a file :func:`save_points` wrote (ValueError naming what is wrong)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not JSON ({err.msg} at line {err.lineno})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("env"), dict) or not isinstance(data.get("points"), list):
+        raise ValueError(f"{path}: not a calibration points file (needs an 'env' object and a 'points' list)")
+    env, points = data["env"], data["points"]
+    if not isinstance(env.get("device"), str) or not isinstance(env.get("sm_count"), int) or env["sm_count"] < 1:
+        raise ValueError(f"{path}: env must name the device and its sm_count (an integer ≥ 1)")
+    for i, p in enumerate(points):
+        if not isinstance(p, dict) or p.get("kind") not in ("sparse", "dense", "fill"):
+            raise ValueError(f"{path}: points[{i}] is not a sparse, dense or fill point")
+        if "ms" in p and not (isinstance(p["ms"], (int, float)) and math.isfinite(p["ms"]) and p["ms"] > 0):
+            raise ValueError(f"{path}: points[{i}] ({p.get('label', '?')}): ms must be a finite number > 0, "
+                             f"got {p['ms']!r}")
+    return env, points
+
+
+def refit(points_path: str | Path, out_dir: str | Path = "kernels") -> Path:
+    """Fit the table ``<out_dir>/<gpu-slug>.json`` from points :func:`calibrate` saved, without a GPU
+    (after a change to the cost model's form, the same measurements give the new table)."""
+    env, points = load_points(points_path)
+    try:
+        table = build_table(points, env)
+    except KeyError as err:
+        raise ValueError(f"{points_path}: a point lacks the field {err.args[0]!r} the fit needs") from None
+    return table.save(Path(out_dir) / f"{gpu_slug(env['device'])}.json")
 
 
 __all__ = ["DENSE_SHAPES", "GRID_SHAPES", "HOLDOUT_SHAPES", "calibrate", "default_grid", "describe_spec", "environment",
-           "gpu_timer", "holdout_specs", "load_points", "measure", "save_points"]
+           "gpu_timer", "holdout_specs", "load_points", "measure", "refit", "save_points"]

@@ -79,3 +79,29 @@ def test_quick_calibration_writes_a_table_the_cost_model_reads(tmp_path):
                 and (p["block_size"] == 128 or p["families"] != ["dense"]):
             lp = spec_layer_plan(Geometry.from_dict(p["geometry"]), p["heads"], p["block_size"], p["layer"])
             assert model.layer_ms(lp) == pytest.approx(p["ms"], rel=0.05), p["label"]
+
+
+@pytest.mark.slow
+def test_refit_from_saved_points_reproduces_the_table(tmp_path):
+    """``calibrate --refit POINTS`` (no GPU): the same measurements give the same table, and a
+    broken points file is one error line with exit code 2 and no table written."""
+    from tests.cli.cli_inputs import cli, one_error
+
+    env = {"device": "Synthetic GPU", "sm_count": SMS, "capability": [9, 0], "order": "head"}
+    path = calibrate(tmp_path / "a", quick=True, timer=synthetic_timer, env=env,
+                     points_path=tmp_path / "points.json", progress=None)
+    code, out = cli("calibrate", "--refit", tmp_path / "points.json", "--out", tmp_path / "b")
+    assert code == 0, out
+    a, b = json.loads(path.read_text()), json.loads((tmp_path / "b" / path.name).read_text())
+    assert a["params"] == b["params"] and a["fit"] == b["fit"] and a["device"] == b["device"]
+
+    env, points = load_points(tmp_path / "points.json")
+    points[3]["ms"] = float("nan")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"env": env, "points": points}))
+    line = one_error(*cli("calibrate", "--refit", bad, "--out", tmp_path / "c"))
+    assert "points[3]" in line and "ms must be a finite number" in line
+    (tmp_path / "garbage.json").write_text('{"env": 1}')
+    assert "not a calibration points file" in one_error(*cli("calibrate", "--refit", tmp_path / "garbage.json",
+                                                            "--out", tmp_path / "c"))
+    assert not (tmp_path / "c").exists()
