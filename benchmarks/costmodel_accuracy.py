@@ -3,6 +3,8 @@ with --dry-run: the layers and their predictions only).
 
     python -m benchmarks.costmodel_accuracy --out reports/costmodel_accuracy          # GPU, < 4 min on an H100
     python -m benchmarks.costmodel_accuracy --dry-run --out /tmp/acc                    # CPU
+    python -m benchmarks.costmodel_accuracy --measured reports/costmodel_accuracy/result.json --out /tmp/acc
+                                     # CPU: score a (refitted) table against an earlier run's timings
 
 The held-out set, drawn with its own seed: at Wan2.1-1.3B's layer (1, 12, 32,760, 128) and
 Wan2.1-14B's 720p layer (1, 40, 75,600, 128), block size 128, layers mixing the four families with
@@ -66,6 +68,25 @@ def heldout_specs(count: int, seed: int = SEED) -> list[dict[str, Any]]:
     return specs
 
 
+def earlier_timings(path: Path, specs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The held-out points with the ms an earlier run of this benchmark measured (matched by label),
+    and that run's environment. SystemExit naming the problem when the file does not hold them all."""
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+        measured = {r["label"]: r["measured_ms"] for r in data["layers"]}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"{path}: not a result of this benchmark ({type(err).__name__}: {err})") from None
+    points = []
+    for spec in specs:
+        ms = measured.get(spec["label"])
+        if not isinstance(ms, (int, float)) or not ms > 0:
+            raise SystemExit(f"{path}: no timing for held-out layer {spec['label']!r}")
+        points.append({**describe_spec(spec), "ms": float(ms)})
+    return points, data.get("environment", {})
+
+
 def predict(point: dict[str, Any], model: CostModel) -> float:
     if point["kind"] == "fill":
         return float(model.table.fill.ms(point["bytes"]))
@@ -79,11 +100,19 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=12, help="held-out layers per shape")
     ap.add_argument("--hardware", default=None, help="the table to check (default: this GPU's, or the shipped H100's)")
     ap.add_argument("--dry-run", action="store_true", help="CPU: the layers and their predictions, nothing timed")
+    ap.add_argument("--measured", type=Path, default=None,
+                    help="CPU: take the timings from this earlier result.json (same held-out set) instead of "
+                         "measuring; its environment is kept as the timings' provenance")
     args = ap.parse_args()
+    if args.measured is not None and args.dry_run:
+        ap.error("--measured and --dry-run exclude each other")
     specs = heldout_specs(args.count)
     model = CostModel(load_hardware(args.hardware), head_dim=128)
+    measured_env = None
     if args.dry_run:
         points = [describe_spec(s) for s in specs]
+    elif args.measured is not None:
+        points, measured_env = earlier_timings(args.measured, specs)
     else:
         from attnsearch.costmodel.calibrate import measure
 
@@ -97,6 +126,8 @@ def main() -> None:
         rows.append(row)
     errs = np.array([r["rel_err"] for r in rows if "rel_err" in r])
     summary = {"layers": len(rows), "measured": int(errs.size), "table": model.table.name, "device": model.table.device}
+    if measured_env is not None:
+        summary["timings_from"] = {"file": str(args.measured), "environment": measured_env}
     if errs.size:
         summary.update(within_10pct=float((np.abs(errs) <= 0.10).mean()), median_abs_rel_err=float(np.median(np.abs(errs))),
                        mean_rel_err=float(errs.mean()))

@@ -104,7 +104,7 @@ def test_layer_costs_follow_the_runtime():
     assert (f.counts == brute).all() and f.skip_heads == 1 and f.items == 4 * lp.num_blocks
     cm = CostModel(DEFAULT_TABLE, head_dim=64)
     n = geom.num_tokens
-    expect = cm.sparse_ms(brute, 64) + float(cm.fill_ms(1, n))
+    expect = cm.sparse_ms(brute, 64, n) + float(cm.fill_ms(1, n))
     assert cm.layer_ms(lp) == pytest.approx(expect)
     assert cm.layer_ms(LayerPlan.dense(geom, 5, 64)) == pytest.approx(float(cm.dense_ms(n, 5)))
     only_skip = LayerPlan.single("skip", {}, geom, 5, 64)
@@ -134,8 +134,11 @@ def test_dense_layers_cost_what_the_runtime_runs_them_with():
     nb = -(-n // 128)
     hopper = CostModel(DEFAULT_TABLE, head_dim=128)
     assert hopper.table.software["capability"][0] == 9
-    kernel = hopper.sparse_ms(np.full((heads, nb), nb), 128)
-    assert hopper.layer_ms(LayerPlan.dense(geom, heads, 128)) == pytest.approx(kernel)
+    assert hopper.dense_on_kernel(128) and not hopper.dense_on_kernel(64)
+    kernel = hopper.sparse_ms(np.full((heads, nb), nb), 128, n)
+    lp = LayerPlan.dense(geom, heads, 128)
+    assert lp.is_dense and not LayerPlan.from_heads([("dense", {})] * 5 + [("skip", {})], geom, 128).is_dense
+    assert hopper.layer_ms(lp) == pytest.approx(kernel)
     assert hopper.layer_ms(LayerPlan.dense(geom, heads, 64)) == pytest.approx(float(hopper.dense_ms(n, heads)))
     plan = Plan.dense(geom, 2, 3, heads, 128)
     assert hopper.plan_ms(plan) == pytest.approx(6 * kernel)
@@ -143,20 +146,3 @@ def test_dense_layers_cost_what_the_runtime_runs_them_with():
     other = dataclasses.replace(hopper.table, software={**hopper.table.software, "capability": [8, 0]})
     ampere = CostModel(other, head_dim=128)
     assert ampere.layer_ms(LayerPlan.dense(geom, heads, 128)) == pytest.approx(float(ampere.dense_ms(n, heads)))
-
-
-def test_dense_layers_cost_what_the_runtime_runs_them_on():
-    """An all-dense layer is costed on the block-sparse kernel where the runtime runs it there (the
-    H100 table, block size 128: the Hopper kernel), else as cuDNN (block size 64, an Ampere table)."""
-    import dataclasses
-
-    table = load_hardware(DEFAULT_TABLE)
-    model = CostModel(table, head_dim=128)
-    geom = Geometry(21, 30, 52)
-    assert model.dense_on_kernel(128) and not model.dense_on_kernel(64)
-    lp = LayerPlan.dense(geom, 12, 128)
-    assert lp.is_dense and not LayerPlan.from_heads([("dense", {})] * 11 + [("skip", {})], geom, 128).is_dense
-    nb = geom.num_blocks(128)
-    assert model.layer_ms(lp) == pytest.approx(model.sparse_ms(np.full((12, nb), nb), 128))
-    ampere = dataclasses.replace(table, software={**table.software, "capability": [8, 0]})
-    assert CostModel(ampere, head_dim=128).layer_ms(lp) == pytest.approx(float(model.dense_ms(geom.num_tokens, 12)))
