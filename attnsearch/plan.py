@@ -38,8 +38,7 @@ A plan runs at another geometry through :meth:`Plan.for_geometry` (:mod:`attnsea
 docs/design.md, "Plans at another geometry"): optional top-level ``portable`` (false: the plan's
 geometry only) and ``source_geometry`` (where a retargeted plan was searched) say how.
 
-A :class:`LayerPlan` is immutable and hashes by its content (:attr:`LayerPlan.key`), so runtime
-caches (block tables, masks) are shared by every layer and step that runs the same plan.
+One call's part of a plan is a :class:`~attnsearch.layer_plan.LayerPlan` (:mod:`attnsearch.layer_plan`).
 """
 
 from __future__ import annotations
@@ -49,18 +48,15 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
-
-import torch
+from typing import Any, Iterable, Mapping
 
 from .atomic_io import write_json_atomic
 from .geometry import Geometry, GeometryError
 from .jsondata import JSONDataError, read_json
-from .patterns import PatternError, block_mask, normalize_params, params_key
+from .layer_plan import HeadGroup, LayerPlan
 from .plan_checks import (INT_MAX, MAX_HEADS, MAX_TOKENS, NULL_WHEN_NOT_FINITE, PlanError, as_int, as_list,
-                          as_object, check_extent, check_geometry, check_json_data, check_keys, compact_ranges,
-                          pattern_error, strict_meta)
-from .retarget import check_target, retarget_params
+                          as_object, check_geometry, check_json_data, check_keys, compact_ranges, strict_meta)
+from .retarget import check_target
 
 FORMAT = "attnsearch-plan"
 VERSION = 1
@@ -73,218 +69,6 @@ _TOP_OPTIONAL = ("model", "hardware", "predicted", "search")
 _TOP_PORTABILITY = ("portable", "source_geometry")
 #: Instantiated plans kept per Plan (one per geometry a model calls it at).
 _GEOMETRY_CACHE = 16
-
-@dataclass(frozen=True, eq=False)
-class HeadGroup:
-    """Heads of one layer that run one pattern family; ``params[i]`` belongs to ``heads[i]``.
-
-    ``params`` are normalized (defaults filled in, canonical types) by the constructor.
-    """
-
-    pattern: str
-    heads: tuple[int, ...]
-    params: tuple[dict[str, Any], ...]
-
-    @cached_property
-    def key(self) -> tuple:
-        return (self.pattern, self.heads, tuple(params_key(p) for p in self.params))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, HeadGroup) and self.key == other.key
-
-    def __hash__(self) -> int:
-        return hash(self.key)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"pattern": self.pattern, "heads": list(self.heads), "params": [dict(p) for p in self.params]}
-
-
-def _parse_group(raw: Any, geometry: Geometry, block_size: int, num_heads: int, path: str) -> HeadGroup:
-    if isinstance(raw, HeadGroup):
-        raw = raw.to_dict()
-    obj = as_object(raw, path)
-    check_keys(obj, path, ("pattern", "heads", "params"))
-    pattern = obj["pattern"]
-    if not isinstance(pattern, str):
-        raise PlanError(f"{path}.pattern: must be a string, got {pattern!r}")
-    heads = as_list(obj["heads"], f"{path}.heads")
-    if not heads:
-        raise PlanError(f"{path}.heads: must list at least one head")
-    heads = tuple(as_int(h, f"{path}.heads[{i}]", 0, num_heads - 1) for i, h in enumerate(heads))
-    params = as_list(obj["params"], f"{path}.params")
-    if len(params) != len(heads):
-        raise PlanError(f"{path}.params: {len(params)} entries for {len(heads)} heads (one per head)")
-    norm = []
-    for i, p in enumerate(params):
-        ppath = f"{path}.params[{i}]"
-        p = as_object(p, ppath)
-        check_json_data(p, ppath)
-        try:
-            n = normalize_params(pattern, p, geometry, block_size)
-        except PatternError as err:
-            if "unknown pattern" in str(err):
-                raise PlanError(f"{path}.pattern: {err}") from None
-            raise pattern_error(err, ppath) from None
-        check_extent(pattern, n, geometry, ppath)
-        norm.append(n)
-    return HeadGroup(pattern, heads, tuple(norm))
-
-
-@dataclass(frozen=True, eq=False)
-class LayerPlan:
-    """What one attention call runs: per head a pattern and its parameters, in head groups.
-
-    Args:
-        geometry: token layout of the call (N = geometry.num_tokens).
-        block_size: B ∈ {64, 128}; the sequence is tiled into nb = ceil(N / B) blocks.
-        num_heads: H, query heads of the call.
-        groups: head groups (HeadGroup or their dict form); every head in [0, H) exactly once.
-
-    Equality and hashing go by :attr:`key` (content), so equal plans share runtime caches.
-    """
-
-    geometry: Geometry
-    block_size: int
-    num_heads: int
-    groups: tuple[HeadGroup, ...]
-
-    def __post_init__(self) -> None:
-        check_geometry(self.geometry, self.block_size)
-        as_int(self.num_heads, "num_heads", 1, MAX_HEADS)
-        groups = tuple(
-            _parse_group(g, self.geometry, self.block_size, self.num_heads, f"groups[{i}]")
-            for i, g in enumerate(as_list(self.groups, "groups"))
-        )
-        seen: dict[int, str] = {}
-        for i, g in enumerate(groups):
-            for j, h in enumerate(g.heads):
-                if h in seen:
-                    raise PlanError(f"groups[{i}].heads[{j}]: head {h} already listed in {seen[h]}")
-                seen[h] = f"groups[{i}]"
-        missing = [h for h in range(self.num_heads) if h not in seen]
-        if missing:
-            raise PlanError(f"groups: head(s) {compact_ranges(missing)} of {self.num_heads} appear in no group")
-        object.__setattr__(self, "groups", groups)
-
-    # -- identity --------------------------------------------------------------------------------
-
-    @cached_property
-    def key(self) -> tuple:
-        return (self.geometry, self.block_size, self.num_heads, tuple(g.key for g in self.groups))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, LayerPlan) and self.key == other.key
-
-    def __hash__(self) -> int:
-        return hash(self.key)
-
-    def __repr__(self) -> str:
-        fams = ", ".join(f"{g.pattern}×{len(g.heads)}" for g in self.groups)
-        return f"LayerPlan({self.geometry}, B={self.block_size}, H={self.num_heads}: {fams})"
-
-    # -- constructors ----------------------------------------------------------------------------
-
-    @classmethod
-    def single(cls, pattern: str, params: Mapping[str, Any] | None, geometry: Geometry, num_heads: int,
-               block_size: int) -> LayerPlan:
-        """Every head runs ``pattern`` with the same ``params``."""
-        heads = list(range(num_heads))
-        group = {"pattern": pattern, "heads": heads, "params": [dict(params or {}) for _ in heads]}
-        return cls(geometry, block_size, num_heads, (group,))
-
-    @classmethod
-    def dense(cls, geometry: Geometry, num_heads: int, block_size: int) -> LayerPlan:
-        return cls.single("dense", {}, geometry, num_heads, block_size)
-
-    @classmethod
-    def from_heads(cls, heads: Sequence[tuple[str, Mapping[str, Any] | None]], geometry: Geometry,
-                   block_size: int) -> LayerPlan:
-        """One (pattern, params) per head; heads of one pattern family form one group."""
-        by_pattern: dict[str, dict[str, list]] = {}
-        for h, (pattern, params) in enumerate(heads):
-            g = by_pattern.setdefault(pattern, {"pattern": pattern, "heads": [], "params": []})
-            g["heads"].append(h)
-            g["params"].append(dict(params or {}))
-        return cls(geometry, block_size, len(heads), tuple(by_pattern.values()))
-
-    # -- per-head views --------------------------------------------------------------------------
-
-    @cached_property
-    def head_specs(self) -> tuple[tuple[str, dict[str, Any]], ...]:
-        """(pattern, normalized params) of every head, in head order."""
-        spec: list[Any] = [None] * self.num_heads
-        for g in self.groups:
-            for h, p in zip(g.heads, g.params, strict=True):
-                spec[h] = (g.pattern, p)
-        return tuple(spec)
-
-    @property
-    def num_blocks(self) -> int:
-        return self.geometry.num_blocks(self.block_size)
-
-    @property
-    def skip_heads(self) -> tuple[int, ...]:
-        return tuple(h for h, (pat, _) in enumerate(self.head_specs) if pat == "skip")
-
-    @property
-    def computed_heads(self) -> tuple[int, ...]:
-        return tuple(h for h, (pat, _) in enumerate(self.head_specs) if pat != "skip")
-
-    @property
-    def is_dense(self) -> bool:
-        """Every head of the layer is dense (exact attention: the runtime runs it as such)."""
-        return all(g.pattern == "dense" for g in self.groups)
-
-    def block_masks(self) -> torch.Tensor:
-        """Per-head block masks, bool [H, nb, nb] on CPU (built once per LayerPlan; do not mutate)."""
-        return self._block_masks
-
-    @cached_property
-    def _block_masks(self) -> torch.Tensor:
-        nb = self.num_blocks
-        out = torch.empty(self.num_heads, nb, nb, dtype=torch.bool)
-        built: dict[tuple[str, str], torch.Tensor] = {}
-        for h, (pattern, params) in enumerate(self.head_specs):
-            k = (pattern, params_key(params))
-            if k not in built:  # heads with identical candidates share one mask build
-                built[k] = block_mask(pattern, params, self.geometry, self.block_size)
-            out[h] = built[k]
-        return out
-
-    def head_densities(self) -> torch.Tensor:
-        """float64 [H]: kept blocks / nb² per head (skip heads 0)."""
-        return self.block_masks().flatten(1).double().mean(1)
-
-    @property
-    def density(self) -> float:
-        """Mean density over all heads: the fraction of dense attention FLOPs this layer computes."""
-        return float(self.head_densities().mean())
-
-    def check_inputs(self, num_tokens: int, num_heads: int) -> None:
-        """Raise if an attention call's sequence length or head count does not match this plan."""
-        try:
-            self.geometry.check_tokens(num_tokens)
-        except GeometryError as err:
-            raise PlanError(f"geometry: {err}") from None
-        if num_heads != self.num_heads:
-            raise PlanError(f"num_heads: the call has {num_heads} query heads, the plan {self.num_heads}")
-
-    def to_dict(self) -> list[dict[str, Any]]:
-        """The ``groups`` list of this layer's plan-JSON entry."""
-        return [g.to_dict() for g in self.groups]
-
-    def for_geometry(self, geometry: Geometry) -> LayerPlan:
-        """This layer plan at another geometry (:mod:`attnsearch.retarget`): every head's parameters
-        carried over in their own units; ``self`` at its own geometry. PlanError naming the field
-        when the geometry cannot be served."""
-        if geometry == self.geometry:
-            return self
-        check_target(self.geometry, geometry)
-        groups = tuple({"pattern": g.pattern, "heads": list(g.heads),
-                        "params": [retarget_params(g.pattern, p, self.geometry, geometry, self.block_size)
-                                   for p in g.params]} for g in self.groups)
-        return LayerPlan(geometry, self.block_size, self.num_heads, groups)
-
 
 # --- the plan -----------------------------------------------------------------------------------
 
