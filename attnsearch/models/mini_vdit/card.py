@@ -132,9 +132,7 @@ def render_card(card: dict) -> str:
         f"- {cfg['depth']} blocks, width {cfg['dim']} ({cfg['dim'] // cfg['head_dim']} heads × head_dim "
         f"{cfg['head_dim']}), MLP ratio {cfg['mlp_ratio']}, patch {'×'.join(map(str, cfg['patch']))} over RGB "
         "pixels: a 16 × 64 × 64 clip is 4,096 self-attention tokens.",
-        "- 3-D RoPE (frame, row, column)" + (" and an embedding of each token's frame index"
-                                              if cfg.get("frame_embedding") else "") +
-        ", RMS-normed q/k, adaLN-zero timestep modulation (shared projection + "
+        "- 3-D RoPE (frame, row, column), RMS-normed q/k, adaLN-zero timestep modulation (shared projection + "
         "per-block table" + (", the mean condition token added to the timestep embedding" if cfg.get("pooled_condition")
                              else "") + "), cross-attention to 4 condition tokens (kind, colour, motion, background).",
         "- Rectified flow (velocity = noise − clip); Euler sampling on a shifted time grid with classifier-free "
@@ -147,7 +145,7 @@ def render_card(card: dict) -> str:
         f"Clip sizes trained: {', '.join('×'.join(map(str, s)) for s in SIZES)} (frames × height × width). "
         f"{NUM_HELDOUT} of the {NUM_CONDITIONS} conditions are held out of training and of every search.", "",
         "## Training",
-        f"`python -m attnsearch.models.mini_vdit.train` (seed 0"
+        "`python -m attnsearch.models.mini_vdit.train` (seed 0"
         + (f", the script at commit {card['script_commit']}" if card.get("script_commit") else "")
         + f"): {card['steps']} steps of ~{tr['batch_tokens']:,} "
         f"tokens, AdamW lr {tr['lr']}, cosine schedule, EMA 0.999 (shipped in fp16). Final loss "

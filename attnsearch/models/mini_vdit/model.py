@@ -8,11 +8,7 @@ queries and keys, cross-attention to the four condition tokens, and an MLP; adaL
 modulation from the timestep (one shared projection plus a learned per-block table, as Wan does),
 to whose embedding the mean of the condition tokens is added (a pooled condition, as SD3 and Flux
 add their pooled text embedding), so clip-wide properties such as the motion direction reach every
-token without going through cross-attention. Every token also gets an embedding of its frame index
-(sinusoids of the index in frames through a zero-initialised MLP): rotary positions are relative,
-so without it the network can tell where a clip begins only by finding the clip's edge through
-attention, and a motion direction has no arrow of time to follow. (Wan gets that anchor from its
-causal VAE, which encodes the first frame alone.)
+token without going through cross-attention.
 Both attentions call ``torch.nn.functional.scaled_dot_product_attention`` with head_dim 64, so
 attnsearch's capture, profiler and runtime see the self-attention calls as layers; the model's
 ``attnsearch_accept`` tells them to leave the cross-attention alone.
@@ -52,8 +48,6 @@ class MiniVDiTConfig:
     rope_theta: float = 10_000.0
     #: Add the mean of the condition tokens to the timestep embedding (see the module docstring).
     pooled_condition: bool = True
-    #: Add an embedding of each token's frame index (see the module docstring).
-    frame_embedding: bool = True
 
     @property
     def heads(self) -> int:
@@ -73,9 +67,7 @@ class MiniVDiTConfig:
     def from_dict(cls, d: dict) -> MiniVDiTConfig:
         d = dict(d)
         d["patch"] = tuple(d["patch"])
-        # A config without one of these keys describes a model without that part.
-        d.setdefault("pooled_condition", False)
-        d.setdefault("frame_embedding", False)
+        d.setdefault("pooled_condition", False)   # a config without the key describes a model without it
         return cls(**d)
 
 
@@ -103,14 +95,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
     out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
     return out.type_as(x)
-
-
-def frame_index_embedding(frames: int, dim: int, device) -> torch.Tensor:
-    """Sinusoids [frames, dim] of the frame index, periods from 2π to 2π·100 frames."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(100.0) * torch.arange(half, device=device, dtype=torch.float32) / half)
-    args = torch.arange(frames, device=device, dtype=torch.float32).view(-1, 1) * freqs.view(1, -1)
-    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -184,8 +168,6 @@ class MiniVDiT(nn.Module):
         self.cond_pos = nn.Parameter(torch.randn(len(SLOTS), d) * 0.02)
         self.cond_mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
         self.cond_pool = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d)) if cfg.pooled_condition else None
-        self.frame_embed = (nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
-                            if cfg.frame_embedding else None)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.out_modulation = nn.Parameter(torch.randn(1, 2, d) / d ** 0.5)
@@ -209,8 +191,6 @@ class MiniVDiT(nn.Module):
                 blk.modulation[:, 2].zero_()
                 blk.modulation[:, 5].zero_()
         nn.init.zeros_(self.head.weight)
-        if self.frame_embed is not None:
-            nn.init.zeros_(self.frame_embed[-1].weight)  # starts as a model without it
 
     @staticmethod
     def attnsearch_accept(call) -> bool:
@@ -239,9 +219,6 @@ class MiniVDiT(nn.Module):
         b, c, f, h, w = x.shape
         gf, gh, gw = self.token_grid(f, h, w)
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)                        # [B, N, d]
-        if self.frame_embed is not None:
-            fe = self.frame_embed(frame_index_embedding(gf, cfg.dim, x.device).to(tokens.dtype))   # [gf, d]
-            tokens = (tokens.unflatten(1, (gf, gh * gw)) + fe.view(1, gf, 1, cfg.dim)).flatten(1, 2)
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
         ctok = torch.stack([emb(cond[:, i]) for i, emb in enumerate(self.cond_embed)], dim=1) + self.cond_pos
         ctok = self.cond_mlp(ctok)                                                      # [B, 4, d]
