@@ -11,7 +11,7 @@ eagerly inside the node: block tables, backend choice, the kernels.
 
 A layer plan is not a tensor, so it crosses into the graph as *static* data: a small integer id
 from :func:`layer_plan_id`, a registry keyed by the LayerPlan's content (LayerPlan hashes by
-:attr:`~attnsearch.plan.LayerPlan.key`), so equal plans share one id and the compiled graph holds a
+:attr:`~attnsearch.layer_plan.LayerPlan.key`), so equal plans share one id and the compiled graph holds a
 constant. ``planned_attention`` is what :func:`attnsearch.apply` emits under ``torch.compile``: its
 static ``token`` names the model the apply context runs (:func:`model_token`); which step and layer a
 call is, and so which layer plan runs, is decided when the node runs (``apply`` numbers calls at

@@ -17,7 +17,7 @@ from attnsearch.profiling.profile_io import ProfileError
 from attnsearch.search import BudgetError, SearchError, optimize
 from attnsearch.search.problem import Knobs, Problem
 from attnsearch.search.space import build_space
-from attnsearch.search.study import choose
+from attnsearch.search.choose import choose
 
 import synthetic
 
