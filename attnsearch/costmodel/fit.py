@@ -3,8 +3,8 @@
 Per kernel (sparse (head_dim, block size), cuDNN at a head_dim) the four constants of
 :class:`LaunchParams` (item_tiles and slots_per_sm by grid search, launch and tile_ns by least
 squares on relative error, so 20 µs and 200 ms layers weigh alike); each kernel's per-tile rate is
-then tabulated over N from the residuals; the zero fill by weighted linear least squares. Points marked ``role =
-"holdout"`` and failed ones are never fitted.
+then tabulated over N from the residuals; the zero fill by weighted linear least squares. Points
+marked ``role = "holdout"`` and failed ones are never fitted.
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def fit_launch(spans: Callable[[float, int], np.ndarray], ms: np.ndarray, *,
 def _tabulate_n(params: LaunchParams, num_tokens: Sequence[int], pred: np.ndarray,
                 ms: np.ndarray) -> tuple[LaunchParams, np.ndarray]:
     """The per-tile rate drifts with N (cuDNN's kernel choice; L2 reuse of K/V): tabulate the
-    measured/modelled ratio per N (geometric mean over that N's points), applied to the tile time, log-linear between."""
+    measured/modelled ratio per N (geometric mean over that N's points), applied to the tile time,
+    log-linear between."""
     ratio: dict[int, list[float]] = {}
     for n, p, m in zip(num_tokens, pred, ms):
         ratio.setdefault(int(n), []).append(float(np.log(m / p)))

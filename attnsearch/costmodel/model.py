@@ -140,12 +140,11 @@ class CostModel:
         nb = -(-int(num_tokens) // block_size)
         return self.sparse_ms(np.full((int(num_heads), nb), nb), block_size, num_tokens)
 
-    def sparse_ms(self, counts: np.ndarray, block_size: int, num_tokens: int | None = None) -> float:
+    def sparse_ms(self, counts: np.ndarray, block_size: int, num_tokens: int) -> float:
         """One fused sparse launch over heads with kept-block counts [heads, nb] (full model) on a
-        sequence of ``num_tokens`` (default: nb · block_size)."""
+        sequence of ``num_tokens``."""
         p = self.table.sparse_params(self.head_dim, block_size)
-        n = np.shape(counts)[-1] * block_size if num_tokens is None else num_tokens
-        return p.ms(item_lengths(counts, self.table.order, self.batch), self.sm_count, n)
+        return p.ms(item_lengths(counts, self.table.order, self.batch), self.sm_count, num_tokens)
 
     def fill_ms(self, skip_heads, num_tokens) -> np.ndarray:
         nbytes = self.batch * np.asarray(skip_heads, dtype=np.float64) * num_tokens * self.head_dim * self.dtype_bytes
@@ -189,13 +188,12 @@ class CostModel:
 
     # -- the additive form the search solves ----------------------------------------------------------
 
-    def head_work_ms(self, tiles, num_blocks: int, block_size: int, num_tokens: int | None = None) -> np.ndarray:
-        """A computed head's additive share of a fused launch: its tiles and items at full throughput
-        (on a sequence of ``num_tokens``, default num_blocks · block_size)."""
+    def head_work_ms(self, tiles, num_blocks: int, block_size: int, num_tokens: int) -> np.ndarray:
+        """A computed head's additive share of a fused launch over a sequence of ``num_tokens``: its
+        tiles and items at full throughput."""
         p = self.table.sparse_params(self.head_dim, block_size)
-        n = num_blocks * block_size if num_tokens is None else num_tokens
         return p.throughput_ms(self.batch * np.asarray(tiles, dtype=np.float64), self.batch * num_blocks,
-                               self.sm_count, n)
+                               self.sm_count, num_tokens)
 
     def launch_overhead_ms(self, block_size: int) -> float:
         return self.table.sparse_params(self.head_dim, block_size).launch_us * 1e-3

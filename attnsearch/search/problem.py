@@ -133,7 +133,8 @@ class Problem:
                     if len(r) > 1:
                         dens = self.space.stripe_density(c, r)
                         ok = np.isfinite(cost[i, ..., c])
-                        cost[i, ..., c] = np.where(ok, len(r) * self.cm.head_work_ms(dens * nb * nb, nb, B, self.N), np.inf)
+                        work = self.cm.head_work_ms(dens * nb * nb, nb, B, self.N)
+                        cost[i, ..., c] = np.where(ok, len(r) * work, np.inf)
             self._agg[key] = (rs, cost, err, recall)
         return self._agg[key]
 

@@ -119,7 +119,8 @@ def test_additive_form_is_the_throughput_of_many_waves():
     lp = LayerPlan.from_heads([("diagonal", {"rows": r}) for r in (4, 8, 16, 32)] * 3, geom, 128)
     cm = CostModel(DEFAULT_TABLE, head_dim=128)
     f = layer_features(lp)
-    additive = cm.head_work_ms(f.counts.sum(1), lp.num_blocks, 128).sum() + cm.launch_overhead_ms(128)
+    additive = (cm.head_work_ms(f.counts.sum(1), lp.num_blocks, 128, f.num_tokens).sum()
+                + cm.launch_overhead_ms(128))
     assert additive == pytest.approx(cm.layer_ms(lp), rel=0.05)
 
 
