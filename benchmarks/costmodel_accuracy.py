@@ -47,7 +47,7 @@ def _head(rng: random.Random, geom: Geometry, nb: int) -> list:
 
 
 def heldout_specs(count: int, seed: int = SEED) -> list[dict[str, Any]]:
-    """``count`` layers per shape (see the module docstring) and five zero fills, as calibration specs."""
+    """``count`` layers per shape (see the module docstring) and three zero fills, as calibration specs."""
     rng = random.Random(seed)
     specs = []
     for geom, heads in SHAPES:
@@ -62,7 +62,8 @@ def heldout_specs(count: int, seed: int = SEED) -> list[dict[str, Any]]:
             specs.append({"kind": "sparse", "label": f"held-out {heads}×{geom.num_tokens} #{i}", "role": "holdout",
                           "geometry": geom.to_dict(), "heads": heads, "head_dim": 128, "block_size": 128, "batch": 1,
                           "layer": layer})
-    for geom, heads in [(Geometry(8, 16, 16), 4), (Geometry(13, 45, 56), 6), (Geometry(21, 45, 80), 20)]:
+    # Fills of shapes off calibration's grid: a small layer, two skip heads of the 1.3B layer, seven of the 14B's.
+    for geom, heads in [(Geometry(6, 24, 24), 3), (Geometry(21, 30, 52), 2), (Geometry(21, 45, 80), 7)]:
         specs.append({"kind": "fill", "label": f"fill {heads} heads", "role": "holdout", "geometry": geom.to_dict(),
                       "heads": heads, "head_dim": 128, "block_size": None, "batch": 1, "layer": None})
     return specs

@@ -25,12 +25,17 @@ DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 4.0
 
 
+def shift_time(t: torch.Tensor, shift: float = SHIFT) -> torch.Tensor:
+    """t ↦ s·t / (1 + (s − 1)·t): the same map sends sampling's time grid and training's flow
+    times towards high noise, so the model is trained most where the sampler spends its steps."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
 def time_grid(steps: int, shift: float = SHIFT) -> torch.Tensor:
     """The ``steps + 1`` flow times from 1 (noise) down to 0 (clip)."""
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be an integer ≥ 1, got {steps!r}")
-    t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-    return (shift * t / (1 + (shift - 1) * t)).float()
+    return shift_time(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift).float()
 
 
 def make_noise(seed: int, frames: int = 16, height: int = 64, width: int = 64, channels: int = 3) -> torch.Tensor:

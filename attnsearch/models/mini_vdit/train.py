@@ -13,7 +13,12 @@ one stopped. Everything is seeded: data, initial weights, condition dropout and 
 
 Training: AdamW (lr 4e-4 after a 300-step warm-up, cosine to 10% at ``--total-steps``), bf16
 autocast on CUDA, gradient clipping at 1, EMA 0.999 of the weights (the EMA is what ships).
-Each step draws one clip size from ``SIZES`` (weights ``SIZE_WEIGHTS``) with a batch of about
+Flow times are logit-normal, then shifted towards noise by the sampler's own map
+(``sampling.shift_time``, shift 3): 39% of the steps fall at t > 0.8 instead of 8%. A clip in
+pixels is so redundant that the noisy input shows where the object is and which way it goes down
+to high noise, so the motion word lowers the loss only at t ≳ 0.9, where unshifted times put 1.4%
+of the steps; a model trained that way ignores the word (equal loss with the opposite direction). Each step draws one
+clip size from ``SIZES`` (weights ``SIZE_WEIGHTS``) with a batch of about
 ``--batch-tokens`` tokens, so the model sees several resolutions and frame counts; 10% of the
 conditions are replaced by the null condition (classifier-free guidance).
 
@@ -35,6 +40,7 @@ import torch
 from ...atomic_io import replacing, write_text_atomic
 from .data import random_batch
 from .model import WEIGHTS_DIR, WEIGHTS_FILE, MiniVDiT, MiniVDiTConfig
+from .sampling import shift_time
 
 #: Clip sizes (frames, height, width) trained on, and how often each is drawn.
 SIZES = ((16, 64, 64), (8, 32, 32), (12, 48, 48))
@@ -111,7 +117,9 @@ def train(args: argparse.Namespace) -> Path:
         clip, cond = random_batch(batch, f, h, w, generator=gen, device=device)
         drop = torch.rand(batch, generator=gen, device=device) < COND_DROPOUT
         cond = torch.where(drop.view(-1, 1), torch.zeros_like(cond), cond)
-        t = torch.sigmoid(torch.randn(batch, generator=gen, device=device))     # logit-normal flow times
+        # Logit-normal flow times shifted towards high noise as the sampler's grid is (see the
+        # module docstring).
+        t = shift_time(torch.sigmoid(torch.randn(batch, generator=gen, device=device)))
         noise = torch.randn(clip.shape, generator=gen, device=device)
         tb = t.view(-1, 1, 1, 1, 1)
         x_t = (1 - tb) * clip + tb * noise
