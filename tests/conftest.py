@@ -13,9 +13,20 @@ full suite runs them), ``gpu`` on those that need CUDA.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist each worker gets its share of the cores for torch's intra-op threads:
+    two workers with torch's default (every core each) oversubscribe a 2-core machine."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
 
 
 @pytest.fixture
