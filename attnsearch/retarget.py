@@ -5,9 +5,15 @@ Every head has a geometry-independent description (:func:`describe`), instantiat
 the plan can serve (:func:`instantiate`); at the source geometry the instantiated block masks equal
 the searched ones exactly.
 
-* ``diagonal.rows``, ``multi_diagonal.rows``, ``vertical_stripe.rows``: frame rows (W tokens each),
-  the same number at every geometry. A band wider than the whole target video is the whole video:
-  ``rows`` is capped at the target's frames × height (the same mask).
+* ``diagonal.rows``, ``multi_diagonal.rows``, ``vertical_stripe.rows`` (when > 0): frame rows (W
+  tokens each), carried as the reach a query gets. Block rounding keeps every block a band touches,
+  so what a query attends reaches its own block's end and ceil(w / B) blocks beyond (w = ceil(rows·W)):
+  (B − 1)/2 + B·ceil(w / B) tokens on average (:func:`band_reach_rows`). At the same frame width the
+  rows are unchanged (the same mask); at another the band keeps the block count whose reach in rows
+  is nearest the source's (:class:`Band`), so where a block is a smaller share of the frame than at
+  the source the band widens rather than keeping a sliver of what the search measured. A band wider
+  than the whole target video is the whole video: ``rows`` is capped at the target's frames × height
+  (the same mask).
 * ``multi_diagonal.frames``: frames, the same number; capped at the target's frames − 1 (then every
   other frame, as ``None`` means).
 * ``energy_decay``: ``decay`` is a share of the frame and ``sink`` means frame 0: unchanged.
@@ -27,13 +33,14 @@ geometry or the reverse (a "row" would change meaning), more tokens than the run
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 
 from .geometry import Geometry
-from .patterns import block_layout, normalize_params
+from .patterns import band_width, block_layout, normalize_params
 from .plan_checks import MAX_TOKENS, PlanError
 
 #: Box of a region: (first frame, last frame, first row, last row, first column, last column), inclusive.
@@ -155,22 +162,65 @@ def _frame_boxes(f: int, p_lo: int, p_hi: int, width: int) -> list[Box]:
     return boxes
 
 
+# --- bands: the reach their kept blocks give ------------------------------------------------------
+
+
+def band_reach_rows(rows: float, width: int, block_size: int) -> float:
+    """Mean one-sided reach, in frame rows of ``width`` tokens, of the keys a query of the
+    block-rounded band of ``rows`` rows attends: its own block's remainder, (B − 1)/2 tokens on
+    average, plus the ceil(w / B) whole blocks that a band of w = ceil(rows·W) tokens touches beyond it."""
+    return ((block_size - 1) / 2 + block_size * math.ceil(band_width(rows, width) / block_size)) / width
+
+
+@dataclass(frozen=True)
+class Band:
+    """A band of ``rows`` frame rows searched at frame width ``width``."""
+
+    rows: float
+    width: int
+
+    def rows_at(self, width: int, block_size: int) -> float:
+        """``rows`` at frame width ``width``: the same at the same width (the same mask); elsewhere the
+        band whose block-rounded reach (:func:`band_reach_rows`) is nearest the source's in rows, with
+        its width in the middle of the block count it keeps (w = k·B − B/2), so the repeated bands of a
+        multi-diagonal, which no block boundary aligns, reach as far on average."""
+        if width == self.width:
+            return self.rows
+        reach = band_reach_rows(self.rows, self.width, block_size) * width
+        k = max(0, round((reach - (block_size - 1) / 2) / block_size))
+        w = 0 if k == 0 else k * block_size - block_size // 2
+        rows = w / width
+        while band_width(rows, width) > w:   # w / W · W may round up past w
+            rows = math.nextafter(rows, 0.0)
+        return rows
+
+
 # --- one head ------------------------------------------------------------------------------------
 
 
+def _has_band(pattern: str, params: Mapping[str, Any]) -> bool:
+    rows = params.get("rows")
+    return pattern in ("diagonal", "multi_diagonal") or (pattern == "vertical_stripe" and bool(rows))
+
+
 def describe(pattern: str, params: Mapping[str, Any], geometry: Geometry, block_size: int) -> dict[str, Any]:
-    """The geometry-independent description of one head's (normalized) parameters: the parameters
-    themselves for every family but ``vertical_stripe``, whose ``key_blocks`` become ``region`` (a
-    :class:`Region`) and whose ``rows`` stay rows."""
-    if pattern != "vertical_stripe":
-        return dict(params)
-    return {"region": Region.of_blocks(params["key_blocks"], geometry, block_size), "rows": params["rows"]}
+    """The geometry-independent description of one head's (normalized) parameters: a band's ``rows``
+    become ``band`` (a :class:`Band`), ``vertical_stripe``'s ``key_blocks`` become
+    ``region`` (a :class:`Region`); every other parameter is itself."""
+    desc = dict(params)
+    if _has_band(pattern, params):
+        desc["band"] = Band(float(desc.pop("rows")), geometry.width)
+    if pattern == "vertical_stripe":
+        desc["region"] = Region.of_blocks(desc.pop("key_blocks"), geometry, block_size)
+    return desc
 
 
 def instantiate(pattern: str, description: Mapping[str, Any], geometry: Geometry,
                 block_size: int) -> dict[str, Any]:
     """Normalized parameters of a head at ``geometry`` from its :func:`describe` description."""
     params = dict(description)
+    if "band" in params:
+        params["rows"] = params.pop("band").rows_at(geometry.width, block_size)
     if pattern == "vertical_stripe":
         region = params.pop("region").mapped(geometry.frames, geometry.height, geometry.width)
         params["key_blocks"] = region.blocks(geometry, block_size)
@@ -190,4 +240,4 @@ def retarget_params(pattern: str, params: Mapping[str, Any], source: Geometry, t
     return instantiate(pattern, describe(pattern, params, source, block_size), target, block_size)
 
 
-__all__ = ["Box", "Region", "check_target", "describe", "instantiate", "is_sequence", "retarget_params"]
+__all__ = ["Box", "Region", "Band", "band_reach_rows", "check_target", "describe", "instantiate", "is_sequence", "retarget_params"]

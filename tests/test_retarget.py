@@ -58,15 +58,60 @@ def test_identity_at_the_source_geometry():
     assert instantiate("vertical_stripe", describe("vertical_stripe", text_only, SOURCE, B), SOURCE, B) == text_only
 
 
+def realised_reach_rows(pattern, params, geometry, block_size):
+    """Brute force: the mean one-sided reach, in frame rows, of the keys a video query attends through a
+    band's block-rounded mask: to the ends of the run of kept key blocks around its own block (the
+    text block kept for its text columns is not part of the band), over the queries far enough from the
+    video's ends that nothing clips it."""
+    blocks = reference_mask(pattern, params, geometry, block_size).numpy()
+    t, n, nb = geometry.text_tokens, geometry.num_tokens, blocks.shape[0]
+    margin = 2 * block_size + int(np.ceil(params["rows"] * geometry.width))
+    reach = []
+    for i in range(t + margin, n - margin):
+        b = i // block_size
+        lo, hi = b, b
+        while lo > 0 and blocks[b, lo - 1]:
+            lo -= 1
+        while hi < nb - 1 and blocks[b, hi + 1]:
+            hi += 1
+        first, last = max(lo * block_size, t), min((hi + 1) * block_size, n) - 1
+        reach.append((i - first + last - i) / 2)
+    return float(np.mean(reach)) / geometry.width
+
+
 @pytest.mark.parametrize("target", [TWICE_FRAMES, WIDER], ids=["2x-frames", "1.5x-height-width"])
 def test_relative_families_equal_the_pattern_built_at_the_target(target):
+    """Energy decay and the frame reach of multi-diagonals carry over unchanged; a band's rows are
+    unchanged at the same frame width and elsewhere reach, block-rounded, as many rows around a query
+    as at the source (brute force, within half a block); the masks are the families' token-level
+    definitions at the target."""
     plan = heads_plan(RELATIVE).for_geometry(target)
     assert plan.geometry == target and plan.source_geometry == SOURCE and plan.predicted == {}
     lp = plan.layer_plan(2, 0)
     masks = lp.block_masks()
     for h, (pattern, params) in enumerate(RELATIVE):
-        assert lp.head_specs[h] == (pattern, {k: float(v) if k == "rows" else v for k, v in params.items()})
-        assert torch.equal(masks[h], reference_mask(pattern, params, target, B)), (pattern, params)
+        got_pattern, got = lp.head_specs[h]
+        assert got_pattern == pattern and got.keys() == params.keys()
+        assert {k: v for k, v in got.items() if k != "rows"} == {k: v for k, v in params.items() if k != "rows"}
+        if "rows" in params:
+            if target.width == SOURCE.width:
+                assert got["rows"] == params["rows"]
+            if pattern == "diagonal":  # as near as whole blocks allow: within half a block
+                src_reach = realised_reach_rows(pattern, params, SOURCE, B)
+                assert abs(realised_reach_rows(pattern, got, target, B) - src_reach) <= B / 2 / target.width
+        assert torch.equal(masks[h], reference_mask(pattern, got, target, B)), (pattern, got)
+
+
+def test_a_band_narrower_than_a_block_widens_where_a_block_is_less_of_the_frame():
+    """The case that decides the rule: at the source a 64-token block is a whole 8 × 8 frame, so a band
+    of half a row keeps, block by block, the query's frame; at 12 × 12 frames the same nominal band
+    would keep about a third of the frame; the carried band reaches as many rows around the query as at the source, within
+    half a block."""
+    src, tgt = Geometry(8, 8, 8), Geometry(8, 12, 12)
+    got = LayerPlan.single("diagonal", {"rows": 0.5}, src, 1, B).for_geometry(tgt).head_specs[0][1]
+    assert got["rows"] > 0.5
+    assert abs(realised_reach_rows("diagonal", got, tgt, B)
+               - realised_reach_rows("diagonal", {"rows": 0.5}, src, B)) <= B / 2 / tgt.width
 
 
 def random_stripes(geometry, block_size, seed, count=6):
@@ -94,7 +139,11 @@ def test_stripes_cover_the_same_positions(pair, block_size):
         lp = LayerPlan.single("vertical_stripe", params, source, 1, block_size).for_geometry(target)
         got = lp.head_specs[0][1]
         assert got["key_blocks"] == stripe_blocks_at(blocks, source, target, block_size), (blocks, params)
-        assert got["rows"] == min(params["rows"], target.frames * target.height)
+        if params["rows"] == 0:
+            assert got["rows"] == 0  # no band: the query's own block only
+        else:  # the band carried as a diagonal's is
+            band = LayerPlan.single("diagonal", {"rows": params["rows"]}, source, 1, block_size).for_geometry(target)
+            assert got["rows"] == band.head_specs[0][1]["rows"]
         direct = block_mask("vertical_stripe", got, target, block_size)
         assert torch.equal(lp.block_masks()[0], direct)
 

@@ -159,15 +159,22 @@ class GridNet(Net):
 
 
 def target_reference_plan(plan: Plan, target: Geometry) -> Plan:
-    """``plan`` built directly at ``target``: the relative families with their own parameters, the
-    stripes' key blocks by brute force over token positions (tests/reference.py)."""
+    """``plan`` built directly at ``target``: the relative families with their own parameters, bands at
+    the rows ``retarget.Band`` gives them there (its rule has its own brute-force test in
+    tests/test_retarget.py), the stripes' key blocks by brute force over token positions
+    (tests/reference.py)."""
     from reference import stripe_blocks_at
+
+    from attnsearch.retarget import Band
 
     layers = {}
     for e in plan.schedule:
         for lp in e.layers or ():
             heads = []
             for pattern, params in lp.head_specs:
+                if params.get("rows"):
+                    params = {**params, "rows": Band(params["rows"], plan.geometry.width).rows_at(target.width,
+                                                                                                plan.block_size)}
                 if pattern == "vertical_stripe":
                     params = {**params, "key_blocks": stripe_blocks_at(params["key_blocks"], plan.geometry, target,
                                                                        plan.block_size)}
