@@ -176,3 +176,33 @@ def test_training_resumes_exactly(tmp_path):
     for key in ("model", "ema"):
         for name, t in a[key].items():
             torch.testing.assert_close(t, b[key][name], rtol=0, atol=0, msg=f"{key}.{name}")
+
+
+@pytest.mark.slow
+def test_training_starts_from_exported_weights_and_records_them(tmp_path):
+    """--init: a new schedule starts from the exported fp16 weights (a zero-step run saves exactly
+    them), the checkpoint and the next export record the file's sha256 and steps; weights of another
+    config are refused with one line."""
+    import hashlib
+    import json
+
+    from safetensors import safe_open
+
+    train_mod.train(_args(tmp_path / "first", total_steps=3))
+    train_mod.export(_args(tmp_path / "first", weights_dir=str(tmp_path / "w")))
+    weights = tmp_path / "w" / train_mod.WEIGHTS_FILE
+    ckpt = train_mod.train(_args(tmp_path / "second", total_steps=2, minutes=1e-9, init=str(weights)))
+    state = torch.load(ckpt, weights_only=False)
+    assert state["step"] == 0
+    with safe_open(str(weights), framework="pt") as f:
+        for name in f.keys():
+            assert torch.equal(state["model"][name], f.get_tensor(name).float()), name
+    assert state["args"]["init_from"]["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert state["args"]["init_from"]["steps"] == 3
+    train_mod.train(_args(tmp_path / "second", total_steps=2))          # resumes; keeps the record
+    train_mod.export(_args(tmp_path / "second", weights_dir=str(tmp_path / "w2")))
+    with safe_open(str(tmp_path / "w2" / train_mod.WEIGHTS_FILE), framework="pt") as f:
+        assert json.loads(f.metadata()["training"])["init_from"]["steps"] == 3
+    with pytest.raises(SystemExit, match=r"^--init .*: config .* differs from") as err:
+        train_mod.train(_args(tmp_path / "third", tiny=False, init=str(weights)))
+    assert "\n" not in str(err.value)

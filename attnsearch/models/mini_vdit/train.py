@@ -22,6 +22,10 @@ clip size from ``SIZES`` (weights ``SIZE_WEIGHTS``) with a batch of about
 ``--batch-tokens`` tokens, so the model sees several resolutions and frame counts; 10% of the
 conditions are replaced by the null condition (classifier-free guidance).
 
+``--init WEIGHTS`` starts a new schedule from exported weights instead of random ones (the checkpoint
+and the exported metadata record the file's sha256 and its own training), so a model can be trained
+on in another schedule.
+
 ``--export`` writes ``weights/mini-vdit.safetensors`` (fp16 EMA weights, config and training
 facts in its metadata) and ``loss.json`` into ``--weights-dir`` (default: the package's folder).
 """
@@ -65,7 +69,34 @@ def _state(model, ema, opt, step, gen, log, args) -> dict:
     return {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
             "gen": gen.get_state(), "cpu_rng": torch.get_rng_state(), "log": log,
             "config": model.config.to_dict(), "args": {"total_steps": args.total_steps, "lr": args.lr,
-                                                      "batch_tokens": args.batch_tokens}}
+                                                      "batch_tokens": args.batch_tokens,
+                                                      "init_from": getattr(args, "init_from", None)}}
+
+
+def init_from_weights(model: MiniVDiT, path: Path) -> dict:
+    """Load exported weights (``--export``'s safetensors) into ``model`` as its starting point; returns
+    what the checkpoint records of them (file, sha256, their own steps and training). SystemExit with
+    one line when the file is missing, not mini-vdit weights, or of another architecture."""
+    import hashlib
+
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise SystemExit(f"--init {path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k).float() for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for a malformed file
+        raise SystemExit(f"--init {path}: not a safetensors file ({err})") from None
+    if meta.get("format") != "attnsearch-mini-vdit":
+        raise SystemExit(f"--init {path}: not mini-vdit weights (metadata format {meta.get('format')!r})")
+    if json.loads(meta["config"]) != model.config.to_dict():
+        raise SystemExit(f"--init {path}: config {meta['config']} differs from {model.config.to_dict()}")
+    model.load_state_dict(state)
+    return {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "steps": int(meta.get("steps", 0)), "training": json.loads(meta.get("training", "{}")),
+            "script_commit": meta.get("script_commit", "")}
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -86,6 +117,11 @@ def train(args: argparse.Namespace) -> Path:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     gen = torch.Generator(device=device).manual_seed(SEED)
     step, log = 0, []
+    if getattr(args, "init", None) and not ckpt_path.exists():
+        args.init_from = init_from_weights(model, Path(args.init))
+        ema.load_state_dict(model.state_dict())
+        print(f"initialised from {args.init} ({args.init_from['steps']} steps, sha256 {args.init_from['sha256'][:12]})",
+              flush=True)
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         if state["config"] != config.to_dict():
@@ -97,6 +133,7 @@ def train(args: argparse.Namespace) -> Path:
         torch.set_rng_state(state["cpu_rng"].cpu())
         step, log = state["step"], state["log"]
         args.total_steps = args.total_steps or state["args"]["total_steps"]
+        args.init_from = state["args"].get("init_from")
         print(f"resumed at step {step} from {ckpt_path}", flush=True)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"mini-vdit: {n_params / 1e6:.2f} M parameters, {config}, device {device}", flush=True)
@@ -205,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--device", default=None)
     p.add_argument("--tiny", action="store_true", help="the two-block test model at 4×16×16 (smoke runs)")
+    p.add_argument("--init", default=None, help="start a new schedule from these exported weights (fp16 "
+                   "safetensors of the same config) instead of a random initialisation; ignored when resuming")
     p.add_argument("--export", action="store_true", help="write the EMA weights as fp16 safetensors and stop")
     p.add_argument("--weights-dir", default=None, help="where --export writes (default: the package)")
     args = p.parse_args(argv)
