@@ -180,9 +180,9 @@ def test_training_resumes_exactly(tmp_path):
 
 @pytest.mark.slow
 def test_training_starts_from_exported_weights_and_records_them(tmp_path):
-    """--init: a new schedule starts from the exported fp16 weights (a zero-step run saves exactly
-    them), the checkpoint and the next export record the file's sha256 and steps; weights of another
-    config are refused with one line."""
+    """--init: a new schedule starts from the exported fp16 weights with their architecture (a
+    zero-step run saves exactly them), resumes with it, and the checkpoint and the next export record
+    the file's sha256 and steps; --tiny with weights of another architecture is one line."""
     import hashlib
     import json
 
@@ -203,6 +203,11 @@ def test_training_starts_from_exported_weights_and_records_them(tmp_path):
     train_mod.export(_args(tmp_path / "second", weights_dir=str(tmp_path / "w2")))
     with safe_open(str(tmp_path / "w2" / train_mod.WEIGHTS_FILE), framework="pt") as f:
         assert json.loads(f.metadata()["training"])["init_from"]["steps"] == 3
-    with pytest.raises(SystemExit, match=r"^--init .*: config .* differs from") as err:
-        train_mod.train(_args(tmp_path / "third", tiny=False, init=str(weights)))
+    from attnsearch.models.mini_vdit import weights_path
+
+    with pytest.raises(SystemExit, match=r"^--init .*: weights of config .*, --tiny asks for") as err:
+        train_mod.train(_args(tmp_path / "third", init=str(weights_path())))   # the shipped, full-size weights
     assert "\n" not in str(err.value)
+    state = torch.load(train_mod.train(_args(tmp_path / "fourth", tiny=False, minutes=1e-9, init=str(weights))),
+                       weights_only=False)
+    assert state["config"] == train_mod.MiniVDiTConfig.tiny().to_dict()   # the weights' architecture

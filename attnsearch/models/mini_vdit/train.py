@@ -22,9 +22,9 @@ clip size from ``SIZES`` (weights ``SIZE_WEIGHTS``) with a batch of about
 ``--batch-tokens`` tokens, so the model sees several resolutions and frame counts; 10% of the
 conditions are replaced by the null condition (classifier-free guidance).
 
-``--init WEIGHTS`` starts a new schedule from exported weights instead of random ones (the checkpoint
-and the exported metadata record the file's sha256 and its own training), so a model can be trained
-on in another schedule.
+``--init WEIGHTS`` starts a new schedule from exported weights instead of random ones, with their
+architecture (the checkpoint and the exported metadata record the file's sha256 and its own
+training), so a model can be trained on in another schedule.
 
 ``--export`` writes ``weights/mini-vdit.safetensors`` (fp16 EMA weights, config and training
 facts in its metadata) and ``loss.json`` into ``--weights-dir`` (default: the package's folder).
@@ -73,10 +73,10 @@ def _state(model, ema, opt, step, gen, log, args) -> dict:
                                                       "init_from": getattr(args, "init_from", None)}}
 
 
-def init_from_weights(model: MiniVDiT, path: Path) -> dict:
-    """Load exported weights (``--export``'s safetensors) into ``model`` as its starting point; returns
-    what the checkpoint records of them (file, sha256, their own steps and training). SystemExit with
-    one line when the file is missing, not mini-vdit weights, or of another architecture."""
+def read_weights(path: Path) -> tuple[MiniVDiTConfig, dict[str, torch.Tensor], dict]:
+    """Exported weights (``--export``'s safetensors) as a starting point: their config, their tensors
+    in float32 and what the checkpoint records of them (file, sha256, their own steps and training).
+    SystemExit with one line when the file is missing or not mini-vdit weights."""
     import hashlib
 
     from safetensors import safe_open
@@ -91,12 +91,10 @@ def init_from_weights(model: MiniVDiT, path: Path) -> dict:
         raise SystemExit(f"--init {path}: not a safetensors file ({err})") from None
     if meta.get("format") != "attnsearch-mini-vdit":
         raise SystemExit(f"--init {path}: not mini-vdit weights (metadata format {meta.get('format')!r})")
-    if json.loads(meta["config"]) != model.config.to_dict():
-        raise SystemExit(f"--init {path}: config {meta['config']} differs from {model.config.to_dict()}")
-    model.load_state_dict(state)
-    return {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "steps": int(meta.get("steps", 0)), "training": json.loads(meta.get("training", "{}")),
-            "script_commit": meta.get("script_commit", "")}
+    record = {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+              "steps": int(meta.get("steps", 0)), "training": json.loads(meta.get("training", "{}")),
+              "script_commit": meta.get("script_commit", "")}
+    return MiniVDiTConfig.from_dict(json.loads(meta["config"])), state, record
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -110,20 +108,27 @@ def train(args: argparse.Namespace) -> Path:
     ckpt_path = out / "checkpoint.pt"
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(SEED)
+    state = torch.load(ckpt_path, map_location=device, weights_only=False) if ckpt_path.exists() else None
+    init = read_weights(Path(args.init)) if getattr(args, "init", None) and state is None else None
     config = MiniVDiTConfig.tiny() if args.tiny else MiniVDiTConfig()
+    if init is not None:
+        if args.tiny and init[0] != config:
+            raise SystemExit(f"--init {args.init}: weights of config {init[0].to_dict()}, --tiny asks for "
+                             f"{config.to_dict()}")
+        config = init[0]   # a schedule started from weights has their architecture
+    elif state is not None and state["args"].get("init_from"):
+        config = MiniVDiTConfig.from_dict(state["config"])
     model = MiniVDiT(config).to(device)
+    if init is not None:
+        model.load_state_dict(init[1])
+        args.init_from = init[2]
+        print(f"initialised from {args.init} ({init[2]['steps']} steps, sha256 {init[2]['sha256'][:12]})", flush=True)
     ema = MiniVDiT(config).to(device).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     gen = torch.Generator(device=device).manual_seed(SEED)
     step, log = 0, []
-    if getattr(args, "init", None) and not ckpt_path.exists():
-        args.init_from = init_from_weights(model, Path(args.init))
-        ema.load_state_dict(model.state_dict())
-        print(f"initialised from {args.init} ({args.init_from['steps']} steps, sha256 {args.init_from['sha256'][:12]})",
-              flush=True)
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+    if state is not None:
         if state["config"] != config.to_dict():
             raise SystemExit(f"{ckpt_path}: checkpoint config {state['config']} differs from {config.to_dict()}")
         model.load_state_dict(state["model"])
