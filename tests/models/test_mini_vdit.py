@@ -159,7 +159,7 @@ def test_sampler_is_deterministic_and_one_forward_per_step():
 
 def _args(out, **kw):
     base = dict(out=str(out), minutes=10.0, total_steps=8, total_minutes=1.0, batch_tokens=512, lr=4e-4,
-                device="cpu", tiny=True, export=False, weights_dir=None)
+                time_shift=1.0, device="cpu", tiny=True, export=False, weights_dir=None)
     base.update(kw)
     return argparse.Namespace(**base)
 
