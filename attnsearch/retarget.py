@@ -240,4 +240,5 @@ def retarget_params(pattern: str, params: Mapping[str, Any], source: Geometry, t
     return instantiate(pattern, describe(pattern, params, source, block_size), target, block_size)
 
 
-__all__ = ["Box", "Region", "Band", "band_reach_rows", "check_target", "describe", "instantiate", "is_sequence", "retarget_params"]
+__all__ = ["Band", "Box", "Region", "band_reach_rows", "check_target", "describe", "instantiate", "is_sequence",
+           "retarget_params"]

@@ -20,7 +20,6 @@ model inputs along real denoising trajectories of several training conditions, o
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ from ...geometry import Geometry
 from .checker import condition_accuracy, read_clip
 from .data import (BACKGROUNDS, COLOURS, KINDS, MOTIONS, NUM_HELDOUT, Condition, condition_tokens,
                    heldout_conditions, render, train_conditions)
-from .model import WEIGHTS_DIR, WEIGHTS_FILE, MiniVDiT, MiniVDiTConfig
+from .model import WEIGHTS_DIR, WEIGHTS_FILE, MiniVDiT, MiniVDiTConfig, read_weights
 from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, make_noise, sample, time_grid, to_frames
 
 #: Size of the clips the model was mainly trained on (frames, height, width in pixels).
@@ -50,19 +49,13 @@ def weights_path() -> Path:
 def load_pretrained(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                     path: str | Path | None = None) -> MiniVDiT:
     """The trained model (eval mode) from the shipped fp16 weights, cast to ``dtype``."""
-    from safetensors import safe_open
-
     path = Path(path) if path is not None else weights_path()
     if not path.is_file():
         raise WeightsMissingError(f"mini-vdit weights not found at {path} (train them with "
                                   "python -m attnsearch.models.mini_vdit.train, then --export)")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != "attnsearch-mini-vdit":
-            raise ValueError(f"{path}: not a mini-vdit weights file (metadata format {meta.get('format')!r})")
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    model = MiniVDiT(MiniVDiTConfig.from_dict(json.loads(meta["config"])))
-    model.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
+    config, state, _ = read_weights(path)
+    model = MiniVDiT(config)
+    model.load_state_dict(state)
     return model.to(device=device, dtype=dtype).eval()
 
 

@@ -19,6 +19,7 @@ a multiple of the patch size.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +34,22 @@ from .data import SLOTS
 #: Where the trained weights ship (fp16 safetensors with the config in its metadata) and their file.
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WEIGHTS_FILE = "mini-vdit.safetensors"
+
+
+def read_weights(path: str | Path) -> tuple[MiniVDiTConfig, dict[str, torch.Tensor], dict[str, str]]:
+    """An exported weights file (fp16 safetensors, the config in its metadata): its config, its tensors
+    in float32 and its metadata. ValueError naming the file when it is not mini-vdit weights."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k).float() for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for a malformed file
+        raise ValueError(f"{path}: not a safetensors file ({err})") from None
+    if meta.get("format") != "attnsearch-mini-vdit":
+        raise ValueError(f"{path}: not a mini-vdit weights file (metadata format {meta.get('format')!r})")
+    return MiniVDiTConfig.from_dict(json.loads(meta["config"])), state, meta
 
 
 @dataclass(frozen=True)

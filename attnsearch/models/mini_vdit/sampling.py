@@ -26,8 +26,8 @@ DEFAULT_GUIDANCE = 4.0
 
 
 def shift_time(t: torch.Tensor, shift: float = SHIFT) -> torch.Tensor:
-    """t ↦ s·t / (1 + (s − 1)·t): the same map sends sampling's time grid and training's flow
-    times towards high noise, so the model is trained most where the sampler spends its steps."""
+    """t ↦ s·t / (1 + (s − 1)·t), towards high noise for s > 1 (the identity at s = 1): the map of
+    the sampling grid, and of training's flow times under ``train --time-shift``."""
     return shift * t / (1 + (shift - 1) * t)
 
 

@@ -41,7 +41,7 @@ import torch
 
 from ...atomic_io import replacing, write_text_atomic
 from .data import random_batch
-from .model import WEIGHTS_DIR, WEIGHTS_FILE, MiniVDiT, MiniVDiTConfig
+from .model import WEIGHTS_DIR, WEIGHTS_FILE, MiniVDiT, MiniVDiTConfig, read_weights
 from .sampling import shift_time
 
 #: Clip sizes (frames, height, width) trained on, and how often each is drawn.
@@ -72,28 +72,21 @@ def _state(model, ema, opt, step, gen, log, args) -> dict:
                                                       "init_from": getattr(args, "init_from", None)}}
 
 
-def read_weights(path: Path) -> tuple[MiniVDiTConfig, dict[str, torch.Tensor], dict]:
-    """Exported weights (``--export``'s safetensors) as a starting point: their config, their tensors
-    in float32 and what the checkpoint records of them (file, sha256, their own steps and training).
-    SystemExit with one line when the file is missing or not mini-vdit weights."""
+def init_weights(path: Path) -> tuple[MiniVDiTConfig, dict[str, torch.Tensor], dict]:
+    """``--init``'s weights (:func:`model.read_weights`) and what the checkpoint records of them (file,
+    sha256, their own steps and training). SystemExit with one line when they cannot be read."""
     import hashlib
-
-    from safetensors import safe_open
 
     if not path.is_file():
         raise SystemExit(f"--init {path}: no such file")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k).float() for k in f.keys()}
-    except Exception as err:  # safetensors raises its own error types for a malformed file
-        raise SystemExit(f"--init {path}: not a safetensors file ({err})") from None
-    if meta.get("format") != "attnsearch-mini-vdit":
-        raise SystemExit(f"--init {path}: not mini-vdit weights (metadata format {meta.get('format')!r})")
+        config, state, meta = read_weights(path)
+    except ValueError as err:
+        raise SystemExit(f"--init {err}") from None
     record = {"file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
               "steps": int(meta.get("steps", 0)), "training": json.loads(meta.get("training", "{}")),
               "script_commit": meta.get("script_commit", "")}
-    return MiniVDiTConfig.from_dict(json.loads(meta["config"])), state, record
+    return config, state, record
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -108,7 +101,7 @@ def train(args: argparse.Namespace) -> Path:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(SEED)
     state = torch.load(ckpt_path, map_location=device, weights_only=False) if ckpt_path.exists() else None
-    init = read_weights(Path(args.init)) if getattr(args, "init", None) and state is None else None
+    init = init_weights(Path(args.init)) if getattr(args, "init", None) and state is None else None
     config = MiniVDiTConfig.tiny() if args.tiny else MiniVDiTConfig()
     if init is not None:
         if args.tiny and init[0] != config:
@@ -250,8 +243,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="shift flow times towards noise by the sampler's map (3 = the sampler's own; 1 = none)")
     p.add_argument("--device", default=None)
     p.add_argument("--tiny", action="store_true", help="the two-block test model at 4×16×16 (smoke runs)")
-    p.add_argument("--init", default=None, help="start a new schedule from these exported weights (fp16 "
-                   "safetensors of the same config) instead of a random initialisation; ignored when resuming")
+    p.add_argument("--init", default=None, help="start a new schedule from these exported weights (and their "
+                   "architecture) instead of a random initialisation; ignored when resuming")
     p.add_argument("--export", action="store_true", help="write the EMA weights as fp16 safetensors and stop")
     p.add_argument("--weights-dir", default=None, help="where --export writes (default: the package)")
     args = p.parse_args(argv)
