@@ -10,7 +10,9 @@ the lowest-error plan at mean density ≤ ``--density``; at each target it is re
 direct plan is the target search's lowest-error plan at density ≤ the retargeted plan's, so the
 direct plan never gets more compute. Both generate the same held-out videos (noise seeds from
 10,000, conditions never trained on nor searched) against dense: PSNR, SSIM and the predicted
-attention speedup at the target size. Writes ``result.json`` and ``figure.png`` into ``--out``.
+attention speedup at the target size; on CUDA each plan is also timed at the target size
+(``bench_plan``: every layer plan against cuDNN dense, the model's batch and head_dim), so the
+prediction stands beside a measurement. Writes ``result.json`` and ``figure.png`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 
 from attnsearch.atomic_io import write_text_atomic
 from attnsearch.bench.output import environment
+from attnsearch.bench.plans import bench_plan
 from attnsearch.evaluate import evaluate, load_generator
 from attnsearch.models import load_model
 from attnsearch.profiling import ProfileSettings, profile_model
@@ -86,10 +89,17 @@ def main(argv: list[str] | None = None) -> None:
                 o = run.overall
                 row[label] = {"density": run.density, "psnr_db": o["psnr_db"], "ssim": o["ssim"],
                               "predicted_speedup": run.predicted.get("speedup")}
+                if args.device == "cuda":
+                    timed = bench_plan(run.plan, head_dim=run.predicted["head_dim"], batch=run.predicted["batch"])
+                    row[label]["measured_speedup"] = timed["speedup_vs_cudnn"]
+                    row[label]["measured_card"] = timed["card"]
             row["psnr_gap_db"] = row["direct"]["psnr_db"] - row["retargeted"]["psnr_db"]
             rows.append(row)
-            print(f"{f}×{h}×{w}: retargeted {row['retargeted']['psnr_db']:.2f} dB at {row['retargeted']['density']:.3f}, "
-                  f"direct {row['direct']['psnr_db']:.2f} dB at {row['direct']['density']:.3f}", flush=True)
+            print(f"{f}×{h}×{w}: " + ", ".join(
+                f"{k} {row[k]['psnr_db']:.2f} dB at {row[k]['density']:.3f} (predicted "
+                f"{row[k]['predicted_speedup']:.2f}×" + (f", measured {row[k]['measured_speedup']:.2f}×"
+                                                         if "measured_speedup" in row[k] else "") + ")"
+                for k in ("retargeted", "direct")), flush=True)
 
     import matplotlib
 
