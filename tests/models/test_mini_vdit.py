@@ -15,7 +15,7 @@ from attnsearch.models.mini_vdit import (COLOURS, MOTIONS, Condition, MiniVDiT, 
                                          condition_tokens, heldout_conditions, make_noise, read_clip, render, sample,
                                          time_grid, to_frames, train_conditions)
 from attnsearch.models.mini_vdit.data import HELDOUT_INDICES, NUM_CONDITIONS, TRAIN_INDICES
-from attnsearch.models.mini_vdit.model import apply_rope, position_features, rope_angles
+from attnsearch.models.mini_vdit.model import apply_rope, rope_angles
 from attnsearch.models.mini_vdit import train as train_mod
 
 
@@ -102,23 +102,6 @@ def test_rope_logits_depend_only_on_relative_position():
     other = qr[idx(0, 1, 2)] @ kr[idx(2, 3, 0)]
     torch.testing.assert_close(base, shifted, rtol=1e-4, atol=1e-4)
     assert (base - other).abs() > 1e-3
-
-
-def test_absolute_position_is_in_clip_coordinates_whatever_the_size():
-    """A token's absolute-position features are those of its centre: time in the data's frames
-    (frame f is the same instant in an 8- and a 16-frame clip), space as a share of the frame
-    (column j of 8 and column 3j + 1 of 24 share a centre)."""
-    patch = (1, 4, 4)
-    small = position_features(8, 8, 8, patch, "cpu").view(8, 8, 8, -1)
-    large = position_features(16, 24, 24, patch, "cpu").view(16, 24, 24, -1)
-    for f, y, x in [(0, 0, 0), (3, 5, 2), (7, 7, 7)]:
-        torch.testing.assert_close(small[f, y, x], large[f, 3 * y + 1, 3 * x + 1])
-    assert not torch.allclose(small[1, 0, 0], small[0, 0, 0])
-    assert not torch.allclose(large[0, 0, 1], large[0, 0, 0])
-    # Weights written before the feature existed describe a model without it.
-    old = MiniVDiTConfig().to_dict()
-    del old["absolute_position"]
-    assert MiniVDiT(MiniVDiTConfig.from_dict(old)).pos_embed is None
 
 
 def test_forward_any_size_and_capture_sees_only_self_attention():
