@@ -157,6 +157,9 @@ def _ulysses_rank(rank: int, world: int, port: int, results) -> None:
         with torch.no_grad(), apply(model, plan, backend="torch") as ap:
             split = model(**kw)[0]
         results.put((rank, ap.layout.heads, ap.stats["sparse"], torch.equal(split, whole)))
+        # No rank tears gloo down while the other's last collective may still be in flight: that
+        # aborted a rank at exit ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
