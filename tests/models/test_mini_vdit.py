@@ -15,7 +15,7 @@ from attnsearch.models.mini_vdit import (COLOURS, MOTIONS, Condition, MiniVDiT, 
                                          condition_tokens, heldout_conditions, make_noise, read_clip, render, sample,
                                          time_grid, to_frames, train_conditions)
 from attnsearch.models.mini_vdit.data import HELDOUT_INDICES, NUM_CONDITIONS, TRAIN_INDICES
-from attnsearch.models.mini_vdit.model import apply_rope, rope_angles
+from attnsearch.models.mini_vdit.model import apply_rope, position_features, rope_angles
 from attnsearch.models.mini_vdit import train as train_mod
 
 
@@ -78,6 +78,26 @@ def test_motion_is_per_frame_whatever_the_clip_length():
     assert float(speeds[8].median() / speeds[16].median()) == pytest.approx(1.0, abs=0.1)
 
 
+def test_motion_word_says_where_the_object_is():
+    """Objects enter from the side they move away from, so the motion word moves a condition's mean
+    clip (what a denoiser predicts from pure noise) about as much as a colour word does; with the
+    start drawn anywhere along the path it moved it several times less (data.py's docstring)."""
+    def mean_clip(cond: Condition) -> torch.Tensor:
+        tok = condition_tokens([cond] * 200)
+        return render(tok, 8, 32, 32, generator=torch.Generator().manual_seed(1)).mean(0)
+
+    base = mean_clip(Condition("circle", "red", "right", "stripes"))
+    motion = (mean_clip(Condition("circle", "red", "left", "stripes")) - base).pow(2).mean()
+    colour = (mean_clip(Condition("circle", "green", "right", "stripes")) - base).pow(2).mean()
+    kind = (mean_clip(Condition("square", "red", "right", "stripes")) - base).pow(2).mean()
+    assert motion > 0.5 * colour and motion > 20 * kind, (motion, colour, kind)
+    # A "right" object starts in the left part of the frame and its mean drifts right.
+    s = (base.max(0).values - base.min(0).values).sum(1)           # chroma by [frame, column]
+    assert s[0, :16].sum() > 3 * s[0, 16:].sum()
+    centre = (s * (torch.arange(32) + 0.5)).sum(1) / s.sum(1) / 32  # [F], share of the width
+    assert float(centre[-1] - centre[0]) > 0.1, centre
+
+
 def test_render_is_a_function_of_the_generator():
     tok = condition_tokens(heldout_conditions(3))
     a = render(tok, 4, 16, 16, generator=torch.Generator().manual_seed(5))
@@ -102,6 +122,23 @@ def test_rope_logits_depend_only_on_relative_position():
     other = qr[idx(0, 1, 2)] @ kr[idx(2, 3, 0)]
     torch.testing.assert_close(base, shifted, rtol=1e-4, atol=1e-4)
     assert (base - other).abs() > 1e-3
+
+
+def test_absolute_position_is_in_clip_coordinates_whatever_the_size():
+    """A token's absolute-position features are those of its centre: time in the data's frames
+    (frame f is the same instant in an 8- and a 16-frame clip), space as a share of the frame
+    (column j of 8 and column 3j + 1 of 24 share a centre)."""
+    patch = (1, 4, 4)
+    small = position_features(8, 8, 8, patch, "cpu").view(8, 8, 8, -1)
+    large = position_features(16, 24, 24, patch, "cpu").view(16, 24, 24, -1)
+    for f, y, x in [(0, 0, 0), (3, 5, 2), (7, 7, 7)]:
+        torch.testing.assert_close(small[f, y, x], large[f, 3 * y + 1, 3 * x + 1])
+    assert not torch.allclose(small[1, 0, 0], small[0, 0, 0])
+    assert not torch.allclose(large[0, 0, 1], large[0, 0, 0])
+    # Weights written before the feature existed describe a model without it.
+    old = MiniVDiTConfig().to_dict()
+    del old["absolute_position"]
+    assert MiniVDiT(MiniVDiTConfig.from_dict(old)).pos_embed is None
 
 
 def test_forward_any_size_and_capture_sees_only_self_attention():

@@ -132,7 +132,10 @@ def render_card(card: dict) -> str:
         f"- {cfg['depth']} blocks, width {cfg['dim']} ({cfg['dim'] // cfg['head_dim']} heads × head_dim "
         f"{cfg['head_dim']}), MLP ratio {cfg['mlp_ratio']}, patch {'×'.join(map(str, cfg['patch']))} over RGB "
         "pixels: a 16 × 64 × 64 clip is 4,096 self-attention tokens.",
-        "- 3-D RoPE (frame, row, column), RMS-normed q/k, adaLN-zero timestep modulation (shared projection + "
+        "- 3-D RoPE (frame, row, column)" + (", Fourier features of each token's absolute clip coordinates "
+                                              "(time in the data's frames, space in shares of the frame)"
+                                              if cfg.get("absolute_position") else "")
+        + ", RMS-normed q/k, adaLN-zero timestep modulation (shared projection + "
         "per-block table" + (", the mean condition token added to the timestep embedding" if cfg.get("pooled_condition")
                              else "") + "), cross-attention to 4 condition tokens (kind, colour, motion, background).",
         "- Rectified flow (velocity = noise − clip); Euler sampling on a shifted time grid with classifier-free "

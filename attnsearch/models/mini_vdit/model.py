@@ -9,6 +9,14 @@ modulation from the timestep (one shared projection plus a learned per-block tab
 to whose embedding the mean of the condition tokens is added (a pooled condition, as SD3 and Flux
 add their pooled text embedding), so clip-wide properties such as the motion direction reach every
 token without going through cross-attention.
+
+Besides the rotary (relative) positions, each token gets an absolute position: Fourier features of
+its centre in clip coordinates (time τ = frame / (REFERENCE_FRAMES − 1) as the data define it; row
+and column as a share of the frame), through a learned projection that starts at zero (as
+CogVideoX adds a 3-D sine-cosine embedding). Without it the network is translation-equivariant
+and cannot say *where* the object of a motion word is at a given frame: it learns to move objects
+but in a direction the noise picks, not the one named. Space in shares of the frame and time in
+the data's own unit keep the embedding meaningful at every resolution and frame count.
 Both attentions call ``torch.nn.functional.scaled_dot_product_attention`` with head_dim 64, so
 attnsearch's capture, profiler and runtime see the self-attention calls as layers; the model's
 ``attnsearch_accept`` tells them to leave the cross-attention alone.
@@ -29,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...geometry import Geometry
-from .data import SLOTS
+from .data import REFERENCE_FRAMES, SLOTS
 
 #: Where the trained weights ship (fp16 safetensors with the config in its metadata) and their file.
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -65,6 +73,8 @@ class MiniVDiTConfig:
     rope_theta: float = 10_000.0
     #: Add the mean of the condition tokens to the timestep embedding (see the module docstring).
     pooled_condition: bool = True
+    #: Add Fourier features of each token's absolute clip coordinates (see the module docstring).
+    absolute_position: bool = True
 
     @property
     def heads(self) -> int:
@@ -84,7 +94,9 @@ class MiniVDiTConfig:
     def from_dict(cls, d: dict) -> MiniVDiTConfig:
         d = dict(d)
         d["patch"] = tuple(d["patch"])
-        d.setdefault("pooled_condition", False)   # a config without the key describes a model without it
+        # A config without one of these keys describes a model without that part.
+        d.setdefault("pooled_condition", False)
+        d.setdefault("absolute_position", False)
         return cls(**d)
 
 
@@ -112,6 +124,24 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
     out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
     return out.type_as(x)
+
+
+#: Frequencies (multiples of π per unit of clip coordinate) of the absolute-position features.
+POSITION_FREQUENCIES = 8
+
+
+def position_features(frames: int, rows: int, cols: int, patch: tuple[int, int, int], device) -> torch.Tensor:
+    """Fourier features [N, 6 · POSITION_FREQUENCIES] of every token's centre (frame-major order):
+    sin and cos of k·π·c for k = 1 … POSITION_FREQUENCIES and each coordinate c of (τ, y, x), with
+    τ = frame / (REFERENCE_FRAMES − 1) and y, x as shares of the frame's height and width."""
+    pt = patch[0]
+    tau = (torch.arange(frames, device=device, dtype=torch.float32) * pt + (pt - 1) / 2) / (REFERENCE_FRAMES - 1)
+    y = (torch.arange(rows, device=device, dtype=torch.float32) + 0.5) / rows
+    x = (torch.arange(cols, device=device, dtype=torch.float32) + 0.5) / cols
+    grid = torch.stack(torch.meshgrid(tau, y, x, indexing="ij"), dim=-1).reshape(-1, 3)        # [N, 3]
+    k = torch.arange(1, POSITION_FREQUENCIES + 1, device=device, dtype=torch.float32) * math.pi
+    ang = (grid.unsqueeze(-1) * k).flatten(1)                                                     # [N, 3K]
+    return torch.cat([torch.sin(ang), torch.cos(ang)], dim=-1)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -185,6 +215,7 @@ class MiniVDiT(nn.Module):
         self.cond_pos = nn.Parameter(torch.randn(len(SLOTS), d) * 0.02)
         self.cond_mlp = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
         self.cond_pool = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d)) if cfg.pooled_condition else None
+        self.pos_embed = nn.Linear(6 * POSITION_FREQUENCIES, d) if cfg.absolute_position else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.out_modulation = nn.Parameter(torch.randn(1, 2, d) / d ** 0.5)
@@ -208,6 +239,8 @@ class MiniVDiT(nn.Module):
                 blk.modulation[:, 2].zero_()
                 blk.modulation[:, 5].zero_()
         nn.init.zeros_(self.head.weight)
+        if self.pos_embed is not None:
+            nn.init.zeros_(self.pos_embed.weight)   # starts as the relative-only network
 
     @staticmethod
     def attnsearch_accept(call) -> bool:
@@ -236,6 +269,8 @@ class MiniVDiT(nn.Module):
         b, c, f, h, w = x.shape
         gf, gh, gw = self.token_grid(f, h, w)
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)                        # [B, N, d]
+        if self.pos_embed is not None:
+            tokens = tokens + self.pos_embed(position_features(gf, gh, gw, cfg.patch, x.device)).to(tokens.dtype)
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
         ctok = torch.stack([emb(cond[:, i]) for i, emb in enumerate(self.cond_embed)], dim=1) + self.cond_pos
         ctok = self.cond_mlp(ctok)                                                      # [B, 4, d]
