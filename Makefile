@@ -46,7 +46,7 @@ test: $(STAMP) system-deps
 # kernel's figures; profiling_cost is run once per card); search_speed and minilm_classes run on
 # the CPU. `make reports` regenerates them all; `make reports/NAME` one of them.
 GPU_REPORTS := reports/runtime_sweep reports/head_dim_64 reports/dense_layers reports/wan_e2e \
-               reports/costmodel_accuracy reports/profiling_cost
+               reports/wan_compile reports/costmodel_accuracy reports/profiling_cost reports/retarget_fidelity
 REPORTS     := $(GPU_REPORTS) reports/search_speed reports/minilm_classes
 
 .PHONY: reports $(REPORTS)
@@ -60,6 +60,12 @@ reports/dense_layers: $(STAMP)
 	$(PY) -m benchmarks.dense_layers --out $@
 reports/wan_e2e: $(STAMP)
 	$(PY) -m benchmarks.wan_e2e --out $@
+reports/wan_compile: $(STAMP)
+	$(PY) -m benchmarks.wan_compile --out $@
+reports/retarget_fidelity: $(STAMP)
+	$(PY) -m benchmarks.retarget_fidelity --source 16 64 64 --target 32 64 64 --target 16 96 96 --trials 30 \
+		--seeds 8 --device cuda --out $@
+	$(PY) -m benchmarks.retarget_fidelity --trials 30 --seeds 8 --device cpu --out $@
 reports/costmodel_accuracy: $(STAMP)
 	$(PY) -m benchmarks.costmodel_accuracy --out $@
 reports/profiling_cost: $(STAMP)

@@ -12,7 +12,8 @@ direct plan never gets more compute. Both generate the same held-out videos (noi
 10,000, conditions never trained on nor searched) against dense: PSNR, SSIM and the predicted
 attention speedup at the target size; on CUDA each plan is also timed at the target size
 (``bench_plan``: every layer plan against cuDNN dense, the model's batch and head_dim), so the
-prediction stands beside a measurement. Writes ``result.json`` and ``figure.png`` into ``--out``.
+prediction stands beside a measurement. Writes ``result-FxHxW.json`` and ``figure-FxHxW.png`` (F × H × W:
+the source size) into ``--out``, so runs from several source sizes share a folder.
 """
 
 from __future__ import annotations
@@ -56,6 +57,30 @@ def _speedups(figures: dict) -> str:
     predicted = figures["predicted_speedup"]
     text = "no prediction" if predicted is None else f"predicted {predicted:.2f}×"
     return text + (f", measured {figures['measured_speedup']:.2f}×" if "measured_speedup" in figures else "")
+
+
+def figure(rows: list[dict], source, path: Path) -> None:
+    """PSNR against dense of the retargeted and the direct plan at every target, density on each bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    names = ["×".join(map(str, r["size"])) for r in rows]
+    xs = range(len(rows))
+    for k, (label, colour) in enumerate((("retargeted", "tab:orange"), ("direct", "tab:blue"))):
+        vals = [r[label]["psnr_db"] for r in rows]
+        bars = ax.bar([x + (k - 0.5) * 0.38 for x in xs], vals, 0.38, label=label, color=colour)
+        for b, r in zip(bars, rows):
+            ax.annotate(f"{r[label]['density']:.2f}", (b.get_x() + b.get_width() / 2, b.get_height()),
+                        ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(xs), names)
+    ax.set_ylim(0, 1.25 * max(r[k]["psnr_db"] for r in rows for k in ("retargeted", "direct")))
+    ax.set_ylabel("PSNR vs dense (dB)")
+    ax.set_xlabel(f"target clip size (source {'×'.join(map(str, source))}); labels: mean density")
+    ax.legend(loc="upper center", ncols=2, fontsize=8, frameon=False)
+    save_figure(fig, path, tight=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,30 +132,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{f}×{h}×{w}: " + ", ".join(f"{k} {row[k]['psnr_db']:.2f} dB at {row[k]['density']:.3f} "
                                                f"({_speedups(row[k])})" for k in ("retargeted", "direct")), flush=True)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    names = ["×".join(map(str, r["size"])) for r in rows]
-    xs = range(len(rows))
-    for k, (label, colour) in enumerate((("retargeted", "tab:orange"), ("direct", "tab:blue"))):
-        vals = [r[label]["psnr_db"] for r in rows]
-        bars = ax.bar([x + (k - 0.5) * 0.38 for x in xs], vals, 0.38, label=label, color=colour)
-        for b, r in zip(bars, rows):
-            ax.annotate(f"{r[label]['density']:.2f}", (b.get_x() + b.get_width() / 2, b.get_height()),
-                        ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(list(xs), names)
-    ax.set_ylabel("PSNR vs dense (dB)")
-    ax.set_xlabel(f"target clip size (source {'×'.join(map(str, args.source))}); labels: mean density")
-    ax.legend()
-    save_figure(fig, args.out / "figure.png")
+    tag = "x".join(map(str, args.source))
+    figure(rows, args.source, args.out / f"figure-{tag}.png")
     data = {"source": {"size": list(args.source), "density": source.mean_density,
                        "geometry": source.geometry.to_dict()},
             "targets": rows, "settings": {k: v for k, v in vars(args).items() if k not in ("out", "target")},
             "benchmark": {**environment(), "device": args.device, "seconds": round(time.time() - started, 1)}}
-    write_text_atomic(args.out / "result.json", json.dumps(data, indent=1, allow_nan=False) + "\n")
+    write_text_atomic(args.out / f"result-{tag}.json", json.dumps(data, indent=1, allow_nan=False) + "\n")
     print(f"wrote {args.out} in {time.time() - started:.0f} s")
 
 
