@@ -15,7 +15,10 @@ at every frame, as the colour word says what hue it has: swapping "right" for "l
 condition's mean clip (what a denoiser predicts from pure noise) about as much as swapping two
 colours does. With the start anywhere along the path the motion word moved it ten times less
 (mean square over 8 × 32 × 32 clips), too weak a signal for a small network to learn which way an
-object goes rather than only that it moves (the model card records those trainings).
+object goes rather than only that it moves (the model card records those trainings). Backgrounds
+are darker than the object on average for the same reason: the six hues average to a grey, and on a
+background of that grey an object's place would change the colour-averaged mean clip hardly at all,
+so that learning where a motion word puts the object would first need the colour of the object.
 
 Condition vocabulary (one token per slot; index 0 of every slot is the null token that
 classifier-free guidance trains with):
@@ -220,7 +223,9 @@ def render(conditions: torch.Tensor, frames: int, height: int, width: int, gener
     u = (xx - 0.5 * aspect) / z.view(b, frames, 1, 1) + pan[:, 0].view(b, 1, 1, 1) * tau.view(1, frames, 1, 1)
     v = (yy - 0.5) / z.view(b, frames, 1, 1) + pan[:, 1].view(b, 1, 1, 1) * tau.view(1, frames, 1, 1)
     tex = _background(bg_kind.expand(b, frames, height, width), u, v, params.expand(b, frames, height, width, 3))
-    level = 0.3 + 0.3 * rand(b)
+    # Darker than the object on average (its six hues have mean value 0.52), so where the object is
+    # shows in the mean clip whatever its colour (the module docstring says why that matters).
+    level = 0.1 + 0.3 * rand(b)
     contrast = 0.2 + 0.2 * rand(b)
     grey = level.view(b, 1, 1, 1) + contrast.view(b, 1, 1, 1) * (tex - 0.5)       # [B, F, H, W]
     tint = rand(b, 3)

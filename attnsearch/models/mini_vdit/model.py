@@ -12,8 +12,10 @@ token without going through cross-attention.
 
 Besides the rotary (relative) positions, each token gets an absolute position: Fourier features of
 its centre in clip coordinates (time τ = frame / (REFERENCE_FRAMES − 1) as the data define it; row
-and column as a share of the frame), through a learned projection that starts at zero (as
-CogVideoX adds a 3-D sine-cosine embedding). Without it the network is translation-equivariant
+and column as a share of the frame), through a learned projection (as CogVideoX adds a 3-D
+sine-cosine embedding). The projection starts random, not at zero: a motion word is useful only
+where the network knows positions, and positions only through what the motion word says, so from
+zero neither gets a gradient. Without it the network is translation-equivariant
 and cannot say *where* the object of a motion word is at a given frame: it learns to move objects
 but in a direction the noise picks, not the one named. Space in shares of the frame and time in
 the data's own unit keep the embedding meaningful at every resolution and frame count.
@@ -239,8 +241,6 @@ class MiniVDiT(nn.Module):
                 blk.modulation[:, 2].zero_()
                 blk.modulation[:, 5].zero_()
         nn.init.zeros_(self.head.weight)
-        if self.pos_embed is not None:
-            nn.init.zeros_(self.pos_embed.weight)   # starts as the relative-only network
 
     @staticmethod
     def attnsearch_accept(call) -> bool:
