@@ -13,9 +13,9 @@ The object enters from the side it moves away from (a "moving right" object star
 edge; ENTRY) and starts anywhere across its motion. So the motion word says where the object is
 at every frame, as the colour word says what hue it has: swapping "right" for "left" moves a
 condition's mean clip (what a denoiser predicts from pure noise) about as much as swapping two
-colours does. With the start anywhere along the path the motion word moved it ten times less
-(mean square over 8 × 32 × 32 clips), too weak a signal for a small network to learn which way an
-object goes rather than only that it moves (the model card records those trainings). Backgrounds
+colours does. With the start anywhere along the path it moved it about six times less than a
+colour word (mean square over 8 × 32 × 32 clips), too weak a signal for a small network to learn
+which way an object goes rather than only that it moves (the model card). Backgrounds
 are darker than the object on average for the same reason: the six hues average to a grey, and on a
 background of that grey an object's place would change the colour-averaged mean clip hardly at all,
 so that learning where a motion word puts the object would first need the colour of the object.

@@ -15,10 +15,10 @@ its centre in clip coordinates (time τ = frame / (REFERENCE_FRAMES − 1) as th
 and column as a share of the frame), through a learned projection (as CogVideoX adds a 3-D
 sine-cosine embedding). The projection starts random, not at zero: a motion word is useful only
 where the network knows positions, and positions only through what the motion word says, so from
-zero neither gets a gradient. Without it the network is translation-equivariant
-and cannot say *where* the object of a motion word is at a given frame: it learns to move objects
-but in a direction the noise picks, not the one named. Space in shares of the frame and time in
-the data's own unit keep the embedding meaningful at every resolution and frame count.
+zero neither gets a gradient. Without it the network is translation-equivariant near pure noise
+and cannot put the object of a motion word where the data have it at a given frame. Space in
+shares of the frame and time in the data's own unit keep the embedding meaningful at every
+resolution and frame count.
 Both attentions call ``torch.nn.functional.scaled_dot_product_attention`` with head_dim 64, so
 attnsearch's capture, profiler and runtime see the self-attention calls as layers; the model's
 ``attnsearch_accept`` tells them to leave the cross-attention alone.
