@@ -196,9 +196,27 @@ def test_sampler_is_deterministic_and_one_forward_per_step():
 
 def _args(out, **kw):
     base = dict(out=str(out), minutes=10.0, total_steps=8, total_minutes=1.0, batch_tokens=512, lr=4e-4,
-                time_shift=1.0, device="cpu", tiny=True, export=False, weights_dir=None)
+                time_shift=1.0, device="cpu", tiny=True, export=False, weights_dir=None, size=None)
     base.update(kw)
     return argparse.Namespace(**base)
+
+
+def test_training_at_one_size_draws_every_batch_there(tmp_path, monkeypatch):
+    """--size replaces the SIZES mix (and --tiny's 4 × 16 × 16); a size off the patch grid is a usage error."""
+    seen = []
+    real = train_mod.random_batch
+
+    def recording(batch, f, h, w, **kw):
+        seen.append((batch, f, h, w))
+        return real(batch, f, h, w, **kw)
+
+    monkeypatch.setattr(train_mod, "random_batch", recording)
+    train_mod.train(_args(tmp_path, total_steps=3, size=(8, 16, 16)))
+    assert seen == [(4, 8, 16, 16)] * 3                       # 512 tokens per batch of 8 × 4 × 4 tokens
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["args"]["size"] == (8, 16, 16)
+    with pytest.raises(SystemExit) as err:
+        train_mod.main(["--tiny", "--size", "8", "30", "32", "--out", str(tmp_path / "bad")])
+    assert err.value.code == 2
 
 
 @pytest.mark.slow

@@ -69,7 +69,8 @@ def _state(model, ema, opt, step, gen, log, args) -> dict:
             "config": model.config.to_dict(), "args": {"total_steps": args.total_steps, "lr": args.lr,
                                                       "batch_tokens": args.batch_tokens,
                                                       "time_shift": args.time_shift,
-                                                      "init_from": getattr(args, "init_from", None)}}
+                                                      "init_from": getattr(args, "init_from", None),
+                                                      "size": getattr(args, "size", None)}}
 
 
 def init_weights(path: Path) -> tuple[MiniVDiTConfig, dict[str, torch.Tensor], dict]:
@@ -147,7 +148,9 @@ def train(args: argparse.Namespace) -> Path:
     total_steps, calls_at_start, timing_start = args.total_steps, step, start
     while (total_steps is None or step < total_steps) and time.time() - start < budget:
         f, h, w = SIZES[int(torch.multinomial(weights, 1))]
-        if args.tiny:
+        if args.size:
+            f, h, w = args.size
+        elif args.tiny:
             f, h, w = 4, 16, 16
         tokens = f * (h // config.patch[1]) * (w // config.patch[2])
         batch = max(1, args.batch_tokens // tokens)
@@ -242,7 +245,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--time-shift", type=float, default=1.0,
                    help="shift flow times towards noise by the sampler's map (3 = the sampler's own; 1 = none)")
     p.add_argument("--device", default=None)
-    p.add_argument("--tiny", action="store_true", help="the two-block test model at 4×16×16 (smoke runs)")
+    p.add_argument("--tiny", action="store_true", help="the two-block test model (at 4×16×16 unless --size)")
+    p.add_argument("--size", type=int, nargs=3, default=None, metavar=("F", "H", "W"),
+                   help="train at this one clip size (frames, height, width) instead of the SIZES mix")
     p.add_argument("--init", default=None, help="start a new schedule from these exported weights (and their "
                    "architecture) instead of a random initialisation; ignored when resuming")
     p.add_argument("--export", action="store_true", help="write the EMA weights as fp16 safetensors and stop")
@@ -253,6 +258,11 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"--{name.replace('_', '-')} must be > 0")
     if args.total_steps is not None and args.total_steps < 1:
         p.error("--total-steps must be ≥ 1")
+    if args.size is not None:
+        patch = MiniVDiTConfig().patch
+        if min(args.size) < 1 or any(n % q for n, q in zip(args.size, patch)):
+            p.error(f"--size {' '.join(map(str, args.size))}: must be positive multiples of the patch "
+                    f"{'×'.join(map(str, patch))}")
     if args.export:
         export(args)
     else:
