@@ -16,7 +16,7 @@ autocast on CUDA, gradient clipping at 1, EMA 0.999 of the weights (the EMA is w
 Flow times are logit-normal; ``--time-shift S`` sends them towards noise by the sampler's map
 (``sampling.shift_time``; S = 3 is the sampler's own shift and puts 39% of the steps at t > 0.8
 instead of 8%; the default 1 leaves them as the shipped weights were trained). Each step draws one
-clip size from ``SIZES`` (weights ``SIZE_WEIGHTS``) with a batch of about
+clip size from ``SIZES`` (weights ``SIZE_WEIGHTS``; ``--size`` fixes one) with a batch of about
 ``--batch-tokens`` tokens, so the model sees several resolutions and frame counts; 10% of the
 conditions are replaced by the null condition (classifier-free guidance).
 
