@@ -4,6 +4,7 @@ density. Every file is written through ``atomic_io.replacing`` (whole or absent)
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,6 +23,8 @@ from ..report.style import save_figure  # noqa: E402
 GRID_FRAMES = 8
 #: Milliseconds per GIF frame.
 GIF_MS = 125
+#: Characters per line of a row label (a row is 1.3 inches tall; labels at 7 pt wrap to fit it).
+LABEL_WIDTH = 18
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -50,15 +53,23 @@ def _panels(rows: Sequence[tuple[str, np.ndarray]], extra_width: float = 0.0, **
             if r == 0:
                 ax.set_title(f"frame {f}", fontsize=7)
             if c == 0:
-                ax.set_ylabel(label, fontsize=7)
+                ax.set_ylabel(textwrap.fill(label, LABEL_WIDTH), fontsize=7)
     return fig, axes, im
+
+
+def _title(fig, title: str) -> None:
+    """``title`` above the panels' own titles: 0.35 inch of the figure is kept free for it."""
+    if not title:
+        return
+    fig.suptitle(title, fontsize=8, y=1 - 0.1 / fig.get_figheight(), va="top")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
 
 
 def frame_grid(rows: Sequence[tuple[str, torch.Tensor]], path: Path, title: str = "") -> Path:
     """Rows (dense, plan, baselines …) × evenly spaced frames."""
     fig, _, _ = _panels([(label, to_uint8(frames)) for label, frames in rows])
-    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
+    _title(fig, title)
     return save_figure(fig, path)
 
 

@@ -159,6 +159,22 @@ def test_forward_any_size_and_capture_sees_only_self_attention():
 
 
 @torch.no_grad()
+def test_bf16_model_follows_the_fp32_model():
+    """Cast to bf16 (as the fidelity benchmark and ``load_pretrained(dtype=...)`` run it), the model,
+    absolute-position features included, gives its fp32 output within bf16 rounding."""
+    torch.manual_seed(0)
+    model = MiniVDiT(MiniVDiTConfig.tiny()).eval()
+    assert model.pos_embed is not None
+    for prm in model.parameters():  # adaLN-zero starts every block at the identity: give them weight
+        prm.add_(0.02 * torch.randn_like(prm))
+    x, t, cond = torch.randn(2, 3, 4, 16, 16), torch.tensor([0.3, 0.9]), torch.tensor([[1, 2, 3, 4], [0, 0, 0, 0]])
+    ref = model(x, t, cond)
+    low = model.to(torch.bfloat16)(x.bfloat16(), t, cond)
+    assert low.dtype == torch.bfloat16
+    assert ((low.float() - ref).norm() / ref.norm()).item() < 0.03
+
+
+@torch.no_grad()
 def test_apply_runs_a_plan_at_the_clip_size_it_is_called_with():
     from attnsearch.plan import LayerPlan, Plan, ScheduleEntry
     from attnsearch.runtime import apply

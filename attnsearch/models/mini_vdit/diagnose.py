@@ -14,7 +14,7 @@ files (or a checkpoint's EMA weights in the middle of a training) compare:
   Near pure noise a denoiser can only predict a condition's mean clip; objects enter from the side
   they move away from (``data.py``), so the clips' excess is positive, and a network whose estimate
   has none has not learned where the word puts the object: its samples then pick a direction at
-  random (the motion part of the learned-condition check is at chance).
+  random, and the learned-condition check reads their motion at chance.
 """
 
 from __future__ import annotations
