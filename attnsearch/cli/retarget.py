@@ -78,5 +78,8 @@ def retarget(
                           f"{searched.frame_size / block:.2g}× the block size ({block}): its bands were kept block by "
                           "block and may keep other places at another frame size; evaluate the retargeted plan "
                           "(attnsearch evaluate) before using it")
+        if after["speedup"] < 1:
+            console.print(f"note: at {shown(target)} this plan is predicted slower than dense attention "
+                          f"({after['speedup']:.2f}×); search a plan at this size (attnsearch optimize) or run dense")
 
     run(work)

@@ -118,4 +118,18 @@ def test_a_coarse_source_frame_gets_a_note_when_the_frame_size_changes(folder):
     assert code == 0 and "note: a frame where the plan was searched is 64 tokens, 1× the block size (64)" in text
     code, text = cli("retarget", folder / "plan.json", "--frames", 8, "--height", 8, "--width", 8,
                      "--out", folder / "long.json")
-    assert code == 0 and "note:" not in text
+    assert code == 0 and "note: a frame where" not in " ".join(text.split())
+
+
+def test_a_plan_predicted_slower_than_dense_at_the_target_says_so(tmp_path):
+    """Bands that cover the whole target keep every block on the sparse kernel: the cost model predicts
+    that slower than dense attention, and the command says so beside the figure."""
+    lp = LayerPlan.from_heads([("diagonal", {"rows": 8.0})] * 4, SOURCE, 64)
+    write_plan(Plan(SOURCE, 64, 1, 1, 4, (ScheduleEntry(0, 1, (lp,)),),
+                    search={"settings": {"head_dim": 64, "batch": 1}}), tmp_path / "wide.json")
+    code, text = cli("retarget", tmp_path / "wide.json", "--frames", 4, "--height", 8, "--width", 16,
+                     "--out", tmp_path / "out.json")
+    text = " ".join(text.split())
+    speedup = load_plan(tmp_path / "out.json").predicted["speedup"]
+    assert code == 0 and speedup < 1, text
+    assert f"predicted slower than dense attention ({speedup:.2f}×)" in text
