@@ -282,3 +282,28 @@ def test_training_starts_from_exported_weights_and_records_them(tmp_path):
     state = torch.load(train_mod.train(_args(tmp_path / "fourth", tiny=False, minutes=1e-9, init=str(weights))),
                        weights_only=False)
     assert state["config"] == train_mod.MiniVDiTConfig.tiny().to_dict()   # the weights' architecture
+
+
+@pytest.mark.slow
+def test_model_card_runs_the_chosen_checks_and_says_which_it_left_out(tmp_path):
+    """``card --sizes``: only the chosen check is run and recorded, its first clips draw the sample
+    grid, the card records the training's flow-time shift and names the check it left out; the
+    README is ``render_card`` of card.json."""
+    import json
+
+    from attnsearch.models.mini_vdit import card as card_mod
+
+    train_mod.train(_args(tmp_path / "ckpt", total_steps=2, time_shift=8.0))
+    train_mod.export(_args(tmp_path / "ckpt", weights_dir=str(tmp_path / "w")))
+    out = tmp_path / "card"
+    card_mod.main(["--weights", str(tmp_path / "w" / train_mod.WEIGHTS_FILE), "--out", str(out), "--device", "cpu",
+                   "--conditions", "2", "--grid", "2", "--sizes", "8x32x32"])
+    card = json.loads((out / "card.json").read_text())
+    assert list(card["condition_check"]) == ["8x32x32"] and card["condition_check"]["8x32x32"]["steps"] == 8
+    assert card["training"]["time_shift"] == 8.0 and card["steps"] == 2
+    readme = (out / "README.md").read_text()
+    assert readme == card_mod.render_card(card)
+    assert "`--time-shift 8`" in readme and "Not run for this card (`card --sizes`): 16x64x64 at 20 steps." in readme
+    assert (out / "samples.png").stat().st_size > 0 and (out / "loss.png").stat().st_size > 0
+    with pytest.raises(SystemExit):
+        card_mod.main(["--sizes", "7x7x7", "--out", str(out)])

@@ -1,10 +1,12 @@
 """Write mini-vdit's model card: loss curve, sample grid and the learned-condition check.
 
-    python -m attnsearch.models.mini_vdit.card [--weights FILE] [--out DIR] [--device cuda]
+    python -m attnsearch.models.mini_vdit.card [--weights FILE] [--out DIR] [--device cuda] [--sizes 8x32x32]
 
 Generates the held-out conditions from fixed noise seeds, reads each clip's colour and motion
 back with the pixel-statistics checker (``checker``) and counts the clips that match their
-condition; draws the first clips' frames as a grid and the training loss; writes ``README.md``,
+condition, at each size of ``CHECKS`` (``--sizes``: some of them; 16 × 64 × 64 at 20 steps is a GPU
+job, 8 × 32 × 32 at 8 steps runs on a CPU in minutes); draws the first clips' frames of the first size
+checked as a grid and the training loss; writes ``README.md``,
 ``samples.png``, ``loss.png`` and ``card.json`` into ``--out`` (default: the weights' folder).
 """
 
@@ -29,6 +31,10 @@ from .train import SIZES
 #: sampler's default steps, and the size and steps the CPU test (tests/models) repeats.
 CHECK_STEPS = 8
 CHECKS = (((16, 64, 64), DEFAULT_STEPS), ((8, 32, 32), CHECK_STEPS))
+
+
+def _size_key(size) -> str:
+    return "x".join(map(str, size))
 
 
 def generate(model, conditions, size, seed_start: int, steps: int, guidance: float, batch: int = 16) -> torch.Tensor:
@@ -86,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--grid", type=int, default=8, help="clips in the sample grid")
     p.add_argument("--conditions", type=int, default=NUM_HELDOUT, help="held-out conditions checked")
     p.add_argument("--note", action="append", default=[], help="a paragraph the card adds under its check")
+    p.add_argument("--sizes", nargs="+", default=None, choices=[_size_key(size) for size, _ in CHECKS],
+                   help="run only these checks (default: all; the first run draws the sample grid)")
     args = p.parse_args(argv)
     wpath = Path(args.weights) if args.weights else weights_path()
     out = Path(args.out) if args.out else wpath.parent
@@ -93,17 +101,18 @@ def main(argv: list[str] | None = None) -> None:
     model = load_pretrained(device=args.device, path=wpath)
     conds = heldout_conditions(args.conditions)
     checks = {}
-    for size, steps in CHECKS:
+    chosen = [(size, steps) for size, steps in CHECKS if args.sizes is None or _size_key(size) in args.sizes]
+    for size, steps in chosen:
         t0 = time.time()
         frames = generate(model, conds, size, EVAL_SEED_START, steps, args.guidance)
         acc = condition_accuracy(frames, conds)
         colour = sum(read_clip(f).colour == c.colour for f, c in zip(frames, conds)) / len(conds)
         motion = sum(read_clip(f).motion == c.motion for f, c in zip(frames, conds)) / len(conds)
-        checks["x".join(map(str, size))] = {"steps": steps, "accuracy": acc, "colour": colour, "motion": motion,
+        checks[_size_key(size)] = {"steps": steps, "accuracy": acc, "colour": colour, "motion": motion,
                                               "seconds": round(time.time() - t0, 1)}
         print(f"{size}, {steps} steps: colour and motion match in {acc:.1%} of {len(conds)} held-out clips "
               f"(colour {colour:.1%}, motion {motion:.1%})", flush=True)
-        if size == CHECKS[0][0]:
+        if size == chosen[0][0]:
             sample_grid(frames[:args.grid], conds[:args.grid], out / "samples.png")
     from safetensors import safe_open
 
@@ -151,7 +160,10 @@ def render_card(card: dict) -> str:
         "`python -m attnsearch.models.mini_vdit.train` (seed 0"
         + (f", the script at commit {card['script_commit']}" if card.get("script_commit") else "")
         + f"): {card['steps']} steps of ~{tr['batch_tokens']:,} "
-        f"tokens, AdamW lr {tr['lr']}, cosine schedule, EMA 0.999 (shipped in fp16). Final loss "
+        f"tokens, AdamW lr {tr['lr']}, cosine schedule, "
+        + (f"logit-normal flow times shifted towards noise (`--time-shift {tr['time_shift']:g}`), "
+           if tr.get("time_shift", 1.0) != 1.0 else "logit-normal flow times, ")
+        + f"EMA 0.999 (shipped in fp16). Final loss "
         f"{card['final_loss'] if card['final_loss'] is None else round(card['final_loss'], 4)}.", "",
         "![loss](loss.png)", "",
         "## Learned-condition check",
@@ -163,6 +175,10 @@ def render_card(card: dict) -> str:
     ]
     for size, c in card["condition_check"].items():
         lines.append(f"| {size} | {c['steps']} | {c['accuracy']:.1%} | {c['colour']:.1%} | {c['motion']:.1%} |")
+    missing = [f"{k} at {steps} steps" for k, steps in ((_size_key(size), steps) for size, steps in CHECKS)
+               if k not in card["condition_check"]]
+    if missing:
+        lines += ["", f"Not run for this card (`card --sizes`): {', '.join(missing)}."]
     weak = [k for k in ("colour", "motion") if min(c[k] for c in card["condition_check"].values()) < 0.8]
     if weak:
         lines += ["", f"Below the 80% this check asks for: {' and '.join(weak)} (chance is "
