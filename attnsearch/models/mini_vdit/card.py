@@ -6,8 +6,8 @@ Generates the held-out conditions from fixed noise seeds, reads each clip's colo
 back with the pixel-statistics checker (``checker``) and counts the clips that match their
 condition, at each size of ``CHECKS`` (``--sizes``: some of them; 16 × 64 × 64 at 20 steps is a GPU
 job, 8 × 32 × 32 at 8 steps runs on a CPU in minutes); draws the first clips' frames of the first size
-checked as a grid and the training loss; writes ``README.md``,
-``samples.png``, ``loss.png`` and ``card.json`` into ``--out`` (default: the weights' folder).
+checked as a grid and the training loss; writes ``README.md``, ``samples.png``, ``loss.png`` and
+``card.json`` into ``--out`` (default: the weights' folder).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         colour = sum(read_clip(f).colour == c.colour for f, c in zip(frames, conds)) / len(conds)
         motion = sum(read_clip(f).motion == c.motion for f, c in zip(frames, conds)) / len(conds)
         checks[_size_key(size)] = {"steps": steps, "accuracy": acc, "colour": colour, "motion": motion,
-                                              "seconds": round(time.time() - t0, 1)}
+                                   "seconds": round(time.time() - t0, 1)}
         print(f"{size}, {steps} steps: colour and motion match in {acc:.1%} of {len(conds)} held-out clips "
               f"(colour {colour:.1%}, motion {motion:.1%})", flush=True)
         if size == chosen[0][0]:

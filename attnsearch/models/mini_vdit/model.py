@@ -270,7 +270,8 @@ class MiniVDiT(nn.Module):
         gf, gh, gw = self.token_grid(f, h, w)
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)                        # [B, N, d]
         if self.pos_embed is not None:
-            tokens = tokens + self.pos_embed(position_features(gf, gh, gw, cfg.patch, x.device).to(self.pos_embed.weight.dtype)).to(tokens.dtype)
+            pos = position_features(gf, gh, gw, cfg.patch, x.device).to(self.pos_embed.weight.dtype)
+            tokens = tokens + self.pos_embed(pos).to(tokens.dtype)
         t = torch.as_tensor(t, device=x.device, dtype=torch.float32).reshape(-1).expand(b)
         ctok = torch.stack([emb(cond[:, i]) for i, emb in enumerate(self.cond_embed)], dim=1) + self.cond_pos
         ctok = self.cond_mlp(ctok)                                                      # [B, 4, d]

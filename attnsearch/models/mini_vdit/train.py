@@ -19,8 +19,8 @@ Near pure noise the network must predict a condition's mean clip, and that is th
 motion word can act (at lower noise the noisy clip shows where the object goes): with S = 1 the
 network learns colour but ignores the motion word; with S = 8 it learns both (the model card).
 Each step draws one clip size from ``SIZES`` (weights ``SIZE_WEIGHTS``; ``--size`` fixes one) with
-a batch of about ``--batch-tokens`` tokens, so the model sees several resolutions and frame counts; 10% of the
-conditions are replaced by the null condition (classifier-free guidance).
+a batch of about ``--batch-tokens`` tokens, so the model sees several resolutions and frame counts;
+10% of the conditions are replaced by the null condition (classifier-free guidance).
 
 ``--init WEIGHTS`` starts a new schedule from exported weights instead of random ones, with their
 architecture (the checkpoint and the exported metadata record the file's sha256 and its own
