@@ -2,8 +2,10 @@
 
 Triton decides interpreter or compiler when a function is decorated — its own standard library
 (``tl.zeros`` …) included, i.e. when ``triton.language`` is first imported, which other test
-modules (transformers, torch.compile) may do first. So each check runs in a fresh Python with
-TRITON_INTERPRET=1 set from the start: ``python tests/runtime/test_runtime_triton.py CHECK ARGS_JSON``.
+modules (transformers, torch.compile) may do first. So the checks run in a Python started with
+TRITON_INTERPRET=1 set: one per test module (the ``interpreter`` fixture), which takes checks as
+JSON lines on stdin and answers each with one line. One check by hand:
+``TRITON_INTERPRET=1 python tests/runtime/test_runtime_triton.py CHECK ARGS_JSON``.
 Same reference as test_runtime.py.
 """
 
@@ -12,8 +14,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import select
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,14 +32,53 @@ from test_runtime import all_patterns, geometry, poisoned, qkv, reference, rel_e
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def in_interpreter(check: str, *args) -> None:
-    """Run ``check(launch module, *args)`` of this module in a fresh interpreter-mode Python."""
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, __file__, check, json.dumps(args)], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{check}{args} failed under the interpreter:\n{proc.stderr[-4000:]}"
-    assert proc.stdout.strip().endswith(f"{check} ok"), proc.stdout[-2000:]
+TIMEOUT_S = 600  # per check
+
+
+class Interpreter:
+    """A Python started with TRITON_INTERPRET=1 running this module's checks one at a time; a check
+    that fails answers with its traceback, one that kills the Python fails with its log (the next
+    check starts a new one)."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": str(torch.get_num_threads()),
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        self.log = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen([sys.executable, __file__], env=env, cwd=ROOT, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True)
+
+    def run(self, check: str, *args) -> None:
+        """Run ``check(launch module, *args)`` of this module under the interpreter."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+        self.proc.stdin.write(json.dumps([check, args]) + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], TIMEOUT_S)
+        reply = self.proc.stdout.readline() if ready else ""
+        if not reply:  # died or hung: its log says why
+            self.close()
+            self.log.seek(0)
+            pytest.fail(f"{check}{args}: the interpreter Python ended without an answer:\n"
+                        f"{self.log.read()[-4000:]}")
+        reply = json.loads(reply)
+        assert reply["ok"], f"{check}{args} failed under the interpreter:\n{reply['error'][-4000:]}"
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture(scope="module")
+def interpreter():
+    """``interpreter(check, *args)``: runs a check of this module in the interpreter-mode Python."""
+    python = Interpreter()
+    yield python.run
+    python.close()
 
 
 @pytest.mark.slow
@@ -44,10 +87,10 @@ def in_interpreter(check: str, *args) -> None:
     ("suffix", 64, torch.float16, 5e-3),
     ("suffix", 128, torch.float32, 1e-3),
 ])
-def test_kernel_matches_reference(where, block_size, dtype, tol):
+def test_kernel_matches_reference(interpreter, where, block_size, dtype, tol):
     """Every pattern, batch 2, N % B ≠ 0, transposed [B, N, H, D] views, poisoned output."""
     dtype_name = str(dtype).removeprefix("torch.")
-    in_interpreter("check_kernel_matches_reference", where, block_size, dtype_name, tol)
+    interpreter("check_kernel_matches_reference", where, block_size, dtype_name, tol)
 
 
 def check_kernel_matches_reference(tk, where, block_size, dtype, tol):
@@ -66,14 +109,14 @@ def check_kernel_matches_reference(tk, where, block_size, dtype, tol):
 @pytest.mark.parametrize("where,block_size,dtype,tol,block_m,persistent", [
     ("prefix", 64, torch.float32, 1e-3, 64, 1),
     ("suffix", 64, torch.float16, 5e-3, 64, 3),
-    ("suffix", 128, torch.float32, 1e-3, 32, 2),
+    ("suffix", 128, torch.float32, 1e-3, 64, 2),
 ])
-def test_persistent_grid_matches_reference(where, block_size, dtype, tol, block_m, persistent):
+def test_persistent_grid_matches_reference(interpreter, where, block_size, dtype, tol, block_m, persistent):
     """Persistent grid (k × #SMs programs taking tiles from a counter; the interpreter counts 4 SMs): every
     pattern incl. skip heads, batch 2, N % B ≠ 0, strided views, sub-tiles, poisoned output."""
     dtype_name = str(dtype).removeprefix("torch.")
-    in_interpreter("check_persistent_grid_matches_reference", where, block_size, dtype_name, tol, block_m,
-                   persistent)
+    interpreter("check_persistent_grid_matches_reference", where, block_size, dtype_name, tol, block_m,
+                persistent)
 
 
 def check_persistent_grid_matches_reference(tk, where, block_size, dtype, tol, block_m, persistent):
@@ -95,9 +138,9 @@ def check_persistent_grid_matches_reference(tk, where, block_size, dtype, tol, b
 
 
 @pytest.mark.parametrize("block_size,block_m,block_n", [(64, 32, 32), (128, 64, 32), (128, 32, 64), (128, 64, 128)])
-def test_sub_tiles_of_a_block(block_size, block_m, block_n):
+def test_sub_tiles_of_a_block(interpreter, block_size, block_m, block_n):
     """BLOCK_M/BLOCK_N smaller than the plan block: sub-tile decode and the masked tail stage."""
-    in_interpreter("check_sub_tiles_of_a_block", block_size, block_m, block_n)
+    interpreter("check_sub_tiles_of_a_block", block_size, block_m, block_n)
 
 
 def check_sub_tiles_of_a_block(tk, block_size, block_m, block_n):
@@ -112,8 +155,8 @@ def check_sub_tiles_of_a_block(tk, block_size, block_m, block_n):
     assert rel_err(out, reference(q, k, v, lp)) <= 1e-3
 
 
-def test_gqa_scale_and_non_contiguous_head_dim():
-    in_interpreter("check_gqa_scale_and_non_contiguous_head_dim")
+def test_gqa_scale_and_non_contiguous_head_dim(interpreter):
+    interpreter("check_gqa_scale_and_non_contiguous_head_dim")
 
 
 def check_gqa_scale_and_non_contiguous_head_dim(tk):
@@ -126,8 +169,8 @@ def check_gqa_scale_and_non_contiguous_head_dim(tk):
 
 
 @pytest.mark.slow
-def test_group_launches_equal_one_fused_launch():
-    in_interpreter("check_group_launches_equal_one_fused_launch")
+def test_group_launches_equal_one_fused_launch(interpreter):
+    interpreter("check_group_launches_equal_one_fused_launch")
 
 
 def check_group_launches_equal_one_fused_launch(tk):
@@ -139,9 +182,9 @@ def check_group_launches_equal_one_fused_launch(tk):
     assert torch.allclose(fused, grouped, rtol=0, atol=1e-6)
 
 
-def test_row_with_no_kept_block_outputs_zero():
+def test_row_with_no_kept_block_outputs_zero(interpreter):
     """Only skip heads have empty rows by plan; the kernel must still write zeros, not NaN."""
-    in_interpreter("check_row_with_no_kept_block_outputs_zero")
+    interpreter("check_row_with_no_kept_block_outputs_zero")
 
 
 def check_row_with_no_kept_block_outputs_zero(tk):
@@ -158,9 +201,23 @@ def check_row_with_no_kept_block_outputs_zero(tk):
     assert rel_err(out[0, 0], ref[0, 0]) <= 1e-3 and rel_err(out[0, 1, :128], ref[0, 1, :128]) <= 1e-3
 
 
-if __name__ == "__main__":  # one check, in a Python started with TRITON_INTERPRET=1
+if __name__ == "__main__":  # in a Python started with TRITON_INTERPRET=1
+    import traceback
+
     from attnsearch.runtime.triton import launch as triton_kernel
 
     assert triton_kernel.interpreter_active(), "run with TRITON_INTERPRET=1 set before Python starts"
-    globals()[sys.argv[1]](triton_kernel, *json.loads(sys.argv[2]))
-    print(f"{sys.argv[1]} ok")
+    if len(sys.argv) > 1:  # one check, named on the command line
+        globals()[sys.argv[1]](triton_kernel, *json.loads(sys.argv[2]))
+        print(f"{sys.argv[1]} ok")
+        sys.exit()
+    replies, sys.stdout = sys.stdout, sys.stderr  # stdout carries the answers only
+    for line in sys.stdin:  # [check, args] per line; {"ok": bool, "error": traceback} per answer
+        check, args = json.loads(line)
+        try:
+            globals()[check](triton_kernel, *args)
+            answer = {"ok": True}
+        except BaseException:
+            answer = {"ok": False, "error": traceback.format_exc()}
+        replies.write(json.dumps(answer) + "\n")
+        replies.flush()
