@@ -10,6 +10,7 @@ binary.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from attnsearch.runtime.triton.launch import TUNING_CONFIGS  # noqa: E402
 
 sass = pytest.importorskip("attnsearch.runtime.hopper.sass")
 probe = sass.probe_triton
-probe_gluon_ws = sass.probe_gluon_ws
+#: One build per set of arguments, read by every test that checks it (each build runs ptxas).
+probe_gluon_ws = functools.cache(sass.probe_gluon_ws)
 
 
 @pytest.mark.parametrize("head_dim", [128, 64])
