@@ -1,30 +1,31 @@
-"""``python -m benchmarks.wan_ulysses --dry-run`` on the CPU: degree 1 in a one-process gloo group,
-dense and sparse, eager and compiled, with the per-rank balance of every plan."""
+"""``python -m benchmarks.wan_ulysses --dry-run`` on the CPU (run as ``-m`` runs it, in this process):
+degree 1 in a one-process gloo group, dense and sparse, eager and compiled, with the per-rank balance
+of every plan."""
 
 from __future__ import annotations
 
 import json
-import os
+import runpy
 import socket
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.mark.slow
-def test_dry_run_at_degree_one(tmp_path):
+def test_dry_run_at_degree_one(tmp_path, monkeypatch):
     pytest.importorskip("diffusers")
+    import torch.distributed as dist
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    subprocess.run([sys.executable, "-m", "benchmarks.wan_ulysses", "--dry-run", "--density", "0.3", "--out",
-                    str(tmp_path)], cwd=ROOT, check=True, capture_output=True, text=True,
-                   env={**env, "MASTER_PORT": str(port)})
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    for key, value in dict(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(sys, "argv", ["-m", "--dry-run", "--density", "0.3", "--out", str(tmp_path)])
+    runpy.run_module("benchmarks.wan_ulysses", run_name="__main__", alter_sys=True)
+    assert not dist.is_initialized()  # the group of one is torn down
     result = json.loads((tmp_path / "result.json").read_text())
     assert "python -m benchmarks.wan_ulysses --dry-run" in (tmp_path / "README.md").read_text()
     rows = result["rows"]

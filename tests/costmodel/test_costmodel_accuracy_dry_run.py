@@ -1,22 +1,17 @@
-"""``python -m benchmarks.costmodel_accuracy --dry-run`` on the CPU: the held-out layers cover what
-the search emits (skip heads, 3-key-block stripes, both Wan shapes) and each gets a prediction."""
+"""``python -m benchmarks.costmodel_accuracy --dry-run`` on the CPU (run as ``-m`` runs it, in this
+process): the held-out layers cover what the search emits (skip heads, 3-key-block stripes, both Wan
+shapes) and each gets a prediction."""
 
 from __future__ import annotations
 
 import json
-import subprocess
+import runpy
 import sys
-from pathlib import Path
-
-import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
-def test_dry_run_predicts_every_held_out_layer(tmp_path):
-    subprocess.run([sys.executable, "-m", "benchmarks.costmodel_accuracy", "--dry-run", "--count", "2",
-                    "--out", str(tmp_path)], cwd=ROOT, check=True, capture_output=True, text=True)
+def test_dry_run_predicts_every_held_out_layer(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["-m", "--dry-run", "--count", "2", "--out", str(tmp_path)])
+    runpy.run_module("benchmarks.costmodel_accuracy", run_name="__main__", alter_sys=True)
     result = json.loads((tmp_path / "result.json").read_text())
     assert (tmp_path / "figure.png").stat().st_size > 0
     assert "python -m benchmarks.costmodel_accuracy --dry-run" in (tmp_path / "README.md").read_text()
