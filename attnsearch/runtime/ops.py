@@ -43,7 +43,16 @@ def _register(layer_plan: LayerPlan) -> int:
         return pid
 
 
-@torch._dynamo.assume_constant_result
+def _assume_constant_result(fn: Callable) -> Callable:
+    """``torch._dynamo.assume_constant_result``: marks ``fn`` so that dynamo calls it while tracing
+    and bakes its result into the graph. Set here as that decorator sets it, without importing
+    torch._dynamo (about 1.5 s on a CPU) into every process that loads the runtime and never compiles:
+    search workers, the command line. tests/runtime/test_compile.py checks the mark is the decorator's."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant_result
 def layer_plan_id(layer_plan: LayerPlan) -> int:
     """The static id of ``layer_plan`` for :data:`sparse_attention_op` (equal plans: one id).
 

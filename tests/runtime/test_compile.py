@@ -36,6 +36,14 @@ def test_layer_plan_ids_are_static_per_content():
     assert registered_layer_plan(layer_plan_id(c)) == c
 
 
+def test_layer_plan_id_carries_the_mark_of_assume_constant_result():
+    """ops marks layer_plan_id itself (importing torch._dynamo takes seconds): exactly what
+    torch._dynamo.assume_constant_result sets on a function, and the function stays itself."""
+    marked = torch._dynamo.assume_constant_result(lambda: None)
+    assert marked.__name__ == "<lambda>" and vars(marked)
+    assert all(getattr(layer_plan_id, key, None) == value for key, value in vars(marked).items())
+
+
 def test_sparse_attention_operator_passes_opcheck():
     """Schema, fake (meta) implementation and real one agree, in diffusers' [B, N, H, D] layout."""
     g = Geometry(4, 8, 8)
