@@ -41,11 +41,11 @@ def pytest_configure(config) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
 
 
-@pytest.fixture
-def tiny_wan_pipeline(tmp_path) -> Path:
+@pytest.fixture(scope="session")
+def tiny_wan_pipeline(tmp_path_factory) -> Path:
     """A Wan2.1 diffusers pipeline of tiny random components (``tiny_pipelines.build("wan")``:
-    tokenizer, UMT5 text encoder, VAE, transformer, scheduler) saved at ``tmp_path / "pipe"``;
-    skips where its extras are missing."""
+    tokenizer, UMT5 text encoder, VAE, transformer, scheduler), saved once per session (the tests
+    only read it); skips where its extras are missing."""
     pytest.importorskip("diffusers",
                         reason="diffusers is an optional extra (pip install 'attnsearch[diffusers]')")
     pytest.importorskip("tokenizers")
@@ -53,7 +53,7 @@ def tiny_wan_pipeline(tmp_path) -> Path:
     pytest.importorskip("accelerate", reason="diffusers loads Wan's float32-kept modules through accelerate")
     import tiny_pipelines
 
-    return tiny_pipelines.build("wan", tmp_path / "pipe")
+    return tiny_pipelines.build("wan", tmp_path_factory.mktemp("tiny_wan") / "pipe")
 
 
 @pytest.fixture(scope="module")
