@@ -161,6 +161,7 @@ def write_mutated(src: Path, dst: Path, mutation) -> bool:
     return nonfinite
 
 
+@pytest.mark.slow
 @fuzz(40)
 @given(mutation=profile_mutations(),
        command=st.sampled_from(["classify", "classify", "classify", "merge", "merge", "optimize", "report"]))
