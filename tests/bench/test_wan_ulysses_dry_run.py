@@ -24,6 +24,7 @@ def test_dry_run_at_degree_one(tmp_path, monkeypatch):
     for key, value in dict(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)).items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(sys, "argv", ["-m", "--dry-run", "--density", "0.3", "--out", str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "benchmarks.wan_ulysses", raising=False)  # run afresh, as __main__
     runpy.run_module("benchmarks.wan_ulysses", run_name="__main__", alter_sys=True)
     assert not dist.is_initialized()  # the group of one is torn down
     result = json.loads((tmp_path / "result.json").read_text())

@@ -11,6 +11,7 @@ import sys
 
 def test_dry_run_predicts_every_held_out_layer(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["-m", "--dry-run", "--count", "2", "--out", str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "benchmarks.costmodel_accuracy", raising=False)  # run afresh, as __main__
     runpy.run_module("benchmarks.costmodel_accuracy", run_name="__main__", alter_sys=True)
     result = json.loads((tmp_path / "result.json").read_text())
     assert (tmp_path / "figure.png").stat().st_size > 0
