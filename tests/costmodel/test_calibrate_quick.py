@@ -50,13 +50,23 @@ def synthetic_timer(point) -> dict:
     return {"ms": synthetic_ms(point), "method": "graph", "eager_ms": 1.0}
 
 
+ENV = {"device": "Synthetic GPU", "sm_count": SMS, "capability": [9, 0], "order": "head"}
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """``calibrate(quick=True)`` on the synthetic device, run once: (its folder, the table it returned);
+    the raw points are in ``points.json`` beside the table."""
+    out = tmp_path_factory.mktemp("quick")
+    return out, calibrate(out, quick=True, timer=synthetic_timer, env=ENV, points_path=out / "points.json",
+                          progress=None)
+
+
 @pytest.mark.slow
-def test_quick_calibration_writes_a_table_the_cost_model_reads(tmp_path):
-    env = {"device": "Synthetic GPU", "sm_count": SMS, "capability": [9, 0], "order": "head"}
-    path = calibrate(tmp_path, quick=True, timer=synthetic_timer, env=env, points_path=tmp_path / "points.json",
-                     progress=None)
-    assert path == tmp_path / "synthetic-gpu.json"
-    _, points = load_points(tmp_path / "points.json")
+def test_quick_calibration_writes_a_table_the_cost_model_reads(quick):
+    folder, path = quick
+    assert path == folder / "synthetic-gpu.json"
+    _, points = load_points(folder / "points.json")
     grid = [p for p in points if p["role"] == "grid"]
     assert len(grid) == len(points) and all("ms" in p for p in points)
     # Every kernel the fit needs has enough points in the quick grid.
@@ -85,20 +95,18 @@ def test_quick_calibration_writes_a_table_the_cost_model_reads(tmp_path):
 
 
 @pytest.mark.slow
-def test_refit_from_saved_points_reproduces_the_table(tmp_path):
+def test_refit_from_saved_points_reproduces_the_table(quick, tmp_path):
     """``calibrate --refit POINTS`` (no GPU): the same measurements give the same table, and a
     broken points file is one error line with exit code 2 and no table written."""
     from tests.cli.cli_inputs import cli, one_error
 
-    env = {"device": "Synthetic GPU", "sm_count": SMS, "capability": [9, 0], "order": "head"}
-    path = calibrate(tmp_path / "a", quick=True, timer=synthetic_timer, env=env,
-                     points_path=tmp_path / "points.json", progress=None)
-    code, out = cli("calibrate", "--refit", tmp_path / "points.json", "--out", tmp_path / "b")
+    folder, path = quick
+    code, out = cli("calibrate", "--refit", folder / "points.json", "--out", tmp_path / "b")
     assert code == 0, out
     a, b = json.loads(path.read_text()), json.loads((tmp_path / "b" / path.name).read_text())
     assert a["params"] == b["params"] and a["fit"] == b["fit"] and a["device"] == b["device"]
 
-    env, points = load_points(tmp_path / "points.json")
+    env, points = load_points(folder / "points.json")
     points[3]["ms"] = float("nan")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"env": env, "points": points}))
