@@ -41,11 +41,15 @@ def pytest_configure(config) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
 
 
-@pytest.fixture(scope="session")
+#: The tiny Wan pipeline's folder, built by the first test process's first test that asks for it.
+_TINY_WAN: dict[str, Path] = {}
+
+
+@pytest.fixture(scope="module")
 def tiny_wan_pipeline(tmp_path_factory) -> Path:
     """A Wan2.1 diffusers pipeline of tiny random components (``tiny_pipelines.build("wan")``:
-    tokenizer, UMT5 text encoder, VAE, transformer, scheduler), saved once per session (the tests
-    only read it); skips where its extras are missing."""
+    tokenizer, UMT5 text encoder, VAE, transformer, scheduler), built once per test process (the
+    tests only read it); skips where its extras are missing."""
     pytest.importorskip("diffusers",
                         reason="diffusers is an optional extra (pip install 'attnsearch[diffusers]')")
     pytest.importorskip("tokenizers")
@@ -53,7 +57,9 @@ def tiny_wan_pipeline(tmp_path_factory) -> Path:
     pytest.importorskip("accelerate", reason="diffusers loads Wan's float32-kept modules through accelerate")
     import tiny_pipelines
 
-    return tiny_pipelines.build("wan", tmp_path_factory.mktemp("tiny_wan") / "pipe")
+    if "wan" not in _TINY_WAN:
+        _TINY_WAN["wan"] = tiny_pipelines.build("wan", tmp_path_factory.mktemp("tiny_wan") / "pipe")
+    return _TINY_WAN["wan"]
 
 
 @pytest.fixture(scope="module")
