@@ -32,7 +32,7 @@ import torch
 
 from ..atomic_io import replacing
 from ..geometry import Geometry, check_block_size
-from ..jsondata import JSONDataError, dumps, parse
+from ..jsondata import INT_LIMIT, JSONDataError, dumps, parse
 from .candidates import CandidateGrid
 from .errors import ProfileError
 from .profile_check import check_params, check_table
@@ -42,6 +42,8 @@ SCHEMA_VERSION = 1
 TABLE_COLUMNS = ["step", "layer", "head", "pattern", "params", "candidate", "density", "recall", "rel_err"]
 #: The per-prompt statistics of a profile of several prompts (see the module docstring).
 PROMPT_STATS = ("recall", "rel_err")
+#: Integer fields of the metadata's `attention` (the profiled calls' shape).
+ATTENTION_COUNTS = ("batch", "heads", "kv_heads", "head_dim")
 
 
 def prompt_columns(prompts: int) -> list[str]:
@@ -265,6 +267,12 @@ def read_profile(path: str | os.PathLike) -> Profile:
     for key, value in timing.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ProfileError(f"{path}: metadata timing.{key} must be a finite number ≥ 0 (seconds), got {value!r}")
+    for key in ATTENTION_COUNTS:
+        value = attention.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value < INT_LIMIT):
+            raise ProfileError(f"{path}: metadata attention.{key} must be a positive integer, got {value!r}")
+    if "dtype" in attention and not isinstance(attention["dtype"], str):
+        raise ProfileError(f"{path}: metadata attention.dtype must be a string, got {attention['dtype']!r}")
     return Profile(table=df, geometry=geometry, settings=settings, model=model,
                    maps={k: torch.from_numpy(maps[i].copy()) for i, k in enumerate(keys)},
                    map_steps=dict(zip(keys, steps)), timing=timing, attention=attention, prompts=prompts)

@@ -299,7 +299,7 @@ def test_model_card_runs_the_chosen_checks_and_says_which_it_left_out(tmp_path):
     card_mod.main(["--weights", str(tmp_path / "w" / train_mod.WEIGHTS_FILE), "--out", str(out), "--device", "cpu",
                    "--conditions", "2", "--grid", "2", "--sizes", "8x32x32"])
     card = json.loads((out / "card.json").read_text())
-    assert list(card["condition_check"]) == ["8x32x32"] and card["condition_check"]["8x32x32"]["steps"] == 8
+    assert list(card["condition_check"]) == ["8x32x32"] and card["condition_check"]["8x32x32"]["steps"] == card_mod.CHECK_STEPS
     assert card["training"]["time_shift"] == 8.0 and card["steps"] == 2
     readme = (out / "README.md").read_text()
     assert readme == card_mod.render_card(card)

@@ -229,6 +229,17 @@ def test_timing_that_is_not_seconds(good, tmp_path, value):
     refused(rewrite(good, tmp_path / "p.parquet", meta=meta), "timing.capture_s")
 
 
+
+@pytest.mark.parametrize("key, value", [("head_dim", [64]), ("head_dim", 0), ("heads", 1e309), ("batch", "2"),
+                                        ("kv_heads", True), ("dtype", 16)])
+def test_an_attention_shape_that_is_not_counts(good, tmp_path, key, value):
+    """The search costs a plan at the profile's head_dim: a shape field that is not a positive
+    integer (or a dtype that is not a name) is refused on load, before any search starts."""
+    meta = meta_of(good)
+    meta["attention"] = {**meta.get("attention", {}), key: value}
+    raw = json.dumps(meta).replace("Infinity", "1e309").encode()
+    refused(rewrite(good, tmp_path / "p.parquet", meta=raw), f"attention.{key}")
+
 def test_params_that_their_family_cannot_build(good, tmp_path):
     """A candidate's params must be valid for its pattern at the profile's geometry: a stripe
     without key blocks, or a band of negative width, would otherwise reach the search."""

@@ -5,7 +5,7 @@
 Generates the held-out conditions from fixed noise seeds, reads each clip's colour and motion
 back with the pixel-statistics checker (``checker``) and counts the clips that match their
 condition, at each size of ``CHECKS`` (``--sizes``: some of them; 16 × 64 × 64 at 20 steps is a GPU
-job, 8 × 32 × 32 at 8 steps runs on a CPU in minutes); draws the first clips' frames of the first size
+job, 8 × 32 × 32 at 4 steps runs on a CPU in about a minute); draws the first clips' frames of the first size
 checked as a grid and the training loss; writes ``README.md``, ``samples.png``, ``loss.png`` and
 ``card.json`` into ``--out`` (default: the weights' folder).
 """
@@ -29,7 +29,7 @@ from .train import SIZES
 
 #: The learned-condition check: (clip size, sampling steps) — the main training size at the
 #: sampler's default steps, and the size and steps the CPU test (tests/models) repeats.
-CHECK_STEPS = 8
+CHECK_STEPS = 4
 CHECKS = (((16, 64, 64), DEFAULT_STEPS), ((8, 32, 32), CHECK_STEPS))
 
 
