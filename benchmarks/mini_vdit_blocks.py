@@ -156,8 +156,8 @@ def figure(rows: list[dict], reference: list[dict], path: Path) -> None:
             axes[1].plot([p[0] for p in pts], [p[2] for p in pts], ls, marker="o", label=f"{sel}, {rem}")
     for name in dict.fromkeys(r["name"] for r in reference):
         pts = sorted((r["density"], r["psnr_db"]) for r in reference if r["name"] == name)
-        axes[0].plot([p[0] for p in pts], [p[1] for p in pts], ":", marker="x", color="grey" if name != "searched plan"
-                     else "black", label=name)
+        style = {"searched plan": ("x", "black"), "global energy_decay": ("+", "grey")}.get(name, ("^", "grey"))
+        axes[0].plot([p[0] for p in pts], [p[1] for p in pts], ":", marker=style[0], color=style[1], label=name)
     axes[0].axhline(30, color="grey", lw=0.8, ls=":")
     axes[0].set_ylabel("PSNR against dense (dB, held-out videos)")
     axes[1].set_ylabel("attention relative error (mean over calls)")
