@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
 
 from attnsearch import Geometry
 from attnsearch.patterns import expand_block_mask
@@ -106,3 +107,39 @@ def test_cuda_graph_replay_equals_eager(head_dim):
     eager = sparse_attention(q, k, v, lp)
     torch.cuda.synchronize()
     assert torch.equal(out, eager)
+
+
+@pytest.mark.parametrize("block_size,head_dim", [(64, 64), (128, 64), (128, 128)])
+def test_fp8_kernel_is_attention_on_its_quantized_operands(block_size, head_dim):
+    """precision="fp8" in every Triton tuning config (FP8 tensor cores: compute capability ≥ 8.9), on
+    inputs whose e4m3 forms are exact but V's (``exact_fp8_inputs``): masked SDPA in fp32 on the
+    dequantized operands, within fp32 accumulation; mixed families, skip head zero, N % B ≠ 0."""
+    import math
+
+    from attnsearch.runtime.quantize import dequantize, quantize_fp8
+    from attnsearch.runtime.triton.launch import TUNING_CONFIGS, forward
+    from test_quantize import exact_fp8_inputs
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 tensor cores need compute capability 8.9 or newer")
+    geom = GEOMS["suffix"]
+    lp = mixed_plan(geom, block_size)
+    q, k, v = exact_fp8_inputs(geom.num_tokens, lp.num_heads, lp.num_heads, seed=block_size, device="cuda",
+                               batch=2, head_dim=head_dim)
+    q8, k8, v8, s = quantize_fp8(q, k, v, block_size)
+    deq = (dequantize(q8, s.q, block_size), dequantize(k8, s.k, block_size), dequantize(v8, s.v, None))
+    mask = expand_block_mask(lp.block_masks().cuda(), geom.num_tokens, block_size)
+    ref = torch.nan_to_num(F.scaled_dot_product_attention(*deq, attn_mask=mask, scale=math.log(2)), nan=0.0)
+    tables = get_block_tables(lp, "cuda")
+    ran = 0
+    for cfg in TUNING_CONFIGS[(head_dim, block_size)]:
+        out = torch.full_like(q, float("nan"))
+        try:
+            forward(q, k, v, tables, math.log(2), out=out, config=cfg, precision="fp8")
+        except triton.runtime.errors.OutOfResources:
+            continue
+        torch.cuda.synchronize()
+        ran += 1
+        assert float(((out.float() - ref).norm() / ref.norm())) <= 2e-3, cfg
+        assert bool((out[:, 1] == 0).all()), f"{cfg}: the skip head is not zero"
+    assert ran

@@ -27,6 +27,7 @@ from attnsearch.plan import LayerPlan
 from attnsearch.runtime import sparse_attention
 from attnsearch.runtime.block_tables import build_block_tables, get_block_tables
 from attnsearch.runtime.device_caps import num_sms
+from test_quantize import exact_fp8_inputs
 from test_runtime import all_patterns, geometry, poisoned, qkv, reference, rel_err
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -199,6 +200,54 @@ def check_row_with_no_kept_block_outputs_zero(tk):
     assert torch.equal(out[0, 1, 128:192], torch.zeros(64, 64))
     ref = reference(q, k, v, lp)
     assert rel_err(out[0, 0], ref[0, 0]) <= 1e-3 and rel_err(out[0, 1, :128], ref[0, 1, :128]) <= 1e-3
+
+
+@pytest.mark.parametrize("block_size,block_m,kv_heads", [(64, 64, 6), (128, 64, 2)])
+def test_fp8_kernel_is_attention_on_its_quantized_operands(interpreter, block_size, block_m, kv_heads):
+    """precision="fp8" on inputs whose e4m3 rounding is exact except V's (``exact_fp8_inputs``): equal
+    to masked SDPA in fp64 on the dequantized operands (q, K block scales and V channel scales all
+    applied), skip heads zero; GQA, N % B ≠ 0, sub-tiles."""
+    interpreter("check_fp8_exact", block_size, block_m, kv_heads)
+
+
+def check_fp8_exact(tk, block_size, block_m, kv_heads):
+    import math
+
+    from attnsearch.runtime.quantize import dequantize, quantize_fp8
+
+    geom = geometry("suffix", block_size)
+    lp = all_patterns(geom, block_size)
+    q, k, v = exact_fp8_inputs(geom.num_tokens, 6, kv_heads, seed=block_size)
+    gqa = kv_heads != 6
+    tables = get_block_tables(lp, "cpu")
+    cfg = tk.KernelConfig(block_m, 64, num_warps=4, num_stages=1, use_tma=False)
+    out = tk.forward(q, k, v, tables, math.log(2), out=poisoned(q), config=cfg, precision="fp8")
+    assert out.dtype == torch.float16
+    assert torch.equal(out[:, 1], torch.zeros_like(out[:, 1]))
+    q8, k8, v8, s = quantize_fp8(q, k, v, block_size)
+    assert torch.equal(dequantize(q8, s.q, block_size), q.float()) and len(s.k.unique()) == 2  # exact, two K scales
+    deq_v = dequantize(v8, s.v, None)
+    assert rel_err(out, reference(q, k, deq_v, lp, scale=math.log(2), enable_gqa=gqa)) <= 2e-3
+
+
+@pytest.mark.parametrize("block_size", [64, 128])
+def test_fp8_error_on_random_inputs_is_bounded(interpreter, block_size):
+    """Gaussian q, k, v (near-uniform attention, FP8's hard case): within 8% of exact attention, and
+    about ten times the fp16 kernel's error or more (the rounding really happens in FP8)."""
+    interpreter("check_fp8_random", block_size)
+
+
+def check_fp8_random(tk, block_size):
+    geom = geometry("suffix", block_size)
+    lp = all_patterns(geom, block_size)
+    q, k, v = qkv(2, 6, geom.num_tokens, 64, dtype=torch.float16, seed=block_size + 5)
+    tables = get_block_tables(lp, "cpu")
+    cfg = tk.KernelConfig(64, 64, num_warps=4, num_stages=1, use_tma=False)
+    fp8 = tk.forward(q, k, v, tables, 0.125, config=cfg, precision="fp8")
+    native = tk.forward(q, k, v, tables, 0.125, config=cfg)
+    exact = reference(q, k, v, lp, scale=0.125)
+    assert rel_err(fp8, exact) <= 0.08
+    assert rel_err(native, exact) * 10 < rel_err(fp8, exact)
 
 
 if __name__ == "__main__":  # in a Python started with TRITON_INTERPRET=1

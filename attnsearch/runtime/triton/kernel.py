@@ -15,12 +15,21 @@ walks the kept key blocks in BLOCK_N sub-tiles. Programs are numbered
 and batch copies of one item run side by side. On Hopper the K/V tiles may come through the bulk
 tensor copy engine (TMA, 4-D host descriptors over the strided tensors, out-of-range rows
 zero-filled) instead of pointer loads.
+
+FP8 (``FP8``): q, K and V arrive as e4m3 with float32 scales (``runtime/quantize.py``: q per query
+block, K per key block, V per channel, V stored channel-major so its tiles are K-major as the
+FP8 tensor-core product wants); both products run in FP8 with fp32 accumulation, the softmax in
+fp32, the output in the caller's dtype.
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+#: P (in [0, 1] under the running max) is multiplied by this before its e4m3 cast: e4m3's largest
+#: finite value, so P's small entries keep e4m3's relative precision instead of flushing to zero.
+P_SCALE = tl.constexpr(448.0)
 
 
 @triton.jit
@@ -40,14 +49,20 @@ def _load_kv_tile(src, b, kvh, start_n, offs_kv, offs_d, stride_n, stride_d, N, 
 
 @triton.jit
 def _attn_fwd_tile(acc, l_i, m_i, q, k_src, v_src, b, kvh, start_n, N,
-                   stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, offs_n, offs_d,
-                   BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASK_KEYS: tl.constexpr,
-                   USE_TMA: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-    """One BLOCK_N key tile starting at ``start_n``: update the running max, sum and output."""
+                   stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, offs_n, offs_d, k_scales,
+                   BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASK_KEYS: tl.constexpr,
+                   USE_TMA: tl.constexpr, INPUT_PRECISION: tl.constexpr, FP8: tl.constexpr):
+    """One BLOCK_N key tile starting at ``start_n``: update the running max, sum and output.
+
+    FP8: q, K and V tiles are e4m3 (``quantize.py``); the key block's scale (``k_scales``: this
+    (batch, K head)'s per-block scales) multiplies the products, P enters the second product as
+    e4m3 times P_SCALE, and the epilogue undoes P_SCALE and V's channel scales."""
     offs_kv = start_n + offs_n
     k = _load_kv_tile(k_src, b, kvh, start_n, offs_kv, offs_d, stride_kn, stride_kd, N, BLOCK_N, HEAD_DIM,
                       MASK_KEYS, USE_TMA)
     qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)
+    if FP8:
+        qk = qk * tl.load(k_scales + start_n // BLOCK)
     if MASK_KEYS:
         qk = tl.where(offs_kv[None, :] < N, qk, float("-inf"))
     # Online softmax in base 2: qk_scale = scale · log2(e), so exp2(qk·qk_scale − m) = e^(scale·qk − m').
@@ -59,21 +74,24 @@ def _attn_fwd_tile(acc, l_i, m_i, q, k_src, v_src, b, kvh, start_n, N,
     acc = acc * alpha[:, None]
     v = _load_kv_tile(v_src, b, kvh, start_n, offs_kv, offs_d, stride_vn, stride_vd, N, BLOCK_N, HEAD_DIM,
                       MASK_KEYS, USE_TMA)
-    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=INPUT_PRECISION)
+    if FP8:
+        acc = tl.dot((p * P_SCALE).to(v.dtype), v, acc)
+    else:
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=INPUT_PRECISION)
     return acc, l_i, m_ij
 
 
 @triton.jit
 def _attn_fwd_program(
-    pid, Q, K, V, Out, Counts, Indices, Work,
+    pid, Q, K, V, Out, Counts, Indices, Work, QScale, KScale, VScale,
     stride_qz, stride_qh, stride_qn, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
     stride_vz, stride_vh, stride_vn, stride_vd,
     stride_oz, stride_oh, stride_on, stride_od,
     stride_ch, stride_ih, stride_iq,
-    qk_scale, N, NB, BATCH, KV_GROUP,
+    qk_scale, N, NB, BATCH, KV_GROUP, NUM_HEADS,
     HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    USE_TMA: tl.constexpr, INPUT_PRECISION: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+    USE_TMA: tl.constexpr, INPUT_PRECISION: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, FP8: tl.constexpr,
 ):
     """One tile ``pid`` (one query sub-tile of one work item and batch): the whole program body."""
     SUB_M: tl.constexpr = BLOCK // BLOCK_M
@@ -101,6 +119,12 @@ def _attn_fwd_program(
         k_src = K + b64 * stride_kz + kvh.to(tl.int64) * stride_kh
         v_src = V + b64 * stride_vz + kvh.to(tl.int64) * stride_vh
 
+    # FP8 scales (``quantize.py``): q per (batch, head, query block), K per (batch, K head, key
+    # block), V per (batch, K head, channel); all float32, contiguous.
+    k_scales = KScale + (b64 * (NUM_HEADS // KV_GROUP) + kvh) * NB
+    if FP8:
+        qk_scale = qk_scale * tl.load(QScale + (b64 * NUM_HEADS + head) * NB + qb)
+
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
@@ -118,25 +142,30 @@ def _attn_fwd_program(
             start_n = kb * BLOCK + (j % SUB_N) * BLOCK_N
             acc, l_i, m_i = _attn_fwd_tile(acc, l_i, m_i, q, k_src, v_src, b, kvh, start_n, N,
                                            stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
-                                           offs_n, offs_d, BLOCK_N, HEAD_DIM, False, USE_TMA, INPUT_PRECISION)
+                                           offs_n, offs_d, k_scales, BLOCK, BLOCK_N, HEAD_DIM, False, USE_TMA,
+                                           INPUT_PRECISION, FP8)
     else:
         for j in range(0, n_full * SUB_N):
             kb = tl.load(row + j // SUB_N)
             start_n = kb * BLOCK + (j % SUB_N) * BLOCK_N
             acc, l_i, m_i = _attn_fwd_tile(acc, l_i, m_i, q, k_src, v_src, b, kvh, start_n, N,
                                            stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
-                                           offs_n, offs_d, BLOCK_N, HEAD_DIM, False, USE_TMA, INPUT_PRECISION)
+                                           offs_n, offs_d, k_scales, BLOCK, BLOCK_N, HEAD_DIM, False, USE_TMA,
+                                           INPUT_PRECISION, FP8)
     # Masked stage: the sub-tiles of block nb − 1 that start below N (none if it is not kept).
     tail_lo = (NB - 1) * BLOCK
     tail_hi = tl.where(has_tail, N, tail_lo)
     for start_n in range(tail_lo, tail_hi, BLOCK_N):
         acc, l_i, m_i = _attn_fwd_tile(acc, l_i, m_i, q, k_src, v_src, b, kvh, start_n, N,
                                        stride_kn, stride_kd, stride_vn, stride_vd, qk_scale, offs_n, offs_d,
-                                       BLOCK_N, HEAD_DIM, True, USE_TMA, INPUT_PRECISION)
+                                       k_scales, BLOCK, BLOCK_N, HEAD_DIM, True, USE_TMA, INPUT_PRECISION, FP8)
 
     # Epilogue: normalise; a row with no kept key (l = 0) has acc = 0 and outputs zero.
     l_i = tl.where(l_i > 0.0, l_i, 1.0)
     acc = acc / l_i[:, None]
+    if FP8:
+        v_scales = tl.load(VScale + (b64 * (NUM_HEADS // KV_GROUP) + kvh) * HEAD_DIM + offs_d)
+        acc = acc * (v_scales / P_SCALE)[None, :]
     o_base = Out + b64 * stride_oz + head.to(tl.int64) * stride_oh
     tl.store(o_base + offs_m[:, None] * stride_on + offs_d[None, :] * stride_od,
              acc.to(Out.dtype.element_ty), mask=offs_m[:, None] < N)
@@ -144,15 +173,15 @@ def _attn_fwd_program(
 
 @triton.jit
 def block_sparse_attn_fwd(
-    Q, K, V, Out, Counts, Indices, Work,
+    Q, K, V, Out, Counts, Indices, Work, QScale, KScale, VScale,
     stride_qz, stride_qh, stride_qn, stride_qd,
     stride_kz, stride_kh, stride_kn, stride_kd,
     stride_vz, stride_vh, stride_vn, stride_vd,
     stride_oz, stride_oh, stride_on, stride_od,
     stride_ch, stride_ih, stride_iq,
-    qk_scale, N, NB, BATCH, KV_GROUP, NUM_TILES, Counter,
+    qk_scale, N, NB, BATCH, KV_GROUP, NUM_HEADS, NUM_TILES, Counter,
     HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    USE_TMA: tl.constexpr, INPUT_PRECISION: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+    USE_TMA: tl.constexpr, INPUT_PRECISION: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, FP8: tl.constexpr,
     PERSISTENT: tl.constexpr,
 ):
     """Not PERSISTENT: program pid runs tile pid. PERSISTENT: a few programs per SM, each taking
@@ -162,16 +191,16 @@ def block_sparse_attn_fwd(
         tile = tl.atomic_add(Counter, 1)  # scalar: one thread, result shared by the program
         while tile < NUM_TILES:
             _attn_fwd_program(
-                tile, Q, K, V, Out, Counts, Indices, Work,
+                tile, Q, K, V, Out, Counts, Indices, Work, QScale, KScale, VScale,
                 stride_qz, stride_qh, stride_qn, stride_qd, stride_kz, stride_kh, stride_kn, stride_kd,
                 stride_vz, stride_vh, stride_vn, stride_vd, stride_oz, stride_oh, stride_on, stride_od,
-                stride_ch, stride_ih, stride_iq, qk_scale, N, NB, BATCH, KV_GROUP,
-                HEAD_DIM, BLOCK, BLOCK_M, BLOCK_N, USE_TMA, INPUT_PRECISION, WARP_SPECIALIZE)
+                stride_ch, stride_ih, stride_iq, qk_scale, N, NB, BATCH, KV_GROUP, NUM_HEADS,
+                HEAD_DIM, BLOCK, BLOCK_M, BLOCK_N, USE_TMA, INPUT_PRECISION, WARP_SPECIALIZE, FP8)
             tile = tl.atomic_add(Counter, 1)
     else:
         _attn_fwd_program(
-            tl.program_id(0), Q, K, V, Out, Counts, Indices, Work,
+            tl.program_id(0), Q, K, V, Out, Counts, Indices, Work, QScale, KScale, VScale,
             stride_qz, stride_qh, stride_qn, stride_qd, stride_kz, stride_kh, stride_kn, stride_kd,
             stride_vz, stride_vh, stride_vn, stride_vd, stride_oz, stride_oh, stride_on, stride_od,
-            stride_ch, stride_ih, stride_iq, qk_scale, N, NB, BATCH, KV_GROUP,
-            HEAD_DIM, BLOCK, BLOCK_M, BLOCK_N, USE_TMA, INPUT_PRECISION, WARP_SPECIALIZE)
+            stride_ch, stride_ih, stride_iq, qk_scale, N, NB, BATCH, KV_GROUP, NUM_HEADS,
+            HEAD_DIM, BLOCK, BLOCK_M, BLOCK_N, USE_TMA, INPUT_PRECISION, WARP_SPECIALIZE, FP8)

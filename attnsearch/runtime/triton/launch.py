@@ -17,9 +17,12 @@ import triton
 from .. import tuning_cache
 from ..block_tables import BlockTables
 from ..device_caps import num_sms, tma_compatible
+from ..quantize import FP8, Fp8Scales, quantize_fp8
 from . import kernel
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+#: What the products run in: the inputs' dtype, or e4m3 (``runtime/quantize.py``).
+PRECISIONS = ("native", "fp8")
 LOG2E = 1.4426950408889634
 
 
@@ -114,7 +117,7 @@ def tma_supported(*tensors: torch.Tensor) -> bool:
 
 
 def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, tables: BlockTables,
-           work: torch.Tensor, scale: float, config: KernelConfig) -> None:
+           work: torch.Tensor, scale: float, config: KernelConfig, fp8_scales: Fp8Scales | None = None) -> None:
     """Run one kernel launch over ``work`` (int32 items ``head * nb + qb``).
 
     Args:
@@ -122,11 +125,16 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
         out: [batch, H, N, D] output (written for the launch's heads, rows < N).
         tables: block tables of the layer plan, on q's device.
         work: the launch's ordered work items.
+        fp8_scales: q, k, v are ``quantize.quantize_fp8``'s e4m3 operands and these their scales
+            (quantized with the tables' block size); pointer loads, not TMA.
     """
     batch, num_heads, n, d = q.shape
     bs = tables.block_size
     config.check(bs)
-    use_tma = tma_supported(q, k, v) if config.use_tma is None else config.use_tma
+    fp8 = fp8_scales is not None
+    if fp8 and not all(t.dtype == FP8 for t in (q, k, v)):
+        raise ValueError(f"fp8_scales given for {q.dtype} / {k.dtype} / {v.dtype} operands; expected {FP8}")
+    use_tma = False if fp8 else tma_supported(q, k, v) if config.use_tma is None else config.use_tma
     k_arg, v_arg = k, v
     if use_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
@@ -139,14 +147,15 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
     if config.persistent:
         num_programs = min(num_tiles, config.persistent * num_sms(q.device))
         counter = torch.zeros(1, dtype=torch.int32, device=q.device)
+    qs, ks, vs = fp8_scales if fp8 else (tables.counts,) * 3     # unread unless FP8
     kernel.block_sparse_attn_fwd[(num_programs,)](
-        q, k_arg, v_arg, out, tables.counts, tables.indices, work,
+        q, k_arg, v_arg, out, tables.counts, tables.indices, work, qs, ks, vs,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         tables.counts.stride(0), tables.indices.stride(0), tables.indices.stride(1),
-        scale * LOG2E, n, tables.num_blocks, batch, num_heads // k.shape[1], num_tiles, counter,
+        scale * LOG2E, n, tables.num_blocks, batch, num_heads // k.shape[1], num_heads, num_tiles, counter,
         HEAD_DIM=d, BLOCK=bs, BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         USE_TMA=use_tma, INPUT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        WARP_SPECIALIZE=config.warp_specialize, PERSISTENT=config.persistent > 0,
+        WARP_SPECIALIZE=config.warp_specialize, FP8=fp8, PERSISTENT=config.persistent > 0,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
 
@@ -186,7 +195,7 @@ def source_hash() -> str:
 _SOURCE_HASH: str | None = None
 
 
-def _tune(q, k, v, out, tables, scale, use_tma) -> KernelConfig:
+def _tune(q, k, v, out, tables, scale, use_tma, fp8_scales: Fp8Scales | None = None) -> KernelConfig:
     """The config for this call's (device, head_dim, block size, dtype, TMA): from this process's
     picks, else the on-disk tuning cache, else timed on this call's data."""
     d, bs = q.shape[-1], tables.block_size
@@ -202,7 +211,7 @@ def _tune(q, k, v, out, tables, scale, use_tma) -> KernelConfig:
     def time_ms(cfg: KernelConfig) -> float:
         def run() -> None:
             for item in tables.launches:
-                launch(q, k, v, out, tables, item.work, scale, cfg)
+                launch(q, k, v, out, tables, item.work, scale, cfg, fp8_scales)
         return triton.testing.do_bench(run, warmup=10, rep=40, return_mode="median")
 
     _TUNED[key] = choose_config(disk_key, candidates, time_ms)
@@ -210,12 +219,14 @@ def _tune(q, k, v, out, tables, scale, use_tma) -> KernelConfig:
 
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTables, scale: float,
-            out: torch.Tensor | None = None, config: KernelConfig | None = None) -> torch.Tensor:
+            out: torch.Tensor | None = None, config: KernelConfig | None = None,
+            precision: str = "native") -> torch.Tensor:
     """Block-sparse attention of one layer plan (the tables) → [batch, H, N, D] (``out``, or contiguous).
 
     ``config`` None: the interpreter's fixed config on CPU, else the tuned config for this
     (head_dim, block size, dtype, TMA): from the on-disk tuning cache (``tuning_cache``) or timed
-    on the first call that needs it.
+    on the first call that needs it. ``precision``: "native" (the products in q's dtype) or "fp8"
+    (q, k, v quantized to e4m3 by ``quantize_fp8`` first, one pass over each; output in q's dtype).
     """
     batch, num_heads, n, d = q.shape
     if out is None:
@@ -223,12 +234,17 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
     tables.zero_skip_heads(out)
     if not tables.launches:
         return out
+    scales = None
+    if precision == "fp8":
+        q, k, v, scales = quantize_fp8(q, k, v, tables.block_size)
+    elif precision != "native":
+        raise ValueError(f"precision: must be one of {PRECISIONS}, got {precision!r}")
     if config is None:
         if _INTERPRETED:
             config = INTERPRETER_CONFIG
         else:
-            config = _tune(q, k, v, out, tables, scale, tma_supported(q, k, v))
+            config = _tune(q, k, v, out, tables, scale, tma_supported(q, k, v) and scales is None, scales)
     for item in tables.launches:
-        launch(q, k, v, out, tables, item.work, scale, config)
+        launch(q, k, v, out, tables, item.work, scale, config, scales)
     return out
 

@@ -1,0 +1,148 @@
+"""FP8 (e4m3) kept blocks in the Triton kernel against the bf16 kernels, on the runtime sweep's mixed
+layers (CUDA, Hopper or Ada for FP8 tensor cores).
+
+    python -m benchmarks.fp8_layers --out reports/fp8_layers
+
+Shapes: Wan2.1-1.3B's layer (1, 12, 32,760) and Wan2.1-14B's 720p layer (1, 40, 75,600) at head_dim
+128, and the first with 24 heads at head_dim 64; layers mixing the four sparse families at 10, 25
+and 50% of the blocks, block size 128. Timed per layer (``bench.time_ms``, queued, CUDA events,
+median of fresh bf16 inputs): what ``sparse_attention`` runs in bf16 ("auto": the Hopper kernel on
+H100/H200), the Triton kernel in bf16 (tuned), the Triton kernel in FP8 with the quantization pass
+(``runtime/quantize.py``) included, its kernel alone on quantized operands, and the pass alone.
+TFLOP/s count the kept blocks' 4·N·B·D per kept block pair. Error: relative L2 against fp32
+attention on 512 sampled query rows per head (random inputs: near-uniform attention, FP8's hard
+case). Writes result.json and figure.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from attnsearch.atomic_io import write_text_atomic
+from attnsearch.bench.baselines import flops
+from attnsearch.bench.layers import mixed_layer_plan
+from attnsearch.bench.output import environment
+from attnsearch.bench.timing import fresh_inputs, time_ms
+from attnsearch.geometry import Geometry
+from attnsearch.report.style import save_figure
+from attnsearch.runtime import get_block_tables, select_backend
+from attnsearch.runtime.backends import TritonBackend
+from attnsearch.runtime.quantize import quantize_fp8
+
+SHAPES = [(Geometry(21, 30, 52), 12, 128), (Geometry(21, 45, 80), 40, 128), (Geometry(21, 30, 52), 24, 64)]
+DENSITIES = (0.1, 0.25, 0.5)
+BLOCK = 128
+ROWS = 512
+
+
+def sampled_error(out: torch.Tensor, q, k, v, layer_plan, scale: float, rows: torch.Tensor) -> float:
+    """Relative L2 of ``out`` against fp32 attention on ``rows`` of every head."""
+    masks = layer_plan.block_masks().to(q.device)
+    num, den = 0.0, 0.0
+    for h in range(q.shape[1]):
+        keep = masks[h][rows // BLOCK].repeat_interleave(BLOCK, dim=-1)[:, : q.shape[2]]    # [R, N]
+        s = (q[0, h, rows].float() @ k[0, h].float().T) * scale
+        ref = torch.softmax(s.masked_fill(~keep, float("-inf")), -1).nan_to_num(0.0) @ v[0, h].float()
+        num += (out[0, h, rows].float() - ref).square().sum().item()
+        den += ref.square().sum().item()
+    return (num / den) ** 0.5
+
+
+def bench_layer(geometry: Geometry, heads: int, head_dim: int, target: float, reps: int) -> dict:
+    lp = mixed_layer_plan(geometry, heads, BLOCK, target)
+    n = geometry.num_tokens
+    shape = (1, heads, n, head_dim)
+    inputs = fresh_inputs(shape, torch.bfloat16, 2)
+    scale = head_dim ** -0.5
+    tables = get_block_tables(lp, "cuda")
+    out = torch.empty(shape, dtype=torch.bfloat16, device="cuda")
+    auto = select_backend(*inputs[0], lp)
+    quantized = [quantize_fp8(*x, BLOCK) for x in inputs]
+    runs = {
+        f"bf16 {auto.name}": lambda x: auto.run_tables(*x, tables, scale, out),
+        "bf16 triton": lambda x: TritonBackend.run_tables(*x, tables, scale, out),
+        "fp8 triton (with quantization)": lambda x: TritonBackend.run_tables(*x, tables, scale, out, precision="fp8"),
+        "quantization alone": lambda x: quantize_fp8(*x, BLOCK),
+    }
+    row = {"geometry": geometry.to_dict(), "shape": list(shape), "density": lp.density, "block_size": BLOCK}
+    fl = flops(1, heads, n, head_dim, lp.density)
+    for name, fn in runs.items():
+        fn(inputs[0])                                  # tune and compile outside the timing
+        ms = time_ms(fn, inputs, 3, reps)["median"]
+        row[name] = {"ms": ms, "tflops": fl / ms / 1e9}
+    from attnsearch.runtime.triton.launch import launch, tuned_config
+
+    cfg = tuned_config(head_dim, BLOCK, quantized[0][0].dtype, False, torch.cuda.current_device())
+
+    def kernel_only(i):
+        q8, k8, v8, s = quantized[i]
+        for item in tables.launches:
+            launch(q8, k8, v8, out, tables, item.work, scale, cfg, s)
+
+    ms = time_ms(kernel_only, [0, 1], 3, reps)["median"]
+    row["fp8 triton kernel alone"] = {"ms": ms, "tflops": fl / ms / 1e9}
+    row["fp8_config"] = vars(cfg)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    rows = torch.randint(0, n, (ROWS,), device="cuda", generator=g)
+    x = inputs[0]
+    for name, fn in (("bf16", runs[f"bf16 {auto.name}"]), ("fp8", runs["fp8 triton (with quantization)"])):
+        fn(x)
+        row[f"{name}_rel_err"] = sampled_error(out, *x, lp, scale, rows)
+    return row
+
+
+def figure(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shapes = list(dict.fromkeys(tuple(r["shape"]) for r in rows))
+    fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4), sharey=True)
+    names = [k for k in rows[0] if isinstance(rows[0][k], dict) and "tflops" in rows[0][k] and k != "quantization alone"]
+    for ax, shape in zip(axes, shapes):
+        sel = [r for r in rows if tuple(r["shape"]) == shape]
+        for name in names:
+            ax.plot([r["density"] for r in sel], [r[name]["tflops"] for r in sel], marker="o", label=name)
+        ax.set_title(f"{shape[1]} heads × {shape[2]:,} tokens, D {shape[3]}", fontsize=10)
+        ax.set_xlabel("kept-block density")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("TFLOP/s on kept blocks")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"FP8 kept blocks vs bf16 ({rows[0]['card']})")
+    save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.fp8_layers", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        ap.error("needs a CUDA GPU")
+    started = time.time()
+    env = environment()
+    rows = []
+    for geometry, heads, head_dim in SHAPES:
+        for d in args.densities:
+            row = {"card": env["card"], **bench_layer(geometry, heads, head_dim, d, args.reps)}
+            rows.append(row)
+            print(f"{heads:>3} × {geometry.num_tokens:>6} D {head_dim:>3} @ {row['density']:.2f}: " + ", ".join(
+                f"{k} {v['ms']:.2f} ms ({v['tflops']:.0f})" for k, v in row.items()
+                if isinstance(v, dict) and "ms" in v) + f"; rel err bf16 {row['bf16_rel_err']:.4f} "
+                f"fp8 {row['fp8_rel_err']:.4f}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    figure(rows, args.out / "figure.png")
+    data = {"benchmark": {**env, "seconds": round(time.time() - started, 1)}, "rows": rows}
+    write_text_atomic(args.out / "result.json", json.dumps(data, indent=1, allow_nan=False) + "\n")
+    print(f"wrote {args.out} in {time.time() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
