@@ -38,6 +38,15 @@ def test_default_tile_fits_three_programs_per_sm(head_dim):
     assert r["programs_per_sm"] >= 3, r
 
 
+@pytest.mark.parametrize("head_dim", [128, 64])
+def test_fp8_build_runs_fp8_tensor_core_products_without_spills(head_dim):
+    """precision="fp8": both products are e4m3 wgmmas (the PTX names the type), nothing spills."""
+    cfg = TUNING_CONFIGS[(head_dim, 128)][0]
+    r = probe(cfg, head_dim, 128, "fp8e4nv")
+    assert r["spill_bytes"] == 0, r
+    assert r["wgmma_types"] >= {"e4m3.e4m3"}, r
+
+
 def test_probe_sees_the_one_program_kernel():
     """The probe itself: the earlier 128×128 / 8-warp / 2-stage tile fits one program per SM."""
     from attnsearch.runtime.triton.launch import KernelConfig

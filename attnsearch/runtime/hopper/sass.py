@@ -22,7 +22,9 @@ from ..triton.launch import KernelConfig
 
 HOPPER = GPUTarget("cuda", 90, 32)
 REGS_PER_SM, SMEM_PER_SM, WARPS_PER_SM = 65536, 232448, 64
-INT_ARGS = ("N", "NB", "BATCH", "KV_GROUP", "NUM_TILES")
+INT_ARGS = ("N", "NB", "BATCH", "KV_GROUP", "NUM_HEADS", "NUM_TILES")
+#: The Triton kernel's FP8 scales (float32; ``runtime/quantize.py``).
+SCALE_ARGS = ("QScale", "KScale", "VScale")
 INDEX_ARGS = ("Counts", "Indices", "Work", "Counter", "Tiles", "Probe")  # Probe: the hopper kernel's cycle counts
 
 
@@ -40,6 +42,8 @@ def _other_args(fn, dtype: str, sig: dict, const: dict, attrs: dict) -> None:
             sig[name], attrs[(i,)] = f"*{dtype}", ALIGNED
         elif name in INDEX_ARGS:
             sig[name], attrs[(i,)] = "*i32", ALIGNED
+        elif name in SCALE_ARGS:
+            sig[name], attrs[(i,)] = "*fp32", ALIGNED
         elif name.startswith("stride_") and name.endswith("d"):  # unit stride: specialised to 1
             sig[name], const[name] = "constexpr", 1
         elif name.startswith("stride_"):
@@ -53,7 +57,8 @@ def _other_args(fn, dtype: str, sig: dict, const: dict, attrs: dict) -> None:
 
 
 def signature(cfg: KernelConfig, head_dim: int, block: int, dtype: str = "bf16", tma: bool = True):
-    """Argument types, constexprs and 16-byte alignment hints as a CUDA launch would specialise them."""
+    """Argument types, constexprs and 16-byte alignment hints as a CUDA launch would specialise them
+    (``dtype`` "fp8e4nv": the FP8 build, whose operands come by pointer, not TMA)."""
     fn = triton_kernel.block_sparse_attn_fwd
     sig, const, attrs = {}, {}, {}
     for i, name in enumerate(fn.arg_names):
@@ -61,16 +66,18 @@ def signature(cfg: KernelConfig, head_dim: int, block: int, dtype: str = "bf16",
             sig[name], attrs[(i,)] = f"*{dtype}", ALIGNED
         elif name in ("K", "V"):
             sig[name] = f"tensordesc<{dtype}[1, 1, {cfg.block_n}, {head_dim}]>"
-    _other_args(fn, dtype, sig, const, attrs)
+    _other_args(fn, "bf16" if dtype == "fp8e4nv" else dtype, sig, const, attrs)
     const.update(HEAD_DIM=head_dim, BLOCK=block, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, USE_TMA=tma,
-                 INPUT_PRECISION="tf32", WARP_SPECIALIZE=cfg.warp_specialize, PERSISTENT=cfg.persistent > 0)
+                 INPUT_PRECISION="tf32", WARP_SPECIALIZE=cfg.warp_specialize, PERSISTENT=cfg.persistent > 0,
+                 FP8=dtype == "fp8e4nv")
     return fn, sig, {k: v for k, v in const.items() if k in fn.arg_names}, attrs
 
 
-def probe_triton(cfg: KernelConfig, head_dim: int, block: int) -> dict:
+def probe_triton(cfg: KernelConfig, head_dim: int, block: int, dtype: str = "bf16") -> dict:
     """Compile the Triton kernel in ``cfg`` for sm_90a: registers, spilled bytes, shared KB, programs per
-    SM (min over registers, shared memory and warps) and the PTX's wgmma waits."""
-    fn, sig, const, attrs = signature(cfg, head_dim, block)
+    SM (min over registers, shared memory and warps), the PTX's wgmma waits and operand types ("bf16.bf16",
+    "e4m3.e4m3"; ``dtype`` as in :func:`signature`)."""
+    fn, sig, const, attrs = signature(cfg, head_dim, block, dtype, tma=dtype != "fp8e4nv")
     src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
     options = triton.compiler.make_backend(HOPPER).parse_options(
         {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
@@ -90,8 +97,10 @@ def probe_triton(cfg: KernelConfig, head_dim: int, block: int) -> dict:
     programs = min(REGS_PER_SM // (regs_per_warp * cfg.num_warps), SMEM_PER_SM // max(shared, 1),
                    WARPS_PER_SM // cfg.num_warps)
     waits = re.findall(r"wgmma.wait_group.sync.aligned (\d+)", kernel.asm["ptx"])
+    types = {f"{a}.{b}" for a, b in re.findall(r"wgmma\.mma_async\.sync\.aligned\.m\d+n\d+k\d+\.f32\.(\w+)\.(\w+)",
+                                                kernel.asm["ptx"])}
     return {"registers": regs, "spill_bytes": stack, "shared_kb": shared / 1024, "programs_per_sm": programs,
-            "waits": " ".join(waits)}
+            "waits": " ".join(waits), "wgmma_types": types}
 
 
 def ptx_to_sass(ptx: str, verbose: bool = False) -> tuple[bool, str, str]:
