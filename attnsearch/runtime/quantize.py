@@ -9,8 +9,8 @@
 
 Each scale is amax / E4M3_MAX over what it covers (an all-zero group gets scale 1), so every value
 maps into e4m3's range without clipping. V is stored channel-major ([batch, heads, D, N] in
-memory, returned as its [batch, heads, N, D] transpose): FP8 tensor-core products need both
-operands K-major, and V's reduction dimension is N. Values whose magnitude is below the group's
+memory, rows padded to 16 bytes, returned as its [batch, heads, N, D] transpose): FP8 tensor-core
+products need both operands K-major, and V's reduction dimension is N. Values whose magnitude is below the group's
 amax / 2^15 land in e4m3's subnormals or flush to zero.
 """
 
@@ -41,24 +41,61 @@ def _per_block(x: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Te
     blocks = padded.view(batch, heads, nb, block_size, d)
     amax = blocks.abs().amax(dim=(-2, -1))
     scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
-    x8 = (blocks / scale[..., None, None]).to(FP8).view(batch, heads, nb * block_size, d)[:, :, :n]
+    x8 = (blocks / scale[..., None, None]).to(FP8).view(batch, heads, nb * block_size, d)[:, :, :n].contiguous()
     return x8, scale.contiguous()
 
 
 def _per_channel_transposed(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    batch, heads, n, d = v.shape
     amax = v.float().abs().amax(dim=-2)                                   # [B, H, D]
     scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
-    v8t = (v.float().transpose(-1, -2) / scale[..., None]).to(FP8).contiguous()   # [B, H, D, N]
-    return v8t.transpose(-1, -2), scale.contiguous()
+    # [B, H, D, N] storage, rows padded to 16 bytes (what a TMA descriptor over it needs)
+    storage = torch.empty(batch, heads, d, -(-n // 16) * 16, dtype=FP8, device=v.device)
+    storage[..., :n] = (v.float().transpose(-1, -2) / scale[..., None]).to(FP8)
+    return storage[..., :n].transpose(-1, -2), scale.contiguous()
 
 
-def quantize_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Fp8Scales]:
-    """e4m3 q, k (row-major, per block) and v (channel-major, per channel) and their scales."""
+def quantize_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int, *,
+                 kernels: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Fp8Scales]:
+    """e4m3 q, k (row-major, per block) and v (channel-major, per channel) and their scales.
+
+    ``kernels``: compute them with the Triton kernels (``triton/quantize_kernel.py``: the same
+    values in fewer passes); None: on CUDA tensors. Not under TRITON_INTERPRET=1: the interpreter's
+    fp32 → e4m3 cast loses the carry of some round-ups into the next power of two (124 → 64,
+    1.95 → 1.0 with Triton 3.9), where PyTorch and the GPU give 128 and 2."""
+    if kernels is None:
+        kernels = q.is_cuda
+    if kernels:
+        return _quantize_triton(q, k, v, block_size)
     q8, qs = _per_block(q, block_size)
     k8, ks = _per_block(k, block_size)
     v8, vs = _per_channel_transposed(v)
     return q8, k8, v8, Fp8Scales(qs, ks, vs)
+
+
+def _quantize_triton(q, k, v, block_size):
+    from .triton import quantize_kernel as qk
+
+    def blocks(x):
+        batch, heads, n, d = x.shape
+        nb = math.ceil(n / block_size)
+        x8 = torch.empty(batch, heads, n, d, dtype=FP8, device=x.device)
+        scale = torch.empty(batch, heads, nb, dtype=torch.float32, device=x.device)
+        qk.quantize_blocks[(batch * heads, nb)](x, x8, scale, *x.stride(), n, nb, heads, BLOCK=block_size,
+                                                HEAD_DIM=d)
+        return x8, scale
+
+    q8, qs = blocks(q)
+    k8, ks = blocks(k)
+    batch, heads, n, d = v.shape
+    grid = (batch * heads, math.ceil(n / block_size))
+    amax = torch.zeros(batch, heads, d, dtype=torch.float32, device=v.device)
+    qk.channel_amax[grid](v, amax, *v.stride(), n, heads, BLOCK=block_size, HEAD_DIM=d)
+    vs = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
+    n_pad = -(-n // 16) * 16
+    storage = torch.empty(batch, heads, d, n_pad, dtype=FP8, device=v.device)
+    qk.quantize_channels[grid](v, storage, vs, *v.stride(), n, n_pad, heads, BLOCK=block_size, HEAD_DIM=d)
+    return q8, k8, storage[..., :n].transpose(-1, -2), Fp8Scales(qs, ks, vs)
 
 
 def dequantize(x8: torch.Tensor, scale: torch.Tensor, block_size: int | None) -> torch.Tensor:

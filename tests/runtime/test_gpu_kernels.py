@@ -111,13 +111,14 @@ def test_cuda_graph_replay_equals_eager(head_dim):
 
 @pytest.mark.parametrize("block_size,head_dim", [(64, 64), (128, 64), (128, 128)])
 def test_fp8_kernel_is_attention_on_its_quantized_operands(block_size, head_dim):
-    """precision="fp8" in every Triton tuning config (FP8 tensor cores: compute capability ≥ 8.9), on
+    """precision="fp8" in every FP8 tuning config, TMA where the device has it (FP8 tensor cores:
+    compute capability ≥ 8.9), quantized by the Triton kernels, on
     inputs whose e4m3 forms are exact but V's (``exact_fp8_inputs``): masked SDPA in fp32 on the
     dequantized operands, within fp32 accumulation; mixed families, skip head zero, N % B ≠ 0."""
     import math
 
     from attnsearch.runtime.quantize import dequantize, quantize_fp8
-    from attnsearch.runtime.triton.launch import TUNING_CONFIGS, forward
+    from attnsearch.runtime.triton.launch import FP8_TUNING_CONFIGS, forward
     from test_quantize import exact_fp8_inputs
 
     if torch.cuda.get_device_capability() < (8, 9):
@@ -132,7 +133,7 @@ def test_fp8_kernel_is_attention_on_its_quantized_operands(block_size, head_dim)
     ref = torch.nan_to_num(F.scaled_dot_product_attention(*deq, attn_mask=mask, scale=math.log(2)), nan=0.0)
     tables = get_block_tables(lp, "cuda")
     ran = 0
-    for cfg in TUNING_CONFIGS[(head_dim, block_size)]:
+    for cfg in FP8_TUNING_CONFIGS[(head_dim, block_size)]:
         out = torch.full_like(q, float("nan"))
         try:
             forward(q, k, v, tables, math.log(2), out=out, config=cfg, precision="fp8")
@@ -143,3 +144,21 @@ def test_fp8_kernel_is_attention_on_its_quantized_operands(block_size, head_dim)
         assert float(((out.float() - ref).norm() / ref.norm())) <= 2e-3, cfg
         assert bool((out[:, 1] == 0).all()), f"{cfg}: the skip head is not zero"
     assert ran
+
+
+@pytest.mark.parametrize("block_size", [64, 128])
+def test_quantization_kernels_equal_the_definition(block_size):
+    """``quantize_fp8``'s Triton kernels give the PyTorch definition's e4m3 bytes, layouts and scales
+    exactly: [B, N, H, D] bf16 views, N % B ≠ 0, an all-zero block, fewer K/V heads."""
+    from attnsearch.runtime.quantize import quantize_fp8
+
+    geom = GEOMS["prefix"]
+    q, k, v = inputs(geom, 4, 128, torch.bfloat16, gqa=2, seed=block_size)
+    q[:, 1, :block_size] = 0
+    fast = quantize_fp8(q, k, v, block_size, kernels=True)
+    slow = quantize_fp8(q, k, v, block_size, kernels=False)
+    for a, b in zip(fast[:3], slow[:3]):
+        assert a.shape == b.shape and a.stride() == b.stride()
+        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+    for a, b in zip(fast[3], slow[3]):
+        assert torch.equal(a, b)

@@ -21,7 +21,7 @@ BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 if not (BIN / "ptxas").exists() or not (BIN / "cuobjdump").exists():
     pytest.skip("triton's bundled ptxas/cuobjdump are missing: cannot build for sm_90a here", allow_module_level=True)
 
-from attnsearch.runtime.triton.launch import TUNING_CONFIGS  # noqa: E402
+from attnsearch.runtime.triton.launch import FP8_TUNING_CONFIGS, TUNING_CONFIGS  # noqa: E402
 
 sass = pytest.importorskip("attnsearch.runtime.hopper.sass")
 probe = sass.probe_triton
@@ -41,7 +41,7 @@ def test_default_tile_fits_three_programs_per_sm(head_dim):
 @pytest.mark.parametrize("head_dim", [128, 64])
 def test_fp8_build_runs_fp8_tensor_core_products_without_spills(head_dim):
     """precision="fp8": both products are e4m3 wgmmas (the PTX names the type), nothing spills."""
-    cfg = TUNING_CONFIGS[(head_dim, 128)][0]
+    cfg = FP8_TUNING_CONFIGS[(head_dim, 128)][0]
     r = probe(cfg, head_dim, 128, "fp8e4nv")
     assert r["spill_bytes"] == 0, r
     assert r["wgmma_types"] >= {"e4m3.e4m3"}, r

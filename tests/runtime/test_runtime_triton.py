@@ -233,7 +233,9 @@ def check_fp8_exact(tk, block_size, block_m, kv_heads):
 @pytest.mark.parametrize("block_size", [64, 128])
 def test_fp8_error_on_random_inputs_is_bounded(interpreter, block_size):
     """Gaussian q, k, v (near-uniform attention, FP8's hard case): within 8% of exact attention, and
-    about ten times the fp16 kernel's error or more (the rounding really happens in FP8)."""
+    about ten times the fp16 kernel's error or more (the rounding really happens in FP8). The
+    interpreter's e4m3 cast of P drops some round-ups a binade (``quantize.quantize_fp8``); the
+    GPU's error on such inputs is 5.3-5.5% (``benchmarks/fp8_layers``)."""
     interpreter("check_fp8_random", block_size)
 
 

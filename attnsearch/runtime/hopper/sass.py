@@ -58,12 +58,14 @@ def _other_args(fn, dtype: str, sig: dict, const: dict, attrs: dict) -> None:
 
 def signature(cfg: KernelConfig, head_dim: int, block: int, dtype: str = "bf16", tma: bool = True):
     """Argument types, constexprs and 16-byte alignment hints as a CUDA launch would specialise them
-    (``dtype`` "fp8e4nv": the FP8 build, whose operands come by pointer, not TMA)."""
+    (``dtype`` "fp8e4nv": the FP8 build, V's descriptor over its channel-major [.., D, N] layout)."""
     fn = triton_kernel.block_sparse_attn_fwd
     sig, const, attrs = {}, {}, {}
     for i, name in enumerate(fn.arg_names):
         if name == "Q" or (name in ("K", "V") and not tma):
             sig[name], attrs[(i,)] = f"*{dtype}", ALIGNED
+        elif name == "V" and dtype == "fp8e4nv":  # channel-major V: [.., D, N] boxes
+            sig[name] = f"tensordesc<{dtype}[1, 1, {head_dim}, {cfg.block_n}]>"
         elif name in ("K", "V"):
             sig[name] = f"tensordesc<{dtype}[1, 1, {cfg.block_n}, {head_dim}]>"
     _other_args(fn, "bf16" if dtype == "fp8e4nv" else dtype, sig, const, attrs)
@@ -77,7 +79,7 @@ def probe_triton(cfg: KernelConfig, head_dim: int, block: int, dtype: str = "bf1
     """Compile the Triton kernel in ``cfg`` for sm_90a: registers, spilled bytes, shared KB, programs per
     SM (min over registers, shared memory and warps), the PTX's wgmma waits and operand types ("bf16.bf16",
     "e4m3.e4m3"; ``dtype`` as in :func:`signature`)."""
-    fn, sig, const, attrs = signature(cfg, head_dim, block, dtype, tma=dtype != "fp8e4nv")
+    fn, sig, const, attrs = signature(cfg, head_dim, block, dtype)
     src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
     options = triton.compiler.make_backend(HOPPER).parse_options(
         {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})

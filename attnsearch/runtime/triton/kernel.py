@@ -34,9 +34,13 @@ P_SCALE = tl.constexpr(448.0)
 
 @triton.jit
 def _load_kv_tile(src, b, kvh, start_n, offs_kv, offs_d, stride_n, stride_d, N, BLOCK_N: tl.constexpr,
-                  HEAD_DIM: tl.constexpr, MASK_KEYS: tl.constexpr, USE_TMA: tl.constexpr):
-    """The [BLOCK_N, HEAD_DIM] K or V tile at key ``start_n`` (a TMA descriptor, or a base pointer)."""
-    if USE_TMA:
+                  HEAD_DIM: tl.constexpr, MASK_KEYS: tl.constexpr, USE_TMA: tl.constexpr,
+                  CHANNEL_MAJOR: tl.constexpr = False):
+    """The [BLOCK_N, HEAD_DIM] K or V tile at key ``start_n`` (a TMA descriptor, or a base pointer).
+    CHANNEL_MAJOR: the descriptor is over a [.., D, N] tensor (FP8's V); its box comes transposed."""
+    if USE_TMA and CHANNEL_MAJOR:
+        tile = tl.trans(src.load([b, kvh, 0, start_n]).reshape(HEAD_DIM, BLOCK_N))
+    elif USE_TMA:
         # Rows ≥ N of the descriptor's [.., N, D] box come back as zeros.
         tile = src.load([b, kvh, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
     elif MASK_KEYS:
@@ -73,7 +77,7 @@ def _attn_fwd_tile(acc, l_i, m_i, q, k_src, v_src, b, kvh, start_n, N,
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
     v = _load_kv_tile(v_src, b, kvh, start_n, offs_kv, offs_d, stride_vn, stride_vd, N, BLOCK_N, HEAD_DIM,
-                      MASK_KEYS, USE_TMA)
+                      MASK_KEYS, USE_TMA, FP8)
     if FP8:
         acc = tl.dot((p * P_SCALE).to(v.dtype), v, acc)
     else:

@@ -85,6 +85,17 @@ TUNING_CONFIGS: dict[tuple[int, int], tuple[KernelConfig, ...]] = {
                KernelConfig(64, 64, 8, 3)),
 }
 
+#: The FP8 kernel's candidates (``precision="fp8"``): its 128-row tiles take twice the bf16 tile's
+#: keys per shared-memory byte, so deeper pipelines fit.
+FP8_TUNING_CONFIGS: dict[tuple[int, int], tuple[KernelConfig, ...]] = {
+    (128, 128): (KernelConfig(128, 128, 8, 2), KernelConfig(128, 128, 8, 3), KernelConfig(128, 128, 8, 2, persistent=1),
+                 KernelConfig(64, 128, 4, 2), KernelConfig(64, 128, 4, 1)),
+    (64, 128): (KernelConfig(128, 64, 4, 3), KernelConfig(128, 128, 8, 3), KernelConfig(128, 128, 8, 4),
+                KernelConfig(64, 128, 4, 2), KernelConfig(128, 128, 4, 3)),
+    (128, 64): (KernelConfig(64, 64, 4, 2), KernelConfig(64, 64, 4, 3)),
+    (64, 64): (KernelConfig(64, 64, 4, 2), KernelConfig(64, 64, 4, 3), KernelConfig(64, 64, 4, 4)),
+}
+
 _TUNED: dict[tuple, KernelConfig] = {}
 
 
@@ -126,7 +137,7 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
         tables: block tables of the layer plan, on q's device.
         work: the launch's ordered work items.
         fp8_scales: q, k, v are ``quantize.quantize_fp8``'s e4m3 operands and these their scales
-            (quantized with the tables' block size); pointer loads, not TMA.
+            (quantized with the tables' block size); V channel-major, read by TMA as [.., D, N].
     """
     batch, num_heads, n, d = q.shape
     bs = tables.block_size
@@ -134,14 +145,16 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
     fp8 = fp8_scales is not None
     if fp8 and not all(t.dtype == FP8 for t in (q, k, v)):
         raise ValueError(f"fp8_scales given for {q.dtype} / {k.dtype} / {v.dtype} operands; expected {FP8}")
-    use_tma = False if fp8 else tma_supported(q, k, v) if config.use_tma is None else config.use_tma
+    v_rows = v.transpose(-1, -2) if fp8 else v          # FP8's V: [B, H_kv, D, N] in memory
+    use_tma = tma_supported(q, k, v_rows) if config.use_tma is None else config.use_tma
     k_arg, v_arg = k, v
     if use_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
 
         box = [1, 1, config.block_n, d]
         k_arg = TensorDescriptor(k, list(k.shape), list(k.stride()), box)
-        v_arg = TensorDescriptor(v, list(v.shape), list(v.stride()), box)
+        v_arg = TensorDescriptor(v_rows, list(v_rows.shape), list(v_rows.stride()),
+                                 [1, 1, d, config.block_n] if fp8 else box)
     num_tiles = work.numel() * (bs // config.block_m) * batch
     num_programs, counter = num_tiles, tables.counts  # counter: unused unless persistent
     if config.persistent:
@@ -202,8 +215,9 @@ def _tune(q, k, v, out, tables, scale, use_tma, fp8_scales: Fp8Scales | None = N
     key = (d, bs, q.dtype, use_tma, q.device.index)
     if key in _TUNED:
         return _TUNED[key]
+    table = FP8_TUNING_CONFIGS if fp8_scales is not None else TUNING_CONFIGS
     candidates = [dataclasses.replace(base, use_tma=use_tma)
-                  for base in TUNING_CONFIGS.get((d, bs), (KernelConfig(min(bs, 128), 64, 4, 2),))]
+                  for base in table.get((d, bs), (KernelConfig(min(bs, 128), 64, 4, 2),))]
     disk_key = tuning_cache.make_key(torch.cuda.get_device_name(q.device), torch.cuda.get_device_capability(q.device),
                                      triton.__version__, source_hash(), d, bs, str(q.dtype).removeprefix("torch."),
                                      use_tma)
@@ -243,7 +257,8 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
         if _INTERPRETED:
             config = INTERPRETER_CONFIG
         else:
-            config = _tune(q, k, v, out, tables, scale, tma_supported(q, k, v) and scales is None, scales)
+            v_rows = v.transpose(-1, -2) if scales is not None else v
+            config = _tune(q, k, v, out, tables, scale, tma_supported(q, k, v_rows), scales)
     for item in tables.launches:
         launch(q, k, v, out, tables, item.work, scale, config, scales)
     return out
