@@ -4,7 +4,7 @@ dispatch: ``backend="auto"`` takes the first of hopper, triton, torch that suppo
     hopper  warp-specialised block-sparse flash attention in Gluon (FlashAttention-3's schedule):
             Hopper GPUs (sm_90), head_dim 64 or 128, block size 128, fp16 / bf16, TMA-aligned strides
     triton  block-sparse flash attention (CUDA; or CPU under TRITON_INTERPRET=1)
-            head_dim 64 or 128, fp16 / bf16 / fp32
+            head_dim 64 or 128, fp16 / bf16 / fp32; products in FP8 too (compute capability ≥ 8.9)
     torch   reference-quality chunked gather in PyTorch: any device, head_dim, floating dtype
     sdpa    dense attention (``runtime.dense``: PyTorch's SDPA, cuDNN's kernel first on Hopper):
             every SDPA keyword; runs all-dense layers the block-sparse kernels do not
@@ -31,6 +31,7 @@ import torch
 from ..plan import LayerPlan
 from .block_tables import get_block_tables
 from .device_caps import tma_compatible
+from .quantize import PRECISIONS
 
 BackendName = Literal["auto", "hopper", "triton", "torch"]
 #: SDPA keywords a block-sparse kernel honours (the rest: ``keyword_reasons``).
@@ -69,12 +70,24 @@ class Backend:
     needs_tma: ClassVar[bool] = False
     #: SDPA keywords it honours (None: all); it needs self-attention unless it honours all.
     keywords: ClassVar[frozenset[str] | None] = SPARSE_KEYWORDS
+    #: What its products run in: "native" (the inputs' dtype), "fp8" (e4m3, ``runtime/quantize.py``).
+    precisions: ClassVar[tuple[str, ...]] = ("native",)
+    #: The compute capability FP8 tensor cores need.
+    fp8_capability: ClassVar[tuple[int, int]] = (8, 9)
 
     @classmethod
     def not_supported_reasons(cls, *, device: str, dtype: torch.dtype, head_dim: int, block_size: int,
-                              capability: tuple[int, int] | None = None, interpret: bool = False) -> list[str]:
+                              capability: tuple[int, int] | None = None, interpret: bool = False,
+                              precision: str = "native") -> list[str]:
         """Why this backend cannot run a call of these properties (empty: it can)."""
         reasons = []
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision: must be one of {PRECISIONS}, got {precision!r}")
+        if precision not in cls.precisions:
+            reasons.append(f"precision {precision!r}: the {cls.name} kernel runs {' / '.join(cls.precisions)} only")
+        elif precision == "fp8" and device == "cuda" and (capability is None or capability < cls.fp8_capability):
+            reasons.append(f"precision 'fp8': FP8 tensor cores need compute capability "
+                           f"{'.'.join(map(str, cls.fp8_capability))} or newer")
         if not cls.runs_on(device, interpret):
             reasons.append(cls.device_reason(device))
         elif cls.no_interpreter and interpret:
@@ -114,12 +127,13 @@ class Backend:
         return []
 
     @classmethod
-    def call_reasons(cls, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int) -> list[str]:
+    def call_reasons(cls, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int,
+                     precision: str = "native") -> list[str]:
         """Why this backend cannot run a call on these tensors (empty: it can)."""
         interpret = interpreter_requested()
         reasons = cls.not_supported_reasons(device=q.device.type, dtype=q.dtype, head_dim=q.shape[-1],
                                             block_size=block_size, capability=_device_capability(q.device),
-                                            interpret=interpret)
+                                            interpret=interpret, precision=precision)
         if not cls.runs_on(q.device.type, interpret):
             return reasons  # no point asking the environment for a device it cannot use
         reasons = cls.environment_reasons(q.device) + reasons
@@ -152,9 +166,11 @@ class Backend:
         return reasons
 
     @classmethod
-    def forward(cls, q, k, v, layer_plan: LayerPlan, scale: float, out: torch.Tensor | None) -> torch.Tensor:
+    def forward(cls, q, k, v, layer_plan: LayerPlan, scale: float, out: torch.Tensor | None,
+                precision: str = "native") -> torch.Tensor:
         """Run the call; ``out`` (optional) receives the result."""
-        return cls.run_tables(q, k, v, get_block_tables(layer_plan, q.device, cls.fusion), scale, out)
+        options = {"precision": precision} if precision != "native" else {}
+        return cls.run_tables(q, k, v, get_block_tables(layer_plan, q.device, cls.fusion), scale, out, **options)
 
     @classmethod
     def run_tables(cls, q, k, v, tables, scale: float, out: torch.Tensor | None, **options) -> torch.Tensor:
@@ -212,6 +228,7 @@ class HopperBackend(Backend):
 class TritonBackend(Backend):
     name = "triton"
     dtypes = (torch.float16, torch.bfloat16, torch.float32)
+    precisions = ("native", "fp8")
     head_dims = (64, 128)  # a power of two its tiles hold whole
     devices = ("cuda",)
     interpreter = True
@@ -279,7 +296,7 @@ class SdpaBackend(Backend):
         return dense_attention(q, k, v, **kwargs)
 
     @classmethod
-    def forward(cls, q, k, v, layer_plan, scale, out):
+    def forward(cls, q, k, v, layer_plan, scale, out, precision="native"):
         result = cls.run_call(q, k, v, {"scale": scale})
         return result if out is None else out.copy_(result)
 
@@ -297,17 +314,17 @@ def get_backend(name: str) -> type[Backend]:
 
 
 def select_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_plan: LayerPlan,
-                   backend: BackendName = "auto") -> type[Backend]:
+                   backend: BackendName = "auto", precision: str = "native") -> type[Backend]:
     """The backend that runs this call: the named one (or raise), or the first that supports it."""
     if backend != "auto":
         chosen = get_backend(backend)
-        reasons = chosen.call_reasons(q, k, v, layer_plan.block_size)
+        reasons = chosen.call_reasons(q, k, v, layer_plan.block_size, precision)
         if reasons:
             raise ValueError(f"backend={backend!r} cannot run this call: {'; '.join(reasons)}")
         return chosen
     skipped = []
     for b in BACKENDS:
-        reasons = b.call_reasons(q, k, v, layer_plan.block_size)
+        reasons = b.call_reasons(q, k, v, layer_plan.block_size, precision)
         if not reasons:
             if b.name == "torch" and skipped and q.device.type == "cuda":
                 msg = "; ".join(f"{name}: {', '.join(r)}" for name, r in skipped)

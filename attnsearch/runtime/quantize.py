@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import torch
 
+#: What a block-sparse kernel's products can run in: the inputs' dtype, or e4m3 (this module).
+PRECISIONS = ("native", "fp8")
 #: e4m3's largest finite magnitude (float8_e4m3fn).
 E4M3_MAX = 448.0
 FP8 = torch.float8_e4m3fn
@@ -106,4 +108,4 @@ def dequantize(x8: torch.Tensor, scale: torch.Tensor, block_size: int | None) ->
     return x * scale.repeat_interleave(block_size, dim=-1)[..., : x.shape[-2], None]
 
 
-__all__ = ["E4M3_MAX", "FP8", "Fp8Scales", "dequantize", "quantize_fp8"]
+__all__ = ["E4M3_MAX", "FP8", "PRECISIONS", "Fp8Scales", "dequantize", "quantize_fp8"]

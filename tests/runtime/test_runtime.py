@@ -305,3 +305,28 @@ def test_zero_skip_heads_clears_exactly_the_skip_heads_of_a_strided_output():
     copy = kept.clone()
     none.zero_skip_heads(kept)  # no skip heads: untouched
     assert torch.equal(kept, copy)
+
+
+# --- precision ------------------------------------------------------------------------------------
+
+
+def test_each_backend_declares_the_precisions_it_runs():
+    from attnsearch.runtime.backends import HopperBackend, TorchBackend, TritonBackend
+
+    common = dict(device="cuda", dtype=torch.bfloat16, head_dim=128, block_size=128)
+    assert TritonBackend.not_supported_reasons(**common, capability=(9, 0), precision="fp8") == []
+    assert any("8.9" in r for r in TritonBackend.not_supported_reasons(**common, capability=(8, 0), precision="fp8"))
+    assert any("native only" in r for r in HopperBackend.not_supported_reasons(**common, capability=(9, 0),
+                                                                               precision="fp8"))
+    assert any("native only" in r for r in TorchBackend.not_supported_reasons(**dict(common, device="cpu"),
+                                                                              precision="fp8"))
+    with pytest.raises(ValueError, match="precision: must be one of"):
+        TritonBackend.not_supported_reasons(**common, capability=(9, 0), precision="int8")
+
+
+def test_fp8_on_the_torch_backend_names_why_not():
+    geom = geometry("prefix", 64)
+    lp = all_patterns(geom, 64)
+    q, k, v = qkv(1, 6, geom.num_tokens, 64)
+    with pytest.raises(ValueError, match="backend='torch' cannot run this call: precision 'fp8'"):
+        sparse_attention(q, k, v, lp, backend="torch", precision="fp8")

@@ -250,6 +250,9 @@ def check_fp8_random(tk, block_size):
     exact = reference(q, k, v, lp, scale=0.125)
     assert rel_err(fp8, exact) <= 0.08
     assert rel_err(native, exact) * 10 < rel_err(fp8, exact)
+    # the public call: "auto" passes over the native-only backends to the FP8 kernel
+    public = sparse_attention(q, k, v, lp, scale=0.125, precision="fp8")
+    assert rel_err(public, exact) <= 0.08
 
 
 if __name__ == "__main__":  # in a Python started with TRITON_INTERPRET=1

@@ -17,12 +17,10 @@ import triton
 from .. import tuning_cache
 from ..block_tables import BlockTables
 from ..device_caps import num_sms, tma_compatible
-from ..quantize import FP8, Fp8Scales, quantize_fp8
+from ..quantize import FP8, PRECISIONS, Fp8Scales, quantize_fp8
 from . import kernel
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-#: What the products run in: the inputs' dtype, or e4m3 (``runtime/quantize.py``).
-PRECISIONS = ("native", "fp8")
 LOG2E = 1.4426950408889634
 
 
