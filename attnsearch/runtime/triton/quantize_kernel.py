@@ -5,6 +5,8 @@ compute the same values in one pass over q and K and two over V, where the PyTor
 several. ``quantize_blocks``: one program per (batch·head, block of rows) takes the block's amax and
 writes its e4m3 rows and scale. ``channel_amax``: per (batch·head, block of rows), each channel's
 amax, merged over blocks with an atomic max (amax ≥ 0, so float order is integer order).
+Divisions are IEEE round-to-nearest (``tl.div_rn``; Triton's ``/`` is an approximate division on
+CUDA), so the bytes equal PyTorch's.
 ``quantize_channels``: divides by the channel scales and writes the block channel-major.
 """
 
@@ -30,9 +32,9 @@ def quantize_blocks(X, X8, Scale, stride_xb, stride_xh, stride_xn, stride_xd, N,
     base = X + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh
     x = tl.load(base + rows[:, None] * stride_xn + d[None, :] * stride_xd, mask=inside, other=0.0).to(tl.float32)
     amax = tl.max(tl.max(tl.abs(x), 1), 0)
-    scale = tl.where(amax > 0, amax / E4M3_MAX, 1.0)
+    scale = tl.where(amax > 0, tl.div_rn(amax, E4M3_MAX), 1.0)
     out = X8 + bh.to(tl.int64) * N * HEAD_DIM
-    tl.store(out + rows[:, None] * HEAD_DIM + d[None, :], (x / scale).to(X8.dtype.element_ty), mask=inside)
+    tl.store(out + rows[:, None] * HEAD_DIM + d[None, :], tl.div_rn(x, scale).to(X8.dtype.element_ty), mask=inside)
     tl.store(Scale + bh * NB + blk, scale)
 
 
@@ -66,4 +68,4 @@ def quantize_channels(X, X8, Scale, stride_xb, stride_xh, stride_xn, stride_xd, 
     x = tl.load(base + rows[:, None] * stride_xn + d[None, :] * stride_xd, mask=inside, other=0.0).to(tl.float32)
     scale = tl.load(Scale + bh * HEAD_DIM + d)
     out = X8 + bh.to(tl.int64) * HEAD_DIM * N_PAD
-    tl.store(out + d[None, :] * N_PAD + rows[:, None], (x / scale[None, :]).to(X8.dtype.element_ty), mask=inside)
+    tl.store(out + d[None, :] * N_PAD + rows[:, None], tl.div_rn(x, scale[None, :]).to(X8.dtype.element_ty), mask=inside)
