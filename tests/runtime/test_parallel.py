@@ -171,8 +171,13 @@ def test_two_gloo_ranks_under_diffusers_ulysses_reproduce_the_one_process_plan()
     pytest.importorskip("diffusers")
     import torch.multiprocessing as mp
 
-    ctx = mp.get_context("spawn")
+    # Where there is a fork server, the ranks are forked from one that has imported diffusers and
+    # this module once for both (each is still a fresh process of its own, as a spawned one is).
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload([__name__, "test_diffusers_dispatch", "diffusers"])
     results = ctx.Queue()
-    mp.spawn(_ulysses_rank, args=(2, _free_port(), results), nprocs=2)
+    mp.start_processes(_ulysses_rank, args=(2, _free_port(), results), nprocs=2, start_method=method)
     got = sorted(results.get(timeout=60) for _ in range(2))
     assert got == [(0, range(0, 2), 2, True), (1, range(2, 4), 2, True)]
