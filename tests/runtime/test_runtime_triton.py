@@ -255,10 +255,44 @@ def check_fp8_random(tk, block_size):
     assert rel_err(public, exact) <= 0.08
 
 
+def list_builtins_once() -> None:
+    """Make Triton's interpreter list each language namespace's builtins once, not on every call.
+
+    On every call of a ``@triton.jit`` helper from inside a kernel, the interpreter patches
+    ``triton.language`` again: ``_patch_builtin`` walks every member of each namespace with
+    ``inspect.getmembers`` to find the builtins, a third of these checks' time. Which names are
+    builtins never changes, so here they are found once per namespace; each call still patches
+    exactly what the interpreter's own would (a member already patched is no longer a builtin
+    and is skipped, as before). Left alone where the interpreter's internals differ.
+    """
+    import inspect
+
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    original = getattr(interpreter, "_patch_builtin", None)
+    if (original is None or not hasattr(interpreter, "_patch_attr")
+            or list(inspect.signature(original).parameters) != ["pkg", "builder", "scope"]):
+        return
+    names: dict[int, list[str]] = {}
+
+    def patch_builtin(pkg, builder, scope):
+        if id(pkg) not in names:
+            names[id(pkg)] = [name for name, member in inspect.getmembers(pkg) if tl.core.is_builtin(member)]
+        for name in names[id(pkg)]:
+            member = getattr(pkg, name)
+            if tl.core.is_builtin(member):
+                interpreter._patch_attr(pkg, name, member, builder, scope)
+
+    interpreter._patch_builtin = patch_builtin
+
+
 if __name__ == "__main__":  # in a Python started with TRITON_INTERPRET=1
     import traceback
 
     from attnsearch.runtime.triton import launch as triton_kernel
+
+    list_builtins_once()
 
     assert triton_kernel.interpreter_active(), "run with TRITON_INTERPRET=1 set before Python starts"
     if len(sys.argv) > 1:  # one check, named on the command line
