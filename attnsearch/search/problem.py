@@ -90,7 +90,9 @@ class Problem:
         cost[..., space.skip_col] = cost_model.fill_head_ms(self.N)
         # float32: the trial loop is memory-bound over [steps, layers, heads, candidates].
         self.cost = np.where(np.isnan(space.density), np.inf, cost).astype(np.float32)
-        self.err2 = (np.where(np.isnan(space.rel_err), 0.0, space.rel_err) ** 2).astype(np.float32)
+        # An error too large for float32 stays the largest float32, not an overflow to inf.
+        err2 = np.where(np.isnan(space.rel_err), 0.0, space.rel_err) ** 2
+        self.err2 = np.minimum(err2, np.finfo(np.float32).max).astype(np.float32)
         self.launch = cost_model.launch_overhead_ms(B)
         self.fill = cost_model.fill_overhead_ms()
         # A dense layer of the plan (a dense unit, a warm-up step) costs what the runtime runs it with

@@ -106,6 +106,20 @@ def test_tau_restricts_to_the_classified_family(small_profile):
         assert ok == ({r.pattern, "dense", "skip"} if r.pattern != "dense" else {"dense", "skip"})
 
 
+def test_an_error_beyond_float32_stays_the_largest_error(small_profile):
+    """A finite rel_err whose square overflows float32 (a broken or adversarial profile) becomes the
+    largest float32 error, with no overflow warning, and the solver never prefers it."""
+    _, prof = small_profile
+    space = build_space(prof)
+    space.rel_err[..., 1] = 1e20
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pb = Problem(space, CostModel("nvidia-h100-80gb-hbm3", head_dim=128))
+    assert np.isfinite(pb.err2).all() and (pb.err2[..., 1] == np.finfo(np.float32).max).all()
+    a = pb.solve(Knobs(lam=0.05, warmup=0, ranges=1, dense_layers=0, block_size=64))
+    assert (a.choice != 1).all()
+
+
 def test_plan_covers_every_site_and_matches_the_solution(small_profile):
     _, prof = small_profile
     pb = Problem(build_space(prof), CostModel("nvidia-h100-80gb-hbm3", head_dim=128))
