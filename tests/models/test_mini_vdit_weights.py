@@ -44,8 +44,8 @@ def test_the_model_card_is_its_record_rendered_and_describes_these_weights():
 
 @pytest.fixture(scope="module")
 def heldout_frames():
-    """The card's own generation (``card.generate``: batches of 8 clips, which on the CPU run about
-    20% faster than all 64 at once and give the same frames)."""
+    """The card's own generation (``card.generate``, batches of 8 clips: the same frames as all 64 at
+    once)."""
     conds = heldout_conditions(NUM_HELDOUT)
     with torch.inference_mode():
         frames = generate(load_pretrained(), conds, (8, 32, 32), EVAL_SEED_START, CHECK_STEPS, DEFAULT_GUIDANCE,
