@@ -36,13 +36,19 @@ class Fp8Scales(NamedTuple):
     v: torch.Tensor
 
 
+def _scale(amax: torch.Tensor) -> torch.Tensor:
+    """amax / E4M3_MAX rounded as IEEE division, 1 where amax is 0. The divisor is a tensor: with a
+    Python-scalar divisor PyTorch on CUDA gave scales one ulp off the IEEE quotient (H100)."""
+    return torch.where(amax > 0, amax / torch.full_like(amax, E4M3_MAX), torch.ones_like(amax))
+
+
 def _per_block(x: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     batch, heads, n, d = x.shape
     nb = math.ceil(n / block_size)
     padded = torch.nn.functional.pad(x.float(), (0, 0, 0, nb * block_size - n))
     blocks = padded.view(batch, heads, nb, block_size, d)
     amax = blocks.abs().amax(dim=(-2, -1))
-    scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
+    scale = _scale(amax)
     x8 = (blocks / scale[..., None, None]).to(FP8).view(batch, heads, nb * block_size, d)[:, :, :n].contiguous()
     return x8, scale.contiguous()
 
@@ -50,7 +56,7 @@ def _per_block(x: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Te
 def _per_channel_transposed(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     batch, heads, n, d = v.shape
     amax = v.float().abs().amax(dim=-2)                                   # [B, H, D]
-    scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
+    scale = _scale(amax)
     # [B, H, D, N] storage, rows padded to 16 bytes (what a TMA descriptor over it needs)
     storage = torch.empty(batch, heads, d, -(-n // 16) * 16, dtype=FP8, device=v.device)
     storage[..., :n] = (v.float().transpose(-1, -2) / scale[..., None]).to(FP8)
@@ -93,7 +99,7 @@ def _quantize_triton(q, k, v, block_size):
     grid = (batch * heads, math.ceil(n / block_size))
     amax = torch.zeros(batch, heads, d, dtype=torch.float32, device=v.device)
     qk.channel_amax[grid](v, amax, *v.stride(), n, heads, BLOCK=block_size, HEAD_DIM=d)
-    vs = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
+    vs = _scale(amax)
     n_pad = -(-n // 16) * 16
     storage = torch.empty(batch, heads, d, n_pad, dtype=FP8, device=v.device)
     qk.quantize_channels[grid](v, storage, vs, *v.stride(), n, n_pad, heads, BLOCK=block_size, HEAD_DIM=d)
