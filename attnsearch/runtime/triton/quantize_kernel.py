@@ -19,39 +19,38 @@ E4M3_MAX = tl.constexpr(448.0)
 
 
 @triton.jit
+def _row_block(X, stride_xb, stride_xh, stride_xn, stride_xd, N, H, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """This program's (batch·head, block) tile of X [B, H, N, D] in float32 (rows ≥ N read as 0),
+    its row indices and whether each row is inside N."""
+    bh = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    d = tl.arange(0, HEAD_DIM)
+    inside = rows[:, None] < N
+    base = X + (bh // H).to(tl.int64) * stride_xb + (bh % H).to(tl.int64) * stride_xh
+    x = tl.load(base + rows[:, None] * stride_xn + d[None, :] * stride_xd, mask=inside, other=0.0)
+    return x.to(tl.float32), rows, inside
+
+
+@triton.jit
 def quantize_blocks(X, X8, Scale, stride_xb, stride_xh, stride_xn, stride_xd, N, NB, H,
                     BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
     """X [B, H, N, D] (any strides) → X8 [B, H, N, D] contiguous e4m3, Scale [B, H, NB] float32."""
     bh = tl.program_id(0)
-    blk = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    rows = blk * BLOCK + tl.arange(0, BLOCK)
-    d = tl.arange(0, HEAD_DIM)
-    inside = rows[:, None] < N
-    base = X + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh
-    x = tl.load(base + rows[:, None] * stride_xn + d[None, :] * stride_xd, mask=inside, other=0.0).to(tl.float32)
+    x, rows, inside = _row_block(X, stride_xb, stride_xh, stride_xn, stride_xd, N, H, BLOCK, HEAD_DIM)
     amax = tl.max(tl.max(tl.abs(x), 1), 0)
     scale = tl.where(amax > 0, tl.div_rn(amax, E4M3_MAX), 1.0)
     out = X8 + bh.to(tl.int64) * N * HEAD_DIM
     x8 = tl.div_rn(x, scale).to(X8.dtype.element_ty)
-    tl.store(out + rows[:, None] * HEAD_DIM + d[None, :], x8, mask=inside)
-    tl.store(Scale + bh * NB + blk, scale)
+    tl.store(out + rows[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :], x8, mask=inside)
+    tl.store(Scale + bh * NB + tl.program_id(1), scale)
 
 
 @triton.jit
 def channel_amax(X, Amax, stride_xb, stride_xh, stride_xn, stride_xd, N, H,
                  BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
     """Amax [B, H, D] float32 (zeroed) ← max over rows of |X| [B, H, N, D]."""
-    bh = tl.program_id(0)
-    blk = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    rows = blk * BLOCK + tl.arange(0, BLOCK)
-    d = tl.arange(0, HEAD_DIM)
-    base = X + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh
-    x = tl.load(base + rows[:, None] * stride_xn + d[None, :] * stride_xd, mask=rows[:, None] < N, other=0.0)
-    tl.atomic_max(Amax + bh * HEAD_DIM + d, tl.max(tl.abs(x.to(tl.float32)), 0))
+    x, _, _ = _row_block(X, stride_xb, stride_xh, stride_xn, stride_xd, N, H, BLOCK, HEAD_DIM)
+    tl.atomic_max(Amax + tl.program_id(0) * HEAD_DIM + tl.arange(0, HEAD_DIM), tl.max(tl.abs(x), 0))
 
 
 @triton.jit
@@ -59,14 +58,8 @@ def quantize_channels(X, X8, Scale, stride_xb, stride_xh, stride_xn, stride_xd, 
                       BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
     """X [B, H, N, D] / Scale [B, H, D] → X8 [B, H, D, N_PAD] e4m3 (columns ≥ N untouched)."""
     bh = tl.program_id(0)
-    blk = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    rows = blk * BLOCK + tl.arange(0, BLOCK)
+    x, rows, inside = _row_block(X, stride_xb, stride_xh, stride_xn, stride_xd, N, H, BLOCK, HEAD_DIM)
     d = tl.arange(0, HEAD_DIM)
-    inside = rows[:, None] < N
-    base = X + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh
-    x = tl.load(base + rows[:, None] * stride_xn + d[None, :] * stride_xd, mask=inside, other=0.0).to(tl.float32)
     scale = tl.load(Scale + bh * HEAD_DIM + d)
     out = X8 + bh.to(tl.int64) * HEAD_DIM * N_PAD
     x8 = tl.div_rn(x, scale[None, :]).to(X8.dtype.element_ty)
