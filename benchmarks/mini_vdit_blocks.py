@@ -41,7 +41,8 @@ from attnsearch.atomic_io import write_text_atomic
 from attnsearch.bench.output import environment
 from attnsearch.evaluate import load_generator, video_quality
 from attnsearch.evaluate.generator import Video
-from attnsearch.models.mini_vdit import make_noise, sample, to_frames, train_conditions
+from attnsearch.models.mini_vdit import make_noise, sample, train_conditions
+from attnsearch.patterns import expand_block_mask
 from attnsearch.profiling import capture_attention
 from attnsearch.report.style import save_figure
 
@@ -87,7 +88,7 @@ def masked_attention(q, k, v, keep: torch.Tensor, scale: float, pooled: bool) ->
     nb = keep.shape[-1]
     qf, kf, vf = q.float(), k.float(), v.float()
     s = (qf @ kf.transpose(-1, -2)) * scale
-    tokens = keep.repeat_interleave(BLOCK, -2).repeat_interleave(BLOCK, -1)[..., :n, :n]
+    tokens = expand_block_mask(keep, n, BLOCK)
     s = s.masked_fill(~tokens, -math.inf)
     if pooled:
         pad = nb * BLOCK - n
