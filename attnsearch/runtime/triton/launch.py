@@ -241,6 +241,8 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
     on the first call that needs it. ``precision``: "native" (the products in q's dtype) or "fp8"
     (q, k, v quantized to e4m3 by ``quantize_fp8`` first, one pass over each; output in q's dtype).
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: must be one of {PRECISIONS}, got {precision!r}")
     batch, num_heads, n, d = q.shape
     if out is None:
         out = torch.empty(batch, num_heads, n, d, dtype=q.dtype, device=q.device)
@@ -250,8 +252,6 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
     scales = None
     if precision == "fp8":
         q, k, v, scales = quantize_fp8(q, k, v, tables.block_size)
-    elif precision != "native":
-        raise ValueError(f"precision: must be one of {PRECISIONS}, got {precision!r}")
     if config is None:
         if _INTERPRETED:
             config = INTERPRETER_CONFIG
