@@ -114,4 +114,35 @@ def dequantize(x8: torch.Tensor, scale: torch.Tensor, block_size: int | None) ->
     return x * scale.repeat_interleave(block_size, dim=-1)[..., : x.shape[-2], None]
 
 
-__all__ = ["E4M3_MAX", "FP8", "PRECISIONS", "Fp8Scales", "dequantize", "quantize_fp8"]
+def fp8_operands(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float32 q, k, v as the FP8 kernel's products see them: quantized by :func:`quantize_fp8`
+    (the PyTorch definition) and dequantized."""
+    q8, k8, v8, s = quantize_fp8(q, k, v, block_size, kernels=False)
+    return dequantize(q8, s.q, block_size), dequantize(k8, s.k, block_size), dequantize(v8, s.v, None)
+
+
+def round_probabilities(p: torch.Tensor) -> torch.Tensor:
+    """Unnormalised softmax weights p = exp(s − m) ∈ [0, 1] as the FP8 kernel's P·V product sees them:
+    ``e4m3(p · E4M3_MAX) / E4M3_MAX`` in float32 (the row sum stays unrounded)."""
+    return (p.float() * E4M3_MAX).to(FP8).float() / E4M3_MAX
+
+
+def fp8_attention_rows(s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The FP8 kernel's output for rows of scaled logits ``s`` [..., keys] (−inf: not kept) over
+    dequantized values ``v`` [..., keys, D], in float32: P = exp(s − max) rounded by
+    :func:`round_probabilities`, divided by the unrounded row sum. A row with no kept key is zero.
+
+    The kernel subtracts its running maximum, which reaches the row's maximum by the last key
+    block; the rounding is relative, so the two differ only where P·448 falls into e4m3's
+    subnormals (P < 2^-6 / 448)."""
+    m = s.amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    p = torch.exp(s - m)
+    l = p.sum(-1, keepdim=True)
+    o = torch.matmul(round_probabilities(p), v.float())
+    return torch.where(l > 0, o / l.clamp_min(1e-30), torch.zeros_like(o))
+
+
+__all__ = ["E4M3_MAX", "FP8", "PRECISIONS", "Fp8Scales", "dequantize", "fp8_attention_rows", "fp8_operands",
+           "quantize_fp8", "round_probabilities"]

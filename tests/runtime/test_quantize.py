@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from attnsearch.runtime.quantize import E4M3_MAX, FP8, dequantize, quantize_fp8
+from attnsearch.runtime.quantize import (E4M3_MAX, FP8, dequantize, fp8_attention_rows, quantize_fp8,
+                                         round_probabilities)
 
 #: e4m3 keeps 3 mantissa bits: round-to-nearest errs by at most 2^-4 of a normal value; below
 #: 2^-6 (× scale) values are subnormal, spaced 2^-9 apart.
@@ -60,3 +63,37 @@ def test_v_is_stored_channel_major_and_zero_groups_take_scale_one():
     q8, _, v8, s = quantize_fp8(q, k, v, 64)
     assert v8.stride(-2) == 1 and v8.stride(-1) == 144        # [B, H, D, N] in memory, rows of 16 bytes
     assert (s.q[:, :, 0] == 1).all() and (q8[:, :, :64].float() == 0).all()
+
+
+def test_round_probabilities_is_e4m3_of_the_scaled_weight():
+    p = torch.tensor([1.0, 0.5, 0.3, 1e-3, 1e-6, 0.0])
+    got = round_probabilities(p)
+    assert got[0] == 1.0 and got[1] == 0.5 and got[-1] == 0.0      # powers of two and 0 are exact
+    assert abs(got[2] - 0.3) <= 0.3 * 2 ** -4                        # 3 mantissa bits: half an ulp
+    assert got[4] == 0.0                                             # below e4m3's smallest subnormal / 448
+    assert torch.equal(got, (p * 448).to(torch.float8_e4m3fn).float() / 448)
+
+
+def test_fp8_attention_rows_equals_softmax_where_the_weights_are_exact():
+    # Logits whose exp(s − max) are powers of two ≥ 2^-6: e4m3 holds P·448 exactly, so the rows are softmax's.
+    g = torch.Generator().manual_seed(0)
+    s = -torch.randint(0, 7, (3, 5, 40), generator=g).double() * math.log(2)
+    s[0, 0, 10:] = float("-inf")                                     # a row with few kept keys
+    s[1, 2] = float("-inf")                                          # a row with none: zero
+    v = torch.randn(3, 40, 8, generator=g)
+    got = fp8_attention_rows(s.float(), v)
+    ref = torch.softmax(s, -1).nan_to_num(0.0) @ v.double()
+    assert torch.allclose(got.double(), ref, atol=1e-5)
+    assert torch.equal(got[1, 2], torch.zeros(8))
+
+
+def test_fp8_attention_rows_error_is_bounded_by_the_rounding_of_p():
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(4, 16, 300, generator=g) * 3
+    v = torch.randn(4, 300, 32, generator=g)
+    got = fp8_attention_rows(s, v).double()
+    ref = torch.softmax(s.double(), -1) @ v.double()
+    # Each weight moves by at most 2^-4 of itself (or 2^-9/448 absolutely, near zero).
+    bound = (torch.softmax(s.double(), -1) * 2 ** -4 + 2 ** -9 / 448) @ v.double().abs()
+    assert ((got - ref).abs() <= bound + 1e-6).all()
+    assert not torch.allclose(got, ref, atol=1e-4)                   # the rounding is there
