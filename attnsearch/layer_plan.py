@@ -20,9 +20,18 @@ from .plan_checks import (MAX_HEADS, PlanError, as_int, as_list, as_object, chec
 from .retarget import check_target, retarget_params
 
 
+#: What a head's kept blocks are computed in: "native" (the call's dtype, bf16 or fp16) or "fp8"
+#: (e4m3 products with per-block scales; docs/design.md, "Precision"). The runtime's quantization
+#: module defines the arithmetic; this tuple is the vocabulary plans use.
+PRECISIONS = ("native", "fp8")
+#: The precision of a group whose plan entry names none.
+DEFAULT_PRECISION = "native"
+
+
 @dataclass(frozen=True, eq=False)
 class HeadGroup:
-    """Heads of one layer that run one pattern family; ``params[i]`` belongs to ``heads[i]``.
+    """Heads of one layer that run one pattern family in one precision; ``params[i]`` belongs to
+    ``heads[i]``.
 
     ``params`` are normalized (defaults filled in, canonical types) by the constructor.
     """
@@ -30,10 +39,11 @@ class HeadGroup:
     pattern: str
     heads: tuple[int, ...]
     params: tuple[dict[str, Any], ...]
+    precision: str = DEFAULT_PRECISION
 
     @cached_property
     def key(self) -> tuple:
-        return (self.pattern, self.heads, tuple(params_key(p) for p in self.params))
+        return (self.pattern, self.heads, tuple(params_key(p) for p in self.params), self.precision)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, HeadGroup) and self.key == other.key
@@ -42,17 +52,26 @@ class HeadGroup:
         return hash(self.key)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"pattern": self.pattern, "heads": list(self.heads), "params": [dict(p) for p in self.params]}
+        """The group's plan-JSON object (``precision`` written only when it is not the default)."""
+        out = {"pattern": self.pattern, "heads": list(self.heads), "params": [dict(p) for p in self.params]}
+        if self.precision != DEFAULT_PRECISION:
+            out["precision"] = self.precision
+        return out
 
 
 def _parse_group(raw: Any, geometry: Geometry, block_size: int, num_heads: int, path: str) -> HeadGroup:
     if isinstance(raw, HeadGroup):
         raw = raw.to_dict()
     obj = as_object(raw, path)
-    check_keys(obj, path, ("pattern", "heads", "params"))
+    check_keys(obj, path, ("pattern", "heads", "params"), ("precision",))
     pattern = obj["pattern"]
     if not isinstance(pattern, str):
         raise PlanError(f"{path}.pattern: must be a string, got {pattern!r}")
+    precision = obj.get("precision", DEFAULT_PRECISION)
+    if precision not in PRECISIONS:
+        raise PlanError(f"{path}.precision: must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
+    if precision != DEFAULT_PRECISION and pattern == "skip":
+        raise PlanError(f"{path}.precision: a skip group computes nothing; it takes no precision")
     heads = as_list(obj["heads"], f"{path}.heads")
     if not heads:
         raise PlanError(f"{path}.heads: must list at least one head")
@@ -73,7 +92,7 @@ def _parse_group(raw: Any, geometry: Geometry, block_size: int, num_heads: int, 
             raise pattern_error(err, ppath) from None
         check_extent(pattern, n, geometry, ppath)
         norm.append(n)
-    return HeadGroup(pattern, heads, tuple(norm))
+    return HeadGroup(pattern, heads, tuple(norm), precision)
 
 
 @dataclass(frozen=True, eq=False)
@@ -125,17 +144,19 @@ class LayerPlan:
         return hash(self.key)
 
     def __repr__(self) -> str:
-        fams = ", ".join(f"{g.pattern}×{len(g.heads)}" for g in self.groups)
+        fams = ", ".join(f"{g.pattern}×{len(g.heads)}" + ("" if g.precision == DEFAULT_PRECISION else f" {g.precision}")
+                         for g in self.groups)
         return f"LayerPlan({self.geometry}, B={self.block_size}, H={self.num_heads}: {fams})"
 
     # -- constructors ----------------------------------------------------------------------------
 
     @classmethod
     def single(cls, pattern: str, params: Mapping[str, Any] | None, geometry: Geometry, num_heads: int,
-               block_size: int) -> LayerPlan:
-        """Every head runs ``pattern`` with the same ``params``."""
+               block_size: int, precision: str = DEFAULT_PRECISION) -> LayerPlan:
+        """Every head runs ``pattern`` with the same ``params`` in ``precision``."""
         heads = list(range(num_heads))
-        group = {"pattern": pattern, "heads": heads, "params": [dict(params or {}) for _ in heads]}
+        group = {"pattern": pattern, "heads": heads, "params": [dict(params or {}) for _ in heads],
+                 "precision": precision}
         return cls(geometry, block_size, num_heads, (group,))
 
     @classmethod
@@ -144,14 +165,19 @@ class LayerPlan:
 
     @classmethod
     def from_heads(cls, heads: Sequence[tuple[str, Mapping[str, Any] | None]], geometry: Geometry,
-                   block_size: int) -> LayerPlan:
-        """One (pattern, params) per head; heads of one pattern family form one group."""
-        by_pattern: dict[str, dict[str, list]] = {}
+                   block_size: int, precisions: Sequence[str] | None = None) -> LayerPlan:
+        """One (pattern, params) per head, and optionally one precision per head (default: native);
+        heads of one pattern family and precision form one group."""
+        if precisions is not None and len(precisions) != len(heads):
+            raise PlanError(f"precisions: {len(precisions)} entries for {len(heads)} heads (one per head)")
+        groups: dict[tuple[str, str], dict[str, Any]] = {}
         for h, (pattern, params) in enumerate(heads):
-            g = by_pattern.setdefault(pattern, {"pattern": pattern, "heads": [], "params": []})
+            precision = DEFAULT_PRECISION if precisions is None or pattern == "skip" else precisions[h]
+            g = groups.setdefault((pattern, precision), {"pattern": pattern, "heads": [], "params": [],
+                                                          "precision": precision})
             g["heads"].append(h)
             g["params"].append(dict(params or {}))
-        return cls(geometry, block_size, len(heads), tuple(by_pattern.values()))
+        return cls(geometry, block_size, len(heads), tuple(groups.values()))
 
     # -- per-head views --------------------------------------------------------------------------
 
@@ -163,6 +189,25 @@ class LayerPlan:
             for h, p in zip(g.heads, g.params, strict=True):
                 spec[h] = (g.pattern, p)
         return tuple(spec)
+
+    @cached_property
+    def head_precisions(self) -> tuple[str, ...]:
+        """The precision of every head, in head order (skip heads: the default)."""
+        out = [DEFAULT_PRECISION] * self.num_heads
+        for g in self.groups:
+            for h in g.heads:
+                out[h] = g.precision
+        return tuple(out)
+
+    def precision_heads(self, precision: str) -> tuple[int, ...]:
+        """The computed heads (not skip) that run in ``precision``, ascending."""
+        return tuple(h for h in self.computed_heads if self.head_precisions[h] == precision)
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions the layer's computed heads run in, in :data:`PRECISIONS` order."""
+        used = {self.head_precisions[h] for h in self.computed_heads}
+        return tuple(p for p in PRECISIONS if p in used)
 
     @property
     def num_blocks(self) -> int:
@@ -178,8 +223,9 @@ class LayerPlan:
 
     @property
     def is_dense(self) -> bool:
-        """Every head of the layer is dense (exact attention: the runtime runs it as such)."""
-        return all(g.pattern == "dense" for g in self.groups)
+        """Every head of the layer is dense in native precision (exact attention: the runtime runs it
+        as such, on cuDNN or the Hopper kernel)."""
+        return all(g.pattern == "dense" and g.precision == DEFAULT_PRECISION for g in self.groups)
 
     def block_masks(self) -> torch.Tensor:
         """Per-head block masks, bool [H, nb, nb] on CPU (built once per LayerPlan; do not mutate)."""
@@ -219,6 +265,12 @@ class LayerPlan:
         """The ``groups`` list of this layer's plan-JSON entry."""
         return [g.to_dict() for g in self.groups]
 
+    def with_precision(self, precision: str) -> LayerPlan:
+        """This layer plan with every computed head's kept blocks in ``precision`` (same masks)."""
+        groups = tuple({**g.to_dict(), "precision": DEFAULT_PRECISION if g.pattern == "skip" else precision}
+                       for g in self.groups)
+        return LayerPlan(self.geometry, self.block_size, self.num_heads, groups)
+
     def for_geometry(self, geometry: Geometry) -> LayerPlan:
         """This layer plan at another geometry (:mod:`attnsearch.retarget`): every head's parameters
         carried over in their own units; ``self`` at its own geometry. PlanError naming the field
@@ -226,10 +278,10 @@ class LayerPlan:
         if geometry == self.geometry:
             return self
         check_target(self.geometry, geometry)
-        groups = tuple({"pattern": g.pattern, "heads": list(g.heads),
+        groups = tuple({"pattern": g.pattern, "heads": list(g.heads), "precision": g.precision,
                         "params": [retarget_params(g.pattern, p, self.geometry, geometry, self.block_size)
                                    for p in g.params]} for g in self.groups)
         return LayerPlan(geometry, self.block_size, self.num_heads, groups)
 
 
-__all__ = ["HeadGroup", "LayerPlan"]
+__all__ = ["DEFAULT_PRECISION", "PRECISIONS", "HeadGroup", "LayerPlan"]

@@ -1,8 +1,9 @@
 """Sparse-attention plans: which pattern every (step, layer, head) runs, as JSON and in memory.
 
-A plan file (format ``attnsearch-plan``, version 1; docs/design.md) holds a schedule of step ranges
-[start, stop). Each entry runs every layer dense, or lists every layer with its head groups: the
-heads of one layer that share a pattern family, each head with its own parameters.
+A plan file (format ``attnsearch-plan``, version 2; version 1 files load too; docs/design.md) holds a
+schedule of step ranges [start, stop). Each entry runs every layer dense, or lists every layer with
+its head groups: the heads of one layer that share a pattern family and a precision (native, or
+FP8 kept blocks), each head with its own parameters.
 
     >>> plan = load_plan("plans/wan.json")
     >>> lp = plan.layer_plan(step=3, layer=12)      # LayerPlan: geometry, block size, head groups
@@ -59,7 +60,10 @@ from .plan_checks import (INT_MAX, MAX_HEADS, MAX_TOKENS, NULL_WHEN_NOT_FINITE, 
 from .retarget import check_target
 
 FORMAT = "attnsearch-plan"
-VERSION = 1
+#: The version written. Version 2 adds a head group's optional ``precision``; version 1 plans load
+#: unchanged (every group native).
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 _TOP_REQUIRED = ("format", "version", "geometry", "block_size", "num_steps", "num_layers", "num_heads",
                  "schedule")
@@ -252,8 +256,10 @@ class Plan:
         check_json_data(obj, "")
         if obj["format"] != FORMAT:
             raise PlanError(f"format: expected {FORMAT!r}, got {obj['format']!r}")
-        if obj["version"] != VERSION or isinstance(obj["version"], bool):
-            raise PlanError(f"version: this attnsearch reads version {VERSION}, got {obj['version']!r}")
+        version = obj["version"]
+        if version not in READABLE_VERSIONS or isinstance(version, bool) or not isinstance(version, int):
+            raise PlanError(f"version: this attnsearch reads versions {', '.join(map(str, READABLE_VERSIONS))}, "
+                            f"got {version!r}")
         try:
             geometry = Geometry.from_dict(as_object(obj["geometry"], "geometry"))
         except GeometryError as err:
@@ -301,6 +307,11 @@ class Plan:
                     raise PlanError(f"{lpath}.layer: layer {layer} already listed at "
                                     f"{path}.layers[{where[layer]}]")
                 groups = as_list(lobj["groups"], f"{lpath}.groups")
+                if version == 1:
+                    for g, graw in enumerate(groups):
+                        if isinstance(graw, Mapping) and "precision" in graw:
+                            raise PlanError(f"{lpath}.groups[{g}].precision: a version 1 plan has no precision "
+                                            "(it came with version 2)")
                 try:
                     by_layer[layer] = LayerPlan(geometry, block_size, num_heads, tuple(groups))
                 except PlanError as err:  # LayerPlan names fields relative to the layer
@@ -364,5 +375,5 @@ def write_plan(plan: Plan, path: str | os.PathLike, *, inputs: Iterable[str | os
     return write_json_atomic(path, plan.to_dict(), inputs=inputs)
 
 
-__all__ = ["FORMAT", "MAX_HEADS", "MAX_TOKENS", "NULL_WHEN_NOT_FINITE", "VERSION", "HeadGroup", "LayerPlan",
+__all__ = ["FORMAT", "MAX_HEADS", "READABLE_VERSIONS", "MAX_TOKENS", "NULL_WHEN_NOT_FINITE", "VERSION", "HeadGroup", "LayerPlan",
            "Plan", "PlanError", "ScheduleEntry", "load_plan", "validate_plan", "write_plan"]

@@ -60,13 +60,15 @@ def bench_layer(geometry: Geometry, heads: int, head_dim: int, target: float, re
     inputs = fresh_inputs(shape, torch.bfloat16, 2)
     scale = head_dim ** -0.5
     tables = get_block_tables(lp, "cuda")
+    fp8_tables = get_block_tables(lp.with_precision("fp8"), "cuda")
     out = torch.empty(shape, dtype=torch.bfloat16, device="cuda")
     auto = select_backend(*inputs[0], lp)
     quantized = [quantize_fp8(*x, BLOCK) for x in inputs]
     runs = {
         f"bf16 {auto.name}": lambda x: auto.run_tables(*x, tables, scale, out),
         "bf16 triton": lambda x: TritonBackend.run_tables(*x, tables, scale, out),
-        "fp8 triton (with quantization)": lambda x: TritonBackend.run_tables(*x, tables, scale, out, precision="fp8"),
+        "fp8 triton (with quantization)": lambda x: TritonBackend.run_tables(*x, fp8_tables, scale, out,
+                                                                             precision="fp8"),
         "quantization alone": lambda x: quantize_fp8(*x, BLOCK),
     }
     row = {"geometry": geometry.to_dict(), "shape": list(shape), "density": lp.density, "block_size": BLOCK}
@@ -83,8 +85,8 @@ def bench_layer(geometry: Geometry, heads: int, head_dim: int, target: float, re
 
     def kernel_only(i):
         q8, k8, v8, s = quantized[i]
-        for item in tables.launches:
-            launch(q8, k8, v8, out, tables, item.work, scale, cfg, s)
+        for item in fp8_tables.launches:
+            launch(q8, k8, v8, out, fp8_tables, item.work, scale, cfg, s)
 
     ms = time_ms(kernel_only, [0, 1], 3, reps)["median"]
     row["fp8 triton kernel alone"] = {"ms": ms, "tflops": fl / ms / 1e9}

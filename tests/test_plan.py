@@ -24,7 +24,7 @@ def plan_dict():
     sparse_layers = [
         {"layer": 0, "groups": [
             {"pattern": "diagonal", "heads": [0, 2], "params": [{"rows": 1}, {"rows": 2.5}]},
-            {"pattern": "energy_decay", "heads": [1], "params": [{"decay": 0.5}]},
+            {"pattern": "energy_decay", "heads": [1], "params": [{"decay": 0.5}], "precision": "fp8"},
             {"pattern": "skip", "heads": [3], "params": [{}]},
         ]},
         {"layer": 2, "groups": [
@@ -36,7 +36,7 @@ def plan_dict():
         {"layer": 1, "groups": [{"pattern": "dense", "heads": [0, 1, 2, 3], "params": [{}] * 4}]},
     ]
     return {
-        "format": "attnsearch-plan", "version": 1,
+        "format": "attnsearch-plan", "version": 2,
         "model": {"name": "toy", "fingerprint": "abc"},
         "geometry": GEOM.to_dict(), "block_size": B,
         "num_steps": 5, "num_layers": 3, "num_heads": 4,
@@ -95,7 +95,12 @@ SPARSE = lambda d: d["schedule"][0]["layers"]  # noqa: E731
 
 @pytest.mark.parametrize("edit,field", [
     (lambda d: d.update(format="other"), "^format: "),
-    (lambda d: d.update(version=2), "^version: "),
+    (lambda d: d.update(version=3), "^version: "),
+    (lambda d: d.update(version=1), r"^schedule\[0\].layers\[0\].groups\[1\].precision: a version 1 plan"),
+    (lambda d: SPARSE(d)[0]["groups"][1].update(precision="fp16"), r"^schedule\[0\].layers\[0\].groups\[1\]"
+                                                                    r".precision: must be one of"),
+    (lambda d: SPARSE(d)[0]["groups"][2].update(precision="fp8"), r"^schedule\[0\].layers\[0\].groups\[2\]"
+                                                                   r".precision: a skip group"),
     (lambda d: d.pop("geometry"), "^geometry: missing"),
     (lambda d: d.update(extra=1), "^extra: unknown field"),
     (lambda d: d["geometry"].update(frames=0), "^geometry: geometry.frames"),
@@ -176,3 +181,37 @@ def test_check_inputs_names_geometry_and_heads():
         lp.check_inputs(259, 4)
     with pytest.raises(PlanError, match="^num_heads: the call has 8 query heads, the plan 4"):
         lp.check_inputs(GEOM.num_tokens, 8)
+
+
+def test_precision_per_group_round_trips_and_names_each_heads_precision():
+    plan = Plan.from_dict(plan_dict())
+    lp = plan.layer_plan(3, 0)
+    assert lp.head_precisions == ("native", "fp8", "native", "native")
+    assert lp.precision_heads("fp8") == (1,) and lp.precision_heads("native") == (0, 2)  # skip head 3: neither
+    assert lp.precisions == ("native", "fp8")
+    stored = plan.to_dict()["schedule"][1]["layers"][0]["groups"]   # sorted by start: [0, 2) is dense
+    assert [g.get("precision") for g in stored] == [None, "fp8", None]    # the default is not written
+    # The same layer in native precision is another plan (runtime caches key on it).
+    native = plan_dict()
+    del SPARSE(native)[0]["groups"][1]["precision"]
+    assert Plan.from_dict(native).layer_plan(3, 0) != lp
+
+
+def test_version_1_plans_load_as_all_native():
+    d = plan_dict()
+    del SPARSE(d)[0]["groups"][1]["precision"]
+    v2 = Plan.from_dict(d)
+    d["version"] = 1
+    v1 = Plan.from_dict(d)
+    assert v1 == v2 and all(p == "native" for lp in v1.layer_plans() for p in lp.head_precisions)
+    assert v1.to_dict()["version"] == 2
+
+
+def test_from_heads_groups_by_family_and_precision():
+    lp = LayerPlan.from_heads([("diagonal", {"rows": 1}), ("diagonal", {"rows": 2}), ("skip", {}),
+                               ("dense", {})], GEOM, B, precisions=["fp8", "native", "fp8", "fp8"])
+    assert [(g.pattern, g.heads, g.precision) for g in lp.groups] == [
+        ("diagonal", (0,), "fp8"), ("diagonal", (1,), "native"), ("skip", (2,), "native"), ("dense", (3,), "fp8")]
+    assert not lp.is_dense and LayerPlan.from_heads([("dense", {})] * 2, GEOM, B).is_dense
+    with pytest.raises(PlanError, match="^precisions: 1 entries for 4 heads"):
+        LayerPlan.from_heads([("dense", {})] * 4, GEOM, B, precisions=["fp8"])

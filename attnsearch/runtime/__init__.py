@@ -54,11 +54,14 @@ def _check_call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_plan: L
 
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_plan: LayerPlan, *,
                      backend: BackendName = "auto", scale: float | None = None, enable_gqa: bool = False,
-                     out: torch.Tensor | None = None, precision: str = "native") -> torch.Tensor:
+                     out: torch.Tensor | None = None) -> torch.Tensor:
     """Block-sparse attention of one call, following ``layer_plan``.
 
     Semantics (docs/design.md): per head, softmax over the keys of its kept blocks only; skip heads
-    output zero.
+    output zero. A head group of precision "fp8" computes its kept blocks on e4m3 operands
+    (``runtime/quantize.py``: q, k, v of its heads quantized inside the call, scales per query
+    block, key block and V channel; both products in FP8, softmax in fp32, output in q's dtype);
+    ``layer_plan.with_precision("fp8")`` runs every head so.
 
     Args:
         q: [batch, heads, N, head_dim]; any strides (e.g. a [batch, N, heads, head_dim] tensor's
@@ -66,15 +69,12 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_pl
         k, v: [batch, kv_heads, N, head_dim]; kv_heads = heads, or a divisor with ``enable_gqa``.
         layer_plan: from ``plan.layer_plan(step, layer)``; its geometry must give N and its
             num_heads the query heads.
-        backend: "auto" (the first of hopper, triton, torch that supports the call: see
-            ``backends``), or one of them by name (an error with the reasons if it cannot run it).
+        backend: "auto" (per precision of the plan's heads, the first of hopper, triton, torch that
+            supports the call: see ``backends``), or one of them by name (an error with the reasons
+            if it cannot run every head).
         scale: softmax scale; default 1/sqrt(head_dim).
         enable_gqa: as in ``scaled_dot_product_attention``.
         out: optional preallocated [batch, heads, N, head_dim] output of q's dtype.
-        precision: "native" (products in q's dtype) or "fp8": q, k, v quantized to e4m3 inside
-            the call (``runtime/quantize.py``: scales per query block, key block and V channel),
-            both products on FP8 tensor cores, softmax in fp32, output in q's dtype (the triton
-            backend, compute capability ≥ 8.9; eager only).
     Returns:
         [batch, heads, N, head_dim] in q's dtype. Allocated (``out`` None) in q's memory layout
         when q is dense, as SDPA's fused backends do: for the [batch, N, heads, head_dim] view
@@ -86,26 +86,27 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_pl
     if torch.compiler.is_compiling() and out is None:
         from .ops import layer_plan_id, sparse_attention_op
 
-        if precision != "native":
-            raise ValueError(f"precision={precision!r}: only 'native' runs under torch.compile")
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
         return sparse_attention_op(q, k, v, layer_plan_id(layer_plan), backend, scale, bool(enable_gqa))
-    return run_sparse_attention(q, k, v, layer_plan, backend=backend, scale=scale, enable_gqa=enable_gqa, out=out,
-                                precision=precision)
+    return run_sparse_attention(q, k, v, layer_plan, backend=backend, scale=scale, enable_gqa=enable_gqa, out=out)
 
 
 def run_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_plan: LayerPlan, *,
                          backend: BackendName = "auto", scale: float | None = None, enable_gqa: bool = False,
-                         out: torch.Tensor | None = None, precision: str = "native") -> torch.Tensor:
+                         out: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`sparse_attention` run eagerly (what its operator runs inside the graph)."""
     if not isinstance(layer_plan, LayerPlan):
         raise TypeError(f"layer_plan: expected a LayerPlan, got {type(layer_plan).__name__}")
     _check_call(q, k, v, layer_plan, enable_gqa, out)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    chosen = select_backend(q, k, v, layer_plan, backend, precision)
+    # Every precision's backend is chosen before anything runs: a call one of them cannot run fails whole.
+    precisions = layer_plan.precisions or ("native",)   # no computed head: the zero fill only
+    chosen = [(p, select_backend(q, k, v, layer_plan, backend, p)) for p in precisions]
     if out is None:
         out = torch.empty_like(q)  # preserve_format: q's strides if q is dense, else contiguous
-    return chosen.forward(q, k, v, layer_plan, scale, out, precision)
+    for precision, b in chosen:
+        out = b.forward(q, k, v, layer_plan, scale, out, precision)
+    return out
 
 
 from .apply import apply  # noqa: E402  (needs sparse_attention above)

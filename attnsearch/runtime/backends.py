@@ -5,7 +5,8 @@ dispatch: ``backend="auto"`` takes the first of hopper, triton, torch that suppo
             Hopper GPUs (sm_90), head_dim 64 or 128, block size 128, fp16 / bf16, TMA-aligned strides
     triton  block-sparse flash attention (CUDA; or CPU under TRITON_INTERPRET=1)
             head_dim 64 or 128, fp16 / bf16 / fp32; products in FP8 too (compute capability ≥ 8.9)
-    torch   reference-quality chunked gather in PyTorch: any device, head_dim, floating dtype
+    torch   reference-quality chunked gather in PyTorch: any device, head_dim, floating dtype; FP8
+            emulated (the quantization definition, float32 arithmetic)
     sdpa    dense attention (``runtime.dense``: PyTorch's SDPA, cuDNN's kernel first on Hopper):
             every SDPA keyword; runs all-dense layers the block-sparse kernels do not
 
@@ -72,8 +73,8 @@ class Backend:
     keywords: ClassVar[frozenset[str] | None] = SPARSE_KEYWORDS
     #: What its products run in: "native" (the inputs' dtype), "fp8" (e4m3, ``runtime/quantize.py``).
     precisions: ClassVar[tuple[str, ...]] = ("native",)
-    #: The compute capability FP8 tensor cores need.
-    fp8_capability: ClassVar[tuple[int, int]] = (8, 9)
+    #: The compute capability its FP8 path needs on CUDA (FP8 tensor cores); None: none.
+    fp8_capability: ClassVar[tuple[int, int] | None] = (8, 9)
 
     @classmethod
     def not_supported_reasons(cls, *, device: str, dtype: torch.dtype, head_dim: int, block_size: int,
@@ -85,7 +86,8 @@ class Backend:
             raise ValueError(f"precision: must be one of {PRECISIONS}, got {precision!r}")
         if precision not in cls.precisions:
             reasons.append(f"precision {precision!r}: the {cls.name} kernel runs {' / '.join(cls.precisions)} only")
-        elif precision == "fp8" and device == "cuda" and (capability is None or capability < cls.fp8_capability):
+        elif (precision == "fp8" and device == "cuda" and cls.fp8_capability is not None
+              and (capability is None or capability < cls.fp8_capability)):
             reasons.append(f"precision 'fp8': FP8 tensor cores need compute capability "
                            f"{'.'.join(map(str, cls.fp8_capability))} or newer")
         if not cls.runs_on(device, interpret):
@@ -168,13 +170,15 @@ class Backend:
     @classmethod
     def forward(cls, q, k, v, layer_plan: LayerPlan, scale: float, out: torch.Tensor | None,
                 precision: str = "native") -> torch.Tensor:
-        """Run the call; ``out`` (optional) receives the result."""
-        options = {"precision": precision} if precision != "native" else {}
-        return cls.run_tables(q, k, v, get_block_tables(layer_plan, q.device, cls.fusion), scale, out, **options)
+        """Run the call's heads of ``precision`` (every computed head where the layer plan has one
+        precision); ``out`` (optional) receives the result."""
+        return cls.run_tables(q, k, v, get_block_tables(layer_plan, q.device, cls.fusion), scale, out,
+                              precision=precision)
 
     @classmethod
     def run_tables(cls, q, k, v, tables, scale: float, out: torch.Tensor | None, **options) -> torch.Tensor:
-        """Run a layer from its block tables (``options``: the kernel's own, e.g. a Triton config)."""
+        """Run a layer's launches of one precision from its block tables (``options``: ``precision``,
+        default native, and the kernel's own, e.g. a Triton config)."""
         raise NotImplementedError
 
     @classmethod
@@ -272,8 +276,13 @@ class TritonBackend(Backend):
 
 
 class TorchBackend(Backend):
+    """The reference: FP8 is the quantization definition and the FP8 kernel's arithmetic, emulated
+    in float32 (``quantize.fp8_attention_rows``), so it needs no FP8 tensor cores."""
+
     name = "torch"
     fusion = "group"  # heads of one family have similar counts: less padding per gather
+    precisions = ("native", "fp8")
+    fp8_capability = None
 
     @classmethod
     def run_tables(cls, q, k, v, tables, scale, out, **options):

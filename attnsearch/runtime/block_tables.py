@@ -5,7 +5,8 @@ many layers and steps, and the tables never change. Layout (all int32, on the ta
 
     counts   [H, nb]              number of kept key blocks of query block qb of head h
     indices  [H, nb, max_count]   their ids, ascending, padded with the last valid id
-    launches tuple[Launch]        work lists; each launch runs its heads in one kernel call
+    launches tuple[Launch]        work lists; each launch runs its heads in one kernel call, in
+                                  one precision (heads of another precision: another launch)
 
 A work item is one (head, query block) pair, encoded ``head * nb + qb``, in the work order of
 ``runtime.schedule`` (``order``).
@@ -21,6 +22,7 @@ from typing import Literal
 
 import torch
 
+from ..layer_plan import DEFAULT_PRECISION
 from ..plan import LayerPlan
 from .schedule import BIG_ITEM, DEFAULT_ORDER, ORDERS, Order, work_order
 
@@ -32,10 +34,12 @@ CACHE_SIZE = 256
 
 @dataclass(frozen=True, eq=False)
 class Launch:
-    """One kernel launch: the heads it computes and its ordered work items (``head * nb + qb``)."""
+    """One kernel launch: the heads it computes, its ordered work items (``head * nb + qb``) and the
+    precision its products run in (``LayerPlan.head_precisions``)."""
 
     heads: tuple[int, ...]
     work: torch.Tensor  # int32 [num_items]
+    precision: str = DEFAULT_PRECISION
 
     @property
     def num_items(self) -> int:
@@ -65,6 +69,21 @@ class BlockTables:
     def max_count(self) -> int:
         return self.indices.shape[2]
 
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions of the launches, in launch order, each once (the default when none)."""
+        return tuple(dict.fromkeys(launch.precision for launch in self.launches)) or (DEFAULT_PRECISION,)
+
+    def launches_of(self, precision: str) -> tuple[Launch, ...]:
+        """The launches whose products run in ``precision``."""
+        return tuple(launch for launch in self.launches if launch.precision == precision)
+
+    def prepare_output(self, out: torch.Tensor, precision: str) -> None:
+        """What a kernel's ``forward`` over this precision's launches does to ``out`` first: the run
+        of the first precision zeroes the skip heads (once per call however many precisions run)."""
+        if precision == self.precisions[0]:
+            self.zero_skip_heads(out)
+
     def zero_skip_heads(self, out: torch.Tensor) -> None:
         """Zero the skip heads of ``out`` [batch, H, N, D] (any strides) with a device-side index, so
         the call stays capturable in a CUDA graph (a Python list index would be copied from the host
@@ -86,10 +105,10 @@ def build_block_tables(layer_plan: LayerPlan, device: torch.device | str = "cpu"
                        fusion: Fusion = "layer", order: Order | None = None) -> BlockTables:
     """Build tables without the cache (use :func:`get_block_tables`).
 
-    ``fusion="layer"``: all computed heads of the layer in one launch (the default: one launch, one
-    work queue across heads). ``fusion="group"``: one launch per head group, as the plan
-    lists them (for benchmarks that compare against groups run alone). ``order``: see the module
-    docstring (default :data:`DEFAULT_ORDER`).
+    ``fusion="layer"``: all computed heads of one precision in one launch (the default: one launch,
+    one work queue across heads; a layer with native and FP8 heads has two). ``fusion="group"``: one
+    launch per head group, as the plan lists them (for benchmarks that compare against groups run
+    alone). ``order``: see the module docstring (default :data:`DEFAULT_ORDER`).
     """
     if fusion not in ("layer", "group"):
         raise ValueError(f"fusion: must be 'layer' or 'group', got {fusion!r}")
@@ -109,11 +128,11 @@ def build_block_tables(layer_plan: LayerPlan, device: torch.device | str = "cpu"
 
     skip = layer_plan.skip_heads
     if fusion == "layer":
-        head_sets = [layer_plan.computed_heads] if layer_plan.computed_heads else []
+        head_sets = [(layer_plan.precision_heads(p), p) for p in layer_plan.precisions]
     else:
-        head_sets = [tuple(g.heads) for g in layer_plan.groups if g.pattern != "skip"]
-    launches = [Launch(tuple(heads), launch_work(tuple(heads), counts, order).to(torch.int32).to(device))
-                for heads in head_sets]
+        head_sets = [(tuple(g.heads), g.precision) for g in layer_plan.groups if g.pattern != "skip"]
+    launches = [Launch(tuple(heads), launch_work(tuple(heads), counts, order).to(torch.int32).to(device), precision)
+                for heads, precision in head_sets]
     kept = int(counts[list(layer_plan.computed_heads)].sum()) if layer_plan.computed_heads else 0
     return BlockTables(layer_plan, torch.device(device), counts.to(device), indices.contiguous().to(device),
                        tuple(launches), skip, kept, torch.tensor(skip, dtype=torch.long, device=device))

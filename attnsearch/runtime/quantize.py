@@ -21,8 +21,8 @@ from typing import NamedTuple
 
 import torch
 
-#: What a block-sparse kernel's products can run in: the inputs' dtype, or e4m3 (this module).
-PRECISIONS = ("native", "fp8")
+from ..layer_plan import PRECISIONS
+
 #: e4m3's largest finite magnitude (float8_e4m3fn).
 E4M3_MAX = 448.0
 FP8 = torch.float8_e4m3fn
@@ -64,45 +64,57 @@ def _per_channel_transposed(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def quantize_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int, *,
+                 heads: tuple[int, ...] | None = None,
                  kernels: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Fp8Scales]:
     """e4m3 q, k (row-major, per block) and v (channel-major, per channel) and their scales.
 
+    ``heads``: the query heads whose operands are needed (the heads of a layer that run FP8; K and
+    V heads follow, ``enable_gqa``'s grouping); the outputs keep every head's place, and entries of
+    other heads are unspecified (the kernels leave them unwritten). None: every head.
     ``kernels``: compute them with the Triton kernels (``triton/quantize_kernel.py``: the same
-    values in fewer passes); None: on CUDA tensors. Not under TRITON_INTERPRET=1: the interpreter's
-    fp32 → e4m3 cast loses the carry of some round-ups into the next power of two (124 → 64,
-    1.95 → 1.0 with Triton 3.9), where PyTorch and the GPU give 128 and 2."""
+    values in fewer passes, only the listed heads); None: on CUDA tensors. Not under
+    TRITON_INTERPRET=1: the interpreter's fp32 → e4m3 cast loses the carry of some round-ups into
+    the next power of two (124 → 64, 1.95 → 1.0 with Triton 3.9), where PyTorch and the GPU give 128
+    and 2."""
     if kernels is None:
         kernels = q.is_cuda
+    if heads is None:
+        heads = tuple(range(q.shape[1]))
     if kernels:
-        return _quantize_triton(q, k, v, block_size)
+        return _quantize_triton(q, k, v, block_size, heads)
     q8, qs = _per_block(q, block_size)
     k8, ks = _per_block(k, block_size)
     v8, vs = _per_channel_transposed(v)
     return q8, k8, v8, Fp8Scales(qs, ks, vs)
 
 
-def _quantize_triton(q, k, v, block_size):
+def _quantize_triton(q, k, v, block_size, heads):
     from .triton import quantize_kernel as qk
 
-    def blocks(x):
-        batch, heads, n, d = x.shape
+    group = q.shape[1] // k.shape[1]
+    q_heads = torch.tensor(sorted(set(heads)), dtype=torch.int32, device=q.device)
+    kv_heads = torch.tensor(sorted({h // group for h in heads}), dtype=torch.int32, device=q.device)
+
+    def blocks(x, listed):
+        batch, num, n, d = x.shape
         nb = math.ceil(n / block_size)
-        x8 = torch.empty(batch, heads, n, d, dtype=FP8, device=x.device)
-        scale = torch.empty(batch, heads, nb, dtype=torch.float32, device=x.device)
-        qk.quantize_blocks[(batch * heads, nb)](x, x8, scale, *x.stride(), n, nb, heads, BLOCK=block_size,
-                                                HEAD_DIM=d)
+        x8 = torch.empty(batch, num, n, d, dtype=FP8, device=x.device)
+        scale = torch.empty(batch, num, nb, dtype=torch.float32, device=x.device)
+        qk.quantize_blocks[(batch * listed.numel(), nb)](x, x8, scale, listed, *x.stride(), n, nb, num, listed.numel(),
+                                                         BLOCK=block_size, HEAD_DIM=d)
         return x8, scale
 
-    q8, qs = blocks(q)
-    k8, ks = blocks(k)
-    batch, heads, n, d = v.shape
-    grid = (batch * heads, math.ceil(n / block_size))
-    amax = torch.zeros(batch, heads, d, dtype=torch.float32, device=v.device)
-    qk.channel_amax[grid](v, amax, *v.stride(), n, heads, BLOCK=block_size, HEAD_DIM=d)
+    q8, qs = blocks(q, q_heads)
+    k8, ks = blocks(k, kv_heads)
+    batch, num, n, d = v.shape
+    grid = (batch * kv_heads.numel(), math.ceil(n / block_size))
+    amax = torch.zeros(batch, num, d, dtype=torch.float32, device=v.device)
+    qk.channel_amax[grid](v, amax, kv_heads, *v.stride(), n, num, kv_heads.numel(), BLOCK=block_size, HEAD_DIM=d)
     vs = _scale(amax)
     n_pad = -(-n // 16) * 16
-    storage = torch.empty(batch, heads, d, n_pad, dtype=FP8, device=v.device)
-    qk.quantize_channels[grid](v, storage, vs, *v.stride(), n, n_pad, heads, BLOCK=block_size, HEAD_DIM=d)
+    storage = torch.empty(batch, num, d, n_pad, dtype=FP8, device=v.device)
+    qk.quantize_channels[grid](v, storage, vs, kv_heads, *v.stride(), n, n_pad, num, kv_heads.numel(),
+                               BLOCK=block_size, HEAD_DIM=d)
     return q8, k8, storage[..., :n].transpose(-1, -2), Fp8Scales(qs, ks, vs)
 
 

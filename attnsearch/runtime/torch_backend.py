@@ -10,13 +10,15 @@ from __future__ import annotations
 import torch
 
 from .block_tables import BlockTables
+from .quantize import fp8_attention_rows, fp8_operands
 
 #: Upper bound on the float32 working set of one chunk (gathered K/V and scores).
 DEFAULT_CHUNK_BYTES = 256 << 20
 
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTables, scale: float,
-            out: torch.Tensor | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
+            out: torch.Tensor | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+            precision: str = "native") -> torch.Tensor:
     """Same contract as the Triton backend's ``forward``.
 
     Args:
@@ -24,17 +26,24 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
         tables: block tables of the layer plan, on q's device.
         scale: softmax scale.
         out: optional [batch, H, N, D] output of q's dtype; allocated contiguous when None.
+        precision: the launches run ("native", or "fp8": the operands quantized and dequantized by
+            the definition, ``quantize.fp8_operands``, and the FP8 kernel's rounding of P,
+            ``quantize.fp8_attention_rows``).
     Returns:
-        out, with skip heads zero.
+        out, with skip heads zero (by the run of the tables' first precision).
     """
     batch, num_heads, n, d = q.shape
     bs, nb = tables.block_size, tables.num_blocks
     if out is None:
         out = torch.empty(batch, num_heads, n, d, dtype=q.dtype, device=q.device)
-    tables.zero_skip_heads(out)
+    tables.prepare_output(out, precision)
+    launches = tables.launches_of(precision)
+    fp8 = precision == "fp8"
+    if fp8 and launches:
+        q, k, v = fp8_operands(q, k, v, bs)
     group = num_heads // k.shape[1]
     offs = torch.arange(bs, device=q.device)
-    for launch in tables.launches:
+    for launch in launches:
         heads = torch.tensor(launch.heads, device=q.device)
         counts = tables.counts[heads].long()                      # [h, nb]
         mc = max(int(counts.max()), 1)
@@ -60,11 +69,15 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
             vg = v[:, kvh, pos].float()
             s = torch.einsum("bhcqd,bhckd->bhcqk", qc.view(batch, h, c, bs, d), kg) * scale
             s = s.masked_fill(~valid[None, :, :, None, :], float("-inf"))
-            p = torch.softmax(s, dim=-1)
-            # A row with no kept key (all −inf) is NaN after softmax and outputs zero (docs/design.md);
-            # only those rows are zeroed, so non-finite inputs stay non-finite, as SDPA's do.
-            p = p.masked_fill(~valid.any(-1)[None, :, :, None, None], 0.0)
-            o = torch.einsum("bhcqk,bhckd->bhcqd", p, vg).reshape(batch, h, c * bs, d)
+            if fp8:
+                o = fp8_attention_rows(s, vg)
+            else:
+                p = torch.softmax(s, dim=-1)
+                # A row with no kept key (all −inf) is NaN after softmax and outputs zero (docs/design.md);
+                # only those rows are zeroed, so non-finite inputs stay non-finite, as SDPA's do.
+                p = p.masked_fill(~valid.any(-1)[None, :, :, None, None], 0.0)
+                o = torch.einsum("bhcqk,bhckd->bhcqd", p, vg)
+            o = o.reshape(batch, h, c * bs, d)
             rows = min(qb1 * bs, n) - qb0 * bs
             out[:, heads, qb0 * bs: qb0 * bs + rows] = o[:, :, :rows].to(out.dtype)
     return out

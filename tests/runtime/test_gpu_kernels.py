@@ -124,7 +124,7 @@ def test_fp8_kernel_is_attention_on_its_quantized_operands(block_size, head_dim)
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 tensor cores need compute capability 8.9 or newer")
     geom = GEOMS["suffix"]
-    lp = mixed_plan(geom, block_size)
+    lp = mixed_plan(geom, block_size).with_precision("fp8")
     q, k, v = exact_fp8_inputs(geom.num_tokens, lp.num_heads, lp.num_heads, seed=block_size, device="cuda",
                                batch=2, head_dim=head_dim)
     q8, k8, v8, s = quantize_fp8(q, k, v, block_size)
@@ -162,3 +162,46 @@ def test_quantization_kernels_equal_the_definition(block_size):
         assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
     for a, b in zip(fast[3], slow[3]):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("gqa", [1, 2])
+def test_quantization_kernels_of_a_head_subset_equal_the_definition_on_those_heads(gqa):
+    """``quantize_fp8(..., heads=...)`` (the FP8 heads of a mixed layer): the listed query heads and
+    their K/V heads get the definition's bytes and scales exactly; other heads are not read by the
+    kernel and may hold anything."""
+    from attnsearch.runtime.quantize import quantize_fp8
+
+    geom = GEOMS["suffix"]
+    q, k, v = inputs(geom, 8, 64, torch.bfloat16, gqa=gqa, seed=7)
+    heads = (1, 4, 5)
+    kv = sorted({h // gqa for h in heads})
+    fast = quantize_fp8(q, k, v, 128, heads=heads, kernels=True)
+    slow = quantize_fp8(q, k, v, 128, kernels=False)
+    for i, listed in enumerate((list(heads), kv, kv)):
+        assert torch.equal(fast[i][:, listed].view(torch.uint8), slow[i][:, listed].view(torch.uint8)), i
+    for a, b, listed in zip(fast[3], slow[3], (list(heads), kv, kv)):
+        assert torch.equal(a[:, listed], b[:, listed])
+
+
+@pytest.mark.parametrize("block_size,head_dim", [(128, 128), (64, 64)])
+def test_a_layer_of_native_and_fp8_heads_runs_each_on_its_backend(block_size, head_dim):
+    """"auto" on a layer whose heads run native and FP8 (native on the Hopper kernel where it runs,
+    FP8 on the Triton kernel): the native heads equal masked SDPA in fp32, the FP8 heads equal the
+    torch backend's emulation of the FP8 arithmetic (same quantized operands) within accumulation
+    order; the skip head is zero."""
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 tensor cores need compute capability 8.9 or newer")
+    geom = GEOMS["prefix"]
+    lp = mixed_plan(geom, block_size)
+    fp8_heads = {0, 2, 5}
+    mixed = LayerPlan.from_heads(lp.head_specs, geom, block_size,
+                                 precisions=["fp8" if h in fp8_heads else "native" for h in range(lp.num_heads)])
+    q, k, v = inputs(geom, lp.num_heads, head_dim, torch.bfloat16, seed=3)
+    out = sparse_attention(q, k, v, mixed, out=torch.full_like(q, float("nan")))
+    ref = reference(q, k, v, lp, 1)
+    emulated = sparse_attention(q, k, v, mixed, backend="torch")
+    for h in range(lp.num_heads):
+        want = emulated[:, h].float() if h in fp8_heads else ref[:, h]
+        err = float((out[:, h].float() - want).norm() / want.norm().clamp_min(1e-30))
+        assert err <= (1e-2 if h in fp8_heads else 8e-3), (h, err)
+    assert bool((out[:, 1] == 0).all())

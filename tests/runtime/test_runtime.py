@@ -318,15 +318,58 @@ def test_each_backend_declares_the_precisions_it_runs():
     assert any("8.9" in r for r in TritonBackend.not_supported_reasons(**common, capability=(8, 0), precision="fp8"))
     assert any("native only" in r for r in HopperBackend.not_supported_reasons(**common, capability=(9, 0),
                                                                                precision="fp8"))
-    assert any("native only" in r for r in TorchBackend.not_supported_reasons(**dict(common, device="cpu"),
-                                                                              precision="fp8"))
+    assert TorchBackend.not_supported_reasons(**dict(common, device="cpu"), precision="fp8") == []   # emulated
+    assert TorchBackend.not_supported_reasons(**common, capability=(8, 0), precision="fp8") == []
     with pytest.raises(ValueError, match="precision: must be one of"):
         TritonBackend.not_supported_reasons(**common, capability=(9, 0), precision="int8")
 
 
-def test_fp8_on_the_torch_backend_names_why_not():
+def test_a_backend_that_cannot_run_a_heads_precision_names_why(monkeypatch):
+    from attnsearch.runtime.backends import TorchBackend
+
+    monkeypatch.setattr(TorchBackend, "precisions", ("native",))   # as a native-only backend declares
     geom = geometry("prefix", 64)
     lp = all_patterns(geom, 64)
     q, k, v = qkv(1, 6, geom.num_tokens, 64)
+    mixed = LayerPlan(geom, 64, lp.num_heads, tuple({**g.to_dict(), "precision": "fp8"} if i == 0 else g
+                                                    for i, g in enumerate(lp.groups)))
     with pytest.raises(ValueError, match="backend='torch' cannot run this call: precision 'fp8'"):
-        sparse_attention(q, k, v, lp, backend="torch", precision="fp8")
+        sparse_attention(q, k, v, mixed, backend="torch")
+    sparse_attention(q, k, v, lp, backend="torch")                  # the same layer, all native: runs
+
+
+def test_torch_backend_fp8_is_the_kernel_arithmetic_on_the_quantized_operands():
+    """Every head in FP8 on the torch backend: per head, masked attention over the dequantized
+    operands with P rounded as the FP8 kernel rounds it (``fp8_attention_rows``, an independent
+    per-row computation on the token mask); skip head zero; GQA."""
+    from attnsearch.runtime.quantize import fp8_attention_rows, fp8_operands
+
+    geom = geometry("suffix", 64)
+    lp = all_patterns(geom, 64).with_precision("fp8")
+    q, k, v = qkv(2, 6, geom.num_tokens, 64, kv_heads=3, seed=4)
+    out = sparse_attention(q, k, v, lp, backend="torch", scale=0.2, enable_gqa=True)
+    qd, kd, vd = fp8_operands(q, k, v, 64)
+    mask = expand_block_mask(lp.block_masks(), geom.num_tokens, 64)        # [H, N, N]
+    kv = torch.arange(6) // 2
+    s = torch.einsum("bhqd,bhkd->bhqk", qd, kd[:, kv]) * 0.2
+    ref = fp8_attention_rows(s.masked_fill(~mask, float("-inf")), vd[:, kv])
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert not torch.allclose(out, sparse_attention(q, k, v, lp.with_precision("native"), backend="torch", scale=0.2,
+                                                    enable_gqa=True), atol=1e-3)   # FP8 really rounds
+
+
+def test_a_layer_of_native_and_fp8_heads_runs_each_head_in_its_precision():
+    geom = geometry("prefix", 64)
+    lp = all_patterns(geom, 64)
+    fp8_heads = {0, 3}
+    mixed = LayerPlan.from_heads(lp.head_specs, geom, 64,
+                                 precisions=["fp8" if h in fp8_heads else "native" for h in range(lp.num_heads)])
+    q, k, v = qkv(1, 6, geom.num_tokens, 64, seed=2)
+    out = sparse_attention(q, k, v, mixed, backend="torch")
+    all_fp8 = sparse_attention(q, k, v, lp.with_precision("fp8"), backend="torch")
+    native = sparse_attention(q, k, v, lp, backend="torch")
+    for h in range(lp.num_heads):
+        assert torch.equal(out[:, h], (all_fp8 if h in fp8_heads else native)[:, h]), h
+    tables = get_block_tables(mixed, "cpu")
+    assert [(la.precision, la.heads) for la in tables.launches] == [("native", mixed.precision_heads("native")),
+                                                                    ("fp8", (0, 3))]

@@ -217,7 +217,7 @@ def check_fp8_exact(tk, block_size, block_m, kv_heads):
     from attnsearch.runtime.quantize import dequantize, quantize_fp8
 
     geom = geometry("suffix", block_size)
-    lp = all_patterns(geom, block_size)
+    lp = all_patterns(geom, block_size).with_precision("fp8")
     q, k, v = exact_fp8_inputs(geom.num_tokens, 6, kv_heads, seed=block_size)
     gqa = kv_heads != 6
     tables = get_block_tables(lp, "cpu")
@@ -245,15 +245,14 @@ def check_fp8_random(tk, block_size):
     geom = geometry("suffix", block_size)
     lp = all_patterns(geom, block_size)
     q, k, v = qkv(2, 6, geom.num_tokens, 64, dtype=torch.float16, seed=block_size + 5)
-    tables = get_block_tables(lp, "cpu")
     cfg = tk.KernelConfig(64, 64, num_warps=4, num_stages=1, use_tma=False)
-    fp8 = tk.forward(q, k, v, tables, 0.125, config=cfg, precision="fp8")
-    native = tk.forward(q, k, v, tables, 0.125, config=cfg)
+    fp8 = tk.forward(q, k, v, get_block_tables(lp.with_precision("fp8"), "cpu"), 0.125, config=cfg, precision="fp8")
+    native = tk.forward(q, k, v, get_block_tables(lp, "cpu"), 0.125, config=cfg)
     exact = reference(q, k, v, lp, scale=0.125)
     assert rel_err(fp8, exact) <= 0.08
     assert rel_err(native, exact) * 10 < rel_err(fp8, exact)
     # the public call: "auto" passes over the native-only backends to the FP8 kernel
-    public = sparse_attention(q, k, v, lp, scale=0.125, precision="fp8")
+    public = sparse_attention(q, k, v, lp.with_precision("fp8"), scale=0.125)
     assert rel_err(public, exact) <= 0.08
 
 

@@ -151,8 +151,9 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTables, scale: float,
             out: torch.Tensor | None = None, stages: int = 2, consumer_regs: int = 240,
             producer_regs: int = 24, persistent: bool = True, q_bufs: int = 2,
-            flat: bool | None = None) -> torch.Tensor:
-    """Block-sparse attention of one layer plan (the tables, block size 128) on a Hopper GPU.
+            flat: bool | None = None, precision: str = "native") -> torch.Tensor:
+    """Block-sparse attention of one layer plan's native-precision heads (the tables, block size
+    128) on a Hopper GPU; the skip heads are zeroed when native is the tables' first precision.
 
     Args:
         q: [batch, H, N, D]; k, v: [batch, H_kv, N, D] (H % H_kv == 0); fp16 or bf16, D 64 or 128,
@@ -163,15 +164,18 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
         persistent: one program per SM (else one per tile).
         flat: the consumers' schedule (see ``launch``); an ``out`` TMA cannot write gets the tile
             schedule.
+        precision: "native" only (the kernel's products run in q's dtype).
     Returns:
         ``out``.
     """
+    if precision != "native":
+        raise ValueError(f"precision: the Hopper kernel runs 'native' only, got {precision!r}")
     if out is None:
         out = torch.empty_like(q)
     if not tma_compatible(out):
         flat = False  # an output TMA cannot write gets the tile schedule (pointer stores)
-    tables.zero_skip_heads(out)
-    for item in tables.launches:
+    tables.prepare_output(out, precision)
+    for item in tables.launches_of(precision):
         launch(q, k, v, out, tables, item.work, scale, stages, consumer_regs, producer_regs, persistent, q_bufs,
                flat)
     return out

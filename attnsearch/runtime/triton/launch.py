@@ -211,6 +211,7 @@ def _tune(q, k, v, out, tables, scale, use_tma, fp8_scales: Fp8Scales | None = N
     """The config for this call's (device, head_dim, block size, dtype, TMA): from this process's
     picks, else the on-disk tuning cache, else timed on this call's data."""
     d, bs = q.shape[-1], tables.block_size
+    precision = "native" if fp8_scales is None else "fp8"
     key = (d, bs, q.dtype, use_tma, q.device.index)
     if key in _TUNED:
         return _TUNED[key]
@@ -223,7 +224,7 @@ def _tune(q, k, v, out, tables, scale, use_tma, fp8_scales: Fp8Scales | None = N
 
     def time_ms(cfg: KernelConfig) -> float:
         def run() -> None:
-            for item in tables.launches:
+            for item in tables.launches_of(precision):
                 launch(q, k, v, out, tables, item.work, scale, cfg, fp8_scales)
         return triton.testing.do_bench(run, warmup=10, rep=40, return_mode="median")
 
@@ -234,31 +235,34 @@ def _tune(q, k, v, out, tables, scale, use_tma, fp8_scales: Fp8Scales | None = N
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTables, scale: float,
             out: torch.Tensor | None = None, config: KernelConfig | None = None,
             precision: str = "native") -> torch.Tensor:
-    """Block-sparse attention of one layer plan (the tables) → [batch, H, N, D] (``out``, or contiguous).
+    """The tables' launches of one precision → [batch, H, N, D] (``out``, or contiguous): every head
+    of the layer plan when it has one precision; a layer of native and FP8 heads runs both.
 
     ``config`` None: the interpreter's fixed config on CPU, else the tuned config for this
     (head_dim, block size, dtype, TMA): from the on-disk tuning cache (``tuning_cache``) or timed
-    on the first call that needs it. ``precision``: "native" (the products in q's dtype) or "fp8"
-    (q, k, v quantized to e4m3 by ``quantize_fp8`` first, one pass over each; output in q's dtype).
+    on the first call that needs it. ``precision``: "native" (products in q's dtype) or "fp8" (the
+    launches' heads quantized to e4m3 by ``quantize_fp8`` first, one pass over each operand; output in
+    q's dtype). Skip heads are zeroed by the run of the tables' first precision.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision: must be one of {PRECISIONS}, got {precision!r}")
     batch, num_heads, n, d = q.shape
     if out is None:
         out = torch.empty(batch, num_heads, n, d, dtype=q.dtype, device=q.device)
-    tables.zero_skip_heads(out)
-    if not tables.launches:
+    tables.prepare_output(out, precision)
+    launches = tables.launches_of(precision)
+    if not launches:
         return out
     scales = None
     if precision == "fp8":
-        q, k, v, scales = quantize_fp8(q, k, v, tables.block_size)
+        heads = tuple(h for item in launches for h in item.heads)
+        q, k, v, scales = quantize_fp8(q, k, v, tables.block_size, heads=heads)
     if config is None:
         if _INTERPRETED:
             config = INTERPRETER_CONFIG
         else:
             v_rows = v.transpose(-1, -2) if scales is not None else v
             config = _tune(q, k, v, out, tables, scale, tma_supported(q, k, v_rows), scales)
-    for item in tables.launches:
+    for item in launches:
         launch(q, k, v, out, tables, item.work, scale, config, scales)
     return out
-
