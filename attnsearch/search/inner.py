@@ -3,17 +3,20 @@
 A *unit* is one layer over one step range; it holds H heads with C candidates each. Costs are the
 cost model's additive form (:meth:`attnsearch.costmodel.CostModel.head_work_ms`), already summed
 over the unit's steps; errors are Σ rel_err² over those steps. A unit's latency is not a plain sum
-of its heads, because the runtime fuses a layer into one launch:
+of its heads, because the runtime runs a layer as a few launches, each with a fixed cost paid once
+if any head needs it. Every candidate column belongs to one *class* of :data:`CLASSES`:
 
-    option "sparse":  launch + Σ_h cost[h, c_h]           every head computed (dense heads allowed)
-    option "mixed":   launch + fill + Σ_h cost[h, c_h]    some heads skip (zero fill), some computed
-    option "skip":    fill + Σ_h cost[h, skip]            every head skip: no launch at all
-    option "dense":   cuDNN dense for the whole layer     error 0
+    "native"  computed heads in the call's dtype: one fused launch for all of them
+    "fp8"     computed heads with FP8 kept blocks: their own launch and the quantization pass
+    "skip"    heads that output zero: one zero fill
 
-Given λ, each option is separable over heads, so its minimum is a per-head argmin; the unit's
-minimum is the best option — exact for this objective (the options cover every assignment and
-each option's value is exact on its own argmin; "mixed" over-counts assignments that belong to
-"sparse" or "skip", which those options then win). The test suite checks this against brute force.
+and the unit's latency is Σ_h cost[h, c_h] + Σ over the classes its heads use of ``fixed[class]``;
+or the whole layer runs cuDNN dense (error 0). Given λ, fixing the set of classes a unit may use
+makes the problem separable over heads (a per-head argmin among those classes' columns plus the
+set's fixed costs), so the unit's minimum is the best of the 2^K − 1 sets and dense — exact for
+this objective: the sets cover every assignment, and a set's value over-counts only assignments
+that use fewer classes, which the smaller set then wins. The test suite checks this against brute
+force.
 
 The budgeted form (least latency with Σ error ≤ budget) is solved through λ (:func:`solve_budget`):
 the Lagrangian solution at λ is *exactly* optimal for the budget equal to its own error (Everett,
@@ -29,25 +32,40 @@ from dataclasses import dataclass
 
 import numpy as np
 
-OPTIONS = ("sparse", "mixed", "skip", "dense")
+#: The fixed-cost classes of candidate columns, in tie-breaking order (bit k of an option).
+CLASSES = ("native", "fp8", "skip")
+#: ``Solution.option`` of a unit run as a cuDNN dense layer (other options: the bitmask of the
+#: classes its heads use).
+DENSE = 0
 
 
 @dataclass
 class Units:
     """A batch of units (arrays; U units × H heads × C candidates).
 
-    cost, err: [U, H, C] float (inf cost = candidate unavailable). skip_col: index of the ``skip``
-    candidate or -1. launch, fill: [U] fixed costs of the fused launch and of the zero fill.
-    dense: [U] cuDNN cost of the whole unit (inf: not allowed). force_dense: [U] bool.
+    cost, err: [U, H, C] float (inf cost = candidate unavailable). col_class: int [C], each column's
+    index into :data:`CLASSES`. fixed: [U, len(CLASSES)] the fixed cost a class adds to a unit whose
+    heads use it (launches, the quantization pass, the zero fill). dense: [U] cuDNN cost of the
+    whole unit (inf: not allowed). force_dense: [U] bool.
     """
 
     cost: np.ndarray
     err: np.ndarray
-    skip_col: int
-    launch: np.ndarray
-    fill: np.ndarray
+    col_class: np.ndarray
+    fixed: np.ndarray
     dense: np.ndarray
     force_dense: np.ndarray
+
+    @classmethod
+    def native(cls, cost, err, skip_col: int, launch, fill, dense, force_dense) -> Units:
+        """Units whose columns are all native except ``skip_col`` (−1: none)."""
+        col_class = np.zeros(cost.shape[2], dtype=np.int64)
+        if skip_col >= 0:
+            col_class[skip_col] = CLASSES.index("skip")
+        fixed = np.zeros((cost.shape[0], len(CLASSES)))
+        fixed[:, CLASSES.index("native")] = launch
+        fixed[:, CLASSES.index("skip")] = fill
+        return cls(cost, err, col_class, fixed, np.asarray(dense, dtype=np.float64), np.asarray(force_dense))
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -56,8 +74,9 @@ class Units:
 
 @dataclass
 class Solution:
-    """Per-unit choice: ``option`` [U] index into OPTIONS; ``choice`` [U, H] candidate (−1 when the
-    unit is dense). ``cost``/``err`` [U]: the unit's latency and error under the choice."""
+    """Per-unit choice: ``option`` [U] (:data:`DENSE`, or the bitmask of the classes its heads use);
+    ``choice`` [U, H] candidate (−1 when the unit is dense). ``cost``/``err`` [U]: the unit's latency
+    and error under the choice."""
 
     option: np.ndarray
     choice: np.ndarray
@@ -75,40 +94,43 @@ class Solution:
 
 
 def solve_lagrangian(units: Units, lam: float) -> Solution:
-    """Exact minimiser of Σ_units latency + λ · Σ error (ties: the earlier option, the lower index)."""
+    """Exact minimiser of Σ_units latency + λ · Σ error (ties: the lower class set, the lower class,
+    the lower column; dense last)."""
     if not (lam >= 0 and math.isfinite(lam)):
         raise ValueError(f"lambda must be a finite number ≥ 0, got {lam!r}")
     cost, err = units.cost, units.err
     U, H, C = cost.shape
-    v = cost + np.asarray(lam, dtype=cost.dtype) * err if lam else cost.copy()  # inf cost stays inf
-    c_mixed = np.argmin(v, axis=2)
-    best = _gather(v, c_mixed)
-    s_mixed = best.sum(1, dtype=np.float64) + units.launch + units.fill
-    # Option "sparse" (no skip head) differs only where a head's best is skip: re-take those heads.
-    c_sparse, best_ns = c_mixed, best
-    if units.skip_col >= 0:
-        u_idx, h_idx = np.nonzero(c_mixed == units.skip_col)
-        if len(u_idx):
-            sub = v[u_idx, h_idx].copy()
-            sub[:, units.skip_col] = np.inf
-            c_sparse, best_ns = c_mixed.copy(), best.copy()
-            c_sparse[u_idx, h_idx] = np.argmin(sub, axis=1)
-            best_ns[u_idx, h_idx] = sub[np.arange(len(u_idx)), c_sparse[u_idx, h_idx]]
-        s_skip = v[:, :, units.skip_col].sum(1, dtype=np.float64) + units.fill
-    else:
-        s_skip = np.full(U, np.inf)
-    s_sparse = best_ns.sum(1, dtype=np.float64) + units.launch
-    s_dense = np.where(np.isfinite(units.dense), units.dense, np.inf)
-    scores = np.stack([s_sparse, s_mixed, s_skip, s_dense], 1)
-    scores[units.force_dense, :3] = np.inf
-    option = np.argmin(scores, axis=1)
-    if not np.isfinite(scores[np.arange(U), option]).all():
-        bad = int(np.flatnonzero(~np.isfinite(scores[np.arange(U), option]))[0])
+    v = cost + np.asarray(lam, dtype=cost.dtype) * err if lam else cost  # inf cost stays inf
+    # Per class: each head's best column of that class and its value.
+    present = [k for k in range(len(CLASSES)) if (units.col_class == k).any()]
+    best = np.full((len(present), U, H), np.inf)
+    arg = np.zeros((len(present), U, H), dtype=np.int64)
+    for i, k in enumerate(present):
+        cols = np.flatnonzero(units.col_class == k)
+        sub = v[:, :, cols] if len(cols) < C else v
+        a = np.argmin(sub, axis=2)
+        best[i] = _gather(sub, a)
+        arg[i] = cols[a]
+    masks, scores, picks = [], [], []
+    for subset in range(1, 1 << len(present)):
+        idx = [i for i in range(len(present)) if subset >> i & 1]
+        which = np.argmin(best[idx], axis=0)                                  # [U, H] into idx
+        value = np.take_along_axis(best[idx], which[None], 0)[0]
+        classes = [present[i] for i in idx]
+        scores.append(value.sum(1, dtype=np.float64) + units.fixed[:, classes].sum(1))
+        picks.append(np.take_along_axis(arg[idx], which[None], 0)[0])
+        masks.append(subset)
+    s = np.stack(scores + [np.where(np.isfinite(units.dense), units.dense, np.inf)], 1)
+    s[units.force_dense, :-1] = np.inf
+    option = np.argmin(s, axis=1)
+    if not np.isfinite(s[np.arange(U), option]).all():
+        bad = int(np.flatnonzero(~np.isfinite(s[np.arange(U), option]))[0])
         raise ValueError(f"unit {bad}: no feasible option (every candidate unavailable and dense not allowed)")
-    choice = np.where((option == 0)[:, None], c_sparse, c_mixed)
-    choice = np.where((option == 2)[:, None], units.skip_col, choice)
-    choice = np.where((option == 3)[:, None], -1, choice)
-    return _evaluate(units, option, choice, lam)
+    choice = np.full((U, H), -1, dtype=np.int64)
+    for j in range(len(masks)):
+        sel = option == j
+        choice[sel] = picks[j][sel]
+    return _evaluate(units, choice, lam)
 
 
 def _gather(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -117,26 +139,24 @@ def _gather(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return a.reshape(-1)[np.arange(U * H) * C + idx.reshape(-1)].reshape(U, H)
 
 
-def _evaluate(units: Units, option: np.ndarray, choice: np.ndarray, lam: float) -> Solution:
-    """Exact latency and error of a choice under the unit objective (options recomputed from it)."""
-    dense = option == 3
+def _evaluate(units: Units, choice: np.ndarray, lam: float) -> Solution:
+    """Exact latency and error of a choice (−1: the unit is dense) under the unit objective; the
+    option follows from the choice (the classes its heads use)."""
+    dense = (choice < 0).all(1)
     safe = np.where(choice < 0, 0, choice)
     c = _gather(units.cost, safe).astype(np.float64)
     e = _gather(units.err, safe).astype(np.float64)
-    is_skip = (choice == units.skip_col) & (units.skip_col >= 0)
-    any_skip = is_skip.any(1)
-    any_comp = (~is_skip).any(1)
-    cost = c.sum(1) + np.where(any_comp, units.launch, 0.0) + np.where(any_skip, units.fill, 0.0)
-    cost = np.where(dense, units.dense, cost)
+    cls = units.col_class[safe]                                             # [U, H]
+    used = np.stack([(cls == k).any(1) for k in range(len(CLASSES))], 1)    # [U, K]
+    cost = np.where(dense, units.dense, c.sum(1) + (used * units.fixed).sum(1))
     err = np.where(dense, 0.0, e.sum(1))
-    # The option label follows the choice (e.g. a "mixed" argmin with no skip head is "sparse").
-    opt = np.where(dense, 3, np.where(any_skip & any_comp, 1, np.where(any_skip, 2, 0)))
-    return Solution(opt, np.where(dense[:, None], -1, choice), cost, err, lam)
+    option = np.where(dense, DENSE, (used * (1 << np.arange(len(CLASSES)))).sum(1))
+    return Solution(option, np.where(dense[:, None], -1, choice), cost, err, lam)
 
 
-def objective(units: Units, option: np.ndarray, choice: np.ndarray, lam: float) -> float:
-    """Σ latency + λ Σ error of any assignment (for brute-force checks)."""
-    s = _evaluate(units, option, choice, lam)
+def objective(units: Units, choice: np.ndarray, lam: float) -> float:
+    """Σ latency + λ Σ error of any assignment (a unit's choice all −1: dense; for brute-force checks)."""
+    s = _evaluate(units, choice, lam)
     return s.total_cost + lam * s.total_err
 
 
@@ -165,7 +185,7 @@ def solve_budget(units: Units, budget: float, *, iters: int = 30, rtol: float = 
     # A λ large enough that error dominates every latency difference.
     span = float(np.nanmax(np.where(np.isfinite(units.cost), units.cost, 0))) * units.cost.shape[1] + \
         float(np.nanmax(np.where(np.isfinite(units.dense), units.dense, 0))) + \
-        float(units.launch.max() + units.fill.max())
+        float(units.fixed.sum(1).max())
     finite_err = units.err[np.isfinite(units.cost)]
     nz = finite_err[finite_err > 0]
     min_step = float(nz.min()) if nz.size else 1.0
@@ -208,4 +228,4 @@ def _min_err(units: Units) -> float:
     return solve_lagrangian(units, 1e12).total_err if np.isfinite(units.cost).any() else 0.0
 
 
-__all__ = ["BudgetResult", "OPTIONS", "Solution", "Units", "objective", "solve_budget", "solve_lagrangian"]
+__all__ = ["CLASSES", "DENSE", "BudgetResult", "Solution", "Units", "objective", "solve_budget", "solve_lagrangian"]

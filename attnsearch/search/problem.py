@@ -32,7 +32,7 @@ from ..costmodel import CostModel
 from ..patterns import SPARSE_FAMILIES
 from ..plan import LayerPlan, Plan, ScheduleEntry
 from ..profiling.classify import DENSITY_CAP, pick_class
-from .inner import Units, solve_budget, solve_lagrangian
+from .inner import DENSE, Units, solve_budget, solve_lagrangian
 from .space import SearchError, SearchSpace, step_ranges
 
 #: A fused launch with fewer items than this many waves is costed with the full model.
@@ -172,7 +172,7 @@ class Problem:
         steps = np.array([len(r) for r in rs], dtype=np.float64)[:, None].repeat(L, 1)
         force = np.zeros((R, L), dtype=bool)
         force[:, self.hardest_layers[: k.dense_layers]] = True
-        u = Units(cost.reshape(R * L, H, C), err.reshape(R * L, H, C), self.space.skip_col,
+        u = Units.native(cost.reshape(R * L, H, C), err.reshape(R * L, H, C), self.space.skip_col,
                   (steps * self.launch).reshape(-1), (steps * self.fill).reshape(-1),
                   (steps * self.dense_layer_ms).reshape(-1), force.reshape(-1))
         return rs, u
@@ -195,7 +195,7 @@ class Problem:
         else:
             sol = solve_lagrangian(u, self.lam_abs(k))
         choice = sol.choice.reshape(len(rs), L, H)
-        dense_unit = (sol.option == 3).reshape(len(rs), L)
+        dense_unit = (sol.option == DENSE).reshape(len(rs), L)
         unit_cost = sol.cost.reshape(len(rs), L).copy()
         if self.small:
             self._recost_small(rs, choice, dense_unit, unit_cost)
