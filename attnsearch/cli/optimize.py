@@ -38,10 +38,14 @@ def optimize(
                                         "each): plans are costed by their slowest rank."),
     non_portable: bool = typer.Option(False, "--non-portable", help="Mark the plan as valid at the profiled "
                                       "geometry only: apply and retarget then refuse every other geometry."),
+    precisions: Optional[str] = typer.Option(None, help="Precisions heads may run in, comma-separated: native, fp8 "
+                                                        "(default: those the profile measured; fp8 needs profile "
+                                                        "--fp8 and an FP8-calibrated hardware table)."),
 ) -> None:
     """Search the fastest plan under an accuracy budget and write it as JSON."""
     from ..search import optimize as run_search
     from ..search.study import check_outputs_of
+    from ..layer_plan import PRECISIONS
     from ..search.validate import VALIDATE_MODES
 
     def work():
@@ -53,6 +57,11 @@ def optimize(
                                         ("--ulysses", ulysses, 1)):
             check_at_least(option_name, value, low)
         check_choice("--validate-mode", validate_mode, VALIDATE_MODES)
+        wanted = None
+        if precisions is not None:
+            wanted = [p.strip() for p in precisions.split(",") if p.strip()]
+            for p in wanted:
+                check_choice("--precisions", p, PRECISIONS)
         check_outputs_of([str(p) for p in profiles], out, storage, workers)
         spec = None
         if validate:
@@ -73,7 +82,7 @@ def optimize(
                              max_density=max_density, trials=trials,
                              storage=storage, validate=validate, validate_mode=validate_mode, out=out, model=spec,
                              head_dim=head_dim, seed=seed, progress=progress, workers=workers, ulysses=ulysses,
-                             portable=not non_portable)
+                             portable=not non_portable, precisions=wanted)
         print_front(res)
         f = res.figures
         console.print(f"cost model: {shown(res.plan.search.get('hardware_note', res.hardware['device']))}")

@@ -42,6 +42,8 @@ SCHEMA_VERSION = 1
 TABLE_COLUMNS = ["step", "layer", "head", "pattern", "params", "candidate", "density", "recall", "rel_err"]
 #: The per-prompt statistics of a profile of several prompts (see the module docstring).
 PROMPT_STATS = ("recall", "rel_err")
+#: The optional column of a profile that measured FP8 kept blocks (``precisions`` with "fp8").
+FP8_COLUMN = "rel_err_fp8"
 #: Integer fields of the metadata's `attention` (the profiled calls' shape).
 ATTENTION_COUNTS = ("batch", "heads", "kv_heads", "head_dim")
 

@@ -8,6 +8,11 @@ plus dense and skip; 0 = no restriction); warm-up steps run dense; the ``dense_l
 (highest least-error at ≤ 30 % density) run dense; the number of step ranges the plan may vary
 over; the block size (one SearchSpace per profiled block size).
 
+Precision is a per-head choice like the candidate: a profile that measured FP8 kept blocks has an
+FP8 twin of every computed candidate (:mod:`attnsearch.search.space`), priced by the FP8 kernel's
+rate plus the head's share of the quantization pass, with the FP8 launch and the pass's fixed cost
+paid once per layer that has an FP8 head (:data:`attnsearch.search.inner.CLASSES`).
+
 Costs come from the cost model's additive form plus per-unit launch and fill overheads (see
 :mod:`attnsearch.search.inner`). Units too small for that form (a fused launch of under eight
 waves) are re-costed with the full model after the solve, and turned dense where that is cheaper.
@@ -30,9 +35,10 @@ import numpy as np
 
 from ..costmodel import CostModel
 from ..patterns import SPARSE_FAMILIES
+from ..layer_plan import PRECISIONS
 from ..plan import LayerPlan, Plan, ScheduleEntry
 from ..profiling.classify import DENSITY_CAP, pick_class
-from .inner import DENSE, Units, solve_budget, solve_lagrangian
+from .inner import CLASSES, DENSE, Units, solve_budget, solve_lagrangian
 from .space import SearchError, SearchSpace, step_ranges
 
 #: A fused launch with fewer items than this many waves is costed with the full model.
@@ -74,27 +80,63 @@ class Assignment:
         return math.sqrt(self.err_sum / self.sites)
 
 
-class Problem:
-    """Precomputed costs of one SearchSpace under one CostModel; solves trials."""
+def resolve_precisions(space: SearchSpace, cost_model: CostModel, precisions=None) -> tuple[str, ...]:
+    """The precisions the search may give heads: ``precisions`` (None: every one the profile
+    measured), each measured by the profile and priced by the hardware table; SearchError naming
+    what is missing otherwise."""
+    wanted = space.measured_precisions if precisions is None else tuple(dict.fromkeys(precisions))
+    for p in wanted:
+        if p not in PRECISIONS:
+            raise SearchError(f"precisions: {p!r} is not one of {', '.join(PRECISIONS)}")
+        if p not in space.measured_precisions:
+            raise SearchError(f"precisions: the profile did not measure {p} kept blocks (profile with --fp8)")
+        if not cost_model.supports(p, space.block_size):
+            raise SearchError(f"precisions: the hardware table {cost_model.table.name} has no {p} kernel at "
+                              f"head_dim {cost_model.head_dim}, block size {space.block_size} (calibrate on a GPU "
+                              f"with FP8 tensor cores, or search --precisions native)")
+    if "native" not in wanted:
+        raise SearchError("precisions: must include native (dense layers and the baseline run in it)")
+    return wanted
 
-    def __init__(self, space: SearchSpace, cost_model: CostModel, *, ulysses: int = 1) -> None:
+
+class Problem:
+    """Precomputed costs of one SearchSpace under one CostModel; solves trials.
+
+    ``precisions``: what the search may give heads (:func:`resolve_precisions`; None: every precision
+    the profile measured)."""
+
+    def __init__(self, space: SearchSpace, cost_model: CostModel, *, ulysses: int = 1,
+                 precisions: tuple[str, ...] | None = None) -> None:
         self.space, self.cm = space, cost_model
         S, L, H, C = space.shape
         if not isinstance(ulysses, int) or isinstance(ulysses, bool) or ulysses < 1 or H % ulysses:
             raise SearchError(f"ulysses: the degree must be a positive divisor of the profile's {H} heads, "
                               f"got {ulysses!r}")
         self.ulysses = ulysses
+        self.precisions = resolve_precisions(space, cost_model, precisions)
         g, B, nb = space.geometry, space.block_size, space.num_blocks
         self.N = g.num_tokens
-        cost = np.asarray(cost_model.head_work_ms(space.density * nb * nb, nb, B, self.N))
+        self.col_precision = np.array(space.precisions)
+        cost = np.full(space.shape, np.inf)
+        for p in self.precisions:
+            cols = self.col_precision == p
+            cost[..., cols] = self._work_ms(space.density[..., cols] * nb * nb, p)
         cost[..., space.skip_col] = cost_model.fill_head_ms(self.N)
         # float32: the trial loop is memory-bound over [steps, layers, heads, candidates].
         self.cost = np.where(np.isnan(space.density), np.inf, cost).astype(np.float32)
         # An error too large for float32 stays the largest float32, not an overflow to inf.
         err2 = np.where(np.isnan(space.rel_err), 0.0, space.rel_err) ** 2
         self.err2 = np.minimum(err2, np.finfo(np.float32).max).astype(np.float32)
-        self.launch = cost_model.launch_overhead_ms(B)
-        self.fill = cost_model.fill_overhead_ms()
+        self.col_class = np.array([CLASSES.index("skip") if c == space.skip_col else CLASSES.index(p)
+                                   for c, p in enumerate(space.precisions)])
+        # Fixed costs per step of each class (inner.CLASSES order): the native launch; the FP8 launch
+        # and its quantization pass; the zero fill.
+        self.fixed = np.zeros(len(CLASSES))
+        self.fixed[CLASSES.index("native")] = cost_model.launch_overhead_ms(B)
+        if "fp8" in self.precisions:
+            self.fixed[CLASSES.index("fp8")] = cost_model.launch_overhead_ms(B, "fp8") + \
+                cost_model.quantize_overhead_ms()
+        self.fixed[CLASSES.index("skip")] = cost_model.fill_overhead_ms()
         # A dense layer of the plan (a dense unit, a warm-up step) costs what the runtime runs it with
         # (the Hopper kernel, all blocks kept, where it can); the baseline the speedup is measured
         # against, and λ's scale, stay cuDNN's dense attention.
@@ -114,6 +156,13 @@ class Problem:
         cheap = np.where(sparse & (space.density <= 0.3), space.rel_err, np.nan)
         least = np.nanmin(np.where(np.isnan(cheap), 1.0, cheap), axis=-1)           # [S, L, H]
         self.hardest_layers = list(np.argsort(-least.mean(axis=(0, 2)), kind="stable"))
+
+    def _work_ms(self, tiles, precision: str):
+        """Additive cost of computed heads keeping ``tiles`` blocks in ``precision`` (FP8 heads also
+        carry their share of the quantization pass)."""
+        sp = self.space
+        work = self.cm.head_work_ms(tiles, sp.num_blocks, sp.block_size, self.N, precision)
+        return work + self.cm.quantize_head_ms(self.N) if precision == "fp8" else work
 
     @property
     def num_steps(self) -> int:
@@ -135,7 +184,7 @@ class Problem:
                     if len(r) > 1:
                         dens = self.space.stripe_density(c, r)
                         ok = np.isfinite(cost[i, ..., c])
-                        work = self.cm.head_work_ms(dens * nb * nb, nb, B, self.N)
+                        work = self._work_ms(dens * nb * nb, self.col_precision[c])
                         cost[i, ..., c] = np.where(ok, len(r) * work, np.inf)
             self._agg[key] = (rs, cost, err, recall)
         return self._agg[key]
@@ -157,8 +206,7 @@ class Problem:
             self._labels[key] = np.where(pick >= 0, fam[np.maximum(pick, 0)], -1)      # [R, L, H]
         label = self._labels[key]
         allowed = (self.space.family_codes()[None, None, None, :] == label[..., None]) & (label[..., None] >= 0)
-        allowed[..., self.space.dense_col] = True
-        allowed[..., self.space.skip_col] = True
+        allowed[..., [f in ("dense", "skip") for f in self.space.families]] = True
         return allowed
 
     # -- one trial -------------------------------------------------------------------------------------------
@@ -172,9 +220,8 @@ class Problem:
         steps = np.array([len(r) for r in rs], dtype=np.float64)[:, None].repeat(L, 1)
         force = np.zeros((R, L), dtype=bool)
         force[:, self.hardest_layers[: k.dense_layers]] = True
-        u = Units.native(cost.reshape(R * L, H, C), err.reshape(R * L, H, C), self.space.skip_col,
-                  (steps * self.launch).reshape(-1), (steps * self.fill).reshape(-1),
-                  (steps * self.dense_layer_ms).reshape(-1), force.reshape(-1))
+        u = Units(cost.reshape(R * L, H, C), err.reshape(R * L, H, C), self.col_class,
+                  steps.reshape(-1, 1) * self.fixed, (steps * self.dense_layer_ms).reshape(-1), force.reshape(-1))
         return rs, u
 
     def lam_abs(self, k: Knobs) -> float:
@@ -224,15 +271,20 @@ class Problem:
         return cost
 
     def _unit_full_ms(self, r: range, layer: int, choice: np.ndarray, heads: range | None = None) -> float:
-        """Full-model latency of one unit over its steps (fused launch by list scheduling + fill),
-        of the layer's ``heads`` (default: all)."""
+        """Full-model latency of one unit over its steps (a fused launch per precision by list
+        scheduling, the FP8 heads' quantization pass, the zero fill), of the layer's ``heads``
+        (default: all)."""
         sp = self.space
         heads = range(len(choice)) if heads is None else heads
         comp = [h for h in heads if choice[h] != sp.skip_col]
         t = 0.0
-        if comp:
-            counts = np.stack([sp.counts(int(choice[h]), r, layer, h) for h in comp])
-            t += self.cm.sparse_ms(counts, sp.block_size, self.N)
+        for p in self.precisions:
+            mine = [h for h in comp if self.col_precision[choice[h]] == p]
+            if mine:
+                counts = np.stack([sp.counts(int(choice[h]), r, layer, h) for h in mine])
+                t += self.cm.sparse_ms(counts, sp.block_size, self.N, p)
+                if p == "fp8":
+                    t += float(self.cm.quantize_ms(len(mine), self.N))
         nskip = len(heads) - len(comp)
         if nskip:
             t += float(self.cm.fill_ms(nskip, self.N))
@@ -289,7 +341,8 @@ class Problem:
                     continue
                 heads = [(sp.families[c], sp.candidate_params(int(c), r, layer, h))
                          for h, c in enumerate(a.choice[i, layer])]
-                layers.append(LayerPlan.from_heads(heads, sp.geometry, sp.block_size))
+                layers.append(LayerPlan.from_heads(heads, sp.geometry, sp.block_size,
+                                                   precisions=[sp.precisions[c] for c in a.choice[i, layer]]))
             entries.append(ScheduleEntry(r.start, r.stop, tuple(layers)))
         return Plan(sp.geometry, sp.block_size, S, L, H, tuple(_merge(entries, sp.boundaries)), **meta)
 
@@ -307,4 +360,4 @@ def _merge(entries: list[ScheduleEntry], boundaries: tuple[int, ...] = ()) -> li
     return out
 
 
-__all__ = ["Assignment", "Knobs", "Problem", "SMALL_WAVES"]
+__all__ = ["Assignment", "Knobs", "Problem", "SMALL_WAVES", "resolve_precisions"]

@@ -7,6 +7,11 @@ is array arithmetic. vertical_stripe candidates are named by their count of key 
 blocks they keep moves between steps, so a range of several steps keeps the union of its steps'
 blocks, and its density is recounted exactly from the union (:meth:`SearchSpace.stripe_density`).
 
+A profile that measured FP8 kept blocks (its ``rel_err_fp8`` column) gives every computed
+candidate an FP8 twin column: the same pattern, parameters, density and recall, the FP8 error as
+its error, and ``precisions[c]`` = "fp8" (the search then chooses precision per head like any other
+candidate; the cost model prices the twin with the FP8 kernel).
+
 Per-head error is rel_err² (summed over a range's steps): the plan's error is the root mean square
 of rel_err over every (step, layer, head) — the relative Frobenius error of all attention outputs
 stacked, when heads carry equal output norm; being a sum, it keeps the inner problem a knapsack;
@@ -30,6 +35,7 @@ from ..experts import boundaries, experts_of
 from ..geometry import Geometry
 from ..patterns import SPARSE_FAMILIES, block_mask
 from ..profiling.candidates import stripe_base, stripe_gain
+from ..profiling.profile_io import FP8_COLUMN
 
 
 _KEY_BLOCKS = re.compile(r'"key_blocks":\s*\[([^\]]*)\]')
@@ -53,6 +59,17 @@ class SearchSpace:
     stripe_params: dict[int, np.ndarray] = field(default_factory=dict)  # c → object [S, L, H] JSON
     #: Steps where the profiled pipeline hands over to its next expert (Wan2.2): no step range spans one.
     boundaries: tuple[int, ...] = ()
+    #: Per candidate: the precision its kept blocks run in (None: all native).
+    precisions: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.precisions is None:
+            self.precisions = ["native"] * len(self.names)
+
+    @cached_property
+    def measured_precisions(self) -> tuple[str, ...]:
+        """The precisions some candidate of the space runs in, native first."""
+        return tuple(p for p in ("native", "fp8") if p in self.precisions)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -189,6 +206,23 @@ def build_space(profile) -> SearchSpace:
         c = names_all.index(n)
         miss = np.isnan(density[..., c])
         density[..., c][miss], rel_err[..., c][miss], recall[..., c][miss] = d, e, r
+    precisions = ["native"] * C
+    if FP8_COLUMN in t.columns:  # FP8 twins of every computed candidate the profile measured in FP8
+        err8 = np.full((S, L, H, C), np.nan)
+        err8[idx] = t[FP8_COLUMN].to_numpy()
+        twins = [c for c in range(C) if families[c] != "skip" and not np.isnan(err8[..., c]).all()]
+        names_all += [f"{names_all[c]} fp8" for c in twins]
+        families += [families[c] for c in twins]
+        params += [params[c] for c in twins]
+        rows += [rows[c] for c in twins]
+        precisions += ["fp8"] * len(twins)
+        twin_density = np.where(np.isnan(err8[..., twins]), np.nan, density[..., twins])   # unmeasured: unavailable
+        density = np.concatenate([density, twin_density], -1)
+        recall = np.concatenate([recall, recall[..., twins]], -1)
+        rel_err = np.concatenate([rel_err, err8[..., twins]], -1)
+        fp8_of = dict(zip(twins, range(C, C + len(twins))))
+    else:
+        fp8_of = {}
     stripe_params = {}
     stripe_codes = [c for c, fam in enumerate(families) if fam == "vertical_stripe"]
     if stripe_codes:
@@ -200,13 +234,15 @@ def build_space(profile) -> SearchSpace:
             sel = sel_codes == c
             arr[sel_idx[0][sel], sel_idx[1][sel], sel_idx[2][sel]] = sel_params[sel]
             stripe_params[c] = arr
+            if c in fp8_of:
+                stripe_params[fp8_of[c]] = arr
     missing_sites = np.isnan(density).all(-1)
     if missing_sites.any():
         s, l, h = (int(x[0]) for x in np.nonzero(missing_sites))
         raise SearchError(f"profile: step {s}, layer {l}, head {h} has no measured candidate (incomplete profile)")
     handovers = tuple(b for b in boundaries(experts_of(profile.model, "profile model")) if b < S)
     return SearchSpace(profile.geometry, profile.settings.block_size, names_all, families, params, rows,
-                       density, rel_err, recall, stripe_params, handovers)
+                       density, rel_err, recall, stripe_params, handovers, precisions)
 
 
 def step_ranges(num_steps: int, warmup: int, ranges: int, boundaries: Sequence[int] = ()) -> list[range]:

@@ -131,8 +131,11 @@ class _Search:
 
     @classmethod
     def build(cls, profs: Sequence[Profile], cm: CostModel, *, max_error: float | None, validate: int, spec,
-              backend: str, validate_mode: str = "steps", ulysses: int = 1) -> "_Search":
-        problems = {p.settings.block_size: Problem(build_space(p), cm, ulysses=ulysses) for p in profs}
+              backend: str, validate_mode: str = "steps", ulysses: int = 1,
+              precisions: Sequence[str] | None = None) -> "_Search":
+        problems = {p.settings.block_size: Problem(build_space(p), cm, ulysses=ulysses,
+                                                   precisions=None if precisions is None else tuple(precisions))
+                    for p in profs}
         validator = None
         if validate:
             from .validate import Validator
@@ -196,7 +199,8 @@ def worker_main(cfg: dict[str, Any], index: int, report: Callable[[dict[str, Any
     spec = _load_spec(cfg["model"]) if cfg["model"] is not None else None
     cm = CostModel(cfg["hardware"], head_dim=cfg["head_dim"], batch=cfg["batch"])
     search = _Search.build(profs, cm, max_error=cfg["max_error"], validate=cfg["validate"], spec=spec,
-                           backend=cfg["backend"], validate_mode=cfg["validate_mode"], ulysses=cfg["ulysses"])
+                           backend=cfg["backend"], validate_mode=cfg["validate_mode"], ulysses=cfg["ulysses"],
+                           precisions=cfg["precisions"])
     rdb = open_storage(cfg["storage"], cfg["heartbeat_s"])
     study = _open_study(rdb, cfg["study"], _sampler_seed(cfg["seed"], index))
     deadline = started + cfg["timeout"] if cfg["timeout"] else None
@@ -218,7 +222,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
              model=None, progress: Callable[[dict[str, Any]], None] | None = None, head_dim: int | None = None,
              batch: int = 1, seed: int = 0, study_name: str | None = None, backend: str = "auto",
              timeout: float | None = None, workers: int = 1, heartbeat_s: int = HEARTBEAT_S,
-             ulysses: int = 1, portable: bool = True) -> OptimizeResult:
+             ulysses: int = 1, portable: bool = True, precisions: Sequence[str] | None = None) -> OptimizeResult:
     """Search a plan for the profiled model and write it to ``out``.
 
     Args:
@@ -255,6 +259,9 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
             slowest rank (each rank H/K heads; ``Problem``), against one rank's dense attention.
         portable: False marks the plan non-portable (``Plan.portable``): it then runs at the
             profiled geometry only. Not part of the study: the same trials serve both.
+        precisions: what heads' kept blocks may run in ("native", "fp8"); None: every precision the
+            profile measured (FP8 where it was profiled with ``--fp8``), each one the hardware table
+            must price (``problem.resolve_precisions``).
     Returns:
         OptimizeResult: the plan, where it was written, the chosen trial and why, the Pareto front.
     """
@@ -299,14 +306,17 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
             head_dim = 128  # profiles written before the attention shape was recorded
     cm = CostModel(hardware, head_dim=head_dim, batch=batch)
     search = _Search.build(profs, cm, max_error=max_error, validate=validate, spec=spec, backend=backend,
-                           validate_mode=validate_mode, ulysses=ulysses)
+                           validate_mode=validate_mode, ulysses=ulysses, precisions=precisions)
     problems = search.problems
+    used_precisions = next(iter(problems.values())).precisions
 
     budgeted = search.budgeted
     settings = {"head_dim": head_dim, "batch": batch, "hardware": cm.table.name, "validate": validate,
                 **({"validate_mode": validate_mode} if validate and validate_mode != "steps" else {}),
                 "budgeted": budgeted, "max_error": max_error if budgeted else None,
-                "block_sizes": sorted(problems), "knob_space": 2, **({"ulysses": ulysses} if ulysses > 1 else {})}
+                "block_sizes": sorted(problems), "knob_space": 2, **({"ulysses": ulysses} if ulysses > 1 else {}),
+                # in the study's fingerprint only when it is not the default native-only search
+                **({"precisions": list(used_precisions)} if used_precisions != ("native",) else {})}
     fingerprint = _fingerprint(profs, settings)
     name = study_name or f"attnsearch-{profs[0].model.get('name', 'model')}-{fingerprint}"
     fresh = db is not None and not db.exists()
@@ -345,7 +355,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
             else:
                 cfg = {"profile": profile_path, "model": (model if isinstance(model, str) else spec) if validate else None,
                        "hardware": hardware, "head_dim": head_dim, "batch": batch, "validate": validate,
-                       "validate_mode": validate_mode, "ulysses": ulysses,
+                       "validate_mode": validate_mode, "ulysses": ulysses, "precisions": precisions,
                        "backend": backend, "max_error": max_error, "storage": storage, "study": name,
                        "heartbeat_s": heartbeat_s, "seed": seed, "target": target, "trials": to_run, "timeout": timeout}
                 errors = spawn(cfg, workers, on_trial, entry=f"{__name__}:worker_main")
