@@ -222,6 +222,23 @@ class Plan:
         self._instances[geometry] = out
         return out
 
+    def with_precision(self, precision: str) -> Plan:
+        """The plan with every computed head of every sparse layer in ``precision`` (the same masks;
+        dense entries stay dense); ``predicted`` left empty (its figures were for the plan's own
+        precisions)."""
+        done: dict[LayerPlan, LayerPlan] = {}
+
+        def converted(lp: LayerPlan) -> LayerPlan:
+            if lp not in done:
+                done[lp] = lp if lp.is_dense else lp.with_precision(precision)
+            return done[lp]
+
+        schedule = tuple(ScheduleEntry(e.start, e.stop, None if e.layers is None else
+                                       tuple(converted(lp) for lp in e.layers)) for e in self.schedule)
+        return Plan(self.geometry, self.block_size, self.num_steps, self.num_layers, self.num_heads, schedule,
+                    model=self.model, hardware=self.hardware, predicted={}, search=self.search,
+                    portable=self.portable, source_geometry=self.source_geometry)
+
     def layer_plans(self) -> list[LayerPlan]:
         """The distinct LayerPlans of the plan, in schedule order."""
         seen: dict[LayerPlan, None] = {}

@@ -215,3 +215,17 @@ def test_from_heads_groups_by_family_and_precision():
     assert not lp.is_dense and LayerPlan.from_heads([("dense", {})] * 2, GEOM, B).is_dense
     with pytest.raises(PlanError, match="^precisions: 1 entries for 4 heads"):
         LayerPlan.from_heads([("dense", {})] * 4, GEOM, B, precisions=["fp8"])
+
+
+def test_plan_with_precision_converts_every_sparse_layer_and_keeps_dense_ones():
+    plan = Plan.from_dict(plan_dict())
+    fp8 = plan.with_precision("fp8")
+    assert fp8.layer_plan(0, 0).is_dense                                  # a dense entry stays dense
+    for step in (2, 4):
+        for layer in range(3):
+            lp, lp8 = plan.layer_plan(step, layer), fp8.layer_plan(step, layer)
+            assert torch.equal(lp.block_masks(), lp8.block_masks())
+            assert lp8.head_precisions == tuple("native" if s[0] == "skip" or lp.is_dense else "fp8"
+                                                for s in lp.head_specs)          # an all-dense layer stays exact
+    assert fp8.predicted == {} and Plan.from_dict(fp8.to_dict()) == fp8
+    assert fp8.with_precision("native").layer_plan(3, 0) == plan.layer_plan(3, 0).with_precision("native")

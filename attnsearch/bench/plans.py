@@ -30,9 +30,10 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
         layer_plan: the layer (geometry gives N, num_heads gives H).
         batch, head_dim, dtype, layout: the inputs, [batch, H, N, head_dim] (``bnhd``: transposed
             views of [batch, N, H, head_dim]).
-        config: a ``runtime.triton.launch.KernelConfig`` (the triton backend with that config), or None
-            for what ``sparse_attention`` runs: the backend "auto" picks (hopper on H100/H200 at
-            block size 128, else triton with its tuned config).
+        config: a ``runtime.triton.launch.KernelConfig`` (the triton backend with that config, for
+            every precision), or None for what ``sparse_attention`` runs: per precision of the heads
+            the backend "auto" picks (native: hopper on H100/H200 at block size 128, else triton
+            with its tuned config; FP8: triton).
         groups_alone: also time each head group as its own launch, to compare the fused layer
             with the sum of its groups.
         dense_ms: reuse a cuDNN time measured before for this shape (skips timing it again).
@@ -53,9 +54,15 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
     dens = layer_plan.density
     fl = flops(batch, H, n, head_dim, dens)
     dense_fl = flops(batch, H, n, head_dim, 1.0)
-    backend = TritonBackend if config is not None else select_backend(*inputs[0], layer_plan)
+    backends = {p: TritonBackend if config is not None else select_backend(*inputs[0], layer_plan, "auto", p)
+                for p in tables.precisions}
+    backend = next(iter(backends.values()))
     options = {"config": config} if config is not None else {}
-    run = lambda x: backend.run_tables(*x, tables, scale, out, **options)  # noqa: E731
+
+    def run(x):
+        for precision, b in backends.items():
+            b.run_tables(*x, tables, scale, out, precision=precision, **options)
+
     run(inputs[0])  # tune (if config is None) and compile outside the timing
     used = config if config is not None else backend.tuned_config(*inputs[0], layer_plan.block_size)
     t = time_ms(run, inputs, warmup, reps, mode=timing, sampler=sampler)
@@ -63,9 +70,9 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
     res: dict[str, Any] = {
         "card": card_name(), "shape": list(shape), "dtype": str(dtype).removeprefix("torch."),
         "layout": layout, "geometry": geom.to_dict(), "block_size": layer_plan.block_size, "density": dens,
-        "groups": [{"pattern": g.pattern, "heads": len(g.heads),
+        "groups": [{"pattern": g.pattern, "heads": len(g.heads), "precision": g.precision,
                     "density": float(head_dens[list(g.heads)].mean())} for g in layer_plan.groups],
-        "backend": backend.name,
+        "backend": backend.name, "backends": {p: b.name for p, b in backends.items()},
         "config": None if backend.name != "triton" or used is None else vars(used),
         "timing": t["mode"], "sparse_ms": t["median"], "sparse_ms_min": t["min"],
         "sparse_tflops": fl / t["median"] / 1e9, "sparse_host_us": host_us(run, inputs),
@@ -90,7 +97,8 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
         if "clock" in tf:
             res["flex_clock"] = tf["clock"]
     computed_groups = [g for g in layer_plan.groups if g.pattern != "skip"]
-    if groups_alone and (used is not None or backend.name == "hopper") and len(computed_groups) > 1:
+    if (groups_alone and len(backends) == 1 and (used is not None or backend.name == "hopper")
+            and len(computed_groups) > 1):
         gt = get_block_tables(layer_plan, "cuda", "group")
         per = []
         for launch in gt.launches:
