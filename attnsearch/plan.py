@@ -222,6 +222,16 @@ class Plan:
         self._instances[geometry] = out
         return out
 
+    def precision_share(self, precision: str) -> float:
+        """The share of computed (step, layer, head) sites whose kept blocks run in ``precision``
+        (dense entries count as native heads); 0 for a plan that computes nothing."""
+        mine = total = 0
+        for e in self.schedule:
+            for lp in (self._dense_layer,) * self.num_layers if e.layers is None else e.layers:
+                mine += (e.stop - e.start) * len(lp.precision_heads(precision))
+                total += (e.stop - e.start) * len(lp.computed_heads)
+        return mine / total if total else 0.0
+
     def with_precision(self, precision: str) -> Plan:
         """The plan with every computed head of every sparse layer in ``precision`` (the same masks;
         dense entries stay dense); ``predicted`` left empty (its figures were for the plan's own

@@ -229,3 +229,13 @@ def test_plan_with_precision_converts_every_sparse_layer_and_keeps_dense_ones():
                                                 for s in lp.head_specs)          # an all-dense layer stays exact
     assert fp8.predicted == {} and Plan.from_dict(fp8.to_dict()) == fp8
     assert fp8.with_precision("native").layer_plan(3, 0) == plan.layer_plan(3, 0).with_precision("native")
+
+
+def test_precision_share_counts_computed_heads_over_steps():
+    plan = Plan.from_dict(plan_dict())
+    # steps [0, 2) dense: 2 × 3 layers × 4 native heads; steps [2, 5): layer 0 has 1 FP8 head of 3 computed
+    # (head 3 skips), layers 1 and 2 four native heads each.
+    total = 2 * 3 * 4 + 3 * (3 + 4 + 4)
+    assert plan.precision_share("fp8") == pytest.approx(3 / total)
+    assert plan.precision_share("native") == pytest.approx(1 - 3 / total)
+    assert plan.with_precision("fp8").precision_share("fp8") == pytest.approx(3 * (3 + 4) / total)

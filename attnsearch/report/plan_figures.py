@@ -7,6 +7,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap
+from matplotlib.patches import Rectangle
 
 from ..plan import Plan
 from .style import FAMILY_COLORS, FAMILY_ORDER, family_legend, save_figure
@@ -17,8 +18,9 @@ def _sparse_entries(plan: Plan):
 
 
 def head_map(plan: Plan, path: Path) -> Path:
-    """Layers × heads coloured by pattern with each head's block density, one panel per sparse
-    schedule entry (at most three; later entries are usually the same)."""
+    """Layers × heads coloured by pattern with each head's block density, heads whose kept blocks
+    run in FP8 hatched; one panel per sparse schedule entry (at most three; later entries are
+    usually the same)."""
     entries = _sparse_entries(plan)[:3] or plan.schedule[:1]
     fig, axes = plt.subplots(1, len(entries), squeeze=False,
                              figsize=(len(entries) * max(3.5, 0.42 * plan.num_heads + 1.2),
@@ -27,13 +29,18 @@ def head_map(plan: Plan, path: Path) -> Path:
     for ax, entry in zip(axes[0], entries):
         idx = np.full((plan.num_layers, plan.num_heads), FAMILY_ORDER.index("dense"))
         dens = np.ones((plan.num_layers, plan.num_heads))
+        fp8 = []
         if entry.layers is not None:
             for layer, lp in enumerate(entry.layers):
                 d = lp.head_densities().numpy()
                 for head, (pattern, _) in enumerate(lp.head_specs):
                     idx[layer, head] = FAMILY_ORDER.index(pattern)
                     dens[layer, head] = d[head]
+                fp8 += [(layer, head) for head in lp.precision_heads("fp8")]
         ax.imshow(idx, cmap=cmap, vmin=-0.5, vmax=len(FAMILY_ORDER) - 0.5, aspect="auto", interpolation="nearest")
+        for layer, head in fp8:
+            ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, hatch="///", edgecolor="white",
+                                   linewidth=0))
         if plan.num_layers * plan.num_heads <= 600:
             for (layer, head), d in np.ndenumerate(dens):
                 ax.text(head, layer, f"{d:.2f}"[1:] if d < 1 else "1", ha="center", va="center", fontsize=5.5,
@@ -42,7 +49,8 @@ def head_map(plan: Plan, path: Path) -> Path:
         ax.set_ylabel("layer")
         ax.set_title(f"steps [{entry.start}, {entry.stop})", fontsize=9)
     family_legend(axes[0][-1], FAMILY_ORDER, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.suptitle("pattern per head (numbers: block density)", fontsize=10)
+    fp8_note = "; hatched: FP8 kept blocks" if any(lp.precision_heads("fp8") for lp in plan.layer_plans()) else ""
+    fig.suptitle(f"pattern per head (numbers: block density{fp8_note})", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -87,7 +95,10 @@ def schedule(plan: Plan, path: Path) -> Path:
 def plan_figures(plan: Plan, out: Path) -> dict:
     from ..costmodel import CostModel
 
-    cost = CostModel(plan.hardware.get("calibration") or None)
+    settings = plan.search.get("settings") or {}
+    # The calls' head_dim and batch, as the search costed them (128 and 1 for a plan without them).
+    cost = CostModel(plan.hardware.get("calibration") or None, head_dim=int(settings.get("head_dim") or 128),
+                     batch=int(settings.get("batch") or 1))
     figs = [("Pattern per head", head_map(plan, out / "plan_heads.png")),
             ("Predicted latency per layer", layer_latency(plan, out / "plan_latency.png", cost)),
             ("Step schedule", schedule(plan, out / "plan_schedule.png"))]
@@ -98,6 +109,8 @@ def plan_figures(plan: Plan, out: Path) -> dict:
                f"{plan.num_steps} steps × {plan.num_layers} layers × {plan.num_heads} heads, "
                f"block size {plan.block_size}; "
                f"cost model: {cost.table.note}")
+    if plan.precision_share("fp8"):
+        summary += f"; FP8 kept blocks on {plan.precision_share('fp8'):.0%} of the computed heads"
     if p:
         summary += (f"; predicted attention {p.get('attention_ms', float('nan')):.1f} ms vs dense "
                     f"{p.get('dense_attention_ms', float('nan')):.1f} ms ({p.get('speedup', float('nan')):.2f}×), "
