@@ -1,5 +1,5 @@
 """Independent brute-force references: token-level masks straight from docs/design.md's definitions,
-and list scheduling simulated one time unit at a time.
+list scheduling simulated one time unit at a time, and attention inputs whose FP8 forms are exact.
 
 Deliberately naive (Python/NumPy loops over token pairs): the point is to share no code with the
 package's interval/segment arithmetic.
@@ -144,3 +144,22 @@ def stripe_blocks_at(key_blocks, source, target, block_size):
              & _cells_overlap(x[:, None], source.width, xx[None, :], target.width)).any(0)
     covered_tokens = np.flatnonzero(~t_text)[cover]
     return sorted({int(t) // block_size for t in covered_tokens})
+
+
+def exact_fp8_inputs(n: int, heads: int, kv_heads: int, seed: int, device: str = "cpu", batch: int = 1,
+                     head_dim: int = 64):
+    """fp16 q, k whose e4m3 forms are exact and whose scaled products are integers (entries 0, ±1 or
+    ±2, the magnitude per 64 rows, so blocks get different scales), so under scale ln 2 every softmax
+    weight is a power of two that e4m3 holds down to 2^-15 of the row's largest; v random. An FP8
+    kernel must then equal attention on the dequantized operands up to fp32 accumulation."""
+    import torch
+
+    g = torch.Generator(device=device).manual_seed(seed)
+
+    def ternary(h):
+        shape = (batch, h, n, head_dim)
+        t = torch.randint(-1, 2, shape, generator=g, device=device) * (torch.rand(shape, generator=g, device=device) < 0.3)
+        per_64_rows = torch.randint(1, 3, (batch, h, -(-n // 64), 1), generator=g, device=device)
+        return (t * per_64_rows.repeat_interleave(64, 2)[:, :, :n]).half()
+
+    return ternary(heads), ternary(kv_heads), torch.randn(batch, kv_heads, n, head_dim, generator=g, device=device).half()

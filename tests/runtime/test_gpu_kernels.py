@@ -119,7 +119,7 @@ def test_fp8_kernel_is_attention_on_its_quantized_operands(block_size, head_dim)
 
     from attnsearch.runtime.quantize import dequantize, quantize_fp8
     from attnsearch.runtime.triton.launch import FP8_TUNING_CONFIGS, forward
-    from test_quantize import exact_fp8_inputs
+    from reference import exact_fp8_inputs
 
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 tensor cores need compute capability 8.9 or newer")

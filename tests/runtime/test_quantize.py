@@ -15,23 +15,6 @@ from attnsearch.runtime.quantize import (E4M3_MAX, FP8, dequantize, fp8_attentio
 REL, SUB = 2.0 ** -4, 2.0 ** -10
 
 
-def exact_fp8_inputs(n: int, heads: int, kv_heads: int, seed: int, device: str = "cpu", batch: int = 1,
-                     head_dim: int = 64):
-    """fp16 q, k whose e4m3 forms are exact and whose scaled products are integers (entries 0, ±1 or
-    ±2, the magnitude per 64 rows, so blocks get different scales), so under scale ln 2 every softmax
-    weight is a power of two that e4m3 holds down to 2^-15 of the row's largest; v random. An FP8
-    kernel must then equal attention on the dequantized operands up to fp32 accumulation."""
-    g = torch.Generator(device=device).manual_seed(seed)
-
-    def ternary(h):
-        shape = (batch, h, n, head_dim)
-        t = torch.randint(-1, 2, shape, generator=g, device=device) * (torch.rand(shape, generator=g, device=device) < 0.3)
-        per_64_rows = torch.randint(1, 3, (batch, h, -(-n // 64), 1), generator=g, device=device)
-        return (t * per_64_rows.repeat_interleave(64, 2)[:, :, :n]).half()
-
-    return ternary(heads), ternary(kv_heads), torch.randn(batch, kv_heads, n, head_dim, generator=g, device=device).half()
-
-
 def _inputs(n=200, d=64, seed=0):
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(2, 3, n, d, generator=g) * torch.logspace(-2, 2, 3)[None, :, None, None] for _ in range(3))

@@ -27,7 +27,7 @@ from attnsearch.plan import LayerPlan
 from attnsearch.runtime import sparse_attention
 from attnsearch.runtime.block_tables import build_block_tables, get_block_tables
 from attnsearch.runtime.device_caps import num_sms
-from test_quantize import exact_fp8_inputs
+from reference import exact_fp8_inputs
 from test_runtime import all_patterns, geometry, poisoned, qkv, reference, rel_err
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +46,8 @@ class Interpreter:
 
     def start(self) -> None:
         env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": str(torch.get_num_threads()),
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests"),
+                                                           os.environ.get("PYTHONPATH")]))}
         self.log = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen([sys.executable, __file__], env=env, cwd=ROOT, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.log, text=True)
