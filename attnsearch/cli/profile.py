@@ -24,6 +24,8 @@ def profile(
                                              help="64 or 128; default 64 for N ≤ 8192, else 128."),
     grid: Optional[Path] = typer.Option(None, help="JSON file overriding the candidate grid."),
     map_size: int = typer.Option(64, help="Side of the stored block-level attention maps."),
+    fp8: bool = typer.Option(False, "--fp8", help="Also measure every candidate with its kept blocks in FP8 "
+                                                  "(column rel_err_fp8; about twice the profiling work)."),
     tau: float = typer.Option(0.95, help="Recall a class must reach (summary only; the profile keeps all)."),
     density_cap: float = typer.Option(0.75, help="Above this density a head is dense (summary only)."),
     option: list[str] = typer.Option([], "--option", "-o", help="key=value passed to the model factory."),
@@ -63,7 +65,9 @@ def profile(
         bs = block_size or default_block_size(spec.geometry.num_tokens)
         for family, _ in grid_obj.fixed:  # the grid's params must mean something at this geometry
             grid_obj.params_for(family, spec.geometry, bs)
-        settings = ProfileSettings(queries=queries, seed=seed, block_size=bs, map_size=map_size, grid=grid_obj)
+        precisions = ("native", "fp8") if fp8 else ("native",)
+        settings = ProfileSettings(queries=queries, seed=seed, block_size=bs, map_size=map_size, grid=grid_obj,
+                                   precisions=precisions)
         if steps is not None and steps > len(spec.inputs):
             raise UsageError(f"--steps {steps} exceeds the {len(spec.inputs)} inputs model {spec.name!r} provides")
         n_steps = steps or len(spec.inputs)
@@ -72,7 +76,7 @@ def profile(
         check_size(spec.geometry, bs, queries, n_steps)
         console.print(f"[bold]{shown(spec.name)}[/]: geometry {spec.geometry}, block size {bs}, "
                       f"{n_steps} step(s)" + (f" × {len(spec.prompts)} prompts" if spec.prompts else "")
-                      + f", {queries} sampled queries per call"
+                      + f", {queries} sampled queries per call" + (" (errors native and FP8)" if fp8 else "")
                       + "".join(f"; {e.name} runs step" + (f"s {e.start}–{e.stop - 1}" if e.stop - e.start > 1 else f" {e.start}")
                               for e in spec.experts))
         with progress_bar() as bar:

@@ -5,7 +5,8 @@ Rules (each violation is one :class:`ProfileError` line naming the file and the 
 * columns ``step``, ``layer``, ``head`` are integers ≥ 0; ``pattern``, ``params`` and ``candidate``
   are strings, ``pattern`` a known pattern, ``params`` a JSON object (strict data); ``density``, ``recall`` and ``rel_err`` are finite
   numbers, density and recall in [0, 1] (a rounding margin of :data:`TOLERANCE`), rel_err ≥ 0; the
-  same for a profile's per-prompt columns ``prompt{i}.recall`` and ``prompt{i}.rel_err``;
+  same for the error columns of other precisions (``rel_err_fp8``) and for a profile's per-prompt
+  columns ``prompt{i}.recall``, ``prompt{i}.rel_err`` and ``prompt{i}.rel_err_fp8``;
 * every (pattern, params) pair is valid for its family at the profile's geometry and block size
   (:func:`check_params`, on load, once the metadata gives them);
 * no two rows measure the same (step, layer, head, candidate);
@@ -49,6 +50,17 @@ def _gaps(present, n: int) -> str:
     return ", ".join(text) + (", …" if len(runs) > 6 else "")
 
 
+def _statistic(col) -> str | None:
+    """What a column holds: ``recall``, or ``rel_err`` for rel_err and the error columns of other
+    precisions (``rel_err_fp8``), each also per prompt (``prompt{i}.<name>``); None otherwise."""
+    if not isinstance(col, str):
+        return None
+    name = col.split(".", 1)[1] if col.startswith("prompt") and "." in col else col
+    if name == "recall":
+        return "recall"
+    return "rel_err" if name == "rel_err" or name.startswith("rel_err_") else None
+
+
 def check_table(df: pd.DataFrame, path) -> None:
     """Raise ProfileError (naming ``path`` and the column) unless ``df`` holds usable statistics."""
     if not len(df):
@@ -73,9 +85,9 @@ def check_table(df: pd.DataFrame, path) -> None:
     if unknown:
         raise _error(path, f"column 'pattern' names unknown pattern(s) {', '.join(map(repr, unknown[:5]))} "
                            f"(known: {', '.join(PATTERNS)})")
-    per_prompt = [(c, 0.0, 1.0 if c.endswith(".recall") else None) for c in df.columns
-                  if isinstance(c, str) and c.startswith("prompt") and c.endswith((".recall", ".rel_err"))]
-    for col, low, high in (("density", 0.0, 1.0), ("recall", 0.0, 1.0), ("rel_err", 0.0, None), *per_prompt):
+    others = [(c, 0.0, 1.0 if _statistic(c) == "recall" else None) for c in df.columns
+              if c not in ("recall", "rel_err") and _statistic(c)]
+    for col, low, high in (("density", 0.0, 1.0), ("recall", 0.0, 1.0), ("rel_err", 0.0, None), *others):
         if not (pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col])):
             raise _error(path, f"column {col!r} must hold numbers, has {df[col].dtype}")
         values = df[col].astype("float64")

@@ -8,7 +8,10 @@ key ``attnsearch.maps`` holds the block-level attention maps as zlib-compressed 
 their (layer, head) index. A profile of P prompts (each step's batch split into P equal shares)
 has its ``recall`` and ``rel_err`` as the mean over all of them plus, per prompt i, the columns
 ``prompt{i}.recall`` and ``prompt{i}.rel_err`` (:func:`prompt_columns`); a candidate's density
-is the same for every prompt (one mask serves them all). Written to a temporary file beside
+is the same for every prompt (one mask serves them all). A profile whose settings name
+precisions beyond ``native`` has one error column per such precision after ``rel_err``
+(``rel_err_fp8``: the candidate with its kept blocks in FP8, :func:`precision_columns`), and per
+prompt ``prompt{i}.rel_err_fp8`` after that prompt's ``rel_err``. Written to a temporary file beside
 the target and renamed, so an interrupted run never leaves a half-written profile.
 """
 
@@ -33,6 +36,7 @@ import torch
 from ..atomic_io import replacing
 from ..geometry import Geometry, check_block_size
 from ..jsondata import INT_LIMIT, JSONDataError, dumps, parse
+from ..layer_plan import PRECISIONS
 from .candidates import CandidateGrid
 from .errors import ProfileError
 from .profile_check import check_params, check_table
@@ -44,22 +48,53 @@ TABLE_COLUMNS = ["step", "layer", "head", "pattern", "params", "candidate", "den
 PROMPT_STATS = ("recall", "rel_err")
 #: The optional column of a profile that measured FP8 kept blocks (``precisions`` with "fp8").
 FP8_COLUMN = "rel_err_fp8"
+#: The error column of each precision beyond native (whose error is ``rel_err``).
+PRECISION_COLUMNS = {"fp8": FP8_COLUMN}
 #: Integer fields of the metadata's `attention` (the profiled calls' shape).
 ATTENTION_COUNTS = ("batch", "heads", "kv_heads", "head_dim")
 
 
-def prompt_columns(prompts: int) -> list[str]:
+def precision_columns(precisions: tuple[str, ...] = ("native",)) -> list[str]:
+    """The error columns of ``precisions`` beyond ``native`` (:data:`PRECISION_COLUMNS`)."""
+    return [PRECISION_COLUMNS[p] for p in precisions if p != "native"]
+
+
+def prompt_columns(prompts: int, precisions: tuple[str, ...] = ("native",)) -> list[str]:
     """The table columns of ``prompts`` prompts' own statistics, in prompt order."""
-    return [f"prompt{i}.{stat}" for i in range(prompts) for stat in PROMPT_STATS]
+    stats = (*PROMPT_STATS, *precision_columns(precisions))
+    return [f"prompt{i}.{stat}" for i in range(prompts) for stat in stats]
+
+
+def table_columns(prompts: int = 0, precisions: tuple[str, ...] = ("native",)) -> list[str]:
+    """Every column of a profile table of ``prompts`` prompts measured at ``precisions``, in order."""
+    return TABLE_COLUMNS + precision_columns(precisions) + prompt_columns(prompts, precisions)
+
+
+def _precisions(value: Any) -> tuple[str, ...]:
+    """``value`` as precisions in :data:`~attnsearch.layer_plan.PRECISIONS` order (once each)."""
+    known = ", ".join(PRECISIONS)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
+        raise ProfileError(f"precisions must be a list of names ({known}), got {str(value)[:60]!r}")
+    unknown = [p for p in value if p not in PRECISIONS]
+    if unknown:
+        raise ProfileError(f"precisions: unknown precision {unknown[0][:40]!r} (known: {known})")
+    if "native" not in value:
+        raise ProfileError(f"precisions must include 'native' (the error of rel_err), got {list(value)}")
+    return tuple(p for p in PRECISIONS if p in value)
 
 
 @dataclass(frozen=True)
 class ProfileSettings:
+    """How a profile samples and what it measures. ``precisions``: the precisions whose error
+    each candidate gets (``native``: ``rel_err``, always; ``fp8``: ``rel_err_fp8``), held in
+    :data:`~attnsearch.layer_plan.PRECISIONS` order."""
+
     queries: int = 256
     seed: int = 0
     block_size: int = 128
     map_size: int = 64
     grid: CandidateGrid = field(default_factory=CandidateGrid)
+    precisions: tuple[str, ...] = ("native",)
 
     def __post_init__(self) -> None:
         check_block_size(self.block_size)
@@ -67,14 +102,22 @@ class ProfileSettings:
             raise ProfileError(f"queries must be ≥ 1, got {self.queries}")
         if self.map_size < 1:
             raise ProfileError(f"map_size must be ≥ 1, got {self.map_size}")
+        object.__setattr__(self, "precisions", _precisions(self.precisions))
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON data; ``precisions`` only where it names more than native, so a native profile's
+        settings hold just the fields every reader of format version 1 takes."""
         out = asdict(self)
         out["grid"] = self.grid.to_dict()
+        if self.precisions == ("native",):
+            del out["precisions"]
+        else:
+            out["precisions"] = list(self.precisions)
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProfileSettings:
+        """The settings of :meth:`to_dict`; without ``precisions`` (older files): native only."""
         data = dict(data)
         data["grid"] = CandidateGrid.from_dict(data.get("grid", {}))
         return cls(**data)
@@ -88,7 +131,8 @@ class Profile:
     ``maps``: {(layer, head): [m, m] float32} block-level attention maps (mean softmax mass per
     (query group, key group)), averaged over ``map_steps[(layer, head)]`` steps.
     ``prompts``: the profiled prompts (empty: inputs not split by prompt); with P of them the table
-    also holds :func:`prompt_columns` (P).
+    also holds :func:`prompt_columns` (P). ``settings.precisions`` beyond native add
+    :func:`precision_columns` (and their per-prompt columns): :meth:`columns` lists them all.
     """
 
     table: pd.DataFrame
@@ -107,12 +151,19 @@ class Profile:
         """Prompts with their own statistics (0: none, the inputs were not split by prompt)."""
         return len(self.prompts)
 
+    @property
+    def columns(self) -> list[str]:
+        """The table's columns (:func:`table_columns` of its prompts and precisions)."""
+        return table_columns(self.num_prompts, self.settings.precisions)
+
     def prompt_table(self, prompt: int) -> pd.DataFrame:
-        """The table as prompt ``prompt`` alone measured it (TABLE_COLUMNS, its recall and rel_err)."""
+        """The table as prompt ``prompt`` alone measured it (TABLE_COLUMNS and the precisions' error
+        columns, with that prompt's recall and errors)."""
         if not 0 <= prompt < self.num_prompts:
             raise ProfileError(f"prompt {prompt} is outside the profile's {self.num_prompts} prompt(s)")
-        out = self.table[TABLE_COLUMNS].copy()
-        for stat in PROMPT_STATS:
+        errors = precision_columns(self.settings.precisions)
+        out = self.table[TABLE_COLUMNS + errors].copy()
+        for stat in (*PROMPT_STATS, *errors):
             out[stat] = self.table[f"prompt{prompt}.{stat}"].to_numpy()
         return out
 
@@ -180,10 +231,11 @@ def write_profile(profile: Profile, path: str | os.PathLike, *, inputs=()) -> Pa
     A profile whose table breaks the rules of :mod:`~attnsearch.profiling.profile_check` (e.g.
     non-finite statistics) is refused before anything is written."""
     path = Path(path)
-    columns = TABLE_COLUMNS + prompt_columns(profile.num_prompts)
+    columns = profile.columns
     missing = [c for c in columns if c not in profile.table.columns]
     if missing:
-        raise ProfileError(f"{path}: the profile of {profile.num_prompts} prompt(s) lacks column(s) "
+        at = f" at precisions {', '.join(profile.settings.precisions)}" if len(profile.settings.precisions) > 1 else ""
+        raise ProfileError(f"{path}: the profile of {profile.num_prompts} prompt(s){at} lacks column(s) "
                            f"{', '.join(missing)}")
     check_table(profile.table[columns], path)
     keys = sorted(profile.maps)
@@ -246,14 +298,18 @@ def read_profile(path: str | os.PathLike) -> Profile:
     except (pa.ArrowException, ValueError, TypeError) as exc:
         raise ProfileError(f"{path}: the table cannot be read ({str(exc).splitlines()[0]})") from None
     prompts = _field(path, "prompts", _prompts, meta.get("prompts", []))
-    missing = [c for c in TABLE_COLUMNS + prompt_columns(len(prompts)) if c not in df.columns]
+    settings = _field(path, "settings", lambda g: ProfileSettings.from_dict(_mapping(g)), meta["settings"])
+    columns = table_columns(len(prompts), settings.precisions)
+    missing = [c for c in columns if c not in df.columns]
     if missing:
+        why = [f"metadata prompts names {len(prompts)}"] if prompts else []
+        if len(settings.precisions) > 1:
+            why.append(f"settings.precisions names {', '.join(settings.precisions)}")
         raise ProfileError(f"{path}: profile table lacks column(s) {', '.join(missing)}"
-                           + (f" (metadata prompts names {len(prompts)})" if prompts else ""))
-    df = df[TABLE_COLUMNS + prompt_columns(len(prompts))]
+                           + (f" ({'; '.join(why)})" if why else ""))
+    df = df[columns]
     check_table(df, path)
     geometry = _field(path, "geometry", lambda g: Geometry.from_dict(_mapping(g)), meta["geometry"])
-    settings = _field(path, "settings", lambda g: ProfileSettings.from_dict(_mapping(g)), meta["settings"])
     check_params(df, geometry, settings.block_size, path)
     model = _field(path, "model", _model, meta["model"])
     keys, steps, maps = _read_maps(path, meta["maps"], metadata.get(b"attnsearch.maps"))
@@ -357,5 +413,6 @@ def _count(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
-__all__ = ["FORMAT", "PROMPT_STATS", "SCHEMA_VERSION", "TABLE_COLUMNS", "Profile", "ProfileError", "ProfileSettings",
-           "default_path", "prompt_columns", "read_profile", "write_profile"]
+__all__ = ["FORMAT", "FP8_COLUMN", "PRECISION_COLUMNS", "PROMPT_STATS", "SCHEMA_VERSION", "TABLE_COLUMNS", "Profile",
+           "ProfileError", "ProfileSettings", "default_path", "precision_columns", "prompt_columns", "read_profile",
+           "table_columns", "write_profile"]

@@ -6,11 +6,14 @@ for every candidate of the grid:
 
 - ``density``: kept blocks / all blocks of the candidate's block mask,
 - ``recall``: mean over sampled queries of the softmax mass inside the kept blocks,
-- ``rel_err``: ‖O_cand − O_full‖_F / ‖O_full‖_F, O_cand renormalising softmax over kept blocks.
+- ``rel_err``: ‖O_cand − O_full‖_F / ‖O_full‖_F, O_cand renormalising softmax over kept blocks;
+- ``rel_err_fp8`` (with ``fp8`` in the settings' precisions): the same error of O_cand,fp8, what
+  the FP8 kernel computes over the kept blocks (:func:`fp8_partials`).
 
 The work per head is three batched products over the sample: logits (Q·N·D), per-block partial
 outputs U[q, b] = Σ_{j∈b} p_qj v_j (Q·N·D) and the candidate outputs (C·Q·nb·D), so the pass costs
-a few percent of the dense attention it profiles.
+a few percent of the dense attention it profiles; ``fp8`` repeats the three on the quantized
+operands.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ import pandas as pd
 import torch
 
 from ..geometry import Geometry, GeometryError
+from ..runtime.quantize import fp8_operands, round_probabilities
 from .candidates import CandidateGrid, StripeCandidates, candidate_label, static_candidates, stripe_candidates
-from .profile_io import TABLE_COLUMNS, Profile, ProfileError, ProfileSettings, prompt_columns
+from .profile_io import Profile, ProfileError, ProfileSettings, table_columns
 
 #: Cap on the fp32 working set of one head chunk (logits + per-block partial outputs).
 DEFAULT_CHUNK_BYTES = 1 << 30
@@ -64,7 +68,9 @@ def _candidate_stats(keep: torch.Tensor, p_blk: torch.Tensor, u: torch.Tensor, o
 
     keep: [h or 1, C, Q, nb] float (1 = block kept for that query's row); p_blk: [h, Q, nb] softmax
     mass per key block; u: [h, Q, nb, D] per-block partial outputs; o_full: [h, Q, D].
-    Returns recall [h, C], rel_err [h, C].
+    Returns recall [h, C], rel_err [h, C]. The candidate's output per row is Σ_kept u / Σ_kept p_blk,
+    so p_blk may be any positive multiple per row of the softmax mass (unnormalised weights, as
+    :func:`fp8_partials` gives): rel_err is the same, recall is then not a share.
     """
     mass = torch.einsum("hcqn,hqn->hcq", keep.expand(p_blk.shape[0], -1, -1, -1), p_blk)
     num = torch.einsum("hcqn,hqnd->hcqd", keep.expand(p_blk.shape[0], -1, -1, -1), u)
@@ -73,6 +79,15 @@ def _candidate_stats(keep: torch.Tensor, p_blk: torch.Tensor, u: torch.Tensor, o
     err = (o_cand - o_full[:, None]).flatten(2).norm(dim=2)
     ref = o_full.flatten(1).norm(dim=1).clamp_min(1e-30)
     return mass.mean(-1), err / ref[:, None]
+
+
+def _measure(keep: torch.Tensor, partials: list[tuple[torch.Tensor, torch.Tensor]],
+             o_full: torch.Tensor) -> list[torch.Tensor]:
+    """recall and rel_err [h, C] of the candidates ``keep`` from the first (native) partials
+    (p_blk, u), then the rel_err of each further precision's partials."""
+    (p_blk, u), *others = partials
+    return [*_candidate_stats(keep, p_blk, u, o_full),
+            *(_candidate_stats(keep, pb, ub, o_full)[1] for pb, ub in others)]
 
 
 def _block_map(p_blk: torch.Tensor, qblock: torch.Tensor, nb: int, size: int) -> torch.Tensor:
@@ -94,8 +109,39 @@ def _device_masks(geometry: Geometry, block_size: int, grid: CandidateGrid, devi
     return static_candidates(geometry, block_size, grid).masks.to(device)
 
 
-def _head_chunk(num_heads: int, queries: int, padded: int, head_dim: int, budget: int) -> int:
+def fp8_partials(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.Tensor, scale: float,
+                 block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-key-block sums of what the FP8 kernel computes for the sampled query ``rows``.
+
+    q, k, v: [h, N, D], every row (q's scales cover its query blocks, so q is quantized before
+    the rows are sampled). The operands are those of :func:`~attnsearch.runtime.quantize.fp8_operands`
+    (per head, as the scales are); s = scale · q_deq · k_deqᵀ, p = exp(s − m) with m the row's
+    maximum over all N keys. Returns p_blk [h, Q, nb], the block sums of the unrounded p (the
+    kernel's row sum), and u [h, Q, nb, D] = Σ_{j∈b} round(p_j) · v_deq,j
+    (:func:`~attnsearch.runtime.quantize.round_probabilities`): a candidate's FP8 output per row is
+    Σ_kept u / Σ_kept p_blk (:func:`_candidate_stats`).
+
+    The kernel subtracts its running maximum, which ends at the maximum over the kept keys, not m;
+    the rounding is relative, so the two differ only where p · 448 falls into e4m3's subnormals
+    (p < 2^-6 / 448 ≈ 3.5e-5): never for a row whose maximum lies in a kept block; otherwise the
+    kept weights below that bound relative to m are rounded on a coarser grid here (to zero below
+    2^-10 / 448, a logit ≈ 13 under m)."""
+    h, n, d = k.shape
+    nb = math.ceil(n / block_size)
+    qd, kd, vd = fp8_operands(q[None], k[None], v[None], block_size)
+    s = torch.einsum("hqd,hnd->hqn", qd[0][:, rows], kd[0]).mul_(scale)
+    del qd, kd
+    p = s.sub_(s.amax(-1, keepdim=True)).exp_()
+    p = torch.nn.functional.pad(p, (0, nb * block_size - n)).view(h, len(rows), nb, block_size)
+    vd = torch.nn.functional.pad(vd[0], (0, 0, 0, nb * block_size - n)).view(h, nb, block_size, d)
+    return p.sum(-1), torch.einsum("hqnb,hnbd->hqnd", round_probabilities(p), vd)
+
+
+def _head_chunk(num_heads: int, queries: int, padded: int, head_dim: int, budget: int,
+                fp8: bool = False) -> int:
     per_head = 4 * queries * padded * (2 + head_dim / 128 * 2)  # logits/probs + U (fp32), rough
+    if fp8:  # the rounded weights, a second U, and the quantized and dequantized operands of all N rows
+        per_head += 4 * queries * padded * (1 + head_dim / 64) + 4 * 6 * padded * head_dim
     return max(1, min(num_heads, int(budget // max(per_head, 1))))
 
 
@@ -103,7 +149,7 @@ def _head_chunk(num_heads: int, queries: int, padded: int, head_dim: int, budget
 def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry: Geometry, *,
                     layer: int = 0, step: int = 0, block_size: int = 128, queries: int = 256, seed: int = 0,
                     grid: CandidateGrid | None = None, map_size: int = 64, scale: float | None = None,
-                    settings: ProfileSettings | None = None,
+                    settings: ProfileSettings | None = None, precisions: Sequence[str] = ("native",),
                     chunk_bytes: int = DEFAULT_CHUNK_BYTES, prompts: int = 0) -> Profile:
     """Profile one attention call.
 
@@ -112,8 +158,13 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
     Returns a Profile with one row per (head, candidate). With ``prompts`` = P ≥ 1 the batch is P
     equal consecutive shares, one per prompt: the table also holds each prompt's recall and
     rel_err (columns :func:`~attnsearch.profiling.profile_io.prompt_columns`), the share's mean.
+    With ``fp8`` in the precisions (``settings.precisions``, else ``precisions``) the table also
+    holds ``rel_err_fp8`` (and per prompt ``prompt{i}.rel_err_fp8``): the error of the candidate
+    with its kept blocks in FP8, the operands quantized per batch element and head over the whole
+    call (:func:`fp8_partials`).
     """
-    settings = settings or ProfileSettings(queries, seed, block_size, map_size, grid or CandidateGrid())
+    settings = settings or ProfileSettings(queries, seed, block_size, map_size, grid or CandidateGrid(),
+                                           tuple(precisions))
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ProfileError(f"q, k, v must be [batch, heads, N, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     bsz, heads, n, d = q.shape
@@ -145,14 +196,17 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
     keep_static = _device_masks(geometry, bs, settings.grid, str(device))[:, qblock].float()[None] \
         if len(static.patterns) else None
     group = heads // k.shape[1]
-    chunk = _head_chunk(heads, len(rows), nb * bs, d, chunk_bytes)
+    fp8 = "fp8" in settings.precisions
+    chunk = _head_chunk(heads, len(rows), nb * bs, d, chunk_bytes, fp8)
 
-    recall_sum = torch.zeros(shares, heads, len(static.patterns), device=device, dtype=torch.float64)
-    err_sum = torch.zeros_like(recall_sum)
+    # Sums over batch elements per prompt share: [shares, heads, C] of recall, rel_err, then
+    # rel_err_fp8 where measured (the static candidates', and the stripes' once their C is known).
+    static_sums = [torch.zeros(shares, heads, len(static.patterns), device=device, dtype=torch.float64)
+                   for _ in range(3 if fp8 else 2)]
     # Stripes are chosen from the first batch element's column mass and kept for the others, so
     # every batch element measures the same candidate.
     stripes: dict[int, StripeCandidates] = {}
-    vs_recall = vs_err = None
+    vs_sums: list[torch.Tensor] = []
     map_sum = None
     for b in range(bsz):
         share = b * shares // bsz
@@ -168,38 +222,40 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
             u = torch.einsum("hqnb,hnbd->hqnd", p, vv.view(-1, nb, bs, d))
             del p
             o_full = u.sum(2)
+            partials = [(p_blk, u)]
+            if fp8:
+                partials.append(fp8_partials(q[b, hs], k[b, kv_heads], v[b, kv_heads], rows, scale, bs))
             if keep_static is not None:
-                rec, err = _candidate_stats(keep_static, p_blk, u, o_full)
-                recall_sum[share, hs] += rec
-                err_sum[share, hs] += err
+                for total, value in zip(static_sums, _measure(keep_static, partials, o_full)):
+                    total[share, hs] += value
             if b == 0:
                 stripes[h0] = stripe_candidates(p_blk.mean(1), geometry, bs, settings.grid)
             vs = stripes[h0]
             if vs.masks.shape[1]:
-                rec, err = _candidate_stats(vs.masks[:, :, qblock].float(), p_blk, u, o_full)
-                if vs_recall is None:
-                    vs_recall = torch.zeros(shares, heads, rec.shape[1], device=device, dtype=torch.float64)
-                    vs_err = torch.zeros_like(vs_recall)
-                vs_recall[share, hs] += rec
-                vs_err[share, hs] += err
+                values = _measure(vs.masks[:, :, qblock].float(), partials, o_full)
+                if not vs_sums:
+                    vs_sums = [torch.zeros(shares, heads, values[0].shape[1], device=device,
+                                           dtype=torch.float64) for _ in values]
+                for total, value in zip(vs_sums, values):
+                    total[share, hs] += value
             bmap = _block_map(p_blk, qblock, nb, settings.map_size)
             if map_sum is None:
                 map_sum = torch.zeros(heads, *bmap.shape[1:], device=device)
             map_sum[hs] += bmap
-            del u, p_blk, o_full
+            del u, p_blk, o_full, partials
 
-    finite = torch.isfinite(recall_sum).all() & torch.isfinite(err_sum).all() & torch.isfinite(map_sum).all()
-    if vs_recall is not None:
-        finite &= torch.isfinite(vs_recall).all() & torch.isfinite(vs_err).all()
+    finite = torch.isfinite(map_sum).all()
+    for total in static_sums + vs_sums:
+        finite &= torch.isfinite(total).all()
     if not bool(finite):
         raise ProfileError(f"{where}: the attention output statistics are not finite (the softmax overflowed?)")
     # One host transfer per statistic, then plain Python floats: per-element tensor indexing here
     # would cost more than the whole GPU pass.
-    # [heads, C, 2 + 2·P]: mean recall, mean rel_err, then each prompt's recall and rel_err.
-    stats = _share_stats(recall_sum, err_sum, bsz, prompts).tolist()
+    # [heads, C, k·(1 + P)]: the k means (recall, rel_err[, rel_err_fp8]), then each prompt's k.
+    stats = _share_stats(static_sums, bsz, prompts).tolist()
     static_density = static.density.tolist()
-    if vs_recall is not None:
-        vs_stats = _share_stats(vs_recall, vs_err, bsz, prompts).tolist()
+    if vs_sums:
+        vs_stats = _share_stats(vs_sums, bsz, prompts).tolist()
     records: list[tuple] = []
     for h0, vs in stripes.items():
         vs_density = vs.density.tolist()
@@ -209,7 +265,7 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
                         for c, (name, params) in enumerate(zip(static.patterns, static.params))]
             records += [(step, layer, h, name, params, vs_density[i][c], *vs_stats[h][c])
                         for c, (name, params) in enumerate(ids)]
-    table = _make_table(records, prompts)
+    table = _make_table(records, prompts, settings.precisions)
     maps = {(layer, h): (map_sum[h] / bsz).float().cpu() for h in range(heads)}
     elapsed = time.perf_counter() - started
     return Profile(table, geometry, settings, maps=maps, map_steps={key: 1 for key in maps},
@@ -218,23 +274,24 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
                               "dtype": str(q.dtype).removeprefix("torch.")})
 
 
-def _share_stats(recall_sum: torch.Tensor, err_sum: torch.Tensor, bsz: int, prompts: int) -> torch.Tensor:
-    """[shares, heads, C] sums over each share's batch elements → [heads, C, 2 + 2·prompts]: the
-    batch means of recall and rel_err, then per prompt its share's means."""
-    per_share = bsz // recall_sum.shape[0]
-    out = [recall_sum.sum(0) / bsz, err_sum.sum(0) / bsz]
-    if prompts:
-        for i in range(prompts):
-            out += [recall_sum[i] / per_share, err_sum[i] / per_share]
+def _share_stats(sums: list[torch.Tensor], bsz: int, prompts: int) -> torch.Tensor:
+    """k statistics' [shares, heads, C] sums over each share's batch elements → [heads, C,
+    k·(1 + prompts)]: the batch means of the k, then per prompt its share's means of the k (the
+    order of :func:`~attnsearch.profiling.profile_io.table_columns`)."""
+    per_share = bsz // sums[0].shape[0]
+    out = [total.sum(0) / bsz for total in sums]
+    for i in range(prompts):
+        out += [total[i] / per_share for total in sums]
     return torch.stack(out, dim=-1)
 
 
-def _make_table(records: list[tuple], prompts: int = 0) -> pd.DataFrame:
-    df = pd.DataFrame.from_records(records, columns=[c for c in TABLE_COLUMNS if c != "candidate"]
-                                   + prompt_columns(prompts))
+def _make_table(records: list[tuple], prompts: int = 0,
+                precisions: tuple[str, ...] = ("native",)) -> pd.DataFrame:
+    columns = table_columns(prompts, precisions)
+    df = pd.DataFrame.from_records(records, columns=[c for c in columns if c != "candidate"])
     df.insert(5, "candidate", [candidate_label(p, json.loads(j)) for p, j in zip(df["pattern"], df["params"])])
-    return df.astype({"step": "int32", "layer": "int32", "head": "int32", "density": "float64",
-                      "recall": "float64", "rel_err": "float64", **{c: "float64" for c in prompt_columns(prompts)}})
+    stats = columns[columns.index("density"):]
+    return df.astype({"step": "int32", "layer": "int32", "head": "int32", **{c: "float64" for c in stats}})
 
 
 # --- models -----------------------------------------------------------------------------------

@@ -32,6 +32,17 @@ def test_profile_then_classify(tmp_path):
     assert len(json.loads(js.read_text())) == 4
 
 
+def test_profile_fp8_adds_the_fp8_error(tmp_path):
+    out = tmp_path / "tiny.parquet"
+    res = runner.invoke(app, ["profile", "--model", TINY, "--queries", "16", "--fp8", "--out", str(out),
+                              "-o", "steps=1"])
+    assert res.exit_code == 0, res.output
+    prof = Profile.load(out)
+    assert prof.settings.precisions == ("native", "fp8")
+    dense = prof.table[prof.table["pattern"] == "dense"]
+    assert (dense["rel_err_fp8"] > dense["rel_err"]).all()
+
+
 def test_steps_beyond_inputs_is_an_error(tmp_path):
     res = runner.invoke(app, ["profile", "--model", TINY, "--steps", "5", "--out", str(tmp_path / "x.parquet")])
     assert res.exit_code == 2
