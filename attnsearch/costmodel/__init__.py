@@ -6,10 +6,10 @@ the table's constants to measured points), ``calibrate`` (the grid and its measu
 
 from __future__ import annotations
 
-from .model import CostModel, LayerFeatures, layer_features
+from .model import CostModel, LayerFeatures, layer_features, quantize_bytes
 from .table import (DEFAULT_TABLE, DENSE_TILE, FORMAT, VERSION, FillParams, HardwareError, HardwareTable, LaunchParams,
-                    gpu_slug, kernels_dirs, load_hardware, variant_key)
+                    gpu_slug, kernels_dirs, load_hardware, parse_variant_key, variant_key)
 
 __all__ = ["DEFAULT_TABLE", "DENSE_TILE", "FORMAT", "VERSION", "CostModel", "FillParams", "HardwareError",
            "HardwareTable", "LaunchParams", "LayerFeatures", "gpu_slug", "kernels_dirs", "layer_features",
-           "load_hardware", "variant_key"]
+           "load_hardware", "parse_variant_key", "quantize_bytes", "variant_key"]

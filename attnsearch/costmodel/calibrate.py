@@ -7,12 +7,16 @@ and the table fitted to them (``fit``).
   shapes from N = 512 to 75 600 and 8 to 40 heads; per shape single-family layers over densities
   2–100 %, layers mixing the four families (several groups fused in one launch), layers with a few
   dense heads among very sparse ones (the longest-row term), plus cuDNN dense and zero fills of
-  skip heads. Parameters are found by bisection on exact block masks (``bench.family_params``).
+  skip heads. Where the device runs FP8 products (``TritonBackend``), the same layers on a subset
+  of each kernel's shapes with ``precision = "fp8"`` (the kernel's launches alone; held out: the
+  whole call) and the FP8 quantization pass (kind "quantize") over 10 kB … 1 GB of q, k and v.
+  Parameters are found by bisection on exact block masks (``bench.family_params``).
 * :func:`describe_spec` — a spec's point before timing: its features (CPU).
 * :func:`measure` — every spec timed on the GPU with ``bench.time_device`` (CUDA-graph replay of
   several calls over rotating input sets bigger than L2), each op as the runtime runs it.
 
 Points marked ``role = "holdout"`` are measured but never fitted: they are the accuracy check.
+A spec's ``precision`` ("native" where absent) is what its sparse kernel's products run in.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ from ..atomic_io import write_text_atomic
 from ..bench import family_params, fresh_inputs, time_device
 from ..geometry import Geometry
 from ..patterns import SPARSE_FAMILIES
+from ..runtime.backends import TritonBackend
+from ..runtime.quantize import PRECISIONS
 from ..runtime.schedule import DEFAULT_ORDER
 from .fit import build_table, spec_layer_plan
-from .model import layer_features
+from .model import layer_features, quantize_bytes
 from .table import HardwareError, gpu_slug
 
 #: (head_dim, block size) → [(geometry, heads)] the grid times; the first shape of a variant is where
@@ -47,6 +53,11 @@ GRID_SHAPES: dict[tuple[int, int], list[tuple[Geometry, int]]] = {
 }
 #: Shapes of the held-out accuracy check (Wan2.1-1.3B's and Wan2.1-14B's 720p layers), never in the fit.
 HOLDOUT_SHAPES = [(Geometry(13, 45, 56), 12), (Geometry(21, 45, 80), 40)]
+#: The FP8 quantization pass over q, k and v of these (geometry, heads) at head_dim 128: 12 kB … 1.2 GB.
+QUANTIZE_SHAPES = [(Geometry(1, 4, 4), 1), (Geometry(4, 8, 16), 1), (Geometry(8, 16, 16), 4),
+                   (Geometry(8, 32, 32), 12), (Geometry(13, 45, 56), 12), (Geometry(21, 45, 80), 20)]
+#: What a point times: a sparse layer, cuDNN dense, the skip heads' zero fill, the FP8 quantization pass.
+POINT_KINDS = ("sparse", "dense", "fill", "quantize")
 
 
 # --- the grid (CPU) ---------------------------------------------------------------------------------
@@ -70,9 +81,66 @@ def _family_layer(geom: Geometry, block_size: int, num_heads: int, target: float
 
 
 def _spec(kind: str, geom: Geometry, heads: int, head_dim: int, block_size: int | None, *, layer=None,
-          label: str, role: str = "grid", batch: int = 1, **extra) -> dict[str, Any]:
-    return {"kind": kind, "label": label, "role": role, "geometry": geom.to_dict(), "heads": heads,
-            "head_dim": head_dim, "block_size": block_size, "batch": batch, "layer": layer, **extra}
+          label: str, role: str = "grid", batch: int = 1, precision: str = "native", **extra) -> dict[str, Any]:
+    return _in_precision({"kind": kind, "label": label, "role": role, "geometry": geom.to_dict(), "heads": heads,
+                          "head_dim": head_dim, "block_size": block_size, "batch": batch, "layer": layer, **extra},
+                         precision)
+
+
+def _in_precision(spec: dict[str, Any], precision: str) -> dict[str, Any]:
+    """``spec`` with its products in ``precision`` (the field is written only where not native)."""
+    if precision == "native":
+        return spec
+    return dict(spec, precision=precision, label=f"{precision} {spec['label']}")
+
+
+def _shape_specs(geom: Geometry, H: int, d: int, bs: int, first: bool, cache: dict,
+                 precision: str = "native") -> list[dict[str, Any]]:
+    """The sparse layers timed on one shape of a kernel (``first``: its tuning shape)."""
+    specs: list[dict[str, Any]] = []
+    big = geom.num_tokens * H > 2_000_000
+    lay = lambda t, f=list(SPARSE_FAMILIES): _family_layer(geom, bs, H, t, f, cache)  # noqa: E731
+    add = lambda layer, label, **kw: specs.append(  # noqa: E731
+        _spec("sparse", geom, H, d, bs, layer=layer, label=label, precision=precision, **kw))
+    add(lay(0.25), "mixed 25% (tunes)")
+    for t in (0.03, 0.25, 0.6):
+        add(lay(t, ["diagonal"]), f"diagonal {t:.0%}")
+    for t in (0.05, 0.4):
+        add(lay(t), f"mixed {t:.0%}")
+    if d == 128 and bs == 128 and not big:
+        for f, t in (("energy_decay", 0.12), ("vertical_stripe", 0.05)):
+            add(lay(t, [f]), f"{f} {t:.0%}")
+    add([["dense", {}]] * H, "dense heads in kernel")
+    add([["dense", {}]] + lay(0.03, ["diagonal"])[1:], "1 dense + diagonal 3%")
+    quarter = max(1, H // 4)
+    add([["dense", {}]] * quarter + lay(0.1)[quarter:], "1/4 dense + mixed 10%")
+    if first and bs == 128 and d == 128:
+        add(lay(0.15), "mixed 15% batch 2", batch=2)
+    return specs
+
+
+def fp8_shapes(shapes: Sequence[tuple[Geometry, int]], quick: bool = False) -> list[tuple[Geometry, int]]:
+    """The shapes of a kernel whose layers are also timed in FP8: its tuning shape, every other
+    shape after it and its last one (quick: the quick grid's two)."""
+    if quick:
+        return list(shapes[:2])
+    picked = [0, *range(1, len(shapes), 2)]
+    if picked[-1] != len(shapes) - 1:
+        picked.append(len(shapes) - 1)
+    return [shapes[i] for i in picked]
+
+
+def fp8_kernels(capability: Sequence[int] | None, dtype: str = "bfloat16") -> list[tuple[int, int]]:
+    """The (head_dim, block size) of GRID_SHAPES whose FP8 kernel ``TritonBackend`` runs on a CUDA
+    device of ``capability`` (None: no CUDA device, none) with ``dtype`` inputs."""
+    if capability is None:
+        return []
+    import torch
+
+    cap = tuple(int(c) for c in capability)
+    return [(d, bs) for d, bs in GRID_SHAPES
+            if not TritonBackend.not_supported_reasons(device="cuda", capability=cap, dtype=getattr(torch, dtype),
+                                                       head_dim=d, block_size=bs, precision="fp8")]
 
 
 #: Extra cuDNN-only shapes, so each head_dim's dense model has points from one wave to hundreds.
@@ -82,33 +150,20 @@ DENSE_SHAPES = [(Geometry(4, 8, 16), 8), (Geometry(8, 16, 16), 8), (Geometry(8, 
                 (Geometry(21, 45, 80), 40)]
 
 
-def default_grid(*, holdout: bool | None = None, seed: int = 0, quick: bool = False) -> list[dict[str, Any]]:
+def default_grid(*, holdout: bool | None = None, seed: int = 0, quick: bool = False,
+                 capability: Sequence[int] | None = None, dtype: str = "bfloat16") -> list[dict[str, Any]]:
     """The calibration specs (JSON-ready dicts), grid first; ``quick``: two shapes per kernel and every
     other dense shape, still at least ``fit.MIN_POINTS`` points for every kernel the fit needs.
-    ``holdout``: add the held-out layers (never fitted: the accuracy check); default: unless quick."""
+    ``holdout``: add the held-out layers (never fitted: the accuracy check); default: unless quick.
+    ``capability``: the CUDA device's compute capability; for each kernel whose FP8 variant it runs
+    (:func:`fp8_kernels`), its layers on :func:`fp8_shapes` in FP8 and the quantization pass
+    (QUANTIZE_SHAPES) follow the native grid (None, or a device without FP8: the native grid alone)."""
     holdout = not quick if holdout is None else holdout
     cache: dict = {}
     specs: list[dict[str, Any]] = []
     for (d, bs), shapes in GRID_SHAPES.items():
         for i, (geom, H) in enumerate(shapes[:2] if quick else shapes):
-            big = geom.num_tokens * H > 2_000_000
-            lay = lambda t, f=list(SPARSE_FAMILIES): _family_layer(geom, bs, H, t, f, cache)  # noqa: E731
-            add = lambda layer, label, **kw: specs.append(  # noqa: E731
-                _spec("sparse", geom, H, d, bs, layer=layer, label=label, **kw))
-            add(lay(0.25), "mixed 25% (tunes)")
-            for t in (0.03, 0.25, 0.6):
-                add(lay(t, ["diagonal"]), f"diagonal {t:.0%}")
-            for t in (0.05, 0.4):
-                add(lay(t), f"mixed {t:.0%}")
-            if d == 128 and bs == 128 and not big:
-                for f, t in (("energy_decay", 0.12), ("vertical_stripe", 0.05)):
-                    add(lay(t, [f]), f"{f} {t:.0%}")
-            add([["dense", {}]] * H, "dense heads in kernel")
-            add([["dense", {}]] + lay(0.03, ["diagonal"])[1:], "1 dense + diagonal 3%")
-            quarter = max(1, H // 4)
-            add([["dense", {}]] * quarter + lay(0.1)[quarter:], "1/4 dense + mixed 10%")
-            if i == 0 and bs == 128 and d == 128:
-                add(lay(0.15), "mixed 15% batch 2", batch=2)
+            specs += _shape_specs(geom, H, d, bs, i == 0, cache)
     for d in (128, 64):
         for geom, H in (DENSE_SHAPES[::2] if quick else DENSE_SHAPES):
             if d == 64 and geom.num_tokens * H > 2_000_000:
@@ -118,8 +173,18 @@ def default_grid(*, holdout: bool | None = None, seed: int = 0, quick: bool = Fa
     for geom, H in [(Geometry(4, 8, 16), 1), (Geometry(8, 16, 16), 4), (Geometry(8, 32, 32), 12),
                     (Geometry(13, 45, 56), 6), (Geometry(21, 45, 80), 20)]:
         specs.append(_spec("fill", geom, H, 128, None, label=f"fill {H} heads"))
+    fp8 = fp8_kernels(capability, dtype)
+    for d, bs in fp8:
+        for i, (geom, H) in enumerate(fp8_shapes(GRID_SHAPES[d, bs], quick)):
+            specs += _shape_specs(geom, H, d, bs, i == 0, cache, precision="fp8")
+    if fp8:
+        specs += [_spec("quantize", geom, H, 128, 128, label=f"quantize {H} heads") for geom, H in QUANTIZE_SHAPES]
     if holdout:
-        specs += holdout_specs(seed=seed, count=6 if quick else 16, cache=cache)
+        held = holdout_specs(seed=seed, count=6 if quick else 16, cache=cache)
+        specs += held
+        if (128, 128) in fp8:  # the first held-out layer of each shape (they come shape by shape) in FP8
+            specs += [_in_precision(h, "fp8") for i, h in enumerate(held)
+                      if i == 0 or h["geometry"] != held[i - 1]["geometry"]]
     return specs
 
 
@@ -162,13 +227,16 @@ def holdout_specs(*, seed: int = 0, count: int = 20, cache: dict | None = None) 
 
 def describe_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """The point of ``spec`` before timing: the spec, its N, and what the fit reads of it (sparse:
-    kept tiles, items, longest row, density, heads; fill: bytes)."""
+    kept tiles, items, longest row, density, heads; fill: bytes written; quantize: bytes read)."""
     geom = Geometry.from_dict(spec["geometry"])
     point = dict(spec, num_tokens=geom.num_tokens)
     if spec["kind"] == "dense":
         point.update(tiles=None, items=None, max_row=None)
     elif spec["kind"] == "fill":
         point.update(bytes=spec.get("batch", 1) * spec["heads"] * geom.num_tokens * spec["head_dim"] * 2)
+    elif spec["kind"] == "quantize":
+        nbytes = quantize_bytes(spec.get("batch", 1), spec["heads"], geom.num_tokens, spec["head_dim"])
+        point.update(bytes=int(nbytes))
     else:
         lp = spec_layer_plan(geom, spec["heads"], spec["block_size"], spec["layer"])
         f = layer_features(lp)
@@ -198,9 +266,61 @@ def _time_spec(point: dict[str, Any], inputs: list, sets: int) -> dict[str, Any]
         out = torch.empty((batch, 2 * heads, n, d), device="cuda", dtype=inputs[0][0].dtype)
         skip = torch.arange(0, 2 * heads, 2, device="cuda")
         return time_device(lambda i: out.index_fill_(1, skip, 0), 1)
+    if point["kind"] == "quantize":
+        from ..runtime.quantize import quantize_fp8
+
+        return time_device(lambda i: quantize_fp8(*inputs[i], point["block_size"]), sets)
     lp = spec_layer_plan(geom, point["heads"], point["block_size"], point["layer"])
+    if point.get("precision", "native") == "fp8":
+        return _time_fp8(lp, inputs, sets, holdout=point.get("role") == "holdout")
     got = time_device(lambda i: sparse_attention(*inputs[i], lp), sets)
     got["backend"] = select_backend(*inputs[0], lp).name  # what "auto" runs: hopper or triton
+    return got
+
+
+def _time_fp8(layer_plan, inputs: list, sets: int, holdout: bool) -> dict[str, Any]:
+    """Device time of ``layer_plan`` with every computed head in FP8 (``with_precision("fp8")``).
+    A grid point times what the runtime runs after the quantization pass (timed apart, kind
+    "quantize"): the skip heads' fill and the FP8 kernel's launches, on operands quantized once
+    outside the timing. A held-out point times the whole call, pass included (what a plan pays).
+    A first call through the runtime tunes the kernel."""
+    import torch
+
+    from ..runtime import get_block_tables, select_backend, sparse_attention
+    from ..runtime.quantize import quantize_fp8
+    from ..runtime.triton import launch as triton_launch
+
+    fp8 = layer_plan.with_precision("fp8")
+    q = inputs[0][0]
+    chosen = select_backend(*inputs[0], fp8, "auto", "fp8")
+    if chosen is not TritonBackend:
+        raise RuntimeError(f"FP8 layers run on the {chosen.name} backend; calibration times the triton kernel's")
+    sparse_attention(*inputs[0], fp8)
+    if holdout:
+        got = time_device(lambda i: sparse_attention(*inputs[i], fp8), sets)
+        got["backend"] = chosen.name
+        return got
+    tables = get_block_tables(fp8, q.device, TritonBackend.fusion)
+    launches = tables.launches_of("fp8")
+    heads = tuple(h for item in launches for h in item.heads)
+    block, scale = fp8.block_size, q.shape[-1] ** -0.5
+    quantized = [quantize_fp8(*x, block, heads=heads) for x in inputs]
+    q8, k8, v8, _ = quantized[0]
+    # The key the runtime tuned under: e4m3 q, and TMA as V's channel-major storage allows it.
+    config = triton_launch.tuned_config(q.shape[-1], block, q8.dtype,
+                                        triton_launch.tma_supported(q8, k8, v8.transpose(-1, -2)), q.device.index)
+    if config is None:
+        raise RuntimeError("the runtime's FP8 call left no tuned kernel config to time its launches with")
+    out = torch.empty_like(q)
+
+    def kernel(i: int) -> None:
+        q8, k8, v8, s = quantized[i]
+        tables.prepare_output(out, "fp8")
+        for item in launches:
+            triton_launch.launch(q8, k8, v8, out, tables, item.work, scale, config, s)
+
+    got = time_device(kernel, sets)
+    got["backend"] = chosen.name
     return got
 
 
@@ -294,14 +414,21 @@ def calibrate(out_dir: str | Path = "kernels", *, specs: Sequence[dict[str, Any]
               progress: Callable[[str], None] | None = print) -> Path:
     """Time the kernels and write the fitted table ``<out_dir>/<gpu-slug>.json``.
 
-    ``specs``: what to time (default :func:`default_grid`, holdout included); ``quick``: the quick
-    grid; ``budget_s``: stop starting new measurements after this many seconds; ``points_path``:
-    also save the raw points there (:func:`save_points`; they never go into the table). ``timer``
-    and ``env``: the device and its description (default: this machine's GPU, :func:`environment`).
+    ``specs``: what to time (default :func:`default_grid`, holdout included, FP8 where the device
+    runs it: ``env``'s capability, else this GPU's when ``timer`` is; neither: no FP8); ``quick``:
+    the quick grid; ``budget_s``: stop starting new measurements after this many seconds;
+    ``points_path``: also save the raw points there (:func:`save_points`; they never go into the
+    table). ``timer`` and ``env``: the device and its description (default: this machine's GPU,
+    :func:`environment`).
     """
-    if timer is None:
+    on_gpu = timer is None
+    if on_gpu:
         timer = gpu_timer(dtype)  # raises without a GPU, before the grid is built
-    specs = default_grid(quick=quick) if specs is None else specs
+    if specs is None:
+        capability = (env or {}).get("capability")
+        if capability is None and on_gpu:
+            capability = _device_capability()
+        specs = default_grid(quick=quick, capability=capability, dtype=dtype)
     points = measure(specs, timer=timer, budget_s=budget_s, progress=progress)
     env = environment() if env is None else env
     if points_path is not None:
@@ -310,6 +437,12 @@ def calibrate(out_dir: str | Path = "kernels", *, specs: Sequence[dict[str, Any]
     if progress:
         progress(f"wrote {path}")
     return path
+
+
+def _device_capability() -> tuple[int, int]:
+    import torch
+
+    return tuple(torch.cuda.get_device_capability())
 
 
 def save_points(points: Sequence[dict[str, Any]], env: dict[str, Any], path: str | Path) -> Path:
@@ -333,8 +466,11 @@ def load_points(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
     if not isinstance(env.get("device"), str) or not isinstance(env.get("sm_count"), int) or env["sm_count"] < 1:
         raise ValueError(f"{path}: env must name the device and its sm_count (an integer ≥ 1)")
     for i, p in enumerate(points):
-        if not isinstance(p, dict) or p.get("kind") not in ("sparse", "dense", "fill"):
-            raise ValueError(f"{path}: points[{i}] is not a sparse, dense or fill point")
+        if not isinstance(p, dict) or p.get("kind") not in POINT_KINDS:
+            raise ValueError(f"{path}: points[{i}] is not a {', '.join(POINT_KINDS[:-1])} or {POINT_KINDS[-1]} point")
+        if p.get("precision", "native") not in PRECISIONS:
+            raise ValueError(f"{path}: points[{i}] ({p.get('label', '?')}): precision must be one of {PRECISIONS}, "
+                             f"got {p['precision']!r}")
         if "ms" in p and not (isinstance(p["ms"], (int, float)) and math.isfinite(p["ms"]) and p["ms"] > 0):
             raise ValueError(f"{path}: points[{i}] ({p.get('label', '?')}): ms must be a finite number > 0, "
                              f"got {p['ms']!r}")
@@ -352,5 +488,6 @@ def refit(points_path: str | Path, out_dir: str | Path = "kernels") -> Path:
     return table.save(Path(out_dir) / f"{gpu_slug(env['device'])}.json")
 
 
-__all__ = ["DENSE_SHAPES", "GRID_SHAPES", "HOLDOUT_SHAPES", "calibrate", "default_grid", "describe_spec", "environment",
-           "gpu_timer", "holdout_specs", "load_points", "measure", "refit", "save_points"]
+__all__ = ["DENSE_SHAPES", "GRID_SHAPES", "HOLDOUT_SHAPES", "POINT_KINDS", "QUANTIZE_SHAPES", "calibrate",
+           "default_grid", "describe_spec", "environment", "fp8_kernels", "fp8_shapes", "gpu_timer", "holdout_specs",
+           "load_points", "measure", "refit", "save_points"]

@@ -1,10 +1,10 @@
 """Fitting the cost model's constants to measured points (pure CPU).
 
-Per kernel (sparse (head_dim, block size), cuDNN at a head_dim) the four constants of
+Per kernel (sparse (head_dim, block size, precision), cuDNN at a head_dim) the four constants of
 :class:`LaunchParams` (item_tiles and slots_per_sm by grid search, launch and tile_ns by least
 squares on relative error, so 20 µs and 200 ms layers weigh alike); each kernel's per-tile rate is
-then tabulated over N from the residuals; the zero fill by weighted linear least squares. Points
-marked ``role = "holdout"`` and failed ones are never fitted.
+then tabulated over N from the residuals; the zero fill and the FP8 quantization pass by weighted
+linear least squares. Points marked ``role = "holdout"`` and failed ones are never fitted.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import statistics
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from ..geometry import Geometry
 from ..plan import LayerPlan
 from ..runtime.schedule import item_lengths, list_schedule
 from .model import layer_features
-from .table import DENSE_TILE, FillParams, HardwareTable, LaunchParams, variant_key
+from .table import DENSE_TILE, FillParams, HardwareTable, LaunchParams, parse_variant_key, variant_key
 
 #: Fewest points a kernel's fit takes (one per constant).
 MIN_POINTS = 4
@@ -108,20 +108,36 @@ def _errors(pred, meas) -> dict[str, float]:
             "within_10pct": float((rel <= 0.10).mean())}
 
 
-def fit(points: Sequence[dict[str, Any]], sm_count: int, order: str = "head") -> tuple[dict, dict, FillParams, dict]:
-    """Fit every variant from the grid points (holdout and failed points are ignored).
+class Fitted(NamedTuple):
+    """What :func:`fit` returns: params by variant key and "d<head_dim>", the fill, the quantization
+    pass (None without quantize points) and the report (per-kernel errors)."""
 
-    Returns (sparse params by variant key, dense params by "d<head_dim>", fill params, fit report)."""
+    sparse: dict[str, LaunchParams]
+    dense: dict[str, LaunchParams]
+    fill: FillParams
+    quantize: FillParams | None
+    report: dict[str, Any]
+
+
+def fit(points: Sequence[dict[str, Any]], sm_count: int, order: str = "head") -> Fitted:
+    """Fit every variant from the grid points (holdout and failed points are ignored). A sparse
+    point's variant is ``variant_key(head_dim, block_size, precision)`` (no precision: native).
+    An FP8 variant with fewer than MIN_POINTS points (a time budget cut its grid short) is left out
+    of the params, its report entry saying so; a native one raises ValueError."""
     good = [p for p in points if "ms" in p and p.get("role", "grid") == "grid" and p["ms"] > 0]
     sparse, dense, report = {}, {}, {}
     groups: dict[tuple[str, str], list] = {}
     for p in good:
         if p["kind"] == "sparse" and not p.get("skip_heads"):
-            groups.setdefault(("sparse", variant_key(p["head_dim"], p["block_size"])), []).append(p)
+            key = variant_key(p["head_dim"], p["block_size"], p.get("precision", "native"))
+            groups.setdefault(("sparse", key), []).append(p)
         elif p["kind"] == "dense":
             groups.setdefault(("dense", f"d{p['head_dim']}"), []).append(p)
     for (kind, key), pts in sorted(groups.items()):
         ms = np.array([p["ms"] for p in pts])
+        if kind == "sparse" and parse_variant_key(key)[2] != "native" and len(pts) < MIN_POINTS:
+            report[f"{kind}.{key}"] = {"points": len(pts), "not_fitted": f"fewer than {MIN_POINTS} points"}
+            continue
         if kind == "sparse":
             lengths = [point_lengths(p, order) for p in pts]
             spans = lambda a, occ, L=lengths: np.array([list_schedule(x + a, sm_count * occ) for x in L])  # noqa: E731
@@ -141,14 +157,19 @@ def fit(points: Sequence[dict[str, Any]], sm_count: int, order: str = "head") ->
         raise ValueError("no zero-fill points measured: cannot fit the skip-head fill")
     fill = fit_fill([p["bytes"] for p in fills], [p["ms"] for p in fills])
     report["fill"] = _errors(fill.ms([p["bytes"] for p in fills]), [p["ms"] for p in fills])
-    return sparse, dense, fill, report
+    passes = [p for p in good if p["kind"] == "quantize"]
+    quantize = fit_fill([p["bytes"] for p in passes], [p["ms"] for p in passes]) if len(passes) >= 2 else None
+    if quantize is not None:
+        report["quantize"] = _errors(quantize.ms([p["bytes"] for p in passes]), [p["ms"] for p in passes])
+    return Fitted(sparse, dense, fill, quantize, report)
 
 
 def build_table(points: Sequence[dict[str, Any]], env: dict[str, Any]) -> HardwareTable:
     """A HardwareTable from measured points and the machine's environment dict."""
     order = env.get("order", "head")
-    sparse, dense, fill, report = fit(points, env["sm_count"], order)
-    graph = [p for p in points if p.get("method") == "graph" and p.get("kind") == "sparse"]
+    fitted = fit(points, env["sm_count"], order)
+    graph = [p for p in points if p.get("method") == "graph" and p.get("kind") == "sparse"
+             and p.get("precision", "native") == "native"]
     extra = {"tuned_configs": env.get("tuned_configs", {}), "dtype": "bfloat16",
              "timing": "device time: CUDA-graph replays of several calls over rotating input sets (> L2), "
                        "median; queued CUDA events where capture is impossible"}
@@ -157,10 +178,11 @@ def build_table(points: Sequence[dict[str, Any]], env: dict[str, Any]) -> Hardwa
         if small:
             extra["host_overhead_ms"] = float(statistics.median(small))
     return HardwareTable(
-        device=env["device"], sm_count=env["sm_count"], sparse=sparse, dense=dense, fill=fill,
+        device=env["device"], sm_count=env["sm_count"], sparse=fitted.sparse, dense=fitted.dense, fill=fitted.fill,
+        quantize=fitted.quantize,
         software={k: env[k] for k in ("torch", "triton", "cuda", "cudnn", "capability", "runtime_source_sha256")
                   if k in env},
-        date=_dt.date.today().isoformat(), measured=True, fit=report, extra=extra, order=order)
+        date=_dt.date.today().isoformat(), measured=True, fit=fitted.report, extra=extra, order=order)
 
 
-__all__ = ["MIN_POINTS", "build_table", "fit", "fit_fill", "fit_launch", "point_lengths", "spec_layer_plan"]
+__all__ = ["MIN_POINTS", "Fitted", "build_table", "fit", "fit_fill", "fit_launch", "point_lengths", "spec_layer_plan"]

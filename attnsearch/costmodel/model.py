@@ -29,6 +29,17 @@ the launch is a per-layer overhead. That drops the scheduling tail (under a few 
 layer has several waves of items: any video-DiT size) and the one-wave regime of tiny layers; the
 search therefore re-costs chosen layers with the full model (:meth:`CostModel.layer_ms`) where
 they are small, and reports the full model's figures for the final plan.
+
+**FP8 layers.** Heads whose products run in FP8 (e4m3, a head group's ``precision="fp8"``: the
+Triton kernel) cost a launch of their own, the same form with the FP8 variant's constants
+(``params.sparse`` key ``d{D}_b{B}_fp8``), plus the quantization pass over their q, k and v,
+``launch + bytes / bandwidth`` (``params.quantize``; K and V counted per query head:
+:func:`quantize_bytes`). Native and FP8 heads of one layer run as two launches, each paying its
+launch cost; :meth:`CostModel.layer_ms` costs a layer plan's head groups so. In the additive form an
+FP8 head adds its kernel share (``head_work_ms(..., "fp8")``) and its quantization share
+(:meth:`CostModel.quantize_head_ms`); a layer with FP8 heads adds the FP8 launch and the pass's
+fixed part once. Every FP8 figure raises HardwareError on a table calibrated without FP8
+(:meth:`CostModel.supports` says which precisions a table costs).
 """
 
 from __future__ import annotations
@@ -41,8 +52,16 @@ import numpy as np
 import torch
 
 from ..runtime.backends import HopperBackend
+from ..runtime.quantize import PRECISIONS
 from ..runtime.schedule import item_lengths
 from .table import DENSE_TILE, HardwareError, HardwareTable, load_hardware, variant_key
+
+
+def quantize_bytes(batch, heads, num_tokens, head_dim: int, dtype_bytes: int = 2) -> np.ndarray:
+    """Input bytes the FP8 quantization pass reads for ``heads`` query heads: their q, k and v
+    (k and v counted per query head)."""
+    return 3.0 * batch * np.asarray(heads, dtype=np.float64) * np.asarray(num_tokens, dtype=np.float64) \
+        * head_dim * dtype_bytes
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,10 +75,18 @@ class LayerFeatures:
     all_dense: bool
     skip_heads: int
     counts: np.ndarray = field(repr=False)   # int [computed heads, nb]
+    #: The precision of each computed head (a row of ``counts``); empty: every one native.
+    precisions: tuple[str, ...] = ()
 
     @property
     def computed_heads(self) -> int:
         return int(self.counts.shape[0])
+
+    def counts_of(self, precision: str) -> np.ndarray:
+        """The rows of ``counts`` of the heads that run in ``precision``."""
+        if not self.precisions:
+            return self.counts if precision == "native" else self.counts[:0]
+        return self.counts[np.array([p == precision for p in self.precisions], dtype=bool)]
 
     @property
     def items(self) -> int:
@@ -84,7 +111,8 @@ def layer_features(layer_plan) -> LayerFeatures:
         num_tokens=layer_plan.geometry.num_tokens, num_heads=layer_plan.num_heads,
         block_size=layer_plan.block_size, num_blocks=layer_plan.num_blocks,
         all_dense=layer_plan.is_dense,
-        skip_heads=len(layer_plan.skip_heads), counts=counts)
+        skip_heads=len(layer_plan.skip_heads), counts=counts,
+        precisions=tuple(layer_plan.head_precisions[h] for h in computed))
 
 
 # --- the cost model ---------------------------------------------------------------------------------
@@ -107,7 +135,15 @@ class CostModel:
     def describe(self) -> dict[str, Any]:
         t = self.table
         return {"device": t.device, "calibration": t.name, "source": t.source, "note": t.note,
-                "measured": t.measured, "head_dim": self.head_dim, "batch": self.batch}
+                "measured": t.measured, "head_dim": self.head_dim, "batch": self.batch,
+                "precisions": list(t.precisions)}
+
+    def supports(self, precision: str, block_size: int) -> bool:
+        """Whether the table costs sparse launches of this head_dim and block size in ``precision``:
+        native where that variant is calibrated; fp8 where its FP8 variant and the quantization
+        pass are."""
+        calibrated = variant_key(self.head_dim, block_size, precision) in self.table.sparse
+        return calibrated and (precision == "native" or self.table.quantize is not None)
 
     @property
     def sm_count(self) -> int:
@@ -140,15 +176,22 @@ class CostModel:
         nb = -(-int(num_tokens) // block_size)
         return self.sparse_ms(np.full((int(num_heads), nb), nb), block_size, num_tokens)
 
-    def sparse_ms(self, counts: np.ndarray, block_size: int, num_tokens: int) -> float:
+    def sparse_ms(self, counts: np.ndarray, block_size: int, num_tokens: int, precision: str = "native") -> float:
         """One fused sparse launch over heads with kept-block counts [heads, nb] (full model) on a
-        sequence of ``num_tokens``."""
-        p = self.table.sparse_params(self.head_dim, block_size)
+        sequence of ``num_tokens``, its products in ``precision`` (fp8: the kernel alone,
+        :meth:`quantize_ms` is apart)."""
+        p = self.table.sparse_params(self.head_dim, block_size, precision)
         return p.ms(item_lengths(counts, self.table.order, self.batch), self.sm_count, num_tokens)
 
     def fill_ms(self, skip_heads, num_tokens) -> np.ndarray:
         nbytes = self.batch * np.asarray(skip_heads, dtype=np.float64) * num_tokens * self.head_dim * self.dtype_bytes
         return self.table.fill.ms(nbytes)
+
+    def quantize_ms(self, heads, num_tokens) -> np.ndarray:
+        """The FP8 quantization pass over the q, k and v of ``heads`` query heads (vectorised):
+        launch + :func:`quantize_bytes` / bandwidth; 0 for no heads."""
+        params = self.table.quantize_params()
+        return params.ms(quantize_bytes(self.batch, heads, num_tokens, self.head_dim, self.dtype_bytes))
 
     # -- layers and plans -------------------------------------------------------------------------------
 
@@ -156,14 +199,19 @@ class CostModel:
         if f.all_dense:
             return self.dense_layer_ms(f.num_tokens, f.num_heads, f.block_size)
         t = 0.0
-        if f.computed_heads:
-            t += self.sparse_ms(f.counts, f.block_size, f.num_tokens)
+        for precision in PRECISIONS:  # one launch per precision; FP8 heads also pay the quantization pass
+            counts = f.counts_of(precision)
+            if counts.shape[0]:
+                t += self.sparse_ms(counts, f.block_size, f.num_tokens, precision)
+                if precision == "fp8":
+                    t += float(self.quantize_ms(counts.shape[0], f.num_tokens))
         if f.skip_heads:
             t += float(self.fill_ms(f.skip_heads, f.num_tokens))
         return t
 
     def layer_ms(self, layer_plan) -> float:
-        """Predicted latency of one attention call run by ``layer_plan`` (full model)."""
+        """Predicted latency of one attention call run by ``layer_plan`` (full model: a launch per
+        precision of its computed heads, the FP8 heads' quantization pass, the skip heads' fill)."""
         key = layer_plan.key
         if key not in self._layer_cache:
             self._layer_cache[key] = self.features_ms(layer_features(layer_plan))
@@ -188,15 +236,18 @@ class CostModel:
 
     # -- the additive form the search solves ----------------------------------------------------------
 
-    def head_work_ms(self, tiles, num_blocks: int, block_size: int, num_tokens: int) -> np.ndarray:
+    def head_work_ms(self, tiles, num_blocks: int, block_size: int, num_tokens: int,
+                     precision: str = "native") -> np.ndarray:
         """A computed head's additive share of a fused launch over a sequence of ``num_tokens``: its
-        tiles and items at full throughput."""
-        p = self.table.sparse_params(self.head_dim, block_size)
+        tiles and items at full throughput of the ``precision`` kernel (fp8: the kernel alone,
+        :meth:`quantize_head_ms` is apart)."""
+        p = self.table.sparse_params(self.head_dim, block_size, precision)
         return p.throughput_ms(self.batch * np.asarray(tiles, dtype=np.float64), self.batch * num_blocks,
                                self.sm_count, num_tokens)
 
-    def launch_overhead_ms(self, block_size: int) -> float:
-        return self.table.sparse_params(self.head_dim, block_size).launch_us * 1e-3
+    def launch_overhead_ms(self, block_size: int, precision: str = "native") -> float:
+        """The fixed cost of one sparse launch of the ``precision`` kernel."""
+        return self.table.sparse_params(self.head_dim, block_size, precision).launch_us * 1e-3
 
     def fill_head_ms(self, num_tokens: int) -> float:
         """Bandwidth share of one skip head's zero fill (the fill's launch is a per-layer overhead)."""
@@ -205,5 +256,15 @@ class CostModel:
     def fill_overhead_ms(self) -> float:
         return self.table.fill.launch_us * 1e-3
 
+    def quantize_head_ms(self, num_tokens: int) -> float:
+        """Bandwidth share of one FP8 head's quantization (the pass's fixed part is
+        :meth:`quantize_overhead_ms`, once per layer with FP8 heads)."""
+        gbps = self.table.quantize_params().gbps
+        return float(quantize_bytes(self.batch, 1, num_tokens, self.head_dim, self.dtype_bytes)) / (gbps * 1e6)
 
-__all__ = ["CostModel", "LayerFeatures", "layer_features"]
+    def quantize_overhead_ms(self) -> float:
+        """The fixed part of the FP8 quantization pass (its launches)."""
+        return self.table.quantize_params().launch_us * 1e-3
+
+
+__all__ = ["CostModel", "LayerFeatures", "layer_features", "quantize_bytes"]

@@ -1,8 +1,9 @@
 """The hardware table (``kernels/<gpu>.json``): its format, reading, writing and finding.
 
 Format (docs/design.md): ``format``, ``version``, ``device`` {name, sm_count}, ``software``,
-``date``, ``measured``, ``model`` {form, order, units}, ``params`` {sparse {d{D}_b{B}: LaunchParams},
-dense {d{D}: LaunchParams}, fill: FillParams}, ``fit`` (per-kernel errors of the fit), ``extra``.
+``date``, ``measured``, ``model`` {form, order, units}, ``params`` {sparse {variant_key(D, B,
+precision): LaunchParams}, dense {d{D}: LaunchParams}, fill: FillParams, quantize: FillParams
+(optional: the FP8 quantization pass)}, ``fit`` (per-kernel errors of the fit), ``extra``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..atomic_io import write_text_atomic
+from ..runtime.backends import TritonBackend
+from ..runtime.quantize import PRECISIONS
 from ..runtime.schedule import ORDERS, list_schedule
 
 FORMAT = "attnsearch-kernels"
@@ -126,7 +129,8 @@ class LaunchParams:
 
 @dataclass(frozen=True)
 class FillParams:
-    """Zero fill of skip heads' outputs: launch_us + bytes / (gbps · 1e9)."""
+    """A memory-bound pass, launch_us + bytes / (gbps · 1e9): the zero fill of skip heads' outputs
+    (bytes written), the FP8 quantization of q, k and v (bytes of the inputs read)."""
 
     launch_us: float
     gbps: float
@@ -149,8 +153,32 @@ class FillParams:
         return cls(launch, gbps)
 
 
-def variant_key(head_dim: int, block_size: int) -> str:
-    return f"d{head_dim}_b{block_size}"
+_VARIANT = re.compile(r"d([1-9][0-9]*)_b([1-9][0-9]*)(?:_([a-z0-9]+))?")
+
+
+def variant_key(head_dim: int, block_size: int, precision: str = "native") -> str:
+    """Key of a sparse-kernel variant in ``params.sparse``: "d{D}_b{B}" (native precision),
+    "d{D}_b{B}_{precision}" otherwise ("d128_b128_fp8")."""
+    if precision not in PRECISIONS:
+        raise HardwareError(f"precision: must be one of {PRECISIONS}, got {precision!r}")
+    return f"d{head_dim}_b{block_size}" + ("" if precision == "native" else f"_{precision}")
+
+
+def parse_variant_key(key: str) -> tuple[int, int, str]:
+    """(head_dim, block size, precision) of a :func:`variant_key` (HardwareError for another string)."""
+    m = _VARIANT.fullmatch(key) if isinstance(key, str) else None
+    if m is not None and (m.group(3) or "native") in PRECISIONS:
+        parsed = int(m.group(1)), int(m.group(2)), m.group(3) or "native"
+        if variant_key(*parsed) == key:
+            return parsed
+    raise HardwareError(f"sparse variant {key!r}: not d{{D}}_b{{B}} or d{{D}}_b{{B}}_{{precision}} "
+                        f"(precision one of {', '.join(PRECISIONS[1:])})")
+
+
+def _fp8_advice() -> str:
+    need = ".".join(map(str, TritonBackend.fp8_capability))
+    return (f"calibrate on a GPU with FP8 tensor cores (compute capability ≥ {need}) with "
+            "`attnsearch calibrate`, which measures FP8 there")
 
 
 @dataclass
@@ -158,7 +186,8 @@ class HardwareTable:
     """One GPU's calibration: the fitted parameters and the fit's summary (the raw points are kept
     apart: ``costmodel.calibrate.save_points``).
 
-    ``sparse[variant_key(D, B)]``, ``dense[f"d{D}"]``: LaunchParams; ``fill``: FillParams.
+    ``sparse[variant_key(D, B, precision)]``, ``dense[f"d{D}"]``: LaunchParams; ``fill``: FillParams;
+    ``quantize``: FillParams of the FP8 quantization pass, or None (a table of native kernels only).
     ``source`` is the file it came from; ``note`` says why this table was chosen.
     """
 
@@ -167,6 +196,7 @@ class HardwareTable:
     sparse: dict[str, LaunchParams]
     dense: dict[str, LaunchParams]
     fill: FillParams
+    quantize: FillParams | None = None
     software: dict[str, Any] = field(default_factory=dict)
     date: str = ""
     measured: bool = True
@@ -180,13 +210,31 @@ class HardwareTable:
     def name(self) -> str:
         return Path(self.source).stem if self.source else gpu_slug(self.device)
 
-    def sparse_params(self, head_dim: int, block_size: int) -> LaunchParams:
-        key = variant_key(head_dim, block_size)
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions the table costs: "native" where it has a native sparse variant, "fp8"
+        where it has an FP8 one and the quantization pass."""
+        held = {parse_variant_key(k)[2] for k in self.sparse}
+        return tuple(p for p in PRECISIONS if p in held and (p == "native" or self.quantize is not None))
+
+    def sparse_params(self, head_dim: int, block_size: int, precision: str = "native") -> LaunchParams:
+        key = variant_key(head_dim, block_size, precision)
         if key not in self.sparse:
             have = ", ".join(sorted(self.sparse)) or "none"
+            if precision != "native":
+                todo = _fp8_advice() if precision not in self.precisions else "re-run `attnsearch calibrate`"
+                raise HardwareError(f"{self.source or self.device}: no {precision.upper()} sparse-kernel calibration "
+                                    f"for head_dim {head_dim}, block size {block_size} (calibrated: {have}); {todo}")
             raise HardwareError(f"{self.source or self.device}: no sparse-kernel calibration for head_dim {head_dim}, "
                                 f"block size {block_size} (calibrated: {have})")
         return self.sparse[key]
+
+    def quantize_params(self) -> FillParams:
+        """The FP8 quantization pass (HardwareError where the table has none)."""
+        if self.quantize is None:
+            raise HardwareError(f"{self.source or self.device}: no calibration of the FP8 quantization pass; "
+                                + _fp8_advice())
+        return self.quantize
 
     def dense_params(self, head_dim: int) -> LaunchParams:
         key = f"d{head_dim}"
@@ -202,12 +250,14 @@ class HardwareTable:
             "device": {"name": self.device, "sm_count": self.sm_count},
             "software": dict(self.software), "date": self.date, "measured": self.measured,
             "model": {"form": "launch + tile_ns · list-scheduling makespan of the items (item_tiles + kept tiles "
-                              "each, in the runtime's order) on SMs·slots_per_sm slots; fill: launch + "
-                              "bytes/bandwidth", "order": self.order,
+                              "each, in the runtime's order) on SMs·slots_per_sm slots; fill"
+                              + (" and quantize" if self.quantize is not None else "")
+                              + ": launch + bytes/bandwidth", "order": self.order,
                       "units": "launch_us µs, tile_ns ns, item_tiles tiles, gbps GB/s; ms out"},
             "params": {"sparse": {k: v.to_dict() for k, v in sorted(self.sparse.items())},
                        "dense": {k: v.to_dict() for k, v in sorted(self.dense.items())},
-                       "fill": self.fill.to_dict()},
+                       "fill": self.fill.to_dict(),
+                       **({"quantize": self.quantize.to_dict()} if self.quantize is not None else {})},
             "fit": self.fit, **({"extra": self.extra} if self.extra else {}),
         }
 
@@ -236,10 +286,19 @@ class HardwareTable:
         for kind in ("sparse", "dense"):
             if not isinstance(params[kind], Mapping):
                 raise HardwareError(f"{where}: params.{kind} must be a JSON object")
+        for k in params["sparse"]:
+            try:
+                parse_variant_key(k)
+            except HardwareError as err:
+                raise HardwareError(f"{where}: params.sparse: {err}") from None
         sparse = {k: LaunchParams.from_dict(v, f"{where}: params.sparse.{k}") for k, v in params["sparse"].items()}
         dense = {k: LaunchParams.from_dict(v, f"{where}: params.dense.{k}") for k, v in params["dense"].items()}
+        quantize = params.get("quantize")
+        if quantize is not None and not isinstance(quantize, Mapping):
+            raise HardwareError(f"{where}: params.quantize must be a JSON object")
         return cls(device=dev["name"], sm_count=dev["sm_count"], sparse=sparse, dense=dense,
                    fill=FillParams.from_dict(params["fill"], f"{where}: params.fill"),
+                   quantize=None if quantize is None else FillParams.from_dict(quantize, f"{where}: params.quantize"),
                    software=dict(data.get("software", {})), date=str(data.get("date", "")),
                    measured=bool(data.get("measured", True)), fit=dict(data.get("fit", {})), extra=dict(data.get("extra", {})),
                    order=_order(data.get("model", {}).get("order", "head"), where), source=source)
@@ -350,4 +409,4 @@ def local_gpu() -> str | None:
 
 
 __all__ = ["DEFAULT_TABLE", "DENSE_TILE", "FORMAT", "FillParams", "HardwareError", "HardwareTable", "LaunchParams",
-           "VERSION", "gpu_slug", "kernels_dirs", "load_hardware", "variant_key"]
+           "VERSION", "gpu_slug", "kernels_dirs", "load_hardware", "parse_variant_key", "variant_key"]

@@ -1,6 +1,7 @@
 """``attnsearch calibrate --quick`` end to end on the CPU: ``calibrate(quick=True)`` with a synthetic
-device whose latencies follow known constants: the quick grid, its points, the fit, the table written
-and read back, the raw points saved apart."""
+device whose latencies follow known constants (an FP8-capable one: its FP8 kernel and quantization
+pass have their own): the quick grid, its points, the fit, the table written and read back, the raw
+points saved apart."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import zlib
 import numpy as np
 import pytest
 
-from attnsearch.costmodel import CostModel, FillParams, LaunchParams, load_hardware
+from attnsearch.costmodel import CostModel, FillParams, LaunchParams, layer_features, load_hardware
 from attnsearch.costmodel.calibrate import calibrate, load_points
 from attnsearch.costmodel.fit import MIN_POINTS, build_table, point_lengths, spec_layer_plan
 from attnsearch.geometry import Geometry
@@ -20,6 +21,8 @@ SMS = 132
 TRUE_SPARSE = LaunchParams(5.0, 1500.0, 2.0, 2)
 TRUE_DENSE = LaunchParams(8.0, 900.0, 1.0, 1)
 TRUE_FILL = FillParams(3.0, 2500.0)
+TRUE_FP8 = LaunchParams(4.0, 1100.0, 1.0, 3)
+TRUE_QUANTIZE = FillParams(9.0, 1800.0)
 #: The synthetic sparse kernel's per-tile time drifts with N (as L2 reuse falls): ×1 at N = 2,048,
 #: ×1.06 at N = 17,776 (the quick grid's two lengths), log-linear between.
 DRIFT = ((2048.0, 1.0), (17_776.0, 1.06))
@@ -37,12 +40,15 @@ def synthetic_ms(point) -> float:
     rng = np.random.default_rng(zlib.crc32((point["label"] + str(point["geometry"])).encode()))
     if point["kind"] == "fill":
         ms = float(TRUE_FILL.ms(point["bytes"]))
+    elif point["kind"] == "quantize":
+        ms = float(TRUE_QUANTIZE.ms(point["bytes"]))
     elif point["kind"] == "dense":
         nq = -(-point["num_tokens"] // DENSE_TILE)
         ms = float(TRUE_DENSE.uniform_ms(point["heads"] * nq, nq, SMS))
     else:
-        launch = TRUE_SPARSE.launch_us * 1e-3
-        ms = launch + (TRUE_SPARSE.ms(point_lengths(point), SMS) - launch) * drift(point["num_tokens"])
+        true = TRUE_FP8 if point.get("precision") == "fp8" else TRUE_SPARSE
+        launch = true.launch_us * 1e-3
+        ms = launch + (true.ms(point_lengths(point), SMS) - launch) * drift(point["num_tokens"])
     return ms * float(rng.lognormal(0.0, 0.01))
 
 
@@ -72,10 +78,12 @@ def test_quick_calibration_writes_a_table_the_cost_model_reads(quick):
     # Every kernel the fit needs has enough points in the quick grid.
     for head_dim in (64, 128):
         assert sum(p["kind"] == "dense" and p["head_dim"] == head_dim for p in grid) >= MIN_POINTS
-    assert sum(p["kind"] == "fill" for p in grid) >= 2
+    assert sum(p["kind"] == "fill" for p in grid) >= 2 and sum(p["kind"] == "quantize" for p in grid) >= 2
     table = load_hardware(str(path))
     assert "points" not in json.loads(path.read_text())  # raw points stay out of the table
-    assert set(table.sparse) == {"d128_b128", "d128_b64", "d64_b128", "d64_b64"} and set(table.dense) == {"d64", "d128"}
+    kernels = {"d128_b128", "d128_b64", "d64_b128", "d64_b64"}
+    assert set(table.sparse) == kernels | {k + "_fp8" for k in kernels} and set(table.dense) == {"d64", "d128"}
+    assert {f"sparse.{k}_fp8" for k in kernels} | {"quantize"} <= set(table.fit)
     sparse = table.sparse["d128_b128"]
     assert sparse.slots_per_sm == TRUE_SPARSE.slots_per_sm
     # The fit explains the drift partly by a longer per-item cost (short items at small N), the rest
@@ -84,6 +92,10 @@ def test_quick_calibration_writes_a_table_the_cost_model_reads(quick):
     assert [n for n, _ in sparse.n_scale] == [2048.0, 17_776.0]
     assert sparse.tile_ns_at(17_776) > sparse.tile_ns_at(2048)
     assert table.fill.gbps == pytest.approx(TRUE_FILL.gbps, rel=0.05)
+    fp8 = table.sparse["d128_b128_fp8"]
+    assert fp8.slots_per_sm == TRUE_FP8.slots_per_sm and fp8.tile_ns == pytest.approx(TRUE_FP8.tile_ns, rel=0.1)
+    assert table.quantize.gbps == pytest.approx(TRUE_QUANTIZE.gbps, rel=0.05)
+    assert table.quantize.launch_us == pytest.approx(TRUE_QUANTIZE.launch_us, rel=0.1)
     # The fitted model predicts the layers as the synthetic device times them (all-dense layers run
     # the block-sparse kernel at block size 128 only; at 64 the model costs them as cuDNN).
     model = CostModel(table)
@@ -91,7 +103,14 @@ def test_quick_calibration_writes_a_table_the_cost_model_reads(quick):
         if p["kind"] == "sparse" and not p["skip_heads"] and p["head_dim"] == 128 and p.get("batch", 1) == 1 \
                 and (p["block_size"] == 128 or p["families"] != ["dense"]):
             lp = spec_layer_plan(Geometry.from_dict(p["geometry"]), p["heads"], p["block_size"], p["layer"])
-            assert model.layer_ms(lp) == pytest.approx(p["ms"], rel=0.05), p["label"]
+            if p.get("precision") == "fp8":
+                f = layer_features(lp)
+                assert model.sparse_ms(f.counts, p["block_size"], f.num_tokens, "fp8") == pytest.approx(
+                    p["ms"], rel=0.05), p["label"]
+            else:
+                assert model.layer_ms(lp) == pytest.approx(p["ms"], rel=0.05), p["label"]
+        elif p["kind"] == "quantize":
+            assert float(model.quantize_ms(p["heads"], p["num_tokens"])) == pytest.approx(p["ms"], rel=0.05), p["label"]
 
 
 @pytest.mark.slow

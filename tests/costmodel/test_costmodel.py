@@ -1,5 +1,6 @@
 """Cost model: list scheduling against a brute-force simulation, the fit against known constants,
-table loading and its errors, layer costing against brute-force mask counts."""
+table loading and its errors, layer costing against brute-force mask counts, FP8 variants and the
+quantization pass (table keys, figures by hand, their errors on a table without them)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from attnsearch.costmodel.fit import fit_fill, fit_launch
-from attnsearch.costmodel import DEFAULT_TABLE, CostModel, HardwareError, LaunchParams, layer_features, load_hardware
+from attnsearch.costmodel.fit import fit, fit_fill, fit_launch
+from attnsearch.costmodel import (DEFAULT_TABLE, CostModel, FillParams, HardwareError, LaunchParams, layer_features,
+                                  load_hardware, parse_variant_key, variant_key)
 from attnsearch.runtime.schedule import assign, item_lengths, list_schedule
 from attnsearch.geometry import Geometry
 from attnsearch.patterns import block_mask
@@ -147,3 +149,185 @@ def test_dense_layers_cost_what_the_runtime_runs_them_with():
     other = dataclasses.replace(hopper.table, software={**hopper.table.software, "capability": [8, 0]})
     ampere = CostModel(other, head_dim=128)
     assert ampere.layer_ms(LayerPlan.dense(geom, heads, 128)) == pytest.approx(float(ampere.dense_ms(n, heads)))
+
+
+# --- FP8 kept blocks: the table's FP8 variants and quantization pass ------------------------------
+
+#: A planted FP8 kernel and quantization pass (not the shipped table's: it has no FP8).
+FP8_KERNEL = LaunchParams(4.0, 1100.0, 1.0, 3)
+QUANTIZE = FillParams(9.0, 1800.0)
+
+
+def with_fp8(table, keys=("d128_b128_fp8",), quantize=QUANTIZE):
+    """``table`` plus the planted FP8 variants under ``keys`` and the quantization pass."""
+    import dataclasses
+
+    return dataclasses.replace(table, sparse={**table.sparse, **{k: FP8_KERNEL for k in keys}}, quantize=quantize)
+
+
+def test_variant_keys_name_head_dim_block_size_and_precision():
+    assert variant_key(128, 128) == variant_key(128, 128, "native") == "d128_b128"
+    assert variant_key(64, 64, "fp8") == "d64_b64_fp8"
+    for key in ("d128_b128", "d64_b64_fp8"):
+        assert variant_key(*parse_variant_key(key)) == key
+    assert parse_variant_key("d64_b128_fp8") == (64, 128, "fp8")
+    for bad in ("d128_b128_native", "d128_b128_int8", "d128", "b128_d128", "d0_b128"):
+        with pytest.raises(HardwareError, match="not d{D}_b{B}"):
+            parse_variant_key(bad)
+    with pytest.raises(HardwareError, match="precision: must be one of"):
+        variant_key(128, 128, "int8")
+
+
+def test_table_round_trip_with_and_without_fp8(tmp_path):
+    shipped = load_hardware(DEFAULT_TABLE)
+    assert shipped.quantize is None and shipped.precisions == ("native",)
+    plain = tmp_path / "plain.json"
+    shipped.save(plain)
+    data = json.loads(plain.read_text())
+    assert "quantize" not in data["params"] and not any(k.endswith("_fp8") for k in data["params"]["sparse"])
+    again = load_hardware(str(plain))
+    assert again.sparse == shipped.sparse and again.fill == shipped.fill and again.quantize is None
+
+    fp8 = with_fp8(shipped, ("d128_b128_fp8", "d64_b64_fp8"))
+    path = tmp_path / "fp8.json"
+    fp8.save(path)
+    data = json.loads(path.read_text())
+    assert data["version"] == 1
+    assert data["params"]["sparse"]["d128_b128_fp8"] == {"launch_us": 4.0, "tile_ns": 1100.0, "item_tiles": 1.0,
+                                                        "slots_per_sm": 3}
+    assert data["params"]["quantize"] == {"launch_us": 9.0, "gbps": 1800.0}
+    back = load_hardware(str(path))
+    assert back.sparse == fp8.sparse and back.quantize == QUANTIZE and back.precisions == ("native", "fp8")
+
+    data["params"]["sparse"]["d128_b128_int8"] = data["params"]["sparse"].pop("d128_b128_fp8")
+    path.write_text(json.dumps(data))
+    with pytest.raises(HardwareError, match=r"fp8.json: params.sparse: sparse variant 'd128_b128_int8'"):
+        load_hardware(str(path))
+    data["params"]["sparse"]["d128_b128_fp8"] = data["params"]["sparse"].pop("d128_b128_int8")
+    data["params"]["quantize"] = {"launch_us": 1.0, "gbps": 0}
+    path.write_text(json.dumps(data))
+    with pytest.raises(HardwareError, match="params.quantize: launch_us must be ≥ 0 and gbps > 0"):
+        load_hardware(str(path))
+
+
+def test_a_table_without_fp8_says_so_for_every_fp8_figure():
+    cm = CostModel(DEFAULT_TABLE, head_dim=128)
+    assert cm.supports("native", 128) and cm.supports("native", 64) and not cm.supports("native", 32)
+    assert not cm.supports("fp8", 128) and not cm.supports("fp8", 64)
+    assert cm.describe()["precisions"] == ["native"]
+    counts = np.full((4, 8), 3)
+    figures = {"sparse_ms": lambda: cm.sparse_ms(counts, 128, 1024, "fp8"),
+               "head_work_ms": lambda: cm.head_work_ms(24, 8, 128, 1024, "fp8"),
+               "launch_overhead_ms": lambda: cm.launch_overhead_ms(128, "fp8"),
+               "quantize_ms": lambda: cm.quantize_ms(4, 1024),
+               "quantize_head_ms": lambda: cm.quantize_head_ms(1024),
+               "quantize_overhead_ms": lambda: cm.quantize_overhead_ms()}
+    for name, figure in figures.items():
+        with pytest.raises(HardwareError) as err:
+            figure()
+        line = str(err.value)
+        assert "\n" not in line and cm.table.source in line, name
+        assert "FP8" in line and "compute capability ≥ 8.9" in line and "attnsearch calibrate" in line, name
+    # The native figures are those of before.
+    assert cm.sparse_ms(counts, 128, 1024) == cm.sparse_ms(counts, 128, 1024, "native")
+    # A table with FP8 at one kernel only: the other is not supported, and without the pass none is.
+    partial = CostModel(with_fp8(load_hardware(DEFAULT_TABLE)), head_dim=128)
+    assert partial.supports("fp8", 128) and not partial.supports("fp8", 64)
+    assert partial.describe()["precisions"] == ["native", "fp8"]
+    with pytest.raises(HardwareError, match="no FP8 sparse-kernel calibration for head_dim 128, block size 64"):
+        partial.sparse_ms(counts, 64, 1024, "fp8")
+    no_pass = CostModel(with_fp8(load_hardware(DEFAULT_TABLE), quantize=None), head_dim=128)
+    assert not no_pass.supports("fp8", 128) and no_pass.describe()["precisions"] == ["native"]
+    with pytest.raises(HardwareError, match="no calibration of the FP8 quantization pass"):
+        no_pass.quantize_ms(4, 1024)
+
+
+def test_quantize_ms_is_launch_plus_the_bytes_read_over_bandwidth():
+    cm = CostModel(with_fp8(load_hardware(DEFAULT_TABLE)), head_dim=128, batch=2)
+    # 2 batch × 5 heads × 32,760 tokens × 128 × 2 bytes × (q, k, v) = 251,596,800 bytes at 1,800 GB/s.
+    assert float(cm.quantize_ms(5, 32760)) == pytest.approx(0.009 + 251_596_800 / 1.8e12 * 1e3, rel=1e-12)
+    assert float(cm.quantize_ms(0, 32760)) == 0.0
+    assert cm.quantize_overhead_ms() == pytest.approx(0.009)
+    assert cm.quantize_head_ms(32760) == pytest.approx(251_596_800 / 5 / 1.8e12 * 1e3, rel=1e-12)
+    assert cm.quantize_ms([1, 3], 32760).tolist() == pytest.approx(
+        [0.009 + h * cm.quantize_head_ms(32760) for h in (1, 3)])
+
+
+def test_fp8_additive_form_is_the_throughput_of_many_waves():
+    """The FP8 heads' kernel and quantization shares, plus the FP8 launch and the pass's fixed part,
+    are the full model's FP8 launch and pass within a few % far beyond one wave."""
+    geom = Geometry(13, 45, 56)
+    lp = LayerPlan.from_heads([("diagonal", {"rows": r}) for r in (4, 8, 16, 32)] * 3, geom, 128)
+    cm = CostModel(with_fp8(load_hardware(DEFAULT_TABLE)), head_dim=128)
+    f = layer_features(lp)
+    heads, n = f.computed_heads, f.num_tokens
+    assert f.items > 5 * FP8_KERNEL.slots(cm.sm_count)                           # many waves
+    kernel = cm.head_work_ms(f.counts.sum(1), lp.num_blocks, 128, n, "fp8").sum() + cm.launch_overhead_ms(128, "fp8")
+    assert kernel == pytest.approx(cm.sparse_ms(f.counts, 128, n, "fp8"), rel=0.05)
+    additive = kernel + heads * cm.quantize_head_ms(n) + cm.quantize_overhead_ms()
+    full = cm.sparse_ms(f.counts, 128, n, "fp8") + float(cm.quantize_ms(heads, n))
+    assert additive == pytest.approx(full, rel=0.05)
+    # The FP8 kernel's own constants, not the native kernel's.
+    assert cm.sparse_ms(f.counts, 128, n, "fp8") != pytest.approx(cm.sparse_ms(f.counts, 128, n), rel=0.05)
+    assert cm.launch_overhead_ms(128, "fp8") == pytest.approx(FP8_KERNEL.launch_us * 1e-3)
+
+
+def test_fit_recovers_planted_fp8_and_quantize_constants():
+    """Points of a native kernel, its FP8 variant (other constants) and the quantization pass, timed
+    by a device following the planted constants (±1 % noise): the fit tells them apart."""
+    rng = np.random.default_rng(1)
+    native = LaunchParams(5.0, 1500.0, 2.0, 2)
+    points = []
+    for precision, true in (("native", native), ("fp8", FP8_KERNEL)):
+        for _ in range(40):
+            lengths = rng.integers(0, rng.integers(2, 200), rng.integers(20, 3000)).astype(float)
+            point = {"kind": "sparse", "head_dim": 128, "block_size": 128, "num_tokens": 8192, "heads": 8,
+                     "ms": true.ms(lengths, 132) * rng.lognormal(0, 0.01), "_lengths": lengths}
+            points.append(point if precision == "native" else dict(point, precision=precision))
+    for nbytes in (1.2e4, 3.9e5, 6.3e6, 7.5e7, 3.0e8, 1.2e9):
+        points.append({"kind": "quantize", "bytes": nbytes, "ms": float(QUANTIZE.ms(nbytes)) * rng.lognormal(0, 0.01)})
+        points.append({"kind": "fill", "bytes": nbytes, "ms": float(FillParams(3.0, 2500.0).ms(nbytes))})
+    fitted = fit(points, 132)
+    assert set(fitted.sparse) == {"d128_b128", "d128_b128_fp8"}
+    for key, true in (("d128_b128", native), ("d128_b128_fp8", FP8_KERNEL)):
+        got = fitted.sparse[key]
+        assert got.slots_per_sm == true.slots_per_sm and got.item_tiles == pytest.approx(true.item_tiles, abs=0.26)
+        assert got.tile_ns_at(8192) == pytest.approx(true.tile_ns, rel=0.03), key
+        assert fitted.report[f"sparse.{key}"]["max_abs_rel_err"] < 0.05
+    assert fitted.quantize.gbps == pytest.approx(QUANTIZE.gbps, rel=0.03)
+    assert fitted.quantize.launch_us == pytest.approx(QUANTIZE.launch_us, rel=0.05)
+    assert fitted.report["quantize"]["points"] == 6 and fitted.fill.gbps == pytest.approx(2500.0)
+    # An FP8 variant a time budget cut short is left out (the native ones must fit).
+    few = [p for p in points if p.get("precision") != "fp8"] + [p for p in points if p.get("precision") == "fp8"][:3]
+    short = fit(few, 132)
+    assert "d128_b128_fp8" not in short.sparse and short.report["sparse.d128_b128_fp8"]["points"] == 3
+    # Without quantization points: no pass (the table then supports no FP8).
+    assert fit([p for p in points if p["kind"] != "quantize"], 132).quantize is None
+
+
+def test_a_layer_of_native_and_fp8_heads_costs_two_launches_and_the_pass():
+    """A layer plan's FP8 head groups run as their own launch on the FP8 kernel plus the quantization
+    pass over their heads; its native heads as the native launch; skip heads as the fill (counts
+    from brute-force masks)."""
+    geom = Geometry(4, 16, 32, 20)
+    heads = [("diagonal", {"rows": 2}), ("skip", {}), ("vertical_stripe", {"key_blocks": [0, 3]}),
+             ("dense", {}), ("diagonal", {"rows": 6}), ("energy_decay", {"decay": 0.5})]
+    precisions = ["fp8", "native", "native", "fp8", "fp8", "native"]
+    lp = LayerPlan.from_heads(heads, geom, 128, precisions=precisions)
+    cm = CostModel(with_fp8(load_hardware(DEFAULT_TABLE)), head_dim=128)
+    n = geom.num_tokens
+    rows = {p: np.stack([block_mask(name, q, geom, 128).sum(-1).numpy() for (name, q), hp in zip(heads, precisions)
+                         if name != "skip" and hp == p]) for p in ("native", "fp8")}
+    expect = (cm.sparse_ms(rows["native"], 128, n) + cm.sparse_ms(rows["fp8"], 128, n, "fp8")
+              + float(cm.quantize_ms(3, n)) + float(cm.fill_ms(1, n)))
+    assert cm.layer_ms(lp) == pytest.approx(expect, rel=1e-12)
+    # Every head in FP8, dense ones included (an FP8 dense layer is no cuDNN call): one FP8 launch.
+    dense8 = LayerPlan.dense(geom, 4, 128).with_precision("fp8")
+    nb = lp.num_blocks
+    assert cm.layer_ms(dense8) == pytest.approx(cm.sparse_ms(np.full((4, nb), nb), 128, n, "fp8")
+                                                + float(cm.quantize_ms(4, n)), rel=1e-12)
+    # The same layer in native precision is costed as before; on a table without FP8 the FP8 one raises.
+    assert cm.layer_ms(LayerPlan.from_heads(heads, geom, 128)) == pytest.approx(
+        cm.sparse_ms(np.concatenate([rows["native"], rows["fp8"]]), 128, n) + float(cm.fill_ms(1, n)), rel=1e-12)
+    with pytest.raises(HardwareError, match="compute capability ≥ 8.9"):
+        CostModel(DEFAULT_TABLE, head_dim=128).layer_ms(lp)
