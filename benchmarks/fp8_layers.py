@@ -77,11 +77,9 @@ def bench_layer(geometry: Geometry, heads: int, head_dim: int, target: float, re
         fn(inputs[0])                                  # tune and compile outside the timing
         ms = time_ms(fn, inputs, 3, reps)["median"]
         row[name] = {"ms": ms, "tflops": fl / ms / 1e9}
-    from attnsearch.runtime.triton.launch import launch, tma_supported, tuned_config
+    from attnsearch.runtime.triton.launch import launch, quantized_config
 
-    q8, k8, v8, _ = quantized[0]
-    cfg = tuned_config(head_dim, BLOCK, q8.dtype, tma_supported(q8, k8, v8.transpose(-1, -2)),
-                       torch.cuda.current_device())
+    cfg = quantized_config(*quantized[0][:3], BLOCK)
 
     def kernel_only(i):
         q8, k8, v8, s = quantized[i]

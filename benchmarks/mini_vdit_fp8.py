@@ -11,13 +11,13 @@ videos each from the dense videos' noise; PSNR / SSIM of the frames against dens
 attention is also timed on this GPU layer by layer (``bench_plan``: CUDA events, median, fresh
 inputs, at the model's shape with both guidance branches) beside the cost model's prediction.
 The hardware table must price FP8 (``attnsearch calibrate`` on a GPU with FP8 tensor cores).
-Writes ``result.json`` and ``figure.png`` (PSNR and measured attention speedup against density).
+Writes ``result.json``, ``figure.png`` (PSNR and measured attention speedup against density) and a
+``README.md`` fragment.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import tempfile
 import time
@@ -25,8 +25,7 @@ from pathlib import Path
 
 import torch
 
-from attnsearch.atomic_io import write_text_atomic
-from attnsearch.bench.output import environment
+from attnsearch.bench.output import write_outputs
 from attnsearch.bench.plans import bench_plan
 from attnsearch.costmodel import CostModel
 from attnsearch.evaluate import evaluate, load_generator
@@ -38,31 +37,26 @@ DENSITIES = (0.2, 0.3, 0.45)
 KINDS = ("native", "mixed", "all fp8")
 
 
-def draw(result: dict, path: Path) -> None:
-    import matplotlib
+def draw(result: dict):
+    """figure.png: PSNR against density, and measured and predicted attention speedup against density."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def figure(fig) -> None:
+        ax_q, ax_t = fig.subplots(1, 2)
+        fig.set_size_inches(10, 3.8)
+        for kind, marker in zip(KINDS, "osD"):
+            rows = [r for r in result["plans"] if r["kind"] == kind]
+            dens = [r["density"] for r in rows]
+            ax_q.plot(dens, [r["psnr_db"] for r in rows], marker=marker, label=kind)
+            ax_t.plot(dens, [r["measured_speedup"] for r in rows], marker=marker, label=f"{kind}: measured")
+            ax_t.plot(dens, [r["predicted_speedup"] for r in rows], marker=marker, ls=":", alpha=0.6,
+                      label=f"{kind}: predicted")
+        ax_q.set(xlabel="mean kept-block density", ylabel="PSNR vs dense video (dB)", title="fidelity")
+        ax_t.set(xlabel="mean kept-block density", ylabel="attention speedup vs cuDNN dense",
+                 title=f"attention time ({result['card']})")
+        ax_q.legend(fontsize=8)
+        ax_t.legend(fontsize=7)
 
-    from attnsearch.atomic_io import replacing
-
-    fig, (ax_q, ax_t) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for kind, marker in zip(KINDS, "osD"):
-        rows = [r for r in result["plans"] if r["kind"] == kind]
-        dens = [r["density"] for r in rows]
-        ax_q.plot(dens, [r["psnr_db"] for r in rows], marker=marker, label=kind)
-        ax_t.plot(dens, [r["measured_speedup"] for r in rows], marker=marker, label=f"{kind}: measured")
-        ax_t.plot(dens, [r["predicted_speedup"] for r in rows], marker=marker, ls=":", alpha=0.6,
-                  label=f"{kind}: predicted")
-    ax_q.set(xlabel="mean kept-block density", ylabel="PSNR vs dense video (dB)", title="fidelity")
-    ax_t.set(xlabel="mean kept-block density", ylabel="attention speedup vs cuDNN dense",
-             title=f"attention time ({result['card']})")
-    ax_q.legend(fontsize=8)
-    ax_t.legend(fontsize=7)
-    fig.tight_layout()
-    with replacing(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    return figure
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,11 +115,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{kind} ≤ {d}: density {plan.mean_density:.3f}, FP8 {rows[-1]['fp8_share']:.0%}, "
               f"PSNR {run.overall['psnr_db']:.2f} dB, {timed['speedup_vs_cudnn']:.2f}× measured, "
               f"{run.predicted['speedup']:.2f}× predicted", flush=True)
-    out = {"benchmark": {**environment(), "seconds": round(time.time() - started, 1)}, "card": timed["card"],
-           "profile": str(prof_path), "seeds": result.seeds, "steps": result.steps, "hardware": cm.table.name,
-           "plans": rows}
-    write_text_atomic(args.out / "result.json", json.dumps(out, indent=1, allow_nan=False) + "\n")
-    draw(out, args.out / "figure.png")
+    out = {"seconds": round(time.time() - started, 1), "card": timed["card"], "profile": str(prof_path),
+           "seeds": result.seeds, "steps": result.steps, "hardware": cm.table.name, "plans": rows}
+    write_outputs(args.out, "mini_vdit_fp8", out, draw(out))
     print(f"wrote {args.out} in {time.time() - started:.0f} s")
 
 

@@ -305,10 +305,7 @@ def _time_fp8(layer_plan, inputs: list, sets: int, holdout: bool) -> dict[str, A
     heads = tuple(h for item in launches for h in item.heads)
     block, scale = fp8.block_size, q.shape[-1] ** -0.5
     quantized = [quantize_fp8(*x, block, heads=heads) for x in inputs]
-    q8, k8, v8, _ = quantized[0]
-    # The key the runtime tuned under: e4m3 q, and TMA as V's channel-major storage allows it.
-    config = triton_launch.tuned_config(q.shape[-1], block, q8.dtype,
-                                        triton_launch.tma_supported(q8, k8, v8.transpose(-1, -2)), q.device.index)
+    config = triton_launch.quantized_config(*quantized[0][:3], block)
     if config is None:
         raise RuntimeError("the runtime's FP8 call left no tuned kernel config to time its launches with")
     out = torch.empty_like(q)

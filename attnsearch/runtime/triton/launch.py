@@ -123,6 +123,17 @@ def tma_supported(*tensors: torch.Tensor) -> bool:
     return all(tma_compatible(t) for t in tensors)
 
 
+def operands_tma(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether a launch on these operands reads K and V through TMA: FP8's V (e4m3, stored
+    channel-major) is read as its [.., D, N] storage, the other operands as they are."""
+    return tma_supported(q, k, v.transpose(-1, -2) if v.dtype == FP8 else v)
+
+
+def quantized_config(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, block_size: int) -> KernelConfig | None:
+    """The config this process's FP8 calls run on ``quantize_fp8``'s operands with (None: none tuned yet)."""
+    return tuned_config(q8.shape[-1], block_size, q8.dtype, operands_tma(q8, k8, v8), q8.device.index)
+
+
 # --- launcher -----------------------------------------------------------------------------------
 
 
@@ -145,7 +156,7 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
     if fp8 and not all(t.dtype == FP8 for t in (q, k, v)):
         raise ValueError(f"fp8_scales given for {q.dtype} / {k.dtype} / {v.dtype} operands; expected {FP8}")
     v_rows = v.transpose(-1, -2) if fp8 else v          # FP8's V: [B, H_kv, D, N] in memory
-    use_tma = tma_supported(q, k, v_rows) if config.use_tma is None else config.use_tma
+    use_tma = operands_tma(q, k, v) if config.use_tma is None else config.use_tma
     k_arg, v_arg = k, v
     if use_tma:
         from triton.tools.tensor_descriptor import TensorDescriptor
@@ -261,8 +272,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
         if _INTERPRETED:
             config = INTERPRETER_CONFIG
         else:
-            v_rows = v.transpose(-1, -2) if scales is not None else v
-            config = _tune(q, k, v, out, tables, scale, tma_supported(q, k, v_rows), scales)
+            config = _tune(q, k, v, out, tables, scale, operands_tma(q, k, v), scales)
     for item in launches:
         launch(q, k, v, out, tables, item.work, scale, config, scales)
     return out
