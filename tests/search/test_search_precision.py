@@ -1,0 +1,171 @@
+"""Precision as a per-head choice of the search: FP8 twins of the profiled candidates, their prices,
+the plan's groups, and what the search refuses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from attnsearch import load_plan
+from attnsearch.costmodel import CostModel
+from attnsearch.costmodel.table import DEFAULT_TABLE, load_hardware
+from attnsearch.search import SearchError, optimize
+from attnsearch.search.problem import Knobs, Problem
+from attnsearch.search.space import build_space
+
+import synthetic
+
+
+@pytest.fixture(scope="module")
+def fp8_profile(tmp_path_factory):
+    return synthetic.small_profile(tmp_path_factory.mktemp("fp8"), precisions=("native", "fp8"))
+
+
+@pytest.fixture(scope="module")
+def large_fp8_profile(tmp_path_factory):
+    """2 steps × 2 layers × 4 heads at N = 8,192 (B = 64): large enough that sparse layers beat dense
+    ones in the H100 table, with FP8 errors."""
+    import torch
+
+    from attnsearch import Geometry
+    from attnsearch.profiling.profile_io import Profile
+    from attnsearch.profiling.profiler import profile_tensors
+
+    geom = Geometry(8, 32, 32)
+    gen = torch.Generator().manual_seed(1)
+    parts = []
+    for step in range(2):
+        for layer in range(2):
+            q, k, v = (torch.randn(1, 4, geom.num_tokens, 32, generator=gen) for _ in range(3))
+            parts.append(profile_tensors(q, k, v, geom, layer=layer, step=step, block_size=64, queries=32,
+                                         precisions=("native", "fp8")))
+    prof = Profile.concat(parts)
+    prof.model = {"name": "random", "fingerprint": "r1"}
+    path = tmp_path_factory.mktemp("fp8large") / "large.parquet"
+    prof.save(path)
+    return path, prof
+
+
+def fp8_table(folder, tile_factor: float, quantize_gbps: float = 2000.0):
+    """The shipped H100 table plus planted FP8 variants: every native variant's constants with the
+    per-tile time × ``tile_factor``, and a quantization pass of 2 µs + bytes / ``quantize_gbps``."""
+    data = json.loads(Path(load_hardware(DEFAULT_TABLE).source).read_text())
+    sparse = data["params"]["sparse"]
+    for key in list(sparse):
+        sparse[f"{key}_fp8"] = {**sparse[key], "tile_ns": sparse[key]["tile_ns"] * tile_factor}
+    data["params"]["quantize"] = {"launch_us": 2.0, "gbps": quantize_gbps}
+    path = folder / f"fp8-{tile_factor}.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_the_space_has_an_fp8_twin_of_every_computed_candidate(fp8_profile):
+    _, prof = fp8_profile
+    sp = build_space(prof)
+    native = [c for c, p in enumerate(sp.precisions) if p == "native"]
+    twins = [c for c, p in enumerate(sp.precisions) if p == "fp8"]
+    assert len(twins) == len(native) - 1 and "skip" not in {sp.families[c] for c in twins}
+    t = prof.table
+    for c in twins:
+        base = sp.names.index(sp.names[c].removesuffix(" fp8"))
+        assert sp.families[c] == sp.families[base] and sp.params[c] == sp.params[base]
+        assert np.array_equal(sp.density[..., c], sp.density[..., base], equal_nan=True)
+        rows = t[t["candidate"] == sp.names[base]]
+        got = sp.rel_err[rows["step"], rows["layer"], rows["head"], c]
+        assert np.array_equal(got, rows["rel_err_fp8"].to_numpy())
+    # a profile without the FP8 column: no twins, every candidate native
+    assert set(build_space(synthetic_native(prof)).precisions) == {"native"}
+
+
+def synthetic_native(prof):
+    import dataclasses
+
+    return dataclasses.replace(prof, table=prof.table.drop(columns=["rel_err_fp8"]),
+                               settings=dataclasses.replace(prof.settings, precisions=("native",)))
+
+
+def test_fp8_twins_cost_the_fp8_kernel_and_their_share_of_the_quantization_pass(fp8_profile, tmp_path):
+    _, prof = fp8_profile
+    cm = CostModel(fp8_table(tmp_path, 0.5), head_dim=128)
+    pb = Problem(build_space(prof), cm)
+    sp, nb, n = pb.space, pb.space.num_blocks, prof.geometry.num_tokens
+    c8 = sp.precisions.index("fp8")
+    base = sp.names.index(sp.names[c8].removesuffix(" fp8"))
+    tiles = sp.density[0, 0, 0, base] * nb * nb
+    want8 = cm.head_work_ms(tiles, nb, 64, n, "fp8") + cm.quantize_head_ms(n)
+    assert pb.cost[0, 0, 0, c8] == pytest.approx(want8, rel=1e-6)
+    assert pb.cost[0, 0, 0, base] == pytest.approx(cm.head_work_ms(tiles, nb, 64, n), rel=1e-6)
+
+
+@pytest.mark.parametrize("tile_factor,expect_fp8", [(0.05, True), (3.0, False)])
+def test_the_search_gives_heads_fp8_where_it_pays(large_fp8_profile, tmp_path, tile_factor, expect_fp8):
+    """With FP8 tiles twenty times cheaper most heads run FP8 somewhere on the λ sweep; three times
+    dearer, none ever does; the plan's groups carry each head's precision."""
+    _, prof = large_fp8_profile
+    pb = Problem(build_space(prof), CostModel(fp8_table(tmp_path, tile_factor), head_dim=128))
+    shares = []
+    for lam in (0.3, 1.0, 3.0, 10.0):
+        a = pb.solve(Knobs(lam=lam, ranges=1, block_size=64))
+        plan = pb.plan(a)
+        shares.append(plan.precision_share("fp8"))
+        for layer in range(2):
+            if not a.dense_unit[0, layer]:
+                heads = plan.layer_plan(0, layer).head_precisions
+                assert tuple(pb.space.precisions[c] if pb.space.families[c] != "skip" else "native"
+                             for c in a.choice[0, layer]) == heads
+    assert (max(shares) > 0.5) if expect_fp8 else max(shares) == 0.0
+
+
+def test_the_plan_predicts_what_the_cost_model_predicts_for_it(large_fp8_profile, tmp_path):
+    """optimize's predicted figures are the cost model's own full-model prediction of the plan it
+    wrote, FP8 launches and the quantization pass included; the study records the precisions."""
+    path, _ = large_fp8_profile
+    hw = fp8_table(tmp_path, 0.05)
+    res = optimize(path, hardware=hw, head_dim=128, trials=8, max_error=0.9, out=tmp_path / "p.json")
+    plan = load_plan(res.path)
+    assert plan.precision_share("fp8") > 0
+    assert res.plan.search["settings"]["precisions"] == ["native", "fp8"]
+    assert CostModel(hw, head_dim=128).plan_ms(plan) == pytest.approx(plan.predicted["attention_ms"], rel=1e-6)
+
+
+def test_precisions_native_keeps_every_head_native(large_fp8_profile, tmp_path):
+    path, _ = large_fp8_profile
+    res = optimize(path, hardware=fp8_table(tmp_path, 0.05), head_dim=128, trials=4, precisions=["native"],
+                   max_density=0.6, out=tmp_path / "n.json")
+    assert res.plan.precision_share("fp8") == 0.0 and "precisions" not in res.plan.search["settings"]
+
+
+def test_what_the_search_cannot_price_or_did_not_measure_is_named(fp8_profile, tmp_path):
+    path, prof = fp8_profile
+    with pytest.raises(SearchError, match=r"precisions: the hardware table nvidia-h100-80gb-hbm3 has no fp8 kernel"):
+        optimize(path, head_dim=128, trials=1, out=tmp_path / "x.json")           # shipped table: no FP8
+    native_path = tmp_path / "native.parquet"
+    synthetic_native(prof).save(native_path)
+    with pytest.raises(SearchError, match="precisions: the profile did not measure fp8 kept blocks"):
+        optimize(native_path, hardware=fp8_table(tmp_path, 0.5), head_dim=128, trials=1, precisions=["native", "fp8"],
+                 out=tmp_path / "y.json")
+    with pytest.raises(SearchError, match="precisions: must include native"):
+        Problem(build_space(prof), CostModel(fp8_table(tmp_path, 0.5), head_dim=128), precisions=("fp8",))
+
+
+def test_a_unit_of_fp8_heads_is_recosted_with_both_launches_and_the_pass(large_fp8_profile, tmp_path):
+    """The full-model cost of a solved unit (what small units are re-costed with, and Ulysses ranks)
+    is the cost model's layer_ms of the layer plan written for it: the native launch, the FP8
+    launch and the quantization pass of its FP8 heads."""
+    _, prof = large_fp8_profile
+    cm = CostModel(fp8_table(tmp_path, 0.05), head_dim=128)
+    pb = Problem(build_space(prof), cm)
+    a = pb.solve(Knobs(lam=1.0, warmup=0, ranges=2, dense_layers=0, block_size=64))
+    plan = pb.plan(a)
+    checked = 0
+    for i, r in enumerate(a.ranges):
+        for layer in range(2):
+            lp = plan.layer_plan(r.start, layer)
+            if a.dense_unit[i, layer] or not lp.precision_heads("fp8"):
+                continue
+            assert pb._unit_full_ms(r, layer, a.choice[i, layer]) == pytest.approx(cm.layer_ms(lp) * len(r), rel=1e-9)
+            checked += 1
+    assert checked
