@@ -43,6 +43,21 @@ def test_profile_fp8_adds_the_fp8_error(tmp_path):
     assert (dense["rel_err_fp8"] > dense["rel_err"]).all()
 
 
+def test_optimize_names_a_precision_it_cannot_search(tmp_path):
+    out = tmp_path / "tiny.parquet"
+    assert runner.invoke(app, ["profile", "--model", TINY, "--queries", "16", "--fp8", "--out", str(out),
+                               "-o", "steps=1"]).exit_code == 0
+    res = runner.invoke(app, ["optimize", str(out), "--precisions", "native,int4", "--out", str(tmp_path / "p.json")])
+    assert res.exit_code == 2 and "--precisions must be one of native, fp8, got 'int4'" in res.output
+    # the shipped H100 table prices no FP8 kernel: the search says so instead of dropping FP8 silently
+    res = runner.invoke(app, ["optimize", str(out), "--trials", "1", "--head-dim", "64", "--out", str(tmp_path / "p.json")])
+    assert res.exit_code == 2 and "has no fp8 kernel" in res.output and "--precisions native" in res.output
+    assert not (tmp_path / "p.json").exists()
+    res = runner.invoke(app, ["optimize", str(out), "--trials", "1", "--precisions", "native", "--head-dim", "64",
+                              "--out", str(tmp_path / "p.json")])
+    assert res.exit_code == 0, res.output
+
+
 def test_steps_beyond_inputs_is_an_error(tmp_path):
     res = runner.invoke(app, ["profile", "--model", TINY, "--steps", "5", "--out", str(tmp_path / "x.parquet")])
     assert res.exit_code == 2
