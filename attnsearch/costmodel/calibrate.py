@@ -302,9 +302,8 @@ def _time_fp8(layer_plan, inputs: list, sets: int, holdout: bool) -> dict[str, A
         return got
     tables = get_block_tables(fp8, q.device, TritonBackend.fusion)
     launches = tables.launches_of("fp8")
-    heads = tuple(h for item in launches for h in item.heads)
     block, scale = fp8.block_size, q.shape[-1] ** -0.5
-    quantized = [quantize_fp8(*x, block, heads=heads) for x in inputs]
+    quantized = [quantize_fp8(*x, block, heads=tables.head_index("fp8")) for x in inputs]
     config = triton_launch.quantized_config(*quantized[0][:3], block)
     if config is None:
         raise RuntimeError("the runtime's FP8 call left no tuned kernel config to time its launches with")

@@ -40,6 +40,9 @@ class Launch:
     heads: tuple[int, ...]
     work: torch.Tensor  # int32 [num_items]
     precision: str = DEFAULT_PRECISION
+    #: ``heads`` as int32 on the tables' device (what a kernel over the launch's heads reads, e.g.
+    #: the FP8 quantization; built once, so a call copies nothing from the host).
+    head_index: torch.Tensor | None = None
 
     @property
     def num_items(self) -> int:
@@ -77,6 +80,15 @@ class BlockTables:
     def launches_of(self, precision: str) -> tuple[Launch, ...]:
         """The launches whose products run in ``precision``."""
         return tuple(launch for launch in self.launches if launch.precision == precision)
+
+    def head_index(self, precision: str) -> torch.Tensor:
+        """int32 heads of the launches of ``precision`` on the tables' device (one launch's own tensor;
+        several launches' joined on the device)."""
+        launches = self.launches_of(precision)
+        if len(launches) == 1:
+            return launches[0].head_index
+        return torch.cat([launch.head_index for launch in launches]) if launches else \
+            torch.empty(0, dtype=torch.int32, device=self.device)
 
     def prepare_output(self, out: torch.Tensor, precision: str) -> None:
         """What a kernel's ``forward`` over this precision's launches does to ``out`` first: the run
@@ -131,7 +143,8 @@ def build_block_tables(layer_plan: LayerPlan, device: torch.device | str = "cpu"
         head_sets = [(layer_plan.precision_heads(p), p) for p in layer_plan.precisions]
     else:
         head_sets = [(tuple(g.heads), g.precision) for g in layer_plan.groups if g.pattern != "skip"]
-    launches = [Launch(tuple(heads), launch_work(tuple(heads), counts, order).to(torch.int32).to(device), precision)
+    launches = [Launch(tuple(heads), launch_work(tuple(heads), counts, order).to(torch.int32).to(device), precision,
+                       torch.tensor(heads, dtype=torch.int32, device=device))
                 for heads, precision in head_sets]
     kept = int(counts[list(layer_plan.computed_heads)].sum()) if layer_plan.computed_heads else 0
     return BlockTables(layer_plan, torch.device(device), counts.to(device), indices.contiguous().to(device),

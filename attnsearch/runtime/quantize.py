@@ -64,13 +64,16 @@ def _per_channel_transposed(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def quantize_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int, *,
-                 heads: tuple[int, ...] | None = None,
+                 heads: torch.Tensor | None = None,
                  kernels: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Fp8Scales]:
     """e4m3 q, k (row-major, per block) and v (channel-major, per channel) and their scales.
 
-    ``heads``: the query heads whose operands are needed (the heads of a layer that run FP8; K and
-    V heads follow, ``enable_gqa``'s grouping); the outputs keep every head's place, and entries of
-    other heads are unspecified (the kernels leave them unwritten). None: every head.
+    ``heads``: int32 query heads, distinct, on q's device, whose operands are needed (the heads of
+    a layer that run FP8: ``Launch.head_index``); K and V heads follow (``enable_gqa``'s grouping:
+    a K/V head shared by several listed heads is written once per head, the same bytes). The
+    outputs keep every head's place, and entries of other heads are unspecified (the kernels leave
+    them unwritten). None: every head. Nothing is copied from the host, so a call can be captured
+    in a CUDA graph.
     ``kernels``: compute them with the Triton kernels (``triton/quantize_kernel.py``: the same
     values in fewer passes, only the listed heads); None: on CUDA tensors. Not under
     TRITON_INTERPRET=1: the interpreter's fp32 → e4m3 cast loses the carry of some round-ups into
@@ -79,7 +82,7 @@ def quantize_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: 
     if kernels is None:
         kernels = q.is_cuda
     if heads is None:
-        heads = tuple(range(q.shape[1]))
+        heads = torch.arange(q.shape[1], dtype=torch.int32, device=q.device)
     if kernels:
         return _quantize_triton(q, k, v, block_size, heads)
     q8, qs = _per_block(q, block_size)
@@ -91,9 +94,8 @@ def quantize_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: 
 def _quantize_triton(q, k, v, block_size, heads):
     from .triton import quantize_kernel as qk
 
-    group = q.shape[1] // k.shape[1]
-    q_heads = torch.tensor(sorted(set(heads)), dtype=torch.int32, device=q.device)
-    kv_heads = torch.tensor(sorted({h // group for h in heads}), dtype=torch.int32, device=q.device)
+    q_heads = heads
+    kv_heads = heads // (q.shape[1] // k.shape[1])
 
     def blocks(x, listed):
         batch, num, n, d = x.shape

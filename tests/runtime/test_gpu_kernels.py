@@ -2,7 +2,8 @@
 kernel (both consumer schedules, where it runs) and the Triton kernel (its first tuning config, with
 and without TMA) and "auto" dispatch against SDPA in fp32 on the token-expanded block mask; mixed
 families with a skip head, batch 2, N % B ≠ 0, text prefix and suffix, [B, N, H, D].transpose(1, 2)
-inputs, NaN-poisoned outputs; and "auto" captured in a CUDA graph, replayed on new inputs."""
+inputs, NaN-poisoned outputs; and "auto" captured in a CUDA graph, replayed on new inputs (native, and native with FP8 heads);
+FP8 heads against the torch backend's emulation; the quantization kernels against their definition."""
 
 from __future__ import annotations
 
@@ -87,12 +88,17 @@ def test_kernels_match_masked_sdpa_in_fp32(where, block_size, head_dim, dtype, g
         assert bool((out[:, 1] == 0).all()), f"{name}: the skip head is not zero"
 
 
-@pytest.mark.parametrize("head_dim", [128, 64])
-def test_cuda_graph_replay_equals_eager(head_dim):
+@pytest.mark.parametrize("head_dim,fp8", [(128, False), (64, False), (128, True)])
+def test_cuda_graph_replay_equals_eager(head_dim, fp8):
     """``sparse_attention`` captured in a CUDA graph after one eager call (which builds the cached
-    tables), replayed on new inputs copied into the captured buffers: bit for bit the eager result."""
+    tables), replayed on new inputs copied into the captured buffers: bit for bit the eager result;
+    also with FP8 heads beside native ones (their quantization pass is in the graph)."""
+    if fp8 and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 tensor cores need compute capability 8.9 or newer")
     geom = GEOMS["suffix"]
     lp = mixed_plan(geom, 128)
+    if fp8:
+        lp = LayerPlan.from_heads(lp.head_specs, geom, 128, precisions=["fp8", "native"] * (lp.num_heads // 2))
     q, k, v = (x.contiguous() for x in inputs(geom, lp.num_heads, head_dim, torch.bfloat16, seed=head_dim))
     out = torch.empty_like(q)
     sparse_attention(q, k, v, lp, out=out)
@@ -175,7 +181,7 @@ def test_quantization_kernels_of_a_head_subset_equal_the_definition_on_those_hea
     q, k, v = inputs(geom, 8, 64, torch.bfloat16, gqa=gqa, seed=7)
     heads = (1, 4, 5)
     kv = sorted({h // gqa for h in heads})
-    fast = quantize_fp8(q, k, v, 128, heads=heads, kernels=True)
+    fast = quantize_fp8(q, k, v, 128, heads=torch.tensor(heads, dtype=torch.int32, device="cuda"), kernels=True)
     slow = quantize_fp8(q, k, v, 128, kernels=False)
     for i, listed in enumerate((list(heads), kv, kv)):
         assert torch.equal(fast[i][:, listed].view(torch.uint8), slow[i][:, listed].view(torch.uint8)), i

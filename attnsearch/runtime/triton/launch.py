@@ -266,8 +266,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
         return out
     scales = None
     if precision == "fp8":
-        heads = tuple(h for item in launches for h in item.heads)
-        q, k, v, scales = quantize_fp8(q, k, v, tables.block_size, heads=heads)
+        q, k, v, scales = quantize_fp8(q, k, v, tables.block_size, heads=tables.head_index("fp8"))
     if config is None:
         if _INTERPRETED:
             config = INTERPRETER_CONFIG
