@@ -60,7 +60,8 @@ def _slice_layer_plan(layer_plan: LayerPlan, start: int, stop: int) -> LayerPlan
     for g in layer_plan.groups:
         kept = [(h - start, p) for h, p in zip(g.heads, g.params, strict=True) if start <= h < stop]
         if kept:
-            groups.append({"pattern": g.pattern, "heads": [h for h, _ in kept], "params": [dict(p) for _, p in kept]})
+            groups.append({"pattern": g.pattern, "heads": [h for h, _ in kept], "params": [dict(p) for _, p in kept],
+                           "precision": g.precision})
     return LayerPlan(layer_plan.geometry, layer_plan.block_size, stop - start, tuple(groups))
 
 

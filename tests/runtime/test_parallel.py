@@ -23,10 +23,11 @@ GEOM = Geometry(4, 8, 8)
 
 
 def six_heads() -> LayerPlan:
-    """Fused groups that straddle every split of 6 heads into 2 or 3 ranks."""
+    """Fused groups that straddle every split of 6 heads into 2 or 3 ranks; heads 2 and 5 in FP8."""
     return LayerPlan.from_heads([("diagonal", {"rows": 0.5}), ("vertical_stripe", {"key_blocks": [1]}),
                                  ("diagonal", {"rows": 1}), ("skip", {}), ("dense", {}),
-                                 ("multi_diagonal", {"rows": 0.5, "frames": 1})], GEOM, 64)
+                                 ("multi_diagonal", {"rows": 0.5, "frames": 1})], GEOM, 64,
+                                precisions=["native", "native", "fp8", "native", "native", "fp8"])
 
 
 def test_head_range_splits_heads_evenly_and_refuses_an_indivisible_count():
@@ -42,6 +43,7 @@ def test_slices_keep_each_heads_pattern_and_params():
         slices = rank_layer_plans(lp, degree)
         rebuilt = [spec for s in slices for spec in s.head_specs]
         assert tuple(rebuilt) == lp.head_specs
+        assert tuple(p for s in slices for p in s.head_precisions) == lp.head_precisions
         for s in slices:
             assert torch.equal(s.block_masks(), lp.block_masks()[list(head_range(6, degree, slices.index(s)))])
 
