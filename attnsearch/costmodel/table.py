@@ -273,6 +273,8 @@ class HardwareTable:
         dev = data.get("device")
         if not isinstance(dev, Mapping) or not isinstance(dev.get("name"), str) or not isinstance(dev.get("sm_count"), int):
             raise HardwareError(f"{where}: device must be {{\"name\": str, \"sm_count\": int}}")
+        if isinstance(dev["sm_count"], bool) or not 1 <= dev["sm_count"] <= 100_000:
+            raise HardwareError(f"{where}: device.sm_count must be an SM count in [1, 100000], got {dev['sm_count']!r}")
         params = data.get("params")
         if not isinstance(params, Mapping) or not all(k in params for k in ("sparse", "dense", "fill")):
             raise HardwareError(f"{where}: params must hold sparse, dense and fill")

@@ -78,6 +78,12 @@ def test_bad_tables_are_named(tmp_path):
     bad.write_text(json.dumps(good))
     with pytest.raises(HardwareError, match=r"params.sparse.d128_b128.slots_per_sm: must be an integer ≥ 1"):
         load_hardware(str(bad))
+    for count in (0, -1, True):   # a table of no SMs would predict negative or zero latencies
+        table = json.loads(open(load_hardware(DEFAULT_TABLE).source).read())
+        table["device"]["sm_count"] = count
+        bad.write_text(json.dumps(table))
+        with pytest.raises(HardwareError, match=r"device.sm_count must be an SM count in \[1, 100000\]"):
+            load_hardware(str(bad))
     for field, value, words in (("software", [], "software must be a JSON object"),
                                 ("capability", float("nan"), "software.capability must be [major, minor]"),
                                 ("capability", [9], "software.capability must be [major, minor]"),
