@@ -192,9 +192,10 @@ def test_quantization_kernels_of_a_head_subset_equal_the_definition_on_those_hea
 @pytest.mark.parametrize("block_size,head_dim", [(128, 128), (64, 64)])
 def test_a_layer_of_native_and_fp8_heads_runs_each_on_its_backend(block_size, head_dim):
     """"auto" on a layer whose heads run native and FP8 (native on the Hopper kernel where it runs,
-    FP8 on the Triton kernel): the native heads equal masked SDPA in fp32, the FP8 heads equal the
-    torch backend's emulation of the FP8 arithmetic (same quantized operands) within accumulation
-    order; the skip head is zero."""
+    FP8 on the Triton kernel): the native heads equal masked SDPA in fp32; each FP8 head's error
+    against it is FP8's (within 8%, and within a factor 2 of the torch backend's emulation on the
+    same quantized operands: the kernel rounds P against its running maximum, the emulation
+    against the row's, so the two round differently but alike in size); the skip head is zero."""
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 tensor cores need compute capability 8.9 or newer")
     geom = GEOMS["prefix"]
@@ -206,8 +207,16 @@ def test_a_layer_of_native_and_fp8_heads_runs_each_on_its_backend(block_size, he
     out = sparse_attention(q, k, v, mixed, out=torch.full_like(q, float("nan")))
     ref = reference(q, k, v, lp, 1)
     emulated = sparse_attention(q, k, v, mixed, backend="torch")
+
+    def err(x, h):
+        return float((x[:, h].float() - ref[:, h]).norm() / ref[:, h].norm().clamp_min(1e-30))
+
     for h in range(lp.num_heads):
-        want = emulated[:, h].float() if h in fp8_heads else ref[:, h]
-        err = float((out[:, h].float() - want).norm() / want.norm().clamp_min(1e-30))
-        assert err <= (1e-2 if h in fp8_heads else 8e-3), (h, err)
+        if h == 1:
+            continue
+        if h in fp8_heads:
+            assert err(out, h) <= 0.08 and 0.5 * err(emulated, h) <= err(out, h) <= 2 * err(emulated, h), \
+                (h, err(out, h), err(emulated, h))
+        else:
+            assert err(out, h) <= 8e-3, (h, err(out, h))
     assert bool((out[:, 1] == 0).all())
