@@ -47,7 +47,7 @@ test: $(STAMP) system-deps
 # mini_vdit_sensitivity run on the CPU. `make reports` regenerates them all; `make reports/NAME` one of them.
 GPU_REPORTS := reports/runtime_sweep reports/head_dim_64 reports/dense_layers reports/wan_e2e \
                reports/wan_compile reports/costmodel_accuracy reports/profiling_cost reports/retarget_fidelity \
-               reports/mini_vdit_steps reports/mini_vdit_blocks reports/fp8_layers
+               reports/mini_vdit_steps reports/mini_vdit_blocks reports/fp8_layers reports/mini_vdit_fp8
 REPORTS     := $(GPU_REPORTS) reports/search_speed reports/minilm_classes reports/mini_vdit_sensitivity
 
 .PHONY: reports $(REPORTS)
@@ -78,6 +78,8 @@ reports/fp8_layers: $(STAMP)
 reports/mini_vdit_blocks: $(STAMP)
 	$(PY) -m benchmarks.mini_vdit_blocks --out $@ --seeds 16 --densities 0.1 0.15 0.2 0.3 0.45 \
 		--reference reports/mini_vdit/result.json
+reports/mini_vdit_fp8: $(STAMP)
+	$(PY) -m benchmarks.mini_vdit_fp8 --out $@ --seeds 16 --trials 150 --hardware kernels/nvidia-h100-80gb-hbm3.json
 reports/mini_vdit_sensitivity: $(STAMP)
 	$(PY) -m benchmarks.mini_vdit_sensitivity --out $@ --device cpu
 reports/search_speed: $(STAMP)
