@@ -121,11 +121,12 @@ def fp8_partials(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.
     (:func:`~attnsearch.runtime.quantize.round_probabilities`): a candidate's FP8 output per row is
     Σ_kept u / Σ_kept p_blk (:func:`_candidate_stats`).
 
-    The kernel subtracts its running maximum, which ends at the maximum over the kept keys, not m;
-    the rounding is relative, so the two differ only where p · 448 falls into e4m3's subnormals
-    (p < 2^-6 / 448 ≈ 3.5e-5): never for a row whose maximum lies in a kept block; otherwise the
-    kept weights below that bound relative to m are rounded on a coarser grid here (to zero below
-    2^-10 / 448, a logit ≈ 13 under m)."""
+    No one-pass definition reproduces the kernel's roundings value by value: it rounds p against its
+    running maximum and rescales the sums by factors that are not powers of two. Rounding against
+    m gives errors of the same size. Against the torch backend's emulation
+    (:func:`~attnsearch.runtime.quantize.fp8_attention_rows`, m over the kept keys) this agrees to
+    ~1e-4 relative for rows whose maximum is kept; for the others the small weights round on a
+    coarser grid (p · 448 subnormal in e4m3 below p < 2^-6 / 448, zero below 2^-10 / 448)."""
     h, n, d = k.shape
     nb = math.ceil(n / block_size)
     qd, kd, vd = fp8_operands(q[None], k[None], v[None], block_size)

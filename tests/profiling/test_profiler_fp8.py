@@ -69,9 +69,10 @@ def brute_fp8_err(q, k, v, rows, scale, block):
 
 @pytest.mark.parametrize("kv_heads", [2, 1])
 def test_rel_err_fp8_matches_the_kernels_arithmetic_on_full_logits(kv_heads):
-    """Equal to the full-logit computation with the profiler's maximum; equal to the kernel's rows
-    wherever every sampled row's maximum is kept, and within the subnormal effect elsewhere
-    (logits here spread over 20-30 nats, so many weights fall into e4m3's subnormals)."""
+    """Equal to the full-logit computation with the profiler's maximum; equal to the emulation's rows
+    (``fp8_attention_rows``, maximum over the kept keys) wherever every sampled row's maximum is
+    kept, and within the subnormal effect elsewhere (logits here spread over 20-30 nats, so many
+    weights fall into e4m3's subnormals)."""
     q, k, v = structured_qkv(1, heads=2, kv_heads=kv_heads)
     prof = profile_tensors(q, k, v, GEOM, block_size=64, queries=48, seed=3, layer=2, step=1, precisions=FP8)
     err = brute_fp8_err(q, k, v, sample_queries(GEOM.num_tokens, 48, 3, 1, 2), 1 / math.sqrt(q.shape[-1]), 64)

@@ -83,7 +83,7 @@ TUNING_CONFIGS: dict[tuple[int, int], tuple[KernelConfig, ...]] = {
                KernelConfig(64, 64, 8, 3)),
 }
 
-#: The FP8 kernel's candidates (``precision="fp8"``): e4m3 tiles take half the shared memory of
+#: The FP8 kernel's candidates (heads of precision "fp8"): e4m3 tiles take half the shared memory of
 #: bf16 ones, so larger tiles and deeper pipelines are tried too. On an H100 tuning picked 64 × 128,
 #: 4 warps, 1 stage at head_dim 128 and 128 × 128, 4 warps, 3 stages at 64 (reports/fp8_layers).
 FP8_TUNING_CONFIGS: dict[tuple[int, int], tuple[KernelConfig, ...]] = {
