@@ -27,6 +27,8 @@ def evaluate(
     figures: int = typer.Option(4, help="Videos drawn in the report (the JSON has all)."),
     min_psnr: Optional[float] = typer.Option(None, help="Exit 1 when a plan's mean PSNR (dB) is below this."),
     min_ssim: Optional[float] = typer.Option(None, help="Exit 1 when a plan's mean SSIM is below this."),
+    fp8: bool = typer.Option(False, "--fp8", help="Also run each plan with every computed head in FP8 (the same "
+                                                  "masks) and compare it with the plan in native precision."),
 ) -> None:
     """Generate videos dense and with each plan from identical noise; quality against density and speedup."""
     from ..evaluate import evaluate_command
@@ -34,7 +36,7 @@ def evaluate(
     def work():
         code = evaluate_command(plans, model, seeds=seeds, steps=steps, out=out, baseline=baseline,
                                 options=parse_options(option), backend=backend, hardware=hardware, figures=figures,
-                                min_psnr=min_psnr, min_ssim=min_ssim, console=console)
+                                min_psnr=min_psnr, min_ssim=min_ssim, fp8=fp8, console=console)
         if code:
             raise typer.Exit(code)
 

@@ -68,7 +68,7 @@ def evaluate_command(plans: Sequence[str | Path], model: str | Generator, *, see
                      out: str | Path = "out/evaluate", baseline: str | None = None,
                      options: Mapping[str, Any] | None = None, backend: str = "auto", hardware: str | None = None,
                      figures: int = 4, min_psnr: float | None = None, min_ssim: float | None = None,
-                     console: Any = None) -> int:
+                     fp8: bool = False, console: Any = None) -> int:
     """Evaluate the PLAN files on ``model`` and write ``out`` (see ``page``); returns the exit code.
 
     Args:
@@ -81,6 +81,7 @@ def evaluate_command(plans: Sequence[str | Path], model: str | Generator, *, see
         backend: ``apply``'s backend. hardware: the cost model's table (default: this GPU's, else H100).
         figures: videos drawn in the report (the JSON has all).
         min_psnr, min_ssim: thresholds on every plan's mean PSNR / SSIM; exit code 1 below them.
+        fp8: also run each plan with every computed head in FP8 (the same masks) and compare.
         console: a ``rich.console.Console`` for the progress bar and the summary (default: stdout).
     """
     from rich.console import Console
@@ -120,13 +121,14 @@ def evaluate_command(plans: Sequence[str | Path], model: str | Generator, *, see
     generator.fit(loaded[0].geometry)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
-        task = bar.add_task("generating", total=seeds * (1 + len(loaded) * (1 + len(names))))
+        task = bar.add_task("generating", total=seeds * (1 + len(loaded) * (1 + int(fp8) + len(names))))
 
         def progress(p: dict[str, Any]) -> None:
             bar.update(task, completed=p["done"], description=f"seed {p['seed']}: {p['label']}")
 
         result = evaluate(loaded, generator, seeds, steps, baselines=names, labels=_labels(paths),
-                          sources=[str(p) for p in paths], backend=backend, hardware=hardware, progress=progress)
+                          sources=[str(p) for p in paths], backend=backend, hardware=hardware, fp8=fp8,
+                          progress=progress)
     from .page import write_outputs
 
     written = write_outputs(result, out, figure_videos=figures)
@@ -142,6 +144,10 @@ def evaluate_command(plans: Sequence[str | Path], model: str | Generator, *, see
         if margins:
             vs = ", ".join(f"{name} {m['psnr_db']:+.2f} dB" for name, m in margins.items())
             console.print(f"{r.label}: PSNR vs baselines at its density: {vs}", highlight=False, soft_wrap=True, markup=False)
+        if r.kind == "fp8":
+            d = result.versus_native(i)
+            console.print(f"{r.label}: {d['psnr_db']:+.2f} dB PSNR, {d['ssim']:+.4f} SSIM against the plan in native "
+                          "precision", highlight=False, soft_wrap=True, markup=False)
     note = result.runs[0].predicted.get("reason") or (result.runs[0].predicted.get("hardware") or {}).get("note")
     console.print(f"× = predicted attention speedup: {note}", highlight=False, soft_wrap=True, markup=False)
     console.print(f"evaluation → {written['json']}, report → {written['index']}", highlight=False, markup=False)

@@ -42,11 +42,11 @@ class Run:
     """One plan (or baseline) evaluated on every seed."""
 
     label: str
-    kind: str                       # "plan" | "baseline"
+    kind: str                       # "plan" | "fp8" (a plan with every computed head in FP8) | "baseline"
     plan: Plan
     density: float
     source: str | None = None       # the plan file
-    of: int | None = None           # a baseline: index of the run whose density it matches
+    of: int | None = None           # a baseline or an fp8 run: index of the plan run it derives from
     baseline: dict[str, Any] | None = None
     predicted: dict[str, Any] = field(default_factory=dict)
     videos: list[Video] = field(default_factory=list)
@@ -94,6 +94,12 @@ class EvaluationResult:
                 out.append(f"{r.label}: mean SSIM {o['ssim']:.4f} < {min_ssim:g}")
         return out
 
+    def versus_native(self, index: int) -> dict[str, float]:
+        """FP8 run ``index`` against its plan run in native precision (same masks, same seeds):
+        differences of mean PSNR (dB) and SSIM (negative: FP8 is further from dense)."""
+        fp8, native = self.runs[index].overall, self.runs[self.runs[index].of].overall
+        return {"psnr_db": fp8["psnr_db"] - native["psnr_db"], "ssim": fp8["ssim"] - native["ssim"]}
+
     def versus_baselines(self, index: int) -> dict[str, dict[str, float]]:
         """Plan run ``index`` against each baseline at its density: margins of mean PSNR (dB) and
         SSIM (positive: the plan is closer to dense)."""
@@ -109,6 +115,8 @@ class EvaluationResult:
                 margins = self.versus_baselines(i)
                 runs[i]["versus_baselines"] = margins
                 runs[i]["beats_baselines"] = bool(margins) and all(m["psnr_db"] > 0 for m in margins.values())
+            elif r.kind == "fp8":
+                runs[i]["versus_native"] = self.versus_native(i)
         data = {
             "format": FORMAT, "version": VERSION,
             "model": self.generator,
@@ -168,12 +176,16 @@ def resolve_seeds(seeds: int | Sequence[int]) -> list[int]:
 
 
 def make_runs(plans: Sequence[Plan], labels: Sequence[str] | None = None, sources: Sequence[str | None] | None = None,
-              baselines: Sequence[str] = ()) -> list[Run]:
-    """A run per plan, then per plan one per baseline at that plan's density."""
+              baselines: Sequence[str] = (), fp8: bool = False) -> list[Run]:
+    """A run per plan; with ``fp8`` per plan its FP8 run (every computed head in FP8, the same
+    masks: ``Plan.with_precision``); then per plan one per baseline at that plan's density."""
     labels = list(labels) if labels else (["plan"] if len(plans) == 1 else [f"plan {i}" for i in range(len(plans))])
     sources = list(sources) if sources else [None] * len(plans)
     runs = [Run(label, "plan", p, p.mean_density, source=src) for p, label, src in zip(plans, labels, sources,
                                                                                         strict=True)]
+    if fp8:
+        runs += [Run(f"{labels[i]} in FP8", "fp8", p.with_precision("fp8"), p.mean_density, source=sources[i], of=i)
+                 for i, p in enumerate(plans)]
     for i, p in enumerate(plans):
         for name in baselines:
             bp, info = baseline_plan(name, p, runs[i].density)
@@ -185,7 +197,7 @@ def make_runs(plans: Sequence[Plan], labels: Sequence[str] | None = None, source
 def evaluate(plans: Plan | Sequence[Plan], generator: Generator, seeds: int | Sequence[int] = 4,
              steps: int | None = None, *, baselines: Sequence[str] = (), labels: Sequence[str] | None = None,
              sources: Sequence[str | None] | None = None, backend: str = "auto", hardware: Any = None,
-             progress: Callable[[dict[str, Any]], None] | None = None) -> EvaluationResult:
+             fp8: bool = False, progress: Callable[[dict[str, Any]], None] | None = None) -> EvaluationResult:
     """Evaluate ``plans`` (one, or a sweep) against dense generations of ``generator``.
 
     Args:
@@ -196,6 +208,7 @@ def evaluate(plans: Plan | Sequence[Plan], generator: Generator, seeds: int | Se
         baselines: names of :data:`baselines.BASELINES`, each run at every plan's mean density.
         labels, sources: names and files of the plans, for the result.
         backend: ``apply``'s backend. hardware: the cost model's table (``predicted_speedup``).
+        fp8: also run every plan with every computed head in FP8 (kind "fp8", the same masks).
         progress: called after every generated video with {done, total, seed, label}.
     """
     plans = [plans] if isinstance(plans, Plan) else list(plans)
@@ -207,7 +220,7 @@ def evaluate(plans: Plan | Sequence[Plan], generator: Generator, seeds: int | Se
             raise EvaluateError(f"--steps: {steps} sampler steps, but plan {labels[i] if labels else i} covers "
                                 f"{p.num_steps}")
     seeds = resolve_seeds(seeds)
-    runs = make_runs(plans, labels, sources, baselines)
+    runs = make_runs(plans, labels, sources, baselines, fp8)
     total, done = len(seeds) * (1 + len(runs)), 0
     start = time.perf_counter()
     dense: list[Video] = []
@@ -224,7 +237,7 @@ def evaluate(plans: Plan | Sequence[Plan], generator: Generator, seeds: int | Se
             dense.append(generator.generate(seed, steps))
         if layout is not None:
             for r in runs:
-                layout.check(r.plan, where=r.label if r.kind == "plan" else f"baseline {r.label}")
+                layout.check(r.plan, where=r.label if r.kind != "baseline" else f"baseline {r.label}")
             batch, _, _, head_dim = layout.shape
             for r in runs:
                 r.predicted = predicted_speedup(r.plan, head_dim=head_dim, batch=batch, hardware=hardware)

@@ -83,7 +83,7 @@ def write_outputs(result: EvaluationResult, out: str | Path, *, figure_videos: i
     if len(plans) > 1:
         series: dict[str, list[tuple[float, float, float]]] = {"plans": []}
         for r in result.runs:
-            name = "plans" if r.kind == "plan" else f"baseline {r.baseline['baseline']}"
+            name = {"plan": "plans", "fp8": "plans in FP8"}.get(r.kind) or f"baseline {r.baseline['baseline']}"
             series.setdefault(name, []).append((r.density, r.overall["psnr_db"], r.overall["ssim"]))
         p = figures.quality_vs_density(series, out / "quality_vs_density.png")
         made.append(p)

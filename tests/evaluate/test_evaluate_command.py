@@ -106,3 +106,22 @@ def test_output_folder_end_to_end(plan_file, tmp_path):
     scale = 128 // 16
     panel = page2[12:12 + 16 * scale:scale, 0:16 * scale:scale]
     assert np.abs(panel.astype(int) - dense[2].astype(int)).max() <= 48     # GIF palette quantisation
+
+
+def test_fp8_runs_each_plan_again_with_fp8_kept_blocks(plan_file, tmp_path):
+    """--fp8: beside each plan, the same masks with every computed head in FP8 (here on the torch
+    backend's emulation), on the same seeds; its difference from the native run is reported, and
+    FP8's rounding really reaches the video: the plan keeps this stand-in's attention (latents
+    within 1e-4 of dense), its FP8 run is a few percent off (e4m3's 3 mantissa bits), no more."""
+    text = io.StringIO()
+    code = evaluate_command([plan_file], StandInGenerator(), seeds=1, out=tmp_path / "out", figures=0, fp8=True,
+                            console=Console(file=text, width=200))
+    assert code == 0
+    data = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    native, fp8 = data["runs"]
+    assert (native["label"], fp8["label"], fp8["kind"], fp8["of"]) == ("right", "right in FP8", "fp8", 0)
+    assert fp8["density"] == native["density"]
+    d = fp8["versus_native"]["psnr_db"]
+    assert d == pytest.approx(fp8["overall"]["psnr_db"] - native["overall"]["psnr_db"])
+    assert native["overall"]["rel_l2_latents"] < 1e-4 < 1e-3 < fp8["overall"]["rel_l2_latents"] < 0.1 and d < 0
+    assert f"right in FP8: {d:+.2f} dB PSNR" in text.getvalue()
