@@ -27,3 +27,21 @@ def small_profile(folder: Path, precisions: tuple[str, ...] = ("native",)) -> tu
     path = Path(folder) / "small.parquet"
     prof.save(path)
     return path, prof
+
+
+def native_only_table(folder: Path | None = None):
+    """The shipped H100 table without its FP8 variants and quantization pass (a table calibrated on
+    a GPU without FP8); saved as folder/native-only.json and its path returned when ``folder`` is given."""
+    import dataclasses
+
+    from attnsearch.costmodel.table import DEFAULT_TABLE, load_hardware
+
+    shipped = load_hardware(DEFAULT_TABLE)
+    table = dataclasses.replace(shipped, sparse={k: v for k, v in shipped.sparse.items() if not k.endswith("_fp8")},
+                                quantize=None, fit={k: v for k, v in shipped.fit.items()
+                                                    if not k.endswith("_fp8") and k != "quantize"})
+    if folder is None:
+        return table
+    path = Path(folder) / "native-only.json"
+    table.save(path)
+    return str(path)

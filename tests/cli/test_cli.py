@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from attnsearch.cli import app
 from attnsearch.profiling.profile_io import Profile
+from synthetic import native_only_table
 
 runner = CliRunner()
 TINY = "tests/tiny_models.py:tiny"
@@ -49,11 +50,13 @@ def test_optimize_names_a_precision_it_cannot_search(tmp_path):
                                "-o", "steps=1"]).exit_code == 0
     res = runner.invoke(app, ["optimize", str(out), "--precisions", "native,int4", "--out", str(tmp_path / "p.json")])
     assert res.exit_code == 2 and "--precisions must be one of native, fp8, got 'int4'" in res.output
-    # the shipped H100 table prices no FP8 kernel: the search says so instead of dropping FP8 silently
-    res = runner.invoke(app, ["optimize", str(out), "--trials", "1", "--head-dim", "64", "--out", str(tmp_path / "p.json")])
+    # a table without FP8 kernels: the search says so instead of dropping FP8 silently
+    res = runner.invoke(app, ["optimize", str(out), "--trials", "1", "--head-dim", "64", "--out", str(tmp_path / "p.json"),
+                              "--hardware", native_only_table(tmp_path)])
     assert res.exit_code == 2 and "has no fp8 kernel" in res.output and "--precisions native" in res.output
     assert not (tmp_path / "p.json").exists()
     res = runner.invoke(app, ["optimize", str(out), "--trials", "1", "--precisions", "native", "--head-dim", "64",
+                              "--hardware", native_only_table(tmp_path),
                               "--out", str(tmp_path / "p.json")])
     assert res.exit_code == 0, res.output
 

@@ -17,6 +17,7 @@ from attnsearch.geometry import Geometry
 from attnsearch.patterns import block_mask
 from attnsearch.plan import LayerPlan, Plan
 from reference import list_schedule_by_steps
+from synthetic import native_only_table
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -159,7 +160,7 @@ def test_dense_layers_cost_what_the_runtime_runs_them_with():
 
 # --- FP8 kept blocks: the table's FP8 variants and quantization pass ------------------------------
 
-#: A planted FP8 kernel and quantization pass (not the shipped table's: it has no FP8).
+#: A planted FP8 kernel and quantization pass (not the shipped table's calibrated ones).
 FP8_KERNEL = LaunchParams(4.0, 1100.0, 1.0, 3)
 QUANTIZE = FillParams(9.0, 1800.0)
 
@@ -169,6 +170,13 @@ def with_fp8(table, keys=("d128_b128_fp8",), quantize=QUANTIZE):
     import dataclasses
 
     return dataclasses.replace(table, sparse={**table.sparse, **{k: FP8_KERNEL for k in keys}}, quantize=quantize)
+
+
+def test_the_shipped_h100_table_prices_fp8():
+    shipped = load_hardware(DEFAULT_TABLE)
+    assert shipped.precisions == ("native", "fp8") and shipped.quantize is not None
+    cm = CostModel(DEFAULT_TABLE, head_dim=128)
+    assert all(cm.supports("fp8", b) for b in (64, 128)) and CostModel(DEFAULT_TABLE, head_dim=64).supports("fp8", 64)
 
 
 def test_variant_keys_name_head_dim_block_size_and_precision():
@@ -185,7 +193,7 @@ def test_variant_keys_name_head_dim_block_size_and_precision():
 
 
 def test_table_round_trip_with_and_without_fp8(tmp_path):
-    shipped = load_hardware(DEFAULT_TABLE)
+    shipped = native_only_table()
     assert shipped.quantize is None and shipped.precisions == ("native",)
     plain = tmp_path / "plain.json"
     shipped.save(plain)
@@ -216,8 +224,8 @@ def test_table_round_trip_with_and_without_fp8(tmp_path):
         load_hardware(str(path))
 
 
-def test_a_table_without_fp8_says_so_for_every_fp8_figure():
-    cm = CostModel(DEFAULT_TABLE, head_dim=128)
+def test_a_table_without_fp8_says_so_for_every_fp8_figure(tmp_path):
+    cm = CostModel(native_only_table(tmp_path), head_dim=128)
     assert cm.supports("native", 128) and cm.supports("native", 64) and not cm.supports("native", 32)
     assert not cm.supports("fp8", 128) and not cm.supports("fp8", 64)
     assert cm.describe()["precisions"] == ["native"]
@@ -237,19 +245,19 @@ def test_a_table_without_fp8_says_so_for_every_fp8_figure():
     # The native figures are those of before.
     assert cm.sparse_ms(counts, 128, 1024) == cm.sparse_ms(counts, 128, 1024, "native")
     # A table with FP8 at one kernel only: the other is not supported, and without the pass none is.
-    partial = CostModel(with_fp8(load_hardware(DEFAULT_TABLE)), head_dim=128)
+    partial = CostModel(with_fp8(native_only_table()), head_dim=128)
     assert partial.supports("fp8", 128) and not partial.supports("fp8", 64)
     assert partial.describe()["precisions"] == ["native", "fp8"]
     with pytest.raises(HardwareError, match="no FP8 sparse-kernel calibration for head_dim 128, block size 64"):
         partial.sparse_ms(counts, 64, 1024, "fp8")
-    no_pass = CostModel(with_fp8(load_hardware(DEFAULT_TABLE), quantize=None), head_dim=128)
+    no_pass = CostModel(with_fp8(native_only_table(), quantize=None), head_dim=128)
     assert not no_pass.supports("fp8", 128) and no_pass.describe()["precisions"] == ["native"]
     with pytest.raises(HardwareError, match="no calibration of the FP8 quantization pass"):
         no_pass.quantize_ms(4, 1024)
 
 
 def test_quantize_ms_is_launch_plus_the_bytes_read_over_bandwidth():
-    cm = CostModel(with_fp8(load_hardware(DEFAULT_TABLE)), head_dim=128, batch=2)
+    cm = CostModel(with_fp8(native_only_table()), head_dim=128, batch=2)
     # 2 batch × 5 heads × 32,760 tokens × 128 × 2 bytes × (q, k, v) = 251,596,800 bytes at 1,800 GB/s.
     assert float(cm.quantize_ms(5, 32760)) == pytest.approx(0.009 + 251_596_800 / 1.8e12 * 1e3, rel=1e-12)
     assert float(cm.quantize_ms(0, 32760)) == 0.0
@@ -264,7 +272,7 @@ def test_fp8_additive_form_is_the_throughput_of_many_waves():
     are the full model's FP8 launch and pass within a few % far beyond one wave."""
     geom = Geometry(13, 45, 56)
     lp = LayerPlan.from_heads([("diagonal", {"rows": r}) for r in (4, 8, 16, 32)] * 3, geom, 128)
-    cm = CostModel(with_fp8(load_hardware(DEFAULT_TABLE)), head_dim=128)
+    cm = CostModel(with_fp8(native_only_table()), head_dim=128)
     f = layer_features(lp)
     heads, n = f.computed_heads, f.num_tokens
     assert f.items > 5 * FP8_KERNEL.slots(cm.sm_count)                           # many waves
@@ -311,7 +319,7 @@ def test_fit_recovers_planted_fp8_and_quantize_constants():
     assert fit([p for p in points if p["kind"] != "quantize"], 132).quantize is None
 
 
-def test_a_layer_of_native_and_fp8_heads_costs_two_launches_and_the_pass():
+def test_a_layer_of_native_and_fp8_heads_costs_two_launches_and_the_pass(tmp_path):
     """A layer plan's FP8 head groups run as their own launch on the FP8 kernel plus the quantization
     pass over their heads; its native heads as the native launch; skip heads as the fill (counts
     from brute-force masks)."""
@@ -320,7 +328,7 @@ def test_a_layer_of_native_and_fp8_heads_costs_two_launches_and_the_pass():
              ("dense", {}), ("diagonal", {"rows": 6}), ("energy_decay", {"decay": 0.5})]
     precisions = ["fp8", "native", "native", "fp8", "fp8", "native"]
     lp = LayerPlan.from_heads(heads, geom, 128, precisions=precisions)
-    cm = CostModel(with_fp8(load_hardware(DEFAULT_TABLE)), head_dim=128)
+    cm = CostModel(with_fp8(native_only_table()), head_dim=128)
     n = geom.num_tokens
     rows = {p: np.stack([block_mask(name, q, geom, 128).sum(-1).numpy() for (name, q), hp in zip(heads, precisions)
                          if name != "skip" and hp == p]) for p in ("native", "fp8")}
@@ -336,4 +344,4 @@ def test_a_layer_of_native_and_fp8_heads_costs_two_launches_and_the_pass():
     assert cm.layer_ms(LayerPlan.from_heads(heads, geom, 128)) == pytest.approx(
         cm.sparse_ms(np.concatenate([rows["native"], rows["fp8"]]), 128, n) + float(cm.fill_ms(1, n)), rel=1e-12)
     with pytest.raises(HardwareError, match="compute capability ≥ 8.9"):
-        CostModel(DEFAULT_TABLE, head_dim=128).layer_ms(lp)
+        CostModel(native_only_table(tmp_path), head_dim=128).layer_ms(lp)
