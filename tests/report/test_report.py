@@ -119,3 +119,25 @@ def test_a_plan_report_shows_where_it_was_searched_and_where_it_runs(tmp_path):
     moved = plan_figures(plan.for_geometry(target), tmp_path)["summary"]
     assert f"geometry {target} (retargeted; searched at {source})" in moved
     assert f"geometry {source}," in plan_figures(plan, tmp_path)["summary"]
+
+
+def test_a_plan_report_says_which_heads_run_fp8(tmp_path, monkeypatch):
+    """The summary gives the FP8 share of the computed heads (none: not mentioned); the head map
+    draws FP8 heads hatched (one hatched patch per FP8 head of the panel)."""
+    import matplotlib.pyplot as plt
+
+    from attnsearch.plan import LayerPlan, Plan, ScheduleEntry
+    from attnsearch.report import plan_figures as pf
+
+    geom = Geometry(3, 8, 8, 5)
+    heads = [("diagonal", {"rows": 1.0}), ("vertical_stripe", {"key_blocks": [1]}), ("skip", {}), ("dense", {})]
+    lp = LayerPlan.from_heads(heads, geom, 64, precisions=["fp8", "native", "native", "fp8"])
+    plan = Plan(geom, 64, 2, 1, 4, (ScheduleEntry(0, 2, (lp,)),))
+    assert "FP8 kept blocks on 67% of the computed heads" in pf.plan_figures(plan, tmp_path)["summary"]
+    native = Plan(geom, 64, 2, 1, 4, (ScheduleEntry(0, 2, (LayerPlan.from_heads(heads, geom, 64),)),))
+    assert "FP8" not in pf.plan_figures(native, tmp_path)["summary"]
+    hatched = []
+    real = plt.Axes.add_patch
+    monkeypatch.setattr(plt.Axes, "add_patch", lambda ax, patch: (hatched.append(patch.get_hatch()), real(ax, patch))[1])
+    pf.head_map(plan, tmp_path / "heads.png")
+    assert hatched.count("///") == 2
