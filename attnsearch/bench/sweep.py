@@ -32,14 +32,17 @@ def check_request(timing: str, dtype: str) -> None:
 
 
 def layer_plans(geometry: Geometry, heads: int, block_size: int, *, sweep: bool = False, pattern: str | None = None,
-                params: str = "{}", densities: Sequence[float] = (0.1, 0.25, 0.5)) -> list[LayerPlan]:
-    """The layer plans of a request without a plan file."""
+                params: str = "{}", densities: Sequence[float] = (0.1, 0.25, 0.5),
+                precision: str = "native") -> list[LayerPlan]:
+    """The layer plans of a request without a plan file, every computed head in ``precision``."""
     if sweep:
-        return [mixed_layer_plan(geometry, heads, block_size, d) for d in SWEEP_DENSITIES] + [
+        lps = [mixed_layer_plan(geometry, heads, block_size, d) for d in SWEEP_DENSITIES] + [
             LayerPlan.single("dense", {}, geometry, heads, block_size)]
-    if pattern:
-        return [LayerPlan.single(pattern, json.loads(params), geometry, heads, block_size)]
-    return [mixed_layer_plan(geometry, heads, block_size, d) for d in densities]
+    elif pattern:
+        lps = [LayerPlan.single(pattern, json.loads(params), geometry, heads, block_size)]
+    else:
+        lps = [mixed_layer_plan(geometry, heads, block_size, d) for d in densities]
+    return lps if precision == "native" else [lp.with_precision(precision) for lp in lps]
 
 
 def run_bench(cost: CostModel, *, plan: Plan | None = None, lps: Sequence[LayerPlan] = (), timing: str = "queued",

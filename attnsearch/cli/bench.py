@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .common import check_output_paths, console, shown
+from .common import UsageError, check_choice, check_output_paths, console, shown
 from .common import run as _run
 from .common import write_file as _atomic_write
 
@@ -25,6 +25,8 @@ def bench(
     text_tokens: int = typer.Option(0), heads: int = typer.Option(12), head_dim: int = typer.Option(128),
     batch: int = typer.Option(1), block_size: int = typer.Option(128),
     dtype: str = typer.Option("bfloat16", help="bfloat16 or float16."),
+    precision: str = typer.Option("native", help="What the layers' kept blocks run in without --plan: native or "
+                                                 "fp8 (quantization inside each call; a plan's heads say their own)."),
     reps: int = typer.Option(20, help="Timed calls per measurement (median reported)."),
     timing: str = typer.Option("queued", help="queued: the GPU's time per call, calls queued back to back "
                                "(as a model runs); synced: each call alone on an idle GPU, the host's "
@@ -41,15 +43,20 @@ def bench(
         from ..bench import card_name, sweep as S
         from ..costmodel import CostModel
         from ..geometry import Geometry
+        from ..layer_plan import PRECISIONS
         from ..plan import load_plan
 
+        check_choice("--precision", precision, PRECISIONS)
+        if plan_path and precision != "native":
+            raise UsageError("--precision: a plan's head groups name their own precision; give it without --plan")
         S.check_request(timing, dtype)  # a ValueError: one line, exit 2
         target = out or Path("reports") / f"bench_{card_name().replace(' ', '_')}.json"
         figures = [target.with_suffix(".tflops.png"), target.with_suffix(".speedup.png")] if sweep else []
         check_output_paths([target, *figures], inputs=[plan_path])
         cost = CostModel(hardware, head_dim=head_dim, batch=batch)
         lps = [] if plan_path else S.layer_plans(Geometry(frames, height, width, text_tokens), heads, block_size,
-                                                 sweep=sweep, pattern=pattern, params=params, densities=density)
+                                                 sweep=sweep, pattern=pattern, params=params, densities=density,
+                                                 precision=precision)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=True) as bar:
             task = bar.add_task(f"timing layer plans ({timing})", total=None)

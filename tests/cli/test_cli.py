@@ -83,3 +83,7 @@ def test_bench_rejects_an_unknown_timing_mode_before_anything_runs(tmp_path):
     res = runner.invoke(app, ["bench", "--timing", "wallclock", "--out", str(out)])
     assert res.exit_code == 2 and "--timing must be one of queued, synced, sustained" in res.output
     assert "Traceback" not in res.output and not out.exists()
+    res = runner.invoke(app, ["bench", "--precision", "int8", "--out", str(out)])
+    assert res.exit_code == 2 and "--precision must be one of native, fp8, got 'int8'" in res.output
+    res = runner.invoke(app, ["bench", "--precision", "fp8", "--plan", str(tmp_path / "p.json"), "--out", str(out)])
+    assert res.exit_code == 2 and "a plan's head groups name their own precision" in res.output
