@@ -33,7 +33,7 @@ from ..bench import family_params, fresh_inputs, time_device
 from ..geometry import Geometry
 from ..patterns import SPARSE_FAMILIES
 from ..runtime.backends import TritonBackend
-from ..runtime.quantize import PRECISIONS
+from ..layer_plan import PRECISIONS
 from ..runtime.schedule import DEFAULT_ORDER
 from .fit import build_table, spec_layer_plan
 from .model import layer_features, quantize_bytes

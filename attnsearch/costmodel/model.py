@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from ..runtime.backends import HopperBackend
-from ..runtime.quantize import PRECISIONS
+from ..layer_plan import PRECISIONS
 from ..runtime.schedule import item_lengths
 from .table import DENSE_TILE, HardwareError, HardwareTable, load_hardware, variant_key
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..atomic_io import write_text_atomic
 from ..runtime.backends import TritonBackend
-from ..runtime.quantize import PRECISIONS
+from ..layer_plan import PRECISIONS
 from ..runtime.schedule import ORDERS, list_schedule
 
 FORMAT = "attnsearch-kernels"

@@ -32,7 +32,7 @@ import torch
 from ..plan import LayerPlan
 from .block_tables import get_block_tables
 from .device_caps import tma_compatible
-from .quantize import PRECISIONS
+from ..layer_plan import PRECISIONS
 
 BackendName = Literal["auto", "hopper", "triton", "torch"]
 #: SDPA keywords a block-sparse kernel honours (the rest: ``keyword_reasons``).

@@ -21,8 +21,6 @@ from typing import NamedTuple
 
 import torch
 
-from ..layer_plan import PRECISIONS
-
 #: e4m3's largest finite magnitude (float8_e4m3fn).
 E4M3_MAX = 448.0
 FP8 = torch.float8_e4m3fn
@@ -159,5 +157,5 @@ def fp8_attention_rows(s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.where(l > 0, o / l.clamp_min(1e-30), torch.zeros_like(o))
 
 
-__all__ = ["E4M3_MAX", "FP8", "PRECISIONS", "Fp8Scales", "dequantize", "fp8_attention_rows", "fp8_operands",
+__all__ = ["E4M3_MAX", "FP8", "Fp8Scales", "dequantize", "fp8_attention_rows", "fp8_operands",
            "quantize_fp8", "round_probabilities"]

@@ -17,7 +17,8 @@ import triton
 from .. import tuning_cache
 from ..block_tables import BlockTables
 from ..device_caps import num_sms, tma_compatible
-from ..quantize import FP8, PRECISIONS, Fp8Scales, quantize_fp8
+from ...layer_plan import PRECISIONS
+from ..quantize import FP8, Fp8Scales, quantize_fp8
 from . import kernel
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
