@@ -89,6 +89,8 @@ def optimize(
         console.print(f"chose trial {res.trial}: {shown(res.reason)}")
         console.print(f"predicted attention {f['attention_ms']:.2f} ms vs dense {f['dense_attention_ms']:.2f} ms: "
                       f"[bold]{f['speedup']:.2f}×[/], rel_err {f['rel_err']:.4g}")
+        if res.plan.search.get("settings", {}).get("precisions"):
+            console.print(f"FP8 kept blocks on {res.plan.precision_share('fp8'):.0%} of the computed head-steps")
         console.print(f"plan → [bold]{shown(res.path)}[/] (study {shown(res.study_name)} in "
                       f"{shown(res.plan.search['storage'])})")
 

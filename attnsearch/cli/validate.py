@@ -27,6 +27,8 @@ def validate(plan_path: Path = typer.Argument(..., metavar="PLAN", help="A plan 
             console.print(f"non-portable: runs at {shown(plan.geometry)} only")
         if shares:
             console.print("head-steps by pattern: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
+        if plan.precision_share("fp8"):
+            console.print(f"FP8 kept blocks: {plan.precision_share('fp8'):.0%} of the computed head-steps")
         if plan.predicted:
             p = plan.predicted
             err = f", rel_err {p['rel_err']:.3g}" if "rel_err" in p else ""

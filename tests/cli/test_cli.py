@@ -7,6 +7,7 @@ import json
 import pandas as pd
 from typer.testing import CliRunner
 
+from attnsearch import load_plan
 from attnsearch.cli import app
 from attnsearch.profiling.profile_io import Profile
 from synthetic import native_only_table
@@ -59,6 +60,14 @@ def test_optimize_names_a_precision_it_cannot_search(tmp_path):
                               "--hardware", native_only_table(tmp_path),
                               "--out", str(tmp_path / "p.json")])
     assert res.exit_code == 0, res.output
+    assert "FP8 kept blocks" not in res.output                      # native only: nothing to say
+    # the shipped H100 table prices FP8: the search may give heads FP8 and says how many it did
+    res = runner.invoke(app, ["optimize", str(out), "--trials", "3", "--head-dim", "64", "--out", str(tmp_path / "q.json")])
+    assert res.exit_code == 0, res.output
+    plan = load_plan(tmp_path / "q.json")
+    assert f"FP8 kept blocks on {plan.precision_share('fp8'):.0%} of the computed head-steps" in res.output
+    res = runner.invoke(app, ["validate", str(tmp_path / "q.json")])
+    assert res.exit_code == 0 and ("FP8 kept blocks" in res.output) == (plan.precision_share("fp8") > 0)
 
 
 def test_steps_beyond_inputs_is_an_error(tmp_path):
@@ -87,3 +96,17 @@ def test_bench_rejects_an_unknown_timing_mode_before_anything_runs(tmp_path):
     assert res.exit_code == 2 and "--precision must be one of native, fp8, got 'int8'" in res.output
     res = runner.invoke(app, ["bench", "--precision", "fp8", "--plan", str(tmp_path / "p.json"), "--out", str(out)])
     assert res.exit_code == 2 and "a plan's head groups name their own precision" in res.output
+
+
+def test_validate_names_the_fp8_share_of_a_plan(tmp_path):
+    from attnsearch import Geometry
+    from attnsearch.plan import LayerPlan, Plan, ScheduleEntry, write_plan
+
+    geom = Geometry(3, 8, 8)
+    lp = LayerPlan.from_heads([("diagonal", {"rows": 1.0}), ("energy_decay", {"decay": 0.5})], geom, 64,
+                              precisions=["fp8", "native"])
+    path = write_plan(Plan(geom, 64, 4, 1, 2, (ScheduleEntry(0, 1, None), ScheduleEntry(1, 4, (lp,)))),
+                      tmp_path / "p.json")
+    res = runner.invoke(app, ["validate", str(path)])
+    # steps 1-3: one of two heads FP8; step 0 dense (two native heads): 3 of 8 head-steps
+    assert res.exit_code == 0 and "FP8 kept blocks: 38% of the computed head-steps" in res.output
