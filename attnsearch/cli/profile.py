@@ -60,7 +60,7 @@ def profile(
             check_output_paths([out], [grid, prompts])
         hinted = geometry_hint(model, **opts)
         if hinted is not None:
-            check_size(hinted, block_size or default_block_size(hinted.num_tokens), queries, steps or 1)
+            check_size(hinted, block_size or default_block_size(hinted.num_tokens), queries, steps or 1, fp8)
         spec = load_model(model, **opts)
         bs = block_size or default_block_size(spec.geometry.num_tokens)
         for family, _ in grid_obj.fixed:  # the grid's params must mean something at this geometry
@@ -73,7 +73,7 @@ def profile(
         n_steps = steps or len(spec.inputs)
         target = out or default_path(spec.name)
         check_output_paths([target], [grid, prompts])
-        check_size(spec.geometry, bs, queries, n_steps)
+        check_size(spec.geometry, bs, queries, n_steps, fp8)
         console.print(f"[bold]{shown(spec.name)}[/]: geometry {spec.geometry}, block size {bs}, "
                       f"{n_steps} step(s)" + (f" × {len(spec.prompts)} prompts" if spec.prompts else "")
                       + f", {queries} sampled queries per call" + (" (errors native and FP8)" if fp8 else "")
@@ -150,13 +150,13 @@ def check_profile_options(*, tau, density_cap, steps, queries, seed, block_size,
                          f"default), got {block_size}")
 
 
-def check_size(geometry, block_size: int, queries: int, steps: int) -> None:
+def check_size(geometry, block_size: int, queries: int, steps: int, fp8: bool = False) -> None:
     """Refuse a geometry whose profile cannot fit in memory; warn when it takes over a minute on CPU."""
     import torch
 
     from ..profiling.estimate import WARN_CPU_S, check_fits, profile_cost
 
-    cost = profile_cost(geometry, block_size=block_size, queries=queries, steps=steps)
+    cost = profile_cost(geometry, block_size=block_size, queries=queries, steps=steps, fp8=fp8)
     check_fits(cost)
     if not torch.cuda.is_available() and cost.cpu_seconds > WARN_CPU_S:
         err_console.print(f"[yellow]warning:[/] profiling N = {cost.tokens:,} tokens on the CPU takes at least "

@@ -4,8 +4,9 @@ cannot fit in memory and a warning for what takes long on a CPU.
 The figures are lower bounds from the geometry alone (the model is not built yet): one head of
 width :data:`MIN_HEAD_DIM` per layer, one layer per step, the model's own dense attention
 (4·N²·D flops per head) and the profiler's sampled rows (``queries`` × N fp32 per head, the
-candidates' block masks). A real model costs a multiple of them, so what they refuse is surely
-refused; what they pass may still be slow.
+candidates' block masks; with ``fp8`` the same again on the quantized operands, plus their rows).
+A real model costs a multiple of them, so what they refuse is surely refused; what they pass may
+still be slow.
 """
 
 from __future__ import annotations
@@ -36,16 +37,20 @@ class ProfileCost:
     cpu_seconds: float
 
 
-def profile_cost(geometry: Geometry, *, block_size: int, queries: int, steps: int) -> ProfileCost:
-    """Lower bounds of profiling ``steps`` forwards at ``geometry`` (see the module docstring)."""
+def profile_cost(geometry: Geometry, *, block_size: int, queries: int, steps: int, fp8: bool = False) -> ProfileCost:
+    """Lower bounds of profiling ``steps`` forwards at ``geometry`` (see the module docstring);
+    ``fp8``: the FP8 errors too (``ProfileSettings.precisions``)."""
     n = geometry.num_tokens
     nb = math.ceil(n / block_size)
     padded = nb * block_size
     q = min(queries, n)
+    sampled = 4.0 * q * padded * 3                  # sampled softmax rows, block sums, partial outputs
     memory = (4.0 * n * MIN_HEAD_DIM * 4            # hidden states, q, k, v of one head (fp32)
-              + 4.0 * q * padded * 3                 # sampled softmax rows, block sums, partial outputs
+              + sampled * (2 if fp8 else 1)          # FP8: the rows again, over the quantized operands
+              + (4.0 * 3 * padded * MIN_HEAD_DIM if fp8 else 0.0)   # the dequantized q, k, v of the head
               + float(nb) * nb * MIN_CANDIDATES)      # the static candidates' block masks
-    flops = steps * (4.0 * n * n * MIN_HEAD_DIM + 4.0 * q * padded * MIN_HEAD_DIM)
+    profiled = 4.0 * q * padded * MIN_HEAD_DIM * (2 if fp8 else 1)
+    flops = steps * (4.0 * n * n * MIN_HEAD_DIM + profiled)
     return ProfileCost(n, memory, flops / CPU_FLOPS)
 
 

@@ -228,3 +228,15 @@ def test_classification_does_not_change():
                      ProfileSettings(queries=16, block_size=64), maps=both.maps)
     for over_steps in (False, True):
         assert classify(both, over_steps=over_steps).equals(classify(native, over_steps=over_steps))
+
+
+def test_the_size_check_counts_the_fp8_pass():
+    """``profile --fp8`` is checked at its own size: more memory and time than the native profile's
+    lower bounds, at most twice the sampled part's (the pass repeats the sampled rows' work)."""
+    from attnsearch.profiling.estimate import profile_cost
+
+    geom = Geometry(21, 30, 52)
+    native = profile_cost(geom, block_size=128, queries=256, steps=4)
+    fp8 = profile_cost(geom, block_size=128, queries=256, steps=4, fp8=True)
+    assert native.memory_bytes < fp8.memory_bytes < 2 * native.memory_bytes
+    assert native.cpu_seconds < fp8.cpu_seconds < 2 * native.cpu_seconds
