@@ -94,31 +94,39 @@ class Solution:
 
 
 def solve_lagrangian(units: Units, lam: float) -> Solution:
-    """Exact minimiser of Σ_units latency + λ · Σ error (ties: the lower class set, the lower class,
-    the lower column; dense last)."""
+    """Exact minimiser of Σ_units latency + λ · Σ error (ties: the lower class set, then the lower
+    column; dense last)."""
     if not (lam >= 0 and math.isfinite(lam)):
         raise ValueError(f"lambda must be a finite number ≥ 0, got {lam!r}")
     cost, err = units.cost, units.err
     U, H, C = cost.shape
     v = cost + np.asarray(lam, dtype=cost.dtype) * err if lam else cost  # inf cost stays inf
-    # Per class: each head's best column of that class and its value.
+    # Each head's best column overall; a class set then re-takes only the heads whose best lies
+    # outside it (the overall argmin is also the lowest-index minimum within any set holding it).
+    a_all = np.argmin(v, axis=2)
+    b_all = _gather(v, a_all)
+    cls_all = units.col_class[a_all]
     present = [k for k in range(len(CLASSES)) if (units.col_class == k).any()]
-    best = np.full((len(present), U, H), np.inf)
-    arg = np.zeros((len(present), U, H), dtype=np.int64)
-    for i, k in enumerate(present):
-        cols = np.flatnonzero(units.col_class == k)
-        sub = v[:, :, cols] if len(cols) < C else v
-        a = np.argmin(sub, axis=2)
-        best[i] = _gather(sub, a)
-        arg[i] = cols[a]
     masks, scores, picks = [], [], []
     for subset in range(1, 1 << len(present)):
-        idx = [i for i in range(len(present)) if subset >> i & 1]
-        which = np.argmin(best[idx], axis=0)                                  # [U, H] into idx
-        value = np.take_along_axis(best[idx], which[None], 0)[0]
-        classes = [present[i] for i in idx]
-        scores.append(value.sum(1, dtype=np.float64) + units.fixed[:, classes].sum(1))
-        picks.append(np.take_along_axis(arg[idx], which[None], 0)[0])
+        classes = [present[i] for i in range(len(present)) if subset >> i & 1]
+        member = np.zeros(len(CLASSES), dtype=bool)
+        member[classes] = True
+        cols = np.flatnonzero(member[units.col_class])
+        if len(cols) == 1:                        # one column (the skip set): every head takes it
+            pick = np.full((U, H), cols[0])
+            best = v[:, :, cols[0]]
+        else:
+            pick, best = a_all, b_all
+            u_idx, h_idx = np.nonzero(~member[cls_all])
+            if len(u_idx):
+                sub = v[u_idx, h_idx][:, cols]                                    # [heads to re-take, cols]
+                a = np.argmin(sub, axis=1)
+                pick, best = a_all.copy(), b_all.copy()
+                pick[u_idx, h_idx] = cols[a]
+                best[u_idx, h_idx] = sub[np.arange(len(u_idx)), a]
+        scores.append(best.sum(1, dtype=np.float64) + units.fixed[:, classes].sum(1))
+        picks.append(pick)
         masks.append(subset)
     s = np.stack(scores + [np.where(np.isfinite(units.dense), units.dense, np.inf)], 1)
     s[units.force_dense, :-1] = np.inf
@@ -146,8 +154,8 @@ def _evaluate(units: Units, choice: np.ndarray, lam: float) -> Solution:
     safe = np.where(choice < 0, 0, choice)
     c = _gather(units.cost, safe).astype(np.float64)
     e = _gather(units.err, safe).astype(np.float64)
-    cls = units.col_class[safe]                                             # [U, H]
-    used = np.stack([(cls == k).any(1) for k in range(len(CLASSES))], 1)    # [U, K]
+    used = np.zeros((len(safe), len(CLASSES)), dtype=bool)                 # [U, K]: classes its heads use
+    used[np.arange(len(safe))[:, None], units.col_class[safe]] = True
     cost = np.where(dense, units.dense, c.sum(1) + (used * units.fixed).sum(1))
     err = np.where(dense, 0.0, e.sum(1))
     option = np.where(dense, DENSE, (used * (1 << np.arange(len(CLASSES)))).sum(1))
