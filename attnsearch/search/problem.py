@@ -127,7 +127,10 @@ class Problem:
         # An error too large for float32 stays the largest float32, not an overflow to inf.
         err2 = np.where(np.isnan(space.rel_err), 0.0, space.rel_err) ** 2
         self.err2 = np.minimum(err2, np.finfo(np.float32).max).astype(np.float32)
-        self.col_class = np.array([CLASSES.index("skip") if c == space.skip_col else CLASSES.index(p)
+        # Columns of a precision not searched are unavailable (inf cost); classed native, they add no
+        # class set for the inner solver to try.
+        self.col_class = np.array([CLASSES.index("skip") if c == space.skip_col
+                                   else CLASSES.index(p if p in self.precisions else "native")
                                    for c, p in enumerate(space.precisions)])
         # Fixed costs per step of each class (inner.CLASSES order): the native launch; the FP8 launch
         # and its quantization pass; the zero fill.
@@ -180,6 +183,8 @@ class Problem:
             recall = np.stack([np.nanmean(self.space.recall[r.start:r.stop], 0) for r in rs])
             nb, B = self.space.num_blocks, self.space.block_size
             for c in self.space.stripe_cols:  # a multi-step range keeps the union of its steps' stripes
+                if self.col_precision[c] not in self.precisions:
+                    continue                  # a precision not searched: unavailable at every range
                 for i, r in enumerate(rs):
                     if len(r) > 1:
                         dens = self.space.stripe_density(c, r)

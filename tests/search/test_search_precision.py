@@ -169,3 +169,14 @@ def test_a_unit_of_fp8_heads_is_recosted_with_both_launches_and_the_pass(large_f
             assert pb._unit_full_ms(r, layer, a.choice[i, layer]) == pytest.approx(cm.layer_ms(lp) * len(r), rel=1e-9)
             checked += 1
     assert checked
+
+
+def test_an_fp8_profile_searched_native_on_a_table_without_fp8(large_fp8_profile, tmp_path):
+    """``--precisions native`` with a profile that measured FP8 and a table that prices none: the
+    FP8 twins stay unavailable at every step range (multi-step ranges re-cost stripes, never theirs)."""
+    _, prof = large_fp8_profile
+    pb = Problem(build_space(prof), CostModel(synthetic.native_only_table(), head_dim=128), precisions=("native",))
+    for ranges in (1, 2):
+        a = pb.solve(Knobs(lam=1.0, ranges=ranges, block_size=64))
+        assert pb.plan(a).precision_share("fp8") == 0.0
+    assert not np.isfinite(pb.aggregate(0, 1)[1][..., [p == "fp8" for p in pb.space.precisions]]).any()
