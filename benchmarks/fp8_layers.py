@@ -77,14 +77,12 @@ def bench_layer(geometry: Geometry, heads: int, head_dim: int, target: float, re
         fn(inputs[0])                                  # tune and compile outside the timing
         ms = time_ms(fn, inputs, 3, reps)["median"]
         row[name] = {"ms": ms, "tflops": fl / ms / 1e9}
-    from attnsearch.runtime.triton.launch import launch, quantized_config
+    from attnsearch.runtime.triton.launch import launch_all, quantized_config
 
     cfg = quantized_config(*quantized[0][:3], BLOCK)
 
     def kernel_only(i):
-        q8, k8, v8, s = quantized[i]
-        for item in fp8_tables.launches:
-            launch(q8, k8, v8, out, fp8_tables, item.work, scale, cfg, s)
+        launch_all(*quantized[i][:3], out, fp8_tables, scale, cfg, quantized[i][3])
 
     ms = time_ms(kernel_only, [0, 1], 3, reps)["median"]
     row["fp8 triton kernel alone"] = {"ms": ms, "tflops": fl / ms / 1e9}

@@ -301,7 +301,6 @@ def _time_fp8(layer_plan, inputs: list, sets: int, holdout: bool) -> dict[str, A
         got["backend"] = chosen.name
         return got
     tables = get_block_tables(fp8, q.device, TritonBackend.fusion)
-    launches = tables.launches_of("fp8")
     block, scale = fp8.block_size, q.shape[-1] ** -0.5
     quantized = [quantize_fp8(*x, block, heads=tables.head_index("fp8")) for x in inputs]
     config = triton_launch.quantized_config(*quantized[0][:3], block)
@@ -310,10 +309,8 @@ def _time_fp8(layer_plan, inputs: list, sets: int, holdout: bool) -> dict[str, A
     out = torch.empty_like(q)
 
     def kernel(i: int) -> None:
-        q8, k8, v8, s = quantized[i]
         tables.prepare_output(out, "fp8")
-        for item in launches:
-            triton_launch.launch(q8, k8, v8, out, tables, item.work, scale, config, s)
+        triton_launch.launch_all(*quantized[i][:3], out, tables, scale, config, quantized[i][3])
 
     got = time_device(kernel, sets)
     got["backend"] = chosen.name

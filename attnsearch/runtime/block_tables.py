@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import torch
@@ -72,7 +73,7 @@ class BlockTables:
     def max_count(self) -> int:
         return self.indices.shape[2]
 
-    @property
+    @cached_property
     def precisions(self) -> tuple[str, ...]:
         """The precisions of the launches, in launch order, each once (the default when none)."""
         return tuple(dict.fromkeys(launch.precision for launch in self.launches)) or (DEFAULT_PRECISION,)

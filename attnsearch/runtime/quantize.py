@@ -79,9 +79,9 @@ def quantize_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: 
     and 2."""
     if kernels is None:
         kernels = q.is_cuda
-    if heads is None:
-        heads = torch.arange(q.shape[1], dtype=torch.int32, device=q.device)
     if kernels:
+        if heads is None:
+            heads = torch.arange(q.shape[1], dtype=torch.int32, device=q.device)
         return _quantize_triton(q, k, v, block_size, heads)
     q8, qs = _per_block(q, block_size)
     k8, ks = _per_block(k, block_size)

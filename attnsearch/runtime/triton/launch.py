@@ -184,6 +184,14 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
     )
 
 
+def launch_all(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, tables: BlockTables,
+               scale: float, config: KernelConfig, fp8_scales: Fp8Scales | None = None) -> None:
+    """Every launch of the tables in the operands' precision: the native ones, or with
+    ``fp8_scales`` the FP8 ones on ``quantize_fp8``'s operands (skip heads not zeroed)."""
+    for item in tables.launches_of("native" if fp8_scales is None else "fp8"):
+        launch(q, k, v, out, tables, item.work, scale, config, fp8_scales)
+
+
 def choose_config(disk_key: str, candidates: Sequence[KernelConfig],
                   time_ms: Callable[[KernelConfig], float]) -> KernelConfig:
     """The config stored for ``disk_key`` in the tuning cache if it is still one of ``candidates``;
@@ -223,7 +231,6 @@ def _tune(q, k, v, out, tables, scale, use_tma, fp8_scales: Fp8Scales | None = N
     """The config for this call's (device, head_dim, block size, dtype, TMA): from this process's
     picks, else the on-disk tuning cache, else timed on this call's data."""
     d, bs = q.shape[-1], tables.block_size
-    precision = "native" if fp8_scales is None else "fp8"
     key = (d, bs, q.dtype, use_tma, q.device.index)
     if key in _TUNED:
         return _TUNED[key]
@@ -236,8 +243,7 @@ def _tune(q, k, v, out, tables, scale, use_tma, fp8_scales: Fp8Scales | None = N
 
     def time_ms(cfg: KernelConfig) -> float:
         def run() -> None:
-            for item in tables.launches_of(precision):
-                launch(q, k, v, out, tables, item.work, scale, cfg, fp8_scales)
+            launch_all(q, k, v, out, tables, scale, cfg, fp8_scales)
         return triton.testing.do_bench(run, warmup=10, rep=40, return_mode="median")
 
     _TUNED[key] = choose_config(disk_key, candidates, time_ms)
@@ -273,6 +279,5 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
             config = INTERPRETER_CONFIG
         else:
             config = _tune(q, k, v, out, tables, scale, operands_tma(q, k, v), scales)
-    for item in launches:
-        launch(q, k, v, out, tables, item.work, scale, config, scales)
+    launch_all(q, k, v, out, tables, scale, config, scales)
     return out
