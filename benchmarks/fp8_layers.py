@@ -1,5 +1,5 @@
-"""FP8 (e4m3) kept blocks in the Triton kernel against the bf16 kernels, on the runtime sweep's mixed
-layers (CUDA, Hopper or Ada for FP8 tensor cores).
+"""FP8 (e4m3) kept blocks against bf16, on the runtime sweep's mixed layers (CUDA, Hopper or Ada for
+FP8 tensor cores): the Hopper kernel's FP8 build where it runs, and the Triton kernel's.
 
     python -m benchmarks.fp8_layers --out reports/fp8_layers
 
@@ -7,8 +7,9 @@ Shapes: Wan2.1-1.3B's layer (1, 12, 32,760) and Wan2.1-14B's 720p layer (1, 40, 
 128, and the first with 24 heads at head_dim 64; layers mixing the four sparse families at 10, 25
 and 50% of the blocks, block size 128. Timed per layer (``bench.time_ms``, queued, CUDA events,
 median of fresh bf16 inputs): what ``sparse_attention`` runs in bf16 ("auto": the Hopper kernel on
-H100/H200), the Triton kernel in bf16 (tuned), the Triton kernel in FP8 with the quantization pass
-(``runtime/quantize.py``) included, its kernel alone on quantized operands, and the pass alone.
+H100/H200), the Triton kernel in bf16 (tuned), and per FP8 kernel (the Hopper kernel where "auto"
+runs FP8 on it, and the Triton kernel) the call with its quantization pass (``runtime/quantize.py``,
+V in the key order the kernel reads), the kernel alone on quantized operands, and the pass alone.
 TFLOP/s count the kept blocks' 4·N·B·D per kept block pair. Error: relative L2 against fp32
 attention on 512 sampled query rows per head (random inputs: near-uniform attention, FP8's hard
 case). Writes result.json and figure.png.
@@ -29,6 +30,7 @@ from attnsearch.bench.layers import mixed_layer_plan
 from attnsearch.bench.output import environment
 from attnsearch.bench.timing import fresh_inputs, time_ms
 from attnsearch.geometry import Geometry
+from attnsearch.plan import LayerPlan
 from attnsearch.report.style import save_figure
 from attnsearch.runtime import get_block_tables, select_backend
 from attnsearch.runtime.backends import TritonBackend
@@ -53,6 +55,13 @@ def sampled_error(out: torch.Tensor, q, k, v, layer_plan, scale: float, rows: to
     return (num / den) ** 0.5
 
 
+def fp8_backends(qkv) -> list:
+    """The backends that run FP8 heads of this call: what "auto" picks first, the Triton kernel too."""
+    lp = LayerPlan.from_heads([("dense", {})], Geometry(1, 1, qkv[0].shape[2]), BLOCK).with_precision("fp8")
+    auto = select_backend(*(x[:, :1] for x in qkv), lp, "auto", "fp8")
+    return [auto] + ([TritonBackend] if auto is not TritonBackend else [])
+
+
 def bench_layer(geometry: Geometry, heads: int, head_dim: int, target: float, reps: int) -> dict:
     lp = mixed_layer_plan(geometry, heads, BLOCK, target)
     n = geometry.num_tokens
@@ -63,36 +72,34 @@ def bench_layer(geometry: Geometry, heads: int, head_dim: int, target: float, re
     fp8_tables = get_block_tables(lp.with_precision("fp8"), "cuda")
     out = torch.empty(shape, dtype=torch.bfloat16, device="cuda")
     auto = select_backend(*inputs[0], lp)
-    quantized = [quantize_fp8(*x, BLOCK) for x in inputs]
-    runs = {
-        f"bf16 {auto.name}": lambda x: auto.run_tables(*x, tables, scale, out),
-        "bf16 triton": lambda x: TritonBackend.run_tables(*x, tables, scale, out),
-        "fp8 triton (with quantization)": lambda x: TritonBackend.run_tables(*x, fp8_tables, scale, out,
-                                                                             precision="fp8"),
-        "quantization alone": lambda x: quantize_fp8(*x, BLOCK),
-    }
+    runs = {f"bf16 {auto.name}": lambda x: auto.run_tables(*x, tables, scale, out),
+            "bf16 triton": lambda x: TritonBackend.run_tables(*x, tables, scale, out)}
+    kernels = {}
+    for b in fp8_backends(inputs[0]):
+        runs[f"fp8 {b.name} (with quantization)"] = lambda x, b=b: b.run_tables(*x, fp8_tables, scale, out,
+                                                                                precision="fp8")
+        runs[f"quantization for {b.name}"] = lambda x, b=b: quantize_fp8(*x, BLOCK, key_order=b.fp8_key_order)
+        kernels[b] = [quantize_fp8(*x, BLOCK, key_order=b.fp8_key_order) for x in inputs]
     row = {"geometry": geometry.to_dict(), "shape": list(shape), "density": lp.density, "block_size": BLOCK}
     fl = flops(1, heads, n, head_dim, lp.density)
     for name, fn in runs.items():
         fn(inputs[0])                                  # tune and compile outside the timing
         ms = time_ms(fn, inputs, 3, reps)["median"]
         row[name] = {"ms": ms, "tflops": fl / ms / 1e9}
-    from attnsearch.runtime.triton.launch import launch_all, quantized_config
+    for b, quantized in kernels.items():
+        ms = time_ms(lambda i, b=b, quantized=quantized: b.run_quantized(*quantized[i], out, fp8_tables, scale),
+                     [0, 1], 3, reps)["median"]
+        row[f"fp8 {b.name} kernel alone"] = {"ms": ms, "tflops": fl / ms / 1e9}
+    from attnsearch.runtime.triton.launch import quantized_config
 
-    cfg = quantized_config(*quantized[0][:3], BLOCK)
-
-    def kernel_only(i):
-        launch_all(*quantized[i][:3], out, fp8_tables, scale, cfg, quantized[i][3])
-
-    ms = time_ms(kernel_only, [0, 1], 3, reps)["median"]
-    row["fp8 triton kernel alone"] = {"ms": ms, "tflops": fl / ms / 1e9}
-    row["fp8_config"] = vars(cfg)
+    row["fp8_triton_config"] = vars(quantized_config(*kernels[TritonBackend][0][:3], BLOCK))
     g = torch.Generator(device="cuda").manual_seed(0)
     rows = torch.randint(0, n, (ROWS,), device="cuda", generator=g)
     x = inputs[0]
-    for name, fn in (("bf16", runs[f"bf16 {auto.name}"]), ("fp8", runs["fp8 triton (with quantization)"])):
-        fn(x)
-        row[f"{name}_rel_err"] = sampled_error(out, *x, lp, scale, rows)
+    for name, fn in runs.items():
+        if name.startswith(("bf16", "fp8")):
+            fn(x)
+            row[f"{name.split(' (')[0]} rel_err"] = sampled_error(out, *x, lp, scale, rows)
     return row
 
 
@@ -104,7 +111,8 @@ def figure(rows: list[dict], path: Path) -> None:
 
     shapes = list(dict.fromkeys(tuple(r["shape"]) for r in rows))
     fig, axes = plt.subplots(1, len(shapes), figsize=(5 * len(shapes), 4), sharey=True)
-    names = [k for k in rows[0] if isinstance(rows[0][k], dict) and "tflops" in rows[0][k] and k != "quantization alone"]
+    names = [k for k in rows[0] if isinstance(rows[0][k], dict) and "tflops" in rows[0][k]
+             and not k.startswith("quantization")]
     for ax, shape in zip(axes, shapes):
         sel = [r for r in rows if tuple(r["shape"]) == shape]
         for name in names:
@@ -135,8 +143,8 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(row)
             print(f"{heads:>3} × {geometry.num_tokens:>6} D {head_dim:>3} @ {row['density']:.2f}: " + ", ".join(
                 f"{k} {v['ms']:.2f} ms ({v['tflops']:.0f})" for k, v in row.items()
-                if isinstance(v, dict) and "ms" in v) + f"; rel err bf16 {row['bf16_rel_err']:.4f} "
-                f"fp8 {row['fp8_rel_err']:.4f}", flush=True)
+                if isinstance(v, dict) and "ms" in v) + "; rel err " + ", ".join(
+                f"{k.removesuffix(' rel_err')} {v:.4f}" for k, v in row.items() if k.endswith("rel_err")), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     figure(rows, args.out / "figure.png")
     data = {"benchmark": {**env, "seconds": round(time.time() - started, 1)}, "rows": rows}

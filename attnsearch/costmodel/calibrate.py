@@ -7,7 +7,8 @@ and the table fitted to them (``fit``).
   shapes from N = 512 to 75 600 and 8 to 40 heads; per shape single-family layers over densities
   2–100 %, layers mixing the four families (several groups fused in one launch), layers with a few
   dense heads among very sparse ones (the longest-row term), plus cuDNN dense and zero fills of
-  skip heads. Where the device runs FP8 products (``TritonBackend``), the same layers on a subset
+  skip heads. Where the device runs FP8 products (compute capability ≥ 8.9: on Hopper the Hopper
+  kernel, else the Triton kernel, as "auto" picks), the same layers on a subset
   of each kernel's shapes with ``precision = "fp8"`` (the kernel's launches alone; held out: the
   whole call) and the FP8 quantization pass (kind "quantize") over 10 kB … 1 GB of q, k and v.
   Parameters are found by bisection on exact block masks (``bench.family_params``).
@@ -269,7 +270,8 @@ def _time_spec(point: dict[str, Any], inputs: list, sets: int) -> dict[str, Any]
     if point["kind"] == "quantize":
         from ..runtime.quantize import quantize_fp8
 
-        return time_device(lambda i: quantize_fp8(*inputs[i], point["block_size"]), sets)
+        order = _fp8_backend(inputs[0], point["block_size"]).fp8_key_order  # the pass as the FP8 kernel wants it
+        return time_device(lambda i: quantize_fp8(*inputs[i], point["block_size"], key_order=order), sets)
     lp = spec_layer_plan(geom, point["heads"], point["block_size"], point["layer"])
     if point.get("precision", "native") == "fp8":
         return _time_fp8(lp, inputs, sets, holdout=point.get("role") == "holdout")
@@ -286,35 +288,40 @@ def _time_fp8(layer_plan, inputs: list, sets: int, holdout: bool) -> dict[str, A
     A first call through the runtime tunes the kernel."""
     import torch
 
-    from ..runtime import get_block_tables, select_backend, sparse_attention
+    from ..runtime import get_block_tables, sparse_attention
     from ..runtime.quantize import quantize_fp8
-    from ..runtime.triton import launch as triton_launch
 
     fp8 = layer_plan.with_precision("fp8")
     q = inputs[0][0]
-    chosen = select_backend(*inputs[0], fp8, "auto", "fp8")
-    if chosen is not TritonBackend:
-        raise RuntimeError(f"FP8 layers run on the {chosen.name} backend; calibration times the triton kernel's")
+    chosen = _fp8_backend(inputs[0], fp8.block_size)
     sparse_attention(*inputs[0], fp8)
     if holdout:
         got = time_device(lambda i: sparse_attention(*inputs[i], fp8), sets)
         got["backend"] = chosen.name
         return got
-    tables = get_block_tables(fp8, q.device, TritonBackend.fusion)
+    tables = get_block_tables(fp8, q.device, chosen.fusion)
     block, scale = fp8.block_size, q.shape[-1] ** -0.5
-    quantized = [quantize_fp8(*x, block, heads=tables.head_index("fp8")) for x in inputs]
-    config = triton_launch.quantized_config(*quantized[0][:3], block)
-    if config is None:
-        raise RuntimeError("the runtime's FP8 call left no tuned kernel config to time its launches with")
+    quantized = [quantize_fp8(*x, block, heads=tables.head_index("fp8"), key_order=chosen.fp8_key_order)
+                 for x in inputs]
     out = torch.empty_like(q)
 
     def kernel(i: int) -> None:
         tables.prepare_output(out, "fp8")
-        triton_launch.launch_all(*quantized[i][:3], out, tables, scale, config, quantized[i][3])
+        chosen.run_quantized(*quantized[i], out, tables, scale)
 
     got = time_device(kernel, sets)
     got["backend"] = chosen.name
     return got
+
+
+def _fp8_backend(qkv, block_size: int):
+    """The backend "auto" runs FP8 heads of this call shape on (the one calibration times)."""
+    from ..plan import LayerPlan
+    from ..runtime import select_backend
+
+    n = qkv[0].shape[2]
+    probe = LayerPlan.from_heads([("dense", {})], Geometry(1, 1, n), block_size).with_precision("fp8")
+    return select_backend(*(x[:, :1] for x in qkv), probe, "auto", "fp8")
 
 
 def gpu_timer(dtype: str = "bfloat16") -> Callable[[dict[str, Any]], dict[str, Any]]:

@@ -75,6 +75,8 @@ class Backend:
     precisions: ClassVar[tuple[str, ...]] = ("native",)
     #: The compute capability its FP8 path needs on CUDA (FP8 tensor cores); None: none.
     fp8_capability: ClassVar[tuple[int, int] | None] = (8, 9)
+    #: The order of V's keys its FP8 kernel reads (``quantize.KEY_ORDERS``).
+    fp8_key_order: ClassVar[str] = "natural"
 
     @classmethod
     def not_supported_reasons(cls, *, device: str, dtype: torch.dtype, head_dim: int, block_size: int,
@@ -187,6 +189,13 @@ class Backend:
         raise NotImplementedError(f"the {cls.name} backend has no single launches")
 
     @classmethod
+    def run_quantized(cls, q8, k8, v8, scales, out, tables, scale: float) -> None:
+        """The tables' FP8 launches on operands ``quantize_fp8(..., key_order=cls.fp8_key_order)``
+        made (skip heads not zeroed): what an FP8 call runs after its quantization pass, after a
+        first call through ``run_tables`` has compiled (and tuned) the kernel."""
+        raise NotImplementedError(f"the {cls.name} backend has no FP8 kernel")
+
+    @classmethod
     def tuned_config(cls, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int):
         """The kernel configuration this process runs such calls with (None: none, or not tuned yet)."""
         return None
@@ -197,6 +206,8 @@ class HopperBackend(Backend):
 
     name = "hopper"
     dtypes = (torch.float16, torch.bfloat16)
+    precisions = ("native", "fp8")
+    fp8_key_order = "wgmma"
     head_dims = (64, 128)
     block_sizes = (128,)  # two 64-row consumer warpgroups per block
     devices = ("cuda",)
@@ -227,6 +238,12 @@ class HopperBackend(Backend):
         from .hopper import launch
 
         launch.launch(q, k, v, out, tables, work, scale, **options)
+
+    @classmethod
+    def run_quantized(cls, q8, k8, v8, scales, out, tables, scale):
+        from .hopper import launch
+
+        launch.launch_all(q8, k8, v8, out, tables, scale, "fp8", fp8_scales=scales)
 
 
 class TritonBackend(Backend):
@@ -267,6 +284,15 @@ class TritonBackend(Backend):
         from .triton import launch
 
         launch.launch(q, k, v, out, tables, work, scale, config or cls.tuned_config(q, k, v, tables.block_size))
+
+    @classmethod
+    def run_quantized(cls, q8, k8, v8, scales, out, tables, scale):
+        from .triton import launch
+
+        config = launch.quantized_config(q8, k8, v8, tables.block_size)
+        if config is None:
+            raise RuntimeError("no FP8 kernel config tuned yet: run the call through run_tables first")
+        launch.launch_all(q8, k8, v8, out, tables, scale, config, scales)
 
     @classmethod
     def tuned_config(cls, q, k, v, block_size):

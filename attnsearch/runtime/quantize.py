@@ -12,6 +12,11 @@ maps into e4m3's range without clipping. V is stored channel-major ([batch, head
 memory, rows padded to 16 bytes, returned as its [batch, heads, N, D] transpose): FP8 tensor-core
 products need both operands K-major, and V's reduction dimension is N. Values whose magnitude is below the group's
 amax / 2^15 land in e4m3's subnormals or flush to zero.
+
+V's keys are stored in one of ``KEY_ORDERS``: "natural" (key j in column j; the Triton kernel), or
+"wgmma" (the Hopper kernel): within each group of 32 keys, key r in column ``wgmma_position(r)``,
+N rounded up to 32 with zero columns. In that order the P·V product takes its A operand straight
+from the registers in which the Q·Kᵀ accumulator left P: no value moves between threads.
 """
 
 from __future__ import annotations
@@ -24,6 +29,30 @@ import torch
 #: e4m3's largest finite magnitude (float8_e4m3fn).
 E4M3_MAX = 448.0
 FP8 = torch.float8_e4m3fn
+
+
+KEY_ORDERS = ("natural", "wgmma")
+
+
+def wgmma_position(r):
+    """Column, within its group of 32, of key r (0 ≤ r < 32; an int or an integer tensor) in the
+    "wgmma" order. An FP8 wgmma A operand gives thread t of a quad keys 4t .. 4t + 3 and 16 + 4t ..
+    16 + 4t + 3 of each 32; an fp32 accumulator gives it columns 2t, 2t + 1 of each 8. Key r =
+    16h + 8c + 2t + e (h, c, e ∈ {0, 1}) sits in column 16h + 4t + 2c + e."""
+    return (r & 0b10001) | ((r & 0b00110) << 1) | ((r & 0b01000) >> 2)
+
+
+def in_wgmma_order(v8: torch.Tensor) -> torch.Tensor:
+    """A natural-order FP8 V ([B, H, N, D] view of channel-major storage) in the "wgmma" order: a
+    [B, H, N32, D] view (N32 = N rounded up to 32) of new [B, H, D, N32] storage, the columns of
+    keys ≥ N zero."""
+    batch, heads, n, d = v8.shape
+    n32 = -(-n // 32) * 32
+    keys = torch.arange(n, device=v8.device)
+    columns = keys - keys % 32 + wgmma_position(keys % 32)
+    storage = torch.zeros(batch, heads, d, n32, dtype=torch.uint8, device=v8.device)
+    storage.index_copy_(-1, columns, v8.transpose(-1, -2).view(torch.uint8))
+    return storage.view(FP8).transpose(-1, -2)
 
 
 class Fp8Scales(NamedTuple):
@@ -62,9 +91,10 @@ def _per_channel_transposed(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def quantize_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int, *,
-                 heads: torch.Tensor | None = None,
-                 kernels: bool | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Fp8Scales]:
-    """e4m3 q, k (row-major, per block) and v (channel-major, per channel) and their scales.
+                 heads: torch.Tensor | None = None, kernels: bool | None = None,
+                 key_order: str = "natural") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Fp8Scales]:
+    """e4m3 q, k (row-major, per block) and v (channel-major, per channel, keys in ``key_order``:
+    ``KEY_ORDERS``) and their scales.
 
     ``heads``: int32 query heads, distinct, on q's device, whose operands are needed (the heads of
     a layer that run FP8: ``Launch.head_index``); K and V heads follow (``enable_gqa``'s grouping:
@@ -77,16 +107,22 @@ def quantize_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: 
     TRITON_INTERPRET=1: the interpreter's fp32 → e4m3 cast loses the carry of some round-ups into
     the next power of two (124 → 64, 1.95 → 1.0 with Triton 3.9), where PyTorch and the GPU give 128
     and 2."""
+    if key_order not in KEY_ORDERS:
+        raise ValueError(f"key_order: must be one of {KEY_ORDERS}, got {key_order!r}")
     if kernels is None:
         kernels = q.is_cuda
     if kernels:
         if heads is None:
             heads = torch.arange(q.shape[1], dtype=torch.int32, device=q.device)
-        return _quantize_triton(q, k, v, block_size, heads)
-    q8, qs = _per_block(q, block_size)
-    k8, ks = _per_block(k, block_size)
-    v8, vs = _per_channel_transposed(v)
-    return q8, k8, v8, Fp8Scales(qs, ks, vs)
+        q8, k8, v8, scales = _quantize_triton(q, k, v, block_size, heads)
+    else:
+        q8, qs = _per_block(q, block_size)
+        k8, ks = _per_block(k, block_size)
+        v8, vs = _per_channel_transposed(v)
+        scales = Fp8Scales(qs, ks, vs)
+    if key_order == "wgmma":
+        v8 = in_wgmma_order(v8)
+    return q8, k8, v8, scales
 
 
 def _quantize_triton(q, k, v, block_size, heads):
@@ -157,5 +193,5 @@ def fp8_attention_rows(s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.where(l > 0, o / l.clamp_min(1e-30), torch.zeros_like(o))
 
 
-__all__ = ["E4M3_MAX", "FP8", "Fp8Scales", "dequantize", "fp8_attention_rows", "fp8_operands",
-           "quantize_fp8", "round_probabilities"]
+__all__ = ["E4M3_MAX", "FP8", "Fp8Scales", "KEY_ORDERS", "dequantize", "fp8_attention_rows", "fp8_operands",
+           "in_wgmma_order", "quantize_fp8", "round_probabilities", "wgmma_position"]

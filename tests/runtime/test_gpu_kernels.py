@@ -152,6 +152,51 @@ def test_fp8_kernel_is_attention_on_its_quantized_operands(block_size, head_dim)
     assert ran
 
 
+HOPPER_FP8_CASES = [("suffix", 128, 1, flat) for flat in (True, False)] + [("prefix", 64, 2, True),
+                                                                           ("suffix", 64, 1, False)]
+
+
+@pytest.mark.parametrize("where,head_dim,gqa,flat", HOPPER_FP8_CASES)
+def test_hopper_fp8_kernel_is_attention_on_its_quantized_operands(where, head_dim, gqa, flat):
+    """The Hopper kernel with precision="fp8" (both consumer schedules, both head dims, GQA, batch 2,
+    N % 32 ≠ 0) on inputs whose q and k e4m3 forms are exact (``exact_fp8_inputs``): masked SDPA in
+    fp32 on the dequantized operands within P's e4m3 rounding (as the Triton FP8 kernel's bound),
+    the skip head zero, every row written; and the "wgmma" key order it reads V in is what makes it
+    right: V in natural order through the same kernel is wrong."""
+    import math
+
+    from attnsearch.runtime.hopper.launch import forward, launch_all
+    from attnsearch.runtime.quantize import dequantize, quantize_fp8
+    from reference import exact_fp8_inputs
+
+    geom = GEOMS[where]
+    lp = mixed_plan(geom, 128).with_precision("fp8")
+    if HopperBackend.call_reasons(*inputs(geom, 2, head_dim, torch.bfloat16), 128, "fp8"):
+        pytest.skip("the Hopper kernel does not run here")
+    q, k, v = exact_fp8_inputs(geom.num_tokens, lp.num_heads, lp.num_heads // gqa, seed=head_dim + gqa,
+                               device="cuda", batch=2, head_dim=head_dim)
+    q8, k8, v8, s = quantize_fp8(q, k, v, 128)
+    deq = (dequantize(q8, s.q, 128), dequantize(k8, s.k, 128), dequantize(v8, s.v, None))
+    mask = expand_block_mask(lp.block_masks().cuda(), geom.num_tokens, 128)
+    ref = torch.nan_to_num(F.scaled_dot_product_attention(*deq, attn_mask=mask, scale=math.log(2),
+                                                          enable_gqa=gqa > 1), nan=0.0)
+    tables = get_block_tables(lp, "cuda")
+    out = forward(q, k, v, tables, math.log(2), out=torch.full_like(q, float("nan")), flat=flat, precision="fp8")
+    torch.cuda.synchronize()
+    assert not torch.isnan(out).any()
+    assert float(((out.float() - ref).norm() / ref.norm())) <= 2e-3
+    assert bool((out[:, 1] == 0).all())
+    # The same bytes with V's keys in natural order (storage padded to 32 keys as the kernel takes it).
+    q8, k8, v8, s = quantize_fp8(q, k, v, 128, key_order="natural")
+    n32 = -(-geom.num_tokens // 32) * 32
+    storage = torch.zeros(*v8.shape[:2], head_dim, n32, dtype=torch.uint8, device="cuda")
+    storage[..., : geom.num_tokens] = v8.transpose(-1, -2).view(torch.uint8)
+    wrong = torch.zeros_like(out)
+    launch_all(q8, k8, storage.view(v8.dtype).transpose(-1, -2), wrong, tables, math.log(2), "fp8", flat=flat,
+               fp8_scales=s)
+    assert float(((wrong.float() - ref).norm() / ref.norm())) > 0.05
+
+
 @pytest.mark.parametrize("block_size", [64, 128])
 def test_quantization_kernels_equal_the_definition(block_size):
     """``quantize_fp8``'s Triton kernels give the PyTorch definition's e4m3 bytes, layouts and scales
@@ -191,8 +236,8 @@ def test_quantization_kernels_of_a_head_subset_equal_the_definition_on_those_hea
 
 @pytest.mark.parametrize("block_size,head_dim", [(128, 128), (64, 64)])
 def test_a_layer_of_native_and_fp8_heads_runs_each_on_its_backend(block_size, head_dim):
-    """"auto" on a layer whose heads run native and FP8 (native on the Hopper kernel where it runs,
-    FP8 on the Triton kernel): the native heads equal masked SDPA in fp32; each FP8 head's error
+    """"auto" on a layer whose heads run native and FP8 (both on the Hopper kernel where it runs,
+    else on the Triton kernel): the native heads equal masked SDPA in fp32; each FP8 head's error
     against it is FP8's (within 8%, and within a factor 2 of the torch backend's emulation on the
     same quantized operands: the kernel rounds P against its running maximum, the emulation
     against the row's, so the two round differently but alike in size); the skip head is zero."""

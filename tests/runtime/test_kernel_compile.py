@@ -83,6 +83,26 @@ def test_hopper_kernel_schedule_survives_compilation(head_dim, flat):
     assert not r["c7514"], r
 
 
+@pytest.mark.parametrize("flat", [True, False])
+@pytest.mark.parametrize("head_dim", [128, 64])
+def test_hopper_fp8_build_keeps_the_schedule_and_builds_p_in_place(head_dim, flat):
+    """The FP8 build (e4m3 descriptors): both products are e4m3 wgmmas; the schedule's properties
+    hold as in 16 bits (register moves, shared memory, the QK retire, the PV wait after the softmax,
+    no wgmma serialisation, no lazy rescale: P must stay ≤ 1 under the running max); and P becomes
+    the PV product's operand in place: no shuffle or byte permute in the turn loop (V's keys are
+    stored in the accumulator's order, ``quantize.wgmma_position``, and P crosses the loop edge in
+    fp32), and no spill there. A turn then takes fewer instructions than a 16-bit one."""
+    r = probe_gluon_ws(head_dim, stages=2, consumer_regs=240, flat=flat, dtype="fp8e4nv")
+    bf16 = probe_gluon_ws(head_dim, stages=2, consumer_regs=240, flat=flat)
+    assert r["ptxas_ok"] and not r["c7514"], r
+    assert r["wgmma_types"] == {"e4m3.e4m3"}, r
+    assert ("dec", "24") in r["setmaxnreg"] and ("inc", "240") in r["setmaxnreg"], r
+    assert r["shared_kb"] <= 227 and "1" in r["waits"].split(), r
+    assert r["pv_wait_after_softmax"] == [True, True] and r["lazy_rescales"] == 0, r
+    assert r["turn_loop_shuffles_and_permutes"] == [0, 0] and r["turn_loop_spills"] == [0, 0], r
+    assert max(r["turn_loop_ops"]) <= max(bf16["turn_loop_ops"]), (r["turn_loop_ops"], bf16["turn_loop_ops"])
+
+
 #: Triton (major, minor) from which ptxas's register allocation copies P in one consumer of the
 #: flat schedule (Triton 3.9's toolchain; 3.6's, the one timed on the GPU, does not).
 P_COPY_FROM = (3, 9)

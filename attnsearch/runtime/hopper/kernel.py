@@ -55,7 +55,7 @@ last tile's last PV, whose rows then leave through a TMA store). The launcher pi
 
 from __future__ import annotations
 
-from __future__ import annotations
+import math
 
 import torch
 from triton.experimental import gluon
@@ -68,6 +68,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
+from ..quantize import E4M3_MAX
 from .probe import probe_lap, probe_now, probe_start, probe_store
 
 #: TMA copies are ``async_copy_global_to_shared`` / ``..._shared_to_global`` in Triton 3.6 (the
@@ -76,13 +77,27 @@ _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global
 LOG2E = 1.4426950408889634
 HALF_M = gl.constexpr(64)  # query rows per consumer warpgroup (one wgmma M)
-GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
+GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16, torch.float8_e4m3fn: gl.float8e4nv}
 
 
 @gluon.constexpr_function
-def _acc_layout(n):
-    """Register layout of a 64 × n wgmma accumulator of one warpgroup (4 warps stacked along M)."""
-    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, n, 16])
+def _acc_layout(n, dtype):
+    """Register layout of a 64 × n wgmma accumulator of one warpgroup (4 warps stacked along M) whose
+    operands are ``dtype`` (an instruction's K is 32 bytes of them)."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                     instr_shape=[16, n, 256 // dtype.primitive_bitwidth])
+
+
+@gluon.jit
+def _v_operand(v_smem, slot, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr):
+    """V[slot] as the PV product's B operand, [BLOCK keys, HEAD_DIM]: the TMA box itself in 16 bits;
+    in FP8 the box is [HEAD_DIM, BLOCK] of V's channel-major storage (FP8 products need both operands
+    K-major, and PV reduces over keys), read transposed."""
+    if v_smem.dtype.is_fp8():
+        v = v_smem.index(slot).reshape([HEAD_DIM, BLOCK]).permute((1, 0))
+    else:
+        v = v_smem.index(slot).reshape([BLOCK, HEAD_DIM])
+    return v
 
 
 @gluon.jit
@@ -107,8 +122,9 @@ def _pv_alone(c, p, acc, v_smem, v_ready, v_empty, BLOCK: gl.constexpr, HEAD_DIM
     """O += P·V of kept block ``c`` (global count) with no S beside it, retired: the pipeline's
     last block (a tile's in the tile schedule, the program's in the flat one)."""
     slot = c % STAGES
+    p = _issued(p, acc, v_smem.dtype)
     mbarrier.wait(v_ready.index(slot), (c // STAGES) & 1)
-    o = warpgroup_mma(p, v_smem.index(slot).reshape([BLOCK, HEAD_DIM]), acc, is_async=True)
+    o = warpgroup_mma(p, _v_operand(v_smem, slot, BLOCK, HEAD_DIM), acc, is_async=True)
     acc = warpgroup_mma_wait(0, deps=(o,))
     mbarrier.arrive(v_empty.index(slot), count=1)
     return acc
@@ -125,6 +141,7 @@ def _issue_turn(c, q, p, acc, k_smem, v_smem, k_ready, k_empty, v_ready, turns, 
     OTHER: gl.constexpr = 1 - WG
     slot = c % STAGES
     prev = (c - 1) % STAGES
+    p = _issued(p, acc, v_smem.dtype)  # before the waits: FP8's conversion runs while this consumer waits
     mbarrier.wait(k_ready.index(slot), (c // STAGES) & 1)
     mbarrier.wait(v_ready.index(prev), ((c - 1) // STAGES) & 1)
     t, w_kv = probe_lap(t, w_kv, PROBE)
@@ -133,8 +150,7 @@ def _issue_turn(c, q, p, acc, k_smem, v_smem, k_ready, k_empty, v_ready, turns, 
     mbarrier.wait(turns.index(WG), (c & 1) ^ OTHER)
     k_t = k_smem.index(slot).reshape([BLOCK, HEAD_DIM]).permute((1, 0))
     s = warpgroup_mma(q, k_t, s_zero, use_acc=False, is_async=True)
-    v = v_smem.index(prev).reshape([BLOCK, HEAD_DIM])
-    o = warpgroup_mma(p, v, acc, is_async=True)
+    o = warpgroup_mma(p, _v_operand(v_smem, prev, BLOCK, HEAD_DIM), acc, is_async=True)
     mbarrier.arrive(turns.index(OTHER), count=1)
     t, w_turn = probe_lap(t, w_turn, PROBE)
     s = warpgroup_mma_wait(1, deps=(s,))
@@ -191,15 +207,21 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, 
             _tma_load(k_desc, [b, kvh, start, 0], k_ready.index(slot), k_smem.index(slot))
             mbarrier.wait(v_empty.index(slot), phase ^ 1)
             mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
-            _tma_load(v_desc, [b, kvh, start, 0], v_ready.index(slot), v_smem.index(slot))
+            if v_smem.dtype.is_fp8():  # channel-major V: the box [HEAD_DIM, BLOCK] at column ``start``
+                _tma_load(v_desc, [b, kvh, 0, start], v_ready.index(slot), v_smem.index(slot))
+            else:
+                _tma_load(v_desc, [b, kvh, start, 0], v_ready.index(slot), v_smem.index(slot))
         it += n_kept
 
 
 @gluon.jit
-def _softmax_step(s, m_i, l_i, masked, tail_start, offs_n, qk_scale, N, LAZY: gl.constexpr):
+def _softmax_step(s, m_i, l_i, masked, tail_start, offs_n, qk_scale, N, LAZY: gl.constexpr,
+                  P_SHIFT: gl.constexpr = 0.0):
     """Online-softmax update with one key block's scores; ``masked``: this is block nb - 1 (at
     ``tail_start``) and it runs past N, so keys ≥ N get no weight. P comes back in fp32, in S's
-    layout (``_operand`` makes it the PV wgmma's operand)."""
+    layout (``_operand`` makes it the PV wgmma's operand). ``P_SHIFT``: P and the row sum are
+    2^P_SHIFT times the weights (FP8: P's largest value is then e4m3's largest, so its small values
+    keep e4m3's relative precision; the factor cancels in O / l)."""
     if masked:
         s = gl.where(gl.expand_dims(tail_start + offs_n < N, 0), s, float("-inf"))
     m_blk = gl.max(s, axis=1) * qk_scale
@@ -212,20 +234,37 @@ def _softmax_step(s, m_i, l_i, masked, tail_start, offs_n, qk_scale, N, LAZY: gl
     else:
         m_new = gl.maximum(m_i, m_blk)
         alpha = gl.exp2(m_i - m_new)
-    p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
+    if P_SHIFT != 0.0:
+        p = gl.exp2(s * qk_scale - gl.expand_dims(m_new - P_SHIFT, 1))
+    else:
+        p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
     l_i = l_i * alpha + gl.sum(p, axis=1)
     return p, alpha, m_new, l_i
 
 
 #: How far (log2 units) a block's row max may exceed the running max before the max moves.
 RESCALE_ABOVE = gl.constexpr(8.0)
+#: FP8: P = 2^P_SHIFT · exp2(s − m) ≤ E4M3_MAX before its e4m3 cast (``quantize.round_probabilities``).
+FP8_P_SHIFT = gl.constexpr(math.log2(E4M3_MAX))
 
 
 @gluon.constexpr_function
-def _lazy_rescale(head_dim):
+def _lazy_rescale(head_dim, dtype):
     """Whether the consumers skip O's rescale while the running max holds: it pays at head_dim 128
-    (+0-8%) and costs at 64 (-1 to -10%, 32 multiplies saved for the same branch)."""
-    return head_dim == 128
+    (+0-8%) and costs at 64 (-1 to -10%, 32 multiplies saved for the same branch). Not in FP8,
+    where P must stay ≤ 1 under the running max (``FP8_P_SHIFT``)."""
+    return head_dim == 128 and not dtype.is_fp8()
+
+
+@gluon.constexpr_function
+def _p_shift(dtype):
+    return FP8_P_SHIFT.value if dtype.is_fp8() else 0.0
+
+
+@gluon.constexpr_function
+def _k_width(dtype):
+    """Elements per thread along K of a wgmma register operand: 32 bits' worth."""
+    return 32 // dtype.primitive_bitwidth
 
 
 @gluon.constexpr_function
@@ -281,38 +320,98 @@ def _fenced(l_i):
 
 
 @gluon.jit
+def _carried(p, dtype: gl.constexpr, p_layout: gl.constexpr):
+    """P as a turn hands it to the next turn's PV product. 16 bits: the operand itself (half the
+    registers of fp32), made after the previous PV product has retired, so the new P may take the
+    registers that product reads. FP8: the fp32 values, made the operand where the product is issued
+    (``_issued``): an e4m3 operand carried across the loop edge is split into bytes there and packed
+    again before the product, ~190 more instructions a turn on the softmax's critical path."""
+    if not dtype.is_fp8():
+        p = _operand(p, dtype, p_layout)
+    return p
+
+
+@gluon.jit
+def _issued(p, acc, dtype: gl.constexpr):
+    """The PV product's A operand from what ``_carried`` handed over."""
+    if p.dtype == gl.float32:
+        p = _operand(p, dtype, gl.DotOperandLayout(operand_index=0, parent=acc.type.layout, k_width=_k_width(dtype)))
+    return p
+
+
+@gluon.jit
 def _operand(p, dtype: gl.constexpr, p_layout: gl.constexpr):
-    """P as the PV wgmma's 16-bit register operand (carried to the next turn in half the registers of
-    fp32). Called after the previous PV product has retired: the new P may take the registers that
-    product reads."""
-    return gl.convert_layout(p.to(dtype), p_layout)
+    """P (fp32, in S's layout) as the PV wgmma's register operand in the operands' dtype."""
+    if dtype.is_fp8():
+        # Column c of P goes to the operand's K index of the same thread (``wgmma_key_order``), so the
+        # conversion moves no value between threads; V's keys are stored in that order. Then four
+        # consecutive K values of a row, which the operand holds in one register, become e4m3 in two
+        # paired conversions.
+        m: gl.constexpr = p.shape[0]
+        n: gl.constexpr = p.shape[1]
+        p = p.reshape([m, n // 32, 2, 2, 4, 2]).permute((0, 1, 2, 4, 3, 5)).reshape([m, n])
+        p = gl.convert_layout(p, p_layout)
+        p = gl.inline_asm_elementwise(E4M3X4_ASM, "=r,f,f,f,f", [p], dtype=gl.float8e4nv, is_pure=True, pack=4)
+    else:
+        p = gl.convert_layout(p.to(dtype), p_layout)
+    return p
+
+
+#: Four fp32 values ($1 .. $4) to four e4m3 bytes of one register, $1 in the lowest byte
+#: (``cvt ... e4m3x2`` puts its first source in the upper byte); round to nearest, saturating.
+E4M3X4_ASM = gl.constexpr("{\n.reg .b16 lo, hi;\ncvt.rn.satfinite.e4m3x2.f32 lo, $2, $1;\n"
+                          "cvt.rn.satfinite.e4m3x2.f32 hi, $4, $3;\nmov.b32 $0, {lo, hi};\n}")
+
+
+@gluon.jit
+def _tile_scales(Indices, QScale, KScale, head, qb, b, qk_scale, stride_ih, stride_iq, NB, NUM_HEADS, KV_GROUP,
+                 FP8: gl.constexpr):
+    """A tile's logit scale and where its kept blocks' scales are read: (qk_scale, times the tile's
+    q scale in FP8; the tile's row of kept key blocks; its K head's block scales). FP8 scales are
+    ``runtime/quantize.py``'s: q per (batch, head, query block), K per (batch, K head, key block)."""
+    krow = Indices + head * stride_ih + qb * stride_iq
+    kscales = KScale + (b * (NUM_HEADS // KV_GROUP) + head // KV_GROUP) * NB
+    if FP8:
+        qk_scale = qk_scale * gl.load(QScale + (b * NUM_HEADS + head) * NB + qb)
+    return qk_scale, krow, kscales
+
+
+@gluon.jit
+def _block_scale(qk_t, krow, kscales, j, FP8: gl.constexpr):
+    """The logit scale of the tile's kept block j: ``qk_t`` (``_tile_scales``), times the block's K
+    scale in FP8 (two dependent loads, from cache: the producer read the index row just before)."""
+    if FP8:
+        qk_t = qk_t * gl.load(kscales + gl.load(krow + j))
+    return qk_t
 
 
 @gluon.jit
 def _tile_turns(it, n_kept, tail, q, p, acc, m_i, l_i, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, turns,
-                s_zero, offs_n, tail_start, qk_scale, N, t, w_kv, w_turn, w_s, w_soft, w_pv,
+                s_zero, offs_n, tail_start, qk_t, krow, kscales, N, t, w_kv, w_turn, w_s, w_soft, w_pv,
                 WG: gl.constexpr, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
                 PROBE: gl.constexpr):
     """Turns 1 .. n_kept - 1 of a tile whose block 0 (kept block ``it``, counted across tiles) has
     been through its softmax (P[0] in ``p``): the steady state, one kept block per turn, both
-    schedules alike. Returns the last block's P (its PV product is the caller's), O, m, l and the
-    probe's clock and phase sums."""
-    dtype: gl.constexpr = p.dtype
-    p_layout: gl.constexpr = p.type.layout
+    schedules alike. ``qk_t``, ``krow``, ``kscales``: the tile's scales (``_tile_scales``). Returns
+    the last block's P (its PV product is the caller's), O, m, l and the probe's clock and phase sums."""
+    dtype: gl.constexpr = k_smem.dtype
     o_layout: gl.constexpr = acc.type.layout
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=_k_width(dtype))
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-    LAZY: gl.constexpr = _lazy_rescale(HEAD_DIM)
+    LAZY: gl.constexpr = _lazy_rescale(HEAD_DIM, dtype)
+    FP8: gl.constexpr = dtype.is_fp8()
     for j in range(1, n_kept):
         t = probe_now(PROBE)  # the probe's turn starts
+        qk_scale = _block_scale(qk_t, krow, kscales, j, FP8)
         s, o, prev, t, w_kv, w_turn = _issue_turn(it + j, q, p, acc, k_smem, v_smem, k_ready, k_empty, v_ready,
                                                   turns, s_zero, t, w_kv, w_turn, WG, BLOCK, HEAD_DIM, STAGES, PROBE)
         t, w_s = probe_lap(t, w_s, PROBE)
         p32, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tail & (j == n_kept - 1), tail_start, offs_n, qk_scale, N,
-                                             LAZY)
+                                             LAZY, _p_shift(dtype))
         t, w_soft = probe_lap(t, w_soft, PROBE)
         l_i = _fenced(l_i)
         acc = warpgroup_mma_wait(0, deps=(o,))
-        p = _operand(p32, dtype, p_layout)
+        p = _carried(p32, dtype, p_layout)
         mbarrier.arrive(v_empty.index(prev), count=1)
         acc = _rescaled(acc, alpha, row_o, HEAD_DIM, LAZY)
         t, w_pv = probe_lap(t, w_pv, PROBE)
@@ -330,25 +429,26 @@ def _q_operand(q_smem, q_ready, q_count, s_layout: gl.constexpr, WG: gl.constexp
         mbarrier.wait(q_ready.index(qi), (q_count // Q_BUFS) & 1)
     q = q_smem.index(qi).reshape([HALF_M, HEAD_DIM])
     if Q_REGS:
-        q = q.load(gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2))
+        q = q.load(gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=_k_width(q.dtype)))
     return q, qi
 
 
 @gluon.jit
 def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns, Out,
               Tiles, Probe, NB, N, qk_scale, stride_oz, stride_oh, stride_on, stride_od,
-              WG: gl.constexpr, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
+              Indices, QScale, KScale, VScale, stride_ih, stride_iq, NUM_HEADS, KV_GROUP, WG: gl.constexpr, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
               Q_BUFS: gl.constexpr, Q_REGS: gl.constexpr, PROBE: gl.constexpr):
     """One warpgroup: rows [64·WG, +64) of each of this program's tiles, over all its kept key blocks.
     ``Q_REGS``: Q is read from shared memory once per tile, into registers that every QK product of
     the tile takes as its A operand (instead of each product reading it from shared memory)."""
     dtype: gl.constexpr = q_smem.dtype
-    s_layout: gl.constexpr = _acc_layout(BLOCK)
-    o_layout: gl.constexpr = _acc_layout(HEAD_DIM)
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    FP8: gl.constexpr = dtype.is_fp8()
+    s_layout: gl.constexpr = _acc_layout(BLOCK, dtype)
+    o_layout: gl.constexpr = _acc_layout(HEAD_DIM, dtype)
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=_k_width(dtype))
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-    LAZY: gl.constexpr = _lazy_rescale(HEAD_DIM)
+    LAZY: gl.constexpr = _lazy_rescale(HEAD_DIM, dtype)
+    P_SHIFT: gl.constexpr = _p_shift(dtype)
 
     offs_n = gl.arange(0, BLOCK, layout=gl.SliceLayout(0, s_layout))
     s_zero = gl.zeros([HALF_M, BLOCK], gl.float32, layout=s_layout)
@@ -371,18 +471,21 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
         l_i = gl.zeros([HALF_M], gl.float32, layout=row_s)
         if n_kept > 0:
             t = probe_now(PROBE)  # the probe's tile start
+            qk_t, krow, kscales = _tile_scales(Indices, QScale, KScale, head, qb, b, qk_scale, stride_ih, stride_iq,
+                                               NB, NUM_HEADS, KV_GROUP, FP8)
             q, qi = _q_operand(q_smem, q_ready, q_count, s_layout, WG, HEAD_DIM, Q_BUFS, Q_REGS, True)
 
             # Block 0: S only (there is no P yet).
             s = _qk_alone(it, q, k_smem, k_ready, k_empty, turns, s_zero, WG, BLOCK, HEAD_DIM, STAGES)
-            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tail & (n_kept == 1), tail_start, offs_n, qk_scale, N,
-                                               LAZY)
-            p = _operand(p, dtype, p_layout)
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tail & (n_kept == 1), tail_start, offs_n,
+                                               _block_scale(qk_t, krow, kscales, 0, FP8), N, LAZY, P_SHIFT)
+            p = _carried(p, dtype, p_layout)
 
             t, w_edges = probe_lap(t, w_edges, PROBE)
             p, acc, m_i, l_i, t, w_kv, w_turn, w_s, w_soft, w_pv = _tile_turns(
                 it, n_kept, tail, q, p, acc, m_i, l_i, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, turns,
-                s_zero, offs_n, tail_start, qk_scale, N, t, w_kv, w_turn, w_s, w_soft, w_pv, WG, BLOCK, HEAD_DIM,
+                s_zero, offs_n, tail_start, qk_t, krow, kscales, N, t, w_kv, w_turn, w_s, w_soft, w_pv, WG, BLOCK,
+                HEAD_DIM,
                 STAGES, PROBE)
             t = probe_now(PROBE)  # the probe's tile end
             # Every QK product of this tile has retired: the producer may load the next tile's Q.
@@ -392,22 +495,35 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
             q_count += 1
         it += n_kept
 
-        _store_rows(acc, l_i, Out, head, qb, b, N, stride_oz, stride_oh, stride_on, stride_od, o_layout, WG, BLOCK,
-                    HEAD_DIM)
+        _store_rows(_normalised(acc, l_i, VScale, b, head, NUM_HEADS, KV_GROUP, FP8), Out, head, qb, b, N,
+                    stride_oz, stride_oh, stride_on, stride_od, WG, BLOCK, HEAD_DIM)
         if n_kept > 0:
             t, w_edges = probe_lap(t, w_edges, PROBE)
     probe_store(Probe, WG, w_kv, w_turn, w_s, w_soft, w_pv, it - q_count, w_edges, PROBE)
 
 
 @gluon.jit
-def _store_rows(acc, l_i, Out, head, qb, b, N, stride_oz, stride_oh, stride_on, stride_od,
-                o_layout: gl.constexpr, WG: gl.constexpr, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr):
-    """Normalise one consumer's 64 rows of a tile (l = 0 only where no block is kept: acc = 0
-    there) and store the rows < N."""
-    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-    l_o = gl.convert_layout(l_i, row_o)
+def _normalised(acc, l_i, VScale, b, head, NUM_HEADS, KV_GROUP, FP8: gl.constexpr):
+    """One consumer's 64 output rows of a tile in fp32: O / l (l = 0 only where no block is kept:
+    O = 0 there), times V's channel scales in FP8 (``runtime/quantize.py``: per batch, K head and
+    channel)."""
+    o_layout: gl.constexpr = acc.type.layout
+    l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))
     l_o = gl.where(l_o > 0.0, l_o, 1.0)
     out = acc / gl.expand_dims(l_o, 1)
+    if FP8:
+        offs_d = gl.arange(0, acc.shape[1], layout=gl.SliceLayout(0, o_layout))
+        v_scales = gl.load(VScale + (b * (NUM_HEADS // KV_GROUP) + head // KV_GROUP) * acc.shape[1] + offs_d)
+        out = out * gl.expand_dims(v_scales, 0)
+    return out
+
+
+@gluon.jit
+def _store_rows(out, Out, head, qb, b, N, stride_oz, stride_oh, stride_on, stride_od,
+                WG: gl.constexpr, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr):
+    """Store one consumer's 64 rows of a tile (``_normalised``), the rows < N."""
+    o_layout: gl.constexpr = out.type.layout
+    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     offs_m = qb * BLOCK + WG * HALF_M + gl.arange(0, HALF_M, layout=row_o)
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
     o_ptrs = (Out + b.to(gl.int64) * stride_oz + head.to(gl.int64) * stride_oh
@@ -416,14 +532,10 @@ def _store_rows(acc, l_i, Out, head, qb, b, N, stride_oz, stride_oh, stride_on, 
 
 
 @gluon.jit
-def _store_rows_tma(acc, l_i, o_desc, o_smem, head, qb, b, o_layout: gl.constexpr, WG: gl.constexpr,
-                    BLOCK: gl.constexpr):
+def _store_rows_tma(out, o_desc, o_smem, head, qb, b, WG: gl.constexpr, BLOCK: gl.constexpr):
     """As ``_store_rows`` through shared memory and a TMA store (rows ≥ N are clipped by the copy
     engine): no per-element addresses in registers, and the copy runs on while the consumer goes on."""
-    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
-    l_o = gl.convert_layout(l_i, row_o)
-    l_o = gl.where(l_o > 0.0, l_o, 1.0)
-    out = (acc / gl.expand_dims(l_o, 1)).to(o_smem.dtype)
+    out = out.to(o_smem.dtype)
     tma.store_wait(0)  # this consumer's previous store has read its buffer
     o_smem.reshape([HALF_M, out.shape[1]]).store(out)
     fence_async_shared()
@@ -432,8 +544,8 @@ def _store_rows_tma(acc, l_i, o_desc, o_smem, head, qb, b, o_layout: gl.constexp
 
 @gluon.jit
 def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns, o_desc,
-                   o_smem, Tiles, Probe, NB, N, qk_scale,
-                   WG: gl.constexpr, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
+                   o_smem, Tiles, Probe, NB, N, qk_scale, Indices, QScale, KScale, VScale, stride_ih, stride_iq,
+                   NUM_HEADS, KV_GROUP, WG: gl.constexpr, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
                    Q_BUFS: gl.constexpr, Q_REGS: gl.constexpr, PROBE: gl.constexpr):
     """As ``_consumer``, with one pipeline over all of this program's kept blocks: the turn that
     issues a tile's first QK product also issues the previous tile's last PV product, whose rows
@@ -442,11 +554,13 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
     (``_tile_turns``): a tile boundary costs the store and the Q wait, not a pipeline fill and
     drain."""
     dtype: gl.constexpr = q_smem.dtype
-    s_layout: gl.constexpr = _acc_layout(BLOCK)
-    o_layout: gl.constexpr = _acc_layout(HEAD_DIM)
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    FP8: gl.constexpr = dtype.is_fp8()
+    s_layout: gl.constexpr = _acc_layout(BLOCK, dtype)
+    o_layout: gl.constexpr = _acc_layout(HEAD_DIM, dtype)
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=_k_width(dtype))
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-    LAZY: gl.constexpr = _lazy_rescale(HEAD_DIM)
+    LAZY: gl.constexpr = _lazy_rescale(HEAD_DIM, dtype)
+    P_SHIFT: gl.constexpr = _p_shift(dtype)
 
     offs_n = gl.arange(0, BLOCK, layout=gl.SliceLayout(0, s_layout))
     s_zero = gl.zeros([HALF_M, BLOCK], gl.float32, layout=s_layout)
@@ -464,11 +578,13 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
         l_i = gl.zeros([HALF_M], gl.float32, layout=row_s)
 
         # The program's first block: S only (there is no P yet).
+        qk_t, krow, kscales = _tile_scales(Indices, QScale, KScale, head, qb, b, qk_scale, stride_ih, stride_iq, NB,
+                                           NUM_HEADS, KV_GROUP, FP8)
         q, qi = _q_operand(q_smem, q_ready, 0, s_layout, WG, HEAD_DIM, Q_BUFS, Q_REGS, True)
         s = _qk_alone(0, q, k_smem, k_ready, k_empty, turns, s_zero, WG, BLOCK, HEAD_DIM, STAGES)
         p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, ((kt & 1) == 1) & (kt >> 1 == 1), tail_start, offs_n,
-                                           qk_scale, N, LAZY)
-        p = _operand(p, dtype, p_layout)
+                                           _block_scale(qk_t, krow, kscales, 0, FP8), N, LAZY, P_SHIFT)
+        p = _carried(p, dtype, p_layout)
         t, w_edges = probe_lap(t, w_edges, PROBE)
 
         it = 0  # kept blocks of the tiles before this one
@@ -478,8 +594,8 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
             n_kept = kt >> 1
             p, acc, m_i, l_i, t, w_kv, w_turn, w_s, w_soft, w_pv = _tile_turns(
                 it, n_kept, (kt & 1) == 1, q, p, acc, m_i, l_i, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty,
-                turns, s_zero, offs_n, tail_start, qk_scale, N, t, w_kv, w_turn, w_s, w_soft, w_pv, WG, BLOCK,
-                HEAD_DIM, STAGES, PROBE)
+                turns, s_zero, offs_n, tail_start, qk_t, krow, kscales, N, t, w_kv, w_turn, w_s, w_soft, w_pv, WG,
+                BLOCK, HEAD_DIM, STAGES, PROBE)
             # Every QK product of this tile has retired: the producer may load a later tile's Q.
             mbarrier.arrive(q_empty.index(qi), count=1)
             it += n_kept
@@ -490,6 +606,8 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
                 head_p, qb_p, b_p, l_p = head, qb, b, l_i
                 head, qb, b, kt = head_n, qb_n, b_n, kt_n
                 head_n, qb_n, b_n, kt_n = _tile_fields(Tiles, i + 2)
+                qk_t, krow, kscales = _tile_scales(Indices, QScale, KScale, head, qb, b, qk_scale, stride_ih,
+                                                   stride_iq, NB, NUM_HEADS, KV_GROUP, FP8)
                 q_next, _ = _q_operand(q_smem, q_ready, i + 1 - first, s_layout, WG, HEAD_DIM, Q_BUFS, Q_REGS,
                                        True)
                 t, w_edges = probe_lap(t, w_edges, PROBE)
@@ -500,14 +618,16 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
                 m_i = gl.full([HALF_M], float("-inf"), gl.float32, layout=row_s)
                 l_i = gl.zeros([HALF_M], gl.float32, layout=row_s)
                 p32, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, ((kt & 1) == 1) & (kt >> 1 == 1), tail_start,
-                                                     offs_n, qk_scale, N, LAZY)
+                                                     offs_n, _block_scale(qk_t, krow, kscales, 0, FP8), N, LAZY,
+                                                     P_SHIFT)
                 t, w_soft = probe_lap(t, w_soft, PROBE)
                 l_i = _fenced(l_i)
                 acc = warpgroup_mma_wait(0, deps=(o,))
-                p = _operand(p32, dtype, p_layout)
+                p = _carried(p32, dtype, p_layout)
                 mbarrier.arrive(v_empty.index(prev), count=1)
                 t, w_pv = probe_lap(t, w_pv, PROBE)
-                _store_rows_tma(acc, l_p, o_desc, o_smem, head_p, qb_p, b_p, o_layout, WG, BLOCK)
+                _store_rows_tma(_normalised(acc, l_p, VScale, b_p, head_p, NUM_HEADS, KV_GROUP, FP8), o_desc, o_smem,
+                                head_p, qb_p, b_p, WG, BLOCK)
                 acc = gl.zeros([HALF_M, HEAD_DIM], gl.float32, layout=o_layout)
                 t, w_edges = probe_lap(t, w_edges, PROBE)
             else:
@@ -515,15 +635,15 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
                 # loop: there, ptxas copies P into the PV operand's registers in every turn
                 t = probe_now(PROBE)
                 acc = _pv_alone(it - 1, p, acc, v_smem, v_ready, v_empty, BLOCK, HEAD_DIM, STAGES)
-                _store_rows_tma(acc, l_i, o_desc, o_smem, head, qb, b, o_layout, WG, BLOCK)
+                _store_rows_tma(_normalised(acc, l_i, VScale, b, head, NUM_HEADS, KV_GROUP, FP8), o_desc, o_smem,
+                                head, qb, b, WG, BLOCK)
                 t, w_edges = probe_lap(t, w_edges, PROBE)
 
     # Tiles with no kept block (last in the program's list) output zeros.
-    zero_acc = gl.zeros([HALF_M, HEAD_DIM], gl.float32, layout=o_layout)
-    zero_l = gl.zeros([HALF_M], gl.float32, layout=row_s)
+    zeros = gl.zeros([HALF_M, HEAD_DIM], gl.float32, layout=o_layout)
     for i in range(empty_from, end):
         head, qb, b, kt = _tile_fields(Tiles, i)
-        _store_rows_tma(zero_acc, zero_l, o_desc, o_smem, head, qb, b, o_layout, WG, BLOCK)
+        _store_rows_tma(zeros, o_desc, o_smem, head, qb, b, WG, BLOCK)
     tma.store_wait(0)  # the program must not end before its stores have read shared memory
     # Every block after the program's first is a full turn here (a tile's first carries the last one's PV).
     probe_store(Probe, WG, w_kv, w_turn, w_s, w_soft, w_pv, gl.maximum(total - 1, 0), w_edges, PROBE)
@@ -531,20 +651,28 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
 
 @gluon.jit
 def ws_block_sparse_fwd(
-    q_desc, k_desc, v_desc, o_desc, Out, Indices, Tiles, Probe,
+    q_desc, k_desc, v_desc, o_desc, Out, Indices, Tiles, Probe, QScale, KScale, VScale,
     stride_oz, stride_oh, stride_on, stride_od, stride_ih, stride_iq,
-    qk_scale, N, NB, KV_GROUP,
+    qk_scale, N, NB, KV_GROUP, NUM_HEADS,
     HEAD_DIM: gl.constexpr, BLOCK: gl.constexpr, STAGES: gl.constexpr, Q_BUFS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr, FLAT: gl.constexpr, Q_REGS: gl.constexpr,
     PROBE: gl.constexpr,
 ):
     """Program p runs the tiles of its part of ``Tiles`` (``tile_table``); a tile is one plan block
-    (BLOCK = 128 query rows) of one head and batch element."""
+    (BLOCK = 128 query rows) of one head and batch element.
+
+    FP8 (e4m3 descriptors): q, K and V are ``runtime/quantize.py``'s operands, V's descriptor over
+    its channel-major storage ([.., D, N], boxes [HEAD_DIM, BLOCK]), and QScale, KScale, VScale
+    their float32 scales; the output is in ``o_desc``'s / Out's dtype. Otherwise the scales are
+    not read."""
     dtype: gl.constexpr = q_desc.dtype
     # Q_BUFS tiles' Q (two 64-row halves each): the next tile's Q arrives during this one.
     q_smem = gl.allocate_shared_memory(dtype, [2 * Q_BUFS, 1, 1, HALF_M, HEAD_DIM], q_desc.layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BLOCK, HEAD_DIM], k_desc.layout)
-    v_smem = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BLOCK, HEAD_DIM], v_desc.layout)
+    if dtype.is_fp8():
+        v_smem = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, HEAD_DIM, BLOCK], v_desc.layout)
+    else:
+        v_smem = gl.allocate_shared_memory(dtype, [STAGES, 1, 1, BLOCK, HEAD_DIM], v_desc.layout)
     q_ready = gl.allocate_shared_memory(gl.int64, [2 * Q_BUFS, 1], mbarrier.MBarrierLayout())
     q_empty = gl.allocate_shared_memory(gl.int64, [2 * Q_BUFS, 1], mbarrier.MBarrierLayout())
     turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
@@ -574,28 +702,31 @@ def ws_block_sparse_fwd(
     s_ih = gl.to_tensor(stride_ih)
     s_iq = gl.to_tensor(stride_iq)
     kv_group = gl.to_tensor(KV_GROUP)
+    num_heads = gl.to_tensor(NUM_HEADS)
     # (Argument tuples stay literal: a tuple held in a variable loses its constexprs.)
     if FLAT:
         # One output staging buffer per consumer for its TMA stores.
-        o_smem = gl.allocate_shared_memory(dtype, [2, 1, 1, HALF_M, HEAD_DIM], o_desc.layout)
+        o_smem = gl.allocate_shared_memory(o_desc.dtype, [2, 1, 1, HALF_M, HEAD_DIM], o_desc.layout)
         gl.warp_specialize([
             (_consumer_flat, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns,
-                                 o_desc, o_smem.index(0), Tiles, Probe, nb, n, qk_scale, 0, BLOCK, HEAD_DIM, STAGES,
-                                 Q_BUFS, Q_REGS, PROBE)),
+                                 o_desc, o_smem.index(0), Tiles, Probe, nb, n, qk_scale, Indices, QScale, KScale,
+                                 VScale, s_ih, s_iq, num_heads, kv_group, 0, BLOCK, HEAD_DIM, STAGES, Q_BUFS, Q_REGS,
+                                 PROBE)),
             (_consumer_flat, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns,
-                                 o_desc, o_smem.index(1), Tiles, Probe, nb, n, qk_scale, 1, BLOCK, HEAD_DIM, STAGES,
-                                 Q_BUFS, Q_REGS, PROBE)),
+                                 o_desc, o_smem.index(1), Tiles, Probe, nb, n, qk_scale, Indices, QScale, KScale,
+                                 VScale, s_ih, s_iq, num_heads, kv_group, 1, BLOCK, HEAD_DIM, STAGES, Q_BUFS, Q_REGS,
+                                 PROBE)),
             (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty,
                          v_ready, v_empty, Tiles, Indices, s_ih, s_iq, kv_group, BLOCK, STAGES, Q_BUFS)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])
     else:
         gl.warp_specialize([
             (_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns, Out,
-                         Tiles, Probe, nb, n, qk_scale, s_oz, s_oh, s_on, s_od, 0, BLOCK, HEAD_DIM, STAGES,
-                         Q_BUFS, Q_REGS, PROBE)),
+                         Tiles, Probe, nb, n, qk_scale, s_oz, s_oh, s_on, s_od, Indices, QScale, KScale, VScale,
+                         s_ih, s_iq, num_heads, kv_group, 0, BLOCK, HEAD_DIM, STAGES, Q_BUFS, Q_REGS, PROBE)),
             (_consumer, (q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns, Out,
-                         Tiles, Probe, nb, n, qk_scale, s_oz, s_oh, s_on, s_od, 1, BLOCK, HEAD_DIM, STAGES,
-                         Q_BUFS, Q_REGS, PROBE)),
+                         Tiles, Probe, nb, n, qk_scale, s_oz, s_oh, s_on, s_od, Indices, QScale, KScale, VScale,
+                         s_ih, s_iq, num_heads, kv_group, 1, BLOCK, HEAD_DIM, STAGES, Q_BUFS, Q_REGS, PROBE)),
             (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty,
                          v_ready, v_empty, Tiles, Indices, s_ih, s_iq, kv_group, BLOCK, STAGES, Q_BUFS)),
         ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])

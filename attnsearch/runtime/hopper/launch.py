@@ -13,6 +13,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ..block_tables import BlockTables
 from ..device_caps import num_sms, tma_compatible
+from ..quantize import FP8, Fp8Scales, quantize_fp8
 from ..schedule import assign
 from . import kernel
 from .kernel import GL_DTYPES
@@ -24,14 +25,19 @@ MAXNREG = 168
 
 
 @functools.lru_cache(maxsize=None)
-def _smem_layout(rows: int, head_dim: int, dtype: torch.dtype) -> gl.NVMMASharedLayout:
-    """Shared-memory layout of one TMA box [1, 1, rows, head_dim] (a pure function of its arguments,
+def _smem_layout(rows: int, cols: int, dtype: torch.dtype) -> gl.NVMMASharedLayout:
+    """Shared-memory layout of one TMA box [1, 1, rows, cols] (a pure function of its arguments,
     cached: building it is a third of a descriptor's host time)."""
-    return gl.NVMMASharedLayout.get_default_for([1, 1, rows, head_dim], GL_DTYPES[dtype])
+    return gl.NVMMASharedLayout.get_default_for([1, 1, rows, cols], GL_DTYPES[dtype])
 
 
 def descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
-    """TMA descriptor of a [batch, H, N, D] tensor, boxes of ``rows`` × D."""
+    """TMA descriptor of a [batch, H, N, D] tensor, boxes of ``rows`` × D; for FP8's V (channel-major,
+    ``quantize_fp8(key_order="wgmma")``) a descriptor of its [batch, H, D, N] storage, boxes of D × ``rows``."""
+    if t.dtype == FP8 and t.stride(-2) == 1:
+        t = t.transpose(-1, -2)
+        return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, t.shape[-2], rows],
+                                _smem_layout(t.shape[-2], rows, t.dtype))
     return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, t.shape[-1]],
                             _smem_layout(rows, t.shape[-1], t.dtype))
 
@@ -107,8 +113,11 @@ def launch_grid(num_tiles: int, device: torch.device, persistent: bool = True) -
 def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, tables: BlockTables,
            work: torch.Tensor, scale: float, stages: int = 2, consumer_regs: int = 240,
            producer_regs: int = 24, persistent: bool = True, q_bufs: int = 2, flat: bool | None = None,
-           probe: torch.Tensor | None = None, q_regs: bool | None = None) -> None:
-    """One launch over ``work``; arguments as ``triton.launch.launch``. ``persistent``: one program
+           probe: torch.Tensor | None = None, q_regs: bool | None = None,
+           fp8_scales: Fp8Scales | None = None) -> None:
+    """One launch over ``work``; arguments as ``triton.launch.launch``. ``fp8_scales``: q, k, v are
+    ``quantize_fp8(..., key_order="wgmma")``'s e4m3 operands and these their scales; ``out`` is
+    fp16 or bf16. ``persistent``: one program
     per SM, each running its share of the tiles (``tile_table``); else one program per tile.
     ``flat``: the consumers' schedule (``_consumer_flat`` or ``_consumer``); None: ``prefers_flat``.
     ``probe``: int32 [programs (``launch_grid``), 2, len(PROBE_FIELDS)], filled with each program's and consumer's
@@ -117,6 +126,11 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
     Q in registers (None: ``q_in_registers``)."""
     batch, num_heads, n, d = q.shape
     bs = tables.block_size
+    if (fp8_scales is not None) != (q.dtype == FP8) or not all(t.dtype == q.dtype for t in (k, v)):
+        raise ValueError(f"operands {q.dtype} / {k.dtype} / {v.dtype} with{'' if fp8_scales is not None else 'out'} "
+                         f"fp8_scales: FP8 operands come with their scales, and only they")
+    if fp8_scales is not None and (v.shape[-2] % 32 or v.stride(-2) != 1):
+        raise ValueError("v: FP8's V must be quantize_fp8(..., key_order='wgmma')'s channel-major storage")
     num_tiles = work.numel() * batch
     programs = launch_grid(num_tiles, q.device, persistent)
     if probe is not None and (probe.dtype != torch.int32 or probe.device != q.device
@@ -136,12 +150,13 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
         raise ValueError("out: the flat schedule stores through TMA and needs a unit last stride and 16-byte "
                          "aligned base and strides")
     q_desc = descriptor(q, kernel.HALF_M.value)
+    qs, ks, vs = fp8_scales if fp8_scales is not None else (table,) * 3  # unread unless FP8
     kernel.ws_block_sparse_fwd[(programs,)](
         # The tile schedule stores with pointers: q's descriptor only fills the unused argument.
         q_desc, descriptor(k, bs), descriptor(v, bs), descriptor(out, kernel.HALF_M.value) if flat else q_desc, out,
-        tables.indices, table, table if probe is None else probe,
+        tables.indices, table, table if probe is None else probe, qs, ks, vs,
         *out.stride(), tables.indices.stride(0), tables.indices.stride(1),
-        scale * kernel.LOG2E, n, tables.num_blocks, num_heads // k.shape[1],
+        scale * kernel.LOG2E, n, tables.num_blocks, num_heads // k.shape[1], num_heads,
         HEAD_DIM=d, BLOCK=bs, STAGES=stages, Q_BUFS=q_bufs, CONSUMER_REGS=consumer_regs,
         PRODUCER_REGS=producer_regs, FLAT=flat, Q_REGS=q_regs, PROBE=probe is not None, num_warps=4,
         maxnreg=MAXNREG,
@@ -152,8 +167,8 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
             out: torch.Tensor | None = None, stages: int = 2, consumer_regs: int = 240,
             producer_regs: int = 24, persistent: bool = True, q_bufs: int = 2,
             flat: bool | None = None, precision: str = "native") -> torch.Tensor:
-    """Block-sparse attention of one layer plan's native-precision heads (the tables, block size
-    128) on a Hopper GPU; the skip heads are zeroed when native is the tables' first precision.
+    """Block-sparse attention of one precision's heads of a layer plan (the tables, block size 128)
+    on a Hopper GPU; the skip heads are zeroed when it is the tables' first precision.
 
     Args:
         q: [batch, H, N, D]; k, v: [batch, H_kv, N, D] (H % H_kv == 0); fp16 or bf16, D 64 or 128,
@@ -164,19 +179,34 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: BlockTabl
         persistent: one program per SM (else one per tile).
         flat: the consumers' schedule (see ``launch``); an ``out`` TMA cannot write gets the tile
             schedule.
-        precision: "native" only (the kernel's products run in q's dtype).
+        precision: "native" (the products in q's dtype) or "fp8" (the launches' heads quantized by
+            ``quantize_fp8`` first, V in the "wgmma" key order; the output in q's dtype).
     Returns:
         ``out``.
     """
-    if precision != "native":
-        raise ValueError(f"precision: the Hopper kernel runs 'native' only, got {precision!r}")
+    if precision not in ("native", "fp8"):
+        raise ValueError(f"precision: the Hopper kernel runs 'native' or 'fp8', got {precision!r}")
     if out is None:
         out = torch.empty_like(q)
-    if not tma_compatible(out):
-        flat = False  # an output TMA cannot write gets the tile schedule (pointer stores)
     tables.prepare_output(out, precision)
+    scales = None
+    if tables.launches_of(precision) and precision == "fp8":
+        q, k, v, scales = quantize_fp8(q, k, v, tables.block_size, heads=tables.head_index("fp8"),
+                                       key_order="wgmma")
+    launch_all(q, k, v, out, tables, scale, precision, stages, consumer_regs, producer_regs, persistent, q_bufs,
+               flat, fp8_scales=scales)
+    return out
+
+
+def launch_all(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, tables: BlockTables,
+               scale: float, precision: str, stages: int = 2, consumer_regs: int = 240, producer_regs: int = 24,
+               persistent: bool = True, q_bufs: int = 2, flat: bool | None = None,
+               fp8_scales: Fp8Scales | None = None) -> None:
+    """Every launch of the tables' ``precision`` (skip heads not zeroed); FP8 on ``quantize_fp8``'s
+    operands (``fp8_scales``: theirs). An ``out`` TMA cannot write gets the tile schedule."""
+    if not tma_compatible(out):
+        flat = False
     for item in tables.launches_of(precision):
         launch(q, k, v, out, tables, item.work, scale, stages, consumer_regs, producer_regs, persistent, q_bufs,
-               flat)
-    return out
+               flat, fp8_scales=fp8_scales)
 

@@ -149,13 +149,22 @@ def innermost_loops(ops: list[tuple[int, str]], has: tuple[str, ...] = ()) -> li
             if not any(lo <= a and b <= hi and (a, b) != (lo, hi) for a, b in loops)]
 
 
+#: What marks a consumer's steady-state turn loop: an innermost loop that issues wgmmas (HGMMA in
+#: 16 bits, QGMMA in FP8) and runs a softmax.
+TURN_LOOP = ("GMMA", "MUFU.EX2")
+
+
+def turn_loops(sass: str) -> list[list[str]]:
+    """The instructions of each consumer's steady-state turn loop, in code order."""
+    return innermost_loops(sass_ops(sass), has=TURN_LOOP)
+
+
 def pv_wait_after_softmax(sass: str) -> list[bool]:
-    """For each innermost loop of the SASS that issues a PV product (a wgmma with a transposed
-    shared-memory B operand) and runs a softmax, whether its full wgmma wait (``WARPGROUP.DEPBAR.LE
-    gsb0, 0x0``) comes after the loop's last ``MUFU.EX2``: the consumer's softmax then runs beside its
-    own PV product. One entry per consumer loop, in code order."""
+    """For each consumer's turn loop, whether its full wgmma wait (``WARPGROUP.DEPBAR.LE gsb0,
+    0x0``) comes after the loop's last ``MUFU.EX2``: the consumer's softmax then runs beside its own
+    PV product. One entry per consumer loop, in code order."""
     found = []
-    for body in innermost_loops(sass_ops(sass), has=("tnspB", "MUFU.EX2")):
+    for body in turn_loops(sass):
         last_exp = max(k for k, o in enumerate(body) if "MUFU.EX2" in o)
         waits = [k for k, o in enumerate(body) if "WARPGROUP.DEPBAR.LE gsb0, 0x0" in o]
         found.append(bool(waits) and min(waits) > last_exp)
@@ -167,8 +176,13 @@ def turn_loop_moves(sass: str) -> list[int]:
     innermost loops that issue a PV product and run a softmax), in code order. A handful is loop
     bookkeeping; 32 or 64 means ptxas copies P into the PV product's operand registers on every
     turn, while the consumer holds the tensor cores."""
-    return [sum(opcode(o) in ("MOV", "IMAD.MOV.U32", "IMAD.MOV") for o in body)
-            for body in innermost_loops(sass_ops(sass), has=("tnspB", "MUFU.EX2"))]
+    return [sum(opcode(o) in ("MOV", "IMAD.MOV.U32", "IMAD.MOV") for o in body) for body in turn_loops(sass)]
+
+
+def turn_loop_ops(sass: str, *opcodes: str) -> list[int]:
+    """How many instructions of each consumer's turn loop have one of ``opcodes`` (all of them when
+    none is named), in code order."""
+    return [sum(not opcodes or opcode(o) in opcodes for o in body) for body in turn_loops(sass)]
 
 
 def qk_operand_a(sass: str) -> set[str]:
@@ -195,14 +209,18 @@ def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs
     from .launch import MAXNREG, q_in_registers
 
     fn = ws.ws_block_sparse_fwd
-    gl_dtype = {"bf16": gl.bfloat16, "fp16": gl.float16}[dtype]
+    gl_dtypes = {"bf16": gl.bfloat16, "fp16": gl.float16, "fp8e4nv": gl.float8e4nv}
+    out_dtype = "bf16" if dtype == "fp8e4nv" else dtype  # FP8 operands, output in the caller's dtype
     sig, const, attrs = {}, {}, {}
     for name in fn.arg_names:
         if name.endswith("_desc"):
             box = [1, 1, int(ws.HALF_M.value) if name in ("q_desc", "o_desc") else 128, head_dim]
-            layout = gl.NVMMASharedLayout.get_default_for(box, gl_dtype)
-            sig[name] = f"tensordesc<{dtype}[{', '.join(map(str, box))}],{layout!r}>"
-    _other_args(fn, dtype, sig, const, attrs)
+            if name == "v_desc" and dtype == "fp8e4nv":
+                box = [1, 1, head_dim, 128]  # V channel-major
+            desc_dtype = out_dtype if name == "o_desc" else dtype
+            layout = gl.NVMMASharedLayout.get_default_for(box, gl_dtypes[desc_dtype])
+            sig[name] = f"tensordesc<{desc_dtype}[{', '.join(map(str, box))}],{layout!r}>"
+    _other_args(fn, out_dtype, sig, const, attrs)
     constexprs = {"Q_REGS": q_in_registers(head_dim), **constexprs}  # as ``launch`` decides, unless overridden
     const.update(HEAD_DIM=head_dim, BLOCK=128, STAGES=stages, Q_BUFS=q_bufs, FLAT=flat, PROBE=probe,
                  CONSUMER_REGS=consumer_regs, PRODUCER_REGS=producer_regs, **constexprs)
@@ -221,8 +239,15 @@ def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs
             "pv_wait_after_softmax": pv_wait_after_softmax(sass),
             "qk_operand_a": qk_operand_a(sass),
             "turn_loop_moves": turn_loop_moves(sass),
+            "turn_loop_ops": turn_loop_ops(sass),
+            # P's e4m3 operand built without moving values between threads or repacking bytes
+            "turn_loop_shuffles_and_permutes": turn_loop_ops(sass, "SHFL.IDX", "PRMT"),
+            "turn_loop_spills": turn_loop_ops(sass, "STL", "LDL", "LDL.LU"),
+            "wgmma_types": {f"{a}.{b}" for a, b in re.findall(
+                r"wgmma\.mma_async\.sync\.aligned\.m\d+n\d+k\d+\.f32\.(\w+)\.(\w+)", ptx)},
             "local_stores": len(re.findall(r"\bSTL(\.\w+)*\s", sass))}  # register spills
 
 
-__all__ = ["HOPPER", "innermost_loops", "opcode", "probe_gluon_ws", "probe_triton", "ptx_to_sass", "pv_wait_after_softmax",
-           "qk_operand_a", "sass_ops", "signature", "turn_loop_moves"]
+__all__ = ["HOPPER", "TURN_LOOP", "innermost_loops", "opcode", "probe_gluon_ws", "probe_triton", "ptx_to_sass",
+           "pv_wait_after_softmax", "qk_operand_a", "sass_ops", "signature", "turn_loop_moves", "turn_loop_ops",
+           "turn_loops"]
