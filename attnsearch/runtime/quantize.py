@@ -42,17 +42,22 @@ def wgmma_position(r):
     return (r & 0b10001) | ((r & 0b00110) << 1) | ((r & 0b01000) >> 2)
 
 
-def in_wgmma_order(v8: torch.Tensor) -> torch.Tensor:
-    """A natural-order FP8 V ([B, H, N, D] view of channel-major storage) in the "wgmma" order: a
+def wgmma_key(p):
+    """The key at column p of its group of 32 in the "wgmma" order: ``wgmma_position``'s inverse."""
+    return (p & 0b10001) | ((p & 0b01100) >> 1) | ((p & 0b00010) << 2)
+
+
+def _in_wgmma_order(v8: torch.Tensor) -> torch.Tensor:
+    """A natural-order V ([B, H, N, D] view of channel-major storage) in the "wgmma" order: a
     [B, H, N32, D] view (N32 = N rounded up to 32) of new [B, H, D, N32] storage, the columns of
     keys ≥ N zero."""
     batch, heads, n, d = v8.shape
     n32 = -(-n // 32) * 32
-    keys = torch.arange(n, device=v8.device)
-    columns = keys - keys % 32 + wgmma_position(keys % 32)
-    storage = torch.zeros(batch, heads, d, n32, dtype=torch.uint8, device=v8.device)
-    storage.index_copy_(-1, columns, v8.transpose(-1, -2).view(torch.uint8))
-    return storage.view(FP8).transpose(-1, -2)
+    columns = torch.arange(n32, device=v8.device)
+    keys = columns - columns % 32 + wgmma_key(columns % 32)
+    storage = torch.zeros(batch, heads, d, n32 + 1, dtype=torch.uint8, device=v8.device)
+    storage[..., :n] = v8.transpose(-1, -2).view(torch.uint8)     # column n32: the zero keys ≥ N read
+    return storage[..., keys.clamp(max=n32).where(keys < n, n32)].view(FP8).transpose(-1, -2)
 
 
 class Fp8Scales(NamedTuple):
@@ -93,65 +98,87 @@ def _per_channel_transposed(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 def quantize_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int, *,
                  heads: torch.Tensor | None = None, kernels: bool | None = None,
                  key_order: str = "natural") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Fp8Scales]:
-    """e4m3 q, k (row-major, per block) and v (channel-major, per channel, keys in ``key_order``:
-    ``KEY_ORDERS``) and their scales.
+    """e4m3 q, k (row-major, per block) and v (channel-major, per channel, its keys in
+    ``key_order``, one of ``KEY_ORDERS``) and their scales.
 
     ``heads``: int32 query heads, distinct, on q's device, whose operands are needed (the heads of
-    a layer that run FP8: ``Launch.head_index``); K and V heads follow (``enable_gqa``'s grouping:
-    a K/V head shared by several listed heads is written once per head, the same bytes). The
-    outputs keep every head's place, and entries of other heads are unspecified (the kernels leave
-    them unwritten). None: every head. Nothing is copied from the host, so a call can be captured
-    in a CUDA graph.
+    a layer that run FP8: ``Launch.head_index``); K and V heads follow (``enable_gqa``'s grouping;
+    the kernels write a K/V head shared by several listed heads once). The outputs keep every
+    head's place, and entries of other heads are unspecified (the kernels leave them unwritten).
+    None: every head. Nothing is copied from the host, so a call can be captured in a CUDA graph.
     ``kernels``: compute them with the Triton kernels (``triton/quantize_kernel.py``: the same
-    values in fewer passes, only the listed heads); None: on CUDA tensors. Not under
-    TRITON_INTERPRET=1: the interpreter's fp32 → e4m3 cast loses the carry of some round-ups into
-    the next power of two (124 → 64, 1.95 → 1.0 with Triton 3.9), where PyTorch and the GPU give 128
-    and 2."""
+    values in two launches, only the listed heads); None: on CUDA tensors. Under
+    TRITON_INTERPRET=1 the kernels run, but the interpreter's fp32 → e4m3 cast loses the carry of
+    some round-ups into the next power of two (124 → 64, 1.95 → 1.0 with Triton 3.9), where PyTorch
+    and the GPU give 128 and 2: there only the scales and layouts are the definition's exactly
+    (``tests/runtime/test_quantize_kernels.py`` checks the bytes against the interpreter's own cast
+    of the definition's quotients)."""
     if key_order not in KEY_ORDERS:
         raise ValueError(f"key_order: must be one of {KEY_ORDERS}, got {key_order!r}")
     if kernels is None:
         kernels = q.is_cuda
     if kernels:
-        if heads is None:
-            heads = torch.arange(q.shape[1], dtype=torch.int32, device=q.device)
-        q8, k8, v8, scales = _quantize_triton(q, k, v, block_size, heads)
-    else:
-        q8, qs = _per_block(q, block_size)
-        k8, ks = _per_block(k, block_size)
-        v8, vs = _per_channel_transposed(v)
-        scales = Fp8Scales(qs, ks, vs)
+        return _quantize_triton(q, k, v, block_size, heads, key_order == "wgmma")
+    q8, qs = _per_block(q, block_size)
+    k8, ks = _per_block(k, block_size)
+    v8, vs = _per_channel_transposed(v)
     if key_order == "wgmma":
-        v8 = in_wgmma_order(v8)
-    return q8, k8, v8, scales
+        v8 = _in_wgmma_order(v8)
+    return q8, k8, v8, Fp8Scales(qs, ks, vs)
 
 
-def _quantize_triton(q, k, v, block_size, heads):
+#: Tokens per program of ``quantize_channels``: each channel's bytes of a tile are one 128-byte line
+#: of V's channel-major storage.
+CHANNEL_ROWS = 128
+#: float32 elements (256 bytes) each part of ``_quantize_triton``'s float32 buffer starts on: the
+#: attention kernel is specialised for 16-byte-aligned scale pointers.
+_ALIGN = 64
+
+
+def _warps(rows: int, head_dim: int) -> int:
+    """Warps of a program over a [rows, head_dim] tile: 8 from 128 × 128 up (64 fp32 values a thread)."""
+    return 8 if rows * head_dim >= 128 * 128 else 4
+
+
+def _quantize_triton(q, k, v, block_size, heads, wgmma_order: bool):
+    """``quantize_fp8`` in two launches (``quantize_rows``: q's and K's blocks and V's channel amax;
+    ``quantize_channels``: V channel-major, its scales from that amax) and four allocations: the
+    three e4m3 outputs and one zero-filled float32 buffer holding the three scale tensors and the
+    amax workspace. The atomic max needs the zeros; the scales need none, but one buffer is one
+    allocation and one memset where separate tensors would be four allocations and the memset.
+    No other torch op runs on the device; the K/V head of a listed head (head // group) is taken
+    in the kernels."""
     from .triton import quantize_kernel as qk
 
-    q_heads = heads
-    kv_heads = heads // (q.shape[1] // k.shape[1])
-
-    def blocks(x, listed):
-        batch, num, n, d = x.shape
-        nb = math.ceil(n / block_size)
-        x8 = torch.empty(batch, num, n, d, dtype=FP8, device=x.device)
-        scale = torch.empty(batch, num, nb, dtype=torch.float32, device=x.device)
-        qk.quantize_blocks[(batch * listed.numel(), nb)](x, x8, scale, listed, *x.stride(), n, nb, num, listed.numel(),
-                                                         BLOCK=block_size, HEAD_DIM=d)
-        return x8, scale
-
-    q8, qs = blocks(q, q_heads)
-    k8, ks = blocks(k, kv_heads)
-    batch, num, n, d = v.shape
-    grid = (batch * kv_heads.numel(), math.ceil(n / block_size))
-    amax = torch.zeros(batch, num, d, dtype=torch.float32, device=v.device)
-    qk.channel_amax[grid](v, amax, kv_heads, *v.stride(), n, num, kv_heads.numel(), BLOCK=block_size, HEAD_DIM=d)
-    vs = _scale(amax)
-    n_pad = -(-n // 16) * 16
-    storage = torch.empty(batch, num, d, n_pad, dtype=FP8, device=v.device)
-    qk.quantize_channels[grid](v, storage, vs, kv_heads, *v.stride(), n, n_pad, num, kv_heads.numel(),
-                               BLOCK=block_size, HEAD_DIM=d)
-    return q8, k8, storage[..., :n].transpose(-1, -2), Fp8Scales(qs, ks, vs)
+    batch, num_heads, n, d = q.shape
+    kv_heads = k.shape[1]
+    nb = -(-n // block_size)
+    n_pad = -(-n // 32) * 32 if wgmma_order else -(-n // 16) * 16
+    device = q.device
+    q8 = torch.empty(batch, num_heads, n, d, dtype=FP8, device=device)
+    k8 = torch.empty(batch, kv_heads, n, d, dtype=FP8, device=device)
+    v8 = torch.empty(batch, kv_heads, d, n_pad, dtype=FP8, device=device)
+    q_at = 0
+    k_at = q_at + -(-batch * num_heads * nb // _ALIGN) * _ALIGN
+    v_at = k_at + -(-batch * kv_heads * nb // _ALIGN) * _ALIGN
+    amax_at = v_at + -(-batch * kv_heads * d // _ALIGN) * _ALIGN
+    f32 = torch.zeros(amax_at + batch * kv_heads * d, dtype=torch.float32, device=device)
+    scales = Fp8Scales(f32.as_strided((batch, num_heads, nb), (num_heads * nb, nb, 1), q_at),
+                       f32.as_strided((batch, kv_heads, nb), (kv_heads * nb, nb, 1), k_at),
+                       f32.as_strided((batch, kv_heads, d), (kv_heads * d, d, 1), v_at))
+    amax = f32[amax_at:]
+    nh = num_heads if heads is None else heads.numel()
+    if batch * nh and n:
+        # HEADS_PAD: a listed head's earlier entries are read as one vector of this power of two
+        const = dict(HEAD_DIM=d, GROUP=num_heads // kv_heads, LISTED=heads is not None,
+                     HEADS_PAD=1 << (num_heads - 1).bit_length())
+        qk.quantize_rows[(nb, batch * nh, 3)](
+            q, k, v, q8, k8, scales.q, scales.k, amax, heads, *q.stride(), *k.stride(), *v.stride(),
+            n, nb, num_heads, kv_heads, nh, BLOCK=block_size, num_warps=_warps(block_size, d), **const)
+        qk.quantize_channels[(-(-n_pad // CHANNEL_ROWS), batch * nh)](
+            v, v8, scales.v, amax, heads, *v.stride(), n, n_pad, kv_heads, nh,
+            ROWS=CHANNEL_ROWS, WGMMA_ORDER=wgmma_order, num_warps=_warps(CHANNEL_ROWS, d), **const)
+    return q8, k8, (v8 if wgmma_order else v8[..., :n]).transpose(-1, -2), scales
 
 
 def dequantize(x8: torch.Tensor, scale: torch.Tensor, block_size: int | None) -> torch.Tensor:
@@ -194,4 +221,4 @@ def fp8_attention_rows(s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["E4M3_MAX", "FP8", "Fp8Scales", "KEY_ORDERS", "dequantize", "fp8_attention_rows", "fp8_operands",
-           "in_wgmma_order", "quantize_fp8", "round_probabilities", "wgmma_position"]
+           "quantize_fp8", "round_probabilities", "wgmma_key", "wgmma_position"]

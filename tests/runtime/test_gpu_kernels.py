@@ -3,7 +3,8 @@ kernel (both consumer schedules, where it runs) and the Triton kernel (its first
 and without TMA) and "auto" dispatch against SDPA in fp32 on the token-expanded block mask; mixed
 families with a skip head, batch 2, N % B ≠ 0, text prefix and suffix, [B, N, H, D].transpose(1, 2)
 inputs, NaN-poisoned outputs; and "auto" captured in a CUDA graph, replayed on new inputs (native, and native with FP8 heads);
-FP8 heads against the torch backend's emulation; the quantization kernels against their definition."""
+FP8 heads against the torch backend's emulation; the quantization kernels against their definition
+(eager and captured in a CUDA graph)."""
 
 from __future__ import annotations
 
@@ -197,15 +198,19 @@ def test_hopper_fp8_kernel_is_attention_on_its_quantized_operands(where, head_di
     assert float(((wrong.float() - ref).norm() / ref.norm())) > 0.05
 
 
-@pytest.mark.parametrize("block_size", [64, 128])
-def test_quantization_kernels_equal_the_definition(block_size):
+@pytest.mark.parametrize("block_size,head_dim,dtype", [(64, 128, torch.bfloat16), (128, 128, torch.bfloat16),
+                                                      (128, 64, torch.float16)])
+def test_quantization_kernels_equal_the_definition(block_size, head_dim, dtype):
     """``quantize_fp8``'s Triton kernels give the PyTorch definition's e4m3 bytes, layouts and scales
-    exactly: [B, N, H, D] bf16 views, N % B ≠ 0, an all-zero block, fewer K/V heads."""
+    exactly: batch 2, [B, N, H, D] views, N % 16 ≠ 0 and N % B ≠ 0, an all-zero block and V
+    channel, fewer K/V heads (each written once)."""
     from attnsearch.runtime.quantize import quantize_fp8
 
     geom = GEOMS["prefix"]
-    q, k, v = inputs(geom, 4, 128, torch.bfloat16, gqa=2, seed=block_size)
+    q, k, v = inputs(geom, 4, head_dim, dtype, gqa=2, seed=block_size)
+    assert geom.num_tokens % 16 and not q.is_contiguous()
     q[:, 1, :block_size] = 0
+    v[:, 0, :, 3] = 0
     fast = quantize_fp8(q, k, v, block_size, kernels=True)
     slow = quantize_fp8(q, k, v, block_size, kernels=False)
     for a, b in zip(fast[:3], slow[:3]):
@@ -231,6 +236,32 @@ def test_quantization_kernels_of_a_head_subset_equal_the_definition_on_those_hea
     for i, listed in enumerate((list(heads), kv, kv)):
         assert torch.equal(fast[i][:, listed].view(torch.uint8), slow[i][:, listed].view(torch.uint8)), i
     for a, b, listed in zip(fast[3], slow[3], (list(heads), kv, kv)):
+        assert torch.equal(a[:, listed], b[:, listed])
+
+
+def test_quantization_is_captured_in_a_cuda_graph():
+    """``quantize_fp8(..., heads=...)`` captured in a CUDA graph and replayed on new, smaller inputs
+    gives the definition's bytes and scales on them: nothing is read from the host, and the amax
+    workspace starts from zero at every replay."""
+    from attnsearch.runtime.quantize import quantize_fp8
+
+    geom = GEOMS["suffix"]
+    q, k, v = (x.contiguous() for x in inputs(geom, 8, 128, torch.bfloat16, gqa=2, seed=11))
+    heads = torch.tensor([6, 1, 0, 3], dtype=torch.int32, device="cuda")
+    kv = [0, 1, 3]
+    quantize_fp8(q, k, v, 128, heads=heads)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fast = quantize_fp8(q, k, v, 128, heads=heads)
+    for t, new in zip((q, k, v), inputs(geom, 8, 128, torch.bfloat16, gqa=2, seed=12)):
+        t.copy_(new * 0.01)
+    graph.replay()
+    torch.cuda.synchronize()
+    slow = quantize_fp8(q, k, v, 128, kernels=False)
+    for i, listed in enumerate(([6, 1, 0, 3], kv, kv)):
+        assert torch.equal(fast[i][:, listed].view(torch.uint8), slow[i][:, listed].view(torch.uint8)), i
+    for a, b, listed in zip(fast[3], slow[3], ([6, 1, 0, 3], kv, kv)):
         assert torch.equal(a[:, listed], b[:, listed])
 
 

@@ -152,3 +152,18 @@ def test_lazy_rescale_ptx_writes_every_output_on_both_paths(n):
     assert sorted((int(o), int(a)) for o, a in movs) == [(i, n + i) for i in range(n)]
     assert re.findall(r"setp\.neu(?:\.or)?\.f32 %p_rescale, \$(\d+)", asm) == [str(2 * n), str(2 * n + 2)]
     assert hopper_kernel.rescale_constraints(n).split(",") == ["=f"] * n + ["f"] * (2 * n)
+
+
+# --- the FP8 quantization kernels (attnsearch/runtime/triton/quantize_kernel.py) -----------------
+
+
+@pytest.mark.parametrize("head_dim,block,group,listed", [(128, 128, 1, True), (64, 64, 2, False)])
+def test_quantization_kernels_store_16_byte_vectors_without_spills(head_dim, block, group, listed):
+    """The pass is bound by memory bandwidth only if every e4m3 store is a 16-byte vector: q's and
+    K's rows along D, V's channel-major rows along the tokens (a byte a thread there would be 16
+    store instructions per line); nothing spills."""
+    r = sass.probe_quantize(head_dim, block, group, listed)
+    for name, k in r.items():
+        assert k["spill_bytes"] == 0, (name, k)
+        assert ".v4.b32" in k["stores"] and not any(w.endswith(("b8", "b16")) for w in k["stores"]), (name, k)
+        assert ".v4.b32" in k["loads"], (name, k)

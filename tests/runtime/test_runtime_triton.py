@@ -37,11 +37,12 @@ TIMEOUT_S = 600  # per check
 
 
 class Interpreter:
-    """A Python started with TRITON_INTERPRET=1 running this module's checks one at a time; a check
-    that fails answers with its traceback, one that kills the Python fails with its log (the next
-    check starts a new one)."""
+    """A Python started with TRITON_INTERPRET=1 running the checks of ``script`` (a test module that
+    ends in ``serve(globals())``; default this one) one at a time; a check that fails answers with
+    its traceback, one that kills the Python fails with its log (the next check starts a new one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, script: str = __file__) -> None:
+        self.script = script
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -49,7 +50,7 @@ class Interpreter:
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), str(ROOT / "tests"),
                                                            os.environ.get("PYTHONPATH")]))}
         self.log = tempfile.TemporaryFile("w+")
-        self.proc = subprocess.Popen([sys.executable, __file__], env=env, cwd=ROOT, stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, self.script], env=env, cwd=ROOT, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.log, text=True)
 
     def run(self, check: str, *args) -> None:
@@ -289,7 +290,9 @@ def list_builtins_once() -> None:
     interpreter._patch_builtin = patch_builtin
 
 
-if __name__ == "__main__":  # in a Python started with TRITON_INTERPRET=1
+def serve(checks: dict) -> None:
+    """The interpreter Python's side of :class:`Interpreter`: runs ``checks[name](launch module,
+    *args)`` for the check named on the command line, or for each JSON line on stdin."""
     import traceback
 
     from attnsearch.runtime.triton import launch as triton_kernel
@@ -298,16 +301,20 @@ if __name__ == "__main__":  # in a Python started with TRITON_INTERPRET=1
 
     assert triton_kernel.interpreter_active(), "run with TRITON_INTERPRET=1 set before Python starts"
     if len(sys.argv) > 1:  # one check, named on the command line
-        globals()[sys.argv[1]](triton_kernel, *json.loads(sys.argv[2]))
+        checks[sys.argv[1]](triton_kernel, *json.loads(sys.argv[2]))
         print(f"{sys.argv[1]} ok")
         sys.exit()
     replies, sys.stdout = sys.stdout, sys.stderr  # stdout carries the answers only
     for line in sys.stdin:  # [check, args] per line; {"ok": bool, "error": traceback} per answer
         check, args = json.loads(line)
         try:
-            globals()[check](triton_kernel, *args)
+            checks[check](triton_kernel, *args)
             answer = {"ok": True}
         except BaseException:
             answer = {"ok": False, "error": traceback.format_exc()}
         replies.write(json.dumps(answer) + "\n")
         replies.flush()
+
+
+if __name__ == "__main__":  # in a Python started with TRITON_INTERPRET=1
+    serve(globals())

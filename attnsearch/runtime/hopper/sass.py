@@ -1,7 +1,7 @@
-"""Compile both kernels for Hopper (sm_90a) on a machine without a GPU and read what decides their
-speed from the binary: registers and spills per thread, shared memory, programs per SM, and in the
-SASS where the waits on wgmma groups sit (``tests/runtime/test_kernel_compile.py`` holds the kernels to
-them). Uses Triton's bundled ptxas and cuobjdump; use the device's Triton version for numbers that
+"""Compile both kernels (and the FP8 quantization kernels) for Hopper (sm_90a) on a machine without a
+GPU and read what decides their speed from the binary: registers and spills per thread, shared
+memory, programs per SM, global store widths, and in the SASS where the waits on wgmma groups sit
+(``tests/runtime/test_kernel_compile.py`` holds the kernels to them). Uses Triton's bundled ptxas and cuobjdump; use the device's Triton version for numbers that
 match it. Programs per SM = min over registers (65,536 per SM, allocated per warp in units of 256),
 shared memory (227 KB per SM usable) and 64 warps.
 """
@@ -103,6 +103,61 @@ def probe_triton(cfg: KernelConfig, head_dim: int, block: int, dtype: str = "bf1
                                                 kernel.asm["ptx"])}
     return {"registers": regs, "spill_bytes": stack, "shared_kb": shared / 1024, "programs_per_sm": programs,
             "waits": " ".join(waits), "wgmma_types": types}
+
+
+def _resource_usage(cubin: bytes) -> tuple[int, int]:
+    """(registers per thread, stack bytes: spills) of a cubin, read by the bundled cuobjdump."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        usage = subprocess.run([str(tool), "--dump-resource-usage", f.name], capture_output=True, text=True,
+                               check=True).stdout
+    finally:
+        os.unlink(f.name)
+    return int(re.search(r"REG:(\d+)", usage).group(1)), int(re.search(r"STACK:(\d+)", usage).group(1))
+
+
+def probe_quantize(head_dim: int, block: int, group: int = 1, listed: bool = True, dtype: str = "bf16") -> dict:
+    """Compile the FP8 quantization kernels (``triton/quantize_kernel.py``) for sm_90a as
+    ``quantize._quantize_triton`` launches them: per kernel its registers, spilled bytes, shared KB
+    and the widths of its global stores and loads in the PTX ("v4.b32": 16 bytes a thread)."""
+    from ..quantize import CHANNEL_ROWS, _warps
+    from ..triton import quantize_kernel as qk
+
+    out = {}
+    for fn, rows in ((qk.quantize_rows, block), (qk.quantize_channels, CHANNEL_ROWS)):
+        const = {"HEAD_DIM": head_dim, "GROUP": group, "LISTED": listed, "HEADS_PAD": 16,
+                 ("BLOCK" if fn is qk.quantize_rows else "ROWS"): rows}
+        sig, attrs = {}, {}
+        for i, name in enumerate(fn.arg_names):
+            if name in const:
+                sig[name] = "constexpr"
+            elif name in ("Q", "K", "V"):
+                sig[name], attrs[(i,)] = f"*{dtype}", ALIGNED
+            elif name in ("Q8", "K8", "V8"):
+                sig[name], attrs[(i,)] = "*fp8e4nv", ALIGNED
+            elif name == "Heads" and not listed:
+                sig[name], const[name] = "constexpr", None
+            elif name == "Heads":
+                sig[name], attrs[(i,)] = "*i32", ALIGNED
+            elif name in ("QScale", "KScale", "VScale", "Amax"):
+                sig[name], attrs[(i,)] = "*fp32", ALIGNED
+            elif name.startswith("stride_") and name.endswith("d"):
+                sig[name], const[name] = "constexpr", 1
+            elif name.startswith("stride_") or name == "N_PAD":  # N_PAD: a multiple of 16
+                sig[name], attrs[(i,)] = "i32", ALIGNED
+            else:
+                sig[name] = "i32"
+        src = triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=const, attrs=attrs)
+        options = triton.compiler.make_backend(HOPPER).parse_options({"num_warps": _warps(rows, head_dim)})
+        kernel = triton.compile(src, target=HOPPER, options=options.__dict__)
+        regs, stack = _resource_usage(kernel.asm["cubin"])
+        ptx = kernel.asm["ptx"]
+        out[fn.__name__] = {"registers": regs, "spill_bytes": stack, "shared_kb": kernel.metadata.shared / 1024,
+                            "stores": sorted(set(re.findall(r"st\.global((?:\.v\d)?\.b\d+)", ptx))),
+                            "loads": sorted(set(re.findall(r"ld\.global(?:\.\w+)*?((?:\.v\d)?\.b\d+)", ptx)))}
+    return out
 
 
 def ptx_to_sass(ptx: str, verbose: bool = False) -> tuple[bool, str, str]:
@@ -248,6 +303,6 @@ def probe_gluon_ws(head_dim: int, stages: int, consumer_regs: int, producer_regs
             "local_stores": len(re.findall(r"\bSTL(\.\w+)*\s", sass))}  # register spills
 
 
-__all__ = ["HOPPER", "TURN_LOOP", "innermost_loops", "opcode", "probe_gluon_ws", "probe_triton", "ptx_to_sass",
-           "pv_wait_after_softmax", "qk_operand_a", "sass_ops", "signature", "turn_loop_moves", "turn_loop_ops",
-           "turn_loops"]
+__all__ = ["HOPPER", "TURN_LOOP", "innermost_loops", "opcode", "probe_gluon_ws", "probe_quantize", "probe_triton",
+           "ptx_to_sass", "pv_wait_after_softmax", "qk_operand_a", "sass_ops", "signature", "turn_loop_moves",
+           "turn_loop_ops", "turn_loops"]
