@@ -228,7 +228,7 @@ def holdout_specs(*, seed: int = 0, count: int = 20, cache: dict | None = None) 
 
 def describe_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """The point of ``spec`` before timing: the spec, its N, and what the fit reads of it (sparse:
-    kept tiles, items, longest row, density, heads; fill: bytes written; quantize: bytes read)."""
+    kept tiles, items, longest row, density, heads; fill: bytes written; quantize: bytes moved)."""
     geom = Geometry.from_dict(spec["geometry"])
     point = dict(spec, num_tokens=geom.num_tokens)
     if spec["kind"] == "dense":

@@ -33,8 +33,8 @@ they are small, and reports the full model's figures for the final plan.
 **FP8 layers.** Heads whose products run in FP8 (e4m3, a head group's ``precision="fp8"``: the
 Triton kernel) cost a launch of their own, the same form with the FP8 variant's constants
 (``params.sparse`` key ``d{D}_b{B}_fp8``), plus the quantization pass over their q, k and v,
-``launch + bytes / bandwidth`` (``params.quantize``; K and V counted per query head:
-:func:`quantize_bytes`). Native and FP8 heads of one layer run as two launches, each paying its
+``launch + bytes / bandwidth`` (``params.quantize``; the bytes it moves, K and V counted per query
+head: :func:`quantize_bytes`). Native and FP8 heads of one layer run as two launches, each paying its
 launch cost; :meth:`CostModel.layer_ms` costs a layer plan's head groups so. In the additive form an
 FP8 head adds its kernel share (``head_work_ms(..., "fp8")``) and its quantization share
 (:meth:`CostModel.quantize_head_ms`); a layer with FP8 heads adds the FP8 launch and the pass's
@@ -58,10 +58,15 @@ from .table import DENSE_TILE, HardwareError, HardwareTable, load_hardware, vari
 
 
 def quantize_bytes(batch, heads, num_tokens, head_dim: int, dtype_bytes: int = 2) -> np.ndarray:
-    """Input bytes the FP8 quantization pass reads for ``heads`` query heads: their q, k and v
-    (k and v counted per query head)."""
-    return 3.0 * batch * np.asarray(heads, dtype=np.float64) * np.asarray(num_tokens, dtype=np.float64) \
-        * head_dim * dtype_bytes
+    """Bytes the FP8 quantization pass (``runtime/quantize.py``'s kernels) moves for ``heads``
+    query heads, each with its own K/V head: it reads q and k once and v twice (its channel maxima,
+    then its quantization: a channel's scale needs the max over every token) in the input dtype, and
+    writes e4m3 q, k and v (v's channel rows padded to 16 tokens; 32 in the "wgmma" key order, a difference the fit absorbs). The scales (4 bytes a block of q
+    and of k, a channel of v) are left out: under 0.1% at any head_dim ≥ 64. Under GQA the kernels
+    move a K/V head shared by listed heads once, so this is an upper bound there."""
+    n = np.asarray(num_tokens, dtype=np.float64)
+    per_head = n * head_dim * (4 * dtype_bytes + 2) + np.ceil(n / 16) * 16 * head_dim
+    return batch * np.asarray(heads, dtype=np.float64) * per_head
 
 
 @dataclass(frozen=True, eq=False)
@@ -189,7 +194,7 @@ class CostModel:
 
     def quantize_ms(self, heads, num_tokens) -> np.ndarray:
         """The FP8 quantization pass over the q, k and v of ``heads`` query heads (vectorised):
-        launch + :func:`quantize_bytes` / bandwidth; 0 for no heads."""
+        launch + :func:`quantize_bytes` (the bytes it moves) / bandwidth; 0 for no heads."""
         params = self.table.quantize_params()
         return params.ms(quantize_bytes(self.batch, heads, num_tokens, self.head_dim, self.dtype_bytes))
 

@@ -57,7 +57,7 @@ def _in_wgmma_order(v8: torch.Tensor) -> torch.Tensor:
     keys = columns - columns % 32 + wgmma_key(columns % 32)
     storage = torch.zeros(batch, heads, d, n32 + 1, dtype=torch.uint8, device=v8.device)
     storage[..., :n] = v8.transpose(-1, -2).view(torch.uint8)     # column n32: the zero keys ≥ N read
-    return storage[..., keys.clamp(max=n32).where(keys < n, n32)].view(FP8).transpose(-1, -2)
+    return storage[..., torch.where(keys < n, keys, n32)].view(FP8).transpose(-1, -2)
 
 
 class Fp8Scales(NamedTuple):

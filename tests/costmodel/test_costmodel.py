@@ -11,7 +11,7 @@ import pytest
 
 from attnsearch.costmodel.fit import fit, fit_fill, fit_launch
 from attnsearch.costmodel import (DEFAULT_TABLE, CostModel, FillParams, HardwareError, LaunchParams, layer_features,
-                                  load_hardware, parse_variant_key, variant_key)
+                                  load_hardware, parse_variant_key, quantize_bytes, variant_key)
 from attnsearch.runtime.schedule import assign, item_lengths, list_schedule
 from attnsearch.geometry import Geometry
 from attnsearch.patterns import block_mask
@@ -256,15 +256,20 @@ def test_a_table_without_fp8_says_so_for_every_fp8_figure(tmp_path):
         no_pass.quantize_ms(4, 1024)
 
 
-def test_quantize_ms_is_launch_plus_the_bytes_read_over_bandwidth():
+def test_quantize_ms_is_launch_plus_the_bytes_moved_over_bandwidth():
     cm = CostModel(with_fp8(native_only_table()), head_dim=128, batch=2)
-    # 2 batch × 5 heads × 32,760 tokens × 128 × 2 bytes × (q, k, v) = 251,596,800 bytes at 1,800 GB/s.
-    assert float(cm.quantize_ms(5, 32760)) == pytest.approx(0.009 + 251_596_800 / 1.8e12 * 1e3, rel=1e-12)
+    # 2 batch × 5 heads × 128 channels × (32,760 tokens × (bf16 q, k read once, v twice: 8 bytes;
+    # e4m3 q, k written: 2 bytes) + e4m3 v written in rows padded to 32,768 tokens) = 461,271,040 bytes.
+    nbytes = 2 * 5 * 128 * (32760 * (4 * 2 + 2) + 32768)
+    assert nbytes == 461_271_040 and float(quantize_bytes(2, 5, 32760, 128)) == nbytes
+    assert float(cm.quantize_ms(5, 32760)) == pytest.approx(0.009 + nbytes / 1.8e12 * 1e3, rel=1e-12)
     assert float(cm.quantize_ms(0, 32760)) == 0.0
     assert cm.quantize_overhead_ms() == pytest.approx(0.009)
-    assert cm.quantize_head_ms(32760) == pytest.approx(251_596_800 / 5 / 1.8e12 * 1e3, rel=1e-12)
+    assert cm.quantize_head_ms(32760) == pytest.approx(nbytes / 5 / 1.8e12 * 1e3, rel=1e-12)
     assert cm.quantize_ms([1, 3], 32760).tolist() == pytest.approx(
         [0.009 + h * cm.quantize_head_ms(32760) for h in (1, 3)])
+    # vectorised over token counts; fp32 inputs read 4 bytes a value
+    assert quantize_bytes(1, 1, [16, 17], 64, 4).tolist() == [64 * (16 * 18 + 16), 64 * (17 * 18 + 32)]
 
 
 def test_fp8_additive_form_is_the_throughput_of_many_waves():
