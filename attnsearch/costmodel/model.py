@@ -61,9 +61,10 @@ def quantize_bytes(batch, heads, num_tokens, head_dim: int, dtype_bytes: int = 2
     """Bytes the FP8 quantization pass (``runtime/quantize.py``'s kernels) moves for ``heads``
     query heads, each with its own K/V head: it reads q and k once and v twice (its channel maxima,
     then its quantization: a channel's scale needs the max over every token) in the input dtype, and
-    writes e4m3 q, k and v (v's channel rows padded to 16 tokens; 32 in the "wgmma" key order, a difference the fit absorbs). The scales (4 bytes a block of q
-    and of k, a channel of v) are left out: under 0.1% at any head_dim ≥ 64. Under GQA the kernels
-    move a K/V head shared by listed heads once, so this is an upper bound there."""
+    writes e4m3 q, k and v (v's channel rows padded to 16 tokens; to 32 in the "wgmma" key order,
+    a difference the fit absorbs). The scales (4 bytes a block of q and of k, a channel of v) are
+    left out: under 0.1% at any head_dim ≥ 64. Under GQA the kernels move a K/V head shared by
+    listed heads once, so this is an upper bound there."""
     n = np.asarray(num_tokens, dtype=np.float64)
     per_head = n * head_dim * (4 * dtype_bytes + 2) + np.ceil(n / 16) * 16 * head_dim
     return batch * np.asarray(heads, dtype=np.float64) * per_head

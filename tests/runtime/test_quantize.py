@@ -48,6 +48,29 @@ def test_v_is_stored_channel_major_and_zero_groups_take_scale_one():
     assert (s.q[:, :, 0] == 1).all() and (q8[:, :, :64].float() == 0).all()
 
 
+def test_the_wgmma_key_order_is_the_qk_accumulators_register_order():
+    """``wgmma_position``: key r = 16h + 8c + 2t + e of a group of 32 (thread t of a quad holds it in
+    the fp32 accumulator) sits where that thread's FP8 A operand reads it, 16h + 4t + 2c + e;
+    ``wgmma_key`` inverts it. The definition's "wgmma" V holds the natural bytes at those columns,
+    N rounded up to 32 with zero columns."""
+    from attnsearch.runtime.quantize import wgmma_key, wgmma_position
+
+    for h, c, t, e in ((h, c, t, e) for h in (0, 1) for c in (0, 1) for t in range(4) for e in (0, 1)):
+        assert wgmma_position(16 * h + 8 * c + 2 * t + e) == 16 * h + 4 * t + 2 * c + e
+    r = torch.arange(32)
+    assert torch.equal(wgmma_key(wgmma_position(r)), r)
+    q, k, v = _inputs(n=70)
+    natural = quantize_fp8(q, k, v, 64)[2]
+    wgmma = quantize_fp8(q, k, v, 64, key_order="wgmma")[2]
+    keys = torch.arange(70)
+    assert wgmma.shape[-2] == 96 and wgmma.stride(-2) == 1
+    assert torch.equal(wgmma[:, :, keys - keys % 32 + wgmma_position(keys % 32)].view(torch.uint8),
+                       natural.view(torch.uint8))
+    assert int(wgmma.view(torch.uint8).count_nonzero()) == int(natural.view(torch.uint8).count_nonzero())
+    with pytest.raises(ValueError, match="key_order"):
+        quantize_fp8(q, k, v, 64, key_order="transposed")
+
+
 def test_round_probabilities_is_e4m3_of_the_scaled_weight():
     p = torch.tensor([1.0, 0.5, 0.3, 1e-3, 1e-6, 0.0])
     got = round_probabilities(p)

@@ -52,6 +52,13 @@ def test_quantization_kernels_place_and_scale_every_value_as_the_definition(inte
     interpreter("check_kernels_against_definition", case)
 
 
+def test_the_wgmma_key_order_holds_the_natural_bytes_at_their_columns(interpreter):
+    """``key_order="wgmma"`` (the Hopper kernel's V): the same bytes as the natural order, key r of
+    each 32 at column ``wgmma_position(r)``, storage N rounded up to 32 with zero columns, the same
+    scales; a subset of GQA heads."""
+    interpreter("check_wgmma_order")
+
+
 def test_listed_heads_equal_every_head_on_those_heads(interpreter):
     """The listed-head path (``Heads``) and the every-head path give the same bytes and scales."""
     interpreter("check_listed_equals_all")
@@ -164,6 +171,25 @@ def check_writes_kv(tk, heads, group, want):
     listed = None if heads is None else torch.tensor(heads, dtype=torch.int32)
     writes_kv[(len(want),)](listed, out, GROUP=group, LISTED=heads is not None, HEADS_PAD=8)
     assert out.tolist() == want, out.tolist()
+
+
+def check_wgmma_order(tk):
+    from attnsearch.runtime.quantize import quantize_fp8, wgmma_position
+
+    q, k, v = inputs(2, 4, 2, 150, 32, 64, "float16", seed=5)
+    heads = torch.tensor([3, 0], dtype=torch.int32)
+    natural = quantize_fp8(q, k, v, 64, heads=heads, kernels=True)
+    wgmma = quantize_fp8(q, k, v, 64, heads=heads, kernels=True, key_order="wgmma")
+    n32 = 160
+    assert wgmma[2].shape == (2, 2, n32, 32) and wgmma[2].stride() == (2 * 32 * n32, 32 * n32, 1, n32)
+    keys = torch.arange(150)
+    columns = keys - keys % 32 + wgmma_position(keys % 32)
+    assert torch.equal(wgmma[2][:, :, columns].view(torch.uint8), natural[2].view(torch.uint8))
+    missing = sorted(set(range(n32)) - set(columns.tolist()))
+    assert len(missing) == 10 and bool((wgmma[2][:, :, missing].view(torch.uint8) == 0).all())
+    assert torch.equal(wgmma[0][:, [3, 0]].view(torch.uint8), natural[0][:, [3, 0]].view(torch.uint8))
+    for a, b in zip(wgmma[3], natural[3]):
+        assert torch.equal(a, b)
 
 
 def check_listed_equals_all(tk):
