@@ -25,7 +25,9 @@ def test_round_robin_shards_cover_every_step_once():
 def test_torchrun_two_ranks_equal_single_process(tmp_path):
     out = tmp_path / "toy.parquet"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+    # --standalone: the ranks meet on a free port of their own, so two runs of this test at once
+    # (xdist workers, or two checkouts on one machine) never share a rendezvous.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "attnsearch", "profile", "--queries", "32", "--steps", "3", "--out", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
