@@ -72,6 +72,7 @@ def test_kinds_are_detected_from_content(tmp_path, profile_file):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow  # three browser starts: 5-7 s on 2 CPU cores
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
 def test_report_renders_in_headless_chromium(tmp_path, profile_file):
     out = tmp_path / "report"
