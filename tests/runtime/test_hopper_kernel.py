@@ -117,3 +117,20 @@ def test_flat_schedule_at_head_dim_128_and_for_short_rows():
     assert hopper_kernel.prefers_flat(long, work[3:], 64)  # only the listed items count
     assert hopper_kernel.prefers_flat(short, work, 128) and hopper_kernel.prefers_flat(long, work, 128)
     assert not hopper_kernel.prefers_flat(nothing, work, 64) and not hopper_kernel.prefers_flat(nothing, work, 128)
+
+
+def test_fp8_p_relabelling_and_v_key_order_leave_p_v_unchanged():
+    """The FP8 build relabels P's columns (``kernel.P_COLUMN_ORDER``, so that P is the PV operand
+    in the accumulator's registers) and V's storage holds its keys in ``quantize.wgmma_position``'s
+    order: the product of the relabelled P with V as stored is P·V, for every row and column."""
+    from attnsearch.runtime.hopper.kernel import P_COLUMN_ORDER
+    from attnsearch.runtime.quantize import wgmma_key
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.randn(64, 128, generator=g, dtype=torch.float64)
+    v = torch.randn(128, 16, generator=g, dtype=torch.float64)
+    relabelled = p.reshape(64, 4, 2, 2, 4, 2).permute(P_COLUMN_ORDER.value).reshape(64, 128)
+    column = torch.arange(128)
+    stored = v[column - column % 32 + wgmma_key(column % 32)]          # row k of V's storage
+    assert torch.allclose(relabelled @ stored, p @ v, rtol=0, atol=1e-12)
+    assert not torch.allclose(relabelled @ v, p @ v)                   # the order matters

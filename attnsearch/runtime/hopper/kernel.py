@@ -349,13 +349,19 @@ def _operand(p, dtype: gl.constexpr, p_layout: gl.constexpr):
         # paired conversions.
         m: gl.constexpr = p.shape[0]
         n: gl.constexpr = p.shape[1]
-        p = p.reshape([m, n // 32, 2, 2, 4, 2]).permute((0, 1, 2, 4, 3, 5)).reshape([m, n])
+        p = p.reshape([m, n // 32, 2, 2, 4, 2]).permute(P_COLUMN_ORDER).reshape([m, n])
         p = gl.convert_layout(p, p_layout)
         p = gl.inline_asm_elementwise(E4M3X4_ASM, "=r,f,f,f,f", [p], dtype=gl.float8e4nv, is_pure=True, pack=4)
     else:
         p = gl.convert_layout(p.to(dtype), p_layout)
     return p
 
+
+#: FP8: P's columns, split per group of 32 as (group, h, c, t, e) for column 32·group + 16h + 8c + 2t + e
+#: (thread t of a quad holds columns 2t, 2t + 1 of each 8 of the accumulator), are relabelled in this
+#: order, (group, h, t, c, e): K index 16h + 4t + 2c + e of the operand, the same thread's
+#: (``quantize.wgmma_position`` stores V's keys to match).
+P_COLUMN_ORDER = gl.constexpr((0, 1, 2, 4, 3, 5))
 
 #: Four fp32 values ($1 .. $4) to four e4m3 bytes of one register, $1 in the lowest byte
 #: (``cvt ... e4m3x2`` puts its first source in the upper byte); round to nearest, saturating.
