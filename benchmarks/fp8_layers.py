@@ -7,8 +7,8 @@ Shapes: Wan2.1-1.3B's layer (1, 12, 32,760) and Wan2.1-14B's 720p layer (1, 40, 
 128, and the first with 24 heads at head_dim 64; layers mixing the four sparse families at 10, 25
 and 50% of the blocks, block size 128. Timed per layer (``bench.time_ms``, queued, CUDA events,
 median of fresh bf16 inputs): what ``sparse_attention`` runs in bf16 ("auto": the Hopper kernel on
-H100/H200), the Triton kernel in bf16 (tuned), and per FP8 kernel (the Hopper kernel where "auto"
-runs FP8 on it, and the Triton kernel) the call with its quantization pass (``runtime/quantize.py``,
+H100/H200), the Triton kernel in bf16 (tuned), and per FP8 kernel (the Triton kernel "auto" runs
+FP8 heads on, and the Hopper kernel's FP8 build where it runs) the call with its quantization pass (``runtime/quantize.py``,
 V in the key order the kernel reads), the kernel alone on quantized operands, and the pass alone.
 TFLOP/s count the kept blocks' 4·N·B·D per kept block pair. Error: relative L2 against fp32
 attention on 512 sampled query rows per head (random inputs: near-uniform attention, FP8's hard
@@ -33,7 +33,7 @@ from attnsearch.geometry import Geometry
 from attnsearch.plan import LayerPlan
 from attnsearch.report.style import save_figure
 from attnsearch.runtime import get_block_tables, select_backend
-from attnsearch.runtime.backends import TritonBackend
+from attnsearch.runtime.backends import HopperBackend, TritonBackend
 from attnsearch.runtime.quantize import quantize_fp8
 
 SHAPES = [(Geometry(21, 30, 52), 12, 128), (Geometry(21, 45, 80), 40, 128), (Geometry(21, 30, 52), 24, 64)]
@@ -56,10 +56,13 @@ def sampled_error(out: torch.Tensor, q, k, v, layer_plan, scale: float, rows: to
 
 
 def fp8_backends(qkv) -> list:
-    """The backends that run FP8 heads of this call: what "auto" picks first, the Triton kernel too."""
+    """The kernels that run FP8 heads of this call here: what "auto" picks (the Triton kernel), and
+    the Hopper kernel's FP8 build where the Hopper kernel runs the call."""
     lp = LayerPlan.from_heads([("dense", {})], Geometry(1, 1, qkv[0].shape[2]), BLOCK).with_precision("fp8")
-    auto = select_backend(*(x[:, :1] for x in qkv), lp, "auto", "fp8")
-    return [auto] + ([TritonBackend] if auto is not TritonBackend else [])
+    found = [select_backend(*(x[:, :1] for x in qkv), lp, "auto", "fp8")]
+    if not HopperBackend.call_reasons(*qkv, BLOCK) and HopperBackend not in found:
+        found.append(HopperBackend)
+    return found
 
 
 def bench_layer(geometry: Geometry, heads: int, head_dim: int, target: float, reps: int) -> dict:

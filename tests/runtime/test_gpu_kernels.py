@@ -267,8 +267,8 @@ def test_quantization_is_captured_in_a_cuda_graph():
 
 @pytest.mark.parametrize("block_size,head_dim", [(128, 128), (64, 64)])
 def test_a_layer_of_native_and_fp8_heads_runs_each_on_its_backend(block_size, head_dim):
-    """"auto" on a layer whose heads run native and FP8 (both on the Hopper kernel where it runs,
-    else on the Triton kernel): the native heads equal masked SDPA in fp32; each FP8 head's error
+    """"auto" on a layer whose heads run native and FP8 (native on the Hopper kernel where it runs,
+    FP8 on the Triton kernel): the native heads equal masked SDPA in fp32; each FP8 head's error
     against it is FP8's (within 8%, and within a factor 2 of the torch backend's emulation on the
     same quantized operands: the kernel rounds P against its running maximum, the emulation
     against the row's, so the two round differently but alike in size); the skip head is zero."""
