@@ -8,7 +8,9 @@ that reads it); docs/hopper-kernel.md has the measurements.
 
 Same semantics, tables and work list as the Triton kernel (docs/design.md: softmax over the kept blocks'
 keys, keys ≥ N masked, rows ≥ N not stored, a row with no kept block outputs zero), for block size
-128, fp16/bf16, head_dim 64 or 128, TMA-compatible strides. It cannot run under the CPU
+128, fp16/bf16, head_dim 64 or 128, TMA-compatible strides; built on e4m3 descriptors it is the
+FP8 kernel (``quantize_fp8``'s operands, V's keys in the "wgmma" order: ``_operand``, ``_carried``,
+``_tile_scales``, ``_normalised``; docs/hopper-kernel.md, *FP8 kept blocks*). It cannot run under the CPU
 interpreter: ``tests/runtime/test_kernel_compile.py`` compiles it for sm_90a on the CPU, GPU correctness is
 ``tests/runtime/test_gpu_kernels.py`` (``pytest -m gpu``).
 
