@@ -30,10 +30,9 @@ from attnsearch.bench.layers import mixed_layer_plan
 from attnsearch.bench.output import environment
 from attnsearch.bench.timing import fresh_inputs, time_ms
 from attnsearch.geometry import Geometry
-from attnsearch.plan import LayerPlan
 from attnsearch.report.style import save_figure
 from attnsearch.runtime import get_block_tables, select_backend
-from attnsearch.runtime.backends import HopperBackend, TritonBackend
+from attnsearch.runtime.backends import HopperBackend, TritonBackend, backend_for
 from attnsearch.runtime.quantize import quantize_fp8
 
 SHAPES = [(Geometry(21, 30, 52), 12, 128), (Geometry(21, 45, 80), 40, 128), (Geometry(21, 30, 52), 24, 64)]
@@ -58,8 +57,7 @@ def sampled_error(out: torch.Tensor, q, k, v, layer_plan, scale: float, rows: to
 def fp8_backends(qkv) -> list:
     """The kernels that run FP8 heads of this call here: what "auto" picks (the Triton kernel), and
     the Hopper kernel's FP8 build where the Hopper kernel runs the call."""
-    lp = LayerPlan.from_heads([("dense", {})], Geometry(1, 1, qkv[0].shape[2]), BLOCK).with_precision("fp8")
-    found = [select_backend(*(x[:, :1] for x in qkv), lp, "auto", "fp8")]
+    found = [backend_for(*qkv, BLOCK, precision="fp8")]
     if not HopperBackend.call_reasons(*qkv, BLOCK) and HopperBackend not in found:
         found.append(HopperBackend)
     return found

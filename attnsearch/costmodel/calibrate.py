@@ -270,7 +270,10 @@ def _time_spec(point: dict[str, Any], inputs: list, sets: int) -> dict[str, Any]
     if point["kind"] == "quantize":
         from ..runtime.quantize import quantize_fp8
 
-        order = _fp8_backend(inputs[0], point["block_size"]).fp8_key_order  # the pass as the FP8 kernel wants it
+        from ..runtime.backends import backend_for
+
+        # the pass as the FP8 kernel "auto" picks wants it
+        order = backend_for(*inputs[0], point["block_size"], precision="fp8").fp8_key_order
         return time_device(lambda i: quantize_fp8(*inputs[i], point["block_size"], key_order=order), sets)
     lp = spec_layer_plan(geom, point["heads"], point["block_size"], point["layer"])
     if point.get("precision", "native") == "fp8":
@@ -288,12 +291,12 @@ def _time_fp8(layer_plan, inputs: list, sets: int, holdout: bool) -> dict[str, A
     A first call through the runtime tunes the kernel."""
     import torch
 
-    from ..runtime import get_block_tables, sparse_attention
+    from ..runtime import get_block_tables, select_backend, sparse_attention
     from ..runtime.quantize import quantize_fp8
 
     fp8 = layer_plan.with_precision("fp8")
     q = inputs[0][0]
-    chosen = _fp8_backend(inputs[0], fp8.block_size)
+    chosen = select_backend(*inputs[0], fp8, "auto", "fp8")
     sparse_attention(*inputs[0], fp8)
     if holdout:
         got = time_device(lambda i: sparse_attention(*inputs[i], fp8), sets)
@@ -312,16 +315,6 @@ def _time_fp8(layer_plan, inputs: list, sets: int, holdout: bool) -> dict[str, A
     got = time_device(kernel, sets)
     got["backend"] = chosen.name
     return got
-
-
-def _fp8_backend(qkv, block_size: int):
-    """The backend "auto" runs FP8 heads of this call shape on (the one calibration times)."""
-    from ..plan import LayerPlan
-    from ..runtime import select_backend
-
-    n = qkv[0].shape[2]
-    probe = LayerPlan.from_heads([("dense", {})], Geometry(1, 1, n), block_size).with_precision("fp8")
-    return select_backend(*(x[:, :1] for x in qkv), probe, "auto", "fp8")
 
 
 def gpu_timer(dtype: str = "bfloat16") -> Callable[[dict[str, Any]], dict[str, Any]]:

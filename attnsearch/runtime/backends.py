@@ -354,15 +354,22 @@ def get_backend(name: str) -> type[Backend]:
 def select_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer_plan: LayerPlan,
                    backend: BackendName = "auto", precision: str = "native") -> type[Backend]:
     """The backend that runs this call: the named one (or raise), or the first that supports it."""
+    return backend_for(q, k, v, layer_plan.block_size, backend, precision)
+
+
+def backend_for(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_size: int,
+                backend: BackendName = "auto", precision: str = "native") -> type[Backend]:
+    """``select_backend`` for calls with this block size, whatever their layer plan (the choice
+    depends on the plan only through it)."""
     if backend != "auto":
         chosen = get_backend(backend)
-        reasons = chosen.call_reasons(q, k, v, layer_plan.block_size, precision)
+        reasons = chosen.call_reasons(q, k, v, block_size, precision)
         if reasons:
             raise ValueError(f"backend={backend!r} cannot run this call: {'; '.join(reasons)}")
         return chosen
     skipped = []
     for b in BACKENDS:
-        reasons = b.call_reasons(q, k, v, layer_plan.block_size, precision)
+        reasons = b.call_reasons(q, k, v, block_size, precision)
         if not reasons:
             if b.name == "torch" and skipped and q.device.type == "cuda":
                 msg = "; ".join(f"{name}: {', '.join(r)}" for name, r in skipped)
@@ -387,5 +394,5 @@ def dense_kernel_reasons(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, laye
     return reasons
 
 
-__all__ = ["BACKENDS", "Backend", "BackendName", "HopperBackend", "SdpaBackend", "TorchBackend", "TritonBackend",
+__all__ = ["BACKENDS", "Backend", "BackendName", "backend_for", "HopperBackend", "SdpaBackend", "TorchBackend", "TritonBackend",
            "dense_kernel_reasons", "get_backend", "interpreter_requested", "select_backend"]
