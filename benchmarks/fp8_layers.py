@@ -12,7 +12,8 @@ FP8 heads on, and the Hopper kernel's FP8 build where it runs) the call with its
 V in the key order the kernel reads), the kernel alone on quantized operands, and the pass alone.
 TFLOP/s count the kept blocks' 4·N·B·D per kept block pair. Error: relative L2 against fp32
 attention on 512 sampled query rows per head (random inputs: near-uniform attention, FP8's hard
-case). Writes result.json and figure.png.
+case). ``--hopper-stages 2 3 4`` also times the Hopper FP8 build alone at those K/V ring depths
+(an FP8 block takes half of bf16's shared memory). Writes result.json and figure.png.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def fp8_backends(qkv) -> list:
     return found
 
 
-def bench_layer(geometry: Geometry, heads: int, head_dim: int, target: float, reps: int) -> dict:
+def bench_layer(geometry: Geometry, heads: int, head_dim: int, target: float, reps: int,
+                hopper_stages: tuple[int, ...] = ()) -> dict:
     lp = mixed_layer_plan(geometry, heads, BLOCK, target)
     n = geometry.num_tokens
     shape = (1, heads, n, head_dim)
@@ -91,6 +93,17 @@ def bench_layer(geometry: Geometry, heads: int, head_dim: int, target: float, re
         ms = time_ms(lambda i, b=b, quantized=quantized: b.run_quantized(*quantized[i], out, fp8_tables, scale),
                      [0, 1], 3, reps)["median"]
         row[f"fp8 {b.name} kernel alone"] = {"ms": ms, "tflops": fl / ms / 1e9}
+    if HopperBackend in kernels:
+        from attnsearch.runtime.hopper.launch import launch_all
+
+        for stages in hopper_stages:  # the K/V ring's depth: FP8 blocks take half of bf16's shared memory
+            def run(i, stages=stages, quantized=kernels[HopperBackend]):
+                q8, k8, v8, scales = quantized[i]
+                launch_all(q8, k8, v8, out, fp8_tables, scale, "fp8", stages=stages, fp8_scales=scales)
+
+            run(0)
+            ms = time_ms(run, [0, 1], 3, reps)["median"]
+            row[f"fp8 hopper kernel alone, {stages} stages"] = {"ms": ms, "tflops": fl / ms / 1e9}
     from attnsearch.runtime.triton.launch import quantized_config
 
     row["fp8_triton_config"] = vars(quantized_config(*kernels[TritonBackend][0][:3], BLOCK))
@@ -132,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
+    ap.add_argument("--hopper-stages", type=int, nargs="*", default=[],
+                    help="also time the Hopper FP8 build alone at these K/V ring depths (its default: 2)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         ap.error("needs a CUDA GPU")
@@ -140,7 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for geometry, heads, head_dim in SHAPES:
         for d in args.densities:
-            row = {"card": env["card"], **bench_layer(geometry, heads, head_dim, d, args.reps)}
+            row = {"card": env["card"], **bench_layer(geometry, heads, head_dim, d, args.reps,
+                                                                 tuple(args.hopper_stages))}
             rows.append(row)
             print(f"{heads:>3} × {geometry.num_tokens:>6} D {head_dim:>3} @ {row['density']:.2f}: " + ", ".join(
                 f"{k} {v['ms']:.2f} ms ({v['tflops']:.0f})" for k, v in row.items()
