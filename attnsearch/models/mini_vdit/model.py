@@ -189,7 +189,15 @@ class Block(nn.Module):
         c = F.scaled_dot_product_attention(self._heads(self.cross_q(self.norm2(x))), self._heads(ck), self._heads(cv))
         x = x + self.cross_proj(c.transpose(1, 2).flatten(2))
         h = self.norm3(x) * (1 + scale2.unsqueeze(1)) + shift2.unsqueeze(1)
-        return x + gate2.unsqueeze(1) * self.mlp(h)
+        return x + gate2.unsqueeze(1) * self._mlp(h)
+
+    def _mlp(self, h: torch.Tensor) -> torch.Tensor:
+        """``self.mlp(h)``; without autograd the activation overwrites the hidden layer in place
+        (the same values, one [B, N, hidden] buffer fewer to allocate and fill)."""
+        fc1, act, fc2 = self.mlp
+        if torch.is_grad_enabled() or type(act) is not nn.GELU:
+            return self.mlp(h)
+        return fc2(torch.ops.aten.gelu_(fc1(h), approximate=act.approximate))
 
 
 class MiniVDiT(nn.Module):
