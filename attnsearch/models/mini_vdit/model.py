@@ -178,18 +178,22 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, t_mod: torch.Tensor, cond: torch.Tensor, cos: torch.Tensor,
                 sin: torch.Tensor) -> torch.Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + t_mod).unbind(1)
-        h = self.norm1(x) * (1 + scale1.unsqueeze(1)) + shift1.unsqueeze(1)
+        shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + t_mod).unsqueeze(2).unbind(1)
+        h = torch.addcmul(shift1, self.norm1(x), 1 + scale1)
         q, k, v = self.qkv(h).chunk(3, dim=-1)
         q = apply_rope(self.q_norm(self._heads(q)), cos, sin)
         k = apply_rope(self.k_norm(self._heads(k)), cos, sin)
         a = F.scaled_dot_product_attention(q, k, self._heads(v))
-        x = x + gate1.unsqueeze(1) * self.proj(a.transpose(1, 2).flatten(2))
+        x = torch.addcmul(x, gate1, self.proj(a.transpose(1, 2).flatten(2)))
         ck, cv = self.cross_kv(cond).chunk(2, dim=-1)
         c = F.scaled_dot_product_attention(self._heads(self.cross_q(self.norm2(x))), self._heads(ck), self._heads(cv))
-        x = x + self.cross_proj(c.transpose(1, 2).flatten(2))
-        h = self.norm3(x) * (1 + scale2.unsqueeze(1)) + shift2.unsqueeze(1)
-        return x + gate2.unsqueeze(1) * self._mlp(h)
+        c = self.cross_proj(c.transpose(1, 2).flatten(2))
+        # Without autograd the residual sums accumulate in place: x is this block's own tensor here.
+        inplace = not torch.is_grad_enabled()
+        x = x.add_(c) if inplace else x + c
+        h = torch.addcmul(shift2, self.norm3(x), 1 + scale2)
+        m = self._mlp(h)
+        return x.addcmul_(gate2, m) if inplace else torch.addcmul(x, gate2, m)
 
     def _mlp(self, h: torch.Tensor) -> torch.Tensor:
         """``self.mlp(h)``; without autograd the activation overwrites the hidden layer in place
@@ -276,7 +280,9 @@ class MiniVDiT(nn.Module):
         cfg = self.config
         b, c, f, h, w = x.shape
         gf, gh, gw = self.token_grid(f, h, w)
-        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)                        # [B, N, d]
+        # Token-major memory once here: elementwise results keep their input's layout, so a transposed
+        # stream would make every LayerNorm copy it.
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2).contiguous()           # [B, N, d]
         if self.pos_embed is not None:
             pos = position_features(gf, gh, gw, cfg.patch, x.device).to(self.pos_embed.weight.dtype)
             tokens = tokens + self.pos_embed(pos).to(tokens.dtype)
