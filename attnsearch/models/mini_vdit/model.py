@@ -122,9 +122,17 @@ def rope_angles(frames: int, rows: int, cols: int, head_dim: int, theta: float, 
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (2i, 2i+1) of ``x`` [B, heads, N, D] by the angles behind cos/sin [N, D/2]."""
+    """Rotate channel pairs (2i, 2i+1) of ``x`` [B, heads, N, D] by the angles behind cos/sin [N, D/2]
+    (or of ``x`` [B, N, heads, D] by cos/sin [N, 1, D/2])."""
     x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    if torch.is_grad_enabled():
+        out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+        return out.type_as(x)
+    # Without autograd both halves are written straight into the interleaved result (no stack).
+    out = torch.empty(x.shape, dtype=x1.dtype, device=x.device)
+    o1, o2 = out.unflatten(-1, (-1, 2)).unbind(-1)
+    torch.mul(x1, cos, out=o1).sub_(x2 * sin)
+    torch.mul(x1, sin, out=o2).add_(x2 * cos)
     return out.type_as(x)
 
 
@@ -180,10 +188,14 @@ class Block(nn.Module):
                 sin: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation + t_mod).unsqueeze(2).unbind(1)
         h = torch.addcmul(shift1, self.norm1(x), 1 + scale1)
-        q, k, v = self.qkv(h).chunk(3, dim=-1)
-        q = apply_rope(self.q_norm(self._heads(q)), cos, sin)
-        k = apply_rope(self.k_norm(self._heads(k)), cos, sin)
-        a = F.scaled_dot_product_attention(q, k, self._heads(v))
+        # Norms and rotations in token-major layout [B, N, heads, head_dim], the attention on its
+        # transposed view: the attention's output then comes back token-major, and flattening its
+        # heads for the projection is a view, not a copy.
+        q, k, v = self.qkv(h).unflatten(-1, (3, self.heads, self.head_dim)).unbind(2)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        q = apply_rope(self.q_norm(q), cos, sin).transpose(1, 2)
+        k = apply_rope(self.k_norm(k), cos, sin).transpose(1, 2)
+        a = F.scaled_dot_product_attention(q, k, v.transpose(1, 2))
         x = torch.addcmul(x, gate1, self.proj(a.transpose(1, 2).flatten(2)))
         ck, cv = self.cross_kv(cond).chunk(2, dim=-1)
         c = F.scaled_dot_product_attention(self._heads(self.cross_q(self.norm2(x))), self._heads(ck), self._heads(cv))
