@@ -21,7 +21,7 @@ import pytest
 
 
 #: Modules holding a test far longer than any other (the shipped mini-vdit weights' held-out
-#: generation: 70-74 CPU-seconds). They are collected first, so that under
+#: generation: about a CPU-minute). They are collected first, so that under
 #: ``make test`` (``--dist worksteal``) one worker starts there while the other takes the rest,
 #: instead of a worker starting one late and running it alone at the end.
 LONGEST_FIRST = ("tests/models/test_mini_vdit_weights.py",)
