@@ -19,8 +19,10 @@ the reference's range.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -48,12 +50,17 @@ VALIDATE_MODES = ("steps", "trajectory")
 @dataclass
 class Validator:
     """Reference outputs of the dense model on the first ``count`` inputs (``mode="steps"``) or
-    trajectories (``mode="trajectory"``), computed once."""
+    trajectories (``mode="trajectory"``), computed once.
+
+    Each measurement is kept by the plan's content (:meth:`Plan.to_dict`): a plan measured before
+    (a search's trials often reach the same plan from different knobs) is answered without running
+    the model again, with the figures its first run gave."""
 
     spec: Any
     count: int
     backend: str = "auto"
     mode: str = "steps"
+    _measured: dict[str, dict[str, float]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.mode not in VALIDATE_MODES:
@@ -96,8 +103,15 @@ class Validator:
         return torch.cat(outs)
 
     def measure(self, plan) -> dict[str, float]:
-        """{"rel_l2", "psnr_db"} of the model run by ``plan`` against the dense reference."""
-        out = self._run(plan)
+        """{"rel_l2", "psnr_db"} of the model run by ``plan`` against the dense reference (a new dict;
+        a plan of the same content as one measured before is not run again)."""
+        key = hashlib.sha256(json.dumps(plan.to_dict(), sort_keys=True).encode()).hexdigest()
+        if key not in self._measured:
+            self._measured[key] = self._figures(self._run(plan))
+        return dict(self._measured[key])
+
+    def _figures(self, out: torch.Tensor) -> dict[str, float]:
+        """{"rel_l2", "psnr_db"} of the outputs ``out`` against the dense reference."""
         ref = self.reference
         diff = (out - ref).double()
         rel = float(diff.norm() / ref.double().norm().clamp_min(1e-30))
