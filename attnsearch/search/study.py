@@ -144,6 +144,13 @@ class _Search:
         return cls(problems, budgeted=max_error is not None and not validate, max_error=max_error,
                    validator=validator)
 
+    def prepare(self) -> None:
+        """Compute what every trial needs before the first one is claimed: the validator's dense
+        reference (so a model that fails is reported before the study holds a trial). A search
+        that runs no trial here skips it and never runs the model."""
+        if self.validator is not None:
+            self.validator.reference  # a cached property: runs the dense model once
+
     def knobs_of(self, params: dict[str, Any]) -> Knobs:
         bs = params.get("block_size", self.sizes[-1])
         return Knobs(lam=None if self.budgeted else params["lam"],
@@ -204,6 +211,7 @@ def worker_main(cfg: dict[str, Any], index: int, report: Callable[[dict[str, Any
     rdb = open_storage(cfg["storage"], cfg["heartbeat_s"])
     study = _open_study(rdb, cfg["study"], _sampler_seed(cfg["seed"], index))
     deadline = started + cfg["timeout"] if cfg["timeout"] else None
+    search.prepare()
     run_trials(study, rdb, lambda: claim_lock(cfg["storage"], rdb, cfg["study"]), cfg["target"], search.objective,
                worker=worker_id(index), deadline=deadline,
                on_trial=lambda t: report(_progress(study, t, cfg["trials"])))
@@ -349,6 +357,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
 
         if to_run > 0:
             if workers == 1:
+                search.prepare()
                 run_trials(study, rdb, lock, target, search.objective, worker=worker_id(0),
                            deadline=time.monotonic() + timeout if timeout else None,
                            on_trial=lambda t: on_trial(_progress(study, t, to_run)))

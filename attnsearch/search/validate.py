@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -50,7 +51,8 @@ VALIDATE_MODES = ("steps", "trajectory")
 @dataclass
 class Validator:
     """Reference outputs of the dense model on the first ``count`` inputs (``mode="steps"``) or
-    trajectories (``mode="trajectory"``), computed once.
+    trajectories (``mode="trajectory"``), computed once, at the first use of :attr:`reference`: a
+    validator that measures nothing never runs the model.
 
     Each measurement is kept by the plan's content (:meth:`Plan.to_dict`): a plan measured before
     (a search's trials often reach the same plan from different knobs) is answered without running
@@ -76,7 +78,11 @@ class Validator:
             raise SearchError(f"validate: {self.count} inputs asked, the model has {self.spec.num_steps} "
                               f"(1 … {self.spec.num_steps})")
         self.data_range = self.spec.trajectory_range if self.mode == "trajectory" else None
-        self.reference = self._run(None)
+
+    @cached_property
+    def reference(self) -> torch.Tensor:
+        """The dense model's outputs that plans are measured against (run once, when first asked)."""
+        return self._run(None)
 
     def _run(self, plan) -> torch.Tensor:
         from ..models import split_input
