@@ -75,8 +75,8 @@ def _candidate_stats(keep: torch.Tensor, p_blk: torch.Tensor, u: torch.Tensor, o
     mass = torch.einsum("hcqn,hqn->hcq", keep.expand(p_blk.shape[0], -1, -1, -1), p_blk)
     num = torch.einsum("hcqn,hqnd->hcqd", keep.expand(p_blk.shape[0], -1, -1, -1), u)
     # A row with no kept mass (only `skip`) outputs zero, as the runtime does.
-    o_cand = torch.where(mass[..., None] > 0, num / mass.clamp_min(1e-30)[..., None], torch.zeros_like(num))
-    err = (o_cand - o_full[:, None]).flatten(2).norm(dim=2)
+    o_cand = num.div_(mass.clamp_min(1e-30)[..., None]).masked_fill_(~(mass[..., None] > 0), 0.0)
+    err = o_cand.sub_(o_full[:, None]).flatten(2).norm(dim=2)
     ref = o_full.flatten(1).norm(dim=1).clamp_min(1e-30)
     return mass.mean(-1), err / ref[:, None]
 
@@ -138,6 +138,13 @@ def fp8_partials(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.
     return p.sum(-1), torch.einsum("hqnb,hnbd->hqnd", round_probabilities(p), vd)
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """Whether every element of ``t`` is finite. A finite sum holds no NaN or ±inf (either would
+    make it NaN or infinite), so one reduction decides; only a sum that is not finite (a NaN or inf
+    inside, or finite values overflowing it) is checked element by element."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def _head_chunk(num_heads: int, queries: int, padded: int, head_dim: int, budget: int,
                 fp8: bool = False) -> int:
     per_head = 4 * queries * padded * (2 + head_dim / 128 * 2)  # logits/probs + U (fp32), rough
@@ -177,7 +184,7 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
     geometry.check_tokens(n)
     where = f"step {step} layer {layer}"
     for name, t in (("query", q), ("key", k), ("value", v)):
-        if not bool(torch.isfinite(t).all()):
+        if not _all_finite(t):
             raise ProfileError(f"{where}: the attention {name} holds non-finite values (NaN or ±inf); "
                                "a profile of them would be meaningless")
     if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
@@ -213,7 +220,8 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
         share = b * shares // bsz
         for h0 in range(0, heads, chunk):
             hs = slice(h0, min(h0 + chunk, heads))
-            kv_heads = torch.arange(hs.start, hs.stop, device=device) // group
+            # Each query head's key/value head: a view where they are the same heads (no GQA).
+            kv_heads = hs if group == 1 else torch.arange(hs.start, hs.stop, device=device) // group
             qs = q[b, hs][:, rows].float()                        # [h, Q, D]
             kk = k[b, kv_heads].float()                           # [h, N, D]
             vv = torch.nn.functional.pad(v[b, kv_heads].float(), (0, 0, 0, nb * bs - n))
