@@ -97,6 +97,24 @@ def test_a_dense_plan_reproduces_the_dense_trajectories(spec):
     assert got["rel_l2"] < 1e-5 and got["psnr_db"] > 80
 
 
+def test_the_model_runs_only_for_what_is_measured(spec):
+    """A validator runs the dense model at its first measurement, not before; a plan of the same
+    content as one measured before (even a new object) gets the same figures without running the
+    model; another plan runs it again."""
+    forwards = []
+    hook = spec.model.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        v = Validator(spec, 2, backend="torch")
+        assert not forwards
+        first = v.measure(_plan(spec))
+        assert len(forwards) == 4                      # dense reference and the plan: 2 steps each
+        assert v.measure(_plan(spec)) == first and len(forwards) == 4
+        dense = Plan.dense(spec.geometry, STEPS, spec.model.config.depth, spec.model.config.heads, BLOCK)
+        assert v.measure(dense)["rel_l2"] < 1e-5 and len(forwards) == 6
+    finally:
+        hook.remove()
+
+
 def test_bad_requests_name_the_problem(spec):
     with pytest.raises(SearchError, match="3 trajectories asked, the model has 2"):
         Validator(spec, 3, mode="trajectory")
