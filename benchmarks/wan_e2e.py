@@ -173,6 +173,48 @@ def main() -> None:
           flush=True)
 
     # --- sparse, per target density -------------------------------------------------------------------
+    def sparse_run(plan, precision, target) -> dict:
+        """One plan under ``apply``: the forward end to end, and its self-attention calls alone on
+        layer 0's q/k/v."""
+        densities = [lp.density for lp in plan.schedule[0].layers]
+        density = sum(densities) / len(densities)
+        print(f"plan: target {target}, {precision}, mean density {density:.3f} "
+              f"(layers {min(densities):.3f}–{max(densities):.3f}), B={plan.block_size}  "
+              f"({time.time() - t_start:.0f}s)", flush=True)
+        ap_ctx = apply(model, plan, auto_step=False, backend=backend)
+
+        def sparse_forward():
+            ap_ctx.set_step(0)
+            with torch.no_grad(), forced_cudnn(force["cudnn"]):
+                return model(**kw)[0]
+
+        with ap_ctx:
+            sparse_out = sparse_forward()  # first call: Triton tuning and compilation
+            stats_one = dict(ap_ctx.stats, fallbacks=dict(ap_ctx.stats["fallbacks"]))
+            rejected = ap_ctx._capture.rejected  # cross-attention calls of that forward, passed through
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            t_sparse = timer(sparse_forward)
+            sparse_peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+
+        def sparse_attention_all(layer_plans=plan.schedule[0].layers):
+            for lp in layer_plans:
+                sparse_attention(q, k, v, lp, backend=backend, scale=scale)
+
+        t_attn_sparse = timer(sparse_attention_all)
+        run = {
+            "target_density": target, "precision": precision, "density": density, "layer_densities": densities,
+            "apply_stats_one_forward": stats_one, "cross_attention_calls_passed_through_per_forward": rejected,
+            "sparse_forward_ms": t_sparse, "attention_sparse_ms": t_attn_sparse, "sparse_peak_gib": sparse_peak,
+            "sparse_backend": select_backend(q, k, v, plan.schedule[0].layers[0], backend).name,
+            "sparse_attention_tflops_on_kept_blocks": flops_dense * density / t_attn_sparse["median"] / 1e9,
+            "output_rel_l2_sparse_vs_dense": rel_l2(sparse_out, dense_out),
+            "outputs_finite": bool(torch.isfinite(dense_out).all() and torch.isfinite(sparse_out).all()),
+        }
+        print(f"sparse forward {t_sparse['median']:.1f} ms, attention alone {t_attn_sparse['median']:.1f} ms; "
+              f"apply stats of one forward {stats_one}  ({time.time() - t_start:.0f}s)", flush=True)
+        return run
+
     runs = []
     for target in args.density:
         base_plan = mixed_forward_plan(geometry, num_layers, num_heads, block_size, target,
@@ -181,8 +223,7 @@ def main() -> None:
                                                "layer_scales": list(LAYER_SCALES)})
         for precision in args.precision:
             plan = base_plan if precision == "native" else base_plan.with_precision(precision)
-            runs.append(_sparse_run(plan, precision, target, model, kw, q, k, v, scale, backend, timer, force,
-                                    dense_out, flops_dense, cuda, t_start))
+            runs.append(sparse_run(plan, precision, target))
 
     t_dense2 = timer(dense_forward)  # again, after the sparse runs: drift check
     print(f"dense forward again {t_dense2['median']:.1f} ms  ({time.time() - t_start:.0f}s)", flush=True)
@@ -232,49 +273,6 @@ def main() -> None:
     print(header + "\n".join(lines), flush=True)
     if not all(math.isfinite(r["e2e_speedup"]) for r in runs):
         raise SystemExit(1)
-
-
-def _sparse_run(plan, precision, target, model, kw, q, k, v, scale, backend, timer, force, dense_out, flops_dense,
-                cuda, t_start) -> dict:
-    """One plan under ``apply``: the forward end to end, and its self-attention calls alone on layer 0's q/k/v."""
-    densities = [lp.density for lp in plan.schedule[0].layers]
-    density = sum(densities) / len(densities)
-    print(f"plan: target {target}, {precision}, mean density {density:.3f} "
-          f"(layers {min(densities):.3f}–{max(densities):.3f}), B={plan.block_size}  ({time.time() - t_start:.0f}s)",
-          flush=True)
-    ap_ctx = apply(model, plan, auto_step=False, backend=backend)
-
-    def sparse_forward():
-        ap_ctx.set_step(0)
-        with torch.no_grad(), forced_cudnn(force["cudnn"]):
-            return model(**kw)[0]
-
-    with ap_ctx:
-        sparse_out = sparse_forward()  # first call: Triton tuning and compilation
-        stats_one = dict(ap_ctx.stats, fallbacks=dict(ap_ctx.stats["fallbacks"]))
-        rejected = ap_ctx._capture.rejected  # cross-attention calls of that forward, passed through
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        t_sparse = timer(sparse_forward)
-        sparse_peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-
-    def sparse_attention_all(layer_plans=plan.schedule[0].layers):
-        for lp in layer_plans:
-            sparse_attention(q, k, v, lp, backend=backend, scale=scale)
-
-    t_attn_sparse = timer(sparse_attention_all)
-    run = {
-        "target_density": target, "precision": precision, "density": density, "layer_densities": densities,
-        "apply_stats_one_forward": stats_one, "cross_attention_calls_passed_through_per_forward": rejected,
-        "sparse_forward_ms": t_sparse, "attention_sparse_ms": t_attn_sparse, "sparse_peak_gib": sparse_peak,
-        "sparse_backend": select_backend(q, k, v, plan.schedule[0].layers[0], backend).name,
-        "sparse_attention_tflops_on_kept_blocks": flops_dense * density / t_attn_sparse["median"] / 1e9,
-        "output_rel_l2_sparse_vs_dense": rel_l2(sparse_out, dense_out),
-        "outputs_finite": bool(torch.isfinite(dense_out).all() and torch.isfinite(sparse_out).all()),
-    }
-    print(f"sparse forward {t_sparse['median']:.1f} ms, attention alone {t_attn_sparse['median']:.1f} ms; "
-          f"apply stats of one forward {stats_one}  ({time.time() - t_start:.0f}s)", flush=True)
-    return run
 
 
 def _figure(fig, runs) -> None:
