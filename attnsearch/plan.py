@@ -232,6 +232,23 @@ class Plan:
                 total += (e.stop - e.start) * len(lp.computed_heads)
         return mine / total if total else 0.0
 
+    def costed_call(self) -> tuple[int, int]:
+        """(head_dim, batch) of the attention calls the search priced this plan's layers at
+        (``search.settings``; 128 and 1 where the plan does not say). PlanError when a recorded
+        value is not a positive integer."""
+        settings = self.search.get("settings") or {}
+        if not isinstance(settings, Mapping):
+            raise PlanError(f"search.settings must be an object, got {type(settings).__name__}")
+        shape = []
+        for name, default in (("head_dim", 128), ("batch", 1)):
+            value = settings.get(name)
+            if value is None:
+                value = default
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise PlanError(f"search.settings.{name} must be a positive integer, got {value!r}")
+            shape.append(value)
+        return shape[0], shape[1]
+
     def with_precision(self, precision: str) -> Plan:
         """The plan with every computed head of every sparse layer in ``precision`` (the same masks;
         dense entries stay dense); ``predicted`` left empty (its figures were for the plan's own

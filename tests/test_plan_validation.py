@@ -345,3 +345,19 @@ def test_user_text_in_a_message_stays_on_one_line(tmp_path):
     data = plan_dict()
     data["extra\n"] = 1
     refused(tmp_path, data, '["extra\\n"]: unknown field')
+
+
+def test_costed_call_reads_the_search_settings_or_names_a_bad_one():
+    """(head_dim, batch) the search priced the plan at: the recorded values, (128, 1) where none is
+    recorded, and a one-line PlanError for anything but a positive integer (fuzzed: [None])."""
+    import dataclasses
+
+    from attnsearch.geometry import Geometry
+    from attnsearch.plan import Plan, PlanError
+
+    plan = Plan.dense(Geometry(2, 4, 4), 1, 1, 2, 64)
+    assert plan.costed_call() == (128, 1)
+    assert dataclasses.replace(plan, search={"settings": {"head_dim": 64, "batch": 2}}).costed_call() == (64, 2)
+    for bad in ([None], 0, 1.5, True, "2"):
+        with pytest.raises(PlanError, match="search.settings.batch must be a positive integer"):
+            dataclasses.replace(plan, search={"settings": {"batch": bad}}).costed_call()

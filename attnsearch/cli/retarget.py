@@ -55,8 +55,8 @@ def retarget(
         text = plan.geometry.text_tokens if text_tokens is None else text_tokens
         target = Geometry(frames, height, width, text, plan.geometry.text_position)
         moved = plan.for_geometry(target)
-        settings = plan.search.get("settings") or {}
-        cost = {"head_dim": head_dim or settings.get("head_dim") or 128, "batch": settings.get("batch") or 1,
+        costed_head_dim, batch = plan.costed_call()
+        cost = {"head_dim": head_dim or costed_head_dim, "batch": batch,
                 "hardware": hardware or plan.hardware.get("calibration")}
         before, after = predicted_speedup(plan, **cost), predicted_speedup(moved, **cost)
         for figures in (before, after):

@@ -95,10 +95,8 @@ def schedule(plan: Plan, path: Path) -> Path:
 def plan_figures(plan: Plan, out: Path) -> dict:
     from ..costmodel import CostModel
 
-    settings = plan.search.get("settings") or {}
-    # The calls' head_dim and batch, as the search costed them (128 and 1 for a plan without them).
-    cost = CostModel(plan.hardware.get("calibration") or None, head_dim=int(settings.get("head_dim") or 128),
-                     batch=int(settings.get("batch") or 1))
+    head_dim, batch = plan.costed_call()
+    cost = CostModel(plan.hardware.get("calibration") or None, head_dim=head_dim, batch=batch)
     figs = [("Pattern per head", head_map(plan, out / "plan_heads.png")),
             ("Predicted latency per layer", layer_latency(plan, out / "plan_latency.png", cost)),
             ("Step schedule", schedule(plan, out / "plan_schedule.png"))]
