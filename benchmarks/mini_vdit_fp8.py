@@ -1,7 +1,8 @@
 """FP8 kept blocks on mini-vdit, the project's trained video DiT: the search's mixed-precision plan
 against the all-native plan at the same density cap, and the native plan with every head in FP8.
 
-    python -m benchmarks.mini_vdit_fp8 --out reports/mini_vdit_fp8 [--seeds 16] [--hardware TABLE]
+    python -m benchmarks.mini_vdit_fp8 --out reports/mini_vdit_fp8 [--seeds 16] [--hardware TABLE] \
+        [--size FRAMES HEIGHT WIDTH]
 
 One profile with FP8 errors (``--conditions`` training conditions, every sampling step) → two
 searches over it, one that may give heads native precision only and one that may give them native
@@ -10,9 +11,11 @@ those plans and the native plan run all-FP8 (``Plan.with_precision``) generate `
 videos each from the dense videos' noise; PSNR / SSIM of the frames against dense. Every plan's
 attention is also timed on this GPU layer by layer (``bench_plan``: CUDA events, median, fresh
 inputs, at the model's shape with both guidance branches) beside the cost model's prediction.
-The hardware table must price FP8 (``attnsearch calibrate`` on a GPU with FP8 tensor cores).
-Writes ``result.json``, ``figure.png`` (PSNR and measured attention speedup against density) and a
-``README.md`` fragment.
+``--size``: the clips' pixel size (default the model's, 16 × 64 × 64 = 4,096 tokens; the same weights
+run at other sizes through RoPE: 16 × 128 × 128 has 16 times the kept-block work per layer against
+the same fixed costs of a call). The hardware table must price FP8 (``attnsearch calibrate`` on a
+GPU with FP8 tensor cores). Writes ``result.json``, ``figure.png`` (PSNR and measured attention
+speedup against density) and a ``README.md`` fragment.
 """
 
 from __future__ import annotations
@@ -70,12 +73,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profile", type=Path, default=None, help="reuse this profile (measured with FP8)")
     p.add_argument("--steps", type=int, default=20, help="sampling steps")
     p.add_argument("--reps", type=int, default=30, help="timed repetitions per layer plan")
+    p.add_argument("--size", type=int, nargs=3, default=[16, 64, 64], metavar=("FRAMES", "HEIGHT", "WIDTH"))
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("mini_vdit_fp8: needs a CUDA GPU with FP8 tensor cores")
     started = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
-    spec = load_model("mini-vdit", conditions=args.conditions, steps=args.steps, device="cuda")
+    f, h, w = args.size
+    spec = load_model("mini-vdit", conditions=args.conditions, steps=args.steps, frames=f, height=h, width=w,
+                      device="cuda")
     if args.profile is not None:
         prof_path = args.profile
     else:
@@ -97,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{kind} ≤ {d}: {res.reason}", flush=True)
                 if kind == "native":
                     plans.append(("all fp8", d, res.plan.with_precision("fp8"), {"from": "the native plan"}))
-    generator = load_generator("mini-vdit", device="cuda")
+    generator = load_generator("mini-vdit", device="cuda", frames=f, height=h, width=w)
     result = evaluate([q for _, _, q, _ in plans], generator, seeds=args.seeds, hardware=args.hardware,
                       labels=[f"{kind} ≤ {d}" for kind, d, _, _ in plans],
                       progress=lambda e: print(f"  video {e['done']}/{e['total']}: {e['label']}", flush=True))
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
               f"PSNR {run.overall['psnr_db']:.2f} dB, {timed['speedup_vs_cudnn']:.2f}× measured, "
               f"{run.predicted['speedup']:.2f}× predicted", flush=True)
     out = {"seconds": round(time.time() - started, 1), "card": timed["card"], "profile": str(prof_path),
-           "seeds": result.seeds, "steps": result.steps, "hardware": cm.table.name, "plans": rows}
+           "size": [f, h, w], "seeds": result.seeds, "steps": result.steps, "hardware": cm.table.name, "plans": rows}
     write_outputs(args.out, "mini_vdit_fp8", out, draw(out))
     print(f"wrote {args.out} in {time.time() - started:.0f} s")
 
