@@ -53,6 +53,7 @@ def test_sparse_attention_operator_passes_opcheck():
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 
 
+@pytest.mark.slow
 @DIRECT_COMPILE
 def test_compiled_sparse_attention_matches_the_reference_without_graph_breaks():
     g = Geometry(4, 8, 8)
