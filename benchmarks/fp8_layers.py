@@ -11,8 +11,10 @@ H100/H200), the Triton kernel in bf16 (tuned), and per FP8 kernel (the Triton ke
 FP8 heads on, and the Hopper kernel's FP8 build where it runs) the call with its quantization pass (``runtime/quantize.py``,
 V in the key order the kernel reads), the kernel alone on quantized operands, and the pass alone.
 TFLOP/s count the kept blocks' 4·N·B·D per kept block pair. Error: relative L2 against fp32
-attention on 512 sampled query rows per head (random inputs: near-uniform attention, FP8's hard
-case). ``--hopper-stages 2 3 4`` also times the Hopper FP8 build alone at those K/V ring depths
+attention on 512 sampled query rows, per layer and per head (random inputs: near-uniform
+attention, FP8's hard case), beside the same error of the FP8 kernels' definition
+(``fp8_attention_rows`` on ``quantize_fp8``'s operands), which is what a profile measures as a head's
+FP8 error and the search is told. ``--hopper-stages 2 3 4`` also times the Hopper FP8 build alone at those K/V ring depths
 (an FP8 block takes half of bf16's shared memory). Writes result.json and figure.png.
 """
 
@@ -34,7 +36,7 @@ from attnsearch.geometry import Geometry
 from attnsearch.report.style import save_figure
 from attnsearch.runtime import get_block_tables, select_backend
 from attnsearch.runtime.backends import HopperBackend, TritonBackend, backend_for
-from attnsearch.runtime.quantize import quantize_fp8
+from attnsearch.runtime.quantize import fp8_attention_rows, fp8_operands, quantize_fp8
 
 SHAPES = [(Geometry(21, 30, 52), 12, 128), (Geometry(21, 45, 80), 40, 128), (Geometry(21, 30, 52), 24, 64)]
 DENSITIES = (0.1, 0.25, 0.5)
@@ -42,17 +44,34 @@ BLOCK = 128
 ROWS = 512
 
 
-def sampled_error(out: torch.Tensor, q, k, v, layer_plan, scale: float, rows: torch.Tensor) -> float:
-    """Relative L2 of ``out`` against fp32 attention on ``rows`` of every head."""
+def reference_rows(q, k, v, layer_plan, scale: float, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """On ``rows`` of every head ([H, R, D], float32): attention in fp32 over the kept blocks, and the
+    FP8 kernels' definition of it (``quantize_fp8``'s operands dequantized, P rounded to e4m3 as the
+    kernels round it: ``fp8_attention_rows``), which is what a profile measures as a head's FP8 error
+    and so what the search is told."""
     masks = layer_plan.block_masks().to(q.device)
-    num, den = 0.0, 0.0
+    dq, dk, dv = fp8_operands(q, k, v, BLOCK)
+    refs, defined = [], []
     for h in range(q.shape[1]):
         keep = masks[h][rows // BLOCK].repeat_interleave(BLOCK, dim=-1)[:, : q.shape[2]]    # [R, N]
         s = (q[0, h, rows].float() @ k[0, h].float().T) * scale
-        ref = torch.softmax(s.masked_fill(~keep, float("-inf")), -1).nan_to_num(0.0) @ v[0, h].float()
-        num += (out[0, h, rows].float() - ref).square().sum().item()
-        den += ref.square().sum().item()
-    return (num / den) ** 0.5
+        refs.append(torch.softmax(s.masked_fill(~keep, float("-inf")), -1).nan_to_num(0.0) @ v[0, h].float())
+        s8 = (dq[0, h, rows] @ dk[0, h].T) * scale
+        defined.append(fp8_attention_rows(s8.masked_fill(~keep, float("-inf")), dv[0, h]))
+    return torch.stack(refs), torch.stack(defined)
+
+
+def head_errors(got: torch.Tensor, ref: torch.Tensor) -> list[float]:
+    """Relative L2 of ``got`` against ``ref`` ([H, R, D]) per head (0 for a head whose reference is zero:
+    a skip head, whose output is zero by definition)."""
+    num = (got.float() - ref).square().sum((1, 2))
+    den = ref.square().sum((1, 2))
+    return torch.where(den > 0, (num / den.clamp_min(1e-30)).sqrt(), num.sqrt()).tolist()
+
+
+def layer_error(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative L2 of ``got`` against ``ref`` over every head."""
+    return float((got.float() - ref).norm() / ref.norm())
 
 
 def fp8_backends(qkv) -> list:
@@ -110,10 +129,15 @@ def bench_layer(geometry: Geometry, heads: int, head_dim: int, target: float, re
     g = torch.Generator(device="cuda").manual_seed(0)
     rows = torch.randint(0, n, (ROWS,), device="cuda", generator=g)
     x = inputs[0]
+    ref, defined = reference_rows(*x, lp, scale, rows)
+    row["fp8 definition rel_err"] = layer_error(defined, ref)
+    row["fp8 definition rel_err per head"] = head_errors(defined, ref)
     for name, fn in runs.items():
         if name.startswith(("bf16", "fp8")):
             fn(x)
-            row[f"{name.split(' (')[0]} rel_err"] = sampled_error(out, *x, lp, scale, rows)
+            got = out[0, :, rows]
+            row[f"{name.split(' (')[0]} rel_err"] = layer_error(got, ref)
+            row[f"{name.split(' (')[0]} rel_err per head"] = head_errors(got, ref)
     return row
 
 
