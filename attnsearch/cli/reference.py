@@ -42,9 +42,8 @@ def _cell(text: str) -> str:
 
 
 def _default(param) -> str:
+    """An optional parameter's default as ``--help`` shows it ("" where it has none to show)."""
     value = param.default
-    if param.required:
-        return "required"
     if value is None or value == [] or callable(value):
         return ""
     if isinstance(value, bool):
