@@ -1,7 +1,7 @@
 """The ``attnsearch`` command line: the I/O edge of the pipeline.
 
 One module per command (``profile``, ``classify``, ``optimize``, ``calibrate``, ``demo``, ``evaluate``,
-``merge``, ``validate``, ``report``, ``bench``, ``retarget``); ``common`` holds what they share. Every
+``merge``, ``validate``, ``report``, ``bench``, ``retarget``, ``info``); ``common`` holds what they share. Every
 command turns bad
 input into one clear line on stderr and exit code 2; library errors carry the field they are
 about, so a command only has to print them. Usage errors (an unknown option, a value of the wrong
@@ -25,6 +25,7 @@ from .calibrate import calibrate
 from .classify import classify_cmd
 from .demo import demo
 from .evaluate import evaluate
+from .info import info
 from .merge import merge
 from .optimize import optimize
 from .profile import profile
@@ -84,6 +85,7 @@ app.command()(validate)
 app.command()(report)
 app.command()(bench)
 app.command()(retarget)
+app.command()(info)
 
 
 def main() -> None:  # pragma: no cover - console entry point
