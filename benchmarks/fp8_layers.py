@@ -13,9 +13,10 @@ V in the key order the kernel reads), the kernel alone on quantized operands, an
 TFLOP/s count the kept blocks' 4·N·B·D per kept block pair. Error: relative L2 against fp32
 attention on 512 sampled query rows, per layer and per head (random inputs: near-uniform
 attention, FP8's hard case), beside the same error of the FP8 kernels' definition
-(``fp8_attention_rows`` on ``quantize_fp8``'s operands), which is what a profile measures as a head's
-FP8 error and the search is told. ``--hopper-stages 2 3 4`` also times the Hopper FP8 build alone at those K/V ring depths
-(an FP8 block takes half of bf16's shared memory). Writes result.json and figure.png.
+(``fp8_attention_rows`` on ``quantize_fp8``'s operands), which is what a profile measures as a
+head's FP8 error and the search is told. ``--hopper-stages 2 3 4`` also times the Hopper FP8 build
+alone at those K/V ring depths (an FP8 block takes half of bf16's shared memory). Writes result.json
+and figure.png.
 """
 
 from __future__ import annotations
