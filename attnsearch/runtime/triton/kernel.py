@@ -140,22 +140,14 @@ def _attn_fwd_program(
     last = tl.load(row + tl.maximum(n_kept - 1, 0))
     has_tail = (n_kept > 0) & (last == NB - 1)
     n_full = n_kept - has_tail.to(tl.int32)
-    if WARP_SPECIALIZE:  # producer/consumer warp groups (Triton's automatic warp specialization)
-        for j in tl.range(0, n_full * SUB_N, warp_specialize=True):
-            kb = tl.load(row + j // SUB_N)
-            start_n = kb * BLOCK + (j % SUB_N) * BLOCK_N
-            acc, l_i, m_i = _attn_fwd_tile(acc, l_i, m_i, q, k_src, v_src, b, kvh, start_n, N,
-                                           stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
-                                           offs_n, offs_d, k_scales, BLOCK, BLOCK_N, HEAD_DIM, False, USE_TMA,
-                                           INPUT_PRECISION, FP8)
-    else:
-        for j in range(0, n_full * SUB_N):
-            kb = tl.load(row + j // SUB_N)
-            start_n = kb * BLOCK + (j % SUB_N) * BLOCK_N
-            acc, l_i, m_i = _attn_fwd_tile(acc, l_i, m_i, q, k_src, v_src, b, kvh, start_n, N,
-                                           stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
-                                           offs_n, offs_d, k_scales, BLOCK, BLOCK_N, HEAD_DIM, False, USE_TMA,
-                                           INPUT_PRECISION, FP8)
+    # WARP_SPECIALIZE: producer/consumer warp groups (Triton's automatic warp specialization).
+    for j in tl.range(0, n_full * SUB_N, warp_specialize=WARP_SPECIALIZE):
+        kb = tl.load(row + j // SUB_N)
+        start_n = kb * BLOCK + (j % SUB_N) * BLOCK_N
+        acc, l_i, m_i = _attn_fwd_tile(acc, l_i, m_i, q, k_src, v_src, b, kvh, start_n, N,
+                                       stride_kn, stride_kd, stride_vn, stride_vd, qk_scale,
+                                       offs_n, offs_d, k_scales, BLOCK, BLOCK_N, HEAD_DIM, False, USE_TMA,
+                                       INPUT_PRECISION, FP8)
     # Masked stage: the sub-tiles of block nb − 1 that start below N (none if it is not kept).
     tail_lo = (NB - 1) * BLOCK
     tail_hi = tl.where(has_tail, N, tail_lo)
