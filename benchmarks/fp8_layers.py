@@ -7,8 +7,8 @@ Shapes: Wan2.1-1.3B's layer (1, 12, 32,760) and Wan2.1-14B's 720p layer (1, 40, 
 128, and the first with 24 heads at head_dim 64; layers mixing the four sparse families at 10, 25
 and 50% of the blocks, block size 128. Timed per layer (``bench.time_ms``, queued, CUDA events,
 median of fresh bf16 inputs): what ``sparse_attention`` runs in bf16 ("auto": the Hopper kernel on
-H100/H200), the Triton kernel in bf16 (tuned), and per FP8 kernel (the Triton kernel "auto" runs
-FP8 heads on, and the Hopper kernel's FP8 build where it runs) the call with its quantization pass (``runtime/quantize.py``,
+H100/H200), the Triton kernel in bf16 (tuned), and per FP8 kernel (the Hopper kernel's FP8 build
+where it runs, and the Triton kernel's) the call with its quantization pass (``runtime/quantize.py``,
 V in the key order the kernel reads), the kernel alone on quantized operands, and the pass alone.
 TFLOP/s count the kept blocks' 4·N·B·D per kept block pair. Error: relative L2 against fp32
 attention on 512 sampled query rows, per layer and per head (random inputs: near-uniform
@@ -76,11 +76,12 @@ def layer_error(got: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def fp8_backends(qkv) -> list:
-    """The kernels that run FP8 heads of this call here: what "auto" picks (the Triton kernel), and
-    the Hopper kernel's FP8 build where the Hopper kernel runs the call."""
+    """The kernels that run FP8 heads of this call here, what "auto" picks first: the Hopper kernel's
+    FP8 build where the Hopper kernel runs the call, and the Triton kernel's where it runs FP8."""
     found = [backend_for(*qkv, BLOCK, precision="fp8")]
-    if not HopperBackend.call_reasons(*qkv, BLOCK) and HopperBackend not in found:
-        found.append(HopperBackend)
+    for b, precision in ((HopperBackend, "native"), (TritonBackend, "fp8")):
+        if b not in found and not b.call_reasons(*qkv, BLOCK, precision):
+            found.append(b)
     return found
 
 
