@@ -206,10 +206,7 @@ class HopperBackend(Backend):
 
     name = "hopper"
     dtypes = (torch.float16, torch.bfloat16)
-    #: Its FP8 build (``hopper/launch.forward(precision="fp8")``, checked in its sm_90a binary on the
-    #: CPU) is not declared: dispatch runs FP8 heads on it once its GPU correctness tests
-    #: (``test_gpu_kernels.py``) have passed on a Hopper card; until then they run on triton.
-    precisions = ("native",)
+    precisions = ("native", "fp8")
     fp8_key_order = "wgmma"
     head_dims = (64, 128)
     block_sizes = (128,)  # two 64-row consumer warpgroups per block

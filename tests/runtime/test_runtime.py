@@ -316,8 +316,7 @@ def test_each_backend_declares_the_precisions_it_runs():
     common = dict(device="cuda", dtype=torch.bfloat16, head_dim=128, block_size=128)
     assert TritonBackend.not_supported_reasons(**common, capability=(9, 0), precision="fp8") == []
     assert any("8.9" in r for r in TritonBackend.not_supported_reasons(**common, capability=(8, 0), precision="fp8"))
-    assert any("native only" in r for r in HopperBackend.not_supported_reasons(**common, capability=(9, 0),
-                                                                               precision="fp8"))
+    assert HopperBackend.not_supported_reasons(**common, capability=(9, 0), precision="fp8") == []
     assert HopperBackend.fp8_key_order == "wgmma" and TritonBackend.fp8_key_order == "natural"
     assert TorchBackend.not_supported_reasons(**dict(common, device="cpu"), precision="fp8") == []   # emulated
     assert TorchBackend.not_supported_reasons(**common, capability=(8, 0), precision="fp8") == []
