@@ -32,8 +32,8 @@ def bench_layer_plan(layer_plan: LayerPlan, *, batch: int = 1, head_dim: int = 1
             views of [batch, N, H, head_dim]).
         config: a ``runtime.triton.launch.KernelConfig`` (the triton backend with that config, for
             every precision), or None for what ``sparse_attention`` runs: per precision of the heads
-            the backend "auto" picks (native: hopper on H100/H200 at block size 128, else triton
-            with its tuned config; FP8: triton).
+            the backend "auto" picks (hopper on H100/H200 at block size 128, else triton with its
+            tuned config).
         groups_alone: also time each head group as its own launch, to compare the fused layer
             with the sum of its groups.
         dense_ms: reuse a cuDNN time measured before for this shape (skips timing it again).

@@ -31,7 +31,7 @@ search therefore re-costs chosen layers with the full model (:meth:`CostModel.la
 they are small, and reports the full model's figures for the final plan.
 
 **FP8 layers.** Heads whose products run in FP8 (e4m3, a head group's ``precision="fp8"``: the
-Triton kernel) cost a launch of their own, the same form with the FP8 variant's constants
+kernel "auto" runs them on) cost a launch of their own, the same form with the FP8 variant's constants
 (``params.sparse`` key ``d{D}_b{B}_fp8``), plus the quantization pass over their q, k and v,
 ``launch + bytes / bandwidth`` (``params.quantize``; the bytes it moves, K and V counted per query
 head: :func:`quantize_bytes`). Native and FP8 heads of one layer run as two launches, each paying its
