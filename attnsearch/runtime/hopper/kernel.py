@@ -360,14 +360,14 @@ def _operand(p, dtype: gl.constexpr, p_layout: gl.constexpr):
     return p
 
 
-#: Four fp32 values ($1 .. $4) to four e4m3 bytes of one register, $1 in the lowest byte
-#: (``cvt ... e4m3x2`` puts its first source in the upper byte); round to nearest, saturating.
 #: FP8: P's columns, split per group of 32 as (group, h, c, t, e) for column 32·group + 16h + 8c + 2t + e
 #: (thread t of a quad holds columns 2t, 2t + 1 of each 8 of the accumulator), are relabelled in this
 #: order, (group, h, t, c, e): K index 16h + 4t + 2c + e of the operand, the same thread's
 #: (``quantize.wgmma_position`` stores V's keys to match).
 P_COLUMN_ORDER = gl.constexpr((0, 1, 2, 4, 3, 5))
 
+#: Four fp32 values ($1 .. $4) to four e4m3 bytes of one register, $1 in the lowest byte
+#: (``cvt ... e4m3x2`` puts its first source in the upper byte); round to nearest, saturating.
 E4M3X4_ASM = gl.constexpr("{\n.reg .b16 lo, hi;\ncvt.rn.satfinite.e4m3x2.f32 lo, $2, $1;\n"
                           "cvt.rn.satfinite.e4m3x2.f32 hi, $4, $3;\nmov.b32 $0, {lo, hi};\n}")
 
