@@ -76,13 +76,11 @@ def layer_error(got: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def fp8_backends(qkv) -> list:
-    """The kernels that run FP8 heads of this call here, what "auto" picks first: the Hopper kernel's
-    FP8 build where the Hopper kernel runs the call, and the Triton kernel's where it runs FP8."""
-    found = [backend_for(*qkv, BLOCK, precision="fp8")]
-    for b, precision in ((HopperBackend, "native"), (TritonBackend, "fp8")):
-        if b not in found and not b.call_reasons(*qkv, BLOCK, precision):
-            found.append(b)
-    return found
+    """The kernels that run FP8 heads of this call here (the Hopper kernel's FP8 build, the Triton
+    kernel's), what "auto" picks first."""
+    auto = backend_for(*qkv, BLOCK, precision="fp8")
+    return [auto] + [b for b in (HopperBackend, TritonBackend)
+                     if b is not auto and not b.call_reasons(*qkv, BLOCK, "fp8")]
 
 
 def bench_layer(geometry: Geometry, heads: int, head_dim: int, target: float, reps: int,
