@@ -217,13 +217,16 @@ def _producer(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_ready, q_empty, 
 
 
 @gluon.jit
-def _softmax_step(s, m_i, l_i, masked, tail_start, offs_n, qk_scale, N, LAZY: gl.constexpr,
-                  P_SHIFT: gl.constexpr = 0.0):
+def _softmax_step(s, m_i, l_i, masked, tail_start, offs_n, qk_scale, N, dtype: gl.constexpr,
+                  HEAD_DIM: gl.constexpr):
     """Online-softmax update with one key block's scores; ``masked``: this is block nb - 1 (at
     ``tail_start``) and it runs past N, so keys ≥ N get no weight. P comes back in fp32, in S's
-    layout (``_operand`` makes it the PV wgmma's operand). ``P_SHIFT``: P and the row sum are
-    2^P_SHIFT times the weights (FP8: P's largest value is then e4m3's largest, so its small values
-    keep e4m3's relative precision; the factor cancels in O / l)."""
+    layout (``_operand`` makes it the PV wgmma's operand in the operands' ``dtype``). The running
+    max moves lazily where ``_lazy_rescale`` says; P and the row sum are 2^``_p_shift`` times the
+    weights (FP8: P's largest value is then e4m3's largest, so its small values keep e4m3's relative
+    precision; the factor cancels in O / l)."""
+    LAZY: gl.constexpr = _lazy_rescale(HEAD_DIM, dtype)
+    P_SHIFT: gl.constexpr = _p_shift(dtype)
     if masked:
         s = gl.where(gl.expand_dims(tail_start + offs_n < N, 0), s, float("-inf"))
     m_blk = gl.max(s, axis=1) * qk_scale
@@ -322,14 +325,14 @@ def _fenced(l_i):
 
 
 @gluon.jit
-def _carried(p, dtype: gl.constexpr, p_layout: gl.constexpr):
-    """P as a turn hands it to the next turn's PV product. 16 bits: the operand itself (half the
+def _carried(p, acc, dtype: gl.constexpr):
+    """P as a turn hands it to the next turn's PV product (into ``acc``, operands of ``dtype``). 16 bits: the operand itself (half the
     registers of fp32), made after the previous PV product has retired, so the new P may take the
     registers that product reads. FP8: the fp32 values, made the operand where the product is issued
     (``_issued``): an e4m3 operand carried across the loop edge is split into bytes there and packed
     again before the product, ~190 more instructions a turn on the softmax's critical path."""
     if not dtype.is_fp8():
-        p = _operand(p, dtype, p_layout)
+        p = _operand(p, dtype, gl.DotOperandLayout(operand_index=0, parent=acc.type.layout, k_width=_k_width(dtype)))
     return p
 
 
@@ -404,9 +407,7 @@ def _tile_turns(it, n_kept, tail, q, p, acc, m_i, l_i, k_smem, v_smem, k_ready, 
     schedules alike. ``qk_t``, ``krow``, ``kscales``: the tile's scales (``_tile_scales``). Returns
     the last block's P (its PV product is the caller's), O, m, l and the probe's clock and phase sums."""
     dtype: gl.constexpr = k_smem.dtype
-    o_layout: gl.constexpr = acc.type.layout
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=_k_width(dtype))
-    row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+    row_o: gl.constexpr = gl.SliceLayout(1, acc.type.layout)
     LAZY: gl.constexpr = _lazy_rescale(HEAD_DIM, dtype)
     FP8: gl.constexpr = dtype.is_fp8()
     for j in range(1, n_kept):
@@ -416,11 +417,11 @@ def _tile_turns(it, n_kept, tail, q, p, acc, m_i, l_i, k_smem, v_smem, k_ready, 
                                                   turns, s_zero, t, w_kv, w_turn, WG, BLOCK, HEAD_DIM, STAGES, PROBE)
         t, w_s = probe_lap(t, w_s, PROBE)
         p32, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tail & (j == n_kept - 1), tail_start, offs_n, qk_scale, N,
-                                             LAZY, _p_shift(dtype))
+                                             dtype, HEAD_DIM)
         t, w_soft = probe_lap(t, w_soft, PROBE)
         l_i = _fenced(l_i)
         acc = warpgroup_mma_wait(0, deps=(o,))
-        p = _carried(p32, dtype, p_layout)
+        p = _carried(p32, acc, dtype)
         mbarrier.arrive(v_empty.index(prev), count=1)
         acc = _rescaled(acc, alpha, row_o, HEAD_DIM, LAZY)
         t, w_pv = probe_lap(t, w_pv, PROBE)
@@ -443,6 +444,22 @@ def _q_operand(q_smem, q_ready, q_count, s_layout: gl.constexpr, WG: gl.constexp
 
 
 @gluon.jit
+def _block_constants(NB, s_layout: gl.constexpr, BLOCK: gl.constexpr):
+    """What every consumer turn reads of a key block: its columns' offsets, S's zero accumulator
+    (the QK product's unused C operand), and where the last block, the only one that can run past N,
+    starts."""
+    offs_n = gl.arange(0, BLOCK, layout=gl.SliceLayout(0, s_layout))
+    return offs_n, gl.zeros([HALF_M, BLOCK], gl.float32, layout=s_layout), (NB - 1) * BLOCK
+
+
+@gluon.jit
+def _row_start(s_layout: gl.constexpr):
+    """A consumer's running row max and row sum before a tile's first block: -inf and 0."""
+    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    return gl.full([HALF_M], float("-inf"), gl.float32, layout=row_s), gl.zeros([HALF_M], gl.float32, layout=row_s)
+
+
+@gluon.jit
 def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_ready, v_empty, turns, Out,
               Tiles, Probe, NB, N, qk_scale, stride_oz, stride_oh, stride_on, stride_od,
               Indices, QScale, KScale, VScale, stride_ih, stride_iq, NUM_HEADS, KV_GROUP, WG: gl.constexpr, BLOCK: gl.constexpr, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
@@ -454,14 +471,7 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
     FP8: gl.constexpr = dtype.is_fp8()
     s_layout: gl.constexpr = _acc_layout(BLOCK, dtype)
     o_layout: gl.constexpr = _acc_layout(HEAD_DIM, dtype)
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=_k_width(dtype))
-    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-    LAZY: gl.constexpr = _lazy_rescale(HEAD_DIM, dtype)
-    P_SHIFT: gl.constexpr = _p_shift(dtype)
-
-    offs_n = gl.arange(0, BLOCK, layout=gl.SliceLayout(0, s_layout))
-    s_zero = gl.zeros([HALF_M, BLOCK], gl.float32, layout=s_layout)
-    tail_start = (NB - 1) * BLOCK  # the only key block that can run past N
+    offs_n, s_zero, tail_start = _block_constants(NB, s_layout, BLOCK)
     it = 0  # kept blocks consumed so far (ring slot and phase, and the turn count)
     q_count = 0
     probe_start(Probe, WG, PROBE)
@@ -476,8 +486,7 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
         n_kept = kt >> 1
         tail = (kt & 1) == 1  # block nb - 1 is kept (it is then the last) and runs past N
         acc = gl.zeros([HALF_M, HEAD_DIM], gl.float32, layout=o_layout)
-        m_i = gl.full([HALF_M], float("-inf"), gl.float32, layout=row_s)
-        l_i = gl.zeros([HALF_M], gl.float32, layout=row_s)
+        m_i, l_i = _row_start(s_layout)
         if n_kept > 0:
             t = probe_now(PROBE)  # the probe's tile start
             qk_t, krow, kscales = _tile_scales(Indices, QScale, KScale, head, qb, b, qk_scale, stride_ih, stride_iq,
@@ -487,8 +496,8 @@ def _consumer(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v_read
             # Block 0: S only (there is no P yet).
             s = _qk_alone(it, q, k_smem, k_ready, k_empty, turns, s_zero, WG, BLOCK, HEAD_DIM, STAGES)
             p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, tail & (n_kept == 1), tail_start, offs_n,
-                                               _block_scale(qk_t, krow, kscales, 0, FP8), N, LAZY, P_SHIFT)
-            p = _carried(p, dtype, p_layout)
+                                               _block_scale(qk_t, krow, kscales, 0, FP8), N, dtype, HEAD_DIM)
+            p = _carried(p, acc, dtype)
 
             t, w_edges = probe_lap(t, w_edges, PROBE)
             p, acc, m_i, l_i, t, w_kv, w_turn, w_s, w_soft, w_pv = _tile_turns(
@@ -566,14 +575,7 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
     FP8: gl.constexpr = dtype.is_fp8()
     s_layout: gl.constexpr = _acc_layout(BLOCK, dtype)
     o_layout: gl.constexpr = _acc_layout(HEAD_DIM, dtype)
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=_k_width(dtype))
-    row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-    LAZY: gl.constexpr = _lazy_rescale(HEAD_DIM, dtype)
-    P_SHIFT: gl.constexpr = _p_shift(dtype)
-
-    offs_n = gl.arange(0, BLOCK, layout=gl.SliceLayout(0, s_layout))
-    s_zero = gl.zeros([HALF_M, BLOCK], gl.float32, layout=s_layout)
-    tail_start = (NB - 1) * BLOCK  # the only key block that can run past N
+    offs_n, s_zero, tail_start = _block_constants(NB, s_layout, BLOCK)
     first, empty_from, end, total = _program_range(Tiles)
     probe_start(Probe, WG, PROBE)
     t = probe_now(PROBE)
@@ -583,8 +585,7 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
         head, qb, b, kt = _tile_fields(Tiles, first)
         head_n, qb_n, b_n, kt_n = _tile_fields(Tiles, first + 1)  # the table has a spare last row
         acc = gl.zeros([HALF_M, HEAD_DIM], gl.float32, layout=o_layout)
-        m_i = gl.full([HALF_M], float("-inf"), gl.float32, layout=row_s)
-        l_i = gl.zeros([HALF_M], gl.float32, layout=row_s)
+        m_i, l_i = _row_start(s_layout)
 
         # The program's first block: S only (there is no P yet).
         qk_t, krow, kscales = _tile_scales(Indices, QScale, KScale, head, qb, b, qk_scale, stride_ih, stride_iq, NB,
@@ -592,8 +593,8 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
         q, qi = _q_operand(q_smem, q_ready, 0, s_layout, WG, HEAD_DIM, Q_BUFS, Q_REGS, True)
         s = _qk_alone(0, q, k_smem, k_ready, k_empty, turns, s_zero, WG, BLOCK, HEAD_DIM, STAGES)
         p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, ((kt & 1) == 1) & (kt >> 1 == 1), tail_start, offs_n,
-                                           _block_scale(qk_t, krow, kscales, 0, FP8), N, LAZY, P_SHIFT)
-        p = _carried(p, dtype, p_layout)
+                                           _block_scale(qk_t, krow, kscales, 0, FP8), N, dtype, HEAD_DIM)
+        p = _carried(p, acc, dtype)
         t, w_edges = probe_lap(t, w_edges, PROBE)
 
         it = 0  # kept blocks of the tiles before this one
@@ -624,15 +625,14 @@ def _consumer_flat(q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, k_empty, v
                                                           v_ready, turns, s_zero, t, w_kv, w_turn, WG, BLOCK,
                                                           HEAD_DIM, STAGES, PROBE)
                 t, w_s = probe_lap(t, w_s, PROBE)
-                m_i = gl.full([HALF_M], float("-inf"), gl.float32, layout=row_s)
-                l_i = gl.zeros([HALF_M], gl.float32, layout=row_s)
+                m_i, l_i = _row_start(s_layout)
                 p32, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, ((kt & 1) == 1) & (kt >> 1 == 1), tail_start,
-                                                     offs_n, _block_scale(qk_t, krow, kscales, 0, FP8), N, LAZY,
-                                                     P_SHIFT)
+                                                     offs_n, _block_scale(qk_t, krow, kscales, 0, FP8), N, dtype,
+                                                     HEAD_DIM)
                 t, w_soft = probe_lap(t, w_soft, PROBE)
                 l_i = _fenced(l_i)
                 acc = warpgroup_mma_wait(0, deps=(o,))
-                p = _carried(p32, dtype, p_layout)
+                p = _carried(p32, acc, dtype)
                 mbarrier.arrive(v_empty.index(prev), count=1)
                 t, w_pv = probe_lap(t, w_pv, PROBE)
                 _store_rows_tma(_normalised(acc, l_p, VScale, b_p, head_p, NUM_HEADS, KV_GROUP, FP8), o_desc, o_smem,
