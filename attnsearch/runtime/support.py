@@ -2,7 +2,7 @@
 one dtype on one device, the backend ``backend="auto"`` takes and why each backend does not run it.
 
 Both come from the backends themselves, asked on small tensors of that kind on the device
-(``Backend.call_reasons``, ``backends.backend_for``): this module holds no rule of its own, so what
+(``Backend.auto_reasons``, ``backends.backend_for``): this module holds no rule of its own, so what
 it says is what a call of that kind does. ``attnsearch info`` prints it.
 """
 
@@ -47,7 +47,7 @@ def call_support(device: torch.device | str | None = None, dtype: torch.dtype = 
         for block_size in block_sizes:
             q = torch.zeros(1, 1, block_size, head_dim, dtype=dtype, device=device)
             for precision in precisions:
-                reasons = {b.name: b.call_reasons(q, q, q, block_size, precision) for b in BACKENDS}
+                reasons = {b.name: b.auto_reasons(q, q, q, block_size, precision) for b in BACKENDS}
                 with warnings.catch_warnings():  # "auto" warns when it falls back to torch on CUDA
                     warnings.simplefilter("ignore", RuntimeWarning)
                     try:

@@ -324,6 +324,26 @@ def test_each_backend_declares_the_precisions_it_runs():
         TritonBackend.not_supported_reasons(**common, capability=(9, 0), precision="int8")
 
 
+def test_auto_leaves_a_call_a_backend_yields_to_the_next_and_says_why(monkeypatch):
+    """As on an H100, where both kernels run FP8: "auto" takes the Hopper kernel except for FP8 at
+    head_dim 64, which it declares the Triton kernel faster at; naming it still runs it there."""
+    from attnsearch.runtime.backends import HopperBackend, TritonBackend, backend_for
+    from attnsearch.runtime.support import call_support
+
+    for b in (HopperBackend, TritonBackend):
+        monkeypatch.setattr(b, "call_reasons", classmethod(lambda cls, *a, **kw: []))
+    assert set(HopperBackend.auto_yields) == {("fp8", 64)}
+    picked = {(d, p): backend_for(*(torch.zeros(1, 1, 128, d),) * 3, 128, "auto", p)
+              for d in (64, 128) for p in ("native", "fp8")}
+    assert picked == {(64, "native"): HopperBackend, (128, "native"): HopperBackend,
+                      (64, "fp8"): TritonBackend, (128, "fp8"): HopperBackend}
+    assert backend_for(*(torch.zeros(1, 1, 128, 64),) * 3, 128, "hopper", "fp8") is HopperBackend
+    rows = {(r.head_dim, r.precision): r for r in call_support("cpu", head_dims=(64,), block_sizes=(128,))}
+    assert rows[(64, "fp8")].backend == "triton" and rows[(64, "native")].backend == "hopper"
+    assert "Triton kernel's FP8 build is 5-11% faster" in rows[(64, "fp8")].reasons["hopper"][0]
+    assert rows[(64, "native")].reasons["hopper"] == []
+
+
 def test_a_backend_that_cannot_run_a_heads_precision_names_why(monkeypatch):
     from attnsearch.runtime.backends import TorchBackend
 
