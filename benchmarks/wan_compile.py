@@ -19,8 +19,10 @@ frames = 32,760 tokens, 512 text tokens; the mixed-family plans of ``bench.forwa
 * ``graph``: the eager forward captured once in a CUDA graph (after warm-up) and replayed;
 * ``compile+graph``: the compiled forward captured in a CUDA graph and replayed.
 
-Each mode's output is compared with the eager output of the same plan (relative L2), sparse with
-dense too. The figures it checks: compiled sparse over compiled dense against the eager ratio, and
+``--precision native fp8`` runs each plan twice, as built and with every computed head's kept blocks
+in FP8 (``Plan.with_precision``; the quantization pass runs inside each call, compiled or not);
+``--modes`` picks the modes (default all four). Each mode's output is compared with the eager
+output of the same plan (relative L2), sparse with dense too. The figures it checks: compiled sparse over compiled dense against the eager ratio, and
 sparse compiled over sparse eager (compile at least 5% faster). Writes result.json, figure.png and
 README.md into ``--out`` and prints the markdown table last.
 """
@@ -53,6 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--density", type=float, nargs="+", default=[0.15],
                     help="target attention densities: one plan (and one sparse run per mode) each")
     ap.add_argument("--block-size", type=int, default=128)
+    ap.add_argument("--precision", nargs="+", choices=["native", "fp8"], default=["native"],
+                    help="kept-block precisions: one sparse row per density and precision")
+    ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                    help="forward modes to time (eager is always run: every mode is checked against it)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=10)
     args = ap.parse_args(argv)
@@ -65,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     size = VideoSize(17, 128, 128) if args.dry_run else VideoSize(81, 480, 832)
     text_tokens = 7 if args.dry_run else 512
     block_size = 64 if args.dry_run else args.block_size
-    modes = MODES if cuda else ("eager", "compile")
+    modes = tuple(m for m in MODES if m == "eager" or m in args.modes and (cuda or "graph" not in m))
     timer = ForwardTimer(cuda, 1 if args.dry_run else args.warmup, 2 if args.dry_run else args.reps)
 
     import diffusers
@@ -83,20 +89,22 @@ def main(argv: list[str] | None = None) -> None:
     dense = time_forward_modes(model, kw, timer, modes, cudnn=cuda)
     rows = [_row("dense", None, dense, dense)]
     for target in args.density:
-        plan = mixed_forward_plan(geometry, num_layers, num_heads, block_size, target,
+        base = mixed_forward_plan(geometry, num_layers, num_heads, block_size, target,
                                   model={"name": "diffusers-random:wan2.1-1.3b"},
                                   search={"benchmark": "wan_compile", "target_density": target,
                                           "layer_scales": list(LAYER_SCALES)})
-        print(f"sparse, mean density {plan.mean_density:.3f}", flush=True)
-        sparse = time_forward_modes(model, kw, timer, modes, cudnn=cuda, plan=plan, backend=backend)
-        rows.append(_row("sparse", plan.mean_density, sparse, dense))
-        torch._dynamo.reset()
+        for precision in args.precision:
+            plan = base if precision == "native" else base.with_precision(precision)
+            print(f"sparse, mean density {plan.mean_density:.3f}, {precision}", flush=True)
+            sparse = time_forward_modes(model, kw, timer, modes, cudnn=cuda, plan=plan, backend=backend)
+            rows.append(_row("sparse", plan.mean_density, sparse, dense, precision))
+            torch._dynamo.reset()
     result = {"env": env, "video": vars(size), "geometry": geometry.to_dict(), "tokens": geometry.num_tokens,
               "block_size": block_size, "modes": list(modes), "rows": rows, "checks": _checks(rows),
               "wall_s": time.time() - t_start}
-    header = ("| card | attention | density | " + " | ".join(modes) + " |\n|---|---|---|"
+    header = ("| card | attention | density | precision | " + " | ".join(modes) + " |\n|---|---|---|---|"
               + "---|" * len(modes) + "\n")
-    lines = [f"| {env['card']} | {r['attention']} | {_density(r)} | "
+    lines = [f"| {env['card']} | {r['attention']} | {_density(r)} | {r['precision']} | "
              + " | ".join(f"{r['modes'][m]['ms']:.1f} ms" if "ms" in r["modes"][m] else "failed" for m in modes) + " |"
              for r in rows]
     acc = result["checks"]
@@ -108,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(1)
 
 
-def _row(attention: str, density: float | None, runs: dict, dense: dict) -> dict:
+def _row(attention: str, density: float | None, runs: dict, dense: dict, precision: str = "native") -> dict:
     """One table row: per mode its timing and its output's error against eager (and dense)."""
     eager_out = runs["eager"].get("out")
     modes = {}
@@ -122,14 +130,20 @@ def _row(attention: str, density: float | None, runs: dict, dense: dict) -> dict
         if density is not None and "out" in dense.get(mode, {}):
             entry["rel_l2_vs_dense"] = rel_l2(r["out"], dense[mode]["out"])
         modes[mode] = entry
-    return {"attention": attention, "density": density, "modes": modes}
+    return {"attention": attention, "density": density, "precision": precision, "modes": modes}
 
 
 def _checks(rows: list[dict]) -> dict:
-    """Sparse over dense per mode, and compile over eager for sparse (first sparse row)."""
+    """Sparse over dense per mode (every sparse row: its density and precision), and compile over
+    eager for sparse (first sparse row)."""
     dense, sparse = rows[0]["modes"], rows[1]["modes"] if len(rows) > 1 else {}
     ms = lambda m, mode: m.get(mode, {}).get("ms")  # noqa: E731
     out = {}
+    for row in rows[1:]:
+        for mode in dense:
+            if ms(dense, mode) and ms(row["modes"], mode):
+                out[f"speedup_{_density(row)}_{row['precision']}_over_dense_{mode}"] = (
+                    ms(dense, mode) / ms(row["modes"], mode))
     for mode in dense:
         if ms(dense, mode) and ms(sparse, mode):
             out[f"speedup_sparse_over_dense_{mode}"] = ms(dense, mode) / ms(sparse, mode)
@@ -146,7 +160,7 @@ def _figure(fig, rows, modes) -> None:
     ax = fig.add_subplot()
     width = 0.8 / len(rows)
     for i, r in enumerate(rows):
-        label = r["attention"] if r["density"] is None else f"sparse {r['density']:.2f}"
+        label = r["attention"] if r["density"] is None else f"sparse {r['density']:.2f} {r['precision']}"
         ax.bar([j + i * width for j in range(len(modes))],
                [r["modes"][m].get("ms", float("nan")) for m in modes], width, label=label)
     ax.set_xticks([j + width * (len(rows) - 1) / 2 for j in range(len(modes))], modes)
