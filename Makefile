@@ -46,8 +46,9 @@ test: $(STAMP) system-deps
 # kernel's figures; profiling_cost is run once per card); search_speed, minilm_classes and
 # mini_vdit_sensitivity run on the CPU. `make reports` regenerates them all; `make reports/NAME` one of them.
 GPU_REPORTS := reports/runtime_sweep reports/head_dim_64 reports/dense_layers reports/wan_e2e \
-               reports/wan_compile reports/costmodel_accuracy reports/profiling_cost reports/retarget_fidelity \
-               reports/mini_vdit_steps reports/mini_vdit_blocks reports/fp8_layers reports/mini_vdit_fp8
+               reports/wan14b_720p reports/wan_compile reports/costmodel_accuracy reports/profiling_cost reports/retarget_fidelity \
+               reports/mini_vdit_steps reports/mini_vdit_blocks reports/fp8_layers reports/mini_vdit_fp8 \
+               reports/hopper_probe
 REPORTS     := $(GPU_REPORTS) reports/search_speed reports/minilm_classes reports/mini_vdit_sensitivity
 
 .PHONY: reports $(REPORTS)
@@ -60,9 +61,14 @@ reports/head_dim_64: $(STAMP)
 reports/dense_layers: $(STAMP)
 	$(PY) -m benchmarks.dense_layers --out $@
 reports/wan_e2e: $(STAMP)
-	$(PY) -m benchmarks.wan_e2e --out $@
+	$(PY) -m benchmarks.wan_e2e --precision native fp8 --reps 5 --out $@
+reports/wan14b_720p: $(STAMP)
+	$(PY) -m benchmarks.wan_e2e --model wan2.1-14b --layers 4 --density 0.15 0.25 --precision native fp8 --reps 5 \
+		--out $@
 reports/wan_compile: $(STAMP)
 	$(PY) -m benchmarks.wan_compile --out $@
+	$(PY) -m benchmarks.wan_compile --precision native fp8 --modes eager compile --out $@/fp8
+	mv $@/fp8/result.json $@/fp8.json && rm -r $@/fp8
 reports/retarget_fidelity: $(STAMP)
 	$(PY) -m benchmarks.retarget_fidelity --source 16 64 64 --target 32 64 64 --target 16 96 96 --trials 30 \
 		--seeds 8 --device cuda --out $@
@@ -75,11 +81,16 @@ reports/mini_vdit_steps: $(STAMP)
 	$(PY) -m benchmarks.mini_vdit_steps --out $@ --seeds 16
 reports/fp8_layers: $(STAMP)
 	$(PY) -m benchmarks.fp8_layers --out $@
+reports/hopper_probe: $(STAMP)
+	$(PY) -m benchmarks.hopper_probe --out $@
 reports/mini_vdit_blocks: $(STAMP)
 	$(PY) -m benchmarks.mini_vdit_blocks --out $@ --seeds 16 --densities 0.1 0.15 0.2 0.3 0.45 \
 		--reference reports/mini_vdit/result.json
 reports/mini_vdit_fp8: $(STAMP)
 	$(PY) -m benchmarks.mini_vdit_fp8 --out $@ --seeds 16 --trials 150 --hardware kernels/nvidia-h100-80gb-hbm3.json
+	$(PY) -m benchmarks.mini_vdit_fp8 --out $@/16k --size 16 128 128 --conditions 2 --seeds 8 --trials 100 \
+		--hardware kernels/nvidia-h100-80gb-hbm3.json
+	mv $@/16k/result.json $@/result-16x128x128.json && mv $@/16k/figure.png $@/figure-16x128x128.png && rm -r $@/16k
 reports/mini_vdit_sensitivity: $(STAMP)
 	$(PY) -m benchmarks.mini_vdit_sensitivity --out $@ --device cpu
 reports/search_speed: $(STAMP)
