@@ -326,13 +326,15 @@ def _fenced(l_i):
 
 @gluon.jit
 def _carried(p, acc, dtype: gl.constexpr):
-    """P as a turn hands it to the next turn's PV product (into ``acc``, operands of ``dtype``). 16 bits: the operand itself (half the
-    registers of fp32), made after the previous PV product has retired, so the new P may take the
-    registers that product reads. FP8: the fp32 values, made the operand where the product is issued
+    """P as a turn hands it to the next turn's PV product (into ``acc``, operands of ``dtype``). 16
+    bits: the operand itself (half the registers of fp32), made after the previous PV product has
+    retired, so the new P may take the registers that product reads. FP8: the fp32 values, made the operand where the product is issued
     (``_issued``): an e4m3 operand carried across the loop edge is split into bytes there and packed
     again before the product, ~190 more instructions a turn on the softmax's critical path."""
     if not dtype.is_fp8():
-        p = _operand(p, dtype, gl.DotOperandLayout(operand_index=0, parent=acc.type.layout, k_width=_k_width(dtype)))
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc.type.layout,
+                                                     k_width=_k_width(dtype))
+        p = _operand(p, dtype, p_layout)
     return p
 
 
@@ -340,7 +342,9 @@ def _carried(p, acc, dtype: gl.constexpr):
 def _issued(p, acc, dtype: gl.constexpr):
     """The PV product's A operand from what ``_carried`` handed over."""
     if p.dtype == gl.float32:
-        p = _operand(p, dtype, gl.DotOperandLayout(operand_index=0, parent=acc.type.layout, k_width=_k_width(dtype)))
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc.type.layout,
+                                                     k_width=_k_width(dtype))
+        p = _operand(p, dtype, p_layout)
     return p
 
 
