@@ -14,6 +14,7 @@ full suite runs them), ``gpu`` on those that need CUDA.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 from pathlib import Path
 
@@ -63,6 +64,15 @@ def pytest_configure(config) -> None:
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+
+
+def pytest_collection_finish(session) -> None:
+    """Move every object alive after collection (the imported modules of torch, pandas, optuna …,
+    a few million) into the collector's permanent generation (``gc.freeze``): a full collection
+    then traverses only what the tests allocate, instead of re-walking the imported modules each
+    time. Objects are still freed exactly as before; frozen ones are module state that lives for
+    the whole process anyway."""
+    gc.freeze()
 
 
 #: The tiny Wan pipeline's folder, built by the first test process's first test that asks for it.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 
@@ -11,12 +12,23 @@ from attnsearch.jsondata import MAX_DEPTH, JSONDataError, check_data, dumps, non
 
 
 def deep_list(depth: int) -> list:
-    """A list nested ``depth`` deep, built without recursion."""
-    root = cur = []
-    for _ in range(depth - 1):
-        nxt: list = []
-        cur.append(nxt)
-        cur = nxt
+    """A list nested ``depth`` deep, built without recursion.
+
+    The cyclic garbage collector is paused while it is built: every new list would otherwise count
+    towards a collection, and each of those walks the whole growing chain (and every other object
+    of the process), which makes building 100 000 levels cost tens of milliseconds instead of a few.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        root = cur = []
+        for _ in range(depth - 1):
+            nxt: list = []
+            cur.append(nxt)
+            cur = nxt
+    finally:
+        if was_enabled:
+            gc.enable()
     return root
 
 
