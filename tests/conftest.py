@@ -75,6 +75,12 @@ def pytest_collection_finish(session) -> None:
     gc.freeze()
 
 
+def pytest_unconfigure(config) -> None:
+    """Back into the collector before the process ends, so that interpreter shutdown frees them as
+    it would have (extension modules such as Triton's check at exit that their objects were)."""
+    gc.unfreeze()
+
+
 #: The tiny Wan pipeline's folder, built by the first test process's first test that asks for it.
 _TINY_WAN: dict[str, Path] = {}
 
