@@ -14,9 +14,9 @@ from attnsearch.jsondata import MAX_DEPTH, JSONDataError, check_data, dumps, non
 def deep_list(depth: int) -> list:
     """A list nested ``depth`` deep, built without recursion.
 
-    The cyclic garbage collector is paused while it is built: every new list would otherwise count
-    towards a collection, and each of those walks the whole growing chain (and every other object
-    of the process), which makes building 100 000 levels cost tens of milliseconds instead of a few.
+    The cyclic garbage collector is paused while it is built: every new list counts towards a
+    collection, and the full collections that 100 000 of them trigger walk the growing chain and
+    every other tracked object of the process: tens of milliseconds for one such list, not a few.
     """
     was_enabled = gc.isenabled()
     gc.disable()
