@@ -66,7 +66,7 @@ def pytest_configure(config) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
 
 
-def pytest_collection_finish(session) -> None:
+def pytest_collection_finish() -> None:
     """Move every object alive after collection (the imported modules of torch, pandas, optuna …,
     a few million) into the collector's permanent generation (``gc.freeze``): a full collection
     then traverses only what the tests allocate, instead of re-walking the imported modules each
