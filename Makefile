@@ -46,9 +46,9 @@ test: $(STAMP) system-deps
 # kernel's figures; profiling_cost is run once per card); search_speed, minilm_classes and
 # mini_vdit_sensitivity run on the CPU. `make reports` regenerates them all; `make reports/NAME` one of them.
 GPU_REPORTS := reports/runtime_sweep reports/head_dim_64 reports/dense_layers reports/wan_e2e \
-               reports/wan14b_720p reports/wan_compile reports/costmodel_accuracy reports/profiling_cost reports/retarget_fidelity \
-               reports/mini_vdit_steps reports/mini_vdit_blocks reports/fp8_layers reports/mini_vdit_fp8 \
-               reports/hopper_probe
+               reports/wan14b_720p reports/wan_compile reports/costmodel_accuracy reports/profiling_cost \
+               reports/retarget_fidelity reports/mini_vdit_steps reports/mini_vdit_blocks reports/fp8_layers \
+               reports/mini_vdit_fp8 reports/hopper_probe
 REPORTS     := $(GPU_REPORTS) reports/search_speed reports/minilm_classes reports/mini_vdit_sensitivity
 
 .PHONY: reports $(REPORTS)

@@ -22,8 +22,9 @@ frames = 32,760 tokens, 512 text tokens; the mixed-family plans of ``bench.forwa
 ``--precision native fp8`` runs each plan twice, as built and with every computed head's kept blocks
 in FP8 (``Plan.with_precision``; the quantization pass runs inside each call, compiled or not);
 ``--modes`` picks the modes (default all four). Each mode's output is compared with the eager
-output of the same plan (relative L2), sparse with dense too. The figures it checks: compiled sparse over compiled dense against the eager ratio, and
-sparse compiled over sparse eager (compile at least 5% faster). Writes result.json, figure.png and
+output of the same plan (relative L2), sparse with dense too. The figures it checks: compiled
+sparse over compiled dense against the eager ratio, and sparse compiled over sparse eager (compile
+at least 5% faster). Writes result.json, figure.png and
 README.md into ``--out`` and prints the markdown table last.
 """
 
