@@ -29,10 +29,14 @@ from attnsearch.evaluate import evaluate, load_generator, write_outputs
 from attnsearch.models import load_model
 from attnsearch.profiling import ProfileSettings, class_counts, profile_model
 from attnsearch.profiling.classify import classify
-from attnsearch.search import optimize
+from attnsearch.search.sweep import density_sweep, distinct_plans
 
 DENSITIES = (0.1, 0.15, 0.2, 0.3, 0.45)
 BASELINES = ("energy_decay", "window")
+
+
+def _trial(t: dict) -> None:
+    print(f"  trial {t['trial']}: {t['speedup']:.2f}× error {t['error']:.4f}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,23 +70,11 @@ def main(argv: list[str] | None = None) -> None:
     classes = {k: int(v) for k, v in per_layer.sum().items()}
     print(f"profiled: {classes}", flush=True)
 
-    plans, choices = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        storage = f"sqlite:///{tmp}/study.db"
-        for i, d in enumerate(sorted(args.densities)):
-            res = optimize(args.profile or args.out / "profile.parquet", max_density=d,
-                           trials=args.trials if i == 0 else 0, storage=storage, out=Path(tmp) / f"plan_{d:.2f}.json",
-                           model=spec if args.validate else None, validate=args.validate,
-                           validate_mode=args.validate_mode,
-                           progress=(lambda t: print(f"  trial {t['trial']}: {t['speedup']:.2f}× error "
-                                                     f"{t['error']:.4f}", flush=True)) if i == 0 else None)
-            density = res.plan.mean_density
-            choices.append({"max_density": d, "density": density, "trial": res.trial, "reason": res.reason,
-                            "predicted_speedup": res.figures["speedup"], "profile_rel_err": res.figures["rel_err"],
-                            "validation": res.plan.search.get("validation")})
-            if all(abs(density - q.mean_density) > 1e-9 for q in plans):
-                plans.append(res.plan)
-            print(f"≤ {d}: {res.reason}", flush=True)
+        points = density_sweep(args.profile or args.out / "profile.parquet", args.densities, trials=args.trials,
+                               folder=tmp, model=spec if args.validate else None, validate=args.validate,
+                               validate_mode=args.validate_mode, progress=_trial)
+        plans = distinct_plans(points)
         generator = load_generator("mini-vdit", device=args.device, frames=f, height=h, width=w)
         result = evaluate(plans, generator, seeds=args.seeds, baselines=BASELINES,
                           labels=[f"plan @ {q.mean_density:.3f}" for q in plans],
@@ -97,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     data["benchmark"] = {**environment(), "device": args.device, "seconds": round(time.time() - started, 1)}
     data["profile_classes"] = {"total": classes, "per_layer": {str(layer): {k: int(v) for k, v in row.items()}
                                                                  for layer, row in per_layer.iterrows()}}
-    data["search"] = choices
+    data["search"] = [p.record() for p in points]
     write_text_atomic(args.out / "result.json", json.dumps(data, indent=1, allow_nan=False) + "\n")
     print(f"wrote {args.out} in {time.time() - started:.0f} s")
 

@@ -34,7 +34,7 @@ from attnsearch.costmodel import CostModel
 from attnsearch.evaluate import evaluate, load_generator
 from attnsearch.models import load_model
 from attnsearch.profiling import Profile, ProfileSettings, profile_model
-from attnsearch.search import optimize
+from attnsearch.search.sweep import density_sweep
 
 DENSITIES = (0.2, 0.3, 0.45)
 KINDS = ("native", "mixed", "all fp8")
@@ -93,11 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     plans: list[tuple[str, float, object, dict]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for kind, precisions in (("native", ["native"]), ("mixed", ["native", "fp8"])):
-            storage = f"sqlite:///{tmp}/{kind}.db"
-            for i, d in enumerate(sorted(args.densities)):
-                res = optimize(prof_path, hardware=args.hardware, max_density=d, precisions=precisions,
-                               trials=args.trials if i == 0 else 0, storage=storage,
-                               out=Path(tmp) / f"{kind}_{d:.2f}.json")
+            for point in density_sweep(prof_path, args.densities, trials=args.trials, folder=tmp, name=kind,
+                                       hardware=args.hardware, precisions=precisions):
+                res, d = point.result, point.max_density
                 plans.append((kind, d, res.plan, {"trial": res.trial, "reason": res.reason,
                                                   "profile_rel_err": res.figures["rel_err"]}))
                 print(f"{kind} ≤ {d}: {res.reason}", flush=True)

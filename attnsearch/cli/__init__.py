@@ -1,6 +1,6 @@
 """The ``attnsearch`` command line: the I/O edge of the pipeline.
 
-One module per command (``profile``, ``classify``, ``optimize``, ``calibrate``, ``demo``, ``evaluate``,
+One module per command (``profile``, ``classify``, ``sensitivity``, ``optimize``, ``calibrate``, ``demo``, ``evaluate``,
 ``merge``, ``validate``, ``report``, ``bench``, ``retarget``, ``info``); ``common`` holds what they share. Every
 command turns bad
 input into one clear line on stderr and exit code 2; library errors carry the field they are
@@ -31,6 +31,7 @@ from .optimize import optimize
 from .profile import profile
 from .report import report
 from .retarget import retarget
+from .sensitivity import sensitivity
 from .validate import validate
 from .common import err_console, shown
 
@@ -76,6 +77,7 @@ def _options(version: bool = typer.Option(False, "--version", is_eager=True, cal
 
 app.command()(profile)
 app.command("classify")(classify_cmd)
+app.command()(sensitivity)
 app.command()(optimize)
 app.command()(calibrate)
 app.command()(demo)

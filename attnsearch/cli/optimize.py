@@ -41,11 +41,14 @@ def optimize(
     precisions: Optional[str] = typer.Option(None, help="Precisions heads may run in, comma-separated: native, fp8 "
                                                         "(default: those the profile measured; fp8 needs profile "
                                                         "--fp8 and an FP8-calibrated hardware table)."),
+    sensitivity: Optional[Path] = typer.Option(None, help="Weigh each (step, layer, head) error by how much it moves "
+                                                          "the output: a file from `attnsearch sensitivity`."),
 ) -> None:
     """Search the fastest plan under an accuracy budget and write it as JSON."""
     from ..search import optimize as run_search
     from ..search.study import check_outputs_of
     from ..layer_plan import PRECISIONS
+    from ..search.sensitivity import resolve_sensitivity
     from ..search.validate import VALIDATE_MODES
 
     def work():
@@ -70,6 +73,7 @@ def optimize(
 
             name = model or Profile.load(profiles[0]).model["name"]
             spec = load_model(name, **parse_options(option))
+        weights = resolve_sensitivity(sensitivity) if sensitivity is not None else None
         with progress_bar() as bar:
             task = bar.add_task("searching", total=trials)
 
@@ -82,13 +86,13 @@ def optimize(
                              max_density=max_density, trials=trials,
                              storage=storage, validate=validate, validate_mode=validate_mode, out=out, model=spec,
                              head_dim=head_dim, seed=seed, progress=progress, workers=workers, ulysses=ulysses,
-                             portable=not non_portable, precisions=wanted)
+                             portable=not non_portable, precisions=wanted, sensitivity=weights)
         print_front(res)
         f = res.figures
         console.print(f"cost model: {shown(res.plan.search.get('hardware_note', res.hardware['device']))}")
         console.print(f"chose trial {res.trial}: {shown(res.reason)}")
         console.print(f"predicted attention {f['attention_ms']:.2f} ms vs dense {f['dense_attention_ms']:.2f} ms: "
-                      f"[bold]{f['speedup']:.2f}×[/], rel_err {f['rel_err']:.4g}")
+                      f"[bold]{f['speedup']:.2f}×[/], {'weighted ' if sensitivity else ''}rel_err {f['rel_err']:.4g}")
         if res.plan.search.get("settings", {}).get("precisions"):
             console.print(f"FP8 kept blocks on {res.plan.precision_share('fp8'):.0%} of the computed head-steps")
         console.print(f"plan → [bold]{shown(res.path)}[/] (study {shown(res.study_name)} in "

@@ -26,10 +26,11 @@ def front_table(front) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["attention_ms", "trial"], ignore_index=True)
 
 
-def error_metric(validate: int, validate_mode: str) -> str:
+def error_metric(validate: int, validate_mode: str, weighted: bool = False) -> str:
     """What a search's error objective is, in words (stored in the plan)."""
     if not validate:
-        return "RMS rel_err over every (step, layer, head), from the profile"
+        return ("RMS rel_err over every (step, layer, head), from the profile" +
+                (", weighted by the output's sensitivity" if weighted else ""))
     if validate_mode == "trajectory":
         return "measured relative L2 of whole trajectories' final outputs vs dense"
     return "measured relative L2 of the model output vs dense"

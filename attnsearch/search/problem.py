@@ -18,6 +18,10 @@ Costs come from the cost model's additive form plus per-unit launch and fill ove
 waves) are re-costed with the full model after the solve, and turned dense where that is cheaper.
 Final figures (``Assignment.figures``) always use the full model.
 
+Error weights (``weights`` [S, L, H], mean 1, e.g. :meth:`attnsearch.search.sensitivity.Sensitivity.weights`):
+each site's squared error counts ``weights[s, l, h]`` times, so the search spends kept blocks where
+the model's output needs them; the error figure is then the weighted RMS.
+
 Context parallelism (``ulysses`` K > 1): each of K ranks runs the contiguous H/K heads Ulysses
 gives it (``runtime.parallel``), in parallel, so a unit costs its slowest rank: every solved unit is
 re-costed with the full model per rank's heads and the maximum taken; the dense baseline is one
@@ -76,7 +80,8 @@ class Assignment:
 
     @property
     def rel_err(self) -> float:
-        """RMS rel_err over every (step, layer, head): the plan's error figure."""
+        """RMS rel_err over every (step, layer, head): the plan's error figure (weighted by the
+        problem's error weights, where it has them)."""
         return math.sqrt(self.err_sum / self.sites)
 
 
@@ -103,10 +108,11 @@ class Problem:
     """Precomputed costs of one SearchSpace under one CostModel; solves trials.
 
     ``precisions``: what the search may give heads (:func:`resolve_precisions`; None: every precision
-    the profile measured)."""
+    the profile measured). ``weights``: [S, L, H] finite, ≥ 0 weights of the sites' squared errors
+    (None: all 1)."""
 
     def __init__(self, space: SearchSpace, cost_model: CostModel, *, ulysses: int = 1,
-                 precisions: tuple[str, ...] | None = None) -> None:
+                 precisions: tuple[str, ...] | None = None, weights: np.ndarray | None = None) -> None:
         self.space, self.cm = space, cost_model
         S, L, H, C = space.shape
         if not isinstance(ulysses, int) or isinstance(ulysses, bool) or ulysses < 1 or H % ulysses:
@@ -126,6 +132,13 @@ class Problem:
         self.cost = np.where(np.isnan(space.density), np.inf, cost).astype(np.float32)
         # An error too large for float32 stays the largest float32, not an overflow to inf.
         err2 = np.where(np.isnan(space.rel_err), 0.0, space.rel_err) ** 2
+        if weights is not None:
+            weights = np.asarray(weights, dtype=np.float64)
+            if weights.shape != (S, L, H) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
+                raise SearchError(f"error weights: must be finite, ≥ 0 and of shape {(S, L, H)} (steps, layers, "
+                                  f"heads), got shape {weights.shape}")
+            err2 = err2 * weights[..., None]
+        self.weighted = weights is not None
         self.err2 = np.minimum(err2, np.finfo(np.float32).max).astype(np.float32)
         # Columns of a precision not searched are unavailable (inf cost); classed native, they add no
         # class set for the inner solver to try.

@@ -31,6 +31,7 @@ from ..profiling.profile_check import check_steps_complete, check_table
 from ..profiling.profile_io import Profile, ProfileError
 from .choose import BudgetError, choose, choose_by_density, error_metric, front_table
 from .problem import Knobs, Problem
+from .sensitivity import Sensitivity, resolve_sensitivity
 from .space import SearchError, build_space
 from .outputs import check_outputs_of, holds_no_trial, missing_folders, remove_new_study
 from .workers import (HEARTBEAT_S, claim_lock, file_lock, open_storage, run_trials, spawn, start_run,
@@ -132,10 +133,15 @@ class _Search:
     @classmethod
     def build(cls, profs: Sequence[Profile], cm: CostModel, *, max_error: float | None, validate: int, spec,
               backend: str, validate_mode: str = "steps", ulysses: int = 1,
-              precisions: Sequence[str] | None = None) -> "_Search":
-        problems = {p.settings.block_size: Problem(build_space(p), cm, ulysses=ulysses,
-                                                   precisions=None if precisions is None else tuple(precisions))
-                    for p in profs}
+              precisions: Sequence[str] | None = None, sensitivity: Sensitivity | None = None) -> "_Search":
+        problems = {}
+        for p in profs:
+            space = build_space(p)
+            if sensitivity is not None:
+                sensitivity.check_matches(space, p.model)
+            problems[p.settings.block_size] = Problem(
+                space, cm, ulysses=ulysses, precisions=None if precisions is None else tuple(precisions),
+                weights=None if sensitivity is None else sensitivity.weights())
         validator = None
         if validate:
             from .validate import Validator
@@ -207,7 +213,7 @@ def worker_main(cfg: dict[str, Any], index: int, report: Callable[[dict[str, Any
     cm = CostModel(cfg["hardware"], head_dim=cfg["head_dim"], batch=cfg["batch"])
     search = _Search.build(profs, cm, max_error=cfg["max_error"], validate=cfg["validate"], spec=spec,
                            backend=cfg["backend"], validate_mode=cfg["validate_mode"], ulysses=cfg["ulysses"],
-                           precisions=cfg["precisions"])
+                           precisions=cfg["precisions"], sensitivity=cfg["sensitivity"])
     rdb = open_storage(cfg["storage"], cfg["heartbeat_s"])
     study = _open_study(rdb, cfg["study"], _sampler_seed(cfg["seed"], index))
     deadline = started + cfg["timeout"] if cfg["timeout"] else None
@@ -230,7 +236,8 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
              model=None, progress: Callable[[dict[str, Any]], None] | None = None, head_dim: int | None = None,
              batch: int = 1, seed: int = 0, study_name: str | None = None, backend: str = "auto",
              timeout: float | None = None, workers: int = 1, heartbeat_s: int = HEARTBEAT_S,
-             ulysses: int = 1, portable: bool = True, precisions: Sequence[str] | None = None) -> OptimizeResult:
+             ulysses: int = 1, portable: bool = True, precisions: Sequence[str] | None = None,
+             sensitivity=None) -> OptimizeResult:
     """Search a plan for the profiled model and write it to ``out``.
 
     Args:
@@ -270,6 +277,10 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         precisions: what heads' kept blocks may run in ("native", "fp8"); None: every precision the
             profile measured (FP8 where it was profiled with ``--fp8``), each one the hardware table
             must price (``problem.resolve_precisions``).
+        sensitivity: error weights per (step, layer, head) — a :class:`~attnsearch.search.sensitivity.Sensitivity`
+            or the path of a saved one, measured on this profile's model and steps: each site's
+            error counts by how much it moves the model's final output (``error`` and ``max_error``
+            are then the weighted RMS rel_err). None: every site alike.
     Returns:
         OptimizeResult: the plan, where it was written, the chosen trial and why, the Pareto front.
     """
@@ -292,6 +303,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
     if not isinstance(portable, bool):
         raise SearchError(f"portable must be true or false, got {portable!r}")
     out = Path(out)
+    sensitivity = resolve_sensitivity(sensitivity)
     storage, db = check_outputs_of(profile_path, out, storage, workers)
     started = time.perf_counter()
     profs = _load_profiles(profile_path)
@@ -314,7 +326,8 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
             head_dim = 128  # profiles written before the attention shape was recorded
     cm = CostModel(hardware, head_dim=head_dim, batch=batch)
     search = _Search.build(profs, cm, max_error=max_error, validate=validate, spec=spec, backend=backend,
-                           validate_mode=validate_mode, ulysses=ulysses, precisions=precisions)
+                           validate_mode=validate_mode, ulysses=ulysses, precisions=precisions,
+                           sensitivity=sensitivity)
     problems = search.problems
     used_precisions = next(iter(problems.values())).precisions
 
@@ -324,7 +337,8 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
                 "budgeted": budgeted, "max_error": max_error if budgeted else None,
                 "block_sizes": sorted(problems), "knob_space": 2, **({"ulysses": ulysses} if ulysses > 1 else {}),
                 # in the study's fingerprint only when it is not the default native-only search
-                **({"precisions": list(used_precisions)} if used_precisions != ("native",) else {})}
+                **({"precisions": list(used_precisions)} if used_precisions != ("native",) else {}),
+                **({"error_weights": sensitivity.digest()} if sensitivity is not None else {})}
     fingerprint = _fingerprint(profs, settings)
     name = study_name or f"attnsearch-{profs[0].model.get('name', 'model')}-{fingerprint}"
     fresh = db is not None and not db.exists()
@@ -366,6 +380,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
                        "hardware": hardware, "head_dim": head_dim, "batch": batch, "validate": validate,
                        "validate_mode": validate_mode, "ulysses": ulysses, "precisions": precisions,
                        "backend": backend, "max_error": max_error, "storage": storage, "study": name,
+                       "sensitivity": sensitivity,
                        "heartbeat_s": heartbeat_s, "seed": seed, "target": target, "trials": to_run, "timeout": timeout}
                 errors = spawn(cfg, workers, on_trial, entry=f"{__name__}:worker_main")
                 if errors:
@@ -405,7 +420,8 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         plan = pb.plan(a, model=dict(profs[0].model), hardware=hw, predicted=dict(figures), search={
             "study": name, "storage": public_url(storage), "trial": chosen.number, "reason": reason,
             "objectives": {"attention_ms": chosen.values[0], "error": chosen.values[1],
-                           "error_metric": error_metric(validate, validate_mode)},
+                           "error_metric": error_metric(validate, validate_mode, sensitivity is not None)},
+            "error_weights": sensitivity.summary() if sensitivity is not None else None,
             "validation": ({"inputs": validate, "mode": validate_mode, **measured} if validate else None),
             "knobs": k.to_dict(), "lambda_abs": a.lam,
             "settings": {**settings, "max_error": max_error, "target_speedup": target_speedup,

@@ -107,7 +107,7 @@ class Validator:
         return torch.cat(outs)
 
     def measure(self, plan) -> dict[str, float]:
-        """{"rel_l2", "psnr_db"} of the model run by ``plan`` against the dense reference (a new dict;
+        """{"rel_l2", "psnr_db", "mse"} of the model run by ``plan`` against the dense reference (a new dict;
         a plan of the same content as one measured before is not run again)."""
         key = (plan.geometry, plan.block_size, plan.schedule)  # what runs; metadata aside
         if key not in self._measured:
@@ -115,13 +115,15 @@ class Validator:
         return dict(self._measured[key])
 
     def _figures(self, out: torch.Tensor) -> dict[str, float]:
-        """{"rel_l2", "psnr_db"} of the outputs ``out`` against the dense reference."""
+        """{"rel_l2", "psnr_db", "mse"} of the outputs ``out`` against the dense reference (mse: mean
+        squared difference, nan when ``out`` is not finite)."""
         ref = self.reference
         diff = (out - ref).double()
         rel = float(diff.norm() / ref.double().norm().clamp_min(1e-30))
         # A plan whose output is not finite has no PSNR; a constant reference has no range.
         finite = bool(torch.isfinite(out).all()) and (self.data_range is not None or float(ref.max() - ref.min()) > 0)
-        return {"rel_l2": rel, "psnr_db": psnr(out, ref, self.data_range) if finite else math.nan}
+        return {"rel_l2": rel, "psnr_db": psnr(out, ref, self.data_range) if finite else math.nan,
+                "mse": float(diff.pow(2).mean()) if bool(torch.isfinite(out).all()) else math.nan}
 
 
 def attention_shape(spec) -> tuple[int, int, int, int]:

@@ -110,3 +110,26 @@ def test_validate_names_the_fp8_share_of_a_plan(tmp_path):
     res = runner.invoke(app, ["validate", str(path)])
     # steps 1-3: one of two heads FP8; step 0 dense (two native heads): 3 of 8 head-steps
     assert res.exit_code == 0 and "FP8 kept blocks: 38% of the computed head-steps" in res.output
+
+
+MINI = ["-o", "frames=4", "-o", "height=32", "-o", "width=32", "-o", "steps=2", "-o", "conditions=1"]
+
+
+def test_sensitivity_then_a_weighted_search(tmp_path):
+    """profile → sensitivity → optimize --sensitivity on the shipped mini-vdit at 256 tokens: the
+    record covers every step and head, and the plan names the weights its search used."""
+    from attnsearch.search.sensitivity import Sensitivity
+
+    prof, sens, plan = tmp_path / "p.parquet", tmp_path / "s.json", tmp_path / "plan.json"
+    res = runner.invoke(app, ["profile", "--model", "mini-vdit", *MINI, "--out", str(prof)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["sensitivity", str(prof), *MINI, "--out", str(sens)])
+    assert res.exit_code == 0, res.output
+    assert "steps differ up to" in res.output
+    record = Sensitivity.load(sens)
+    assert record.shape == (2, 6, 4) and record.trajectories == 1 and (record.head_gain > 0).all()
+    res = runner.invoke(app, ["optimize", str(prof), "--sensitivity", str(sens), "--trials", "8", "--max-density",
+                              "0.6", "--out", str(plan)])
+    assert res.exit_code == 0, res.output
+    assert "weighted rel_err" in res.output
+    assert load_plan(plan).search["error_weights"]["digest"] == record.digest()

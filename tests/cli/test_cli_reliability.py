@@ -251,3 +251,21 @@ def test_optimize_names_a_validate_mode_it_does_not_know(folder, tmp_path):
                           "--validate-mode", "frames"))
     assert "--validate-mode must be one of steps, trajectory, got 'frames'" in line
     assert not (tmp_path / "p.json").exists()
+
+
+def test_sensitivity_inputs_are_checked_before_any_probe(folder):
+    good = folder / "good.parquet"
+    before = tree(folder)
+    assert "--density must be" in one_error(*cli("sensitivity", good, "--density", "0", "--out", folder / "s.json"))
+    assert "--trajectories must be ≥ 1" in one_error(*cli("sensitivity", good, "--trajectories", "0",
+                                                          "--out", folder / "s.json"))
+    assert "is also an input" in one_error(*cli("sensitivity", good, "--out", good))
+    assert "missing.parquet" in one_error(*cli("sensitivity", folder / "missing.parquet", "--out", folder / "s.json"))
+    assert tree(folder) == before
+    (folder / "bad.json").write_text('{"format": "attnsearch-sensitivity", "version": 1}')
+    before = tree(folder)
+    line = one_error(*cli("optimize", good, "--sensitivity", folder / "bad.json", "--out", folder / "p.json"))
+    assert "bad.json: malformed sensitivity record" in line
+    assert "cannot read sensitivity record" in one_error(*cli("optimize", good, "--sensitivity",
+                                                              folder / "none.json", "--out", folder / "p.json"))
+    assert tree(folder) == before

@@ -1,0 +1,148 @@
+"""Searched plans on mini-vdit with and without output-sensitivity weights: the same profile, the
+same trials, the same held-out videos, against the global-mask baselines.
+
+    python -m benchmarks.mini_vdit_weighted --out reports/mini_vdit_weighted [--profile profiles/mini-vdit.parquet]
+
+Measures the sensitivity of the profiled model (``attnsearch.search.sensitivity``: every step's and
+every head's probe on ``--trajectories`` whole trajectories of the profile's training conditions),
+then runs one unweighted and one weighted search (``--trials`` each) and takes, for every density
+cap, each search's lowest-error plan at or below it; all plans and, at each plan's density, the
+``energy_decay`` and ``window`` baselines generate the same held-out videos (noise seeds from
+10,000, held-out conditions). Writes ``result.json`` (the evaluation, the sensitivity record, both
+searches' choices), ``figure.png`` (PSNR and SSIM against density) and ``sensitivity.png`` (the
+step and head gains) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attnsearch.atomic_io import write_text_atomic
+from attnsearch.bench.output import environment
+from attnsearch.evaluate import evaluate, load_generator
+from attnsearch.models import load_model
+from attnsearch.profiling import Profile
+from attnsearch.report.style import save_figure
+from attnsearch.search.sensitivity import measure_sensitivity
+
+from attnsearch.search.sweep import density_sweep, distinct_plans
+
+DENSITIES = (0.1, 0.15, 0.2, 0.3, 0.45)
+BASELINES = ("energy_decay", "window")
+SERIES = {"plan": ("per-head plan", "#1f77b4", "o-"), "weighted": ("per-head plan, sensitivity-weighted", "#d62728", "s-"),
+          "energy_decay": ("energy_decay (global)", "#9467bd", "^--"), "window": ("window (global)", "#7f7f7f", "v--")}
+
+
+def _series(data: dict) -> dict[str, list[tuple[float, float, float]]]:
+    """(density, PSNR, SSIM) per series, by density; a baseline point once per density."""
+    out: dict[str, dict[float, tuple[float, float, float]]] = {k: {} for k in SERIES}
+    for r in data["runs"]:
+        key = r["baseline"]["baseline"] if r["kind"] == "baseline" else r["label"].split(" @ ")[0]
+        if key in out:
+            o = r["overall"]
+            out[key][round(r["density"], 6)] = (r["density"], o["psnr_db"], o["ssim"])
+    return {k: [v[d] for d in sorted(v)] for k, v in out.items()}
+
+
+def figure(data: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    for key, points in _series(data).items():
+        name, colour, style = SERIES[key]
+        for ax, i in zip(axes, (1, 2)):
+            ax.plot([p[0] for p in points], [p[i] for p in points], style, color=colour, label=name, ms=4)
+    axes[0].set_ylabel("PSNR vs dense video (dB)")
+    axes[1].set_ylabel("SSIM vs dense video")
+    for ax in axes:
+        ax.set_xlabel("mean kept-block density")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, frameon=False)
+    s = data["settings"]
+    fig.suptitle(f"mini-vdit {'×'.join(map(str, s['size']))}, {len(data['seeds'])} held-out videos, "
+                 f"{s['steps']} steps", fontsize=9)
+    save_figure(fig, path, tight=True)
+
+
+def sensitivity_figure(record: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    step, head = np.array(record["step_gain"]), np.array(record["head_gain"])
+    low = min(step[step > 0].min(), head[head > 0].min())
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9.5, 3.2), gridspec_kw={"width_ratios": [1.6, 1]})
+    a.bar(np.arange(len(step)), step / low, color="#1f77b4")
+    a.set_yscale("log")
+    a.set_xlabel("denoising step")
+    a.set_ylabel("gain (× the smallest)")
+    a.set_title("every head of one step probed", fontsize=9)
+    im = b.imshow(np.maximum(head, low) / low, norm=LogNorm(), cmap="viridis", aspect="auto")
+    b.set_xlabel("head")
+    b.set_ylabel("layer")
+    b.set_xticks(range(head.shape[1]))
+    b.set_title("one head probed at every step", fontsize=9)
+    fig.colorbar(im, ax=b, label="gain (× the smallest)")
+    fig.suptitle(f"output change per unit of squared attention error (probes at ≤ {record['density']:g} density, "
+                 f"{record['trajectories']} trajectories)", fontsize=9)
+    save_figure(fig, path, tight=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.mini_vdit_weighted", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--profile", type=Path, default=Path("profiles/mini-vdit.parquet"))
+    p.add_argument("--conditions", type=int, default=4, help="training conditions the profile was made with")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps the profile was made with")
+    p.add_argument("--size", type=int, nargs=3, default=[16, 64, 64], metavar=("FRAMES", "HEIGHT", "WIDTH"))
+    p.add_argument("--trajectories", type=int, default=2, help="trajectories each sensitivity probe runs")
+    p.add_argument("--probe-density", type=float, default=0.3, help="density of the sensitivity probes")
+    p.add_argument("--seeds", type=int, default=16, help="held-out videos")
+    p.add_argument("--trials", type=int, default=200, help="trials of each search")
+    p.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    started = time.time()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    f, h, w = args.size
+    spec = load_model("mini-vdit", conditions=args.conditions, steps=args.steps, frames=f, height=h, width=w,
+                      device=args.device)
+    prof = Profile.load(args.profile)
+    sens = measure_sensitivity(prof, spec, density=args.probe_density, trajectories=args.trajectories,
+                               progress=lambda d: print(f"  probe {d['done']}/{d['total']}: {d['site']}", flush=True))
+    sens_s = time.time() - started
+    print(f"sensitivity in {sens_s:.0f} s: {sens.summary()}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        sweeps = {name: density_sweep(args.profile, args.densities, trials=args.trials, folder=tmp, name=name,
+                                      sensitivity=weights)
+                  for name, weights in (("plan", None), ("weighted", sens))}
+    plain, weighted = distinct_plans(sweeps["plan"]), distinct_plans(sweeps["weighted"])
+    generator = load_generator("mini-vdit", device=args.device, frames=f, height=h, width=w)
+    result = evaluate(plain + weighted, generator, seeds=args.seeds, baselines=BASELINES,
+                      labels=[f"plan @ {q.mean_density:.3f}" for q in plain] +
+                             [f"weighted @ {q.mean_density:.3f}" for q in weighted],
+                      progress=lambda d: print(f"  video {d['done']}/{d['total']}: seed {d['seed']} {d['label']}",
+                                               flush=True))
+    data = result.to_dict()
+    data["settings"] = {"size": list(args.size), "steps": args.steps, "conditions": args.conditions,
+                        "trials": args.trials, "densities": sorted(args.densities), "profile": str(args.profile)}
+    data["sensitivity"] = {**sens.to_dict(), "seconds": round(sens_s, 1)}
+    data["search"] = {name: [p.record() for p in points] for name, points in sweeps.items()}
+    data["benchmark"] = {**environment(), "device": args.device, "seconds": round(time.time() - started, 1)}
+    write_text_atomic(args.out / "result.json", json.dumps(data, indent=1, allow_nan=False) + "\n")
+    figure(data, args.out / "figure.png")
+    sensitivity_figure(data["sensitivity"], args.out / "sensitivity.png")
+    for key, points in _series(data).items():
+        print(f"{key}: " + ", ".join(f"{d:.3f}: {p:.2f} dB / {s:.3f}" for d, p, s in points))
+    print(f"wrote {args.out} in {time.time() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
