@@ -28,7 +28,7 @@ from attnsearch.atomic_io import write_text_atomic
 from attnsearch.bench.output import environment
 from attnsearch.evaluate import evaluate, load_generator
 from attnsearch.models import load_model
-from attnsearch.profiling import Profile
+from attnsearch.profiling import Profile, ProfileSettings, profile_model
 from attnsearch.report.style import save_figure
 from attnsearch.search.sensitivity import measure_sensitivity
 
@@ -76,13 +76,14 @@ def sensitivity_figure(record: dict, path: Path) -> None:
     from matplotlib.colors import LogNorm
 
     step, head = np.array(record["step_gain"]), np.array(record["head_gain"])
-    low = min(step[step > 0].min(), head[head > 0].min())
     fig, (a, b) = plt.subplots(1, 2, figsize=(9.5, 3.2), gridspec_kw={"width_ratios": [1.6, 1]})
-    a.bar(np.arange(len(step)), step / low, color="#1f77b4")
+    a.bar(np.arange(len(step)), step / step[step > 0].min(), color="#1f77b4")
     a.set_yscale("log")
+    a.set_xticks(range(0, len(step), max(1, len(step) // 10)))
     a.set_xlabel("denoising step")
     a.set_ylabel("gain (× the smallest)")
     a.set_title("every head of one step probed", fontsize=9)
+    low = head[head > 0].min()
     im = b.imshow(np.maximum(head, low) / low, norm=LogNorm(), cmap="viridis", aspect="auto")
     b.set_xlabel("head")
     b.set_ylabel("layer")
@@ -97,7 +98,9 @@ def sensitivity_figure(record: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.mini_vdit_weighted", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--profile", type=Path, default=Path("profiles/mini-vdit.parquet"))
+    p.add_argument("--profile", type=Path, default=Path("profiles/mini-vdit.parquet"),
+                   help="the profile to search (with --make-profile: where to write a new one)")
+    p.add_argument("--make-profile", action="store_true", help="profile the model at --size first")
     p.add_argument("--conditions", type=int, default=4, help="training conditions the profile was made with")
     p.add_argument("--steps", type=int, default=20, help="sampling steps the profile was made with")
     p.add_argument("--size", type=int, nargs=3, default=[16, 64, 64], metavar=("FRAMES", "HEIGHT", "WIDTH"))
@@ -107,13 +110,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--trials", type=int, default=200, help="trials of each search")
     p.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--figures-from", type=Path, default=None, metavar="RESULT",
+                   help="only redraw the figures of a result.json into --out")
     args = p.parse_args(argv)
+    if args.figures_from is not None:
+        data = json.loads(args.figures_from.read_text())
+        args.out.mkdir(parents=True, exist_ok=True)
+        figure(data, args.out / "figure.png")
+        sensitivity_figure(data["sensitivity"], args.out / "sensitivity.png")
+        return
     started = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
 
     f, h, w = args.size
     spec = load_model("mini-vdit", conditions=args.conditions, steps=args.steps, frames=f, height=h, width=w,
                       device=args.device)
+    if args.make_profile:
+        profile_model(spec, settings=ProfileSettings(block_size=64)).save(args.profile)
     prof = Profile.load(args.profile)
     sens = measure_sensitivity(prof, spec, density=args.probe_density, trajectories=args.trajectories,
                                progress=lambda d: print(f"  probe {d['done']}/{d['total']}: {d['site']}", flush=True))
