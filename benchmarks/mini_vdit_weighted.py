@@ -95,6 +95,47 @@ def sensitivity_figure(record: dict, path: Path) -> None:
     save_figure(fig, path, tight=True)
 
 
+def allocation(profile: Path, record: dict, cap: float, trials: int) -> dict[str, dict[str, list]]:
+    """Where each search's plan at ``cap`` keeps its blocks: mean density per step and per layer.
+    The searches are deterministic (seeded sampler, exact inner solve), so this re-runs them on a CPU
+    from the profile and the sensitivity record and gets the report's plans back."""
+    from attnsearch.search.sensitivity import Sensitivity
+
+    sens = Sensitivity.from_dict({k: v for k, v in record.items() if k != "seconds"})
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, weights in (("plan", None), ("weighted", sens)):
+            plan = density_sweep(profile, [cap], trials=trials, folder=tmp, name=name,
+                                 sensitivity=weights)[0].result.plan
+            S, L = plan.num_steps, plan.num_layers
+            grid = np.array([[plan.layer_plan(s, layer).density for layer in range(L)] for s in range(S)])
+            out[name] = {"density": plan.mean_density, "per_step": grid.mean(1).tolist(),
+                         "per_layer": grid.mean(0).tolist()}
+    return out
+
+
+def allocation_figure(alloc: dict, cap: float, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9.5, 3.2), gridspec_kw={"width_ratios": [1.6, 1]})
+    for name, got in alloc.items():
+        label, colour, style = SERIES[name]
+        label = f"{label} ({got['density']:.3f})"
+        a.plot(range(len(got["per_step"])), got["per_step"], style, color=colour, label=label, ms=4)
+        b.plot(range(len(got["per_layer"])), got["per_layer"], style, color=colour, label=label, ms=4)
+    steps = len(next(iter(alloc.values()))["per_step"])
+    a.set_xticks(range(0, steps, max(1, steps // 10)))
+    a.set_xlabel("denoising step")
+    b.set_xlabel("layer")
+    for ax in (a, b):
+        ax.set_ylabel("mean kept-block density")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    a.legend(fontsize=7, frameon=False)
+    fig.suptitle(f"where the plans at cap {cap:g} keep their blocks", fontsize=9)
+    save_figure(fig, path, tight=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.mini_vdit_weighted", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, type=Path)
@@ -111,13 +152,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--figures-from", type=Path, default=None, metavar="RESULT",
-                   help="only redraw the figures of a result.json into --out")
+                   help="only draw the figures of a result.json into --out (allocation.png re-runs both searches "
+                        "at --allocation-cap on this machine: ~30 s of CPU)")
+    p.add_argument("--allocation-cap", type=float, default=0.3)
     args = p.parse_args(argv)
     if args.figures_from is not None:
         data = json.loads(args.figures_from.read_text())
         args.out.mkdir(parents=True, exist_ok=True)
         figure(data, args.out / "figure.png")
         sensitivity_figure(data["sensitivity"], args.out / "sensitivity.png")
+        alloc = allocation(Path(data["settings"]["profile"]), data["sensitivity"], args.allocation_cap,
+                           data["settings"]["trials"])
+        allocation_figure(alloc, args.allocation_cap, args.out / "allocation.png")
+        for name, got in alloc.items():
+            print(f"{name} at ≤ {args.allocation_cap}: density {got['density']:.3f}; per step "
+                  + " ".join(f"{x:.2f}" for x in got["per_step"]) + "; per layer "
+                  + " ".join(f"{x:.2f}" for x in got["per_layer"]))
         return
     started = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -149,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     data["sensitivity"] = {**sens.to_dict(), "seconds": round(sens_s, 1)}
     data["search"] = {name: [p.record() for p in points] for name, points in sweeps.items()}
     data["benchmark"] = {**environment(), "device": args.device, "seconds": round(time.time() - started, 1)}
-    write_text_atomic(args.out / "result.json", json.dumps(data, indent=1, allow_nan=False) + "\n")
+    write_text_atomic(args.out / "result.json", json.dumps(data, separators=(",", ":"), allow_nan=False) + "\n")
     figure(data, args.out / "figure.png")
     sensitivity_figure(data["sensitivity"], args.out / "sensitivity.png")
     for key, points in _series(data).items():

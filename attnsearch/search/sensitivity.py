@@ -4,11 +4,11 @@ The profile's ``rel_err`` says how far a candidate moves one head's attention ou
 A user sees the final output (a video after every denoising step), and the two are far from
 proportional: on mini-vdit an error at step 2 of 20 moves the video 25× more per unit of attention
 error than one at step 13, and one head 240× more than another (reports/mini_vdit_weighted). A search
-that sums unweighted errors spends its kept blocks where they buy nothing.
+that sums the errors alike spends kept blocks where the output does not need them.
 
-Measured by *ablation on whole trajectories*, with the errors a plan makes, not random noise: a
-random perturbation of an early, high-noise step is washed out by the later steps, while a
-structured one (the same blocks dropped) changes what the sampler draws. For every head a probe
+Measured by *ablation on whole trajectories*, with the kind of error a plan makes (the profile's
+own candidates dropping blocks), since that is the error whose effect the search must predict: on
+mini-vdit dropped blocks at early steps change what the sampler draws (reports/mini_vdit_steps). For every head a probe
 candidate is taken from the profile (the lowest-error sparse candidate at ≤ ``density`` mean
 density); a run of ``trajectories`` whole trajectories applies the probes on one *site* only,
 everything else dense, and its final outputs' mean squared change against dense is the site's
