@@ -20,13 +20,16 @@ def sensitivity(
     density: float = typer.Option(0.3, help="Mean density of the probe candidates (the range plans are searched in)."),
     trajectories: Optional[int] = typer.Option(None, help="Whole trajectories each probe runs (the model's own "
                                                           "noise and conditions; default: up to 2)."),
+    per_layer: bool = typer.Option(False, "--per-layer", help="Probe each layer's heads together (steps + layers "
+                                   "runs instead of steps + layers × heads; every head takes its layer's gain)."),
     backend: str = typer.Option("auto", help="Runtime backend the probes run on."),
 ) -> None:
     """Measure how much each step's and each head's attention error moves the final output.
 
-    Runs steps + layers × heads probes of whole trajectories, each one site with the profile's
-    probe candidate and everything else dense; writes the gains (output change per unit of the
-    profile's squared error) that ``optimize --sensitivity`` weighs errors by."""
+    Runs steps + layers × heads probes of whole trajectories (steps + layers with --per-layer),
+    each one site with the profile's probe candidate and everything else dense; writes the gains
+    (output change per unit of the profile's squared error) that ``optimize --sensitivity`` weighs
+    errors by."""
     from ..models import load_model
     from ..profiling.profile_io import Profile
     from ..search.sensitivity import check_inputs, measure_sensitivity
@@ -40,8 +43,10 @@ def sensitivity(
         spec = load_model(model or prof.model["name"], **parse_options(option))
         runs = check_inputs(prof, spec, density, trajectories)
         with progress_bar() as bar:
-            task = bar.add_task("probing", total=prof.num_steps + prof.num_layers * prof.num_heads)
+            runs_total = prof.num_steps + prof.num_layers * (1 if per_layer else prof.num_heads)
+            task = bar.add_task("probing", total=runs_total)
             sens = measure_sensitivity(prof, spec, density=density, trajectories=runs, backend=backend,
+                                       sites="layers" if per_layer else "heads",
                                        progress=lambda p: bar.update(task, completed=p["done"],
                                                                      description=f"probing {p['site']}"))
         sens.save(out)

@@ -86,7 +86,10 @@ class ModelSpec:
     runs the first ``n`` (≤ ``num_trajectories``) of the spec's denoising trajectories — its fixed
     noise and conditions, one root forward per step, as ``inputs`` number them, all ``n`` in one
     batch — with whatever attention is active, and returns their final outputs (frames in [0, 1]
-    for video models); ``trajectory_range`` is their data range (None: the dense reference's).
+    for video models); ``trajectory_range`` is their data range (None: the dense reference's);
+    ``pipeline``: the object a plan is applied to while they run, where that is not ``model`` (a
+    diffusers pipeline: ``apply(pipeline, plan)`` numbers its steps by timestep, CFG branches one
+    step, and routes Wan2.2's experts).
     """
 
     name: str
@@ -100,6 +103,7 @@ class ModelSpec:
     trajectories: Callable[[int], torch.Tensor] | None = None
     num_trajectories: int = 0
     trajectory_range: float | None = None
+    pipeline: Any = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, torch.nn.Module):

@@ -13,7 +13,7 @@ candidate is taken from the profile (the lowest-error sparse candidate at ≤ ``
 density); a run of ``trajectories`` whole trajectories applies the probes on one *site* only,
 everything else dense, and its final outputs' mean squared change against dense is the site's
 response R. Two axes of sites, S + L·H runs in all (not S·L·H): every head of step s, and head
-(l, h) at every step. A site's *gain* is R over the probes' profiled error on it, Σ rel_err², the
+(l, h) at every step (``sites="layers"``: every head of layer l at every step, S + L runs). A site's *gain* is R over the probes' profiled error on it, Σ rel_err², the
 output's squared change per unit of squared attention error. The weight of (s, l, h) is
 ``step_gain[s] · head_gain[l, h]``, scaled to mean 1 (:meth:`Sensitivity.weights`), so λ and the
 error budget of a weighted search keep the scale of an unweighted rel_err.
@@ -41,6 +41,8 @@ FORMAT = "attnsearch-sensitivity"
 VERSION = 1
 #: Mean density of the probe candidates unless told: the range most plans are searched in.
 DEFAULT_DENSITY = 0.3
+#: What the second axis probes: each head alone, or each layer's heads together.
+SITES = ("heads", "layers")
 
 
 class SensitivityError(SearchError):
@@ -56,7 +58,8 @@ class Sensitivity:
     in ``unmeasured``); ``step_response``, ``head_response``: the responses (mean squared change of
     the final outputs); ``probes`` [L][H]: the candidate each head was probed with; ``model``:
     the profile's model record (name, fingerprint); ``block_size``, ``density``, ``trajectories``:
-    how it was measured."""
+    how it was measured; ``sites``: "heads" (one run per head) or "layers" (one run per layer, its
+    gain every head's)."""
 
     step_gain: np.ndarray
     head_gain: np.ndarray
@@ -68,6 +71,7 @@ class Sensitivity:
     density: float
     trajectories: int
     unmeasured: tuple[str, ...] = ()
+    sites: str = "heads"
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -93,7 +97,8 @@ class Sensitivity:
                 "density": self.density, "trajectories": self.trajectories, "shape": list(self.shape),
                 "step_gain": self.step_gain.tolist(), "head_gain": self.head_gain.tolist(),
                 "step_response": self.step_response.tolist(), "head_response": self.head_response.tolist(),
-                "probes": [list(row) for row in self.probes], "unmeasured": list(self.unmeasured)}
+                "probes": [list(row) for row in self.probes], "unmeasured": list(self.unmeasured),
+                "sites": self.sites}
 
     def digest(self) -> str:
         """12 hex digits naming these weights exactly (a weighted study's name depends on them)."""
@@ -102,7 +107,7 @@ class Sensitivity:
     def summary(self) -> dict[str, Any]:
         """What a plan records of the weights its search used."""
         return {"digest": self.digest(), "model": self.model.get("fingerprint", ""), "density": self.density,
-                "trajectories": self.trajectories, "step_gain_ratio": _ratio(self.step_gain),
+                "trajectories": self.trajectories, "sites": self.sites, "step_gain_ratio": _ratio(self.step_gain),
                 "head_gain_ratio": _ratio(self.head_gain)}
 
     def save(self, path: str | os.PathLike) -> None:
@@ -119,7 +124,8 @@ class Sensitivity:
             out = cls(_array(data, "step_gain", 1), _array(data, "head_gain", 2), _array(data, "step_response", 1),
                       _array(data, "head_response", 2), tuple(tuple(str(c) for c in row) for row in data["probes"]),
                       {str(k): str(v) for k, v in dict(data["model"]).items()}, int(data["block_size"]),
-                      float(data["density"]), int(data["trajectories"]), tuple(str(u) for u in data["unmeasured"]))
+                      float(data["density"]), int(data["trajectories"]), tuple(str(u) for u in data["unmeasured"]),
+                      str(data["sites"]))
         except (KeyError, TypeError, ValueError, JSONDataError) as exc:
             raise SensitivityError(f"{source}: malformed sensitivity record ({type(exc).__name__}: {exc})") from None
         out.check(source)
@@ -144,6 +150,8 @@ class Sensitivity:
                         ("step_response", self.step_response), ("head_response", self.head_response)):
             if not np.all(np.isfinite(a)) or np.any(a < 0):
                 raise SensitivityError(f"{source}: {name} must be finite and ≥ 0")
+        if self.sites not in SITES:
+            raise SensitivityError(f"{source}: sites must be one of {', '.join(SITES)}, got {self.sites!r}")
         if not (self.step_gain.max() > 0 and self.head_gain.max() > 0):
             raise SensitivityError(f"{source}: every gain is 0: no probe moved the output, nothing to weigh by")
 
@@ -180,9 +188,10 @@ def probe_candidates(space: SearchSpace, density: float) -> np.ndarray:
     return out
 
 
-def site_plans(space: SearchSpace, probes: np.ndarray):
+def site_plans(space: SearchSpace, probes: np.ndarray, model: dict[str, Any] | None = None, sites: str = "heads"):
     """(label, plan) of every site: step s (all heads probed at s), then (l, h) (head h of layer l
-    probed at every step); everything else dense."""
+    probed at every step; ``sites="layers"``: every head of layer l); everything else dense. ``model``: the profile's model record, which the
+    plans carry (Wan2.2's experts: ``apply`` on the pipeline needs them)."""
     from ..layer_plan import LayerPlan
     from ..plan import Plan, ScheduleEntry
 
@@ -196,7 +205,7 @@ def site_plans(space: SearchSpace, probes: np.ndarray):
                                      if h in heads else ("dense", {}) for h in range(H)], g, bs)
 
     def plan(entries) -> Plan:
-        return Plan(g, bs, S, L, H, tuple(entries))
+        return Plan(g, bs, S, L, H, tuple(entries), model=dict(model or {}))
 
     for s in range(S):
         entries = [ScheduleEntry(0, s, None)] if s else []
@@ -204,10 +213,11 @@ def site_plans(space: SearchSpace, probes: np.ndarray):
         if s + 1 < S:
             entries.append(ScheduleEntry(s + 1, S, None))
         yield f"step {s}", plan(entries)
+    groups = [(h,) for h in range(H)] if sites == "heads" else [tuple(range(H))]
     for l_ in range(L):
-        for h in range(H):
-            yield f"layer {l_} head {h}", plan(
-                [ScheduleEntry(s, s + 1, tuple(layer(s, k, (h,)) if k == l_ else dense for k in range(L)))
+        for heads in groups:
+            yield f"layer {l_}" + (f" head {heads[0]}" if sites == "heads" else ""), plan(
+                [ScheduleEntry(s, s + 1, tuple(layer(s, k, heads) if k == l_ else dense for k in range(L)))
                  for s in range(S)])
 
 
@@ -248,23 +258,27 @@ def check_inputs(profile, spec, density: float, trajectories: int | None) -> int
 
 
 def measure_sensitivity(profile, spec, *, density: float = DEFAULT_DENSITY, trajectories: int | None = None,
-                        backend: str = "auto",
+                        sites: str = "heads", backend: str = "auto",
                         progress: Callable[[dict[str, Any]], None] | None = None) -> Sensitivity:
     """Measure the step and head gains of the profiled model ``spec`` (a ModelSpec with a sampler)
     on its first ``trajectories`` trajectories (None: up to 2), probing with the profile's
-    candidates at ≤ ``density`` (see the module docstring). ``progress`` gets {"done", "total",
-    "site"} after every run."""
+    candidates at ≤ ``density`` (see the module docstring): S + L·H runs, or S + L with
+    ``sites="layers"`` (each layer's heads probed together, the layer's gain every head's: for
+    models whose L·H runs cost too much). ``progress`` gets {"done", "total", "site"} after every run."""
     from .validate import Validator
 
     trajectories = check_inputs(profile, spec, density, trajectories)
+    if sites not in SITES:
+        raise SensitivityError(f"sensitivity: sites must be one of {', '.join(SITES)}, got {sites!r}")
     fp = profile.model.get("fingerprint")
     space = build_space(profile)
     S, L, H, _ = space.shape
     probes = probe_candidates(space, float(density))
     validator = Validator(spec, trajectories, backend, "trajectory")
     responses, labels = [], []
-    total = S + L * H
-    for i, (label, plan) in enumerate(site_plans(space, probes)):
+    per = H if sites == "heads" else 1
+    total = S + L * per
+    for i, (label, plan) in enumerate(site_plans(space, probes, profile.model, sites)):
         mse = validator.measure(plan)["mse"]
         if not math.isfinite(mse):
             raise SensitivityError(f"sensitivity: {label}: the probed model's output is not finite")
@@ -273,13 +287,15 @@ def measure_sensitivity(profile, spec, *, density: float = DEFAULT_DENSITY, traj
         if progress is not None:
             progress({"done": i + 1, "total": total, "site": label})
     e2 = np.take_along_axis(np.nan_to_num(space.rel_err, nan=0.0), probes[None, ..., None], -1)[..., 0] ** 2
-    step_r, head_r = np.array(responses[:S]), np.array(responses[S:]).reshape(L, H)
+    step_r, head_r = np.array(responses[:S]), np.array(responses[S:]).reshape(L, per)
     step_g, un_s = _gains(step_r, e2.sum((1, 2)), labels[:S])
-    head_g, un_h = _gains(head_r, e2.sum(0), labels[S:])
+    head_e2 = e2.sum(0) if sites == "heads" else e2.sum((0, 2))[:, None]
+    head_g, un_h = _gains(head_r, head_e2, labels[S:])
+    head_r, head_g = np.broadcast_to(head_r, (L, H)).copy(), np.broadcast_to(head_g, (L, H)).copy()
     out = Sensitivity(step_g, head_g, step_r, head_r,
                       tuple(tuple(space.names[c] for c in row) for row in probes),
                       {"name": str(profile.model.get("name", "")), "fingerprint": str(fp or spec.fingerprint)},
-                      space.block_size, float(density), trajectories, tuple(un_s + un_h))
+                      space.block_size, float(density), trajectories, tuple(un_s + un_h), sites)
     out.check()
     return out
 
@@ -293,5 +309,5 @@ def resolve_sensitivity(value) -> Sensitivity | None:
     raise SensitivityError(f"sensitivity: expected a Sensitivity or a path, got {type(value).__name__}")
 
 
-__all__ = ["DEFAULT_DENSITY", "Sensitivity", "SensitivityError", "check_inputs", "measure_sensitivity", "probe_candidates",
+__all__ = ["DEFAULT_DENSITY", "SITES", "Sensitivity", "SensitivityError", "check_inputs", "measure_sensitivity", "probe_candidates",
            "resolve_sensitivity", "site_plans"]

@@ -87,10 +87,11 @@ class Validator:
         from ..runtime import apply
 
         if self.mode == "trajectory":
+            target = self.spec.model if self.spec.pipeline is None else self.spec.pipeline
             with torch.no_grad():
                 if plan is None:
                     return _flatten(self.spec.trajectories(self.count))
-                with apply(self.spec.model, plan, backend=self.backend):
+                with apply(target, plan, backend=self.backend):
                     return _flatten(self.spec.trajectories(self.count))
         outs = []
         model = self.spec.model

@@ -133,3 +133,7 @@ def test_sensitivity_then_a_weighted_search(tmp_path):
     assert res.exit_code == 0, res.output
     assert "weighted rel_err" in res.output
     assert load_plan(plan).search["error_weights"]["digest"] == record.digest()
+    res = runner.invoke(app, ["sensitivity", str(prof), *MINI, "--per-layer", "--out", str(tmp_path / "l.json")])
+    assert res.exit_code == 0, res.output
+    layers = Sensitivity.load(tmp_path / "l.json")
+    assert layers.sites == "layers" and (layers.head_gain == layers.head_gain[:, :1]).all()

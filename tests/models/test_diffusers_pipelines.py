@@ -9,6 +9,7 @@ import types
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
 pytest.importorskip("diffusers", reason="diffusers is an optional extra (pip install 'attnsearch[diffusers]')")
@@ -214,3 +215,55 @@ def test_profile_optimize_apply_end_to_end(folders, kind, tmp_path):
     ap, log = _run_logged(pipe, kind, folders, plan, **bigger)
     assert ap.forwards == log.steps() and not ap.stats["fallbacks"]
     assert ap.stats["calls"] == len(log.forwards) * plan.num_layers
+
+
+# --- whole trajectories of a pipeline: trajectory validation and sensitivity ------------------------
+
+
+@pytest.mark.parametrize("kind", ["wan", "wan2.2"])
+def test_a_pipelines_trajectories_replay_the_profiled_runs(folders, kind):
+    """``spec.trajectories`` reruns each prompt from the noise the profile saw: the first forward of
+    prompt i gets exactly the recorded step-0 inputs of prompt i (its conditional branch, prompt-major
+    on the batch); a dense plan applied through the pipeline reproduces the final latents, a
+    block-diagonal one moves them."""
+    from attnsearch.plan import LayerPlan, ScheduleEntry
+    from attnsearch.search.validate import Validator
+
+    folder, _ = _pipeline(folders, kind)
+    spec = load_model(f"diffusers:{folder}", prompts=PROMPTS[:2], steps=STEPS, guidance_scale=5.0, dtype="float32",
+                      device="cpu", **tp.SIZES)
+    assert spec.num_trajectories == 2 and spec.pipeline is not None
+    firsts: list[torch.Tensor] = []
+    transformer = spec.pipeline.transformer
+    hook = transformer.register_forward_pre_hook(
+        lambda m, args, kwargs: firsts.append(kwargs["hidden_states"].clone()), with_kwargs=True)
+    try:
+        spec.trajectories(2)
+    finally:
+        hook.remove()
+    recorded = spec.inputs[0]["hidden_states"]            # [p0 cond, p0 uncond, p1 cond, p1 uncond]
+    per_run = len(firsts) // 2
+    assert torch.equal(firsts[0], recorded[0:1]) and torch.equal(firsts[per_run], recorded[2:3])
+
+    g, L, H = spec.geometry, 2, 4
+    meta = {"experts": [e.to_dict() for e in spec.experts]} if spec.experts else {}
+    validator = Validator(spec, 2, backend="torch", mode="trajectory")
+    dense = Plan.dense(g, STEPS, L, H, 64, model=meta)
+    assert validator.measure(dense)["rel_l2"] < 1e-6
+    diag = LayerPlan.single("diagonal", {"rows": 0}, g, H, 64)
+    sparse = Plan(g, 64, STEPS, L, H, (ScheduleEntry(0, STEPS, (diag,) * L),), model=meta)
+    assert validator.measure(sparse)["rel_l2"] > 1e-3
+
+
+def test_sensitivity_of_a_two_expert_pipeline(folders):
+    """The probes run through the pipeline with its experts routed: one gain per step and head, all
+    finite, and the search accepts the record."""
+    from attnsearch.search.sensitivity import measure_sensitivity
+
+    folder, _ = _pipeline(folders, "wan2.2")
+    spec = load_model(f"diffusers:{folder}", prompts=PROMPTS[:2], steps=STEPS, guidance_scale=5.0, dtype="float32",
+                      device="cpu", **tp.SIZES)
+    prof = profile_model(spec, settings=ProfileSettings(queries=16, block_size=64))
+    sens = measure_sensitivity(prof, spec, trajectories=2, backend="torch")
+    assert sens.shape == (STEPS, 2, 4) and np.isfinite(sens.weights()).all()
+    assert (sens.step_response > 0).all() and (sens.head_response > 0).all()

@@ -201,3 +201,30 @@ def test_weights_of_another_model_or_shape_are_refused(spec, profile, sens, tmp_
     plain = ModelSpec(name="plain", model=spec.model, geometry=spec.geometry, inputs=spec.inputs, fingerprint="planted")
     with pytest.raises(SensitivityError, match="has no sampler"):
         measure_sensitivity(profile, plain)
+
+
+def test_per_layer_sites_probe_each_layer_once_and_give_its_heads_its_gain(spec, profile):
+    """S + L runs; layer 0's gain recomputed: every head of layer 0 probed at every step, run by the
+    validator, over the probes' Σ rel_err² in layer 0 from the profile table."""
+    sites = []
+    sens = measure_sensitivity(profile, spec, density=0.5, trajectories=2, sites="layers", backend="torch",
+                               progress=lambda d: sites.append(d["site"]))
+    assert sites == [f"step {s}" for s in range(STEPS)] + ["layer 0", "layer 1"] and sens.sites == "layers"
+    assert (sens.head_gain == sens.head_gain[:, :1]).all()
+    space = build_space(profile)
+    probes = probe_candidates(space, 0.5)
+    g, H, L = spec.geometry, 2, 2
+    dense = LayerPlan.dense(g, H, BLOCK)
+    entries = tuple(ScheduleEntry(s, s + 1, (LayerPlan.from_heads(
+        [(space.families[probes[0, h]], space.candidate_params(int(probes[0, h]), range(s, s + 1), 0, h))
+         for h in range(H)], g, BLOCK), dense)) for s in range(STEPS))
+    v = Validator(spec, 2, backend="torch", mode="trajectory")
+    mse = float((v._run(Plan(g, BLOCK, STEPS, L, H, entries)) - v.reference).double().pow(2).mean())
+    t = profile.table
+    err2 = sum(float(t[(t["step"] == s) & (t["layer"] == 0) & (t["head"] == h) &
+                       (t["candidate"] == space.names[probes[0, h]])]["rel_err"].iloc[0]) ** 2
+               for s in range(STEPS) for h in range(H))
+    assert sens.head_gain[0, 0] == pytest.approx(mse / err2, rel=1e-6)
+    assert Sensitivity.from_dict(sens.to_dict()).sites == "layers"
+    with pytest.raises(SensitivityError, match="sites must be one of heads, layers"):
+        measure_sensitivity(profile, spec, sites="blocks")

@@ -14,6 +14,9 @@ trajectory of every prompt. A pipeline of two experts (Wan2.2: ``transformer_2``
 the steps each runs. Image-to-video pipelines (Wan I2V, CogVideoX I2V) take ``image``.
 A transformer folder (``config.json`` of a supported class) loads the transformer alone and makes
 inputs as ``diffusers-random`` does (random text embeddings: no text encoder is at hand).
+A pipeline's spec runs whole trajectories (``ModelSpec.trajectories``: each prompt's run from the
+noise the profile saw, final latents), for ``optimize --validate-mode trajectory`` and
+``attnsearch sensitivity``; plans then apply to the pipeline object (``ModelSpec.pipeline``).
 """
 
 from __future__ import annotations
@@ -205,6 +208,21 @@ def _by_prompt(records: list[list[tuple[str, dict[str, Any]]]], prompts: list[st
     return names, inputs
 
 
+def _trajectories(pipe: Any, call: dict[str, Any], texts: list[str], seed: int):
+    """``ModelSpec.trajectories`` of a pipeline: the first ``n`` prompts' whole runs from the noise
+    the profile saw (prompt i: seed ``seed + i``), their final latents concatenated."""
+
+    def run(n: int) -> torch.Tensor:
+        outs = []
+        with torch.no_grad():
+            for i, text in enumerate(texts[:n]):
+                out = pipe(**call, prompt=text, generator=torch.Generator(device="cpu").manual_seed(seed + i))
+                outs.append(out.frames if hasattr(out, "frames") else out[0])
+        return torch.cat([o.float() for o in outs])
+
+    return run
+
+
 def _experts(names: list[str], modules: dict[str, nn.Module]) -> tuple:
     """Contiguous step ranges per expert → Expert records (() for a single transformer)."""
     from .. import fingerprint
@@ -241,6 +259,7 @@ def load_pretrained(path: str, *, prompt: str = "A cat walks on the grass, reali
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     by_class = {f.class_name: f for f in FAMILIES.values()}
     experts: tuple = ()
+    trajectories, num_trajectories, pipeline = None, 0, None
 
     name = _class_name(folder)
     if name is not None and not (folder / "model_index.json").is_file():
@@ -269,6 +288,7 @@ def load_pretrained(path: str, *, prompt: str = "A cat walks on the grass, reali
             raise _missing(path, f"incomplete pipeline: {exc}".splitlines()[0]) from None
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
+        pipeline = pipe
         modules = dict(pipeline_transformers(pipe))
         geometry_model = next(iter(modules.values()))
         fam = family_of(geometry_model)
@@ -288,6 +308,8 @@ def load_pretrained(path: str, *, prompt: str = "A cat walks on the grass, reali
             model = ExpertPair(modules["transformer"], modules["transformer_2"], boundary_timestep(pipe))
         else:
             model = modules[names[0]]
+        trajectories = _trajectories(pipe, call, list(texts), seed)
+        num_trajectories = len(texts)
         if prompts is None:
             texts = []
     else:
@@ -297,4 +319,5 @@ def load_pretrained(path: str, *, prompt: str = "A cat walks on the grass, reali
         if fam.geometry(geometry_model, kw) != geometry:
             raise ValueError(f"diffusers: step {i} has geometry {fam.geometry(geometry_model, kw)}, step 0 {geometry}")
     return ModelSpec(name=f"diffusers:{path}", model=model, geometry=geometry, inputs=inputs,
-                     fingerprint=fingerprint(model), prompts=tuple(texts), experts=experts)
+                     fingerprint=fingerprint(model), prompts=tuple(texts), experts=experts,
+                     trajectories=trajectories, num_trajectories=num_trajectories, pipeline=pipeline)
