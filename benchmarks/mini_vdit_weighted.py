@@ -30,7 +30,8 @@ from attnsearch.evaluate import evaluate, load_generator
 from attnsearch.models import load_model
 from attnsearch.profiling import Profile, ProfileSettings, profile_model
 from attnsearch.report.style import save_figure
-from attnsearch.search.sensitivity import measure_sensitivity
+from attnsearch.report.sensitivity_figures import gains
+from attnsearch.search.sensitivity import Sensitivity, measure_sensitivity
 
 from attnsearch.search.sweep import density_sweep, distinct_plans
 
@@ -72,35 +73,13 @@ def figure(data: dict, path: Path) -> None:
 
 
 def sensitivity_figure(record: dict, path: Path) -> None:
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import LogNorm
-
-    step, head = np.array(record["step_gain"]), np.array(record["head_gain"])
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9.5, 3.2), gridspec_kw={"width_ratios": [1.6, 1]})
-    a.bar(np.arange(len(step)), step / step[step > 0].min(), color="#1f77b4")
-    a.set_yscale("log")
-    a.set_xticks(range(0, len(step), max(1, len(step) // 10)))
-    a.set_xlabel("denoising step")
-    a.set_ylabel("gain (× the smallest)")
-    a.set_title("every head of one step probed", fontsize=9)
-    low = head[head > 0].min()
-    im = b.imshow(np.maximum(head, low) / low, norm=LogNorm(), cmap="viridis", aspect="auto")
-    b.set_xlabel("head")
-    b.set_ylabel("layer")
-    b.set_xticks(range(head.shape[1]))
-    b.set_title("one head probed at every step", fontsize=9)
-    fig.colorbar(im, ax=b, label="gain (× the smallest)")
-    fig.suptitle(f"output change per unit of squared attention error (probes at ≤ {record['density']:g} density, "
-                 f"{record['trajectories']} trajectories)", fontsize=9)
-    save_figure(fig, path, tight=True)
+    gains(Sensitivity.from_dict({k: v for k, v in record.items() if k != "seconds"}), path)
 
 
 def allocation(profile: Path, record: dict, cap: float, trials: int) -> dict[str, dict[str, list]]:
     """Where each search's plan at ``cap`` keeps its blocks: mean density per step and per layer.
     The searches are deterministic (seeded sampler, exact inner solve), so this re-runs them on a CPU
     from the profile and the sensitivity record and gets the report's plans back."""
-    from attnsearch.search.sensitivity import Sensitivity
-
     sens = Sensitivity.from_dict({k: v for k, v in record.items() if k != "seconds"})
     out = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,12 +1,13 @@
-"""``attnsearch report``: a static HTML page with PNG figures for profiles, plans, studies and
-bench results. Each input file's kind is recognised from its content, not its name."""
+"""``attnsearch report``: a static HTML page with PNG figures for profiles, plans, studies, bench
+results and sensitivity records. Each input file's kind is recognised from its content, not its name."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 ACCEPTED = "a profile (.parquet from `attnsearch profile`), a plan (attnsearch-plan JSON), " \
-           "a study (the .db beside a plan, or an optimize result JSON) or a bench result (JSON from `attnsearch bench`)"
+           "a study (the .db beside a plan, or an optimize result JSON), a bench result (JSON from `attnsearch bench`) " \
+           "or a sensitivity record (JSON from `attnsearch sensitivity`)"
 
 
 class ReportError(ValueError):
@@ -14,7 +15,7 @@ class ReportError(ValueError):
 
 
 def detect_kind(path: Path) -> str:
-    """'profile' | 'plan' | 'study' | 'bench', from the file's content."""
+    """'profile' | 'plan' | 'study' | 'bench' | 'sensitivity', from the file's content."""
     path = Path(path)
     if path.is_dir():
         raise ReportError(f"{path}: is a directory, not a file")
@@ -35,6 +36,8 @@ def detect_kind(path: Path) -> str:
     if isinstance(data, dict):
         if data.get("format") == "attnsearch-plan":
             return "plan"
+        if data.get("format") == "attnsearch-sensitivity":
+            return "sensitivity"
         if data.get("format") == "attnsearch-study" or "pareto" in data:
             return "study"
         from .bench_figures import bench_rows
@@ -88,6 +91,10 @@ def _load(path: Path):
         return kind, path, load_plan(path)
     if kind == "study":
         return kind, path, path
+    if kind == "sensitivity":
+        from ..search.sensitivity import Sensitivity
+
+        return kind, path, Sensitivity.load(path)
     from ..jsondata import check_data, read_json
 
     data = read_json(path, "bench result")
@@ -113,6 +120,10 @@ def _draw(kind: str, path: Path, data, out: Path, *, tau: float, density_cap: fl
         from .study_figures import study_figures
 
         return [study_figures(data, out)]
+    if kind == "sensitivity":
+        from .sensitivity_figures import sensitivity_figures
+
+        return [sensitivity_figures(data, out)]
     from .bench_figures import bench_figures
 
     return [bench_figures(data, out)]

@@ -125,7 +125,7 @@ class Sensitivity:
                       _array(data, "head_response", 2), tuple(tuple(str(c) for c in row) for row in data["probes"]),
                       {str(k): str(v) for k, v in dict(data["model"]).items()}, int(data["block_size"]),
                       float(data["density"]), int(data["trajectories"]), tuple(str(u) for u in data["unmeasured"]),
-                      str(data["sites"]))
+                      str(data.get("sites", "heads")))  # records before "sites" probed per head
         except (KeyError, TypeError, ValueError, JSONDataError) as exc:
             raise SensitivityError(f"{source}: malformed sensitivity record ({type(exc).__name__}: {exc})") from None
         out.check(source)

@@ -142,3 +142,19 @@ def test_a_plan_report_says_which_heads_run_fp8(tmp_path, monkeypatch):
     monkeypatch.setattr(plt.Axes, "add_patch", lambda ax, patch: (hatched.append(patch.get_hatch()), real(ax, patch))[1])
     pf.head_map(plan, tmp_path / "heads.png")
     assert hatched.count("///") == 2
+
+
+def test_a_sensitivity_record_gets_its_gains_figure(tmp_path):
+    import numpy as np
+
+    from attnsearch.search.sensitivity import Sensitivity
+
+    sens = Sensitivity(np.array([4.0, 1.0, 2.0]), np.array([[1.0, 8.0], [2.0, 0.5]]), np.array([4.0, 1.0, 2.0]),
+                       np.array([[1.0, 8.0], [2.0, 0.5]]), (("diagonal(rows=0)",) * 2,) * 2,
+                       {"name": "m", "fingerprint": "f"}, 64, 0.3, 2)
+    sens.save(tmp_path / "s.json")
+    assert detect_kind(tmp_path / "s.json") == "sensitivity"
+    out = tmp_path / "report"
+    page = write_report([tmp_path / "s.json"], out)
+    assert referenced_files(page) == ["sensitivity_gains.png"] and (out / "sensitivity_gains.png").stat().st_size > 5000
+    assert "step gains 4× apart, head gains 16× apart" in page.read_text()
