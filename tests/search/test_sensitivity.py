@@ -12,12 +12,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from attnsearch.costmodel import CostModel
 from attnsearch.layer_plan import LayerPlan
 from attnsearch.models import ModelSpec
-from attnsearch.models.mini_vdit import MiniVDiT, MiniVDiTConfig, make_noise, sample, to_frames, train_conditions
 from attnsearch.patterns import SPARSE_FAMILIES
 from attnsearch.plan import Plan, ScheduleEntry
 from attnsearch.profiling import ProfileSettings, profile_model
@@ -28,6 +26,7 @@ from attnsearch.search.sensitivity import (Sensitivity, SensitivityError, measur
                                            resolve_sensitivity)
 from attnsearch.search.space import build_space
 from attnsearch.search.validate import Validator
+from tiny_models import tiny_mini_vdit
 
 SIZE = (4, 32, 32)   # 4 × 8 × 8 = 256 tokens, 4 blocks of 64
 STEPS = 2
@@ -39,24 +38,7 @@ HARDWARE = "nvidia-h100-80gb-hbm3"
 
 @pytest.fixture(scope="module")
 def spec() -> ModelSpec:
-    torch.manual_seed(0)
-    model = MiniVDiT(MiniVDiTConfig.tiny()).eval()
-    with torch.no_grad():  # adaLN-zero starts with every gate closed: open them so attention matters
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-        layer, head = IGNORED
-        hd = model.config.head_dim
-        model.blocks[layer].proj.weight[:, head * hd:(head + 1) * hd] = 0.0
-    conds = train_conditions(2, seed=0)
-    noise = torch.cat([make_noise(i, *SIZE) for i in range(2)])
-    inputs: list = []
-    sample(model, conds, noise, steps=STEPS, on_step=lambda i, x, t, c: inputs.append((x.clone(), t.clone(), c.clone())))
-
-    def trajectories(n: int) -> torch.Tensor:
-        return to_frames(sample(model, conds[:n], noise[:n], steps=STEPS))
-
-    return ModelSpec(name="mini-vdit", model=model, geometry=model.geometry_for(*SIZE), inputs=inputs,
-                     fingerprint="planted", trajectories=trajectories, num_trajectories=2, trajectory_range=1.0)
+    return tiny_mini_vdit(SIZE, STEPS, silenced=IGNORED)
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from attnsearch import Plan
 from attnsearch.metrics import psnr
 from attnsearch.models import ModelSpec
-from attnsearch.models.mini_vdit import MiniVDiT, MiniVDiTConfig, make_noise, sample, to_frames, train_conditions
 from attnsearch.plan import LayerPlan, ScheduleEntry
 from attnsearch.search import SearchError
 from attnsearch.search.validate import Validator
+from tiny_models import tiny_mini_vdit
 
 SIZE = (4, 32, 32)   # 4 × 8 × 8 = 256 tokens, 4 blocks
 STEPS = 3
@@ -28,21 +28,7 @@ BLOCK = 64
 
 @pytest.fixture(scope="module")
 def spec() -> ModelSpec:
-    torch.manual_seed(0)
-    model = MiniVDiT(MiniVDiTConfig.tiny()).eval()
-    with torch.no_grad():  # adaLN-zero starts with every gate closed: open them so attention matters
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    conds = train_conditions(2, seed=0)
-    noise = torch.cat([make_noise(i, *SIZE) for i in range(2)])
-    inputs: list = []
-    sample(model, conds, noise, steps=STEPS, on_step=lambda i, x, t, c: inputs.append((x.clone(), t.clone(), c.clone())))
-
-    def trajectories(n: int) -> torch.Tensor:
-        return to_frames(sample(model, conds[:n], noise[:n], steps=STEPS))
-
-    return ModelSpec(name="mini-vdit", model=model, geometry=model.geometry_for(*SIZE), inputs=inputs,
-                     fingerprint="test", trajectories=trajectories, num_trajectories=2, trajectory_range=1.0)
+    return tiny_mini_vdit(SIZE, STEPS)
 
 
 def _plan(spec: ModelSpec) -> Plan:
