@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=int, nargs=3, default=[16, 64, 64], metavar=("FRAMES", "HEIGHT", "WIDTH"))
     p.add_argument("--trajectories", type=int, default=2, help="trajectories each sensitivity probe runs")
     p.add_argument("--probe-density", type=float, default=0.3, help="density of the sensitivity probes")
+    p.add_argument("--sites", default="heads", choices=("heads", "layers"), help="second probe axis (--per-layer)")
+    p.add_argument("--weighted-only", action="store_true", help="search and evaluate the weighted plans only")
     p.add_argument("--seeds", type=int, default=16, help="held-out videos")
     p.add_argument("--trials", type=int, default=200, help="trials of each search")
     p.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
@@ -158,14 +160,15 @@ def main(argv: list[str] | None = None) -> None:
         profile_model(spec, settings=ProfileSettings(block_size=64)).save(args.profile)
     prof = Profile.load(args.profile)
     sens = measure_sensitivity(prof, spec, density=args.probe_density, trajectories=args.trajectories,
-                               progress=lambda d: print(f"  probe {d['done']}/{d['total']}: {d['site']}", flush=True))
+                               sites=args.sites, progress=lambda d: print(f"  probe {d['done']}/{d['total']}: {d['site']}", flush=True))
     sens_s = time.time() - started
     print(f"sensitivity in {sens_s:.0f} s: {sens.summary()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         sweeps = {name: density_sweep(args.profile, args.densities, trials=args.trials, folder=tmp, name=name,
                                       sensitivity=weights)
-                  for name, weights in (("plan", None), ("weighted", sens))}
-    plain, weighted = distinct_plans(sweeps["plan"]), distinct_plans(sweeps["weighted"])
+                  for name, weights in (("plan", None), ("weighted", sens))
+                  if name == "weighted" or not args.weighted_only}
+    plain, weighted = distinct_plans(sweeps.get("plan", [])), distinct_plans(sweeps["weighted"])
     generator = load_generator("mini-vdit", device=args.device, frames=f, height=h, width=w)
     result = evaluate(plain + weighted, generator, seeds=args.seeds, baselines=BASELINES,
                       labels=[f"plan @ {q.mean_density:.3f}" for q in plain] +
@@ -174,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
                                                flush=True))
     data = result.to_dict()
     data["settings"] = {"size": list(args.size), "steps": args.steps, "conditions": args.conditions,
-                        "trials": args.trials, "densities": sorted(args.densities), "profile": str(args.profile)}
+                        "trials": args.trials, "densities": sorted(args.densities), "profile": str(args.profile),
+                        "sites": args.sites}
     data["sensitivity"] = {**sens.to_dict(), "seconds": round(sens_s, 1)}
     data["search"] = {name: [p.record() for p in points] for name, points in sweeps.items()}
     data["benchmark"] = {**environment(), "device": args.device, "seconds": round(time.time() - started, 1)}
