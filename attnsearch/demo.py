@@ -1,11 +1,13 @@
-"""The end-to-end demo: profile → classify → optimize (validated on the model) → evaluate → report,
-plus a GPU benchmark of the plan (:func:`attnsearch.bench.bench_plan`) when CUDA is present.
+"""The end-to-end demo: profile → classify → (sensitivity) → optimize → evaluate → report, plus a
+GPU benchmark of the plan (:func:`attnsearch.bench.bench_plan`) when CUDA is present.
 
 On ``mini-vdit`` (the default: the project's trained video DiT, at 8 × 32 × 32 so that it runs on
-a CPU) the plan is the lowest-error one within ``max_density`` and ``evaluate`` generates held-out
-videos dense, under the plan and under the global-mask baselines at its density. On ``toy-vdit``
-(planted heads) the classes are checked against the planted truth and the plan is the fastest within
-``max_error``. ``attnsearch demo`` prints the headline; :func:`run_demo` returns it as a dict."""
+a CPU) the output's sensitivity is measured per step and per layer
+(:mod:`attnsearch.search.sensitivity`), the search weighs the profile's errors by it, the plan is
+the lowest-error one within ``max_density``, and ``evaluate`` generates held-out videos dense,
+under the plan and under the global-mask baselines at its density. On ``toy-vdit`` (planted heads)
+the classes are checked against the planted truth and the plan is the fastest within ``max_error``
+of output error measured on the model. ``attnsearch demo`` prints the headline; :func:`run_demo` returns it as a dict."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from .atomic_io import write_json_atomic
 from .jsondata import nonfinite_to_null
 
 
-def check_demo(out_dir: Path, *, model: str, steps: int, queries: int, trials: int, validate: int | None,
+def check_demo(out_dir: Path, *, model: str, steps: int, queries: int, trials: int | None, validate: int | None,
                max_error: float, max_density: float, seed: int, hardware: str | None) -> None:
     """ValueError naming the option unless every setting of :func:`run_demo` means something; run
     before any work (the hardware table is loaded, the outputs checked)."""
@@ -28,7 +30,7 @@ def check_demo(out_dir: Path, *, model: str, steps: int, queries: int, trials: i
 
     if model not in MODELS:
         raise ValueError(f"demo: model must be one of {', '.join(MODELS)}, got {model!r}")
-    for name, value, low in (("steps", steps, 1), ("queries", queries, 1), ("trials", trials, 1),
+    for name, value, low in (("steps", steps, 1), ("queries", queries, 1), ("trials", trials or 1, 1),
                              ("validate", 0 if validate is None else validate, 0), ("seed", seed, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"demo: {name} must be an integer ≥ {low}, got {value!r}")
@@ -40,7 +42,8 @@ def check_demo(out_dir: Path, *, model: str, steps: int, queries: int, trials: i
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: exists and is not a folder")
     check_outputs([out_dir / f"{model}.parquet", out_dir / "plan.json", out_dir / "bench.json",
-                   out_dir / "report" / "index.html", out_dir / "evaluate" / "evaluation.json"])
+                   out_dir / "sensitivity.json", out_dir / "report" / "index.html",
+                   out_dir / "evaluate" / "evaluation.json"])
 
 
 #: The demo's models and what each is built with (mini-vdit at a size a CPU generates in seconds).
@@ -51,19 +54,22 @@ MODELS = {
 #: Held-out videos the mini-vdit demo evaluates, and the baselines beside the plan.
 EVAL_SEEDS = 2
 BASELINES = ("energy_decay", "window")
+#: Search trials unless told: a trial validated on the model costs its forwards, one weighted by
+#: the sensitivity only an exact solve.
+TRIALS = {"validated": 15, "weighted": 100}
 
 
-def run_demo(out_dir: Path, *, model: str = "mini-vdit", steps: int = 8, queries: int = 128, trials: int = 15,
+def run_demo(out_dir: Path, *, model: str = "mini-vdit", steps: int = 8, queries: int = 128, trials: int | None = None,
              validate: int | None = None, max_error: float = 0.02, max_density: float = 0.3, seed: int = 0,
              hardware: str | None = None, on_stage: Callable[[str], None] | None = None,
              on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Run the whole pipeline on ``model`` (a key of :data:`MODELS`) into ``out_dir``; return the
     headline figures.
 
-    ``validate``: model inputs (steps, from the first) each trial's plan is run on; None: every
-    profiled step on mini-vdit (a plan that keeps early steps dense must not look exact because only
-    those were checked), 2 on toy-vdit. on_stage(name) announces each stage; on_progress(stage,
-    done, total) reports within one."""
+    ``validate``: model inputs (steps, from the first) each trial's plan is run on; None: 0 on
+    mini-vdit (its errors are weighed by the measured sensitivity instead), 2 on toy-vdit.
+    ``trials``: None: :data:`TRIALS` for the search's kind. on_stage(name) announces each stage;
+    on_progress(stage, done, total) reports within one."""
     import torch
 
     from .models import load_model
@@ -106,8 +112,21 @@ def run_demo(out_dir: Path, *, model: str = "mini-vdit", steps: int = 8, queries
 
     generates = model == "mini-vdit"
     if validate is None:
-        validate = steps if generates else 2
-    stage("optimize (validated on the model)")
+        validate = 0 if generates else 2
+    if trials is None:
+        trials = TRIALS["validated" if validate else "weighted"]
+    inputs = [prof_path]
+    sensitivity = None
+    if generates:
+        stage("sensitivity (each step's and each layer's attention error, probed on whole trajectories)")
+        from .search.sensitivity import measure_sensitivity
+
+        sensitivity = measure_sensitivity(prof, spec, sites="layers",
+                                          progress=lambda d: progress("sensitivity", d["done"], d["total"]))
+        sensitivity.save(out_dir / "sensitivity.json")
+        inputs.append(out_dir / "sensitivity.json")
+        head["sensitivity"] = {"path": str(out_dir / "sensitivity.json"), **sensitivity.summary()}
+    stage("optimize (validated on the model)" if validate else "optimize (errors weighted by the sensitivity)")
     done = {"n": 0}
 
     def on_trial(p: dict) -> None:  # a rerun continues the study: count this run's trials only
@@ -115,8 +134,8 @@ def run_demo(out_dir: Path, *, model: str = "mini-vdit", steps: int = 8, queries
         progress("optimize", done["n"], trials)
 
     budget = {"max_density": max_density} if generates else {"max_error": max_error}
-    res = optimize(prof_path, hardware=hardware, trials=trials, validate=validate, model=spec,
-                   out=out_dir / "plan.json", seed=seed, progress=on_trial, **budget)
+    res = optimize(prof_path, hardware=hardware, trials=trials, validate=validate, model=spec if validate else None,
+                   out=out_dir / "plan.json", seed=seed, progress=on_trial, sensitivity=sensitivity, **budget)
     plan = res.plan
     head["plan"] = str(res.path)
     head["plan_density"] = plan.mean_density
@@ -128,7 +147,7 @@ def run_demo(out_dir: Path, *, model: str = "mini-vdit", steps: int = 8, queries
     head["measured_psnr_db"] = validation.get("psnr_db")
     head["reason"] = res.reason
 
-    inputs = [prof_path, res.path]
+    inputs.append(res.path)
     if generates:
         stage(f"evaluate on {EVAL_SEEDS} held-out videos (dense vs plan vs global masks)")
         from .evaluate import evaluate, load_generator, write_outputs

@@ -16,9 +16,11 @@ def demo(
                                                 "heads; classes checked against the truth)."),
     steps: int = typer.Option(8, help="Denoising steps to profile (and, on mini-vdit, to sample)."),
     queries: int = typer.Option(128, help="Sampled query rows per call."),
-    trials: int = typer.Option(15, help="Search trials."),
+    trials: Optional[int] = typer.Option(None, help="Search trials (default: 100 weighted by the sensitivity, 15 "
+                                                    "validated on the model)."),
     validate: Optional[int] = typer.Option(None, help="Model inputs (steps) each trial is validated on "
-                                                      "(default: every profiled step on mini-vdit, 2 on toy-vdit)."),
+                                                      "(default: none on mini-vdit, whose errors are weighted by the "
+                                                      "measured sensitivity; 2 on toy-vdit)."),
     max_error: float = typer.Option(0.02, help="toy-vdit: budget of measured output error (relative L2)."),
     max_density: float = typer.Option(0.3, help="mini-vdit: mean kept-block density of the plan."),
     hardware: Optional[str] = typer.Option(None, help="Cost-model table (default: this GPU's, else H100)."),
@@ -48,6 +50,10 @@ def demo(
         console.print()
         console.print(f"[bold]model[/]           {h['model']}, geometry {h['geometry']}")
         console.print(f"[bold]classes found[/]   {classes}{truth}")
+        if h.get("sensitivity"):
+            sens = h["sensitivity"]
+            console.print(f"[bold]sensitivity[/]     steps {sens['step_gain_ratio'] or 1:.3g}× apart, layers "
+                          f"{sens['head_gain_ratio'] or 1:.3g}× apart → {shown(sens['path'])}")
         console.print(f"[bold]plan[/]            mean block density {h['plan_density']:.2f} → {shown(h['plan'])}")
         console.print(f"[bold]predicted[/]       {h['predicted_speedup']:.2f}× attention speedup on {h['hardware']} "
                       "(demo size: launch-bound; the speedups live at video scale)")

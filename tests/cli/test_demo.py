@@ -43,11 +43,17 @@ def test_demo_on_mini_vdit_evaluates_generated_videos(tmp_path):
     res = CliRunner().invoke(app, ["demo", "--out", str(out), "--steps", "2", "--queries", "32", "--trials", "3",
                                    "--max-density", "0.4"])
     assert res.exit_code == 0, res.output
-    for line in ("classes found", "predicted", "measured error", "videos", "frames", "report"):
+    for line in ("classes found", "sensitivity", "predicted", "videos", "frames", "report"):
         assert line in res.output
-    assert "planted" not in res.output
+    assert "planted" not in res.output and "measured error" not in res.output   # weighted, not validated
     plan = load_plan(out / "plan.json")
     assert plan.mean_density <= 0.4 and plan.num_steps == 2
+    from attnsearch.search.sensitivity import Sensitivity
+
+    sens = Sensitivity.load(out / "sensitivity.json")
+    assert sens.shape == (2, 6, 4) and sens.sites == "layers"
+    assert plan.search["error_weights"]["digest"] == sens.digest()
+    assert (out / "report" / "sensitivity_gains.png").is_file()
     ev = json.loads((out / "evaluate" / "evaluation.json").read_text())
     kinds = sorted((r["kind"], r.get("baseline") and r["baseline"]["baseline"]) for r in ev["runs"])
     assert kinds == [("baseline", "energy_decay"), ("baseline", "window"), ("plan", None)]
