@@ -10,10 +10,11 @@ from attnsearch import Geometry, profile_tensors
 from attnsearch.profiling.profile_io import Profile
 
 
-def small_profile(folder: Path, precisions: tuple[str, ...] = ("native",)) -> tuple[Path, Profile]:
-    """3 steps × 2 layers × 4 heads, N = 532, B = 64, head_dim 32, saved as folder/small.parquet
-    (``precisions`` with "fp8": the FP8 errors too)."""
-    geom = Geometry(4, 8, 16, 20)
+def small_profile(folder: Path, precisions: tuple[str, ...] = ("native",),
+                  geometry: Geometry | None = None) -> tuple[Path, Profile]:
+    """3 steps × 2 layers × 4 heads, N = 532 (or ``geometry``'s), B = 64, head_dim 32, saved as
+    folder/small.parquet (``precisions`` with "fp8": the FP8 errors too)."""
+    geom = geometry or Geometry(4, 8, 16, 20)
     gen = torch.Generator().manual_seed(0)
     parts = []
     for step in range(3):

@@ -263,3 +263,41 @@ def test_sqlite_refuses_several_workers(profile, tmp_path):
                                    "--out", str(tmp_path / "c.json")])
     assert res.exit_code == 2 and "use --storage postgresql://" in res.output
     assert not (tmp_path / "c.json").exists()
+
+
+@pytest.mark.slow
+def test_worker_processes_weigh_errors_by_the_sensitivity(pg, tmp_path):
+    """The weights travel to every worker: each trial's stored error is the weighted error of its
+    knobs' solve, recomputed here, and not the unweighted one (at 8,192 tokens, where sparse heads
+    win and errors are not all 0)."""
+    import numpy as np
+
+    from attnsearch import Geometry
+
+    from attnsearch.costmodel import CostModel
+    from attnsearch.search.problem import Problem
+    from attnsearch.search.sensitivity import Sensitivity
+    from attnsearch.search.space import build_space
+    from attnsearch.search.study import _Search
+
+    profile, prof = synthetic.small_profile(tmp_path, geometry=Geometry(8, 32, 32))
+    S, L, H = prof.num_steps, prof.num_layers, prof.num_heads
+    rng = np.random.default_rng(0)
+    step, head = rng.uniform(0.1, 10, S), rng.uniform(0.1, 10, (L, H))
+    sens = Sensitivity(step, head, step, head, (("dense",) * H,) * L, dict(prof.model), prof.settings.block_size,
+                       0.3, 2)
+    name = f"weighted-{uuid.uuid4().hex[:8]}"
+    optimize(profile, trials=8, storage=pg, workers=2, study_name=name, out=tmp_path / "p.json", head_dim=128,
+             heartbeat_s=HEARTBEAT, sensitivity=sens)
+    cm = CostModel(None, head_dim=128)
+    space = build_space(prof)
+    search = _Search({prof.settings.block_size: Problem(space, cm, weights=sens.weights())}, budgeted=False,
+                     max_error=None, validator=None)
+    plain = Problem(space, cm)
+    done = _by_state(_trials(pg, name))["COMPLETE"]
+    assert len(done) == 8 and {t.user_attrs["worker"].split(":")[2] for t in done} <= {"0", "1"}
+    for t in done:
+        k = search.knobs_of(t.params)
+        assert t.values[1] == pytest.approx(search.problems[k.block_size].solve(k).rel_err, rel=1e-9)
+    assert any(t.values[1] > 0 and abs(t.values[1] - plain.solve(search.knobs_of(t.params)).rel_err) > 1e-6
+               for t in done)
