@@ -30,7 +30,7 @@ def check_demo(out_dir: Path, *, model: str, steps: int, queries: int, trials: i
 
     if model not in MODELS:
         raise ValueError(f"demo: model must be one of {', '.join(MODELS)}, got {model!r}")
-    for name, value, low in (("steps", steps, 1), ("queries", queries, 1), ("trials", trials or 1, 1),
+    for name, value, low in (("steps", steps, 1), ("queries", queries, 1), ("trials", 1 if trials is None else trials, 1),
                              ("validate", 0 if validate is None else validate, 0), ("seed", seed, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"demo: {name} must be an integer ≥ {low}, got {value!r}")
