@@ -7,7 +7,8 @@ a CPU) the output's sensitivity is measured per step and per layer
 the lowest-error one within ``max_density``, and ``evaluate`` generates held-out videos dense,
 under the plan and under the global-mask baselines at its density. On ``toy-vdit`` (planted heads)
 the classes are checked against the planted truth and the plan is the fastest within ``max_error``
-of output error measured on the model. ``attnsearch demo`` prints the headline; :func:`run_demo` returns it as a dict."""
+of output error measured on the model. ``attnsearch demo`` prints the headline; :func:`run_demo`
+returns it as a dict."""
 
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ def check_demo(out_dir: Path, *, model: str, steps: int, queries: int, trials: i
 
     if model not in MODELS:
         raise ValueError(f"demo: model must be one of {', '.join(MODELS)}, got {model!r}")
-    for name, value, low in (("steps", steps, 1), ("queries", queries, 1), ("trials", 1 if trials is None else trials, 1),
-                             ("validate", 0 if validate is None else validate, 0), ("seed", seed, 0)):
+    counts = (("steps", steps, 1), ("queries", queries, 1), ("trials", 1 if trials is None else trials, 1),
+              ("validate", 0 if validate is None else validate, 0), ("seed", seed, 0))
+    for name, value, low in counts:
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"demo: {name} must be an integer ≥ {low}, got {value!r}")
     if not (isinstance(max_error, (int, float)) and math.isfinite(max_error) and max_error > 0):

@@ -37,7 +37,8 @@ from attnsearch.search.sweep import density_sweep, distinct_plans
 
 DENSITIES = (0.1, 0.15, 0.2, 0.3, 0.45)
 BASELINES = ("energy_decay", "window")
-SERIES = {"plan": ("per-head plan", "#1f77b4", "o-"), "weighted": ("per-head plan, sensitivity-weighted", "#d62728", "s-"),
+SERIES = {"plan": ("per-head plan", "#1f77b4", "o-"),
+          "weighted": ("per-head plan, sensitivity-weighted", "#d62728", "s-"),
           "energy_decay": ("energy_decay (global)", "#9467bd", "^--"), "window": ("window (global)", "#7f7f7f", "v--")}
 
 
@@ -160,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
         profile_model(spec, settings=ProfileSettings(block_size=64)).save(args.profile)
     prof = Profile.load(args.profile)
     sens = measure_sensitivity(prof, spec, density=args.probe_density, trajectories=args.trajectories,
-                               sites=args.sites, progress=lambda d: print(f"  probe {d['done']}/{d['total']}: {d['site']}", flush=True))
+                               sites=args.sites,
+                               progress=lambda d: print(f"  probe {d['done']}/{d['total']}: {d['site']}", flush=True))
     sens_s = time.time() - started
     print(f"sensitivity in {sens_s:.0f} s: {sens.summary()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:

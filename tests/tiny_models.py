@@ -29,7 +29,8 @@ def tiny(steps: int = 2, seed: int = 0):
     return TinyAttention(), inputs, geom
 
 
-def tiny_mini_vdit(size: tuple[int, int, int], steps: int, conditions: int = 2, silenced: tuple[int, int] | None = None):
+def tiny_mini_vdit(size: tuple[int, int, int], steps: int, conditions: int = 2,
+                   silenced: tuple[int, int] | None = None):
     """A two-block mini-vdit with random weights (gates opened so attention matters) as a ModelSpec
     with its sampler: ``conditions`` training conditions from noise seeds 0, 1, …, ``steps`` Euler
     steps at ``size`` pixels. ``silenced`` = (layer, head): that head's columns of its block's output
@@ -49,7 +50,8 @@ def tiny_mini_vdit(size: tuple[int, int, int], steps: int, conditions: int = 2, 
     conds = train_conditions(conditions, seed=0)
     noise = torch.cat([make_noise(i, *size) for i in range(conditions)])
     inputs: list = []
-    sample(model, conds, noise, steps=steps, on_step=lambda i, x, t, c: inputs.append((x.clone(), t.clone(), c.clone())))
+    sample(model, conds, noise, steps=steps,
+           on_step=lambda i, x, t, c: inputs.append((x.clone(), t.clone(), c.clone())))
 
     def trajectories(n: int) -> torch.Tensor:
         return to_frames(sample(model, conds[:n], noise[:n], steps=steps))

@@ -59,7 +59,8 @@ def sensitivity(
             table.add_row(f"layer {layer} heads", " ".join(f"{g / low:.3g}" for g in row))
         console.print(table)
         s = sens.summary()
-        console.print(f"steps differ up to {s['step_gain_ratio'] or 1:.3g}×, heads up to {s['head_gain_ratio'] or 1:.3g}×"
+        console.print(f"steps differ up to {s['step_gain_ratio'] or 1:.3g}×, "
+                      f"heads up to {s['head_gain_ratio'] or 1:.3g}×"
                       + (f"; unmeasured (probe error 0, axis mean used): {', '.join(sens.unmeasured)}"
                          if sens.unmeasured else ""))
         console.print(f"sensitivity → [bold]{shown(out)}[/] (optimize --sensitivity {shown(out)})")

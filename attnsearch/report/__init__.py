@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ACCEPTED = "a profile (.parquet from `attnsearch profile`), a plan (attnsearch-plan JSON), " \
-           "a study (the .db beside a plan, or an optimize result JSON), a bench result (JSON from `attnsearch bench`) " \
-           "or a sensitivity record (JSON from `attnsearch sensitivity`)"
+ACCEPTED = ("a profile (.parquet from `attnsearch profile`), a plan (attnsearch-plan JSON), a study (the .db "
+            "beside a plan, or an optimize result JSON), a bench result (JSON from `attnsearch bench`) or a "
+            "sensitivity record (JSON from `attnsearch sensitivity`)")
 
 
 class ReportError(ValueError):

@@ -8,13 +8,14 @@ that sums the errors alike spends kept blocks where the output does not need the
 
 Measured by *ablation on whole trajectories*, with the kind of error a plan makes (the profile's
 own candidates dropping blocks), since that is the error whose effect the search must predict: on
-mini-vdit dropped blocks at early steps change what the sampler draws (reports/mini_vdit_steps). For every head a probe
-candidate is taken from the profile (the lowest-error sparse candidate at ≤ ``density`` mean
-density); a run of ``trajectories`` whole trajectories applies the probes on one *site* only,
-everything else dense, and its final outputs' mean squared change against dense is the site's
-response R. Two axes of sites, S + L·H runs in all (not S·L·H): every head of step s, and head
-(l, h) at every step (``sites="layers"``: every head of layer l at every step, S + L runs). A site's *gain* is R over the probes' profiled error on it, Σ rel_err², the
-output's squared change per unit of squared attention error. The weight of (s, l, h) is
+mini-vdit dropped blocks at early steps change what the sampler draws (reports/mini_vdit_steps).
+For every head a probe candidate is taken from the profile (the lowest-error sparse candidate at ≤
+``density`` mean density); a run of ``trajectories`` whole trajectories applies the probes on one
+*site* only, everything else dense, and its final outputs' mean squared change against dense is
+the site's response R. Two axes of sites, S + L·H runs in all (not S·L·H): every head of step s,
+and head (l, h) at every step (``sites="layers"``: every head of layer l at every step, S + L
+runs). A site's *gain* is R over the probes' profiled error on it, Σ rel_err², the output's
+squared change per unit of squared attention error. The weight of (s, l, h) is
 ``step_gain[s] · head_gain[l, h]``, scaled to mean 1 (:meth:`Sensitivity.weights`), so λ and the
 error budget of a weighted search keep the scale of an unweighted rel_err.
 
@@ -188,10 +189,12 @@ def probe_candidates(space: SearchSpace, density: float) -> np.ndarray:
     return out
 
 
-def site_plans(space: SearchSpace, probes: np.ndarray, model: dict[str, Any] | None = None, sites: str = "heads"):
+def site_plans(space: SearchSpace, probes: np.ndarray, model: dict[str, Any] | None = None,
+               sites: str = "heads"):
     """(label, plan) of every site: step s (all heads probed at s), then (l, h) (head h of layer l
-    probed at every step; ``sites="layers"``: every head of layer l); everything else dense. ``model``: the profile's model record, which the
-    plans carry (Wan2.2's experts: ``apply`` on the pipeline needs them)."""
+    probed at every step; ``sites="layers"``: every head of layer l); everything else dense.
+    ``model``: the profile's model record, which the plans carry (Wan2.2's experts: ``apply`` on
+    the pipeline needs them)."""
     from ..layer_plan import LayerPlan
     from ..plan import Plan, ScheduleEntry
 
@@ -309,5 +312,5 @@ def resolve_sensitivity(value) -> Sensitivity | None:
     raise SensitivityError(f"sensitivity: expected a Sensitivity or a path, got {type(value).__name__}")
 
 
-__all__ = ["DEFAULT_DENSITY", "SITES", "Sensitivity", "SensitivityError", "check_inputs", "measure_sensitivity", "probe_candidates",
-           "resolve_sensitivity", "site_plans"]
+__all__ = ["DEFAULT_DENSITY", "SITES", "Sensitivity", "SensitivityError", "check_inputs", "measure_sensitivity",
+           "probe_candidates", "resolve_sensitivity", "site_plans"]

@@ -171,7 +171,8 @@ def test_weights_of_another_model_or_shape_are_refused(spec, profile, sens, tmp_
     with pytest.raises(SensitivityError, match="measured on model fingerprint other"):
         optimize(path, hardware=HARDWARE, trials=1, out=tmp_path / "a.json", sensitivity=other)
     data = sens.to_dict()
-    short = Sensitivity.from_dict({**data, "step_gain": data["step_gain"][:1], "step_response": data["step_response"][:1]})
+    short = Sensitivity.from_dict({**data, "step_gain": data["step_gain"][:1],
+                                   "step_response": data["step_response"][:1]})
     with pytest.raises(SensitivityError, match=r"measured over \(1, 2, 2\)"):
         optimize(path, hardware=HARDWARE, trials=1, out=tmp_path / "a.json", sensitivity=short)
     with pytest.raises(SearchError, match="error weights: must be finite"):
