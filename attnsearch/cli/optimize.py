@@ -90,6 +90,10 @@ def optimize(
         print_front(res)
         f = res.figures
         console.print(f"cost model: {shown(res.plan.search.get('hardware_note', res.hardware['device']))}")
+        if weights is not None:
+            w = weights.summary()
+            console.print(f"errors weighted by {shown(sensitivity)}: steps {w['step_gain_ratio'] or 1:.3g}× apart, "
+                          f"{weights.sites} {w['head_gain_ratio'] or 1:.3g}× apart")
         console.print(f"chose trial {res.trial}: {shown(res.reason)}")
         console.print(f"predicted attention {f['attention_ms']:.2f} ms vs dense {f['dense_attention_ms']:.2f} ms: "
                       f"[bold]{f['speedup']:.2f}×[/], {'weighted ' if sensitivity else ''}rel_err {f['rel_err']:.4g}")

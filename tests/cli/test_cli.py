@@ -131,7 +131,7 @@ def test_sensitivity_then_a_weighted_search(tmp_path):
     res = runner.invoke(app, ["optimize", str(prof), "--sensitivity", str(sens), "--trials", "8", "--max-density",
                               "0.6", "--out", str(plan)])
     assert res.exit_code == 0, res.output
-    assert "weighted rel_err" in res.output
+    assert "weighted rel_err" in res.output and "errors weighted by" in res.output
     assert load_plan(plan).search["error_weights"]["digest"] == record.digest()
     res = runner.invoke(app, ["sensitivity", str(prof), *MINI, "--per-layer", "--out", str(tmp_path / "l.json")])
     assert res.exit_code == 0, res.output
