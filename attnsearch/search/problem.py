@@ -138,7 +138,6 @@ class Problem:
                 raise SearchError(f"error weights: must be finite, ≥ 0 and of shape {(S, L, H)} (steps, layers, "
                                   f"heads), got shape {weights.shape}")
             err2 = err2 * weights[..., None]
-        self.weighted = weights is not None
         self.err2 = np.minimum(err2, np.finfo(np.float32).max).astype(np.float32)
         # Columns of a precision not searched are unavailable (inf cost); classed native, they add no
         # class set for the inner solver to try.
