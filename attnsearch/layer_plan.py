@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
@@ -265,11 +265,14 @@ class LayerPlan:
         """The ``groups`` list of this layer's plan-JSON entry."""
         return [g.to_dict() for g in self.groups]
 
-    def with_precision(self, precision: str) -> LayerPlan:
-        """This layer plan with every computed head's kept blocks in ``precision`` (same masks)."""
-        groups = tuple({**g.to_dict(), "precision": DEFAULT_PRECISION if g.pattern == "skip" else precision}
-                       for g in self.groups)
-        return LayerPlan(self.geometry, self.block_size, self.num_heads, groups)
+    def with_precision(self, precision: str, heads: Iterable[int] | None = None) -> LayerPlan:
+        """This layer plan with the kept blocks of ``heads`` (default: every computed head) in
+        ``precision``, every other head as it was (same masks; skip heads stay skip; heads grouped
+        as :meth:`from_heads` groups them)."""
+        chosen = set(self.computed_heads if heads is None else heads)
+        precisions = [precision if h in chosen and pattern != "skip" else self.head_precisions[h]
+                      for h, (pattern, _) in enumerate(self.head_specs)]
+        return LayerPlan.from_heads(self.head_specs, self.geometry, self.block_size, precisions=precisions)
 
     def for_geometry(self, geometry: Geometry) -> LayerPlan:
         """This layer plan at another geometry (:mod:`attnsearch.retarget`): every head's parameters

@@ -231,6 +231,17 @@ def test_plan_with_precision_converts_every_sparse_layer_and_keeps_dense_ones():
     assert fp8.with_precision("native").layer_plan(3, 0) == plan.layer_plan(3, 0).with_precision("native")
 
 
+def test_layer_plan_with_precision_of_some_heads_moves_those_alone():
+    heads = [("diagonal", {"rows": 2}), ("skip", {}), ("dense", {}), ("diagonal", {"rows": 4})]
+    lp = LayerPlan.from_heads(heads, GEOM, B, precisions=["native", "native", "fp8", "native"])
+    some = lp.with_precision("fp8", heads=[0, 1])          # head 1 is a skip head: it stays one
+    assert some.head_precisions == ("fp8", "native", "fp8", "native")
+    assert torch.equal(some.block_masks(), lp.block_masks()) and some.head_specs == lp.head_specs
+    back = some.with_precision("native", heads=[0, 2])
+    assert back.head_precisions == ("native",) * 4 and back == LayerPlan.from_heads(heads, GEOM, B)
+    assert lp.with_precision("fp8") == lp.with_precision("fp8", heads=lp.computed_heads)
+
+
 def test_precision_share_counts_computed_heads_over_steps():
     plan = Plan.from_dict(plan_dict())
     # steps [0, 2) dense: 2 × 3 layers × 4 native heads; steps [2, 5): layer 0 has 1 FP8 head of 3 computed

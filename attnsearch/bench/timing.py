@@ -159,17 +159,20 @@ def clock_sampler(timing: str):
             yield sampler
 
 
-def host_us(fn: Callable[[tuple], Any], inputs: Sequence[tuple], calls: int = 10) -> float:
+def host_us(fn: Callable[[tuple], Any], inputs: Sequence[tuple], calls: int = 10, reps: int = 1) -> float:
     """The host's wall time per call of ``fn`` (µs) while the GPU is busy, so no call waits for it:
-    what a call costs the CPU, and the GPU time under which a queued caller starves the GPU."""
-    torch.cuda.synchronize()
-    _spin(HEAD_START_MS + calls * 0.5)  # outlasts ``calls`` calls of up to 500 µs
-    t0 = time.perf_counter()
-    for i in range(calls):
-        fn(inputs[i % len(inputs)])
-    elapsed = time.perf_counter() - t0
-    torch.cuda.synchronize()
-    return elapsed / calls * 1e6
+    what a call costs the CPU, and the GPU time under which a queued caller starves the GPU.
+    Median over ``reps`` rounds of ``calls`` calls."""
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        _spin(HEAD_START_MS + calls * 0.5)  # outlasts ``calls`` calls of up to 500 µs
+        t0 = time.perf_counter()
+        for i in range(calls):
+            fn(inputs[i % len(inputs)])
+        times.append((time.perf_counter() - t0) / calls * 1e6)
+        torch.cuda.synchronize()
+    return statistics.median(times)
 
 
 def time_device(fn: Callable[[int], Any], sets: int, *, graph: bool = True, target_ms: float = 8.0) -> dict[str, Any]:

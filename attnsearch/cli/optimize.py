@@ -43,8 +43,14 @@ def optimize(
                                                         "--fp8 and an FP8-calibrated hardware table)."),
     sensitivity: Optional[Path] = typer.Option(None, help="Weigh each (step, layer, head) error by how much it moves "
                                                           "the output: a file from `attnsearch sensitivity`."),
+    execution: Optional[str] = typer.Option(None, help="How the plan's calls will run: eager (a call costs at least "
+                                                       "its host dispatch) or graph (CUDA graphs, compiled with "
+                                                       "reduce-overhead: device time). Default: eager where the "
+                                                       "hardware table measured host costs."),
 ) -> None:
     """Search the fastest plan under an accuracy budget and write it as JSON."""
+    from ..costmodel import EXECUTIONS, load_hardware
+    from ..costmodel.model import resolve_execution
     from ..search import optimize as run_search
     from ..search.study import check_outputs_of
     from ..layer_plan import PRECISIONS
@@ -60,6 +66,9 @@ def optimize(
                                         ("--ulysses", ulysses, 1)):
             check_at_least(option_name, value, low)
         check_choice("--validate-mode", validate_mode, VALIDATE_MODES)
+        if execution is not None:
+            check_choice("--execution", execution, EXECUTIONS)
+            resolve_execution(load_hardware(hardware), execution)  # a table without host costs: said before any work
         wanted = None
         if precisions is not None:
             wanted = [p.strip() for p in precisions.split(",") if p.strip()]
@@ -86,10 +95,12 @@ def optimize(
                              max_density=max_density, trials=trials,
                              storage=storage, validate=validate, validate_mode=validate_mode, out=out, model=spec,
                              head_dim=head_dim, seed=seed, progress=progress, workers=workers, ulysses=ulysses,
-                             portable=not non_portable, precisions=wanted, sensitivity=weights)
+                             portable=not non_portable, precisions=wanted, sensitivity=weights,
+                             execution=execution)
         print_front(res)
         f = res.figures
-        console.print(f"cost model: {shown(res.plan.search.get('hardware_note', res.hardware['device']))}")
+        console.print(f"cost model: {shown(res.plan.search.get('hardware_note', res.hardware['device']))}, "
+                      f"{res.hardware['execution']} calls")
         if weights is not None:
             w = weights.summary()
             console.print(f"errors weighted by {shown(sensitivity)}: steps {w['step_gain_ratio'] or 1:.3g}× apart, "

@@ -6,10 +6,11 @@ the table's constants to measured points), ``calibrate`` (the grid and its measu
 
 from __future__ import annotations
 
-from .model import CostModel, LayerFeatures, layer_features, quantize_bytes
-from .table import (DEFAULT_TABLE, DENSE_TILE, FORMAT, VERSION, FillParams, HardwareError, HardwareTable, LaunchParams,
+from .model import EXECUTIONS, CostModel, LayerFeatures, layer_features, quantize_bytes
+from .table import (DEFAULT_TABLE, DENSE_TILE, FORMAT, HOST_PARTS, VERSION, FillParams, HardwareError, HardwareTable, HostParams,
+                    LaunchParams,
                     gpu_slug, kernels_dirs, load_hardware, parse_variant_key, variant_key)
 
-__all__ = ["DEFAULT_TABLE", "DENSE_TILE", "FORMAT", "VERSION", "CostModel", "FillParams", "HardwareError",
-           "HardwareTable", "LaunchParams", "LayerFeatures", "gpu_slug", "kernels_dirs", "layer_features",
+__all__ = ["DEFAULT_TABLE", "DENSE_TILE", "EXECUTIONS", "FORMAT", "HOST_PARTS", "VERSION", "CostModel", "FillParams",
+           "HardwareError", "HardwareTable", "HostParams", "LaunchParams", "LayerFeatures", "gpu_slug", "kernels_dirs", "layer_features",
            "load_hardware", "parse_variant_key", "quantize_bytes", "variant_key"]

@@ -14,7 +14,10 @@ and the table fitted to them (``fit``).
   Parameters are found by bisection on exact block masks (``bench.family_params``).
 * :func:`describe_spec` — a spec's point before timing: its features (CPU).
 * :func:`measure` — every spec timed on the GPU with ``bench.time_device`` (CUDA-graph replay of
-  several calls over rotating input sets bigger than L2), each op as the runtime runs it.
+  several calls over rotating input sets bigger than L2), each op as the runtime runs it; calls of
+  under HOST_MAX_MS also get their host dispatch time (``bench.host_us``): a sparse layer as it
+  is and with a skip head, an FP8 layer all FP8 and half native (the parts ``fit.fit_host``
+  separates), cuDNN as it is.
 
 Points marked ``role = "holdout"`` are measured but never fitted: they are the accuracy check.
 A spec's ``precision`` ("native" where absent) is what its sparse kernel's products run in.
@@ -30,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from ..atomic_io import write_text_atomic
-from ..bench import family_params, fresh_inputs, time_device
+from ..bench import family_params, fresh_inputs, host_us, time_device
 from ..geometry import Geometry
 from ..patterns import SPARSE_FAMILIES
 from ..runtime.backends import TritonBackend
@@ -38,7 +41,7 @@ from ..layer_plan import PRECISIONS
 from ..runtime.schedule import DEFAULT_ORDER
 from .fit import build_table, spec_layer_plan
 from .model import layer_features, quantize_bytes
-from .table import HardwareError, gpu_slug
+from .table import HOST_PARTS, HardwareError, gpu_slug
 
 #: (head_dim, block size) → [(geometry, heads)] the grid times; the first shape of a variant is where
 #: the runtime's autotuner picks its config (a mid/large one, as in real use).
@@ -57,6 +60,10 @@ HOLDOUT_SHAPES = [(Geometry(13, 45, 56), 12), (Geometry(21, 45, 80), 40)]
 #: The FP8 quantization pass over q, k and v of these (geometry, heads) at head_dim 128: 12 kB … 1.2 GB.
 QUANTIZE_SHAPES = [(Geometry(1, 4, 4), 1), (Geometry(4, 8, 16), 1), (Geometry(8, 16, 16), 4),
                    (Geometry(8, 32, 32), 12), (Geometry(13, 45, 56), 12), (Geometry(21, 45, 80), 20)]
+#: Calls of at most this device time also get their host dispatch cost measured (``bench.host_us``,
+#: median of HOST_REPS rounds): where it can bound an eager call's latency.
+HOST_MAX_MS = 2.0
+HOST_REPS = 3
 #: What a point times: a sparse layer, cuDNN dense, the skip heads' zero fill, the FP8 quantization pass.
 POINT_KINDS = ("sparse", "dense", "fill", "quantize")
 
@@ -260,6 +267,8 @@ def _time_spec(point: dict[str, Any], inputs: list, sets: int) -> dict[str, Any]
         got = time_device(lambda i: cudnn_sdpa(*inputs[i]), sets)
         if geom.num_tokens * point["heads"] <= 500_000:  # what SDPA picks on its own, for reference
             got["sdpa_default_ms"] = time_device(lambda i: F.scaled_dot_product_attention(*inputs[i]), sets)["ms"]
+        if got["ms"] < HOST_MAX_MS:
+            got["host_us"] = host_us(lambda x: cudnn_sdpa(*x), inputs, reps=HOST_REPS)
         return got
     if point["kind"] == "fill":
         # The runtime's op (BlockTables.zero_skip_heads): index_fill_ with a device-side index.
@@ -277,10 +286,24 @@ def _time_spec(point: dict[str, Any], inputs: list, sets: int) -> dict[str, Any]
         return time_device(lambda i: quantize_fp8(*inputs[i], point["block_size"], key_order=order), sets)
     lp = spec_layer_plan(geom, point["heads"], point["block_size"], point["layer"])
     if point.get("precision", "native") == "fp8":
-        return _time_fp8(lp, inputs, sets, holdout=point.get("role") == "holdout")
-    got = time_device(lambda i: sparse_attention(*inputs[i], lp), sets)
-    got["backend"] = select_backend(*inputs[0], lp).name  # what "auto" runs: hopper or triton
+        got = _time_fp8(lp, inputs, sets, holdout=point.get("role") == "holdout")
+        half = lp.computed_heads[: len(lp.computed_heads) // 2]
+        variants = (lp.with_precision("fp8"), lp.with_precision("fp8").with_precision("native", half))
+    else:
+        got = time_device(lambda i: sparse_attention(*inputs[i], lp), sets)
+        got["backend"] = select_backend(*inputs[0], lp).name  # what "auto" runs: hopper or triton
+        variants = (lp, spec_layer_plan(geom, point["heads"], point["block_size"], point["layer"][:-1] + [["skip", {}]]))
+    if got["ms"] < HOST_MAX_MS and not lp.is_dense:
+        got["host"] = [{"parts": host_parts(v), "us": host_us(lambda x, v=v: sparse_attention(*x, v), inputs,
+                                                              reps=HOST_REPS)} for v in variants]
     return got
+
+
+def host_parts(layer_plan) -> list[str]:
+    """The parts of a sparse call (``table.HOST_PARTS``) ``layer_plan`` has: a launch per precision
+    of its computed heads, the skip heads' fill."""
+    precisions = {layer_plan.head_precisions[h] for h in layer_plan.computed_heads}
+    return [p for p in HOST_PARTS if p in precisions or (p == "fill" and layer_plan.skip_heads)]
 
 
 def _time_fp8(layer_plan, inputs: list, sets: int, holdout: bool) -> dict[str, Any]:
@@ -467,7 +490,19 @@ def load_points(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
         if "ms" in p and not (isinstance(p["ms"], (int, float)) and math.isfinite(p["ms"]) and p["ms"] > 0):
             raise ValueError(f"{path}: points[{i}] ({p.get('label', '?')}): ms must be a finite number > 0, "
                              f"got {p['ms']!r}")
+        where = f"{path}: points[{i}] ({p.get('label', '?')})"
+        if "host_us" in p and not _is_us(p["host_us"]):
+            raise ValueError(f"{where}: host_us must be a finite number ≥ 0, got {p['host_us']!r}")
+        for j, h in enumerate(p.get("host", []) if isinstance(p.get("host", []), list) else [None]):
+            if not (isinstance(h, dict) and isinstance(h.get("parts"), list) and set(h["parts"]) <= set(HOST_PARTS)
+                    and _is_us(h.get("us"))):
+                raise ValueError(f"{where}: host[{j}] must be {{\"parts\": [a subset of {', '.join(HOST_PARTS)}], "
+                                 f"\"us\": a finite number ≥ 0}}, got {h!r}")
     return env, points
+
+
+def _is_us(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
 def refit(points_path: str | Path, out_dir: str | Path = "kernels") -> Path:

@@ -20,7 +20,7 @@ from ..geometry import Geometry
 from ..plan import LayerPlan
 from ..runtime.schedule import item_lengths, list_schedule
 from .model import layer_features
-from .table import DENSE_TILE, FillParams, HardwareTable, LaunchParams, parse_variant_key, variant_key
+from .table import DENSE_TILE, HOST_PARTS, FillParams, HardwareTable, HostParams, LaunchParams, parse_variant_key, variant_key
 
 #: Fewest points a kernel's fit takes (one per constant).
 MIN_POINTS = 4
@@ -164,25 +164,75 @@ def fit(points: Sequence[dict[str, Any]], sm_count: int, order: str = "head") ->
     return Fitted(sparse, dense, fill, quantize, report)
 
 
+def _nonnegative_lstsq(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares of y on the columns of x with every coefficient ≥ 0: a column whose
+    coefficient comes out negative is dropped (held at 0) and the rest refitted."""
+    active = np.ones(x.shape[1], dtype=bool)
+    coef = np.zeros(x.shape[1])
+    while active.any():
+        sol = np.linalg.lstsq(x[:, active], y, rcond=None)[0]
+        if (sol >= 0).all():
+            coef[active] = sol
+            break
+        active[np.flatnonzero(active)[np.argmin(sol)]] = False
+    return coef
+
+
+def fit_host(points: Sequence[dict[str, Any]]) -> tuple[HostParams | None, dict[str, Any]]:
+    """Host dispatch costs (:class:`HostParams`) from the points' ``host`` measurements.
+
+    A sparse point's ``host`` is a list of {"parts": [...], "us": µs} (the call as measured and the
+    variations calibration timed beside it: a skip head added, half the heads in FP8); per variant
+    (head_dim, block size) ``us`` is fitted by non-negative least squares as base + Σ over
+    HOST_PARTS present. A part a variant never showed (no FP8 kernel, say) gets the coefficient of
+    the fit over every variant's calls. cuDNN: the median of the dense points' ``host_us`` per
+    head_dim. None where no point carries a host measurement."""
+    rows: dict[str, list[tuple[list[str], float]]] = {}
+    dense: dict[str, list[float]] = {}
+    for p in points:
+        if "ms" not in p:
+            continue
+        if p["kind"] == "sparse":
+            for h in p.get("host", ()):
+                rows.setdefault(variant_key(p["head_dim"], p["block_size"]), []).append((list(h["parts"]), float(h["us"])))
+        elif p["kind"] == "dense" and "host_us" in p:
+            dense.setdefault(f"d{p['head_dim']}", []).append(float(p["host_us"]))
+    if not rows:
+        return None, {}
+
+    def design(calls):
+        x = np.array([[1.0] + [float(part in parts) for part in HOST_PARTS] for parts, _ in calls])
+        return x, np.array([us for _, us in calls])
+
+    pooled = _nonnegative_lstsq(*design([c for calls in rows.values() for c in calls]))
+    sparse, report = {}, {}
+    for key, calls in sorted(rows.items()):
+        x, y = design(calls)
+        coef = _nonnegative_lstsq(x, y)
+        unseen = [i + 1 for i, part in enumerate(HOST_PARTS) if not x[:, i + 1].any()]
+        for i in unseen:
+            coef[i] = pooled[i]
+        sparse[key] = dict(zip(HostParams.FIELDS, (float(c) for c in coef)))
+        report[f"host.{key}"] = {**_errors(x @ coef, y), **({"pooled": [HOST_PARTS[i - 1] for i in unseen]}
+                                                              if unseen else {})}
+    return HostParams(sparse, {k: float(statistics.median(v)) for k, v in sorted(dense.items())}), report
+
+
 def build_table(points: Sequence[dict[str, Any]], env: dict[str, Any]) -> HardwareTable:
     """A HardwareTable from measured points and the machine's environment dict."""
     order = env.get("order", "head")
     fitted = fit(points, env["sm_count"], order)
-    graph = [p for p in points if p.get("method") == "graph" and p.get("kind") == "sparse"
-             and p.get("precision", "native") == "native"]
     extra = {"tuned_configs": env.get("tuned_configs", {}), "dtype": "bfloat16",
              "timing": "device time: CUDA-graph replays of several calls over rotating input sets (> L2), "
-                       "median; queued CUDA events where capture is impossible"}
-    if graph:  # host dispatch cost of one eager call, for reference (not in predictions)
-        small = [p["eager_ms"] - p["ms"] for p in graph if p["ms"] < 0.05]
-        if small:
-            extra["host_overhead_ms"] = float(statistics.median(small))
+                       "median; queued CUDA events where capture is impossible; host: wall time per eager call "
+                       "dispatched with the GPU held busy"}
+    host, host_report = fit_host(points)
     return HardwareTable(
         device=env["device"], sm_count=env["sm_count"], sparse=fitted.sparse, dense=fitted.dense, fill=fitted.fill,
-        quantize=fitted.quantize,
+        quantize=fitted.quantize, host=host,
         software={k: env[k] for k in ("torch", "triton", "cuda", "cudnn", "capability", "runtime_source_sha256")
                   if k in env},
-        date=_dt.date.today().isoformat(), measured=True, fit=fitted.report, extra=extra, order=order)
+        date=_dt.date.today().isoformat(), measured=True, fit={**fitted.report, **host_report}, extra=extra, order=order)
 
 
-__all__ = ["MIN_POINTS", "Fitted", "build_table", "fit", "fit_fill", "fit_launch", "point_lengths", "spec_layer_plan"]
+__all__ = ["MIN_POINTS", "Fitted", "build_table", "fit", "fit_fill", "fit_host", "fit_launch", "point_lengths", "spec_layer_plan"]

@@ -20,8 +20,15 @@ things, each with a small physical model:
   scheduling of equal items is ``ceil(items / slots)`` waves).
 * **zero fill** of skip heads: ``launch + bytes / bandwidth``.
 
-Latency is device time (CUDA-graph replay in calibration): host dispatch, hidden whenever the GPU
-is the bottleneck — always at video-DiT sizes — is recorded in the table but not added.
+Latency is device time (CUDA-graph replay in calibration), and for eager execution (the default
+where the table measured it) at least the host's dispatch time of the call: an eager call whose
+device work is shorter than what the CPU spends launching it (Python, the block-table lookup, a
+launch per precision, FP8's quantization launches, the skip heads' fill) leaves the GPU waiting,
+so back-to-back calls take ``max(device, host)`` each (``params.host``, fitted per kernel as a
+base plus a cost per part the call has). ``execution="graph"`` (CUDA graphs, ``torch.compile``
+with ``mode="reduce-overhead"``) drops the host term. At video-DiT sizes device time dominates and
+the two agree; at a few thousand tokens and a few heads per call the host bounds, and an FP8
+call's extra launches can make it slower than the native one.
 
 For the search the sparse launch is made additive over heads (:meth:`CostModel.head_work_ms`):
 each head contributes its share of the throughput, Σ (kept + item_tiles) · tile_ns / slots, and
@@ -56,6 +63,10 @@ from ..layer_plan import PRECISIONS
 from ..runtime.schedule import item_lengths
 from .table import DENSE_TILE, HardwareError, HardwareTable, load_hardware, variant_key
 
+#: How calls are run: "eager" (each call dispatched by the host: latency max(device, host)) or
+#: "graph" (CUDA graphs / compiled with reduce-overhead: device time alone).
+EXECUTIONS = ("eager", "graph")
+
 
 def quantize_bytes(batch, heads, num_tokens, head_dim: int, dtype_bytes: int = 2) -> np.ndarray:
     """Bytes the FP8 quantization pass (``runtime/quantize.py``'s kernels) moves for ``heads``
@@ -68,6 +79,20 @@ def quantize_bytes(batch, heads, num_tokens, head_dim: int, dtype_bytes: int = 2
     n = np.asarray(num_tokens, dtype=np.float64)
     per_head = n * head_dim * (4 * dtype_bytes + 2) + np.ceil(n / 16) * 16 * head_dim
     return batch * np.asarray(heads, dtype=np.float64) * per_head
+
+
+def resolve_execution(table: HardwareTable, execution: str | None) -> str:
+    """``execution`` (one of EXECUTIONS) if ``table`` can cost it, HardwareError naming why not;
+    None: "eager" where the table measured host dispatch costs, else "graph"."""
+    if execution is None:
+        return "eager" if table.host is not None else "graph"
+    if execution not in EXECUTIONS:
+        raise HardwareError(f"execution: must be one of {', '.join(EXECUTIONS)}, got {execution!r}")
+    if execution == "eager" and table.host is None:
+        raise HardwareError(f"{table.source or table.device}: no host dispatch costs measured, so eager calls cannot "
+                            "be costed; re-run `attnsearch calibrate`, or cost device time alone with execution "
+                            "\"graph\"")
+    return execution
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,8 +153,11 @@ class CostModel:
     """Latency predictions (ms) for attention calls of one head_dim, batch and dtype width."""
 
     def __init__(self, table: HardwareTable | str | os.PathLike | None = None, *, head_dim: int = 128,
-                 batch: int = 1, dtype_bytes: int = 2) -> None:
+                 batch: int = 1, dtype_bytes: int = 2, execution: str | None = None) -> None:
+        """``execution``: one of EXECUTIONS; None: "eager" where the table measured host dispatch
+        costs, else "graph" (device time: what tables calibrated before host costs predict)."""
         self.table = load_hardware(table)
+        self.execution = resolve_execution(self.table, execution)
         if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim < 1:
             raise HardwareError(f"head_dim must be a positive integer, got {head_dim!r}")
         if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
@@ -142,7 +170,7 @@ class CostModel:
         t = self.table
         return {"device": t.device, "calibration": t.name, "source": t.source, "note": t.note,
                 "measured": t.measured, "head_dim": self.head_dim, "batch": self.batch,
-                "precisions": list(t.precisions)}
+                "precisions": list(t.precisions), "execution": self.execution}
 
     def supports(self, precision: str, block_size: int) -> bool:
         """Whether the table costs sparse launches of this head_dim and block size in ``precision``:
@@ -158,10 +186,21 @@ class CostModel:
     # -- the three kernels ----------------------------------------------------------------------------
 
     def dense_ms(self, num_tokens, num_heads) -> np.ndarray:
-        """cuDNN SDPA over [batch, heads, N, head_dim] (vectorised over N and heads)."""
+        """cuDNN SDPA over [batch, heads, N, head_dim] (vectorised over N and heads); eager: at least
+        the call's host dispatch time."""
         nq = np.ceil(np.asarray(num_tokens, dtype=np.float64) / DENSE_TILE)
         items = self.batch * np.asarray(num_heads, dtype=np.float64) * nq
-        return self.table.dense_params(self.head_dim).uniform_ms(items, nq, self.sm_count, num_tokens)
+        device = self.table.dense_params(self.head_dim).uniform_ms(items, nq, self.sm_count, num_tokens)
+        if self.execution == "graph":
+            return device
+        return np.maximum(device, self.table.host.dense_us(self.head_dim, self.table.source) * 1e-3)
+
+    def host_ms(self, block_size: int, parts) -> float:
+        """Host dispatch time of one eager sparse call with ``parts`` (``table.HOST_PARTS``: the
+        precisions of its launches, "fill" for skip heads); 0 under execution "graph"."""
+        if self.execution == "graph":
+            return 0.0
+        return self.table.host.sparse_us(self.head_dim, block_size, parts, self.table.source) * 1e-3
 
     def dense_on_kernel(self, block_size: int) -> bool:
         """Whether the runtime runs an all-dense layer on the block-sparse kernel with every key block
@@ -180,7 +219,7 @@ class CostModel:
         if not self.dense_on_kernel(block_size):
             return float(self.dense_ms(num_tokens, num_heads))
         nb = -(-int(num_tokens) // block_size)
-        return self.sparse_ms(np.full((int(num_heads), nb), nb), block_size, num_tokens)
+        return self.call_ms({"native": np.full((int(num_heads), nb), nb)}, 0, block_size, num_tokens)
 
     def sparse_ms(self, counts: np.ndarray, block_size: int, num_tokens: int, precision: str = "native") -> float:
         """One fused sparse launch over heads with kept-block counts [heads, nb] (full model) on a
@@ -201,23 +240,33 @@ class CostModel:
 
     # -- layers and plans -------------------------------------------------------------------------------
 
+    def call_ms(self, counts_by_precision: dict[str, np.ndarray], skip_heads: int, block_size: int,
+                num_tokens: int) -> float:
+        """One sparse call (full model): a launch per precision over its heads' kept-block counts
+        [heads, nb], the FP8 heads' quantization pass, the skip heads' zero fill; eager: at least
+        the call's host dispatch time (:meth:`host_ms`)."""
+        t, parts = 0.0, []
+        for precision in PRECISIONS:  # one launch per precision; FP8 heads also pay the quantization pass
+            counts = counts_by_precision.get(precision)
+            if counts is not None and counts.shape[0]:
+                parts.append(precision)
+                t += self.sparse_ms(counts, block_size, num_tokens, precision)
+                if precision == "fp8":
+                    t += float(self.quantize_ms(counts.shape[0], num_tokens))
+        if skip_heads:
+            parts.append("fill")
+            t += float(self.fill_ms(skip_heads, num_tokens))
+        return max(t, self.host_ms(block_size, parts))
+
     def features_ms(self, f: LayerFeatures) -> float:
         if f.all_dense:
             return self.dense_layer_ms(f.num_tokens, f.num_heads, f.block_size)
-        t = 0.0
-        for precision in PRECISIONS:  # one launch per precision; FP8 heads also pay the quantization pass
-            counts = f.counts_of(precision)
-            if counts.shape[0]:
-                t += self.sparse_ms(counts, f.block_size, f.num_tokens, precision)
-                if precision == "fp8":
-                    t += float(self.quantize_ms(counts.shape[0], f.num_tokens))
-        if f.skip_heads:
-            t += float(self.fill_ms(f.skip_heads, f.num_tokens))
-        return t
+        return self.call_ms({p: f.counts_of(p) for p in PRECISIONS}, f.skip_heads, f.block_size, f.num_tokens)
 
     def layer_ms(self, layer_plan) -> float:
         """Predicted latency of one attention call run by ``layer_plan`` (full model: a launch per
-        precision of its computed heads, the FP8 heads' quantization pass, the skip heads' fill)."""
+        precision of its computed heads, the FP8 heads' quantization pass, the skip heads' fill; eager: at
+        least its host dispatch time)."""
         key = layer_plan.key
         if key not in self._layer_cache:
             self._layer_cache[key] = self.features_ms(layer_features(layer_plan))
@@ -273,4 +322,4 @@ class CostModel:
         return self.table.quantize_params().launch_us * 1e-3
 
 
-__all__ = ["CostModel", "LayerFeatures", "layer_features", "quantize_bytes"]
+__all__ = ["EXECUTIONS", "CostModel", "LayerFeatures", "layer_features", "quantize_bytes", "resolve_execution"]

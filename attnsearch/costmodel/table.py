@@ -3,7 +3,8 @@
 Format (docs/design.md): ``format``, ``version``, ``device`` {name, sm_count}, ``software``,
 ``date``, ``measured``, ``model`` {form, order, units}, ``params`` {sparse {variant_key(D, B,
 precision): LaunchParams}, dense {d{D}: LaunchParams}, fill: FillParams, quantize: FillParams
-(optional: the FP8 quantization pass)}, ``fit`` (per-kernel errors of the fit), ``extra``.
+(optional: the FP8 quantization pass), host: HostParams (optional: host dispatch costs of eager
+calls)}, ``fit`` (per-kernel errors of the fit), ``extra``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -153,6 +154,75 @@ class FillParams:
         return cls(launch, gbps)
 
 
+#: The parts of a sparse call whose host (CPU) dispatch cost :class:`HostParams` adds to its base:
+#: a native launch, an FP8 launch with its quantization pass, the skip heads' zero fill.
+HOST_PARTS = ("native", "fp8", "fill")
+
+
+@dataclass(frozen=True)
+class HostParams:
+    """Host (CPU) time to dispatch one eager attention call, µs: the floor of its latency when the
+    GPU waits on the host (the device work is shorter), the whole of it for a small call.
+
+    ``sparse[variant_key(D, B)]`` = {"base_us", "native_us", "fp8_us", "fill_us"}: a sparse call
+    costs the base plus each part (:data:`HOST_PARTS`) it has; ``dense[f"d{D}"]``: a cuDNN call.
+    Measured with the GPU held busy (``bench.host_us``), so no call waits for the device.
+    """
+
+    sparse: dict[str, dict[str, float]]
+    dense: dict[str, float]
+
+    FIELDS = ("base_us",) + tuple(f"{p}_us" for p in HOST_PARTS)
+
+    def sparse_us(self, head_dim: int, block_size: int, parts: Iterable[str], where: str = "") -> float:
+        """Host µs of a sparse call of this variant with ``parts`` (a subset of HOST_PARTS)."""
+        key = variant_key(head_dim, block_size)
+        if key not in self.sparse:
+            have = ", ".join(sorted(self.sparse)) or "none"
+            raise HardwareError(f"{where or 'hardware table'}: no host dispatch cost of sparse calls at head_dim "
+                                f"{head_dim}, block size {block_size} (measured: {have}); re-run `attnsearch calibrate`")
+        row = self.sparse[key]
+        return row["base_us"] + sum(row[f"{p}_us"] for p in set(parts))
+
+    def dense_us(self, head_dim: int, where: str = "") -> float:
+        key = f"d{head_dim}"
+        if key not in self.dense:
+            raise HardwareError(f"{where or 'hardware table'}: no host dispatch cost of cuDNN calls at head_dim "
+                                f"{head_dim}; re-run `attnsearch calibrate`")
+        return self.dense[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sparse": {k: {f: float(v[f]) for f in self.FIELDS} for k, v in sorted(self.sparse.items())},
+                "dense": {k: float(v) for k, v in sorted(self.dense.items())}}
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> HostParams:
+        if not isinstance(data, Mapping) or not isinstance(data.get("sparse"), Mapping) \
+                or not isinstance(data.get("dense"), Mapping):
+            raise HardwareError(f"{path}: must be {{\"sparse\": {{...}}, \"dense\": {{...}}}}")
+
+        def us(value: Any, where: str) -> float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value < 1e7):
+                raise HardwareError(f"{where}: must be a number of µs in [0, 1e7), got {value!r}")
+            return float(value)
+
+        sparse = {}
+        for key, row in data["sparse"].items():
+            try:
+                parse_variant_key(key)
+            except HardwareError as err:
+                raise HardwareError(f"{path}.sparse: {err}") from None
+            if not isinstance(row, Mapping) or set(row) != set(cls.FIELDS):
+                raise HardwareError(f"{path}.sparse.{key}: needs exactly {', '.join(cls.FIELDS)}")
+            sparse[key] = {f: us(row[f], f"{path}.sparse.{key}.{f}") for f in cls.FIELDS}
+        dense = {}
+        for key, value in data["dense"].items():
+            if not re.fullmatch(r"d[1-9][0-9]*", str(key)):
+                raise HardwareError(f"{path}.dense: key {key!r} is not d{{head_dim}}")
+            dense[key] = us(value, f"{path}.dense.{key}")
+        return cls(sparse, dense)
+
+
 _VARIANT = re.compile(r"d([1-9][0-9]*)_b([1-9][0-9]*)(?:_([a-z0-9]+))?")
 
 
@@ -197,6 +267,8 @@ class HardwareTable:
     dense: dict[str, LaunchParams]
     fill: FillParams
     quantize: FillParams | None = None
+    #: Host dispatch costs of eager calls (None: a table calibrated before they were measured).
+    host: HostParams | None = None
     software: dict[str, Any] = field(default_factory=dict)
     date: str = ""
     measured: bool = True
@@ -257,7 +329,8 @@ class HardwareTable:
             "params": {"sparse": {k: v.to_dict() for k, v in sorted(self.sparse.items())},
                        "dense": {k: v.to_dict() for k, v in sorted(self.dense.items())},
                        "fill": self.fill.to_dict(),
-                       **({"quantize": self.quantize.to_dict()} if self.quantize is not None else {})},
+                       **({"quantize": self.quantize.to_dict()} if self.quantize is not None else {}),
+                       **({"host": self.host.to_dict()} if self.host is not None else {})},
             "fit": self.fit, **({"extra": self.extra} if self.extra else {}),
         }
 
@@ -298,9 +371,11 @@ class HardwareTable:
         quantize = params.get("quantize")
         if quantize is not None and not isinstance(quantize, Mapping):
             raise HardwareError(f"{where}: params.quantize must be a JSON object")
+        host = params.get("host")
         return cls(device=dev["name"], sm_count=dev["sm_count"], sparse=sparse, dense=dense,
                    fill=FillParams.from_dict(params["fill"], f"{where}: params.fill"),
                    quantize=None if quantize is None else FillParams.from_dict(quantize, f"{where}: params.quantize"),
+                   host=None if host is None else HostParams.from_dict(host, f"{where}: params.host"),
                    software=dict(data.get("software", {})), date=str(data.get("date", "")),
                    measured=bool(data.get("measured", True)), fit=dict(data.get("fit", {})), extra=dict(data.get("extra", {})),
                    order=_order(data.get("model", {}).get("order", "head"), where), source=source)
@@ -410,5 +485,6 @@ def local_gpu() -> str | None:
         return None
 
 
-__all__ = ["DEFAULT_TABLE", "DENSE_TILE", "FORMAT", "FillParams", "HardwareError", "HardwareTable", "LaunchParams",
+__all__ = ["DEFAULT_TABLE", "DENSE_TILE", "FORMAT", "FillParams", "HOST_PARTS", "HardwareError", "HardwareTable",
+           "HostParams", "LaunchParams",
            "VERSION", "gpu_slug", "kernels_dirs", "load_hardware", "parse_variant_key", "variant_key"]

@@ -96,7 +96,8 @@ def plan_figures(plan: Plan, out: Path) -> dict:
     from ..costmodel import CostModel
 
     head_dim, batch = plan.costed_call()
-    cost = CostModel(plan.hardware.get("calibration") or None, head_dim=head_dim, batch=batch)
+    cost = CostModel(plan.hardware.get("calibration") or None, head_dim=head_dim, batch=batch,
+                     execution=plan.hardware.get("execution"))
     figs = [("Pattern per head", head_map(plan, out / "plan_heads.png")),
             ("Predicted latency per layer", layer_latency(plan, out / "plan_latency.png", cost)),
             ("Step schedule", schedule(plan, out / "plan_schedule.png"))]

@@ -16,6 +16,9 @@ paid once per layer that has an FP8 head (:data:`attnsearch.search.inner.CLASSES
 Costs come from the cost model's additive form plus per-unit launch and fill overheads (see
 :mod:`attnsearch.search.inner`). Units too small for that form (a fused launch of under eight
 waves) are re-costed with the full model after the solve, and turned dense where that is cheaper.
+So are units whose additive cost is under a call's host dispatch time when the cost model costs
+eager execution (``CostModel.execution``): the host may bound them, and where it does, FP8 heads
+whose native twins cost no more run native (lower error, no extra launches).
 Final figures (``Assignment.figures``) always use the full model.
 
 Error weights (``weights`` [S, L, H], mean 1, e.g. :meth:`attnsearch.search.sensitivity.Sensitivity.weights`):
@@ -37,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from ..costmodel import CostModel
+from ..costmodel import HOST_PARTS, CostModel
 from ..patterns import SPARSE_FAMILIES
 from ..layer_plan import PRECISIONS
 from ..plan import LayerPlan, Plan, ScheduleEntry
@@ -163,6 +166,12 @@ class Problem:
         self.head_dense_ms = self.baseline_layer_ms / H
         self.slots = cost_model.table.sparse_params(cost_model.head_dim, B).slots(cost_model.sm_count)
         self.small = H * nb * cost_model.batch <= SMALL_WAVES * self.slots
+        # The longest host dispatch of a call (0 under execution "graph"), and each column's native
+        # twin (an FP8 candidate's native column; a native column itself).
+        self.host_max_ms = cost_model.host_ms(B, HOST_PARTS)
+        names = list(space.names)
+        self.native_col = np.array([names.index(n.removesuffix(" fp8")) if p == "fp8" else c
+                                    for c, (n, p) in enumerate(zip(names, space.precisions))])
         self._agg: dict[tuple, tuple] = {}
         self._labels: dict[tuple, np.ndarray] = {}
         self._lam_hint: dict[int, float] = {}
@@ -261,8 +270,7 @@ class Problem:
         choice = sol.choice.reshape(len(rs), L, H)
         dense_unit = (sol.option == DENSE).reshape(len(rs), L)
         unit_cost = sol.cost.reshape(len(rs), L).copy()
-        if self.small:
-            self._recost_small(rs, choice, dense_unit, unit_cost)
+        self._recost(rs, choice, dense_unit, unit_cost)
         err = np.where(dense_unit[..., None], 0.0,
                        np.take_along_axis(self.aggregate(k.warmup, k.ranges)[2],
                                           np.maximum(choice, 0)[..., None], -1)[..., 0]).sum()
@@ -288,32 +296,36 @@ class Problem:
         return cost
 
     def _unit_full_ms(self, r: range, layer: int, choice: np.ndarray, heads: range | None = None) -> float:
-        """Full-model latency of one unit over its steps (a fused launch per precision by list
-        scheduling, the FP8 heads' quantization pass, the zero fill), of the layer's ``heads``
-        (default: all)."""
+        """Full-model latency of one unit over its steps (``CostModel.call_ms``: a fused launch per
+        precision by list scheduling, the FP8 heads' quantization pass, the zero fill; eager: at
+        least the call's host dispatch), of the layer's ``heads`` (default: all)."""
         sp = self.space
         heads = range(len(choice)) if heads is None else heads
         comp = [h for h in heads if choice[h] != sp.skip_col]
-        t = 0.0
+        counts = {}
         for p in self.precisions:
             mine = [h for h in comp if self.col_precision[choice[h]] == p]
             if mine:
-                counts = np.stack([sp.counts(int(choice[h]), r, layer, h) for h in mine])
-                t += self.cm.sparse_ms(counts, sp.block_size, self.N, p)
-                if p == "fp8":
-                    t += float(self.cm.quantize_ms(len(mine), self.N))
-        nskip = len(heads) - len(comp)
-        if nskip:
-            t += float(self.cm.fill_ms(nskip, self.N))
-        return t * len(r)
+                counts[p] = np.stack([sp.counts(int(choice[h]), r, layer, h) for h in mine])
+        return self.cm.call_ms(counts, len(heads) - len(comp), sp.block_size, self.N) * len(r)
 
-    def _recost_small(self, rs, choice, dense_unit, unit_cost) -> None:
-        """Full model on small units; a unit that would not beat its dense layer becomes dense (error 0)."""
+    def _recost(self, rs, choice, dense_unit, unit_cost) -> None:
+        """Full model on the units the additive form may misprice: every unit of a small layer, and
+        units whose additive cost is under the host dispatch time of a call (eager execution: the
+        host may bound them). Where the host bounds a unit with FP8 heads and the same masks all in
+        native precision cost no more, they run native: FP8's extra launches only add host time
+        there, and native precision's error is the lower. A unit that would not beat its dense layer
+        becomes dense (error 0)."""
         for i, r in enumerate(rs):
             for layer in range(choice.shape[1]):
-                if dense_unit[i, layer]:
+                if dense_unit[i, layer] or not (self.small or unit_cost[i, layer] < self.host_max_ms * len(r)):
                     continue
                 full = self._unit_full_ms(r, layer, choice[i, layer])
+                if self.host_max_ms and (self.col_precision[choice[i, layer]] == "fp8").any():
+                    native = self.native_col[choice[i, layer]]
+                    alt = self._unit_full_ms(r, layer, native)
+                    if alt <= full:
+                        choice[i, layer], full = native, alt
                 dense = self.dense_layer_ms * len(r)
                 if full >= dense:
                     dense_unit[i, layer], choice[i, layer], unit_cost[i, layer] = True, -1, dense

@@ -210,7 +210,7 @@ def worker_main(cfg: dict[str, Any], index: int, report: Callable[[dict[str, Any
     started = time.monotonic()
     profs = _load_profiles(cfg["profile"])
     spec = _load_spec(cfg["model"]) if cfg["model"] is not None else None
-    cm = CostModel(cfg["hardware"], head_dim=cfg["head_dim"], batch=cfg["batch"])
+    cm = CostModel(cfg["hardware"], head_dim=cfg["head_dim"], batch=cfg["batch"], execution=cfg["execution"])
     search = _Search.build(profs, cm, max_error=cfg["max_error"], validate=cfg["validate"], spec=spec,
                            backend=cfg["backend"], validate_mode=cfg["validate_mode"], ulysses=cfg["ulysses"],
                            precisions=cfg["precisions"], sensitivity=cfg["sensitivity"])
@@ -237,7 +237,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
              batch: int = 1, seed: int = 0, study_name: str | None = None, backend: str = "auto",
              timeout: float | None = None, workers: int = 1, heartbeat_s: int = HEARTBEAT_S,
              ulysses: int = 1, portable: bool = True, precisions: Sequence[str] | None = None,
-             sensitivity=None) -> OptimizeResult:
+             sensitivity=None, execution: str | None = None) -> OptimizeResult:
     """Search a plan for the profiled model and write it to ``out``.
 
     Args:
@@ -281,6 +281,11 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
             or the path of a saved one, measured on this profile's model and steps: each site's
             error counts by how much it moves the model's final output (``error`` and ``max_error``
             are then the weighted RMS rel_err). None: every site alike.
+        execution: how the plan's calls will run, one of ``costmodel.EXECUTIONS``: "eager" (each
+            call costs at least its host dispatch: small calls are host-bound, FP8's extra launches
+            show) or "graph" (CUDA graphs / compiled with reduce-overhead: device time). None:
+            eager where the hardware table measured host costs, else graph. Recorded in the plan's
+            ``hardware.execution``.
     Returns:
         OptimizeResult: the plan, where it was written, the chosen trial and why, the Pareto front.
     """
@@ -324,7 +329,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
             head_dim = int(attention_shape(spec)[3])
         else:
             head_dim = 128  # profiles written before the attention shape was recorded
-    cm = CostModel(hardware, head_dim=head_dim, batch=batch)
+    cm = CostModel(hardware, head_dim=head_dim, batch=batch, execution=execution)
     search = _Search.build(profs, cm, max_error=max_error, validate=validate, spec=spec, backend=backend,
                            validate_mode=validate_mode, ulysses=ulysses, precisions=precisions,
                            sensitivity=sensitivity)
@@ -338,7 +343,9 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
                 "block_sizes": sorted(problems), "knob_space": 2, **({"ulysses": ulysses} if ulysses > 1 else {}),
                 # in the study's fingerprint only when it is not the default native-only search
                 **({"precisions": list(used_precisions)} if used_precisions != ("native",) else {}),
-                **({"error_weights": sensitivity.digest()} if sensitivity is not None else {})}
+                **({"error_weights": sensitivity.digest()} if sensitivity is not None else {}),
+                # eager costs (host dispatch floors) are a different objective from device time
+                **({"execution": cm.execution} if cm.execution != "graph" else {})}
     fingerprint = _fingerprint(profs, settings)
     name = study_name or f"attnsearch-{profs[0].model.get('name', 'model')}-{fingerprint}"
     fresh = db is not None and not db.exists()
@@ -380,7 +387,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
                        "hardware": hardware, "head_dim": head_dim, "batch": batch, "validate": validate,
                        "validate_mode": validate_mode, "ulysses": ulysses, "precisions": precisions,
                        "backend": backend, "max_error": max_error, "storage": storage, "study": name,
-                       "sensitivity": sensitivity,
+                       "sensitivity": sensitivity, "execution": cm.execution,
                        "heartbeat_s": heartbeat_s, "seed": seed, "target": target, "trials": to_run, "timeout": timeout}
                 errors = spawn(cfg, workers, on_trial, entry=f"{__name__}:worker_main")
                 if errors:
@@ -416,7 +423,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         figures = pb.figures(a)
         measured = {m: chosen.user_attrs[m] for m in ("rel_l2", "psnr_db") if m in chosen.user_attrs}
         pareto = front_table(front)
-        hw = {"device": cm.table.device, "calibration": cm.table.name}
+        hw = {"device": cm.table.device, "calibration": cm.table.name, "execution": cm.execution}
         plan = pb.plan(a, model=dict(profs[0].model), hardware=hw, predicted=dict(figures), search={
             "study": name, "storage": public_url(storage), "trial": chosen.number, "reason": reason,
             "objectives": {"attention_ms": chosen.values[0], "error": chosen.values[1],

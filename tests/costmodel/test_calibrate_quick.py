@@ -52,8 +52,31 @@ def synthetic_ms(point) -> float:
     return ms * float(rng.lognormal(0.0, 0.01))
 
 
+#: Host dispatch of the synthetic device's calls (µs): a sparse call's base and each part it has,
+#: kernel by kernel (the Hopper-like 128 × 128 one dearer), and a cuDNN call.
+TRUE_HOST = {"d128_b128": {"base_us": 40.0, "native_us": 30.0, "fp8_us": 250.0, "fill_us": 12.0},
+             "d128_b64": {"base_us": 35.0, "native_us": 25.0, "fp8_us": 200.0, "fill_us": 12.0},
+             "d64_b128": {"base_us": 35.0, "native_us": 25.0, "fp8_us": 180.0, "fill_us": 12.0},
+             "d64_b64": {"base_us": 35.0, "native_us": 25.0, "fp8_us": 180.0, "fill_us": 12.0}}
+TRUE_HOST_DENSE = 22.0
+
+
+def synthetic_host(point, rng) -> dict:
+    """What calibration measures of a point's host dispatch (``calibrate._time_spec``), ±2% noise."""
+    noise = lambda: float(rng.lognormal(0.0, 0.02))  # noqa: E731
+    if point["kind"] == "dense":
+        return {"host_us": TRUE_HOST_DENSE * noise()}
+    if point["kind"] != "sparse" or point["families"] == ["dense"]:
+        return {}
+    row = TRUE_HOST[f"d{point['head_dim']}_b{point['block_size']}"]
+    calls = ([["fp8"], ["native", "fp8"]] if point.get("precision") == "fp8" else [["native"], ["native", "fill"]])
+    return {"host": [{"parts": parts, "us": (row["base_us"] + sum(row[f"{x}_us"] for x in parts)) * noise()}
+                     for parts in calls]}
+
+
 def synthetic_timer(point) -> dict:
-    return {"ms": synthetic_ms(point), "method": "graph", "eager_ms": 1.0}
+    rng = np.random.default_rng(zlib.crc32(("host" + point["label"] + str(point["geometry"])).encode()))
+    return {"ms": synthetic_ms(point), "method": "graph", "eager_ms": 1.0, **synthetic_host(point, rng)}
 
 
 ENV = {"device": "Synthetic GPU", "sm_count": SMS, "capability": [9, 0], "order": "head"}
@@ -96,9 +119,21 @@ def test_quick_calibration_writes_a_table_the_cost_model_reads(quick):
     assert fp8.slots_per_sm == TRUE_FP8.slots_per_sm and fp8.tile_ns == pytest.approx(TRUE_FP8.tile_ns, rel=0.1)
     assert table.quantize.gbps == pytest.approx(TRUE_QUANTIZE.gbps, rel=0.05)
     assert table.quantize.launch_us == pytest.approx(TRUE_QUANTIZE.launch_us, rel=0.1)
+    # The host dispatch costs come back per kernel, for every kind of call (FP8 with a skip head was
+    # never measured: base + its parts), and make eager the default.
+    assert set(table.host.sparse) == kernels
+    for key, row in TRUE_HOST.items():
+        d, b = (int(x[1:]) for x in key.split("_"))
+        for parts in (["native"], ["native", "fill"], ["fp8"], ["native", "fp8"], ["fp8", "fill"]):
+            true = row["base_us"] + sum(row[f"{x}_us"] for x in parts)
+            assert table.host.sparse_us(d, b, parts) == pytest.approx(true, rel=0.03), (key, parts)
+    assert table.host.dense == {"d64": pytest.approx(TRUE_HOST_DENSE, rel=0.05),
+                                "d128": pytest.approx(TRUE_HOST_DENSE, rel=0.05)}
+    assert CostModel(table).execution == "eager"
     # The fitted model predicts the layers as the synthetic device times them (all-dense layers run
-    # the block-sparse kernel at block size 128 only; at 64 the model costs them as cuDNN).
-    model = CostModel(table)
+    # the block-sparse kernel at block size 128 only; at 64 the model costs them as cuDNN): device
+    # time, what the grid measures.
+    model = CostModel(table, execution="graph")
     for p in grid:
         if p["kind"] == "sparse" and not p["skip_heads"] and p["head_dim"] == 128 and p.get("batch", 1) == 1 \
                 and (p["block_size"] == 128 or p["families"] != ["dense"]):

@@ -350,3 +350,65 @@ def test_a_layer_of_native_and_fp8_heads_costs_two_launches_and_the_pass(tmp_pat
         cm.sparse_ms(np.concatenate([rows["native"], rows["fp8"]]), 128, n) + float(cm.fill_ms(1, n)), rel=1e-12)
     with pytest.raises(HardwareError, match="compute capability ≥ 8.9"):
         CostModel(native_only_table(tmp_path), head_dim=128).layer_ms(lp)
+
+
+def with_host(table, fp8_us: float = 300.0):
+    """``table`` with planted host dispatch costs: a sparse call 40 µs + 20 per native launch +
+    ``fp8_us`` per FP8 launch and pass + 10 for a fill, on every kernel; a cuDNN call 25 µs."""
+    import dataclasses
+
+    from attnsearch.costmodel import HostParams
+    from attnsearch.costmodel.table import parse_variant_key, variant_key
+
+    row = {"base_us": 40.0, "native_us": 20.0, "fp8_us": fp8_us, "fill_us": 10.0}
+    keys = {variant_key(*parse_variant_key(k)[:2]) for k in table.sparse}
+    return dataclasses.replace(table, host=HostParams({k: dict(row) for k in keys}, {"d64": 25.0, "d128": 25.0}))
+
+
+def test_an_eager_call_costs_at_least_its_host_dispatch(tmp_path):
+    """execution "eager": a call costs max(device, host), host = base + a part per launch
+    precision and the fill; a small FP8 layer is then dearer than the same masks native, though its
+    device time is less; a large layer costs its device time; "graph" is device time everywhere."""
+    table = with_host(with_fp8(native_only_table()))
+    eager, graph = CostModel(table, head_dim=128), CostModel(table, head_dim=128, execution="graph")
+    assert eager.execution == "eager" and eager.describe()["execution"] == "eager"
+    small = LayerPlan.from_heads([("diagonal", {"rows": 2}), ("skip", {})] * 2, Geometry(4, 8, 16), 128)
+    mixed = small.with_precision("fp8", heads=[0])
+    assert graph.layer_ms(small) < 0.06 and graph.layer_ms(mixed) < 0.1
+    assert eager.layer_ms(small) == pytest.approx(max(graph.layer_ms(small), (40 + 20 + 10) * 1e-3), rel=1e-12)
+    assert eager.layer_ms(mixed) == pytest.approx(max(graph.layer_ms(mixed), (40 + 20 + 300 + 10) * 1e-3), rel=1e-12)
+    assert eager.layer_ms(mixed) > eager.layer_ms(small)
+    big = LayerPlan.single("diagonal", {"rows": 8}, Geometry(21, 45, 80), 40, 128)
+    assert graph.layer_ms(big) > 1.0 and eager.layer_ms(big) == graph.layer_ms(big)
+    assert eager.layer_ms(big.with_precision("fp8")) == graph.layer_ms(big.with_precision("fp8"))
+    # cuDNN: the same floor.
+    assert float(eager.dense_ms(512, 2)) == pytest.approx(max(float(graph.dense_ms(512, 2)), 0.025), rel=1e-12)
+    assert float(eager.dense_ms(75_600, 40)) == float(graph.dense_ms(75_600, 40))
+
+
+def test_eager_costs_need_a_table_that_measured_the_host(tmp_path):
+    table = with_fp8(native_only_table())
+    assert table.host is None and CostModel(table, head_dim=128).execution == "graph"
+    with pytest.raises(HardwareError, match="no host dispatch costs measured"):
+        CostModel(table, head_dim=128, execution="eager")
+    with pytest.raises(HardwareError, match="execution: must be one of eager, graph"):
+        CostModel(table, head_dim=128, execution="compiled")
+    with pytest.raises(HardwareError, match="no host dispatch cost of sparse calls at head_dim 128, block size 256"):
+        with_host(table).host.sparse_us(128, 256, ["native"])
+
+
+def test_host_costs_round_trip_and_bad_ones_are_named(tmp_path):
+    table = with_host(with_fp8(native_only_table()))
+    path = table.save(tmp_path / "t.json")
+    back = load_hardware(str(path))
+    assert back.host == table.host
+    data = json.loads(path.read_text())
+    for mutate, words in ((lambda h: h["sparse"]["d128_b128"].pop("fill_us"), "needs exactly base_us"),
+                          (lambda h: h["sparse"]["d128_b128"].__setitem__("fp8_us", -1), "fp8_us: must be a number"),
+                          (lambda h: h["dense"].__setitem__("x64", 3.0), "key 'x64' is not d{head_dim}"),
+                          (lambda h: h.pop("dense"), "params.host: must be")):
+        bad = json.loads(json.dumps(data))
+        mutate(bad["params"]["host"])
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(HardwareError, match=words.replace("{", r"\{").replace("}", r"\}")):
+            load_hardware(str(tmp_path / "bad.json"))

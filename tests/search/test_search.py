@@ -67,7 +67,10 @@ def test_toy_vdit_profile_to_plan_within_measured_error(tmp_path):
     mse = float(np.mean((out - ref) ** 2))
     expected = np.inf if mse == 0 else 10 * np.log10((ref.max() - ref.min()) ** 2 / mse)
     assert measured["psnr_db"] == pytest.approx(expected, rel=1e-3)
-    assert plan.hardware == {"device": "NVIDIA H100 80GB HBM3", "calibration": "nvidia-h100-80gb-hbm3"}
+    from attnsearch.costmodel import CostModel
+
+    assert plan.hardware == {"device": "NVIDIA H100 80GB HBM3", "calibration": "nvidia-h100-80gb-hbm3",
+                             "execution": CostModel("nvidia-h100-80gb-hbm3").execution}
     assert set(plan.predicted) >= {"attention_ms", "dense_attention_ms", "speedup", "rel_err"}
     assert plan.search["trial"] == res.trial and plan.search["study"] == res.study_name and res.reason
     for lp in plan.layer_plans():  # head fusion: one group per pattern family in a layer

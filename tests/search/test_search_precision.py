@@ -49,15 +49,22 @@ def large_fp8_profile(tmp_path_factory):
     return path, prof
 
 
-def fp8_table(folder, tile_factor: float, quantize_gbps: float = 2000.0):
+def fp8_table(folder, tile_factor: float, quantize_gbps: float = 2000.0, fp8_host_us: float | None = None):
     """The shipped H100 table with planted FP8 variants: every native variant's constants with the
-    per-tile time × ``tile_factor``, and a quantization pass of 2 µs + bytes / ``quantize_gbps``."""
+    per-tile time × ``tile_factor``, and a quantization pass of 2 µs + bytes / ``quantize_gbps``.
+    ``fp8_host_us``: also host dispatch costs (a sparse call 40 µs + 20 per native launch + this per
+    FP8 launch and pass + 10 for a fill; cuDNN 25 µs), so the cost model costs eager calls."""
     data = json.loads(Path(load_hardware(DEFAULT_TABLE).source).read_text())
     sparse = data["params"]["sparse"]
     for key in [k for k in sparse if not k.endswith("_fp8")]:
         sparse[f"{key}_fp8"] = {**sparse[key], "tile_ns": sparse[key]["tile_ns"] * tile_factor}
     data["params"]["quantize"] = {"launch_us": 2.0, "gbps": quantize_gbps}
-    path = folder / f"fp8-{tile_factor}.json"
+    data["params"].pop("host", None)
+    if fp8_host_us is not None:
+        row = {"base_us": 40.0, "native_us": 20.0, "fp8_us": fp8_host_us, "fill_us": 10.0}
+        data["params"]["host"] = {"sparse": {k: dict(row) for k in sparse if not k.endswith("_fp8")},
+                                  "dense": {k: 25.0 for k in data["params"]["dense"]}}
+    path = folder / f"fp8-{tile_factor}-{fp8_host_us}.json"
     path.write_text(json.dumps(data))
     return str(path)
 
@@ -180,3 +187,30 @@ def test_an_fp8_profile_searched_native_on_a_table_without_fp8(large_fp8_profile
         a = pb.solve(Knobs(lam=1.0, ranges=ranges, block_size=64))
         assert pb.plan(a).precision_share("fp8") == 0.0
     assert not np.isfinite(pb.aggregate(0, 1)[1][..., [p == "fp8" for p in pb.space.precisions]]).any()
+
+
+def test_host_bound_units_run_their_fp8_heads_native(large_fp8_profile, tmp_path):
+    """FP8 tiles twenty times cheaper, but an FP8 launch costing the host 5 ms per call: costed
+    eagerly, every unit is host-bound and its FP8 heads run native (the same masks, lower error,
+    no extra launch); costed as CUDA-graph replays (device time), the same table gives most heads
+    FP8. The plan's prediction is the cost model's, host floor included."""
+    path, prof = large_fp8_profile
+    hw = fp8_table(tmp_path, 0.05, fp8_host_us=5000.0)
+    eager, graph = CostModel(hw, head_dim=128), CostModel(hw, head_dim=128, execution="graph")
+    assert eager.execution == "eager"
+    shares = {}
+    for name, cm in (("eager", eager), ("graph", graph)):
+        pb = Problem(build_space(prof), cm)
+        shares[name] = []
+        for lam in (0.3, 1.0, 3.0, 10.0):
+            a = pb.solve(Knobs(lam=lam, ranges=1, block_size=64))
+            plan = pb.plan(a)
+            shares[name].append(plan.precision_share("fp8"))
+            assert cm.plan_ms(plan) == pytest.approx(a.cost_ms, rel=1e-6)
+    assert max(shares["eager"]) == 0.0 and max(shares["graph"]) > 0.5
+    # With an FP8 launch that costs the host nothing beyond a native one, eager keeps FP8 where the
+    # device time pays.
+    cheap = CostModel(fp8_table(tmp_path, 0.05, fp8_host_us=0.0), head_dim=128)
+    pb = Problem(build_space(prof), cheap)
+    assert max(pb.plan(pb.solve(Knobs(lam=lam, ranges=1, block_size=64))).precision_share("fp8")
+               for lam in (0.3, 1.0, 3.0, 10.0)) > 0.5
