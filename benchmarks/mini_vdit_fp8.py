@@ -4,13 +4,15 @@ against the all-native plan at the same density cap, and the native plan with ev
     python -m benchmarks.mini_vdit_fp8 --out reports/mini_vdit_fp8 [--seeds 16] [--hardware TABLE] \
         [--size FRAMES HEIGHT WIDTH]
 
-One profile with FP8 errors (``--conditions`` training conditions, every sampling step) → two
-searches over it, one that may give heads native precision only and one that may give them native
-or FP8 (``optimize --precisions``) → per density cap the lowest-error plan of each at or below it →
-those plans and the native plan run all-FP8 (``Plan.with_precision``) generate ``--seeds`` held-out
+One profile with FP8 errors (``--conditions`` training conditions, every sampling step) → three
+searches over it: one that may give heads native precision only, and two that may give them native
+or FP8 (``optimize --precisions``), one costing calls eagerly (``--execution eager``: a call costs
+at least its host dispatch; where the table measured host costs) and one by device time alone
+(``--execution graph``) → per density cap the lowest-error plan of each at or below it → those
+plans and the native plan run all-FP8 (``Plan.with_precision``) generate ``--seeds`` held-out
 videos each from the dense videos' noise; PSNR / SSIM of the frames against dense. Every plan's
-attention is also timed on this GPU layer by layer (``bench_plan``: CUDA events, median, fresh
-inputs, at the model's shape with both guidance branches) beside the cost model's prediction.
+attention is also timed on this GPU layer by layer, eagerly (``bench_plan``: CUDA events, median,
+fresh inputs, at the model's shape with both guidance branches) beside the cost model's prediction.
 ``--size``: the clips' pixel size (default the model's, 16 × 64 × 64 = 4,096 tokens; the same weights
 run at other sizes through RoPE: 16 × 128 × 128 has 16 times the kept-block work per layer against
 the same fixed costs of a call). The hardware table must price FP8 (``attnsearch calibrate`` on a
@@ -37,7 +39,10 @@ from attnsearch.profiling import Profile, ProfileSettings, profile_model
 from attnsearch.search.sweep import density_sweep
 
 DENSITIES = (0.2, 0.3, 0.45)
-KINDS = ("native", "mixed", "all fp8")
+#: The searches: (kind, precisions, execution the cost model prices; None: the table's default).
+SEARCHES = (("native", ["native"], None), ("mixed, device-time costs", ["native", "fp8"], "graph"),
+            ("mixed", ["native", "fp8"], "eager"))
+KINDS = tuple(k for k, _, _ in SEARCHES) + ("all fp8",)
 
 
 def draw(result: dict):
@@ -46,7 +51,7 @@ def draw(result: dict):
     def figure(fig) -> None:
         ax_q, ax_t = fig.subplots(1, 2)
         fig.set_size_inches(10, 3.8)
-        for kind, marker in zip(KINDS, "osD"):
+        for kind, marker in zip(KINDS, "o^sD"):
             rows = [r for r in result["plans"] if r["kind"] == kind]
             dens = [r["density"] for r in rows]
             ax_q.plot(dens, [r["psnr_db"] for r in rows], marker=marker, label=kind)
@@ -92,9 +97,12 @@ def main(argv: list[str] | None = None) -> None:
 
     plans: list[tuple[str, float, object, dict]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for kind, precisions in (("native", ["native"]), ("mixed", ["native", "fp8"])):
-            for point in density_sweep(prof_path, args.densities, trials=args.trials, folder=tmp, name=kind,
-                                       hardware=args.hardware, precisions=precisions):
+        for i, (kind, precisions, execution) in enumerate(SEARCHES):
+            if execution == "eager" and CostModel(args.hardware, head_dim=64).table.host is None:
+                print(f"{kind}: skipped, the hardware table has no host dispatch costs", flush=True)
+                continue
+            for point in density_sweep(prof_path, args.densities, trials=args.trials, folder=tmp, name=f"search{i}",
+                                       hardware=args.hardware, precisions=precisions, execution=execution):
                 res, d = point.result, point.max_density
                 plans.append((kind, d, res.plan, {"trial": res.trial, "reason": res.reason,
                                                   "profile_rel_err": res.figures["rel_err"]}))
@@ -111,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     for (kind, d, plan, search), run in zip(plans, result.runs, strict=True):
         timed = bench_plan(plan, head_dim=64, batch=layout_batch, cost=cm, reps=args.reps, flex=False)
         o = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in run.overall.items()}
-        rows.append({"kind": kind, "max_density": d, "density": plan.mean_density, "fp8_share": plan.precision_share("fp8"),
+        rows.append({"kind": kind, "execution": plan.hardware.get("execution"), "max_density": d,
+                     "density": plan.mean_density, "fp8_share": plan.precision_share("fp8"),
                      "psnr_db": o["psnr_db"], "psnr_db_min": o["psnr_db_min"], "ssim": o["ssim"],
                      "predicted_speedup": run.predicted["speedup"],
                      "measured_attention_ms": timed["sparse_total_ms"], "dense_attention_ms": timed["dense_total_ms"],
@@ -120,7 +129,8 @@ def main(argv: list[str] | None = None) -> None:
               f"PSNR {run.overall['psnr_db']:.2f} dB, {timed['speedup_vs_cudnn']:.2f}× measured, "
               f"{run.predicted['speedup']:.2f}× predicted", flush=True)
     out = {"seconds": round(time.time() - started, 1), "card": timed["card"], "profile": str(prof_path),
-           "size": [f, h, w], "seeds": result.seeds, "steps": result.steps, "hardware": cm.table.name, "plans": rows}
+           "size": [f, h, w], "seeds": result.seeds, "steps": result.steps, "hardware": cm.table.name,
+           "host_costs": cm.table.host.to_dict() if cm.table.host is not None else None, "plans": rows}
     write_outputs(args.out, "mini_vdit_fp8", out, draw(out))
     print(f"wrote {args.out} in {time.time() - started:.0f} s")
 
