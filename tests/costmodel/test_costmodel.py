@@ -412,3 +412,29 @@ def test_host_costs_round_trip_and_bad_ones_are_named(tmp_path):
         (tmp_path / "bad.json").write_text(json.dumps(bad))
         with pytest.raises(HardwareError, match=words.replace("{", r"\{").replace("}", r"\}")):
             load_hardware(str(tmp_path / "bad.json"))
+
+
+def test_fit_host_separates_the_parts_and_borrows_what_a_kernel_never_showed():
+    """Host costs planted per kernel come back from calls of each kind; a kernel timed without FP8
+    takes the FP8 part fitted over every kernel, and the fit report says so."""
+    from attnsearch.costmodel.fit import fit_host
+
+    true = {(128, 128): (40.0, 20.0, 300.0, 10.0), (64, 64): (30.0, 15.0, 300.0, 10.0)}
+    calls = [["native"], ["native", "fill"], ["fp8"], ["native", "fp8"], ["fill"]]
+    points = []
+    for (d, b), (base, nat, fp8, fill) in true.items():
+        cost = {"native": nat, "fp8": fp8, "fill": fill}
+        shown = calls if d == 128 else [c for c in calls if "fp8" not in c]
+        points.append({"kind": "sparse", "head_dim": d, "block_size": b, "ms": 0.01,
+                       "host": [{"parts": c, "us": base + sum(cost[x] for x in c)} for c in shown]})
+    points.append({"kind": "dense", "head_dim": 128, "ms": 0.01, "host_us": 21.0})
+    points.append({"kind": "dense", "head_dim": 128, "ms": 0.01, "host_us": 25.0})
+    points.append({"kind": "sparse", "head_dim": 128, "block_size": 64, "ms": 0.01})   # no host measured
+    host, report = fit_host(points)
+    assert set(host.sparse) == {"d128_b128", "d64_b64"} and host.dense == {"d128": 23.0}
+    for field, want in zip(("base_us", "native_us", "fp8_us", "fill_us"), true[128, 128]):
+        assert host.sparse["d128_b128"][field] == pytest.approx(want, abs=1e-6)
+    assert host.sparse_us(64, 64, ["native", "fill"]) == pytest.approx(30 + 15 + 10, abs=1e-6)
+    assert host.sparse["d64_b64"]["fp8_us"] == pytest.approx(300.0, rel=0.05)
+    assert report["host.d64_b64"]["pooled"] == ["fp8"] and "pooled" not in report["host.d128_b128"]
+    assert fit_host([p for p in points if p["kind"] == "dense"]) == (None, {})
