@@ -51,7 +51,10 @@ def _hardware() -> dict:
         table = load_hardware(None)
     except HardwareError as err:
         return {"error": str(err)}
-    return {"table": table.source, "device": table.device, "note": table.note, "precisions": list(table.precisions)}
+    from ..costmodel.model import resolve_execution
+
+    return {"table": table.source, "device": table.device, "note": table.note, "precisions": list(table.precisions),
+            "execution": resolve_execution(table, None)}
 
 
 def info(
@@ -82,7 +85,7 @@ def info(
                 "the torch backend runs sparse calls (TRITON_INTERPRET=1: the Triton kernel, interpreted)"
             console.print(f"device      no CUDA GPU: CPU; {mode}")
         console.print("cost model  " + shown(hardware.get("error") or f"{hardware['note']}; prices "
-                                             f"{', '.join(hardware['precisions'])}"))
+                                             f"{', '.join(hardware['precisions'])}; {hardware['execution']} calls"))
         order = [b.name for b in BACKENDS]
         # A reason every kind of call shares (no GPU, a module missing) is said once, above the table.
         common = {n: [x for x in rows[0].reasons[n] if all(x in r.reasons[n] for r in rows)] for n in order}
