@@ -162,7 +162,9 @@ def clock_sampler(timing: str):
 def host_us(fn: Callable[[tuple], Any], inputs: Sequence[tuple], calls: int = 10, reps: int = 1) -> float:
     """The host's wall time per call of ``fn`` (µs) while the GPU is busy, so no call waits for it:
     what a call costs the CPU, and the GPU time under which a queued caller starves the GPU.
-    Median over ``reps`` rounds of ``calls`` calls."""
+    Median over ``reps`` rounds of ``calls`` calls, after one call outside them (a first call
+    builds what later ones reuse: block tables, compiled kernels)."""
+    fn(inputs[0])
     times = []
     for _ in range(reps):
         torch.cuda.synchronize()
