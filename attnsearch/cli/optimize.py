@@ -45,8 +45,7 @@ def optimize(
                                                           "the output: a file from `attnsearch sensitivity`."),
     execution: Optional[str] = typer.Option(None, help="How the plan's calls will run: eager (a call costs at least "
                                                        "its host dispatch) or graph (CUDA graphs, compiled with "
-                                                       "reduce-overhead: device time). Default: eager where the "
-                                                       "hardware table measured host costs."),
+                                                       "reduce-overhead: device time; the default)."),
 ) -> None:
     """Search the fastest plan under an accuracy budget and write it as JSON."""
     from ..costmodel import EXECUTIONS, load_hardware

@@ -20,8 +20,8 @@ things, each with a small physical model:
   scheduling of equal items is ``ceil(items / slots)`` waves).
 * **zero fill** of skip heads: ``launch + bytes / bandwidth``.
 
-Latency is device time (CUDA-graph replay in calibration), and for eager execution (the default
-where the table measured it) at least the host's dispatch time of the call: an eager call whose
+Latency is device time (CUDA-graph replay in calibration); for eager execution
+(``execution="eager"``) at least the host's dispatch time of the call too: an eager call whose
 device work is shorter than what the CPU spends launching it (Python, the block-table lookup, a
 launch per precision, FP8's quantization launches, the skip heads' fill) leaves the GPU waiting,
 so back-to-back calls take ``max(device, host)`` each (``params.host``, fitted per kernel as a
@@ -83,9 +83,9 @@ def quantize_bytes(batch, heads, num_tokens, head_dim: int, dtype_bytes: int = 2
 
 def resolve_execution(table: HardwareTable, execution: str | None) -> str:
     """``execution`` (one of EXECUTIONS) if ``table`` can cost it, HardwareError naming why not;
-    None: "eager" where the table measured host dispatch costs, else "graph"."""
+    None: "graph" (device time: what a plan's kernels cost wherever the host keeps ahead)."""
     if execution is None:
-        return "eager" if table.host is not None else "graph"
+        return "graph"
     if execution not in EXECUTIONS:
         raise HardwareError(f"execution: must be one of {', '.join(EXECUTIONS)}, got {execution!r}")
     if execution == "eager" and table.host is None:
@@ -154,8 +154,7 @@ class CostModel:
 
     def __init__(self, table: HardwareTable | str | os.PathLike | None = None, *, head_dim: int = 128,
                  batch: int = 1, dtype_bytes: int = 2, execution: str | None = None) -> None:
-        """``execution``: one of EXECUTIONS; None: "eager" where the table measured host dispatch
-        costs, else "graph" (device time: what tables calibrated before host costs predict)."""
+        """``execution``: one of EXECUTIONS; None: "graph" (device time alone)."""
         self.table = load_hardware(table)
         self.execution = resolve_execution(self.table, execution)
         if not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim < 1:

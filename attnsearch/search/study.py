@@ -283,9 +283,9 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
             are then the weighted RMS rel_err). None: every site alike.
         execution: how the plan's calls will run, one of ``costmodel.EXECUTIONS``: "eager" (each
             call costs at least its host dispatch: small calls are host-bound, FP8's extra launches
-            show) or "graph" (CUDA graphs / compiled with reduce-overhead: device time). None:
-            eager where the hardware table measured host costs, else graph. Recorded in the plan's
-            ``hardware.execution``.
+            show; needs a table with host costs) or "graph" (device time: CUDA graphs, compiled
+            with reduce-overhead, or wherever the host keeps ahead). None: graph. Recorded in the
+            plan's ``hardware.execution``.
     Returns:
         OptimizeResult: the plan, where it was written, the chosen trial and why, the Pareto front.
     """

@@ -370,8 +370,8 @@ def test_an_eager_call_costs_at_least_its_host_dispatch(tmp_path):
     precision and the fill; a small FP8 layer is then dearer than the same masks native, though its
     device time is less; a large layer costs its device time; "graph" is device time everywhere."""
     table = with_host(with_fp8(native_only_table()))
-    eager, graph = CostModel(table, head_dim=128), CostModel(table, head_dim=128, execution="graph")
-    assert eager.execution == "eager" and eager.describe()["execution"] == "eager"
+    eager, graph = CostModel(table, head_dim=128, execution="eager"), CostModel(table, head_dim=128)
+    assert eager.describe()["execution"] == "eager" and graph.execution == "graph"
     small = LayerPlan.from_heads([("diagonal", {"rows": 2}), ("skip", {})] * 2, Geometry(4, 8, 16), 128)
     mixed = small.with_precision("fp8", heads=[0])
     assert graph.layer_ms(small) < 0.06 and graph.layer_ms(mixed) < 0.1
@@ -389,6 +389,7 @@ def test_an_eager_call_costs_at_least_its_host_dispatch(tmp_path):
 def test_eager_costs_need_a_table_that_measured_the_host(tmp_path):
     table = with_fp8(native_only_table())
     assert table.host is None and CostModel(table, head_dim=128).execution == "graph"
+    assert CostModel(with_host(table), head_dim=128).execution == "graph"     # device time unless asked
     with pytest.raises(HardwareError, match="no host dispatch costs measured"):
         CostModel(table, head_dim=128, execution="eager")
     with pytest.raises(HardwareError, match="execution: must be one of eager, graph"):

@@ -196,8 +196,8 @@ def test_host_bound_units_run_their_fp8_heads_native(large_fp8_profile, tmp_path
     FP8. The plan's prediction is the cost model's, host floor included."""
     path, prof = large_fp8_profile
     hw = fp8_table(tmp_path, 0.05, fp8_host_us=5000.0)
-    eager, graph = CostModel(hw, head_dim=128), CostModel(hw, head_dim=128, execution="graph")
-    assert eager.execution == "eager"
+    eager, graph = CostModel(hw, head_dim=128, execution="eager"), CostModel(hw, head_dim=128)
+    assert graph.execution == "graph"
     shares = {}
     for name, cm in (("eager", eager), ("graph", graph)):
         pb = Problem(build_space(prof), cm)
@@ -210,7 +210,7 @@ def test_host_bound_units_run_their_fp8_heads_native(large_fp8_profile, tmp_path
     assert max(shares["eager"]) == 0.0 and max(shares["graph"]) > 0.5
     # With an FP8 launch that costs the host nothing beyond a native one, eager keeps FP8 where the
     # device time pays.
-    cheap = CostModel(fp8_table(tmp_path, 0.05, fp8_host_us=0.0), head_dim=128)
+    cheap = CostModel(fp8_table(tmp_path, 0.05, fp8_host_us=0.0), head_dim=128, execution="eager")
     pb = Problem(build_space(prof), cheap)
     assert max(pb.plan(pb.solve(Knobs(lam=lam, ranges=1, block_size=64))).precision_share("fp8")
                for lam in (0.3, 1.0, 3.0, 10.0)) > 0.5
