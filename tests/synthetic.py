@@ -30,6 +30,20 @@ def small_profile(folder: Path, precisions: tuple[str, ...] = ("native",),
     return path, prof
 
 
+def table_without_host(folder: Path):
+    """The shipped H100 table without host dispatch costs (a table calibrated before they were
+    measured), saved as folder/without-host.json; its path."""
+    import dataclasses
+
+    from attnsearch.costmodel.table import DEFAULT_TABLE, load_hardware
+
+    shipped = load_hardware(DEFAULT_TABLE)
+    path = Path(folder) / "without-host.json"
+    dataclasses.replace(shipped, host=None, fit={k: v for k, v in shipped.fit.items()
+                                                 if not k.startswith("host.")}).save(path)
+    return str(path)
+
+
 def native_only_table(folder: Path | None = None):
     """The shipped H100 table without its FP8 variants and quantization pass (a table calibrated on
     a GPU without FP8); saved as folder/native-only.json and its path returned when ``folder`` is given."""

@@ -254,11 +254,11 @@ def test_optimize_names_a_validate_mode_it_does_not_know(folder, tmp_path):
 
 
 def test_optimize_names_an_execution_it_does_not_know_and_one_the_table_cannot_cost(folder, tmp_path):
-    from synthetic import native_only_table
+    from synthetic import table_without_host
 
     line = one_error(*cli("optimize", folder / "good.parquet", "--out", tmp_path / "p.json", "--execution", "compiled"))
     assert "--execution must be one of eager, graph, got 'compiled'" in line
-    table = native_only_table(tmp_path)  # a table calibrated before host costs were measured
+    table = table_without_host(tmp_path)  # a table calibrated before host costs were measured
     line = one_error(*cli("optimize", folder / "good.parquet", "--out", tmp_path / "p.json", "--execution", "eager",
                           "--hardware", table))
     assert "no host dispatch costs measured" in line and "re-run `attnsearch calibrate`" in line

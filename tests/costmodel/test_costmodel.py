@@ -387,7 +387,9 @@ def test_an_eager_call_costs_at_least_its_host_dispatch(tmp_path):
 
 
 def test_eager_costs_need_a_table_that_measured_the_host(tmp_path):
-    table = with_fp8(native_only_table())
+    from synthetic import table_without_host
+
+    table = with_fp8(load_hardware(table_without_host(tmp_path)))
     assert table.host is None and CostModel(table, head_dim=128).execution == "graph"
     assert CostModel(with_host(table), head_dim=128).execution == "graph"     # device time unless asked
     with pytest.raises(HardwareError, match="no host dispatch costs measured"):
