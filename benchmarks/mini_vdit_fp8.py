@@ -36,6 +36,7 @@ from attnsearch.costmodel import CostModel
 from attnsearch.evaluate import evaluate, load_generator
 from attnsearch.models import load_model
 from attnsearch.profiling import Profile, ProfileSettings, profile_model
+from attnsearch.search.choose import BudgetError
 from attnsearch.search.sweep import density_sweep
 
 DENSITIES = (0.2, 0.3, 0.45)
@@ -96,13 +97,20 @@ def main(argv: list[str] | None = None) -> None:
     prof = Profile.load(prof_path)
 
     plans: list[tuple[str, float, object, dict]] = []
+    unplanned: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, (kind, precisions, execution) in enumerate(SEARCHES):
             if execution == "eager" and CostModel(args.hardware, head_dim=64).table.host is None:
-                print(f"{kind}: skipped, the hardware table has no host dispatch costs", flush=True)
+                unplanned[kind] = "the hardware table has no host dispatch costs"
                 continue
-            for point in density_sweep(prof_path, args.densities, trials=args.trials, folder=tmp, name=f"search{i}",
-                                       hardware=args.hardware, precisions=precisions, execution=execution):
+            try:
+                points = density_sweep(prof_path, args.densities, trials=args.trials, folder=tmp, name=f"search{i}",
+                                       hardware=args.hardware, precisions=precisions, execution=execution)
+            except BudgetError as err:  # e.g. eagerly every sparse layer is dearer than dense: all plans dense
+                unplanned[kind] = str(err)
+                print(f"{kind}: {err}", flush=True)
+                continue
+            for point in points:
                 res, d = point.result, point.max_density
                 plans.append((kind, d, res.plan, {"trial": res.trial, "reason": res.reason,
                                                   "profile_rel_err": res.figures["rel_err"]}))
@@ -130,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{run.predicted['speedup']:.2f}× predicted", flush=True)
     out = {"seconds": round(time.time() - started, 1), "card": timed["card"], "profile": str(prof_path),
            "size": [f, h, w], "seeds": result.seeds, "steps": result.steps, "hardware": cm.table.name,
-           "host_costs": cm.table.host.to_dict() if cm.table.host is not None else None, "plans": rows}
+           "host_costs": cm.table.host.to_dict() if cm.table.host is not None else None, "plans": rows,
+           "unplanned": unplanned}
     write_outputs(args.out, "mini_vdit_fp8", out, draw(out))
     print(f"wrote {args.out} in {time.time() - started:.0f} s")
 
