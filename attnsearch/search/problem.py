@@ -169,9 +169,7 @@ class Problem:
         # The longest host dispatch of a call (0 under execution "graph"), and each column's native
         # twin (an FP8 candidate's native column; a native column itself).
         self.host_max_ms = cost_model.host_ms(B, HOST_PARTS)
-        names = list(space.names)
-        self.native_col = np.array([names.index(n.removesuffix(" fp8")) if p == "fp8" else c
-                                    for c, (n, p) in enumerate(zip(names, space.precisions))])
+        self.native_col = space.native_columns
         self._agg: dict[tuple, tuple] = {}
         self._labels: dict[tuple, np.ndarray] = {}
         self._lam_hint: dict[int, float] = {}

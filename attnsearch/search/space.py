@@ -45,6 +45,10 @@ class SearchError(ValueError):
     """The search cannot run or cannot meet what was asked; the message says what and why."""
 
 
+#: Appended to a candidate's name for its FP8 twin ("diagonal(rows=2) fp8").
+FP8_SUFFIX = " fp8"
+
+
 @dataclass
 class SearchSpace:
     geometry: Geometry
@@ -167,6 +171,12 @@ class SearchSpace:
 
     # -- classification (the τ knob) ----------------------------------------------------------------------
 
+    @property
+    def native_columns(self) -> np.ndarray:
+        """Per column: its native twin's column (an FP8 candidate's native one; a native column itself)."""
+        return np.array([self.names.index(n.removesuffix(FP8_SUFFIX)) if p == "fp8" else c
+                         for c, (n, p) in enumerate(zip(self.names, self.precisions))])
+
     def family_codes(self) -> np.ndarray:
         """Per candidate: index into SPARSE_FAMILIES, −1 for dense/skip."""
         return np.array([SPARSE_FAMILIES.index(f) if f in SPARSE_FAMILIES else -1 for f in self.families])
@@ -211,7 +221,7 @@ def build_space(profile) -> SearchSpace:
         err8 = np.full((S, L, H, C), np.nan)
         err8[idx] = t[FP8_COLUMN].to_numpy()
         twins = [c for c in range(C) if families[c] != "skip" and not np.isnan(err8[..., c]).all()]
-        names_all += [f"{names_all[c]} fp8" for c in twins]
+        names_all += [f"{names_all[c]}{FP8_SUFFIX}" for c in twins]
         families += [families[c] for c in twins]
         params += [params[c] for c in twins]
         rows += [rows[c] for c in twins]

@@ -76,8 +76,10 @@ def test_the_space_has_an_fp8_twin_of_every_computed_candidate(fp8_profile):
     twins = [c for c, p in enumerate(sp.precisions) if p == "fp8"]
     assert len(twins) == len(native) - 1 and "skip" not in {sp.families[c] for c in twins}
     t = prof.table
+    assert all(sp.native_columns[c] == c for c in native)
     for c in twins:
-        base = sp.names.index(sp.names[c].removesuffix(" fp8"))
+        base = sp.native_columns[c]
+        assert sp.precisions[base] == "native" and sp.names[c] == sp.names[base] + " fp8"
         assert sp.families[c] == sp.families[base] and sp.params[c] == sp.params[base]
         assert np.array_equal(sp.density[..., c], sp.density[..., base], equal_nan=True)
         rows = t[t["candidate"] == sp.names[base]]
