@@ -140,3 +140,33 @@ def test_points_files_carry_fp8_and_quantize_points(tmp_path):
         with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
                            .replace("]", r"\]").replace("?", r"\?")):
             load_points(path)
+
+
+def test_points_carry_host_measurements_and_bad_ones_are_named(tmp_path):
+    env = {"device": "Synthetic GPU", "sm_count": 132}
+    points = [{"kind": "sparse", "label": "mixed 25%", "ms": 0.05,
+               "host": [{"parts": ["native"], "us": 230.0}, {"parts": ["native", "fill"], "us": 255.0}]},
+              {"kind": "dense", "label": "cuDNN dense", "ms": 0.08, "host_us": 96.0}]
+    path = save_points(points, env, tmp_path / "points.json")
+    assert load_points(path) == (env, points)
+    for bad, words in (({"host": [{"parts": ["bf16"], "us": 1.0}]}, r"host\[0\] must be"),
+                       ({"host": [{"parts": ["native"], "us": -1.0}]}, r"host\[0\] must be"),
+                       ({"host": {"parts": ["native"]}}, r"host\[0\] must be"),
+                       ({"host_us": float("nan")}, "host_us must be a finite number")):
+        save_points(points + [{"kind": "sparse", "label": "x", **bad}], env, path)
+        with pytest.raises(ValueError, match=words):
+            load_points(path)
+
+
+def test_host_parts_are_the_launches_and_the_fill_a_call_has():
+    from attnsearch.costmodel.calibrate import host_parts
+    from attnsearch.layer_plan import LayerPlan
+
+    geom = Geometry(4, 8, 16)
+    heads = [("diagonal", {"rows": 2}), ("skip", {}), ("dense", {}), ("diagonal", {"rows": 4})]
+    lp = LayerPlan.from_heads(heads, geom, 64)
+    assert host_parts(lp) == ["native", "fill"]
+    assert host_parts(lp.with_precision("fp8")) == ["fp8", "fill"]
+    assert host_parts(lp.with_precision("fp8", heads=[0])) == ["native", "fp8", "fill"]
+    assert host_parts(LayerPlan.from_heads(heads[:1], geom, 64)) == ["native"]
+    assert host_parts(LayerPlan.from_heads([("skip", {})] * 2, geom, 64)) == ["fill"]
