@@ -11,7 +11,8 @@ from .common import check_range, console, run, shown
 
 
 def report(
-    inputs: list[Path] = typer.Argument(..., metavar="FILE...", help="Profiles, plans, studies and bench results."),
+    inputs: list[Path] = typer.Argument(..., metavar="FILE...", help="Profiles, plans, studies, bench results, "
+                                                                      "sensitivity records and hardware tables."),
     out: Path = typer.Option(Path("reports/latest"), help="Output folder (index.html + PNGs)."),
     tau: float = typer.Option(0.95, help="Recall threshold for the profile's classes."),
     density_cap: float = typer.Option(0.75, help="Density cap for the profile's classes."),

@@ -1,13 +1,14 @@
 """``attnsearch report``: a static HTML page with PNG figures for profiles, plans, studies, bench
-results and sensitivity records. Each input file's kind is recognised from its content, not its name."""
+results, sensitivity records and hardware tables. Each input file's kind is recognised from its content, not its name."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 ACCEPTED = ("a profile (.parquet from `attnsearch profile`), a plan (attnsearch-plan JSON), a study (the .db "
-            "beside a plan, or an optimize result JSON), a bench result (JSON from `attnsearch bench`) or a "
-            "sensitivity record (JSON from `attnsearch sensitivity`)")
+            "beside a plan, or an optimize result JSON), a bench result (JSON from `attnsearch bench`), a "
+            "sensitivity record (JSON from `attnsearch sensitivity`) or a hardware table (JSON from "
+            "`attnsearch calibrate`)")
 
 
 class ReportError(ValueError):
@@ -15,7 +16,7 @@ class ReportError(ValueError):
 
 
 def detect_kind(path: Path) -> str:
-    """'profile' | 'plan' | 'study' | 'bench' | 'sensitivity', from the file's content."""
+    """'profile' | 'plan' | 'study' | 'bench' | 'sensitivity' | 'hardware', from the file's content."""
     path = Path(path)
     if path.is_dir():
         raise ReportError(f"{path}: is a directory, not a file")
@@ -38,6 +39,8 @@ def detect_kind(path: Path) -> str:
             return "plan"
         if data.get("format") == "attnsearch-sensitivity":
             return "sensitivity"
+        if data.get("format") == "attnsearch-kernels":
+            return "hardware"
         if data.get("format") == "attnsearch-study" or "pareto" in data:
             return "study"
         from .bench_figures import bench_rows
@@ -95,6 +98,10 @@ def _load(path: Path):
         from ..search.sensitivity import Sensitivity
 
         return kind, path, Sensitivity.load(path)
+    if kind == "hardware":
+        from ..costmodel.table import load_hardware
+
+        return kind, path, load_hardware(str(Path(path).resolve()))  # a path, never a GPU name
     from ..jsondata import check_data, read_json
 
     data = read_json(path, "bench result")
@@ -124,6 +131,10 @@ def _draw(kind: str, path: Path, data, out: Path, *, tau: float, density_cap: fl
         from .sensitivity_figures import sensitivity_figures
 
         return [sensitivity_figures(data, out)]
+    if kind == "hardware":
+        from .hardware_figures import hardware_figures
+
+        return [hardware_figures(data, out)]
     from .bench_figures import bench_figures
 
     return [bench_figures(data, out)]

@@ -158,3 +158,20 @@ def test_a_sensitivity_record_gets_its_gains_figure(tmp_path):
     page = write_report([tmp_path / "s.json"], out)
     assert referenced_files(page) == ["sensitivity_gains.png"] and (out / "sensitivity_gains.png").stat().st_size > 5000
     assert "step gains 4× apart, head gains 16× apart" in page.read_text()
+
+
+def test_a_hardware_table_gets_its_fit_and_host_figures(tmp_path):
+    """The shipped H100 table (host costs measured): both figures and the summary say so; the same
+    table without host costs: the fit figure alone and a summary naming what is missing."""
+    from synthetic import table_without_host
+
+    from attnsearch.costmodel.table import DEFAULT_TABLE, load_hardware
+
+    shipped = Path(load_hardware(DEFAULT_TABLE).source)
+    assert detect_kind(shipped) == "hardware"
+    page = write_report([shipped], tmp_path / "a")
+    assert referenced_files(page) == ["hardware_fit.png", "hardware_host.png"]
+    text = page.read_text()
+    assert "NVIDIA H100 80GB HBM3 (132 SMs)" in text and "host dispatch costs measured" in text
+    page = write_report([Path(table_without_host(tmp_path))], tmp_path / "b")
+    assert referenced_files(page) == ["hardware_fit.png"] and "no host dispatch costs" in page.read_text()
