@@ -50,8 +50,12 @@ def choose_by_density(trials, problem_of, search, max_density: float, *, validat
         if density <= max_density:
             fits.append((t.values[1], t.values[0], t.number, t, density))
     if not fits:
+        why = "run more trials, or allow a higher density"
+        if least is not None and least >= 1.0 and pb.host_max_ms > 0:
+            why = ("costed eagerly, no sparse layer here beats dense: the calls are host-bound; for CUDA-graph "
+                   "or compiled runs search with execution graph")
         raise BudgetError(f"no trial's plan keeps at most {max_density:g} of the blocks: the sparsest keeps "
-                          f"{least:.3f} (run more trials, or allow a higher density)")
+                          f"{least:.3f} ({why})")
     err, _, _, t, density = min(fits, key=lambda f: f[:3])
     return t, (f"lowest {what} ({err:.4g}) among the {len(fits)} trials at mean density ≤ {max_density:g}: "
                f"density {density:.3f}, {t.user_attrs.get('speedup', 0.0):.2f}× predicted")

@@ -216,3 +216,23 @@ def test_host_bound_units_run_their_fp8_heads_native(large_fp8_profile, tmp_path
     pb = Problem(build_space(prof), cheap)
     assert max(pb.plan(pb.solve(Knobs(lam=lam, ranges=1, block_size=64))).precision_share("fp8")
                for lam in (0.3, 1.0, 3.0, 10.0)) > 0.5
+
+
+def test_a_density_cap_no_eager_plan_meets_says_the_calls_are_host_bound(large_fp8_profile, tmp_path):
+    """A sparse call that costs the host 10 ms: costed eagerly, every unit turns dense and the
+    density cap cannot be met, and the error says why and what to do; costed as device time, the
+    same search meets the cap."""
+    from attnsearch.search.choose import BudgetError
+
+    path, _ = large_fp8_profile
+    hw = fp8_table(tmp_path, 0.5, fp8_host_us=0.0)
+    data = json.loads(Path(hw).read_text())
+    for row in data["params"]["host"]["sparse"].values():
+        row["base_us"] = 10_000.0
+    Path(hw).write_text(json.dumps(data))
+    with pytest.raises(BudgetError, match="costed eagerly, no sparse layer here beats dense: the calls are host-bound"):
+        optimize(path, hardware=hw, head_dim=128, trials=6, max_density=0.5, execution="eager",
+                 out=tmp_path / "e.json", precisions=["native"])
+    res = optimize(path, hardware=hw, head_dim=128, trials=6, max_density=0.5, out=tmp_path / "g.json",
+                   precisions=["native"])
+    assert res.plan.mean_density <= 0.5 and res.plan.hardware["execution"] == "graph"
