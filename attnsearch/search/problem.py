@@ -314,6 +314,8 @@ class Problem:
         native precision cost no more, they run native: FP8's extra launches only add host time
         there, and native precision's error is the lower. A unit that would not beat its dense layer
         becomes dense (error 0)."""
+        if not (self.small or self.host_max_ms):
+            return  # device time of a layer of many waves: the additive form is the full model's
         for i, r in enumerate(rs):
             for layer in range(choice.shape[1]):
                 if dense_unit[i, layer] or not (self.small or unit_cost[i, layer] < self.host_max_ms * len(r)):
