@@ -1,9 +1,11 @@
 """Sparse-attention plans: which pattern every (step, layer, head) runs, as JSON and in memory.
 
-A plan file (format ``attnsearch-plan``, version 2; version 1 files load too; docs/design.md) holds a
+A plan file (format ``attnsearch-plan``, version 3; versions 1 and 2 load too; docs/design.md) holds a
 schedule of step ranges [start, stop). Each entry runs every layer dense, or lists every layer with
 its head groups: the heads of one layer that share a pattern family and a precision (native, or
-FP8 kept blocks), each head with its own parameters.
+FP8 kept blocks), each head with its own parameters. A listed entry may reuse a residual
+(``residual``: its first step runs exact attention and keeps what the layer plans miss; the later
+steps add it back; docs/design.md, "Residual reuse").
 
     >>> plan = load_plan("plans/wan.json")
     >>> lp = plan.layer_plan(step=3, layer=12)      # LayerPlan: geometry, block size, head groups
@@ -60,10 +62,12 @@ from .plan_checks import (INT_MAX, MAX_HEADS, MAX_TOKENS, NULL_WHEN_NOT_FINITE, 
 from .retarget import check_target
 
 FORMAT = "attnsearch-plan"
-#: The version written. Version 2 adds a head group's optional ``precision``; version 1 plans load
-#: unchanged (every group native).
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+#: The newest version. Version 2 adds a head group's optional ``precision``, version 3 an entry's
+#: optional ``residual``; older plans load unchanged. A plan is written as the oldest version that
+#: holds it (:meth:`Plan.format_version`), so plans without residual entries stay readable by
+#: attnsearch releases that know version 2.
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 _TOP_REQUIRED = ("format", "version", "geometry", "block_size", "num_steps", "num_layers", "num_heads",
                  "schedule")
@@ -79,11 +83,20 @@ _GEOMETRY_CACHE = 16
 
 @dataclass(frozen=True)
 class ScheduleEntry:
-    """Steps [start, stop) run ``layers``: one LayerPlan per layer (index = layer), or None = all dense."""
+    """Steps [start, stop) run ``layers``: one LayerPlan per layer (index = layer), or None = all dense.
+
+    ``residual``: step ``start`` runs every layer with a sparse head exactly and keeps, per call,
+    the exact output minus the layer plan's; steps (start, stop) add that residual to their layer
+    plan's output (docs/design.md, "Residual reuse"). Only for listed entries of two steps or more."""
 
     start: int
     stop: int
     layers: tuple[LayerPlan, ...] | None
+    residual: bool = False
+
+    def refreshes(self, step: int) -> bool:
+        """Whether ``step`` (in this entry) is a residual entry's exact step."""
+        return self.residual and step == self.start
 
 
 @dataclass(frozen=True)
@@ -136,6 +149,13 @@ class Plan:
                 raise PlanError(f"{path}: must be a ScheduleEntry, got {type(e).__name__}")
             as_int(e.start, f"{path}.steps[0]", 0, self.num_steps - 1)
             as_int(e.stop, f"{path}.steps[1]", e.start + 1, self.num_steps)
+            if not isinstance(e.residual, bool):
+                raise PlanError(f"{path}.residual: must be true or false, got {e.residual!r}")
+            if e.residual and e.layers is None:
+                raise PlanError(f"{path}.residual: a dense entry has no residual to reuse")
+            if e.residual and e.stop - e.start < 2:
+                raise PlanError(f"{path}.residual: the entry spans one step [{e.start}, {e.stop}), its exact step "
+                                "only: a residual entry needs at least two steps")
             if e.layers is None:
                 continue
             if len(e.layers) != self.num_layers:
@@ -179,8 +199,36 @@ class Plan:
             raise PlanError(f"step: {step!r} is outside the plan's steps [0, {self.num_steps})")
         if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < self.num_layers:
             raise PlanError(f"layer: {layer!r} is outside the plan's layers [0, {self.num_layers})")
-        entry = self.schedule[bisect.bisect_right(self._starts, step) - 1]
+        entry = self.entry_at(step)
         return self._dense_layer if entry.layers is None else entry.layers[layer]
+
+    def entry_at(self, step: int) -> ScheduleEntry:
+        """The schedule entry covering ``step`` (in [0, num_steps))."""
+        return self.schedule[bisect.bisect_right(self._starts, step) - 1]
+
+    @property
+    def has_residual(self) -> bool:
+        """Whether any entry reuses a residual (such a plan keeps state across steps)."""
+        return any(e.residual for e in self.schedule)
+
+    @property
+    def format_version(self) -> int:
+        """The oldest plan-file version that holds this plan (written by :meth:`to_dict`)."""
+        return VERSION if self.has_residual else 2
+
+    def with_residual(self, steps: Iterable[int]) -> Plan:
+        """The plan with its listed entries split at the exact ``steps`` by :func:`residual_entries`;
+        ``predicted`` left empty, ``search.residual_steps`` recorded."""
+        exact = check_residual_steps(steps, self.num_steps)
+        return Plan(self.geometry, self.block_size, self.num_steps, self.num_layers, self.num_heads,
+                    residual_entries(self.schedule, exact), model=self.model, hardware=self.hardware, predicted={},
+                    search={**self.search, "residual_steps": list(exact)}, portable=self.portable,
+                    source_geometry=self.source_geometry)
+
+    @property
+    def residual_steps(self) -> tuple[int, ...]:
+        """The exact steps of the plan's residual entries (their first steps)."""
+        return tuple(e.start for e in self.schedule if e.residual)
 
     @property
     def searched_geometry(self) -> Geometry:
@@ -213,7 +261,7 @@ class Plan:
             return done[lp]
 
         schedule = tuple(ScheduleEntry(e.start, e.stop, None if e.layers is None else
-                                       tuple(carried(lp) for lp in e.layers)) for e in self.schedule)
+                                       tuple(carried(lp) for lp in e.layers), e.residual) for e in self.schedule)
         out = Plan(geometry, self.block_size, self.num_steps, self.num_layers, self.num_heads, schedule,
                    model=self.model, hardware=self.hardware, predicted={}, search=self.search,
                    source_geometry=self.searched_geometry)
@@ -261,7 +309,7 @@ class Plan:
             return done[lp]
 
         schedule = tuple(ScheduleEntry(e.start, e.stop, None if e.layers is None else
-                                       tuple(converted(lp) for lp in e.layers)) for e in self.schedule)
+                                       tuple(converted(lp) for lp in e.layers), e.residual) for e in self.schedule)
         return Plan(self.geometry, self.block_size, self.num_steps, self.num_layers, self.num_heads, schedule,
                     model=self.model, hardware=self.hardware, predicted={}, search=self.search,
                     portable=self.portable, source_geometry=self.source_geometry)
@@ -277,9 +325,16 @@ class Plan:
     @property
     def mean_density(self) -> float:
         """Kept blocks / all blocks over every (step, layer) call, a dense layer counting 1: the
-        share of dense attention FLOPs the plan computes."""
-        total = sum((e.stop - e.start) * (float(self.num_layers) if e.layers is None
-                                          else sum(lp.density for lp in e.layers)) for e in self.schedule)
+        share of dense attention FLOPs the plan computes. A residual entry's exact step counts 1 +
+        the layer plan's density for each layer with a sparse head (it runs both)."""
+        total = 0.0
+        for e in self.schedule:
+            if e.layers is None:
+                total += (e.stop - e.start) * float(self.num_layers)
+                continue
+            total += (e.stop - e.start) * sum(lp.density for lp in e.layers)
+            if e.residual:
+                total += sum(1.0 for lp in e.layers if not lp.is_dense)
         return total / (self.num_steps * self.num_layers)
 
     # -- constructors and serialisation ------------------------------------------------------------
@@ -328,16 +383,23 @@ class Plan:
         for i, raw in enumerate(as_list(obj["schedule"], "schedule")):
             path = f"schedule[{i}]"
             entry = as_object(raw, path)
-            check_keys(entry, path, ("steps", "layers"))
+            check_keys(entry, path, ("steps", "layers"), ("residual",))
             steps = as_list(entry["steps"], f"{path}.steps")
             if len(steps) != 2:
                 raise PlanError(f"{path}.steps: must be [start, stop), got {steps!r}")
             start = as_int(steps[0], f"{path}.steps[0]", 0, num_steps - 1)
             stop = as_int(steps[1], f"{path}.steps[1]", start + 1, num_steps)
+            residual = entry.get("residual", False)
+            if "residual" in entry and version < 3:
+                raise PlanError(f"{path}.residual: a version {version} plan has no residual (it came with version 3)")
+            if not isinstance(residual, bool):
+                raise PlanError(f"{path}.residual: must be true or false, got {residual!r}")
             layers = entry["layers"]
             if isinstance(layers, str):
                 if layers != "dense":
                     raise PlanError(f"{path}.layers: must be \"dense\" or a list of layers, got {layers!r}")
+                if residual:
+                    raise PlanError(f"{path}.residual: a dense entry has no residual to reuse")
                 schedule.append(ScheduleEntry(start, stop, None))
                 continue
             by_layer: dict[int, LayerPlan] = {}
@@ -365,7 +427,7 @@ class Plan:
             if missing:
                 raise PlanError(f"{path}.layers: layer(s) {compact_ranges(missing)} of {num_layers} missing "
                                 f"(list every layer, or use \"dense\")")
-            schedule.append(ScheduleEntry(start, stop, tuple(by_layer[i] for i in range(num_layers))))
+            schedule.append(ScheduleEntry(start, stop, tuple(by_layer[i] for i in range(num_layers)), residual))
         return cls(geometry, block_size, num_steps, num_layers, num_heads, tuple(schedule), **meta,
                    portable=portable, source_geometry=source)
 
@@ -375,9 +437,9 @@ class Plan:
         for e in self.schedule:
             layers: Any = "dense" if e.layers is None else [
                 {"layer": j, "groups": lp.to_dict()} for j, lp in enumerate(e.layers)]
-            sched.append({"steps": [e.start, e.stop], "layers": layers})
+            sched.append({"steps": [e.start, e.stop], "layers": layers, **({"residual": True} if e.residual else {})})
         return {
-            "format": FORMAT, "version": VERSION,
+            "format": FORMAT, "version": self.format_version,
             "model": strict_meta("model", self.model),
             "geometry": self.geometry.to_dict(),
             "block_size": self.block_size,
@@ -390,6 +452,43 @@ class Plan:
             **({} if self.portable else {"portable": False}),
             **({} if self.source_geometry is None else {"source_geometry": self.source_geometry.to_dict()}),
         }
+
+
+def check_residual_steps(steps: Any, num_steps: int | None = None) -> tuple[int, ...]:
+    """``steps`` as a sorted tuple if it names exact steps for residual reuse (distinct integers ≥ 0,
+    below ``num_steps`` when given), else PlanError."""
+    try:
+        items = list(steps)
+    except TypeError:
+        raise PlanError(f"residual_steps: must be a list of step numbers, got {steps!r}") from None
+    if not items:
+        raise PlanError("residual_steps: must name at least one exact step")
+    for s in items:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+            raise PlanError(f"residual_steps: step numbers must be integers ≥ 0, got {s!r}")
+        if num_steps is not None and s >= num_steps:
+            raise PlanError(f"residual_steps: step {s} is outside the plan's steps [0, {num_steps})")
+    if len(set(items)) != len(items):
+        raise PlanError(f"residual_steps: a step is listed twice in {items}")
+    return tuple(sorted(items))
+
+
+def residual_entries(schedule: Iterable[ScheduleEntry], steps: Iterable[int]) -> tuple[ScheduleEntry, ...]:
+    """``schedule`` with each listed entry split at the exact ``steps`` inside it: a part that
+    starts at one and spans two steps or more reuses a residual (its first step runs exactly, the
+    others add what their layer plans missed there); a part before the entry's first exact step, or
+    of one step, runs its layer plans alone. Dense entries, and entries that already reuse one,
+    stay as they are. PlanError for steps that are not distinct integers ≥ 0."""
+    exact = check_residual_steps(steps)
+    out = []
+    for e in schedule:
+        if e.layers is None or e.residual:
+            out.append(e)
+            continue
+        cuts = sorted({e.start, e.stop, *(s for s in exact if e.start < s < e.stop)})
+        for a, b in zip(cuts, cuts[1:]):
+            out.append(ScheduleEntry(a, b, e.layers, residual=a in exact and b - a >= 2))
+    return tuple(out)
 
 
 def validate_plan(source: Mapping[str, Any] | str | os.PathLike) -> Plan:
@@ -420,4 +519,4 @@ def write_plan(plan: Plan, path: str | os.PathLike, *, inputs: Iterable[str | os
 
 
 __all__ = ["FORMAT", "MAX_HEADS", "READABLE_VERSIONS", "MAX_TOKENS", "NULL_WHEN_NOT_FINITE", "VERSION", "HeadGroup", "LayerPlan",
-           "Plan", "PlanError", "ScheduleEntry", "load_plan", "validate_plan", "write_plan"]
+           "Plan", "PlanError", "ScheduleEntry", "check_residual_steps", "load_plan", "residual_entries", "validate_plan", "write_plan"]

@@ -95,7 +95,7 @@ SPARSE = lambda d: d["schedule"][0]["layers"]  # noqa: E731
 
 @pytest.mark.parametrize("edit,field", [
     (lambda d: d.update(format="other"), "^format: "),
-    (lambda d: d.update(version=3), "^version: "),
+    (lambda d: d.update(version=4), "^version: "),
     (lambda d: d.update(version=1), r"^schedule\[0\].layers\[0\].groups\[1\].precision: a version 1 plan"),
     (lambda d: SPARSE(d)[0]["groups"][1].update(precision="fp16"), r"^schedule\[0\].layers\[0\].groups\[1\]"
                                                                     r".precision: must be one of"),
@@ -250,3 +250,61 @@ def test_precision_share_counts_computed_heads_over_steps():
     assert plan.precision_share("fp8") == pytest.approx(3 / total)
     assert plan.precision_share("native") == pytest.approx(1 - 3 / total)
     assert plan.with_precision("fp8").precision_share("fp8") == pytest.approx(3 * (3 + 4) / total)
+
+
+# --- residual reuse ----------------------------------------------------------------------------------
+
+
+def test_residual_entries_split_listed_entries_at_the_exact_steps(tmp_path):
+    plan = Plan.from_dict(plan_dict()).with_residual([0, 3])   # dense [0, 2), sparse [2, 5)
+    got = [(e.start, e.stop, e.layers is None, e.residual) for e in plan.schedule]
+    # step 0 falls in the dense entry (nothing to reuse); [2, 3) precedes the sparse entry's exact step
+    assert got == [(0, 2, True, False), (2, 3, False, False), (3, 5, False, True)]
+    assert plan.residual_steps == (3,) and plan.search["residual_steps"] == [0, 3]
+    d = plan.to_dict()
+    assert d["version"] == 3 and [e.get("residual", False) for e in d["schedule"]] == [False, False, True]
+    again = load_plan(write_plan(plan, tmp_path / "plan.json"))
+    assert again == plan and again.to_dict() == d
+    assert Plan.from_dict(plan_dict()).to_dict()["version"] == 2  # written as the oldest version that holds it
+    one = Plan.from_dict(plan_dict()).with_residual([4])  # a one-step remainder runs its masks alone
+    assert [(e.start, e.stop, e.residual) for e in one.schedule][1:] == [(2, 4, False), (4, 5, False)]
+
+
+def test_mean_density_counts_a_residual_entrys_exact_step_as_dense_plus_mask():
+    plain = Plan.from_dict(plan_dict())
+    reuse = plain.with_residual([2])
+    sparse_layers = sum(not lp.is_dense for lp in plain.schedule[1].layers)
+    assert sparse_layers == 2
+    # one exact step: each sparse layer computes a dense call beside its mask
+    assert reuse.mean_density == pytest.approx(plain.mean_density + sparse_layers / (5 * 3))
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda d: d["schedule"][0].update(residual=True), r"^schedule\[0\].residual: a version 2 plan has no residual"),
+    (lambda d: (d.update(version=3), d["schedule"][1].update(residual=True)),
+     r"^schedule\[1\].residual: a dense entry has no residual"),
+    (lambda d: (d.update(version=3), d["schedule"][0].update(residual=1)), r"^schedule\[0\].residual: must be true or false"),
+    (lambda d: (d.update(version=3), d["schedule"][0].update(steps=[2, 3], residual=True),
+                d["schedule"].append({"steps": [3, 5], "layers": "dense"})),
+     r"^schedule\[0\].residual: the entry spans one step \[2, 3\)"),
+])
+def test_residual_validation_names_the_field(edit, field):
+    d = plan_dict()
+    edit(d)
+    with pytest.raises(PlanError, match=field):
+        Plan.from_dict(d)
+
+
+@pytest.mark.parametrize("steps, message", [
+    ([], "must name at least one exact step"), ([1, 1], "listed twice"), ([-1], "integers ≥ 0"),
+    ([5], r"step 5 is outside the plan's steps \[0, 5\)"), ([True], "integers ≥ 0"), (3, "must be a list"),
+])
+def test_residual_steps_are_checked(steps, message):
+    with pytest.raises(PlanError, match=f"^residual_steps: .*{message}"):
+        Plan.from_dict(plan_dict()).with_residual(steps)
+
+
+def test_residual_entries_survive_geometry_and_precision_changes():
+    plan = Plan.from_dict(plan_dict()).with_residual([2])
+    moved = plan.for_geometry(Geometry(frames=8, height=6, width=10, text_tokens=20, text_position="prefix"))
+    assert moved.residual_steps == (2,) and plan.with_precision("fp8").residual_steps == (2,)

@@ -94,6 +94,15 @@ def check_choice(option: str, value: str, choices) -> None:
         raise UsageError(f"{option} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
+def parse_int_list(option: str, text: str) -> list[int]:
+    """``"0,2,5"`` → [0, 2, 5]; UsageError naming ``option`` for anything that is not integers."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        return [int(t) for t in items]
+    except ValueError:
+        raise UsageError(f"{option} must be comma-separated integers, got {text!r}") from None
+
+
 def parse_options(options: list[str]) -> dict:
     """``-o key=value`` pairs; values are JSON when they parse as JSON, else strings."""
     out = {}

@@ -46,9 +46,14 @@ def optimize(
     execution: Optional[str] = typer.Option(None, help="How the plan's calls will run: eager (a call costs at least "
                                                        "its host dispatch) or graph (CUDA graphs, compiled with "
                                                        "reduce-overhead: device time; the default)."),
+    residual_steps: Optional[str] = typer.Option(None, help="Reuse residuals across steps: these steps "
+                                                            "(comma-separated, e.g. 0,2,5,10) run exact attention and "
+                                                            "the steps after each add what their masks missed there "
+                                                            "(costed and counted in the density)."),
 ) -> None:
     """Search the fastest plan under an accuracy budget and write it as JSON."""
     from ..costmodel import EXECUTIONS, load_hardware
+    from .common import parse_int_list
     from ..costmodel.model import resolve_execution
     from ..search import optimize as run_search
     from ..search.study import check_outputs_of
@@ -68,6 +73,7 @@ def optimize(
         if execution is not None:
             check_choice("--execution", execution, EXECUTIONS)
             resolve_execution(load_hardware(hardware), execution)  # a table without host costs: said before any work
+        exact_steps = None if residual_steps is None else parse_int_list("--residual-steps", residual_steps)
         wanted = None
         if precisions is not None:
             wanted = [p.strip() for p in precisions.split(",") if p.strip()]
@@ -95,7 +101,7 @@ def optimize(
                              storage=storage, validate=validate, validate_mode=validate_mode, out=out, model=spec,
                              head_dim=head_dim, seed=seed, progress=progress, workers=workers, ulysses=ulysses,
                              portable=not non_portable, precisions=wanted, sensitivity=weights,
-                             execution=execution)
+                             execution=execution, residual_steps=exact_steps)
         print_front(res)
         f = res.figures
         console.print(f"cost model: {shown(res.plan.search.get('hardware_note', res.hardware['device']))}, "

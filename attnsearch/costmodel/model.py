@@ -271,16 +271,39 @@ class CostModel:
             self._layer_cache[key] = self.features_ms(layer_features(layer_plan))
         return self._layer_cache[key]
 
+    def residual_pass_ms(self, num_heads: int, num_tokens: int) -> float:
+        """One elementwise pass over a layer's output that reuses a residual (exact − planned at an
+        entry's exact step, planned + residual at the others): it reads two outputs and writes one,
+        priced at the zero fill's measured bandwidth (the same kind of memory-bound pass)."""
+        nbytes = 3 * self.batch * num_heads * num_tokens * self.head_dim * self.dtype_bytes
+        return float(self.table.fill.ms(nbytes))
+
     def plan_ms(self, plan) -> float:
-        """Σ over steps and layers of :meth:`layer_ms` (each distinct layer plan costed once)."""
+        """Σ over steps and layers of :meth:`layer_ms` (each distinct layer plan costed once), plus
+        what reusing residuals costs (:meth:`residual_ms`)."""
         total = 0.0
+        n = plan.geometry.num_tokens
         for e in plan.schedule:
             steps = e.stop - e.start
             if e.layers is None:
-                total += steps * plan.num_layers * self.dense_layer_ms(plan.geometry.num_tokens, plan.num_heads,
-                                                                       plan.block_size)
+                total += steps * plan.num_layers * self.dense_layer_ms(n, plan.num_heads, plan.block_size)
             else:
                 total += steps * sum(self.layer_ms(lp) for lp in e.layers)
+        return total + self.residual_ms(plan)
+
+    def residual_ms(self, plan, heads: int | None = None) -> float:
+        """What ``plan``'s residual entries add to its layer plans' time: each layer with a sparse
+        head pays cuDNN's dense call (:meth:`dense_ms`) at the entry's exact step and
+        :meth:`residual_pass_ms` at every step of the entry. ``heads``: the heads one call carries
+        (one rank's under context parallelism; default the plan's)."""
+        heads = plan.num_heads if heads is None else heads
+        n = plan.geometry.num_tokens
+        total = 0.0
+        for e in plan.schedule:
+            if e.residual:
+                sparse_layers = sum(not lp.is_dense for lp in e.layers)
+                total += sparse_layers * (float(self.dense_ms(n, heads))
+                                          + (e.stop - e.start) * self.residual_pass_ms(heads, n))
         return total
 
     def dense_plan_ms(self, plan) -> float:

@@ -25,7 +25,9 @@ q, k, v, kwargs) to a consumer. A call runs ``plan.layer_plan(step, layer)``:
   kernel with every key block kept where that kernel can run the call (``runtime.dense``: exact
   attention, 10-18% faster than cuDNN's on an H100), else the real SDPA (every keyword honoured)
   with cuDNN's kernel first on Hopper;
-- otherwise :func:`sparse_attention` with the call's ``scale`` and ``enable_gqa``.
+- otherwise :func:`sparse_attention` with the call's ``scale`` and ``enable_gqa``; in a schedule
+  entry that reuses a residual, its first step runs the real SDPA and keeps the difference, and the
+  later steps add it (:mod:`attnsearch.runtime.residual`, freed when the context exits).
 
 Geometry of a call. A call at the plan's geometry runs the plan as it is. A call at another
 geometry runs ``plan.for_geometry(geometry)`` (built once per geometry), where the geometry comes
@@ -67,6 +69,7 @@ from . import ops
 from .backends import Backend, SdpaBackend, dense_kernel_reasons
 from .diffusers_dispatch import check_model
 from .parallel import head_layout
+from .residual import ResidualStore
 from .traced import PlanCapture
 
 
@@ -114,6 +117,8 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         self._capture = None
         self._stepper = None
         self._token = None
+        #: Residuals of the plan's residual entries, kept across steps while the context is open.
+        self.residuals = ResidualStore()
         #: (step, expert) of every forward that made attention calls (expert None: a lone model).
         self.forwards: list[tuple[int, str | None]] = []
         from ..experts import ExpertError, experts_of
@@ -151,6 +156,7 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         self.forwards = []
         self._layers_seen: dict[int, int] = {}
         self._last_step: int | None = None
+        self.residuals.clear()
         self._forward_geometry = []
         for m in modules:  # each transformer that can tell its forward's geometry (a pipeline's every expert)
             if isinstance(m, torch.nn.Module) and callable(getattr(m, "attnsearch_geometry", None)):
@@ -192,6 +198,7 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
                                 "scaled_dot_product_attention?)")
             return suppressed
         finally:
+            self.residuals.clear()
             self._remove_geometry_hooks()
             self._capture = None
             if self._token is not None:
@@ -258,7 +265,7 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         Refused while a CUDA graph records it (``torch.compile(mode="reduce-overhead")``) for a plan
         whose layers change across steps: the graph's replays run no Python, so every later step
         would replay this step's layer plans, a wrong answer nothing would report."""
-        if len(self.plan.schedule) > 1 and recording_cuda_graph():
+        if (len(self.plan.schedule) > 1 or self.plan.has_residual) and recording_cuda_graph():
             raise PlanError(f"attnsearch.apply: a CUDA graph is recording a compiled forward (torch.compile "
                             f"mode='reduce-overhead'), but the plan's layers change across its steps "
                             f"({len(self.plan.schedule)} schedule entries) and a replayed graph would run one "
@@ -289,7 +296,7 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         try:
             if self._current is not None:
                 self._check_expert(call.step, running)
-            return self._run(call)
+            return self._run(call, running)
         except PlanError as err:
             if not self.allow_dense_fallback:
                 raise PlanError(f"attnsearch.apply: step {call.step}, layer {call.layer}: {err} "
@@ -314,7 +321,7 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
             raise PlanError(f"model.experts: step {step} ran {running}, the plan gives it to {expected} (plan experts: "
                             f"{ranges}); was the plan made for this pipeline's boundary and step count?")
 
-    def _run(self, call: Any) -> torch.Tensor | None:
+    def _run(self, call: Any, expert: str | None = None) -> torch.Tensor | None:
         plan = self.plan
         q, k, v, kw = call.query, call.key, call.value, call.kwargs
         if call.step >= plan.num_steps:
@@ -324,7 +331,8 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
                             "(does the model make more attention calls per forward than the plan knows?)")
         if q.dim() != 4:
             raise PlanError(f"query: expected [batch, heads, N, head_dim], got shape {tuple(q.shape)}")
-        lp = self.layout.layer_plan(self._plan_for_call(q.shape[2]).layer_plan(call.step, call.layer), q.shape[1])
+        plan = self._plan_for_call(q.shape[2])
+        lp = self.layout.layer_plan(plan.layer_plan(call.step, call.layer), q.shape[1])
         lp.check_inputs(q.shape[2], q.shape[1])
         if lp.is_dense:
             self.stats["dense"] += 1
@@ -340,6 +348,14 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         from . import sparse_attention
 
         self.stats["sparse"] += 1
-        return sparse_attention(q, k, v, lp, backend=self.backend, scale=kw.get("scale"),
-                                enable_gqa=bool(kw.get("enable_gqa", False)))
+
+        def planned() -> torch.Tensor:
+            return sparse_attention(q, k, v, lp, backend=self.backend, scale=kw.get("scale"),
+                                    enable_gqa=bool(kw.get("enable_gqa", False)))
+
+        entry = plan.entry_at(call.step)
+        if not entry.residual:
+            return planned()
+        return self.residuals.run(call.step, call.layer, expert, entry, planned,
+                                  lambda: SdpaBackend.run_call(q, k, v, kw))
 

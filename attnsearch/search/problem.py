@@ -30,6 +30,14 @@ gives it (``runtime.parallel``), in parallel, so a unit costs its slowest rank: 
 re-costed with the full model per rank's heads and the maximum taken; the dense baseline is one
 rank's H/K heads. The inner solve stays additive (it minimises the ranks' total); the outer study,
 which sees these figures, steers towards plans whose ranks are balanced.
+
+Residual reuse (``residual_steps``, the exact steps): step ranges are cut at the exact steps (one mask
+per span, what reuse needs), every plan is split there by :func:`attnsearch.plan.residual_entries`
+(the steps after an exact one add its residual), and its cost and density count the exact steps
+(``CostModel.residual_ms``, ``Plan.mean_density``). In the error figure an exact step counts 0 (it is
+exact) and a later step its mask's own profiled error: the profile measures no residual drift, so
+the search ranks masks by what they miss; reuse removes much of that error (not a bound), and a
+validated search (``validate``) measures the plans as they run.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ import numpy as np
 from ..costmodel import HOST_PARTS, CostModel
 from ..patterns import SPARSE_FAMILIES
 from ..layer_plan import PRECISIONS
-from ..plan import LayerPlan, Plan, ScheduleEntry
+from ..plan import LayerPlan, Plan, PlanError, ScheduleEntry, check_residual_steps, residual_entries
 from ..profiling.classify import DENSITY_CAP, pick_class
 from .inner import CLASSES, DENSE, Units, solve_budget, solve_lagrangian
 from .space import SearchError, SearchSpace, step_ranges
@@ -115,8 +123,17 @@ class Problem:
     (None: all 1)."""
 
     def __init__(self, space: SearchSpace, cost_model: CostModel, *, ulysses: int = 1,
-                 precisions: tuple[str, ...] | None = None, weights: np.ndarray | None = None) -> None:
+                 precisions: tuple[str, ...] | None = None, weights: np.ndarray | None = None,
+                 residual_steps: tuple[int, ...] | None = None) -> None:
         self.space, self.cm = space, cost_model
+        if residual_steps is not None:
+            try:
+                residual_steps = check_residual_steps(residual_steps, space.shape[0])
+            except PlanError as err:
+                raise SearchError(str(err)) from None
+        self.residual_steps = residual_steps
+        #: Where step ranges are cut: expert hand-overs, and the exact steps under residual reuse.
+        self.boundaries = tuple(sorted({*space.boundaries, *(residual_steps or ())}))
         S, L, H, C = space.shape
         if not isinstance(ulysses, int) or isinstance(ulysses, bool) or ulysses < 1 or H % ulysses:
             raise SearchError(f"ulysses: the degree must be a positive divisor of the profile's {H} heads, "
@@ -141,6 +158,11 @@ class Problem:
                 raise SearchError(f"error weights: must be finite, ≥ 0 and of shape {(S, L, H)} (steps, layers, "
                                   f"heads), got shape {weights.shape}")
             err2 = err2 * weights[..., None]
+        if residual_steps is not None:  # an exact step that starts a span of two or more runs exactly
+            ends = [*self.boundaries, S][1:]
+            for s, stop in zip(self.boundaries, ends):
+                if s in residual_steps and stop - s >= 2:
+                    err2[s] = 0.0
         self.err2 = np.minimum(err2, np.finfo(np.float32).max).astype(np.float32)
         # Columns of a precision not searched are unavailable (inf cost); classed native, they add no
         # class set for the inner solver to try.
@@ -196,7 +218,7 @@ class Problem:
         """(ranges, cost [R, L, H, C], err [R, L, H, C], mean recall [R, L, H, C]) — cached."""
         key = (warmup, ranges)
         if key not in self._agg:
-            rs = step_ranges(self.num_steps, warmup, ranges, self.space.boundaries)
+            rs = step_ranges(self.num_steps, warmup, ranges, self.boundaries)
             cost = np.stack([self.cost[r.start:r.stop].sum(0, dtype=np.float64) for r in rs]).astype(np.float32)
             err = np.stack([self.err2[r.start:r.stop].sum(0, dtype=np.float64) for r in rs]).astype(np.float32)
             recall = np.stack([np.nanmean(self.space.recall[r.start:r.stop], 0) for r in rs])
@@ -276,8 +298,11 @@ class Problem:
         if self.ulysses > 1:
             unit_cost = self._slowest_rank_costs(rs, choice, dense_unit)
             warm_ms = k.warmup * L * self.rank_dense_layer_ms
-        return Assignment(k, rs, choice, dense_unit, float(unit_cost.sum() + warm_ms), float(err), sites,
-                          sol.lam, budget_result)
+        a = Assignment(k, rs, choice, dense_unit, float(unit_cost.sum() + warm_ms), float(err), sites,
+                       sol.lam, budget_result)
+        if self.residual_steps is not None:
+            a.cost_ms += self.cm.residual_ms(self.plan(a), heads=H // self.ulysses)
+        return a
 
     def _slowest_rank_costs(self, rs, choice, dense_unit) -> np.ndarray:
         """[R, L]: per unit, the full-model latency of its slowest rank (each rank its H/K heads)."""
@@ -352,7 +377,8 @@ class Problem:
         return S * L * (self.rank_baseline_layer_ms if self.ulysses > 1 else self.baseline_layer_ms)
 
     def plan(self, a: Assignment, **meta: Any) -> Plan:
-        """The Plan of an assignment: warm-up steps dense, then one schedule entry per step range."""
+        """The Plan of an assignment: warm-up steps dense, then one schedule entry per step range
+        (split for residual reuse when the problem reuses residuals)."""
         sp = self.space
         S, L, H, _ = sp.shape
         entries = []
@@ -373,7 +399,10 @@ class Problem:
                 layers.append(LayerPlan.from_heads(heads, sp.geometry, sp.block_size,
                                                    precisions=[sp.precisions[c] for c in a.choice[i, layer]]))
             entries.append(ScheduleEntry(r.start, r.stop, tuple(layers)))
-        return Plan(sp.geometry, sp.block_size, S, L, H, tuple(_merge(entries, sp.boundaries)), **meta)
+        schedule = tuple(_merge(entries, self.boundaries))
+        if self.residual_steps is not None:
+            schedule = residual_entries(schedule, self.residual_steps)
+        return Plan(sp.geometry, sp.block_size, S, L, H, schedule, **meta)
 
 
 def _merge(entries: list[ScheduleEntry], boundaries: tuple[int, ...] = ()) -> list[ScheduleEntry]:

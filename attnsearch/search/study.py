@@ -126,14 +126,18 @@ class _Search:
         self.S, self.L = S, L
         # Few values per knob that changes the per-range sums (each combination is aggregated once).
         self.warm_choices = sorted({0, *(w for w in (round(S * f) for f in (0.05, 0.1, 0.2)) if 0 < w < S)})
-        self.range_choices = sorted({1, *(r for r in (2, 4) if r < S), S - 0})
+        # Under residual reuse a plan's step ranges are the spans between its exact steps (a range
+        # cut elsewhere would start without a residual, and the error model cannot see what reuse saves).
+        reuse = next(iter(problems.values())).residual_steps is not None
+        self.range_choices = [1] if reuse else sorted({1, *(r for r in (2, 4) if r < S), S - 0})
         self.max_dense_layers = L // 4
         self.sizes = sorted(problems)
 
     @classmethod
     def build(cls, profs: Sequence[Profile], cm: CostModel, *, max_error: float | None, validate: int, spec,
               backend: str, validate_mode: str = "steps", ulysses: int = 1,
-              precisions: Sequence[str] | None = None, sensitivity: Sensitivity | None = None) -> "_Search":
+              precisions: Sequence[str] | None = None, sensitivity: Sensitivity | None = None,
+              residual_steps: Sequence[int] | None = None) -> "_Search":
         problems = {}
         for p in profs:
             space = build_space(p)
@@ -141,7 +145,7 @@ class _Search:
                 sensitivity.check_matches(space, p.model)
             problems[p.settings.block_size] = Problem(
                 space, cm, ulysses=ulysses, precisions=None if precisions is None else tuple(precisions),
-                weights=None if sensitivity is None else sensitivity.weights())
+                weights=None if sensitivity is None else sensitivity.weights(), residual_steps=None if residual_steps is None else tuple(residual_steps))
         validator = None
         if validate:
             from .validate import Validator
@@ -213,7 +217,8 @@ def worker_main(cfg: dict[str, Any], index: int, report: Callable[[dict[str, Any
     cm = CostModel(cfg["hardware"], head_dim=cfg["head_dim"], batch=cfg["batch"], execution=cfg["execution"])
     search = _Search.build(profs, cm, max_error=cfg["max_error"], validate=cfg["validate"], spec=spec,
                            backend=cfg["backend"], validate_mode=cfg["validate_mode"], ulysses=cfg["ulysses"],
-                           precisions=cfg["precisions"], sensitivity=cfg["sensitivity"])
+                           precisions=cfg["precisions"], sensitivity=cfg["sensitivity"],
+                           residual_steps=cfg["residual_steps"])
     rdb = open_storage(cfg["storage"], cfg["heartbeat_s"])
     study = _open_study(rdb, cfg["study"], _sampler_seed(cfg["seed"], index))
     deadline = started + cfg["timeout"] if cfg["timeout"] else None
@@ -237,7 +242,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
              batch: int = 1, seed: int = 0, study_name: str | None = None, backend: str = "auto",
              timeout: float | None = None, workers: int = 1, heartbeat_s: int = HEARTBEAT_S,
              ulysses: int = 1, portable: bool = True, precisions: Sequence[str] | None = None,
-             sensitivity=None, execution: str | None = None) -> OptimizeResult:
+             sensitivity=None, execution: str | None = None, residual_steps: Sequence[int] | None = None) -> OptimizeResult:
     """Search a plan for the profiled model and write it to ``out``.
 
     Args:
@@ -286,6 +291,11 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
             show; needs a table with host costs) or "graph" (device time: CUDA graphs, compiled
             with reduce-overhead, or wherever the host keeps ahead). None: graph. Recorded in the
             plan's ``hardware.execution``.
+        residual_steps: reuse residuals across steps (docs/design.md, "Residual reuse"): these
+            steps of a sparse range run exactly and the steps after each add what the layer plans
+            missed there (``attnsearch.plan.residual_entries``); cost and density count the exact
+            steps, the error figure is the layer plans' own (measured as run with ``validate``).
+            None: no reuse.
     Returns:
         OptimizeResult: the plan, where it was written, the chosen trial and why, the Pareto front.
     """
@@ -332,7 +342,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
     cm = CostModel(hardware, head_dim=head_dim, batch=batch, execution=execution)
     search = _Search.build(profs, cm, max_error=max_error, validate=validate, spec=spec, backend=backend,
                            validate_mode=validate_mode, ulysses=ulysses, precisions=precisions,
-                           sensitivity=sensitivity)
+                           sensitivity=sensitivity, residual_steps=None if residual_steps is None else tuple(residual_steps))
     problems = search.problems
     used_precisions = next(iter(problems.values())).precisions
 
@@ -345,7 +355,8 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
                 **({"precisions": list(used_precisions)} if used_precisions != ("native",) else {}),
                 **({"error_weights": sensitivity.digest()} if sensitivity is not None else {}),
                 # eager costs (host dispatch floors) are a different objective from device time
-                **({"execution": cm.execution} if cm.execution != "graph" else {})}
+                **({"execution": cm.execution} if cm.execution != "graph" else {}),
+                **({"residual_steps": sorted(residual_steps)} if residual_steps is not None else {})}
     fingerprint = _fingerprint(profs, settings)
     name = study_name or f"attnsearch-{profs[0].model.get('name', 'model')}-{fingerprint}"
     fresh = db is not None and not db.exists()
@@ -387,7 +398,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
                        "hardware": hardware, "head_dim": head_dim, "batch": batch, "validate": validate,
                        "validate_mode": validate_mode, "ulysses": ulysses, "precisions": precisions,
                        "backend": backend, "max_error": max_error, "storage": storage, "study": name,
-                       "sensitivity": sensitivity, "execution": cm.execution,
+                       "sensitivity": sensitivity, "execution": cm.execution, "residual_steps": residual_steps,
                        "heartbeat_s": heartbeat_s, "seed": seed, "target": target, "trials": to_run, "timeout": timeout}
                 errors = spawn(cfg, workers, on_trial, entry=f"{__name__}:worker_main")
                 if errors:

@@ -1,0 +1,70 @@
+"""Residual reuse across denoising steps (docs/design.md, "Residual reuse").
+
+A plan entry with ``residual`` runs its first step exactly and keeps, for every call of a layer with
+a sparse head, R = exact − planned (the part of the output the layer plan misses); each later step
+of the entry returns planned + R. Between neighbouring denoising steps a layer's attention output
+changes slowly, and so does what its mask misses, so the entry's later steps err by how much R
+drifts, not by R itself.
+
+:class:`ResidualStore` holds the residuals of one ``apply`` context, keyed by (expert, layer, the
+call's ordinal among that layer's calls in its step: CFG branches called separately are two calls),
+each tagged with the entry (its first step) that made it. A later step whose residual is missing,
+belongs to another entry or does not match the call's shape is a PlanError, never an output without
+it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable
+
+import torch
+
+from ..plan import PlanError, ScheduleEntry
+
+
+class ResidualStore:
+    """Residuals of one ``apply`` context (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple, tuple[int, torch.Tensor]] = {}
+        self._ordinal: Counter = Counter()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def nbytes(self) -> int:
+        """Bytes the kept residuals occupy."""
+        return sum(r.numel() * r.element_size() for _, r in self._kept.values())
+
+    def clear(self) -> None:
+        self._kept.clear()
+        self._ordinal.clear()
+
+    def run(self, step: int, layer: int, expert: str | None, entry: ScheduleEntry,
+            planned: Callable[[], torch.Tensor], exact: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The output of one call of a sparse layer in residual ``entry``: at the entry's first step
+        ``exact()``, keeping exact − ``planned()``; later ``planned()`` + the kept residual."""
+        ordinal = self._ordinal[(step, expert, layer)]
+        self._ordinal[(step, expert, layer)] += 1
+        key = (expert, layer, ordinal)
+        if entry.refreshes(step):
+            out = exact()
+            self._kept[key] = (entry.start, out - planned())
+            return out
+        kept = self._kept.get(key)
+        where = f"residual entry [{entry.start}, {entry.stop})"
+        if kept is None or kept[0] != entry.start:
+            raise PlanError(f"residual: step {step} of the {where} has no residual from its exact step "
+                            f"{entry.start} for call {ordinal} of this layer (did sampling start after step "
+                            f"{entry.start}, or does the entry cross an expert hand-over?)")
+        out = planned()
+        residual = kept[1]
+        if residual.shape != out.shape or residual.dtype != out.dtype or residual.device != out.device:
+            raise PlanError(f"residual: step {step} of the {where}: the call's output {tuple(out.shape)} "
+                            f"{out.dtype} does not match the residual kept at step {entry.start} "
+                            f"({tuple(residual.shape)} {residual.dtype}): the calls' shapes changed within the entry")
+        return out.add_(residual)
+
+
+__all__ = ["ResidualStore"]

@@ -1,0 +1,137 @@
+"""Searched plans on mini-vdit with residual reuse across steps, against the same search without it
+and against global masks with and without it: the same held-out videos.
+
+    python -m benchmarks.mini_vdit_residual --out reports/mini_vdit_residual \
+        [--sensitivity-from reports/mini_vdit_weighted/result.json] [--exact-steps 0,2,5,10 0,4,10]
+
+The committed profile (``profiles/mini-vdit.parquet``) is searched once per setting (``--trials``
+each, errors weighted by the sensitivity record of ``--sensitivity-from`` when given): without reuse,
+and with each set of exact steps (``optimize --residual-steps``: those steps run exact attention, the
+steps after each add what their masks missed there; docs/design.md, "Residual reuse"). For each
+density cap every search's lowest-error plan at or below it generates the held-out videos (noise
+seeds from 10,000, held-out conditions), beside the ``energy_decay`` and ``window`` global masks at
+each plan's density (a reuse plan's masks reuse residuals at the same exact steps, their density
+lowered by what those steps add). Writes ``result.json`` and ``figure.png`` (PSNR and SSIM against
+mean density) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from attnsearch.atomic_io import write_text_atomic
+from attnsearch.bench.output import environment
+from attnsearch.evaluate import evaluate, load_generator
+from attnsearch.report.style import save_figure
+from attnsearch.search.sensitivity import Sensitivity
+from attnsearch.search.sweep import density_sweep, distinct_plans
+
+DENSITIES = (0.2, 0.25, 0.3, 0.4)
+EXACT_STEPS = ("0,2,5,10", "0,4,10")
+BASELINES = ("energy_decay", "window")
+
+
+def series_key(run: dict) -> str:
+    """The curve a run belongs to: the search's label, or "<baseline>" / "<baseline>, reuse"."""
+    if run["kind"] == "baseline":
+        b = run["baseline"]
+        return b["baseline"] + (f", reuse at {','.join(map(str, b['residual_steps']))}" if b.get("residual_steps") else "")
+    return run["label"].split(" @ ")[0]
+
+
+def figure(data: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    curves: dict[str, dict[float, tuple[float, float, float]]] = {}
+    for r in data["runs"]:
+        o = r["overall"]
+        curves.setdefault(series_key(r), {})[round(r["density"], 6)] = (r["density"], o["psnr_db"], o["ssim"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for key in sorted(curves, key=lambda k: (not k.startswith(("static", "reuse")), k)):
+        points = [curves[key][d] for d in sorted(curves[key])]
+        searched = key.startswith(("static", "reuse"))
+        style = ("o-" if searched else "^--") if "reuse" in key or key == "static" else "v:"
+        for ax, i in zip(axes, (1, 2)):
+            ax.plot([p[0] for p in points], [p[i] for p in points], style, ms=4, lw=1.6 if searched else 1.0,
+                    label=key + ("" if searched else " (global)"))
+    axes[0].axhline(30, color="grey", lw=0.8, ls=":")
+    axes[0].set_ylabel("PSNR vs dense video (dB)")
+    axes[1].set_ylabel("SSIM vs dense video")
+    for ax in axes:
+        ax.set_xlabel("mean density (an exact step's dense call counted)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=6.5, frameon=False)
+    s = data["settings"]
+    fig.suptitle(f"mini-vdit {'×'.join(map(str, s['size']))}, {len(data['seeds'])} held-out videos, {s['steps']} "
+                 "steps: searched plans with and without residual reuse", fontsize=9)
+    save_figure(fig, path, tight=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.mini_vdit_residual", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--profile", type=Path, default=Path("profiles/mini-vdit.parquet"))
+    p.add_argument("--sensitivity-from", type=Path, default=None, metavar="RESULT",
+                   help="a result.json of benchmarks.mini_vdit_weighted whose sensitivity record weighs the errors")
+    p.add_argument("--exact-steps", nargs="+", default=list(EXACT_STEPS), help="sets of exact steps, e.g. 0,2,5,10")
+    p.add_argument("--size", type=int, nargs=3, default=[16, 64, 64], metavar=("FRAMES", "HEIGHT", "WIDTH"))
+    p.add_argument("--seeds", type=int, default=16, help="held-out videos")
+    p.add_argument("--trials", type=int, default=200, help="trials of each search")
+    p.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--figure-from", type=Path, default=None, metavar="RESULT", help="only draw a result.json's figure")
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.figure_from is not None:
+        figure(json.loads(args.figure_from.read_text()), args.out / "figure.png")
+        return
+    try:
+        exact_sets = [[int(s) for s in text.split(",")] for text in args.exact_steps]
+    except ValueError:
+        p.error(f"--exact-steps: comma-separated integers, got {args.exact_steps}")
+    started = time.time()
+    sens = None
+    if args.sensitivity_from is not None:
+        record = json.loads(args.sensitivity_from.read_text())["sensitivity"]
+        sens = Sensitivity.from_dict({k: v for k, v in record.items() if k != "seconds"}, str(args.sensitivity_from))
+    settings = {"static": None, **{f"reuse at {','.join(map(str, s))}": s for s in exact_sets}}
+    sweeps = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, exact) in enumerate(settings.items()):
+            sweeps[name] = density_sweep(args.profile, args.densities, trials=args.trials, folder=tmp, name=f"s{i}",
+                                         sensitivity=sens, residual_steps=exact)
+            print(f"searched {name} ({time.time() - started:.0f} s)", flush=True)
+    plans, labels = [], []
+    for name, points in sweeps.items():
+        for q in distinct_plans(points):
+            plans.append(q)
+            labels.append(f"{name} @ {q.mean_density:.3f}")
+    f, h, w = args.size
+    generator = load_generator("mini-vdit", device=args.device, frames=f, height=h, width=w)
+    result = evaluate(plans, generator, seeds=args.seeds, baselines=BASELINES, labels=labels,
+                      progress=lambda d: print(f"  video {d['done']}/{d['total']}", flush=True)
+                      if d["done"] % 100 == 0 else None)
+    data = result.to_dict()
+    data["settings"] = {"size": list(args.size), "steps": plans[0].num_steps, "trials": args.trials,
+                        "densities": sorted(args.densities), "profile": str(args.profile),
+                        "sensitivity_from": None if args.sensitivity_from is None else str(args.sensitivity_from),
+                        "exact_steps": exact_sets}
+    data["search"] = {name: [q.record() for q in points] for name, points in sweeps.items()}
+    data["benchmark"] = {**environment(), "device": args.device, "seconds": round(time.time() - started, 1)}
+    write_text_atomic(args.out / "result.json", json.dumps(data, separators=(",", ":"), allow_nan=False) + "\n")
+    figure(data, args.out / "figure.png")
+    for r in data["runs"]:
+        o = r["overall"]
+        print(f"{series_key(r):>32} @ {r['density']:.3f}: {o['psnr_db']:.2f} dB / SSIM {o['ssim']:.3f}"
+              + (f" (predicted {r['predicted']['speedup']:.2f}×)" if (r.get("predicted") or {}).get("speedup") else ""))
+    print(f"wrote {args.out} in {time.time() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

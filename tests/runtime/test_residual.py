@@ -1,0 +1,112 @@
+"""Residual reuse under apply: an entry's first step runs exactly and keeps exact − planned per call;
+its later steps return planned + that residual (docs/design.md, "Residual reuse")."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnsearch import Geometry
+from attnsearch.plan import Plan, PlanError, ScheduleEntry
+from attnsearch.runtime import apply
+from test_runtime import all_patterns, reference
+
+GEOM = Geometry(frames=4, height=6, width=16, text_tokens=13, text_position="prefix")  # N = 397
+HEADS, D = 6, 16
+
+
+class Attend(torch.nn.Module):
+    """One self-attention call per forward on the given q, k, v; records nothing."""
+
+    def forward(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+def residual_plan(steps: int = 4, exact: tuple[int, ...] = (0,)) -> Plan:
+    lp = all_patterns(GEOM, 64)
+    return Plan(GEOM, 64, steps, 1, HEADS, (ScheduleEntry(0, steps, (lp,)),)).with_residual(exact)
+
+
+def inputs(seed: int, batch: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, HEADS, GEOM.num_tokens, D, generator=g, dtype=torch.float64) for _ in range(3)]
+
+
+def exact(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+@torch.no_grad()
+def test_unchanged_inputs_give_exact_attention_at_every_step():
+    """Where a call's inputs do not change across steps, its residual is exactly what the mask
+    misses, so every later step returns exact attention, which the plan alone does not."""
+    plan = residual_plan()
+    lp = plan.layer_plan(0, 0)
+    q, k, v = inputs(0)
+    want = exact(q, k, v)
+    assert (reference(q, k, v, lp) - want).abs().max() > 0.1  # the mask alone is far from exact
+    net = Attend()
+    with apply(net, plan, backend="torch") as ap:
+        outs = [net(q, k, v) for _ in range(4)]
+    for out in outs:
+        torch.testing.assert_close(out, want, rtol=1e-9, atol=1e-9)
+    assert ap.stats["sparse"] == 4 and len(ap.residuals) == 0  # freed on exit
+
+
+@torch.no_grad()
+def test_later_steps_add_the_residual_of_their_entrys_exact_step():
+    plan = residual_plan(steps=5, exact=(0, 2))
+    assert [(e.start, e.stop, e.residual) for e in plan.schedule] == [(0, 2, True), (2, 5, True)]
+    lp = plan.layer_plan(0, 0)
+    xs = [inputs(s) for s in range(5)]
+    net = Attend()
+    with apply(net, plan, backend="torch"):
+        outs = [net(*x) for x in xs]
+    for step, out in enumerate(outs):
+        at = 0 if step < 2 else 2  # the entry's exact step
+        want = exact(*xs[step]) if step == at else \
+            reference(*xs[step], lp) + (exact(*xs[at]) - reference(*xs[at], lp))
+        torch.testing.assert_close(out, want, rtol=0, atol=1e-5, msg=f"step {step}")  # the backend's fp32 softmax
+    assert (outs[1] - exact(*xs[1])).abs().max() > 0.1  # the residual is not the inputs' own
+
+
+@torch.no_grad()
+def test_cfg_branches_called_apart_keep_their_own_residuals():
+    """Two calls of a layer in one step (CFG branches run separately): each later call adds the
+    residual of the call in the same position of the exact step."""
+    plan = residual_plan(steps=2)
+    cond, uncond = inputs(1, batch=1), inputs(2, batch=1)
+    net = Attend()
+    with apply(net, plan, backend="torch", auto_step=False) as ap:
+        outs = []
+        for step in (0, 1):
+            for x in (cond, uncond):  # each branch a forward of the same step (as a pipeline runs them)
+                ap.set_step(step)
+                outs.append(net(*x))
+    first, later = outs[:2], outs[2:]
+    assert ap.forwards == [(0, None), (0, None), (1, None), (1, None)]
+    for x, out0, out1 in zip((cond, uncond), first, later, strict=True):
+        torch.testing.assert_close(out0, exact(*x), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(out1, exact(*x), rtol=1e-9, atol=1e-9)
+
+
+@torch.no_grad()
+def test_a_step_without_its_exact_step_is_an_error():
+    plan = residual_plan(steps=4)
+    net = Attend()
+    with pytest.raises(PlanError, match=r"step 2, layer 0: residual: step 2 of the residual entry \[0, 4\) has no "
+                                        r"residual from its exact step 0"):
+        with apply(net, plan, backend="torch", auto_step=False) as ap:
+            ap.set_step(2)
+            net(*inputs(0))
+
+
+@torch.no_grad()
+def test_a_call_whose_shape_changed_within_the_entry_is_an_error():
+    plan = residual_plan(steps=2)
+    net = Attend()
+    with pytest.raises(PlanError, match=r"residual: step 1 .* does not match the residual kept at step 0"):
+        with apply(net, plan, backend="torch"):
+            net(*inputs(0, batch=2))
+            net(*inputs(0, batch=1))
