@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, exact) in enumerate(settings.items()):
             sweeps[name] = density_sweep(args.profile, args.densities, trials=args.trials, folder=tmp, name=f"s{i}",
-                                         sensitivity=sens, residual_steps=exact)
+                                         sensitivity=sens, residual_steps=exact, skip_unmet=True)
             print(f"searched {name} ({time.time() - started:.0f} s)", flush=True)
     plans, labels = [], []
     for name, points in sweeps.items():
