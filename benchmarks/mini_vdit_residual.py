@@ -2,12 +2,15 @@
 and against global masks with and without it: the same held-out videos.
 
     python -m benchmarks.mini_vdit_residual --out reports/mini_vdit_residual \
-        [--sensitivity-from reports/mini_vdit_weighted/result.json] [--exact-steps 0,2,5,10 0,4,10]
+        [--sensitivity-from reports/mini_vdit_weighted/result.json] [--exact-steps 0,2,5,10] [--validate 2]
 
 The committed profile (``profiles/mini-vdit.parquet``) is searched once per setting (``--trials``
 each, errors weighted by the sensitivity record of ``--sensitivity-from`` when given): without reuse,
 and with each set of exact steps (``optimize --residual-steps``: those steps run exact attention, the
-steps after each add what their masks missed there; docs/design.md, "Residual reuse"). For each
+steps after each add what their masks missed there; docs/design.md, "Residual reuse"). With
+``--validate N`` each set is also searched with every trial's plan run on N whole trajectories of
+training conditions (``--validated-trials`` trials, ``optimize --validate N --validate-mode
+trajectory``): the error the search then ranks plans by is the videos' own, reuse included. For each
 density cap every search's lowest-error plan at or below it generates the held-out videos (noise
 seeds from 10,000, held-out conditions), beside the ``energy_decay`` and ``window`` global masks at
 each plan's density (a reuse plan's masks reuse residuals at the same exact steps, their density
@@ -33,7 +36,7 @@ from attnsearch.search.sensitivity import Sensitivity
 from attnsearch.search.sweep import density_sweep, distinct_plans
 
 DENSITIES = (0.2, 0.25, 0.3, 0.4)
-EXACT_STEPS = ("0,2,5,10", "0,4,10")
+EXACT_STEPS = ("0,2,5,10",)
 BASELINES = ("energy_decay", "window")
 
 
@@ -45,6 +48,10 @@ def series_key(run: dict) -> str:
     return run["label"].split(" @ ")[0]
 
 
+def searched(key: str) -> bool:
+    return key.startswith(("static", "reuse"))
+
+
 def figure(data: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -53,13 +60,12 @@ def figure(data: dict, path: Path) -> None:
         o = r["overall"]
         curves.setdefault(series_key(r), {})[round(r["density"], 6)] = (r["density"], o["psnr_db"], o["ssim"])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key in sorted(curves, key=lambda k: (not k.startswith(("static", "reuse")), k)):
+    for key in sorted(curves, key=lambda k: (not searched(k), k)):
         points = [curves[key][d] for d in sorted(curves[key])]
-        searched = key.startswith(("static", "reuse"))
-        style = ("o-" if searched else "^--") if "reuse" in key or key == "static" else "v:"
+        style = ("o-" if searched(key) else "^--") if "reuse" in key or key == "static" else "v:"
         for ax, i in zip(axes, (1, 2)):
-            ax.plot([p[0] for p in points], [p[i] for p in points], style, ms=4, lw=1.6 if searched else 1.0,
-                    label=key + ("" if searched else " (global)"))
+            ax.plot([p[0] for p in points], [p[i] for p in points], style, ms=4, lw=1.6 if searched(key) else 1.0,
+                    label=key + ("" if searched(key) else " (global)"))
     axes[0].axhline(30, color="grey", lw=0.8, ls=":")
     axes[0].set_ylabel("PSNR vs dense video (dB)")
     axes[1].set_ylabel("SSIM vs dense video")
@@ -83,6 +89,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=int, nargs=3, default=[16, 64, 64], metavar=("FRAMES", "HEIGHT", "WIDTH"))
     p.add_argument("--seeds", type=int, default=16, help="held-out videos")
     p.add_argument("--trials", type=int, default=200, help="trials of each search")
+    p.add_argument("--validate", type=int, default=0, help="trajectories each trial of a validated reuse search runs "
+                                                          "(0: no validated search)")
+    p.add_argument("--validated-trials", type=int, default=60)
+    p.add_argument("--conditions", type=int, default=4, help="training conditions the profile was made with")
     p.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--figure-from", type=Path, default=None, metavar="RESULT", help="only draw a result.json's figure")
@@ -100,19 +110,30 @@ def main(argv: list[str] | None = None) -> None:
     if args.sensitivity_from is not None:
         record = json.loads(args.sensitivity_from.read_text())["sensitivity"]
         sens = Sensitivity.from_dict({k: v for k, v in record.items() if k != "seconds"}, str(args.sensitivity_from))
-    settings = {"static": None, **{f"reuse at {','.join(map(str, s))}": s for s in exact_sets}}
+    f, h, w = args.size
+    validated = {}
+    if args.validate:
+        from attnsearch.models import load_model
+
+        spec = load_model("mini-vdit", conditions=args.conditions, steps=20, frames=f, height=h, width=w,
+                          device=args.device)
+        validated = {"trials": args.validated_trials, "model": spec, "validate": args.validate,
+                     "validate_mode": "trajectory"}
+    settings = {"static": ({}, None), **{f"reuse at {','.join(map(str, s))}": ({}, s) for s in exact_sets},
+                **({f"reuse at {','.join(map(str, s))}, validated": (validated, s) for s in exact_sets}
+                   if validated else {})}
     sweeps = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, exact) in enumerate(settings.items()):
-            sweeps[name] = density_sweep(args.profile, args.densities, trials=args.trials, folder=tmp, name=f"s{i}",
-                                         sensitivity=sens, residual_steps=exact, skip_unmet=True)
+        for i, (name, (extra, exact)) in enumerate(settings.items()):
+            sweeps[name] = density_sweep(args.profile, args.densities, **{"trials": args.trials, **extra},
+                                         folder=tmp, name=f"s{i}", sensitivity=sens, residual_steps=exact,
+                                         skip_unmet=True)
             print(f"searched {name} ({time.time() - started:.0f} s)", flush=True)
     plans, labels = [], []
     for name, points in sweeps.items():
         for q in distinct_plans(points):
             plans.append(q)
             labels.append(f"{name} @ {q.mean_density:.3f}")
-    f, h, w = args.size
     generator = load_generator("mini-vdit", device=args.device, frames=f, height=h, width=w)
     result = evaluate(plans, generator, seeds=args.seeds, baselines=BASELINES, labels=labels,
                       progress=lambda d: print(f"  video {d['done']}/{d['total']}", flush=True)
@@ -121,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     data["settings"] = {"size": list(args.size), "steps": plans[0].num_steps, "trials": args.trials,
                         "densities": sorted(args.densities), "profile": str(args.profile),
                         "sensitivity_from": None if args.sensitivity_from is None else str(args.sensitivity_from),
-                        "exact_steps": exact_sets}
+                        "exact_steps": exact_sets, "validate": args.validate,
+                        "validated_trials": args.validated_trials if args.validate else None}
     data["search"] = {name: [q.record() for q in points] for name, points in sweeps.items()}
     data["benchmark"] = {**environment(), "device": args.device, "seconds": round(time.time() - started, 1)}
     write_text_atomic(args.out / "result.json", json.dumps(data, separators=(",", ":"), allow_nan=False) + "\n")
