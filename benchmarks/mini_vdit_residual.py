@@ -40,11 +40,11 @@ EXACT_STEPS = ("0,2,5,10",)
 BASELINES = ("energy_decay", "window")
 
 
-def series_key(run: dict) -> str:
-    """The curve a run belongs to: the search's label, or "<baseline>" / "<baseline>, reuse"."""
+def series_key(run: dict, runs: list[dict]) -> str:
+    """The curve a run belongs to: its search's label, or "<baseline> beside <search>" (a global
+    mask at the density, and with the reuse, of a plan of that search)."""
     if run["kind"] == "baseline":
-        b = run["baseline"]
-        return b["baseline"] + (f", reuse at {','.join(map(str, b['residual_steps']))}" if b.get("residual_steps") else "")
+        return f"{run['baseline']['baseline']} beside {series_key(runs[run['of']], runs)}"
     return run["label"].split(" @ ")[0]
 
 
@@ -58,14 +58,14 @@ def figure(data: dict, path: Path) -> None:
     curves: dict[str, dict[float, tuple[float, float, float]]] = {}
     for r in data["runs"]:
         o = r["overall"]
-        curves.setdefault(series_key(r), {})[round(r["density"], 6)] = (r["density"], o["psnr_db"], o["ssim"])
+        curves.setdefault(series_key(r, data["runs"]), {})[round(r["density"], 6)] = (r["density"], o["psnr_db"], o["ssim"])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for key in sorted(curves, key=lambda k: (not searched(k), k)):
         points = [curves[key][d] for d in sorted(curves[key])]
-        style = ("o-" if searched(key) else "^--") if "reuse" in key or key == "static" else "v:"
+        style = "o-" if searched(key) else ("^--" if "reuse" in key else "v:")
         for ax, i in zip(axes, (1, 2)):
             ax.plot([p[0] for p in points], [p[i] for p in points], style, ms=4, lw=1.6 if searched(key) else 1.0,
-                    label=key + ("" if searched(key) else " (global)"))
+                    label=key if searched(key) else f"global {key}")
     axes[0].axhline(30, color="grey", lw=0.8, ls=":")
     axes[0].set_ylabel("PSNR vs dense video (dB)")
     axes[1].set_ylabel("SSIM vs dense video")
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     figure(data, args.out / "figure.png")
     for r in data["runs"]:
         o = r["overall"]
-        print(f"{series_key(r):>32} @ {r['density']:.3f}: {o['psnr_db']:.2f} dB / SSIM {o['ssim']:.3f}"
+        print(f"{series_key(r, data['runs']):>48} @ {r['density']:.3f}: {o['psnr_db']:.2f} dB / SSIM {o['ssim']:.3f}"
               + (f" (predicted {r['predicted']['speedup']:.2f}×)" if (r.get("predicted") or {}).get("speedup") else ""))
     print(f"wrote {args.out} in {time.time() - started:.0f} s")
 
