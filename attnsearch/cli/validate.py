@@ -27,6 +27,10 @@ def validate(plan_path: Path = typer.Argument(..., metavar="PLAN", help="A plan 
             console.print(f"non-portable: runs at {shown(plan.geometry)} only")
         if shares:
             console.print("head-steps by pattern: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
+        if plan.has_residual:
+            console.print(f"residual reuse: exact steps {', '.join(map(str, plan.residual_steps))} (each runs dense "
+                          f"attention beside its masks; the steps after it add what they missed), mean density "
+                          f"{plan.mean_density:.3f} with them")
         if plan.precision_share("fp8"):
             console.print(f"FP8 kept blocks: {plan.precision_share('fp8'):.0%} of the computed head-steps")
         if plan.predicted:

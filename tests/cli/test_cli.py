@@ -137,3 +137,15 @@ def test_sensitivity_then_a_weighted_search(tmp_path):
     assert res.exit_code == 0, res.output
     layers = Sensitivity.load(tmp_path / "l.json")
     assert layers.sites == "layers" and (layers.head_gain == layers.head_gain[:, :1]).all()
+
+
+def test_validate_names_a_plans_exact_steps(tmp_path):
+    from attnsearch import Geometry
+    from attnsearch.plan import LayerPlan, Plan, ScheduleEntry, write_plan
+
+    geom = Geometry(3, 8, 8)
+    lp = LayerPlan.from_heads([("diagonal", {"rows": 1.0}), ("energy_decay", {"decay": 0.5})], geom, 64)
+    plan = Plan(geom, 64, 6, 1, 2, (ScheduleEntry(0, 6, (lp,)),)).with_residual([0, 3])
+    res = runner.invoke(app, ["validate", str(write_plan(plan, tmp_path / "p.json"))])
+    assert res.exit_code == 0 and "residual reuse: exact steps 0, 3" in res.output
+    assert f"mean density {plan.mean_density:.3f} with them" in res.output.replace("\n", " ")

@@ -281,3 +281,13 @@ def test_sensitivity_inputs_are_checked_before_any_probe(folder):
     assert "cannot read sensitivity record" in one_error(*cli("optimize", good, "--sensitivity",
                                                               folder / "none.json", "--out", folder / "p.json"))
     assert tree(folder) == before
+
+
+def test_optimize_names_residual_steps_it_cannot_use(folder, tmp_path):
+    line = one_error(*cli("optimize", folder / "good.parquet", "--out", tmp_path / "p.json", "--residual-steps", "0,a"))
+    assert "--residual-steps must be comma-separated integers, got '0,a'" in line
+    code, output = cli("optimize", folder / "good.parquet", "--out", tmp_path / "p.json", "--residual-steps", "0,99")
+    errors = [ln for ln in output.splitlines() if ln.startswith("error:")]
+    assert code == 2 and "Traceback" not in output and len(errors) == 1, output
+    assert "residual_steps: step 99 is outside the plan's steps" in errors[0]
+    assert not (tmp_path / "p.json").exists()
