@@ -55,24 +55,30 @@ def searched(key: str) -> bool:
 def figure(data: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    curves: dict[str, dict[float, tuple[float, float, float]]] = {}
+    curves: dict[str, dict[float, tuple[float, float, float, float]]] = {}
     for r in data["runs"]:
         o = r["overall"]
-        curves.setdefault(series_key(r, data["runs"]), {})[round(r["density"], 6)] = (r["density"], o["psnr_db"], o["ssim"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for key in sorted(curves, key=lambda k: (not searched(k), k)):
+        speedup = (r.get("predicted") or {}).get("speedup") or float("nan")
+        curves.setdefault(series_key(r, data["runs"]), {})[round(r["density"], 6)] = (
+            r["density"], o["psnr_db"], o["ssim"], speedup)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.9))
+    for n, key in enumerate(sorted(curves, key=lambda k: (not searched(k), k))):
         points = [curves[key][d] for d in sorted(curves[key])]
         style = "o-" if searched(key) else ("^--" if "reuse" in key else "v:")
-        for ax, i in zip(axes, (1, 2)):
-            ax.plot([p[0] for p in points], [p[i] for p in points], style, ms=4, lw=1.6 if searched(key) else 1.0,
-                    label=key if searched(key) else f"global {key}")
-    axes[0].axhline(30, color="grey", lw=0.8, ls=":")
-    axes[0].set_ylabel("PSNR vs dense video (dB)")
+        kw = {"ms": 4, "lw": 1.6 if searched(key) else 1.0, "color": f"C{n}",
+              "label": key if searched(key) else f"global {key}"}
+        for ax, (x, y) in zip(axes, ((0, 1), (0, 2), (3, 1))):
+            ax.plot([p[x] for p in points], [p[y] for p in points], style, **kw)
+    for ax in (axes[0], axes[2]):
+        ax.axhline(30, color="grey", lw=0.8, ls=":")
+        ax.set_ylabel("PSNR vs dense video (dB)")
     axes[1].set_ylabel("SSIM vs dense video")
+    axes[0].set_xlabel("mean density (an exact step's dense call counted)")
+    axes[1].set_xlabel("mean density")
+    axes[2].set_xlabel("predicted attention speedup over cuDNN dense")
     for ax in axes:
-        ax.set_xlabel("mean density (an exact step's dense call counted)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6.5, frameon=False)
+    axes[0].legend(fontsize=6, frameon=False)
     s = data["settings"]
     fig.suptitle(f"mini-vdit {'×'.join(map(str, s['size']))}, {len(data['seeds'])} held-out videos, {s['steps']} "
                  "steps: searched plans with and without residual reuse", fontsize=9)
