@@ -110,3 +110,30 @@ def test_a_call_whose_shape_changed_within_the_entry_is_an_error():
         with apply(net, plan, backend="torch"):
             net(*inputs(0, batch=2))
             net(*inputs(0, batch=1))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU correctness: needs CUDA")
+@torch.no_grad()
+def test_residual_reuse_on_the_gpu_kernels_in_bf16():
+    """"auto" (the Hopper kernel where it runs, else Triton) in bf16: a later step is planned(s) +
+    (exact(0) − planned(0)) as the fp32 references compute it, and with unchanged inputs exact."""
+    geom = Geometry(6, 16, 32, 0)  # N = 3072
+    lp = all_patterns(geom, 128)
+    plan = Plan(geom, 128, 3, 1, HEADS, (ScheduleEntry(0, 3, (lp,)),)).with_residual([0])
+    g = torch.Generator(device="cuda").manual_seed(0)
+    xs = [[torch.randn(2, HEADS, geom.num_tokens, 64, generator=g, device="cuda", dtype=torch.bfloat16)
+           for _ in range(3)] for _ in range(2)]
+    net = Attend()
+    with apply(net, plan, backend="auto"):
+        outs = [net(*xs[0]), net(*xs[1]), net(*xs[1])]
+    f64 = [[t.double() for t in x] for x in xs]
+    want1 = reference(*f64[1], lp) + (exact(*f64[0]) - reference(*f64[0], lp))
+    for got, want in ((outs[0], exact(*f64[0])), (outs[1], want1), (outs[2], want1)):
+        assert ((got.double() - want).norm() / want.norm()).item() < 0.02  # bf16 storage of R and the output
+    with apply(net, plan, backend="auto"):
+        same = [net(*xs[0]) for _ in range(3)]
+    want0 = exact(*f64[0])
+    assert all(((o.double() - want0).norm() / want0.norm()).item() < 0.02 for o in same)
+    planned = reference(*f64[0], lp)
+    assert ((planned - want0).norm() / want0.norm()).item() > 0.2  # what the masks alone would give
