@@ -48,7 +48,8 @@ test: $(STAMP) system-deps
 GPU_REPORTS := reports/runtime_sweep reports/head_dim_64 reports/dense_layers reports/wan_e2e \
                reports/wan14b_720p reports/wan_compile reports/costmodel_accuracy reports/profiling_cost \
                reports/retarget_fidelity reports/mini_vdit_steps reports/mini_vdit_blocks reports/fp8_layers \
-               reports/mini_vdit_fp8 reports/hopper_probe reports/mini_vdit_weighted reports/host_dispatch
+               reports/mini_vdit_fp8 reports/hopper_probe reports/mini_vdit_weighted reports/host_dispatch \
+               reports/mini_vdit_residual
 REPORTS     := $(GPU_REPORTS) reports/search_speed reports/minilm_classes reports/mini_vdit_sensitivity
 
 .PHONY: reports $(REPORTS)
@@ -97,6 +98,9 @@ reports/mini_vdit_weighted: $(STAMP)
 		--size 16 128 128 --conditions 2 --seeds 8 --trials 100 --densities 0.15 0.2 0.3
 	mv $@/16k/result.json $@/result-16x128x128.json && mv $@/16k/figure.png $@/figure-16x128x128.png && rm -r $@/16k
 	$(PY) -m benchmarks.mini_vdit_weighted --out $@ --figures-from $@/result.json
+reports/mini_vdit_residual: reports/mini_vdit_weighted
+	$(PY) -m benchmarks.mini_vdit_residual --out $@ --sensitivity-from $</result.json --seeds 16 --trials 200 \
+		--validate 2 --validated-trials 60
 reports/host_dispatch: $(STAMP)
 	$(PY) -m benchmarks.host_dispatch --out $@ --hardware kernels/nvidia-h100-80gb-hbm3.json
 reports/mini_vdit_sensitivity: $(STAMP)
