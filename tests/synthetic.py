@@ -30,6 +30,25 @@ def small_profile(folder: Path, precisions: tuple[str, ...] = ("native",),
     return path, prof
 
 
+def large_profile(folder: Path, steps: int = 2, seed: int = 1, precisions: tuple[str, ...] = ("native",),
+                  fingerprint: str = "r1") -> tuple[Path, Profile]:
+    """``steps`` × 2 layers × 4 heads of random attention at N = 8,192 (B = 64, head_dim 32): large
+    enough that sparse layers beat dense ones in the H100 table; saved as folder/large.parquet."""
+    geom = Geometry(8, 32, 32)
+    gen = torch.Generator().manual_seed(seed)
+    parts = []
+    for step in range(steps):
+        for layer in range(2):
+            q, k, v = (torch.randn(1, 4, geom.num_tokens, 32, generator=gen) for _ in range(3))
+            parts.append(profile_tensors(q, k, v, geom, layer=layer, step=step, block_size=64, queries=32,
+                                         precisions=precisions))
+    prof = Profile.concat(parts)
+    prof.model = {"name": "random", "fingerprint": fingerprint}
+    path = Path(folder) / "large.parquet"
+    prof.save(path)
+    return path, prof
+
+
 def table_without_host(folder: Path):
     """The shipped H100 table without host dispatch costs (a table calibrated before they were
     measured), saved as folder/without-host.json; its path."""

@@ -26,27 +26,8 @@ def fp8_profile(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def large_fp8_profile(tmp_path_factory):
-    """2 steps × 2 layers × 4 heads at N = 8,192 (B = 64): large enough that sparse layers beat dense
-    ones in the H100 table, with FP8 errors."""
-    import torch
-
-    from attnsearch import Geometry
-    from attnsearch.profiling.profile_io import Profile
-    from attnsearch.profiling.profiler import profile_tensors
-
-    geom = Geometry(8, 32, 32)
-    gen = torch.Generator().manual_seed(1)
-    parts = []
-    for step in range(2):
-        for layer in range(2):
-            q, k, v = (torch.randn(1, 4, geom.num_tokens, 32, generator=gen) for _ in range(3))
-            parts.append(profile_tensors(q, k, v, geom, layer=layer, step=step, block_size=64, queries=32,
-                                         precisions=("native", "fp8")))
-    prof = Profile.concat(parts)
-    prof.model = {"name": "random", "fingerprint": "r1"}
-    path = tmp_path_factory.mktemp("fp8large") / "large.parquet"
-    prof.save(path)
-    return path, prof
+    """2 steps × 2 layers × 4 heads at N = 8,192 (B = 64), with FP8 errors."""
+    return synthetic.large_profile(tmp_path_factory.mktemp("fp8large"), precisions=("native", "fp8"))
 
 
 def fp8_table(folder, tile_factor: float, quantize_gbps: float = 2000.0, fp8_host_us: float | None = None):

@@ -3,31 +3,19 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
-from attnsearch import Geometry, load_plan
+from attnsearch import load_plan
 from attnsearch.costmodel import CostModel
 from attnsearch.costmodel.table import DEFAULT_TABLE
-from attnsearch.profiling.profile_io import Profile
-from attnsearch.profiling.profiler import profile_tensors
 from attnsearch.search import SearchError, optimize
+
+import synthetic
 
 
 @pytest.fixture(scope="module")
 def profile_path(tmp_path_factory):
     """4 steps × 2 layers × 4 heads at N = 8,192 (B = 64): sparse layers beat dense ones there."""
-    geom = Geometry(8, 32, 32)
-    gen = torch.Generator().manual_seed(2)
-    parts = []
-    for step in range(4):
-        for layer in range(2):
-            q, k, v = (torch.randn(1, 4, geom.num_tokens, 32, generator=gen) for _ in range(3))
-            parts.append(profile_tensors(q, k, v, geom, layer=layer, step=step, block_size=64, queries=32))
-    prof = Profile.concat(parts)
-    prof.model = {"name": "random", "fingerprint": "r2"}
-    path = tmp_path_factory.mktemp("residual") / "p.parquet"
-    prof.save(path)
-    return path
+    return synthetic.large_profile(tmp_path_factory.mktemp("residual"), steps=4, seed=2, fingerprint="r2")[0]
 
 
 def test_plans_reuse_residuals_from_the_exact_steps_and_are_costed_with_them(profile_path, tmp_path):
