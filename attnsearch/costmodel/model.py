@@ -293,16 +293,16 @@ class CostModel:
 
     def residual_ms(self, plan, heads: int | None = None) -> float:
         """What ``plan``'s residual entries add to its layer plans' time: each layer with a sparse
-        head pays cuDNN's dense call (:meth:`dense_ms`) at the entry's exact step and
-        :meth:`residual_pass_ms` at every step of the entry. ``heads``: the heads one call carries
-        (one rank's under context parallelism; default the plan's)."""
+        head pays an exact call at the entry's exact step (what an all-dense layer costs,
+        :meth:`dense_layer_ms`) and :meth:`residual_pass_ms` at every step of the entry. ``heads``:
+        the heads one call carries (one rank's under context parallelism; default the plan's)."""
         heads = plan.num_heads if heads is None else heads
         n = plan.geometry.num_tokens
         total = 0.0
         for e in plan.schedule:
             if e.residual:
                 sparse_layers = sum(not lp.is_dense for lp in e.layers)
-                total += sparse_layers * (float(self.dense_ms(n, heads))
+                total += sparse_layers * (self.dense_layer_ms(n, heads, plan.block_size)
                                           + (e.stop - e.start) * self.residual_pass_ms(heads, n))
         return total
 

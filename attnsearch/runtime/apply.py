@@ -26,8 +26,8 @@ q, k, v, kwargs) to a consumer. A call runs ``plan.layer_plan(step, layer)``:
   attention, 10-18% faster than cuDNN's on an H100), else the real SDPA (every keyword honoured)
   with cuDNN's kernel first on Hopper;
 - otherwise :func:`sparse_attention` with the call's ``scale`` and ``enable_gqa``; in a schedule
-  entry that reuses a residual, its first step runs the real SDPA and keeps the difference, and the
-  later steps add it (:mod:`attnsearch.runtime.residual`, freed when the context exits).
+  entry that reuses a residual, its first step also runs the layer exactly (as an all-dense layer
+  runs) and keeps the difference, and the later steps add it (:mod:`attnsearch.runtime.residual`, freed when the context exits).
 
 Geometry of a call. A call at the plan's geometry runs the plan as it is. A call at another
 geometry runs ``plan.for_geometry(geometry)`` (built once per geometry), where the geometry comes
@@ -63,7 +63,7 @@ from typing import Any
 import torch
 
 from ..geometry import Geometry
-from ..plan import Plan, PlanError
+from ..plan import LayerPlan, Plan, PlanError
 from ..profiling.capture import _SDPA, SDPACall
 from . import ops
 from .backends import Backend, SdpaBackend, dense_kernel_reasons
@@ -336,12 +336,7 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         lp.check_inputs(q.shape[2], q.shape[1])
         if lp.is_dense:
             self.stats["dense"] += 1
-            if not dense_kernel_reasons(q, k, v, lp, kw, self.backend):
-                from . import sparse_attention
-
-                return sparse_attention(q, k, v, lp, backend="hopper", scale=kw.get("scale"),
-                                        enable_gqa=bool(kw.get("enable_gqa", False)))
-            return SdpaBackend.run_call(q, k, v, kw)  # dense by plan: exact SDPA, cuDNN first on Hopper
+            return self._dense(q, k, v, kw, lp)
         unsupported = Backend.keyword_reasons(q, k, kw)  # what no block-sparse backend honours
         if unsupported:
             raise PlanError(unsupported[0])
@@ -357,5 +352,17 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         if not entry.residual:
             return planned()
         return self.residuals.run(call.step, call.layer, expert, entry, planned,
-                                  lambda: SdpaBackend.run_call(q, k, v, kw))
+                                  lambda: self._dense(q, k, v, kw, LayerPlan.dense(lp.geometry, lp.num_heads,
+                                                                                   lp.block_size)))
+
+    def _dense(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kw: dict[str, Any],
+               lp: LayerPlan) -> torch.Tensor:
+        """Exact attention of a call (``lp`` all dense): the Hopper kernel with every key block kept
+        where it can run the call, else the real SDPA (cuDNN first on Hopper)."""
+        if not dense_kernel_reasons(q, k, v, lp, kw, self.backend):
+            from . import sparse_attention
+
+            return sparse_attention(q, k, v, lp, backend="hopper", scale=kw.get("scale"),
+                                    enable_gqa=bool(kw.get("enable_gqa", False)))
+        return SdpaBackend.run_call(q, k, v, kw)
 

@@ -445,8 +445,9 @@ def test_fit_host_separates_the_parts_and_borrows_what_a_kernel_never_showed():
 
 def test_a_residual_entry_pays_a_dense_call_at_its_exact_step_and_a_pass_at_every_step():
     """Figures by hand: a residual entry of k steps over layers with sparse heads costs, per such
-    layer, the layer plan k times, cuDNN dense once, and k elementwise passes over the output (3
-    bytes moved per output byte at the fill's bandwidth); an all-dense layer in it pays nothing more."""
+    layer, the layer plan k times, an exact call once (as an all-dense layer runs: the Hopper kernel
+    with every block kept on this table), and k elementwise passes over the output (3 bytes moved
+    per output byte at the fill's bandwidth); an all-dense layer in it pays nothing more."""
     from attnsearch.plan import ScheduleEntry
 
     geom = Geometry(4, 16, 32, 20)
@@ -458,7 +459,7 @@ def test_a_residual_entry_pays_a_dense_call_at_its_exact_step_and_a_pass_at_ever
     reuse = plain.with_residual([0, 4])                         # [0, 4) and [4, 6) reuse
     pass_ms = cm.table.fill.launch_us * 1e-3 + 3 * batch * heads * n * 128 * 2 / (cm.table.fill.gbps * 1e6)
     assert cm.residual_pass_ms(heads, n) == pytest.approx(pass_ms)
-    extra = 2 * float(cm.dense_ms(n, heads)) + 6 * pass_ms      # one sparse layer, two exact steps
+    extra = 2 * cm.dense_layer_ms(n, heads, 128) + 6 * pass_ms  # one sparse layer, two exact steps
     assert cm.residual_ms(reuse) == pytest.approx(extra)
     assert cm.plan_ms(reuse) == pytest.approx(cm.plan_ms(plain) + extra)
     assert cm.residual_ms(plain) == 0.0
