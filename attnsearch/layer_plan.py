@@ -222,6 +222,12 @@ class LayerPlan:
         return tuple(h for h, (pat, _) in enumerate(self.head_specs) if pat != "skip")
 
     @property
+    def inexact_heads(self) -> tuple[int, ...]:
+        """Heads whose output is not exact attention: every head but the native dense ones."""
+        return tuple(h for h, (pat, _) in enumerate(self.head_specs)
+                     if not (pat == "dense" and self.head_precisions[h] == DEFAULT_PRECISION))
+
+    @property
     def is_dense(self) -> bool:
         """Every head of the layer is dense in native precision (exact attention: the runtime runs it
         as such, on cuDNN or the Hopper kernel)."""

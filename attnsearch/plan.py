@@ -85,9 +85,10 @@ _GEOMETRY_CACHE = 16
 class ScheduleEntry:
     """Steps [start, stop) run ``layers``: one LayerPlan per layer (index = layer), or None = all dense.
 
-    ``residual``: step ``start`` runs every layer with a sparse head exactly and keeps, per call,
-    the exact output minus the layer plan's; steps (start, stop) add that residual to their layer
-    plan's output (docs/design.md, "Residual reuse"). Only for listed entries of two steps or more."""
+    ``residual``: step ``start`` runs each layer's inexact heads (all but native dense ones) also
+    exactly and keeps, per call, their exact output minus the layer plan's; steps (start, stop) add
+    that residual to their layer plan's output (docs/design.md, "Residual reuse"). Only for listed
+    entries of two steps or more."""
 
     start: int
     stop: int
@@ -325,8 +326,8 @@ class Plan:
     @property
     def mean_density(self) -> float:
         """Kept blocks / all blocks over every (step, layer) call, a dense layer counting 1: the
-        share of dense attention FLOPs the plan computes. A residual entry's exact step counts 1 +
-        the layer plan's density for each layer with a sparse head (it runs both)."""
+        share of dense attention FLOPs the plan computes. A residual entry's exact step also counts
+        the exact call of each layer's inexact heads (their share of the layer's heads)."""
         total = 0.0
         for e in self.schedule:
             if e.layers is None:
@@ -334,7 +335,7 @@ class Plan:
                 continue
             total += (e.stop - e.start) * sum(lp.density for lp in e.layers)
             if e.residual:
-                total += sum(1.0 for lp in e.layers if not lp.is_dense)
+                total += sum(len(lp.inexact_heads) / self.num_heads for lp in e.layers)
         return total / (self.num_steps * self.num_layers)
 
     # -- constructors and serialisation ------------------------------------------------------------

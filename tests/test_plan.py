@@ -270,13 +270,15 @@ def test_residual_entries_split_listed_entries_at_the_exact_steps(tmp_path):
     assert [(e.start, e.stop, e.residual) for e in one.schedule][1:] == [(2, 4, False), (4, 5, False)]
 
 
-def test_mean_density_counts_a_residual_entrys_exact_step_as_dense_plus_mask():
+def test_mean_density_counts_the_exact_calls_of_a_residual_entrys_inexact_heads():
     plain = Plan.from_dict(plan_dict())
     reuse = plain.with_residual([2])
-    sparse_layers = sum(not lp.is_dense for lp in plain.schedule[1].layers)
-    assert sparse_layers == 2
-    # one exact step: each sparse layer computes a dense call beside its mask
-    assert reuse.mean_density == pytest.approx(plain.mean_density + sparse_layers / (5 * 3))
+    # layer 0: 4 inexact heads (an FP8 head is inexact too); layer 2: 4; layer 1 all dense: none
+    assert [len(lp.inexact_heads) for lp in plain.schedule[1].layers] == [4, 0, 4]
+    mixed = LayerPlan.from_heads([("dense", {}), ("diagonal", {"rows": 1}), ("dense", {}), ("skip", {})], GEOM, B)
+    assert mixed.inexact_heads == (1, 3)
+    # one exact step (of 5 steps × 3 layers): each inexact head computes a dense call beside its mask
+    assert reuse.mean_density == pytest.approx(plain.mean_density + (4 / 4 + 4 / 4) / (5 * 3))
 
 
 @pytest.mark.parametrize("edit, field", [

@@ -272,9 +272,9 @@ class CostModel:
         return self._layer_cache[key]
 
     def residual_pass_ms(self, num_heads: int, num_tokens: int) -> float:
-        """One elementwise pass over a layer's output that reuses a residual (exact − planned at an
-        entry's exact step, planned + residual at the others): it reads two outputs and writes one,
-        priced at the zero fill's measured bandwidth (the same kind of memory-bound pass)."""
+        """One elementwise pass over the output of ``num_heads`` heads that reuse a residual (exact −
+        planned at an entry's exact step, planned + residual at the others): it reads two outputs and
+        writes one, priced at the zero fill's measured bandwidth (the same kind of memory-bound pass)."""
         nbytes = 3 * self.batch * num_heads * num_tokens * self.head_dim * self.dtype_bytes
         return float(self.table.fill.ms(nbytes))
 
@@ -292,18 +292,22 @@ class CostModel:
         return total + self.residual_ms(plan)
 
     def residual_ms(self, plan, heads: int | None = None) -> float:
-        """What ``plan``'s residual entries add to its layer plans' time: each layer with a sparse
-        head pays an exact call at the entry's exact step (what an all-dense layer costs,
-        :meth:`dense_layer_ms`) and :meth:`residual_pass_ms` at every step of the entry. ``heads``:
-        the heads one call carries (one rank's under context parallelism; default the plan's)."""
+        """What ``plan``'s residual entries add to its layer plans' time: each layer's inexact heads
+        (``LayerPlan.inexact_heads``) pay an exact call at the entry's exact step (what an all-dense
+        layer of that many heads costs, :meth:`dense_layer_ms`) and :meth:`residual_pass_ms` at every
+        step of the entry. ``heads``: the heads one call carries (one rank's under context
+        parallelism: its share of the inexact heads, rounded up; default the plan's)."""
         heads = plan.num_heads if heads is None else heads
         n = plan.geometry.num_tokens
         total = 0.0
         for e in plan.schedule:
-            if e.residual:
-                sparse_layers = sum(not lp.is_dense for lp in e.layers)
-                total += sparse_layers * (self.dense_layer_ms(n, heads, plan.block_size)
-                                          + (e.stop - e.start) * self.residual_pass_ms(heads, n))
+            if not e.residual:
+                continue
+            for lp in e.layers:
+                k = -(-len(lp.inexact_heads) * heads // plan.num_heads)
+                if k:
+                    total += (self.dense_layer_ms(n, k, plan.block_size)
+                              + (e.stop - e.start) * self.residual_pass_ms(k, n))
         return total
 
     def dense_plan_ms(self, plan) -> float:

@@ -351,9 +351,21 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         entry = plan.entry_at(call.step)
         if not entry.residual:
             return planned()
-        return self.residuals.run(call.step, call.layer, expert, entry, planned,
-                                  lambda: self._dense(q, k, v, kw, LayerPlan.dense(lp.geometry, lp.num_heads,
-                                                                                   lp.block_size)))
+        heads = lp.inexact_heads
+        return self.residuals.run(call.step, call.layer, expert, entry, heads, planned,
+                                  lambda: self._exact_heads(q, k, v, kw, lp, heads))
+
+    def _exact_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kw: dict[str, Any],
+                     lp: LayerPlan, heads: tuple[int, ...]) -> torch.Tensor:
+        """Exact attention of ``heads`` of a call, [batch, len(heads), N, D], run as an all-dense layer
+        of that many heads (each query head with its own key/value head)."""
+        dense = LayerPlan.dense(lp.geometry, len(heads), lp.block_size)
+        if len(heads) == q.shape[1]:
+            return self._dense(q, k, v, kw, dense)
+        index = torch.tensor(heads, device=q.device)
+        kv_index = index // (q.shape[1] // k.shape[1])
+        return self._dense(q.index_select(1, index), k.index_select(1, kv_index), v.index_select(1, kv_index),
+                           {**kw, "enable_gqa": False}, dense)
 
     def _dense(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kw: dict[str, Any],
                lp: LayerPlan) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """Residual reuse across denoising steps (docs/design.md, "Residual reuse").
 
-A plan entry with ``residual`` runs its first step exactly and keeps, for every call of a layer with
-a sparse head, R = exact − planned (the part of the output the layer plan misses); each later step
-of the entry returns planned + R. Between neighbouring denoising steps a layer's attention output
+A plan entry with ``residual`` runs, at its first step, every call's inexact heads (all but the
+native dense ones) also exactly and keeps R = exact − planned on those heads (the part of their
+output the layer plan misses); each later step of the entry returns planned + R. Between neighbouring denoising steps a layer's attention output
 changes slowly, and so does what its mask misses, so the entry's later steps err by how much R
 drifts, not by R itself.
 
@@ -41,17 +41,24 @@ class ResidualStore:
         self._kept.clear()
         self._ordinal.clear()
 
-    def run(self, step: int, layer: int, expert: str | None, entry: ScheduleEntry,
+    def run(self, step: int, layer: int, expert: str | None, entry: ScheduleEntry, heads: tuple[int, ...],
             planned: Callable[[], torch.Tensor], exact: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """The output of one call of a sparse layer in residual ``entry``: at the entry's first step
-        ``exact()``, keeping exact − ``planned()``; later ``planned()`` + the kept residual."""
+        """The output of one call in residual ``entry`` whose inexact heads are ``heads`` (dim 1 of
+        the output): ``planned()`` with, at the entry's first step, those heads replaced by
+        ``exact()`` (their exact output, [batch, len(heads), N, D]) and exact − planned kept; at
+        the later steps the kept residual added to them."""
         ordinal = self._ordinal[(step, expert, layer)]
         self._ordinal[(step, expert, layer)] += 1
         key = (expert, layer, ordinal)
         if entry.refreshes(step):
-            out = exact()
-            self._kept[key] = (entry.start, out - planned())
-            return out
+            out = planned()
+            exact_out = exact()
+            if len(heads) == out.shape[1]:
+                self._kept[key] = (entry.start, exact_out - out)
+                return exact_out
+            index = torch.tensor(heads, device=out.device)
+            self._kept[key] = (entry.start, exact_out - out.index_select(1, index))
+            return out.index_copy_(1, index, exact_out)
         kept = self._kept.get(key)
         where = f"residual entry [{entry.start}, {entry.stop})"
         if kept is None or kept[0] != entry.start:
@@ -60,11 +67,14 @@ class ResidualStore:
                             f"{entry.start}, or does the entry cross an expert hand-over?)")
         out = planned()
         residual = kept[1]
-        if residual.shape != out.shape or residual.dtype != out.dtype or residual.device != out.device:
+        want = (out.shape[0], len(heads), *out.shape[2:])
+        if tuple(residual.shape) != want or residual.dtype != out.dtype or residual.device != out.device:
             raise PlanError(f"residual: step {step} of the {where}: the call's output {tuple(out.shape)} "
                             f"{out.dtype} does not match the residual kept at step {entry.start} "
                             f"({tuple(residual.shape)} {residual.dtype}): the calls' shapes changed within the entry")
-        return out.add_(residual)
+        if len(heads) == out.shape[1]:
+            return out.add_(residual)
+        return out.index_add_(1, torch.tensor(heads, device=out.device), residual)
 
 
 __all__ = ["ResidualStore"]

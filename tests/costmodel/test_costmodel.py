@@ -463,3 +463,7 @@ def test_a_residual_entry_pays_a_dense_call_at_its_exact_step_and_a_pass_at_ever
     assert cm.residual_ms(reuse) == pytest.approx(extra)
     assert cm.plan_ms(reuse) == pytest.approx(cm.plan_ms(plain) + extra)
     assert cm.residual_ms(plain) == 0.0
+    # a layer of two dense heads among six: the exact call and the passes cover the other four
+    mixed = LayerPlan.from_heads([("diagonal", {"rows": 2})] * 4 + [("dense", {})] * 2, geom, 128)
+    some = Plan(geom, 128, 6, 2, heads, (ScheduleEntry(0, 6, (mixed, dense)),)).with_residual([0])
+    assert cm.residual_ms(some) == pytest.approx(cm.dense_layer_ms(n, 4, 128) + 6 * cm.residual_pass_ms(4, n))
