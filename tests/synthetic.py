@@ -31,17 +31,26 @@ def small_profile(folder: Path, precisions: tuple[str, ...] = ("native",),
 
 
 def large_profile(folder: Path, steps: int = 2, seed: int = 1, precisions: tuple[str, ...] = ("native",),
-                  fingerprint: str = "r1") -> tuple[Path, Profile]:
+                  fingerprint: str = "r1", residual_steps: tuple[int, ...] = ()) -> tuple[Path, Profile]:
     """``steps`` × 2 layers × 4 heads of random attention at N = 8,192 (B = 64, head_dim 32): large
-    enough that sparse layers beat dense ones in the H100 table; saved as folder/large.parquet."""
+    enough that sparse layers beat dense ones in the H100 table; saved as folder/large.parquet.
+    ``residual_steps``: also the errors under reuse there (each step's inputs the previous step's
+    plus a little noise, so residuals drift slowly, as along a denoising trajectory)."""
+    from attnsearch.profiling.profile_io import ProfileSettings
+    from attnsearch.profiling.reuse import ReuseTracker
+
     geom = Geometry(8, 32, 32)
     gen = torch.Generator().manual_seed(seed)
+    settings = ProfileSettings(queries=32, block_size=64, precisions=precisions, residual_steps=residual_steps)
+    tracker = ReuseTracker(residual_steps) if residual_steps else None
+    layers = [[torch.randn(1, 4, geom.num_tokens, 32, generator=gen) for _ in range(3)] for _ in range(2)]
     parts = []
     for step in range(steps):
         for layer in range(2):
-            q, k, v = (torch.randn(1, 4, geom.num_tokens, 32, generator=gen) for _ in range(3))
-            parts.append(profile_tensors(q, k, v, geom, layer=layer, step=step, block_size=64, queries=32,
-                                         precisions=precisions))
+            if step:
+                layers[layer] = [t + 0.1 * torch.randn(t.shape, generator=gen) for t in layers[layer]]
+            parts.append(profile_tensors(*layers[layer], geom, layer=layer, step=step, settings=settings,
+                                         reuse=tracker))
     prof = Profile.concat(parts)
     prof.model = {"name": "random", "fingerprint": fingerprint}
     path = Path(folder) / "large.parquet"

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from ..jsondata import read_json
-from .common import (UsageError, check_at_least, check_output_paths, check_range, console, err_console, parse_options,
-                     print_class_table, progress_bar, run, shown)
+from .common import (UsageError, check_at_least, check_output_paths, check_range, console, err_console,
+                     parse_int_list, parse_options, print_class_table, progress_bar, run, shown)
 
 
 def profile(
@@ -40,6 +40,9 @@ def profile(
     height: Optional[int] = typer.Option(None, help="Video height (the model's height option: pixels for diffusers)."),
     width: Optional[int] = typer.Option(None, help="Video width (the model's width option: pixels for diffusers)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Guidance scale (CFG)."),
+    residual_steps: Optional[str] = typer.Option(None, help="Also measure each candidate's error under residual "
+                                                            "reuse at these exact steps (e.g. 0,2,5,10; column "
+                                                            "rel_err_reuse), for optimize --residual-steps."),
 ) -> None:
     """Record per-head attention statistics of a model and classify every head."""
     from ..models import geometry_hint, load_model
@@ -66,8 +69,14 @@ def profile(
         for family, _ in grid_obj.fixed:  # the grid's params must mean something at this geometry
             grid_obj.params_for(family, spec.geometry, bs)
         precisions = ("native", "fp8") if fp8 else ("native",)
+        exact = () if residual_steps is None else tuple(parse_int_list("--residual-steps", residual_steps))
+        if residual_steps is not None and not exact:
+            raise UsageError("--residual-steps must name at least one step")
+        if exact and is_distributed():
+            raise UsageError("--residual-steps: residual reuse is measured along whole trajectories; profile on "
+                             "one process (sharded profiling splits the steps)")
         settings = ProfileSettings(queries=queries, seed=seed, block_size=bs, map_size=map_size, grid=grid_obj,
-                                   precisions=precisions)
+                                   precisions=precisions, residual_steps=exact)
         if steps is not None and steps > len(spec.inputs):
             raise UsageError(f"--steps {steps} exceeds the {len(spec.inputs)} inputs model {spec.name!r} provides")
         n_steps = steps or len(spec.inputs)

@@ -11,7 +11,11 @@ has its ``recall`` and ``rel_err`` as the mean over all of them plus, per prompt
 is the same for every prompt (one mask serves them all). A profile whose settings name
 precisions beyond ``native`` has one error column per such precision after ``rel_err``
 (``rel_err_fp8``: the candidate with its kept blocks in FP8, :func:`precision_columns`), and per
-prompt ``prompt{i}.rel_err_fp8`` after that prompt's ``rel_err``. Written to a temporary file beside
+prompt ``prompt{i}.rel_err_fp8`` after that prompt's ``rel_err``. A profile whose settings name
+``residual_steps`` has, after those, ``rel_err_reuse``: the candidate's error at that step under
+residual reuse at those exact steps (0 at an exact step, the drift of its residual from its span's
+exact step after one, its own ``rel_err`` before the first; batch mean only, not per prompt;
+docs/design.md, "Residual reuse"). Written to a temporary file beside
 the target and renamed, so an interrupted run never leaves a half-written profile.
 """
 
@@ -50,6 +54,8 @@ PROMPT_STATS = ("recall", "rel_err")
 FP8_COLUMN = "rel_err_fp8"
 #: The error column of each precision beyond native (whose error is ``rel_err``).
 PRECISION_COLUMNS = {"fp8": FP8_COLUMN}
+#: The optional column of a profile that measured residual reuse (``residual_steps``).
+REUSE_COLUMN = "rel_err_reuse"
 #: Integer fields of the metadata's `attention` (the profiled calls' shape).
 ATTENTION_COUNTS = ("batch", "heads", "kv_heads", "head_dim")
 
@@ -65,9 +71,11 @@ def prompt_columns(prompts: int, precisions: tuple[str, ...] = ("native",)) -> l
     return [f"prompt{i}.{stat}" for i in range(prompts) for stat in stats]
 
 
-def table_columns(prompts: int = 0, precisions: tuple[str, ...] = ("native",)) -> list[str]:
-    """Every column of a profile table of ``prompts`` prompts measured at ``precisions``, in order."""
-    return TABLE_COLUMNS + precision_columns(precisions) + prompt_columns(prompts, precisions)
+def table_columns(prompts: int = 0, precisions: tuple[str, ...] = ("native",), reuse: bool = False) -> list[str]:
+    """Every column of a profile table of ``prompts`` prompts measured at ``precisions`` (and under
+    residual reuse, ``reuse``), in order."""
+    return (TABLE_COLUMNS + precision_columns(precisions) + ([REUSE_COLUMN] if reuse else [])
+            + prompt_columns(prompts, precisions))
 
 
 def _precisions(value: Any) -> tuple[str, ...]:
@@ -87,7 +95,8 @@ def _precisions(value: Any) -> tuple[str, ...]:
 class ProfileSettings:
     """How a profile samples and what it measures. ``precisions``: the precisions whose error
     each candidate gets (``native``: ``rel_err``, always; ``fp8``: ``rel_err_fp8``), held in
-    :data:`~attnsearch.layer_plan.PRECISIONS` order."""
+    :data:`~attnsearch.layer_plan.PRECISIONS` order. ``residual_steps``: exact steps of residual
+    reuse whose error each candidate also gets (``rel_err_reuse``; empty: none), ascending."""
 
     queries: int = 256
     seed: int = 0
@@ -95,6 +104,7 @@ class ProfileSettings:
     map_size: int = 64
     grid: CandidateGrid = field(default_factory=CandidateGrid)
     precisions: tuple[str, ...] = ("native",)
+    residual_steps: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         check_block_size(self.block_size)
@@ -103,6 +113,11 @@ class ProfileSettings:
         if self.map_size < 1:
             raise ProfileError(f"map_size must be ≥ 1, got {self.map_size}")
         object.__setattr__(self, "precisions", _precisions(self.precisions))
+        steps = self.residual_steps
+        if not isinstance(steps, (list, tuple)) or any(isinstance(s, bool) or not isinstance(s, int) or s < 0
+                                                        for s in steps) or len(set(steps)) != len(steps):
+            raise ProfileError(f"residual_steps must be distinct step numbers ≥ 0, got {str(steps)[:60]!r}")
+        object.__setattr__(self, "residual_steps", tuple(sorted(steps)))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON data; ``precisions`` only where it names more than native, so a native profile's
@@ -113,6 +128,10 @@ class ProfileSettings:
             del out["precisions"]
         else:
             out["precisions"] = list(self.precisions)
+        if self.residual_steps:
+            out["residual_steps"] = list(self.residual_steps)
+        else:
+            del out["residual_steps"]
         return out
 
     @classmethod
@@ -120,6 +139,8 @@ class ProfileSettings:
         """The settings of :meth:`to_dict`; without ``precisions`` (older files): native only."""
         data = dict(data)
         data["grid"] = CandidateGrid.from_dict(data.get("grid", {}))
+        if "residual_steps" in data and isinstance(data["residual_steps"], list):
+            data["residual_steps"] = tuple(data["residual_steps"])
         return cls(**data)
 
 
@@ -154,7 +175,7 @@ class Profile:
     @property
     def columns(self) -> list[str]:
         """The table's columns (:func:`table_columns` of its prompts and precisions)."""
-        return table_columns(self.num_prompts, self.settings.precisions)
+        return table_columns(self.num_prompts, self.settings.precisions, bool(self.settings.residual_steps))
 
     def prompt_table(self, prompt: int) -> pd.DataFrame:
         """The table as prompt ``prompt`` alone measured it (TABLE_COLUMNS and the precisions' error
@@ -299,12 +320,14 @@ def read_profile(path: str | os.PathLike) -> Profile:
         raise ProfileError(f"{path}: the table cannot be read ({str(exc).splitlines()[0]})") from None
     prompts = _field(path, "prompts", _prompts, meta.get("prompts", []))
     settings = _field(path, "settings", lambda g: ProfileSettings.from_dict(_mapping(g)), meta["settings"])
-    columns = table_columns(len(prompts), settings.precisions)
+    columns = table_columns(len(prompts), settings.precisions, bool(settings.residual_steps))
     missing = [c for c in columns if c not in df.columns]
     if missing:
         why = [f"metadata prompts names {len(prompts)}"] if prompts else []
         if len(settings.precisions) > 1:
             why.append(f"settings.precisions names {', '.join(settings.precisions)}")
+        if settings.residual_steps:
+            why.append(f"settings.residual_steps names {', '.join(map(str, settings.residual_steps))}")
         raise ProfileError(f"{path}: profile table lacks column(s) {', '.join(missing)}"
                            + (f" ({'; '.join(why)})" if why else ""))
     df = df[columns]
@@ -413,6 +436,6 @@ def _count(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
-__all__ = ["FORMAT", "FP8_COLUMN", "PRECISION_COLUMNS", "PROMPT_STATS", "SCHEMA_VERSION", "TABLE_COLUMNS", "Profile",
+__all__ = ["FORMAT", "FP8_COLUMN", "PRECISION_COLUMNS", "PROMPT_STATS", "REUSE_COLUMN", "SCHEMA_VERSION", "TABLE_COLUMNS", "Profile",
            "ProfileError", "ProfileSettings", "default_path", "precision_columns", "prompt_columns", "read_profile",
            "table_columns", "write_profile"]

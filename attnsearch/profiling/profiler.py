@@ -32,6 +32,7 @@ from ..geometry import Geometry, GeometryError
 from ..runtime.quantize import fp8_operands, round_probabilities
 from .candidates import CandidateGrid, StripeCandidates, candidate_label, static_candidates, stripe_candidates
 from .profile_io import Profile, ProfileError, ProfileSettings, table_columns
+from .reuse import ReuseTracker
 
 #: Cap on the fp32 working set of one head chunk (logits + per-block partial outputs).
 DEFAULT_CHUNK_BYTES = 1 << 30
@@ -63,30 +64,36 @@ def sample_queries(num_tokens: int, count: int, seed: int, step: int, layer: int
 # --- measurement (pure tensor functions) -------------------------------------------------------
 
 
-def _candidate_stats(keep: torch.Tensor, p_blk: torch.Tensor, u: torch.Tensor, o_full: torch.Tensor):
+def _candidate_stats(keep: torch.Tensor, p_blk: torch.Tensor, u: torch.Tensor, o_full: torch.Tensor,
+                     diffs: list | None = None):
     """recall and rel_err of candidates for one head chunk.
 
     keep: [h or 1, C, Q, nb] float (1 = block kept for that query's row); p_blk: [h, Q, nb] softmax
     mass per key block; u: [h, Q, nb, D] per-block partial outputs; o_full: [h, Q, D].
     Returns recall [h, C], rel_err [h, C]. The candidate's output per row is Σ_kept u / Σ_kept p_blk,
     so p_blk may be any positive multiple per row of the softmax mass (unnormalised weights, as
-    :func:`fp8_partials` gives): rel_err is the same, recall is then not a share.
+    :func:`fp8_partials` gives): rel_err is the same, recall is then not a share. ``diffs``: a list
+    the candidates' outputs minus ``o_full`` [h, C, Q, D] are appended to.
     """
     mass = torch.einsum("hcqn,hqn->hcq", keep.expand(p_blk.shape[0], -1, -1, -1), p_blk)
     num = torch.einsum("hcqn,hqnd->hcqd", keep.expand(p_blk.shape[0], -1, -1, -1), u)
     # A row with no kept mass (only `skip`) outputs zero, as the runtime does.
     o_cand = num.div_(mass.clamp_min(1e-30)[..., None]).masked_fill_(~(mass[..., None] > 0), 0.0)
-    err = o_cand.sub_(o_full[:, None]).flatten(2).norm(dim=2)
+    o_cand.sub_(o_full[:, None])
+    if diffs is not None:
+        diffs.append(o_cand)
+    err = o_cand.flatten(2).norm(dim=2)
     ref = o_full.flatten(1).norm(dim=1).clamp_min(1e-30)
     return mass.mean(-1), err / ref[:, None]
 
 
 def _measure(keep: torch.Tensor, partials: list[tuple[torch.Tensor, torch.Tensor]],
-             o_full: torch.Tensor) -> list[torch.Tensor]:
+             o_full: torch.Tensor, diffs: list | None = None) -> list[torch.Tensor]:
     """recall and rel_err [h, C] of the candidates ``keep`` from the first (native) partials
-    (p_blk, u), then the rel_err of each further precision's partials."""
+    (p_blk, u), then the rel_err of each further precision's partials (``diffs``: see
+    :func:`_candidate_stats`, native only)."""
     (p_blk, u), *others = partials
-    return [*_candidate_stats(keep, p_blk, u, o_full),
+    return [*_candidate_stats(keep, p_blk, u, o_full, diffs),
             *(_candidate_stats(keep, pb, ub, o_full)[1] for pb, ub in others)]
 
 
@@ -158,7 +165,8 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
                     layer: int = 0, step: int = 0, block_size: int = 128, queries: int = 256, seed: int = 0,
                     grid: CandidateGrid | None = None, map_size: int = 64, scale: float | None = None,
                     settings: ProfileSettings | None = None, precisions: Sequence[str] = ("native",),
-                    chunk_bytes: int = DEFAULT_CHUNK_BYTES, prompts: int = 0) -> Profile:
+                    chunk_bytes: int = DEFAULT_CHUNK_BYTES, prompts: int = 0,
+                    reuse: ReuseTracker | None = None) -> Profile:
     """Profile one attention call.
 
     q, k, v: [batch, heads, N, D] (k/v may have fewer heads that divide ``heads``: GQA), any dtype
@@ -169,7 +177,9 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
     With ``fp8`` in the precisions (``settings.precisions``, else ``precisions``) the table also
     holds ``rel_err_fp8`` (and per prompt ``prompt{i}.rel_err_fp8``): the error of the candidate
     with its kept blocks in FP8, the operands quantized per batch element and head over the whole
-    call (:func:`fp8_partials`).
+    call (:func:`fp8_partials`). With ``settings.residual_steps`` the table also holds
+    ``rel_err_reuse`` (:mod:`attnsearch.profiling.reuse`), measured against what ``reuse`` (the
+    trajectory's tracker, given the calls in step order) kept at the span's exact step.
     """
     settings = settings or ProfileSettings(queries, seed, block_size, map_size, grid or CandidateGrid(),
                                            tuple(precisions))
@@ -198,7 +208,13 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
     started = time.perf_counter()
     device = q.device
 
-    rows = sample_queries(n, settings.queries, settings.seed, step, layer).to(device)
+    if settings.residual_steps and reuse is None:
+        raise ProfileError(f"{where}: residual reuse is measured along a trajectory: profile the model's steps "
+                           "(profile_model), whose calls share one ReuseTracker")
+    anchor = reuse.anchor(step) if reuse is not None else None
+    ordinal = reuse.begin(step, layer) if reuse is not None else 0
+    # Every step of a reuse span samples its exact step's rows: drift is measured on the same rows.
+    rows = sample_queries(n, settings.queries, settings.seed, step if anchor is None else anchor, layer).to(device)
     qblock = rows // bs
     static = static_candidates(geometry, bs, settings.grid)
     keep_static = _device_masks(geometry, bs, settings.grid, str(device))[:, qblock].float()[None] \
@@ -215,6 +231,9 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
     # every batch element measures the same candidate.
     stripes: dict[int, StripeCandidates] = {}
     vs_sums: list[torch.Tensor] = []
+    # Sums over batch elements of the error under reuse [heads, C] (batch mean only).
+    static_reuse = torch.zeros(heads, len(static.patterns), device=device, dtype=torch.float64)
+    vs_reuse: torch.Tensor | None = None
     map_sum = None
     for b in range(bsz):
         share = b * shares // bsz
@@ -235,18 +254,31 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
             if fp8:
                 partials.append(fp8_partials(q[b, hs], k[b, kv_heads], v[b, kv_heads], rows, scale, bs))
             if keep_static is not None:
-                for total, value in zip(static_sums, _measure(keep_static, partials, o_full)):
+                diffs: list | None = [] if reuse is not None else None
+                values = _measure(keep_static, partials, o_full, diffs)
+                for total, value in zip(static_sums, values):
                     total[share, hs] += value
+                if reuse is not None:
+                    static_reuse[hs] += reuse.error((layer, ordinal, b, h0, "static"), step, diffs[0], o_full,
+                                                    values[1])
             if b == 0:
-                stripes[h0] = stripe_candidates(p_blk.mean(1), geometry, bs, settings.grid)
+                def make(pb=p_blk):
+                    return stripe_candidates(pb.mean(1), geometry, bs, settings.grid)
+
+                stripes[h0] = make() if reuse is None else reuse.stripes((layer, ordinal, h0), step, make)
             vs = stripes[h0]
             if vs.masks.shape[1]:
-                values = _measure(vs.masks[:, :, qblock].float(), partials, o_full)
+                diffs = [] if reuse is not None else None
+                values = _measure(vs.masks[:, :, qblock].float(), partials, o_full, diffs)
                 if not vs_sums:
                     vs_sums = [torch.zeros(shares, heads, values[0].shape[1], device=device,
                                            dtype=torch.float64) for _ in values]
+                    vs_reuse = torch.zeros(heads, values[0].shape[1], device=device, dtype=torch.float64)
                 for total, value in zip(vs_sums, values):
                     total[share, hs] += value
+                if reuse is not None:
+                    vs_reuse[hs] += reuse.error((layer, ordinal, b, h0, "stripes"), step, diffs[0], o_full,
+                                                values[1])
             bmap = _block_map(p_blk, qblock, nb, settings.map_size)
             if map_sum is None:
                 map_sum = torch.zeros(heads, *bmap.shape[1:], device=device)
@@ -261,10 +293,10 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
     # One host transfer per statistic, then plain Python floats: per-element tensor indexing here
     # would cost more than the whole GPU pass.
     # [heads, C, k·(1 + P)]: the k means (recall, rel_err[, rel_err_fp8]), then each prompt's k.
-    stats = _share_stats(static_sums, bsz, prompts).tolist()
+    stats = _share_stats(static_sums, bsz, prompts, static_reuse if reuse is not None else None).tolist()
     static_density = static.density.tolist()
     if vs_sums:
-        vs_stats = _share_stats(vs_sums, bsz, prompts).tolist()
+        vs_stats = _share_stats(vs_sums, bsz, prompts, vs_reuse if reuse is not None else None).tolist()
     records: list[tuple] = []
     for h0, vs in stripes.items():
         vs_density = vs.density.tolist()
@@ -274,7 +306,7 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
                         for c, (name, params) in enumerate(zip(static.patterns, static.params))]
             records += [(step, layer, h, name, params, vs_density[i][c], *vs_stats[h][c])
                         for c, (name, params) in enumerate(ids)]
-    table = _make_table(records, prompts, settings.precisions)
+    table = _make_table(records, prompts, settings.precisions, reuse is not None)
     maps = {(layer, h): (map_sum[h] / bsz).float().cpu() for h in range(heads)}
     elapsed = time.perf_counter() - started
     return Profile(table, geometry, settings, maps=maps, map_steps={key: 1 for key in maps},
@@ -283,20 +315,23 @@ def profile_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, geometry:
                               "dtype": str(q.dtype).removeprefix("torch.")})
 
 
-def _share_stats(sums: list[torch.Tensor], bsz: int, prompts: int) -> torch.Tensor:
+def _share_stats(sums: list[torch.Tensor], bsz: int, prompts: int, reuse: torch.Tensor | None = None) -> torch.Tensor:
     """k statistics' [shares, heads, C] sums over each share's batch elements → [heads, C,
-    k·(1 + prompts)]: the batch means of the k, then per prompt its share's means of the k (the
-    order of :func:`~attnsearch.profiling.profile_io.table_columns`)."""
+    k·(1 + prompts) (+ 1)]: the batch means of the k, the batch mean of ``reuse`` ([heads, C] sums)
+    where given, then per prompt its share's means of the k (the order of
+    :func:`~attnsearch.profiling.profile_io.table_columns`)."""
     per_share = bsz // sums[0].shape[0]
     out = [total.sum(0) / bsz for total in sums]
+    if reuse is not None:
+        out.append(reuse / bsz)
     for i in range(prompts):
         out += [total[i] / per_share for total in sums]
     return torch.stack(out, dim=-1)
 
 
 def _make_table(records: list[tuple], prompts: int = 0,
-                precisions: tuple[str, ...] = ("native",)) -> pd.DataFrame:
-    columns = table_columns(prompts, precisions)
+                precisions: tuple[str, ...] = ("native",), reuse: bool = False) -> pd.DataFrame:
+    columns = table_columns(prompts, precisions, reuse)
     df = pd.DataFrame.from_records(records, columns=[c for c in columns if c != "candidate"])
     df.insert(5, "candidate", [candidate_label(p, json.loads(j)) for p, j in zip(df["pattern"], df["params"])])
     stats = columns[columns.index("density"):]
@@ -315,6 +350,9 @@ def profile_calls(spec, step_indices: Sequence[int], settings: ProfileSettings,
     from ..models import split_input
 
     parts: list[Profile] = []
+    reuse = ReuseTracker(settings.residual_steps) if settings.residual_steps else None
+    if reuse is not None and list(step_indices) != sorted(step_indices):
+        raise ProfileError("residual_steps: a profile of residual reuse runs its steps in order")
 
     def consumer(call) -> None:
         kw = call.kwargs
@@ -324,7 +362,7 @@ def profile_calls(spec, step_indices: Sequence[int], settings: ProfileSettings,
                 "by the profiler (the patterns describe full bidirectional attention)")
         parts.append(profile_tensors(call.query, call.key, call.value, spec.geometry, layer=call.layer,
                                      step=call.step, scale=kw.get("scale"), settings=settings,
-                                     prompts=len(getattr(spec, "prompts", ()))))
+                                     prompts=len(getattr(spec, "prompts", ())), reuse=reuse))
         if on_call is not None:
             on_call(call.step, call.layer)
         return None
@@ -365,6 +403,9 @@ def profile_model(spec, *, steps: int | None = None, settings: ProfileSettings |
         step_indices = range(len(spec.inputs) if steps is None else steps)
     started = time.perf_counter()
     step_indices = list(step_indices)
+    late = [s for s in settings.residual_steps if s > max(step_indices, default=-1)]
+    if late:
+        raise ProfileError(f"residual_steps: exact step {late[0]} is past the profiled steps (0–{max(step_indices)})")
     parts = profile_calls(spec, step_indices, settings, on_call)
     if not parts:
         raise ProfileError(f"model {spec.name!r} made no scaled_dot_product_attention call")

@@ -32,12 +32,14 @@ rank's H/K heads. The inner solve stays additive (it minimises the ranks' total)
 which sees these figures, steers towards plans whose ranks are balanced.
 
 Residual reuse (``residual_steps``, the exact steps): step ranges are cut at the exact steps (one mask
-per span, what reuse needs), every plan is split there by :func:`attnsearch.plan.residual_entries`
-(the steps after an exact one add its residual), and its cost and density count the exact steps
-(``CostModel.residual_ms``, ``Plan.mean_density``). In the error figure an exact step counts 0 (it is
-exact) and a later step its mask's own profiled error: the profile measures no residual drift, so
-the search ranks masks by what they miss; reuse removes much of that error (not a bound), and a
-validated search (``validate``) measures the plans as they run.
+per span, what reuse needs; warm-up steps end at one, ``study``), every plan is split there by
+:func:`attnsearch.plan.residual_entries` (the steps after an exact one add its residual), and its
+cost and density count the exact steps (``CostModel.residual_ms``, ``Plan.mean_density``). In the
+error figure an exact step whose span holds two steps or more counts 0 (it is exact); the steps after
+it count the profile's error under reuse (``rel_err_reuse``, the drift of the mask's residual) where
+the profile measured reuse at these exact steps, else their mask's own error (a profile without
+reuse: it ranks masks by what they miss, not how that drifts; ``reuse_errors`` in the settings says
+which). A validated search (``validate``) measures the plans as they run.
 """
 
 from __future__ import annotations
@@ -131,6 +133,11 @@ class Problem:
                 residual_steps = check_residual_steps(residual_steps, space.shape[0])
             except PlanError as err:
                 raise SearchError(str(err)) from None
+            if space.reuse_steps and space.reuse_steps != residual_steps:
+                raise SearchError(f"residual_steps: the profile measured reuse at exact steps "
+                                  f"{', '.join(map(str, space.reuse_steps))}, not {', '.join(map(str, residual_steps))} "
+                                  "(search with its steps, or profile with --residual-steps "
+                                  f"{','.join(map(str, residual_steps))})")
         self.residual_steps = residual_steps
         #: Where step ranges are cut: expert hand-overs, and the exact steps under residual reuse.
         self.boundaries = tuple(sorted({*space.boundaries, *(residual_steps or ())}))
@@ -152,17 +159,19 @@ class Problem:
         self.cost = np.where(np.isnan(space.density), np.inf, cost).astype(np.float32)
         # An error too large for float32 stays the largest float32, not an overflow to inf.
         err2 = np.where(np.isnan(space.rel_err), 0.0, space.rel_err) ** 2
+        if residual_steps is not None:  # a span from an exact step: exact there, its drift after
+            cuts = [*self.boundaries, S]
+            for a, b in zip(cuts, cuts[1:]):
+                if a in residual_steps and b - a >= 2:
+                    err2[a] = 0.0
+                    if space.reuse_err is not None:
+                        err2[a + 1:b] = np.where(np.isnan(space.reuse_err[a + 1:b]), 0.0, space.reuse_err[a + 1:b]) ** 2
         if weights is not None:
             weights = np.asarray(weights, dtype=np.float64)
             if weights.shape != (S, L, H) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
                 raise SearchError(f"error weights: must be finite, ≥ 0 and of shape {(S, L, H)} (steps, layers, "
                                   f"heads), got shape {weights.shape}")
             err2 = err2 * weights[..., None]
-        if residual_steps is not None:  # an exact step that starts a span of two or more runs exactly
-            ends = [*self.boundaries, S][1:]
-            for s, stop in zip(self.boundaries, ends):
-                if s in residual_steps and stop - s >= 2:
-                    err2[s] = 0.0
         self.err2 = np.minimum(err2, np.finfo(np.float32).max).astype(np.float32)
         # Columns of a precision not searched are unavailable (inf cost); classed native, they add no
         # class set for the inner solver to try.

@@ -12,6 +12,10 @@ candidate an FP8 twin column: the same pattern, parameters, density and recall, 
 its error, and ``precisions[c]`` = "fp8" (the search then chooses precision per head like any other
 candidate; the cost model prices the twin with the FP8 kernel).
 
+A profile that measured residual reuse (its ``rel_err_reuse`` column, at exact steps
+``reuse_steps``) gives every candidate its error under that reuse too (``reuse_err``), which a search
+reusing residuals at those steps takes instead of ``rel_err`` (:mod:`attnsearch.search.problem`).
+
 Per-head error is rel_err² (summed over a range's steps): the plan's error is the root mean square
 of rel_err over every (step, layer, head) — the relative Frobenius error of all attention outputs
 stacked, when heads carry equal output norm; being a sum, it keeps the inner problem a knapsack;
@@ -35,7 +39,7 @@ from ..experts import boundaries, experts_of
 from ..geometry import Geometry
 from ..patterns import SPARSE_FAMILIES, block_mask
 from ..profiling.candidates import stripe_base, stripe_gain
-from ..profiling.profile_io import FP8_COLUMN
+from ..profiling.profile_io import FP8_COLUMN, REUSE_COLUMN
 
 
 _KEY_BLOCKS = re.compile(r'"key_blocks":\s*\[([^\]]*)\]')
@@ -65,6 +69,10 @@ class SearchSpace:
     boundaries: tuple[int, ...] = ()
     #: Per candidate: the precision its kept blocks run in (None: all native).
     precisions: list[str] | None = None
+    #: Exact steps of residual reuse the profile measured (``rel_err_reuse``), and those errors
+    #: [S, L, H, C] (FP8 twins: their own FP8 error; reuse was measured for native kept blocks).
+    reuse_steps: tuple[int, ...] = ()
+    reuse_err: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.precisions is None:
@@ -216,6 +224,11 @@ def build_space(profile) -> SearchSpace:
         c = names_all.index(n)
         miss = np.isnan(density[..., c])
         density[..., c][miss], rel_err[..., c][miss], recall[..., c][miss] = d, e, r
+    reuse_err = None
+    if REUSE_COLUMN in t.columns:  # unmeasured (dense, skip added above): their own error
+        reuse_err = np.full((S, L, H, C), np.nan)
+        reuse_err[idx] = t[REUSE_COLUMN].to_numpy()
+        reuse_err = np.where(np.isnan(reuse_err), rel_err, reuse_err)
     precisions = ["native"] * C
     if FP8_COLUMN in t.columns:  # FP8 twins of every computed candidate the profile measured in FP8
         err8 = np.full((S, L, H, C), np.nan)
@@ -230,6 +243,8 @@ def build_space(profile) -> SearchSpace:
         density = np.concatenate([density, twin_density], -1)
         recall = np.concatenate([recall, recall[..., twins]], -1)
         rel_err = np.concatenate([rel_err, err8[..., twins]], -1)
+        if reuse_err is not None:
+            reuse_err = np.concatenate([reuse_err, err8[..., twins]], -1)
         fp8_of = dict(zip(twins, range(C, C + len(twins))))
     else:
         fp8_of = {}
@@ -252,7 +267,8 @@ def build_space(profile) -> SearchSpace:
         raise SearchError(f"profile: step {s}, layer {l}, head {h} has no measured candidate (incomplete profile)")
     handovers = tuple(b for b in boundaries(experts_of(profile.model, "profile model")) if b < S)
     return SearchSpace(profile.geometry, profile.settings.block_size, names_all, families, params, rows,
-                       density, rel_err, recall, stripe_params, handovers, precisions)
+                       density, rel_err, recall, stripe_params, handovers, precisions,
+                       tuple(profile.settings.residual_steps) if reuse_err is not None else (), reuse_err)
 
 
 def step_ranges(num_steps: int, warmup: int, ranges: int, boundaries: Sequence[int] = ()) -> list[range]:

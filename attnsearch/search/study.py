@@ -126,10 +126,13 @@ class _Search:
         self.S, self.L = S, L
         # Few values per knob that changes the per-range sums (each combination is aggregated once).
         self.warm_choices = sorted({0, *(w for w in (round(S * f) for f in (0.05, 0.1, 0.2)) if 0 < w < S)})
-        # Under residual reuse a plan's step ranges are the spans between its exact steps (a range
-        # cut elsewhere would start without a residual, and the error model cannot see what reuse saves).
-        reuse = next(iter(problems.values())).residual_steps is not None
-        self.range_choices = [1] if reuse else sorted({1, *(r for r in (2, 4) if r < S), S - 0})
+        # Under residual reuse a plan's step ranges are the spans between its exact steps, and dense
+        # warm-up steps end at one: a range cut elsewhere would start without a residual, where the
+        # error model counts one.
+        exact = next(iter(problems.values())).residual_steps
+        if exact is not None:
+            self.warm_choices = sorted({0, *(w for w in exact if 0 < w < S)})
+        self.range_choices = [1] if exact is not None else sorted({1, *(r for r in (2, 4) if r < S), S - 0})
         self.max_dense_layers = L // 4
         self.sizes = sorted(problems)
 
@@ -356,7 +359,10 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
                 **({"error_weights": sensitivity.digest()} if sensitivity is not None else {}),
                 # eager costs (host dispatch floors) are a different objective from device time
                 **({"execution": cm.execution} if cm.execution != "graph" else {}),
-                **({"residual_steps": sorted(residual_steps)} if residual_steps is not None else {})}
+                **({"residual_steps": sorted(residual_steps),
+                    # the error after an exact step: the profile's error under reuse, else the mask's own
+                    "reuse_errors": "profiled" if next(iter(problems.values())).space.reuse_steps else "masks' own"}
+                   if residual_steps is not None else {})}
     fingerprint = _fingerprint(profs, settings)
     name = study_name or f"attnsearch-{profs[0].model.get('name', 'model')}-{fingerprint}"
     fresh = db is not None and not db.exists()

@@ -44,3 +44,28 @@ def test_bad_exact_steps_are_named(profile_path, tmp_path, steps, message):
         optimize(profile_path, hardware=DEFAULT_TABLE, head_dim=128, trials=1, residual_steps=steps,
                  out=tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()
+
+
+def test_a_profile_of_reuse_gives_the_search_its_errors_under_reuse(tmp_path):
+    """Exact steps count 0, the steps after them the profiled drift (rel_err_reuse), the steps before
+    the first exact step the masks' own error; a search at other exact steps is refused."""
+    import numpy as np
+
+    from attnsearch.profiling.profile_io import Profile
+    from attnsearch.search.problem import Problem
+    from attnsearch.search.space import build_space
+
+    path, prof = synthetic.large_profile(tmp_path, steps=4, residual_steps=(1,), fingerprint="r3")
+    space = build_space(Profile.load(path))
+    assert space.reuse_steps == (1,)
+    assert np.nanmax(space.reuse_err[2:]) < np.nanmax(space.rel_err[2:])  # slow drift: reuse errs less
+    pb = Problem(space, CostModel(DEFAULT_TABLE, head_dim=128), residual_steps=(1,))
+    sparse = ~np.isnan(space.rel_err)
+    np.testing.assert_allclose(pb.err2[0][sparse[0]], (space.rel_err[0][sparse[0]] ** 2), rtol=1e-5)
+    assert (pb.err2[1] == 0).all()
+    np.testing.assert_allclose(pb.err2[2:][sparse[2:]], space.reuse_err[2:][sparse[2:]] ** 2, rtol=1e-5, atol=1e-12)
+    with pytest.raises(SearchError, match="the profile measured reuse at exact steps 1, not 0, 2"):
+        Problem(space, CostModel(DEFAULT_TABLE, head_dim=128), residual_steps=(0, 2))
+    res = optimize(path, hardware=DEFAULT_TABLE, head_dim=128, trials=4, max_density=0.9, residual_steps=[1],
+                   out=tmp_path / "r.json")
+    assert res.plan.search["settings"]["reuse_errors"] == "profiled"
