@@ -10,7 +10,10 @@ and with each set of exact steps (``optimize --residual-steps``: those steps run
 steps after each add what their masks missed there; docs/design.md, "Residual reuse"). With
 ``--validate N`` each set is also searched with every trial's plan run on N whole trajectories of
 training conditions (``--validated-trials`` trials, ``optimize --validate N --validate-mode
-trajectory``): the error the search then ranks plans by is the videos' own, reuse included. For each
+trajectory``): the error the search then ranks plans by is the videos' own, reuse included. With
+``--profile-reuse`` the model is profiled again with each set (``profile --residual-steps``: every
+candidate's error under that reuse, its residual's drift) and each set also searched on that profile
+(``profiled``): the search then ranks masks by their error under reuse. For each
 density cap every search's lowest-error plan at or below it generates the held-out videos (noise
 seeds from 10,000, held-out conditions), beside the ``energy_decay`` and ``window`` global masks at
 each plan's density (a reuse plan's masks reuse residuals at the same exact steps, their density
@@ -99,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
                                                           "(0: no validated search)")
     p.add_argument("--validated-trials", type=int, default=60)
     p.add_argument("--conditions", type=int, default=4, help="training conditions the profile was made with")
+    p.add_argument("--profile-reuse", action="store_true", help="also profile each exact-step set's reuse errors and "
+                                                                 "search on them")
     p.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--figure-from", type=Path, default=None, metavar="RESULT", help="only draw a result.json's figure")
@@ -125,13 +130,26 @@ def main(argv: list[str] | None = None) -> None:
                           device=args.device)
         validated = {"trials": args.validated_trials, "model": spec, "validate": args.validate,
                      "validate_mode": "trajectory"}
-    settings = {"static": ({}, None), **{f"reuse at {','.join(map(str, s))}": ({}, s) for s in exact_sets},
-                **({f"reuse at {','.join(map(str, s))}, validated": (validated, s) for s in exact_sets}
-                   if validated else {})}
+    def named(s):
+        return f"reuse at {','.join(map(str, s))}"
+
     sweeps = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, (extra, exact)) in enumerate(settings.items()):
-            sweeps[name] = density_sweep(args.profile, args.densities, **{"trials": args.trials, **extra},
+        settings = {"static": ({}, None, args.profile), **{named(s): ({}, s, args.profile) for s in exact_sets},
+                    **({f"{named(s)}, validated": (validated, s, args.profile) for s in exact_sets} if validated else {})}
+        if args.profile_reuse:
+            from attnsearch.models import load_model
+            from attnsearch.profiling import ProfileSettings, profile_model
+
+            spec = load_model("mini-vdit", conditions=args.conditions, steps=20, frames=f, height=h, width=w,
+                              device=args.device)
+            for i, s in enumerate(exact_sets):
+                path = Path(tmp) / f"reuse{i}.parquet"
+                profile_model(spec, settings=ProfileSettings(block_size=64, residual_steps=tuple(s))).save(path)
+                settings[f"{named(s)}, profiled"] = ({}, s, path)
+            print(f"profiled reuse errors ({time.time() - started:.0f} s)", flush=True)
+        for i, (name, (extra, exact, profile)) in enumerate(settings.items()):
+            sweeps[name] = density_sweep(profile, args.densities, **{"trials": args.trials, **extra},
                                          folder=tmp, name=f"s{i}", sensitivity=sens, residual_steps=exact,
                                          skip_unmet=True)
             print(f"searched {name} ({time.time() - started:.0f} s)", flush=True)
@@ -149,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
                         "densities": sorted(args.densities), "profile": str(args.profile),
                         "sensitivity_from": None if args.sensitivity_from is None else str(args.sensitivity_from),
                         "exact_steps": exact_sets, "validate": args.validate,
-                        "validated_trials": args.validated_trials if args.validate else None}
+                        "validated_trials": args.validated_trials if args.validate else None,
+                        "profile_reuse": args.profile_reuse}
     data["search"] = {name: [q.record() for q in points] for name, points in sweeps.items()}
     data["benchmark"] = {**environment(), "device": args.device, "seconds": round(time.time() - started, 1)}
     write_text_atomic(args.out / "result.json", json.dumps(data, separators=(",", ":"), allow_nan=False) + "\n")
