@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--conditions", type=int, default=4, help="training conditions the profile was made with")
     p.add_argument("--profile-reuse", action="store_true", help="also profile each exact-step set's reuse errors and "
                                                                  "search on them")
+    p.add_argument("--reuse-profile", type=Path, default=None, metavar="PROFILE",
+                   help="a profile of reuse errors (profile --residual-steps) to search on instead of profiling")
+    p.add_argument("--skip-static", action="store_true", help="no search without reuse")
     p.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--figure-from", type=Path, default=None, metavar="RESULT", help="only draw a result.json's figure")
@@ -135,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
 
     sweeps = {}
     with tempfile.TemporaryDirectory() as tmp:
-        settings = {"static": ({}, None, args.profile), **{named(s): ({}, s, args.profile) for s in exact_sets},
+        settings = {**({} if args.skip_static else {"static": ({}, None, args.profile)}),
+                    **{named(s): ({}, s, args.profile) for s in exact_sets},
                     **({f"{named(s)}, validated": (validated, s, args.profile) for s in exact_sets} if validated else {})}
         if args.profile_reuse:
             from attnsearch.models import load_model
@@ -148,6 +152,11 @@ def main(argv: list[str] | None = None) -> None:
                 profile_model(spec, settings=ProfileSettings(block_size=64, residual_steps=tuple(s))).save(path)
                 settings[f"{named(s)}, profiled"] = ({}, s, path)
             print(f"profiled reuse errors ({time.time() - started:.0f} s)", flush=True)
+        if args.reuse_profile is not None:
+            from attnsearch.profiling import Profile
+
+            exact = list(Profile.load(args.reuse_profile).settings.residual_steps)
+            settings[f"{named(exact)}, profiled"] = ({}, exact, args.reuse_profile)
         for i, (name, (extra, exact, profile)) in enumerate(settings.items()):
             sweeps[name] = density_sweep(profile, args.densities, **{"trials": args.trials, **extra},
                                          folder=tmp, name=f"s{i}", sensitivity=sens, residual_steps=exact,
@@ -168,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
                         "sensitivity_from": None if args.sensitivity_from is None else str(args.sensitivity_from),
                         "exact_steps": exact_sets, "validate": args.validate,
                         "validated_trials": args.validated_trials if args.validate else None,
-                        "profile_reuse": args.profile_reuse}
+                        "profile_reuse": args.profile_reuse,
+                        "reuse_profile": None if args.reuse_profile is None else str(args.reuse_profile)}
     data["search"] = {name: [q.record() for q in points] for name, points in sweeps.items()}
     data["benchmark"] = {**environment(), "device": args.device, "seconds": round(time.time() - started, 1)}
     write_text_atomic(args.out / "result.json", json.dumps(data, separators=(",", ":"), allow_nan=False) + "\n")
