@@ -26,8 +26,9 @@ q, k, v, kwargs) to a consumer. A call runs ``plan.layer_plan(step, layer)``:
   attention, 10-18% faster than cuDNN's on an H100), else the real SDPA (every keyword honoured)
   with cuDNN's kernel first on Hopper;
 - otherwise :func:`sparse_attention` with the call's ``scale`` and ``enable_gqa``; in a schedule
-  entry that reuses a residual, its first step also runs the layer exactly (as an all-dense layer
-  runs) and keeps the difference, and the later steps add it (:mod:`attnsearch.runtime.residual`, freed when the context exits).
+  entry that reuses a residual, its first step also runs the inexact heads exactly (as an all-dense
+  layer runs) and keeps the difference, and the later steps add it (:mod:`attnsearch.runtime.residual`;
+  freed when the context exits).
 
 Geometry of a call. A call at the plan's geometry runs the plan as it is. A call at another
 geometry runs ``plan.for_geometry(geometry)`` (built once per geometry), where the geometry comes
@@ -266,9 +267,10 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         whose layers change across steps: the graph's replays run no Python, so every later step
         would replay this step's layer plans, a wrong answer nothing would report."""
         if (len(self.plan.schedule) > 1 or self.plan.has_residual) and recording_cuda_graph():
+            why = ("its residual entries keep state across steps" if self.plan.has_residual else
+                   f"the plan's layers change across its steps ({len(self.plan.schedule)} schedule entries)")
             raise PlanError(f"attnsearch.apply: a CUDA graph is recording a compiled forward (torch.compile "
-                            f"mode='reduce-overhead'), but the plan's layers change across its steps "
-                            f"({len(self.plan.schedule)} schedule entries) and a replayed graph would run one "
+                            f"mode='reduce-overhead'), but {why} and a replayed graph would run one "
                             "step's layers at every step; compile with mode='default' or "
                             "'max-autotune-no-cudagraphs', or capture one graph per step range eagerly")
         step, layer = self._capture.number_call()
