@@ -202,3 +202,34 @@ def test_a_cuda_graph_recording_a_multi_range_plan_is_refused(tiny_wan_pipeline,
         with apply(model, one_range, backend="torch"):
             for kw in inputs:
                 compiled(**kw)
+
+
+@pytest.mark.slow
+def test_a_residual_plan_compiled_matches_eager_and_its_cuda_graph_recording_is_refused(tiny_wan_pipeline,
+                                                                                        monkeypatch):
+    """Residual reuse keeps state across steps in Python, which a compiled forward's planned_attention
+    node runs at every call: compiled outputs match eager apply at the exact step and the steps after
+    it. A CUDA graph would replay the recording step's call, so recording one is refused."""
+    model, inputs, plan = _wan_model_and_plan(tiny_wan_pipeline, steps=3)
+    reuse = plan.with_residual([1])  # step 0 dense, step 1 exact, step 2 adds its residual
+    assert reuse.residual_steps == (1,)
+    with torch.no_grad():
+        with apply(model, plan, backend="torch"):
+            plain = [model(**kw)[0] for kw in inputs]
+        with apply(model, reuse, backend="torch"):
+            eager = [model(**kw)[0] for kw in inputs]
+        assert rel_err(eager[2], plain[2].double()) > 1e-3  # the residual changes step 2: the test can fail
+        torch._dynamo.reset()
+        compiled = torch.compile(model, fullgraph=True)
+        with apply(model, reuse, backend="torch"):
+            out = [compiled(**kw)[0] for kw in inputs]
+        for o, e in zip(out, eager):
+            assert rel_err(o, e.double()) < 1e-5
+        import sys
+
+        one_entry = Plan(plan.geometry, plan.block_size, plan.num_steps, plan.num_layers, plan.num_heads,
+                         (ScheduleEntry(0, plan.num_steps, plan.schedule[1].layers),)).with_residual([0])
+        monkeypatch.setattr(sys.modules["attnsearch.runtime.apply"], "recording_cuda_graph", lambda: True)
+        with pytest.raises(Exception, match="its residual entries keep state across steps"):
+            with apply(model, one_entry, backend="torch"):
+                compiled(**inputs[0])
