@@ -390,18 +390,14 @@ class Plan:
                 raise PlanError(f"{path}.steps: must be [start, stop), got {steps!r}")
             start = as_int(steps[0], f"{path}.steps[0]", 0, num_steps - 1)
             stop = as_int(steps[1], f"{path}.steps[1]", start + 1, num_steps)
-            residual = entry.get("residual", False)
+            residual = entry.get("residual", False)  # its type and use: checked by the constructor
             if "residual" in entry and version < 3:
                 raise PlanError(f"{path}.residual: a version {version} plan has no residual (it came with version 3)")
-            if not isinstance(residual, bool):
-                raise PlanError(f"{path}.residual: must be true or false, got {residual!r}")
             layers = entry["layers"]
             if isinstance(layers, str):
                 if layers != "dense":
                     raise PlanError(f"{path}.layers: must be \"dense\" or a list of layers, got {layers!r}")
-                if residual:
-                    raise PlanError(f"{path}.residual: a dense entry has no residual to reuse")
-                schedule.append(ScheduleEntry(start, stop, None))
+                schedule.append(ScheduleEntry(start, stop, None, residual))
                 continue
             by_layer: dict[int, LayerPlan] = {}
             where: dict[int, int] = {}

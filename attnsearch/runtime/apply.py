@@ -70,7 +70,7 @@ from . import ops
 from .backends import Backend, SdpaBackend, dense_kernel_reasons
 from .diffusers_dispatch import check_model
 from .parallel import head_layout
-from .residual import ResidualStore
+from .residual import ResidualStore, head_index
 from .traced import PlanCapture
 
 
@@ -364,7 +364,7 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         dense = LayerPlan.dense(lp.geometry, len(heads), lp.block_size)
         if len(heads) == q.shape[1]:
             return self._dense(q, k, v, kw, dense)
-        index = torch.tensor(heads, device=q.device)
+        index = head_index(heads, q.device)
         kv_index = index // (q.shape[1] // k.shape[1])
         return self._dense(q.index_select(1, index), k.index_select(1, kv_index), v.index_select(1, kv_index),
                            {**kw, "enable_gqa": False}, dense)

@@ -2,9 +2,9 @@
 
 A plan entry with ``residual`` runs, at its first step, every call's inexact heads (all but the
 native dense ones) also exactly and keeps R = exact − planned on those heads (the part of their
-output the layer plan misses); each later step of the entry returns planned + R. Between neighbouring denoising steps a layer's attention output
-changes slowly, and so does what its mask misses, so the entry's later steps err by how much R
-drifts, not by R itself.
+output the layer plan misses); each later step of the entry returns planned + R. Between
+neighbouring denoising steps a layer's attention output changes slowly, and so does what its mask
+misses, so the entry's later steps err by how much R drifts, not by R itself.
 
 :class:`ResidualStore` holds the residuals of one ``apply`` context, keyed by (expert, layer, the
 call's ordinal among that layer's calls in its step: CFG branches called separately are two calls),
@@ -16,11 +16,19 @@ it.
 from __future__ import annotations
 
 from collections import Counter
+from functools import lru_cache
 from typing import Callable
 
 import torch
 
 from ..plan import PlanError, ScheduleEntry
+
+
+@lru_cache(maxsize=256)
+def head_index(heads: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``heads`` as an index tensor on ``device``, made once per (heads, device): no host-to-device
+    copy per call."""
+    return torch.tensor(heads, device=device)
 
 
 class ResidualStore:
@@ -56,7 +64,7 @@ class ResidualStore:
             if len(heads) == out.shape[1]:
                 self._kept[key] = (entry.start, exact_out - out)
                 return exact_out
-            index = torch.tensor(heads, device=out.device)
+            index = head_index(heads, out.device)
             self._kept[key] = (entry.start, exact_out - out.index_select(1, index))
             return out.index_copy_(1, index, exact_out)
         kept = self._kept.get(key)
@@ -74,7 +82,7 @@ class ResidualStore:
                             f"({tuple(residual.shape)} {residual.dtype}): the calls' shapes changed within the entry")
         if len(heads) == out.shape[1]:
             return out.add_(residual)
-        return out.index_add_(1, torch.tensor(heads, device=out.device), residual)
+        return out.index_add_(1, head_index(heads, out.device), residual)
 
 
 __all__ = ["ResidualStore"]
