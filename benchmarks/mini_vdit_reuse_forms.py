@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import statistics
+import textwrap
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -140,7 +141,7 @@ class FormRunner:
 def figure(data: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    fig, (ax_err, ax_q) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_err, ax_q) = plt.subplots(1, 2, figsize=(13, 4.6))
     patterns = list(dict.fromkeys(r["pattern"] for r in data["runs"]))
     first = [r for r in data["runs"] if r["pattern"] == patterns[0]]
     for r in first:
@@ -156,10 +157,12 @@ def figure(data: dict, path: Path) -> None:
         runs = [r for r in data["runs"] if r["pattern"] == pat]
         xs = [j + i * width for j in range(len(runs))]
         ax_q.bar(xs, [r["overall"]["psnr_db"] for r in runs], width, label=f"{pat} (density {runs[0]['density']:.3f})")
-    ax_q.set_xticks([j + width * (len(patterns) - 1) / 2 for j in range(len(FORMS))], FORMS, rotation=25, ha="right",
-                    fontsize=7)
+    forms = [r["form"] for r in data["runs"] if r["pattern"] == patterns[0]]
+    ax_q.set_xticks([j + width * (len(patterns) - 1) / 2 for j in range(len(forms))],
+                    [textwrap.fill(f, 13) for f in forms], fontsize=7)
     ax_q.set(ylabel="PSNR against dense (dB)", title=f"videos, mean of {data['settings']['seeds']}")
     ax_q.legend(fontsize=7)
+    fig.tight_layout()
     save_figure(fig, path)
 
 
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     data = {"settings": {"size": list(args.size), "steps": STEPS, "seeds": args.seeds, "exact_steps": list(exact),
                          "target_density": args.density, "block_size": args.block_size},
             "runs": runs, "benchmark": {**environment(), "device": args.device, "seconds": round(time.time() - started, 1)}}
-    write_text_atomic(args.out / "result.json", json.dumps(data, indent=1, allow_nan=False) + "\n")
+    write_text_atomic(args.out / "result.json", json.dumps(data, separators=(",", ":"), allow_nan=False) + "\n")
     figure(data, args.out / "figure.png")
     print(f"wrote {args.out} in {time.time() - started:.0f} s")
 
