@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from attnsearch import Geometry, block_mask
-from attnsearch.plan import LayerPlan, Plan, PlanError, load_plan, validate_plan, write_plan
+from attnsearch.plan import LayerPlan, Plan, PlanError, ScheduleEntry, load_plan, validate_plan, write_plan
 
 GEOM = Geometry(frames=4, height=6, width=10, text_tokens=20, text_position="prefix")  # N = 260
 B = 64
@@ -279,6 +279,24 @@ def test_mean_density_counts_the_exact_calls_of_a_residual_entrys_inexact_heads(
     assert mixed.inexact_heads == (1, 3)
     # one exact step (of 5 steps × 3 layers): each inexact head computes a dense call beside its mask
     assert reuse.mean_density == pytest.approx(plain.mean_density + (4 / 4 + 4 / 4) / (5 * 3))
+
+
+def test_residual_bytes_count_one_residual_per_layer_of_its_most_inexact_heads():
+    plain = Plan.from_dict(plan_dict())
+    assert plain.residual_bytes() == 0
+    reuse = plain.with_residual([2])                      # layers 0 and 2: 4 inexact heads each
+    n = GEOM.num_tokens
+    assert reuse.costed_call() == (128, 1)                # the plan records no costed call: the defaults
+    assert reuse.residual_bytes() == 8 * n * 128 * 2
+    assert reuse.residual_bytes(head_dim=64, batch=2, element_size=4, calls_per_layer=2) == 8 * n * 64 * 2 * 4 * 2
+    d = reuse.to_dict()
+    d["search"]["settings"] = {"head_dim": 64, "batch": 2}
+    assert Plan.from_dict(d).residual_bytes() == 8 * n * 64 * 2 * 2
+    # two residual entries: a layer holds one residual at a time, of its entries' most inexact heads
+    one = LayerPlan.from_heads([("diagonal", {"rows": 1})] + [("dense", {})] * 3, GEOM, B)
+    three = LayerPlan.from_heads([("diagonal", {"rows": 1})] * 3 + [("dense", {})], GEOM, B)
+    twice = Plan(GEOM, B, 4, 1, 4, (ScheduleEntry(0, 2, (one,), residual=True), ScheduleEntry(2, 4, (three,), residual=True)))
+    assert twice.residual_bytes() == 3 * n * 128 * 2
 
 
 @pytest.mark.parametrize("edit, field", [

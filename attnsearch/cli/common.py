@@ -33,6 +33,11 @@ def shown(value) -> str:
     return escape(one_line(str(value)))
 
 
+def byte_size(n: int) -> str:
+    """``n`` bytes in MiB below 1 GiB (one decimal), else in GiB (two)."""
+    return f"{n / 2**20:,.1f} MiB" if n < 2**30 else f"{n / 2**30:,.2f} GiB"
+
+
 def fail(message: str) -> None:
     """Print ``error: MESSAGE`` as one line on stderr (the message is not markup) and exit 2."""
     err_console.print(f"[bold red]error:[/] {shown(message)}", highlight=False, soft_wrap=True)

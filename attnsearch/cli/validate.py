@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import console, run, shown
+from .common import byte_size, console, run, shown
 
 
 def validate(plan_path: Path = typer.Argument(..., metavar="PLAN", help="A plan JSON file.")) -> None:
@@ -28,9 +28,12 @@ def validate(plan_path: Path = typer.Argument(..., metavar="PLAN", help="A plan 
         if shares:
             console.print("head-steps by pattern: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()))
         if plan.has_residual:
+            head_dim, batch = plan.costed_call()
             console.print(f"residual reuse: exact steps {', '.join(map(str, plan.residual_steps))} (each runs dense "
                           f"attention beside its masks; the steps after it add what they missed), mean density "
-                          f"{plan.mean_density:.3f} with them")
+                          f"{plan.mean_density:.3f} with them; the residuals hold {byte_size(plan.residual_bytes())} "
+                          f"during a run in bf16 at head_dim {head_dim}, batch {batch} (twice that with CFG branches "
+                          "run as separate forwards)")
         if plan.precision_share("fp8"):
             console.print(f"FP8 kept blocks: {plan.precision_share('fp8'):.0%} of the computed head-steps")
         if plan.predicted:

@@ -52,6 +52,7 @@ class Run:
     videos: list[Video] = field(default_factory=list)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     calls: dict[str, int] = field(default_factory=lambda: {"calls": 0, "sparse": 0, "dense": 0})
+    residual_peak_bytes: int = 0    # the most the plan's residuals held at once in any video
 
     @property
     def overall(self) -> dict[str, Any]:
@@ -60,7 +61,7 @@ class Run:
     def to_dict(self, seeds: Sequence[int]) -> dict[str, Any]:
         return {"label": self.label, "kind": self.kind, "plan_file": self.source, "of": self.of,
                 "baseline": self.baseline, "density": self.density, "predicted": self.predicted,
-                "attention_calls": self.calls, "overall": self.overall,
+                "attention_calls": self.calls, "residual_peak_bytes": self.residual_peak_bytes, "overall": self.overall,
                 "videos": [{"seed": s, "condition": v.condition, **m}
                            for s, v, m in zip(seeds, self.videos, self.metrics, strict=True)]}
 
@@ -247,6 +248,7 @@ def evaluate(plans: Plan | Sequence[Plan], generator: Generator, seeds: int | Se
                 video = generator.generate(seed, steps)
             for k in r.calls:
                 r.calls[k] += int(ap.stats[k])
+            r.residual_peak_bytes = max(r.residual_peak_bytes, int(ap.stats.get("residual_peak_bytes", 0)))
             r.videos.append(video)
             r.metrics.append(video_quality(video, dense[-1]))
             tick(seed, r.label)

@@ -2,7 +2,7 @@
 
     with apply(pipe.transformer, plan) as ap:
         pipe(prompt)                 # step = model forward index (capture's auto_step)
-    ap.stats                         # calls, sparse, dense, fallbacks
+    ap.stats                         # calls, sparse, dense, fallbacks; residual_peak_bytes after exit
 
     with apply(pipe, plan) as ap:    # a diffusers pipeline object: every transformer it holds
         pipe(prompt)                 # step = denoising step (by timestep: CFG branches are one step)
@@ -74,6 +74,12 @@ from .residual import ResidualStore, head_index
 from .traced import PlanCapture
 
 
+def _new_stats() -> dict[str, Any]:
+    """An apply context's counters: attention calls, of them sparse and dense, dense fallbacks by
+    reason, and (set on exit) the most bytes its residuals held at once."""
+    return {"calls": 0, "sparse": 0, "dense": 0, "fallbacks": Counter(), "residual_peak_bytes": 0}
+
+
 def recording_cuda_graph() -> bool:
     """Whether the current CUDA stream is recording a CUDA graph (False without CUDA)."""
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
@@ -114,7 +120,7 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         self.backend = backend
         self.auto_step = auto_step
         self.heads = heads
-        self.stats: dict[str, Any] = {"calls": 0, "sparse": 0, "dense": 0, "fallbacks": Counter()}
+        self.stats: dict[str, Any] = _new_stats()
         self._capture = None
         self._stepper = None
         self._token = None
@@ -153,7 +159,7 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         for m in modules:
             check_model(m)
         self.layout = head_layout(modules[0], self.plan, self.heads)
-        self.stats = {"calls": 0, "sparse": 0, "dense": 0, "fallbacks": Counter()}
+        self.stats = _new_stats()
         self.forwards = []
         self._layers_seen: dict[int, int] = {}
         self._last_step: int | None = None
@@ -199,6 +205,7 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
                                 "scaled_dot_product_attention?)")
             return suppressed
         finally:
+            self.stats["residual_peak_bytes"] = self.residuals.peak_bytes
             self.residuals.clear()
             self._remove_geometry_hooks()
             self._capture = None

@@ -10,7 +10,8 @@ misses, so the entry's later steps err by how much R drifts, not by R itself.
 call's ordinal among that layer's calls in its step: CFG branches called separately are two calls),
 each tagged with the entry (its first step) that made it. A later step whose residual is missing,
 belongs to another entry or does not match the call's shape is a PlanError, never an output without
-it.
+it; so is running out of device memory while keeping one (the message says what the residuals hold;
+``Plan.residual_bytes`` says it before a run).
 """
 
 from __future__ import annotations
@@ -37,17 +38,39 @@ class ResidualStore:
     def __init__(self) -> None:
         self._kept: dict[tuple, tuple[int, torch.Tensor]] = {}
         self._ordinal: Counter = Counter()
+        self._bytes = 0
+        #: The most bytes the kept residuals held at once since the store was made or last cleared.
+        self.peak_bytes = 0
 
     def __len__(self) -> int:
         return len(self._kept)
 
     def nbytes(self) -> int:
         """Bytes the kept residuals occupy."""
-        return sum(r.numel() * r.element_size() for _, r in self._kept.values())
+        return self._bytes
 
     def clear(self) -> None:
         self._kept.clear()
         self._ordinal.clear()
+        self._bytes = self.peak_bytes = 0
+
+    def _keep(self, key: tuple, start: int, step: int, make: Callable[[], torch.Tensor]) -> None:
+        """Store ``make()`` (exact − planned) under ``key``, replacing the entry's earlier one."""
+        old = self._kept.pop(key, None)
+        if old is not None:
+            self._bytes -= _nbytes(old[1])
+        try:
+            residual = make()
+        except torch.OutOfMemoryError as err:
+            expert, layer, ordinal = key
+            where = f"layer {layer}" + (f" of {expert}" if expert is not None else "")
+            raise PlanError(f"residual: out of device memory at step {step} keeping the residual of {where}, call "
+                            f"{ordinal}: {len(self._kept)} residuals hold {self._bytes / 2**30:.2f} GiB already "
+                            "(one per layer and call of a step; Plan.residual_bytes gives a plan's total): run a plan "
+                            "without residual entries, or a smaller batch") from err
+        self._kept[key] = (start, residual)
+        self._bytes += _nbytes(residual)
+        self.peak_bytes = max(self.peak_bytes, self._bytes)
 
     def run(self, step: int, layer: int, expert: str | None, entry: ScheduleEntry, heads: tuple[int, ...],
             planned: Callable[[], torch.Tensor], exact: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -62,10 +85,10 @@ class ResidualStore:
             out = planned()
             exact_out = exact()
             if len(heads) == out.shape[1]:
-                self._kept[key] = (entry.start, exact_out - out)
+                self._keep(key, entry.start, step, lambda: exact_out - out)
                 return exact_out
             index = head_index(heads, out.device)
-            self._kept[key] = (entry.start, exact_out - out.index_select(1, index))
+            self._keep(key, entry.start, step, lambda: exact_out - out.index_select(1, index))
             return out.index_copy_(1, index, exact_out)
         kept = self._kept.get(key)
         where = f"residual entry [{entry.start}, {entry.stop})"
@@ -83,6 +106,10 @@ class ResidualStore:
         if len(heads) == out.shape[1]:
             return out.add_(residual)
         return out.index_add_(1, head_index(heads, out.device), residual)
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 __all__ = ["ResidualStore"]

@@ -123,6 +123,52 @@ def test_cfg_branches_called_apart_keep_their_own_residuals():
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("cfg_apart", [False, True])
+def test_the_residuals_peak_is_what_the_plan_says_it_holds(cfg_apart):
+    """``stats["residual_peak_bytes"]`` after the run equals ``Plan.residual_bytes`` for the call's
+    shape: one residual per layer and call of a step, replaced (not added to) at each exact step."""
+    plan = residual_plan(steps=5, exact=(0, 2))
+    net = Attend()
+    with apply(net, plan, backend="torch", auto_step=False) as ap:
+        for step in range(5):
+            for branch in ((1, 2) if cfg_apart else (0,)):
+                ap.set_step(step)
+                net(*inputs(10 * step + branch, batch=1 if cfg_apart else 2))
+    assert len(ap.residuals) == 0
+    want = plan.residual_bytes(head_dim=D, batch=1 if cfg_apart else 2, element_size=8,
+                               calls_per_layer=2 if cfg_apart else 1)
+    assert want == 5 * 2 * GEOM.num_tokens * D * 8  # 5 inexact heads, batch 2 or two calls of batch 1
+    assert ap.stats["residual_peak_bytes"] == want
+
+
+class _OutOfMemoryOnSub(torch.Tensor):
+    """A tensor whose subtraction runs out of device memory (as keeping a residual can)."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in (torch.Tensor.sub, torch.Tensor.__sub__, torch.sub):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 774.00 MiB")
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+def test_running_out_of_memory_keeping_a_residual_is_a_plan_error():
+    from attnsearch.runtime.residual import ResidualStore
+
+    plan = residual_plan(steps=3, exact=(0,))
+    entry = plan.entry_at(0)
+    store = ResidualStore()
+    out = torch.zeros(1, HEADS, 8, D)
+    store.run(0, 0, None, entry, tuple(range(HEADS)), lambda: out.clone(), lambda: torch.ones(1, HEADS, 8, D))
+    assert store.nbytes() == HEADS * 8 * D * 4
+    with pytest.raises(PlanError, match=r"residual: out of device memory at step 0 keeping the residual of layer 1, "
+                                        r"call 0: 1 residuals hold 0.00 GiB already") as err:
+        store.run(0, 1, None, entry, tuple(range(HEADS)), lambda: out.clone().as_subclass(_OutOfMemoryOnSub),
+                  lambda: torch.ones(1, HEADS, 8, D).as_subclass(_OutOfMemoryOnSub))
+    assert isinstance(err.value.__cause__, torch.OutOfMemoryError)
+    assert store.nbytes() == HEADS * 8 * D * 4 and len(store) == 1  # what was kept stays kept
+
+
+@torch.no_grad()
 def test_a_step_without_its_exact_step_is_an_error():
     plan = residual_plan(steps=4)
     net = Attend()
