@@ -232,13 +232,14 @@ class Plan:
         return tuple(e.start for e in self.schedule if e.residual)
 
     def residual_bytes(self, head_dim: int | None = None, batch: int | None = None, element_size: int = 2,
-                       calls_per_layer: int = 1) -> int:
+                       calls_per_layer: int = 1, precision: str = "native") -> int:
         """Bytes the residuals of a run of the plan hold at once (docs/design.md, "Residual reuse"):
         one tensor per layer and per attention call of a step (``calls_per_layer``: 2 for CFG
         branches run as separate forwards), [batch, inexact heads, tokens, head_dim] of
-        ``element_size`` bytes, where a layer's inexact heads are the most any of its residual entries
-        has. ``head_dim`` and ``batch`` default to the plan's costed call (:meth:`costed_call`); 0 for
-        a plan without residual entries."""
+        ``element_size`` bytes, or with ``precision`` "fp8" one byte per value and a float32 scale
+        per row, where a layer's inexact heads are the most any of its residual entries has.
+        ``head_dim`` and ``batch`` default to the plan's costed call (:meth:`costed_call`); 0 for a
+        plan without residual entries."""
         costed_dim, costed_batch = self.costed_call()
         head_dim = costed_dim if head_dim is None else head_dim
         batch = costed_batch if batch is None else batch
@@ -246,7 +247,8 @@ class Plan:
         for e in self.schedule:
             if e.residual:
                 heads = [max(h, len(lp.inexact_heads)) for h, lp in zip(heads, e.layers)]
-        return sum(heads) * calls_per_layer * batch * self.geometry.num_tokens * head_dim * element_size
+        row = head_dim + 4 if precision == "fp8" else head_dim * element_size
+        return sum(heads) * calls_per_layer * batch * self.geometry.num_tokens * row
 
     @property
     def searched_geometry(self) -> Geometry:

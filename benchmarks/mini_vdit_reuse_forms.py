@@ -10,6 +10,8 @@ exact step a the call's output is exact; at a later step s of its span the forms
 
 * ``mask alone``: O_K(s), the mask without reuse;
 * ``residual``: O_K(s) + R(a), R = O − O_K (what the runtime carries: docs/design.md, "Residual reuse");
+* ``residual, kept in fp8``: the same with R(a) rounded to e4m3 with a scale per row (the runtime's
+  ``residual_precision="fp8"``: ``quantize_rows``);
 * ``residual, extrapolated ×θ``: R extrapolated linearly from the two last exact steps a' < a,
   O_K(s) + R(a) + θ·(R(a) − R(a'))·(s − a)/(a − a'); the first span has no a' and reuses R(a);
 * ``dropped part, log-sum-exp``: O_K(s) merged by log-sum-exp with the dropped keys' attention
@@ -46,9 +48,10 @@ from attnsearch.evaluate.quality import overall, video_quality
 from attnsearch.layer_plan import LayerPlan
 from attnsearch.profiling.capture import capture_attention
 from attnsearch.report.style import save_figure
+from attnsearch.runtime.quantize import dequantize_rows, quantize_rows
 
 STEPS = 20
-FORMS = ("mask alone", "residual", "residual, extrapolated ×0.5", "residual, extrapolated ×1",
+FORMS = ("mask alone", "residual", "residual, kept in fp8", "residual, extrapolated ×0.5", "residual, extrapolated ×1",
          "dropped part, log-sum-exp", "dropped part, fixed weight")
 
 
@@ -122,6 +125,8 @@ class FormRunner:
             c = self.kept_at[key]
             if self.form == "residual":
                 out = o_k + c["r"]
+            elif self.form == "residual, kept in fp8":
+                out = o_k + dequantize_rows(*quantize_rows(c["r"]), torch.float32)
             elif self.form.startswith("residual, extrapolated"):
                 theta = float(self.form.rsplit("×", 1)[1])
                 out = o_k + c["r"]

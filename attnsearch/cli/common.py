@@ -34,7 +34,9 @@ def shown(value) -> str:
 
 
 def byte_size(n: int) -> str:
-    """``n`` bytes in MiB below 1 GiB (one decimal), else in GiB (two)."""
+    """``n`` bytes in KiB below 1 MiB, in MiB below 1 GiB (one decimal), else in GiB (two)."""
+    if n < 2**20:
+        return f"{n / 2**10:,.1f} KiB"
     return f"{n / 2**20:,.1f} MiB" if n < 2**30 else f"{n / 2**30:,.2f} GiB"
 
 

@@ -29,6 +29,9 @@ def evaluate(
     min_ssim: Optional[float] = typer.Option(None, help="Exit 1 when a plan's mean SSIM is below this."),
     fp8: bool = typer.Option(False, "--fp8", help="Also run each plan with every computed head in FP8 (the same "
                                                   "masks) and compare it with the plan in native precision."),
+    residual_precision: str = typer.Option("native", help="How residual entries keep their residuals across steps: "
+                                                          "native (the model's dtype) or fp8 (e4m3, a scale per row: "
+                                                          "about half bf16's memory)."),
 ) -> None:
     """Generate videos dense and with each plan from identical noise; quality against density and speedup."""
     from ..evaluate import evaluate_command
@@ -36,7 +39,8 @@ def evaluate(
     def work():
         code = evaluate_command(plans, model, seeds=seeds, steps=steps, out=out, baseline=baseline,
                                 options=parse_options(option), backend=backend, hardware=hardware, figures=figures,
-                                min_psnr=min_psnr, min_ssim=min_ssim, fp8=fp8, console=console)
+                                min_psnr=min_psnr, min_ssim=min_ssim, fp8=fp8, residual_precision=residual_precision,
+                                console=console)
         if code:
             raise typer.Exit(code)
 

@@ -32,8 +32,8 @@ def validate(plan_path: Path = typer.Argument(..., metavar="PLAN", help="A plan 
             console.print(f"residual reuse: exact steps {', '.join(map(str, plan.residual_steps))} (each runs dense "
                           f"attention beside its masks; the steps after it add what they missed), mean density "
                           f"{plan.mean_density:.3f} with them; the residuals hold {byte_size(plan.residual_bytes())} "
-                          f"during a run in bf16 at head_dim {head_dim}, batch {batch} (twice that with CFG branches "
-                          "run as separate forwards)")
+                          f"during a run in bf16 ({byte_size(plan.residual_bytes(precision='fp8'))} in FP8) at "
+                          f"head_dim {head_dim}, batch {batch} (twice that with CFG branches run as separate forwards)")
         if plan.precision_share("fp8"):
             console.print(f"FP8 kept blocks: {plan.precision_share('fp8'):.0%} of the computed head-steps")
         if plan.predicted:

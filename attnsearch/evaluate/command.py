@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..plan import Plan, PlanError, load_plan
+from ..runtime.residual import RESIDUAL_PRECISIONS
 from .baselines import parse_baselines
 from .evaluation import evaluate
 from .generator import EvaluateError, Generator, load_generator
@@ -68,7 +69,7 @@ def evaluate_command(plans: Sequence[str | Path], model: str | Generator, *, see
                      out: str | Path = "out/evaluate", baseline: str | None = None,
                      options: Mapping[str, Any] | None = None, backend: str = "auto", hardware: str | None = None,
                      figures: int = 4, min_psnr: float | None = None, min_ssim: float | None = None,
-                     fp8: bool = False, console: Any = None) -> int:
+                     fp8: bool = False, residual_precision: str = "native", console: Any = None) -> int:
     """Evaluate the PLAN files on ``model`` and write ``out`` (see ``page``); returns the exit code.
 
     Args:
@@ -82,6 +83,7 @@ def evaluate_command(plans: Sequence[str | Path], model: str | Generator, *, see
         figures: videos drawn in the report (the JSON has all).
         min_psnr, min_ssim: thresholds on every plan's mean PSNR / SSIM; exit code 1 below them.
         fp8: also run each plan with every computed head in FP8 (the same masks) and compare.
+        residual_precision: how residual entries keep their residuals ("native", or "fp8": e4m3).
         console: a ``rich.console.Console`` for the progress bar and the summary (default: stdout).
     """
     from rich.console import Console
@@ -94,6 +96,9 @@ def evaluate_command(plans: Sequence[str | Path], model: str | Generator, *, see
     names = parse_baselines(baseline)
     if backend not in BACKENDS:
         raise EvaluateError(f"--backend: must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if residual_precision not in RESIDUAL_PRECISIONS:
+        raise EvaluateError(f"--residual-precision: must be one of {', '.join(RESIDUAL_PRECISIONS)}, "
+                            f"got {residual_precision!r}")
     figures = _int("--figures", figures, 0)
     min_psnr, min_ssim = _threshold("--min-psnr", min_psnr), _threshold("--min-ssim", min_ssim)
     out = Path(out)
@@ -128,7 +133,7 @@ def evaluate_command(plans: Sequence[str | Path], model: str | Generator, *, see
 
         result = evaluate(loaded, generator, seeds, steps, baselines=names, labels=_labels(paths),
                           sources=[str(p) for p in paths], backend=backend, hardware=hardware, fp8=fp8,
-                          progress=progress)
+                          residual_precision=residual_precision, progress=progress)
     from .page import write_outputs
 
     written = write_outputs(result, out, figure_videos=figures)

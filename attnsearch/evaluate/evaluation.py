@@ -76,6 +76,7 @@ class EvaluationResult:
     dense: list[Video]
     runs: list[Run]
     seconds: float = 0.0
+    residual_precision: str = "native"
 
     @property
     def held_out(self) -> bool:
@@ -125,6 +126,7 @@ class EvaluationResult:
             "seeds_note": f"evaluation seeds start at {HELD_OUT_SEED_START}; capture, profiling and the search use "
                           "seeds below it",
             "steps": self.steps,
+            "residual_precision": self.residual_precision,
             "metrics": {"frames": f"decoded frames in [0, 1], data range {FRAME_RANGE:g}",
                         "psnr_db": "10·log10(1 / MSE) over all frames of a video; psnr_per_frame_db per frame",
                         "ssim": "mean per-frame SSIM (Wang et al. 2004, Gaussian window)",
@@ -198,7 +200,8 @@ def make_runs(plans: Sequence[Plan], labels: Sequence[str] | None = None, source
 def evaluate(plans: Plan | Sequence[Plan], generator: Generator, seeds: int | Sequence[int] = 4,
              steps: int | None = None, *, baselines: Sequence[str] = (), labels: Sequence[str] | None = None,
              sources: Sequence[str | None] | None = None, backend: str = "auto", hardware: Any = None,
-             fp8: bool = False, progress: Callable[[dict[str, Any]], None] | None = None) -> EvaluationResult:
+             fp8: bool = False, residual_precision: str = "native",
+             progress: Callable[[dict[str, Any]], None] | None = None) -> EvaluationResult:
     """Evaluate ``plans`` (one, or a sweep) against dense generations of ``generator``.
 
     Args:
@@ -210,6 +213,7 @@ def evaluate(plans: Plan | Sequence[Plan], generator: Generator, seeds: int | Se
         labels, sources: names and files of the plans, for the result.
         backend: ``apply``'s backend. hardware: the cost model's table (``predicted_speedup``).
         fp8: also run every plan with every computed head in FP8 (kind "fp8", the same masks).
+        residual_precision: how ``apply`` keeps the residuals of residual entries ("native", "fp8").
         progress: called after every generated video with {done, total, seed, label}.
     """
     plans = [plans] if isinstance(plans, Plan) else list(plans)
@@ -244,7 +248,7 @@ def evaluate(plans: Plan | Sequence[Plan], generator: Generator, seeds: int | Se
                 r.predicted = predicted_speedup(r.plan, head_dim=head_dim, batch=batch, hardware=hardware)
         tick(seed, "dense")
         for r in runs:
-            with running(generator, r.plan, backend=backend) as ap:
+            with running(generator, r.plan, backend=backend, residual_precision=residual_precision) as ap:
                 video = generator.generate(seed, steps)
             for k in r.calls:
                 r.calls[k] += int(ap.stats[k])
@@ -253,7 +257,7 @@ def evaluate(plans: Plan | Sequence[Plan], generator: Generator, seeds: int | Se
             r.metrics.append(video_quality(video, dense[-1]))
             tick(seed, r.label)
     return EvaluationResult(generator=generator.describe(), seeds=seeds, steps=steps, dense=dense, runs=runs,
-                            seconds=time.perf_counter() - start)
+                            seconds=time.perf_counter() - start, residual_precision=residual_precision)
 
 
 __all__ = ["FORMAT", "VERSION", "EvaluationResult", "Run", "evaluate", "make_runs", "resolve_seeds", "strict_json"]

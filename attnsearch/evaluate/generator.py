@@ -94,9 +94,10 @@ def _capture_attention() -> Any:
 
 @contextlib.contextmanager
 def running(generator: Generator, plan: Any = None, *, backend: str = "auto",
-            observe: Callable[[Any], None] | None = None) -> Iterator[Any]:
-    """Run ``generator``'s transformer by ``plan`` (``attnsearch.apply``), or with ``observe``
-    seeing every self-attention call (dense, nothing replaced); plain when both are None.
+            observe: Callable[[Any], None] | None = None, residual_precision: str = "native") -> Iterator[Any]:
+    """Run ``generator``'s transformer by ``plan`` (``attnsearch.apply`` with ``backend`` and
+    ``residual_precision``), or with ``observe`` seeing every self-attention call (dense, nothing
+    replaced); plain when both are None.
 
     Steps follow the generator: one per forward, or one per timestep (``steps_by_timestep``).
     Yields the ``apply`` context (its ``stats``) or the capture.
@@ -106,7 +107,7 @@ def running(generator: Generator, plan: Any = None, *, backend: str = "auto",
         return
     pipeline = getattr(generator, "pipeline", None)
     if pipeline is not None:
-        with _running_pipeline(pipeline, plan, backend, observe) as target:
+        with _running_pipeline(pipeline, plan, backend, observe, residual_precision) as target:
             yield target
         return
     model = generator.transformer
@@ -114,7 +115,7 @@ def running(generator: Generator, plan: Any = None, *, backend: str = "auto",
     if plan is not None:
         from ..runtime import apply
 
-        ctx = apply(model, plan, backend=backend, auto_step=auto_step)
+        ctx = apply(model, plan, backend=backend, auto_step=auto_step, residual_precision=residual_precision)
     else:
         def consumer(call: Any) -> None:
             observe(call)
@@ -132,13 +133,14 @@ def running(generator: Generator, plan: Any = None, *, backend: str = "auto",
 
 
 @contextlib.contextmanager
-def _running_pipeline(pipeline: Any, plan: Any, backend: str, observe: Callable[[Any], None] | None) -> Iterator[Any]:
+def _running_pipeline(pipeline: Any, plan: Any, backend: str, observe: Callable[[Any], None] | None,
+                      residual_precision: str) -> Iterator[Any]:
     """``running`` on a pipeline object: ``apply(pipeline, plan)`` (every transformer, steps by
     timestep), or every transformer's self-attention calls shown to ``observe``, numbered alike."""
     if plan is not None:
         from ..runtime import apply
 
-        with apply(pipeline, plan, backend=backend) as ap:
+        with apply(pipeline, plan, backend=backend, residual_precision=residual_precision) as ap:
             yield ap
         return
     from ..models.diffusers.experts import PipelineRouter

@@ -103,10 +103,13 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
             None: diffusers' context-parallel config, else the default process group, else none.
         geometry: the token layout of every call (see the module docstring); None: the plan's, or
             the model's ``attnsearch_geometry`` at each forward.
+        residual_precision: how the residuals of the plan's residual entries are kept: "native"
+            (the call's dtype) or "fp8" (e4m3 with a scale per row: about half bf16's memory).
     """
 
     def __init__(self, model: Any, plan: Plan, *, allow_dense_fallback: bool = False, backend: str = "auto",
-                 auto_step: bool = True, heads: Any = None, geometry: Geometry | None = None) -> None:
+                 auto_step: bool = True, heads: Any = None, geometry: Geometry | None = None,
+                 residual_precision: str = "native") -> None:
         if not isinstance(plan, Plan):
             raise TypeError(f"plan: expected a Plan (attnsearch.load_plan), got {type(plan).__name__}")
         if geometry is not None and not isinstance(geometry, Geometry):
@@ -125,7 +128,7 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         self._stepper = None
         self._token = None
         #: Residuals of the plan's residual entries, kept across steps while the context is open.
-        self.residuals = ResidualStore()
+        self.residuals = ResidualStore(residual_precision)
         #: (step, expert) of every forward that made attention calls (expert None: a lone model).
         self.forwards: list[tuple[int, str | None]] = []
         from ..experts import ExpertError, experts_of

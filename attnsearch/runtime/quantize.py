@@ -189,6 +189,18 @@ def dequantize(x8: torch.Tensor, scale: torch.Tensor, block_size: int | None) ->
     return x * scale.repeat_interleave(block_size, dim=-1)[..., : x.shape[-2], None]
 
 
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` in e4m3 with one float32 scale per row of its last dimension (amax / E4M3_MAX, 1 for an
+    all-zero row): (x8 of x's shape, scale [..., 1]). What a residual kept in FP8 stores."""
+    scale = _scale(x.float().abs().amax(dim=-1, keepdim=True))
+    return (x.float() / scale).to(FP8), scale
+
+
+def dequantize_rows(x8: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`quantize_rows`' values back in ``dtype``."""
+    return (x8.float() * scale).to(dtype)
+
+
 def fp8_operands(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                  block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """float32 q, k, v as the FP8 kernel's products see them: quantized by :func:`quantize_fp8`

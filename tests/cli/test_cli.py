@@ -152,11 +152,12 @@ def test_validate_names_a_plans_exact_steps(tmp_path):
     assert f"mean density {plan.mean_density:.3f} with them" in text
     # 2 inexact heads × 192 tokens × head_dim 128 × bf16, one layer
     assert plan.residual_bytes() == 2 * 192 * 128 * 2
-    assert "the residuals hold 0.1 MiB during a run in bf16 at head_dim 128, batch 1" in text
+    assert "the residuals hold 96.0 KiB during a run in bf16 (49.5 KiB in FP8) at head_dim 128, batch 1" in text
+    assert plan.residual_bytes(precision="fp8") == 2 * 192 * (128 + 4)  # a byte per value, a float32 scale per row
 
 
 def test_byte_sizes_read_in_mib_below_a_gib_and_in_gib_above():
     from attnsearch.cli.common import byte_size
 
-    assert byte_size(3 << 19) == "1.5 MiB" and byte_size((1 << 30) - 1) == "1,024.0 MiB"
+    assert byte_size(1536) == "1.5 KiB" and byte_size(3 << 19) == "1.5 MiB" and byte_size((1 << 30) - 1) == "1,024.0 MiB"
     assert byte_size(int(57.68 * 2**30)) == "57.68 GiB"

@@ -35,6 +35,7 @@ def plan_file(tmp_path) -> Path:
     ({"steps": STEPS + 1}, rf"--steps: {STEPS + 1}, but PLAN .*right.json covers {STEPS} steps"),
     ({"baseline": "window,radial"}, r"--baseline: unknown baseline 'radial'"),
     ({"backend": "cuda"}, r"--backend: must be one of auto, hopper, triton, torch, got 'cuda'"),
+    ({"residual_precision": "int8"}, r"--residual-precision: must be one of native, fp8, got 'int8'"),
     ({"min_psnr": float("nan")}, r"--min-psnr: must be a finite number"),
     ({"figures": -1}, r"--figures: must be an integer ≥ 0"),
     ({"hardware": "no-such-gpu"}, r"--hardware: no hardware table named 'no-such-gpu'"),

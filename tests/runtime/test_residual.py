@@ -141,6 +141,34 @@ def test_the_residuals_peak_is_what_the_plan_says_it_holds(cfg_apart):
     assert ap.stats["residual_peak_bytes"] == want
 
 
+@torch.no_grad()
+def test_residuals_kept_in_fp8_are_the_residual_rounded_to_e4m3_per_row():
+    """residual_precision="fp8": a later step adds R rounded to e4m3 with the scale amax / 448 of its
+    row, computed here by hand; it holds a byte per value and a float32 scale per row."""
+    plan = residual_plan(steps=2)
+    lp = plan.layer_plan(0, 0)
+    xs = [inputs(5), inputs(6)]
+    net = Attend()
+    with apply(net, plan, backend="torch", residual_precision="fp8") as ap:
+        outs = [net(*x) for x in xs]
+    heads = list(lp.inexact_heads)
+    r = (exact(*xs[0]) - reference(*xs[0], lp))[:, heads]
+    scale = r.abs().amax(-1, keepdim=True) / 448.0
+    rounded = (r / scale).to(torch.float8_e4m3fn).double() * scale
+    want = reference(*xs[1], lp)
+    want[:, heads] += rounded
+    torch.testing.assert_close(outs[1], want, rtol=0, atol=1e-5)  # the backend's fp32 softmax
+    native = reference(*xs[1], lp)
+    native[:, heads] += r
+    assert 0 < (outs[1] - native).abs().max() <= (r.abs().amax(-1, keepdim=True) / 16).max()  # e4m3: 3 mantissa bits
+    assert ap.stats["residual_peak_bytes"] == plan.residual_bytes(head_dim=D, batch=2, precision="fp8")
+
+
+def test_an_unknown_residual_precision_is_refused():
+    with pytest.raises(ValueError, match=r"residual_precision: must be one of native, fp8, got 'int8'"):
+        apply(Attend(), residual_plan(), residual_precision="int8")
+
+
 class _OutOfMemoryOnSub(torch.Tensor):
     """A tensor whose subtraction runs out of device memory (as keeping a residual can)."""
 
