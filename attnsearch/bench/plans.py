@@ -161,8 +161,73 @@ def bench_plan(plan: Plan, *, head_dim: int = 128, batch: int = 1, dtype: torch.
             on_layer(i + 1, len(uses))
     calls = plan.num_steps * plan.num_layers
     sparse_total = sum(r["sparse_ms"] * r["calls"] for r in rows)
-    return {"card": card_name(), "layer_plans": rows, "calls": calls, "sparse_total_ms": sparse_total,
-            "dense_total_ms": dense_ms * calls, "speedup_vs_cudnn": dense_ms * calls / sparse_total}
+    result = {"card": card_name(), "layer_plans": rows, "calls": calls}
+    if plan.has_residual:
+        result["residual"] = bench_residual(plan, head_dim=head_dim, batch=batch, dtype=dtype, cost=cost,
+                                            **{k: kwargs[k] for k in ("warmup", "reps", "timing") if k in kwargs})
+        sparse_total += result["residual"]["total_ms"]
+    return {**result, "sparse_total_ms": sparse_total, "dense_total_ms": dense_ms * calls,
+            "speedup_vs_cudnn": dense_ms * calls / sparse_total}
 
 
-__all__ = ["bench_layer_plan", "bench_layer_plans", "bench_plan"]
+def bench_residual(plan: Plan, *, head_dim: int = 128, batch: int = 1, dtype: torch.dtype = torch.bfloat16,
+                   warmup: int = 3, reps: int = 20, timing: str = "queued", cost: Any = None) -> dict[str, Any]:
+    """Time what ``plan``'s residual entries add to its layer plans, as ``apply`` runs it
+    (docs/design.md, "Residual reuse"): per layer of an entry, at its exact step the inexact heads'
+    exact call (q, k, v gathered to those heads; an all-dense layer of that many heads on the Hopper
+    kernel where it runs, else cuDNN SDPA) with the pass keeping exact − planned and writing the
+    exact heads into the output, and at each later step the pass adding the residual. One timing
+    per distinct set of inexact heads; ``cost`` (a CostModel): each row's prediction beside it.
+    Returns the rows and ``total_ms`` over the plan's steps and layers."""
+    from ..runtime import sparse_attention
+
+    n, heads = plan.geometry.num_tokens, plan.num_heads
+    uses: dict[tuple[int, ...], list[int]] = {}       # inexact heads → [exact steps, later steps]
+    for e in plan.schedule:
+        if e.residual:
+            for lp in e.layers:
+                if lp.inexact_heads:
+                    u = uses.setdefault(lp.inexact_heads, [0, 0])
+                    u[0] += 1
+                    u[1] += e.stop - e.start - 1
+    inputs = fresh_inputs((batch, heads, n, head_dim), dtype, 2)
+    out = torch.empty(batch, heads, n, head_dim, dtype=dtype, device="cuda")
+    rows, total = [], 0.0
+    for inexact, (exact_calls, later_calls) in uses.items():
+        every = len(inexact) == heads
+        index = torch.tensor(inexact, device="cuda")
+        dense = LayerPlan.dense(plan.geometry, len(inexact), plan.block_size)
+        kernel = not dense_kernel_reasons(*(t[:, : len(inexact)] for t in inputs[0]), dense, {})
+        residual = torch.empty(batch, len(inexact), n, head_dim, dtype=dtype, device="cuda")
+
+        def exact_step(x, index=index, every=every, dense=dense, kernel=kernel):
+            q, k, v = x if every else (t.index_select(1, index) for t in x)
+            exact = sparse_attention(q, k, v, dense, backend="hopper") if kernel else cudnn_sdpa(q, k, v)
+            if every:
+                kept = exact - out
+                out.copy_(exact)
+            else:
+                kept = exact - out.index_select(1, index)
+                out.index_copy_(1, index, exact)
+            return kept
+
+        def later_step(x, index=index, every=every, residual=residual):
+            if every:
+                out.add_(residual)
+            else:
+                out.index_add_(1, index, residual)
+
+        exact_ms = time_ms(exact_step, inputs, warmup, reps, mode=timing)["median"]
+        later_ms = time_ms(later_step, inputs, warmup, reps, mode=timing)["median"]
+        row = {"inexact_heads": len(inexact), "exact_calls": exact_calls, "later_calls": later_calls,
+               "exact_runs": "dense kernel" if kernel else "sdpa", "exact_step_ms": exact_ms, "later_step_ms": later_ms}
+        if cost is not None:
+            row["predicted_exact_step_ms"] = (cost.dense_layer_ms(n, len(inexact), plan.block_size)
+                                              + cost.residual_pass_ms(len(inexact), n))
+            row["predicted_later_step_ms"] = cost.residual_pass_ms(len(inexact), n)
+        rows.append(row)
+        total += exact_calls * exact_ms + later_calls * later_ms
+    return {"exact_steps": list(plan.residual_steps), "rows": rows, "total_ms": total}
+
+
+__all__ = ["bench_layer_plan", "bench_layer_plans", "bench_plan", "bench_residual"]

@@ -76,6 +76,16 @@ def bench(
         for row in cells:
             table.add_row(*row)
         console.print(table)
+        if "speedup_vs_cudnn" in result:
+            console.print(f"whole plan: {result['sparse_total_ms']:.1f} ms of attention over {result['calls']} calls, "
+                          f"dense cuDNN {result['dense_total_ms']:.1f} ms: {result['speedup_vs_cudnn']:.2f}×")
+        if "residual" in result:
+            r = result["residual"]
+            console.print(f"of it residual reuse (exact steps {', '.join(map(str, r['exact_steps']))}): "
+                          f"{r['total_ms']:.1f} ms (" + "; ".join(
+                              f"{row['inexact_heads']} inexact heads: {row['exact_step_ms']:.3f} ms at each of "
+                              f"{row['exact_calls']} exact calls, {row['later_step_ms']:.3f} ms at {row['later_calls']} "
+                              "later ones" for row in r["rows"]) + ")")
         if sweep:
             from ..report.bench_figures import speedup_vs_density, tflops_vs_density
 
