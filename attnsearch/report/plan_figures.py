@@ -84,9 +84,13 @@ def schedule(plan: Plan, path: Path) -> Path:
     im = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
     for e in plan.schedule[1:]:
         ax.axhline(e.start - 0.5, color="white", lw=1)
+    exact = plan.residual_steps
+    for step in exact:  # the exact step of a residual entry runs its inexact heads densely as well
+        ax.axhspan(step - 0.5, step + 0.5, facecolor="none", edgecolor="red", lw=1.2)
     ax.set_xlabel("layer")
     ax.set_ylabel("step")
-    ax.set_title("step schedule: layer density per step (white lines: schedule boundaries)", fontsize=9)
+    ax.set_title("step schedule: layer density per step (white lines: schedule boundaries"
+                 + ("; red: exact steps of residual reuse" if exact else "") + ")", fontsize=9)
     fig.colorbar(im, ax=ax, label="block density")
     fig.tight_layout()
     return save_figure(fig, path)
@@ -110,6 +114,10 @@ def plan_figures(plan: Plan, out: Path) -> dict:
                f"cost model: {cost.table.note}")
     if plan.precision_share("fp8"):
         summary += f"; FP8 kept blocks on {plan.precision_share('fp8'):.0%} of the computed heads"
+    if plan.has_residual:
+        summary += (f"; residual reuse: exact steps {', '.join(map(str, plan.residual_steps))} (mean density "
+                    f"{plan.mean_density:.3f} with their exact calls; residuals "
+                    f"{plan.residual_bytes() / 2**20:,.1f} MiB in bf16 at head_dim {head_dim}, batch {batch})")
     if p:
         summary += (f"; predicted attention {p.get('attention_ms', float('nan')):.1f} ms vs dense "
                     f"{p.get('dense_attention_ms', float('nan')):.1f} ms ({p.get('speedup', float('nan')):.2f}×), "

@@ -144,6 +144,31 @@ def test_a_plan_report_says_which_heads_run_fp8(tmp_path, monkeypatch):
     assert hatched.count("///") == 2
 
 
+def test_a_plan_report_marks_the_exact_steps_of_residual_reuse(tmp_path, monkeypatch):
+    """The summary names the exact steps, the density with their exact calls and the residuals'
+    memory; the schedule figure outlines each exact step (one red span per step; none without reuse)."""
+    import matplotlib.pyplot as plt
+
+    from attnsearch.plan import LayerPlan, Plan, ScheduleEntry
+    from attnsearch.report import plan_figures as pf
+
+    geom = Geometry(3, 8, 8, 5)
+    lp = LayerPlan.from_heads([("diagonal", {"rows": 1.0}), ("dense", {})], geom, 64)
+    plain = Plan(geom, 64, 6, 1, 2, (ScheduleEntry(0, 6, (lp,)),))
+    reuse = plain.with_residual([0, 3])
+    summary = pf.plan_figures(reuse, tmp_path)["summary"]
+    assert (f"residual reuse: exact steps 0, 3 (mean density {reuse.mean_density:.3f} with their exact calls; "
+            f"residuals {reuse.residual_bytes() / 2**20:,.1f} MiB in bf16 at head_dim 128, batch 1)") in summary
+    assert "residual" not in pf.plan_figures(plain, tmp_path)["summary"]
+    spans = []
+    real = plt.Axes.axhspan
+    monkeypatch.setattr(plt.Axes, "axhspan", lambda ax, lo, hi, **kw: (spans.append((lo, hi, kw["edgecolor"])),
+                                                                       real(ax, lo, hi, **kw))[1])
+    pf.schedule(reuse, tmp_path / "schedule.png")
+    pf.schedule(plain, tmp_path / "plain.png")
+    assert spans == [(-0.5, 0.5, "red"), (2.5, 3.5, "red")]
+
+
 def test_a_sensitivity_record_gets_its_gains_figure(tmp_path):
     import numpy as np
 
