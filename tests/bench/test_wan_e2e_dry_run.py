@@ -27,7 +27,7 @@ def test_dry_run_of_a_block_subset_in_both_precisions(tmp_path, monkeypatch):
     assert (native["precision"], fp8["precision"]) == ("native", "fp8")
     assert native["density"] == fp8["density"] and 0 < native["density"] < 1
     for run in (native, fp8):
-        assert run["apply_stats_one_forward"] == {"calls": 1, "sparse": 1, "dense": 0, "fallbacks": {}}
+        assert run["apply_stats_one_forward"] == {"calls": 1, "sparse": 1, "dense": 0, "fallbacks": {}, "residual_peak_bytes": 0}
         assert run["outputs_finite"] and run["sparse_forward_scaled_ms"] == pytest.approx(
             2 * run["sparse_forward_ms"]["median"])
     # The plan drops blocks (native differs from dense); FP8 rounding adds a little on top of that.

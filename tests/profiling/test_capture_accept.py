@@ -112,4 +112,4 @@ def test_apply_follows_the_models_filter(setup):
     net.attnsearch_accept = is_self
     with apply(net, plan, backend="torch") as ap:
         net(x, ctx)
-    assert ap.stats == {"calls": 2, "sparse": 2, "dense": 0, "fallbacks": {}}
+    assert ap.stats == {"calls": 2, "sparse": 2, "dense": 0, "fallbacks": {}, "residual_peak_bytes": 0}
