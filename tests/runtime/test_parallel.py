@@ -102,6 +102,31 @@ def test_apply_with_heads_runs_the_ranks_slice(degree):
                 assert torch.equal(p, w[:, net.heads])
 
 
+@pytest.mark.parametrize("degree", [2, 3])
+def test_residual_reuse_rank_by_rank_reproduces_the_whole_run(degree):
+    """A plan reusing residuals (exact steps 0 and 2) under apply(heads=its range): each rank keeps
+    the residuals of its own heads, and its outputs at every step are its heads of the whole run."""
+    lp, other = two_layer_plan().schedule[1].layers
+    plain = Plan(GEOM, 64, 4, 2, 6, (ScheduleEntry(0, 4, (lp, other)),))
+    plan = plain.with_residual([0, 2])
+    assert plan.residual_steps == (0, 2)
+    xs = [torch.randn(1, GEOM.num_tokens, 32) for _ in range(4)]   # every step's inputs differ
+    with torch.no_grad():
+        whole_net = UlyssesRankNet()
+        with apply(whole_net, plan, backend="torch"):
+            whole = [whole_net(x) for x in xs]
+        with apply(whole_net, plain, backend="torch"):
+            alone = [whole_net(x) for x in xs]
+        assert (whole[1] - alone[1]).abs().max() > 1e-3                 # the reuse changes the output
+        for r in range(degree):
+            net = UlyssesRankNet(r, degree)
+            with apply(net, plan, backend="torch", heads=head_range(6, degree, r)) as ap:
+                part = [net(x) for x in xs]
+            assert ap.stats["residual_peak_bytes"] > 0
+            for step, (p, w) in enumerate(zip(part, whole)):
+                torch.testing.assert_close(p, w[:, net.heads], rtol=0, atol=1e-6, msg=f"rank {r}, step {step}")
+
+
 def test_slice_plan_is_a_valid_plan_of_the_ranks_heads():
     plan = two_layer_plan()
     local = slice_plan(plan, range(2, 4))
