@@ -29,10 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from attnsearch.atomic_io import write_text_atomic
-from attnsearch.bench.output import environment
+from attnsearch.bench.output import add_run_options, environment, redrawn
 from attnsearch.evaluate import evaluate, load_generator
 from attnsearch.report.style import save_figure
 from attnsearch.search.sensitivity import Sensitivity
@@ -108,12 +106,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="a profile of reuse errors (profile --residual-steps) to search on instead of profiling")
     p.add_argument("--skip-static", action="store_true", help="no search without reuse")
     p.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--figure-from", type=Path, default=None, metavar="RESULT", help="only draw a result.json's figure")
+    add_run_options(p)
     args = p.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.figure_from is not None:
-        figure(json.loads(args.figure_from.read_text()), args.out / "figure.png")
+    if redrawn(args, figure):
         return
     try:
         exact_sets = [[int(s) for s in text.split(",")] for text in args.exact_steps]

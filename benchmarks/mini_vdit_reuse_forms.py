@@ -41,7 +41,7 @@ import torch
 
 from attnsearch.atomic_io import write_text_atomic
 from attnsearch.bench import family_params
-from attnsearch.bench.output import environment
+from attnsearch.bench.output import add_run_options, environment, redrawn
 from attnsearch.evaluate import load_generator
 from attnsearch.evaluate.baselines import BASELINES
 from attnsearch.evaluate.quality import overall, video_quality
@@ -181,12 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=int, nargs=3, default=[16, 64, 64], metavar=("FRAMES", "HEIGHT", "WIDTH"))
     p.add_argument("--seeds", type=int, default=16, help="held-out videos (noise seeds from 10,000)")
     p.add_argument("--block-size", type=int, default=64)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--figure-from", type=Path, default=None, metavar="RESULT", help="only draw a result.json's figure")
+    add_run_options(p)
     args = p.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.figure_from is not None:
-        figure(json.loads(args.figure_from.read_text()), args.out / "figure.png")
+    if redrawn(args, figure):
         return
     try:
         exact = tuple(sorted({int(s) for s in args.exact_steps.split(",")}))

@@ -63,4 +63,24 @@ def write_outputs(out: str | Path, name: str, result: dict[str, Any], draw: Call
     return out
 
 
-__all__ = ["environment", "write_outputs"]
+def add_run_options(parser: Any) -> None:
+    """``--device`` (default cuda when present, else cpu) and ``--figure-from RESULT`` (see
+    :func:`redrawn`) on a benchmark's argparse ``parser``."""
+    import torch
+
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--figure-from", type=Path, default=None, metavar="RESULT",
+                        help="only draw a result.json's figure")
+
+
+def redrawn(args: Any, figure: Callable[[dict, Path], None]) -> bool:
+    """Make ``args.out``; with ``--figure-from`` given, draw ``figure(result, out / "figure.png")``
+    from that result.json and return True (the benchmark has nothing else to do), else False."""
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.figure_from is None:
+        return False
+    figure(json.loads(Path(args.figure_from).read_text()), Path(args.out) / "figure.png")
+    return True
+
+
+__all__ = ["add_run_options", "environment", "redrawn", "write_outputs"]
