@@ -40,14 +40,19 @@ def _num(value: Any, fmt: str) -> str:
 
 
 def _summary_table(result: EvaluationResult) -> str:
+    reuse = any(r.plan.has_residual for r in result.runs)
     head = ("run", "density", "predicted speedup", "mean PSNR (dB)", "worst PSNR (dB)", "mean SSIM",
-            "latent rel L2")
+            "latent rel L2") + ((f"residual reuse: exact steps, peak MiB ({result.residual_precision})",) if reuse else ())
     rows = []
     for r in result.runs:
         o, p = r.overall, r.predicted
         speed = _num(p.get("speedup"), ".2f") + ("×" if p.get("speedup") else "")
-        rows.append((r.label, _num(r.density, ".3f"), speed, _num(o["psnr_db"], ".2f"), _num(o["psnr_db_min"], ".2f"),
-                     _num(o["ssim"], ".4f"), _num(o["rel_l2_latents"], ".4f")))
+        row = (r.label, _num(r.density, ".3f"), speed, _num(o["psnr_db"], ".2f"), _num(o["psnr_db_min"], ".2f"),
+               _num(o["ssim"], ".4f"), _num(o["rel_l2_latents"], ".4f"))
+        if reuse:
+            steps = ", ".join(map(str, r.plan.residual_steps))
+            row += (f"{steps}; {r.residual_peak_bytes / 2**20:,.1f}" if steps else "–",)
+        rows.append(row)
     cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{cells}</tr>{body}</table>"

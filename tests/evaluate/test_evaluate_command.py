@@ -126,3 +126,29 @@ def test_fp8_runs_each_plan_again_with_fp8_kept_blocks(plan_file, tmp_path):
     assert d == pytest.approx(fp8["overall"]["psnr_db"] - native["overall"]["psnr_db"])
     assert native["overall"]["rel_l2_latents"] < 1e-4 < 1e-3 < fp8["overall"]["rel_l2_latents"] < 0.1 and d < 0
     assert f"right in FP8: {d:+.2f} dB PSNR" in text.getvalue()
+
+
+@pytest.mark.parametrize("precision", ["native", "fp8"])
+def test_a_plan_reusing_residuals_is_evaluated_with_its_reuse(tmp_path, precision):
+    """A plan whose head 0 keeps the wrong blocks, with and without residual reuse from step 0: the
+    reuse (exact step 0, what the mask misses carried to the later two steps) brings the video closer
+    to dense (by 1.4 dB: the stand-in's inputs change much between its 3 steps); the run reports its exact steps and the most its residuals held, which is the plan's
+    ``residual_bytes`` for the stand-in's calls (batch 1, float32 or e4m3)."""
+    shifted = stripe_plan([b + 8 for b in FRAME0_BLOCKS])
+    reuse = shifted.with_residual([0])
+    paths = [write_plan(shifted, tmp_path / "shifted.json"), write_plan(reuse, tmp_path / "reuse.json")]
+    text = io.StringIO()
+    code = evaluate_command(paths, StandInGenerator(), seeds=1, out=tmp_path / "out", figures=0,
+                            residual_precision=precision, console=Console(file=text, width=200))
+    assert code == 0
+    data = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    plain, reused = data["runs"]
+    assert data["residual_precision"] == precision and plain["residual_peak_bytes"] == 0
+    assert reused["residual_peak_bytes"] == reuse.residual_bytes(head_dim=16, batch=1, element_size=4,
+                                                                 precision=precision) > 0
+    assert reused["overall"]["psnr_db"] > plain["overall"]["psnr_db"] + 1
+    assert reused["density"] == pytest.approx(plain["density"] + 1 / (STEPS * HEADS))  # head 0's exact call at step 0
+    peak = f"{reused['residual_peak_bytes'] / 2**20:,.1f}"
+    assert f"reuse: reuses residuals from exact steps 0, kept in {precision} precision, at most {peak} MiB" in text.getvalue()
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert f"residual reuse: exact steps, peak MiB ({precision})" in page and f"<td>0; {peak}</td>" in page
