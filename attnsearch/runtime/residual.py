@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import Counter
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Callable, NamedTuple, Union
 
 import torch
 
@@ -30,6 +30,24 @@ from .quantize import dequantize_rows, quantize_rows
 
 #: How a ResidualStore keeps residuals: in the call's dtype, or in e4m3 with a scale per row.
 RESIDUAL_PRECISIONS = ("native", "fp8")
+
+
+class Fp8Residual(NamedTuple):
+    """A residual kept in FP8: e4m3 values, a float32 scale per row (``quantize_rows``) and the
+    dtype it is added back in."""
+
+    values: torch.Tensor
+    scale: torch.Tensor
+    dtype: torch.dtype
+
+    def nbytes(self) -> int:
+        return self.values.numel() * self.values.element_size() + self.scale.numel() * self.scale.element_size()
+
+    def dequantized(self) -> torch.Tensor:
+        return dequantize_rows(self.values, self.scale, self.dtype)
+
+
+Kept = Union[torch.Tensor, Fp8Residual]
 
 
 @lru_cache(maxsize=256)
@@ -46,7 +64,7 @@ class ResidualStore:
         if precision not in RESIDUAL_PRECISIONS:
             raise ValueError(f"residual_precision: must be one of {', '.join(RESIDUAL_PRECISIONS)}, got {precision!r}")
         self.precision = precision
-        self._kept: dict[tuple, tuple[int, Any]] = {}
+        self._kept: dict[tuple, tuple[int, Kept]] = {}
         self._ordinal: Counter = Counter()
         self._bytes = 0
         #: The most bytes the kept residuals held at once since the store was made or last cleared.
@@ -72,7 +90,7 @@ class ResidualStore:
         try:
             residual = make()
             if self.precision == "fp8":
-                residual = (*quantize_rows(residual), residual.dtype)
+                residual = Fp8Residual(*quantize_rows(residual), residual.dtype)
         except torch.OutOfMemoryError as err:
             expert, layer, ordinal = key
             where = f"layer {layer}" + (f" of {expert}" if expert is not None else "")
@@ -111,22 +129,22 @@ class ResidualStore:
                             f"{entry.start}, or does the entry cross an expert hand-over?)")
         out = planned()
         residual = kept[1]
-        values, dtype = (residual[0], residual[2]) if isinstance(residual, tuple) else (residual, residual.dtype)
+        fp8 = isinstance(residual, Fp8Residual)
+        values, dtype = (residual.values if fp8 else residual), residual.dtype  # an Fp8Residual's: the one it returns to
         want = (out.shape[0], len(heads), *out.shape[2:])
         if tuple(values.shape) != want or dtype != out.dtype or values.device != out.device:
             raise PlanError(f"residual: step {step} of the {where}: the call's output {tuple(out.shape)} "
                             f"{out.dtype} does not match the residual kept at step {entry.start} "
                             f"({tuple(values.shape)} {dtype}): the calls' shapes changed within the entry")
-        if isinstance(residual, tuple):
-            residual = dequantize_rows(residual[0], residual[1], dtype)
+        if fp8:
+            residual = residual.dequantized()
         if len(heads) == out.shape[1]:
             return out.add_(residual)
         return out.index_add_(1, head_index(heads, out.device), residual)
 
 
-def _nbytes(kept: Any) -> int:
-    """Bytes of a kept residual: a tensor, or (e4m3 values, scales, dtype)."""
-    return sum(t.numel() * t.element_size() for t in (kept[:2] if isinstance(kept, tuple) else (kept,)))
+def _nbytes(kept: Kept) -> int:
+    return kept.nbytes() if isinstance(kept, Fp8Residual) else kept.numel() * kept.element_size()
 
 
 __all__ = ["RESIDUAL_PRECISIONS", "ResidualStore"]
