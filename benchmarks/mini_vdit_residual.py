@@ -2,7 +2,8 @@
 and against global masks with and without it: the same held-out videos.
 
     python -m benchmarks.mini_vdit_residual --out reports/mini_vdit_residual \
-        [--sensitivity-from reports/mini_vdit_weighted/result.json] [--exact-steps 0,2,5,10] [--validate 2]
+        [--sensitivity-from reports/mini_vdit_weighted/result.json] [--exact-steps 0,2,5,10] [--validate 2] \
+        [--profile-reuse [--profiled-only]] [--choose-from 0 0,3 0,2,5,10 ...]
 
 The committed profile (``profiles/mini-vdit.parquet``) is searched once per setting (``--trials``
 each, errors weighted by the sensitivity record of ``--sensitivity-from`` when given): without reuse,
@@ -13,8 +14,11 @@ training conditions (``--validated-trials`` trials, ``optimize --validate N --va
 trajectory``): the error the search then ranks plans by is the videos' own, reuse included. With
 ``--profile-reuse`` the model is profiled again with each set (``profile --residual-steps``: every
 candidate's error under that reuse, its residual's drift) and each set also searched on that profile
-(``profiled``): the search then ranks masks by their error under reuse. For each
-density cap every search's lowest-error plan at or below it generates the held-out videos (noise
+(``profiled``): the search then ranks masks by their error under reuse; ``--profiled-only`` skips
+the sets' searches on the committed profile. With ``--choose-from SET...`` the model is profiled
+with each of those sets too and one search chooses among them and no reuse (``optimize
+--residual-steps profiled``: the set of exact steps is a knob; ``--choose-trials`` trials): where
+the exact steps go is then the search's choice, per density cap. For each density cap every search's lowest-error plan at or below it generates the held-out videos (noise
 seeds from 10,000, held-out conditions), beside the ``energy_decay`` and ``window`` global masks at
 each plan's density (a reuse plan's masks reuse residuals at the same exact steps, their density
 lowered by what those steps add). Writes ``result.json`` and ``figure.png`` (PSNR and SSIM against
@@ -104,6 +108,11 @@ def main(argv: list[str] | None = None) -> None:
                                                                  "search on them")
     p.add_argument("--reuse-profile", type=Path, default=None, metavar="PROFILE",
                    help="a profile of reuse errors (profile --residual-steps) to search on instead of profiling")
+    p.add_argument("--profiled-only", action="store_true", help="with --profile-reuse: no search of the sets on "
+                                                                 "the committed profile (the masks' own errors)")
+    p.add_argument("--choose-from", nargs="+", default=[], metavar="SET",
+                   help="sets of exact steps to profile and search among in one search (with no reuse)")
+    p.add_argument("--choose-trials", type=int, default=400, help="trials of the search among --choose-from")
     p.add_argument("--skip-static", action="store_true", help="no search without reuse")
     p.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
     add_run_options(p)
@@ -112,8 +121,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         exact_sets = [[int(s) for s in text.split(",")] for text in args.exact_steps]
+        choose_from = [[int(s) for s in text.split(",")] for text in args.choose_from]
     except ValueError:
-        p.error(f"--exact-steps: comma-separated integers, got {args.exact_steps}")
+        p.error(f"--exact-steps, --choose-from: comma-separated integers, got {args.exact_steps + args.choose_from}")
     started = time.time()
     sens = None
     if args.sensitivity_from is not None:
@@ -134,19 +144,29 @@ def main(argv: list[str] | None = None) -> None:
     sweeps = {}
     with tempfile.TemporaryDirectory() as tmp:
         settings = {**({} if args.skip_static else {"static": ({}, None, args.profile)}),
-                    **{named(s): ({}, s, args.profile) for s in exact_sets},
+                    **({} if args.profiled_only and args.profile_reuse else
+                       {named(s): ({}, s, args.profile) for s in exact_sets}),
                     **({f"{named(s)}, validated": (validated, s, args.profile) for s in exact_sets} if validated else {})}
-        if args.profile_reuse:
+        reuse_profiles: dict[tuple[int, ...], Path] = {}
+        if args.profile_reuse or choose_from:
             from attnsearch.models import load_model
             from attnsearch.profiling import ProfileSettings, profile_model
 
             spec = load_model("mini-vdit", conditions=args.conditions, steps=20, frames=f, height=h, width=w,
                               device=args.device)
-            for i, s in enumerate(exact_sets):
-                path = Path(tmp) / f"reuse{i}.parquet"
-                profile_model(spec, settings=ProfileSettings(block_size=64, residual_steps=tuple(s))).save(path)
-                settings[f"{named(s)}, profiled"] = ({}, s, path)
-            print(f"profiled reuse errors ({time.time() - started:.0f} s)", flush=True)
+            for s in (exact_sets if args.profile_reuse else []) + choose_from:
+                if tuple(s) not in reuse_profiles:
+                    reuse_profiles[tuple(s)] = path = Path(tmp) / f"reuse{len(reuse_profiles)}.parquet"
+                    profile_model(spec, settings=ProfileSettings(block_size=64, residual_steps=tuple(s))).save(path)
+            print(f"profiled reuse errors at {len(reuse_profiles)} sets of exact steps "
+                  f"({time.time() - started:.0f} s)", flush=True)
+        if args.profile_reuse:
+            for s in exact_sets:
+                settings[f"{named(s)}, profiled"] = ({}, s, reuse_profiles[tuple(s)])
+        if choose_from:
+            settings["reuse, exact steps searched"] = (
+                {"trials": args.choose_trials}, "profiled",
+                [args.profile, *(reuse_profiles[tuple(s)] for s in choose_from)])
         if args.reuse_profile is not None:
             from attnsearch.profiling import Profile
 
@@ -172,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
                         "sensitivity_from": None if args.sensitivity_from is None else str(args.sensitivity_from),
                         "exact_steps": exact_sets, "validate": args.validate,
                         "validated_trials": args.validated_trials if args.validate else None,
-                        "profile_reuse": args.profile_reuse,
+                        "profile_reuse": args.profile_reuse, "profiled_only": args.profiled_only,
+                        "choose_from": choose_from, "choose_trials": args.choose_trials if choose_from else None,
                         "reuse_profile": None if args.reuse_profile is None else str(args.reuse_profile)}
     data["search"] = {name: [q.record() for q in points] for name, points in sweeps.items()}
     data["benchmark"] = {**environment(), "device": args.device, "seconds": round(time.time() - started, 1)}
@@ -181,7 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     for r in data["runs"]:
         o = r["overall"]
         print(f"{series_key(r, data['runs']):>48} @ {r['density']:.3f}: {o['psnr_db']:.2f} dB / SSIM {o['ssim']:.3f}"
-              + (f" (predicted {r['predicted']['speedup']:.2f}×)" if (r.get("predicted") or {}).get("speedup") else ""))
+              + (f" (predicted {r['predicted']['speedup']:.2f}×)" if (r.get("predicted") or {}).get("speedup") else "")
+              + (f", exact steps {','.join(map(str, r['residual_steps']))}" if r.get("residual_steps") else ""))
     print(f"wrote {args.out} in {time.time() - started:.0f} s")
 
 

@@ -13,7 +13,8 @@ from .common import check_at_least, check_choice, check_range, console, parse_op
 
 def optimize(
     profiles: list[Path] = typer.Argument(..., metavar="PROFILE...",
-                                          help="Profile(s) of one model; several = several block sizes."),
+                                          help="Profile(s) of one model; several = several block sizes (or "
+                                               "sets of exact steps, with --residual-steps profiled)."),
     out: Path = typer.Option(Path("plans/plan.json"), help="Plan JSON to write."),
     hardware: Optional[str] = typer.Option(None, help="Hardware table (path, GPU name or slug); default: this "
                                                       "GPU's, else the shipped H100 table."),
@@ -49,14 +50,16 @@ def optimize(
     residual_steps: Optional[str] = typer.Option(None, help="Reuse residuals across steps: these steps "
                                                             "(comma-separated, e.g. 0,2,5,10) run exact attention and "
                                                             "the steps after each add what their masks missed there "
-                                                            "(costed and counted in the density)."),
+                                                            "(costed and counted in the density); profiled: each "
+                                                            "profile's own (profile --residual-steps), the search "
+                                                            "choosing among them."),
 ) -> None:
     """Search the fastest plan under an accuracy budget and write it as JSON."""
     from ..costmodel import EXECUTIONS, load_hardware
     from .common import parse_int_list
     from ..costmodel.model import resolve_execution
     from ..search import optimize as run_search
-    from ..search.study import check_outputs_of
+    from ..search.study import PROFILED, check_outputs_of
     from ..layer_plan import PRECISIONS
     from ..search.sensitivity import resolve_sensitivity
     from ..search.validate import VALIDATE_MODES
@@ -73,7 +76,10 @@ def optimize(
         if execution is not None:
             check_choice("--execution", execution, EXECUTIONS)
             resolve_execution(load_hardware(hardware), execution)  # a table without host costs: said before any work
-        exact_steps = None if residual_steps is None else parse_int_list("--residual-steps", residual_steps)
+        exact_steps = None
+        if residual_steps is not None:
+            exact_steps = PROFILED if residual_steps.strip() == PROFILED else \
+                parse_int_list(f"--residual-steps ({PROFILED}, or exact steps)", residual_steps)
         wanted = None
         if precisions is not None:
             wanted = [p.strip() for p in precisions.split(",") if p.strip()]

@@ -61,7 +61,9 @@ class Run:
     def to_dict(self, seeds: Sequence[int]) -> dict[str, Any]:
         return {"label": self.label, "kind": self.kind, "plan_file": self.source, "of": self.of,
                 "baseline": self.baseline, "density": self.density, "predicted": self.predicted,
-                "attention_calls": self.calls, "residual_peak_bytes": self.residual_peak_bytes, "overall": self.overall,
+                "attention_calls": self.calls,
+                "residual_steps": list(self.plan.residual_steps) if self.plan.has_residual else None,
+                "residual_peak_bytes": self.residual_peak_bytes, "overall": self.overall,
                 "videos": [{"seed": s, "condition": v.condition, **m}
                            for s, v, m in zip(seeds, self.videos, self.metrics, strict=True)]}
 

@@ -44,6 +44,9 @@ TAU_CHOICES = (0.0, 0.8, 0.9, 0.95)
 #: ends-first, so even a short study holds a near-dense plan (any budget has an answer) and an
 #: aggressive one before it fills in the middle.
 SEED_LAMS = (1000.0, 1.0, 0.01, 10.0, 0.1)
+#: ``residual_steps`` value under which each profile's own exact steps (``profile --residual-steps``;
+#: none: no reuse) are a choice of the search.
+PROFILED = "profiled"
 
 
 @dataclass
@@ -66,7 +69,7 @@ class OptimizeResult:
 # --- inputs ----------------------------------------------------------------------------------------
 
 
-def _load_profiles(profile_path) -> list[Profile]:
+def _load_profiles(profile_path, residual_steps=None) -> list[Profile]:
     paths = [profile_path] if isinstance(profile_path, (str, os.PathLike, Profile)) else list(profile_path)
     if not paths:
         raise SearchError("optimize: no profile given")
@@ -81,9 +84,21 @@ def _load_profiles(profile_path) -> list[Profile]:
             raise SearchError("optimize: the profiles are of different models or geometries")
         if (p.num_steps, p.num_layers, p.num_heads) != (first.num_steps, first.num_layers, first.num_heads):
             raise SearchError("optimize: the profiles cover different steps, layers or heads")
+    if residual_steps == PROFILED:
+        if not any(p.settings.residual_steps for p in profs):
+            raise SearchError("residual_steps 'profiled': none of the profiles measured residual reuse (profile "
+                              "with --residual-steps, once per set of exact steps to choose from)")
+        keys = [(p.settings.block_size, _steps_label(p.settings.residual_steps)) for p in profs]
+        if len(set(keys)) != len(keys):
+            twice = next(k for k in keys if keys.count(k) > 1)
+            raise SearchError(f"optimize: two profiles at block size {twice[0]} with exact steps {twice[1]}; give one "
+                              "per block size and set of exact steps")
+        return profs
     sizes = [p.settings.block_size for p in profs]
     if len(set(sizes)) != len(sizes):
-        raise SearchError(f"optimize: two profiles at the same block size ({sizes}); give one per block size")
+        raise SearchError(f"optimize: two profiles at the same block size ({sizes}); give one per block size"
+                          + (" (several sets of exact steps: residual_steps='profiled')"
+                             if len({p.settings.residual_steps for p in profs}) > 1 else ""))
     return profs
 
 
@@ -120,35 +135,47 @@ def _sampler_seed(seed: int, index: int) -> int:
 class _Search:
     """The knob space and objective of one search (built alike in the parent and every worker)."""
 
-    def __init__(self, problems: dict[int, Problem], *, budgeted: bool, max_error: float | None, validator) -> None:
+    def __init__(self, problems: dict[tuple[int, tuple[int, ...] | None], Problem], *, budgeted: bool,
+                 max_error: float | None, validator) -> None:
         self.problems, self.budgeted, self.max_error, self.validator = problems, budgeted, max_error, validator
         S, L, _ = next(iter(problems.values())).space.shape[:3]
         self.S, self.L = S, L
-        # Few values per knob that changes the per-range sums (each combination is aggregated once).
-        self.warm_choices = sorted({0, *(w for w in (round(S * f) for f in (0.05, 0.1, 0.2)) if 0 < w < S)})
-        # Under residual reuse a plan's step ranges are the spans between its exact steps, and dense
-        # warm-up steps end at one: a range cut elsewhere would start without a residual, where the
-        # error model counts one.
-        exact = next(iter(problems.values())).residual_steps
-        if exact is not None:
-            self.warm_choices = sorted({0, *(w for w in exact if 0 < w < S)})
-        self.range_choices = [1] if exact is not None else sorted({1, *(r for r in (2, 4) if r < S), S - 0})
         self.max_dense_layers = L // 4
-        self.sizes = sorted(problems)
+        self.sizes = sorted({size for size, _ in problems})
+        #: The sets of exact steps the problems reuse residuals at (None: no reuse); several with
+        #: ``residual_steps="profiled"``, where the set is a knob ("variant": block size and set).
+        self.sets = sorted({steps for _, steps in problems}, key=lambda s: (s is not None, s or ()))
+        self.variants = {f"{size}:{_steps_label(steps)}": (size, steps) for size, steps in sorted(
+            problems, key=lambda k: (k[0], k[1] is not None, k[1] or ()))} if len(self.sets) > 1 else {}
+        self._warm = {steps: _warm_choices(S, steps) for steps in self.sets}
+        self._ranges = {steps: [1] if steps is not None else sorted({1, *(r for r in (2, 4) if r < S), S})
+                        for steps in self.sets}
+        self.warm_choices, self.range_choices = self._warm[self.sets[0]], self._ranges[self.sets[0]]
+
+    def key_of(self, params: dict[str, Any]) -> tuple[int, tuple[int, ...] | None]:
+        """The (block size, exact steps) of a trial's parameters: which problem it solves."""
+        if self.variants:
+            return self.variants[params["variant"]]
+        return params.get("block_size", self.sizes[-1]), self.sets[0]
+
+    def problem_of(self, params: dict[str, Any]) -> Problem:
+        return self.problems[self.key_of(params)]
 
     @classmethod
     def build(cls, profs: Sequence[Profile], cm: CostModel, *, max_error: float | None, validate: int, spec,
               backend: str, validate_mode: str = "steps", ulysses: int = 1,
               precisions: Sequence[str] | None = None, sensitivity: Sensitivity | None = None,
-              residual_steps: Sequence[int] | None = None) -> "_Search":
+              residual_steps: Sequence[int] | str | None = None) -> "_Search":
         problems = {}
         for p in profs:
             space = build_space(p)
             if sensitivity is not None:
                 sensitivity.check_matches(space, p.model)
-            problems[p.settings.block_size] = Problem(
-                space, cm, ulysses=ulysses, precisions=None if precisions is None else tuple(precisions),
-                weights=None if sensitivity is None else sensitivity.weights(), residual_steps=None if residual_steps is None else tuple(residual_steps))
+            steps = (tuple(p.settings.residual_steps) or None) if residual_steps == PROFILED else (
+                None if residual_steps is None else tuple(residual_steps))
+            pb = Problem(space, cm, ulysses=ulysses, precisions=None if precisions is None else tuple(precisions),
+                         weights=None if sensitivity is None else sensitivity.weights(), residual_steps=steps)
+            problems[(p.settings.block_size, pb.residual_steps)] = pb
         validator = None
         if validate:
             from .validate import Validator
@@ -165,12 +192,13 @@ class _Search:
             self.validator.reference  # a cached property: runs the dense model once
 
     def knobs_of(self, params: dict[str, Any]) -> Knobs:
-        bs = params.get("block_size", self.sizes[-1])
+        size, steps = self.key_of(params)
+        at = f"@{_steps_label(steps)}" if self.variants else ""
         return Knobs(lam=None if self.budgeted else params["lam"],
                      budget=self.max_error * params["budget_frac"] if self.budgeted else None,
-                     tau=params.get("tau", 0.0), warmup=params.get("warmup", 0),
-                     dense_layers=params.get("dense_layers", 0), ranges=params.get("ranges", 1),
-                     block_size=bs)
+                     tau=params.get("tau", 0.0), warmup=params.get(f"warmup{at}", 0),
+                     dense_layers=params.get("dense_layers", 0), ranges=params.get(f"ranges{at}", 1),
+                     block_size=size)
 
     def objective(self, trial) -> tuple[float, float]:
         if self.budgeted:
@@ -178,12 +206,18 @@ class _Search:
         else:
             trial.suggest_float("lam", *LAM_RANGE, log=True)
         trial.suggest_categorical("tau", TAU_CHOICES)
-        trial.suggest_categorical("warmup", self.warm_choices)
-        trial.suggest_int("dense_layers", 0, self.max_dense_layers)
-        trial.suggest_categorical("ranges", self.range_choices)
-        trial.suggest_categorical("block_size", self.sizes)
+        if self.variants:  # the set of exact steps (and block size) is a knob; warm-up and ranges depend on it
+            _, steps = self.variants[trial.suggest_categorical("variant", list(self.variants))]
+            trial.suggest_categorical(f"warmup@{_steps_label(steps)}", self._warm[steps])
+            trial.suggest_int("dense_layers", 0, self.max_dense_layers)
+            trial.suggest_categorical(f"ranges@{_steps_label(steps)}", self._ranges[steps])
+        else:
+            trial.suggest_categorical("warmup", self.warm_choices)
+            trial.suggest_int("dense_layers", 0, self.max_dense_layers)
+            trial.suggest_categorical("ranges", self.range_choices)
+            trial.suggest_categorical("block_size", self.sizes)
         k = self.knobs_of(trial.params)
-        pb = self.problems[k.block_size]
+        pb = self.problem_of(trial.params)
         a = pb.solve(k)
         dense_ms = pb.dense_baseline_ms
         trial.set_user_attr("speedup", dense_ms / a.cost_ms)
@@ -198,13 +232,35 @@ class _Search:
         return a.cost_ms, error
 
     def seed_params(self, trials: int) -> list[dict[str, Any]]:
-        """A new study starts from a spread of λ (or budgets) at default knobs."""
+        """A new study starts from a spread of λ (or budgets) at default knobs (with several sets of
+        exact steps, each seed at the next one, the sets in turn)."""
         out = []
+        labels = list(self.variants)
         for i, v in enumerate(SEED_LAMS[: max(1, min(trials, len(SEED_LAMS)))]):
-            base = {"tau": 0.0, "warmup": 0, "dense_layers": 0, "ranges": 1, "block_size": self.sizes[-1]}
+            base = {"tau": 0.0, "dense_layers": 0}
+            if labels:
+                label = labels[i % len(labels)]
+                at = f"@{_steps_label(self.variants[label][1])}"
+                base.update({"variant": label, f"warmup{at}": 0, f"ranges{at}": 1})
+            else:
+                base.update({"warmup": 0, "ranges": 1, "block_size": self.sizes[-1]})
             base.update({"budget_frac": (1.0, 0.625, 0.25, 0.8125, 0.4375)[i]} if self.budgeted else {"lam": v})
             out.append(base)
         return out
+
+
+def _steps_label(steps) -> str:
+    """A set of exact steps as text: "0,2,5,10", "none" for no reuse."""
+    return ",".join(map(str, steps)) if steps else "none"
+
+
+def _warm_choices(S: int, exact: tuple[int, ...] | None) -> list[int]:
+    """Dense warm-up lengths a trial may take. Under residual reuse a plan's step ranges are the
+    spans between its exact steps, and a warm-up ends at one: a range cut elsewhere would start
+    without a residual, where the error model counts one."""
+    if exact is not None:
+        return sorted({0, *(w for w in exact if 0 < w < S)})
+    return sorted({0, *(w for w in (round(S * f) for f in (0.05, 0.1, 0.2)) if 0 < w < S)})
 
 
 def _progress(study, trial, trials: int) -> dict[str, Any]:
@@ -215,7 +271,7 @@ def _progress(study, trial, trials: int) -> dict[str, Any]:
 def worker_main(cfg: dict[str, Any], index: int, report: Callable[[dict[str, Any]], None]) -> None:
     """One worker process of ``optimize(workers=K)``: rebuild the search, claim and run trials."""
     started = time.monotonic()
-    profs = _load_profiles(cfg["profile"])
+    profs = _load_profiles(cfg["profile"], cfg["residual_steps"])
     spec = _load_spec(cfg["model"]) if cfg["model"] is not None else None
     cm = CostModel(cfg["hardware"], head_dim=cfg["head_dim"], batch=cfg["batch"], execution=cfg["execution"])
     search = _Search.build(profs, cm, max_error=cfg["max_error"], validate=cfg["validate"], spec=spec,
@@ -245,7 +301,8 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
              batch: int = 1, seed: int = 0, study_name: str | None = None, backend: str = "auto",
              timeout: float | None = None, workers: int = 1, heartbeat_s: int = HEARTBEAT_S,
              ulysses: int = 1, portable: bool = True, precisions: Sequence[str] | None = None,
-             sensitivity=None, execution: str | None = None, residual_steps: Sequence[int] | None = None) -> OptimizeResult:
+             sensitivity=None, execution: str | None = None,
+             residual_steps: Sequence[int] | str | None = None) -> OptimizeResult:
     """Search a plan for the profiled model and write it to ``out``.
 
     Args:
@@ -298,7 +355,10 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
             steps of a sparse range run exactly and the steps after each add what the layer plans
             missed there (``attnsearch.plan.residual_entries``); cost and density count the exact
             steps, the error figure is the layer plans' own (measured as run with ``validate``).
-            None: no reuse.
+            None: no reuse. ``"profiled"``: where the exact steps go is a knob of the search: each
+            profile's own (``profile --residual-steps``; a profile without: no reuse), so several
+            profiles of one model at one block size, one per set, let each trial take one set and
+            the front hold the best plan of every set (the chosen plan names its set).
     Returns:
         OptimizeResult: the plan, where it was written, the chosen trial and why, the Pareto front.
     """
@@ -312,6 +372,8 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         raise SearchError(f"max_density must be in (0, 1], got {max_density}")
     if validate < 0:
         raise SearchError(f"validate must be ≥ 0, got {validate}")
+    if isinstance(residual_steps, str) and residual_steps != PROFILED:
+        raise SearchError(f"residual_steps must be exact steps or {PROFILED!r}, got {residual_steps!r}")
     from .validate import VALIDATE_MODES
 
     if validate_mode not in VALIDATE_MODES:
@@ -324,7 +386,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
     sensitivity = resolve_sensitivity(sensitivity)
     storage, db = check_outputs_of(profile_path, out, storage, workers)
     started = time.perf_counter()
-    profs = _load_profiles(profile_path)
+    profs = _load_profiles(profile_path, residual_steps)
     spec = _load_spec(model) if model is not None else None
     if validate and spec is None:
         raise SearchError("validate needs the model: pass model= (a name or a ModelSpec)")
@@ -345,7 +407,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
     cm = CostModel(hardware, head_dim=head_dim, batch=batch, execution=execution)
     search = _Search.build(profs, cm, max_error=max_error, validate=validate, spec=spec, backend=backend,
                            validate_mode=validate_mode, ulysses=ulysses, precisions=precisions,
-                           sensitivity=sensitivity, residual_steps=None if residual_steps is None else tuple(residual_steps))
+                           sensitivity=sensitivity, residual_steps=residual_steps)
     problems = search.problems
     used_precisions = next(iter(problems.values())).precisions
 
@@ -353,13 +415,15 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
     settings = {"head_dim": head_dim, "batch": batch, "hardware": cm.table.name, "validate": validate,
                 **({"validate_mode": validate_mode} if validate and validate_mode != "steps" else {}),
                 "budgeted": budgeted, "max_error": max_error if budgeted else None,
-                "block_sizes": sorted(problems), "knob_space": 2, **({"ulysses": ulysses} if ulysses > 1 else {}),
+                "block_sizes": search.sizes, "knob_space": 2, **({"ulysses": ulysses} if ulysses > 1 else {}),
                 # in the study's fingerprint only when it is not the default native-only search
                 **({"precisions": list(used_precisions)} if used_precisions != ("native",) else {}),
                 **({"error_weights": sensitivity.digest()} if sensitivity is not None else {}),
                 # eager costs (host dispatch floors) are a different objective from device time
                 **({"execution": cm.execution} if cm.execution != "graph" else {}),
-                **({"residual_steps": sorted(residual_steps),
+                **({"residual_steps": PROFILED, "exact_step_sets": [_steps_label(s) for s in search.sets],
+                    "reuse_errors": "profiled"} if residual_steps == PROFILED else
+                   {"residual_steps": sorted(residual_steps),
                     # the error after an exact step: the profile's error under reuse, else the mask's own
                     "reuse_errors": "profiled" if next(iter(problems.values())).space.reuse_steps else "masks' own"}
                    if residual_steps is not None else {})}
@@ -424,8 +488,8 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         front = sorted(study.best_trials, key=lambda t: t.number)
         try:
             if max_density is not None:
-                chosen, reason = choose_by_density(done, lambda t: problems[search.knobs_of(t.params).block_size],
-                                                   search, max_density, validate=bool(validate))
+                chosen, reason = choose_by_density(done, lambda t: search.problem_of(t.params), search, max_density,
+                                                   validate=bool(validate))
             else:
                 chosen, reason = choose(front, max_error, target_speedup, validate=bool(validate))
         except BudgetError as err:  # the trials are results: kept, and said so
@@ -434,7 +498,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         if study.user_attrs.get("chosen_trial") != chosen.number:
             study.set_user_attr("chosen_trial", chosen.number)  # what `attnsearch report STUDY.db` marks
         k = search.knobs_of(chosen.params)
-        pb = problems[k.block_size]
+        pb = search.problem_of(chosen.params)
         pb._lam_hint.clear()  # the rebuild must not depend on what this process solved before
         a = pb.solve(k)
         figures = pb.figures(a)
@@ -471,4 +535,4 @@ def _load_spec(model):
 
 
 __all__ = ["BudgetError", "OptimizeResult", "choose", "choose_by_density", "front_table", "optimize",
-           "HardwareError", "ProfileError"]
+           "HardwareError", "ProfileError", "PROFILED"]

@@ -32,7 +32,8 @@ class SweepPoint:
             return {"max_density": self.max_density, "unmet": self.unmet}
         return {"max_density": self.max_density, "density": res.plan.mean_density, "trial": res.trial,
                 "reason": res.reason, "predicted_speedup": res.figures["speedup"],
-                "profile_rel_err": res.figures["rel_err"], "validation": res.plan.search.get("validation")}
+                "profile_rel_err": res.figures["rel_err"], "validation": res.plan.search.get("validation"),
+                "residual_steps": list(res.plan.residual_steps) if res.plan.has_residual else None}
 
 
 def density_sweep(profile, densities: Sequence[float], *, trials: int, folder: str | Path, name: str = "sweep",

@@ -292,13 +292,13 @@ def test_worker_processes_weigh_errors_by_the_sensitivity(pg, tmp_path):
              heartbeat_s=HEARTBEAT, sensitivity=sens)
     cm = CostModel(None, head_dim=128)
     space = build_space(prof)
-    search = _Search({prof.settings.block_size: Problem(space, cm, weights=sens.weights())}, budgeted=False,
+    search = _Search({(prof.settings.block_size, None): Problem(space, cm, weights=sens.weights())}, budgeted=False,
                      max_error=None, validator=None)
     plain = Problem(space, cm)
     done = _by_state(_trials(pg, name))["COMPLETE"]
     assert len(done) == 8 and {t.user_attrs["worker"].split(":")[2] for t in done} <= {"0", "1"}
     for t in done:
         k = search.knobs_of(t.params)
-        assert t.values[1] == pytest.approx(search.problems[k.block_size].solve(k).rel_err, rel=1e-9)
+        assert t.values[1] == pytest.approx(search.problem_of(t.params).solve(k).rel_err, rel=1e-9)
     assert any(t.values[1] > 0 and abs(t.values[1] - plain.solve(search.knobs_of(t.params)).rel_err) > 1e-6
                for t in done)
