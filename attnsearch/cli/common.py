@@ -101,13 +101,17 @@ def check_choice(option: str, value: str, choices) -> None:
         raise UsageError(f"{option} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
-def parse_int_list(option: str, text: str) -> list[int]:
-    """``"0,2,5"`` → [0, 2, 5]; UsageError naming ``option`` for anything that is not integers."""
+def parse_int_list(option: str, text: str, word: str | None = None) -> list[int] | str:
+    """``"0,2,5"`` → [0, 2, 5] (or ``word`` itself, where the option also takes that word);
+    UsageError naming ``option`` for anything else."""
+    if word is not None and text.strip() == word:
+        return word
     items = [t.strip() for t in text.split(",") if t.strip()]
     try:
         return [int(t) for t in items]
     except ValueError:
-        raise UsageError(f"{option} must be comma-separated integers, got {text!r}") from None
+        raise UsageError(f"{option} must be comma-separated integers{'' if word is None else f' or {word}'}, "
+                         f"got {text!r}") from None
 
 
 def parse_options(options: list[str]) -> dict:

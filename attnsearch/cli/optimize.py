@@ -76,10 +76,7 @@ def optimize(
         if execution is not None:
             check_choice("--execution", execution, EXECUTIONS)
             resolve_execution(load_hardware(hardware), execution)  # a table without host costs: said before any work
-        exact_steps = None
-        if residual_steps is not None:
-            exact_steps = PROFILED if residual_steps.strip() == PROFILED else \
-                parse_int_list(f"--residual-steps ({PROFILED}, or exact steps)", residual_steps)
+        exact_steps = None if residual_steps is None else parse_int_list("--residual-steps", residual_steps, PROFILED)
         wanted = None
         if precisions is not None:
             wanted = [p.strip() for p in precisions.split(",") if p.strip()]

@@ -285,9 +285,32 @@ def test_sensitivity_inputs_are_checked_before_any_probe(folder):
 
 def test_optimize_names_residual_steps_it_cannot_use(folder, tmp_path):
     line = one_error(*cli("optimize", folder / "good.parquet", "--out", tmp_path / "p.json", "--residual-steps", "0,a"))
-    assert "--residual-steps must be comma-separated integers, got '0,a'" in line
+    assert "--residual-steps must be comma-separated integers or profiled, got '0,a'" in line
     code, output = cli("optimize", folder / "good.parquet", "--out", tmp_path / "p.json", "--residual-steps", "0,99")
     errors = [ln for ln in output.splitlines() if ln.startswith("error:")]
     assert code == 2 and "Traceback" not in output and len(errors) == 1, output
     assert "residual_steps: step 99 is outside the plan's steps" in errors[0]
     assert not (tmp_path / "p.json").exists()
+
+
+def test_optimize_chooses_among_profiled_sets_of_exact_steps(tmp_path):
+    """``--residual-steps profiled``: the plan reuses at one of the profiles' sets and says so; with
+    no profile of reuse it is one error line, exit 2, no plan."""
+    import synthetic
+
+    paths = []
+    for i, steps in enumerate(((), (0, 2))):
+        (tmp_path / f"s{i}").mkdir()
+        paths.append(synthetic.large_profile(tmp_path / f"s{i}", steps=4, seed=3, fingerprint="cli",
+                                             residual_steps=steps)[0])
+    code, output = cli("optimize", *paths, "--out", tmp_path / "p.json", "--residual-steps", "profiled",
+                       "--trials", "12", "--hardware", "nvidia-h100-80gb-hbm3", "--head-dim", "128", "--max-density", "0.9")
+    assert code == 0, output
+    from attnsearch import load_plan
+
+    plan = load_plan(tmp_path / "p.json")
+    assert plan.search["settings"]["exact_step_sets"] == ["none", "0,2"]
+    assert set(plan.residual_steps) <= {0, 2}
+    line = one_error(*cli("optimize", paths[0], "--out", tmp_path / "q.json", "--residual-steps", "profiled"), alone=False)
+    assert "none of the profiles measured residual reuse" in line
+    assert not (tmp_path / "q.json").exists()
