@@ -3,7 +3,7 @@ and against global masks with and without it: the same held-out videos.
 
     python -m benchmarks.mini_vdit_residual --out reports/mini_vdit_residual \
         [--sensitivity-from reports/mini_vdit_weighted/result.json] [--exact-steps 0,2,5,10] [--validate 2] \
-        [--profile-reuse [--profiled-only]] [--choose-from 0 0,3 0,2,5,10 ...]
+        [--profile-reuse [--profiled-only]] [--choose-from 0 0,3 0,2,5,10 ... | --choose-profiles P...]
 
 The committed profile (``profiles/mini-vdit.parquet``) is searched once per setting (``--trials``
 each, errors weighted by the sensitivity record of ``--sensitivity-from`` when given): without reuse,
@@ -15,10 +15,11 @@ trajectory``): the error the search then ranks plans by is the videos' own, reus
 ``--profile-reuse`` the model is profiled again with each set (``profile --residual-steps``: every
 candidate's error under that reuse, its residual's drift) and each set also searched on that profile
 (``profiled``): the search then ranks masks by their error under reuse; ``--profiled-only`` skips
-the sets' searches on the committed profile. With ``--choose-from SET...`` the model is profiled
+the sets' searches on the committed profile (the masks' own errors). With ``--choose-from SET...`` the model is profiled
 with each of those sets too and one search chooses among them and no reuse (``optimize
 --residual-steps profiled``: the set of exact steps is a knob; ``--choose-trials`` trials): where
-the exact steps go is then the search's choice, per density cap. For each density cap every search's lowest-error plan at or below it generates the held-out videos (noise
+the exact steps go is then the search's choice, per density cap (``--choose-profiles``: profiles
+of reuse made beforehand instead). For each density cap every search's lowest-error plan at or below it generates the held-out videos (noise
 seeds from 10,000, held-out conditions), beside the ``energy_decay`` and ``window`` global masks at
 each plan's density (a reuse plan's masks reuse residuals at the same exact steps, their density
 lowered by what those steps add). Writes ``result.json`` and ``figure.png`` (PSNR and SSIM against
@@ -36,6 +37,7 @@ from pathlib import Path
 from attnsearch.atomic_io import write_text_atomic
 from attnsearch.bench.output import add_run_options, environment, redrawn
 from attnsearch.evaluate import evaluate, load_generator
+from attnsearch.profiling import Profile
 from attnsearch.report.style import save_figure
 from attnsearch.search.sensitivity import Sensitivity
 from attnsearch.search.sweep import density_sweep, distinct_plans
@@ -108,10 +110,13 @@ def main(argv: list[str] | None = None) -> None:
                                                                  "search on them")
     p.add_argument("--reuse-profile", type=Path, default=None, metavar="PROFILE",
                    help="a profile of reuse errors (profile --residual-steps) to search on instead of profiling")
-    p.add_argument("--profiled-only", action="store_true", help="with --profile-reuse: no search of the sets on "
-                                                                 "the committed profile (the masks' own errors)")
+    p.add_argument("--profiled-only", action="store_true", help="no search of the --exact-steps sets on the "
+                                                                 "committed profile (the masks' own errors)")
     p.add_argument("--choose-from", nargs="+", default=[], metavar="SET",
                    help="sets of exact steps to profile and search among in one search (with no reuse)")
+    p.add_argument("--choose-profiles", nargs="+", type=Path, default=[], metavar="PROFILE",
+                   help="profiles of reuse errors (profile --residual-steps), each at its set of exact steps, to "
+                        "search among like --choose-from's (made beforehand: no profiling here)")
     p.add_argument("--choose-trials", type=int, default=400, help="trials of the search among --choose-from")
     p.add_argument("--skip-static", action="store_true", help="no search without reuse")
     p.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     sweeps = {}
     with tempfile.TemporaryDirectory() as tmp:
         settings = {**({} if args.skip_static else {"static": ({}, None, args.profile)}),
-                    **({} if args.profiled_only and args.profile_reuse else
+                    **({} if args.profiled_only else
                        {named(s): ({}, s, args.profile) for s in exact_sets}),
                     **({f"{named(s)}, validated": (validated, s, args.profile) for s in exact_sets} if validated else {})}
         reuse_profiles: dict[tuple[int, ...], Path] = {}
@@ -163,13 +168,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.profile_reuse:
             for s in exact_sets:
                 settings[f"{named(s)}, profiled"] = ({}, s, reuse_profiles[tuple(s)])
-        if choose_from:
+        if choose_from or args.choose_profiles:
             settings["reuse, exact steps searched"] = (
                 {"trials": args.choose_trials}, "profiled",
-                [args.profile, *(reuse_profiles[tuple(s)] for s in choose_from)])
+                [args.profile, *(reuse_profiles[tuple(s)] for s in choose_from), *args.choose_profiles])
         if args.reuse_profile is not None:
-            from attnsearch.profiling import Profile
-
             exact = list(Profile.load(args.reuse_profile).settings.residual_steps)
             settings[f"{named(exact)}, profiled"] = ({}, exact, args.reuse_profile)
         for i, (name, (extra, exact, profile)) in enumerate(settings.items()):
@@ -193,7 +196,9 @@ def main(argv: list[str] | None = None) -> None:
                         "exact_steps": exact_sets, "validate": args.validate,
                         "validated_trials": args.validated_trials if args.validate else None,
                         "profile_reuse": args.profile_reuse, "profiled_only": args.profiled_only,
-                        "choose_from": choose_from, "choose_trials": args.choose_trials if choose_from else None,
+                        "choose_from": choose_from + [list(Profile.load(q).settings.residual_steps)
+                                                      for q in args.choose_profiles],
+                        "choose_trials": args.choose_trials if choose_from or args.choose_profiles else None,
                         "reuse_profile": None if args.reuse_profile is None else str(args.reuse_profile)}
     data["search"] = {name: [q.record() for q in points] for name, points in sweeps.items()}
     data["benchmark"] = {**environment(), "device": args.device, "seconds": round(time.time() - started, 1)}
