@@ -232,19 +232,22 @@ class _Search:
         return a.cost_ms, error
 
     def seed_params(self, trials: int) -> list[dict[str, Any]]:
-        """A new study starts from a spread of λ (or budgets) at default knobs (with several sets of
-        exact steps, each seed at the next one, the sets in turn)."""
+        """A new study starts from a spread of λ (or budgets) at default knobs; with several sets of
+        exact steps, the same spread at every set (each λ at every set before the next λ), so that
+        no set depends on the sampler's first draws to be tried at all."""
+        labels = list(self.variants) or [None]
+        fracs = (1.0, 0.625, 0.25, 0.8125, 0.4375)
         out = []
-        labels = list(self.variants)
-        for i, v in enumerate(SEED_LAMS[: max(1, min(trials, len(SEED_LAMS)))]):
+        for i in range(max(1, min(trials, len(SEED_LAMS) * len(labels)))):
+            spread, which = divmod(i, len(labels))
+            label = labels[which]
             base = {"tau": 0.0, "dense_layers": 0}
-            if labels:
-                label = labels[i % len(labels)]
+            if label is None:
+                base.update({"warmup": 0, "ranges": 1, "block_size": self.sizes[-1]})
+            else:
                 at = f"@{_steps_label(self.variants[label][1])}"
                 base.update({"variant": label, f"warmup{at}": 0, f"ranges{at}": 1})
-            else:
-                base.update({"warmup": 0, "ranges": 1, "block_size": self.sizes[-1]})
-            base.update({"budget_frac": (1.0, 0.625, 0.25, 0.8125, 0.4375)[i]} if self.budgeted else {"lam": v})
+            base.update({"budget_frac": fracs[spread]} if self.budgeted else {"lam": SEED_LAMS[spread]})
             out.append(base)
         return out
 

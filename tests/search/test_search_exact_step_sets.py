@@ -60,6 +60,8 @@ def test_each_trial_solves_the_problem_of_the_set_it_took(profiles, tmp_path):
         plan = alone[steps].plan(a)
         assert set(plan.residual_steps) <= set(steps or ())  # a plan reuses at its set's steps only
     assert taken == {None, (0, 2), (0, 1, 3)}
+    first = sorted(_trials(res), key=lambda t: t.number)[:3]  # the seeds: every set at the first λ
+    assert len({t.params["variant"] for t in first}) == 3 and len({t.params["lam"] for t in first}) == 1
     chosen = load_plan(res.path)
     assert chosen.mean_density <= 0.8
     assert cm.plan_ms(chosen) == pytest.approx(chosen.predicted["attention_ms"], rel=0.01)
