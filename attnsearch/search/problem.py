@@ -6,7 +6,9 @@ budget; τ (restrict each head to the family the classifier's rule names at that
 :func:`attnsearch.profiling.classify.pick_class` over the range's mean recall, density and error,
 plus dense and skip; 0 = no restriction); warm-up steps run dense; the ``dense_layers`` hardest layers
 (highest least-error at ≤ 30 % density) run dense; the number of step ranges the plan may vary
-over; the block size (one SearchSpace per profiled block size).
+over; the block size (one SearchSpace per profiled block size). Under ``residual_steps="profiled"``
+(:mod:`attnsearch.search.study`) the set of exact steps is a knob too: one Problem per profiled
+(block size, set), each trial solving the one it took.
 
 Precision is a per-head choice like the candidate: a profile that measured FP8 kept blocks has an
 FP8 twin of every computed candidate (:mod:`attnsearch.search.space`), priced by the FP8 kernel's

@@ -10,6 +10,10 @@ in an Optuna storage (default: SQLite beside the plan), named after the profile'
 settings, so rerunning the same command continues it. The final plan is the Pareto trial that
 best fits what was asked (``max_error``, ``target_speedup``, or the knee of the front), rebuilt
 from its knobs (the inner solve is deterministic) and costed with the full model.
+
+Several profiles of one model are several problems: one per block size, or, with
+``residual_steps="profiled"``, one per (block size, set of exact steps the profile measured reuse
+at); a trial's ``block_size`` or ``variant`` knob picks the one it solves (``_Search.problem_of``).
 """
 
 from __future__ import annotations
