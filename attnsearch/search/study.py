@@ -262,9 +262,10 @@ def _steps_label(steps) -> str:
 
 
 def _warm_choices(S: int, exact: tuple[int, ...] | None) -> list[int]:
-    """Dense warm-up lengths a trial may take. Under residual reuse a plan's step ranges are the
-    spans between its exact steps, and a warm-up ends at one: a range cut elsewhere would start
-    without a residual, where the error model counts one."""
+    """Dense warm-up lengths a trial may take: few values, as for every knob that changes the
+    per-range sums (each combination is aggregated once). Under residual reuse a plan's step ranges
+    are the spans between its exact steps, and a warm-up ends at one: a range cut elsewhere would
+    start without a residual, where the error model counts one."""
     if exact is not None:
         return sorted({0, *(w for w in exact if 0 < w < S)})
     return sorted({0, *(w for w in (round(S * f) for f in (0.05, 0.1, 0.2)) if 0 < w < S)})
