@@ -15,12 +15,12 @@ trajectory``): the error the search then ranks plans by is the videos' own, reus
 ``--profile-reuse`` the model is profiled again with each set (``profile --residual-steps``: every
 candidate's error under that reuse, its residual's drift) and each set also searched on that profile
 (``profiled``): the search then ranks masks by their error under reuse; ``--profiled-only`` skips
-the sets' searches on the committed profile (the masks' own errors). With ``--choose-from SET...`` the model is profiled
-with each of those sets too and one search chooses among them and no reuse (``optimize
---residual-steps profiled``: the set of exact steps is a knob; ``--choose-trials`` trials): where
-the exact steps go is then the search's choice, per density cap (``--choose-profiles``: profiles
-of reuse made beforehand instead). For each density cap every search's lowest-error plan at or below it generates the held-out videos (noise
-seeds from 10,000, held-out conditions), beside the ``energy_decay`` and ``window`` global masks at
+the sets' searches on the committed profile (the masks' own errors). With ``--choose-from SET...``
+the model is profiled with each of those sets too and one search chooses among them and no reuse
+(``optimize --residual-steps profiled``: the set of exact steps is a knob; ``--choose-trials``
+trials): where the exact steps go is then the search's choice, per density cap
+(``--choose-profiles``: profiles of reuse made beforehand instead). For each density cap every
+search's lowest-error plan at or below it generates the held-out videos (noise seeds from 10,000, held-out conditions), beside the ``energy_decay`` and ``window`` global masks at
 each plan's density (a reuse plan's masks reuse residuals at the same exact steps, their density
 lowered by what those steps add). Writes ``result.json`` and ``figure.png`` (PSNR and SSIM against
 mean density) into ``--out``.
