@@ -15,9 +15,25 @@ from ..atomic_io import replacing, write_text_atomic
 from .timing import card_name
 
 
+def _source_commit() -> str:
+    """``GIT_COMMIT`` if set (a tree copied without its .git), else this checkout's HEAD, else "unknown"."""
+    commit = os.environ.get("GIT_COMMIT")
+    if commit:
+        return commit
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+#: The commit this process runs, read when a benchmark imports this module (when it starts): a
+#: commit made while a long run goes on is not the one its result names.
+SOURCE_COMMIT = _source_commit()
+
+
 def environment() -> dict[str, Any]:
-    """Command line, git commit (``GIT_COMMIT`` if set, else this checkout's), card and library
-    versions of this process."""
+    """Command line, git commit (:data:`SOURCE_COMMIT`), card and library versions of this process."""
     import torch
 
     try:
@@ -26,17 +42,10 @@ def environment() -> dict[str, Any]:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    commit = os.environ.get("GIT_COMMIT")  # where the tree was copied without its .git
-    if not commit:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                    check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            commit = "unknown"
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     program = f"python -m {spec.name}" if spec is not None else f"python {sys.argv[0]}"
     return {"command": " ".join([program] + sys.argv[1:]),
-            "commit": commit, "card": card_name(), "torch": torch.__version__, "triton": triton_version}
+            "commit": SOURCE_COMMIT, "card": card_name(), "torch": torch.__version__, "triton": triton_version}
 
 
 def write_outputs(out: str | Path, name: str, result: dict[str, Any], draw: Callable[[Any], None],
