@@ -26,12 +26,15 @@ class SweepPoint:
     unmet: str | None = None
 
     def record(self) -> dict[str, Any]:
-        """What a report keeps of the choice."""
+        """What a report keeps of the choice. ``predicted_speedup`` is the search's cost model at the
+        calls' batch it was given (``predicted_batch``); ``evaluate`` prices the batch it runs (2
+        under classifier-free guidance), so the two can differ for one plan."""
         res = self.result
         if res is None:
             return {"max_density": self.max_density, "unmet": self.unmet}
         return {"max_density": self.max_density, "density": res.plan.mean_density, "trial": res.trial,
                 "reason": res.reason, "predicted_speedup": res.figures["speedup"],
+                "predicted_batch": res.plan.search.get("settings", {}).get("batch"),
                 "profile_rel_err": res.figures["rel_err"], "validation": res.plan.search.get("validation"),
                 "residual_steps": list(res.plan.residual_steps) if res.plan.has_residual else None}
 

@@ -20,7 +20,11 @@ def test_every_cap_chooses_from_one_study_and_unmet_caps_are_named_when_asked(tm
     assert points[0].record() == {"max_density": 1e-6, "unmet": points[0].unmet}
     for p in points[1:]:
         assert p.result.plan.mean_density <= p.max_density
+        assert p.record()["predicted_batch"] == 1  # the search's default: the batch its speedup prices
         assert p.result.plan.search["settings"]["trials_total"] == 6  # the largest cap ran the trials
     assert distinct_plans(points) == [points[1].result.plan]
+    batch2 = density_sweep(path, [1.0], trials=2, folder=tmp_path, name="b2", hardware=DEFAULT_TABLE, head_dim=64,
+                           batch=2)
+    assert batch2[0].record()["predicted_batch"] == 2
     with pytest.raises(BudgetError, match="1e-06"):
         density_sweep(path, [1e-6], trials=0, folder=tmp_path, hardware=DEFAULT_TABLE, head_dim=64)
