@@ -3,9 +3,11 @@ and against global masks with and without it: the same held-out videos.
 
     python -m benchmarks.mini_vdit_residual --out reports/mini_vdit_residual \
         [--sensitivity-from reports/mini_vdit_weighted/result.json] [--exact-steps 0,2,5,10] [--validate 2] \
-        [--profile-reuse [--profiled-only]] [--choose-from 0 0,3 0,2,5,10 ... | --choose-profiles P...]
+        [--profile-reuse [--profiled-only]] [--choose-from 0 0,3 0,2,5,10 ... | --choose-profiles P...] \
+        [--size F H W --make-profile --profile NEW.parquet --conditions C]
 
-The committed profile (``profiles/mini-vdit.parquet``) is searched once per setting (``--trials``
+The committed profile (``profiles/mini-vdit.parquet``; ``--make-profile``: a new one at ``--size``,
+written to ``--profile``) is searched once per setting (``--trials``
 each, errors weighted by the sensitivity record of ``--sensitivity-from`` when given): without reuse,
 and with each set of exact steps (``optimize --residual-steps``: those steps run exact attention, the
 steps after each add what their masks missed there; docs/design.md, "Residual reuse"). With
@@ -95,7 +97,12 @@ def figure(data: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.mini_vdit_residual", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--profile", type=Path, default=Path("profiles/mini-vdit.parquet"))
+    p.add_argument("--profile", type=Path, default=Path("profiles/mini-vdit.parquet"),
+                   help="the profile without reuse (with --make-profile: where to write a new one)")
+    p.add_argument("--make-profile", action="store_true",
+                   help="profile the model at --size first (--conditions training conditions, block 64)")
+    p.add_argument("--keep-profiles", type=Path, default=None, metavar="DIR",
+                   help="also write each profile of reuse made here into DIR (reuse-<steps>.parquet)")
     p.add_argument("--sensitivity-from", type=Path, default=None, metavar="RESULT",
                    help="a result.json of benchmarks.mini_vdit_weighted whose sensitivity record weighs the errors")
     p.add_argument("--exact-steps", nargs="+", default=list(EXACT_STEPS), help="sets of exact steps, e.g. 0,2,5,10")
@@ -135,6 +142,14 @@ def main(argv: list[str] | None = None) -> None:
         record = json.loads(args.sensitivity_from.read_text())["sensitivity"]
         sens = Sensitivity.from_dict({k: v for k, v in record.items() if k != "seconds"}, str(args.sensitivity_from))
     f, h, w = args.size
+    if args.make_profile:
+        from attnsearch.models import load_model
+        from attnsearch.profiling import ProfileSettings, profile_model
+
+        spec = load_model("mini-vdit", conditions=args.conditions, steps=20, frames=f, height=h, width=w,
+                          device=args.device)
+        profile_model(spec, settings=ProfileSettings(block_size=64)).save(args.profile)
+        print(f"profiled mini-vdit at {f}x{h}x{w} into {args.profile} ({time.time() - started:.0f} s)", flush=True)
     validated = {}
     if args.validate:
         from attnsearch.models import load_model
@@ -162,7 +177,11 @@ def main(argv: list[str] | None = None) -> None:
             for s in (exact_sets if args.profile_reuse else []) + choose_from:
                 if tuple(s) not in reuse_profiles:
                     reuse_profiles[tuple(s)] = path = Path(tmp) / f"reuse{len(reuse_profiles)}.parquet"
-                    profile_model(spec, settings=ProfileSettings(block_size=64, residual_steps=tuple(s))).save(path)
+                    profile = profile_model(spec, settings=ProfileSettings(block_size=64, residual_steps=tuple(s)))
+                    profile.save(path)
+                    if args.keep_profiles is not None:
+                        args.keep_profiles.mkdir(parents=True, exist_ok=True)
+                        profile.save(args.keep_profiles / f"reuse-{'_'.join(map(str, s))}.parquet")
             print(f"profiled reuse errors at {len(reuse_profiles)} sets of exact steps "
                   f"({time.time() - started:.0f} s)", flush=True)
         if args.profile_reuse:
@@ -192,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     data = result.to_dict()
     data["settings"] = {"size": list(args.size), "steps": plans[0].num_steps, "trials": args.trials,
                         "densities": sorted(args.densities), "profile": str(args.profile),
+                        "profile_made": args.make_profile, "conditions": args.conditions,
                         "sensitivity_from": None if args.sensitivity_from is None else str(args.sensitivity_from),
                         "exact_steps": exact_sets, "validate": args.validate,
                         "validated_trials": args.validated_trials if args.validate else None,
