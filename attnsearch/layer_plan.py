@@ -33,17 +33,21 @@ class HeadGroup:
     """Heads of one layer that run one pattern family in one precision; ``params[i]`` belongs to
     ``heads[i]``.
 
-    ``params`` are normalized (defaults filled in, canonical types) by the constructor.
+    ``params`` are normalized (defaults filled in, canonical types) by the constructor. ``reuse``:
+    whether the heads take part in a residual entry's reuse (docs/design.md, "Residual reuse"); False
+    runs their masks alone there (no exact call, no residual kept). Outside residual entries it
+    changes nothing.
     """
 
     pattern: str
     heads: tuple[int, ...]
     params: tuple[dict[str, Any], ...]
     precision: str = DEFAULT_PRECISION
+    reuse: bool = True
 
     @cached_property
     def key(self) -> tuple:
-        return (self.pattern, self.heads, tuple(params_key(p) for p in self.params), self.precision)
+        return (self.pattern, self.heads, tuple(params_key(p) for p in self.params), self.precision, self.reuse)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, HeadGroup) and self.key == other.key
@@ -52,10 +56,13 @@ class HeadGroup:
         return hash(self.key)
 
     def to_dict(self) -> dict[str, Any]:
-        """The group's plan-JSON object (``precision`` written only when it is not the default)."""
+        """The group's plan-JSON object (``precision`` and ``reuse`` written only when they are not
+        the default)."""
         out = {"pattern": self.pattern, "heads": list(self.heads), "params": [dict(p) for p in self.params]}
         if self.precision != DEFAULT_PRECISION:
             out["precision"] = self.precision
+        if not self.reuse:
+            out["reuse"] = False
         return out
 
 
@@ -63,7 +70,7 @@ def _parse_group(raw: Any, geometry: Geometry, block_size: int, num_heads: int, 
     if isinstance(raw, HeadGroup):
         raw = raw.to_dict()
     obj = as_object(raw, path)
-    check_keys(obj, path, ("pattern", "heads", "params"), ("precision",))
+    check_keys(obj, path, ("pattern", "heads", "params"), ("precision", "reuse"))
     pattern = obj["pattern"]
     if not isinstance(pattern, str):
         raise PlanError(f"{path}.pattern: must be a string, got {pattern!r}")
@@ -72,6 +79,11 @@ def _parse_group(raw: Any, geometry: Geometry, block_size: int, num_heads: int, 
         raise PlanError(f"{path}.precision: must be one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
     if precision != DEFAULT_PRECISION and pattern == "skip":
         raise PlanError(f"{path}.precision: a skip group computes nothing; it takes no precision")
+    reuse = obj.get("reuse", True)
+    if not isinstance(reuse, bool):
+        raise PlanError(f"{path}.reuse: must be true or false, got {reuse!r}")
+    if not reuse and pattern == "dense" and precision == DEFAULT_PRECISION:
+        raise PlanError(f"{path}.reuse: a native dense group is exact attention; it has no residual to opt out of")
     heads = as_list(obj["heads"], f"{path}.heads")
     if not heads:
         raise PlanError(f"{path}.heads: must list at least one head")
@@ -92,7 +104,7 @@ def _parse_group(raw: Any, geometry: Geometry, block_size: int, num_heads: int, 
             raise pattern_error(err, ppath) from None
         check_extent(pattern, n, geometry, ppath)
         norm.append(n)
-    return HeadGroup(pattern, heads, tuple(norm), precision)
+    return HeadGroup(pattern, heads, tuple(norm), precision, reuse)
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,7 +157,7 @@ class LayerPlan:
 
     def __repr__(self) -> str:
         fams = ", ".join(f"{g.pattern}×{len(g.heads)}" + ("" if g.precision == DEFAULT_PRECISION else f" {g.precision}")
-                         for g in self.groups)
+                         + ("" if g.reuse else " no-reuse") for g in self.groups)
         return f"LayerPlan({self.geometry}, B={self.block_size}, H={self.num_heads}: {fams})"
 
     # -- constructors ----------------------------------------------------------------------------
@@ -165,16 +177,23 @@ class LayerPlan:
 
     @classmethod
     def from_heads(cls, heads: Sequence[tuple[str, Mapping[str, Any] | None]], geometry: Geometry,
-                   block_size: int, precisions: Sequence[str] | None = None) -> LayerPlan:
-        """One (pattern, params) per head, and optionally one precision per head (default: native);
-        heads of one pattern family and precision form one group."""
+                   block_size: int, precisions: Sequence[str] | None = None,
+                   reuse: Sequence[bool] | None = None) -> LayerPlan:
+        """One (pattern, params) per head, and optionally one precision per head (default: native)
+        and whether it reuses residuals (default: yes; a native dense head is exact and always
+        counts as yes); heads of one pattern family, precision and reuse form one group."""
         if precisions is not None and len(precisions) != len(heads):
             raise PlanError(f"precisions: {len(precisions)} entries for {len(heads)} heads (one per head)")
-        groups: dict[tuple[str, str], dict[str, Any]] = {}
+        if reuse is not None and len(reuse) != len(heads):
+            raise PlanError(f"reuse: {len(reuse)} entries for {len(heads)} heads (one per head)")
+        groups: dict[tuple[str, str, bool], dict[str, Any]] = {}
         for h, (pattern, params) in enumerate(heads):
             precision = DEFAULT_PRECISION if precisions is None or pattern == "skip" else precisions[h]
-            g = groups.setdefault((pattern, precision), {"pattern": pattern, "heads": [], "params": [],
-                                                          "precision": precision})
+            reuses = (reuse is None or bool(reuse[h])
+                      or (pattern == "dense" and precision == DEFAULT_PRECISION))
+            g = groups.setdefault((pattern, precision, reuses),
+                                  {"pattern": pattern, "heads": [], "params": [], "precision": precision,
+                                   "reuse": reuses})
             g["heads"].append(h)
             g["params"].append(dict(params or {}))
         return cls(geometry, block_size, len(heads), tuple(groups.values()))
@@ -197,6 +216,15 @@ class LayerPlan:
         for g in self.groups:
             for h in g.heads:
                 out[h] = g.precision
+        return tuple(out)
+
+    @cached_property
+    def head_reuse(self) -> tuple[bool, ...]:
+        """Whether every head takes part in a residual entry's reuse, in head order."""
+        out = [True] * self.num_heads
+        for g in self.groups:
+            for h in g.heads:
+                out[h] = g.reuse
         return tuple(out)
 
     def precision_heads(self, precision: str) -> tuple[int, ...]:
@@ -226,6 +254,12 @@ class LayerPlan:
         """Heads whose output is not exact attention: every head but the native dense ones."""
         return tuple(h for h, (pat, _) in enumerate(self.head_specs)
                      if not (pat == "dense" and self.head_precisions[h] == DEFAULT_PRECISION))
+
+    @property
+    def reuse_heads(self) -> tuple[int, ...]:
+        """The inexact heads that reuse residuals in a residual entry (run exactly at its exact step,
+        their residual added after it); the others run their masks alone there."""
+        return tuple(h for h in self.inexact_heads if self.head_reuse[h])
 
     @property
     def is_dense(self) -> bool:
@@ -278,7 +312,14 @@ class LayerPlan:
         chosen = set(self.computed_heads if heads is None else heads)
         precisions = [precision if h in chosen and pattern != "skip" else self.head_precisions[h]
                       for h, (pattern, _) in enumerate(self.head_specs)]
-        return LayerPlan.from_heads(self.head_specs, self.geometry, self.block_size, precisions=precisions)
+        return LayerPlan.from_heads(self.head_specs, self.geometry, self.block_size, precisions=precisions,
+                                    reuse=self.head_reuse)
+
+    def with_reuse(self, reuse: Sequence[bool]) -> LayerPlan:
+        """This layer plan with ``reuse[h]`` saying whether head h takes part in residual reuse (a
+        native dense head always does: it is exact); masks and precisions as they were."""
+        return LayerPlan.from_heads(self.head_specs, self.geometry, self.block_size,
+                                    precisions=self.head_precisions, reuse=reuse)
 
     def for_geometry(self, geometry: Geometry) -> LayerPlan:
         """This layer plan at another geometry (:mod:`attnsearch.retarget`): every head's parameters
@@ -287,7 +328,7 @@ class LayerPlan:
         if geometry == self.geometry:
             return self
         check_target(self.geometry, geometry)
-        groups = tuple({"pattern": g.pattern, "heads": list(g.heads), "precision": g.precision,
+        groups = tuple({"pattern": g.pattern, "heads": list(g.heads), "precision": g.precision, "reuse": g.reuse,
                         "params": [retarget_params(g.pattern, p, self.geometry, geometry, self.block_size)
                                    for p in g.params]} for g in self.groups)
         return LayerPlan(geometry, self.block_size, self.num_heads, groups)

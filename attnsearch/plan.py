@@ -63,11 +63,11 @@ from .retarget import check_target
 
 FORMAT = "attnsearch-plan"
 #: The newest version. Version 2 adds a head group's optional ``precision``, version 3 an entry's
-#: optional ``residual``; older plans load unchanged. A plan is written as the oldest version that
-#: holds it (:meth:`Plan.format_version`), so plans without residual entries stay readable by
-#: attnsearch releases that know version 2.
-VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+#: optional ``residual``, version 4 a head group's optional ``reuse``; older plans load unchanged. A
+#: plan is written as the oldest version that holds it (:meth:`Plan.format_version`), so plans
+#: without residual entries stay readable by attnsearch releases that know version 2.
+VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 
 _TOP_REQUIRED = ("format", "version", "geometry", "block_size", "num_steps", "num_layers", "num_heads",
                  "schedule")
@@ -85,10 +85,11 @@ _GEOMETRY_CACHE = 16
 class ScheduleEntry:
     """Steps [start, stop) run ``layers``: one LayerPlan per layer (index = layer), or None = all dense.
 
-    ``residual``: step ``start`` runs each layer's inexact heads (all but native dense ones) also
-    exactly and keeps, per call, their exact output minus the layer plan's; steps (start, stop) add
-    that residual to their layer plan's output (docs/design.md, "Residual reuse"). Only for listed
-    entries of two steps or more."""
+    ``residual``: step ``start`` runs each layer's reusing heads (``LayerPlan.reuse_heads``: the
+    inexact ones, all but native dense heads, whose group does not opt out) also exactly and keeps,
+    per call, their exact output minus the layer plan's; steps (start, stop) add that residual to
+    their layer plan's output (docs/design.md, "Residual reuse"). Only for listed entries of two
+    steps or more."""
 
     start: int
     stop: int
@@ -215,7 +216,9 @@ class Plan:
     @property
     def format_version(self) -> int:
         """The oldest plan-file version that holds this plan (written by :meth:`to_dict`)."""
-        return VERSION if self.has_residual else 2
+        if any(not g.reuse for lp in self.layer_plans() for g in lp.groups):
+            return 4
+        return 3 if self.has_residual else 2
 
     def with_residual(self, steps: Iterable[int]) -> Plan:
         """The plan with its listed entries split at the exact ``steps`` by :func:`residual_entries`;
@@ -235,9 +238,10 @@ class Plan:
                        calls_per_layer: int = 1, precision: str = "native") -> int:
         """Bytes the residuals of a run of the plan hold at once (docs/design.md, "Residual reuse"):
         one tensor per layer and per attention call of a step (``calls_per_layer``: 2 for CFG
-        branches run as separate forwards), [batch, inexact heads, tokens, head_dim] of
+        branches run as separate forwards), [batch, reusing heads, tokens, head_dim] of
         ``element_size`` bytes, or with ``precision`` "fp8" one byte per value and a float32 scale
-        per row, where a layer's inexact heads are the most any of its residual entries has.
+        per row, where a layer's reusing heads (``LayerPlan.reuse_heads``) are the most any of its
+        residual entries has.
         ``head_dim`` and ``batch`` default to the plan's costed call (:meth:`costed_call`); 0 for a
         plan without residual entries."""
         costed_dim, costed_batch = self.costed_call()
@@ -246,7 +250,7 @@ class Plan:
         heads = [0] * self.num_layers
         for e in self.schedule:
             if e.residual:
-                heads = [max(h, len(lp.inexact_heads)) for h, lp in zip(heads, e.layers)]
+                heads = [max(h, len(lp.reuse_heads)) for h, lp in zip(heads, e.layers)]
         row = head_dim + 4 if precision == "fp8" else head_dim * element_size
         return sum(heads) * calls_per_layer * batch * self.geometry.num_tokens * row
 
@@ -346,7 +350,8 @@ class Plan:
     def mean_density(self) -> float:
         """Kept blocks / all blocks over every (step, layer) call, a dense layer counting 1: the
         share of dense attention FLOPs the plan computes. A residual entry's exact step also counts
-        the exact call of each layer's inexact heads (their share of the layer's heads)."""
+        the exact call of each layer's reusing heads (``LayerPlan.reuse_heads``: their share of the
+        layer's heads)."""
         total = 0.0
         for e in self.schedule:
             if e.layers is None:
@@ -354,7 +359,7 @@ class Plan:
                 continue
             total += (e.stop - e.start) * sum(lp.density for lp in e.layers)
             if e.residual:
-                total += sum(len(lp.inexact_heads) / self.num_heads for lp in e.layers)
+                total += sum(len(lp.reuse_heads) / self.num_heads for lp in e.layers)
         return total / (self.num_steps * self.num_layers)
 
     # -- constructors and serialisation ------------------------------------------------------------
@@ -429,11 +434,11 @@ class Plan:
                     raise PlanError(f"{lpath}.layer: layer {layer} already listed at "
                                     f"{path}.layers[{where[layer]}]")
                 groups = as_list(lobj["groups"], f"{lpath}.groups")
-                if version == 1:
-                    for g, graw in enumerate(groups):
-                        if isinstance(graw, Mapping) and "precision" in graw:
-                            raise PlanError(f"{lpath}.groups[{g}].precision: a version 1 plan has no precision "
-                                            "(it came with version 2)")
+                for g, graw in enumerate(groups):
+                    for key, since in (("precision", 2), ("reuse", 4)):
+                        if version < since and isinstance(graw, Mapping) and key in graw:
+                            raise PlanError(f"{lpath}.groups[{g}].{key}: a version {version} plan has no {key} "
+                                            f"(it came with version {since})")
                 try:
                     by_layer[layer] = LayerPlan(geometry, block_size, num_heads, tuple(groups))
                 except PlanError as err:  # LayerPlan names fields relative to the layer

@@ -95,7 +95,7 @@ SPARSE = lambda d: d["schedule"][0]["layers"]  # noqa: E731
 
 @pytest.mark.parametrize("edit,field", [
     (lambda d: d.update(format="other"), "^format: "),
-    (lambda d: d.update(version=4), "^version: "),
+    (lambda d: d.update(version=5), "^version: "),
     (lambda d: d.update(version=1), r"^schedule\[0\].layers\[0\].groups\[1\].precision: a version 1 plan"),
     (lambda d: SPARSE(d)[0]["groups"][1].update(precision="fp16"), r"^schedule\[0\].layers\[0\].groups\[1\]"
                                                                     r".precision: must be one of"),
@@ -328,3 +328,56 @@ def test_residual_entries_survive_geometry_and_precision_changes():
     plan = Plan.from_dict(plan_dict()).with_residual([2])
     moved = plan.for_geometry(Geometry(frames=8, height=6, width=10, text_tokens=20, text_position="prefix"))
     assert moved.residual_steps == (2,) and plan.with_precision("fp8").residual_steps == (2,)
+
+
+# --- heads that opt out of reuse ---------------------------------------------------------------------
+
+
+def test_heads_that_opt_out_of_reuse_are_not_counted_kept_or_exact():
+    heads = [("diagonal", {"rows": 1}), ("diagonal", {"rows": 1}), ("dense", {}), ("skip", {})]
+    lp = LayerPlan.from_heads(heads, GEOM, B, reuse=[False, True, False, False])
+    assert lp.inexact_heads == (0, 1, 3) and lp.reuse_heads == (1,)
+    assert lp.head_reuse == (False, True, True, False)            # a native dense head is exact: it counts as yes
+    assert lp != LayerPlan.from_heads(heads, GEOM, B)               # reuse is part of the plan's content
+    assert lp.with_reuse([True] * 4) == LayerPlan.from_heads(heads, GEOM, B)
+    assert lp.with_precision("fp8", [0]).head_reuse == lp.head_reuse
+    plan = Plan(GEOM, B, 4, 1, 4, (ScheduleEntry(0, 4, (lp,), residual=True),))
+    every = Plan(GEOM, B, 4, 1, 4, (ScheduleEntry(0, 4, (lp.with_reuse([True] * 4),), residual=True),))
+    # the exact step counts one reusing head's exact call, not three; its residual is one head's
+    assert plan.mean_density == pytest.approx(lp.density + (1 / 4) / 4)
+    assert every.mean_density == pytest.approx(lp.density + (3 / 4) / 4)
+    assert plan.residual_bytes() == GEOM.num_tokens * 128 * 2 and every.residual_bytes() == 3 * plan.residual_bytes()
+
+
+def test_reuse_is_written_as_version_4_and_read_back(tmp_path):
+    lp = LayerPlan.from_heads([("diagonal", {"rows": 1}), ("energy_decay", {"decay": 0.5})], GEOM, B,
+                              reuse=[False, True])
+    plan = Plan(GEOM, B, 4, 1, 2, (ScheduleEntry(0, 4, (lp,), residual=True),))
+    d = plan.to_dict()
+    assert d["version"] == 4
+    assert [g.get("reuse", True) for g in d["schedule"][0]["layers"][0]["groups"]] == [False, True]
+    again = load_plan(write_plan(plan, tmp_path / "plan.json"))
+    assert again == plan and again.schedule[0].layers[0].reuse_heads == (1,)
+    plain = Plan(GEOM, B, 4, 1, 2, (ScheduleEntry(0, 4, (lp.with_reuse([True, True]),), residual=True),))
+    assert plain.to_dict()["version"] == 3                      # no head opts out: the version that holds it
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda g: g.update(reuse="no"), r"\.groups\[0\]\.reuse: must be true or false"),
+    (lambda g: g.update(pattern="dense", params=[{}] * len(g["params"]), reuse=False),
+     r"\.groups\[0\]\.reuse: a native dense group is exact attention"),
+])
+def test_reuse_validation_names_the_field(edit, field):
+    d = plan_dict()
+    d["version"] = 4
+    edit(d["schedule"][0]["layers"][0]["groups"][0])
+    with pytest.raises(PlanError, match=field):
+        Plan.from_dict(d)
+
+
+def test_reuse_in_an_older_plan_is_an_error():
+    d = plan_dict()
+    d["version"] = 3
+    d["schedule"][0]["layers"][0]["groups"][0]["reuse"] = False
+    with pytest.raises(PlanError, match=r"groups\[0\]\.reuse: a version 3 plan has no reuse \(it came with version 4\)"):
+        Plan.from_dict(d)

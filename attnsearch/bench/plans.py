@@ -173,32 +173,32 @@ def bench_plan(plan: Plan, *, head_dim: int = 128, batch: int = 1, dtype: torch.
 def bench_residual(plan: Plan, *, head_dim: int = 128, batch: int = 1, dtype: torch.dtype = torch.bfloat16,
                    warmup: int = 3, reps: int = 20, timing: str = "queued", cost: Any = None) -> dict[str, Any]:
     """Time what ``plan``'s residual entries add to its layer plans, as ``apply`` runs it
-    (docs/design.md, "Residual reuse"): per layer of an entry, at its exact step the inexact heads'
+    (docs/design.md, "Residual reuse"): per layer of an entry, at its exact step the reusing heads'
     exact call (q, k, v gathered to those heads; an all-dense layer of that many heads on the Hopper
     kernel where it runs, else cuDNN SDPA) with the pass keeping exact − planned and writing the
     exact heads into the output, and at each later step the pass adding the residual. One timing
-    per distinct set of inexact heads; ``cost`` (a CostModel): each row's prediction beside it.
+    per distinct set of reusing heads; ``cost`` (a CostModel): each row's prediction beside it.
     Returns the rows and ``total_ms`` over the plan's steps and layers."""
     from ..runtime import sparse_attention
 
     n, heads = plan.geometry.num_tokens, plan.num_heads
-    uses: dict[tuple[int, ...], list[int]] = {}       # inexact heads → [exact steps, later steps]
+    uses: dict[tuple[int, ...], list[int]] = {}       # reusing heads → [exact steps, later steps]
     for e in plan.schedule:
         if e.residual:
             for lp in e.layers:
-                if lp.inexact_heads:
-                    u = uses.setdefault(lp.inexact_heads, [0, 0])
+                if lp.reuse_heads:
+                    u = uses.setdefault(lp.reuse_heads, [0, 0])
                     u[0] += 1
                     u[1] += e.stop - e.start - 1
     inputs = fresh_inputs((batch, heads, n, head_dim), dtype, 2)
     out = torch.empty(batch, heads, n, head_dim, dtype=dtype, device="cuda")
     rows, total = [], 0.0
-    for inexact, (exact_calls, later_calls) in uses.items():
-        every = len(inexact) == heads
-        index = torch.tensor(inexact, device="cuda")
-        dense = LayerPlan.dense(plan.geometry, len(inexact), plan.block_size)
-        kernel = not dense_kernel_reasons(*(t[:, : len(inexact)] for t in inputs[0]), dense, {})
-        residual = torch.empty(batch, len(inexact), n, head_dim, dtype=dtype, device="cuda")
+    for reusing, (exact_calls, later_calls) in uses.items():
+        every = len(reusing) == heads
+        index = torch.tensor(reusing, device="cuda")
+        dense = LayerPlan.dense(plan.geometry, len(reusing), plan.block_size)
+        kernel = not dense_kernel_reasons(*(t[:, : len(reusing)] for t in inputs[0]), dense, {})
+        residual = torch.empty(batch, len(reusing), n, head_dim, dtype=dtype, device="cuda")
 
         def exact_step(x, index=index, every=every, dense=dense, kernel=kernel):
             q, k, v = x if every else (t.index_select(1, index) for t in x)
@@ -219,12 +219,12 @@ def bench_residual(plan: Plan, *, head_dim: int = 128, batch: int = 1, dtype: to
 
         exact_ms = time_ms(exact_step, inputs, warmup, reps, mode=timing)["median"]
         later_ms = time_ms(later_step, inputs, warmup, reps, mode=timing)["median"]
-        row = {"inexact_heads": len(inexact), "exact_calls": exact_calls, "later_calls": later_calls,
+        row = {"reuse_heads": len(reusing), "exact_calls": exact_calls, "later_calls": later_calls,
                "exact_runs": "dense kernel" if kernel else "sdpa", "exact_step_ms": exact_ms, "later_step_ms": later_ms}
         if cost is not None:
-            row["predicted_exact_step_ms"] = (cost.dense_layer_ms(n, len(inexact), plan.block_size)
-                                              + cost.residual_pass_ms(len(inexact), n))
-            row["predicted_later_step_ms"] = cost.residual_pass_ms(len(inexact), n)
+            row["predicted_exact_step_ms"] = (cost.dense_layer_ms(n, len(reusing), plan.block_size)
+                                              + cost.residual_pass_ms(len(reusing), n))
+            row["predicted_later_step_ms"] = cost.residual_pass_ms(len(reusing), n)
         rows.append(row)
         total += exact_calls * exact_ms + later_calls * later_ms
     return {"exact_steps": list(plan.residual_steps), "rows": rows, "total_ms": total}

@@ -83,7 +83,7 @@ def bench(
             r = result["residual"]
             console.print(f"of it residual reuse (exact steps {', '.join(map(str, r['exact_steps']))}): "
                           f"{r['total_ms']:.1f} ms (" + "; ".join(
-                              f"{row['inexact_heads']} inexact heads: {row['exact_step_ms']:.3f} ms at each of "
+                              f"{row['reuse_heads']} reusing heads: {row['exact_step_ms']:.3f} ms at each of "
                               f"{row['exact_calls']} exact calls, {row['later_step_ms']:.3f} ms at {row['later_calls']} "
                               "later ones" for row in r["rows"]) + ")")
         if sweep:

@@ -292,11 +292,11 @@ class CostModel:
         return total + self.residual_ms(plan)
 
     def residual_ms(self, plan, heads: int | None = None) -> float:
-        """What ``plan``'s residual entries add to its layer plans' time: each layer's inexact heads
-        (``LayerPlan.inexact_heads``) pay an exact call at the entry's exact step (what an all-dense
+        """What ``plan``'s residual entries add to its layer plans' time: each layer's reusing heads
+        (``LayerPlan.reuse_heads``) pay an exact call at the entry's exact step (what an all-dense
         layer of that many heads costs, :meth:`dense_layer_ms`) and :meth:`residual_pass_ms` at every
         step of the entry. ``heads``: the heads one call carries (one rank's under context
-        parallelism: its share of the inexact heads, rounded up; default the plan's)."""
+        parallelism: its share of the reusing heads, rounded up; default the plan's)."""
         heads = plan.num_heads if heads is None else heads
         n = plan.geometry.num_tokens
         total = 0.0
@@ -304,7 +304,7 @@ class CostModel:
             if not e.residual:
                 continue
             for lp in e.layers:
-                k = -(-len(lp.inexact_heads) * heads // plan.num_heads)
+                k = -(-len(lp.reuse_heads) * heads // plan.num_heads)
                 if k:
                     total += (self.dense_layer_ms(n, k, plan.block_size)
                               + (e.stop - e.start) * self.residual_pass_ms(k, n))

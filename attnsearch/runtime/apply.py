@@ -363,7 +363,9 @@ class apply:  # noqa: N801  (a context manager used like a function, as torch's 
         entry = plan.entry_at(call.step)
         if not entry.residual:
             return planned()
-        heads = lp.inexact_heads
+        heads = lp.reuse_heads
+        if not heads:  # no head of this layer reuses: its masks alone, at every step of the entry
+            return planned()
         return self.residuals.run(call.step, call.layer, expert, entry, heads, planned,
                                   lambda: self._exact_heads(q, k, v, kw, lp, heads))
 

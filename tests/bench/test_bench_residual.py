@@ -24,7 +24,7 @@ def test_residual_reuse_is_timed_and_counted_in_the_whole_plan():
     result = bench_plan(plan, head_dim=64, reps=5, flex=False, cost=CostModel(None, head_dim=64))
     r = result["residual"]
     assert r["exact_steps"] == [0, 3]
-    rows = {row["inexact_heads"]: row for row in r["rows"]}
+    rows = {row["reuse_heads"]: row for row in r["rows"]}
     assert sorted(rows) == [3, 4]                       # the mixed layer's 3 sparse heads; all 4 of the other
     for row in rows.values():
         assert (row["exact_calls"], row["later_calls"]) == (2, 4)   # per layer: 2 entries, 2 later steps each

@@ -103,6 +103,45 @@ def test_later_steps_add_the_residual_of_their_entrys_exact_step():
 
 
 @torch.no_grad()
+def test_heads_that_opt_out_run_their_masks_alone_and_the_others_reuse():
+    base = residual_plan(steps=3)
+    lp = base.layer_plan(0, 0).with_reuse([False, True, False, True, True, True])
+    plan = Plan(GEOM, 64, 3, 1, HEADS, (ScheduleEntry(0, 3, (lp,), residual=True),))
+    assert lp.reuse_heads == (1, 3, 4)
+    xs = [inputs(10 + s) for s in range(3)]
+    net = Attend()
+    with apply(net, plan, backend="torch") as ap:
+        outs = [net(*x) for x in xs]
+        (start, residual), = ap.residuals._kept.values()
+        assert residual.shape == (2, 3, GEOM.num_tokens, D)       # the reusing heads' residual only
+    reuse = list(lp.reuse_heads)
+    for step, out in enumerate(outs):
+        planned = reference(*xs[step], lp)
+        if step == 0:
+            want_reuse = exact(*xs[0])[:, reuse]
+        else:
+            want_reuse = planned[:, reuse] + (exact(*xs[0]) - reference(*xs[0], lp))[:, reuse]
+        torch.testing.assert_close(out[:, reuse], want_reuse, rtol=0, atol=1e-5, msg=f"step {step}")
+        # heads 0 and 2 opted out: their masks alone, at the exact step too; head 5 is dense (exact)
+        torch.testing.assert_close(out[:, [0, 2, 5]], planned[:, [0, 2, 5]], rtol=0, atol=1e-5)
+    assert (outs[0][:, [0, 2]] - exact(*xs[0])[:, [0, 2]]).abs().max() > 0.1
+
+
+@torch.no_grad()
+def test_a_layer_whose_heads_all_opt_out_keeps_no_residual():
+    base = residual_plan(steps=2)
+    lp = base.layer_plan(0, 0).with_reuse([False] * HEADS)
+    plan = Plan(GEOM, 64, 2, 1, HEADS, (ScheduleEntry(0, 2, (lp,), residual=True),))
+    xs = [inputs(20 + s) for s in range(2)]
+    net = Attend()
+    with apply(net, plan, backend="torch") as ap:
+        outs = [net(*x) for x in xs]
+        assert len(ap.residuals) == 0
+    for step, out in enumerate(outs):
+        torch.testing.assert_close(out, reference(*xs[step], lp), rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
 def test_cfg_branches_called_apart_keep_their_own_residuals():
     """Two calls of a layer in one step (CFG branches run separately): each later call adds the
     residual of the call in the same position of the exact step."""
