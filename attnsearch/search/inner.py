@@ -11,12 +11,16 @@ if any head needs it. Every candidate column belongs to one *class* of :data:`CL
     "skip"    heads that output zero: one zero fill
 
 and the unit's latency is Σ_h cost[h, c_h] + Σ over the classes its heads use of ``fixed[class]``;
-or the whole layer runs cuDNN dense (error 0). Given λ, fixing the set of classes a unit may use
+or the whole layer runs cuDNN dense (error 0). A column may also need the *reuse* item
+(``Units.col_reuse``: a head that reuses a residual, docs/design.md "Residual reuse"), whose fixed
+cost (``fixed[:, REUSE]``: the exact call every reusing head of the layer shares at the exact step)
+is paid once if any head's column needs it. Given λ, fixing the set of classes a unit may use
 makes the problem separable over heads (a per-head argmin among those classes' columns plus the
 set's fixed costs), so the unit's minimum is the best of the 2^K − 1 sets and dense — exact for
 this objective: the sets cover every assignment, and a set's value over-counts only assignments
-that use fewer classes, which the smaller set then wins. The test suite checks this against brute
-force.
+that use fewer classes, which the smaller set then wins. The reuse item is one more member of the
+sets (a column is open to a set holding its class, and reuse where it needs it), by the same
+argument. The test suite checks both against brute force.
 
 The budgeted form (least latency with Σ error ≤ budget) is solved through λ (:func:`solve_budget`):
 the Lagrangian solution at λ is *exactly* optimal for the budget equal to its own error (Everett,
@@ -34,6 +38,9 @@ import numpy as np
 
 #: The fixed-cost classes of candidate columns, in tie-breaking order (bit k of an option).
 CLASSES = ("native", "fp8", "skip")
+#: The fixed-cost item a reusing column needs besides its class: its column of ``Units.fixed`` and
+#: its bit of an option.
+REUSE = len(CLASSES)
 #: ``Solution.option`` of a unit run as a cuDNN dense layer (other options: the bitmask of the
 #: classes its heads use).
 DENSE = 0
@@ -45,8 +52,10 @@ class Units:
 
     cost, err: [U, H, C] float (inf cost = candidate unavailable). col_class: int [C], each column's
     index into :data:`CLASSES`. fixed: [U, len(CLASSES)] the fixed cost a class adds to a unit whose
-    heads use it (launches, the quantization pass, the zero fill). dense: [U] cuDNN cost of the
-    whole unit (inf: not allowed). force_dense: [U] bool.
+    heads use it (launches, the quantization pass, the zero fill), and with ``col_reuse`` one more
+    column (:data:`REUSE`): the fixed cost of reuse. dense: [U] cuDNN cost of the whole unit (inf:
+    not allowed). force_dense: [U] bool. col_reuse: bool [C] or None, the columns that also need the
+    reuse item.
     """
 
     cost: np.ndarray
@@ -55,6 +64,18 @@ class Units:
     fixed: np.ndarray
     dense: np.ndarray
     force_dense: np.ndarray
+    col_reuse: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        want = len(CLASSES) + (self.col_reuse is not None)
+        if self.fixed.shape[1] != want:
+            raise ValueError(f"fixed: {self.fixed.shape[1]} columns, want {want} (the classes"
+                             + (" and reuse)" if self.col_reuse is not None else ")"))
+
+    @property
+    def needs_reuse(self) -> np.ndarray:
+        """bool [C]: the columns that need the reuse item (none without ``col_reuse``)."""
+        return np.zeros(self.cost.shape[2], dtype=bool) if self.col_reuse is None else np.asarray(self.col_reuse)
 
     @classmethod
     def native(cls, cost, err, skip_col: int, launch, fill, dense, force_dense) -> Units:
@@ -105,27 +126,30 @@ def solve_lagrangian(units: Units, lam: float) -> Solution:
     # outside it (the overall argmin is also the lowest-index minimum within any set holding it).
     a_all = np.argmin(v, axis=2)
     b_all = _gather(v, a_all)
-    cls_all = units.col_class[a_all]
-    present = [k for k in range(len(CLASSES)) if (units.col_class == k).any()]
+    needs = units.needs_reuse
+    present = [k for k in range(len(CLASSES)) if (units.col_class == k).any()] + ([REUSE] if needs.any() else [])
     masks, scores, picks = [], [], []
     for subset in range(1, 1 << len(present)):
-        classes = [present[i] for i in range(len(present)) if subset >> i & 1]
-        member = np.zeros(len(CLASSES), dtype=bool)
-        member[classes] = True
-        cols = np.flatnonzero(member[units.col_class])
+        items = [present[i] for i in range(len(present)) if subset >> i & 1]
+        member = np.zeros(len(CLASSES) + 1, dtype=bool)
+        member[items] = True
+        open_col = member[units.col_class] & (member[REUSE] | ~needs)
+        cols = np.flatnonzero(open_col)
+        if not len(cols):                         # reuse alone: no column is open to it
+            continue
         if len(cols) == 1:                        # one column (the skip set): every head takes it
             pick = np.full((U, H), cols[0])
             best = v[:, :, cols[0]]
         else:
             pick, best = a_all, b_all
-            u_idx, h_idx = np.nonzero(~member[cls_all])
+            u_idx, h_idx = np.nonzero(~open_col[a_all])
             if len(u_idx):
                 sub = v[u_idx, h_idx][:, cols]                                    # [heads to re-take, cols]
                 a = np.argmin(sub, axis=1)
                 pick, best = a_all.copy(), b_all.copy()
                 pick[u_idx, h_idx] = cols[a]
                 best[u_idx, h_idx] = sub[np.arange(len(u_idx)), a]
-        scores.append(best.sum(1, dtype=np.float64) + units.fixed[:, classes].sum(1))
+        scores.append(best.sum(1, dtype=np.float64) + units.fixed[:, items].sum(1))
         picks.append(pick)
         masks.append(subset)
     s = np.stack(scores + [np.where(np.isfinite(units.dense), units.dense, np.inf)], 1)
@@ -154,11 +178,14 @@ def _evaluate(units: Units, choice: np.ndarray, lam: float) -> Solution:
     safe = np.where(choice < 0, 0, choice)
     c = _gather(units.cost, safe).astype(np.float64)
     e = _gather(units.err, safe).astype(np.float64)
-    used = np.zeros((len(safe), len(CLASSES)), dtype=bool)                 # [U, K]: classes its heads use
+    K = units.fixed.shape[1]
+    used = np.zeros((len(safe), K), dtype=bool)                   # [U, K]: classes (and reuse) its heads use
     used[np.arange(len(safe))[:, None], units.col_class[safe]] = True
+    if K > len(CLASSES):
+        used[:, REUSE] = units.needs_reuse[safe].any(1)
     cost = np.where(dense, units.dense, c.sum(1) + (used * units.fixed).sum(1))
     err = np.where(dense, 0.0, e.sum(1))
-    option = np.where(dense, DENSE, (used * (1 << np.arange(len(CLASSES)))).sum(1))
+    option = np.where(dense, DENSE, (used * (1 << np.arange(K))).sum(1))
     return Solution(option, np.where(dense[:, None], -1, choice), cost, err, lam)
 
 
@@ -236,4 +263,4 @@ def _min_err(units: Units) -> float:
     return solve_lagrangian(units, 1e12).total_err if np.isfinite(units.cost).any() else 0.0
 
 
-__all__ = ["CLASSES", "DENSE", "BudgetResult", "Solution", "Units", "objective", "solve_budget", "solve_lagrangian"]
+__all__ = ["CLASSES", "DENSE", "REUSE", "BudgetResult", "Solution", "Units", "objective", "solve_budget", "solve_lagrangian"]

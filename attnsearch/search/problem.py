@@ -42,6 +42,15 @@ it count the profile's error under reuse (``rel_err_reuse``, the drift of the ma
 the profile measured reuse at these exact steps, else their mask's own error (a profile without
 reuse: it ranks masks by what they miss, not how that drifts; ``reuse_errors`` in the settings says
 which). A validated search (``validate``) measures the plans as they run.
+
+Whether a head reuses is a per-head choice like its candidate: in a span that reuses, every inexact
+column has a twin that runs its mask alone (``reuse: false`` in the plan), with the mask's own error
+at every step of the span, its exact step included, and no extra cost. The reusing column pays for
+the exact call at the span's exact step and the residual pass at every step of the span, in the
+affine form of their cost over k reusing heads (exact at one head and at all of them): a part per
+reusing head on the column, and a fixed part the inner solver's *reuse* item charges once per unit
+whose heads reuse (:data:`attnsearch.search.inner.REUSE`). So the solver keeps reuse where the
+error it saves is worth what it costs; the final figures cost the plan with ``CostModel.residual_ms``.
 """
 
 from __future__ import annotations
@@ -151,35 +160,66 @@ class Problem:
         self.precisions = resolve_precisions(space, cost_model, precisions)
         g, B, nb = space.geometry, space.block_size, space.num_blocks
         self.N = g.num_tokens
-        self.col_precision = np.array(space.precisions)
+        # Columns: the space's candidates; under reuse each one again, running its mask alone (twins).
+        self.col_space = np.arange(C) if residual_steps is None else np.tile(np.arange(C), 2)
+        self.col_reuse = np.arange(len(self.col_space)) < C
+        self.col_precision = np.array(space.precisions)[self.col_space]
         cost = np.full(space.shape, np.inf)
         for p in self.precisions:
-            cols = self.col_precision == p
+            cols = self.col_precision[:C] == p
             cost[..., cols] = self._work_ms(space.density[..., cols] * nb * nb, p)
         cost[..., space.skip_col] = cost_model.fill_head_ms(self.N)
-        # float32: the trial loop is memory-bound over [steps, layers, heads, candidates].
-        self.cost = np.where(np.isnan(space.density), np.inf, cost).astype(np.float32)
+        cost = np.where(np.isnan(space.density), np.inf, cost)
         # An error too large for float32 stays the largest float32, not an overflow to inf.
-        err2 = np.where(np.isnan(space.rel_err), 0.0, space.rel_err) ** 2
+        own = np.where(np.isnan(space.rel_err), 0.0, space.rel_err) ** 2
+        err2 = own.copy()
+        # Per step, what reuse adds (0 outside spans that reuse), in the affine form of the exact call
+        # and the pass over k reusing heads (exact at k = 1 and k = H): a fixed part, paid once per
+        # unit whose heads reuse (the inner solver's reuse item), and a part per reusing head.
+        self.reuse_fixed = np.zeros(S)
+        self.reuse_head = np.zeros(S)
         if residual_steps is not None:  # a span from an exact step: exact there, its drift after
+            one, every = cost_model.dense_layer_ms(self.N, 1, B), cost_model.dense_layer_ms(self.N, H, B)
+            exact_head = (every - one) / (H - 1) if H > 1 else 0.0
+            pass_head = cost_model.residual_pass_ms(2, self.N) - cost_model.residual_pass_ms(1, self.N)
+            pass_fixed = cost_model.residual_pass_ms(1, self.N) - pass_head
+            reusing = np.zeros(S, dtype=bool)
             cuts = [*self.boundaries, S]
             for a, b in zip(cuts, cuts[1:]):
                 if a in residual_steps and b - a >= 2:
+                    reusing[a:b] = True
+                    self.reuse_fixed[a] += one - exact_head
+                    self.reuse_head[a] += exact_head
+                    self.reuse_fixed[a:b] += pass_fixed
+                    self.reuse_head[a:b] += pass_head
                     err2[a] = 0.0
                     if space.reuse_err is not None:
                         err2[a + 1:b] = np.where(np.isnan(space.reuse_err[a + 1:b]), 0.0, space.reuse_err[a + 1:b]) ** 2
+            # The twin runs the mask alone: its own error and cost, where a span reuses and the column
+            # is inexact (a native dense column is exact; elsewhere both would be one choice).
+            exact_col = np.array([f == "dense" and p == "native" for f, p in zip(space.families, space.precisions)])
+            twin_cost = np.where(reusing[:, None, None, None] & ~exact_col, cost, np.inf)
+            cost = np.concatenate([cost, twin_cost], axis=-1)
+            err2 = np.concatenate([err2, own], axis=-1)
         if weights is not None:
             weights = np.asarray(weights, dtype=np.float64)
             if weights.shape != (S, L, H) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
                 raise SearchError(f"error weights: must be finite, ≥ 0 and of shape {(S, L, H)} (steps, layers, "
                                   f"heads), got shape {weights.shape}")
             err2 = err2 * weights[..., None]
+        # float32: the trial loop is memory-bound over [steps, layers, heads, candidates].
+        self.cost = cost.astype(np.float32)
         self.err2 = np.minimum(err2, np.finfo(np.float32).max).astype(np.float32)
+        #: Inexact columns that reuse: they pay ``reuse_head`` (:meth:`aggregate` adds it per range) and
+        #: need the inner solver's reuse item (``reuse_fixed``).
+        self.col_pays = self.col_reuse & np.array([not (space.families[c] == "dense" and space.precisions[c] == "native")
+                                                   for c in self.col_space])
         # Columns of a precision not searched are unavailable (inf cost); classed native, they add no
         # class set for the inner solver to try.
         self.col_class = np.array([CLASSES.index("skip") if c == space.skip_col
-                                   else CLASSES.index(p if p in self.precisions else "native")
-                                   for c, p in enumerate(space.precisions)])
+                                   else CLASSES.index(space.precisions[c] if space.precisions[c] in self.precisions
+                                                      else "native")
+                                   for c in self.col_space])
         # Fixed costs per step of each class (inner.CLASSES order): the native launch; the FP8 launch
         # and its quantization pass; the zero fill.
         self.fixed = np.zeros(len(CLASSES))
@@ -202,7 +242,7 @@ class Problem:
         # The longest host dispatch of a call (0 under execution "graph"), and each column's native
         # twin (an FP8 candidate's native column; a native column itself).
         self.host_max_ms = cost_model.host_ms(B, HOST_PARTS)
-        self.native_col = space.native_columns
+        self.native_col = space.native_columns[self.col_space] + np.where(self.col_reuse, 0, C)
         self._agg: dict[tuple, tuple] = {}
         self._labels: dict[tuple, np.ndarray] = {}
         self._lam_hint: dict[int, float] = {}
@@ -230,21 +270,28 @@ class Problem:
         key = (warmup, ranges)
         if key not in self._agg:
             rs = step_ranges(self.num_steps, warmup, ranges, self.boundaries)
-            cost = np.stack([self.cost[r.start:r.stop].sum(0, dtype=np.float64) for r in rs]).astype(np.float32)
+            cost = np.stack([self.cost[r.start:r.stop].sum(0, dtype=np.float64) for r in rs])
             err = np.stack([self.err2[r.start:r.stop].sum(0, dtype=np.float64) for r in rs]).astype(np.float32)
             recall = np.stack([np.nanmean(self.space.recall[r.start:r.stop], 0) for r in rs])
             nb, B = self.space.num_blocks, self.space.block_size
-            for c in self.space.stripe_cols:  # a multi-step range keeps the union of its steps' stripes
-                if self.col_precision[c] not in self.precisions:
+            stripes = set(self.space.stripe_cols)
+            for c, sc in enumerate(self.col_space):  # a multi-step range keeps the union of its steps' stripes
+                if sc not in stripes or self.col_precision[c] not in self.precisions:
                     continue                  # a precision not searched: unavailable at every range
                 for i, r in enumerate(rs):
                     if len(r) > 1:
-                        dens = self.space.stripe_density(c, r)
+                        dens = self.space.stripe_density(int(sc), r)
                         ok = np.isfinite(cost[i, ..., c])
                         work = self._work_ms(dens * nb * nb, self.col_precision[c])
                         cost[i, ..., c] = np.where(ok, len(r) * work, np.inf)
-            self._agg[key] = (rs, cost, err, recall)
+            cost[..., self.col_pays] += self.range_sum(self.reuse_head, rs)[:, None, None, None]
+            self._agg[key] = (rs, cost.astype(np.float32), err, recall)
         return self._agg[key]
+
+    @staticmethod
+    def range_sum(per_step: np.ndarray, rs: list[range]) -> np.ndarray:
+        """[R]: ``per_step`` summed over each range."""
+        return np.array([per_step[r.start:r.stop].sum() for r in rs])
 
     def allowed(self, tau: float, warmup: int, ranges: int) -> np.ndarray | None:
         """bool [R, L, H, C]: the classified family's candidates plus dense and skip (None: all).
@@ -259,11 +306,13 @@ class Problem:
             fam = self.space.family_codes()
             dens = np.stack([np.nanmean(self.space.density[r.start:r.stop], 0) for r in rs])
             err = np.stack([np.nanmean(self.space.rel_err[r.start:r.stop], 0) for r in rs])
-            pick = pick_class(fam >= 0, dens, recall, tau, DENSITY_CAP, rel_err=err, usable=np.isfinite(cost))
+            pick = pick_class(fam >= 0, dens, recall, tau, DENSITY_CAP, rel_err=err,
+                              usable=np.isfinite(cost[..., : len(fam)]))
             self._labels[key] = np.where(pick >= 0, fam[np.maximum(pick, 0)], -1)      # [R, L, H]
         label = self._labels[key]
-        allowed = (self.space.family_codes()[None, None, None, :] == label[..., None]) & (label[..., None] >= 0)
-        allowed[..., [f in ("dense", "skip") for f in self.space.families]] = True
+        codes = self.space.family_codes()[self.col_space]
+        allowed = (codes[None, None, None, :] == label[..., None]) & (label[..., None] >= 0)
+        allowed[..., [self.space.families[c] in ("dense", "skip") for c in self.col_space]] = True
         return allowed
 
     # -- one trial -------------------------------------------------------------------------------------------
@@ -277,8 +326,13 @@ class Problem:
         steps = np.array([len(r) for r in rs], dtype=np.float64)[:, None].repeat(L, 1)
         force = np.zeros((R, L), dtype=bool)
         force[:, self.hardest_layers[: k.dense_layers]] = True
-        u = Units(cost.reshape(R * L, H, C), err.reshape(R * L, H, C), self.col_class,
-                  steps.reshape(-1, 1) * self.fixed, (steps * self.dense_layer_ms).reshape(-1), force.reshape(-1))
+        fixed = steps.reshape(-1, 1) * self.fixed
+        reuse = None
+        if self.residual_steps is not None:
+            fixed = np.concatenate([fixed, self.range_sum(self.reuse_fixed, rs).repeat(L)[:, None]], 1)
+            reuse = self.col_pays
+        u = Units(cost.reshape(R * L, H, C), err.reshape(R * L, H, C), self.col_class, fixed,
+                  (steps * self.dense_layer_ms).reshape(-1), force.reshape(-1), col_reuse=reuse)
         return rs, u
 
     def lam_abs(self, k: Knobs) -> float:
@@ -301,6 +355,10 @@ class Problem:
         choice = sol.choice.reshape(len(rs), L, H)
         dense_unit = (sol.option == DENSE).reshape(len(rs), L)
         unit_cost = sol.cost.reshape(len(rs), L).copy()
+        if self.residual_steps is not None:  # the layer plans' own cost: residual_ms adds reuse's below
+            pays = np.where(dense_unit[..., None], False, self.col_pays[np.maximum(choice, 0)])
+            unit_cost -= (pays.sum(-1) * self.range_sum(self.reuse_head, rs)[:, None]
+                          + pays.any(-1) * self.range_sum(self.reuse_fixed, rs)[:, None])
         self._recost(rs, choice, dense_unit, unit_cost)
         err = np.where(dense_unit[..., None], 0.0,
                        np.take_along_axis(self.aggregate(k.warmup, k.ranges)[2],
@@ -335,12 +393,13 @@ class Problem:
         least the call's host dispatch), of the layer's ``heads`` (default: all)."""
         sp = self.space
         heads = range(len(choice)) if heads is None else heads
-        comp = [h for h in heads if choice[h] != sp.skip_col]
+        cols = self.col_space[choice]
+        comp = [h for h in heads if cols[h] != sp.skip_col]
         counts = {}
         for p in self.precisions:
             mine = [h for h in comp if self.col_precision[choice[h]] == p]
             if mine:
-                counts[p] = np.stack([sp.counts(int(choice[h]), r, layer, h) for h in mine])
+                counts[p] = np.stack([sp.counts(int(cols[h]), r, layer, h) for h in mine])
         return self.cm.call_ms(counts, len(heads) - len(comp), sp.block_size, self.N) * len(r)
 
     def _recost(self, rs, choice, dense_unit, unit_cost) -> None:
@@ -405,10 +464,11 @@ class Problem:
                 if a.dense_unit[i, layer]:
                     layers.append(dense_lp)
                     continue
-                heads = [(sp.families[c], sp.candidate_params(int(c), r, layer, h))
-                         for h, c in enumerate(a.choice[i, layer])]
+                cols = self.col_space[a.choice[i, layer]]
+                heads = [(sp.families[c], sp.candidate_params(int(c), r, layer, h)) for h, c in enumerate(cols)]
                 layers.append(LayerPlan.from_heads(heads, sp.geometry, sp.block_size,
-                                                   precisions=[sp.precisions[c] for c in a.choice[i, layer]]))
+                                                   precisions=[sp.precisions[c] for c in cols],
+                                                   reuse=list(self.col_reuse[a.choice[i, layer]])))
             entries.append(ScheduleEntry(r.start, r.stop, tuple(layers)))
         schedule = tuple(_merge(entries, self.boundaries))
         if self.residual_steps is not None:

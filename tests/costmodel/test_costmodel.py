@@ -467,3 +467,10 @@ def test_a_residual_entry_pays_a_dense_call_at_its_exact_step_and_a_pass_at_ever
     mixed = LayerPlan.from_heads([("diagonal", {"rows": 2})] * 4 + [("dense", {})] * 2, geom, 128)
     some = Plan(geom, 128, 6, 2, heads, (ScheduleEntry(0, 6, (mixed, dense)),)).with_residual([0])
     assert cm.residual_ms(some) == pytest.approx(cm.dense_layer_ms(n, 4, 128) + 6 * cm.residual_pass_ms(4, n))
+    # heads that opt out of reuse pay neither: one reusing head of the four sparse ones
+    opted = Plan(geom, 128, 6, 2, heads, (ScheduleEntry(0, 6, (mixed.with_reuse([False] * 3 + [True] * 3), dense)),)
+                 ).with_residual([0])
+    assert cm.residual_ms(opted) == pytest.approx(cm.dense_layer_ms(n, 1, 128) + 6 * cm.residual_pass_ms(1, n))
+    nobody = Plan(geom, 128, 6, 2, heads, (ScheduleEntry(0, 6, (mixed.with_reuse([False] * 6), dense)),)
+                  ).with_residual([0])
+    assert cm.residual_ms(nobody) == 0.0

@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from attnsearch.search.inner import CLASSES, DENSE, Units, objective, solve_budget, solve_lagrangian
+from attnsearch.search.inner import CLASSES, DENSE, REUSE, Units, objective, solve_budget, solve_lagrangian
 
 
 def random_units(rng, U, H, C, *, skip=True, unavailable=0.15, fp8=False):
@@ -63,6 +63,8 @@ def unit_cost(units, u, combo):
         return units.dense[u], 0.0
     latency = sum(units.cost[u, h, c] for h, c in enumerate(combo))
     latency += sum(units.fixed[u, k] for k in {int(units.col_class[c]) for c in combo})
+    if units.col_reuse is not None and any(units.col_reuse[c] for c in combo):
+        latency += units.fixed[u, REUSE]          # the exact call the reusing heads share
     return latency, sum(units.err[u, h, c] for h, c in enumerate(combo))
 
 
@@ -153,3 +155,51 @@ def test_fp8_fixed_cost_is_paid_once_and_only_when_a_head_runs_fp8():
     assert s.choice.tolist() == [[0, 0]] and s.total_cost == pytest.approx(3.0) and s.option.tolist() == [1]
     s = solve_lagrangian(units(4), 10.0)
     assert s.choice.tolist() == [[2] * 4] and s.total_cost == pytest.approx(3.6) and s.option.tolist() == [2]
+
+
+def with_reuse(rng, units):
+    """``units`` with every column but the first (dense in the kernel: exact) given a twin that
+    reuses a residual: a little more cost per head, less error, and a fixed cost per unit (the exact
+    call) paid once if any head reuses."""
+    U, H, C = units.shape
+    cols = list(range(1, C))
+    cost = units.cost[:, :, cols] + rng.uniform(0.0, 0.4, (U, H, len(cols)))
+    err = units.err[:, :, cols] * rng.uniform(0.0, 0.6, (U, H, len(cols)))
+    fixed = np.concatenate([units.fixed, rng.uniform(0.0, 2.0, (U, 1))], 1)
+    return Units(np.concatenate([units.cost, cost], 2), np.concatenate([units.err, err], 2),
+                 np.concatenate([units.col_class, units.col_class[cols]]), fixed, units.dense, units.force_dense,
+                 col_reuse=np.arange(C + len(cols)) >= C)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_lagrangian_is_exact_with_the_reuse_item(seed):
+    rng = np.random.default_rng(500 + seed)
+    fp8 = seed % 3 == 1
+    units = with_reuse(rng, random_units(rng, U=rng.integers(1, 4), H=rng.integers(1, 3), C=rng.integers(2, 4),
+                                         skip=bool(rng.random() < 0.7), fp8=fp8))
+    for lam in (0.0, 0.3, 1.0, 3.0, 30.0):
+        best = sum(min(v for v, _, _ in vals) for vals in brute_unit_values(units, lam))
+        sol = solve_lagrangian(units, lam)
+        assert sol.total_cost + lam * sol.total_err == pytest.approx(best, rel=1e-12, abs=1e-12)
+        for u in range(units.shape[0]):
+            if sol.option[u] != DENSE:  # the option's reuse bit says whether a head reuses
+                assert bool(sol.option[u] >> REUSE & 1) == bool(units.col_reuse[sol.choice[u]].any())
+
+
+def test_the_reuse_fixed_cost_is_paid_once_per_unit():
+    # Columns [sparse, sparse reusing]; native launch 0; reuse's exact call 3, its per-head pass 0.1; λ = 10.
+    # Per head reuse saves 10 · (0.3 − 0.05) − 0.1 = 2.4: one head does not pay for the call, two do.
+    def units(H):
+        cost = np.tile([[1.0, 1.1]], (1, H, 1))
+        err = np.tile([[0.3, 0.05]], (1, H, 1))
+        return Units(cost, err, np.array([0, 0]), np.array([[0.0, 0.0, 0.0, 3.0]]), np.array([1e9]),
+                     np.array([False]), col_reuse=np.array([False, True]))
+
+    s = solve_lagrangian(units(1), 10.0)
+    assert s.choice.tolist() == [[0]] and s.total_cost == pytest.approx(1.0)
+    s = solve_lagrangian(units(2), 10.0)
+    assert s.choice.tolist() == [[1, 1]] and s.total_cost == pytest.approx(2.2 + 3.0)
+    assert s.option.tolist() == [1 | 1 << REUSE]
+    with pytest.raises(ValueError, match="fixed: 3 columns, want 4"):
+        Units(np.ones((1, 1, 2)), np.ones((1, 1, 2)), np.array([0, 0]), np.zeros((1, 3)), np.ones(1),
+              np.array([False]), col_reuse=np.array([False, True]))
