@@ -229,6 +229,13 @@ class Plan:
                     search={**self.search, "residual_steps": list(exact)}, portable=self.portable,
                     source_geometry=self.source_geometry)
 
+    def reuse_counts(self) -> tuple[int, int]:
+        """(reusing, inexact) heads summed over the layers of the residual entries: how many of the
+        heads that could reuse a residual do (``LayerPlan.reuse_heads``); the others run their masks
+        alone there. (0, 0) for a plan without residual entries."""
+        layers = [lp for e in self.schedule if e.residual for lp in e.layers]
+        return sum(len(lp.reuse_heads) for lp in layers), sum(len(lp.inexact_heads) for lp in layers)
+
     @property
     def residual_steps(self) -> tuple[int, ...]:
         """The exact steps of the plan's residual entries (their first steps)."""

@@ -34,6 +34,10 @@ def validate(plan_path: Path = typer.Argument(..., metavar="PLAN", help="A plan 
                           f"{plan.mean_density:.3f} with them; the residuals hold {byte_size(plan.residual_bytes())} "
                           f"during a run in bf16 ({byte_size(plan.residual_bytes(precision='fp8'))} in FP8) at "
                           f"head_dim {head_dim}, batch {batch} (twice that with CFG branches run as separate forwards)")
+            reusing, inexact = plan.reuse_counts()
+            if reusing < inexact:
+                console.print(f"reusing heads: {reusing} of {inexact} inexact head-layers of the residual entries "
+                              "reuse; the others run their masks alone there")
         if plan.precision_share("fp8"):
             console.print(f"FP8 kept blocks: {plan.precision_share('fp8'):.0%} of the computed head-steps")
         if plan.predicted:

@@ -117,7 +117,8 @@ def plan_figures(plan: Plan, out: Path) -> dict:
     if plan.has_residual:
         summary += (f"; residual reuse: exact steps {', '.join(map(str, plan.residual_steps))} (mean density "
                     f"{plan.mean_density:.3f} with their exact calls; residuals "
-                    f"{plan.residual_bytes() / 2**20:,.1f} MiB in bf16 at head_dim {head_dim}, batch {batch})")
+                    f"{plan.residual_bytes() / 2**20:,.1f} MiB in bf16 at head_dim {head_dim}, batch {batch}; "
+                    "{} of {} inexact head-layers of its entries reuse)".format(*plan.reuse_counts()))
     if p:
         summary += (f"; predicted attention {p.get('attention_ms', float('nan')):.1f} ms vs dense "
                     f"{p.get('dense_attention_ms', float('nan')):.1f} ms ({p.get('speedup', float('nan')):.2f}×), "

@@ -154,6 +154,13 @@ def test_validate_names_a_plans_exact_steps(tmp_path):
     assert plan.residual_bytes() == 2 * 192 * 128 * 2
     assert "the residuals hold 96.0 KiB during a run in bf16 (49.5 KiB in FP8) at head_dim 128, batch 1" in text
     assert plan.residual_bytes(precision="fp8") == 2 * 192 * (128 + 4)  # a byte per value, a float32 scale per row
+    assert "reusing heads" not in text  # every inexact head reuses
+    opted = Plan(geom, 64, 6, 1, 2, (ScheduleEntry(0, 6, (lp.with_reuse([False, True]),)),)).with_residual([0, 3])
+    assert opted.reuse_counts() == (2, 4)  # one of two heads, in each of the two residual entries
+    res = runner.invoke(app, ["validate", str(write_plan(opted, tmp_path / "o.json"))])
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0 and "reusing heads: 2 of 4 inexact head-layers of the residual entries reuse" in text
+    assert "the residuals hold 48.0 KiB" in text  # one head's
 
 
 def test_byte_sizes_read_in_mib_below_a_gib_and_in_gib_above():

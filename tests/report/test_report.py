@@ -158,7 +158,8 @@ def test_a_plan_report_marks_the_exact_steps_of_residual_reuse(tmp_path, monkeyp
     reuse = plain.with_residual([0, 3])
     summary = pf.plan_figures(reuse, tmp_path)["summary"]
     assert (f"residual reuse: exact steps 0, 3 (mean density {reuse.mean_density:.3f} with their exact calls; "
-            f"residuals {reuse.residual_bytes() / 2**20:,.1f} MiB in bf16 at head_dim 128, batch 1)") in summary
+            f"residuals {reuse.residual_bytes() / 2**20:,.1f} MiB in bf16 at head_dim 128, batch 1; "
+            "2 of 2 inexact head-layers of its entries reuse)") in summary
     assert "residual" not in pf.plan_figures(plain, tmp_path)["summary"]
     spans = []
     real = plt.Axes.axhspan
