@@ -209,23 +209,23 @@ class LayerPlan:
                 spec[h] = (g.pattern, p)
         return tuple(spec)
 
+    def _per_head(self, field: str) -> tuple:
+        """A head group attribute for every head, in head order."""
+        out: list[Any] = [None] * self.num_heads
+        for g in self.groups:
+            for h in g.heads:
+                out[h] = getattr(g, field)
+        return tuple(out)
+
     @cached_property
     def head_precisions(self) -> tuple[str, ...]:
         """The precision of every head, in head order (skip heads: the default)."""
-        out = [DEFAULT_PRECISION] * self.num_heads
-        for g in self.groups:
-            for h in g.heads:
-                out[h] = g.precision
-        return tuple(out)
+        return self._per_head("precision")
 
     @cached_property
     def head_reuse(self) -> tuple[bool, ...]:
         """Whether every head takes part in a residual entry's reuse, in head order."""
-        out = [True] * self.num_heads
-        for g in self.groups:
-            for h in g.heads:
-                out[h] = g.reuse
-        return tuple(out)
+        return self._per_head("reuse")
 
     def precision_heads(self, precision: str) -> tuple[int, ...]:
         """The computed heads (not skip) that run in ``precision``, ascending."""
