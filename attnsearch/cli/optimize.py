@@ -34,6 +34,9 @@ def optimize(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model for --validate (default: the profile's)."),
     option: list[str] = typer.Option([], "--option", "-o", help="key=value for the model factory (with --validate)."),
     head_dim: Optional[int] = typer.Option(None, help="Attention head_dim (default: from the profile/model, else 128)."),
+    batch: int = typer.Option(1, help="Batch of the attention calls the plan will run, which the cost model prices "
+                                      "(2 where classifier-free guidance batches both branches, as evaluate runs "
+                                      "mini-vdit)."),
     seed: int = typer.Option(0, help="Sampler seed."),
     ulysses: int = typer.Option(1, help="Ulysses context-parallel degree the plan runs under (K GPUs, H/K heads "
                                         "each): plans are costed by their slowest rank."),
@@ -70,7 +73,7 @@ def optimize(
         check_range("--max-density", max_density, low=0, high=1, low_open=True)
         check_at_least("--trials", trials, 0, " (0: choose from the stored study)")
         for option_name, value, low in (("--validate", validate, 0), ("--seed", seed, 0), ("--head-dim", head_dim, 1),
-                                        ("--ulysses", ulysses, 1)):
+                                        ("--ulysses", ulysses, 1), ("--batch", batch, 1)):
             check_at_least(option_name, value, low)
         check_choice("--validate-mode", validate_mode, VALIDATE_MODES)
         if execution is not None:
@@ -102,7 +105,8 @@ def optimize(
                              hardware=hardware, max_error=max_error, target_speedup=target_speedup,
                              max_density=max_density, trials=trials,
                              storage=storage, validate=validate, validate_mode=validate_mode, out=out, model=spec,
-                             head_dim=head_dim, seed=seed, progress=progress, workers=workers, ulysses=ulysses,
+                             head_dim=head_dim, batch=batch, seed=seed, progress=progress, workers=workers,
+                             ulysses=ulysses,
                              portable=not non_portable, precisions=wanted, sensitivity=weights,
                              execution=execution, residual_steps=exact_steps)
         print_front(res)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from attnsearch import load_plan
@@ -68,6 +69,26 @@ def test_optimize_names_a_precision_it_cannot_search(tmp_path):
     assert f"FP8 kept blocks on {plan.precision_share('fp8'):.0%} of the computed head-steps" in res.output
     res = runner.invoke(app, ["validate", str(tmp_path / "q.json")])
     assert res.exit_code == 0 and ("FP8 kept blocks" in res.output) == (plan.precision_share("fp8") > 0)
+
+
+def test_optimize_prices_the_batch_it_is_given(tmp_path):
+    """--batch is the batch the cost model prices (CFG batched: 2); the plan records it, and its
+    predicted figures are the cost model's at that batch."""
+    from attnsearch.costmodel import CostModel
+
+    out = tmp_path / "tiny.parquet"
+    assert runner.invoke(app, ["profile", "--model", TINY, "--queries", "16", "--out", str(out),
+                               "-o", "steps=1"]).exit_code == 0
+    res = runner.invoke(app, ["optimize", str(out), "--batch", "0", "--out", str(tmp_path / "p.json")])
+    assert res.exit_code == 2 and "--batch" in res.output and not (tmp_path / "p.json").exists()
+    for batch in (1, 2):
+        res = runner.invoke(app, ["optimize", str(out), "--trials", "2", "--head-dim", "64", "--batch", str(batch),
+                                  "--out", str(tmp_path / f"b{batch}.json")])
+        assert res.exit_code == 0, res.output
+        plan = load_plan(tmp_path / f"b{batch}.json")
+        assert plan.search["settings"]["batch"] == batch and plan.costed_call() == (64, batch)
+        cm = CostModel(None, head_dim=64, batch=batch)
+        assert plan.predicted["dense_attention_ms"] == pytest.approx(cm.dense_plan_ms(plan))
 
 
 def test_steps_beyond_inputs_is_an_error(tmp_path):
