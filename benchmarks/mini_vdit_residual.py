@@ -24,8 +24,9 @@ trials): where the exact steps go is then the search's choice, per density cap
 (``--choose-profiles``: profiles of reuse made beforehand instead). For each density cap every
 search's lowest-error plan at or below it generates the held-out videos (noise seeds from 10,000, held-out conditions), beside the ``energy_decay`` and ``window`` global masks at
 each plan's density (a reuse plan's masks reuse residuals at the same exact steps, their density
-lowered by what those steps add). Writes ``result.json`` and ``figure.png`` (PSNR and SSIM against
-mean density) into ``--out``.
+lowered by what those steps add). The searches price the calls at ``--batch`` (default 2: the
+guidance branches in one batch, as the videos are generated). Writes ``result.json`` and
+``figure.png`` (PSNR and SSIM against mean density) into ``--out``.
 """
 
 from __future__ import annotations
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--choose-trials", type=int, default=400, help="trials of the search among --choose-from")
     p.add_argument("--skip-static", action="store_true", help="no search without reuse")
     p.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
+    p.add_argument("--batch", type=int, default=2, help="batch of the calls the searches price (2: evaluate runs "
+                                                       "mini-vdit's guidance branches as one batch)")
     add_run_options(p)
     args = p.parse_args(argv)
     if redrawn(args, figure):
@@ -197,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
         for i, (name, (extra, exact, profile)) in enumerate(settings.items()):
             sweeps[name] = density_sweep(profile, args.densities, **{"trials": args.trials, **extra},
                                          folder=tmp, name=f"s{i}", sensitivity=sens, residual_steps=exact,
-                                         skip_unmet=True)
+                                         batch=args.batch, skip_unmet=True)
             print(f"searched {name} ({time.time() - started:.0f} s)", flush=True)
     plans, labels = [], []
     for name, points in sweeps.items():
@@ -211,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     data = result.to_dict()
     data["settings"] = {"size": list(args.size), "steps": plans[0].num_steps, "trials": args.trials,
                         "densities": sorted(args.densities), "profile": str(args.profile),
-                        "profile_made": args.make_profile, "conditions": args.conditions,
+                        "profile_made": args.make_profile, "conditions": args.conditions, "batch": args.batch,
                         "sensitivity_from": None if args.sensitivity_from is None else str(args.sensitivity_from),
                         "exact_steps": exact_sets, "validate": args.validate,
                         "validated_trials": args.validated_trials if args.validate else None,
