@@ -150,9 +150,11 @@ def evaluate_command(plans: Sequence[str | Path], model: str | Generator, *, see
             vs = ", ".join(f"{name} {m['psnr_db']:+.2f} dB" for name, m in margins.items())
             console.print(f"{r.label}: PSNR vs baselines at its density: {vs}", highlight=False, soft_wrap=True, markup=False)
         if r.plan.has_residual:
-            console.print(f"{r.label}: reuses residuals from exact steps {', '.join(map(str, r.plan.residual_steps))}, "
-                          f"kept in {result.residual_precision} precision, at most {r.residual_peak_bytes / 2**20:,.1f} "
-                          "MiB at once", highlight=False, soft_wrap=True, markup=False)
+            reusing, inexact = r.plan.reuse_counts()
+            heads = "" if reusing == inexact else f" ({reusing} of {inexact} inexact head-layers reuse)"
+            console.print(f"{r.label}: reuses residuals from exact steps {', '.join(map(str, r.plan.residual_steps))}"
+                          f"{heads}, kept in {result.residual_precision} precision, at most "
+                          f"{r.residual_peak_bytes / 2**20:,.1f} MiB at once", highlight=False, soft_wrap=True, markup=False)
         if r.kind == "fp8":
             d = result.versus_native(i)
             console.print(f"{r.label}: {d['psnr_db']:+.2f} dB PSNR, {d['ssim']:+.4f} SSIM against the plan in native "

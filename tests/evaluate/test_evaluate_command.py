@@ -134,15 +134,27 @@ def test_a_plan_reusing_residuals_is_evaluated_with_its_reuse(tmp_path, precisio
     reuse (exact step 0, what the mask misses carried to the later two steps) brings the video closer
     to dense (by 1.4 dB: the stand-in's inputs change much between its 3 steps); the run reports its exact steps and the most its residuals held, which is the plan's
     ``residual_bytes`` for the stand-in's calls (batch 1, float32 or e4m3)."""
+    from attnsearch.plan import Plan, ScheduleEntry
+
     shifted = stripe_plan([b + 8 for b in FRAME0_BLOCKS])
     reuse = shifted.with_residual([0])
-    paths = [write_plan(shifted, tmp_path / "shifted.json"), write_plan(reuse, tmp_path / "reuse.json")]
+    # the same entries with every inexact head opting out of reuse: the masks alone, as without reuse
+    opted = Plan(reuse.geometry, reuse.block_size, reuse.num_steps, reuse.num_layers, reuse.num_heads,
+                 tuple(ScheduleEntry(e.start, e.stop, None if e.layers is None else
+                                     tuple(lp.with_reuse([False] * lp.num_heads) for lp in e.layers), e.residual)
+                       for e in reuse.schedule))
+    paths = [write_plan(shifted, tmp_path / "shifted.json"), write_plan(reuse, tmp_path / "reuse.json"),
+             write_plan(opted, tmp_path / "opted.json")]
     text = io.StringIO()
     code = evaluate_command(paths, StandInGenerator(), seeds=1, out=tmp_path / "out", figures=0,
                             residual_precision=precision, console=Console(file=text, width=200))
     assert code == 0
     data = json.loads((tmp_path / "out" / "evaluation.json").read_text())
-    plain, reused = data["runs"]
+    plain, reused, alone = data["runs"]
+    assert alone["overall"]["psnr_db"] == plain["overall"]["psnr_db"] and alone["density"] == plain["density"]
+    assert alone["residual_peak_bytes"] == 0 and opted.reuse_counts()[0] == 0
+    assert f"opted: reuses residuals from exact steps 0 (0 of {opted.reuse_counts()[1]} inexact head-layers reuse)" \
+        in text.getvalue()
     assert data["residual_precision"] == precision and plain["residual_peak_bytes"] == 0
     assert reused["residual_peak_bytes"] == reuse.residual_bytes(head_dim=16, batch=1, element_size=4,
                                                                  precision=precision) > 0
