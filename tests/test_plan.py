@@ -341,6 +341,8 @@ def test_heads_that_opt_out_of_reuse_are_not_counted_kept_or_exact():
     assert lp != LayerPlan.from_heads(heads, GEOM, B)               # reuse is part of the plan's content
     assert lp.with_reuse([True] * 4) == LayerPlan.from_heads(heads, GEOM, B)
     assert lp.with_precision("fp8", [0]).head_reuse == lp.head_reuse
+    moved = lp.for_geometry(Geometry(frames=8, height=6, width=10, text_tokens=20, text_position="prefix"))
+    assert moved.head_reuse == lp.head_reuse and moved.reuse_heads == (1,)
     plan = Plan(GEOM, B, 4, 1, 4, (ScheduleEntry(0, 4, (lp,), residual=True),))
     every = Plan(GEOM, B, 4, 1, 4, (ScheduleEntry(0, 4, (lp.with_reuse([True] * 4),), residual=True),))
     # the exact step counts one reusing head's exact call, not three; its residual is one head's
