@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import check_at_least, check_choice, check_range, console, parse_options, progress_bar, run, shown
+from .common import (UsageError, check_at_least, check_choice, check_range, console, parse_options, progress_bar,
+                     run, shown)
 
 
 def optimize(
@@ -56,12 +57,16 @@ def optimize(
                                                             "(costed and counted in the density); profiled: each "
                                                             "profile's own (profile --residual-steps), the search "
                                                             "choosing among them."),
+    residual_heads: str = typer.Option("all", help="With --residual-steps, which inexact heads reuse: all, or "
+                                                   "searched (the solver decides per head; the others run their "
+                                                   "masks alone and keep no residual: less memory)."),
 ) -> None:
     """Search the fastest plan under an accuracy budget and write it as JSON."""
     from ..costmodel import EXECUTIONS, load_hardware
     from .common import parse_int_list
     from ..costmodel.model import resolve_execution
     from ..search import optimize as run_search
+    from ..search.problem import RESIDUAL_HEADS
     from ..search.study import PROFILED, check_outputs_of
     from ..layer_plan import PRECISIONS
     from ..search.sensitivity import resolve_sensitivity
@@ -76,6 +81,10 @@ def optimize(
                                         ("--ulysses", ulysses, 1), ("--batch", batch, 1)):
             check_at_least(option_name, value, low)
         check_choice("--validate-mode", validate_mode, VALIDATE_MODES)
+        check_choice("--residual-heads", residual_heads, RESIDUAL_HEADS)
+        if residual_heads != "all" and residual_steps is None:
+            raise UsageError(f"--residual-heads {residual_heads}: give --residual-steps too (without reuse no head "
+                             "reuses)")
         if execution is not None:
             check_choice("--execution", execution, EXECUTIONS)
             resolve_execution(load_hardware(hardware), execution)  # a table without host costs: said before any work
@@ -108,7 +117,7 @@ def optimize(
                              head_dim=head_dim, batch=batch, seed=seed, progress=progress, workers=workers,
                              ulysses=ulysses,
                              portable=not non_portable, precisions=wanted, sensitivity=weights,
-                             execution=execution, residual_steps=exact_steps)
+                             execution=execution, residual_steps=exact_steps, residual_heads=residual_heads)
         print_front(res)
         f = res.figures
         console.print(f"cost model: {shown(res.plan.search.get('hardware_note', res.hardware['device']))}, "

@@ -43,8 +43,9 @@ the profile measured reuse at these exact steps, else their mask's own error (a 
 reuse: it ranks masks by what they miss, not how that drifts; ``reuse_errors`` in the settings says
 which). A validated search (``validate``) measures the plans as they run.
 
-Whether a head reuses is a per-head choice like its candidate: in a span that reuses, every inexact
-column has a twin that runs its mask alone (``reuse: false`` in the plan), with the mask's own error
+With ``residual_heads="searched"`` whether a head reuses is a per-head choice like its candidate (by
+default, "all", every inexact head reuses, and reuse's cost is added to the solved plan's): in a span
+that reuses, every inexact column has a twin that runs its mask alone (``reuse: false`` in the plan), with the mask's own error
 at every step of the span, its exact step included, and no extra cost. The reusing column pays for
 the exact call at the span's exact step and the residual pass at every step of the span, in the
 affine form of their cost over k reusing heads (exact at one head and at all of them): a part per
@@ -71,6 +72,8 @@ from .space import SearchError, SearchSpace, step_ranges
 
 #: A fused launch with fewer items than this many waves is costed with the full model.
 SMALL_WAVES = 8
+#: Which inexact heads of a residual entry reuse: "all" of them, or those the solver picks ("searched").
+RESIDUAL_HEADS = ("all", "searched")
 
 
 @dataclass(frozen=True)
@@ -137,8 +140,12 @@ class Problem:
 
     def __init__(self, space: SearchSpace, cost_model: CostModel, *, ulysses: int = 1,
                  precisions: tuple[str, ...] | None = None, weights: np.ndarray | None = None,
-                 residual_steps: tuple[int, ...] | None = None) -> None:
+                 residual_steps: tuple[int, ...] | None = None, residual_heads: str = "all") -> None:
         self.space, self.cm = space, cost_model
+        if residual_heads not in RESIDUAL_HEADS:
+            raise SearchError(f"residual_heads: must be one of {', '.join(RESIDUAL_HEADS)}, got {residual_heads!r}")
+        searched = residual_steps is not None and residual_heads == "searched"
+        self.residual_heads = residual_heads
         if residual_steps is not None:
             try:
                 residual_steps = check_residual_steps(residual_steps, space.shape[0])
@@ -161,7 +168,7 @@ class Problem:
         g, B, nb = space.geometry, space.block_size, space.num_blocks
         self.N = g.num_tokens
         # Columns: the space's candidates; under reuse each one again, running its mask alone (twins).
-        self.col_space = np.arange(C) if residual_steps is None else np.tile(np.arange(C), 2)
+        self.col_space = np.tile(np.arange(C), 2) if searched else np.arange(C)
         self.col_reuse = np.arange(len(self.col_space)) < C
         self.col_precision = np.array(space.precisions)[self.col_space]
         cost = np.full(space.shape, np.inf)
@@ -179,28 +186,31 @@ class Problem:
         self.reuse_fixed = np.zeros(S)
         self.reuse_head = np.zeros(S)
         if residual_steps is not None:  # a span from an exact step: exact there, its drift after
-            one, every = cost_model.dense_layer_ms(self.N, 1, B), cost_model.dense_layer_ms(self.N, H, B)
-            exact_head = (every - one) / (H - 1) if H > 1 else 0.0
-            pass_head = cost_model.residual_pass_ms(2, self.N) - cost_model.residual_pass_ms(1, self.N)
-            pass_fixed = cost_model.residual_pass_ms(1, self.N) - pass_head
+            if searched:
+                one, every = cost_model.dense_layer_ms(self.N, 1, B), cost_model.dense_layer_ms(self.N, H, B)
+                exact_head = (every - one) / (H - 1) if H > 1 else 0.0
+                pass_head = cost_model.residual_pass_ms(2, self.N) - cost_model.residual_pass_ms(1, self.N)
+                pass_fixed = cost_model.residual_pass_ms(1, self.N) - pass_head
             reusing = np.zeros(S, dtype=bool)
             cuts = [*self.boundaries, S]
             for a, b in zip(cuts, cuts[1:]):
                 if a in residual_steps and b - a >= 2:
                     reusing[a:b] = True
-                    self.reuse_fixed[a] += one - exact_head
-                    self.reuse_head[a] += exact_head
-                    self.reuse_fixed[a:b] += pass_fixed
-                    self.reuse_head[a:b] += pass_head
+                    if searched:  # (with every head reusing, reuse's cost is the solved plan's: solve)
+                        self.reuse_fixed[a] += one - exact_head
+                        self.reuse_head[a] += exact_head
+                        self.reuse_fixed[a:b] += pass_fixed
+                        self.reuse_head[a:b] += pass_head
                     err2[a] = 0.0
                     if space.reuse_err is not None:
                         err2[a + 1:b] = np.where(np.isnan(space.reuse_err[a + 1:b]), 0.0, space.reuse_err[a + 1:b]) ** 2
-            # The twin runs the mask alone: its own error and cost, where a span reuses and the column
-            # is inexact (a native dense column is exact; elsewhere both would be one choice).
-            exact_col = np.array([f == "dense" and p == "native" for f, p in zip(space.families, space.precisions)])
-            twin_cost = np.where(reusing[:, None, None, None] & ~exact_col, cost, np.inf)
-            cost = np.concatenate([cost, twin_cost], axis=-1)
-            err2 = np.concatenate([err2, own], axis=-1)
+            if searched:
+                # The twin runs the mask alone: its own error and cost, where a span reuses and the
+                # column is inexact (a native dense column is exact; elsewhere both would be one choice).
+                exact_col = np.array([f == "dense" and p == "native" for f, p in zip(space.families, space.precisions)])
+                twin_cost = np.where(reusing[:, None, None, None] & ~exact_col, cost, np.inf)
+                cost = np.concatenate([cost, twin_cost], axis=-1)
+                err2 = np.concatenate([err2, own], axis=-1)
         if weights is not None:
             weights = np.asarray(weights, dtype=np.float64)
             if weights.shape != (S, L, H) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
@@ -212,8 +222,8 @@ class Problem:
         self.err2 = np.minimum(err2, np.finfo(np.float32).max).astype(np.float32)
         #: Inexact columns that reuse: they pay ``reuse_head`` (:meth:`aggregate` adds it per range) and
         #: need the inner solver's reuse item (``reuse_fixed``).
-        self.col_pays = self.col_reuse & np.array([not (space.families[c] == "dense" and space.precisions[c] == "native")
-                                                   for c in self.col_space])
+        self.col_pays = searched & self.col_reuse & np.array(
+            [not (space.families[c] == "dense" and space.precisions[c] == "native") for c in self.col_space])
         # Columns of a precision not searched are unavailable (inf cost); classed native, they add no
         # class set for the inner solver to try.
         self.col_class = np.array([CLASSES.index("skip") if c == space.skip_col
@@ -489,4 +499,4 @@ def _merge(entries: list[ScheduleEntry], boundaries: tuple[int, ...] = ()) -> li
     return out
 
 
-__all__ = ["Assignment", "Knobs", "Problem", "SMALL_WAVES", "resolve_precisions"]
+__all__ = ["Assignment", "Knobs", "Problem", "RESIDUAL_HEADS", "SMALL_WAVES", "resolve_precisions"]

@@ -34,7 +34,7 @@ from ..plan import Plan, write_plan
 from ..profiling.profile_check import check_steps_complete, check_table
 from ..profiling.profile_io import Profile, ProfileError
 from .choose import BudgetError, choose, choose_by_density, error_metric, front_table
-from .problem import Knobs, Problem
+from .problem import RESIDUAL_HEADS, Knobs, Problem
 from .sensitivity import Sensitivity, resolve_sensitivity
 from .space import SearchError, build_space
 from .outputs import check_outputs_of, holds_no_trial, missing_folders, remove_new_study
@@ -169,7 +169,7 @@ class _Search:
     def build(cls, profs: Sequence[Profile], cm: CostModel, *, max_error: float | None, validate: int, spec,
               backend: str, validate_mode: str = "steps", ulysses: int = 1,
               precisions: Sequence[str] | None = None, sensitivity: Sensitivity | None = None,
-              residual_steps: Sequence[int] | str | None = None) -> "_Search":
+              residual_steps: Sequence[int] | str | None = None, residual_heads: str = "all") -> "_Search":
         problems = {}
         for p in profs:
             space = build_space(p)
@@ -178,7 +178,8 @@ class _Search:
             steps = (tuple(p.settings.residual_steps) or None) if residual_steps == PROFILED else (
                 None if residual_steps is None else tuple(residual_steps))
             pb = Problem(space, cm, ulysses=ulysses, precisions=None if precisions is None else tuple(precisions),
-                         weights=None if sensitivity is None else sensitivity.weights(), residual_steps=steps)
+                         weights=None if sensitivity is None else sensitivity.weights(), residual_steps=steps,
+                         residual_heads=residual_heads)
             problems[(p.settings.block_size, pb.residual_steps)] = pb
         validator = None
         if validate:
@@ -285,7 +286,7 @@ def worker_main(cfg: dict[str, Any], index: int, report: Callable[[dict[str, Any
     search = _Search.build(profs, cm, max_error=cfg["max_error"], validate=cfg["validate"], spec=spec,
                            backend=cfg["backend"], validate_mode=cfg["validate_mode"], ulysses=cfg["ulysses"],
                            precisions=cfg["precisions"], sensitivity=cfg["sensitivity"],
-                           residual_steps=cfg["residual_steps"])
+                           residual_steps=cfg["residual_steps"], residual_heads=cfg["residual_heads"])
     rdb = open_storage(cfg["storage"], cfg["heartbeat_s"])
     study = _open_study(rdb, cfg["study"], _sampler_seed(cfg["seed"], index))
     deadline = started + cfg["timeout"] if cfg["timeout"] else None
@@ -310,7 +311,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
              timeout: float | None = None, workers: int = 1, heartbeat_s: int = HEARTBEAT_S,
              ulysses: int = 1, portable: bool = True, precisions: Sequence[str] | None = None,
              sensitivity=None, execution: str | None = None,
-             residual_steps: Sequence[int] | str | None = None) -> OptimizeResult:
+             residual_steps: Sequence[int] | str | None = None, residual_heads: str = "all") -> OptimizeResult:
     """Search a plan for the profiled model and write it to ``out``.
 
     Args:
@@ -367,6 +368,10 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
             profile's own (``profile --residual-steps``; a profile without: no reuse), so several
             profiles of one model at one block size, one per set, let each trial take one set and
             the front hold the best plan of every set (the chosen plan names its set).
+        residual_heads: which inexact heads of a residual entry reuse: "all" (default), or
+            "searched": the exact solver decides per head, pricing the exact call and the passes a
+            reusing head adds against the error its reuse saves; the others run their masks alone
+            and keep no residual (less memory).
     Returns:
         OptimizeResult: the plan, where it was written, the chosen trial and why, the Pareto front.
     """
@@ -382,6 +387,10 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
         raise SearchError(f"validate must be ≥ 0, got {validate}")
     if isinstance(residual_steps, str) and residual_steps != PROFILED:
         raise SearchError(f"residual_steps must be exact steps or {PROFILED!r}, got {residual_steps!r}")
+    if residual_heads not in RESIDUAL_HEADS:
+        raise SearchError(f"residual_heads must be one of {', '.join(RESIDUAL_HEADS)}, got {residual_heads!r}")
+    if residual_heads != "all" and residual_steps is None:
+        raise SearchError(f"residual_heads {residual_heads!r}: give residual_steps (without reuse no head reuses)")
     from .validate import VALIDATE_MODES
 
     if validate_mode not in VALIDATE_MODES:
@@ -415,7 +424,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
     cm = CostModel(hardware, head_dim=head_dim, batch=batch, execution=execution)
     search = _Search.build(profs, cm, max_error=max_error, validate=validate, spec=spec, backend=backend,
                            validate_mode=validate_mode, ulysses=ulysses, precisions=precisions,
-                           sensitivity=sensitivity, residual_steps=residual_steps)
+                           sensitivity=sensitivity, residual_steps=residual_steps, residual_heads=residual_heads)
     problems = search.problems
     used_precisions = next(iter(problems.values())).precisions
 
@@ -434,7 +443,9 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
                    {"residual_steps": sorted(residual_steps),
                     # the error after an exact step: the profile's error under reuse, else the mask's own
                     "reuse_errors": "profiled" if next(iter(problems.values())).space.reuse_steps else "masks' own"}
-                   if residual_steps is not None else {})}
+                   if residual_steps is not None else {}),
+                # in the study's fingerprint only when heads choose (every head reusing: as before)
+                **({"residual_heads": residual_heads} if residual_heads != "all" else {})}
     fingerprint = _fingerprint(profs, settings)
     name = study_name or f"attnsearch-{profs[0].model.get('name', 'model')}-{fingerprint}"
     fresh = db is not None and not db.exists()
@@ -477,6 +488,7 @@ def optimize(profile_path, *, hardware=None, max_error: float | None = None, tar
                        "validate_mode": validate_mode, "ulysses": ulysses, "precisions": precisions,
                        "backend": backend, "max_error": max_error, "storage": storage, "study": name,
                        "sensitivity": sensitivity, "execution": cm.execution, "residual_steps": residual_steps,
+                       "residual_heads": residual_heads,
                        "heartbeat_s": heartbeat_s, "seed": seed, "target": target, "trials": to_run, "timeout": timeout}
                 errors = spawn(cfg, workers, on_trial, entry=f"{__name__}:worker_main")
                 if errors:

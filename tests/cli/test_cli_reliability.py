@@ -291,6 +291,13 @@ def test_optimize_names_residual_steps_it_cannot_use(folder, tmp_path):
     assert code == 2 and "Traceback" not in output and len(errors) == 1, output
     assert "residual_steps: step 99 is outside the plan's steps" in errors[0]
     assert not (tmp_path / "p.json").exists()
+    line = one_error(*cli("optimize", folder / "good.parquet", "--out", tmp_path / "p.json", "--residual-steps", "0",
+                          "--residual-heads", "some"))
+    assert "--residual-heads must be one of all, searched, got 'some'" in line
+    line = one_error(*cli("optimize", folder / "good.parquet", "--out", tmp_path / "p.json", "--residual-heads",
+                          "searched"))
+    assert "--residual-heads searched: give --residual-steps too" in line
+    assert not (tmp_path / "p.json").exists()
 
 
 def test_optimize_chooses_among_profiled_sets_of_exact_steps(tmp_path):
@@ -314,3 +321,9 @@ def test_optimize_chooses_among_profiled_sets_of_exact_steps(tmp_path):
     line = one_error(*cli("optimize", paths[0], "--out", tmp_path / "q.json", "--residual-steps", "profiled"), alone=False)
     assert "none of the profiles measured residual reuse" in line
     assert not (tmp_path / "q.json").exists()
+    # the heads that reuse chosen per head, through the command: the plan's settings say so
+    code, output = cli("optimize", paths[1], "--out", tmp_path / "h.json", "--residual-steps", "0,2",
+                       "--residual-heads", "searched", "--trials", "4", "--hardware", "nvidia-h100-80gb-hbm3",
+                       "--head-dim", "128")
+    assert code == 0, output
+    assert load_plan(tmp_path / "h.json").search["settings"]["residual_heads"] == "searched"

@@ -29,8 +29,9 @@ def test_plans_reuse_residuals_from_the_exact_steps_and_are_costed_with_them(pro
     assert res.plan.search["settings"]["residual_steps"] == [0, 2]
     cm = CostModel(DEFAULT_TABLE, head_dim=128)
     assert cm.plan_ms(plan) == pytest.approx(plan.predicted["attention_ms"], rel=0.01)
-    reusing = [lp.reuse_heads for e in plan.schedule if e.residual for lp in e.layers]
-    assert (cm.residual_ms(plan) > 0) == any(reusing)  # the search chose per head whether reuse pays
+    assert cm.residual_ms(plan) > 0
+    reusing, inexact = plan.reuse_counts()
+    assert reusing == inexact > 0  # by default every inexact head reuses
     assert plan.mean_density <= 0.6  # the cap holds with the exact steps' dense calls counted
     plain = optimize(profile_path, hardware=DEFAULT_TABLE, head_dim=128, trials=6, max_density=0.6,
                      out=tmp_path / "p.json")
@@ -60,7 +61,7 @@ def test_a_profile_of_reuse_gives_the_search_its_errors_under_reuse(tmp_path):
     space = build_space(Profile.load(path))
     assert space.reuse_steps == (1,)
     assert np.nanmax(space.reuse_err[2:]) < np.nanmax(space.rel_err[2:])  # slow drift: reuse errs less
-    pb = Problem(space, CostModel(DEFAULT_TABLE, head_dim=128), residual_steps=(1,))
+    pb = Problem(space, CostModel(DEFAULT_TABLE, head_dim=128), residual_steps=(1,), residual_heads="searched")
     sparse = ~np.isnan(space.rel_err)
     C = space.shape[-1]  # the reusing columns (their twins, masks alone: the next C)
     np.testing.assert_allclose(pb.err2[0, ..., :C][sparse[0]], (space.rel_err[0][sparse[0]] ** 2), rtol=1e-5)
@@ -84,7 +85,7 @@ def _reuse_problem(tmp_path, weights=None):
     path, _ = synthetic.large_profile(tmp_path, steps=4, residual_steps=(1,), fingerprint="r4")
     space = build_space(Profile.load(path))
     cm = CostModel(DEFAULT_TABLE, head_dim=128)
-    return space, cm, Problem(space, cm, residual_steps=(1,), weights=weights)
+    return space, cm, Problem(space, cm, residual_steps=(1,), weights=weights, residual_heads="searched")
 
 
 def test_every_inexact_candidate_has_a_twin_that_runs_its_mask_alone(tmp_path):
@@ -146,3 +147,26 @@ def test_heads_whose_error_weighs_nothing_opt_out_of_reuse_and_the_figures_cost_
         assert layers and all(lp.reuse_heads == (2, 3) for lp in layers)
         assert all(not lp.head_reuse[0] and not lp.head_reuse[1] for lp in layers)
         assert a.cost_ms == pytest.approx(cm.plan_ms(plan), rel=1e-6)
+
+
+def test_residual_heads_searched_through_optimize_and_refused_without_reuse(tmp_path):
+    """``residual_heads="searched"`` reaches the plans (heads may opt out; the settings and the study
+    say so: another objective, another study); without residual steps it is refused, and so is a
+    word that is not a choice."""
+    path, _ = synthetic.large_profile(tmp_path, steps=4, residual_steps=(1,), fingerprint="r5")
+    every = optimize(path, hardware=DEFAULT_TABLE, head_dim=128, trials=4, max_density=0.9, residual_steps=[1],
+                     out=tmp_path / "a.json")
+    chosen = optimize(path, hardware=DEFAULT_TABLE, head_dim=128, trials=4, max_density=0.9, residual_steps=[1],
+                      residual_heads="searched", out=tmp_path / "s.json")
+    assert "residual_heads" not in every.plan.search["settings"]
+    assert chosen.plan.search["settings"]["residual_heads"] == "searched"
+    assert chosen.plan.search["study"] != every.plan.search["study"]
+    cm = CostModel(DEFAULT_TABLE, head_dim=128)
+    assert cm.plan_ms(chosen.plan) == pytest.approx(chosen.plan.predicted["attention_ms"], rel=0.01)
+    with pytest.raises(SearchError, match="residual_heads 'searched': give residual_steps"):
+        optimize(path, hardware=DEFAULT_TABLE, head_dim=128, trials=1, residual_heads="searched",
+                 out=tmp_path / "x.json")
+    with pytest.raises(SearchError, match="residual_heads must be one of all, searched, got 'some'"):
+        optimize(path, hardware=DEFAULT_TABLE, head_dim=128, trials=1, residual_steps=[1], residual_heads="some",
+                 out=tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()
