@@ -95,6 +95,36 @@ def figure(data: dict, path: Path) -> None:
     save_figure(fig, path, tight=True)
 
 
+def heads_figure(data: dict, path: Path) -> None:
+    """PSNR and SSIM against predicted speedup of an ``attnsearch evaluate`` result whose plans' labels
+    start with the way their heads reuse ("all heads reuse, …", "heads searched, …"), one curve each,
+    every point labelled with the most its residuals held."""
+    import matplotlib.pyplot as plt
+
+    curves: dict[str, list[tuple[float, float, float, float]]] = {}
+    for r in data["runs"]:
+        o = r["overall"]
+        curves.setdefault(r["label"].split(",")[0], []).append(
+            (r["predicted"]["speedup"], o["psnr_db"], o["ssim"], r["residual_peak_bytes"] / 2**20))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for n, (name, points) in enumerate(sorted(curves.items())):
+        points.sort()
+        for ax, y in zip(axes, (1, 2)):
+            ax.plot([p[0] for p in points], [p[y] for p in points], "o-", color=f"C{n}", label=name)
+            for p in points:
+                ax.annotate(f"{p[3]:.0f} MiB", (p[0], p[y]), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                            color=f"C{n}")
+    axes[0].set_ylabel("PSNR vs dense video (dB)")
+    axes[1].set_ylabel("SSIM vs dense video")
+    for ax in axes:
+        ax.set_xlabel("predicted attention speedup (H100 table, batch 2)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, frameon=False)
+    fig.suptitle(f"mini-vdit, {len(data['seeds'])} held-out videos: residual reuse on every inexact head or on the "
+                 "heads the search picks (labels: most residual memory held)", fontsize=9)
+    save_figure(fig, path, tight=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.mini_vdit_residual", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, type=Path)
@@ -130,8 +160,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--densities", type=float, nargs="+", default=list(DENSITIES))
     p.add_argument("--batch", type=int, default=2, help="batch of the calls the searches price (2: evaluate runs "
                                                        "mini-vdit's guidance branches as one batch)")
+    p.add_argument("--heads-figure-from", type=Path, default=None, metavar="EVALUATION",
+                   help="only draw heads_figure of an evaluation.json (plans labelled by how their heads reuse)")
     add_run_options(p)
     args = p.parse_args(argv)
+    if args.heads_figure_from is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        heads_figure(json.loads(args.heads_figure_from.read_text()), args.out / "figure-residual-heads.png")
+        return
     if redrawn(args, figure):
         return
     try:
