@@ -69,6 +69,19 @@ def _figure(path: Path, out: Path, caption: str) -> str:
            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
+def _series_name(run: Any, result: EvaluationResult) -> str:
+    """The curve of the quality-vs-density figure a run belongs to: a baseline family's, or the plans'
+    (FP8 runs apart). Plans of several searches (their ``search.study``) each form their own curve: a
+    line through plans of different searches would read as one trade-off."""
+    if run.kind == "baseline":
+        return f"baseline {run.baseline['baseline']}"
+    name = "plans in FP8" if run.kind == "fp8" else "plans"
+    studies = {(r.plan.search or {}).get("study") for r in result.runs if r.kind == "plan"}
+    if len(studies) > 1:
+        name += f" of {(run.plan.search or {}).get('study') or 'no search'}"
+    return name
+
+
 def write_outputs(result: EvaluationResult, out: str | Path, *, figure_videos: int | None = 4) -> dict[str, Any]:
     """Write the JSON, the figures of the first ``figure_videos`` videos (None: all) and index.html
     into ``out``; returns {"json", "index", "figures": [paths]}."""
@@ -86,9 +99,9 @@ def write_outputs(result: EvaluationResult, out: str | Path, *, figure_videos: i
              _summary_table(result)]
     plans = result.plans()
     if len(plans) > 1:
-        series: dict[str, list[tuple[float, float, float]]] = {"plans": []}
+        series: dict[str, list[tuple[float, float, float]]] = {}
         for r in result.runs:
-            name = {"plan": "plans", "fp8": "plans in FP8"}.get(r.kind) or f"baseline {r.baseline['baseline']}"
+            name = _series_name(r, result)
             series.setdefault(name, []).append((r.density, r.overall["psnr_db"], r.overall["ssim"]))
         p = figures.quality_vs_density(series, out / "quality_vs_density.png")
         made.append(p)

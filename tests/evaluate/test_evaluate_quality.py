@@ -112,3 +112,23 @@ def test_video_quality_refuses_mismatched_videos(result):
     b = type(b)(latents=b.latents, frames=b.frames[:, :, :2])
     with pytest.raises(ValueError, match="frames: .* differ from the dense video's"):
         video_quality(b, a)
+
+
+def test_plans_of_different_searches_are_drawn_as_different_curves(tmp_path, monkeypatch):
+    """The quality-vs-density figure joins plans into one curve only where they come from one search
+    (``search.study``): a line through plans of two searches would read as one trade-off."""
+    from attnsearch.evaluate import figures, page
+
+    def plan(key_blocks, study):
+        p = stripe_plan(key_blocks)
+        return Plan(p.geometry, p.block_size, p.num_steps, p.num_layers, p.num_heads, p.schedule,
+                    search={"study": study})
+
+    drawn = []
+    monkeypatch.setattr(figures, "quality_vs_density", lambda series, path: drawn.append(series) or path)
+    one = [plan(FRAME0_BLOCKS, "a"), plan(FRAME0_BLOCKS[:2], "a")]
+    page.write_outputs(evaluate(one, StandInGenerator(), seeds=1, steps=STEPS), tmp_path / "one", figure_videos=0)
+    two = [plan(FRAME0_BLOCKS, "a"), plan(FRAME0_BLOCKS[:2], "b"), plan(FRAME0_BLOCKS[:1], "b")]
+    page.write_outputs(evaluate(two, StandInGenerator(), seeds=1, steps=STEPS), tmp_path / "two", figure_videos=0)
+    assert [sorted(s) for s in drawn] == [["plans"], ["plans of a", "plans of b"]]
+    assert [len(drawn[1]["plans of a"]), len(drawn[1]["plans of b"])] == [1, 2]
