@@ -44,14 +44,15 @@ reuse: it ranks masks by what they miss, not how that drifts; ``reuse_errors`` i
 which). A validated search (``validate``) measures the plans as they run.
 
 With ``residual_heads="searched"`` whether a head reuses is a per-head choice like its candidate (by
-default, "all", every inexact head reuses, and reuse's cost is added to the solved plan's): in a span
-that reuses, every inexact column has a twin that runs its mask alone (``reuse: false`` in the plan), with the mask's own error
-at every step of the span, its exact step included, and no extra cost. The reusing column pays for
-the exact call at the span's exact step and the residual pass at every step of the span, in the
-affine form of their cost over k reusing heads (exact at one head and at all of them): a part per
-reusing head on the column, and a fixed part the inner solver's *reuse* item charges once per unit
-whose heads reuse (:data:`attnsearch.search.inner.REUSE`). So the solver keeps reuse where the
-error it saves is worth what it costs; the final figures cost the plan with ``CostModel.residual_ms``.
+default, "all", every inexact head reuses, and reuse's cost is added to the solved plan's): in a
+span that reuses, every inexact column has a twin that runs its mask alone (``reuse: false`` in the
+plan), with the mask's own error at every step of the span, its exact step included, and no extra
+cost. The reusing column pays for the exact call at the span's exact step and the residual pass at
+every step of the span, in the affine form of their cost over k reusing heads (exact at one head and
+at all of them): a part per reusing head on the column, and a fixed part the inner solver's *reuse*
+item charges once per unit whose heads reuse (:data:`attnsearch.search.inner.REUSE`). So the solver
+keeps reuse where the error it saves is worth what it costs; the final figures cost the plan with
+``CostModel.residual_ms``.
 """
 
 from __future__ import annotations
@@ -167,7 +168,8 @@ class Problem:
         self.precisions = resolve_precisions(space, cost_model, precisions)
         g, B, nb = space.geometry, space.block_size, space.num_blocks
         self.N = g.num_tokens
-        # Columns: the space's candidates; under reuse each one again, running its mask alone (twins).
+        # Columns: the space's candidates; with the reusing heads searched, each once more as its twin
+        # that runs the mask alone.
         self.col_space = np.tile(np.arange(C), 2) if searched else np.arange(C)
         self.col_reuse = np.arange(len(self.col_space)) < C
         self.col_precision = np.array(space.precisions)[self.col_space]
@@ -196,7 +198,7 @@ class Problem:
             for a, b in zip(cuts, cuts[1:]):
                 if a in residual_steps and b - a >= 2:
                     reusing[a:b] = True
-                    if searched:  # (with every head reusing, reuse's cost is the solved plan's: solve)
+                    if searched:  # (every head reusing: solve adds reuse's cost to the solved plan's)
                         self.reuse_fixed[a] += one - exact_head
                         self.reuse_head[a] += exact_head
                         self.reuse_fixed[a:b] += pass_fixed
