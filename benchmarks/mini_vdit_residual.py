@@ -41,7 +41,7 @@ from attnsearch.atomic_io import write_text_atomic
 from attnsearch.bench.output import add_run_options, environment, redrawn
 from attnsearch.evaluate import evaluate, load_generator
 from attnsearch.profiling import Profile
-from attnsearch.report.style import save_figure
+from attnsearch.report.style import quality_axes, save_figure
 from attnsearch.search.sensitivity import Sensitivity
 from attnsearch.search.sweep import density_sweep, distinct_plans
 
@@ -114,12 +114,7 @@ def heads_figure(data: dict, path: Path) -> None:
             for p in points:
                 ax.annotate(f"{p[3]:.0f} MiB", (p[0], p[y]), textcoords="offset points", xytext=(4, 4), fontsize=7,
                             color=f"C{n}")
-    axes[0].set_ylabel("PSNR vs dense video (dB)")
-    axes[1].set_ylabel("SSIM vs dense video")
-    for ax in axes:
-        ax.set_xlabel("predicted attention speedup (H100 table, batch 2)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, frameon=False)
+    quality_axes(axes, "predicted attention speedup (H100 table, batch 2)", legend_size=8)
     fig.suptitle(f"mini-vdit, {len(data['seeds'])} held-out videos: residual reuse on every inexact head or on the "
                  "heads the search picks (labels: most residual memory held)", fontsize=9)
     save_figure(fig, path, tight=True)

@@ -30,6 +30,17 @@ def family_legend(ax, families=FAMILY_ORDER, **kwargs) -> None:
     ax.legend(handles=handles, **{"fontsize": 8, "frameon": False, **kwargs})
 
 
+def quality_axes(axes, xlabel: str, legend_size: int = 7) -> None:
+    """A (PSNR, SSIM) pair of axes of videos against dense ones: labelled over ``xlabel``, gridded,
+    the legend on the first."""
+    axes[0].set_ylabel("PSNR vs dense video (dB)")
+    axes[1].set_ylabel("SSIM vs dense video")
+    for ax in axes:
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=legend_size, frameon=False)
+
+
 def save_figure(fig, path: Path, dpi: int = 110, tight: bool = False) -> Path:
     """Write ``fig`` to ``path`` (format from its suffix) through a temporary file, close it, return
     the path; ``tight`` crops the figure to what it draws."""
