@@ -15,7 +15,7 @@ SCRIPTS = sorted(p.stem for p in BENCHMARKS.glob("*.py") if p.stem != "__init__"
 
 def test_the_surviving_benchmarks():
     assert SCRIPTS == ["costmodel_accuracy", "dense_layers", "fp8_layers", "hopper_probe", "host_dispatch", "mini_vdit_blocks", "mini_vdit_fidelity",
-                       "mini_vdit_fp8", "mini_vdit_residual", "mini_vdit_reuse_forms", "mini_vdit_sensitivity", "mini_vdit_steps", "mini_vdit_weighted", "profile_cost", "retarget_fidelity",
+                       "mini_vdit_fp8", "mini_vdit_residual", "mini_vdit_reuse_forms", "mini_vdit_sampler_steps", "mini_vdit_sensitivity", "mini_vdit_steps", "mini_vdit_weighted", "profile_cost", "retarget_fidelity",
                        "runtime_sweep", "search_speed", "wan_compile", "wan_e2e", "wan_ulysses"]
 
 
