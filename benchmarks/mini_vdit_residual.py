@@ -4,7 +4,7 @@ and against global masks with and without it: the same held-out videos.
     python -m benchmarks.mini_vdit_residual --out reports/mini_vdit_residual \
         [--sensitivity-from reports/mini_vdit_weighted/result.json] [--exact-steps 0,2,5,10] [--validate 2] \
         [--profile-reuse [--profiled-only]] [--choose-from 0 0,3 0,2,5,10 ... | --choose-profiles P...] \
-        [--size F H W --make-profile --profile NEW.parquet --conditions C]
+        [--size F H W --steps S --make-profile --profile NEW.parquet --conditions C] [--sensitivity FILE]
 
 The committed profile (``profiles/mini-vdit.parquet``; ``--make-profile``: a new one at ``--size``,
 written to ``--profile``) is searched once per setting (``--trials``
@@ -129,6 +129,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="profile the model at --size first (--conditions training conditions, block 64)")
     p.add_argument("--keep-profiles", type=Path, default=None, metavar="DIR",
                    help="also write each profile of reuse made here into DIR (reuse-<steps>.parquet)")
+    p.add_argument("--sensitivity", type=Path, default=None, metavar="FILE",
+                   help="errors weighted by this sensitivity file (attnsearch sensitivity --out)")
+    p.add_argument("--steps", type=int, default=20, help="sampler steps of the profiles (made here with "
+                   "--make-profile, --profile-reuse, --choose-from, --validate; the committed one has 20); a "
+                   "sensitivity record of another step count is resampled to them (Sensitivity.resampled)")
     p.add_argument("--sensitivity-from", type=Path, default=None, metavar="RESULT",
                    help="a result.json of benchmarks.mini_vdit_weighted whose sensitivity record weighs the errors")
     p.add_argument("--exact-steps", nargs="+", default=list(EXACT_STEPS), help="sets of exact steps, e.g. 0,2,5,10")
@@ -175,12 +180,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.sensitivity_from is not None:
         record = json.loads(args.sensitivity_from.read_text())["sensitivity"]
         sens = Sensitivity.from_dict({k: v for k, v in record.items() if k != "seconds"}, str(args.sensitivity_from))
+    elif args.sensitivity is not None:
+        sens = Sensitivity.load(args.sensitivity)
     f, h, w = args.size
+    if sens is not None and len(sens.step_gain) != args.steps:
+        sens = sens.resampled(args.steps)   # measured at another step count: read off by grid position
+        print(f"sensitivity resampled from {sens.measured_steps} to {args.steps} steps", flush=True)
     if args.make_profile:
         from attnsearch.models import load_model
         from attnsearch.profiling import ProfileSettings, profile_model
 
-        spec = load_model("mini-vdit", conditions=args.conditions, steps=20, frames=f, height=h, width=w,
+        spec = load_model("mini-vdit", conditions=args.conditions, steps=args.steps, frames=f, height=h, width=w,
                           device=args.device)
         profile_model(spec, settings=ProfileSettings(block_size=64)).save(args.profile)
         print(f"profiled mini-vdit at {f}x{h}x{w} into {args.profile} ({time.time() - started:.0f} s)", flush=True)
@@ -188,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.validate:
         from attnsearch.models import load_model
 
-        spec = load_model("mini-vdit", conditions=args.conditions, steps=20, frames=f, height=h, width=w,
+        spec = load_model("mini-vdit", conditions=args.conditions, steps=args.steps, frames=f, height=h, width=w,
                           device=args.device)
         validated = {"trials": args.validated_trials, "model": spec, "validate": args.validate,
                      "validate_mode": "trajectory"}
@@ -206,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
             from attnsearch.models import load_model
             from attnsearch.profiling import ProfileSettings, profile_model
 
-            spec = load_model("mini-vdit", conditions=args.conditions, steps=20, frames=f, height=h, width=w,
+            spec = load_model("mini-vdit", conditions=args.conditions, steps=args.steps, frames=f, height=h, width=w,
                               device=args.device)
             for s in (exact_sets if args.profile_reuse else []) + choose_from:
                 if tuple(s) not in reuse_profiles:
@@ -247,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
                         "densities": sorted(args.densities), "profile": str(args.profile),
                         "profile_made": args.make_profile, "conditions": args.conditions, "batch": args.batch,
                         "sensitivity_from": None if args.sensitivity_from is None else str(args.sensitivity_from),
+                        "sensitivity": None if args.sensitivity is None else str(args.sensitivity),
                         "exact_steps": exact_sets, "validate": args.validate,
                         "validated_trials": args.validated_trials if args.validate else None,
                         "profile_reuse": args.profile_reuse, "profiled_only": args.profiled_only,

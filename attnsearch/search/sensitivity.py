@@ -73,6 +73,9 @@ class Sensitivity:
     trajectories: int
     unmeasured: tuple[str, ...] = ()
     sites: str = "heads"
+    #: The sampler steps the step gains were measured at, when :meth:`resampled` mapped them to
+    #: others (``unmeasured`` then names sites of the measured steps).
+    measured_steps: int | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -82,6 +85,24 @@ class Sensitivity:
         """[S, L, H] float64 weight of each site's squared error: step gain × head gain, mean 1."""
         w = self.step_gain[:, None, None] * self.head_gain[None]
         return w / w.mean()
+
+    def resampled(self, num_steps: int) -> Sensitivity:
+        """The record for a sampler of ``num_steps`` steps over the same time grid: each new step's
+        gain read off the measured ones at its position in the grid (step s of S covers [s/S,
+        (s + 1)/S) of the unshifted grid; gains sit at the middles, linear in between, held past the
+        ends), head gains unchanged. Gains per step scale with the square of the step's length, the
+        same for every step of a sampler, which the mean-1 weights drop. An approximation of a record
+        measured at ``num_steps``: where gains change fast between two measured steps (the first
+        ones), the new steps in between read a line."""
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise SensitivityError(f"sensitivity: steps to resample to must be an integer ≥ 1, got {num_steps!r}")
+        S = len(self.step_gain)
+        if num_steps == S:
+            return self
+        old, new = (np.arange(S) + 0.5) / S, (np.arange(num_steps) + 0.5) / num_steps
+        return Sensitivity(np.interp(new, old, self.step_gain), self.head_gain, np.interp(new, old, self.step_response),
+                           self.head_response, self.probes, self.model, self.block_size, self.density,
+                           self.trajectories, self.unmeasured, self.sites, self.measured_steps or S)
 
     def check_matches(self, space: SearchSpace, model: dict[str, Any]) -> None:
         """SensitivityError unless these weights were measured for ``space``'s steps, layers and
@@ -99,7 +120,7 @@ class Sensitivity:
                 "step_gain": self.step_gain.tolist(), "head_gain": self.head_gain.tolist(),
                 "step_response": self.step_response.tolist(), "head_response": self.head_response.tolist(),
                 "probes": [list(row) for row in self.probes], "unmeasured": list(self.unmeasured),
-                "sites": self.sites}
+                "sites": self.sites, **({"measured_steps": self.measured_steps} if self.measured_steps else {})}
 
     def digest(self) -> str:
         """12 hex digits naming these weights exactly (a weighted study's name depends on them)."""
@@ -108,8 +129,9 @@ class Sensitivity:
     def summary(self) -> dict[str, Any]:
         """What a plan records of the weights its search used."""
         return {"digest": self.digest(), "model": self.model.get("fingerprint", ""), "density": self.density,
-                "trajectories": self.trajectories, "sites": self.sites, "step_gain_ratio": _ratio(self.step_gain),
-                "head_gain_ratio": _ratio(self.head_gain)}
+                "trajectories": self.trajectories, "sites": self.sites,
+                **({"measured_steps": self.measured_steps} if self.measured_steps else {}),
+                "step_gain_ratio": _ratio(self.step_gain), "head_gain_ratio": _ratio(self.head_gain)}
 
     def save(self, path: str | os.PathLike) -> None:
         write_json_atomic(path, self.to_dict())
@@ -126,7 +148,8 @@ class Sensitivity:
                       _array(data, "head_response", 2), tuple(tuple(str(c) for c in row) for row in data["probes"]),
                       {str(k): str(v) for k, v in dict(data["model"]).items()}, int(data["block_size"]),
                       float(data["density"]), int(data["trajectories"]), tuple(str(u) for u in data["unmeasured"]),
-                      str(data.get("sites", "heads")))  # records before "sites" probed per head
+                      str(data.get("sites", "heads")),  # records before "sites" probed per head
+                      None if data.get("measured_steps") is None else int(data["measured_steps"]))
         except (KeyError, TypeError, ValueError, JSONDataError) as exc:
             raise SensitivityError(f"{source}: malformed sensitivity record ({type(exc).__name__}: {exc})") from None
         out.check(source)

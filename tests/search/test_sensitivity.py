@@ -211,3 +211,27 @@ def test_per_layer_sites_probe_each_layer_once_and_give_its_heads_its_gain(spec,
     assert Sensitivity.from_dict(sens.to_dict()).sites == "layers"
     with pytest.raises(SensitivityError, match="sites must be one of heads, layers"):
         measure_sensitivity(profile, spec, sites="blocks")
+
+
+def test_resampled_gains_follow_the_grid_position_and_keep_the_heads(sens, tmp_path):
+    """A gain linear in the grid position is read back exactly at every new step inside the measured
+    middles, held at the ends; head gains, probes and the record's round trip are unchanged."""
+    S = 4
+    data = sens.to_dict()
+    middles = [(s + 0.5) / S for s in range(S)]
+    planted = Sensitivity.from_dict({**data, "step_gain": [1.0 + 8.0 * u for u in middles],
+                                     "step_response": [2.0] * S, "shape": [S, 2, 2]})
+    assert planted.resampled(S) is planted
+    ten = planted.resampled(10)
+    for s, gain in enumerate(ten.step_gain):
+        u = min(max((s + 0.5) / 10, middles[0]), middles[-1])
+        assert gain == pytest.approx(1.0 + 8.0 * u, rel=1e-12)
+    assert np.array_equal(ten.head_gain, planted.head_gain) and ten.probes == planted.probes
+    assert ten.measured_steps == S and ten.resampled(3).measured_steps == S
+    assert ten.summary()["measured_steps"] == S and ten.shape == (10, 2, 2)
+    ten.save(tmp_path / "r.json")
+    back = Sensitivity.load(tmp_path / "r.json")
+    assert back.measured_steps == S and np.array_equal(back.weights(), ten.weights())
+    assert "measured_steps" not in planted.to_dict()
+    with pytest.raises(SensitivityError, match="integer ≥ 1, got 0"):
+        planted.resampled(0)
