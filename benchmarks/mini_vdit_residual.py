@@ -41,7 +41,7 @@ from attnsearch.atomic_io import write_text_atomic
 from attnsearch.bench.output import add_run_options, environment, redrawn
 from attnsearch.evaluate import evaluate, load_generator
 from attnsearch.profiling import Profile
-from attnsearch.report.style import quality_axes, save_figure
+from attnsearch.report.style import labelled_curve, save_figure, save_quality_figure
 from attnsearch.search.sensitivity import Sensitivity
 from attnsearch.search.sweep import density_sweep, distinct_plans
 
@@ -110,14 +110,11 @@ def heads_figure(data: dict, path: Path) -> None:
     for n, (name, points) in enumerate(sorted(curves.items())):
         points.sort()
         for ax, y in zip(axes, (1, 2)):
-            ax.plot([p[0] for p in points], [p[y] for p in points], "o-", color=f"C{n}", label=name)
-            for p in points:
-                ax.annotate(f"{p[3]:.0f} MiB", (p[0], p[y]), textcoords="offset points", xytext=(4, 4), fontsize=7,
-                            color=f"C{n}")
-    quality_axes(axes, "predicted attention speedup (H100 table, batch 2)", legend_size=8)
-    fig.suptitle(f"mini-vdit, {len(data['seeds'])} held-out videos: residual reuse on every inexact head or on the "
-                 "heads the search picks (labels: most residual memory held)", fontsize=9)
-    save_figure(fig, path, tight=True)
+            labelled_curve(ax, [p[0] for p in points], [p[y] for p in points], [f"{p[3]:.0f} MiB" for p in points],
+                           color=f"C{n}", marker="o", label=name)
+    save_quality_figure(fig, axes, "predicted attention speedup (H100 table, batch 2)",
+                        f"mini-vdit, {len(data['seeds'])} held-out videos: residual reuse on every inexact head or on "
+                        "the heads the search picks (labels: most residual memory held)", path, legend_size=8)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,7 +25,7 @@ from attnsearch.evaluate import EvaluateError, evaluate, load_generator
 from attnsearch.evaluate.baselines import BASELINES, baseline_plan
 from attnsearch.layer_plan import LayerPlan
 from attnsearch.plan import Plan, ScheduleEntry
-from attnsearch.report.style import quality_axes, save_figure
+from attnsearch.report.style import labelled_curve, save_quality_figure
 
 EXACT = ("20:0,2,5,10", "50:0,5,12,25", "50:0,1,3,6,10,16,24,34", "50:0,1,2,3,5,7,10,14,19,25,32,40")
 DENSITIES = (0.2, 0.3)
@@ -55,19 +55,16 @@ def figure(data: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
     for (name, steps, target), points in sorted(curves.items()):
         points.sort()
-        style = {"color": "C0" if name == "energy_decay" else "C1", "ls": "-" if steps == max(
-            k[1] for k in curves) else "--", "marker": "o" if steps == max(k[1] for k in curves) else "s", "ms": 4}
+        most = steps == max(k[1] for k in curves)
         for ax, y in zip(axes, (1, 2)):
-            ax.plot([p[0] for p in points], [p[y] for p in points], label=f"{name}, {steps} steps, density {target:g}",
-                    **style)
-            for p in points:
-                ax.annotate(f"{p[3]:.3f}", (p[0], p[y]), textcoords="offset points", xytext=(3, -9), fontsize=6,
-                            color=style["color"])
+            labelled_curve(ax, [p[0] for p in points], [p[y] for p in points], [f"{p[3]:.3f}" for p in points],
+                           color="C0" if name == "energy_decay" else "C1", offset=(3, -9), fontsize=6,
+                           ls="-" if most else "--", marker="o" if most else "s", ms=4,
+                           label=f"{name}, {steps} steps, density {target:g}")
     axes[0].axhline(30, color="grey", lw=0.8, ls=":")
-    quality_axes(axes, "exact steps (labels: mean density, their dense calls counted)", legend_size=7)
-    fig.suptitle(f"mini-vdit, {len(data['seeds'])} held-out videos: one global mask with residual reuse, "
-                 "by sampler steps and number of exact steps", fontsize=9)
-    save_figure(fig, path, tight=True)
+    save_quality_figure(fig, axes, "exact steps (labels: mean density, their dense calls counted)",
+                        f"mini-vdit, {len(data['seeds'])} held-out videos: one global mask with residual reuse, "
+                        "by sampler steps and number of exact steps", path)
 
 
 def main(argv: list[str] | None = None) -> None:

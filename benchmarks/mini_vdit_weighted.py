@@ -29,7 +29,7 @@ from attnsearch.bench.output import environment
 from attnsearch.evaluate import evaluate, load_generator
 from attnsearch.models import load_model
 from attnsearch.profiling import Profile, ProfileSettings, profile_model
-from attnsearch.report.style import quality_axes, save_figure
+from attnsearch.report.style import save_figure, save_quality_figure
 from attnsearch.report.sensitivity_figures import gains
 from attnsearch.search.sensitivity import Sensitivity, measure_sensitivity
 
@@ -61,11 +61,9 @@ def figure(data: dict, path: Path) -> None:
         name, colour, style = SERIES[key]
         for ax, i in zip(axes, (1, 2)):
             ax.plot([p[0] for p in points], [p[i] for p in points], style, color=colour, label=name, ms=4)
-    quality_axes(axes, "mean kept-block density")
     s = data["settings"]
-    fig.suptitle(f"mini-vdit {'×'.join(map(str, s['size']))}, {len(data['seeds'])} held-out videos, "
-                 f"{s['steps']} steps", fontsize=9)
-    save_figure(fig, path, tight=True)
+    save_quality_figure(fig, axes, "mean kept-block density", f"mini-vdit {'×'.join(map(str, s['size']))}, "
+                        f"{len(data['seeds'])} held-out videos, {s['steps']} steps", path)
 
 
 def sensitivity_figure(record: dict, path: Path) -> None:

@@ -41,6 +41,21 @@ def quality_axes(axes, xlabel: str, legend_size: int = 7) -> None:
     axes[0].legend(fontsize=legend_size, frameon=False)
 
 
+def save_quality_figure(fig, axes, xlabel: str, title: str, path: Path, legend_size: int = 7) -> Path:
+    """:func:`quality_axes` on ``axes``, ``title`` over the figure, written to ``path`` cropped."""
+    quality_axes(axes, xlabel, legend_size)
+    fig.suptitle(title, fontsize=9)
+    return save_figure(fig, path, tight=True)
+
+
+def labelled_curve(ax, xs, ys, labels, *, color: str, offset: tuple[int, int] = (4, 4), fontsize: int = 7,
+                   **plot) -> None:
+    """Plot the curve (xs, ys) in ``color`` and write each point's label beside it, in that colour."""
+    ax.plot(xs, ys, color=color, **plot)
+    for x, y, text in zip(xs, ys, labels):
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=offset, fontsize=fontsize, color=color)
+
+
 def save_figure(fig, path: Path, dpi: int = 110, tight: bool = False) -> Path:
     """Write ``fig`` to ``path`` (format from its suffix) through a temporary file, close it, return
     the path; ``tight`` crops the figure to what it draws."""
