@@ -49,7 +49,7 @@ GPU_REPORTS := reports/runtime_sweep reports/head_dim_64 reports/dense_layers re
                reports/wan14b_720p reports/wan_compile reports/costmodel_accuracy reports/profiling_cost \
                reports/retarget_fidelity reports/mini_vdit_steps reports/mini_vdit_blocks reports/fp8_layers \
                reports/mini_vdit_fp8 reports/hopper_probe reports/mini_vdit_weighted reports/host_dispatch \
-               reports/mini_vdit_residual reports/mini_vdit_reuse_forms
+               reports/mini_vdit_residual reports/mini_vdit_reuse_forms reports/mini_vdit_sampler_steps
 REPORTS     := $(GPU_REPORTS) reports/search_speed reports/minilm_classes reports/mini_vdit_sensitivity
 
 .PHONY: reports $(REPORTS)
@@ -103,6 +103,8 @@ reports/mini_vdit_residual: reports/mini_vdit_weighted
 		--validate 2 --validated-trials 60
 reports/mini_vdit_reuse_forms: $(STAMP)
 	$(PY) -m benchmarks.mini_vdit_reuse_forms --out $@ --seeds 16
+reports/mini_vdit_sampler_steps: $(STAMP)
+	$(PY) -m benchmarks.mini_vdit_sampler_steps --out $@ --seeds 16
 reports/host_dispatch: $(STAMP)
 	$(PY) -m benchmarks.host_dispatch --out $@ --hardware kernels/nvidia-h100-80gb-hbm3.json
 reports/mini_vdit_sensitivity: $(STAMP)

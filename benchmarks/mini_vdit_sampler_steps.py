@@ -8,7 +8,9 @@ An exact step costs 1/S of the compute at S sampler steps, and the closer the st
 residual drifts between two of them: at 50 steps (the Wan2.1 and CogVideoX samplers' default) reuse
 can afford more exact steps than at 20 at the same density. Every ``--exact S:SET`` runs the global
 masks ``energy_decay`` and ``window`` (``evaluate``'s baselines: docs/design.md, "Residual reuse")
-at each density with those exact steps, the mask's density lowered by what they add. Writes
+at each density with those exact steps, the mask's density lowered by what they add (an exact step
+followed by another runs its mask alone, as in every plan; ``exact`` in the result lists the steps that
+run exactly, ``asked`` the set given). Writes
 ``result.json`` and ``figure.png`` (PSNR and SSIM against density, one curve per set) into ``--out``.
 """
 
@@ -37,7 +39,8 @@ def parse_exact(text: str) -> tuple[int, tuple[int, ...]]:
 
 
 def carrier(geometry, num_steps: int, num_layers: int, num_heads: int, block_size: int, exact, model: dict) -> Plan:
-    """A plan of the shape the baselines copy: ``num_steps`` steps, exact at ``exact``."""
+    """A plan of the shape the baselines copy: ``num_steps`` steps, reusing from ``exact`` (an exact
+    step whose span is one step, the next one exact too, runs its masks alone: ``plan.residual_entries``)."""
     layer = LayerPlan.dense(geometry, num_heads, block_size)
     plan = Plan(geometry, block_size, num_steps, num_layers, num_heads,
                 (ScheduleEntry(0, num_steps, (layer,) * num_layers),), model=model)
@@ -94,6 +97,9 @@ def main(argv: list[str] | None = None) -> None:
             if s != num_steps:
                 continue
             base = carrier(geometry, s, cfg.depth, cfg.heads, 64, exact, {"name": "mini-vdit"})
+            if base.residual_steps != exact:
+                print(f"{s}:{','.join(map(str, exact))}: exact steps whose span is one step run their masks alone; "
+                      f"exact at {','.join(map(str, base.residual_steps))}", flush=True)
             for d in args.densities:
                 for name in BASELINES:
                     try:
@@ -102,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
                         print(f"skipped {s}:{','.join(map(str, exact))} at {d}: {e}", flush=True)
                         continue
                     plans.append(plan)
-                    meta.append({"baseline": name, "steps": s, "exact": list(exact), "target": d,
+                    meta.append({"baseline": name, "steps": s, "exact": list(base.residual_steps),
+                                 "asked": list(exact), "target": d,
                                  "density": info["density"], "params": info["params"]})
         result = evaluate(plans, generator, seeds=args.seeds,
                           labels=[f"{m['baseline']} {m['steps']}:{len(m['exact'])} @ {m['target']}" for m in meta],
