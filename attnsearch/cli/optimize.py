@@ -127,6 +127,12 @@ def optimize(
             console.print(f"errors weighted by {shown(sensitivity)}: steps {w['step_gain_ratio'] or 1:.3g}× apart, "
                           f"{weights.sites} {w['head_gain_ratio'] or 1:.3g}× apart")
         console.print(f"chose trial {res.trial}: {shown(res.reason)}")
+        if exact_steps is not None:
+            reused = res.plan.residual_steps
+            idle = [] if exact_steps == PROFILED else sorted(set(exact_steps) - set(reused))
+            console.print(f"reuses residuals from exact steps {', '.join(map(str, reused)) or 'none'}" + (
+                f"; {', '.join(map(str, idle))} asked but not: an exact step reuses only where it starts a span of "
+                "two steps or more outside dense steps" if idle else ""))
         console.print(f"predicted attention {f['attention_ms']:.2f} ms vs dense {f['dense_attention_ms']:.2f} ms: "
                       f"[bold]{f['speedup']:.2f}×[/], {'weighted ' if sensitivity else ''}rel_err {f['rel_err']:.4g}")
         if res.plan.search.get("settings", {}).get("precisions"):

@@ -327,3 +327,11 @@ def test_optimize_chooses_among_profiled_sets_of_exact_steps(tmp_path):
                        "--head-dim", "128")
     assert code == 0, output
     assert load_plan(tmp_path / "h.json").search["settings"]["residual_heads"] == "searched"
+    # an exact step whose span is one step (the next is exact too) reuses nothing: the command says so
+    code, output = cli("optimize", paths[0], "--out", tmp_path / "c.json", "--residual-steps", "0,1",
+                       "--trials", "4", "--hardware", "nvidia-h100-80gb-hbm3", "--head-dim", "128")
+    assert code == 0, output
+    reused = load_plan(tmp_path / "c.json").residual_steps
+    assert 0 not in reused
+    assert f"reuses residuals from exact steps {', '.join(map(str, reused)) or 'none'}; 0" in " ".join(output.split())
+
